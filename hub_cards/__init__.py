@@ -1,0 +1,1 @@
+"""Model cards, export, Hub publishing and conversion of the original LLaMo release."""

@@ -1,0 +1,135 @@
+"""Build an untrained LLaMo around any causal LM: the starting point of stage-1 training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .configuration_llamo import LlamoConfig
+from .modeling_llamo import (
+    LlamoForConditionalGeneration,
+    LlamoGraphEncoder,
+    LlamoGraphProjector,
+    _mark_graph_modules,
+)
+from .processing_llamo import CHAT_TEMPLATES, LlamoProcessor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_chat_template(choice: str | None, tokenizer) -> str | None:
+    """`"auto"`: the tokenizer's own template if it has one, else LLaMo's LLaMA-2 prompt; a built-in name; a path to a
+    Jinja file; or a template string."""
+    if choice in (None, "auto"):
+        return None if getattr(tokenizer, "chat_template", None) else CHAT_TEMPLATES["llama2"]
+    if choice == "tokenizer":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--chat-template tokenizer: this tokenizer has no chat template; use 'llama2' or a file.")
+        return None
+    if choice in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[choice]
+    path = Path(choice)
+    if path.suffix in (".jinja", ".j2", ".txt") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"Chat template file not found: {path}")
+        return path.read_text(encoding="utf-8")
+    return choice
+
+
+def build_llamo(
+    llm: str | PreTrainedModel,
+    tokenizer=None,
+    graph_config: dict | None = None,
+    projector_config: dict | None = None,
+    chat_template: str | None = "auto",
+    graph_token: str = "<graph>",
+    dtype: str | torch.dtype | None = "float32",
+    processor_kwargs: dict | None = None,
+    **load_kwargs,
+) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
+    """
+    Wrap a causal LM (a local folder, a Hub id or a loaded model) into an untrained LLaMo plus its processor.
+
+    The LM keeps its weights; `<graph>` (and a pad token, if missing) are added to the tokenizer and the embeddings
+    resized with mean initialisation; the graph encoder and projector are freshly initialised.
+
+    Args:
+        llm: the language model (folder, Hub id, or a `PreTrainedModel` with `tokenizer` given).
+        graph_config, projector_config: overrides of `LlamoGraphEncoderConfig` / `LlamoProjectorConfig` fields.
+        chat_template: see `resolve_chat_template`.
+        dtype: dtype of the whole model.
+        processor_kwargs: extra `LlamoProcessor` options (`max_atoms`, `prompt_smiles`, ...).
+        load_kwargs: passed to `from_pretrained` (e.g. `gguf_file`, `revision`).
+    """
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if isinstance(llm, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError("Pass the tokenizer along with a loaded language model.")
+        language_model = llm
+    else:
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(llm, **load_kwargs)
+        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch_dtype, **load_kwargs)
+    if language_model.config.is_encoder_decoder:
+        raise ValueError(f"{type(language_model).__name__} is an encoder-decoder model; LLaMo needs a decoder-only LM.")
+
+    if graph_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([graph_token], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.padding_side = "left"
+
+    config = LlamoConfig(
+        graph_config=graph_config or {},
+        projector_config=projector_config or {},
+        text_config=language_model.config.to_dict(),
+        graph_token_id=tokenizer.convert_tokens_to_ids(graph_token),
+    )
+    with torch.device("meta"):
+        model = LlamoForConditionalGeneration(config)
+    model.model.language_model = language_model.base_model
+    model.lm_head = language_model.get_output_embeddings()
+    model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
+    model.model.graph_projector = LlamoGraphProjector(config)
+    _mark_graph_modules(model.model.graph_encoder, model.model.graph_projector)
+    for module in (model.model.graph_encoder, model.model.graph_projector):
+        module.apply(model._init_weights)
+    model.tie_weights()
+    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+
+    model.generation_config = language_model.generation_config
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config.eos_token_id is None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.suppress_tokens = [config.graph_token_id]
+
+    processor = LlamoProcessor(
+        tokenizer,
+        chat_template=resolve_chat_template(chat_template, tokenizer),
+        graph_token=graph_token,
+        num_graph_tokens=config.num_graph_tokens,
+        **(processor_kwargs or {}),
+    )
+    return model.eval(), processor
+
+
+def save_llamo(model: LlamoForConditionalGeneration, processor: LlamoProcessor, output_dir: str | Path,
+               overwrite: bool = False, metadata: dict | None = None) -> Path:
+    """Save model + processor into one folder; refuse to write into a non-empty folder unless `overwrite`."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    if metadata:
+        (output_dir / "llamo_build.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    return output_dir
+
+
+__all__ = ["build_llamo", "resolve_chat_template", "save_llamo"]

@@ -1,0 +1,195 @@
+"""The `llamo` command line: build a LLaMo around any causal LM, and ask it about a molecule."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+def _add_init_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "init",
+        help="build an untrained LLaMo around a causal LM (the starting point of stage 1)",
+        description=(
+            "Wrap a causal LM (local folder or Hub id) into an untrained LLaMo: the LM's weights and tokenizer with a "
+            "<graph> token added, a fresh GIN encoder and multi-level projector, a chat template. Saves model and "
+            "processor to OUT_DIR."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
+    parser.add_argument("--llm", required=True, help="causal LM: a local folder or a Hub id")
+    parser.add_argument("--gguf-file", help="load the LM from this GGUF file inside --llm (needs the gguf package)")
+    parser.add_argument(
+        "--chat-template",
+        default="auto",
+        help="'auto' (the tokenizer's own, else LLaMo's LLaMA-2 prompt), 'tokenizer', 'llama2', or a .jinja file",
+    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
+    graph = parser.add_argument_group("graph encoder")
+    graph.add_argument("--gin-layers", type=int, default=5)
+    graph.add_argument("--gin-hidden", type=int, default=300)
+    projector = parser.add_argument_group("graph projector")
+    projector.add_argument("--queries-per-level", type=int, default=4)
+    projector.add_argument("--motif-queries", type=int, default=4)
+    projector.add_argument("--heads", type=int, default=4)
+    projector.add_argument("--mlp-depth", type=int, default=6)
+    projector.add_argument(
+        "--share-level-attention", action="store_true", help="one attention for all levels (the released weights)"
+    )
+    projector.add_argument("--motif-position", choices=["first", "last"], default="first")
+    projector.add_argument("--no-motifs", action="store_true", help="no motif tokens (the paper's ablation)")
+    processor = parser.add_argument_group("processor")
+    processor.add_argument("--max-atoms", type=int, default=512, help="refuse larger molecules (0: no limit)")
+    processor.add_argument("--prompt-smiles", choices=["canonical", "input", "none"], default="canonical")
+    parser.set_defaults(handler=_run_init)
+
+
+def _add_generate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="answer an instruction about a molecule (streams the answer)",
+        description="Ask a LLaMo model about one molecule; the answer streams to stdout.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "arguments", nargs="+", metavar="[MODEL_DIR] PROMPT", help="model folder (or --model) and the instruction"
+    )
+    parser.add_argument("--model", help="model folder (instead of the first positional argument)")
+    parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
+    parser.set_defaults(handler=_run_generate)
+
+
+def _run_init(args: argparse.Namespace) -> None:
+    from .builder import build_llamo, save_llamo
+
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
+        raise CommandError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
+    load_kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    print(f"Loading {args.llm} ...", file=sys.stderr)
+    model, processor = build_llamo(
+        args.llm,
+        graph_config={"hidden_size": args.gin_hidden, "num_layers": args.gin_layers},
+        projector_config={
+            "queries_per_level": args.queries_per_level,
+            "num_motif_queries": args.motif_queries,
+            "num_heads": args.heads,
+            "mlp_depth": args.mlp_depth,
+            "share_level_attention": args.share_level_attention,
+            "motif_tokens_position": args.motif_position,
+            "use_motifs": not args.no_motifs,
+        },
+        chat_template=args.chat_template,
+        dtype=args.dtype,
+        processor_kwargs={"max_atoms": args.max_atoms or None, "prompt_smiles": args.prompt_smiles},
+        **load_kwargs,
+    )
+    save_llamo(model, processor, output_dir, overwrite=args.overwrite, metadata={"llm": args.llm, "stage": "init"})
+    graph_params = sum(
+        p.numel() for m in (model.model.graph_encoder, model.model.graph_projector) for p in m.parameters()
+    )
+    print(
+        f"Saved an untrained LLaMo to {output_dir}: {model.config.num_graph_tokens} graph tokens per molecule, "
+        f"{graph_params / 1e6:.2f}M graph parameters, LM {type(model.model.language_model).__name__}.",
+        file=sys.stderr,
+    )
+
+
+def _pick_device(choice: str):
+    import torch
+
+    if choice != "auto":
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    if len(args.arguments) > 2:
+        raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
+    model_dir, prompt = (args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0]))
+    if model_dir is None:
+        raise CommandError("No model given: pass MODEL_DIR (a folder made by `llamo init` or training).")
+    if not Path(model_dir).is_dir():
+        raise CommandError(f"Model folder not found: {model_dir}")
+
+    import torch
+    from transformers import TextStreamer
+
+    from . import LlamoForConditionalGeneration, LlamoProcessor
+
+    processor = LlamoProcessor.from_pretrained(model_dir)
+    messages = [
+        {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
+    ]
+    try:
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+    device = _pick_device(args.device)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    torch.manual_seed(args.seed)
+    stream = not args.no_stream and args.num_beams == 1
+    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs.to(device),
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            temperature=args.temperature if args.do_sample else None,
+            top_p=args.top_p if args.do_sample else None,
+            num_beams=args.num_beams,
+            streamer=streamer,
+        )
+    if not stream:
+        print(processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])[0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llamo",
+        description="LLaMo: a molecular graph assistant (GIN + multi-level graph projector + causal LM).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init_parser(subparsers)
+    _add_generate_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except (CommandError, FileNotFoundError, FileExistsError) as error:
+        print(f"llamo {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""PyTorch LLaMo: a GIN molecular graph encoder, a multi-level graph projector with motif tokens, and a causal LM.
+
+Layout follows transformers' LLaVA: `LlamoModel` holds `graph_encoder`, `graph_projector` and `language_model`;
+`LlamoForConditionalGeneration` adds `lm_head` and generation. Graph tokens replace the embeddings of the `<graph>`
+placeholder positions in one batched scatter; graph inputs are consumed at prefill only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch_geometric.nn import GINEConv
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig
+
+
+@dataclass
+class LlamoModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    graph_embeds (`torch.FloatTensor` of shape `(batch_size, num_graph_tokens, hidden_size)`, *optional*):
+        The projected graph tokens that were scattered into the input embeddings (prefill only).
+    """
+
+    graph_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlamoCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    graph_embeds (`torch.FloatTensor` of shape `(batch_size, num_graph_tokens, hidden_size)`, *optional*):
+        The projected graph tokens that were scattered into the input embeddings (prefill only).
+    """
+
+    graph_embeds: torch.FloatTensor | None = None
+
+
+class LlamoCategoricalEmbedding(nn.Module):
+    """Sum of one embedding table per categorical feature: `(num_items, num_features)` long -> `(num_items, hidden)`."""
+
+    def __init__(self, vocab_sizes: list[int], hidden_size: int):
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(size, hidden_size) for size in vocab_sizes)
+
+    def forward(self, features: torch.LongTensor) -> torch.Tensor:
+        output = self.embeddings[0](features[:, 0])
+        for column, embedding in enumerate(self.embeddings[1:], start=1):
+            output = output + embedding(features[:, column])
+        return output
+
+
+class LlamoGINLayer(nn.Module):
+    """One GIN layer with bond features: `h' = BN(MLP((1 + eps) * h + sum_j ReLU(h_j + bond_ij)))` (PyG `GINEConv`)."""
+
+    def __init__(self, config: LlamoGraphEncoderConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        inner = config.mlp_ratio * hidden
+        self.bond_encoder = LlamoCategoricalEmbedding(config.bond_vocab_sizes, hidden)
+        mlp = nn.Sequential(
+            nn.Linear(hidden, inner),
+            nn.BatchNorm1d(inner, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum),
+            nn.ReLU(),
+            nn.Linear(inner, hidden),
+        )
+        self.conv = GINEConv(mlp, train_eps=True)
+        self.norm = nn.BatchNorm1d(hidden, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+
+    def forward(self, hidden: torch.Tensor, edge_index: torch.LongTensor, bond_features: torch.LongTensor):
+        """`(num_atoms, hidden)`, `(2, num_edges)`, `(num_edges, 3)` -> `(num_atoms, hidden)`."""
+        return self.norm(self.conv(hidden, edge_index, self.bond_encoder(bond_features)))
+
+
+class LlamoGraphEncoder(nn.Module):
+    """Atom encoder + GIN layers over a flat (PyG-style) batch of molecules, returning every level."""
+
+    def __init__(self, config: LlamoGraphEncoderConfig):
+        super().__init__()
+        self.atom_encoder = LlamoCategoricalEmbedding(config.atom_vocab_sizes, config.hidden_size)
+        self.layers = nn.ModuleList(LlamoGINLayer(config) for _ in range(config.num_layers))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, atom_features: torch.LongTensor, edge_index: torch.LongTensor, bond_features: torch.LongTensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            atom_features: `(num_atoms, 9)` OGB atom features of all molecules of the batch.
+            edge_index: `(2, num_edges)` global atom indices, both directions of every bond.
+            bond_features: `(num_edges, 3)` OGB bond features.
+
+        Returns:
+            `(num_layers + 1, num_atoms, hidden_size)`: level 0 is the atom embedding, level `i` the output of GIN
+            layer `i` (ReLU after every layer but the last).
+        """
+        hidden = self.atom_encoder(atom_features)
+        levels = [hidden]
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, edge_index, bond_features)
+            if index < last:
+                hidden = nn.functional.relu(hidden)
+            hidden = self.dropout(hidden)
+            levels.append(hidden)
+        return torch.stack(levels)
+
+
+class LlamoGraphProjector(nn.Module):
+    """Multi-level graph projector (MGProj) with motif tokens: node levels + functional groups -> LM tokens."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        projector = config.projector_config
+        hidden = config.graph_config.hidden_size
+        self.num_levels = config.graph_config.num_levels
+        self.queries_per_level = projector.queries_per_level
+        self.use_motifs = projector.use_motifs
+        self.motif_tokens_first = projector.motif_tokens_position == "first"
+        self.share_level_attention = projector.share_level_attention
+
+        self.level_queries = nn.Parameter(torch.empty(self.num_levels, projector.queries_per_level, hidden))
+        if self.share_level_attention:
+            self.level_attention = nn.MultiheadAttention(hidden, projector.num_heads, batch_first=True)
+        else:
+            self.level_attentions = nn.ModuleList(
+                nn.MultiheadAttention(hidden, projector.num_heads, batch_first=True) for _ in range(self.num_levels)
+            )
+        if self.use_motifs:
+            self.motif_embedding = nn.Linear(projector.motif_feature_size, hidden, bias=False)
+            self.motif_queries = nn.Parameter(torch.empty(projector.num_motif_queries, hidden))
+            self.motif_attention = nn.MultiheadAttention(hidden, projector.num_heads, batch_first=True)
+        self.layer_norm = nn.LayerNorm(hidden, eps=projector.layer_norm_eps)
+        text_hidden = config.text_config.hidden_size
+        layers: list[nn.Module] = [nn.Linear(hidden, text_hidden)]
+        for _ in range(projector.mlp_depth - 1):
+            layers += [nn.SiLU(), nn.Linear(text_hidden, text_hidden)]
+        self.mlp = nn.Sequential(*layers)
+
+    def level_tokens(self, levels: torch.Tensor, atom_mask: torch.BoolTensor) -> torch.Tensor:
+        """`(num_levels, B, N, H)` dense node levels, `(B, N)` mask -> `(B, num_levels * queries_per_level, H)`."""
+        num_levels, batch, num_atoms, hidden = levels.shape
+        padding = ~atom_mask
+        if self.share_level_attention:
+            queries = self.level_queries.unsqueeze(1).expand(num_levels, batch, -1, hidden)
+            queries = queries.reshape(num_levels * batch, self.queries_per_level, hidden)
+            keys = levels.reshape(num_levels * batch, num_atoms, hidden)
+            tokens, _ = self.level_attention(
+                queries, keys, keys, key_padding_mask=padding.repeat(num_levels, 1), need_weights=False
+            )
+            tokens = tokens.view(num_levels, batch, self.queries_per_level, hidden).transpose(0, 1)
+            return tokens.reshape(batch, num_levels * self.queries_per_level, hidden)
+        tokens = [
+            attention(
+                self.level_queries[level].expand(batch, -1, -1),
+                levels[level],
+                levels[level],
+                key_padding_mask=padding,
+                need_weights=False,
+            )[0]
+            for level, attention in enumerate(self.level_attentions)
+        ]
+        return torch.cat(tokens, dim=1)
+
+    def motif_tokens(
+        self, motif_features: torch.Tensor, motif_mask: torch.BoolTensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        `(B, G, 73)` group vectors, `(B, G)` mask -> `(B, num_motif_queries, H)` tokens and, if asked, the
+        head-averaged attention of the motif queries over the groups `(B, num_motif_queries, G)`. A molecule without
+        groups keeps the raw motif queries (as the original does for methane).
+        """
+        batch = motif_features.shape[0]
+        queries = self.motif_queries.unsqueeze(0).expand(batch, -1, -1)
+        if motif_features.shape[1] == 0:
+            return queries, None
+        has_motif = motif_mask.any(dim=1)
+        padding = ~motif_mask
+        # A molecule without groups attends to its (all-zero) first slot so that attention stays finite; its output
+        # is replaced by the raw queries below.
+        padding[:, 0] = padding[:, 0] & has_motif
+        groups = self.motif_embedding(motif_features.to(self.motif_embedding.weight.dtype))
+        attended, weights = self.motif_attention(
+            queries, groups, groups, key_padding_mask=padding, need_weights=output_attentions
+        )
+        tokens = torch.where(has_motif[:, None, None], attended, queries)
+        if weights is not None:
+            weights = weights * has_motif[:, None, None]
+        return tokens, weights
+
+    def forward(
+        self,
+        levels: torch.Tensor,
+        atom_mask: torch.BoolTensor,
+        motif_features: torch.Tensor | None = None,
+        motif_mask: torch.BoolTensor | None = None,
+    ) -> torch.Tensor:
+        """`(num_levels, B, N, H)` node levels + motif groups -> `(B, num_graph_tokens, text_hidden_size)`."""
+        tokens = self.level_tokens(levels, atom_mask)
+        if self.use_motifs:
+            if motif_features is None or motif_mask is None:
+                raise ValueError("This LLaMo uses motif tokens: pass `motif_features` and `motif_mask`.")
+            motifs, _ = self.motif_tokens(motif_features, motif_mask.bool())
+            tokens = torch.cat([motifs, tokens] if self.motif_tokens_first else [tokens, motifs], dim=1)
+        return self.mlp(self.layer_norm(tokens))
+
+
+class LlamoPreTrainedModel(PreTrainedModel):
+    config_class = LlamoConfig
+    config: LlamoConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, LlamoGraphProjector):
+            init.normal_(module.level_queries, mean=0.0, std=1.0)
+            if module.use_motifs:
+                init.normal_(module.motif_queries, mean=0.0, std=1.0)
+        elif isinstance(module, LlamoCategoricalEmbedding):
+            for embedding in module.embeddings:
+                init.xavier_uniform_(embedding.weight)
+        elif isinstance(module, GINEConv):
+            init.zeros_(module.eps)
+        elif isinstance(module, nn.Linear) and getattr(module, "_llamo_graph_module", False):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding) and getattr(module, "_llamo_graph_module", False):
+            return
+        else:
+            super()._init_weights(module)
+
+
+def _mark_graph_modules(*modules: nn.Module) -> None:
+    """Graph-side Linear layers keep PyTorch's default init (as the original), not the LM's normal(0.02)."""
+    for root in modules:
+        for module in root.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module._llamo_graph_module = True
+
+
+class LlamoModel(LlamoPreTrainedModel):
+    """LLaMo without the LM head: graph encoder, graph projector and the decoder-only language model."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__(config)
+        self.graph_encoder = LlamoGraphEncoder(config.graph_config)
+        self.graph_projector = LlamoGraphProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        _mark_graph_modules(self.graph_encoder, self.graph_projector)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_graph_features(
+        self,
+        atom_features: torch.LongTensor,
+        atom_mask: torch.Tensor,
+        bond_index: torch.LongTensor,
+        bond_features: torch.LongTensor,
+        bond_mask: torch.Tensor,
+        motif_features: torch.Tensor | None = None,
+        motif_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Encode a padded batch of molecules into graph tokens.
+
+        Args:
+            atom_features: `(B, N, 9)` OGB atom features, padded.
+            atom_mask: `(B, N)` True for real atoms.
+            bond_index: `(B, E, 2)` atom indices of each directed bond, local to its molecule.
+            bond_features: `(B, E, 3)` OGB bond features.
+            bond_mask: `(B, E)` True for real bonds.
+            motif_features: `(B, G, 73)` functional-group vectors.
+            motif_mask: `(B, G)` True for real groups.
+
+        Returns:
+            `(B, num_graph_tokens, text_hidden_size)` graph tokens.
+        """
+        atom_mask = atom_mask.bool()
+        bond_mask = bond_mask.bool()
+        batch, num_atoms = atom_mask.shape
+        flat_position = atom_mask.flatten().cumsum(0).view(batch, num_atoms) - 1
+        sources = flat_position.gather(1, bond_index[..., 0])[bond_mask]
+        targets = flat_position.gather(1, bond_index[..., 1])[bond_mask]
+        levels = self.graph_encoder(
+            atom_features[atom_mask], torch.stack([sources, targets]), bond_features[bond_mask]
+        )
+        dense = levels.new_zeros(levels.shape[0], batch, num_atoms, levels.shape[-1])
+        dense[:, atom_mask] = levels
+        return self.graph_projector(dense, atom_mask, motif_features, motif_mask)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, graph_embeds: torch.Tensor
+    ) -> torch.BoolTensor:
+        """`(B, L, 1)` mask of the `<graph>` positions; every row must hold exactly one molecule's graph tokens."""
+        if input_ids is None:
+            graph_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.graph_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == graph_embedding).all(-1)
+        else:
+            mask = input_ids == self.config.graph_token_id
+        per_row = mask.sum(dim=1)
+        num_tokens = graph_embeds.shape[1]
+        if graph_embeds.shape[0] != mask.shape[0] or bool((per_row != num_tokens).any()):
+            raise ValueError(
+                f"Graph tokens and <graph> positions disagree: the {mask.shape[0]} sequences hold "
+                f"{per_row.tolist()} <graph> positions, but {graph_embeds.shape[0]} molecules were given with "
+                f"{num_tokens} graph tokens each. Build inputs with LlamoProcessor, which expands every <graph> "
+                f"into {num_tokens} placeholders (and do not truncate them away)."
+            )
+        return mask.unsqueeze(-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        atom_features: torch.LongTensor | None = None,
+        atom_mask: torch.Tensor | None = None,
+        bond_index: torch.LongTensor | None = None,
+        bond_features: torch.LongTensor | None = None,
+        bond_mask: torch.Tensor | None = None,
+        motif_features: torch.Tensor | None = None,
+        motif_mask: torch.Tensor | None = None,
+        graph_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LlamoModelOutputWithPast:
+        r"""
+        Graph inputs (`atom_features` ... `motif_mask`, see [`~LlamoModel.get_graph_features`]) or precomputed
+        `graph_embeds` `(B, num_graph_tokens, hidden)` fill the `<graph>` placeholder positions of `input_ids`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        if graph_embeds is None and atom_features is not None:
+            graph_embeds = self.get_graph_features(
+                atom_features, atom_mask, bond_index, bond_features, bond_mask, motif_features, motif_mask
+            )
+        if graph_embeds is not None:
+            graph_embeds = graph_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, graph_embeds)
+            inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask, graph_embeds)
+        elif (
+            input_ids is not None
+            and self.config.graph_token_id is not None
+            and (cache is None or cache.get_seq_length() == 0)
+            and bool((input_ids == self.config.graph_token_id).any())
+        ):
+            raise ValueError(
+                "input_ids hold <graph> placeholders but no graph inputs were given: pass the processor's "
+                f"{', '.join(GRAPH_INPUT_NAMES)} (or `graph_embeds`), or build a prompt without a molecule."
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return LlamoModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            graph_embeds=graph_embeds,
+        )
+
+
+class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
+    """LLaMo with its LM head: answers instructions about a molecule given as graph inputs plus a text prompt.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM, AutoProcessor
+    >>> model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    >>> messages = [{"role": "user", "content": [
+    ...     {"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"},
+    ...     {"type": "text", "text": "Describe this molecule."}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    >>> output = model.generate(**inputs, max_new_tokens=64)
+    >>> processor.batch_decode(output)[0]
+    ```
+    """
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__(config)
+        self.model = LlamoModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        embeddings = self.model.language_model.get_input_embeddings()
+        embedding_name = next(
+            name for name, module in self.model.language_model.named_modules() if module is embeddings
+        )
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}.weight"}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.lm_head = new_embeddings
+
+    def get_graph_features(self, *args, **kwargs) -> torch.Tensor:
+        return self.model.get_graph_features(*args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        atom_features: torch.LongTensor | None = None,
+        atom_mask: torch.Tensor | None = None,
+        bond_index: torch.LongTensor | None = None,
+        bond_features: torch.LongTensor | None = None,
+        bond_mask: torch.Tensor | None = None,
+        motif_features: torch.Tensor | None = None,
+        motif_mask: torch.Tensor | None = None,
+        graph_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LlamoCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets aligned with `input_ids` (shifted inside the loss); `-100` positions are ignored.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            atom_features=atom_features,
+            atom_mask=atom_mask,
+            bond_index=bond_index,
+            bond_features=bond_features,
+            bond_mask=bond_mask,
+            motif_features=motif_features,
+            motif_mask=motif_mask,
+            graph_embeds=graph_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return LlamoCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            graph_embeds=outputs.graph_embeds,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in (*GRAPH_INPUT_NAMES, "graph_embeds"):
+                model_inputs.pop(name, None)
+        return model_inputs
+
+
+__all__ = ["LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"]

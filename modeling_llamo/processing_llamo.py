@@ -1,0 +1,403 @@
+"""Processor for LLaMo: SMILES -> padded graph tensors + motif tensors, text -> tokens with `<graph>` placeholders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from rdkit import Chem
+from transformers import BatchFeature, ProcessorMixin
+
+from .configuration_llamo import GRAPH_INPUT_NAMES
+from .featurization_llamo import (
+    MoleculeGraph,
+    check_size,
+    collate_molecule_graphs,
+    featurize_molecule,
+    parse_smiles,
+    prompt_smiles,
+)
+
+LLAMA2_SYSTEM_PROMPT = "The following is a conversation between a curious human and AI assistant."
+
+# The prompt of the released LLaMo code (LLaMA-2 chat format). A system message, if given, replaces the default one.
+LLAMA2_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = '" + LLAMA2_SYSTEM_PROMPT + "' -%}{%- set turns = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.first -%}"
+    "{{- bos_token + '[INST] <<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] + ' [/INST]' -}}"
+    "{%- else -%}"
+    "{{- bos_token + '[INST] ' + message['content'] + ' [/INST]' -}}"
+    "{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- ' ' -}}{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+CHAT_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE}
+"""Built-in chat templates, selectable by name wherever a chat template is accepted."""
+
+PROMPT_SMILES_MODES = ("canonical", "input", "none")
+
+_USER_SENTINEL = "LLAMOUSERTURNSENTINEL"
+_ANSWER_SENTINEL = "LLAMOANSWERSENTINEL"
+
+
+class LlamoProcessor(ProcessorMixin):
+    r"""
+    Wraps an LLM tokenizer. Turns SMILES into batch-first graph tensors (OGB atom/bond features, functional-group
+    vectors; see `GRAPH_INPUT_NAMES`) and expands each `<graph>` placeholder in the text into `num_graph_tokens`
+    placeholder ids, which the model fills with graph tokens.
+
+    Args:
+        tokenizer: the LLM's tokenizer, holding `graph_token` as a token.
+        chat_template (`str`, *optional*): a Jinja chat template or a built-in name (`"llama2"`, the original
+            LLaMo prompt). Without one, the tokenizer's own chat template is used.
+        graph_token (`str`, defaults to `"<graph>"`): the placeholder marking where the molecule goes.
+        num_graph_tokens (`int`, defaults to 28): graph tokens per molecule (the model config's `num_graph_tokens`).
+        max_atoms (`int`, *optional*, defaults to 512): larger molecules are refused with a `ValueError`; `None` accepts
+            any size.
+        prompt_smiles (`str`, defaults to `"canonical"`): how a molecule content block shows its SMILES to the LLM:
+            `"canonical"` (canonical, non-isomeric, as the original), `"input"` (as given) or `"none"` (graph only).
+        max_smiles_length (`int`, *optional*, defaults to 128): SMILES text in prompts is cut to this many characters.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        chat_template: str | None = None,
+        graph_token: str = "<graph>",
+        num_graph_tokens: int = 28,
+        max_atoms: int | None = 512,
+        prompt_smiles: str = "canonical",
+        max_smiles_length: int | None = 128,
+        **kwargs,
+    ):
+        if prompt_smiles not in PROMPT_SMILES_MODES:
+            raise ValueError(f"prompt_smiles must be one of {PROMPT_SMILES_MODES}, got {prompt_smiles!r}.")
+        if num_graph_tokens < 1:
+            raise ValueError(f"num_graph_tokens must be at least 1, got {num_graph_tokens}.")
+        self.graph_token = graph_token
+        self.num_graph_tokens = num_graph_tokens
+        self.max_atoms = max_atoms
+        self.prompt_smiles = prompt_smiles
+        self.max_smiles_length = max_smiles_length
+        super().__init__(tokenizer, chat_template=CHAT_TEMPLATES.get(chat_template, chat_template), **kwargs)
+        graph_ids = tokenizer.encode(graph_token, add_special_tokens=False)
+        if len(graph_ids) != 1 or graph_ids[0] == tokenizer.unk_token_id:
+            raise ValueError(
+                f"The tokenizer has no single token for {graph_token!r} (it encodes to {graph_ids}). Add it with "
+                f"`tokenizer.add_tokens([{graph_token!r}], special_tokens=True)` and resize the model's embeddings, "
+                "or build the model with `llamo init`."
+            )
+        self.graph_token_id = graph_ids[0]
+        self._answer_markers: dict[str, str | None] = {}
+        self._last_prompt: torch.Tensor | None = None
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
+
+    def featurize(
+        self, molecules: Sequence[str | Chem.Mol], max_atoms: int | None | str = "default"
+    ) -> list[MoleculeGraph]:
+        """Featurize molecules (SMILES or RDKit molecules), raising a `ValueError` that names the bad one's index."""
+        limit = self.max_atoms if max_atoms == "default" else max_atoms
+        graphs = []
+        for index, molecule in enumerate(molecules):
+            mol = molecule if isinstance(molecule, Chem.Mol) else parse_smiles(molecule, index=index)
+            check_size(mol, limit, molecule, index)
+            graphs.append(featurize_molecule(mol, rings_from_sanitization=not isinstance(molecule, Chem.Mol)))
+        return graphs
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        smiles: str | Chem.Mol | Sequence[str | Chem.Mol] | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        truncation: bool | str = False,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        max_atoms: int | None | str = "default",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Tokenize `text` (one string per sequence, each with one `<graph>` where its molecule goes) and featurize the
+        matching `smiles` (one per sequence).
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, when molecules are given, the graph tensors
+            `atom_features`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`, `motif_features`,
+            `motif_mask` (all batch-first).
+
+        Raises:
+            ValueError: unparsable, empty or oversized SMILES (naming it and its index), or a text whose `<graph>`
+                placeholders do not match its molecules.
+        """
+        if text is None:
+            if smiles is None:
+                raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
+            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol)) else list(smiles)
+            text = [self.graph_token] * len(molecules)
+        texts = [text] if isinstance(text, str) else list(text)
+        if smiles is None:
+            for index, sample in enumerate(texts):
+                if self.graph_token in sample:
+                    raise ValueError(
+                        f"Text {index} holds {self.graph_token} but no `smiles` were given for it: pass one SMILES "
+                        "per text."
+                    )
+            graph_inputs = {}
+        else:
+            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol)) else list(smiles)
+            if len(molecules) != len(texts):
+                raise ValueError(
+                    f"Got {len(texts)} texts and {len(molecules)} molecules: LLaMo takes exactly one molecule per "
+                    "sequence."
+                )
+            for index, sample in enumerate(texts):
+                count = sample.count(self.graph_token)
+                if count != 1:
+                    raise ValueError(
+                        f"Text {index} holds {count} {self.graph_token} placeholders; put exactly one where its "
+                        "molecule goes (LLaMo takes one molecule per sequence)."
+                    )
+            graph_inputs = collate_molecule_graphs(self.featurize(molecules, max_atoms))
+
+        expanded = [sample.replace(self.graph_token, self.graph_token * self.num_graph_tokens) for sample in texts]
+        tokenizer_kwargs = {"padding_side": padding_side} if padding_side is not None else {}
+        encoding = self.tokenizer(
+            expanded,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            add_special_tokens=add_special_tokens,
+            **tokenizer_kwargs,
+            **kwargs,
+        )
+        if graph_inputs:
+            for index, ids in enumerate(encoding["input_ids"]):
+                found = sum(1 for token in ids if token == self.graph_token_id)
+                if found != self.num_graph_tokens:
+                    raise ValueError(
+                        f"Sequence {index} keeps {found} of its {self.num_graph_tokens} graph placeholders after "
+                        "tokenization (truncated?): raise `max_length` or shorten the text."
+                    )
+
+        data = dict(encoding)
+        if return_tensors == "pt" or return_tensors is None:
+            data.update(graph_inputs)
+        elif return_tensors == "np":
+            data.update({name: value.numpy() for name, value in graph_inputs.items()})
+        else:
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        batch = BatchFeature(data, tensor_type=return_tensors)
+        if return_tensors is None:
+            for name in graph_inputs:
+                batch[name] = batch[name].tolist()
+        if isinstance(batch.get("input_ids"), torch.Tensor):
+            self._last_prompt = batch["input_ids"].detach().cpu()
+        return batch
+
+    def molecule_text(self, mol: Chem.Mol, given: str | Chem.Mol) -> str:
+        """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`."""
+        if self.prompt_smiles == "none":
+            shown = ""
+        elif self.prompt_smiles == "input" and isinstance(given, str):
+            shown = given if self.max_smiles_length is None else given[: self.max_smiles_length]
+        else:
+            shown = prompt_smiles(mol, self.max_smiles_length)
+        return shown + self.graph_token
+
+    def _flatten(self, conversation: list[dict], index: int) -> tuple[list[dict], list[tuple[Chem.Mol, object]]]:
+        """Turn content blocks into plain strings, collecting the molecules in order."""
+        messages, molecules = [], []
+        for message in conversation:
+            content = message.get("content")
+            if content is None or isinstance(content, str):
+                messages.append({**message, "content": content or ""})
+                continue
+            parts = []
+            for block in content:
+                kind = block.get("type") if isinstance(block, dict) else None
+                if kind == "molecule":
+                    given = block.get("smiles", block.get("molecule"))
+                    mol = given if isinstance(given, Chem.Mol) else parse_smiles(given, index=index)
+                    molecules.append((mol, given))
+                    parts.append(self.molecule_text(mol, given))
+                elif kind == "text":
+                    parts.append(block.get("text", ""))
+                else:
+                    raise ValueError(
+                        f"Conversation {index}: unsupported content block {block!r}; LLaMo reads "
+                        '{"type": "molecule", "smiles": ...} and {"type": "text", "text": ...} blocks.'
+                    )
+            messages.append({**message, "content": " ".join(part for part in parts if part)})
+        return messages, molecules
+
+    def _resolve_template(self, chat_template: str | None) -> str:
+        template = CHAT_TEMPLATES.get(chat_template, chat_template) or self.chat_template
+        template = template or getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):
+            template = template.get("default") or next(iter(template.values()))
+        if not template:
+            raise ValueError(
+                "No chat template: the processor and its tokenizer have none. Pass `chat_template` (a Jinja string "
+                f"or one of {sorted(CHAT_TEMPLATES)})."
+            )
+        return template
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict] | list[list[dict]],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        truncation: bool | str = False,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        max_atoms: int | None | str = "default",
+        **template_kwargs,
+    ):
+        """
+        Render conversations whose messages may hold a molecule content block `{"type": "molecule", "smiles": ...}`
+        (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its SMILES text plus `<graph>`; with
+        `tokenize=True` the molecules are featurized from the same parse and the graph tensors returned.
+
+        Returns:
+            the prompt string(s); with `tokenize=True` the `input_ids`, or the whole `BatchFeature` with
+            `return_dict=True`.
+        """
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        template = self._resolve_template(chat_template)
+        prompts, molecules = [], []
+        for index, item in enumerate(conversations):
+            messages, found = self._flatten(list(item), index)
+            if len(found) > 1:
+                raise ValueError(
+                    f"Conversation {index} holds {len(found)} molecules; LLaMo takes one molecule per conversation."
+                )
+            molecules.append(found[0] if found else None)
+            prompts.append(
+                self.tokenizer.apply_chat_template(
+                    messages,
+                    chat_template=template,
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                    continue_final_message=continue_final_message,
+                    **template_kwargs,
+                )
+            )
+        if not tokenize:
+            return prompts if batched else prompts[0]
+
+        with_molecule = [molecule is not None for molecule in molecules]
+        if any(with_molecule) and not all(with_molecule):
+            raise ValueError(
+                "Every conversation of a batch needs a molecule, or none does; conversations without one: "
+                f"{[index for index, has in enumerate(with_molecule) if not has]}."
+            )
+        smiles = [molecule[0] for molecule in molecules] if all(with_molecule) else None
+        if smiles is not None:
+            for index, (mol, given) in enumerate(molecules):
+                check_size(mol, self.max_atoms if max_atoms == "default" else max_atoms, given, index)
+        outputs = self(
+            text=prompts,
+            smiles=smiles,
+            return_tensors=return_tensors,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            padding_side=padding_side,
+            add_special_tokens=False,
+            max_atoms=None,
+        )
+        return outputs if return_dict else outputs["input_ids"]
+
+    def answer_marker(self, chat_template: str | None = None) -> str | None:
+        """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`)."""
+        template = self._resolve_template(chat_template)
+        if template not in self._answer_markers:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ANSWER_SENTINEL}],
+                chat_template=template,
+                tokenize=False,
+            )
+            start = rendered.find(_USER_SENTINEL)
+            end = rendered.find(_ANSWER_SENTINEL)
+            marker = rendered[start + len(_USER_SENTINEL) : end].strip() if 0 <= start < end else ""
+            self._answer_markers[template] = marker or None
+        return self._answer_markers[template]
+
+    def _strip_prompt(self, rows: torch.Tensor, prompt_length: int | None) -> list[list[int]] | None:
+        if prompt_length is not None:
+            return rows[:, prompt_length:].tolist()
+        prompt = self._last_prompt
+        if prompt is None or rows.shape[1] < prompt.shape[1] or rows.shape[0] % prompt.shape[0]:
+            return None
+        repeats = rows.shape[0] // prompt.shape[0]
+        expected = prompt.repeat_interleave(repeats, dim=0)
+        if not torch.equal(rows[:, : prompt.shape[1]].cpu(), expected):
+            return None
+        return rows[:, prompt.shape[1] :].tolist()
+
+    def batch_decode(
+        self,
+        sequences,
+        prompt_length: int | torch.Tensor | None = None,
+        skip_special_tokens: bool = True,
+        **kwargs,
+    ) -> list[str]:
+        """
+        Decode generated sequences into the answer text only.
+
+        The prompt is removed by, in order: `prompt_length` (an int, or the prompt's `input_ids`); an exact match with
+        the prompt of this processor's last call; the chat template's answer marker (text after its last occurrence).
+        """
+        rows = torch.as_tensor(np.asarray(sequences) if not isinstance(sequences, torch.Tensor) else sequences)
+        if rows.dim() == 1:
+            rows = rows.unsqueeze(0)
+        if isinstance(prompt_length, torch.Tensor):
+            prompt_length = prompt_length.shape[-1]
+        answers = self._strip_prompt(rows, prompt_length)
+        if answers is not None:
+            return [
+                text.strip()
+                for text in self.tokenizer.batch_decode(answers, skip_special_tokens=skip_special_tokens, **kwargs)
+            ]
+        try:
+            marker = self.answer_marker()
+        except ValueError:
+            marker = None
+        texts = self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=False, **kwargs)
+        results = []
+        for text in texts:
+            if marker and marker in text:
+                text = text.rsplit(marker, 1)[1]
+            if skip_special_tokens:
+                for token in sorted(set(self.tokenizer.all_special_tokens) | {self.graph_token}, key=len, reverse=True):
+                    text = text.replace(token, "")
+            results.append(text.strip())
+        return results
+
+    def decode(self, sequence, prompt_length: int | torch.Tensor | None = None, **kwargs) -> str:
+        """Decode one generated sequence into its answer text (see `batch_decode`)."""
+        return self.batch_decode([sequence] if not hasattr(sequence, "dim") else sequence.view(1, -1),
+                                 prompt_length=prompt_length, **kwargs)[0]
+
+
+__all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor"]

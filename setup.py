@@ -1,0 +1,45 @@
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="llamo",
+    version="0.1.0.dev0",
+    description="LLaMo (NeurIPS 2024), Hugging Face-native: a molecular graph assistant built on any causal LM",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[
+        "llamo",
+        "llamo.processing",
+        "llamo.training",
+        "llamo.hub_cards",
+        "llamo.evaluation",
+    ],
+    package_dir={
+        "llamo": "modeling_llamo",
+        "llamo.processing": "processing",
+        "llamo.training": "training",
+        "llamo.hub_cards": "hub_cards",
+        "llamo.evaluation": "evaluation",
+    },
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.24,<6",
+        "torch-geometric>=2.6",
+        "rdkit>=2024.3",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "accelerate>=1.0",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "bench": ["ogb==1.3.5"],
+    },
+    entry_points={"console_scripts": ["llamo=llamo.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""Stage-1 (graph-language alignment) and stage-2 (instruction tuning) training for LLaMo."""
