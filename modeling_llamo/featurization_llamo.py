@@ -261,7 +261,7 @@ def _group_atoms(scan: _MoleculeScan, rings: list[tuple[int, ...]]) -> list[set[
         groups.append({atom_idx})
         membership[atom_idx] = [len(groups) - 1]
 
-    for (first, second), in_ring in zip(scan.bond_ends, scan.bond_in_ring):
+    for (first, second), in_ring in zip(scan.bond_ends, scan.bond_in_ring, strict=False):
         if in_ring:
             continue
         if first in marked:
@@ -307,7 +307,7 @@ def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
         element_class = _ELEMENT_CLASS.get(atomic_nums[atom_idx], _ELEMENT_CLASS_OTHER)
         for group_idx in group_ids:
             counts[group_idx][element_class] += 1
-    for (first, second), bond_type, in_ring in zip(scan.bond_ends, scan.bond_types, scan.bond_in_ring):
+    for (first, second), bond_type, in_ring in zip(scan.bond_ends, scan.bond_types, scan.bond_in_ring, strict=False):
         first_groups = atom_groups.get(first)
         second_groups = atom_groups.get(second)
         if first_groups is None or second_groups is None:
@@ -322,7 +322,7 @@ def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
 
     vectors = np.zeros((len(groups), MOTIF_FEATURE_SIZE), dtype=np.uint8)
     for row, group_counts in enumerate(counts):
-        for value, (offset, slots) in zip(group_counts, _MOTIF_LAYOUT):
+        for value, (offset, slots) in zip(group_counts, _MOTIF_LAYOUT, strict=False):
             if slots == 1:
                 vectors[row, offset] = value > 0
             else:
@@ -434,4 +434,3 @@ def collate_molecule_graphs(graphs: list[MoleculeGraph]) -> dict[str, torch.Tens
         "motif_features": torch.from_numpy(motifs),
         "motif_mask": torch.from_numpy(motif_mask),
     }
-

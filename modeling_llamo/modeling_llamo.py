@@ -297,9 +297,7 @@ class LlamoModel(LlamoPreTrainedModel):
         flat_position = atom_mask.flatten().cumsum(0).view(batch, num_atoms) - 1
         sources = flat_position.gather(1, bond_index[..., 0])[bond_mask]
         targets = flat_position.gather(1, bond_index[..., 1])[bond_mask]
-        levels = self.graph_encoder(
-            atom_features[atom_mask], torch.stack([sources, targets]), bond_features[bond_mask]
-        )
+        levels = self.graph_encoder(atom_features[atom_mask], torch.stack([sources, targets]), bond_features[bond_mask])
         dense = levels.new_zeros(levels.shape[0], batch, num_atoms, levels.shape[-1])
         dense[:, atom_mask] = levels
         return self.graph_projector(dense, atom_mask, motif_features, motif_mask)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,6 +69,7 @@ class LlamoProcessor(ProcessorMixin):
         prompt_smiles (`str`, defaults to `"canonical"`): how a molecule content block shows its SMILES to the LLM:
             `"canonical"` (canonical, non-isomeric, as the original), `"input"` (as given) or `"none"` (graph only).
         max_smiles_length (`int`, *optional*, defaults to 128): SMILES text in prompts is cut to this many characters.
+        padding_side (`str`, defaults to `"left"`): how batches are padded (left, for generation).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class LlamoProcessor(ProcessorMixin):
         max_atoms: int | None = 512,
         prompt_smiles: str = "canonical",
         max_smiles_length: int | None = 128,
+        padding_side: str = "left",
         **kwargs,
     ):
         if prompt_smiles not in PROMPT_SMILES_MODES:
@@ -89,7 +93,11 @@ class LlamoProcessor(ProcessorMixin):
         self.max_atoms = max_atoms
         self.prompt_smiles = prompt_smiles
         self.max_smiles_length = max_smiles_length
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        self.padding_side = padding_side
         super().__init__(tokenizer, chat_template=CHAT_TEMPLATES.get(chat_template, chat_template), **kwargs)
+        tokenizer.padding_side = padding_side
         graph_ids = tokenizer.encode(graph_token, add_special_tokens=False)
         if len(graph_ids) != 1 or graph_ids[0] == tokenizer.unk_token_id:
             raise ValueError(
@@ -106,7 +114,7 @@ class LlamoProcessor(ProcessorMixin):
         return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
 
     def featurize(
-        self, molecules: Sequence[str | Chem.Mol], max_atoms: int | None | str = "default"
+        self, molecules: Sequence[str | Chem.Mol], max_atoms: int | str | None = "default"
     ) -> list[MoleculeGraph]:
         """Featurize molecules (SMILES or RDKit molecules), raising a `ValueError` that names the bad one's index."""
         limit = self.max_atoms if max_atoms == "default" else max_atoms
@@ -127,7 +135,7 @@ class LlamoProcessor(ProcessorMixin):
         max_length: int | None = None,
         padding_side: str | None = None,
         add_special_tokens: bool = True,
-        max_atoms: int | None | str = "default",
+        max_atoms: int | str | None = "default",
         **kwargs,
     ) -> BatchFeature:
         """
@@ -174,14 +182,20 @@ class LlamoProcessor(ProcessorMixin):
             graph_inputs = collate_molecule_graphs(self.featurize(molecules, max_atoms))
 
         expanded = [sample.replace(self.graph_token, self.graph_token * self.num_graph_tokens) for sample in texts]
-        tokenizer_kwargs = {"padding_side": padding_side} if padding_side is not None else {}
+        if padding and self.tokenizer.pad_token is None:
+            if len(expanded) > 1:
+                raise ValueError(
+                    "The tokenizer has no pad token, so a batch cannot be padded: set `processor.tokenizer.pad_token` "
+                    "(`llamo init` adds one)."
+                )
+            padding = False
         encoding = self.tokenizer(
             expanded,
             padding=padding,
             truncation=truncation,
             max_length=max_length,
             add_special_tokens=add_special_tokens,
-            **tokenizer_kwargs,
+            padding_side=padding_side or self.padding_side,
             **kwargs,
         )
         if graph_inputs:
@@ -207,6 +221,18 @@ class LlamoProcessor(ProcessorMixin):
         if isinstance(batch.get("input_ids"), torch.Tensor):
             self._last_prompt = batch["input_ids"].detach().cpu()
         return batch
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save tokenizer, chat template and processor options. The tokenizer's own config gets no `auto_map`, so
+        `AutoTokenizer.from_pretrained(folder)` loads it without asking for remote code."""
+        result = super().save_pretrained(save_directory, **kwargs)
+        tokenizer_config = Path(save_directory) / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+            if set(data.get("auto_map", {})) <= {"AutoProcessor"}:
+                data.pop("auto_map", None)
+                tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return result
 
     def molecule_text(self, mol: Chem.Mol, given: str | Chem.Mol) -> str:
         """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`."""
@@ -269,7 +295,7 @@ class LlamoProcessor(ProcessorMixin):
         truncation: bool | str = False,
         max_length: int | None = None,
         padding_side: str | None = None,
-        max_atoms: int | None | str = "default",
+        max_atoms: int | str | None = "default",
         **template_kwargs,
     ):
         """
@@ -396,8 +422,9 @@ class LlamoProcessor(ProcessorMixin):
 
     def decode(self, sequence, prompt_length: int | torch.Tensor | None = None, **kwargs) -> str:
         """Decode one generated sequence into its answer text (see `batch_decode`)."""
-        return self.batch_decode([sequence] if not hasattr(sequence, "dim") else sequence.view(1, -1),
-                                 prompt_length=prompt_length, **kwargs)[0]
+        return self.batch_decode(
+            [sequence] if not hasattr(sequence, "dim") else sequence.view(1, -1), prompt_length=prompt_length, **kwargs
+        )[0]
 
 
 __all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor"]

@@ -18,8 +18,15 @@ GRAPH_TOKEN_ID = 95
 
 
 def text_config(kind: str = "llama", vocab_size: int = 96, hidden_size: int = 32, tie: bool = False):
-    common = {"vocab_size": vocab_size, "hidden_size": hidden_size, "num_attention_heads": 4,
-              "tie_word_embeddings": tie, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "num_attention_heads": 4,
+        "tie_word_embeddings": tie,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     if kind == "llama":
         return LlamaConfig(intermediate_size=64, num_hidden_layers=2, num_key_value_heads=2, **common)
     if kind == "qwen2":
@@ -94,7 +101,8 @@ def test_reproduces_original_last_gin_layer(golden_stack):
     graph = featurize_smiles(outputs["smiles"][0])
     with torch.no_grad():
         levels = model.graph_encoder(
-            torch.from_numpy(graph.atom_features), torch.from_numpy(graph.edge_index),
+            torch.from_numpy(graph.atom_features),
+            torch.from_numpy(graph.edge_index),
             torch.from_numpy(graph.edge_features),
         )
     torch.testing.assert_close(levels[5], torch.tensor(outputs["level_outputs_layer5_first_graph"]), atol=1e-4, rtol=0)
@@ -108,14 +116,14 @@ def test_original_loader_reports_bad_weights(golden_stack):
         convert_original_graph_state_dict(wrong)
     missing = {k: v for k, v in state_dict.items() if "motif_weight" not in k}
     model = golden_model(state_dict, True)
-    with pytest.raises(ValueError, match="missing.*motif_embedding"):
+    with pytest.raises(ValueError, match=r"missing.*motif_embedding"):
         load_original_graph_weights(model, missing)
     distinct = dict(state_dict)
     distinct["mllm.abstractor.cross_attention.3.out_proj.bias"] = torch.ones(300)
     with pytest.raises(ValueError, match="differ"):
         convert_original_graph_state_dict(distinct, share_level_attention=True)
     too_small = tiny_model()
-    with pytest.raises(ValueError, match="missing|shapes"):
+    with pytest.raises(ValueError, match=r"missing|shapes"):
         load_original_graph_weights(too_small, state_dict)
 
 
@@ -168,8 +176,14 @@ def test_any_causal_lm_family(kind):
     with torch.no_grad():
         out = model(input_ids=input_ids, **batch)
     assert out.logits.shape == (2, input_ids.shape[1], 96)
-    generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **batch,
-                               max_new_tokens=3, do_sample=False, pad_token_id=0)
+    generated = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        **batch,
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert generated.shape == (2, input_ids.shape[1] + 3)
 
 
@@ -220,7 +234,9 @@ def test_mixed_sizes_batch_equals_each_molecule_alone(tiny_llamo):
         batched_logits = model(**batch, position_ids=position_ids).logits[:, -1]
         batched_generation = model.generate(**batch, max_new_tokens=6, do_sample=False)
     for row, conversation in enumerate(conversations):
-        single = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+        single = processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
         with torch.no_grad():
             logits = model(**single).logits[:, -1]
             generation = model.generate(**single, max_new_tokens=6, do_sample=False)
@@ -293,19 +309,24 @@ def test_generation_modes_run_the_graph_once(tiny_llamo, settings):
 
 def test_prefill_only_when_inputs_carry_graph_tensors(tiny_llamo):
     model, processor = tiny_llamo
-    inputs = processor.apply_chat_template(molecule_messages(SMILES["aspirin"]), add_generation_prompt=True,
-                                           tokenize=True, return_dict=True)
+    inputs = processor.apply_chat_template(
+        molecule_messages(SMILES["aspirin"]), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     with torch.no_grad():
         prefill = model(**inputs, use_cache=True)
     next_token = prefill.logits[:, -1:].argmax(-1)
     step_inputs = model.prepare_inputs_for_generation(
-        next_token, cache=prefill.cache, attention_mask=torch.ones(1, inputs["input_ids"].shape[1] + 1),
-        use_cache=True, is_first_iteration=False,
+        next_token,
+        cache=prefill.cache,
+        attention_mask=torch.ones(1, inputs["input_ids"].shape[1] + 1),
+        use_cache=True,
+        is_first_iteration=False,
         **{k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")},
     )
     assert "atom_features" not in step_inputs and "motif_mask" not in step_inputs
-    first_inputs = model.prepare_inputs_for_generation(inputs["input_ids"], is_first_iteration=True, **{
-        k: v for k, v in inputs.items() if k != "input_ids"})
+    first_inputs = model.prepare_inputs_for_generation(
+        inputs["input_ids"], is_first_iteration=True, **{k: v for k, v in inputs.items() if k != "input_ids"}
+    )
     assert "atom_features" in first_inputs
 
 
@@ -334,7 +355,7 @@ def test_gradient_checkpointing_matches_plain_backward():
     inputs["labels"] = inputs["input_ids"].clone()
     plain(**inputs).loss.backward()
     checkpointed(**inputs).loss.backward()
-    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=False):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -356,8 +377,13 @@ def test_bfloat16():
     inputs = {"input_ids": prompt_ids(model, 2), **graph_batch("aspirin", "methane")}
     with torch.no_grad():
         out = model(**inputs)
-        generated = model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]), max_new_tokens=3,
-                                   do_sample=False, pad_token_id=0)
+        generated = model.generate(
+            **inputs,
+            attention_mask=torch.ones_like(inputs["input_ids"]),
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=0,
+        )
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all()
     assert out.graph_embeds.dtype == torch.bfloat16
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
@@ -369,5 +395,6 @@ def test_precomputed_graph_embeds_equal_graph_inputs():
     input_ids = prompt_ids(model, 2)
     with torch.no_grad():
         graph = model.get_graph_features(**batch)
-        torch.testing.assert_close(model(input_ids=input_ids, graph_embeds=graph).logits,
-                                   model(input_ids=input_ids, **batch).logits)
+        torch.testing.assert_close(
+            model(input_ids=input_ids, graph_embeds=graph).logits, model(input_ids=input_ids, **batch).logits
+        )

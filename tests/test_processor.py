@@ -1,0 +1,199 @@
+import pytest
+import torch
+from rdkit import Chem
+
+from llamo import LlamoProcessor
+from llamo.processing_llamo import LLAMA2_CHAT_TEMPLATE
+
+from .conftest import CHATML_TEMPLATE, SMILES, make_tokenizer, molecule_messages
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_llamo):
+    return tiny_llamo[1]
+
+
+def graph_count(processor, input_ids) -> list[int]:
+    return (torch.as_tensor(input_ids) == processor.graph_token_id).sum(-1).tolist()
+
+
+def test_call_expands_graph_and_featurizes(processor):
+    inputs = processor(text=["CCO<graph> Describe.", "C<graph> What is it?"], smiles=["CCO", "C"], padding_side="right")
+    assert graph_count(processor, inputs["input_ids"]) == [16, 16]
+    assert inputs["atom_features"].shape == (2, 3, 9)
+    assert inputs["atom_mask"].sum(1).tolist() == [3, 1]
+    assert inputs["motif_mask"].sum(1).tolist() == [2, 0]  # {C-C}, {C-O}; methane has no group
+    assert set(processor.model_input_names) >= {"input_ids", "atom_features", "motif_mask"}
+
+
+def test_llama2_prompt_is_the_original(processor):
+    prompt = processor.apply_chat_template(
+        molecule_messages("C[C@H](N)C(=O)O", "What is it?"), add_generation_prompt=True
+    )
+    assert prompt == (
+        "<s>[INST] <<SYS>>\nThe following is a conversation between a curious human and AI assistant.\n<</SYS>>\n\n"
+        "CC(N)C(=O)O<graph> What is it? [/INST]"
+    )
+    conversation = [
+        *molecule_messages(SMILES["aspirin"]),
+        {"role": "assistant", "content": "An ester."},
+        {"role": "user", "content": "Is it acidic?"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    prompt = processor.apply_chat_template(conversation)
+    assert prompt.endswith(" [/INST] An ester.</s><s>[INST] Is it acidic? [/INST] Yes.</s>")
+    system = [{"role": "system", "content": "Be brief."}, *molecule_messages("O")]
+    assert processor.apply_chat_template(system).startswith("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nO<graph>")
+
+
+def test_tokenizers_own_chat_template_works(processor):
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(["<graph>"], special_tokens=True)
+    chatml = LlamoProcessor(tokenizer, num_graph_tokens=16)
+    prompt = chatml.apply_chat_template(molecule_messages("CCO"), add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nCCO<graph> Describe this molecule.<|im_end|>\n<|im_start|>assistant\n"
+    inputs = chatml.apply_chat_template(
+        molecule_messages("CCO"), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert graph_count(chatml, inputs["input_ids"]) == [16]
+    assert chatml.answer_marker() == "<|im_end|>\n<|im_start|>assistant"
+    # a named built-in template overrides the tokenizer's
+    assert chatml.apply_chat_template(molecule_messages("CCO"), chat_template="llama2").startswith("<s>[INST]")
+
+
+def test_prompt_smiles_modes():
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(["<graph>"], special_tokens=True)
+    for mode, expected in [
+        ("canonical", "CC(N)C(=O)O<graph>"),
+        ("input", "N[C@@H](C)C(=O)O<graph>"),
+        ("none", "<graph>"),
+    ]:
+        proc = LlamoProcessor(tokenizer, chat_template="llama2", prompt_smiles=mode)
+        assert expected + " Describe" in proc.apply_chat_template(molecule_messages("N[C@@H](C)C(=O)O"))
+    with pytest.raises(ValueError, match="prompt_smiles"):
+        LlamoProcessor(tokenizer, prompt_smiles="selfies")
+
+
+def test_batch_first_tensors_for_a_batch_of_conversations(processor):
+    names = ["aspirin", "methane", "salt"]
+    inputs = processor.apply_chat_template(
+        [molecule_messages(SMILES[name]) for name in names],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    assert all(value.shape[0] == 3 for value in inputs.values())
+    assert graph_count(processor, inputs["input_ids"]) == [16, 16, 16]
+    assert processor.tokenizer.padding_side == "left"
+    assert (inputs["attention_mask"][:, -1] == 1).all()
+    only_ids = processor.apply_chat_template(molecule_messages("CCO"), tokenize=True)
+    assert only_ids.shape[0] == 1
+
+
+def test_text_only_conversation(processor):
+    inputs = processor.apply_chat_template(
+        [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert "atom_features" not in inputs
+    assert graph_count(processor, inputs["input_ids"]) == [0]
+
+
+def test_rdkit_molecules_are_accepted(processor):
+    mol = Chem.MolFromSmiles(SMILES["caffeine"])
+    from_mol = processor(text="<graph> x", smiles=mol)
+    from_smiles = processor(text="<graph> x", smiles=SMILES["caffeine"])
+    for name in ("atom_features", "bond_index", "motif_features"):
+        assert torch.equal(from_mol[name], from_smiles[name])
+
+
+@pytest.mark.parametrize(
+    ("smiles", "pattern"),
+    [
+        ("C1CC", r"Unparsable SMILES at index 1: 'C1CC'"),
+        ("", "Empty SMILES at index 1"),
+        ("not a molecule", "index 1: 'not a molecule'"),
+    ],
+)
+def test_bad_smiles_name_the_smiles_and_index(processor, smiles, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        processor(text=["<graph> a", "<graph> b"], smiles=["CCO", smiles])
+    with pytest.raises(ValueError, match=pattern.replace("index 1", "index 1")):
+        processor.apply_chat_template(
+            [molecule_messages("CCO"), molecule_messages(smiles)], tokenize=True, add_generation_prompt=True
+        )
+
+
+def test_atom_limit_is_configurable(processor):
+    big = "C" * 600
+    with pytest.raises(ValueError, match="600 atoms, over the limit of 512"):
+        processor(text="<graph> x", smiles=big)
+    assert processor(text="<graph> x", smiles=big, max_atoms=None)["atom_mask"].sum() == 600
+    with pytest.raises(ValueError, match="over the limit of 512"):
+        processor.apply_chat_template(molecule_messages(big), tokenize=True)
+
+
+def test_placeholder_mismatches(processor):
+    with pytest.raises(ValueError, match="2 texts and 1 molecules"):
+        processor(text=["<graph> a", "<graph> b"], smiles=["C"])
+    with pytest.raises(ValueError, match="Text 0 holds 2 <graph>"):
+        processor(text=["<graph><graph> a"], smiles=["C"])
+    with pytest.raises(ValueError, match="no `smiles`"):
+        processor(text="<graph> a")
+    with pytest.raises(ValueError, match="holds 2 molecules"):
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "molecule", "smiles": "C"}, {"type": "molecule", "smiles": "O"}]}]
+        )
+    with pytest.raises(ValueError, match="or none does"):
+        processor.apply_chat_template([molecule_messages("C"), [{"role": "user", "content": "hi"}]], tokenize=True)
+    with pytest.raises(ValueError, match="unsupported content block"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "image", "url": "x.png"}]}])
+    with pytest.raises(ValueError, match="truncated"):
+        processor(text="<graph> hello", smiles="C", truncation=True, max_length=8)
+
+
+def test_tokenizer_without_graph_token():
+    with pytest.raises(ValueError, match="no single token for '<graph>'"):
+        LlamoProcessor(make_tokenizer())
+
+
+def test_batch_decode_returns_the_answer_only(processor):
+    tokenizer = processor.tokenizer
+    inputs = processor.apply_chat_template(
+        [molecule_messages(SMILES["aspirin"]), molecule_messages("C")],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    answer = tokenizer(["It is an acid.", "A gas."], add_special_tokens=False, padding=True, padding_side="right")
+    answer_ids = torch.tensor(answer["input_ids"])
+    answer_ids[answer_ids == tokenizer.pad_token_id] = tokenizer.eos_token_id
+    generated = torch.cat([inputs["input_ids"], answer_ids], dim=1)
+    assert processor.batch_decode(generated) == ["It is an acid.", "A gas."]  # recognised as the last prompt
+    assert processor.batch_decode(generated, prompt_length=inputs["input_ids"]) == ["It is an acid.", "A gas."]
+    assert processor.decode(generated[0], prompt_length=inputs["input_ids"].shape[1]) == "It is an acid."
+    # repeated rows (beam search / num_return_sequences) still match the prompt
+    assert processor.batch_decode(generated.repeat_interleave(2, dim=0))[1] == "It is an acid."
+    # an unrelated prompt falls back to the chat template's answer marker
+    processor.apply_chat_template(molecule_messages("O"), add_generation_prompt=True, tokenize=True)
+    assert processor.batch_decode(generated) == ["It is an acid.", "A gas."]
+
+
+def test_save_and_reload_keeps_options(processor, tmp_path):
+    processor.max_atoms = 100
+    try:
+        processor.save_pretrained(tmp_path)
+        again = LlamoProcessor.from_pretrained(tmp_path)
+    finally:
+        processor.max_atoms = 512
+    assert again.max_atoms == 100
+    assert again.num_graph_tokens == 16
+    assert again.chat_template == LLAMA2_CHAT_TEMPLATE
+    assert again.graph_token_id == processor.graph_token_id
+    messages = molecule_messages(SMILES["glucose"])
+    assert again.apply_chat_template(messages) == processor.apply_chat_template(messages)
+    assert again.tokenizer.padding_side == "left"
+
+
+def test_chatml_fixture_template_is_what_the_tokenizer_carries():
+    assert make_tokenizer().chat_template == CHATML_TEMPLATE

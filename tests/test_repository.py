@@ -1,0 +1,41 @@
+"""The repository keeps its promises to a new user: README commands, CI, remote-code isolation."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REMOTE_CODE = ("configuration_llamo.py", "featurization_llamo.py", "modeling_llamo.py", "processing_llamo.py")
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [block.strip() for block in blocks if block.strip().startswith("pip install")]
+
+
+def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
+    commands = readme_commands()
+    assert len(commands) == 2, commands
+    main_job, tests = commands
+    assert "llamo generate" in main_job and "--smiles" in main_job
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    for step in tests.split(" && "):
+        step = step.replace("pip install", "python3 -m pip install --quiet") if step.startswith("pip ") else step
+        assert step in ci, f"{step!r} is not run by .ci/run"
+
+
+def test_remote_code_files_import_only_their_siblings():
+    for name in REMOTE_CODE:
+        tree = ast.parse((ROOT / "modeling_llamo" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert f"{node.module}.py" in REMOTE_CODE, (name, node.module)
+            elif isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("llamo"), (name, node.module)
+
+
+def test_no_generic_top_level_packages():
+    setup = (ROOT / "setup.py").read_text()
+    packages = re.findall(r'"(llamo[\w.]*|\w+)": "', setup)
+    assert packages and all(package.startswith("llamo") for package in packages), packages
