@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+
+FEATURE_COMMANDS = (
+    "llamo.training.commands",
+    "llamo.processing.commands",
+    "llamo.evaluation.commands",
+    "llamo.hub_cards.commands",
+)
+"""Modules that add subcommands: each has `register(subparsers)` and imports only the standard library at the top,
+so that `llamo --help` stays fast. A handler receives the parsed `argparse.Namespace`; it raises `CommandError` for
+errors the user can fix."""
 
 
 class CommandError(Exception):
@@ -176,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init_parser(subparsers)
     _add_generate_parser(subparsers)
+    for module_name in FEATURE_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue
+            raise
+        module.register(subparsers)
     return parser
 
 

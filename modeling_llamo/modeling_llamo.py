@@ -214,7 +214,7 @@ class LlamoPreTrainedModel(PreTrainedModel):
     config: LlamoConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LlamoGraphEncoder", "LlamoGraphProjector"]
+    _no_split_modules = ("LlamoGraphEncoder", "LlamoGraphProjector")
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True

@@ -52,6 +52,14 @@ _USER_SENTINEL = "LLAMOUSERTURNSENTINEL"
 _ANSWER_SENTINEL = "LLAMOANSWERSENTINEL"
 
 
+def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int) -> None:
+    if max_atoms is not None and graph.num_atoms > max_atoms:
+        raise ValueError(
+            f"Molecule at index {index} has {graph.num_atoms} atoms, over the limit of {max_atoms} "
+            "(raise `max_atoms` to accept it)."
+        )
+
+
 class LlamoProcessor(ProcessorMixin):
     r"""
     Wraps an LLM tokenizer. Turns SMILES into batch-first graph tensors (OGB atom/bond features, functional-group
@@ -114,12 +122,18 @@ class LlamoProcessor(ProcessorMixin):
         return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
 
     def featurize(
-        self, molecules: Sequence[str | Chem.Mol], max_atoms: int | str | None = "default"
+        self, molecules: Sequence[str | Chem.Mol | MoleculeGraph | dict], max_atoms: int | str | None = "default"
     ) -> list[MoleculeGraph]:
-        """Featurize molecules (SMILES or RDKit molecules), raising a `ValueError` that names the bad one's index."""
+        """Featurize molecules (SMILES strings or RDKit molecules; precomputed `MoleculeGraph`s or their dicts pass
+        through), raising a `ValueError` that names the bad one's index."""
         limit = self.max_atoms if max_atoms == "default" else max_atoms
         graphs = []
         for index, molecule in enumerate(molecules):
+            if isinstance(molecule, (MoleculeGraph, dict)):
+                graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
+                _check_graph_size(graph, limit, index)
+                graphs.append(graph)
+                continue
             mol = molecule if isinstance(molecule, Chem.Mol) else parse_smiles(molecule, index=index)
             check_size(mol, limit, molecule, index)
             graphs.append(featurize_molecule(mol, rings_from_sanitization=not isinstance(molecule, Chem.Mol)))
@@ -128,7 +142,7 @@ class LlamoProcessor(ProcessorMixin):
     def __call__(
         self,
         text: str | list[str] | None = None,
-        smiles: str | Chem.Mol | Sequence[str | Chem.Mol] | None = None,
+        smiles: str | Chem.Mol | MoleculeGraph | Sequence[str | Chem.Mol | MoleculeGraph | dict] | None = None,
         return_tensors: str | None = "pt",
         padding: bool | str = True,
         truncation: bool | str = False,
@@ -140,7 +154,7 @@ class LlamoProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Tokenize `text` (one string per sequence, each with one `<graph>` where its molecule goes) and featurize the
-        matching `smiles` (one per sequence).
+        matching `smiles` (one per sequence: SMILES strings, RDKit molecules, or precomputed `MoleculeGraph`s).
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, when molecules are given, the graph tensors
@@ -154,7 +168,7 @@ class LlamoProcessor(ProcessorMixin):
         if text is None:
             if smiles is None:
                 raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
-            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol)) else list(smiles)
+            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol, MoleculeGraph)) else list(smiles)
             text = [self.graph_token] * len(molecules)
         texts = [text] if isinstance(text, str) else list(text)
         if smiles is None:
@@ -166,7 +180,7 @@ class LlamoProcessor(ProcessorMixin):
                     )
             graph_inputs = {}
         else:
-            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol)) else list(smiles)
+            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol, MoleculeGraph)) else list(smiles)
             if len(molecules) != len(texts):
                 raise ValueError(
                     f"Got {len(texts)} texts and {len(molecules)} molecules: LLaMo takes exactly one molecule per "
@@ -234,18 +248,25 @@ class LlamoProcessor(ProcessorMixin):
                 tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return result
 
-    def molecule_text(self, mol: Chem.Mol, given: str | Chem.Mol) -> str:
-        """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`."""
+    def molecule_text(self, mol: Chem.Mol | None, given: str | Chem.Mol, canonical: str | None = None) -> str:
+        """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`.
+        `canonical` is a precomputed canonical SMILES (then `mol` may be `None`)."""
         if self.prompt_smiles == "none":
             shown = ""
         elif self.prompt_smiles == "input" and isinstance(given, str):
             shown = given if self.max_smiles_length is None else given[: self.max_smiles_length]
+        elif canonical is not None:
+            shown = canonical if self.max_smiles_length is None else canonical[: self.max_smiles_length]
         else:
             shown = prompt_smiles(mol, self.max_smiles_length)
         return shown + self.graph_token
 
-    def _flatten(self, conversation: list[dict], index: int) -> tuple[list[dict], list[tuple[Chem.Mol, object]]]:
-        """Turn content blocks into plain strings, collecting the molecules in order."""
+    def _flatten(self, conversation: list[dict], index: int) -> tuple[list[dict], list[tuple[object, object]]]:
+        """Turn content blocks into plain strings, collecting the molecules in order: `(Mol or MoleculeGraph, given)`.
+
+        A molecule block is `{"type": "molecule", "smiles": ...}`; it may carry a precomputed `graph` (a
+        `MoleculeGraph` or its dict) and its canonical `prompt_smiles`, and then RDKit is not called at all.
+        """
         messages, molecules = [], []
         for message in conversation:
             content = message.get("content")
@@ -257,6 +278,13 @@ class LlamoProcessor(ProcessorMixin):
                 kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "molecule":
                     given = block.get("smiles", block.get("molecule"))
+                    graph = block.get("graph")
+                    canonical = block.get("prompt_smiles")
+                    if graph is not None and (canonical is not None or self.prompt_smiles != "canonical"):
+                        graph = graph if isinstance(graph, MoleculeGraph) else MoleculeGraph.from_dict(graph)
+                        molecules.append((graph, given))
+                        parts.append(self.molecule_text(None, given, canonical))
+                        continue
                     mol = given if isinstance(given, Chem.Mol) else parse_smiles(given, index=index)
                     molecules.append((mol, given))
                     parts.append(self.molecule_text(mol, given))
@@ -339,8 +367,12 @@ class LlamoProcessor(ProcessorMixin):
             )
         smiles = [molecule[0] for molecule in molecules] if all(with_molecule) else None
         if smiles is not None:
-            for index, (mol, given) in enumerate(molecules):
-                check_size(mol, self.max_atoms if max_atoms == "default" else max_atoms, given, index)
+            limit = self.max_atoms if max_atoms == "default" else max_atoms
+            for index, (molecule, given) in enumerate(molecules):
+                if isinstance(molecule, Chem.Mol):
+                    check_size(molecule, limit, given, index)
+                else:
+                    _check_graph_size(molecule, limit, index)
         outputs = self(
             text=prompts,
             smiles=smiles,

@@ -197,3 +197,31 @@ def test_save_and_reload_keeps_options(processor, tmp_path):
 
 def test_chatml_fixture_template_is_what_the_tokenizer_carries():
     assert make_tokenizer().chat_template == CHATML_TEMPLATE
+
+
+def test_precomputed_graphs_skip_rdkit(processor, monkeypatch):
+    from llamo import featurization_llamo, processing_llamo
+    from llamo.featurization_llamo import featurize_smiles, prompt_smiles
+
+    smiles = SMILES["caffeine"]
+    graph = featurize_smiles(smiles)
+    canonical = prompt_smiles(Chem.MolFromSmiles(smiles))
+    expected = processor.apply_chat_template(
+        molecule_messages(smiles), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+
+    def no_rdkit(*args, **kwargs):
+        raise AssertionError("RDKit was called")
+
+    monkeypatch.setattr(processing_llamo, "parse_smiles", no_rdkit)
+    monkeypatch.setattr(processing_llamo, "featurize_molecule", no_rdkit)
+    monkeypatch.setattr(featurization_llamo, "parse_smiles", no_rdkit)
+    block = {"type": "molecule", "smiles": smiles, "graph": graph.to_dict(), "prompt_smiles": canonical}
+    messages = [{"role": "user", "content": [block, {"type": "text", "text": "Describe this molecule."}]}]
+    got = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+    direct = processor(text="<graph> hi", smiles=[graph])
+    assert torch.equal(direct["atom_features"], expected["atom_features"])
+    with pytest.raises(ValueError, match="over the limit of 5"):
+        processor(text="<graph> hi", smiles=[graph], max_atoms=5)
