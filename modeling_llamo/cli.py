@@ -12,6 +12,7 @@ EXIT_USAGE = 2
 FEATURE_COMMANDS = (
     "llamo.training.commands",
     "llamo.processing.commands",
+    "llamo.processing.instruction_commands",
     "llamo.evaluation.commands",
     "llamo.hub_cards.commands",
 )

@@ -248,7 +248,9 @@ class LlamoProcessor(ProcessorMixin):
                 tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return result
 
-    def molecule_text(self, mol: Chem.Mol | None, given: str | Chem.Mol, canonical: str | None = None) -> str:
+    def molecule_text(
+        self, mol: Chem.Mol | None, given: str | Chem.Mol, canonical: str | None = None, include_graph: bool = True
+    ) -> str:
         """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`.
         `canonical` is a precomputed canonical SMILES (then `mol` may be `None`)."""
         if self.prompt_smiles == "none":
@@ -259,9 +261,11 @@ class LlamoProcessor(ProcessorMixin):
             shown = canonical if self.max_smiles_length is None else canonical[: self.max_smiles_length]
         else:
             shown = prompt_smiles(mol, self.max_smiles_length)
-        return shown + self.graph_token
+        return shown + self.graph_token if include_graph else shown
 
-    def _flatten(self, conversation: list[dict], index: int) -> tuple[list[dict], list[tuple[object, object]]]:
+    def _flatten(
+        self, conversation: list[dict], index: int, include_graph: bool = True
+    ) -> tuple[list[dict], list[tuple[object, object]]]:
         """Turn content blocks into plain strings, collecting the molecules in order: `(Mol or MoleculeGraph, given)`.
 
         A molecule block is `{"type": "molecule", "smiles": ...}`; it may carry a precomputed `graph` (a
@@ -283,11 +287,11 @@ class LlamoProcessor(ProcessorMixin):
                     if graph is not None and (canonical is not None or self.prompt_smiles != "canonical"):
                         graph = graph if isinstance(graph, MoleculeGraph) else MoleculeGraph.from_dict(graph)
                         molecules.append((graph, given))
-                        parts.append(self.molecule_text(None, given, canonical))
+                        parts.append(self.molecule_text(None, given, canonical, include_graph))
                         continue
                     mol = given if isinstance(given, Chem.Mol) else parse_smiles(given, index=index)
                     molecules.append((mol, given))
-                    parts.append(self.molecule_text(mol, given))
+                    parts.append(self.molecule_text(mol, given, include_graph=include_graph))
                 elif kind == "text":
                     parts.append(block.get("text", ""))
                 else:
@@ -324,12 +328,15 @@ class LlamoProcessor(ProcessorMixin):
         max_length: int | None = None,
         padding_side: str | None = None,
         max_atoms: int | str | None = "default",
+        include_graph: bool = True,
         **template_kwargs,
     ):
         """
         Render conversations whose messages may hold a molecule content block `{"type": "molecule", "smiles": ...}`
         (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its SMILES text plus `<graph>`; with
         `tokenize=True` the molecules are featurized from the same parse and the graph tensors returned.
+        `include_graph=False` renders molecules as SMILES text only, without `<graph>` and graph tensors (the "no
+        graph" ablation: the same model, graph tokens removed).
 
         Returns:
             the prompt string(s); with `tokenize=True` the `input_ids`, or the whole `BatchFeature` with
@@ -340,7 +347,7 @@ class LlamoProcessor(ProcessorMixin):
         template = self._resolve_template(chat_template)
         prompts, molecules = [], []
         for index, item in enumerate(conversations):
-            messages, found = self._flatten(list(item), index)
+            messages, found = self._flatten(list(item), index, include_graph)
             if len(found) > 1:
                 raise ValueError(
                     f"Conversation {index} holds {len(found)} molecules; LLaMo takes one molecule per conversation."
@@ -365,7 +372,7 @@ class LlamoProcessor(ProcessorMixin):
                 "Every conversation of a batch needs a molecule, or none does; conversations without one: "
                 f"{[index for index, has in enumerate(with_molecule) if not has]}."
             )
-        smiles = [molecule[0] for molecule in molecules] if all(with_molecule) else None
+        smiles = [molecule[0] for molecule in molecules] if all(with_molecule) and include_graph else None
         if smiles is not None:
             limit = self.max_atoms if max_atoms == "default" else max_atoms
             for index, (molecule, given) in enumerate(molecules):

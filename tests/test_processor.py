@@ -225,3 +225,16 @@ def test_precomputed_graphs_skip_rdkit(processor, monkeypatch):
     assert torch.equal(direct["atom_features"], expected["atom_features"])
     with pytest.raises(ValueError, match="over the limit of 5"):
         processor(text="<graph> hi", smiles=[graph], max_atoms=5)
+
+
+def test_no_graph_ablation_keeps_the_smiles_text(processor, tiny_llamo):
+    model = tiny_llamo[0]
+    messages = molecule_messages(SMILES["aspirin"])
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, include_graph=False)
+    assert "<graph>" not in prompt and "CC(=O)Oc1ccccc1C(=O)O Describe this molecule." in prompt
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, include_graph=False
+    )
+    assert "atom_features" not in inputs and graph_count(processor, inputs["input_ids"]) == [0]
+    with torch.no_grad():
+        assert model.generate(**inputs, max_new_tokens=3).shape[1] == inputs["input_ids"].shape[1] + 3
