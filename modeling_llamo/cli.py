@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         args.arguments = [*args.arguments, *extras]
     try:
         args.handler(args)
-    except (CommandError, FileNotFoundError, FileExistsError) as error:
+    except (CommandError, FileNotFoundError, FileExistsError, PermissionError) as error:
         print(f"llamo {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -84,6 +84,18 @@ class LlamoGraphEncoder(nn.Module):
         self.atom_encoder = LlamoCategoricalEmbedding(config.atom_vocab_sizes, config.hidden_size)
         self.layers = nn.ModuleList(LlamoGINLayer(config) for _ in range(config.num_layers))
         self.dropout = nn.Dropout(config.dropout)
+        self.frozen = False
+
+    def freeze(self, frozen: bool = True) -> LlamoGraphEncoder:
+        """Stop training the encoder: no gradients, and BatchNorm statistics stay fixed (eval mode) even when the
+        whole model is put in train mode."""
+        self.frozen = frozen
+        for param in self.parameters():
+            param.requires_grad_(not frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> LlamoGraphEncoder:
+        return super().train(mode and not self.frozen)
 
     def forward(
         self, atom_features: torch.LongTensor, edge_index: torch.LongTensor, bond_features: torch.LongTensor
@@ -431,6 +443,10 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
 
     def get_graph_features(self, *args, **kwargs) -> torch.Tensor:
         return self.model.get_graph_features(*args, **kwargs)
+
+    def freeze_graph_encoder(self, frozen: bool = True) -> None:
+        """Freeze the GIN (no gradients, BatchNorm kept in eval mode through `model.train()`), as in stage 2."""
+        self.model.graph_encoder.freeze(frozen)
 
     def forward(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,22 @@ PROMPT_SMILES_MODES = ("canonical", "input", "none")
 
 _USER_SENTINEL = "LLAMOUSERTURNSENTINEL"
 _ANSWER_SENTINEL = "LLAMOANSWERSENTINEL"
+
+
+@dataclass
+class RenderedConversation:
+    """A conversation rendered by the chat template, with where its assistant turns are.
+
+    Attributes:
+        text: the prompt text, with one `<graph>` (not yet expanded) where the molecule is.
+        molecule: the conversation's molecule (an RDKit `Mol` or a precomputed `MoleculeGraph`), or `None`.
+        assistant_spans: `(start, end)` character spans of every assistant turn in `text`, each covering the answer
+            and the template's end-of-turn text (so a model trained on them learns to stop).
+    """
+
+    text: str
+    molecule: object | None
+    assistant_spans: list[tuple[int, int]]
 
 
 def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int) -> None:
@@ -393,6 +410,45 @@ class LlamoProcessor(ProcessorMixin):
         )
         return outputs if return_dict else outputs["input_ids"]
 
+    def render_conversation(
+        self, conversation: list[dict], chat_template: str | None = None, index: int = 0, **template_kwargs
+    ) -> RenderedConversation:
+        """
+        Render a whole conversation (for training) and locate its assistant turns.
+
+        Each assistant span is the text the template adds between the prompt before that turn (rendered with the
+        generation prompt) and the conversation up to and including the turn. The template must render prefixes
+        consistently (true of LLaMA-2, ChatML and most templates); otherwise a `ValueError` says so.
+        """
+        template = self._resolve_template(chat_template)
+        messages, found = self._flatten(list(conversation), index)
+        if len(found) > 1:
+            raise ValueError(f"Conversation {index} holds {len(found)} molecules; LLaMo takes one per conversation.")
+
+        def render(turns: list[dict], generation_prompt: bool) -> str:
+            return self.tokenizer.apply_chat_template(
+                turns,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=generation_prompt,
+                **template_kwargs,
+            )
+
+        text = render(messages, False)
+        spans = []
+        for position, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = render(messages[:position], True)
+            through = render(messages[: position + 1], False)
+            if not (text.startswith(through) and through.startswith(before)):
+                raise ValueError(
+                    f"Conversation {index}: the chat template does not render prefixes of the conversation "
+                    "consistently, so assistant turns cannot be located for the loss mask."
+                )
+            spans.append((len(before), len(through)))
+        return RenderedConversation(text, found[0][0] if found else None, spans)
+
     def answer_marker(self, chat_template: str | None = None) -> str | None:
         """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`)."""
         template = self._resolve_template(chat_template)
@@ -466,4 +522,4 @@ class LlamoProcessor(ProcessorMixin):
         )[0]
 
 
-__all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor"]
+__all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor", "RenderedConversation"]

@@ -398,3 +398,22 @@ def test_precomputed_graph_embeds_equal_graph_inputs():
         torch.testing.assert_close(
             model(input_ids=input_ids, graph_embeds=graph).logits, model(input_ids=input_ids, **batch).logits
         )
+
+
+def test_frozen_encoder_keeps_batchnorm_statistics_in_train_mode():
+    model = tiny_model()
+    model.freeze_graph_encoder()
+    model.train()
+    encoder = model.model.graph_encoder
+    assert not encoder.training and not encoder.layers[0].norm.training
+    assert model.model.graph_projector.training
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    inputs = {"input_ids": prompt_ids(model, 2), **graph_batch("aspirin", "caffeine")}
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(p.grad is None for p in encoder.parameters())
+    assert model.model.graph_projector.level_queries.grad is not None
+    model.freeze_graph_encoder(False)
+    model.train()
+    assert encoder.training and encoder.atom_encoder.embeddings[0].weight.requires_grad

@@ -1,0 +1,363 @@
+"""The offline grounded teacher: conversations written only from verified facts of the molecule.
+
+No language model is involved. A molecule's facts are its description sentences (grouped by what they state: class,
+role, conjugate acid/base, ...), its IUPAC name when given, and what RDKit computes from the structure (formula,
+weight, formal charge, rings, functional groups from the SMARTS patterns below, ...). Each question-answer pair
+states exactly one fact, and the record's metadata keeps, per assistant turn, the fact it came from (`provenance`):
+the fact's key, source (`description`, `iupac` or `rdkit`), value, and the `evidence` strings found verbatim in the
+answer. Records are labelled `teacher: "grounded"`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import rdkit
+from rdkit import Chem, rdBase
+from rdkit.Chem import Descriptors, Lipinski, rdMolDescriptors
+
+GROUNDED_VERSION = "llamo-grounded-v1"
+"""Version of the question/answer templates and fact extraction below (recorded as the records' prompt version)."""
+
+FUNCTIONAL_GROUPS: tuple[tuple[str, str], ...] = (
+    ("carboxylic acid", "[CX3](=O)[OX2H1]"),
+    ("carboxylate", "[CX3](=O)[OX1-]"),
+    ("ester", "[#6][CX3](=O)[OX2H0][#6]"),
+    ("lactone", "[#6][CX3;R](=O)[OX2H0;R][#6]"),
+    ("amide", "[NX3][CX3](=[OX1])[#6]"),
+    ("urea", "[NX3][CX3](=[OX1])[NX3]"),
+    ("primary amine", "[NX3;H2;!$(N[C,S,P]=[O,S,N])][#6]"),
+    ("secondary amine", "[NX3;H1;!$(N[C,S,P]=[O,S,N])]([#6])[#6]"),
+    ("tertiary amine", "[NX3;H0;!$(N[C,S,P]=[O,S,N]);!$(N[!#6])]([#6])([#6])[#6]"),
+    ("ammonium", "[NX4+]"),
+    ("alcohol", "[OX2H][CX4]"),
+    ("phenol", "[OX2H]c"),
+    ("ether", "[OD2;!$(O[#6]=[O,S,N])]([#6])[#6]"),
+    ("aldehyde", "[CX3H1](=O)[#6]"),
+    ("ketone", "[#6][CX3](=O)[#6]"),
+    ("nitrile", "[CX2]#[NX1]"),
+    ("nitro", "[$([NX3+](=O)[O-]),$([NX3](=O)=O)]"),
+    ("organohalogen", "[#6][F,Cl,Br,I]"),
+    ("thiol", "[#6][SX2H]"),
+    ("sulfide", "[#6][SX2][#6]"),
+    ("disulfide", "[#6][SX2][SX2][#6]"),
+    ("sulfonic acid or sulfonate", "[#6][SX4](=O)(=O)[$([OX2H]),$([OX1-])]"),
+    ("sulfonamide", "[SX4](=O)(=O)[NX3]"),
+    ("phosphate", "[PX4](=O)([OX2,OX1-])([OX2,OX1-])[OX2,OX1-]"),
+    ("carbon-carbon double bond", "[CX3]=[CX3]"),
+    ("carbon-carbon triple bond", "[CX2]#[CX2]"),
+    ("epoxide", "[OX2r3]1[#6r3][#6r3]1"),
+    ("benzene ring", "c1ccccc1"),
+)
+"""(name, SMARTS) of the functional groups the grounded teacher reports; a group is counted once per unique match."""
+
+_PATTERNS = {name: Chem.MolFromSmarts(smarts) for name, smarts in FUNCTIONAL_GROUPS}
+
+# what a description sentence states, tried in this order; unmatched sentences are "other"
+_SENTENCE_KINDS: tuple[tuple[str, re.Pattern], ...] = (
+    ("conjugate", re.compile(r"\bconjugate (acid|base)\b", re.I)),
+    ("role", re.compile(r"\bha(s|ve) (a )?roles? as\b", re.I)),
+    ("isomer", re.compile(r"\b(tautomer|enantiomer|stereoisomer|isomer|epimer)s?\b", re.I)),
+    ("derivation", re.compile(r"\b(derives? from|functionally related to|derived from)\b", re.I)),
+    ("origin", re.compile(r"\b(isolated from|found in|produced by|obtained from)\b", re.I)),
+    ("class", re.compile(r"^(it|the molecule|this molecule) is (a|an)\b|\bis a member of\b", re.I)),
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[])")
+
+QUESTIONS: dict[str, tuple[str, ...]] = {
+    "description:definition": (
+        "What is this molecule?",
+        "Can you describe this molecule?",
+        "What kind of compound is this?",
+        "Tell me about this molecule.",
+    ),
+    "description:class": (
+        "Which classes of compounds does it belong to?",
+        "How would you classify it chemically?",
+        "What compound classes is it a member of?",
+    ),
+    "description:role": (
+        "What roles does it have?",
+        "Does it have a known biological or chemical role?",
+        "What is its role?",
+    ),
+    "description:conjugate": (
+        "What is its conjugate acid or base?",
+        "How is it related to its conjugate acid or base?",
+        "Is it the conjugate acid or base of another species?",
+    ),
+    "description:isomer": (
+        "Is it related to any isomers, such as tautomers or enantiomers?",
+        "Which isomers is it related to?",
+    ),
+    "description:derivation": (
+        "What compounds is it derived from or related to?",
+        "Which parent compound is it related to?",
+    ),
+    "description:origin": ("Where does it occur or where has it been found?", "What is its natural source?"),
+    "description:other": ("What else can you tell me about it?", "Is there anything more to know about this molecule?"),
+    "iupac_name": (
+        "What is its IUPAC name?",
+        "How is this compound named systematically?",
+        "Give me the IUPAC name of this molecule.",
+    ),
+    "formula": (
+        "What is the molecular formula of this molecule?",
+        "Which atoms, and how many of each, make up this molecule?",
+        "Can you give me its molecular formula?",
+    ),
+    "molecular_weight": (
+        "What is its molecular weight?",
+        "How heavy is this molecule, in g/mol?",
+        "What is the molar mass of this compound?",
+    ),
+    "formal_charge": (
+        "Does this molecule carry a net charge?",
+        "Is it charged or neutral?",
+        "What is its overall formal charge?",
+    ),
+    "rings": (
+        "How many rings does it contain?",
+        "Does it have any rings, and are they aromatic?",
+        "Describe its ring system: how many rings, and how many are aromatic?",
+    ),
+    "functional_groups": (
+        "Which functional groups does it have?",
+        "What functional groups can you identify in this molecule?",
+        "Name the functional groups present in it.",
+    ),
+    "heavy_atoms": ("How many non-hydrogen atoms does it have?", "How many heavy atoms are in this molecule?"),
+    "hydrogen_bonding": (
+        "How many hydrogen-bond donors and acceptors does it have?",
+        "Can it take part in hydrogen bonding, as a donor or as an acceptor?",
+    ),
+    "stereocentres": (
+        "Does it have any stereocentres?",
+        "Does it contain stereocentres, and are their configurations specified?",
+    ),
+    "components": ("Is it a single connected molecule?", "Does this substance consist of more than one component?"),
+}
+"""Question phrasings per fact key; one is drawn per turn."""
+
+
+@dataclass
+class Fact:
+    """One verified fact about a molecule.
+
+    `key` names it (`formula`, `description:role`, ...), `source` says where it comes from (`description`, `iupac`,
+    `rdkit`), `value` is its JSON-able content, `answer` states it, and each string of `evidence` appears verbatim in
+    `answer` (the description sentences themselves, the IUPAC name, the formula, the numbers).
+    """
+
+    key: str
+    source: str
+    value: Any
+    answer: str
+    evidence: list[str]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a description, each verbatim (split after `.`, `!`, `?` before a capital or bracket)."""
+    return [sentence.strip() for sentence in _SENTENCE_END.split(text.strip()) if sentence.strip()]
+
+
+def sentence_kind(sentence: str) -> str:
+    """What a description sentence states: conjugate, role, isomer, derivation, origin, class, or other."""
+    for kind, pattern in _SENTENCE_KINDS:
+        if pattern.search(sentence):
+            return kind
+    return "other"
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
+def description_facts(description: str) -> list[Fact]:
+    """The first sentence as the definition, the others grouped by kind (in order of first appearance)."""
+    sentences = split_sentences(description or "")
+    if not sentences:
+        return []
+    groups: dict[str, list[str]] = {"definition": [sentences[0]]}
+    for sentence in sentences[1:]:
+        groups.setdefault(sentence_kind(sentence), []).append(sentence)
+    return [
+        Fact(f"description:{kind}", "description", group, " ".join(group), list(group))
+        for kind, group in groups.items()
+    ]
+
+
+def functional_group_counts(mol: Chem.Mol) -> dict[str, int]:
+    """{group name: number of unique matches} for the `FUNCTIONAL_GROUPS` present in `mol`, in table order."""
+    counts = {name: len(mol.GetSubstructMatches(pattern)) for name, pattern in _PATTERNS.items()}
+    return {name: count for name, count in counts.items() if count}
+
+
+def _rings_answer(rings: int, aromatic: int) -> tuple[str, list[str]]:
+    if rings == 0:
+        return "It has no rings: it is an acyclic molecule.", ["no rings"]
+    if rings == 1:
+        return f"It has 1 ring, which is {'' if aromatic else 'not '}aromatic.", ["1 ring"]
+    if aromatic == 0:
+        tail = "none of them aromatic"
+    elif aromatic == rings:
+        tail = "all of them aromatic"
+    else:
+        tail = f"{aromatic} of them aromatic"
+    return f"It has {rings} rings, {tail}.", [f"{rings} rings", tail]
+
+
+def _charge_answer(charge: int) -> tuple[str, list[str]]:
+    if charge == 0:
+        return "It is electrically neutral overall: its net formal charge is 0.", ["net formal charge is 0"]
+    signed = f"{charge:+d}"
+    kind = "an anion" if charge < 0 else "a cation"
+    return f"It is {kind} with a net formal charge of {signed}.", [f"net formal charge of {signed}"]
+
+
+def _stereo_answer(total: int, specified: int) -> tuple[str, list[str]]:
+    if total == 0:
+        return "It has no stereocentres.", ["no stereocentres"]
+    if specified == total:
+        detail = "all of them with a specified configuration" if total > 1 else "with a specified configuration"
+    elif specified == 0:
+        detail = "none of them with a specified configuration" if total > 1 else "whose configuration is unspecified"
+    else:
+        detail = f"{specified} of them with a specified configuration"
+    return f"It has {_count(total, 'stereocentre')}, {detail}.", [_count(total, "stereocentre"), detail]
+
+
+def structure_facts(mol: Chem.Mol) -> list[Fact]:
+    """Facts RDKit computes from the structure (source `rdkit`)."""
+    facts = []
+    formula = rdMolDescriptors.CalcMolFormula(mol)
+    facts.append(Fact("formula", "rdkit", formula, f"Its molecular formula is {formula}.", [formula]))
+    weight = round(Descriptors.MolWt(mol), 2)
+    weight_text = f"{weight:.2f} g/mol"
+    facts.append(
+        Fact("molecular_weight", "rdkit", weight, f"Its molecular weight is about {weight_text}.", [weight_text])
+    )
+    charge = Chem.GetFormalCharge(mol)
+    facts.append(Fact("formal_charge", "rdkit", charge, *_charge_answer(charge)))
+    rings, aromatic = rdMolDescriptors.CalcNumRings(mol), rdMolDescriptors.CalcNumAromaticRings(mol)
+    facts.append(Fact("rings", "rdkit", {"rings": rings, "aromatic_rings": aromatic}, *_rings_answer(rings, aromatic)))
+    groups = functional_group_counts(mol)
+    if groups:  # our patterns are not exhaustive: finding none proves nothing, so nothing is said then
+        listed = [f"{name} ({count})" for name, count in groups.items()]
+        answer = f"Substructure matching finds these functional groups, with their counts: {', '.join(listed)}."
+        facts.append(Fact("functional_groups", "rdkit", groups, answer, listed))
+    heavy = mol.GetNumHeavyAtoms()
+    heavy_text = _count(heavy, "heavy (non-hydrogen) atom")
+    facts.append(Fact("heavy_atoms", "rdkit", heavy, f"It has {heavy_text}.", [heavy_text]))
+    donors, acceptors = Lipinski.NumHDonors(mol), Lipinski.NumHAcceptors(mol)
+    bonding = [_count(donors, "hydrogen-bond donor"), _count(acceptors, "hydrogen-bond acceptor")]
+    facts.append(
+        Fact(
+            "hydrogen_bonding",
+            "rdkit",
+            {"donors": donors, "acceptors": acceptors},
+            f"Counted with Lipinski's rules, it has {bonding[0]} and {bonding[1]}.",
+            bonding,
+        )
+    )
+    centres = Chem.FindMolChiralCenters(mol, includeUnassigned=True, useLegacyImplementation=False)
+    specified = sum(label != "?" for _, label in centres)
+    facts.append(
+        Fact(
+            "stereocentres",
+            "rdkit",
+            {"stereocentres": len(centres), "specified": specified},
+            *_stereo_answer(len(centres), specified),
+        )
+    )
+    components = len(Chem.GetMolFrags(mol))
+    if components > 1:
+        text = f"{components} disconnected components"
+        answer = f"No: it consists of {text}, for example the ions of a salt or a compound with its solvent."
+        facts.append(Fact("components", "rdkit", components, answer, [text]))
+    return facts
+
+
+def molecule_facts(mol: Chem.Mol, description: str, iupac: str | None = None) -> list[Fact]:
+    """All facts of one molecule: description facts, the IUPAC name (if given), then the RDKit facts."""
+    facts = description_facts(description)
+    if iupac and iupac.strip():
+        name = iupac.strip()
+        facts.append(Fact("iupac_name", "iupac", name, f"Its IUPAC name is {name}.", [name]))
+    with rdBase.BlockLogs():
+        facts.extend(structure_facts(mol))
+    return facts
+
+
+@dataclass
+class GroundedConversation:
+    """Messages plus, per assistant turn, the fact it states (`provenance`)."""
+
+    messages: list[dict[str, str]]
+    provenance: list[dict[str, Any]]
+
+
+class GroundedTeacher:
+    """Writes a conversation from a molecule's facts only: the definition first, then the other description facts and
+    the IUPAC name, then RDKit facts drawn at random, `min_turns`..`max_turns` question-answer pairs in all (fewer if
+    the molecule has fewer facts). Deterministic given `seed`."""
+
+    name = "grounded"
+    model = "rdkit-facts"
+    prompt_version = GROUNDED_VERSION
+    max_concurrency = 1  # CPU-bound: threads would not help, and one worker keeps the output in input order
+
+    def __init__(self, min_turns: int = 4, max_turns: int = 7):
+        if not 1 <= min_turns <= max_turns:
+            raise ValueError(f"need 1 <= min_turns <= max_turns, got {min_turns} and {max_turns}")
+        self.min_turns = min_turns
+        self.max_turns = max_turns
+
+    def __repr__(self) -> str:
+        return f"GroundedTeacher(min_turns={self.min_turns}, max_turns={self.max_turns})"
+
+    def converse(
+        self, mol: Chem.Mol, description: str, iupac: str | None, seed: int, max_turns: int | None = None
+    ) -> GroundedConversation:
+        """A conversation about `mol`; at most `max_turns` (if given, else `self.max_turns`) question-answer pairs."""
+        rng = random.Random(seed)
+        facts = molecule_facts(mol, description, iupac)
+        upper = min(self.max_turns, max_turns) if max_turns else self.max_turns
+        turns = min(len(facts), upper, rng.randint(min(self.min_turns, upper), upper))
+        textual = [fact for fact in facts if fact.source != "rdkit"]
+        computed = [fact for fact in facts if fact.source == "rdkit"]
+        rng.shuffle(computed)
+        chosen = [*textual, *computed][:turns]
+        head, tail = chosen[:1], chosen[1:]
+        rng.shuffle(tail)
+        messages, provenance = [], []
+        for fact in head + tail:
+            messages.append({"role": "user", "content": rng.choice(QUESTIONS[fact.key])})
+            messages.append({"role": "assistant", "content": fact.answer})
+            entry = asdict(fact)
+            del entry["answer"]
+            provenance.append({"message": len(messages) - 1, **entry})
+        return GroundedConversation(messages, provenance)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a record notes about this teacher besides teacher/model/prompt version."""
+        return {"rdkit_version": rdkit.__version__, "functional_group_patterns": len(FUNCTIONAL_GROUPS)}
+
+
+__all__ = [
+    "FUNCTIONAL_GROUPS",
+    "GROUNDED_VERSION",
+    "QUESTIONS",
+    "Fact",
+    "GroundedConversation",
+    "GroundedTeacher",
+    "description_facts",
+    "functional_group_counts",
+    "molecule_facts",
+    "sentence_kind",
+    "split_sentences",
+    "structure_facts",
+]

@@ -1,0 +1,162 @@
+"""`llamo generate-data`: multi-turn instruction conversations about molecules (the paper's GPT-4 pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def register(subparsers) -> None:
+    """Add `generate-data` to the `llamo` command line."""
+    parser = subparsers.add_parser(
+        "generate-data",
+        help="generate multi-turn instruction conversations about molecules (GPT-4 pipeline, any teacher)",
+        description=(
+            "Write one multi-turn conversation per molecule of INPUT with a teacher: an OpenAI-compatible endpoint, "
+            "a local transformers chat model, or the offline grounded teacher (verified facts only). Appends to "
+            "OUTPUT (JSONL, conversation schema) and resumes where a killed or stopped run left off. Sidecars: "
+            "OUTPUT.status.jsonl (filtered / failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("input", metavar="INPUT", help="TSV (ChEBI-20), CSV, JSONL, or a saved datasets folder")
+    parser.add_argument("--output", "-o", required=True, help="output JSONL (appended to; resumed)")
+    parser.add_argument(
+        "--teacher", required=True, choices=["openai", "transformers", "grounded"], help="who writes conversations"
+    )
+    parser.add_argument("--model", help="model name (openai) or folder / Hub id (transformers)")
+
+    source = parser.add_argument_group("input")
+    source.add_argument("--format", default="auto", choices=["auto", "tsv", "chebi20", "csv", "jsonl", "dataset"])
+    source.add_argument("--smiles-column", help="detected among smiles, SMILES, ... if not given")
+    source.add_argument("--description-column", help="detected among description, caption, text if not given")
+    source.add_argument("--iupac-column", help="detected among iupac, iupac_name; optional")
+    source.add_argument("--id-column", help="detected among id, CID; without one, the InChIKey is the id")
+    source.add_argument("--id-prefix", default="", help="prepended to source ids, e.g. 'chebi20:'")
+    source.add_argument("--limit", type=int, help="use only the first N valid molecules")
+
+    pipeline = parser.add_argument_group("pipeline")
+    pipeline.add_argument("--max-turns", type=int, default=8, help="most question-answer pairs per conversation")
+    pipeline.add_argument("--num-exemplars", type=int, default=2, help="in-context exemplars per request (0: none)")
+    pipeline.add_argument("--seed-exemplars", type=int, default=3, help="exemplar conversations made in step 1")
+    pipeline.add_argument("--exemplars", help="use these exemplars (an OUTPUT.exemplars.json file) instead of step 1")
+    pipeline.add_argument("--seed", type=int, default=0)
+    pipeline.add_argument("--allow-mixed", action="store_true", help="append to output of another teacher/model/prompt")
+    pipeline.add_argument("--overwrite", action="store_true", help="delete OUTPUT and its sidecars first")
+    pipeline.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pipeline.add_argument("--verbose", "-v", action="store_true", help="log every retry")
+
+    http = parser.add_argument_group("openai teacher")
+    http.add_argument("--base-url", default="https://api.openai.com/v1", help="API root (vLLM, Ollama: .../v1)")
+    http.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the environment variable with the key")
+    http.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    http.add_argument("--max-requests", type=int, help="request budget, retries included; stop cleanly when spent")
+    http.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server per request")
+    http.add_argument("--retries", type=int, default=5, help="retries on 429 / 5xx / timeout / connection error")
+    http.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (then doubled)")
+    http.add_argument("--max-backoff", type=float, default=60.0)
+    http.add_argument("--temperature", type=float, default=0.7)
+    http.add_argument("--max-tokens", type=int, default=1024, help="most tokens per teacher reply")
+
+    local = parser.add_argument_group("transformers teacher")
+    local.add_argument("--device", default="auto")
+    local.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.set_defaults(handler=run_generate_data)
+
+
+def _build_teacher(args: argparse.Namespace):
+    from llamo.cli import CommandError
+
+    from .grounded_teacher import GroundedTeacher
+    from .teachers import OpenAICompatibleTeacher, RequestBudget, RetryPolicy, TransformersTeacher
+
+    if args.teacher == "grounded":
+        return GroundedTeacher(max_turns=min(7, args.max_turns), min_turns=min(4, args.max_turns))
+    if not args.model:
+        raise CommandError(f"--teacher {args.teacher} needs --model.")
+    budget = RequestBudget(args.max_requests)
+    if args.teacher == "transformers":
+        return TransformersTeacher(
+            args.model,
+            max_new_tokens=args.max_tokens,
+            temperature=args.temperature,
+            device=args.device,
+            dtype=args.dtype,
+            budget=budget,
+        )
+    retry = RetryPolicy(max_retries=args.retries, initial_backoff=args.backoff, max_backoff=args.max_backoff)
+    return OpenAICompatibleTeacher(
+        args.model,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        timeout=args.timeout,
+        retry=retry,
+        budget=budget,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+    )
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    from llamo.cli import CommandError
+
+    for name in ("max_turns", "concurrency", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    for name in ("num_exemplars", "seed_exemplars", "retries", "max_requests", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise CommandError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
+    if args.timeout <= 0 or args.backoff < 0 or args.max_backoff < 0:
+        raise CommandError("--timeout must be positive, --backoff and --max-backoff not negative.")
+
+
+def run_generate_data(args: argparse.Namespace) -> None:
+    """Handler of `llamo generate-data`: read the input, build the teacher, run, print the summary."""
+    _check_numbers(args)
+    if not logging.getLogger().handlers:
+        level = logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
+
+    from llamo.cli import CommandError
+
+    from .instruction_data import (
+        ColumnNames,
+        GenerationConfig,
+        format_summary,
+        generate_conversations,
+        read_molecules,
+    )
+    from .teachers import TeacherFatalError
+
+    columns = ColumnNames(
+        smiles=args.smiles_column, description=args.description_column, iupac=args.iupac_column, id=args.id_column
+    )
+    try:
+        molecules = read_molecules(args.input, args.format, columns, id_prefix=args.id_prefix, limit=args.limit)
+        teacher = _build_teacher(args)
+        config = GenerationConfig(
+            max_turns=args.max_turns,
+            num_exemplars=args.num_exemplars,
+            seed_exemplars=args.seed_exemplars,
+            exemplars_file=args.exemplars,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            allow_mixed=args.allow_mixed,
+            overwrite=args.overwrite,
+            show_progress=not args.no_progress,
+        )
+        print(
+            f"{len(molecules.molecules)} molecules from {molecules.source} "
+            f"({sum(molecules.skipped.values())} rows skipped); teacher {teacher!r}",
+            file=sys.stderr,
+        )
+        summary = generate_conversations(molecules, teacher, args.output, config)
+    except TeacherFatalError as error:
+        raise CommandError(f"the teacher refused the request: {error.detail}") from None
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    print(format_summary(summary), file=sys.stderr)
+    print(json.dumps(summary, indent=2))

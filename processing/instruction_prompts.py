@@ -1,0 +1,271 @@
+"""Prompts, teacher output format and parser for LLaMo's instruction-data generation.
+
+The teacher (an LLM) sees one molecule at a time, as its SMILES, its description sentences and, when known, its IUPAC
+name, and writes a multi-turn conversation about it. It answers with one JSON object:
+
+    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...]}
+
+`parse_conversation` reads that object (also inside a code fence or surrounded by prose), and falls back to plain
+"User: ... / Assistant: ..." lines, which weaker local models tend to write instead.
+
+Every change to the wording below must bump `PROMPT_VERSION`: the version is recorded in every generated record, and
+an output file is never continued with a different one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+PROMPT_VERSION = "llamo-conversation-v1"
+
+_SYSTEM_PROMPT = """\
+You are an AI assistant specialised in chemistry. In every request you are shown one molecule: {what_you_see}. \
+Write a conversation about this molecule between a curious user and you, the assistant. Answer as though you were \
+looking at the molecule itself: never mention a description, a text, a SMILES string or a name you were given, and \
+do not copy the SMILES into the conversation; refer to it as "this molecule" or "it".
+
+Make the questions diverse and the answers informative and precise. Where the information allows, cover the class \
+of compounds it belongs to, its conjugate acid or base, its functional groups, its chemical or biological roles, \
+its structure, and the compounds it derives from or is related to{iupac_topic}. Ask only questions that the \
+information lets you answer with confidence: leave out anything you would have to guess.
+
+Write between 2 and {max_turns} question-answer pairs. Reply with a single JSON object and nothing else:
+{{"messages": [{{"role": "user", "content": "..."}}, {{"role": "assistant", "content": "..."}}]}}
+The user speaks first, the roles alternate, and the conversation ends with the assistant's answer."""
+
+SEED_INSTRUCTION = (
+    "Write one example conversation about this molecule, following the rules above. It will serve as a model for "
+    "many later conversations, so make the questions varied and the answers careful."
+)
+"""Step 1 of the pipeline: the short instruction that seeds the exemplar conversations."""
+
+
+def system_prompt(with_iupac: bool, max_turns: int) -> str:
+    """The teacher's system prompt; `with_iupac` selects the variant that also shows the IUPAC name."""
+    if with_iupac:
+        what_you_see = "its SMILES string, a few sentences describing it, and its IUPAC name"
+        iupac_topic = ", and its IUPAC name"
+    else:
+        what_you_see = "its SMILES string and a few sentences describing it"
+        iupac_topic = ""
+    return _SYSTEM_PROMPT.format(what_you_see=what_you_see, iupac_topic=iupac_topic, max_turns=max_turns)
+
+
+def molecule_context(smiles: str, description: str, iupac: str | None = None) -> str:
+    """What the teacher sees of one molecule (one `SMILES:` line, then the IUPAC name and description)."""
+    lines = ["Molecule", f"SMILES: {smiles}"]
+    if iupac:
+        lines.append(f"IUPAC name: {iupac}")
+    lines.append(f"Description: {description}")
+    return "\n".join(lines)
+
+
+def format_conversation(messages: list[dict[str, str]]) -> str:
+    """A conversation written in the teacher's output format (used for the in-context exemplars)."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return json.dumps({"messages": turns}, ensure_ascii=False)
+
+
+@dataclass
+class Exemplar:
+    """One in-context example: a molecule's context and a conversation about it."""
+
+    id: str
+    smiles: str
+    description: str
+    iupac: str | None
+    messages: list[dict[str, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "smiles": self.smiles,
+            "description": self.description,
+            "iupac": self.iupac,
+            "messages": self.messages,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Exemplar:
+        return cls(data["id"], data["smiles"], data["description"], data.get("iupac"), list(data["messages"]))
+
+
+def seed_messages(smiles: str, description: str, iupac: str | None, max_turns: int) -> list[dict[str, str]]:
+    """Chat messages of step 1: system prompt + one molecule + the seed instruction."""
+    user = f"{molecule_context(smiles, description, iupac)}\n\n{SEED_INSTRUCTION}"
+    return [
+        {"role": "system", "content": system_prompt(iupac is not None, max_turns)},
+        {"role": "user", "content": user},
+    ]
+
+
+def generation_messages(
+    smiles: str, description: str, iupac: str | None, exemplars: list[Exemplar], max_turns: int
+) -> list[dict[str, str]]:
+    """Chat messages of step 2: system prompt, each exemplar as a (context, conversation) pair, then the molecule."""
+    messages = [{"role": "system", "content": system_prompt(iupac is not None, max_turns)}]
+    for exemplar in exemplars:
+        context = molecule_context(exemplar.smiles, exemplar.description, exemplar.iupac)
+        messages.append({"role": "user", "content": context})
+        messages.append({"role": "assistant", "content": format_conversation(exemplar.messages)})
+    messages.append({"role": "user", "content": molecule_context(smiles, description, iupac)})
+    return messages
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsing the teacher's output
+# ---------------------------------------------------------------------------------------------------------------------
+
+_ROLES = {
+    "user": "user",
+    "human": "user",
+    "question": "user",
+    "q": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "gpt": "assistant",
+    "answer": "assistant",
+    "a": "assistant",
+}
+_FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
+_LINE_TURN = re.compile(r"^\s*(?:\*\*)?(user|human|question|q|assistant|ai|answer|a)(?:\*\*)?\s*:\s*(.*)$", re.I)
+
+
+class ConversationFormatError(ValueError):
+    """The teacher's output is not a conversation; `reason` is `unparsable` or `broken_turns`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _json_candidates(text: str) -> list[Any]:
+    """JSON values found in `text`: the whole text, code-fenced blocks, then each `{`/`[` where a value starts."""
+    found = []
+    chunks = [text, *(match.group(1) for match in _FENCE.finditer(text))]
+    decoder = json.JSONDecoder()
+    for chunk in chunks:
+        chunk = chunk.strip()
+        try:
+            found.append(json.loads(chunk))
+            continue
+        except ValueError:
+            pass
+        for match in re.finditer(r"[{\[]", chunk):
+            try:
+                value, _ = decoder.raw_decode(chunk, match.start())
+            except ValueError:
+                continue
+            if isinstance(value, (dict, list)) and value:
+                found.append(value)
+                break
+    return found
+
+
+def _turn_list(value: Any) -> list[Any] | None:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        for key in ("messages", "conversation", "turns", "dialogue"):
+            if isinstance(value.get(key), list):
+                return value[key]
+    return None
+
+
+def _messages_from_json(turns: list[Any]) -> list[dict[str, str]]:
+    messages = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ConversationFormatError("broken_turns", f"turn {index} is not an object")
+        if "role" in turn or "content" in turn:
+            role = _ROLES.get(str(turn.get("role", "")).strip().lower())
+            content = turn.get("content")
+            if role is None or not isinstance(content, str):
+                raise ConversationFormatError("broken_turns", f"turn {index} has no valid role and text content")
+            messages.append({"role": role, "content": content.strip()})
+            continue
+        # {"user": question, "assistant": answer} pairs
+        pair = {_ROLES.get(key.strip().lower()): text for key, text in turn.items()}
+        if set(pair) - {"user", "assistant"} or not all(isinstance(text, str) for text in pair.values()):
+            raise ConversationFormatError("broken_turns", f"turn {index} has unknown keys {sorted(turn)}")
+        messages.extend({"role": role, "content": pair[role].strip()} for role in ("user", "assistant") if role in pair)
+    return messages
+
+
+def _messages_from_lines(text: str) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    for line in text.splitlines():
+        match = _LINE_TURN.match(line)
+        if match:
+            messages.append({"role": _ROLES[match.group(1).lower()], "content": match.group(2).strip()})
+        elif messages:
+            messages[-1]["content"] = f"{messages[-1]['content']}\n{line}".strip()
+    return messages
+
+
+def parse_conversation(text: str) -> list[dict[str, str]]:
+    """The `[{"role", "content"}, ...]` messages written by the teacher, in order and unfiltered.
+
+    Raises `ConversationFormatError` when no conversation can be read (`unparsable`) or its turns are not
+    role/content objects (`broken_turns`). Whether the turns alternate or are complete is `conversation_problem`'s job.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConversationFormatError("unparsable", "empty output")
+    for value in _json_candidates(text):
+        turns = _turn_list(value)
+        if turns is not None:
+            return _messages_from_json(turns)
+    messages = _messages_from_lines(text)
+    if messages:
+        return messages
+    raise ConversationFormatError("unparsable", "neither a JSON conversation nor User:/Assistant: lines")
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str | None:
+    """Step 3's checks on parsed messages: the first failing reason, or None for a conversation to keep.
+
+    Reasons: `empty_conversation`, `broken_turns` (not user first, or roles not alternating), `unanswered_question`
+    (ends with a user turn), `empty_turn`, `duplicate_turn` (the same question or answer twice, ignoring case and
+    spacing), `too_many_turns` (more than `max_turns` question-answer pairs).
+    """
+    if not messages:
+        return "empty_conversation"
+    for index, message in enumerate(messages[:-1] if messages[-1]["role"] == "user" else messages):
+        if message["role"] != ("user" if index % 2 == 0 else "assistant"):
+            return "broken_turns"
+    if messages[-1]["role"] != "assistant":
+        return "unanswered_question" if len(messages) % 2 == 1 else "broken_turns"
+    if any(not message["content"].strip() for message in messages):
+        return "empty_turn"
+    seen = set()
+    for message in messages:
+        key = (message["role"], _normalised(message["content"]))
+        if key in seen:
+            return "duplicate_turn"
+        seen.add(key)
+    if len(messages) // 2 > max_turns:
+        return "too_many_turns"
+    return None
+
+
+__all__ = [
+    "PROMPT_VERSION",
+    "SEED_INSTRUCTION",
+    "ConversationFormatError",
+    "Exemplar",
+    "conversation_problem",
+    "format_conversation",
+    "generation_messages",
+    "molecule_context",
+    "parse_conversation",
+    "seed_messages",
+    "system_prompt",
+]

@@ -1,0 +1,415 @@
+"""Teachers that write instruction conversations: any OpenAI-compatible chat-completions endpoint, or a local
+transformers chat model. (The offline grounded teacher lives in `grounded_teacher.py`.)
+
+A teacher turns chat messages into a `TeacherReply` (`text`, `finish_reason`, token `usage`). Errors are typed so the
+generation loop can act on them: `TeacherError` fails one molecule, `TeacherFatalError` (bad key, wrong URL) stops the
+job, `BudgetExhausted` stops it cleanly when the request budget is spent.
+
+The HTTP client uses only the standard library. The API key is read from an environment variable whose name is
+configurable, kept in a `Secret` that never shows its value, and removed from every error text.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from .instruction_prompts import PROMPT_VERSION
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+FATAL_STATUS = frozenset({401, 403, 404})
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class TeacherError(Exception):
+    """One request failed for good (after retries, or not retryable); `reason` is a short stable key."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TeacherFatalError(TeacherError):
+    """An error no other molecule will escape (authentication, wrong URL or model): the job stops."""
+
+
+class GenerationStopped(Exception):
+    """The job is stopping (budget spent, fatal error elsewhere, interrupt): this molecule is left for a later run."""
+
+
+class BudgetExhausted(GenerationStopped):
+    """The request budget is spent."""
+
+
+@dataclass
+class TeacherReply:
+    """What a teacher wrote: `text`, why it stopped (`"stop"`, `"length"`, ...), token `usage` if reported."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class Secret:
+    """A string that never appears in `repr`, `str` or f-strings; `reveal()` gives it to who must send it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """`text` with every occurrence of the secret replaced by `***`."""
+        return text.replace(self._value, "***") if self._value else text
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("a Secret cannot be pickled")
+
+
+class RequestBudget:
+    """A thread-safe cap on the number of HTTP requests (every attempt, retries included); None: unlimited."""
+
+    def __init__(self, max_requests: int | None = None):
+        if max_requests is not None and max_requests < 0:
+            raise ValueError(f"max_requests must be >= 0, got {max_requests}")
+        self.max_requests = max_requests
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Count one request; False (and nothing counted) once the budget is spent."""
+        with self._lock:
+            if self.max_requests is not None and self.used >= self.max_requests:
+                return False
+            self.used += 1
+            return True
+
+    @property
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self.max_requests is not None and self.used >= self.max_requests
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff: attempt k (0-based) waits `min(max_backoff, initial_backoff * 2**k)`, scaled by a random
+    factor in `[1 - jitter, 1 + jitter]`; a server's `Retry-After` (capped at `max_retry_after`) wins when longer."""
+
+    max_retries: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+    jitter: float = 0.25
+    max_retry_after: float = 300.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        backoff = min(self.max_backoff, self.initial_backoff * 2**attempt)
+        backoff *= 1 + self.jitter * (2 * rng.random() - 1)
+        if retry_after is not None:
+            backoff = max(backoff, min(retry_after, self.max_retry_after))
+        return max(0.0, backoff)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def chat_completions_url(base_url: str) -> str:
+    """`<base_url>/chat/completions`, unless `base_url` already ends with it; refuses non-HTTP URLs."""
+    parsed = urllib.parse.urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"Base URL must be an http(s) URL such as {DEFAULT_BASE_URL}, got {base_url!r}")
+    base = base_url.rstrip("/")
+    return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+class OpenAICompatibleTeacher:
+    """A chat-completions endpoint (OpenAI, Azure-style proxies, vLLM, Ollama, llama.cpp server, ...).
+
+    Args:
+        model: the model name sent with every request.
+        base_url: the API root, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
+        api_key_env: NAME of the environment variable holding the key; unset or empty: no Authorization header.
+        timeout: seconds to wait for the server on each socket operation of a request.
+        retry: backoff policy for 429/5xx, timeouts and connection errors.
+        budget: shared cap on requests; `BudgetExhausted` once spent.
+        temperature, max_tokens: sampling options sent with each request.
+        extra_body: more JSON fields merged into each request (e.g. `{"top_p": 0.9}`).
+    """
+
+    name = "openai"
+    prompt_version = PROMPT_VERSION
+    max_concurrency: int | None = None
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        budget: RequestBudget | None = None,
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        extra_body: dict[str, Any] | None = None,
+    ):
+        if not model:
+            raise ValueError("An OpenAI-compatible teacher needs a model name.")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.model = model
+        self.base_url = base_url
+        self.url = chat_completions_url(base_url)
+        self.api_key_env = api_key_env
+        self._api_key = Secret(os.environ.get(api_key_env, "").strip()) if api_key_env else Secret("")
+        if any(not 32 < ord(char) < 127 for char in self._api_key.reveal()):
+            # http.client would quote the whole header, key included, in its error
+            raise ValueError(f"${api_key_env} holds spaces or characters that cannot be sent in an HTTP header.")
+        if not self._api_key:
+            logger.warning(
+                "No API key: $%s is not set; requests are sent without an Authorization header.", api_key_env
+            )
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.budget = budget or RequestBudget()
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.extra_body = dict(extra_body or {})
+        self.stop_event = threading.Event()
+        host = urllib.parse.urlparse(self.url).hostname or ""
+        # a proxy from the environment must not swallow requests to a local server
+        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK_HOSTS else []
+        self._opener = urllib.request.build_opener(*handlers)
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model!r}, url={self.url!r}, api_key_env={self.api_key_env!r}, "
+            f"timeout={self.timeout}, max_retries={self.retry.max_retries})"
+        )
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "llamo"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        return headers
+
+    def _post(self, body: bytes) -> tuple[int, Any, bytes]:
+        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            try:
+                payload = error.read()
+            except (OSError, http.client.HTTPException):
+                payload = b""
+            finally:
+                error.close()
+            return error.code, error.headers, payload
+
+    def _error_text(self, payload: bytes, limit: int = 300) -> str:
+        return self._api_key.redact(payload[:limit].decode("utf-8", "replace")).strip()
+
+    def _reply(self, payload: bytes) -> TeacherReply:
+        try:
+            data = json.loads(payload)
+            choice = data["choices"][0]
+            text = _message_text(choice["message"].get("content"))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+            detail = f"not a chat completion ({error!r}): {self._error_text(payload)}"
+            raise TeacherError("invalid_response", detail) from None
+        usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
+        return TeacherReply(text=text, finish_reason=choice.get("finish_reason"), usage=usage)
+
+    def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
+        """One chat completion of `messages`, retried per `self.retry`; `seed` is sent for reproducible sampling."""
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **({"seed": seed} if seed is not None else {}),
+            **self.extra_body,
+        }
+        encoded = json.dumps(body).encode("utf-8")
+        for attempt in range(self.retry.max_retries + 1):
+            if self.stop_event.is_set():
+                raise GenerationStopped("stopped")
+            if not self.budget.take():
+                raise BudgetExhausted(f"request budget of {self.budget.max_requests} spent")
+            retry_after = None
+            try:
+                status, headers, payload = self._post(encoded)
+            except (OSError, http.client.HTTPException) as error:
+                problem = self._api_key.redact(f"{type(error).__name__}: {error}")
+            else:
+                if status == 200:
+                    return self._reply(payload)
+                detail = f"HTTP {status} from {self.url}: {self._error_text(payload)}"
+                if status in FATAL_STATUS:
+                    self.stop_event.set()  # every other request would be refused too
+                    hint = f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
+                    raise TeacherFatalError(f"http_{status}", detail + hint)
+                if status not in RETRYABLE_STATUS and status < 500:
+                    raise TeacherError(f"http_{status}", detail)
+                problem = detail
+                retry_after = parse_retry_after(headers.get("Retry-After") if headers is not None else None)
+            if attempt == self.retry.max_retries:
+                raise TeacherError("retries_exhausted", f"{attempt + 1} attempts, last: {problem}")
+            delay = self.retry.delay(attempt, retry_after, self._rng)
+            logger.info("%s; retry %d/%d in %.2f s", problem, attempt + 1, self.retry.max_retries, delay)
+            if self.stop_event.wait(delay):
+                raise GenerationStopped("stopped")
+        raise AssertionError("unreachable")
+
+
+class TransformersTeacher:
+    """A local chat model (`AutoModelForCausalLM` + the tokenizer's chat template), from a folder or Hub id.
+
+    Generation runs one request at a time (`max_concurrency = 1`); `seed` seeds torch before each request so a rerun
+    reproduces it. A template without a system role gets the system prompt prepended to the first user turn.
+    """
+
+    name = "transformers"
+    prompt_version = PROMPT_VERSION
+    max_concurrency = 1
+
+    def __init__(
+        self,
+        model: str,
+        max_new_tokens: int = 1024,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        device: str = "auto",
+        dtype: str = "auto",
+        budget: RequestBudget | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = str(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{self.model} has no chat template: the transformers teacher needs a chat model.")
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.language_model = AutoModelForCausalLM.from_pretrained(self.model, dtype=torch_dtype).to(device).eval()
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.budget = budget or RequestBudget()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, device={self.device!r})"
+
+    def _encode(self, messages: list[dict[str, str]]):
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
+        except Exception:  # jinja raises for a system role the template does not know
+            if messages[0]["role"] != "system" or len(messages) < 2:
+                raise
+            merged = [{"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
+            return self.tokenizer.apply_chat_template(
+                merged + messages[2:], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
+
+    def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
+        """Generate the assistant's reply to `messages`; `finish_reason` is `"length"` when cut at max_new_tokens."""
+        import torch
+
+        if not self.budget.take():
+            raise BudgetExhausted(f"request budget of {self.budget.max_requests} spent")
+        with self._lock:
+            if seed is not None:
+                torch.manual_seed(seed)
+            sample = self.temperature > 0
+            try:
+                inputs = self._encode(messages).to(self.device)
+                with torch.inference_mode():
+                    output = self.language_model.generate(
+                        **inputs,
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=sample,
+                        temperature=self.temperature if sample else None,
+                        top_p=self.top_p if sample else None,
+                        pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    )
+            except (RuntimeError, ValueError) as error:  # out of memory, prompt longer than the model's context, ...
+                raise TeacherError("teacher_exception", f"{type(error).__name__}: {error}") from None
+        prompt_length = inputs["input_ids"].shape[1]
+        new_tokens = output[0, prompt_length:].tolist()
+        eos = self.language_model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        stopped = any(token in eos_ids for token in new_tokens)
+        finish = "length" if len(new_tokens) >= self.max_new_tokens and not stopped else "stop"
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        usage = {"prompt_tokens": prompt_length, "completion_tokens": len(new_tokens)}
+        return TeacherReply(text=text, finish_reason=finish, usage=usage)
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "BudgetExhausted",
+    "GenerationStopped",
+    "OpenAICompatibleTeacher",
+    "RequestBudget",
+    "RetryPolicy",
+    "Secret",
+    "TeacherError",
+    "TeacherFatalError",
+    "TeacherReply",
+    "TransformersTeacher",
+    "chat_completions_url",
+    "parse_retry_after",
+]

@@ -1,0 +1,114 @@
+"""Build a training dataset from a recipe's sources: load, featurize once (cached in Arrow), split, mix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+
+from llamo.processing import datasets as loaders
+from llamo.processing.datasets import DataReport, featurize_dataset, holdout_split, mix_datasets
+
+from .config import DataSourceConfig, TrainingStageConfig
+
+CACHE_ENV = "LLAMO_DATA_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """`$LLAMO_DATA_CACHE`, else `~/.cache/llamo/datasets`."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llamo" / "datasets")
+
+
+def load_source(source: DataSourceConfig) -> tuple[datasets.Dataset, DataReport]:
+    """Read one source into the conversation schema."""
+    options = dict(source.options)
+    if source.type == "chebi20":
+        return loaders.load_chebi20(source.path, split=source.split, limit=source.limit, **options)
+    if source.type == "pubchem324k":
+        return loaders.load_pubchem324k(
+            source.path, split=source.split, allow_pickle=source.allow_pickle, limit=source.limit, **options
+        )
+    if source.type == "mol-instructions":
+        return loaders.load_mol_instructions(
+            source.path, split=source.split, task=source.task or "description", limit=source.limit, **options
+        )
+    if source.type == "iupac":
+        return loaders.load_iupac_pairs(source.path, split=source.split, limit=source.limit, **options)
+    if source.type == "chemicals":
+        return loaders.load_chemicals_iupac(source.path, limit=source.limit, **options)
+    if source.type == "qm9":
+        return loaders.load_qm9_properties(source.path, limit=source.limit, **options)
+    if source.type == "conversations":
+        return loaders.load_conversations(source.path, limit=source.limit, **options)
+    raise ValueError(f"Unknown data source type {source.type!r}")
+
+
+def _source_fingerprint(source: DataSourceConfig, max_atoms: int) -> str:
+    description = {
+        "source": {k: v for k, v in asdict(source).items() if k not in ("weight", "holdout", "part")},
+        "max_atoms": max_atoms,
+        "featurization": loaders.FEATURIZATION_VERSION,
+    }
+    if source.path and Path(source.path).exists():
+        path = Path(source.path)
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        description["files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()][:1000]
+    return hashlib.sha1(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_source(
+    source: DataSourceConfig, cache_dir: Path, max_atoms: int, num_proc: int = 1
+) -> tuple[datasets.Dataset, list[DataReport]]:
+    """Load and featurize one source, or reuse its cached featurized copy (same source, files and options)."""
+    folder = cache_dir / f"{source.type}-{_source_fingerprint(source, max_atoms)}"
+    report_file = folder / "llamo_reports.json"
+    if report_file.is_file():
+        reports = [DataReport.from_dict(saved) for saved in json.loads(report_file.read_text())]
+        return datasets.load_from_disk(str(folder)), reports
+
+    raw, load_report = load_source(source)
+    featurized, feature_report = featurize_dataset(raw, max_atoms=max_atoms, num_proc=num_proc, name=source.type)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    featurized.save_to_disk(str(partial))
+    (partial / "llamo_reports.json").write_text(json.dumps([load_report.to_dict(), feature_report.to_dict()]))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return datasets.load_from_disk(str(folder)), [load_report, feature_report]
+
+
+def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[datasets.Dataset, list[DataReport]]:
+    """
+    The training set of a recipe: each source loaded and featurized (cached), held-out part selected, filtered to the
+    task in specialist mode, mixed by weight. Prints what was kept and dropped.
+    """
+    cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    parts, reports = [], []
+    for source in config.sources:
+        dataset, source_reports = prepare_source(source, cache_dir, config.max_atoms, config.num_proc)
+        reports.extend(source_reports)
+        if source.holdout:
+            dataset = holdout_split(dataset, source.holdout, source.part)
+        if config.mode == "specialist":
+            dataset = dataset.filter(lambda task: task == config.task, input_columns="task")
+        if len(dataset):
+            parts.append((dataset, source.weight))
+    if not parts:
+        raise ValueError(
+            "No training rows left: every source is empty after featurization, hold-out and task filtering"
+            + (f" (specialist task {config.task!r})" if config.mode == "specialist" else "")
+        )
+    mixture = mix_datasets(parts, seed=config.seed)
+    for report in reports:
+        log(f"[data] {report.summary()}")
+    log(f"[data] training rows: {len(mixture)} ({', '.join(f'{len(d)} x {w}' for d, w in parts)})")
+    return mixture, reports
+
+
+__all__ = ["build_training_dataset", "default_cache_dir", "load_source", "prepare_source"]
