@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import Trainer, TrainingArguments
+from trl import SFTConfig, SFTTrainer
 
 from llamo.processing.collators import LlamoDataCollator
 
@@ -28,8 +28,9 @@ from .config import Stage1Config
 from .data import build_training_dataset
 
 
-class LlamoTrainer(PaperScheduleMixin, Trainer):
-    """`transformers.Trainer` with LLaMo's warm-up + cosine schedule."""
+class LlamoTrainer(PaperScheduleMixin, SFTTrainer):
+    """TRL's `SFTTrainer` (its fused LM head scores only the answer positions, never the full-vocabulary logits of
+    the prompt) with LLaMo's warm-up + cosine schedule; no PEFT in stage 1."""
 
 
 def _starting_model(config: Stage1Config, output_dir: Path, state, log) -> Path:
@@ -73,7 +74,9 @@ def main(config: Stage1Config, log=print) -> Path:
 
     trainer = LlamoTrainer(
         model=model,
-        args=trainer_arguments(config, TrainingArguments),
+        args=trainer_arguments(
+            config, SFTConfig, max_length=None, packing=False, dataset_kwargs={"skip_prepare_dataset": True}
+        ),
         train_dataset=dataset,
         data_collator=LlamoDataCollator(processor, max_length=config.max_length),
         processing_class=processor,

