@@ -44,7 +44,8 @@ setup(
         "selfies>=2.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "chemicals"],
+        "eval": ["nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2"],
+        "test": ["pytest>=8", "ruff>=0.6", "chemicals", "nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2"],
         "bench": ["ogb==1.3.5"],
         "smollm2": ["gguf>=0.10"],
     },

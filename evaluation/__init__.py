@@ -1,1 +1,137 @@
-"""Evaluation of LLaMo on description, IUPAC naming and property QA under the field's metric protocols."""
+"""Evaluation of LLaMo on description, IUPAC naming and property QA under the field's metric protocols.
+
+    from llamo.evaluation import EvaluationConfig, evaluate
+
+    results = evaluate(EvaluationConfig(model="path/to/llamo", data="test.jsonl", output_dir="eval/test"))
+
+or `llamo evaluate MODEL_DIR --data test.jsonl --output-dir eval/test`. One model over every task present in the
+data (generalist) or over one `--task` (specialist); the `retrieval`, `mean` and `no-graph` baselines run through the
+same harness and metric code. Predictions are saved as they are made and an interrupted run resumes
+(`llamo.evaluation.predictions`). METEOR needs WordNet: `llamo setup-wordnet` (`llamo.evaluation.wordnet`).
+
+Metrics by task (text: `description`, `conversation` and any other task name; `iupac`; `property`):
+
+- text: `bleu2_*`, `bleu4_*`, `meteor_*` per tokenization protocol; `rouge1/rouge2/rougeL_molt5_raw_text`.
+- iupac: `bleu4_*`, `meteor_*`; `exact_match_stripped`; `parse_rate_opsin`, `structure_match_opsin_inchikey` and
+  `structure_match_opsin_inchikey_connectivity` (OPSIN parses the predicted name back to a structure).
+- property: `mae_<property>_<unit>` and the pooled `mae_<unit>`, each beside `valid_ratio_<property>` / `valid_ratio`.
+
+All are on a 0-100 scale except MAE (in the property's unit, Hartree for QM9).
+
+Protocols (`*` above): `molt5_scibert` (SciBERT WordPiece, the field's standard) and `llamo_llm_tokens` (the LLM's
+tokenizer, LLaMo's own evaluator); see `llamo.evaluation.text_metrics`. Numbers under different protocols are not
+comparable.
+
+Results format (`results.json`, `format: "llamo-evaluation"`, `format_version: 1`), built so that a model card's
+`model-index` can be made from it (one `results` entry per task: `task`, `dataset`, `metrics`):
+
+    {
+      "format": "llamo-evaluation", "format_version": 1, "llamo_version": "...", "created_at": "ISO 8601, UTC",
+      "model": {"name_or_path": "...", "fingerprint": "...", "evaluated": "model" | "baseline:<name>"},
+      "baseline": null | {"name": "retrieval" | "mean" | "no-graph", "train_data": DATASET | null,
+                          "train_rows_used": int},
+      "dataset": DATASET,
+      "decoding": null | {"strategy": "greedy" | "beam search" | "sampling", "max_new_tokens": int,
+                          "min_new_tokens": int | null, "num_beams": int, "do_sample": bool,
+                          ["temperature", "top_p", "seed" when sampling]},
+      "scale": "...", "protocols": {"<protocol>": "what it means"},
+      "results": [
+        {
+          "task": {"name": "description", "title": "Molecule description", "type": "text-generation"},
+          "dataset": DATASET of this task's rows, plus "evaluated_rows",
+          "counts": {"rows": int, "predicted": int, "skipped": int, "skipped_reasons": {"reason": int},
+                     "empty_predictions": int,
+                     iupac: "exact_matches", "opsin_parsed", "structure_matches", "connectivity_matches",
+                            "targets_without_inchikey";
+                     property: "valid_answers": {"rows", "valid", "invalid", "unit",
+                                                 "per_property": {"homo": {"rows", "valid", "invalid", "unit"}}}},
+          "metrics": [{"name": "bleu4_molt5_scibert", "type": "bleu", "value": 38.9, "unit": "percent",
+                       "protocol": "molt5_scibert"}, ...],
+          "unavailable_metrics": [{"name": "meteor_molt5_scibert", "type": "meteor", "reason": "..."}]
+        }
+      ],
+      "rows_without_task": {"count": int, "reasons": {...}},
+      "files": {"predictions": "predictions.jsonl", "tsv": {"<task>": "predictions.<task>.tsv"}}
+    }
+
+where DATASET is `{"name", "source" (path or Hub id), "kind" ("file" | "disk" | "hub" | "in-memory"), "split",
+"rows"}`. A metric's `type` is its family (`bleu`, `meteor`, `rouge`, `exact_match`, `structure_match`,
+`parse_rate`, `mae`, `valid_ratio`), its `name` carries the protocol; `unit` is `percent` (0-100) or the property's
+unit (MAE). A metric that cannot be computed (no WordNet, no Java, no SciBERT vocabulary) is listed under
+`unavailable_metrics` with the reason, never given a number.
+"""
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MeanBaseline": "baselines",
+    "RetrievalBaseline": "baselines",
+    "DatasetInfo": "data",
+    "EvalExample": "data",
+    "SkippedRow": "data",
+    "load_rows": "data",
+    "select_examples": "data",
+    "names_to_smiles": "naming",
+    "naming_metrics": "naming",
+    "PredictionRecord": "predictions",
+    "PredictionStore": "predictions",
+    "parse_number": "properties",
+    "property_metrics": "properties",
+    "BASELINES": "runner",
+    "EvaluationConfig": "runner",
+    "evaluate": "runner",
+    "LLAMO_PROTOCOL": "text_metrics",
+    "MOLT5_PROTOCOL": "text_metrics",
+    "MetricReport": "text_metrics",
+    "MetricValue": "text_metrics",
+    "TokenProtocol": "text_metrics",
+    "load_scibert_tokenizer": "text_metrics",
+    "molt5_protocol": "text_metrics",
+    "compute_text_metrics": "text_metrics",
+    "WordNetUnavailable": "wordnet",
+    "load_wordnet": "wordnet",
+    "setup_wordnet": "wordnet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # exports load on first use, so that `llamo --help` (which imports `llamo.evaluation.commands`) stays light
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = [
+    "BASELINES",
+    "LLAMO_PROTOCOL",
+    "MOLT5_PROTOCOL",
+    "DatasetInfo",
+    "EvalExample",
+    "EvaluationConfig",
+    "MeanBaseline",
+    "MetricReport",
+    "MetricValue",
+    "PredictionRecord",
+    "PredictionStore",
+    "RetrievalBaseline",
+    "SkippedRow",
+    "TokenProtocol",
+    "WordNetUnavailable",
+    "compute_text_metrics",
+    "evaluate",
+    "load_rows",
+    "load_scibert_tokenizer",
+    "load_wordnet",
+    "molt5_protocol",
+    "names_to_smiles",
+    "naming_metrics",
+    "parse_number",
+    "property_metrics",
+    "select_examples",
+    "setup_wordnet",
+]

@@ -109,10 +109,15 @@ def build_llamo(
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.padding_side = "left"
 
+    text_config = language_model.config.to_dict()
+    if text_config.get("quantization_config", {}).get("quant_method") == "gguf":
+        # transformers dequantizes GGUF weights on load: what we hold (and save) are plain float tensors
+        text_config.pop("quantization_config")
+        language_model.config.quantization_config = None
     config = LlamoConfig(
         graph_config=graph_config or {},
         projector_config=projector_config or {},
-        text_config=language_model.config.to_dict(),
+        text_config=text_config,
         graph_token_id=tokenizer.convert_tokens_to_ids(graph_token),
     )
     with torch.device("meta"):

@@ -494,3 +494,18 @@ def test_two_process_accelerate_run_matches_one_process(init_dir, workdir, toy_p
     assert changed, "training did not move the adapter"
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_group_by_length_adds_length_estimates(workdir, toy_pairs):
+    from llamo.training.data import build_training_dataset
+
+    config = Stage1Config(output_dir=str(workdir / "unused"), group_by_length=True, **common(workdir, toy_pairs))
+    dataset, _ = build_training_dataset(config, log=lambda *a: None)
+    lengths = dict(zip(dataset["smiles"], dataset["length"], strict=True))
+    assert lengths["CN1C=NC2=C1C(=O)N(C(=O)N2C)C"] > lengths["CN"] > 0
+    assert (
+        "length"
+        not in build_training_dataset(
+            Stage1Config(output_dir=str(workdir / "unused"), **common(workdir, toy_pairs)), log=lambda *a: None
+        )[0].column_names
+    )

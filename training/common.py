@@ -251,6 +251,8 @@ def trainer_arguments(config, cls, **extra):
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         report_to=config.report_to,
         dataloader_num_workers=config.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        length_column_name="length",
         disable_tqdm=config.disable_tqdm,
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,

@@ -85,6 +85,9 @@ class TrainingStageConfig:
     save_steps: int = 500
     save_total_limit: int | None = 2
     report_to: str = field(default="none", metadata={"help": "none, tensorboard, wandb, ... (passed to Trainer)"})
+    group_by_length: bool = field(
+        default=False, metadata={"help": "batch rows of similar length together (less padding, faster on CPU)"}
+    )
     dataloader_num_workers: int = 0
     disable_tqdm: bool = False
     overwrite_output_dir: bool = field(

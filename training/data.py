@@ -105,6 +105,12 @@ def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[data
             + (f" (specialist task {config.task!r})" if config.mode == "specialist" else "")
         )
     mixture = mix_datasets(parts, seed=config.seed)
+    if config.group_by_length and "length" not in mixture.column_names:
+        mixture = mixture.map(
+            lambda messages, atoms: {"length": sum(len(m["content"]) for m in messages) // 4 + atoms},
+            input_columns=["messages", "num_atoms"],
+            desc="Estimating lengths",
+        )
     for report in reports:
         log(f"[data] {report.summary()}")
     log(f"[data] training rows: {len(mixture)} ({', '.join(f'{len(d)} x {w}' for d, w in parts)})")

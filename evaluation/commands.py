@@ -1,0 +1,166 @@
+"""`llamo evaluate` and `llamo setup-wordnet` (standard-library imports only at the top: `llamo --help` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+BASELINE_CHOICES = ("retrieval", "mean", "no-graph")
+
+
+def register(subparsers) -> None:
+    """Add the evaluation subcommands to the `llamo` parser."""
+    _add_evaluate_parser(subparsers)
+    _add_setup_wordnet_parser(subparsers)
+
+
+def _add_evaluate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model (or a baseline) on description, IUPAC naming and property QA",
+        description=(
+            "Generate answers for every row of a dataset in llamo's conversation schema and score them per task: "
+            "BLEU/ROUGE/METEOR under the MolT5 (SciBERT) and LLaMo (LLM tokens) protocols, IUPAC exact and "
+            "structure-level (OPSIN) matches, property MAE with the valid-answer ratio. Predictions are saved as they "
+            "are made; running the same command again resumes. Writes OUTPUT_DIR/results.json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "model", nargs="?", metavar="MODEL_DIR", help="LLaMo folder (optional for the retrieval and mean baselines)"
+    )
+    parser.add_argument("--data", required=True, help="JSONL/JSON/Parquet file, save_to_disk folder, or Hub dataset id")
+    parser.add_argument("--split", help="split of a folder or Hub dataset (default: test)")
+    parser.add_argument(
+        "--task", action="append", dest="tasks", help="evaluate this task only (repeatable); default: every task"
+    )
+    parser.add_argument("--output-dir", required=True, help="folder for predictions and results (resumable)")
+    parser.add_argument("--overwrite", action="store_true", help="discard another run's predictions in --output-dir")
+    parser.add_argument("--max-rows", type=int, help="evaluate only the first N rows (a quick check)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    decoding = parser.add_argument_group("decoding (LLaMo's evaluation: greedy, 512 new tokens)")
+    decoding.add_argument("--batch-size", type=int, default=16)
+    decoding.add_argument("--max-new-tokens", type=int, default=512)
+    decoding.add_argument("--min-new-tokens", type=int)
+    decoding.add_argument("--num-beams", type=int, default=1)
+    decoding.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search")
+    decoding.add_argument("--temperature", type=float, default=1.0)
+    decoding.add_argument("--top-p", type=float, default=1.0)
+    decoding.add_argument("--seed", type=int, default=0)
+    decoding.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    decoding.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    baseline = parser.add_argument_group("baselines")
+    baseline.add_argument(
+        "--baseline",
+        choices=BASELINE_CHOICES,
+        help="retrieval: nearest training molecule's answer; mean: mean training property value; no-graph: the model "
+        "without graph tokens",
+    )
+    baseline.add_argument("--train-data", help="training rows of the retrieval and mean baselines")
+    baseline.add_argument("--train-split", default="train")
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument(
+        "--scibert-vocab",
+        help="SciBERT's vocab.txt, a folder or a Hub id (MolT5 protocol; default: allenai/scibert_scivocab_uncased)",
+    )
+    metrics.add_argument("--llm-tokenizer", help="tokenizer of the LLaMo protocol (default: the model's)")
+    metrics.add_argument("--nltk-data", help="NLTK data folder holding WordNet (see `llamo setup-wordnet`)")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _add_setup_wordnet_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "setup-wordnet",
+        help="install WordNet for METEOR from the Debian wordnet packages (offline)",
+        description=(
+            "Copy WordNet 3.0 from the Debian packages wordnet-base and wordnet-sense-index (apt-get install -y "
+            "wordnet-base wordnet-sense-index) into an NLTK data folder, with the lexnames file NLTK needs."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--nltk-data", help="NLTK data folder (default: first $NLTK_DATA entry, else ~/nltk_data)")
+    parser.add_argument("--source", default="/usr/share/wordnet", help="where the Debian packages put WordNet")
+    parser.add_argument("--overwrite", action="store_true", help="replace an unreadable WordNet folder")
+    parser.set_defaults(handler=_run_setup_wordnet)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .runner import EvaluationConfig
+    from .text_metrics import SCIBERT_HUB_ID
+
+    return EvaluationConfig(
+        output_dir=args.output_dir,
+        model=args.model,
+        data=args.data,
+        split=args.split,
+        tasks=args.tasks,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        baseline=args.baseline,
+        train_data=args.train_data,
+        train_split=args.train_split,
+        scibert_vocab=args.scibert_vocab or SCIBERT_HUB_ID,
+        llm_tokenizer=args.llm_tokenizer,
+        nltk_data=args.nltk_data,
+        max_rows=args.max_rows,
+        device=args.device,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def format_summary(results: dict) -> str:
+    """A short plain-text view of a results document."""
+    lines = []
+    for entry in results["results"]:
+        counts = entry["counts"]
+        lines.append(
+            f"{entry['task']['name']}: {counts['predicted']} of {counts['rows']} rows predicted"
+            + (f", {counts['skipped']} skipped {counts['skipped_reasons']}" if counts["skipped"] else "")
+        )
+        for metric in entry["metrics"]:
+            unit = "" if metric["unit"] == "percent" else f" {metric['unit']}"
+            lines.append(f"  {metric['name']:<48} {metric['value']:.4f}{unit}")
+        for metric in entry["unavailable_metrics"]:
+            lines.append(f"  {metric['name']:<48} unavailable: {metric['reason']}")
+    return "\n".join(lines)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from llamo.cli import CommandError
+
+    from .predictions import RESULTS_FILE
+    from .runner import evaluate
+
+    try:
+        config = _config_from_args(args)
+        results = evaluate(config)
+    except (ValueError, FileExistsError) as error:
+        raise CommandError(str(error)) from error
+    print(format_summary(results))
+    print(f"Results: {Path(config.output_dir) / RESULTS_FILE} (0-100 scale except MAE)", file=sys.stderr)
+
+
+def _run_setup_wordnet(args: argparse.Namespace) -> None:
+    from llamo.cli import CommandError
+
+    from .wordnet import WordNetUnavailable, setup_wordnet
+
+    try:
+        target = setup_wordnet(args.nltk_data, source=args.source, overwrite=args.overwrite)
+    except WordNetUnavailable as error:
+        raise CommandError(str(error)) from error
+    hint = "" if args.nltk_data is None else f" (pass --nltk-data {args.nltk_data} to llamo evaluate)"
+    print(f"WordNet ready for METEOR in {target}{hint}.")
+
+
+__all__ = ["format_summary", "register"]

@@ -1,0 +1,241 @@
+"""Evaluation data: rows of the conversation schema (`llamo.processing.schema`) from any source, checked and turned
+into prompt + reference pairs.
+
+The reference answer of a row is its last assistant message; the prompt is the conversation before it. Rows that
+cannot be evaluated (no final assistant answer, malformed turns, unparsable SMILES, a property row without a numeric
+target, a repeated id) are skipped and counted with their reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamo.processing.schema import make_record, record_metadata, to_chat_messages
+
+from .properties import PropertyTarget, property_target
+
+PROPERTY_TASK = "property"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where evaluation rows came from, as written into the results."""
+
+    name: str
+    source: str
+    kind: str
+    split: str | None = None
+    num_rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "kind": self.kind, "split": self.split, "rows": self.num_rows}
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """One row to evaluate: its prompt (the conversation before the last assistant message) and that reference."""
+
+    index: int
+    id: str
+    task: str
+    smiles: str
+    prompt: tuple[dict[str, str], ...]
+    reference: str
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    target: PropertyTarget | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the row within a run: ids are unique per source, not across tasks."""
+        return (self.task, self.id)
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The prompt for `LlamoProcessor.apply_chat_template`, the molecule as a content block."""
+        return to_chat_messages({"smiles": self.smiles, "messages": list(self.prompt)})
+
+    def approximate_length(self) -> int:
+        return len(self.smiles) + sum(len(message["content"]) for message in self.prompt)
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row left out of the evaluation, and why."""
+
+    index: int
+    id: str | None
+    task: str | None
+    reason: str
+
+
+def _read_json_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path} holds JSON that is not a list of rows.")
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+    return rows
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and Path(source).suffix == ""
+
+
+def _pick_split(dataset_dict, split: str | None, source: str):
+    split = split or "test"
+    if split not in dataset_dict:
+        raise ValueError(f"{source} has no split {split!r}; its splits: {', '.join(dataset_dict)} (choose one).")
+    return dataset_dict[split], split
+
+
+def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any]], DatasetInfo]:
+    """
+    Read evaluation rows from a `datasets.Dataset` (or `DatasetDict`), a list of row dicts, a JSONL / JSON / Parquet
+    file, a `save_to_disk` folder, or a Hub dataset id (`split` defaults to `test` where there are splits).
+
+    Raises:
+        FileNotFoundError: a path that does not exist and does not look like a Hub id.
+        ValueError: an unreadable file (naming the line) or a missing split.
+    """
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        if isinstance(source, datasets.DatasetDict):
+            source, split = _pick_split(source, split, "the dataset")
+        name = source.info.dataset_name or "in-memory"
+        rows, info = list(source), DatasetInfo(name, name, "in-memory", split or (str(source.split or "") or None))
+    elif isinstance(source, list):
+        rows, info = source, DatasetInfo("in-memory", "in-memory", "in-memory", split)
+    else:
+        path = Path(source)
+        if path.is_file():
+            if path.suffix == ".parquet":
+                rows = list(datasets.Dataset.from_parquet(str(path)))
+            else:
+                rows = _read_json_rows(path)
+            info = DatasetInfo(path.stem, str(path.resolve()), "file", split)
+        elif path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded, split = _pick_split(loaded, split, str(path))
+            rows, info = list(loaded), DatasetInfo(path.name, str(path.resolve()), "disk", split)
+        elif _looks_like_hub_id(str(source)):
+            split = split or "test"
+            try:
+                rows = list(datasets.load_dataset(str(source), split=split))
+            except Exception as error:  # offline, unknown id, missing split: the Hub's own message says which
+                raise FileNotFoundError(f"Dataset {source} could not be loaded from the Hub: {error}") from error
+            info = DatasetInfo(str(source), str(source), "hub", split)
+        else:
+            raise FileNotFoundError(f"Dataset not found: {source} (a JSONL/JSON/Parquet file, a folder, or a Hub id).")
+    return rows, DatasetInfo(info.name, info.source, info.kind, info.split, len(rows))
+
+
+def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None]:
+    """The row as an example, or the reason it cannot be evaluated."""
+    from llamo import parse_smiles
+
+    if not isinstance(row, dict):
+        return None, "not a record"
+    record_id, task, smiles, messages = row.get("id"), row.get("task"), row.get("smiles"), row.get("messages")
+    if record_id is None or str(record_id) == "":
+        return None, "missing id"
+    if not isinstance(task, str) or not task:
+        return None, "missing task"
+    try:
+        make_record(str(record_id), str(smiles), list(messages or []), task, "")
+    except (TypeError, ValueError, AttributeError) as error:
+        return None, f"malformed conversation: {error}"
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        return None, "no assistant answer to compare with"
+    try:
+        parse_smiles(smiles)
+    except ValueError:
+        return None, "unparsable SMILES"
+    try:
+        metadata = record_metadata(row)
+    except (ValueError, TypeError):
+        metadata = None
+    if not isinstance(metadata, dict):
+        return None, "metadata is not a JSON object"
+    prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
+    reference = messages[-1]["content"]
+    target = None
+    if task == PROPERTY_TASK:
+        target = property_target(metadata, reference, prompt[-1]["content"])
+        if target is None:
+            return None, "no numeric target (metadata value or number in the reference)"
+    example = EvalExample(index, str(record_id), task, smiles, prompt, reference, metadata, target)
+    return example, None
+
+
+def select_examples(
+    rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None = None, max_rows: int | None = None
+) -> tuple[list[EvalExample], list[SkippedRow]]:
+    """
+    The rows of the wanted `tasks` (all when None), the first `max_rows` of them, as examples; the others that cannot
+    be evaluated as `SkippedRow`s.
+
+    Raises:
+        ValueError: a requested task is absent from the data.
+    """
+    present = {row.get("task") for row in rows if isinstance(row, dict)}
+    wanted = set(tasks) if tasks else None
+    if wanted is not None and wanted - present:
+        shown = ", ".join(sorted(str(task) for task in present))
+        raise ValueError(f"Task(s) {', '.join(sorted(wanted - present))} not in the data; tasks present: {shown}.")
+    examples, skipped, seen = [], [], set()
+    chosen = [
+        (i, row)
+        for i, row in enumerate(rows)
+        if wanted is None or (isinstance(row, dict) and row.get("task") in wanted)
+    ]
+    for index, row in chosen[:max_rows] if max_rows is not None else chosen:
+        example, reason = _check_row(row, index)
+        if example is not None and example.key in seen:
+            example, reason = None, "duplicate id"
+        if example is None:
+            row_id = row.get("id") if isinstance(row, dict) else None
+            task = row.get("task") if isinstance(row, dict) else None
+            skipped.append(SkippedRow(index, None if row_id is None else str(row_id), task, str(reason)))
+            continue
+        seen.add(example.key)
+        examples.append(example)
+    return examples, skipped
+
+
+def rows_fingerprint(rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None = None) -> str:
+    """A content hash of the rows of `tasks` (ids, tasks, SMILES, conversations, metadata): whether two runs evaluate
+    the same data, wherever it was read from."""
+    wanted = set(tasks) if tasks else None
+    digest = hashlib.sha256()
+    for row in rows:
+        if not isinstance(row, dict) or (wanted is not None and row.get("task") not in wanted):
+            continue
+        fields = [row.get(name) for name in ("id", "task", "smiles", "messages", "metadata")]
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+__all__ = [
+    "DatasetInfo",
+    "EvalExample",
+    "SkippedRow",
+    "load_rows",
+    "rows_fingerprint",
+    "select_examples",
+]

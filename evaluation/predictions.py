@@ -1,0 +1,197 @@
+"""Predictions written as they are made, so that an interrupted evaluation resumes where it stopped.
+
+An output folder holds:
+
+- `run_config.json`: what defines the predictions (model, data fingerprint, tasks, decoding, baseline). A folder is
+  only reused by the same run; another run is refused unless `overwrite` clears it.
+- `predictions.jsonl`: one line per row and the source of truth: `index`, `id`, `task`, `smiles`, `reference`,
+  `prediction`, and `skipped` (the reason) for rows the predictor could not take. A half-written last line (the run
+  was killed while writing) is detected, cut, and that row predicted again.
+- `predictions.<task>.tsv`: MolT5's layout (`SMILES<TAB>ground truth<TAB>output`, tabs and newlines inside texts
+  replaced by spaces), rebuilt from the JSONL on resume and at the end, in dataset order.
+- `results.json`: the metrics (see `llamo.evaluation`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PREDICTIONS_FILE = "predictions.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
+RESULTS_FILE = "results.json"
+TSV_HEADER = ("SMILES", "ground truth", "output")
+_TSV_UNSAFE = re.compile(r"[\t\r\n]+")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A predictor's answer for a row it cannot take (the row is then counted as skipped, with `reason`)."""
+
+    reason: str
+
+
+@dataclass
+class PredictionRecord:
+    """A row's outcome: its prediction, or the reason it was skipped."""
+
+    index: int
+    id: str
+    task: str
+    smiles: str
+    reference: str
+    prediction: str | None = None
+    skipped: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.task, self.id)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def tsv_name(task: str) -> str:
+    """The TSV file of a task (task names are sanitized for the file system)."""
+    return f"predictions.{re.sub(r'[^A-Za-z0-9_.-]+', '_', task)}.tsv"
+
+
+def _tsv_line(record: PredictionRecord) -> str:
+    fields = (record.smiles, record.reference, record.prediction or "")
+    return "\t".join(_TSV_UNSAFE.sub(" ", field) for field in fields) + "\n"
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted names of the settings that differ between two run configs."""
+    old, new = _flatten(saved), _flatten(current)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
+class PredictionStore:
+    """The prediction files of one output folder (see the module docstring)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+        self.predictions_path = self.output_dir / PREDICTIONS_FILE
+        self.config_path = self.output_dir / RUN_CONFIG_FILE
+
+    def _owned_files(self) -> list[Path]:
+        if not self.output_dir.is_dir():
+            return []
+        names = {PREDICTIONS_FILE, RUN_CONFIG_FILE, RESULTS_FILE}
+        return [
+            path
+            for path in self.output_dir.iterdir()
+            if path.name in names or (path.name.startswith("predictions.") and path.suffix == ".tsv")
+        ]
+
+    def start(self, run_config: dict[str, Any], overwrite: bool = False) -> dict[tuple[str, str], PredictionRecord]:
+        """
+        Claim the folder for `run_config` and return the predictions already made by this same run.
+
+        Raises:
+            FileExistsError: the folder holds another run's files (or files of unknown origin) and `overwrite` is off.
+        """
+        existing = self._owned_files()
+        if existing:
+            if not self.config_path.is_file():
+                problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
+            else:
+                saved = json.loads(self.config_path.read_text(encoding="utf-8"))
+                differences = config_differences(saved, run_config)
+                problem = f"holds predictions of another run (differs in: {', '.join(differences)})"
+                if not differences:
+                    problem = ""
+            if problem and not overwrite:
+                raise FileExistsError(
+                    f"{self.output_dir} {problem}; choose another output folder, or pass --overwrite to discard them."
+                )
+            if problem:
+                for path in existing:
+                    path.unlink()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        records = self.load()
+        self.write_tsvs(sorted(records.values(), key=lambda record: record.index))
+        return records
+
+    def load(self) -> dict[tuple[str, str], PredictionRecord]:
+        """The saved records by key; a half-written last line is removed from the file first."""
+        if not self.predictions_path.is_file():
+            return {}
+        data = self.predictions_path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            with open(self.predictions_path, "r+b") as handle:
+                handle.truncate(complete)
+        records: dict[tuple[str, str], PredictionRecord] = {}
+        for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = PredictionRecord(**json.loads(line))
+            except (json.JSONDecodeError, TypeError) as error:
+                raise ValueError(
+                    f"{self.predictions_path}, line {number}, is not a prediction record ({error}); remove that line "
+                    "to predict the row again."
+                ) from error
+            records.setdefault(record.key, record)
+        return records
+
+    def append(self, records: Iterable[PredictionRecord]) -> None:
+        """Append records to the JSONL and the TSVs, flushed to disk before returning."""
+        records = list(records)
+        with open(self.predictions_path, "a", encoding="utf-8") as handle:
+            handle.write("".join(record.to_json() + "\n" for record in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+        by_task: dict[str, list[PredictionRecord]] = {}
+        for record in records:
+            if record.skipped is None:
+                by_task.setdefault(record.task, []).append(record)
+        for task, task_records in by_task.items():
+            path = self.output_dir / tsv_name(task)
+            with open(path, "a", encoding="utf-8") as handle:
+                if handle.tell() == 0:
+                    handle.write("\t".join(TSV_HEADER) + "\n")
+                handle.write("".join(_tsv_line(record) for record in task_records))
+
+    def write_tsvs(self, records: Iterable[PredictionRecord]) -> dict[str, str]:
+        """Rewrite every task's TSV from `records` (in the given order); returns `{task: file name}`."""
+        for path in self.output_dir.glob("predictions.*.tsv"):
+            path.unlink()
+        by_task: dict[str, list[str]] = {}
+        for record in records:
+            if record.skipped is None:
+                by_task.setdefault(record.task, []).append(_tsv_line(record))
+        for task, lines in by_task.items():
+            text = "\t".join(TSV_HEADER) + "\n" + "".join(lines)
+            (self.output_dir / tsv_name(task)).write_text(text, encoding="utf-8")
+        return {task: tsv_name(task) for task in by_task}
+
+
+__all__ = [
+    "PREDICTIONS_FILE",
+    "RESULTS_FILE",
+    "RUN_CONFIG_FILE",
+    "TSV_HEADER",
+    "PredictionRecord",
+    "PredictionStore",
+    "Skip",
+    "config_differences",
+    "tsv_name",
+]

@@ -1,0 +1,103 @@
+"""Property QA metrics (QM9 HOMO, LUMO, HOMO-LUMO gap, in Hartree): MAE beside the valid-answer ratio.
+
+An answer is valid when a finite number can be read from it (the first number in the text). Every codebase of the
+field drops the other answers from the MAE; here they are dropped from the MAE too, but counted, and the valid ratio
+is always reported beside it (per property and overall). The overall MAE pools the valid answers of all properties.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .text_metrics import MetricReport, MetricValue, UnavailableMetric
+
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-"})
+DEFAULT_UNIT = "Hartree"
+
+
+def parse_number(text: str | None) -> float | None:
+    """The first finite number in `text` (a Unicode minus sign is read as '-'), or None."""
+    if not text:
+        return None
+    match = _NUMBER.search(text.translate(_MINUS_SIGNS))
+    if match is None:
+        return None
+    value = float(match.group())
+    return value if math.isfinite(value) else None
+
+
+def property_key(name: str | None) -> str:
+    """A canonical lower-case property name: `homo`, `lumo`, `gap`, or the given name lower-cased."""
+    lowered = (name or "").lower()
+    for key in ("gap", "lumo", "homo"):
+        if key in lowered:
+            return key
+    return re.sub(r"[^a-z0-9]+", "_", lowered).strip("_") or "unknown"
+
+
+@dataclass(frozen=True)
+class PropertyTarget:
+    """What a property row asks for: the property, its true value and unit."""
+
+    property: str
+    value: float
+    unit: str = DEFAULT_UNIT
+
+
+def property_target(metadata: dict[str, Any], reference: str, question: str = "") -> PropertyTarget | None:
+    """The row's target: `metadata` `{"property", "value", "unit"}` first; else the number in the reference answer,
+    and the property named in the question. None when no value can be found."""
+    value = metadata.get("value")
+    value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else parse_number(reference)
+    if value is None:
+        return None
+    name = metadata.get("property") or question
+    return PropertyTarget(property_key(name), value, str(metadata.get("unit") or DEFAULT_UNIT))
+
+
+def property_metrics(
+    targets: Sequence[PropertyTarget], predictions: Sequence[str]
+) -> tuple[MetricReport, dict[str, Any]]:
+    """MAE per property and overall over valid answers, with the valid ratio (0-100) beside each; counts of valid
+    and invalid answers."""
+    if len(targets) != len(predictions):
+        raise ValueError(f"Got {len(targets)} targets and {len(predictions)} predictions.")
+    errors: dict[str, list[float]] = defaultdict(list)
+    rows: dict[str, int] = defaultdict(int)
+    units: dict[str, str] = {}
+    for target, prediction in zip(targets, predictions, strict=True):
+        rows[target.property] += 1
+        units.setdefault(target.property, target.unit)
+        value = parse_number(prediction)
+        if value is not None:
+            errors[target.property].append(abs(value - target.value))
+
+    report = MetricReport()
+    counts: dict[str, Any] = {"per_property": {}}
+    groups = [(key, f"_{key}", errors[key], rows[key], units[key]) for key in sorted(rows)]
+    pooled = [error for key in sorted(rows) for error in errors[key]]
+    unit = next(iter(units.values())) if len(set(units.values())) == 1 else "mixed units"
+    groups.append(("all", "", pooled, len(targets), unit))
+    for key, suffix, found, total, group_unit in groups:
+        unit_name = re.sub(r"[^a-z0-9]+", "_", group_unit.lower())
+        name = f"mae{suffix}_{unit_name}"
+        if found:
+            report.metrics.append(MetricValue(name, "mae", sum(found) / len(found), unit=group_unit))
+        else:
+            report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
+        report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))
+        entry = {"rows": total, "valid": len(found), "invalid": total - len(found), "unit": group_unit}
+        if key == "all":
+            counts.update(entry)
+        else:
+            counts["per_property"][key] = entry
+    return report, counts
+
+
+__all__ = ["DEFAULT_UNIT", "PropertyTarget", "parse_number", "property_key", "property_metrics", "property_target"]

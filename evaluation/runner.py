@@ -1,0 +1,525 @@
+"""The evaluation runner: one config dataclass, one entry point (`evaluate`).
+
+    from llamo.evaluation import EvaluationConfig, evaluate
+
+    results = evaluate(EvaluationConfig(model="path/to/llamo", data="test.jsonl", output_dir="eval/llamo-test"))
+
+Rows are predicted in batches (longest prompts first, so that a batch holds prompts of similar length), written to
+the output folder as they come (see `llamo.evaluation.predictions`), and scored per task once all are done. Running
+the same command again resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .data import DatasetInfo, EvalExample, SkippedRow, load_rows, rows_fingerprint, select_examples
+from .naming import naming_metrics
+from .predictions import RESULTS_FILE, PredictionRecord, PredictionStore, Skip
+from .properties import property_metrics
+from .text_metrics import (
+    LLAMO_PROTOCOL,
+    MOLT5_PROTOCOL,
+    ROUGE_PROTOCOL,
+    SCIBERT_HUB_ID,
+    MetricReport,
+    TokenProtocol,
+    UnavailableMetric,
+    compute_text_metrics,
+    first_line,
+    molt5_protocol,
+)
+from .wordnet import WordNetUnavailable, load_wordnet
+
+RESULTS_FORMAT = "llamo-evaluation"
+RESULTS_FORMAT_VERSION = 1
+BASELINES = ("retrieval", "mean", "no-graph")
+TRAINED_BASELINES = ("retrieval", "mean")
+
+TASK_TITLES = {
+    "description": "Molecule description",
+    "iupac": "IUPAC name generation",
+    "property": "Molecular property QA (QM9 HOMO/LUMO/gap)",
+    "conversation": "Multi-turn molecular conversation",
+}
+TASK_FAMILIES = {"iupac": "naming", "property": "property"}
+"""How each task is scored; any other task (description, conversation, user-defined) gets the text metrics."""
+
+PROTOCOL_NOTES = {
+    MOLT5_PROTOCOL: "SciBERT uncased WordPiece tokens (first 512, [PAD]/[CLS]/[SEP] removed); NLTK corpus BLEU "
+    "without smoothing; mean NLTK METEOR; 0-100",
+    LLAMO_PROTOCOL: "as molt5_scibert, with the LLM's own tokenizer (LLaMo's evaluator); 0-100",
+    ROUGE_PROTOCOL: "rouge_score F-measure on the raw strings, no stemmer, mean over rows; 0-100",
+}
+
+ProgressCallback = Callable[[int, int], None]
+Predictor = Callable[[Sequence[EvalExample]], list["str | Skip"]]
+
+
+@dataclass
+class EvaluationConfig:
+    """
+    Everything one evaluation run needs.
+
+    Args:
+        output_dir: where predictions, TSVs and `results.json` go (an interrupted run resumes from it).
+        model: a LLaMo folder (needed unless `baseline` is `retrieval` or `mean`; then it only provides the LLM
+            tokenizer of the `llamo_llm_tokens` protocol).
+        data: the evaluation rows: a JSONL/JSON/Parquet file, a `save_to_disk` folder or a Hub dataset id (or pass
+            a `datasets.Dataset` to `evaluate`).
+        split: the split of a folder or Hub dataset with several (default `test`).
+        tasks: evaluate only these tasks (a specialist run); all tasks present when None (a generalist run).
+        batch_size, max_new_tokens, min_new_tokens, num_beams, do_sample, temperature, top_p, seed: decoding
+            (greedy, at most 512 new tokens by default, as in LLaMo's evaluation).
+        baseline: `retrieval`, `mean` or `no-graph` (see `llamo.evaluation.baselines`).
+        train_data, train_split: the training rows of the `retrieval` and `mean` baselines.
+        scibert_vocab: SciBERT's `vocab.txt`, a folder, or a Hub id (MolT5 protocol).
+        llm_tokenizer: tokenizer of the LLaMo protocol (default: the model's).
+        nltk_data: the NLTK data folder holding WordNet (default: NLTK's search path).
+        max_rows: evaluate only the first rows of the data (quick runs; predictions already made are kept).
+        device, dtype: where and in which precision the model runs (`auto`: GPU if any; the saved dtype).
+        overwrite: discard the predictions of another run found in `output_dir`.
+        progress: show a progress bar.
+    """
+
+    output_dir: str
+    model: str | None = None
+    data: str | None = None
+    split: str | None = None
+    tasks: list[str] | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    min_new_tokens: int | None = None
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    baseline: str | None = None
+    train_data: str | None = None
+    train_split: str = "train"
+    scibert_vocab: str | None = SCIBERT_HUB_ID
+    llm_tokenizer: str | None = None
+    nltk_data: str | None = None
+    max_rows: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}.")
+        if self.baseline in TRAINED_BASELINES and self.train_data is None:
+            raise ValueError(f"The {self.baseline} baseline needs training rows: give train_data (--train-data).")
+        for name in ("batch_size", "max_new_tokens", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}.")
+        if self.tasks is not None:
+            self.tasks = sorted(set(self.tasks))
+
+    @property
+    def generates(self) -> bool:
+        """Whether the run generates with the model (the model itself, or the no-graph ablation)."""
+        return self.baseline not in TRAINED_BASELINES
+
+    def decoding(self) -> dict[str, Any] | None:
+        """The decoding settings, as recorded in the results (None for the non-generating baselines)."""
+        if not self.generates:
+            return None
+        strategy = "sampling" if self.do_sample else ("beam search" if self.num_beams > 1 else "greedy")
+        settings: dict[str, Any] = {
+            "strategy": strategy,
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        return settings
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `model.generate`."""
+        settings = self.decoding() or {}
+        kwargs = {key: settings[key] for key in ("max_new_tokens", "num_beams", "do_sample")}
+        if self.min_new_tokens:
+            kwargs["min_new_tokens"] = self.min_new_tokens
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        return kwargs
+
+
+@dataclass
+class RunState:
+    """What one call of `evaluate` learned about its inputs, for the run config and the results."""
+
+    data: DatasetInfo
+    data_fingerprint: str
+    examples: list[EvalExample]
+    skipped: list[SkippedRow]
+    model_fingerprint: str | None = None
+    train: DatasetInfo | None = None
+    train_fingerprint: str | None = None
+    train_rows: list[dict[str, Any]] | None = field(default=None, repr=False)
+    baseline_info: dict[str, Any] = field(default_factory=dict)
+
+
+def model_fingerprint(folder: str | Path) -> str | None:
+    """A cheap identity of a saved model: its config files' contents and its weight files' names, sizes and
+    modification times (retraining into the same folder changes it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for name in ("config.json", "generation_config.json", "processor_config.json", "chat_template.jinja"):
+        if (folder / name).is_file():
+            digest.update(name.encode() + (folder / name).read_bytes())
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_config(config: EvaluationConfig, state: RunState) -> dict[str, Any]:
+    """What defines a run's predictions; an output folder is only reused by a run with the same."""
+    return {
+        "format_version": RESULTS_FORMAT_VERSION,
+        "model": state.model_fingerprint if config.generates else None,
+        "baseline": config.baseline,
+        "train_data": state.train_fingerprint,
+        "data": state.data_fingerprint,
+        "tasks": config.tasks,
+        "decoding": config.decoding(),
+    }
+
+
+def _pick_device(choice: str):
+    import torch
+
+    if choice != "auto":
+        return torch.device(choice)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(config: EvaluationConfig):
+    """The model and processor of `config.model`, on `config.device`, in eval mode."""
+    import torch
+
+    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+
+    if not Path(str(config.model)).is_dir():
+        raise FileNotFoundError(f"Model folder not found: {config.model}")
+    processor = LlamoProcessor.from_pretrained(config.model)
+    dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
+    model = LlamoForConditionalGeneration.from_pretrained(config.model, dtype=dtype)
+    return model.to(_pick_device(config.device)).eval(), processor
+
+
+class GenerationPredictor:
+    """Answers with the model, a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept,
+    `<graph>` and the graph tensors dropped)."""
+
+    def __init__(self, model, processor, generation_kwargs: dict[str, Any], include_graph: bool = True):
+        self.model = model
+        self.processor = processor
+        self.generation_kwargs = generation_kwargs
+        self.include_graph = include_graph
+
+    def _render(self, examples: Sequence[EvalExample]):
+        return self.processor.apply_chat_template(
+            [example.chat_messages() for example in examples],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            include_graph=self.include_graph,
+        )
+
+    def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
+        import torch
+
+        try:
+            inputs = self._render(examples)
+            accepted = list(range(len(examples)))
+            answers: list[str | Skip] = [""] * len(examples)
+        except ValueError:
+            # find the rows the processor refuses (e.g. too many atoms), answer the others as one batch
+            answers, accepted = [], []
+            for position, example in enumerate(examples):
+                try:
+                    self._render([example])
+                    answers.append("")
+                    accepted.append(position)
+                except ValueError as error:
+                    answers.append(Skip(f"refused by the processor: {error}"))
+            if not accepted:
+                return answers
+            inputs = self._render([examples[position] for position in accepted])
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            output = self.model.generate(**inputs.to(device), **self.generation_kwargs)
+        texts = self.processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])
+        for position, text in zip(accepted, texts, strict=True):
+            answers[position] = text
+        return answers
+
+
+@dataclass
+class MetricResources:
+    """Tokenizers and WordNet shared by the scoring of every task."""
+
+    protocols: list[TokenProtocol]
+    wordnet: Any = None
+    wordnet_reason: str | None = None
+
+    @classmethod
+    def load(cls, config: EvaluationConfig, llm_tokenizer=None) -> MetricResources:
+        """The MolT5 protocol, the LLaMo protocol (the tokenizer of `config.llm_tokenizer`, else of `config.model`,
+        else `llm_tokenizer`) and WordNet; what cannot be loaded is kept as the reason its metrics are unavailable."""
+        protocols = [molt5_protocol(config.scibert_vocab), cls._llamo_protocol(config, llm_tokenizer)]
+        try:
+            return cls(protocols, load_wordnet(config.nltk_data))
+        except WordNetUnavailable as error:
+            return cls(protocols, None, str(error))
+
+    @staticmethod
+    def _llamo_protocol(config: EvaluationConfig, llm_tokenizer) -> TokenProtocol:
+        source = config.llm_tokenizer or config.model
+        if source is None and llm_tokenizer is None:
+            reason = "no LLM tokenizer: give a model folder or --llm-tokenizer"
+            return TokenProtocol(LLAMO_PROTOCOL, unavailable_reason=reason)
+        if source is not None:
+            from transformers import AutoTokenizer
+
+            try:
+                llm_tokenizer = AutoTokenizer.from_pretrained(source)
+            except (OSError, ValueError) as error:
+                reason = f"the LLM tokenizer could not be loaded from {source} ({first_line(error)})"
+                return TokenProtocol(LLAMO_PROTOCOL, unavailable_reason=reason)
+        return TokenProtocol(LLAMO_PROTOCOL, llm_tokenizer)
+
+
+def score_task(task: str, examples: Sequence[EvalExample], records: dict, resources: MetricResources):
+    """Metrics and counts of one task over its predicted rows."""
+    done = [(example, records[example.key]) for example in examples if records[example.key].skipped is None]
+    family = TASK_FAMILIES.get(task, "text")
+    counts: dict[str, Any] = {}
+    if not done:
+        reason = "no row of this task could be predicted"
+        report = MetricReport(unavailable=[UnavailableMetric("all_metrics", family, reason)])
+        return report, counts
+    references = [example.reference for example, _ in done]
+    predictions = [record.prediction or "" for _, record in done]
+    counts["empty_predictions"] = sum(not prediction.strip() for prediction in predictions)
+    if family == "property":
+        report, found = property_metrics([example.target for example, _ in done], predictions)
+        counts["valid_answers"] = found
+    elif family == "naming":
+        smiles = [example.smiles for example, _ in done]
+        report, found = naming_metrics(
+            smiles, references, predictions, resources.protocols, resources.wordnet, resources.wordnet_reason
+        )
+        counts.update(found)
+    else:
+        report = compute_text_metrics(
+            references, predictions, resources.protocols, resources.wordnet, resources.wordnet_reason
+        )
+    return report, counts
+
+
+def _task_entry(task: str, state: RunState, records: dict, resources: MetricResources) -> dict[str, Any]:
+    examples = [example for example in state.examples if example.task == task]
+    data_skips = [row for row in state.skipped if row.task == task]
+    predictor_skips = [records[e.key].skipped for e in examples if records[e.key].skipped is not None]
+    report, family_counts = score_task(task, examples, records, resources)
+    reasons = Counter([row.reason for row in data_skips] + [reason.split(":")[0] for reason in predictor_skips])
+    predicted = len(examples) - len(predictor_skips)
+    return {
+        "task": {"name": task, "title": TASK_TITLES.get(task, task), "type": "text-generation"},
+        "dataset": {**state.data.to_dict(), "rows": len(examples) + len(data_skips), "evaluated_rows": predicted},
+        "counts": {
+            "rows": len(examples) + len(data_skips),
+            "predicted": predicted,
+            "skipped": len(data_skips) + len(predictor_skips),
+            "skipped_reasons": dict(sorted(reasons.items())),
+            **family_counts,
+        },
+        "metrics": [metric.to_dict() for metric in report.metrics],
+        "unavailable_metrics": [metric.to_dict() for metric in report.unavailable],
+    }
+
+
+def build_results(
+    config: EvaluationConfig, state: RunState, records: dict, resources: MetricResources, files: dict[str, Any]
+) -> dict[str, Any]:
+    """The results document (its format is described in `llamo.evaluation`)."""
+    import llamo
+
+    tasks = sorted({example.task for example in state.examples} | {row.task for row in state.skipped if row.task})
+    baseline = None
+    if config.baseline is not None:
+        baseline = {"name": config.baseline, "train_data": state.train.to_dict() if state.train else None}
+        baseline.update(state.baseline_info)
+    unassigned = [row for row in state.skipped if not row.task]
+    return {
+        "format": RESULTS_FORMAT,
+        "format_version": RESULTS_FORMAT_VERSION,
+        "llamo_version": llamo.__version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name_or_path": config.model,
+            "fingerprint": state.model_fingerprint,
+            "evaluated": f"baseline:{config.baseline}" if config.baseline else "model",
+        },
+        "baseline": baseline,
+        "dataset": state.data.to_dict(),
+        "decoding": config.decoding(),
+        "scale": "BLEU, METEOR, ROUGE, exact match, structure match, parse rate and valid ratio are 0-100; MAE is in "
+        "the property's unit",
+        "protocols": PROTOCOL_NOTES,
+        "results": [_task_entry(task, state, records, resources) for task in tasks],
+        "rows_without_task": {"count": len(unassigned), "reasons": dict(Counter(row.reason for row in unassigned))},
+        "files": files,
+    }
+
+
+def _prepare(config: EvaluationConfig, dataset, train_dataset, model) -> RunState:
+    rows, info = load_rows(dataset if dataset is not None else config.data, config.split)
+    examples, skipped = select_examples(rows, config.tasks, config.max_rows)
+    state = RunState(info, rows_fingerprint(rows, config.tasks), examples, skipped)
+    if config.generates:
+        state.model_fingerprint = model_fingerprint(config.model) if model is None else "in-memory"
+    if config.baseline in TRAINED_BASELINES:
+        train_rows, state.train = load_rows(
+            train_dataset if train_dataset is not None else config.train_data, config.train_split
+        )
+        state.train_fingerprint = rows_fingerprint(train_rows)
+        state.train_rows = train_rows
+    return state
+
+
+def _make_predictor(config: EvaluationConfig, state: RunState, model, processor) -> Predictor:
+    from .baselines import MeanBaseline, RetrievalBaseline
+
+    if config.baseline in TRAINED_BASELINES:
+        baseline_class = RetrievalBaseline if config.baseline == "retrieval" else MeanBaseline
+        baseline = baseline_class(state.train_rows or [])
+        state.baseline_info["train_rows_used"] = baseline.train_rows
+        return baseline
+    if model is None:
+        model, processor = load_model(config)
+    elif processor is None:
+        raise ValueError("An in-memory model needs its processor as well.")
+    if config.do_sample:
+        import torch
+
+        torch.manual_seed(config.seed)
+    return GenerationPredictor(
+        model, processor, config.generation_kwargs(), include_graph=config.baseline != "no-graph"
+    )
+
+
+def _record(example: EvalExample, answer: str | Skip) -> PredictionRecord:
+    skipped = answer.reason if isinstance(answer, Skip) else None
+    prediction = None if isinstance(answer, Skip) else answer
+    return PredictionRecord(
+        example.index, example.id, example.task, example.smiles, example.reference, prediction, skipped
+    )
+
+
+def _predict(
+    predictor: Predictor,
+    pending: list[EvalExample],
+    total: int,
+    store: PredictionStore,
+    records: dict,
+    config: EvaluationConfig,
+    callback: ProgressCallback | None,
+) -> None:
+    """Predict `pending` a batch at a time, saving each batch before the next."""
+    from tqdm.auto import tqdm
+
+    done = total - len(pending)
+    with tqdm(total=total, initial=done, disable=not config.progress, unit="row", desc="evaluating") as bar:
+        for start in range(0, len(pending), config.batch_size):
+            batch = pending[start : start + config.batch_size]
+            new = [_record(example, answer) for example, answer in zip(batch, predictor(batch), strict=True)]
+            store.append(new)
+            records.update((record.key, record) for record in new)
+            done += len(batch)
+            bar.update(len(batch))
+            if callback is not None:
+                callback(done, total)
+
+
+def evaluate(
+    config: EvaluationConfig,
+    dataset=None,
+    train_dataset=None,
+    model=None,
+    processor=None,
+    callback: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """
+    Predict every row of the data that the output folder does not already hold, then score all tasks and write
+    `results.json`.
+
+    Args:
+        config: the run (see `EvaluationConfig`).
+        dataset, train_dataset: rows given in memory (a `datasets.Dataset` or a list of dicts) instead of
+            `config.data` / `config.train_data`.
+        model, processor: an already loaded LLaMo and its processor instead of `config.model` (the run's identity
+            then does not cover the weights).
+        callback: called as `callback(rows_done, rows_total)` after each batch is saved.
+
+    Returns:
+        the results document, as written to `output_dir/results.json`.
+    """
+    if dataset is None and config.data is None:
+        raise ValueError("No evaluation data: give config.data or a dataset.")
+    if config.generates and config.model is None and model is None:
+        raise ValueError("No model given: pass a LLaMo model folder (or a baseline that needs none).")
+    state = _prepare(config, dataset, train_dataset, model)
+    store = PredictionStore(config.output_dir)
+    records = store.start(run_config(config, state), overwrite=config.overwrite)
+    pending = [example for example in state.examples if example.key not in records]
+    pending.sort(key=lambda example: -example.approximate_length())
+    # a trained baseline is always built (cheap), so that its description is in every run's results
+    if pending or not config.generates:
+        predictor = _make_predictor(config, state, model, processor)
+        processor = getattr(predictor, "processor", processor)
+        _predict(predictor, pending, len(state.examples), store, records, config, callback)
+    ordered = sorted((records[example.key] for example in state.examples), key=lambda record: record.index)
+    files = {"predictions": store.predictions_path.name, "tsv": store.write_tsvs(ordered)}
+    tokenizer = getattr(processor, "tokenizer", None)
+    resources = MetricResources.load(config, tokenizer)
+    results = build_results(config, state, records, resources, files)
+    (Path(config.output_dir) / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+__all__ = [
+    "BASELINES",
+    "RESULTS_FORMAT",
+    "RESULTS_FORMAT_VERSION",
+    "EvaluationConfig",
+    "GenerationPredictor",
+    "MetricResources",
+    "build_results",
+    "evaluate",
+    "load_model",
+    "model_fingerprint",
+    "run_config",
+    "score_task",
+]

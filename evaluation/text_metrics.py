@@ -1,0 +1,246 @@
+"""Caption-style text metrics (BLEU-2/4, METEOR, ROUGE-1/2/L) under named tokenization protocols.
+
+A protocol fixes how texts become tokens before BLEU and METEOR:
+
+- `molt5_scibert`: the field's standard (MolT5, MolCA, InstructMol, Mol-Instructions, BioT5): SciBERT's uncased
+  WordPiece tokenizer, the first 512 tokens, [PAD]/[CLS]/[SEP] removed.
+- `llamo_llm_tokens`: LLaMo's own evaluator: the same with the LLM's tokenizer (the model's), its pad/BOS/EOS removed.
+
+BLEU is NLTK's corpus BLEU without smoothing, weights (.5, .5) and (.25,) * 4; METEOR is the mean of NLTK's
+`meteor_score` per row (it needs WordNet, see `llamo.evaluation.wordnet`); ROUGE-1/2/L are the mean F-measures of
+`rouge_score` on the raw strings without stemming, so they do not depend on the protocol and are reported once, as
+`*_molt5_raw_text`. Every value is on a 0-100 scale.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MOLT5_PROTOCOL = "molt5_scibert"
+LLAMO_PROTOCOL = "llamo_llm_tokens"
+ROUGE_PROTOCOL = "molt5_raw_text"
+SCIBERT_HUB_ID = "allenai/scibert_scivocab_uncased"
+MAX_TOKENS = 512
+
+TEXT_METRICS = ("bleu2", "bleu4", "meteor", "rouge1", "rouge2", "rougeL")
+
+
+@dataclass
+class MetricValue:
+    """One reported number. `name` carries the protocol (e.g. `bleu4_molt5_scibert`); `type` is the metric family
+    (`bleu`, `meteor`, `rouge`, `exact_match`, `structure_match`, `parse_rate`, `mae`, `valid_ratio`)."""
+
+    name: str
+    type: str
+    value: float
+    unit: str = "percent"
+    protocol: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass
+class UnavailableMetric:
+    """A metric that could not be computed, with a plain reason (never a number)."""
+
+    name: str
+    type: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MetricReport:
+    """Metrics computed for one task, and those that could not be."""
+
+    metrics: list[MetricValue] = field(default_factory=list)
+    unavailable: list[UnavailableMetric] = field(default_factory=list)
+
+    def extend(self, other: MetricReport) -> MetricReport:
+        self.metrics.extend(other.metrics)
+        self.unavailable.extend(other.unavailable)
+        return self
+
+    def values(self) -> dict[str, float]:
+        """`{name: value}` of the computed metrics."""
+        return {metric.name: metric.value for metric in self.metrics}
+
+
+@dataclass
+class TokenProtocol:
+    """A named way of turning text into tokens for BLEU and METEOR. Without a tokenizer, `unavailable_reason` says
+    why, and the protocol's metrics are reported as unavailable."""
+
+    name: str
+    tokenizer: Any = None
+    max_length: int = MAX_TOKENS
+    unavailable_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is None and self.unavailable_reason is None:
+            raise ValueError(f"Protocol {self.name}: give a tokenizer or the reason there is none.")
+        names = ("pad_token", "cls_token", "sep_token", "bos_token", "eos_token")
+        self._dropped = {str(getattr(self.tokenizer, name, None)) for name in names} - {"None"}
+
+    def tokenize(self, text: str) -> list[str]:
+        """The protocol's tokens of `text`: the first `max_length` tokens, padding and sequence markers removed."""
+        tokens = self.tokenizer.tokenize(text)[: self.max_length]
+        return [token for token in tokens if token not in self._dropped]
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (or its type when it has none), for reasons shown to users."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def load_scibert_tokenizer(source: str | Path = SCIBERT_HUB_ID):
+    """SciBERT's uncased WordPiece tokenizer from a `vocab.txt` file, a folder holding one, or a Hub id.
+
+    Raises:
+        OSError: the vocabulary cannot be loaded (or yields a tokenizer that knows no words).
+    """
+    from transformers import BertTokenizerFast
+
+    path = Path(source)
+    if path.is_file():
+        # transformers 5 reads the vocabulary from `vocab`; a `vocab_file=` keyword would be silently ignored
+        tokenizer = BertTokenizerFast(vocab=str(path), do_lower_case=True)
+    else:
+        try:
+            tokenizer = BertTokenizerFast.from_pretrained(str(source), do_lower_case=True, local_files_only=True)
+        except OSError:
+            tokenizer = BertTokenizerFast.from_pretrained(str(source), do_lower_case=True)
+    if tokenizer.tokenize("acid") == [tokenizer.unk_token]:
+        raise OSError(f"The SciBERT vocabulary from {source} does not know the word 'acid': not a SciBERT vocab.txt?")
+    return tokenizer
+
+
+def molt5_protocol(source: str | Path | None = SCIBERT_HUB_ID) -> TokenProtocol:
+    """The MolT5 protocol; unavailable (with the reason) when SciBERT's vocabulary cannot be loaded."""
+    if source is None:
+        return TokenProtocol(MOLT5_PROTOCOL, unavailable_reason="no SciBERT vocabulary given (--scibert-vocab)")
+    try:
+        return TokenProtocol(MOLT5_PROTOCOL, load_scibert_tokenizer(source))
+    except Exception as error:  # offline Hub, missing file, bad vocabulary: all mean "unavailable", with the reason
+        reason = (
+            f"SciBERT's tokenizer could not be loaded from {source} ({first_line(error)}); pass "
+            "--scibert-vocab with a local vocab.txt"
+        )
+        return TokenProtocol(MOLT5_PROTOCOL, unavailable_reason=reason)
+
+
+def bleu_scores(references: Sequence[list[str]], predictions: Sequence[list[str]]) -> tuple[float, float]:
+    """Corpus BLEU-2 and BLEU-4 (NLTK, no smoothing), 0-100."""
+    from nltk.translate.bleu_score import corpus_bleu
+
+    grouped = [[reference] for reference in references]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NLTK warns when an n-gram order has no match; the score is then ~0
+        bleu2 = corpus_bleu(grouped, list(predictions), weights=(0.5, 0.5))
+        bleu4 = corpus_bleu(grouped, list(predictions), weights=(0.25, 0.25, 0.25, 0.25))
+    return 100.0 * bleu2, 100.0 * bleu4
+
+
+def meteor(references: Sequence[list[str]], predictions: Sequence[list[str]], wordnet) -> float:
+    """Mean NLTK METEOR over rows, 0-100."""
+    from nltk.translate.meteor_score import meteor_score
+
+    scores = [
+        meteor_score([reference], prediction, wordnet=wordnet)
+        for reference, prediction in zip(references, predictions, strict=True)
+    ]
+    return 100 * sum(scores) / len(scores)
+
+
+def rouge_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measures (`rouge_score`, no stemmer) on the raw strings, 0-100."""
+    from rouge_score import rouge_scorer
+
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=False)
+    totals = dict.fromkeys(kinds, 0.0)
+    for reference, prediction in zip(references, predictions, strict=True):
+        scores = scorer.score(reference, prediction)
+        for kind in kinds:
+            totals[kind] += scores[kind].fmeasure
+    return {kind: 100 * total / len(references) for kind, total in totals.items()}
+
+
+def compute_text_metrics(
+    references: Sequence[str],
+    predictions: Sequence[str],
+    protocols: Sequence[TokenProtocol],
+    wordnet: Any = None,
+    wordnet_reason: str | None = None,
+    include: Sequence[str] = TEXT_METRICS,
+) -> MetricReport:
+    """
+    BLEU-2/4 and METEOR under each protocol, ROUGE-1/2/L on raw strings (those in `include`), all 0-100.
+
+    Args:
+        references, predictions: one string each per row (an empty prediction is a valid, zero-scoring answer).
+        protocols: the tokenization protocols (see the module docstring).
+        wordnet: NLTK's WordNet reader for METEOR; when `None`, METEOR is unavailable for `wordnet_reason`.
+    """
+    if len(references) != len(predictions):
+        raise ValueError(f"Got {len(references)} references and {len(predictions)} predictions.")
+    report = MetricReport()
+    if not references:
+        return report
+    for protocol in protocols:
+        wanted = [name for name in ("bleu2", "bleu4", "meteor") if name in include]
+        if protocol.tokenizer is None:
+            for name in wanted:
+                kind = "meteor" if name == "meteor" else "bleu"
+                report.unavailable.append(
+                    UnavailableMetric(f"{name}_{protocol.name}", kind, str(protocol.unavailable_reason))
+                )
+            continue
+        reference_tokens = [protocol.tokenize(text) for text in references]
+        prediction_tokens = [protocol.tokenize(text) for text in predictions]
+        bleu2, bleu4 = bleu_scores(reference_tokens, prediction_tokens)
+        for name, value in (("bleu2", bleu2), ("bleu4", bleu4)):
+            if name in include:
+                report.metrics.append(MetricValue(f"{name}_{protocol.name}", "bleu", value, protocol=protocol.name))
+        if "meteor" in include:
+            name = f"meteor_{protocol.name}"
+            if wordnet is None:
+                reason = wordnet_reason or "WordNet is not available"
+                report.unavailable.append(UnavailableMetric(name, "meteor", reason))
+            else:
+                value = meteor(reference_tokens, prediction_tokens, wordnet)
+                report.metrics.append(MetricValue(name, "meteor", value, protocol=protocol.name))
+    rouge_wanted = [kind for kind in ("rouge1", "rouge2", "rougeL") if kind in include]
+    if rouge_wanted:
+        scores = rouge_scores(references, predictions)
+        for kind in rouge_wanted:
+            report.metrics.append(
+                MetricValue(f"{kind}_{ROUGE_PROTOCOL}", "rouge", scores[kind], protocol=ROUGE_PROTOCOL)
+            )
+    return report
+
+
+__all__ = [
+    "LLAMO_PROTOCOL",
+    "MOLT5_PROTOCOL",
+    "ROUGE_PROTOCOL",
+    "SCIBERT_HUB_ID",
+    "MetricReport",
+    "MetricValue",
+    "TokenProtocol",
+    "UnavailableMetric",
+    "bleu_scores",
+    "compute_text_metrics",
+    "first_line",
+    "load_scibert_tokenizer",
+    "meteor",
+    "molt5_protocol",
+    "rouge_scores",
+]

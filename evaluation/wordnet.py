@@ -1,0 +1,206 @@
+"""WordNet for NLTK's METEOR, installed offline from the Debian packages `wordnet-base` and `wordnet-sense-index`.
+
+NLTK reads WordNet from `<nltk_data>/corpora/wordnet/`: the database files that Debian ships under
+`/usr/share/wordnet`, plus a `lexnames` file (the numbered lexicographer files) that the Debian packages leave out and
+that is written here. Only folders on NLTK's data path can be read (NLTK refuses other paths), so an explicit
+`nltk_data` folder is added to `nltk.data.path`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+APT_INSTALL = "apt-get install -y wordnet-base wordnet-sense-index"
+
+WORDNET_FILES = (
+    "cntlist.rev",
+    "index.sense",
+    "index.adj",
+    "index.adv",
+    "index.noun",
+    "index.verb",
+    "data.adj",
+    "data.adv",
+    "data.noun",
+    "data.verb",
+    "adj.exc",
+    "adv.exc",
+    "noun.exc",
+    "verb.exc",
+)
+"""The WordNet 3.0 database files NLTK's reader opens (besides `lexnames`)."""
+
+LEXICOGRAPHER_FILES = (
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+)
+"""The 45 lexicographer files of WordNet 3.0, in file-number order (lexnames(5WN))."""
+
+_SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+_READERS: dict[str, Any] = {}
+
+
+class WordNetUnavailable(RuntimeError):
+    """WordNet cannot be read; the message says why and how to install it."""
+
+
+def default_nltk_data() -> Path:
+    """Where `setup_wordnet` installs by default: the first `NLTK_DATA` folder, else `~/nltk_data` (both on NLTK's
+    default search path)."""
+    first = os.environ.get("NLTK_DATA", "").split(os.pathsep)[0]
+    return Path(first or "~/nltk_data").expanduser()
+
+
+def lexnames_text() -> str:
+    """The `lexnames` file: one `number<TAB>name<TAB>syntactic category` line per lexicographer file."""
+    lines = []
+    for number, name in enumerate(LEXICOGRAPHER_FILES):
+        lines.append(f"{number:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}")
+    return "\n".join(lines) + "\n"
+
+
+def _authorize(nltk_data: Path) -> None:
+    import nltk
+
+    folder = str(nltk_data.resolve())
+    if folder not in [str(entry) for entry in nltk.data.path]:
+        nltk.data.path.append(folder)
+
+
+def load_wordnet(nltk_data: str | Path | None = None):
+    """
+    NLTK's WordNet reader, from `nltk_data/corpora/wordnet` or, without `nltk_data`, from NLTK's data path.
+
+    Raises:
+        WordNetUnavailable: WordNet is missing or unreadable (the message says how to install it).
+    """
+    try:
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    except ImportError as error:
+        raise WordNetUnavailable("METEOR needs NLTK: pip install nltk") from error
+
+    setup_hint = f"run `llamo setup-wordnet{f' --nltk-data {nltk_data}' if nltk_data else ''}` (after {APT_INSTALL})"
+    if nltk_data is not None:
+        root: Any = Path(nltk_data) / "corpora" / "wordnet"
+        if not root.is_dir():
+            raise WordNetUnavailable(f"WordNet is not installed in {root}: {setup_hint}.")
+        _authorize(Path(nltk_data))
+        root = nltk.data.find("corpora/wordnet", paths=[str(Path(nltk_data).resolve())])
+    else:
+        try:
+            root = nltk.data.find("corpora/wordnet")
+        except LookupError as error:
+            raise WordNetUnavailable(f"WordNet is not installed for NLTK: {setup_hint}.") from error
+    key = str(getattr(root, "path", root))
+    if key not in _READERS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "multilingual functions are not available": METEOR needs none
+                reader = WordNetCorpusReader(root, None)
+            reader.synsets("acid")
+        except (OSError, ValueError, AssertionError, LookupError) as error:
+            raise WordNetUnavailable(f"WordNet in {key} cannot be read ({error}): {setup_hint}.") from error
+        _READERS[key] = reader
+    return _READERS[key]
+
+
+def setup_wordnet(
+    nltk_data: str | Path | None = None, source: str | Path = DEBIAN_WORDNET, overwrite: bool = False
+) -> Path:
+    """
+    Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` from the Debian WordNet files in `source`, writing
+    the `lexnames` file they lack. Does nothing when a readable WordNet is already there.
+
+    Returns:
+        the installed `corpora/wordnet` folder.
+
+    Raises:
+        FileNotFoundError: `source` lacks database files (install the Debian packages).
+        FileExistsError: the target holds something unreadable and `overwrite` is False.
+    """
+    nltk_data = Path(nltk_data) if nltk_data is not None else default_nltk_data()
+    source = Path(source)
+    target = nltk_data / "corpora" / "wordnet"
+    missing = [name for name in WORDNET_FILES if not (source / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{source} lacks the WordNet files {', '.join(missing)}; install them with: {APT_INSTALL}"
+        )
+    if target.exists() and any(target.iterdir()):
+        try:
+            load_wordnet(nltk_data)
+            return target
+        except WordNetUnavailable as error:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{target} exists but is not a readable WordNet ({error}); move it away or pass --overwrite."
+                ) from error
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WORDNET_FILES:
+        shutil.copyfile(source / name, target / name)
+    (target / "lexnames").write_text(lexnames_text(), encoding="utf-8")
+    _READERS.pop(str(target.resolve()), None)
+    load_wordnet(nltk_data)
+    return target
+
+
+__all__ = [
+    "APT_INSTALL",
+    "DEBIAN_WORDNET",
+    "LEXICOGRAPHER_FILES",
+    "WORDNET_FILES",
+    "WordNetUnavailable",
+    "default_nltk_data",
+    "lexnames_text",
+    "load_wordnet",
+    "setup_wordnet",
+]

@@ -1,0 +1,529 @@
+"""llamo.evaluation: metric values checked by hand, protocols, OPSIN, resume, baselines, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from llamo.cli import main
+from llamo.evaluation import EvaluationConfig, evaluate
+from llamo.evaluation.data import load_rows, select_examples
+from llamo.evaluation.naming import inchikey, names_to_smiles, naming_metrics, opsin_unavailable_reason
+from llamo.evaluation.predictions import PREDICTIONS_FILE, TSV_HEADER, Skip
+from llamo.evaluation.properties import PropertyTarget, parse_number, property_metrics
+from llamo.evaluation.runner import GenerationPredictor
+from llamo.evaluation.text_metrics import (
+    LLAMO_PROTOCOL,
+    TokenProtocol,
+    compute_text_metrics,
+    load_scibert_tokenizer,
+    molt5_protocol,
+)
+from llamo.evaluation.wordnet import LEXICOGRAPHER_FILES, WordNetUnavailable, load_wordnet, setup_wordnet
+from llamo.processing.schema import make_record
+
+from .conftest import CHEBI_VALIDATION, SHARED, SMILES
+
+SCIBERT_VOCAB = SHARED / "data" / "tokenizers" / "scibert_scivocab_uncased" / "vocab.txt"
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+ASPIRIN_INCHIKEY = "BSYNRYMUTXBXSQ-UHFFFAOYSA-N"
+
+needs_java = pytest.mark.skipif(
+    opsin_unavailable_reason() is not None, reason=f"OPSIN cannot run here: {opsin_unavailable_reason()}"
+)
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def molt5():
+    return molt5_protocol(SCIBERT_VOCAB)
+
+
+@pytest.fixture(scope="session")
+def nltk_data(tmp_path_factory) -> Path:
+    """An NLTK data folder with WordNet installed from the Debian packages (apt-get install wordnet-base
+    wordnet-sense-index, as in CI)."""
+    if not DEBIAN_WORDNET.is_dir():
+        pytest.skip("WordNet's Debian files are missing: apt-get install -y wordnet-base wordnet-sense-index")
+    folder = tmp_path_factory.mktemp("nltk_data")
+    setup_wordnet(folder, source=DEBIAN_WORDNET)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def wordnet(nltk_data):
+    return load_wordnet(nltk_data)
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A case-sensitive whitespace tokenizer standing in for an LLM tokenizer."""
+    words = ["The", "the", "molecule", "is", "an", "a", "acid", "base"]
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
+def chebi_rows(count: int) -> list[dict]:
+    with open(CHEBI_VALIDATION, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        return [
+            make_record(
+                f"chebi20:{row['CID']}",
+                row["SMILES"],
+                [
+                    {"role": "user", "content": "Describe this molecule."},
+                    {"role": "assistant", "content": row["description"]},
+                ],
+                "description",
+                "chebi20",
+            )
+            for _, row in zip(range(count), reader, strict=False)
+        ]
+
+
+def qa_row(record_id: str, smiles: str, task: str, answer: str, metadata: dict | None = None) -> dict:
+    messages = [{"role": "user", "content": f"Question about {task}?"}, {"role": "assistant", "content": answer}]
+    return make_record(record_id, smiles, messages, task, "test", metadata)
+
+
+def homo(record_id: str, smiles: str, value: float, name: str = "HOMO") -> dict:
+    return qa_row(record_id, smiles, "property", f"{value}", {"property": name, "value": value, "unit": "Hartree"})
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def metric_values(results: dict, task: str) -> dict[str, float]:
+    entry = next(entry for entry in results["results"] if entry["task"]["name"] == task)
+    return {metric["name"]: metric["value"] for metric in entry["metrics"]}
+
+
+def task_entry(results: dict, task: str) -> dict:
+    return next(entry for entry in results["results"] if entry["task"]["name"] == task)
+
+
+# ---------------------------------------------------------------- text metrics
+
+
+def test_scibert_word_pieces_of_a_known_sentence(molt5):
+    tokenizer = load_scibert_tokenizer(SCIBERT_VOCAB)
+    assert tokenizer.tokenize("The molecule is an acetylsalicylic acid.") == [
+        "the", "molecule", "is", "an", "acetyl", "##sal", "##ic", "##ylic", "acid", ".",
+    ]  # fmt: skip
+    assert tokenizer.tokenize("2-Acetyloxybenzoic acid") == ["2", "-", "acetyl", "##oxy", "##benz", "##oic", "acid"]
+    # the protocol drops [SEP]/[CLS]/[PAD] and keeps the first 512 tokens
+    assert molt5.tokenize("[CLS] an acid [SEP] [PAD]") == ["an", "acid"]
+    assert len(molt5.tokenize("acid " * 600)) == 512
+
+
+def test_scibert_vocabulary_that_is_not_one_is_refused(tmp_path):
+    bogus = tmp_path / "vocab.txt"
+    bogus.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
+    protocol = molt5_protocol(bogus)
+    assert protocol.tokenizer is None and "acid" in protocol.unavailable_reason
+
+
+def test_bleu_and_rouge_on_a_hand_checked_corpus(molt5):
+    references = ["The molecule is an acid", "The molecule is an acid"]
+    predictions = ["The molecule is an acid", "the molecule is a base"]
+    values = compute_text_metrics(references, predictions, [molt5], wordnet_reason="not needed").values()
+    # corpus counts: unigrams 8/10, bigrams 6/8, trigrams 4/6, 4-grams 2/4; equal lengths so no brevity penalty
+    assert values["bleu2_molt5_scibert"] == pytest.approx(100 * math.sqrt(0.8 * 0.75))
+    assert values["bleu4_molt5_scibert"] == pytest.approx(100 * (0.8 * 0.75 * (4 / 6) * 0.5) ** 0.25)
+    # ROUGE F per row: perfect = 1; the other shares 3 of 5 words, 2 of 4 bigrams, an LCS of 3
+    assert values["rouge1_molt5_raw_text"] == pytest.approx(100 * (1 + 0.6) / 2)
+    assert values["rouge2_molt5_raw_text"] == pytest.approx(100 * (1 + 0.5) / 2)
+    assert values["rougeL_molt5_raw_text"] == pytest.approx(100 * (1 + 0.6) / 2)
+
+
+def test_bleu4_without_4grams_and_an_empty_prediction(molt5):
+    short = compute_text_metrics(["The molecule is an acid"], ["The molecule is"], [molt5]).values()
+    # 3 of 3 unigrams, 2 of 2 bigrams, brevity penalty exp(1 - 5/3); no 4-gram at all: unsmoothed BLEU-4 is ~0
+    assert short["bleu2_molt5_scibert"] == pytest.approx(100 * math.exp(1 - 5 / 3))
+    assert short["bleu4_molt5_scibert"] < 1e-60
+    empty = compute_text_metrics(["The molecule is an acid"], [""], [molt5]).values()
+    assert empty["bleu2_molt5_scibert"] == 0 and empty["bleu4_molt5_scibert"] == 0
+    assert empty["rouge1_molt5_raw_text"] == 0 and empty["rougeL_molt5_raw_text"] == 0
+
+
+def test_perfect_match_and_meteor_by_hand(molt5, wordnet):
+    text = "The molecule is an acid"
+    values = compute_text_metrics([text], [text], [molt5], wordnet).values()
+    assert values["bleu2_molt5_scibert"] == pytest.approx(100)
+    assert values["bleu4_molt5_scibert"] == pytest.approx(100)
+    assert values["rougeL_molt5_raw_text"] == pytest.approx(100)
+    # METEOR on 5 aligned tokens in one chunk: F = 1, fragmentation penalty 0.5 * (1/5)^3
+    assert values["meteor_molt5_scibert"] == pytest.approx(100 * (1 - 0.5 / 5**3))
+    # half the words: P = R = 1/2, 2 chunks for 2 matches -> penalty 0.5
+    half = compute_text_metrics(["an acid is here"], ["an base is there"], [molt5], wordnet).values()
+    assert half["meteor_molt5_scibert"] == pytest.approx(100 * 0.5 * (1 - 0.5))
+
+
+def test_llamo_protocol_uses_the_llm_tokenizer(molt5):
+    llm = TokenProtocol(LLAMO_PROTOCOL, word_tokenizer())
+    values = compute_text_metrics(["The molecule is an acid"], ["the molecule is an acid"], [molt5, llm]).values()
+    assert values["bleu2_molt5_scibert"] == pytest.approx(100)  # SciBERT lower-cases
+    # case-sensitive LLM tokens: 4 of 5 unigrams, 3 of 4 bigrams
+    assert values["bleu2_llamo_llm_tokens"] == pytest.approx(100 * math.sqrt(0.8 * 0.75))
+    assert set(values) >= {"bleu4_llamo_llm_tokens", "bleu4_molt5_scibert"}
+
+
+def test_meteor_is_unavailable_without_wordnet(tmp_path, molt5):
+    with pytest.raises(WordNetUnavailable, match="setup-wordnet"):
+        load_wordnet(tmp_path)
+    report = compute_text_metrics(["an acid"], ["an acid"], [molt5], None, "WordNet is not installed")
+    assert "meteor_molt5_scibert" not in report.values()
+    assert [(m.name, m.reason) for m in report.unavailable] == [("meteor_molt5_scibert", "WordNet is not installed")]
+
+
+def test_setup_wordnet_writes_lexnames_and_is_idempotent(nltk_data, tmp_path):
+    target = nltk_data / "corpora" / "wordnet"
+    lines = (target / "lexnames").read_text().splitlines()
+    assert len(lines) == 45 == len(LEXICOGRAPHER_FILES)
+    assert lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1" and lines[44] == "44\tadj.ppl\t3"
+    assert load_wordnet(nltk_data).synsets("dog")
+    before = (target / "data.noun").stat().st_mtime_ns
+    assert setup_wordnet(nltk_data, source=DEBIAN_WORDNET) == target
+    assert (target / "data.noun").stat().st_mtime_ns == before
+    with pytest.raises(FileNotFoundError, match="apt-get install -y wordnet-base wordnet-sense-index"):
+        setup_wordnet(tmp_path / "elsewhere", source=tmp_path)
+
+
+# ---------------------------------------------------------------- IUPAC names and properties
+
+
+@needs_java
+def test_opsin_round_trip_on_known_names():
+    smiles = names_to_smiles(["2-acetyloxybenzoic acid", "not a chemical name", "", "ethanol\tcolumn"])
+    assert inchikey(smiles[0]) == ASPIRIN_INCHIKEY == inchikey(SMILES["aspirin"])
+    assert smiles[1] is None and smiles[2] is None
+    assert smiles[3] is None  # a tab is not allowed to split a name into OPSIN's identifier column
+
+
+@needs_java
+def test_naming_metrics_see_structure_beyond_wording(molt5):
+    targets = [SMILES["aspirin"], SMILES["aspirin"], "CCO", "CCO"]
+    references = ["2-acetyloxybenzoic acid", "2-acetyloxybenzoic acid", "ethanol", "ethanol"]
+    predictions = ["2-acetoxybenzoic acid", " 2-acetyloxybenzoic acid ", "methanol", "gibberish"]
+    report, counts = naming_metrics(targets, references, predictions, [molt5])
+    values = report.values()
+    assert values["exact_match_stripped"] == pytest.approx(25)
+    assert values["parse_rate_opsin"] == pytest.approx(75)
+    assert values["structure_match_opsin_inchikey"] == pytest.approx(50)
+    assert counts == {
+        "exact_matches": 1,
+        "opsin_parsed": 3,
+        "structure_matches": 2,
+        "connectivity_matches": 2,
+        "targets_without_inchikey": 0,
+    }
+    assert [m.name for m in report.unavailable] == ["meteor_molt5_scibert"]
+
+
+def test_parse_number():
+    assert parse_number("-0.2541") == pytest.approx(-0.2541)
+    assert parse_number("The HOMO energy is \u22120.25 Hartree.") == pytest.approx(-0.25)
+    assert parse_number("2.5e-1 Ha") == pytest.approx(0.25)
+    assert parse_number("unknown") is None and parse_number("") is None
+
+
+def test_property_mae_beside_the_valid_ratio_for_garbage_answers():
+    targets = [PropertyTarget("homo", -0.25), PropertyTarget("homo", -0.30), PropertyTarget("lumo", 0.02)] * 2
+    predictions = ["-0.24", "it is low", "0.05", "", "-0.35", "\u00bf?"]
+    report, counts = property_metrics(targets, predictions)
+    values = report.values()
+    assert values["mae_homo_hartree"] == pytest.approx((0.01 + 0.05) / 2)
+    assert values["valid_ratio_homo"] == pytest.approx(50)
+    assert values["mae_lumo_hartree"] == pytest.approx(0.03)
+    assert values["valid_ratio_lumo"] == pytest.approx(50)
+    assert values["mae_hartree"] == pytest.approx((0.01 + 0.05 + 0.03) / 3)
+    assert values["valid_ratio"] == pytest.approx(50)
+    assert (counts["rows"], counts["valid"], counts["invalid"]) == (6, 3, 3)
+    garbage, counts = property_metrics(targets[:2], ["no idea", "???"])
+    assert garbage.values() == {"valid_ratio_homo": 0, "valid_ratio": 0}
+    assert {m.name for m in garbage.unavailable} == {"mae_homo_hartree", "mae_hartree"}
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_data_sources_agree_and_bad_rows_are_counted(tmp_path):
+    import datasets
+
+    from llamo.processing.schema import CONVERSATION_FEATURES
+
+    turns = ["Describe it.", "An alcohol.", "Its IUPAC name?", "ethanol"]
+    roles = ["user", "assistant"] * 2
+    messages = [{"role": role, "content": text} for role, text in zip(roles, turns, strict=True)]
+    chat = make_record("c:1", "CCO", messages, "conversation", "t")
+    good = [homo("q:1", "CCO", -0.25), qa_row("n:1", "CCO", "iupac", "ethanol"), chat]
+    bad = [
+        qa_row("n:2", "C1CC", "iupac", "broken ring"),
+        {**qa_row("n:3", "CCO", "iupac", "x"), "messages": [{"role": "user", "content": "Name it."}]},
+        qa_row("n:1", "CCO", "iupac", "ethanol again"),
+        qa_row("q:2", "CCO", "property", "no number here", {"property": "HOMO"}),
+    ]
+    rows = good + bad
+    jsonl = write_jsonl(tmp_path / "rows.jsonl", rows)
+    dataset = datasets.Dataset.from_list(rows, features=CONVERSATION_FEATURES)
+    dataset.save_to_disk(str(tmp_path / "disk"))
+    for source in (jsonl, tmp_path / "disk", dataset):
+        loaded, info = load_rows(source)
+        examples, skipped = select_examples(loaded)
+        assert info.num_rows == 7
+        assert [e.key for e in examples] == [("property", "q:1"), ("iupac", "n:1"), ("conversation", "c:1")]
+        assert [row.reason for row in skipped] == [
+            "unparsable SMILES",
+            "no assistant answer to compare with",
+            "duplicate id",
+            "no numeric target (metadata value or number in the reference)",
+        ]
+    assert examples[0].target == PropertyTarget("homo", -0.25, "Hartree")
+    assert examples[1].chat_messages()[0]["content"][0] == {"type": "molecule", "smiles": "CCO"}
+    # the reference is the last assistant turn; the prompt is everything before it
+    assert examples[2].reference == "ethanol"
+    assert [m["content"] for m in examples[2].prompt] == turns[:3]
+    assert examples[2].chat_messages()[2] == {"role": "user", "content": "Its IUPAC name?"}
+    with pytest.raises(ValueError, match="tasks present: conversation, iupac, property"):
+        select_examples(loaded, tasks=["description"])
+    with pytest.raises(FileNotFoundError):
+        load_rows(tmp_path / "missing.jsonl")
+    (tmp_path / "broken.jsonl").write_text('{"id": 1}\n{oops\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2"):
+        load_rows(tmp_path / "broken.jsonl")
+
+
+# ---------------------------------------------------------------- runs with the tiny model
+
+
+@pytest.fixture(scope="module")
+def eval_rows() -> list[dict]:
+    return [*chebi_rows(6), homo("q:1", "CCO", -0.25), homo("q:2", "CCCO", 0.02, "LUMO")]
+
+
+def run_config(output_dir: Path, model_dir, data, nltk_data=None, **changes) -> EvaluationConfig:
+    settings = {
+        "output_dir": str(output_dir),
+        "model": str(model_dir),
+        "data": str(data),
+        "batch_size": 2,
+        "max_new_tokens": 4,
+        "scibert_vocab": str(SCIBERT_VOCAB),
+        "nltk_data": str(nltk_data) if nltk_data else None,
+        "progress": False,
+    }
+    return EvaluationConfig(**{**settings, **changes})
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stop_after_first_batch(done: int, total: int) -> None:
+    raise Interrupted(f"stopped after {done} of {total}")
+
+
+def test_resume_after_an_interrupted_run(tmp_path, tiny_llamo_dir, eval_rows, nltk_data):
+    data = write_jsonl(tmp_path / "data.jsonl", eval_rows)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        evaluate(run_config(resumed, tiny_llamo_dir, data, nltk_data), callback=stop_after_first_batch)
+    saved = (resumed / PREDICTIONS_FILE).read_text().splitlines()
+    assert len(saved) == 2
+    # the run was killed while writing its next line
+    with open(resumed / PREDICTIONS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"index": 3, "id": "chebi20:')
+
+    calls = []
+    results = evaluate(run_config(resumed, tiny_llamo_dir, data, nltk_data), callback=lambda d, t: calls.append(d))
+    assert calls == [4, 6, 8]  # only the 6 missing rows were predicted
+    lines = [json.loads(line) for line in (resumed / PREDICTIONS_FILE).read_text().splitlines()]
+    keys = [(line["task"], line["id"]) for line in lines]
+    assert len(keys) == len(set(keys)) == len(eval_rows)
+    assert lines[:2] == [json.loads(line) for line in saved]
+
+    straight = evaluate(run_config(tmp_path / "straight", tiny_llamo_dir, data, nltk_data))
+    assert results["results"] == straight["results"]
+    by_key = {(line["task"], line["id"]): line["prediction"] for line in lines}
+    for line in (tmp_path / "straight" / PREDICTIONS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        assert by_key[(record["task"], record["id"])] == record["prediction"]
+
+    values = metric_values(results, "description")
+    assert {"bleu2_molt5_scibert", "bleu4_llamo_llm_tokens", "meteor_molt5_scibert", "rouge1_molt5_raw_text"} <= set(
+        values
+    )
+    assert "valid_ratio" in metric_values(results, "property")
+    assert results["decoding"]["strategy"] == "greedy" and results["decoding"]["max_new_tokens"] == 4
+    tsv = (resumed / "predictions.description.tsv").read_text().splitlines()
+    assert tsv[0] == "\t".join(TSV_HEADER) and len(tsv) == 7
+    assert tsv[1].split("\t")[0] == eval_rows[0]["smiles"]  # dataset order
+    assert json.loads((resumed / "results.json").read_text())["results"] == results["results"]
+
+
+def test_output_dir_of_another_run_is_not_reused(tmp_path, tiny_llamo_dir, eval_rows):
+    data = write_jsonl(tmp_path / "data.jsonl", eval_rows[:2])
+    evaluate(run_config(tmp_path / "out", tiny_llamo_dir, data, max_new_tokens=2))
+    with pytest.raises(FileExistsError, match=r"decoding\.max_new_tokens"):
+        evaluate(run_config(tmp_path / "out", tiny_llamo_dir, data, max_new_tokens=3))
+    results = evaluate(run_config(tmp_path / "out", tiny_llamo_dir, data, max_new_tokens=3, overwrite=True))
+    assert results["decoding"]["max_new_tokens"] == 3
+    assert len((tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()) == 2
+
+
+def test_specialist_run_and_skipped_rows(tmp_path, tiny_llamo_dir, eval_rows):
+    rows = [*eval_rows[:3], qa_row("chebi20:bad", "C1CC", "description", "A broken ring.")]
+    data = write_jsonl(tmp_path / "data.jsonl", [*rows, homo("q:9", "CCO", -0.2)])
+    no_wordnet = tmp_path / "no-wordnet"
+    results = evaluate(run_config(tmp_path / "out", tiny_llamo_dir, data, no_wordnet, tasks=["description"]))
+    assert [entry["task"]["name"] for entry in results["results"]] == ["description"]
+    counts = task_entry(results, "description")["counts"]
+    assert (counts["rows"], counts["predicted"], counts["skipped"]) == (4, 3, 1)
+    assert counts["skipped_reasons"] == {"unparsable SMILES": 1}
+    entry = task_entry(results, "description")
+    assert {m["name"] for m in entry["unavailable_metrics"]} == {"meteor_molt5_scibert", "meteor_llamo_llm_tokens"}
+    assert all(isinstance(m["value"], float) for m in entry["metrics"])
+
+
+def test_no_graph_ablation_runs_without_graph_tokens(tmp_path, tiny_llamo, tiny_llamo_dir, eval_rows):
+    model, processor = tiny_llamo
+    examples, _ = select_examples(eval_rows[:2])
+    with_graph = GenerationPredictor(model, processor, {"max_new_tokens": 2})._render(examples)
+    without = GenerationPredictor(model, processor, {"max_new_tokens": 2}, include_graph=False)._render(examples)
+    assert "atom_features" in with_graph and "atom_features" not in without
+    assert (without["input_ids"] == processor.graph_token_id).sum() == 0
+
+    data = write_jsonl(tmp_path / "data.jsonl", eval_rows)
+    results = evaluate(run_config(tmp_path / "out", tiny_llamo_dir, data, baseline="no-graph"))
+    assert results["model"]["evaluated"] == "baseline:no-graph"
+    assert task_entry(results, "description")["counts"]["predicted"] == 6
+    lines = (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()
+    assert all(json.loads(line)["prediction"] is not None for line in lines)
+
+
+def test_rows_the_processor_refuses_are_skipped_not_fatal(tiny_llamo):
+    model, processor = tiny_llamo
+    rows = [qa_row("s:1", "CCO", "description", "An alcohol."), qa_row("s:2", SMILES["aspirin"], "description", "x")]
+    examples, _ = select_examples(rows)
+    limit = processor.max_atoms
+    processor.max_atoms = 5
+    try:
+        answers = GenerationPredictor(model, processor, {"max_new_tokens": 2})(examples)
+    finally:
+        processor.max_atoms = limit
+    assert isinstance(answers[0], str)
+    assert isinstance(answers[1], Skip) and "13 atoms" in answers[1].reason
+
+
+# ---------------------------------------------------------------- baselines
+
+
+@pytest.fixture(scope="module")
+def baseline_data(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("baselines")
+    train = [
+        qa_row("t:1", "OC(=O)c1ccccc1", "description", "A benzoic acid."),
+        qa_row("t:2", "CCO", "description", "A primary alcohol."),
+        homo("t:3", "CCO", -0.26),
+        homo("t:4", "c1ccccc1", -0.25),
+        homo("t:5", "CCO", 0.05, "LUMO"),
+    ]
+    test = [
+        qa_row("e:1", SMILES["aspirin"], "description", "An acetylated benzoic acid."),
+        qa_row("e:2", "CCCO", "description", "A primary alcohol."),
+        homo("e:3", "CCCO", -0.24),
+        homo("e:4", "CCCO", 0.07, "LUMO"),
+    ]
+    return write_jsonl(folder / "train.jsonl", train), write_jsonl(folder / "test.jsonl", test)
+
+
+def predictions_by_id(output_dir: Path) -> dict[str, str | None]:
+    lines = (output_dir / PREDICTIONS_FILE).read_text().splitlines()
+    return {json.loads(line)["id"]: json.loads(line)["prediction"] for line in lines}
+
+
+def test_retrieval_baseline_copies_the_nearest_training_answer(tmp_path, baseline_data):
+    train, test = baseline_data
+    config = EvaluationConfig(
+        output_dir=str(tmp_path / "out"),
+        data=str(test),
+        baseline="retrieval",
+        train_data=str(train),
+        scibert_vocab=str(SCIBERT_VOCAB),
+        progress=False,
+    )
+    results = evaluate(config)
+    # nearest by Morgan/Tanimoto within the same task and property; the LUMO row is not a HOMO neighbour
+    assert predictions_by_id(tmp_path / "out") == {
+        "e:1": "A benzoic acid.",
+        "e:2": "A primary alcohol.",
+        "e:3": "-0.26",
+        "e:4": "0.05",
+    }
+    assert metric_values(results, "property")["mae_hartree"] == pytest.approx((0.02 + 0.02) / 2)
+    assert results["decoding"] is None and results["baseline"]["train_rows_used"] == 5
+    unavailable = {m["name"]: m["reason"] for m in task_entry(results, "description")["unavailable_metrics"]}
+    assert "no LLM tokenizer" in unavailable["bleu2_llamo_llm_tokens"]
+
+
+def test_mean_baseline_predicts_the_training_mean(tmp_path, baseline_data):
+    train, test = baseline_data
+    config = EvaluationConfig(
+        output_dir=str(tmp_path / "out"),
+        data=str(test),
+        baseline="mean",
+        train_data=str(train),
+        scibert_vocab=None,
+        progress=False,
+    )
+    results = evaluate(config)
+    predictions = predictions_by_id(tmp_path / "out")
+    assert float(predictions["e:3"]) == pytest.approx(-0.255) and float(predictions["e:4"]) == pytest.approx(0.05)
+    values = metric_values(results, "property")
+    assert values["mae_homo_hartree"] == pytest.approx(0.015)
+    assert values["mae_lumo_hartree"] == pytest.approx(0.02)
+    assert values["mae_hartree"] == pytest.approx(0.0175)
+    assert values["valid_ratio"] == pytest.approx(100)
+    description = task_entry(results, "description")["counts"]
+    assert (description["predicted"], description["skipped"]) == (0, 2)
+    assert description["skipped_reasons"] == {"the mean baseline answers property questions only": 2}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_evaluate_and_setup_wordnet(tmp_path, tiny_llamo_dir, eval_rows, capsys, request):
+    data = write_jsonl(tmp_path / "data.jsonl", eval_rows[:3])
+    empty = tmp_path / "no-wordnet"
+    empty.mkdir()
+    common = ["--data", str(data), "--scibert-vocab", str(SCIBERT_VOCAB), "--nltk-data", str(empty), "--no-progress"]
+    out = tmp_path / "out"
+    code = main(["evaluate", str(tiny_llamo_dir), *common, "--output-dir", str(out), "--max-new-tokens", "3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "bleu4_molt5_scibert" in captured.out and "unavailable" in captured.out
+    assert json.loads((out / "results.json").read_text())["decoding"]["max_new_tokens"] == 3
+
+    assert main(["evaluate", *common, "--output-dir", str(tmp_path / "other")]) == 2
+    assert "No model given" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_llamo_dir), *common, "--output-dir", str(out), "--max-new-tokens", "5"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", "--baseline", "mean", *common, "--output-dir", str(tmp_path / "m")]) == 2
+    assert "--train-data" in capsys.readouterr().err
+
+    assert main(["setup-wordnet", "--nltk-data", str(tmp_path / "nltk"), "--source", str(empty)]) == 2
+    assert "apt-get install" in capsys.readouterr().err
+    if DEBIAN_WORDNET.is_dir():  # installed by the session fixture: the command finds it ready
+        installed = request.getfixturevalue("nltk_data")
+        assert main(["setup-wordnet", "--nltk-data", str(installed)]) == 0
+        assert f"WordNet ready for METEOR in {installed}" in capsys.readouterr().out
