@@ -75,7 +75,10 @@ def _add_generate_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "arguments", nargs="+", metavar="[MODEL_DIR] PROMPT", help="model folder (or --model) and the instruction"
+        "arguments",
+        nargs="+",
+        metavar="[MODEL_DIR] PROMPT",
+        help="model folder (default: the bundled LLaMo-SmolLM2-135M) and the instruction",
     )
     parser.add_argument("--model", help="model folder (instead of the first positional argument)")
     parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
@@ -89,6 +92,28 @@ def _add_generate_parser(subparsers) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
     parser.set_defaults(handler=_run_generate)
+
+
+def _add_chat_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        help="a multi-turn conversation about one molecule",
+        description=(
+            "Talk about one molecule: type a question, get a streamed answer, ask follow-ups (the conversation is "
+            "kept). An empty line, /quit or end of input ends the chat; /reset starts over."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
+    parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.set_defaults(handler=_run_chat)
 
 
 def _run_init(args: argparse.Namespace) -> None:
@@ -137,34 +162,38 @@ def _pick_device(choice: str):
     return torch.device("cpu")
 
 
-def _run_generate(args: argparse.Namespace) -> None:
-    if len(args.arguments) > 2:
-        raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
-    model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
-    if model_dir is None:
-        raise CommandError("No model given: pass MODEL_DIR (a folder made by `llamo init` or training).")
-    if not Path(model_dir).is_dir():
-        raise CommandError(f"Model folder not found: {model_dir}")
+def _resolve_model_dir(model_dir: str | None) -> Path:
+    if model_dir is not None:
+        if not Path(model_dir).is_dir():
+            raise CommandError(f"Model folder not found: {model_dir}")
+        return Path(model_dir)
+    from .default_model import DefaultModelUnavailable, default_model_dir
 
+    try:
+        return default_model_dir()
+    except DefaultModelUnavailable as error:
+        raise CommandError(str(error)) from error
+
+
+def _load(model_dir: Path, device_choice: str, dtype_choice: str):
     import torch
-    from transformers import TextStreamer
 
     from . import LlamoForConditionalGeneration, LlamoProcessor
 
-    processor = LlamoProcessor.from_pretrained(model_dir)
-    messages = [
-        {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
-    ]
+    device = _pick_device(device_choice)
+    dtype = "auto" if dtype_choice == "auto" else getattr(torch, dtype_choice)
+    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    return model, LlamoProcessor.from_pretrained(model_dir), device
+
+
+def _answer(model, processor, messages, device, args, stream: bool) -> str:
+    import torch
+    from transformers import TextStreamer
+
     try:
         inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     except ValueError as error:
         raise CommandError(str(error)) from error
-
-    device = _pick_device(args.device)
-    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    torch.manual_seed(args.seed)
-    stream = not args.no_stream and args.num_beams == 1
     streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     with torch.inference_mode():
         output = model.generate(
@@ -173,11 +202,73 @@ def _run_generate(args: argparse.Namespace) -> None:
             do_sample=args.do_sample,
             temperature=args.temperature if args.do_sample else None,
             top_p=args.top_p if args.do_sample else None,
-            num_beams=args.num_beams,
+            num_beams=getattr(args, "num_beams", 1),
             streamer=streamer,
         )
+    return processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])[0]
+
+
+def _check_smiles(smiles: str) -> None:
+    from .featurization_llamo import parse_smiles
+
+    try:
+        parse_smiles(smiles)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    if len(args.arguments) > 2:
+        raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
+    model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
+    _check_smiles(args.smiles)
+    model, processor, device = _load(_resolve_model_dir(model_dir), args.device, args.dtype)
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    messages = [
+        {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
+    ]
+    stream = not args.no_stream and args.num_beams == 1
+    answer = _answer(model, processor, messages, device, args, stream)
     if not stream:
-        print(processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])[0])
+        print(answer)
+
+
+def _run_chat(args: argparse.Namespace) -> None:
+    _check_smiles(args.smiles)
+    model, processor, device = _load(_resolve_model_dir(args.model), args.device, args.dtype)
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    interactive = sys.stdin.isatty()
+    print(
+        f"Chatting about {args.smiles}. Ask a question (empty line or /quit ends, /reset starts over).",
+        file=sys.stderr,
+    )
+    messages: list[dict] = []
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        question = line.strip()
+        if not line or not question or question == "/quit":
+            break
+        if question == "/reset":
+            messages = []
+            print("(new conversation)", file=sys.stderr)
+            continue
+        if messages:
+            content = question
+        else:
+            content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        if interactive:
+            print("llamo> ", end="", file=sys.stderr, flush=True)
+        answer = _answer(model, processor, messages, device, args, stream=True)
+        messages.append({"role": "assistant", "content": answer})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init_parser(subparsers)
     _add_generate_parser(subparsers)
+    _add_chat_parser(subparsers)
     for module_name in FEATURE_COMMANDS:
         try:
             module = importlib.import_module(module_name)

@@ -132,11 +132,13 @@ def test_generate_bad_input_is_a_message_not_a_traceback(initialised, capsys, ar
     assert message in err and "Traceback" not in err
 
 
-def test_generate_missing_model_folder(tmp_path, capsys):
+def test_generate_missing_model_folder(tmp_path, capsys, monkeypatch):
     assert main(["generate", str(tmp_path / "nope"), "--smiles", "C", "Describe."]) == 2
     assert "Model folder not found" in capsys.readouterr().err
+    monkeypatch.setenv("LLAMO_BASE_LLM", str(tmp_path / "no-base-llm"))
     assert main(["generate", "--smiles", "C", "Describe."]) == 2
-    assert "No model given" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ("No bundled default model" in err or "LLAMO_BASE_LLM" in err) and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -199,12 +199,21 @@ def test_lora_targets_stay_inside_the_language_model(tiny_llamo):
 
 @pytest.mark.parametrize("recipe", sorted(path.name for path in RECIPES_DIR.glob("*.yaml")))
 def test_shipped_recipes_parse(recipe):
+    raw = yaml.safe_load((RECIPES_DIR / recipe).read_text())
+    if "placeholders" in raw:  # a whole pipeline: its stages must be valid configs once the paths are given
+        from llamo.training.pipeline import load_pipeline, stage_configs
+
+        with pytest.raises(ValueError, match="needs --"):
+            load_pipeline(recipe.removesuffix(".yaml"), {})
+        values = {name: "data.tsv" for name, value in raw["placeholders"].items() if value is None}
+        first, second = stage_configs(load_pipeline(recipe.removesuffix(".yaml"), values))
+        assert first.sources and second.model_path == first.output_dir and second.lora_r > 0
+        return
     stage = stage1 if "stage1" in recipe else stage2
     config = stage.parse(["--config", recipe.removesuffix(".yaml")])
     assert config.sources and config.output_dir
     if stage is stage2:
         assert config.lora_r > 0 and config.learning_rate == pytest.approx(5e-5 if "tiny" not in recipe else 1e-2)
-    raw = yaml.safe_load((RECIPES_DIR / recipe).read_text())
     assert raw["output_dir"] == config.output_dir
 
 

