@@ -1,0 +1,162 @@
+"""Quality of the default model (LLaMo-SmolLM2-135M) on its held-out splits, beside the baselines.
+
+The test splits are the `part: test` side of the recipe's own sources (the fixed InChIKey hold-out), so no test
+molecule was seen in training:
+
+    python benchmarks/eval_default_model.py --chebi20 ../shared/data/chebi20/validation.txt \
+        --scibert-vocab ../shared/data/tokenizers/scibert_scivocab_uncased/vocab.txt
+
+For each task it evaluates the model, the same model without graph tokens (`no-graph`), nearest-neighbour
+`retrieval` from the training part, and (properties) the training `mean`, all through `llamo.evaluation`, then writes
+`summary.json` and `summary.md` in the work folder. Interrupted runs resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
+from llamo.processing.datasets import holdout_split
+from llamo.processing.schema import CONVERSATION_FEATURES
+from llamo.training.data import default_cache_dir, prepare_source
+from llamo.training.pipeline import load_pipeline, stage_configs
+
+TASK_OF_SOURCE = {"chebi20": "description", "chemicals": "iupac", "qm9": "property"}
+MAX_NEW_TOKENS = {"description": 256, "iupac": 96, "property": 16}
+HEADLINE = {
+    "description": [
+        "bleu2_molt5_scibert",
+        "bleu4_molt5_scibert",
+        "rouge1_molt5_raw_text",
+        "rouge2_molt5_raw_text",
+        "rougeL_molt5_raw_text",
+        "meteor_molt5_scibert",
+    ],
+    "iupac": [
+        "bleu4_molt5_scibert",
+        "meteor_molt5_scibert",
+        "exact_match_stripped",
+        "parse_rate_opsin",
+        "structure_match_opsin_inchikey",
+    ],
+    "property": ["mae_homo_hartree", "mae_lumo_hartree", "mae_gap_hartree", "mae_hartree", "valid_ratio"],
+}
+
+
+@dataclass
+class EvalConfig:
+    chebi20: str
+    recipe: str = "llamo_smollm2_135m"
+    model: str | None = None
+    work_dir: str = "runs/llamo-smollm2-135m/eval"
+    scibert_vocab: str = "allenai/scibert_scivocab_uncased"
+    batch_size: int = 16
+    max_rows: int | None = None
+
+
+def write_jsonl(dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [name for name in CONVERSATION_FEATURES if name in dataset.column_names]
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in dataset.select_columns(columns):
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
+    """`{task: {"test": jsonl, "train": jsonl}}` from the recipe's stage-2 sources."""
+    _, stage2 = stage_configs(load_pipeline(config.recipe, {"chebi20": config.chebi20}))
+    cache = Path(stage2.data_cache_dir) if stage2.data_cache_dir else default_cache_dir()
+    splits = {}
+    for source in stage2.sources:
+        task = TASK_OF_SOURCE.get(source.type)
+        if task is None:
+            continue
+        featurized, _ = prepare_source(source, cache, stage2.max_atoms, stage2.num_proc)
+        splits[task] = {
+            part: write_jsonl(holdout_split(featurized, source.holdout, part), work / "data" / f"{task}.{part}.jsonl")
+            for part in ("test", "train")
+        }
+    return splits
+
+
+def headline(results: dict, task: str) -> dict[str, float]:
+    entry = next(item for item in results["results"] if item["task"]["name"] == task)
+    values = {metric["name"]: metric["value"] for metric in entry["metrics"]}
+    return {name: values[name] for name in HEADLINE[task] if name in values}
+
+
+def main(config: EvalConfig) -> dict:
+    from llamo.default_model import default_model_dir
+
+    work = Path(config.work_dir)
+    model = config.model or str(default_model_dir())
+    nltk_data = work / "nltk_data"
+    setup_wordnet(nltk_data)
+    splits = build_splits(config, work)
+    summary: dict = {"model": model, "config": asdict(config), "tasks": {}}
+    for task, files in splits.items():
+        runs = {"model": None, "no-graph": None, "retrieval": None}
+        if task == "property":
+            runs["mean"] = None
+        rows = {}
+        for name in runs:
+            settings = EvaluationConfig(
+                output_dir=str(work / task / name),
+                model=None if name in ("retrieval", "mean") else model,
+                data=str(files["test"]),
+                tasks=[task],
+                batch_size=config.batch_size,
+                max_new_tokens=MAX_NEW_TOKENS[task],
+                baseline=None if name == "model" else name,
+                train_data=str(files["train"]) if name in ("retrieval", "mean") else None,
+                scibert_vocab=config.scibert_vocab,
+                nltk_data=str(nltk_data),
+                max_rows=config.max_rows,
+            )
+            rows[name] = headline(evaluate(settings), task)
+        test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
+        summary["tasks"][task] = {"test_rows": test_rows, "results": rows}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    (work / "summary.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return summary
+
+
+def _cell(task: str, name: str, values: dict[str, float]) -> str:
+    if name not in values:
+        return "-"
+    return f"{values[name]:.4f}" if task == "property" and name.startswith("mae") else f"{values[name]:.2f}"
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for task, entry in summary["tasks"].items():
+        names = HEADLINE[task]
+        lines += [
+            f"### {task} ({entry['test_rows']} held-out rows)",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        for run, values in entry["results"].items():
+            cells = [_cell(task, name, values) for name in names]
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = EvalConfig(chebi20="")
+    parser.add_argument("--chebi20", required=True, help="the ChEBI-20 TSV the recipe was trained with")
+    parser.add_argument("--recipe", default=defaults.recipe)
+    parser.add_argument("--model", help="model folder (default: the bundled default model)")
+    parser.add_argument("--work-dir", default=defaults.work_dir)
+    parser.add_argument("--scibert-vocab", default=defaults.scibert_vocab)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-rows", type=int)
+    main(EvalConfig(**vars(parser.parse_args())))
