@@ -17,6 +17,7 @@ setup(
         "llamo.processing",
         "llamo.training",
         "llamo.hub_cards",
+        "llamo.hub_cards.space",
         "llamo.evaluation",
     ],
     package_dir={
@@ -24,6 +25,7 @@ setup(
         "llamo.processing": "processing",
         "llamo.training": "training",
         "llamo.hub_cards": "hub_cards",
+        "llamo.hub_cards.space": "hub_cards/space",
         "llamo.evaluation": "evaluation",
     },
     install_requires=[
@@ -41,14 +43,30 @@ setup(
         "peft>=0.17",
         "pandas",
         "pyyaml",
+        "jinja2>=3.1",
         "selfies>=2.1",
     ],
     extras_require={
         "eval": ["nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2"],
-        "test": ["pytest>=8", "ruff>=0.6", "chemicals", "nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2"],
+        "demo": ["gradio>=6,<7"],
+        "browser-tests": ["playwright>=1.45"],
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "chemicals",
+            "nltk>=3.9",
+            "rouge_score>=0.1.2",
+            "py2opsin>=1.2",
+            "gradio>=6,<7",
+        ],
         "bench": ["ogb==1.3.5"],
         "smollm2": ["gguf>=0.10"],
     },
-    package_data={"llamo.training": ["recipes/*.yaml", "accelerate/*.yaml"]},
+    package_data={
+        "llamo": ["bundled/*/*"],
+        "llamo.training": ["recipes/*.yaml", "accelerate/*.yaml"],
+        "llamo.hub_cards": ["templates/*.md"],
+        "llamo.hub_cards.space": ["README.md", "requirements.txt"],
+    },
     entry_points={"console_scripts": ["llamo=llamo.cli:main"]},
 )

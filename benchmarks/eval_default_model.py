@@ -67,15 +67,27 @@ def write_jsonl(dataset, path: Path) -> Path:
 
 
 def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
-    """`{task: {"test": jsonl, "train": jsonl}}` from the recipe's stage-2 sources."""
-    _, stage2 = stage_configs(load_pipeline(config.recipe, {"chebi20": config.chebi20}))
+    """`{task: {"test": jsonl, "train": jsonl}}` from the recipe's sources.
+
+    Where both stages read a source, the larger of the two subsets is used: its `test` side is still held out from
+    both stages (the hold-out rule is per InChIKey, not per subset), and retrieval then searches every training
+    molecule the model saw, which makes it the stronger baseline.
+    """
+    stage1, stage2 = stage_configs(load_pipeline(config.recipe, {"chebi20": config.chebi20}))
     cache = Path(stage2.data_cache_dir) if stage2.data_cache_dir else default_cache_dir()
-    splits = {}
-    for source in stage2.sources:
+    chosen = {}
+    for source in [*stage1.sources, *stage2.sources]:
         task = TASK_OF_SOURCE.get(source.type)
         if task is None:
             continue
         featurized, _ = prepare_source(source, cache, stage2.max_atoms, stage2.num_proc)
+        if task not in chosen or len(featurized) > len(chosen[task][1]):
+            chosen[task] = (source, featurized)
+    splits = {}
+    for task in ("description", "iupac", "property"):
+        if task not in chosen:
+            continue
+        source, featurized = chosen[task]
         splits[task] = {
             part: write_jsonl(holdout_split(featurized, source.holdout, part), work / "data" / f"{task}.{part}.jsonl")
             for part in ("test", "train")

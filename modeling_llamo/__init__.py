@@ -5,10 +5,12 @@ Importing `llamo` registers the model with transformers' Auto classes, so saved 
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
 from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles, parse_smiles
 from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel, LlamoPreTrainedModel
+from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
 from .processing_llamo import LlamoProcessor
 
 __version__ = "0.1.0.dev0"
@@ -22,13 +24,18 @@ LlamoConfig.register_for_auto_class()
 LlamoModel.register_for_auto_class("AutoModel")
 LlamoForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
 LlamoProcessor.register_for_auto_class("AutoProcessor")
+PIPELINE_REGISTRY.register_pipeline(
+    MOLECULE_TASK, pipeline_class=LlamoMoleculePipeline, pt_model=AutoModelForCausalLM, type="multimodal"
+)
 
 __all__ = [
     "GRAPH_INPUT_NAMES",
+    "MOLECULE_TASK",
     "LlamoConfig",
     "LlamoForConditionalGeneration",
     "LlamoGraphEncoderConfig",
     "LlamoModel",
+    "LlamoMoleculePipeline",
     "LlamoPreTrainedModel",
     "LlamoProcessor",
     "LlamoProjectorConfig",

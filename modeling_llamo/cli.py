@@ -15,6 +15,7 @@ FEATURE_COMMANDS = (
     "llamo.processing.instruction_commands",
     "llamo.evaluation.commands",
     "llamo.hub_cards.commands",
+    "llamo.hub_cards.demo_commands",
 )
 """Modules that add subcommands: each has `register(subparsers)` and imports only the standard library at the top,
 so that `llamo --help` stays fast. A handler receives the parsed `argparse.Namespace`; it raises `CommandError` for

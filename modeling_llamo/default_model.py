@@ -9,7 +9,8 @@ is assembled there once (base + bundle, LoRA merged). Later loads read that fold
     model, processor = load_default_model()
 
 `LLAMO_CACHE` moves the cache (default `~/.cache/llamo`); `LLAMO_BASE_LLM` points at another base LLM folder with
-SmolLM2-135M's shape (for offline machines, or a stand-in in tests).
+the bundle's shape (for offline machines, or a stand-in in tests); `LLAMO_DEFAULT_BUNDLE` replaces the packaged
+bundle by another one (e.g. one exported from your own run with `export_bundle`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def cache_root() -> Path:
 
 def _say(message: str) -> None:
     print(f"[llamo] {message}", file=sys.stderr, flush=True)
+
+
+def bundle_dir() -> Path:
+    """The bundle in use: `LLAMO_DEFAULT_BUNDLE`, else the one packaged with llamo."""
+    return Path(os.environ.get("LLAMO_DEFAULT_BUNDLE") or BUNDLE_DIR)
 
 
 def bundle_fingerprint(bundle: Path = BUNDLE_DIR) -> str:
@@ -165,15 +171,16 @@ def assemble(bundle: Path, base_dir: Path, output: Path) -> Path:
 
 def default_model_dir() -> Path:
     """The assembled default model folder in the cache (assembled on first use)."""
-    read_manifest()
+    bundle = bundle_dir()
+    manifest = read_manifest(bundle)
     base = os.environ.get("LLAMO_BASE_LLM")
-    tag = bundle_fingerprint() + ("-" + hashlib.sha256(base.encode()).hexdigest()[:8] if base else "")
-    output = cache_root() / "models" / f"{DEFAULT_MODEL_NAME}-{tag}"
+    tag = bundle_fingerprint(bundle) + ("-" + hashlib.sha256(base.encode()).hexdigest()[:8] if base else "")
+    output = cache_root() / "models" / f"{manifest.get('name', DEFAULT_MODEL_NAME)}-{tag}"
     if (output / "config.json").is_file():
         return output
     base_dir = base_llm_dir()
-    _say(f"first use: assembling {DEFAULT_MODEL_NAME} into {output} (once)")
-    return assemble(BUNDLE_DIR, base_dir, output)
+    _say(f"first use: assembling {manifest.get('name', DEFAULT_MODEL_NAME)} into {output} (once)")
+    return assemble(bundle, base_dir, output)
 
 
 def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -250,6 +257,7 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "DefaultModelUnavailable",
     "base_llm_dir",
+    "bundle_dir",
     "default_model_dir",
     "export_bundle",
     "load_default_model",

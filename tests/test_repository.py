@@ -5,7 +5,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REMOTE_CODE = ("configuration_llamo.py", "featurization_llamo.py", "modeling_llamo.py", "processing_llamo.py")
+REMOTE_CODE = (
+    "configuration_llamo.py",
+    "featurization_llamo.py",
+    "modeling_llamo.py",
+    "processing_llamo.py",
+    "pipeline_llamo.py",
+)
 
 
 def readme_commands() -> list[str]:

@@ -1,0 +1,253 @@
+"""`llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card`.
+
+Only the standard library is imported here, so that `llamo --help` stays fast; handlers import what they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _add_card_arguments(parser: argparse.ArgumentParser, default_license: str) -> None:
+    card = parser.add_argument_group("model card")
+    card.add_argument(
+        "--card-results",
+        nargs="+",
+        default=[],
+        metavar="RESULTS_JSON",
+        help="`llamo evaluate` results files: the model's fill the card's model-index, baselines its text",
+    )
+    card.add_argument("--base-model", help="Hub id of the base LM; found from the build and run files when not given")
+    card.add_argument("--repo-id", help="the Hub repository the model goes to (used by the card's usage snippet)")
+    card.add_argument("--model-name", help="the card's title; the repository or folder name when not given")
+    card.add_argument("--license", default=default_license, help="license id for the card's metadata")
+    card.add_argument("--dataset", nargs="+", default=[], metavar="HUB_ID", help="Hub dataset ids for the metadata")
+    card.add_argument(
+        "--credit",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="extra data credits: chebi, chebi20, pubchem, pubchem324k, mol-instructions, qm9, chemicals, generated",
+    )
+    card.add_argument("--tag", nargs="+", default=[], metavar="TAG", help="extra tags for the card's metadata")
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a model as one Hub-ready folder (safetensors, remote code, pipeline, model card)",
+        description=(
+            "Export a LLaMo model folder for the Hub: safetensors weights, config.json with auto_map and the "
+            "molecule-text-generation pipeline, the remote-code files (and only those), processor, tokenizer, chat "
+            "template, generation config, and a README.md model card. The training runs behind the model are found "
+            "from its folder (llamo_run_config.json) unless --run-dir is given."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved LLaMo (llamo init, training, convert-original)")
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
+    parser.add_argument("--run-dir", nargs="+", metavar="RUN_DIR", help="training run folders for the card's recipe")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: as saved)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    _add_card_arguments(parser, "apache-2.0")
+    parser.set_defaults(handler=_run_export)
+
+
+def _add_push_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="upload an exported folder to the Hugging Face Hub",
+        description=(
+            "Create the repository if needed and upload FOLDER (made by `llamo export`) in one commit. The token "
+            "comes from HF_TOKEN or your login (`hf auth login`) and is never printed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("folder", metavar="FOLDER", help="the exported folder")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="NAMESPACE/NAME on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--revision", metavar="BRANCH", help="the branch to push to, instead of the main branch")
+    parser.add_argument("--create-branch", action="store_true", help="create --revision's branch if missing")
+    parser.add_argument("--commit-message", help="the commit message; a generated one names the llamo version")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    parser.set_defaults(handler=_run_push)
+
+
+def _add_convert_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert-original",
+        help="convert the original LLaMo release (Lightning checkpoint) into an exported folder",
+        description=(
+            "Convert mlvlab/LLaMo's checkpoint (graph encoder, projector and LoRA-tuned LLaMA-2 under mllm.*) plus "
+            "its base LLM folder (LLaMA-2-7B-chat, Hugging Face format) into this project's format: shared level "
+            "attention, motif tokens first, <graph> added, the original LLaMA-2 chat prompt, LoRA merged or kept as "
+            "a PEFT adapter. Unknown or missing keys are errors."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="the original checkpoint (.ckpt, or .safetensors)")
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
+    parser.add_argument("--llm", required=True, metavar="BASE_LLM_FOLDER", help="the base LLM the checkpoint used")
+    lora = parser.add_mutually_exclusive_group()
+    lora.add_argument("--merge-lora", action="store_true", help="merge LoRA into the weights (the default)")
+    lora.add_argument("--keep-adapter", action="store_true", help="keep LoRA as a PEFT adapter in OUT_DIR/adapter")
+    parser.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha of the training (release: 32)")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout, for the adapter config")
+    parser.add_argument("--num-heads", type=int, default=4, help="projector attention heads (release: 4)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the checkpoint's)")
+    parser.add_argument(
+        "--unsafe-unpickle",
+        action="store_true",
+        help="if torch.load(weights_only=True) refuses the file, unpickle it fully: this EXECUTES CODE stored in the "
+        "checkpoint, so use it only for a file from a source you trust",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    _add_card_arguments(parser, "llama2")
+    parser.set_defaults(handler=_run_convert)
+
+
+def _add_dataset_card_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dataset-card",
+        help="write the dataset card of instruction data made by `llamo generate-data`",
+        description=(
+            "Write a README.md dataset card (teacher, model, prompt version, counts filtered by reason) from the "
+            "generator's OUT.jsonl.summary.json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("summary", metavar="SUMMARY_JSON", help="the OUT.jsonl.summary.json of a generation run")
+    parser.add_argument("-o", "--output", help="where to write; README.md beside the summary when not given")
+    parser.add_argument("--pretty-name", help="the dataset's title")
+    parser.add_argument("--license", default="other", help="license id (the source data's and teacher's terms)")
+    parser.add_argument("--credit", nargs="+", default=[], metavar="KEY", help="extra data credits (see export)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing card")
+    parser.set_defaults(handler=_run_dataset_card)
+
+
+def register(subparsers) -> None:
+    _add_export_parser(subparsers)
+    _add_push_parser(subparsers)
+    _add_convert_parser(subparsers)
+    _add_dataset_card_parser(subparsers)
+
+
+def _card_options(args: argparse.Namespace, run_dirs=None):
+    from .cards import ModelCardOptions
+
+    return ModelCardOptions(
+        model_name=args.model_name,
+        repo_id=args.repo_id,
+        base_model=args.base_model,
+        license=args.license,
+        datasets=list(args.dataset),
+        credits=list(args.credit),
+        results=list(args.card_results),
+        run_dirs=run_dirs,
+        tags=list(args.tag),
+    )
+
+
+def _print_files(result) -> None:
+    from .publish import format_size
+
+    print(f"Wrote {len(result.files)} files ({format_size(result.total_bytes)}) to {result.folder}:", file=sys.stderr)
+    for path, size in result.files:
+        print(f"  {format_size(size):>10}  {path}", file=sys.stderr)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from llamo.cli import CommandError
+
+    from .cards import CardError
+    from .export import ExportError, export_model
+    from .recipe import RunFolderError
+    from .results import ResultsFileError
+
+    try:
+        result = export_model(
+            args.model_dir,
+            args.output_dir,
+            _card_options(args, args.run_dir),
+            overwrite=args.overwrite,
+            dtype=args.dtype,
+        )
+    except (ExportError, CardError, ResultsFileError, RunFolderError, ValueError) as error:
+        raise CommandError(str(error)) from error
+    _print_files(result)
+    print(f"Push it with: llamo push {result.folder} {args.repo_id or 'NAMESPACE/NAME'}", file=sys.stderr)
+
+
+def _run_push(args: argparse.Namespace) -> None:
+    from llamo.cli import CommandError
+
+    from .publish import PushError, plan_push, push_folder
+
+    try:
+        plan = plan_push(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            create_branch=args.create_branch,
+            commit_message=args.commit_message,
+        )
+        if args.dry_run:
+            print(f"Dry run, nothing sent. Would upload {plan.describe()}")
+            return
+        print(f"Uploading {len(plan.files)} files to {plan.repo_id} ...", file=sys.stderr)
+        commit = push_folder(plan)
+    except PushError as error:
+        raise CommandError(str(error)) from None
+    print(f"Pushed to {plan.url}: {getattr(commit, 'commit_url', None) or commit}")
+    if args.private:
+        print("(--private applies when the repository is created; an existing one keeps its visibility)")
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    from llamo.cli import CommandError
+
+    from .cards import CardError
+    from .convert import CheckpointError, convert_original_checkpoint
+
+    print(f"Converting {args.checkpoint} with the base LLM {args.llm} ...", file=sys.stderr)
+    try:
+        result = convert_original_checkpoint(
+            args.checkpoint,
+            args.llm,
+            args.output_dir,
+            keep_adapter=args.keep_adapter,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            unsafe_unpickle=args.unsafe_unpickle,
+            dtype=args.dtype,
+            num_heads=args.num_heads,
+            overwrite=args.overwrite,
+            card_options=_card_options(args),
+        )
+    except (CheckpointError, CardError) as error:
+        raise CommandError(str(error)) from error
+    for label, value in result.facts:
+        print(f"  {label}: {value}", file=sys.stderr)
+    _print_files(result.export)
+
+
+def _run_dataset_card(args: argparse.Namespace) -> None:
+    from llamo.cli import CommandError
+
+    from .cards import CardError, build_dataset_card
+
+    output = Path(args.output) if args.output else Path(args.summary).parent / "README.md"
+    if output.exists() and not args.overwrite:
+        raise CommandError(f"{output} exists; pass --overwrite to replace it or -o to write elsewhere.")
+    try:
+        card = build_dataset_card(args.summary, args.pretty_name, args.license, list(args.credit))
+    except (CardError, ValueError) as error:
+        raise CommandError(str(error)) from error
+    output.parent.mkdir(parents=True, exist_ok=True)
+    card.save(output)
+    print(f"Wrote {output}", file=sys.stderr)

@@ -1,0 +1,497 @@
+"""Convert the original LLaMo release (mlvlab/LLaMo's Lightning checkpoint) into an exported llamo folder.
+
+The original checkpoint holds everything under `mllm.`: the GIN and the projector (converted by
+`llamo.original_checkpoint`), and the whole LLaMA-2 wrapped by PEFT 0.9 LoRA on q_proj and v_proj
+(`mllm.language_model.base_model.model.model.*`, `...lm_head.weight`; LoRA layers as `X.base_layer.weight`,
+`X.lora_A.default.weight`, `X.lora_B.default.weight`), with a 32001-token vocabulary (LLaMA-2's 32000 plus `<pad>`).
+The base LLM folder gives the LLM's configuration, tokenizer and generation settings; its weights are not read, since
+the checkpoint holds them (the original also trained the token embeddings).
+
+The result is this project's format: motif tokens first, one level attention shared when the checkpoint's six
+copies are identical (the release), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt as the chat
+template (`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`.
+
+Released LoRA settings: r 8 (read from the weights), alpha 32 and dropout 0.05. The alpha cannot be read from the
+checkpoint: the released code ignores its own LoRA command-line flags, so the hyper-parameters saved with the
+checkpoint may not be the ones used. Pass another alpha only for a checkpoint trained with other settings.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .cards import ModelCardOptions, build_model_card
+from .export import ExportResult, check_destination, write_export
+
+LLM_PREFIX = "mllm.language_model.base_model.model."
+RELEASE_LORA_ALPHA = 32.0
+RELEASE_LORA_DROPOUT = 0.05
+PAD_TOKEN = "<pad>"
+GRAPH_TOKEN = "<graph>"
+EMBEDDING_KEY = "model.language_model.embed_tokens.weight"
+
+_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight")
+_BASE_LAYER_KEY = re.compile(r"(?P<module>.+)\.base_layer\.(?P<param>weight|bias)")
+_NON_PERSISTENT = re.compile(r".+\.rotary_emb\.inv_freq")
+_PEFT_ONLY = ("lora_", "modules_to_save", "original_module", "lora_magnitude_vector")
+
+
+class CheckpointError(ValueError):
+    """An original checkpoint that cannot be converted: unreadable, or with missing or unexpected keys (named)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that only a full unpickle can read, refused without `unsafe_unpickle`."""
+
+
+def _names(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) -> dict[str, Any]:
+    """
+    The `state_dict` of an original checkpoint: a Lightning `.ckpt` (tensors under `state_dict`), a pickled state
+    dict, or a `.safetensors` file in the original key layout.
+
+    Pickles are read with `torch.load(weights_only=True)`. A checkpoint that also stores Python objects (Lightning
+    saves hyper-parameters) needs a full unpickle, which runs code from the file: it is done only with
+    `unsafe_unpickle=True`.
+    """
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder: give the checkpoint file. A DeepSpeed checkpoint folder must first be consolidated "
+            "into one file (DeepSpeed's zero_to_fp32.py)."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    mmap = zipfile.is_zipfile(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        needed = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", str(error))
+        if needed is None:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
+        if not unsafe_unpickle:
+            raise UnsafeCheckpointError(
+                f"{path} holds Python objects besides tensors (such as {needed.group(1)}), which "
+                "torch.load(weights_only=True) refuses. Reading them runs code stored in the file: if you trust its "
+                "source, pass --unsafe-unpickle (unsafe_unpickle=True)."
+            ) from None
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception as full_error:
+            raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
+    return _state_dict_of(loaded, path)
+
+
+def _reason(error: Exception) -> str:
+    """The informative part of a `torch.load` error (its weights-only message is mostly advice)."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
+    return (found.group(1) if found else text.strip().splitlines()[0] if text.strip() else type(error).__name__).strip()
+
+
+def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        state_dict = dict(loaded["state_dict"])
+    elif isinstance(loaded, Mapping) and any(str(key).startswith("mllm.") for key in loaded):
+        state_dict = dict(loaded)
+    else:
+        top = _names(map(str, loaded)) if isinstance(loaded, Mapping) else type(loaded).__name__
+        raise CheckpointError(f"{path} has no `state_dict` with mllm.* weights (found: {top}).")
+    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: these state_dict entries are not tensors: {_names(not_tensors)}")
+    return state_dict
+
+
+@dataclass
+class OriginalParts:
+    """An original state dict split up: graph weights (original names), LM weights and LoRA pairs (our names)."""
+
+    graph: dict[str, Any]
+    language_model: dict[str, Any]
+    lora: dict[str, dict[str, Any]]
+    ignored: list[str]
+
+    @property
+    def lora_rank(self) -> int | None:
+        ranks = {pair["A"].shape[0] for pair in self.lora.values()}
+        if len(ranks) > 1:
+            raise CheckpointError(f"The LoRA layers have different ranks {sorted(ranks)}; one rank is supported.")
+        return ranks.pop() if ranks else None
+
+
+def _llm_name(rest: str) -> str | None:
+    """Original LM key (after `LLM_PREFIX`) -> our key, or None when it is not an LM weight."""
+    if rest.startswith("model."):
+        return "model.language_model." + rest[len("model.") :]
+    if rest.startswith("lm_head."):
+        return rest
+    return None
+
+
+def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
+    """
+    Sort an original state dict into its graph part, its LM weights (PEFT wrapper names removed) and its LoRA pairs.
+
+    Raises:
+        CheckpointError: keys outside the known layout (all named), LoRA layers without their A, B or base weight,
+            or another adapter name than PEFT's `default`.
+    """
+    from llamo.original_checkpoint import ENCODER_PREFIX, PROJECTOR_PREFIX, UNUSED_PREFIXES
+
+    graph, language_model, lora = {}, {}, {}
+    wrapped, unexpected, ignored = set(), [], []
+    for key, value in state_dict.items():
+        if key.startswith((ENCODER_PREFIX, PROJECTOR_PREFIX, *UNUSED_PREFIXES)):
+            graph[key] = value
+            continue
+        rest = key[len(LLM_PREFIX) :] if key.startswith(LLM_PREFIX) else None
+        if rest is None:
+            unexpected.append(key)
+        elif lora_match := _LORA_KEY.fullmatch(rest):
+            module = _llm_name(lora_match["module"])
+            if module is None or lora_match["adapter"] != "default":
+                unexpected.append(key)
+            else:
+                lora.setdefault(module, {})[lora_match["part"]] = value
+        elif base_match := _BASE_LAYER_KEY.fullmatch(rest):
+            module = _llm_name(base_match["module"])
+            if module is None:
+                unexpected.append(key)
+            else:
+                wrapped.add(module)
+                language_model[f"{module}.{base_match['param']}"] = value
+        elif _NON_PERSISTENT.fullmatch(rest):
+            ignored.append(key)  # recomputed from the config at load time
+        elif any(marker in rest for marker in _PEFT_ONLY) or _llm_name(rest) is None:
+            unexpected.append(key)
+        else:
+            language_model[_llm_name(rest)] = value
+    if unexpected:
+        raise CheckpointError(f"Unexpected keys in the original checkpoint: {_names(unexpected)}")
+    broken = sorted(
+        module for module in set(lora) | wrapped if module not in wrapped or set(lora.get(module, {})) != {"A", "B"}
+    )
+    if broken:
+        raise CheckpointError(f"LoRA layers without their lora_A, lora_B or base_layer weights: {_names(broken)}")
+    if not language_model:
+        raise CheckpointError(f"The checkpoint has no language model weights (no {LLM_PREFIX}* keys).")
+    return OriginalParts(graph, language_model, lora, ignored)
+
+
+def merge_lora(weights: dict[str, Any], lora: dict[str, dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """`W + (alpha / r) * B @ A` for every LoRA layer, computed in float32 and stored in W's dtype."""
+    merged = dict(weights)
+    for module, pair in lora.items():
+        base = merged[f"{module}.weight"]
+        rank = pair["A"].shape[0]
+        delta = (pair["B"].float() @ pair["A"].float()) * (alpha / rank)
+        if delta.shape != base.shape:
+            raise CheckpointError(
+                f"LoRA of {module} gives a {tuple(delta.shape)} update for a {tuple(base.shape)} weight."
+            )
+        merged[f"{module}.weight"] = (base.float() + delta).to(base.dtype)
+    return merged
+
+
+def adapter_state_dict(lora: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """LoRA pairs under the names PEFT saves for a `LlamoForConditionalGeneration` (adapter name dropped)."""
+    return {
+        f"base_model.model.{module}.lora_{part}.weight": pair[part].contiguous()
+        for module, pair in sorted(lora.items())
+        for part in ("A", "B")
+    }
+
+
+def align_tokenizer(tokenizer, checkpoint_vocab: int, llm: str) -> int:
+    """Give the base tokenizer the checkpoint's vocabulary (LLaMA-2 + `<pad>`) and add `<graph>`; returns its id."""
+    if len(tokenizer) == checkpoint_vocab - 1:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})  # the original's one extra token
+    if len(tokenizer) != checkpoint_vocab:
+        raise CheckpointError(
+            f"The tokenizer in {llm} has {len(tokenizer)} tokens but the checkpoint's embeddings have "
+            f"{checkpoint_vocab} rows: give the base LLM the checkpoint was trained from (LLaMA-2-7B-chat)."
+        )
+    if GRAPH_TOKEN in tokenizer.get_vocab():
+        raise CheckpointError(f"The tokenizer in {llm} already has {GRAPH_TOKEN}: give the original base LLM folder.")
+    tokenizer.add_tokens([GRAPH_TOKEN], special_tokens=True)
+    tokenizer.padding_side = "left"
+    return tokenizer.convert_tokens_to_ids(GRAPH_TOKEN)
+
+
+def _grow_rows(weight, rows: int):
+    """`weight` with `rows` extra rows, each the mean of the existing ones (the `<graph>` row is never used as an
+    embedding, and generation suppresses the token)."""
+    import torch
+
+    extra = weight.float().mean(dim=0, keepdim=True).expand(rows, -1).to(weight.dtype)
+    return torch.cat([weight, extra], dim=0)
+
+
+def _check_against_model(model, weights: dict[str, Any]) -> None:
+    expected = model.state_dict()
+    missing = expected.keys() - weights.keys()
+    unexpected = weights.keys() - expected.keys()
+    if missing or unexpected:
+        raise CheckpointError(
+            "The converted checkpoint does not fit the model built from it: "
+            f"missing {_names(missing) or 'none'}; unexpected {_names(unexpected) or 'none'}."
+        )
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in weights.items()
+        if tuple(value.shape) != tuple(expected[key].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"Shapes differ from the model built from the checkpoint: {_names(mismatched, 10)}")
+
+
+@dataclass
+class ConversionResult:
+    """The written export, and facts about the conversion (also shown in the model card)."""
+
+    export: ExportResult
+    facts: list[tuple[str, str]]
+
+
+def convert_graph_part(parts: OriginalParts, num_heads: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The graph configs read from the checkpoint (`original_graph_configs`) and the graph weights under our
+    `LlamoForConditionalGeneration` names."""
+    from llamo.original_checkpoint import (
+        ENCODER_PREFIX,
+        PROJECTOR_PREFIX,
+        convert_original_graph_state_dict,
+        original_graph_configs,
+    )
+
+    try:
+        found = original_graph_configs(parts.graph, num_heads=num_heads)
+        share = found["projector_config"]["share_level_attention"]
+        converted = convert_original_graph_state_dict(parts.graph, share_level_attention=share)
+    except KeyError as error:
+        short = str(error.args[0])
+        prefix = ENCODER_PREFIX if short.startswith(("atom_encoder", "gnns", "batch_norms")) else PROJECTOR_PREFIX
+        raise CheckpointError(f"Missing key in the graph part of the checkpoint: {prefix}{short}") from None
+    except ValueError as error:
+        raise CheckpointError(f"Graph part of the checkpoint: {error}") from None
+    return found, {f"model.{key}": value for key, value in converted.items()}
+
+
+def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id: int):
+    """The `LlamoConfig`: graph configs from the checkpoint, the LM's from `llm` with the grown vocabulary."""
+    from transformers import AutoConfig
+
+    from llamo import LlamoConfig
+
+    text_config = AutoConfig.from_pretrained(llm)
+    if getattr(text_config, "is_encoder_decoder", False):
+        raise CheckpointError(f"{llm} holds an encoder-decoder model; LLaMo's LLM is decoder-only.")
+    if text_config.hidden_size != found["output_hidden_size"]:
+        raise CheckpointError(
+            f"The projector outputs {found['output_hidden_size']} features but {llm} has hidden size "
+            f"{text_config.hidden_size}: give the base LLM the checkpoint was trained with."
+        )
+    text = text_config.to_dict()
+    text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    return LlamoConfig(
+        graph_config=found["graph_config"],
+        projector_config=found["projector_config"],
+        text_config=text,
+        graph_token_id=graph_token_id,
+    )
+
+
+def language_model_weights(parts: OriginalParts, vocab_size: int, merge: bool, lora_alpha: float) -> dict[str, Any]:
+    """The LM weights under our names, LoRA merged (or not), embeddings and LM head grown to `vocab_size` rows."""
+    weights = merge_lora(parts.language_model, parts.lora, lora_alpha) if merge else dict(parts.language_model)
+    for key in (EMBEDDING_KEY, "lm_head.weight"):
+        if key in weights:
+            weights[key] = _grow_rows(weights[key], vocab_size - weights[key].shape[0])
+    return weights
+
+
+def convert_original_checkpoint(
+    checkpoint: str | Path,
+    llm: str | Path,
+    output_dir: str | Path,
+    keep_adapter: bool = False,
+    lora_alpha: float = RELEASE_LORA_ALPHA,
+    lora_dropout: float = RELEASE_LORA_DROPOUT,
+    unsafe_unpickle: bool = False,
+    dtype: str = "auto",
+    num_heads: int = 4,
+    overwrite: bool = False,
+    card_options: ModelCardOptions | None = None,
+) -> ConversionResult:
+    """
+    Convert an original LLaMo checkpoint + its base LLM folder into an export folder (see the module docstring).
+
+    Args:
+        checkpoint: the Lightning checkpoint (or a state dict / safetensors file in the same key layout).
+        llm: the base LLM folder (LLaMA-2-7B-chat in Hugging Face format): config, tokenizer, generation config.
+        output_dir: where to write; must be new or empty unless `overwrite`.
+        keep_adapter: keep LoRA as a PEFT adapter in `output_dir/adapter` (the main weights are then the base
+            weights) instead of merging it.
+        lora_alpha, lora_dropout: the LoRA settings of the checkpoint's training (release: 32 and 0.05).
+        unsafe_unpickle: allow a full unpickle of the checkpoint (runs code stored in it).
+        dtype: `auto` keeps the dtype of the checkpoint's LM weights; else `float32`, `bfloat16` or `float16`.
+        num_heads: the projector's attention heads (not recorded in weights; 4 in the release).
+        card_options: what the model card says (license defaults to the LLaMA-2 license).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+
+    checkpoint, llm, output_dir = Path(checkpoint), Path(llm), Path(output_dir)
+    check_destination(output_dir, overwrite)
+    if not (llm / "config.json").is_file():
+        raise FileNotFoundError(f"Base LLM folder not found or without config.json: {llm}")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise CheckpointError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}.")
+
+    parts = split_original_state_dict(load_checkpoint_state_dict(checkpoint, unsafe_unpickle))
+    found, graph_weights = convert_graph_part(parts, num_heads)
+    if EMBEDDING_KEY not in parts.language_model:
+        raise CheckpointError(f"Missing key: {LLM_PREFIX}model.embed_tokens.weight (the token embeddings).")
+    checkpoint_vocab = parts.language_model[EMBEDDING_KEY].shape[0]
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    graph_token_id = align_tokenizer(tokenizer, checkpoint_vocab, str(llm))
+    config = converted_config(found, llm, tokenizer, graph_token_id)
+
+    llm_weights = language_model_weights(parts, len(tokenizer), merge=not keep_adapter, lora_alpha=lora_alpha)
+    target = parts.language_model[EMBEDDING_KEY].dtype if dtype == "auto" else getattr(torch, dtype)
+    weights = {
+        key: value.to(target) if value.is_floating_point() else value
+        for key, value in {**graph_weights, **llm_weights}.items()
+    }
+    with torch.device("meta"):
+        model = LlamoForConditionalGeneration(config)
+    _check_against_model(model, weights)
+    model.load_state_dict(weights, assign=True, strict=True)
+    model.eval()
+    model.generation_config = _generation_config(llm, config, tokenizer)
+    processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
+
+    share = found["projector_config"]["share_level_attention"]
+    facts = _conversion_facts(checkpoint, llm, parts, share, checkpoint_vocab, graph_token_id, keep_adapter)
+    rank = parts.lora_rank
+    if rank:
+        facts.insert(3, ("LoRA settings", f"r {rank}, alpha {lora_alpha:g}, dropout {lora_dropout:g}"))
+    options = replace(card_options or ModelCardOptions(license="llama2"), conversion=facts)
+    card = build_model_card(model, processor, options)
+    adapter_base = options.repo_id or str(output_dir.resolve())
+
+    def write_adapter(folder: Path) -> None:
+        if keep_adapter and parts.lora:
+            _write_adapter(folder / "adapter", parts.lora, rank, lora_alpha, lora_dropout, adapter_base)
+
+    export = write_export(model, processor, output_dir, card, overwrite=overwrite, extra=write_adapter)
+    return ConversionResult(export, facts)
+
+
+def _generation_config(llm: Path, config, tokenizer):
+    """The base LLM's generation settings, with the pad token set and `<graph>` never generated."""
+    from transformers import GenerationConfig
+
+    if (llm / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(llm)
+    else:
+        generation = GenerationConfig.from_model_config(config.text_config)
+    generation.pad_token_id = tokenizer.pad_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    generation.suppress_tokens = [config.graph_token_id]
+    return generation
+
+
+def _write_adapter(folder: Path, lora, rank: int, alpha: float, dropout: float, base: str) -> None:
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=sorted(lora),
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base,
+        inference_mode=True,
+    ).save_pretrained(folder)
+    save_file(adapter_state_dict(lora), folder / "adapter_model.safetensors", metadata={"format": "pt"})
+
+
+def _conversion_facts(
+    checkpoint: Path, llm: Path, parts: OriginalParts, share: bool, vocab: int, graph_id: int, keep: bool
+) -> list[tuple[str, str]]:
+    """(label, value) rows describing a conversion, for the card and the command's report."""
+    leaves = sorted({module.rsplit(".", 1)[-1] for module in parts.lora})
+    if not parts.lora:
+        lora = "none in the checkpoint"
+    elif keep:
+        lora = (
+            f"kept as a PEFT adapter in `adapter/` ({len(parts.lora)} layers: {', '.join(leaves)}); the main "
+            "weights are the base weights: load the adapter with `PeftModel.from_pretrained(model, <this repo>, "
+            'subfolder="adapter")`'
+        )
+    else:
+        lora = f"merged into the {', '.join(leaves)} weights of {len(parts.lora)} layers"
+    facts = [
+        ("Source checkpoint", f"`{checkpoint.name}` ({checkpoint.stat().st_size / 2**30:.2f} GiB)"),
+        ("Base LLM folder", f"`{llm.name}` (configuration, tokenizer and generation settings)"),
+        ("LoRA", lora),
+        (
+            "Level attention",
+            "the six identical `cross_attention` copies became one shared module"
+            if share
+            else "distinct per-level attention modules, kept apart",
+        ),
+        ("Token order", "motif tokens first, then the level tokens (as the released code)"),
+        ("Vocabulary", f"the checkpoint's {vocab} rows, plus `{GRAPH_TOKEN}` (id {graph_id})"),
+        ("Prompt", "the original LLaMA-2 chat prompt (chat template `llama2`)"),
+    ]
+    if any(key.startswith("mllm.ln_graph_model.") for key in parts.graph):
+        facts.append(("Not converted", "`mllm.ln_graph_model.*`, saved by the original but unused at run time"))
+    return facts
+
+
+__all__ = [
+    "RELEASE_LORA_ALPHA",
+    "RELEASE_LORA_DROPOUT",
+    "CheckpointError",
+    "ConversionResult",
+    "OriginalParts",
+    "UnsafeCheckpointError",
+    "adapter_state_dict",
+    "align_tokenizer",
+    "convert_graph_part",
+    "convert_original_checkpoint",
+    "converted_config",
+    "language_model_weights",
+    "load_checkpoint_state_dict",
+    "merge_lora",
+    "split_original_state_dict",
+]

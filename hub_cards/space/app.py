@@ -1,0 +1,61 @@
+"""Hugging Face Space entry point of the LLaMo demo (`python app.py`).
+
+The model is `LLAMO_MODEL` (a local folder or a Hub model id) or else the bundled default model of the `llamo`
+package. If neither can be loaded, the page still draws molecules and lists their groups, and says why chat is off.
+`PORT` / `GRADIO_SERVER_PORT` and `GRADIO_SERVER_NAME` are honoured as Gradio does.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+HERE = Path(__file__).resolve().parent
+
+
+def _space_module(name: str):
+    """A module of this folder: from the installed `llamo` package, else this folder loaded as a package (a Space
+    whose `llamo` lacks the demo modules)."""
+    try:
+        return importlib.import_module(f"llamo.hub_cards.space.{name}")
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("llamo.hub_cards"):
+            raise
+    if "llamo_space" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "llamo_space", HERE / "__init__.py", submodule_search_locations=[str(HERE)]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["llamo_space"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"llamo_space.{name}")
+
+
+def _model_folder(space_demo) -> Path:
+    """`LLAMO_MODEL` (a folder, or a Hub id fetched once), else the bundled default model."""
+    choice = os.environ.get("LLAMO_MODEL")
+    if choice and not Path(choice).is_dir():
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(choice))
+    return space_demo.resolve_model_dir(choice)
+
+
+def create_demo():
+    """The page, with the model loaded if one can be (otherwise chat is switched off with the reason shown)."""
+    space_demo = _space_module("demo")
+    try:
+        folder = _model_folder(space_demo)
+        model, processor = space_demo.load_model(folder, os.environ.get("LLAMO_DEVICE", "auto"))
+    except Exception as error:  # the page still draws molecules; the header says why chat is off
+        print(f"[llamo demo] no model: {error}", file=sys.stderr)
+        return space_demo.build_demo(unavailable=f"the model could not be loaded ({error}).")
+    return space_demo.build_demo(model, processor, model_name=os.environ.get("LLAMO_MODEL") or folder.name)
+
+
+demo = create_demo()
+
+if __name__ == "__main__":
+    demo.launch(css=_space_module("demo").CSS, footer_links=[])

@@ -1,0 +1,167 @@
+"""The demo's conversation: turning the page's chat history into LLaMo messages, and streaming an answer from a
+background generation thread that the user can stop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+MAX_NEW_TOKENS_CAP = 512
+"""No answer is longer than this many tokens, whatever the page asks."""
+MAX_EXCHANGES = 8
+"""Only the last question/answer pairs are sent back to the model; older ones fall out of the prompt."""
+STREAM_TIMEOUT_S = 300.0
+"""A generation thread silent for this long ends the answer rather than holding the page."""
+
+
+def content_text(content) -> str:
+    """The plain text of a chat message's content: a string, a `{"type": "text", "text": ...}` block, or a list of
+    them (the form a Gradio Chatbot hands back)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("content") or "")
+    return " ".join(part for part in (content_text(item) for item in content) if part)
+
+
+def exchanges(history: Sequence[dict]) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a chat history in the messages format; an unanswered last question is dropped."""
+    pairs: list[tuple[str, str]] = []
+    question: str | None = None
+    for message in history:
+        text = content_text(message.get("content"))
+        if message.get("role") == "user":
+            question = text
+        elif message.get("role") == "assistant" and question is not None:
+            pairs.append((question, text))
+            question = None
+    return pairs
+
+
+def conversation_messages(
+    smiles: str, history: Sequence[dict], question: str, max_exchanges: int = MAX_EXCHANGES
+) -> list[dict]:
+    """LLaMo messages for a new `question` after `history` (the page's messages): the molecule block goes into the
+    first user turn only, as in training; the last `max_exchanges` exchanges are kept."""
+    kept = exchanges(history)[-max_exchanges:] if max_exchanges > 0 else []
+    messages: list[dict] = []
+    for user_text, answer in [*kept, (question, None)]:
+        if messages:
+            messages.append({"role": "user", "content": user_text})
+        else:
+            molecule = {"type": "molecule", "smiles": smiles}
+            messages.append({"role": "user", "content": [molecule, {"type": "text", "text": user_text}]})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+class StopOnEvent(StoppingCriteria):
+    """Ends generation once any of `events` is set (the page's Stop button, or the reader going away). `length` is
+    the sequence length it last saw."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+        self.length = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.length = input_ids.shape[1]
+        stopped = any(event.is_set() for event in self.events)
+        return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+
+
+class StopRegistry:
+    """One stop flag per browser session, so a Stop click ends that session's answer only."""
+
+    def __init__(self):
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        """A fresh, unset flag for the session's next answer."""
+        with self._lock:
+            event = self._events[session] = threading.Event()
+        return event
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            event = self._events.get(session)
+        if event is not None:
+            event.set()
+
+    def finish(self, session: str, event: threading.Event) -> None:
+        """Forget the session's flag once its answer is done (unless a newer answer replaced it)."""
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
+
+
+def _generate_into(model, inputs, streamer: TextIteratorStreamer, settings: dict, failure: list) -> None:
+    try:
+        with torch.inference_mode():
+            model.generate(**inputs, streamer=streamer, **settings)
+    except Exception as error:  # surfaced to the reader by stream_answer
+        failure.append(error)
+        streamer.end()
+
+
+def generation_settings(
+    max_new_tokens: int, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9
+) -> dict:
+    """`generate` keyword arguments, with `max_new_tokens` clamped to 1..MAX_NEW_TOKENS_CAP."""
+    settings = {"max_new_tokens": max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_CAP)), "do_sample": bool(do_sample)}
+    if do_sample:
+        settings.update(temperature=float(temperature), top_p=float(top_p))
+    return settings
+
+
+def stream_answer(
+    model,
+    processor,
+    messages: list[dict],
+    settings: dict | None = None,
+    stop: threading.Event | None = None,
+    stats: dict | None = None,
+) -> Iterator[str]:
+    """Generate the answer to `messages` in a background thread and yield the answer so far after each new piece.
+
+    Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
+    raised here, after the text produced before it. `stats`, if given, receives `new_tokens` (the answer's length in
+    tokens) once the answer ends.
+
+    Raises:
+        ValueError: the messages cannot be rendered (bad SMILES, molecule over the processor's `max_atoms`).
+    """
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    inputs = inputs.to(model.device)
+    closed = threading.Event()
+    streamer = TextIteratorStreamer(
+        processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
+    )
+    watch = StopOnEvent(*((closed, stop) if stop is not None else (closed,)))
+    settings = {**(settings or generation_settings(256)), "stopping_criteria": StoppingCriteriaList([watch])}
+    failure: list[Exception] = []
+    worker = threading.Thread(
+        target=_generate_into,
+        args=(model, inputs, streamer, settings, failure),
+        name="llamo-demo-generate",
+        daemon=True,
+    )
+    worker.start()
+    answer = ""
+    try:
+        for piece in streamer:
+            answer += piece
+            yield answer
+    finally:
+        closed.set()
+        worker.join()
+        if stats is not None:
+            stats["new_tokens"] = max(0, watch.length - inputs["input_ids"].shape[1])
+    if failure:
+        raise failure[0]

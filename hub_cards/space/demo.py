@@ -1,0 +1,326 @@
+"""The Gradio page of the LLaMo demo, and how to load a model for it and serve it.
+
+`render_molecule` and `Demo.respond` hold what each event does, as plain functions of their inputs; `build_demo`
+only lays out components and wires events to them. (No `from __future__ import annotations` here: Gradio spots
+the `gr.Request` parameter of an event handler by its evaluated annotation.)
+"""
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chat import MAX_NEW_TOKENS_CAP, StopRegistry, conversation_messages, generation_settings, stream_answer
+from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
+from .motif_attention import motif_attention, uses_motifs
+
+DEFAULT_MAX_NEW_TOKENS = 256
+TITLE = "LLaMo: ask a language model about a molecular graph"
+CSS = """
+.llamo-groups { border-collapse: collapse; font-size: 0.9em; }
+.llamo-groups td, .llamo-groups th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; }
+.llamo-drawing svg { max-width: 100%; height: auto; }
+"""
+INTRO = (
+    "Enter a molecule as SMILES (or pick an example). The drawing highlights the **functional groups** that LLaMo's "
+    "graph projector turns into motif tokens, one colour per group; the table lists them. With *shade by motif "
+    "attention*, a group's colour is as strong as the attention the projector's motif queries give it (averaged over "
+    "queries and heads; not in the paper). Then ask the model about the molecule: follow-up questions keep the "
+    "conversation, a new molecule starts a new one."
+)
+
+
+@dataclass
+class MoleculePanels:
+    """What the page shows for an entered SMILES. `smiles` is set only for a molecule the model can take."""
+
+    drawing: str
+    groups: str
+    status: str
+    smiles: str | None
+
+
+def _attention_note(model, attention) -> str:
+    if model is None:
+        return ""
+    if not uses_motifs(model):
+        return " This model has no motif tokens, so there is no motif attention."
+    if attention is None:
+        return ""
+    queries = attention.per_query.shape[0]
+    return f" Motif attention: the share each group gets, averaged over {queries} motif queries and their heads."
+
+
+def render_molecule(smiles: str, model=None, processor=None, shade_by_attention: bool = True) -> MoleculePanels:
+    """The drawing, group table and status line for `smiles`; a bad or oversized molecule gives an error message
+    in the status line (never an exception). With a model, the table and shading show its motif attention."""
+    max_atoms = processor.max_atoms if processor is not None else 512
+    view = load_molecule(smiles, max_atoms)
+    if not view.ok:
+        return MoleculePanels("", "", message_html(view.error), None)
+    attention = None
+    if model is not None and processor is not None and view.groups:
+        try:
+            attention = motif_attention(model, processor, view.mol)
+        except ValueError as error:
+            return MoleculePanels("", "", message_html(str(error)), None)
+    weights = attention.mean.tolist() if attention is not None else None
+    drawing = drawing_html(view, weights if shade_by_attention else None)
+    groups = groups_table_html(view.groups, weights)
+    summary = f"{view.num_atoms} atoms, {len(view.groups)} functional groups." + _attention_note(model, attention)
+    return MoleculePanels(drawing, groups, message_html(summary, kind="info"), view.smiles)
+
+
+def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
+    """`model_dir` checked to be a folder, or the bundled default model's folder (assembled on first use).
+
+    Raises:
+        FileNotFoundError: `model_dir` is not a folder.
+        llamo.default_model.DefaultModelUnavailable: no model given and the default cannot be assembled.
+    """
+    if model_dir is not None:
+        folder = Path(model_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Model folder not found: {folder}")
+        return folder
+    from llamo.default_model import default_model_dir
+
+    return default_model_dir()
+
+
+def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
+    """`(model, processor)` from a LLaMo folder, in eval mode on `device` ("auto": CUDA if present, else CPU)."""
+    import torch
+
+    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    return model, LlamoProcessor.from_pretrained(model_dir)
+
+
+class Demo:
+    """The demo's state shared by all sessions: the model (or why there is none) and the per-session stop flags."""
+
+    def __init__(self, model=None, processor=None, unavailable: str | None = None, model_name: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.unavailable = unavailable if model is None else None
+        self.model_name = model_name
+        self.stops = StopRegistry()
+        self._conversations: dict[str, int] = {}
+
+    @property
+    def can_chat(self) -> bool:
+        return self.model is not None and self.processor is not None
+
+    def conversation(self, session: str) -> int:
+        """The number of the session's current conversation (it changes with each new molecule or reset)."""
+        return self._conversations.get(session, 0)
+
+    def new_conversation(self, session: str = "local") -> None:
+        """Start over: the answer in progress stops and sends no more updates."""
+        self._conversations[session] = self.conversation(session) + 1
+        self.stops.stop(session)
+
+    def show(self, smiles: str, shade: bool, session: str = "local") -> tuple:
+        """A new molecule: its panels, and a fresh conversation (any answer in progress is dropped)."""
+        self.new_conversation(session)
+        panels = render_molecule(smiles, self.model, self.processor, shade)
+        return panels.drawing, panels.groups, panels.status, panels.smiles, [], ""
+
+    def reshade(self, smiles: str | None, shade: bool) -> tuple[str, str]:
+        """Redraw the current molecule with or without attention shading (the conversation is kept)."""
+        if not smiles:
+            return "", ""
+        panels = render_molecule(smiles, self.model, self.processor, shade)
+        return panels.drawing, panels.groups
+
+    def respond(
+        self,
+        question: str,
+        history: list[dict] | None,
+        smiles: str | None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        session: str = "local",
+    ) -> Iterator[tuple[list[dict], str, str]]:
+        """Answer `question` about the current molecule, yielding `(chat history, question box, chat status)` as the
+        answer streams. Problems (no molecule, no model, a failed generation) go to the status, not exceptions.
+        If the conversation is reset meanwhile (`new_conversation`), generation stops and the last update is the empty
+        conversation."""
+        conversation = self.conversation(session)
+        history = list(history or [])
+        question = (question or "").strip()
+        if not question:
+            yield history, "", ""
+            return
+        if not self.can_chat:
+            yield history, question, message_html(self.unavailable or "No model is loaded: chat is unavailable.")
+            return
+        if not smiles:
+            yield history, question, message_html("Enter a valid molecule first (SMILES box, then Show molecule).")
+            return
+        messages = conversation_messages(smiles, history, question)
+        settings = generation_settings(max_new_tokens, do_sample, temperature)
+        history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        yield history, "", message_html("Generating... (Stop ends the answer)", kind="info")
+        stop = self.stops.start(session)
+        answer, status, stats = "", "", {}
+        try:
+            for answer in stream_answer(self.model, self.processor, messages, settings, stop, stats):
+                if self.conversation(session) != conversation:
+                    break
+                history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
+                yield history, "", message_html("Generating... (Stop ends the answer)", kind="info")
+            status = _end_note(stop.is_set(), stats.get("new_tokens", 0), settings["max_new_tokens"])
+        except Exception as error:
+            status = message_html(f"Generation failed: {error}")
+        finally:
+            self.stops.finish(session, stop)
+        if self.conversation(session) != conversation:
+            yield [], "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
+            return
+        if not answer.strip():
+            history = [*history[:-1], {"role": "assistant", "content": "(no answer)"}]
+        yield history, "", status
+
+    def stop(self, session: str = "local") -> None:
+        self.stops.stop(session)
+
+
+def _end_note(stopped: bool, new_tokens: int, limit: int) -> str:
+    """The chat status once an answer ends: stopped, cut at the token limit, or nothing to say."""
+    if stopped:
+        return message_html("Stopped.", kind="info")
+    if new_tokens >= limit:
+        return message_html(f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info")
+    return ""
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _header(demo: Demo) -> str:
+    lines = [f"# {TITLE}", INTRO]
+    if demo.model_name:
+        lines.append(f"Model: `{demo.model_name}`")
+    if not demo.can_chat:
+        reason = demo.unavailable or "No model is loaded."
+        lines.append(f"**Chat is unavailable:** {reason} Drawing and motif groups still work.")
+    return "\n\n".join(lines)
+
+
+def build_demo(
+    model=None,
+    processor=None,
+    unavailable: str | None = None,
+    model_name: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+):
+    """The Gradio page (a `gr.Blocks`, not launched). Without a model, molecules are drawn and listed, and the chat
+    says why it is unavailable (`unavailable`)."""
+    import gradio as gr
+
+    demo = Demo(model, processor, unavailable, model_name)
+    with gr.Blocks(title="LLaMo demo", analytics_enabled=False) as blocks:
+        gr.Markdown(_header(demo), elem_id="intro")
+        current = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                smiles = gr.Textbox(label="SMILES", placeholder="e.g. CC(=O)Oc1ccccc1C(=O)O", elem_id="smiles-input")
+                with gr.Row():
+                    show = gr.Button("Show molecule", variant="primary", elem_id="show-button")
+                    shade = gr.Checkbox(label="Shade by motif attention", value=True, elem_id="shade")
+                examples = gr.Examples(
+                    examples=[[value] for _, value in EXAMPLES],
+                    inputs=[smiles],
+                    example_labels=[label for label, _ in EXAMPLES],
+                    label="Examples",
+                )
+                status = gr.HTML(elem_id="molecule-status")
+                drawing = gr.HTML(elem_id="molecule-drawing")
+                groups = gr.HTML(elem_id="motif-groups")
+            with gr.Column(scale=1):
+                chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=460, feedback_options=None)
+                question = gr.Textbox(
+                    label="Question",
+                    placeholder="Ask about the molecule, e.g. Describe this molecule.",
+                    elem_id="question",
+                    interactive=demo.can_chat,
+                )
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send-button", interactive=demo.can_chat)
+                    stop = gr.Button("Stop", elem_id="stop-button")
+                    clear = gr.Button("New conversation", elem_id="clear-button")
+                chat_status = gr.HTML(elem_id="chat-status")
+                with gr.Accordion("Generation settings", open=False):
+                    limit = gr.Slider(
+                        16,
+                        MAX_NEW_TOKENS_CAP,
+                        value=min(max_new_tokens, MAX_NEW_TOKENS_CAP),
+                        step=16,
+                        label="Max new tokens",
+                    )
+                    sample = gr.Checkbox(label="Sample (instead of greedy)", value=False)
+                    temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.05, label="Temperature (sampling)")
+
+        def on_show(text: str, shade_on: bool, request: gr.Request):
+            return demo.show(text, shade_on, _session(request))
+
+        def on_respond(text, history, molecule, max_tokens, sampled, temp, request: gr.Request):
+            yield from demo.respond(text, history, molecule, max_tokens, sampled, temp, _session(request))
+
+        def on_stop(request: gr.Request) -> None:
+            demo.stop(_session(request))
+
+        def on_clear(request: gr.Request):
+            demo.new_conversation(_session(request))
+            return [], ""
+
+        chat_inputs = [question, chatbot, current, limit, sample, temperature]
+        chat_outputs = [chatbot, question, chat_status]
+        send.click(on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
+        question.submit(on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
+        molecule_outputs = [drawing, groups, status, current, chatbot, chat_status]
+        show.click(on_show, [smiles, shade], molecule_outputs)
+        smiles.submit(on_show, [smiles, shade], molecule_outputs)
+        examples.load_input_event.then(on_show, [smiles, shade], molecule_outputs)
+        shade.change(demo.reshade, [current, shade], [drawing, groups])
+        stop.click(on_stop, None, None, concurrency_limit=None)
+        clear.click(on_clear, None, [chatbot, chat_status], concurrency_limit=None)
+    blocks.queue(default_concurrency_limit=1, max_size=32)
+    return blocks
+
+
+def launch_demo(
+    model_dir: str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    prevent_thread_lock: bool = False,
+):
+    """Load the model (`model_dir`, or the bundled default) and serve the page; returns the `gr.Blocks`.
+
+    Raises the loading errors of `resolve_model_dir` (a missing folder, an unavailable default model)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    folder = resolve_model_dir(model_dir)
+    model, processor = load_model(folder, device, dtype)
+    blocks = build_demo(model, processor, model_name=str(folder), max_new_tokens=max_new_tokens)
+    blocks.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        css=CSS,
+        prevent_thread_lock=prevent_thread_lock,
+        footer_links=[],
+        show_error=False,
+    )
+    return blocks

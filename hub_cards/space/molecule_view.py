@@ -1,0 +1,253 @@
+"""What the demo shows of a molecule: its parse, LLaMo's motif groups, a 2D drawing with the groups highlighted, and
+an HTML listing of the groups. No browser and no model needed."""
+
+from __future__ import annotations
+
+import colorsys
+import html
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rdkit import Chem
+from rdkit.Chem.Draw import rdMolDraw2D
+
+from llamo.featurization_llamo import functional_groups, parse_smiles
+
+Color = tuple[float, float, float]
+
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("Aspirin", "CC(=O)Oc1ccccc1C(=O)O"),
+    ("Caffeine", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"),
+    ("Testosterone (a steroid)", "C[C@]12CC[C@H]3[C@@H](CCC4=CC(=O)CC[C@]34C)[C@@H]1CC[C@@H]2O"),
+    ("Glucose (a sugar)", "OC[C@H]1OC(O)[C@H](O)[C@@H](O)[C@@H]1O"),
+    ("Sodium acetate (a salt)", "CC(=O)[O-].[Na+]"),
+    ("Methane (no groups)", "C"),
+)
+"""(label, SMILES) pairs offered as examples on the page."""
+
+MAX_SMILES_CHARS = 5000
+"""Longer input is refused before RDKit sees it."""
+HIGHLIGHT_MAX_ATOMS = 200
+"""Larger molecules are drawn without group highlights, which keeps drawing fast."""
+ATOM_INDEX_MAX_ATOMS = 80
+"""Atom indices (the numbers of the group listing) are written on drawings of molecules up to this size."""
+DRAWING_SIZE = (520, 380)
+
+# Distinct, light enough to keep atom labels readable; beyond them, colours are spread around the hue circle.
+_PALETTE: tuple[Color, ...] = (
+    (0.96, 0.55, 0.50),
+    (0.47, 0.71, 0.95),
+    (0.55, 0.85, 0.52),
+    (0.98, 0.78, 0.38),
+    (0.78, 0.60, 0.93),
+    (0.45, 0.86, 0.84),
+    (0.97, 0.62, 0.82),
+    (0.80, 0.80, 0.45),
+    (0.70, 0.72, 0.78),
+    (0.99, 0.68, 0.56),
+)
+_BOND_NAMES = {
+    Chem.BondType.SINGLE: "single",
+    Chem.BondType.DOUBLE: "double",
+    Chem.BondType.TRIPLE: "triple",
+    Chem.BondType.AROMATIC: "aromatic",
+}
+
+
+@dataclass(frozen=True)
+class MotifGroup:
+    """One functional group of LLaMo's motif tokens (row `index` of the processor's `motif_features`)."""
+
+    index: int
+    atoms: tuple[int, ...]
+    description: str
+    color: Color
+
+
+@dataclass
+class MoleculeView:
+    """A molecule as the demo shows it, or the reason it cannot be shown (`error`, a message for the page)."""
+
+    smiles: str
+    mol: Chem.Mol | None = None
+    groups: list[MotifGroup] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def num_atoms(self) -> int:
+        return self.mol.GetNumAtoms() if self.mol is not None else 0
+
+    @property
+    def canonical_smiles(self) -> str | None:
+        return Chem.MolToSmiles(self.mol) if self.mol is not None else None
+
+
+def group_palette(count: int) -> list[Color]:
+    """`count` distinct highlight colours: the fixed palette first, then evenly spread hues."""
+    colors = list(_PALETTE[:count])
+    extra = count - len(colors)
+    for step in range(extra):
+        colors.append(colorsys.hsv_to_rgb(step / extra, 0.45, 0.97))
+    return colors
+
+
+def _formula(mol: Chem.Mol, atoms: Sequence[int]) -> str:
+    """Heavy-atom formula of a set of atoms, carbon first, then alphabetical (`C2O2`), charges appended."""
+    symbols = Counter(mol.GetAtomWithIdx(atom).GetSymbol() for atom in atoms)
+    order = sorted(symbols, key=lambda symbol: (symbol != "C", symbol))
+    text = "".join(symbol + (str(symbols[symbol]) if symbols[symbol] > 1 else "") for symbol in order)
+    charge = sum(mol.GetAtomWithIdx(atom).GetFormalCharge() for atom in atoms)
+    if charge:
+        text += f" (charge {charge:+d})"
+    return text
+
+
+def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
+    """A short description of a group: its elements, the bonds inside it and whether it is a ring system."""
+    members = set(atoms)
+    bonds = [bond for bond in mol.GetBonds() if bond.GetBeginAtomIdx() in members and bond.GetEndAtomIdx() in members]
+    counts = Counter(_BOND_NAMES.get(bond.GetBondType(), "other") for bond in bonds)
+    parts = [_formula(mol, sorted(members))]
+    if counts:
+        order = ("single", "double", "triple", "aromatic", "other")
+        listed = ", ".join(f"{counts[name]} {name}" for name in order if counts[name])
+        parts.append(listed + (" bond" if len(bonds) == 1 else " bonds"))
+    else:
+        parts.append("a single atom")
+    if any(bond.IsInRing() for bond in bonds):
+        parts.append("aromatic ring system" if counts["aromatic"] else "ring system")
+    return "; ".join(parts)
+
+
+def motif_groups(mol: Chem.Mol) -> list[MotifGroup]:
+    """LLaMo's functional groups of `mol`, in the order of the processor's motif rows, each with a colour."""
+    atom_sets = functional_groups(mol)
+    colors = group_palette(len(atom_sets))
+    return [
+        MotifGroup(index, tuple(sorted(atoms)), describe_group(mol, atoms), color)
+        for index, (atoms, color) in enumerate(zip(atom_sets, colors, strict=True))
+    ]
+
+
+def load_molecule(smiles: str, max_atoms: int | None = 512) -> MoleculeView:
+    """Parse `smiles` and find its groups; a bad or oversized molecule gives a view whose `error` says why."""
+    smiles = (smiles or "").strip()
+    if len(smiles) > MAX_SMILES_CHARS:
+        return MoleculeView(
+            smiles, error=f"This SMILES has {len(smiles)} characters; the demo reads at most {MAX_SMILES_CHARS}."
+        )
+    try:
+        mol = parse_smiles(smiles)
+    except ValueError as error:
+        return MoleculeView(smiles, error=str(error))
+    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
+        return MoleculeView(
+            smiles,
+            error=f"This molecule has {mol.GetNumAtoms()} atoms; the model accepts at most {max_atoms} "
+            "(its processor's max_atoms).",
+        )
+    return MoleculeView(smiles, mol, motif_groups(mol))
+
+
+def _blend(color: Color, strength: float) -> Color:
+    """`color` faded towards white: strength 1 keeps it, 0 gives white."""
+    return tuple(1.0 - strength * (1.0 - channel) for channel in color)
+
+
+def highlight_colors(groups: Sequence[MotifGroup], weights: Sequence[float] | None = None) -> list[Color]:
+    """Each group's drawing colour; with attention `weights`, its intensity follows the group's share of the largest
+    weight (faint for groups the motif queries ignore)."""
+    if weights is None or len(weights) != len(groups):
+        return [group.color for group in groups]
+    top = max(weights, default=0.0)
+    if top <= 0:
+        return [group.color for group in groups]
+    return [_blend(group.color, 0.12 + 0.88 * weight / top) for group, weight in zip(groups, weights, strict=True)]
+
+
+def _highlight_maps(
+    mol: Chem.Mol, groups: Sequence[MotifGroup], colors: Sequence[Color]
+) -> tuple[dict[int, list[Color]], dict[int, list[Color]]]:
+    atom_map: dict[int, list[Color]] = {}
+    bond_map: dict[int, list[Color]] = {}
+    for group, color in zip(groups, colors, strict=True):
+        members = set(group.atoms)
+        for atom in group.atoms:
+            atom_map.setdefault(atom, []).append(color)
+        for bond in mol.GetBonds():
+            if bond.GetBeginAtomIdx() in members and bond.GetEndAtomIdx() in members:
+                bond_map.setdefault(bond.GetIdx(), []).append(color)
+    return atom_map, bond_map
+
+
+def draw_molecule_svg(
+    mol: Chem.Mol,
+    groups: Sequence[MotifGroup] = (),
+    weights: Sequence[float] | None = None,
+    size: tuple[int, int] = DRAWING_SIZE,
+) -> str:
+    """An SVG drawing of `mol` (without XML declaration, ready to embed in HTML), each group highlighted in its
+    colour (shaded by attention `weights` if given). Molecules over `HIGHLIGHT_MAX_ATOMS` are drawn plain."""
+    drawer = rdMolDraw2D.MolDraw2DSVG(*size)
+    options = drawer.drawOptions()
+    options.addAtomIndices = mol.GetNumAtoms() <= ATOM_INDEX_MAX_ATOMS
+    options.annotationFontScale = 0.6
+    prepared = rdMolDraw2D.PrepareMolForDrawing(mol, addChiralHs=False)
+    if groups and mol.GetNumAtoms() <= HIGHLIGHT_MAX_ATOMS:
+        atom_map, bond_map = _highlight_maps(mol, groups, highlight_colors(groups, weights))
+        drawer.DrawMoleculeWithHighlights(prepared, "", atom_map, bond_map, {}, {})
+    else:
+        drawer.DrawMolecule(prepared)
+    drawer.FinishDrawing()
+    svg = drawer.GetDrawingText()
+    return svg[svg.index("<svg") :]
+
+
+def _hex(color: Color) -> str:
+    return "#" + "".join(f"{round(channel * 255):02x}" for channel in color)
+
+
+def drawing_html(view: MoleculeView, weights: Sequence[float] | None = None) -> str:
+    """The page's drawing panel for a valid view: the SVG and a caption (with a note when highlights are skipped)."""
+    svg = draw_molecule_svg(view.mol, view.groups, weights)
+    caption = f"{html.escape(view.canonical_smiles or '')} &middot; {view.num_atoms} atoms"
+    if view.groups and view.num_atoms > HIGHLIGHT_MAX_ATOMS:
+        caption += f" &middot; groups not highlighted (over {HIGHLIGHT_MAX_ATOMS} atoms)"
+    return (
+        f'<div class="llamo-drawing" style="max-width:{DRAWING_SIZE[0]}px">{svg}'
+        f'<div class="llamo-caption" style="font-size:0.85em;opacity:0.8">{caption}</div></div>'
+    )
+
+
+def groups_table_html(groups: Sequence[MotifGroup], weights: Sequence[float] | None = None) -> str:
+    """An HTML table of the groups: colour, index, atoms, description and, if given, the motif attention weight."""
+    if not groups:
+        return (
+            '<p class="llamo-no-groups">No functional groups: LLaMo\'s rule set finds none in this molecule, so the '
+            "motif tokens are the projector's raw motif queries (there is no motif attention to show).</p>"
+        )
+    with_weights = weights is not None and len(weights) == len(groups)
+    header = "<th></th><th>Group</th><th>Atoms</th><th>Description</th>"
+    header += "<th>Motif attention</th>" if with_weights else ""
+    rows = []
+    for position, group in enumerate(groups):
+        swatch = f'<span style="display:inline-block;width:1em;height:1em;background:{_hex(group.color)}"></span>'
+        cells = [swatch, str(group.index), ", ".join(map(str, group.atoms)), html.escape(group.description)]
+        if with_weights:
+            share = float(weights[position])
+            bar = f'<span style="display:inline-block;height:0.7em;width:{share * 6:.2f}em;background:#888"></span>'
+            cells.append(f"{share:.3f} {bar}")
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return f'<table class="llamo-groups"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def message_html(text: str, kind: str = "error") -> str:
+    """A visible message box for the page (`kind` "error" or "info"), with `text` escaped."""
+    color = "#b00020" if kind == "error" else "#555"
+    label = "Error: " if kind == "error" else ""
+    return f'<div class="llamo-{kind}" style="color:{color};font-weight:500">{label}{html.escape(text)}</div>'

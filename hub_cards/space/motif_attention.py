@@ -1,0 +1,57 @@
+"""How much LLaMo's motif queries attend to each functional group of a molecule (an interpretability view the paper
+does not show). Only the projector's motif attention runs: no language model call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rdkit import Chem
+
+from llamo.featurization_llamo import collate_molecule_graphs
+
+
+@dataclass
+class MotifAttention:
+    """The motif queries' attention over one molecule's groups.
+
+    Attributes:
+        per_query: `(num_motif_queries, num_groups)`, head-averaged; each row sums to 1.
+        mean: `(num_groups,)`, the average over the motif queries; sums to 1.
+    """
+
+    per_query: np.ndarray
+    mean: np.ndarray
+
+
+def uses_motifs(model) -> bool:
+    """Whether the model's projector has motif tokens (the `--no-motifs` ablation has none)."""
+    return bool(getattr(model.model.graph_projector, "use_motifs", False))
+
+
+def motif_attention(model, processor, molecule: str | Chem.Mol) -> MotifAttention | None:
+    """The motif attention of `model` for one molecule (SMILES or RDKit molecule), or `None` where there is none to
+    show: a molecule without functional groups (methane) or a model without motif tokens.
+
+    The groups are the rows of the processor's `motif_features`, in the order of
+    `llamo.featurization_llamo.functional_groups`. The motif attention reads only these group vectors (its keys are
+    the projected groups, its queries learned), so the GIN encoder need not run.
+
+    Raises:
+        ValueError: the molecule is unparsable or over the processor's `max_atoms`.
+    """
+    if not uses_motifs(model):
+        return None
+    graph = processor.featurize([molecule])[0]
+    if graph.motif_features.shape[0] == 0:
+        return None
+    inputs = collate_molecule_graphs([graph])
+    projector = model.model.graph_projector
+    device = projector.motif_queries.device
+    with torch.inference_mode():
+        _, weights = projector.motif_tokens(
+            inputs["motif_features"].to(device), inputs["motif_mask"].to(device), output_attentions=True
+        )
+    per_query = weights[0].float().cpu().numpy()
+    return MotifAttention(per_query=per_query, mean=per_query.mean(axis=0))

