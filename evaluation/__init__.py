@@ -15,6 +15,9 @@ Metrics by task (text: `description`, `conversation` and any other task name; `i
 - iupac: `bleu4_*`, `meteor_*`; `exact_match_stripped`; `parse_rate_opsin`, `structure_match_opsin_inchikey` and
   `structure_match_opsin_inchikey_connectivity` (OPSIN parses the predicted name back to a structure).
 - property: `mae_<property>_<unit>` and the pooled `mae_<unit>`, each beside `valid_ratio_<property>` / `valid_ratio`.
+  An answer is valid when it is essentially one number ("-0.25", "The HOMO is -0.25 Hartree."; not "C6H6"); the
+  ratio's denominator is every property question with a target, those left unanswered included (SMILES unparsable
+  or refused by the processor), see `llamo.evaluation.properties`.
 
 All are on a 0-100 scale except MAE (in the property's unit, Hartree for QM9).
 
@@ -43,8 +46,9 @@ Results format (`results.json`, `format: "llamo-evaluation"`, `format_version: 1
                      "empty_predictions": int,
                      iupac: "exact_matches", "opsin_parsed", "structure_matches", "connectivity_matches",
                             "targets_without_inchikey";
-                     property: "valid_answers": {"rows", "valid", "invalid", "unit",
-                                                 "per_property": {"homo": {"rows", "valid", "invalid", "unit"}}}},
+                     property: "valid_answers": {"rows", "valid", "invalid", "unanswered", "unit",
+                                                 "per_property": {"homo": {"rows", "valid", "invalid",
+                                                                           "unanswered", "unit"}}}},
           "metrics": [{"name": "bleu4_molt5_scibert", "type": "bleu", "value": 38.9, "unit": "percent",
                        "protocol": "molt5_scibert"}, ...],
           "unavailable_metrics": [{"name": "meteor_molt5_scibert", "type": "meteor", "reason": "..."}]

@@ -64,12 +64,14 @@ class EvalExample:
 
 @dataclass(frozen=True)
 class SkippedRow:
-    """A row left out of the evaluation, and why."""
+    """A row left out of the evaluation, and why; `target` is set for a property question with a target that no model
+    can be asked (its SMILES is unparsable): it still counts in the valid-answer ratio, as unanswered."""
 
     index: int
     id: str | None
     task: str | None
     reason: str
+    target: PropertyTarget | None = None
 
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
@@ -144,42 +146,50 @@ def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any
     return rows, DatasetInfo(info.name, info.source, info.kind, info.split, len(rows))
 
 
-def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None]:
-    """The row as an example, or the reason it cannot be evaluated."""
+def _row_target(task: str, metadata: Any, prompt: Sequence[dict[str, str]], reference: str) -> PropertyTarget | None:
+    if task != PROPERTY_TASK or not isinstance(metadata, dict):
+        return None
+    return property_target(metadata, reference, prompt[-1]["content"])
+
+
+def _readable_metadata(row: dict[str, Any]) -> Any:
+    try:
+        return record_metadata(row)
+    except (ValueError, TypeError):
+        return None
+
+
+def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, PropertyTarget | None]:
+    """The row as an example, or the reason it cannot be evaluated (with its property target, if it has one)."""
     from llamo import parse_smiles
 
     if not isinstance(row, dict):
-        return None, "not a record"
+        return None, "not a record", None
     record_id, task, smiles, messages = row.get("id"), row.get("task"), row.get("smiles"), row.get("messages")
     if record_id is None or str(record_id) == "":
-        return None, "missing id"
+        return None, "missing id", None
     if not isinstance(task, str) or not task:
-        return None, "missing task"
+        return None, "missing task", None
     try:
         make_record(str(record_id), str(smiles), list(messages or []), task, "")
     except (TypeError, ValueError, AttributeError) as error:
-        return None, f"malformed conversation: {error}"
+        return None, f"malformed conversation: {error}", None
     if len(messages) < 2 or messages[-1]["role"] != "assistant":
-        return None, "no assistant answer to compare with"
+        return None, "no assistant answer to compare with", None
+    prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
+    reference = messages[-1]["content"]
+    metadata = _readable_metadata(row)
+    target = _row_target(task, metadata, prompt, reference)
     try:
         parse_smiles(smiles)
     except ValueError:
-        return None, "unparsable SMILES"
-    try:
-        metadata = record_metadata(row)
-    except (ValueError, TypeError):
-        metadata = None
+        return None, "unparsable SMILES", target
     if not isinstance(metadata, dict):
-        return None, "metadata is not a JSON object"
-    prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
-    reference = messages[-1]["content"]
-    target = None
-    if task == PROPERTY_TASK:
-        target = property_target(metadata, reference, prompt[-1]["content"])
-        if target is None:
-            return None, "no numeric target (metadata value or number in the reference)"
+        return None, "metadata is not a JSON object", None
+    if task == PROPERTY_TASK and target is None:
+        return None, "no numeric target (metadata value or number in the reference)", None
     example = EvalExample(index, str(record_id), task, smiles, prompt, reference, metadata, target)
-    return example, None
+    return example, None, None
 
 
 def select_examples(
@@ -204,15 +214,17 @@ def select_examples(
         if wanted is None or (isinstance(row, dict) and row.get("task") in wanted)
     ]
     for index, row in chosen[:max_rows] if max_rows is not None else chosen:
-        example, reason = _check_row(row, index)
-        if example is not None and example.key in seen:
-            example, reason = None, "duplicate id"
+        example, reason, target = _check_row(row, index)
+        row_id = row.get("id") if isinstance(row, dict) else None
+        task = row.get("task") if isinstance(row, dict) else None
+        key = (task, str(row_id))
+        if example is not None or target is not None:
+            if key in seen:
+                example, reason, target = None, "duplicate id", None
+            seen.add(key)
         if example is None:
-            row_id = row.get("id") if isinstance(row, dict) else None
-            task = row.get("task") if isinstance(row, dict) else None
-            skipped.append(SkippedRow(index, None if row_id is None else str(row_id), task, str(reason)))
+            skipped.append(SkippedRow(index, None if row_id is None else str(row_id), task, str(reason), target))
             continue
-        seen.add(example.key)
         examples.append(example)
     return examples, skipped
 

@@ -1,8 +1,12 @@
 """Property QA metrics (QM9 HOMO, LUMO, HOMO-LUMO gap, in Hartree): MAE beside the valid-answer ratio.
 
-An answer is valid when a finite number can be read from it (the first number in the text). Every codebase of the
-field drops the other answers from the MAE; here they are dropped from the MAE too, but counted, and the valid ratio
-is always reported beside it (per property and overall). The overall MAE pools the valid answers of all properties.
+An answer is valid when it is essentially a number: it holds exactly one number standing on its own, with words
+around it allowed ("-0.2345", "The HOMO is -0.2345 Hartree."), while digits inside a word or formula ("C6H6",
+"2-methylpropane") are not numbers, and two numbers are ambiguous. Every codebase of the field drops the other answers
+from the MAE; here they are dropped from the MAE too, but counted, and the valid ratio is always reported beside it
+(per property and overall). Its denominator is every property question of the data with a target, so a row the model
+could not be asked (its SMILES unparsable, or refused by the processor) counts as an invalid answer. The overall MAE
+pools the valid answers of all properties.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ from typing import Any
 
 from .text_metrics import MetricReport, MetricValue, UnavailableMetric
 
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+# a number not glued to a word, another number or a hyphenated name: "C6H6", "1.2.3", "2-methyl" hold none
+_NUMBER = re.compile(r"(?<![\w.+-])[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?!\.?\w|-\w)")
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-"})
 DEFAULT_UNIT = "Hartree"
 
 
 def parse_number(text: str | None) -> float | None:
-    """The first finite number in `text` (a Unicode minus sign is read as '-'), or None."""
+    """The number `text` essentially is: its only standalone number, if finite (a Unicode minus sign is read as
+    '-'); None when it holds no such number or more than one."""
     if not text:
         return None
-    match = _NUMBER.search(text.translate(_MINUS_SIGNS))
-    if match is None:
+    found = _NUMBER.findall(text.translate(_MINUS_SIGNS))
+    if len(found) != 1:
         return None
-    value = float(match.group())
+    value = float(found[0])
     return value if math.isfinite(value) else None
 
 
@@ -62,29 +68,33 @@ def property_target(metadata: dict[str, Any], reference: str, question: str = ""
 
 
 def property_metrics(
-    targets: Sequence[PropertyTarget], predictions: Sequence[str]
+    targets: Sequence[PropertyTarget], predictions: Sequence[str | None]
 ) -> tuple[MetricReport, dict[str, Any]]:
     """MAE per property and overall over valid answers, with the valid ratio (0-100) beside each; counts of valid
-    and invalid answers."""
+    and invalid answers. A `None` prediction is a row left unanswered (counted as invalid, and as `unanswered`)."""
     if len(targets) != len(predictions):
         raise ValueError(f"Got {len(targets)} targets and {len(predictions)} predictions.")
     errors: dict[str, list[float]] = defaultdict(list)
     rows: dict[str, int] = defaultdict(int)
+    unanswered: dict[str, int] = defaultdict(int)
     units: dict[str, str] = {}
     for target, prediction in zip(targets, predictions, strict=True):
         rows[target.property] += 1
         units.setdefault(target.property, target.unit)
+        if prediction is None:
+            unanswered[target.property] += 1
+            continue
         value = parse_number(prediction)
         if value is not None:
             errors[target.property].append(abs(value - target.value))
 
     report = MetricReport()
     counts: dict[str, Any] = {"per_property": {}}
-    groups = [(key, f"_{key}", errors[key], rows[key], units[key]) for key in sorted(rows)]
+    groups = [(key, f"_{key}", errors[key], rows[key], unanswered[key], units[key]) for key in sorted(rows)]
     pooled = [error for key in sorted(rows) for error in errors[key]]
     unit = next(iter(units.values())) if len(set(units.values())) == 1 else "mixed units"
-    groups.append(("all", "", pooled, len(targets), unit))
-    for key, suffix, found, total, group_unit in groups:
+    groups.append(("all", "", pooled, len(targets), sum(unanswered.values()), unit))
+    for key, suffix, found, total, missing, group_unit in groups:
         unit_name = re.sub(r"[^a-z0-9]+", "_", group_unit.lower())
         name = f"mae{suffix}_{unit_name}"
         if found:
@@ -92,7 +102,13 @@ def property_metrics(
         else:
             report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
         report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))
-        entry = {"rows": total, "valid": len(found), "invalid": total - len(found), "unit": group_unit}
+        entry = {
+            "rows": total,
+            "valid": len(found),
+            "invalid": total - len(found),
+            "unanswered": missing,
+            "unit": group_unit,
+        }
         if key == "all":
             counts.update(entry)
         else:

@@ -23,7 +23,7 @@ from typing import Any
 from .data import DatasetInfo, EvalExample, SkippedRow, load_rows, rows_fingerprint, select_examples
 from .naming import naming_metrics
 from .predictions import RESULTS_FILE, PredictionRecord, PredictionStore, Skip
-from .properties import property_metrics
+from .properties import PropertyTarget, property_metrics
 from .text_metrics import (
     LLAMO_PROTOCOL,
     MOLT5_PROTOCOL,
@@ -310,22 +310,50 @@ class MetricResources:
         return TokenProtocol(LLAMO_PROTOCOL, llm_tokenizer)
 
 
-def score_task(task: str, examples: Sequence[EvalExample], records: dict, resources: MetricResources):
-    """Metrics and counts of one task over its predicted rows."""
+def property_answers(
+    examples: Sequence[EvalExample], records: dict, skipped_rows: Sequence[SkippedRow] = ()
+) -> tuple[list[PropertyTarget], list[str | None]]:
+    """Every property question with a target and its answer; None for a question left unanswered (refused by the
+    predictor, or skipped for an unparsable SMILES)."""
+    targets: list[PropertyTarget] = []
+    answers: list[str | None] = []
+    for example in examples:
+        record = records[example.key]
+        targets.append(example.target)
+        answers.append(None if record.skipped is not None else record.prediction or "")
+    for row in skipped_rows:
+        if row.target is not None:
+            targets.append(row.target)
+            answers.append(None)
+    return targets, answers
+
+
+def score_task(
+    task: str,
+    examples: Sequence[EvalExample],
+    records: dict,
+    resources: MetricResources,
+    skipped_rows: Sequence[SkippedRow] = (),
+):
+    """Metrics and counts of one task over its predicted rows; property QA's valid ratio also counts the questions
+    left unanswered (see `property_answers`) as invalid."""
     done = [(example, records[example.key]) for example in examples if records[example.key].skipped is None]
     family = TASK_FAMILIES.get(task, "text")
     counts: dict[str, Any] = {}
+    if done:
+        counts["empty_predictions"] = sum(not (record.prediction or "").strip() for _, record in done)
+    if family == "property":
+        targets, answers = property_answers(examples, records, skipped_rows)
+        if targets:
+            report, counts["valid_answers"] = property_metrics(targets, answers)
+            return report, counts
     if not done:
         reason = "no row of this task could be predicted"
         report = MetricReport(unavailable=[UnavailableMetric("all_metrics", family, reason)])
         return report, counts
     references = [example.reference for example, _ in done]
     predictions = [record.prediction or "" for _, record in done]
-    counts["empty_predictions"] = sum(not prediction.strip() for prediction in predictions)
-    if family == "property":
-        report, found = property_metrics([example.target for example, _ in done], predictions)
-        counts["valid_answers"] = found
-    elif family == "naming":
+    if family == "naming":
         smiles = [example.smiles for example, _ in done]
         report, found = naming_metrics(
             smiles, references, predictions, resources.protocols, resources.wordnet, resources.wordnet_reason
@@ -342,7 +370,7 @@ def _task_entry(task: str, state: RunState, records: dict, resources: MetricReso
     examples = [example for example in state.examples if example.task == task]
     data_skips = [row for row in state.skipped if row.task == task]
     predictor_skips = [records[e.key].skipped for e in examples if records[e.key].skipped is not None]
-    report, family_counts = score_task(task, examples, records, resources)
+    report, family_counts = score_task(task, examples, records, resources, data_skips)
     reasons = Counter([row.reason for row in data_skips] + [reason.split(":")[0] for reason in predictor_skips])
     predicted = len(examples) - len(predictor_skips)
     return {
@@ -520,6 +548,7 @@ __all__ = [
     "evaluate",
     "load_model",
     "model_fingerprint",
+    "property_answers",
     "run_config",
     "score_task",
 ]

@@ -8,8 +8,9 @@ The base LLM folder gives the LLM's configuration, tokenizer and generation sett
 the checkpoint holds them (the original also trained the token embeddings).
 
 The result is this project's format: motif tokens first, one level attention shared when the checkpoint's six
-copies are identical (the release), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt as the chat
-template (`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`.
+copies are identical (the release; copies that differ are kept as six per-level modules, `share_level_attention=False`,
+and a warning says so), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt as the chat template
+(`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`.
 
 Released LoRA settings: r 8 (read from the weights), alpha 32 and dropout 0.05. The alpha cannot be read from the
 checkpoint: the released code ignores its own LoRA command-line flags, so the hyper-parameters saved with the
@@ -18,6 +19,7 @@ checkpoint may not be the ones used. Pass another alpha only for a checkpoint tr
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import zipfile
@@ -36,10 +38,13 @@ PAD_TOKEN = "<pad>"
 GRAPH_TOKEN = "<graph>"
 EMBEDDING_KEY = "model.language_model.embed_tokens.weight"
 
+_LEVEL_ATTENTION_KEY = re.compile(r"mllm\.abstractor\.cross_attention\.(?P<level>\d+)\.(?P<param>.+)")
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight")
 _BASE_LAYER_KEY = re.compile(r"(?P<module>.+)\.base_layer\.(?P<param>weight|bias)")
 _NON_PERSISTENT = re.compile(r".+\.rotary_emb\.inv_freq")
 _PEFT_ONLY = ("lora_", "modules_to_save", "original_module", "lora_magnitude_vector")
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -298,6 +303,44 @@ def convert_graph_part(parts: OriginalParts, num_heads: int = 4) -> tuple[dict[s
     return found, {f"model.{key}": value for key, value in converted.items()}
 
 
+def level_attention_differences(graph: Mapping[str, Any]) -> tuple[int, dict[int, float]]:
+    """The number of `cross_attention` copies in the original graph weights, and for each copy that differs from
+    copy 0, the largest absolute difference over its parameters (infinite where shapes or names differ)."""
+    copies: dict[int, dict[str, Any]] = {}
+    for key, value in graph.items():
+        if match := _LEVEL_ATTENTION_KEY.fullmatch(key):
+            copies.setdefault(int(match["level"]), {})[match["param"]] = value
+    first = copies.get(0, {})
+    differing = {}
+    for level, params in sorted(copies.items()):
+        gaps = [_largest_gap(first.get(name), value) for name, value in params.items()]
+        if level and (max(gaps) > 0 or params.keys() != first.keys()):
+            differing[level] = max(gaps) if params.keys() == first.keys() else float("inf")
+    return len(copies), differing
+
+
+def _largest_gap(reference, value) -> float:
+    if reference is None or reference.shape != value.shape:
+        return float("inf")
+    return float((value.float() - reference.float()).abs().max()) if value.numel() else 0.0
+
+
+def describe_level_attention(graph: Mapping[str, Any], share: bool) -> str:
+    """How the checkpoint's per-level attention copies were converted, for the card, the log and the command."""
+    count, differing = level_attention_differences(graph)
+    if share:
+        return (
+            f"the {count} identical `cross_attention` copies became one shared module (share_level_attention=True, "
+            "as in the released weights)"
+        )
+    levels = ", ".join(str(level) for level in differing)
+    return (
+        f"the checkpoint's {count} `cross_attention` copies DIFFER (copies {levels} differ from copy 0 by up to "
+        f"{max(differing.values(), default=0.0):.3g}), so they were kept as {count} separate per-level modules "
+        "(share_level_attention=False, as in the paper), not merged into the release's one shared module"
+    )
+
+
 def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id: int):
     """The `LlamoConfig`: graph configs from the checkpoint, the LM's from `llm` with the grown vocabulary."""
     from transformers import AutoConfig
@@ -395,7 +438,10 @@ def convert_original_checkpoint(
     processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
 
     share = found["projector_config"]["share_level_attention"]
-    facts = _conversion_facts(checkpoint, llm, parts, share, checkpoint_vocab, graph_token_id, keep_adapter)
+    level_attention = describe_level_attention(parts.graph, share)
+    if not share:
+        logger.warning("Converting %s: %s.", checkpoint.name, level_attention)
+    facts = _conversion_facts(checkpoint, llm, parts, level_attention, checkpoint_vocab, graph_token_id, keep_adapter)
     rank = parts.lora_rank
     if rank:
         facts.insert(3, ("LoRA settings", f"r {rank}, alpha {lora_alpha:g}, dropout {lora_dropout:g}"))
@@ -445,7 +491,7 @@ def _write_adapter(folder: Path, lora, rank: int, alpha: float, dropout: float, 
 
 
 def _conversion_facts(
-    checkpoint: Path, llm: Path, parts: OriginalParts, share: bool, vocab: int, graph_id: int, keep: bool
+    checkpoint: Path, llm: Path, parts: OriginalParts, level_attention: str, vocab: int, graph_id: int, keep: bool
 ) -> list[tuple[str, str]]:
     """(label, value) rows describing a conversion, for the card and the command's report."""
     leaves = sorted({module.rsplit(".", 1)[-1] for module in parts.lora})
@@ -463,12 +509,7 @@ def _conversion_facts(
         ("Source checkpoint", f"`{checkpoint.name}` ({checkpoint.stat().st_size / 2**30:.2f} GiB)"),
         ("Base LLM folder", f"`{llm.name}` (configuration, tokenizer and generation settings)"),
         ("LoRA", lora),
-        (
-            "Level attention",
-            "the six identical `cross_attention` copies became one shared module"
-            if share
-            else "distinct per-level attention modules, kept apart",
-        ),
+        ("Level attention", level_attention),
         ("Token order", "motif tokens first, then the level tokens (as the released code)"),
         ("Vocabulary", f"the checkpoint's {vocab} rows, plus `{GRAPH_TOKEN}` (id {graph_id})"),
         ("Prompt", "the original LLaMA-2 chat prompt (chat template `llama2`)"),
@@ -490,7 +531,9 @@ __all__ = [
     "convert_graph_part",
     "convert_original_checkpoint",
     "converted_config",
+    "describe_level_attention",
     "language_model_weights",
+    "level_attention_differences",
     "load_checkpoint_state_dict",
     "merge_lora",
     "split_original_state_dict",

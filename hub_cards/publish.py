@@ -160,18 +160,19 @@ def push_folder(plan: UploadPlan, api=None, token: str | None = None):
         the `CommitInfo` of the upload.
 
     Raises:
-        PushError: no token, or the Hub refused or could not be reached (the repository is named, the token never).
+        PushError: no token, the Hub refused or could not be reached, or any failure whose text holds the token
+            (re-raised with the token replaced by `<token>`, without the original exception attached). The
+            repository is named, the token never.
     """
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
 
     token = token or get_token()
     if not token:
         raise PushError(
             f"No Hugging Face token to push to {plan.repo_id}: set HF_TOKEN or log in with `hf auth login`."
         )
-    api = api if api is not None else HfApi(token=token)
     try:
+        api = api if api is not None else HfApi(token=token)
         api.create_repo(plan.repo_id, repo_type="model", private=plan.private, exist_ok=True)
         if plan.create_branch:
             api.create_branch(plan.repo_id, branch=plan.revision, repo_type="model", exist_ok=True)
@@ -183,12 +184,24 @@ def push_folder(plan: UploadPlan, api=None, token: str | None = None):
             commit_message=plan.commit_message,
             ignore_patterns=HIDDEN_PATTERNS,
         )
-    except HfHubHTTPError as error:
-        raise _hub_error(error, plan, token) from None
     except Exception as error:
-        if _is_network_error(error):
-            raise _hub_error(error, plan, token) from None
-        raise
+        failure = _push_failure(error, plan, token)
+        if failure is None:
+            raise
+    # raised outside the `except` block: the original exception (its text, an HTTP request's headers) holding the
+    # token is not even kept as `__context__`
+    raise failure
+
+
+def _push_failure(error: Exception, plan: UploadPlan, token: str) -> PushError | None:
+    """The `PushError` to raise instead of `error`, or None to let `error` (a bug, not a push problem) through."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError) or _is_network_error(error):
+        return _hub_error(error, plan, token)
+    if token in str(error):
+        return PushError(f"Pushing to {plan.repo_id} failed ({type(error).__name__}: {_scrub(str(error), token)})")
+    return None
 
 
 __all__ = ["HIDDEN_PATTERNS", "PushError", "UploadPlan", "format_size", "plan_push", "push_folder"]

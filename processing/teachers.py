@@ -6,7 +6,8 @@ generation loop can act on them: `TeacherError` fails one molecule, `TeacherFata
 job, `BudgetExhausted` stops it cleanly when the request budget is spent.
 
 The HTTP client uses only the standard library. The API key is read from an environment variable whose name is
-configurable, kept in a `Secret` that never shows its value, and removed from every error text.
+configurable, kept in a `Secret` that never shows its value, and removed from every error text. Redirects are never
+followed (urllib would send the key along to wherever they point): a 3xx answer stops the job with an error.
 """
 
 from __future__ import annotations
@@ -160,6 +161,13 @@ def chat_completions_url(base_url: str) -> str:
     return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would resend the Authorization header to wherever a redirect points: a 3xx is returned as it is."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -223,7 +231,9 @@ class OpenAICompatibleTeacher:
         self.stop_event = threading.Event()
         host = urllib.parse.urlparse(self.url).hostname or ""
         # a proxy from the environment must not swallow requests to a local server
-        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK_HOSTS else []
+        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
+        if host in _LOOPBACK_HOSTS:
+            handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
         self._rng = random.Random()
 
@@ -255,6 +265,13 @@ class OpenAICompatibleTeacher:
 
     def _error_text(self, payload: bytes, limit: int = 300) -> str:
         return self._api_key.redact(payload[:limit].decode("utf-8", "replace")).strip()
+
+    def _redirect_detail(self, status: int, headers: Any) -> str:
+        location = self._api_key.redact(str(headers.get("Location") if headers is not None else None))
+        return (
+            f"HTTP {status} from {self.url} redirects to {location}; redirects are not followed, so that the API key "
+            "is never sent elsewhere: give the final URL as the base URL"
+        )
 
     def _reply(self, payload: bytes) -> TeacherReply:
         try:
@@ -292,6 +309,9 @@ class OpenAICompatibleTeacher:
                 if status == 200:
                     return self._reply(payload)
                 detail = f"HTTP {status} from {self.url}: {self._error_text(payload)}"
+                if 300 <= status < 400:
+                    self.stop_event.set()
+                    raise TeacherFatalError("redirect", self._redirect_detail(status, headers))
                 if status in FATAL_STATUS:
                     self.stop_event.set()  # every other request would be refused too
                     hint = f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""

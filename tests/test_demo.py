@@ -1,7 +1,8 @@
 """The web demo (`hub_cards/space`): drawing, motif groups and attention, chat state, the page, `llamo demo`.
 
 The fast tests call the demo's plain functions with the tiny model; `test_demo_in_headless_chromium` (slow, on
-demand: `pytest -m slow tests/test_demo.py`) serves the page and drives it in Debian's chromium.
+demand: `pytest -m slow tests/test_demo.py`) serves the page and drives it in Debian's chromium. It is skipped when
+chromium, gradio or playwright is missing, unless `LLAMO_BROWSER_TESTS=1` asks for it: then it fails.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import ast
 import importlib.util
 import itertools
+import os
 import re
 import runpy
 import shutil
@@ -441,6 +443,37 @@ def test_demo_command_reports_missing_models(gradio, tmp_path, monkeypatch):
         args.handler(args)
 
 
+def test_demo_command_without_a_model_serves_the_default_model(gradio, tiny_llamo_dir, monkeypatch):
+    from llamo import default_model
+    from llamo.hub_cards.space import demo as space_demo
+
+    monkeypatch.setattr(default_model, "default_model_dir", lambda: tiny_llamo_dir)
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    launched = []
+    blocking_launch = space_demo.launch_demo
+
+    def launch(*args, **kwargs):  # the command's own launch, returning once the server runs
+        launched.append(blocking_launch(*args, **kwargs, prevent_thread_lock=True))
+        return launched[-1]
+
+    monkeypatch.setattr(space_demo, "launch_demo", launch)
+    port = _free_port()
+    args = _demo_parser().parse_args(["demo", "--port", str(port)])
+    assert args.model is None
+    try:
+        args.handler(args)
+        assert len(launched) == 1 and launched[0].is_running
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and "<html" in response.read().decode("utf-8", "replace").lower()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as response:
+            config = response.read().decode("utf-8")
+    finally:
+        for blocks in launched:
+            blocks.close()
+    assert f"Model: `{tiny_llamo_dir}`" in config and "Chat is unavailable" not in config
+    assert not launched[0].is_running
+
+
 def test_demo_command_imports_only_the_standard_library_at_the_top():
     tree = ast.parse((ROOT / "hub_cards" / "demo_commands.py").read_text(encoding="utf-8"))
     names = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
@@ -450,6 +483,7 @@ def test_demo_command_imports_only_the_standard_library_at_the_top():
 
 # End to end, in a browser
 
+BROWSER_TESTS_ENV = "LLAMO_BROWSER_TESTS"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -482,13 +516,58 @@ def _wait_for_page(url: str, server: subprocess.Popen, log: Path, timeout: float
     raise TimeoutError(f"the demo did not answer at {url} within {timeout}s")
 
 
+def missing_browser_tools(chromium: Path = CHROMIUM) -> list[str]:
+    """What the browser test needs and this machine lacks."""
+    missing = []
+    if not chromium.is_file():
+        missing.append(f"Debian's chromium at {chromium} (apt-get install -y chromium)")
+    if importlib.util.find_spec("gradio") is None:
+        missing.append("gradio (pip install -e '.[demo]')")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("playwright's Python package (pip install -e '.[browser-tests]'; no `playwright install`)")
+    return missing
+
+
+def require_browser_tools(chromium: Path = CHROMIUM) -> None:
+    """Skip the browser test when its tools are missing, or fail it when `LLAMO_BROWSER_TESTS=1` asked for it."""
+    missing = missing_browser_tools(chromium)
+    if not missing:
+        return
+    reason = "the browser test needs " + "; ".join(missing)
+    if os.environ.get(BROWSER_TESTS_ENV) == "1":
+        pytest.fail(f"{BROWSER_TESTS_ENV}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_browser_test_fails_when_requested_and_skips_otherwise(tmp_path, monkeypatch):
+    absent = tmp_path / "no-chromium"
+    monkeypatch.delenv(BROWSER_TESTS_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs Debian's chromium"):
+        require_browser_tools(absent)
+    monkeypatch.setenv(BROWSER_TESTS_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match=rf"{BROWSER_TESTS_ENV}=1 but the browser test needs Debian's"):
+        require_browser_tools(absent)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "playwright" else real_find_spec(name, *args)
+    )
+    with pytest.raises(pytest.fail.Exception, match="playwright's Python package"):
+        require_browser_tools(absent)
+
+
+def _wait_for_answers(page, count: int) -> None:
+    """Wait until the chat shows `count` answers and the last one is finished."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#chat .bot")).to_have_count(count, timeout=60_000)
+    expect(page.locator("#chat-status")).not_to_contain_text("Generating", timeout=120_000)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium (apt-get install -y chromium)")
-@pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="needs gradio (pip install 'llamo[demo]')")
-@pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="needs playwright's Python package")
 def test_demo_in_headless_chromium(tiny_llamo_dir, tmp_path):
-    """`llamo demo MODEL_DIR` on a free port, driven in headless chromium: a molecule, a question, a bad SMILES.
-    Screenshots go to tmp_path and benchmarks/artifacts/demo.png (and demo-error.png)."""
+    """`llamo demo MODEL_DIR` on a free port, driven in headless chromium: a molecule, a question and a follow-up, an
+    example, a bad SMILES. Screenshots go to tmp_path and benchmarks/artifacts/demo.png (and demo-error.png)."""
+    require_browser_tools()
     from playwright.sync_api import expect, sync_playwright
 
     port = _free_port()
@@ -548,11 +627,18 @@ def test_demo_in_headless_chromium(tiny_llamo_dir, tmp_path):
 
             page.locator("#question textarea").fill("Describe this molecule.")
             page.locator("#send-button").click()
-            answer = page.locator("#chat .bot").last
-            expect(answer).to_be_visible(timeout=60_000)
-            expect(page.locator("#chat-status")).not_to_contain_text("Generating", timeout=120_000)
-            expect(page.locator("#chat .user")).to_contain_text("Describe this molecule.")
-            assert answer.inner_text().strip()
+            _wait_for_answers(page, 1)
+            expect(page.locator("#chat .user")).to_have_text(["Describe this molecule."])
+            expect(page.locator("#question textarea")).to_have_value("")
+            first_answer = page.locator("#chat .bot").first.inner_text().strip()
+            assert first_answer
+
+            page.locator("#question textarea").fill("What is its IUPAC name?")  # a follow-up, same conversation
+            page.locator("#question textarea").press("Enter")
+            _wait_for_answers(page, 2)
+            expect(page.locator("#chat .user")).to_have_text(["Describe this molecule.", "What is its IUPAC name?"])
+            answers = [text.strip() for text in page.locator("#chat .bot").all_inner_texts()]
+            assert len(answers) == 2 and answers[0] == first_answer and answers[1]
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
 
             page.get_by_role("button", name="Caffeine").click()  # an example shows its molecule at once

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,9 @@ from llamo.cli import main
 from llamo.evaluation import EvaluationConfig, evaluate
 from llamo.evaluation.data import load_rows, select_examples
 from llamo.evaluation.naming import inchikey, names_to_smiles, naming_metrics, opsin_unavailable_reason
-from llamo.evaluation.predictions import PREDICTIONS_FILE, TSV_HEADER, Skip
+from llamo.evaluation.predictions import PREDICTIONS_FILE, TSV_HEADER, PredictionRecord, Skip
 from llamo.evaluation.properties import PropertyTarget, parse_number, property_metrics
-from llamo.evaluation.runner import GenerationPredictor
+from llamo.evaluation.runner import TASK_TITLES, GenerationPredictor, MetricResources, score_task
 from llamo.evaluation.text_metrics import (
     LLAMO_PROTOCOL,
     TokenProtocol,
@@ -34,9 +35,8 @@ SCIBERT_VOCAB = SHARED / "data" / "tokenizers" / "scibert_scivocab_uncased" / "v
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 ASPIRIN_INCHIKEY = "BSYNRYMUTXBXSQ-UHFFFAOYSA-N"
 
-needs_java = pytest.mark.skipif(
-    opsin_unavailable_reason() is not None, reason=f"OPSIN cannot run here: {opsin_unavailable_reason()}"
-)
+# py2opsin is a test dependency: only a missing Java runtime may skip the OPSIN tests
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="OPSIN needs Java: no `java` on PATH")
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -156,17 +156,28 @@ def test_bleu4_without_4grams_and_an_empty_prediction(molt5):
     assert empty["rouge1_molt5_raw_text"] == 0 and empty["rougeL_molt5_raw_text"] == 0
 
 
-def test_perfect_match_and_meteor_by_hand(molt5, wordnet):
+def test_perfect_match_scores_100_without_wordnet(molt5):
     text = "The molecule is an acid"
-    values = compute_text_metrics([text], [text], [molt5], wordnet).values()
+    report = compute_text_metrics([text], [text], [molt5], None, "WordNet is not installed")
+    values = report.values()
     assert values["bleu2_molt5_scibert"] == pytest.approx(100)
     assert values["bleu4_molt5_scibert"] == pytest.approx(100)
+    assert values["rouge1_molt5_raw_text"] == pytest.approx(100)
+    assert values["rouge2_molt5_raw_text"] == pytest.approx(100)
     assert values["rougeL_molt5_raw_text"] == pytest.approx(100)
+    assert [m.name for m in report.unavailable] == ["meteor_molt5_scibert"]
+
+
+def test_meteor_by_hand(molt5, wordnet):
+    text = "The molecule is an acid"
+    values = compute_text_metrics([text], [text], [molt5], wordnet).values()
     # METEOR on 5 aligned tokens in one chunk: F = 1, fragmentation penalty 0.5 * (1/5)^3
     assert values["meteor_molt5_scibert"] == pytest.approx(100 * (1 - 0.5 / 5**3))
     # half the words: P = R = 1/2, 2 chunks for 2 matches -> penalty 0.5
     half = compute_text_metrics(["an acid is here"], ["an base is there"], [molt5], wordnet).values()
     assert half["meteor_molt5_scibert"] == pytest.approx(100 * 0.5 * (1 - 0.5))
+    empty = compute_text_metrics([text], [""], [molt5], wordnet).values()
+    assert empty["meteor_molt5_scibert"] == 0
 
 
 def test_llamo_protocol_uses_the_llm_tokenizer(molt5):
@@ -204,6 +215,7 @@ def test_setup_wordnet_writes_lexnames_and_is_idempotent(nltk_data, tmp_path):
 
 @needs_java
 def test_opsin_round_trip_on_known_names():
+    assert opsin_unavailable_reason() is None
     smiles = names_to_smiles(["2-acetyloxybenzoic acid", "not a chemical name", "", "ethanol\tcolumn"])
     assert inchikey(smiles[0]) == ASPIRIN_INCHIKEY == inchikey(SMILES["aspirin"])
     assert smiles[1] is None and smiles[2] is None
@@ -232,9 +244,24 @@ def test_naming_metrics_see_structure_beyond_wording(molt5):
 
 def test_parse_number():
     assert parse_number("-0.2541") == pytest.approx(-0.2541)
+    assert parse_number("The HOMO is -0.2345 Hartree.") == pytest.approx(-0.2345)
     assert parse_number("The HOMO energy is \u22120.25 Hartree.") == pytest.approx(-0.25)
     assert parse_number("2.5e-1 Ha") == pytest.approx(0.25)
+    assert parse_number("HOMO: (-0.3)") == pytest.approx(-0.3)
     assert parse_number("unknown") is None and parse_number("") is None
+    # digits inside a formula or a name are no number; two numbers are no single answer
+    for text in ("C6H6", "H2O", "2-methylpropane", "1.2.3", "-0.25 Hartree (-6.8 eV)", "0.1\u20130.2"):
+        assert parse_number(text) is None, text
+
+
+def test_property_answers_must_be_numbers_and_unanswered_rows_count_as_invalid():
+    targets = [PropertyTarget("homo", -0.25)] * 4
+    report, counts = property_metrics(targets, ["The HOMO is -0.2345 Hartree.", "C6H6", None, "-0.2"])
+    values = report.values()
+    assert values["valid_ratio"] == pytest.approx(50) and values["valid_ratio_homo"] == pytest.approx(50)
+    assert values["mae_hartree"] == pytest.approx((0.0155 + 0.05) / 2)
+    assert (counts["rows"], counts["valid"], counts["invalid"], counts["unanswered"]) == (4, 2, 2, 1)
+    assert counts["per_property"]["homo"]["unanswered"] == 1
 
 
 def test_property_mae_beside_the_valid_ratio_for_garbage_answers():
@@ -248,7 +275,7 @@ def test_property_mae_beside_the_valid_ratio_for_garbage_answers():
     assert values["valid_ratio_lumo"] == pytest.approx(50)
     assert values["mae_hartree"] == pytest.approx((0.01 + 0.05 + 0.03) / 3)
     assert values["valid_ratio"] == pytest.approx(50)
-    assert (counts["rows"], counts["valid"], counts["invalid"]) == (6, 3, 3)
+    assert (counts["rows"], counts["valid"], counts["invalid"], counts["unanswered"]) == (6, 3, 3, 0)
     garbage, counts = property_metrics(targets[:2], ["no idea", "???"])
     assert garbage.values() == {"valid_ratio_homo": 0, "valid_ratio": 0}
     assert {m.name for m in garbage.unavailable} == {"mae_homo_hartree", "mae_hartree"}
@@ -333,8 +360,9 @@ def stop_after_first_batch(done: int, total: int) -> None:
     raise Interrupted(f"stopped after {done} of {total}")
 
 
-def test_resume_after_an_interrupted_run(tmp_path, tiny_llamo_dir, eval_rows, nltk_data):
+def test_resume_after_an_interrupted_run(tmp_path, tiny_llamo_dir, eval_rows):
     data = write_jsonl(tmp_path / "data.jsonl", eval_rows)
+    nltk_data = tmp_path / "no-wordnet"  # METEOR is reported unavailable; the run needs no WordNet
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupted):
         evaluate(run_config(resumed, tiny_llamo_dir, data, nltk_data), callback=stop_after_first_batch)
@@ -360,15 +388,54 @@ def test_resume_after_an_interrupted_run(tmp_path, tiny_llamo_dir, eval_rows, nl
         assert by_key[(record["task"], record["id"])] == record["prediction"]
 
     values = metric_values(results, "description")
-    assert {"bleu2_molt5_scibert", "bleu4_llamo_llm_tokens", "meteor_molt5_scibert", "rouge1_molt5_raw_text"} <= set(
-        values
-    )
+    assert {"bleu2_molt5_scibert", "bleu4_llamo_llm_tokens", "rouge1_molt5_raw_text"} <= set(values)
+    unavailable = {m["name"]: m["reason"] for m in task_entry(results, "description")["unavailable_metrics"]}
+    assert set(unavailable) == {"meteor_molt5_scibert", "meteor_llamo_llm_tokens"}
+    assert "WordNet" in unavailable["meteor_molt5_scibert"]
     assert "valid_ratio" in metric_values(results, "property")
     assert results["decoding"]["strategy"] == "greedy" and results["decoding"]["max_new_tokens"] == 4
     tsv = (resumed / "predictions.description.tsv").read_text().splitlines()
     assert tsv[0] == "\t".join(TSV_HEADER) and len(tsv) == 7
     assert tsv[1].split("\t")[0] == eval_rows[0]["smiles"]  # dataset order
     assert json.loads((resumed / "results.json").read_text())["results"] == results["results"]
+
+
+CARD_NAMES = {
+    "bleu2_molt5_scibert": "BLEU-2 (MolT5 protocol, SciBERT tokens)",
+    "bleu4_molt5_scibert": "BLEU-4 (MolT5 protocol, SciBERT tokens)",
+    "bleu2_llamo_llm_tokens": "BLEU-2 (LLaMo protocol, LLM tokens)",
+    "bleu4_llamo_llm_tokens": "BLEU-4 (LLaMo protocol, LLM tokens)",
+    "rouge1_molt5_raw_text": "ROUGE-1 (MolT5 protocol, raw text)",
+    "rouge2_molt5_raw_text": "ROUGE-2 (MolT5 protocol, raw text)",
+    "rougeL_molt5_raw_text": "ROUGE-L (MolT5 protocol, raw text)",
+    "mae_homo_hartree": "MAE, HOMO (Hartree, valid answers only)",
+    "mae_lumo_hartree": "MAE, LUMO (Hartree, valid answers only)",
+    "mae_hartree": "MAE, all properties (Hartree, valid answers only)",
+    "valid_ratio_homo": "Valid-answer ratio, HOMO (%)",
+    "valid_ratio_lumo": "Valid-answer ratio, LUMO (%)",
+    "valid_ratio": "Valid-answer ratio, all properties (%)",
+}
+
+
+def test_results_file_feeds_the_model_card(tmp_path, tiny_llamo_dir, eval_rows):
+    from llamo.hub_cards.results import load_results, model_index_results
+
+    data = write_jsonl(tmp_path / "data.jsonl", eval_rows)
+    evaluate(run_config(tmp_path / "out", tiny_llamo_dir, data, tmp_path / "no-wordnet"))
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    entries = model_index_results([load_results(tmp_path / "out" / "results.json")])
+    by_name = {(entry.dataset_config, entry.metric_name): entry for entry in entries}
+    reported = [(task["task"]["name"], metric) for task in written["results"] for metric in task["metrics"]]
+    assert len(entries) == len(by_name) == len(reported)
+    names = {metric["name"] for _, metric in reported}
+    # an untrained model's answers may hold no number: only the MAE may then be missing
+    assert set(CARD_NAMES) - names <= {"mae_homo_hartree", "mae_lumo_hartree", "mae_hartree"}
+    for task, metric in reported:
+        entry = by_name[(task, CARD_NAMES[metric["name"]])]
+        assert entry.metric_value == round(metric["value"], 4)
+        assert entry.metric_type == metric["type"] and entry.metric_config == metric.get("protocol")
+        assert entry.task_name == TASK_TITLES[task] and entry.dataset_name == "data"
+    assert not any("METEOR" in entry.metric_name for entry in entries)  # unavailable: no number in the card
 
 
 def test_output_dir_of_another_run_is_not_reused(tmp_path, tiny_llamo_dir, eval_rows):
@@ -425,6 +492,25 @@ def test_rows_the_processor_refuses_are_skipped_not_fatal(tiny_llamo):
     assert isinstance(answers[1], Skip) and "13 atoms" in answers[1].reason
 
 
+def test_refused_and_unparsable_property_rows_count_against_the_valid_ratio():
+    rows = [homo("q:1", "CCO", -0.25), homo("q:2", "CCN", -0.2), homo("q:3", "C1CC", -0.3), homo("q:4", "CCC", -0.3)]
+    examples, skipped = select_examples(rows)
+    assert [row.reason for row in skipped] == ["unparsable SMILES"]
+    assert skipped[0].target == PropertyTarget("homo", -0.3, "Hartree")
+    records = {e.key: PredictionRecord(e.index, e.id, e.task, e.smiles, e.reference, "-0.25") for e in examples}
+    refused = examples[1]
+    records[refused.key] = PredictionRecord(
+        refused.index, refused.id, refused.task, refused.smiles, refused.reference, None, "refused by the processor"
+    )
+    report, counts = score_task("property", examples, records, MetricResources([]), skipped)
+    # answered: q:1 (exact) and q:4 (off by 0.05); q:2 refused and q:3 unparsable are invalid
+    assert report.values() == pytest.approx(
+        {"mae_homo_hartree": 0.025, "valid_ratio_homo": 50, "mae_hartree": 0.025, "valid_ratio": 50}
+    )
+    valid = counts["valid_answers"]
+    assert (valid["rows"], valid["valid"], valid["invalid"], valid["unanswered"]) == (4, 2, 2, 2)
+
+
 # ---------------------------------------------------------------- baselines
 
 
@@ -478,6 +564,8 @@ def test_retrieval_baseline_copies_the_nearest_training_answer(tmp_path, baselin
 
 def test_mean_baseline_predicts_the_training_mean(tmp_path, baseline_data):
     train, test = baseline_data
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    test = write_jsonl(tmp_path / "test.jsonl", [*rows, homo("e:5", "C1CC", -0.3)])  # no model can read its SMILES
     config = EvaluationConfig(
         output_dir=str(tmp_path / "out"),
         data=str(test),
@@ -493,7 +581,11 @@ def test_mean_baseline_predicts_the_training_mean(tmp_path, baseline_data):
     assert values["mae_homo_hartree"] == pytest.approx(0.015)
     assert values["mae_lumo_hartree"] == pytest.approx(0.02)
     assert values["mae_hartree"] == pytest.approx(0.0175)
-    assert values["valid_ratio"] == pytest.approx(100)
+    assert values["valid_ratio_lumo"] == pytest.approx(100)
+    assert values["valid_ratio_homo"] == pytest.approx(50) and values["valid_ratio"] == pytest.approx(200 / 3)
+    property_counts = task_entry(results, "property")["counts"]
+    assert property_counts["skipped_reasons"] == {"unparsable SMILES": 1}
+    assert property_counts["valid_answers"]["unanswered"] == 1
     description = task_entry(results, "description")["counts"]
     assert (description["predicted"], description["skipped"]) == (0, 2)
     assert description["skipped_reasons"] == {"the mean baseline answers property questions only": 2}

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, pipeline
 
 from llamo import GRAPH_INPUT_NAMES, LlamoForConditionalGeneration, LlamoProcessor
 from llamo.cli import main
-from llamo.hub_cards.cards import ModelCardOptions, build_dataset_card
+from llamo.hub_cards.cards import EXAMPLES, ModelCardOptions, build_dataset_card
 from llamo.hub_cards.convert import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -185,6 +187,7 @@ def test_model_card_metadata_and_model_index(exported):
     first_example = data.widget[0]
     assert (first_example["smiles"], first_example["text"]) == ("CC(=O)Oc1ccccc1C(=O)O", "Describe this molecule.")
     assert data.model_name == "tiny-llamo"
+    assert data.datasets is None  # local training and evaluation files only: no Hub dataset to link
 
     results = {(r.dataset_config, r.metric_name): r for r in data.eval_results}
     bleu = results[("description", "BLEU-4 (MolT5 protocol, SciBERT tokens)")]
@@ -222,6 +225,39 @@ def test_model_card_text(exported):
     assert "Mol-Instructions]" not in text  # not used by this model
     assert "Park, Jinyoung and Bae, Minseong and Ko, Dohwan and Kim, Hyunwoo J." in text and "2411.00871" in text
     assert "## Limitations" in text and "## Intended use" in text
+    # pipeline_tag text-generation: the Hub widget would call a plain text-generation pipeline, and the card says so
+    assert "**The inference widget on this page cannot run this model.**" in text
+    assert "it sends only\nthe instruction, never the molecule" in text
+    assert "does not run this repository's custom `molecule-text-generation`" in text
+
+
+def test_model_card_lists_the_hub_datasets(tiny_llamo_dir, tmp_path):
+    """Hub datasets come from --dataset, the runs' Hub sources and Hub-hosted evaluation data, once each, in order."""
+    run = tmp_path / "stage2"
+    run.mkdir()
+    hub_source = {"type": "conversations", "path": "llamo-tests/conversations", "split": "train", "weight": 1.0}
+    config = RUN_CONFIG | {"sources": [*RUN_CONFIG["sources"], hub_source], "lora_r": 8, "lora_alpha": 32}
+    (run / "llamo_run_config.json").write_text(json.dumps(config))
+    document = results_document()
+    for dataset in [document["dataset"], *(task["dataset"] for task in document["results"])]:
+        dataset.update(kind="hub", source="llamo-tests/molecule-eval", split="test")
+    (tmp_path / "results.json").write_text(json.dumps(document))
+    out = tmp_path / "export"
+    argv = [
+        "export",
+        str(tiny_llamo_dir),
+        str(out),
+        "--run-dir",
+        str(run),
+        "--card-results",
+        str(tmp_path / "results.json"),
+    ]
+    assert main([*argv, "--dataset", "llamo-tests/extra-molecules", "llamo-tests/conversations"]) == 0
+    data = ModelCard.load(out / "README.md").data
+    assert data.datasets == ["llamo-tests/extra-molecules", "llamo-tests/conversations", "llamo-tests/molecule-eval"]
+    assert {(result.dataset_type, result.dataset_split) for result in data.eval_results} == {
+        ("llamo-tests/molecule-eval", "test")
+    }
 
 
 def test_results_files_are_checked(hub_inputs, tmp_path):
@@ -395,6 +431,7 @@ CHILD = textwrap.dedent(
         raise SystemExit("llamo is importable: the test would prove nothing")
 
     import torch
+    from huggingface_hub import ModelCard
     from transformers import pipeline
 
     folder, repo_id, conversations = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -416,6 +453,11 @@ CHILD = textwrap.dedent(
     single = pipe(batch[0], max_new_tokens=8, return_tensors=True)
     by_task = pipeline("molecule-text-generation", model=folder, trust_remote_code=True)
     positional = by_task(batch[0]["text"], smiles=batch[0]["smiles"], max_new_tokens=8, return_tensors=True)
+    widget = []
+    for example in ModelCard.load(f"{folder}/README.md").data.widget:  # each example as the widget would pass it
+        inputs = {key: value for key, value in example.items() if key != "example_title"}
+        answer = pipe(inputs, max_new_tokens=8, min_new_tokens=8)
+        widget.append({"example": example, "answer": answer[0]["generated_text"]})
     print(json.dumps({
         "snippets": len(snippets),
         "printed": printed,
@@ -424,6 +466,7 @@ CHILD = textwrap.dedent(
         "pipeline_single": single[0]["generated_token_ids"],
         "pipeline_by_task": positional[0]["generated_token_ids"],
         "modules": [type(model).__module__, type(pipe).__module__, type(by_task).__name__],
+        "widget": widget,
     }))
     """
 )
@@ -433,15 +476,22 @@ def test_export_loads_without_llamo_and_generates_the_same(tiny_llamo, exported,
     model, processor = tiny_llamo
     conversations = [molecule_messages(SMILES["aspirin"]), molecule_messages(SMILES["salt"], "Name it.")]
 
-    def new_tokens(convs, max_new_tokens):
+    def new_tokens(convs, max_new_tokens, **settings):
         inputs = processor.apply_chat_template(convs, add_generation_prompt=True, tokenize=True, return_dict=True)
         with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **settings)
         return output[:, inputs["input_ids"].shape[1] :]
 
     batch = new_tokens(conversations, 8).tolist()
     single = new_tokens(conversations[:1], 8).tolist()[0]
     snippet_answer = processor.batch_decode(new_tokens(conversations[:1], 128), prompt_length=0)[0]
+    widget = ModelCard.load(exported / "README.md").data.widget
+    widget_answers = [
+        processor.batch_decode(
+            new_tokens([molecule_messages(example["smiles"], example["text"])], 8, min_new_tokens=8), prompt_length=0
+        )[0]
+        for example in widget
+    ]
 
     env = subprocess_env()
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
@@ -462,6 +512,10 @@ def test_export_loads_without_llamo_and_generates_the_same(tiny_llamo, exported,
     model_module, pipe_module, by_task_class = child["modules"]
     assert model_module.startswith("transformers_modules.") and pipe_module.startswith("transformers_modules.")
     assert pipe_module.endswith(".pipeline_llamo") and by_task_class == "LlamoMoleculePipeline"
+    # every widget example of the card runs through the custom pipeline and gets this model's answer
+    assert [answer["example"] for answer in child["widget"]] == widget and len(widget) == len(EXAMPLES)
+    assert [answer["answer"] for answer in child["widget"]] == widget_answers
+    assert all(answer.strip() for answer in widget_answers)
 
 
 # --- push ------------------------------------------------------------------------------------------------------
@@ -494,7 +548,7 @@ class RecordingApi:
         return argparse.Namespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc123")
 
 
-def test_push_creates_the_repo_and_uploads_the_folder(exported, tmp_path):
+def test_push_creates_the_repo_and_uploads_the_folder(exported, tmp_path, no_network):
     folder = tmp_path / "export"
     shutil.copytree(exported, folder)
     (folder / ".git").mkdir()
@@ -528,9 +582,21 @@ def test_push_creates_the_repo_and_uploads_the_folder(exported, tmp_path):
     assert api.uploaded == [path for path, _ in plan.files]  # what is listed is what is sent
 
 
+def _refuse_network(*args, **kwargs):
+    raise AssertionError("a test tried to open a network connection")
+
+
 @pytest.fixture
-def recorded_hf_api(monkeypatch):
-    """`HfApi`'s methods replaced by a recorder (with the token the instance holds), for the command line."""
+def no_network(monkeypatch):
+    """Any socket connection fails the test."""
+    monkeypatch.setattr(socket.socket, "connect", _refuse_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", _refuse_network)
+
+
+@pytest.fixture
+def recorded_hf_api(monkeypatch, no_network):
+    """`HfApi`'s methods replaced by a recorder (with the token the instance holds), for the command line; no socket
+    may connect."""
     calls = []
 
     def recorder(name):
@@ -581,7 +647,7 @@ def test_push_dry_run_contacts_nothing(exported, monkeypatch, capsys):
     assert all(path.name in out for path in exported.iterdir())
 
 
-def test_push_errors_name_the_problem_not_the_token(exported, tmp_path, monkeypatch, capsys):
+def test_push_errors_name_the_problem_not_the_token(exported, tmp_path, monkeypatch, capsys, no_network):
     assert main(["push", str(tmp_path / "missing"), REPO_ID]) == 2
     assert "Folder not found" in capsys.readouterr().err
     (tmp_path / "model").mkdir()
@@ -597,7 +663,7 @@ def test_push_errors_name_the_problem_not_the_token(exported, tmp_path, monkeypa
         push_folder(plan, api=offline, token=SECRET)
     message = str(caught.value)
     assert REPO_ID in message and "check your network connection" in message and SECRET not in message
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
@@ -605,7 +671,87 @@ def test_push_errors_name_the_problem_not_the_token(exported, tmp_path, monkeypa
         push_folder(plan, api=RecordingApi())
 
 
-def test_push_reports_what_the_hub_refused(exported):
+def test_push_scrubs_the_token_from_any_failure(exported, no_network):
+    plan = plan_push(exported, REPO_ID)
+    leaky = RecordingApi(fail_with=ValueError(f"bad header 'Authorization: Bearer {SECRET}'\nretry with {SECRET}"))
+    with pytest.raises(PushError) as caught:
+        push_folder(plan, api=leaky, token=SECRET)
+    message = str(caught.value)
+    assert message.startswith(f"Pushing to {REPO_ID} failed (ValueError: bad header 'Authorization: Bearer <token>'")
+    assert "retry with <token>" in message and SECRET not in message
+    assert caught.value.__cause__ is None and caught.value.__context__ is None  # the original is not kept
+    assert SECRET not in "".join(traceback.format_exception(caught.value))
+    # a failure that does not hold the token is a bug, not a push problem: it comes through unchanged
+    unrelated = KeyError("upload_folder")
+    with pytest.raises(KeyError) as caught_bug:
+        push_folder(plan, api=RecordingApi(fail_with=unrelated), token=SECRET)
+    assert caught_bug.value is unrelated
+
+
+STORED_LOGIN_CHILD = textwrap.dedent(
+    """
+    import json, socket, sys
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the push tried to open a network connection")
+
+    socket.socket.connect = socket.socket.connect_ex = refuse
+    calls = []
+
+    def recorder(name):
+        def method(self, *args, **kwargs):
+            calls.append({"name": name, "token": self.token, "args": list(args), "kwargs": kwargs})
+            return SimpleNamespace(commit_url="https://huggingface.co/x/commit/1")
+        return method
+
+    for name in ("create_repo", "create_branch", "upload_folder"):
+        setattr(HfApi, name, recorder(name))
+
+    from llamo.cli import main
+
+    code = main(["push", sys.argv[1], sys.argv[2]])
+    print(json.dumps({"code": code, "token_path": huggingface_hub.constants.HF_TOKEN_PATH, "calls": calls}))
+    """
+)
+
+
+def test_push_uses_the_stored_login_and_creates_a_public_repo(exported, tmp_path):
+    """HF_TOKEN unset: the token `hf auth login` stored in HF_HOME (`HF_HOME/token`) is used, in a fresh process
+    (huggingface_hub reads HF_HOME when imported); without --private the repository is created public."""
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    (home / "token").write_text(SECRET)
+    env = {key: value for key, value in subprocess_env().items() if key not in ("HF_TOKEN", "HF_TOKEN_PATH")}
+    env.pop("HF_OIDC_RESOURCE", None)
+    env["HF_HOME"] = str(home)
+    result = subprocess.run(
+        [sys.executable, "-c", STORED_LOGIN_CHILD, str(exported), REPO_ID],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    *printed, report = result.stdout.strip().splitlines()  # the command's output, then the child's report
+    assert SECRET not in "\n".join(printed) + result.stderr
+    child = json.loads(report)
+    assert child["code"] == 0 and child["token_path"] == str(home / "token")
+    assert [(call["name"], call["token"]) for call in child["calls"]] == [
+        ("create_repo", SECRET),
+        ("upload_folder", SECRET),
+    ]
+    assert child["calls"][0]["args"] == [REPO_ID]
+    assert child["calls"][0]["kwargs"] == {"repo_type": "model", "private": False, "exist_ok": True}
+    assert child["calls"][1]["kwargs"]["revision"] is None
+    assert printed == [f"Pushed to https://huggingface.co/{REPO_ID}: https://huggingface.co/x/commit/1"]
+
+
+def test_push_reports_what_the_hub_refused(exported, no_network):
     httpx2 = pytest.importorskip("httpx2")  # huggingface_hub's HTTP client, to build its errors as the Hub sends them
     from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
@@ -710,6 +856,7 @@ def test_converted_graph_stack_reproduces_the_original_graph_tokens(original_rel
     assert (
         card.data.license == "llama2" and "| LoRA | merged into the q_proj, v_proj weights of 4 layers |" in card.text
     )
+    assert "| Level attention | the 6 identical `cross_attention` copies became one shared module" in card.text
 
 
 def _reference_logits(original_release, inputs, graph_token_id):
@@ -791,6 +938,36 @@ def test_conversion_reports_missing_and_unexpected_keys(original_release, tmp_pa
     with pytest.raises(CheckpointError, match=r"Missing key in the graph part.*mllm\.abstractor\.motif_weight\.weight"):
         convert(no_motif)
     assert not (tmp_path / "out").exists()
+
+
+def test_conversion_keeps_differing_level_attentions_apart_and_says_so(original_release, tmp_path, capsys, caplog):
+    state_dict = dict(original_release["state_dict"])
+    changed = "mllm.abstractor.cross_attention.3.out_proj.weight"
+    state_dict[changed] = state_dict[changed] + 0.25
+    path = tmp_path / "distinct.ckpt"
+    torch.save({"state_dict": state_dict}, path)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="llamo.hub_cards.convert"):
+        assert main(["convert-original", str(path), str(out), "--llm", str(original_release["llm"])]) == 0
+    report = (
+        "the checkpoint's 6 `cross_attention` copies DIFFER (copies 3 differ from copy 0 by up to 0.25), so they were "
+        "kept as 6 separate per-level modules (share_level_attention=False, as in the paper)"
+    )
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+    assert (
+        caplog.records[0].getMessage()
+        == f"Converting distinct.ckpt: {report}, not merged into the release's one shared module."
+    )
+    assert f"Level attention: {report}" in capsys.readouterr().err
+    assert f"| Level attention | {report}" in ModelCard.load(out / "README.md").text
+
+    model = LlamoForConditionalGeneration.from_pretrained(out)
+    assert model.config.projector_config.share_level_attention is False
+    weights = model.state_dict()
+    for level in range(6):
+        original = state_dict[f"mllm.abstractor.cross_attention.{level}.out_proj.weight"]
+        torch.testing.assert_close(weights[f"model.graph_projector.level_attentions.{level}.out_proj.weight"], original)
+    assert not any(".level_attention." in key for key in weights)
 
 
 def test_pickles_needing_a_full_unpickle_are_refused_without_the_flag(original_release, tmp_path, capsys):

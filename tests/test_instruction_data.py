@@ -46,6 +46,7 @@ from llamo.processing.teachers import (
     RequestBudget,
     RetryPolicy,
     Secret,
+    TeacherFatalError,
     chat_completions_url,
     parse_retry_after,
 )
@@ -129,6 +130,8 @@ class ScriptedServer(ThreadingHTTPServer):
         self.delay = 0.0
         self.release = threading.Event()
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     @property
     def base_url(self) -> str:
@@ -149,6 +152,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
+        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -157,8 +161,27 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _enter(self) -> None:
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        self.counted = True
+
+    def _leave(self) -> None:
+        # before the answer goes out: once the client has it, its next request may arrive before this thread ends
+        if getattr(self, "counted", False):
+            with self.server.lock:
+                self.server.in_flight -= 1
+            self.counted = False
+
     def do_POST(self) -> None:
-        server = self.server
+        self._enter()
+        try:
+            self._answer(self.server)
+        finally:
+            self._leave()
+
+    def _answer(self, server: ScriptedServer) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         last = request["messages"][-1]["content"]
         smiles = re.search(r"^SMILES: (.+)$", last, re.M).group(1)
@@ -179,6 +202,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
                     "authorization": self.headers.get("Authorization"),
                     "model": request["model"],
                     "num_messages": len(request["messages"]),
+                    "messages": request["messages"],
                 }
             )
         if server.delay:
@@ -489,6 +513,128 @@ def test_openai_pipeline_retries_filters_counts_and_hides_the_key(server, api_ke
     assert len(records_by_id(output)) == 8
 
 
+def test_requests_in_flight_never_exceed_the_concurrency(server, api_key, tmp_path):
+    server.delay = 0.1  # long enough for requests to overlap
+    source = write_jsonl(tmp_path / "mols.jsonl", MOLECULES[:12])
+    output = tmp_path / "out.jsonl"
+    argv = cli_args(server, source, output, "--num-exemplars", "0", "--concurrency", "3", "--timeout", "5")
+    assert main(argv) == 0
+    assert summary_of(output)["generated"] == 12 and len(server.log) == 12
+    assert server.max_in_flight == 3
+
+
+def test_a_molecule_with_an_iupac_name_gets_the_iupac_prompt(server, api_key, tmp_path):
+    aspirin, iupac, description = "CC(=O)Oc1ccccc1C(=O)O", "2-acetyloxybenzoic acid", "An acetylated salicylic acid."
+    rows = [
+        {"id": "named", "smiles": aspirin, "description": description, "iupac": iupac},
+        {"id": "unnamed", "smiles": "CCO", "description": "A short primary alcohol."},
+    ]
+    source = tmp_path / "mols.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    assert main(cli_args(server, source, output, "--num-exemplars", "0")) == 0
+
+    prompts = {entry["smiles"]: entry["messages"] for entry in server.log}
+    system, user = (message["content"] for message in prompts[aspirin])
+    assert [message["role"] for message in prompts[aspirin]] == ["system", "user"]
+    assert user.splitlines() == [
+        "Molecule",
+        f"SMILES: {aspirin}",
+        f"IUPAC name: {iupac}",
+        f"Description: {description}",
+    ]
+    assert "its SMILES string, a few sentences describing it, and its IUPAC name." in system
+    assert "is related to, and its IUPAC name." in system
+    for topic in (
+        "the class of compounds it belongs to",
+        "its conjugate acid or base",
+        "its functional groups",
+        "its chemical or biological roles",
+    ):
+        assert topic in system
+    assert "Ask only questions that the information lets you answer with confidence" in system
+    assert "leave out anything you would have to guess" in system
+    assert not any("IUPAC" in message["content"] for message in prompts["CCO"])
+    assert record_metadata(records_by_id(output)["named"])["context"]["iupac"] == iupac
+
+
+class RecordingServer(ThreadingHTTPServer):
+    """Records every request; redirects it to `redirect_to` when set, else answers with a good chat completion."""
+
+    daemon_threads = True
+
+    def __init__(self, redirect_to: str | None = None):
+        super().__init__(("127.0.0.1", 0), RecordingHandler)
+        self.redirect_to = redirect_to
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class RecordingHandler(BaseHTTPRequestHandler):
+    server: RecordingServer
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _handle(self) -> None:
+        self.server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.redirect_to:
+            body = b""
+            self.send_response(302)
+            self.send_header("Location", self.server.redirect_to)
+        else:
+            content = json.dumps({"messages": good_conversation("CCO")})
+            choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            body = json.dumps({"choices": [choice]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _handle
+
+
+@pytest.fixture
+def recording_servers():
+    """(redirecting server, the server it redirects to)."""
+    target = RecordingServer()
+    redirector = RecordingServer(redirect_to=f"{target.base_url}/chat/completions?stolen={KEY}")
+    for instance in (target, redirector):
+        threading.Thread(target=instance.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield redirector, target
+    for instance in (target, redirector):
+        instance.shutdown()
+        instance.server_close()
+
+
+def test_redirects_are_refused_and_the_key_goes_nowhere_else(recording_servers, api_key, tmp_path, capsys):
+    redirector, target = recording_servers
+    teacher = OpenAICompatibleTeacher(
+        "m", base_url=redirector.base_url, api_key_env=KEY_ENV, retry=RetryPolicy(initial_backoff=0.001)
+    )
+    with pytest.raises(TeacherFatalError) as error:
+        teacher.complete([{"role": "user", "content": "Hello?"}])
+    message = str(error.value)
+    assert error.value.reason == "redirect" and "HTTP 302" in message
+    assert f"{redirector.base_url}/chat/completions" in message and f"{target.base_url}/chat/completions" in message
+    assert KEY not in message
+    assert redirector.seen == [("POST", "/v1/chat/completions", f"Bearer {KEY}")]  # not retried
+    assert target.seen == []
+
+    source = write_jsonl(tmp_path / "mols.jsonl", MOLECULES[:3])
+    output = tmp_path / "out.jsonl"
+    argv = ["generate-data", str(source), "-o", str(output), "--teacher", "openai", "--model", "m", "--no-progress"]
+    assert main([*argv, "--base-url", redirector.base_url, "--api-key-env", KEY_ENV, "--num-exemplars", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "redirect" in err and redirector.base_url in err and KEY not in err
+    assert target.seen == [] and summary_of(output)["stopped"] == "fatal_error"
+
+
 def test_request_budget_stops_cleanly_and_a_rerun_continues(server, api_key, tmp_path, capsys):
     source = write_jsonl(tmp_path / "mols.jsonl", MOLECULES[:7])
     output = tmp_path / "out.jsonl"
@@ -552,15 +698,31 @@ def test_refuses_to_mix_teachers_and_overwrite_starts_over(server, api_key, tmp_
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_sigkill_then_rerun_gives_the_uninterrupted_records(server, api_key, tmp_path):
+KILL_SCRIPTS = {  # transient server errors (retried within the run) and answers the filter drops
+    "CCN": ["500", "ok"],
+    "c1ccccc1": ["500", "500", "ok"],
+    "CC(=O)Oc1ccccc1C(=O)O": ["500", "ok"],
+    "CCCl": ["garbage"],
+    "CN1C=NC2=C1C(=O)N(C(=O)N2C)C": ["duplicate"],
+}
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "scripts"), [("1", {}), ("3", KILL_SCRIPTS)], ids=["sequential", "concurrent-with-errors"]
+)
+def test_sigkill_then_rerun_gives_the_uninterrupted_records(server, api_key, tmp_path, concurrency, scripts):
+    server.scripts = scripts
     source = write_jsonl(tmp_path / "mols.jsonl", MOLECULES[:10])
-    extra = ("--num-exemplars", "1", "--seed-exemplars", "2", "--concurrency", "1")
+    extra = ("--num-exemplars", "1", "--seed-exemplars", "2", "--concurrency", concurrency)
     reference = tmp_path / "reference.jsonl"
     assert main(cli_args(server, source, reference, *extra)) == 0
+    expected = records_by_id(reference)
+    assert len(expected) == 10 - sum(script[-1] != "ok" for script in scripts.values())
 
     output = tmp_path / "killed.jsonl"
     argv = cli_args(server, source, output, *extra, "--timeout", "5")
-    server.delay = 0.15
+    server.attempts.clear()  # the killed run meets the scripted errors again
+    server.delay = 0.2
     command = [sys.executable, "-c", "import sys; from llamo.cli import main; sys.exit(main())", *argv]
     env = {**subprocess_env(), KEY_ENV: KEY}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -575,13 +737,16 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(server, api_key, tmp
     finally:
         process.wait(30)
     written = output.read_bytes().count(b"\n")
-    assert 3 <= written < 10  # killed mid-run
+    assert 3 <= written < len(expected)  # killed mid-run
 
     server.delay = 0.0
     assert main(argv) == 0
-    resumed, expected = records_by_id(output), records_by_id(reference)
-    assert len(expected) == 10 and resumed == expected
-    assert summary_of(output)["complete"] and summary_of(output)["generated"] == 10
+    resumed = records_by_id(output)  # one record per molecule
+    assert resumed == expected
+    summary, uninterrupted = summary_of(output), summary_of(reference)
+    assert summary["complete"] and summary["generated"] == len(expected)
+    assert summary["filtered_by_reason"] == uninterrupted["filtered_by_reason"]
+    assert summary["filtered"] == 10 - len(expected) and summary["failed"] == 0
 
 
 def test_half_written_last_line_is_removed_and_redone(server, api_key, tmp_path, caplog):
