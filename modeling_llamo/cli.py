@@ -11,7 +11,6 @@ EXIT_USAGE = 2
 
 FEATURE_COMMANDS = (
     "llamo.training.commands",
-    "llamo.processing.commands",
     "llamo.processing.instruction_commands",
     "llamo.evaluation.commands",
     "llamo.hub_cards.commands",
@@ -19,7 +18,8 @@ FEATURE_COMMANDS = (
 )
 """Modules that add subcommands: each has `register(subparsers)` and imports only the standard library at the top,
 so that `llamo --help` stays fast. A handler receives the parsed `argparse.Namespace`; it raises `CommandError` for
-errors the user can fix."""
+errors the user can fix. Every module listed here must exist (tests/test_cli.py imports each one); at run time a
+missing one is skipped so that a partial install keeps `llamo init` / `generate` working."""
 
 
 class CommandError(Exception):

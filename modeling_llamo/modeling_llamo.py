@@ -329,10 +329,18 @@ class LlamoModel(LlamoPreTrainedModel):
         per_row = mask.sum(dim=1)
         num_tokens = graph_embeds.shape[1]
         if graph_embeds.shape[0] != mask.shape[0] or bool((per_row != num_tokens).any()):
+            counts = per_row.tolist()
+            hint = ""
+            if len(set(counts)) == 1 and counts[0] not in (0, num_tokens):
+                hint = (
+                    f" Every sequence holds {counts[0]} placeholders: the processor's num_graph_tokens "
+                    f"({counts[0]}) and the model's config.num_graph_tokens ({num_tokens}) disagree; use the processor "
+                    "saved with this model."
+                )
             raise ValueError(
                 f"Graph tokens and <graph> positions disagree: the {mask.shape[0]} sequences hold "
-                f"{per_row.tolist()} <graph> positions, but {graph_embeds.shape[0]} molecules were given with "
-                f"{num_tokens} graph tokens each. Build inputs with LlamoProcessor, which expands every <graph> "
+                f"{counts} <graph> positions, but {graph_embeds.shape[0]} molecules were given with "
+                f"{num_tokens} graph tokens each.{hint} Build inputs with LlamoProcessor, which expands every <graph> "
                 f"into {num_tokens} placeholders (and do not truncate them away)."
             )
         return mask.unsqueeze(-1)

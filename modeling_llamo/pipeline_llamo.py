@@ -92,6 +92,9 @@ class LlamoMoleculePipeline(Pipeline):
                 "LlamoMoleculePipeline needs the model's LlamoProcessor: pass `processor=` (pipeline() loads it "
                 "from the model folder or repository)."
             )
+        check, config = getattr(processor, "check_model_config", None), getattr(model, "config", None)
+        if check is not None and config is not None:
+            check(config)  # a processor built for another model: fail now, naming both token counts
         super().__init__(model=model, processor=processor, tokenizer=tokenizer or processor.tokenizer, **kwargs)
 
     def __call__(self, inputs, smiles: str | Sequence[str] | None = None, batch_size: int | None = None, **kwargs):

@@ -12,7 +12,7 @@ import torch
 from rdkit import Chem
 from transformers import BatchFeature, ProcessorMixin
 
-from .configuration_llamo import GRAPH_INPUT_NAMES
+from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
 from .featurization_llamo import (
     MoleculeGraph,
     check_size,
@@ -67,6 +67,21 @@ class RenderedConversation:
     text: str
     molecule: object | None
     assistant_spans: list[tuple[int, int]]
+
+
+def _saved_model_config(folder: str | Path) -> LlamoConfig | None:
+    """The LLaMo model config saved beside a processor in a local folder, or `None` (no folder, no `config.json`, or
+    not a LLaMo config)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("model_type") != LlamoConfig.model_type:
+            return None
+        return LlamoConfig.from_pretrained(path.parent)
+    except Exception:
+        # An unreadable model config is for the model's loader to report; the processor does not depend on it.
+        return None
 
 
 def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int) -> None:
@@ -137,6 +152,50 @@ class LlamoProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
+
+    def check_model_config(self, config) -> None:
+        """
+        Check that this processor builds inputs the model can read: it must expand `<graph>` into the model's number
+        of graph tokens, with the model's `<graph>` id.
+
+        Args:
+            config: the model's `LlamoConfig` (anything with `num_graph_tokens` / `graph_token_id`; missing values
+                are not checked).
+
+        Raises:
+            ValueError: naming both numbers (or both ids) when they disagree.
+        """
+        expected = getattr(config, "num_graph_tokens", None)
+        if expected is not None and expected != self.num_graph_tokens:
+            raise ValueError(
+                f"Processor and model disagree on graph tokens per molecule: the processor expands <graph> into "
+                f"{self.num_graph_tokens} placeholders (processor.num_graph_tokens), the model makes {expected} "
+                f"(config.num_graph_tokens). Save the processor with num_graph_tokens={expected}, or use the "
+                "processor saved with this model."
+            )
+        graph_token_id = getattr(config, "graph_token_id", None)
+        if graph_token_id is not None and graph_token_id != self.graph_token_id:
+            raise ValueError(
+                f"Processor and model disagree on the {self.graph_token} token: the tokenizer gives id "
+                f"{self.graph_token_id}, the model's config.graph_token_id is {graph_token_id}. Use the tokenizer "
+                "saved with this model."
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> LlamoProcessor:
+        """
+        Load a processor (see `ProcessorMixin.from_pretrained`). When the folder also holds a LLaMo model config (a
+        local folder saved with `save_llamo`, `llamo init`, training or export), the processor is checked against it
+        with `check_model_config`, so a mismatched pair fails here rather than in the model's forward.
+        """
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = Path(pretrained_model_name_or_path)
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs["subfolder"]
+        config = _saved_model_config(folder) if folder.is_dir() else None
+        if config is not None:
+            processor.check_model_config(config)
+        return processor
 
     def featurize(
         self, molecules: Sequence[str | Chem.Mol | MoleculeGraph | dict], max_atoms: int | str | None = "default"

@@ -1,12 +1,16 @@
+import importlib
 import json
 import shutil
 import subprocess
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from llamo.cli import build_parser, main
+from llamo.cli import FEATURE_COMMANDS, build_parser, main
 
-from .conftest import SMILES, subprocess_env
+from .conftest import SMILES, make_tokenizer, molecule_messages, subprocess_env
+from .test_processor import QWEN2_STYLE_TEMPLATE, QWEN_SYSTEM_PROMPT
 
 LLAMO = shutil.which("llamo")
 
@@ -19,6 +23,94 @@ def test_help_documents_init_and_generate(capsys):
     text = capsys.readouterr().out
     assert "--llm" in text and "--share-level-attention" in text and "--no-motifs" in text
     assert "--smiles" in text and "--max-new-tokens" in text
+
+
+def test_every_feature_command_module_exists():
+    for name in FEATURE_COMMANDS:
+        module = importlib.import_module(name)  # a listed module that is missing fails here, not silently
+        assert callable(getattr(module, "register", None)), f"{name} has no register(subparsers)"
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert {"init", "generate", "chat", "train", "evaluate", "export"} <= set(subcommands)
+
+
+TINY_INIT_OPTIONS = ["--gin-layers", "2", "--gin-hidden", "16", "--heads", "2", "--mlp-depth", "2"]
+
+
+def save_tiny_lm(family: str, folder) -> None:
+    """A tiny random Qwen2 (tied embeddings, ChatML with a default system prompt) or OPT (Galactica's architecture,
+    no chat template) with the tiny byte-level tokenizer, saved like a Hub checkpoint."""
+    tokenizer = make_tokenizer()
+    common = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    if family == "qwen2":
+        tokenizer.chat_template = QWEN2_STYLE_TEMPLATE
+        config = Qwen2Config(
+            intermediate_size=64,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            **common,
+        )
+        model = Qwen2ForCausalLM(config)
+    else:
+        tokenizer.chat_template = None
+        config = OPTConfig(ffn_dim=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, **common)
+        model = OPTForCausalLM(config)
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.mark.parametrize(("family", "base_class"), [("qwen2", "Qwen2Model"), ("opt", "OPTModel")])
+def test_init_forward_and_generate_for_other_lm_families(family, base_class, tmp_path):
+    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+
+    llm_dir, output = tmp_path / family, tmp_path / "llamo"
+    save_tiny_lm(family, llm_dir)
+    assert main(["init", str(output), "--llm", str(llm_dir), *TINY_INIT_OPTIONS]) == 0
+    model = LlamoForConditionalGeneration.from_pretrained(output).eval()
+    processor = LlamoProcessor.from_pretrained(output)
+
+    assert model.config.text_config.model_type == family
+    assert type(model.model.language_model).__name__ == base_class
+    assert model.config.num_graph_tokens == processor.num_graph_tokens == 3 * 4 + 4
+    assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer)
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # both families tie their embeddings
+    lm = AutoModelForCausalLM.from_pretrained(llm_dir)
+    kept = lm.base_model.get_input_embeddings().weight
+    assert torch.equal(model.get_input_embeddings().weight[: kept.shape[0]], kept)  # the LM's own rows unchanged
+    first_layer = (
+        "layers.0.self_attn.q_proj.weight" if family == "qwen2" else "decoder.layers.0.self_attn.q_proj.weight"
+    )
+    assert torch.equal(model.model.language_model.get_parameter(first_layer), lm.base_model.get_parameter(first_layer))
+
+    # `--chat-template auto`: Qwen2's own template (with its default system prompt); OPT has none -> LLaMA-2 prompt
+    prompt = processor.apply_chat_template(molecule_messages("CCO"), add_generation_prompt=True)
+    expected_start = f"<|im_start|>system\n{QWEN_SYSTEM_PROMPT}" if family == "qwen2" else "<s>[INST] <<SYS>>"
+    assert prompt.startswith(expected_start), prompt
+
+    names = ("aspirin", "salt")
+    batch = processor.apply_chat_template(
+        [molecule_messages(SMILES[name]) for name in names], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        out = model(**batch)
+        greedy = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        beams = model.generate(**batch, max_new_tokens=4, min_new_tokens=4, num_beams=2, num_return_sequences=2)
+    assert out.logits.shape == (*batch["input_ids"].shape, len(processor.tokenizer))
+    assert torch.isfinite(out.logits).all()
+    assert greedy.shape == (2, batch["input_ids"].shape[1] + 4)
+    assert beams.shape == (4, batch["input_ids"].shape[1] + 4)
+    assert processor.graph_token_id not in greedy[:, batch["input_ids"].shape[1] :]  # <graph> is never generated
+    for row, name in enumerate(names):  # left padding changes nothing
+        single = processor.apply_chat_template(
+            molecule_messages(SMILES[name]), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        with torch.no_grad():
+            alone = model.generate(**single, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert greedy[row, -4:].tolist() == alone[0, -4:].tolist(), name
+    assert all(isinstance(text, str) for text in processor.batch_decode(greedy))
 
 
 @pytest.fixture(scope="module")

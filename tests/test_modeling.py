@@ -5,7 +5,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, OPTConfig, Qwen2Config
 
-from llamo import LlamoConfig, LlamoForConditionalGeneration, LlamoModel, collate_molecule_graphs, featurize_smiles
+from llamo import (
+    GRAPH_INPUT_NAMES,
+    LlamoConfig,
+    LlamoForConditionalGeneration,
+    LlamoModel,
+    collate_molecule_graphs,
+    featurize_smiles,
+)
 from llamo.original_checkpoint import (
     convert_original_graph_state_dict,
     load_original_graph_weights,
@@ -417,3 +424,109 @@ def test_frozen_encoder_keeps_batchnorm_statistics_in_train_mode():
     model.freeze_graph_encoder(False)
     model.train()
     assert encoder.training and encoder.atom_encoder.embeddings[0].weight.requires_grad
+
+
+# --- batch alignment under beam search and num_return_sequences ------------------------------------------------
+
+
+def molecule_inputs(processor, names):
+    conversations = [molecule_messages(SMILES[name]) for name in names]
+    return processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=True, return_dict=True)
+
+
+def test_beam_search_rows_equal_each_molecule_alone(tiny_llamo):
+    model, processor = tiny_llamo
+    names = ("aspirin", "salt")  # 13 vs 2 atoms, prompts of different lengths
+    batch = molecule_inputs(processor, names)
+    assert (batch["attention_mask"] == 0).any()  # left padding happened
+    settings = {"num_beams": 3, "max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    with torch.no_grad():
+        batched = model.generate(**batch, **settings)
+        batched_pairs = model.generate(**batch, **settings, num_return_sequences=2)
+    for row, name in enumerate(names):
+        single = molecule_inputs(processor, [name])
+        with torch.no_grad():
+            alone = model.generate(**single, **settings)
+            alone_pairs = model.generate(**single, **settings, num_return_sequences=2)
+        assert batched[row, -6:].tolist() == alone[0, -6:].tolist(), name
+        assert batched_pairs[2 * row : 2 * row + 2, -6:].tolist() == alone_pairs[:, -6:].tolist(), name
+
+
+def test_sampled_copies_get_their_own_molecule(tiny_llamo):
+    """`num_return_sequences=2` sampling on a left-padded batch of two molecules: the expanded rows 0, 1 carry the first
+    molecule's graph tokens and 2, 3 the second's, and their first-step logits are the molecule's own, alone."""
+    model, processor = tiny_llamo
+    names = ("caffeine", "methane")
+    batch = molecule_inputs(processor, names)
+    captured = []
+    hook = model.model.graph_projector.register_forward_hook(lambda module, args, output: captured.append(output))
+    torch.manual_seed(0)
+    try:
+        with torch.no_grad():
+            output = model.generate(
+                **batch,
+                do_sample=True,
+                num_return_sequences=2,
+                max_new_tokens=4,
+                min_new_tokens=4,
+                return_dict_in_generate=True,
+                output_logits=True,
+            )
+    finally:
+        hook.remove()
+    assert len(captured) == 1 and captured[0].shape == (4, model.config.num_graph_tokens, 32)
+    assert output.sequences.shape[0] == 4
+    for row, name in enumerate(names):
+        single = molecule_inputs(processor, [name])
+        with torch.no_grad():
+            graph = model.get_graph_features(**{k: v for k, v in single.items() if k in GRAPH_INPUT_NAMES})
+            alone = model(**single).logits[0, -1]
+        for copy in (2 * row, 2 * row + 1):
+            torch.testing.assert_close(captured[0][copy], graph[0], msg=f"{name}, row {copy}")
+            torch.testing.assert_close(output.logits[0][copy], alone, atol=1e-4, rtol=1e-4, msg=f"{name}, row {copy}")
+    # each returned row still starts with its own molecule's prompt
+    prompt = batch["input_ids"].repeat_interleave(2, dim=0)
+    assert torch.equal(output.sequences[:, : prompt.shape[1]], prompt)
+
+
+# --- mixed precision (training with lm_dtype=bfloat16) ---------------------------------------------------------
+
+
+def test_fp32_graph_modules_with_a_bfloat16_lm():
+    """As stage 1/2 load a model with `lm_dtype: bfloat16`: the LM in bf16, the trained graph stack in fp32."""
+    model = tiny_model().to(torch.bfloat16)
+    model.model.graph_encoder.float()
+    model.model.graph_projector.float()
+    assert model.model.graph_projector.level_queries.dtype == torch.float32
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    batch = graph_batch("aspirin", "methane")
+    inputs = {"input_ids": prompt_ids(model, 2), **batch}
+    with torch.no_grad():
+        out = model(**inputs)
+        graph = model.get_graph_features(**batch)
+        generated = model.generate(
+            **inputs,
+            attention_mask=torch.ones_like(inputs["input_ids"]),
+            max_new_tokens=3,
+            min_new_tokens=3,
+            num_beams=2,
+            pad_token_id=0,
+        )
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all()
+    assert out.graph_embeds.dtype == torch.bfloat16  # cast to the LM's dtype at the scatter
+    # the graph stack computes in fp32; its tokens are rounded to bf16 once, where they enter the LM
+    assert graph.dtype == torch.float32
+    torch.testing.assert_close(out.graph_embeds, graph.to(torch.bfloat16), atol=0, rtol=0)
+    assert generated.shape == (2, inputs["input_ids"].shape[1] + 3)
+
+    # training step: the loss backpropagates through the bf16 LM into fp32 gradients of the graph stack
+    model.train()
+    for param in model.model.language_model.parameters():
+        param.requires_grad_(False)
+    model.lm_head.requires_grad_(False)
+    labels = inputs["input_ids"].clone()
+    labels[labels == GRAPH_TOKEN_ID] = -100
+    model(**inputs, labels=labels).loss.backward()
+    grad = model.model.graph_projector.level_queries.grad
+    assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert model.model.graph_encoder.atom_encoder.embeddings[0].weight.grad.dtype == torch.float32

@@ -7,6 +7,8 @@ from llamo.processing_llamo import LLAMA2_CHAT_TEMPLATE
 
 from .conftest import CHATML_TEMPLATE, SMILES, make_tokenizer, molecule_messages
 
+QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
 
 @pytest.fixture(scope="module")
 def processor(tiny_llamo):
@@ -238,3 +240,111 @@ def test_no_graph_ablation_keeps_the_smiles_text(processor, tiny_llamo):
     assert "atom_features" not in inputs and graph_count(processor, inputs["input_ids"]) == [0]
     with torch.no_grad():
         assert model.generate(**inputs, max_new_tokens=3).shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+QWEN2_STYLE_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>system\\n" + QWEN_SYSTEM_PROMPT + "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'user' or message.role == 'assistant' or (message.role == 'system' and not loop.first) -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+"""Qwen2's ChatML template (tools left out): a default system prompt unless the conversation brings its own."""
+
+
+def test_qwen2_style_template_with_a_default_system_prompt():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = QWEN2_STYLE_TEMPLATE
+    tokenizer.pad_token = tokenizer.eos_token  # Qwen2 pads with an existing special token
+    tokenizer.add_tokens(["<graph>"], special_tokens=True)
+    qwen = LlamoProcessor(tokenizer, num_graph_tokens=16)
+    system = f"<|im_start|>system\n{QWEN_SYSTEM_PROMPT}<|im_end|>\n"
+    prompt = qwen.apply_chat_template(molecule_messages("OCC", "Name it."), add_generation_prompt=True)
+    assert prompt == f"{system}<|im_start|>user\nCCO<graph> Name it.<|im_end|>\n<|im_start|>assistant\n"
+    own_system = qwen.apply_chat_template([{"role": "system", "content": "Be brief."}, *molecule_messages("O")])
+    assert (
+        own_system
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nO<graph> Describe this molecule.<|im_end|>\n"
+    )
+
+    inputs = qwen.apply_chat_template(
+        [molecule_messages(SMILES["aspirin"]), molecule_messages("C")],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )
+    assert graph_count(qwen, inputs["input_ids"]) == [16, 16]
+    assert inputs["atom_mask"].sum(1).tolist() == [13, 1]
+    assert qwen.answer_marker() == "<|im_end|>\n<|im_start|>assistant"
+
+    # training: the loss spans are exactly the assistant answers plus their end-of-turn text
+    conversation = [
+        *molecule_messages(SMILES["aspirin"]),
+        {"role": "assistant", "content": "An ester."},
+        {"role": "user", "content": "Is it acidic?"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    rendered = qwen.render_conversation(conversation)
+    assert rendered.text.startswith(system)
+    assert [rendered.text[start:end] for start, end in rendered.assistant_spans] == [
+        "An ester.<|im_end|>\n",
+        "Yes.<|im_end|>\n",
+    ]
+
+    # decoding without the prompt at hand falls back to the template's answer marker
+    answer = tokenizer("It is an acid.", add_special_tokens=False)["input_ids"]
+    qwen.apply_chat_template(molecule_messages("O"), add_generation_prompt=True, tokenize=True)  # another prompt
+    generated = torch.cat([inputs["input_ids"][:1], torch.tensor([answer])], dim=1)
+    assert qwen.batch_decode(generated) == ["It is an acid."]
+
+
+# --- processor and model agree ----------------------------------------------------------------------------------
+
+
+def test_processor_and_model_mismatch_is_reported_with_both_numbers(tiny_llamo, tiny_llamo_dir, tmp_path):
+    import shutil
+
+    from transformers import pipeline
+
+    model, processor = tiny_llamo
+    assert model.config.num_graph_tokens == processor.num_graph_tokens == 16
+    processor.check_model_config(model.config)  # the matching pair passes
+    wrong = LlamoProcessor(processor.tokenizer, chat_template="llama2", num_graph_tokens=28)
+    both = r"28 placeholders \(processor.num_graph_tokens\), the model makes 16 \(config.num_graph_tokens\)"
+    with pytest.raises(ValueError, match=both):
+        wrong.check_model_config(model.config)
+
+    # used anyway, the model's forward names both numbers
+    inputs = wrong.apply_chat_template(
+        [molecule_messages("CCO"), molecule_messages("C")], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    forward_both = r"num_graph_tokens \(28\) and the model's config.num_graph_tokens \(16\) disagree"
+    with pytest.raises(ValueError, match=forward_both), torch.no_grad():
+        model(**inputs)
+
+    # a folder holding a model and a processor that disagree fails when the processor loads
+    folder = tmp_path / "mismatched"
+    shutil.copytree(tiny_llamo_dir, folder)
+    assert LlamoProcessor.from_pretrained(folder).num_graph_tokens == 16
+    wrong.save_pretrained(folder)
+    with pytest.raises(ValueError, match=both):
+        LlamoProcessor.from_pretrained(folder)
+    # a processor saved on its own (no model config beside it) loads as saved
+    wrong.save_pretrained(tmp_path / "processor-only")
+    assert LlamoProcessor.from_pretrained(tmp_path / "processor-only").num_graph_tokens == 28
+
+    with pytest.raises(ValueError, match=both):
+        pipeline("molecule-text-generation", model=model, processor=wrong, device="cpu")
+
+    other_id = LlamoProcessor(processor.tokenizer, chat_template="llama2", num_graph_tokens=16)
+    other_id.graph_token_id = processor.graph_token_id - 1
+    with pytest.raises(
+        ValueError, match=rf"id {processor.graph_token_id - 1}.*graph_token_id is {processor.graph_token_id}"
+    ):
+        other_id.check_model_config(model.config)

@@ -31,6 +31,22 @@ def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
         assert step in ci, f"{step!r} is not run by .ci/run"
 
 
+def test_ci_lints_after_the_tests():
+    lint = re.search(r"Lint: `([^`]+)`", (ROOT / "README.md").read_text())
+    assert lint, "README's Development section names no lint command"
+    lint_command = lint.group(1)
+    assert "ruff check" in lint_command and "ruff format --check" in lint_command
+    steps = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    steps = [line for line in steps if line and not line.startswith("#")]
+    assert steps[-2:] == ["python3 -m pytest -q", lint_command], steps[-2:]
+
+
+def test_developers_guide_names_the_remote_code_files():
+    guide = (ROOT / "DEVELOPERS.md").read_text()
+    for name in (*REMOTE_CODE, "setup.py", "../shared"):
+        assert name in guide, name
+
+
 def test_remote_code_files_import_only_their_siblings():
     for name in REMOTE_CODE:
         tree = ast.parse((ROOT / "modeling_llamo" / name).read_text())
