@@ -59,6 +59,9 @@ setup(
             "py2opsin>=1.2",
             "gradio>=6,<7",
         ],
+        # packaged data sources: the `chemicals` IUPAC table and QM9 (`qm9pack`, a 104 MB wheel, 224 MB installed;
+        # left out of `test`, whose qm9pack test skips without it: `pip install -e .[test,data]` runs it)
+        "data": ["qm9pack>=1.0", "chemicals"],
         "bench": ["ogb==1.3.5"],
         "smollm2": ["gguf>=0.10"],
     },

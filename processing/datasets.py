@@ -83,6 +83,7 @@ FEATURIZED_FEATURES = {
     "num_atoms": datasets.Value("int32"),
 }
 FEATURIZATION_VERSION = "1"
+MULTIPROCESS_MIN_ROWS = 512
 
 
 @dataclass
@@ -234,6 +235,18 @@ def _read_pubchem_pickle(path: Path) -> Iterator[tuple[str, str, str]]:
         yield record_id, smile, text
 
 
+def pickle_refusal(pickle_file: Path) -> str:
+    """Why a PubChem324kV2 `.pt` file is not read, and exactly which option reads it."""
+    return (
+        f"Refusing to read {pickle_file}: it is a pickle (PubChem324kV2's PyG format), and unpickling runs whatever "
+        "code the file holds, so llamo reads it only when asked to. If you trust this file, set `allow_pickle: true` "
+        "on this `pubchem324k` data source in the recipe, e.g. "
+        f"`- {{type: pubchem324k, path: {pickle_file.parent}, split: {pickle_file.stem}, allow_pickle: true}}` "
+        "(in Python: `load_pubchem324k(..., allow_pickle=True)`). Alternatively point `path` at PubChem324k's text "
+        f"layout ({pickle_file.stem}/text/*.txt + {pickle_file.stem}/smiles/*.txt), which needs no flag."
+    )
+
+
 def load_pubchem324k(
     path: str,
     split: str = "train",
@@ -260,10 +273,7 @@ def load_pubchem324k(
             rows = _read_pubchem_text_layout(folder)
         elif pickle_file.suffix == ".pt" and pickle_file.is_file():
             if not allow_pickle:
-                raise PermissionError(
-                    f"{pickle_file} is a pickle (PubChem324kV2's PyG format): loading it executes code from the file. "
-                    "Only if you trust it, pass allow_pickle=True (`allow_pickle: true` in the data source)."
-                )
+                raise PermissionError(pickle_refusal(pickle_file))
             rows = _read_pubchem_pickle(pickle_file)
         else:
             raise FileNotFoundError(f"{path}: neither {folder}/text + {folder}/smiles nor {pickle_file} exist")
@@ -442,36 +452,53 @@ def property_record(molecule_id: str, smiles: str, name: str, value: float, sour
     )
 
 
-def load_qm9_properties(
-    path: str | list[str] | None = None,
-    properties: tuple[str, ...] | list[str] = ("HOMO", "LUMO", "gap"),
-    limit: int | None = None,
-) -> tuple[datasets.Dataset, DataReport]:
-    """
-    QM9 HOMO / LUMO / HOMO-LUMO gap (Hartree) as question -> number conversations, one per property per molecule.
-    `path`: CSV file(s) with `SMILES`, `HOMO_au`, `LUMO_au`, `HOMO_LUMO_gap_au` (default: the `qm9pack` package's
-    parts). `limit` keeps that many molecules, a deterministic spread-out subset (QM9 is ordered by size).
-    """
+def _qm9_table(path: str | list[str] | None, split: str, columns: list[str]):
+    """The QM9 rows as a pandas table with `columns` (plus `Index` when the source has it), and a name for reports."""
     import pandas
 
-    unknown = [name for name in properties if name not in QM9_COLUMNS]
-    if unknown:
-        raise ValueError(f"Unknown QM9 properties {unknown}; choose from {list(QM9_COLUMNS)}")
+    if isinstance(path, str) and _is_hub_id(path):
+        loaded = datasets.load_dataset(path, split=split)
+        missing = [c for c in columns if c not in loaded.column_names]
+        if missing:
+            raise ValueError(f"{path} ({split}) has no column(s) {missing}; its columns: {loaded.column_names}")
+        keep = columns + (["Index"] if "Index" in loaded.column_names else [])
+        return loaded.select_columns(keep).to_pandas(), f"{path}, {split}"
     if path is None:
         files = [_installed_file(QM9PACK_FILES[0], name) for name in QM9PACK_FILES[1]]
     else:
         files = [_require(p) for p in ([path] if isinstance(path, str) else path)]
-    report = DataReport(f"qm9 ({', '.join(f.name for f in files)})")
-    columns = ["SMILES", *(QM9_COLUMNS[name] for name in properties)]
-    id_columns = ["Index"]
     frames = []
     for file in files:
         header = pandas.read_csv(file, nrows=0).columns
         missing = [c for c in columns if c not in header]
         if missing:
             raise ValueError(f"{file} has no column(s) {missing}")
-        frames.append(pandas.read_csv(file, usecols=columns + [c for c in id_columns if c in header]))
-    table = pandas.concat(frames, ignore_index=True)
+        frames.append(pandas.read_csv(file, usecols=columns + (["Index"] if "Index" in header else [])))
+    return pandas.concat(frames, ignore_index=True), ", ".join(f.name for f in files)
+
+
+def load_qm9_properties(
+    path: str | list[str] | None = None,
+    properties: tuple[str, ...] | list[str] = ("HOMO", "LUMO", "gap"),
+    limit: int | None = None,
+    split: str = "train",
+    smiles_column: str = "SMILES",
+    property_columns: dict[str, str] | None = None,
+) -> tuple[datasets.Dataset, DataReport]:
+    """
+    QM9 HOMO / LUMO / HOMO-LUMO gap (Hartree) as question -> number conversations, one per property per molecule.
+    `path`: CSV file(s) or a Hub dataset id (its `split`), with the columns `SMILES`, `HOMO_au`, `LUMO_au`,
+    `HOMO_LUMO_gap_au` (rename with `smiles_column` and `property_columns`, e.g. `{"HOMO": "homo"}`; the values must be
+    in Hartree); default: the `qm9pack` package's parts. `limit` keeps that many molecules, a deterministic
+    spread-out subset (QM9 is ordered by size).
+    """
+    unknown = [name for name in properties if name not in QM9_COLUMNS]
+    if unknown:
+        raise ValueError(f"Unknown QM9 properties {unknown}; choose from {list(QM9_COLUMNS)}")
+    column_of = {**QM9_COLUMNS, **(property_columns or {})}
+    table, origin = _qm9_table(path, split, [smiles_column, *(column_of[name] for name in properties)])
+    table = table.rename(columns={smiles_column: "SMILES", **{column_of[n]: QM9_COLUMNS[n] for n in properties}})
+    report = DataReport(f"qm9 ({origin})")
     report.read = len(table)
     if "Index" not in table.columns:
         table["Index"] = range(len(table))
@@ -495,39 +522,59 @@ def load_qm9_properties(
     return _records_to_dataset(records), report
 
 
-def load_conversations(path: str, limit: int | None = None) -> tuple[datasets.Dataset, DataReport]:
-    """JSONL of conversation-schema rows (`id`, `smiles`, `messages`, ...); malformed lines are skipped and counted."""
-    report = DataReport(f"conversations ({path})")
-    records = []
-    with open(_require(path), encoding="utf-8") as handle:
+def _jsonl_lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as handle:
         for line in handle:
-            if not line.strip():
-                continue
-            report.read += 1
-            if limit is not None and len(records) >= limit:
-                break
-            try:
-                row = json.loads(line)
-                metadata = row.get("metadata") or {}
-                if isinstance(metadata, str):
-                    metadata = json.loads(metadata)
-                records.append(
-                    make_record(
-                        row["id"],
-                        row["smiles"],
-                        row["messages"],
-                        row.get("task", "conversation"),
-                        row.get("source", "conversations"),
-                        metadata,
-                    )
+            if line.strip():
+                yield line
+
+
+def load_conversations(
+    path: str, limit: int | None = None, split: str = "train"
+) -> tuple[datasets.Dataset, DataReport]:
+    """
+    Conversation-schema rows (`id`, `smiles`, `messages`, ...) from a JSONL file or a Hub dataset id (its `split`);
+    malformed rows are skipped and counted.
+    """
+    report = DataReport(f"conversations ({path})")
+    rows = datasets.load_dataset(path, split=split) if _is_hub_id(path) else _jsonl_lines(_require(path))
+    records = []
+    for line in rows:
+        report.read += 1
+        if limit is not None and len(records) >= limit:
+            break
+        try:
+            row = json.loads(line) if isinstance(line, str) else dict(line)
+            metadata = row.get("metadata") or {}
+            if isinstance(metadata, str):
+                metadata = json.loads(metadata)
+            records.append(
+                make_record(
+                    row["id"],
+                    row["smiles"],
+                    row["messages"],
+                    row.get("task") or "conversation",
+                    row.get("source") or "conversations",
+                    metadata,
                 )
-            except (ValueError, KeyError, TypeError) as error:
-                report.drop(f"malformed row ({type(error).__name__})")
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            report.drop(f"malformed row ({type(error).__name__})")
     report.kept = len(records)
     return _records_to_dataset(records), report
 
 
 # --- featurization ----------------------------------------------------------------------------------------------
+
+
+def _featurization_error(failure: Exception) -> str:
+    """The report reason of a molecule that could not be featurized."""
+    if not isinstance(failure, ValueError):
+        return f"featurization error: {type(failure).__name__}"
+    message = str(failure)
+    if message == "oversized":
+        return "oversized molecule"
+    return "empty SMILES" if message.startswith("Empty") else "unparsable SMILES"
 
 
 def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str, list]:
@@ -552,15 +599,8 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
                     Chem.MolToInchiKey(mol) or "",
                     graph.num_atoms,
                 )
-            except ValueError as failure:
-                message = str(failure)
-                error = (
-                    "oversized molecule"
-                    if message == "oversized"
-                    else "empty SMILES"
-                    if message.startswith("Empty")
-                    else "unparsable SMILES"
-                )
+            except Exception as failure:  # one bad molecule is counted, never stops the job
+                error = _featurization_error(failure)
                 values = ([], [[], []], [], [], "", "", 0)
             for name, value in zip(FEATURIZED_FEATURES, values, strict=True):
                 out[name].append(value)
@@ -574,11 +614,16 @@ def featurize_dataset(
     num_proc: int | None = None,
     name: str = "dataset",
     cache_file_name: str | None = None,
+    multiprocess_min_rows: int = MULTIPROCESS_MIN_ROWS,
 ) -> tuple[datasets.Dataset, DataReport]:
     """
-    Featurize every molecule once with `datasets.map` (multi-process with `num_proc`), adding `atom_features`,
-    `edge_index`, `edge_features`, `motif_features`, `prompt_smiles` (canonical, non-isomeric, uncut), `inchikey`
-    and `num_atoms`. Unparsable, empty and oversized molecules are dropped and counted in the returned report.
+    Featurize every molecule once with `datasets.map`, adding `atom_features`, `edge_index`, `edge_features`,
+    `motif_features`, `prompt_smiles` (canonical, non-isomeric, uncut), `inchikey` and `num_atoms`. Unparsable, empty
+    and oversized molecules, and any molecule whose featurization raises, are dropped and counted in the returned
+    report (the latter as `featurization error: <exception type>`).
+
+    `num_proc` processes are used when the dataset has more than `multiprocess_min_rows` rows (below that, starting
+    the processes costs more than it saves).
     """
     features = datasets.Features(
         {**dataset.features, **FEATURIZED_FEATURES, "featurization_error": datasets.Value("string")}
@@ -588,7 +633,7 @@ def featurize_dataset(
         batched=True,
         batch_size=256,
         fn_kwargs={"max_atoms": max_atoms},
-        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > 512 else None,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > multiprocess_min_rows else None,
         features=features,
         desc=f"Featurizing {name}",
         cache_file_name=cache_file_name,

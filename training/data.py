@@ -42,9 +42,9 @@ def load_source(source: DataSourceConfig) -> tuple[datasets.Dataset, DataReport]
     if source.type == "chemicals":
         return loaders.load_chemicals_iupac(source.path, limit=source.limit, **options)
     if source.type == "qm9":
-        return loaders.load_qm9_properties(source.path, limit=source.limit, **options)
+        return loaders.load_qm9_properties(source.path, limit=source.limit, split=source.split, **options)
     if source.type == "conversations":
-        return loaders.load_conversations(source.path, limit=source.limit, **options)
+        return loaders.load_conversations(source.path, limit=source.limit, split=source.split, **options)
     raise ValueError(f"Unknown data source type {source.type!r}")
 
 
@@ -62,7 +62,11 @@ def _source_fingerprint(source: DataSourceConfig, max_atoms: int) -> str:
 
 
 def prepare_source(
-    source: DataSourceConfig, cache_dir: Path, max_atoms: int, num_proc: int = 1
+    source: DataSourceConfig,
+    cache_dir: Path,
+    max_atoms: int,
+    num_proc: int = 1,
+    num_proc_min_rows: int = loaders.MULTIPROCESS_MIN_ROWS,
 ) -> tuple[datasets.Dataset, list[DataReport]]:
     """Load and featurize one source, or reuse its cached featurized copy (same source, files and options)."""
     folder = cache_dir / f"{source.type}-{_source_fingerprint(source, max_atoms)}"
@@ -72,7 +76,9 @@ def prepare_source(
         return datasets.load_from_disk(str(folder)), reports
 
     raw, load_report = load_source(source)
-    featurized, feature_report = featurize_dataset(raw, max_atoms=max_atoms, num_proc=num_proc, name=source.type)
+    featurized, feature_report = featurize_dataset(
+        raw, max_atoms=max_atoms, num_proc=num_proc, name=source.type, multiprocess_min_rows=num_proc_min_rows
+    )
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     featurized.save_to_disk(str(partial))
@@ -91,7 +97,9 @@ def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[data
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts, reports = [], []
     for source in config.sources:
-        dataset, source_reports = prepare_source(source, cache_dir, config.max_atoms, config.num_proc)
+        dataset, source_reports = prepare_source(
+            source, cache_dir, config.max_atoms, config.num_proc, config.num_proc_min_rows
+        )
         reports.extend(source_reports)
         if source.holdout:
             dataset = holdout_split(dataset, source.holdout, source.part)

@@ -2,6 +2,8 @@
 
 llamo train stage1 --config recipe.yaml [--output_dir ...]
 accelerate launch -m llamo.training.stage1 --config recipe.yaml
+
+SIGTERM or Ctrl-C saves a checkpoint at the end of the current step and exits; the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .common import (
 )
 from .config import Stage1Config
 from .data import build_training_dataset
+from .interrupt import GracefulInterrupt
 
 
 class LlamoTrainer(PaperScheduleMixin, SFTTrainer):
@@ -82,8 +85,12 @@ def main(config: Stage1Config, log=print) -> Path:
         processing_class=processor,
     )
     trainer.llamo_schedule = schedule_of(config)
+    interrupt = GracefulInterrupt(log)
+    trainer.add_callback(interrupt)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with interrupt:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    interrupt.exit_if_interrupted(trainer.state)
     trainer.save_model(str(output_dir))
     if state.is_main_process:
         processor.save_pretrained(output_dir)

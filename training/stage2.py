@@ -5,7 +5,8 @@ encoder frozen (BatchNorm in eval mode), loss on assistant turns only.
     accelerate launch -m llamo.training.stage2 --config recipe.yaml
 
 Results: `OUTPUT_DIR/adapter` (the LoRA adapter + trained projector, for `PeftModel.from_pretrained` onto the stage-1
-model) and `OUTPUT_DIR/merged` (a full model folder for `AutoModelForCausalLM` / `AutoProcessor`).
+model) and `OUTPUT_DIR/merged` (a full model folder for `AutoModelForCausalLM` / `AutoProcessor`). SIGTERM or Ctrl-C
+saves a checkpoint at the end of the current step and exits; the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .common import (
 )
 from .config import Stage2Config
 from .data import build_training_dataset
+from .interrupt import GracefulInterrupt
 
 
 class LlamoSFTTrainer(PaperScheduleMixin, SFTTrainer):
@@ -77,8 +79,12 @@ def main(config: Stage2Config, log=print) -> Path:
         peft_config=peft_config,
     )
     trainer.llamo_schedule = schedule_of(config)
+    interrupt = GracefulInterrupt(log)
+    trainer.add_callback(interrupt)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with interrupt:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    interrupt.exit_if_interrupted(trainer.state)
     adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
     trainer.save_model(str(adapter_dir))
     if state.is_main_process:
