@@ -54,6 +54,8 @@ def resolve_chat_template(choice: str | None, tokenizer) -> str | None:
         return None
     if choice in CHAT_TEMPLATES:
         return CHAT_TEMPLATES[choice]
+    if "{{" in choice or "{%" in choice or "\n" in choice:
+        return choice
     path = Path(choice)
     if path.suffix in (".jinja", ".j2", ".txt") or path.exists():
         if not path.is_file():

@@ -348,3 +348,17 @@ def test_processor_and_model_mismatch_is_reported_with_both_numbers(tiny_llamo, 
         ValueError, match=rf"id {processor.graph_token_id - 1}.*graph_token_id is {processor.graph_token_id}"
     ):
         other_id.check_model_config(model.config)
+
+
+def test_chat_template_choice_accepts_names_files_and_long_template_strings(tmp_path):
+    from llamo.builder import resolve_chat_template
+
+    tokenizer = make_tokenizer()
+    long_template = CHATML_TEMPLATE + "{# " + "x" * 400 + " #}"
+    assert resolve_chat_template(long_template, tokenizer) == long_template
+    assert resolve_chat_template("llama2", tokenizer) == LLAMA2_CHAT_TEMPLATE
+    file = tmp_path / "template.jinja"
+    file.write_text(CHATML_TEMPLATE, encoding="utf-8")
+    assert resolve_chat_template(str(file), tokenizer) == CHATML_TEMPLATE
+    with pytest.raises(FileNotFoundError, match=r"missing\.jinja"):
+        resolve_chat_template(str(tmp_path / "missing.jinja"), tokenizer)
