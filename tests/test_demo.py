@@ -267,11 +267,13 @@ def test_stop_ends_the_answer_at_the_next_token(tiny_llamo):
     messages = conversation_messages(SMILES["caffeine"], [], "Describe this molecule.")
     stop = threading.Event()
     settings = {"max_new_tokens": 200, "min_new_tokens": 200, "do_sample": False}
-    pieces = []
-    for piece in stream_answer(model, processor, messages, settings, stop):
+    pieces, stats = [], {}
+    for piece in stream_answer(model, processor, messages, settings, stop, stats=stats):
         pieces.append(piece)
         stop.set()
-    assert stop.is_set() and len(pieces) <= 3
+    # Pieces already queued before the stop are still delivered (more of them on a busy machine), but generation
+    # itself ends at its next token instead of running to 200.
+    assert stop.is_set() and len(pieces) <= 10 and stats["new_tokens"] <= 20
     full = list(stream_answer(model, processor, messages, {"max_new_tokens": 40, "min_new_tokens": 40}))
     assert len(full[-1]) > len(pieces[-1])
 

@@ -501,7 +501,7 @@ def test_export_loads_without_llamo_and_generates_the_same(tiny_llamo, exported,
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=300,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     child = json.loads(result.stdout.strip().splitlines()[-1])
@@ -734,7 +734,7 @@ def test_push_uses_the_stored_login_and_creates_a_public_repo(exported, tmp_path
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=300,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     *printed, report = result.stdout.strip().splitlines()  # the command's output, then the child's report
