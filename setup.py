@@ -58,6 +58,7 @@ setup(
             "rouge_score>=0.1.2",
             "py2opsin>=1.2",
             "gradio>=6,<7",
+            "playwright>=1.45",
         ],
         # packaged data sources: the `chemicals` IUPAC table and QM9 (`qm9pack`, a 104 MB wheel, 224 MB installed;
         # left out of `test`, whose qm9pack test skips without it: `pip install -e .[test,data]` runs it)
