@@ -33,6 +33,7 @@ BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_WEIGHTS = "graph_and_new_embeddings.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_CARD = "README.md"
 
 
 class DefaultModelUnavailable(RuntimeError):
@@ -163,6 +164,8 @@ def assemble(bundle: Path, base_dir: Path, output: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     merged.eval().save_pretrained(partial)
     LlamoProcessor.from_pretrained(bundle).save_pretrained(partial)
+    if (bundle / MODEL_CARD).is_file():
+        shutil.copyfile(bundle / MODEL_CARD, partial / MODEL_CARD)
     (partial / "llamo_default_model.json").write_text(json.dumps({**manifest, "base_llm_dir": str(base_dir)}, indent=2))
     shutil.rmtree(output, ignore_errors=True)
     partial.rename(output)

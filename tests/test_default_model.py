@@ -123,6 +123,17 @@ def test_assembled_default_equals_the_trained_model(default_env, tiny_run):
     assert default_model_dir() == folder  # assembled once, then reused
 
 
+def test_bundle_model_card_travels_to_the_assembled_model(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "README.md").write_text("---\nlibrary_name: transformers\n---\n# A card\n", encoding="utf-8")
+    monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(bundle))
+    monkeypatch.setenv("LLAMO_BASE_LLM", str(tiny_llm_dir))
+    monkeypatch.setenv("LLAMO_CACHE", str(tmp_path / "cache"))
+    folder = default_model_dir()
+    assert (folder / "README.md").read_text(encoding="utf-8").endswith("# A card\n")
+
+
 def test_llamo_generate_and_chat_use_the_default(default_env):
     assert LLAMO
     generate = subprocess.run(
