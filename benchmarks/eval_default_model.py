@@ -54,6 +54,7 @@ class EvalConfig:
     work_dir: str = "runs/llamo-smollm2-135m/eval"
     scibert_vocab: str = "allenai/scibert_scivocab_uncased"
     batch_size: int = 16
+    num_beams: int = 1
     max_rows: int | None = None
 
 
@@ -122,6 +123,7 @@ def main(config: EvalConfig) -> dict:
                 data=str(files["test"]),
                 tasks=[task],
                 batch_size=config.batch_size,
+                num_beams=config.num_beams,
                 max_new_tokens=MAX_NEW_TOKENS[task],
                 baseline=None if name == "model" else name,
                 train_data=str(files["train"]) if name in ("retrieval", "mean") else None,
@@ -170,5 +172,6 @@ if __name__ == "__main__":
     parser.add_argument("--work-dir", default=defaults.work_dir)
     parser.add_argument("--scibert-vocab", default=defaults.scibert_vocab)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1: greedy, as in LLaMo's evaluation")
     parser.add_argument("--max-rows", type=int)
     main(EvalConfig(**vars(parser.parse_args())))
