@@ -60,15 +60,12 @@ class LlamoDataCollator:
             spans.append([(a + shift, b + shift) if a > position else (a, b) for a, b in rendered.assistant_spans])
             graphs.append(rendered.molecule)
 
-        encoding = tokenizer(
-            texts,
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            truncation=self.max_length is not None,
-            max_length=self.max_length,
-        )
+        # Truncated here rather than with `truncation=True`: that would leave the setting on the fast tokenizer,
+        # and every checkpoint's tokenizer.json would carry it.
+        encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         input_ids, labels = [], []
         for index, (ids, offsets) in enumerate(zip(encoding["input_ids"], encoding["offset_mapping"], strict=True)):
+            ids, offsets = ids[: self.max_length], offsets[: self.max_length]
             found = sum(1 for token in ids if token == self.processor.graph_token_id)
             if found != copies:
                 raise ValueError(

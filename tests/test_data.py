@@ -436,3 +436,27 @@ def test_chat_messages_attach_the_molecule_to_the_first_user_turn():
         make_record("t:2", "C", [{"role": "assistant", "content": "x"}], "t", "t")
     with pytest.raises(ValueError, match="empty"):
         make_record("t:3", "C", [{"role": "user", "content": "  "}], "t", "t")
+
+
+def test_collator_truncates_without_changing_the_tokenizer(tiny_llamo):
+    """max_length cuts the rows, but the shared tokenizer keeps no truncation setting (it would be saved with it)."""
+    import datasets
+
+    processor = tiny_llamo[1]
+    answer = "A stimulant with a long description. " * 40
+    rows = [
+        make_record(
+            "t:1",
+            SMILES["caffeine"],
+            [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": answer}],
+            "description",
+            "t",
+        )
+    ]
+    featurized, _ = featurize_dataset(datasets.Dataset.from_list(rows, features=CONVERSATION_FEATURES))
+    full = LlamoDataCollator(processor, max_length=None)(list(featurized))
+    cut = LlamoDataCollator(processor, max_length=96)(list(featurized))
+    assert full["input_ids"].shape[1] > 96 and cut["input_ids"].shape[1] == 96
+    assert torch.equal(cut["input_ids"], full["input_ids"][:, :96])
+    assert torch.equal(cut["labels"], full["labels"][:, :96])
+    assert processor.tokenizer.backend_tokenizer.truncation is None
