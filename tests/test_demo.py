@@ -16,7 +16,6 @@ import os
 import re
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from llamo.hub_cards.space.chat import conversation_messages, exchanges, generat
 from llamo.hub_cards.space.demo import Demo, render_molecule
 from llamo.hub_cards.space.molecule_view import draw_molecule_svg, groups_table_html, load_molecule
 
-from .conftest import SMILES, subprocess_env
+from .conftest import SMILES, free_port, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "hub_cards" / "space"
@@ -459,7 +458,7 @@ def test_demo_command_without_a_model_serves_the_default_model(gradio, tiny_llam
         return launched[-1]
 
     monkeypatch.setattr(space_demo, "launch_demo", launch)
-    port = _free_port()
+    port = free_port()
     args = _demo_parser().parse_args(["demo", "--port", str(port)])
     assert args.model is None
     try:
@@ -497,12 +496,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_for_page(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -572,7 +565,7 @@ def test_demo_in_headless_chromium(tiny_llamo_dir, tmp_path):
     require_browser_tools()
     from playwright.sync_api import expect, sync_playwright
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     launcher = (
         "import argparse, sys; from llamo.hub_cards import demo_commands; "

@@ -36,7 +36,7 @@ from llamo.training.config import Stage1Config, Stage2Config
 from llamo.training.data import build_training_dataset
 from llamo.training.interrupt import GracefulInterrupt
 
-from .conftest import subprocess_env
+from .conftest import free_port, subprocess_env
 
 PAIRS = [
     ("CC(=O)Oc1ccccc1C(=O)O", "an aromatic ester acid"),
@@ -864,6 +864,8 @@ def test_two_process_accelerate_run_matches_one_process(init_dir, workdir, toy_p
             "launch",
             "--config_file",
             str(accelerate_config),
+            "--main_process_port",
+            str(free_port()),
             "-m",
             "llamo.training.stage2",
             "--config",
