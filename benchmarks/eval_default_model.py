@@ -22,7 +22,7 @@ from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
 from llamo.processing.datasets import holdout_split
 from llamo.processing.schema import CONVERSATION_FEATURES
 from llamo.training.data import default_cache_dir, prepare_source
-from llamo.training.pipeline import load_pipeline, stage_configs
+from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
 
 TASK_OF_SOURCE = {"chebi20": "description", "chemicals": "iupac", "qm9": "property"}
 MAX_NEW_TOKENS = {"description": 256, "iupac": 96, "property": 16}
@@ -70,14 +70,17 @@ def write_jsonl(dataset, path: Path) -> Path:
 def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
     """`{task: {"test": jsonl, "train": jsonl}}` from the recipe's sources.
 
-    Where both stages read a source, the larger of the two subsets is used: its `test` side is still held out from
+    Where several stages read a source, the largest subset is used: its `test` side is still held out from
     both stages (the hold-out rule is per InChIKey, not per subset), and retrieval then searches every training
     molecule the model saw, which makes it the stronger baseline.
     """
-    stage1, stage2 = stage_configs(load_pipeline(config.recipe, {"chebi20": config.chebi20}))
+    pipeline = load_pipeline(config.recipe, {"chebi20": config.chebi20})
+    stage1, _ = stage_configs(pipeline)
+    rounds = stage2_rounds(pipeline)
+    stage2 = rounds[0]
     cache = Path(stage2.data_cache_dir) if stage2.data_cache_dir else default_cache_dir()
     chosen = {}
-    for source in [*stage1.sources, *stage2.sources]:
+    for source in [*stage1.sources, *(source for stage in rounds for source in stage.sources)]:
         task = TASK_OF_SOURCE.get(source.type)
         if task is None:
             continue

@@ -248,13 +248,19 @@ def test_lora_targets_stay_inside_the_language_model(tiny_llamo):
 def test_shipped_recipes_parse(recipe):
     raw = yaml.safe_load((RECIPES_DIR / recipe).read_text())
     if "placeholders" in raw:  # a whole pipeline: its stages must be valid configs once the paths are given
-        from llamo.training.pipeline import load_pipeline, stage_configs
+        from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
 
         with pytest.raises(ValueError, match="needs --"):
             load_pipeline(recipe.removesuffix(".yaml"), {})
         values = {name: "data.tsv" for name, value in raw["placeholders"].items() if value is None}
-        first, second = stage_configs(load_pipeline(recipe.removesuffix(".yaml"), values))
+        pipeline = load_pipeline(recipe.removesuffix(".yaml"), values)
+        first, second = stage_configs(pipeline)
         assert first.sources and second.model_path == first.output_dir and second.lora_r > 0
+        rounds = stage2_rounds(pipeline)
+        assert rounds[0] == second and len(rounds) == 1 + bool(raw.get("stage2b"))
+        for later in rounds[1:]:
+            assert later.sources and later.model_path == second.model_path
+            assert later.adapter_path == str(Path(second.output_dir) / "adapter") != later.output_dir
         return
     stage = stage1 if "stage1" in recipe else stage2
     config = stage.parse(["--config", recipe.removesuffix(".yaml")])
@@ -574,6 +580,43 @@ def test_finished_run_is_not_trained_again(overfit_run, init_dir, workdir, toy_p
     )
     assert stage2.main(config, log=lambda *a: None) == overfit_run
     assert (overfit_run / "training_summary.json").read_text() == before
+
+
+def test_second_round_continues_the_stage2_adapter(overfit_run, init_dir, workdir, toy_pairs):
+    settings = common(workdir, toy_pairs, max_steps=3, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=1)
+    with pytest.raises(FileNotFoundError, match="No stage-2 adapter to continue"):
+        stage2.main(
+            Stage2Config(
+                output_dir=str(workdir / "stage2b-missing"),
+                model_path=str(init_dir),
+                adapter_path=str(workdir / "nowhere"),
+                **settings,
+            ),
+            log=lambda *a: None,
+        )
+    output = stage2.main(
+        Stage2Config(
+            output_dir=str(workdir / "stage2b"),
+            model_path=str(init_dir),
+            adapter_path=str(overfit_run / "adapter"),
+            **settings,
+        ),
+        log=lambda *a: None,
+    )
+    before = load_file(overfit_run / "adapter" / "adapter_model.safetensors")
+    after = load_file(output / "adapter" / "adapter_model.safetensors")
+    assert set(after) == set(before)  # the same LoRA (r=16, all-linear, not this config's defaults) and projector
+    assert json.loads((output / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert any("lora_" in name for name in moved) and any("graph_projector" in name for name in moved)
+    for name in before:  # continued from the trained values: 3 small steps away, not a fresh initialisation
+        assert torch.allclose(before[name], after[name], atol=0.05), name
+    merged = LlamoForConditionalGeneration.from_pretrained(output / "merged").eval()
+    processor = LlamoProcessor.from_pretrained(output / "merged")
+    inputs = molecule_inputs(processor, [smiles for smiles, _ in PAIRS])
+    with torch.no_grad():
+        answers = processor.batch_decode(merged.generate(**inputs, max_new_tokens=16, do_sample=False))
+    assert sum(a == d for a, (_, d) in zip(answers, PAIRS, strict=True)) >= len(PAIRS) - 1
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,13 @@ class Stage2Config(TrainingStageConfig):
     )
     train_projector: bool = True
     save_merged: bool = True
+    adapter_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue training this stage-2 adapter (LoRA + projector, a stage-2 `adapter/` folder made on the "
+            "same `model_path`) instead of starting a new one; the LoRA settings are then the adapter's own"
+        },
+    )
 
 
 __all__ = ["SOURCE_TYPES", "DataSourceConfig", "Stage1Config", "Stage2Config", "TrainingStageConfig"]

@@ -29,6 +29,8 @@ class PipelineConfig:
         placeholders: values substituted for `{name}` in every string of the recipe (e.g. `{chebi20}`).
         conversations: `llamo generate-data` settings (`input`, `teacher`, `limit`, ...) or empty to skip.
         stage1, stage2: the stage configs (`output_dir` and `model_path` are filled in from `work_dir`).
+        stage2b: an optional second stage-2 round that continues stage 2's adapter on another mixture (its
+            `output_dir`, `model_path` and `adapter_path` are filled in); the bundle is then taken from it.
         bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ...}` to export a default-model bundle, or empty.
     """
 
@@ -37,6 +39,7 @@ class PipelineConfig:
     stage2: dict[str, Any]
     placeholders: dict[str, str] = field(default_factory=dict)
     conversations: dict[str, Any] = field(default_factory=dict)
+    stage2b: dict[str, Any] = field(default_factory=dict)
     bundle: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +80,19 @@ def stage_configs(config: PipelineConfig) -> tuple[Stage1Config, Stage2Config]:
     return Stage1Config(**first), Stage2Config(**second)
 
 
+def stage2_rounds(config: PipelineConfig) -> list[Stage2Config]:
+    """Stage 2, then the optional `stage2b` round that continues its adapter."""
+    _, second = stage_configs(config)
+    rounds = [second]
+    if config.stage2b:
+        more = copy.deepcopy(config.stage2b)
+        more.setdefault("output_dir", str(Path(config.work_dir) / "stage2b"))
+        more.setdefault("model_path", second.model_path)
+        more.setdefault("adapter_path", str(Path(second.output_dir) / "adapter"))
+        rounds.append(Stage2Config(**more))
+    return rounds
+
+
 def run(config: PipelineConfig, log=print) -> Path:
     from llamo.training import stage1, stage2
 
@@ -84,11 +100,12 @@ def run(config: PipelineConfig, log=print) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     if config.conversations:
         _generate_conversations(config.conversations, log)
-    first, second = stage_configs(config)
+    first, _ = stage_configs(config)
     log(f"[pipeline] stage 1 -> {first.output_dir}")
     stage1.main(first, log=log)
-    log(f"[pipeline] stage 2 -> {second.output_dir}")
-    stage2.main(second, log=log)
+    for second in stage2_rounds(config):
+        log(f"[pipeline] stage 2 -> {second.output_dir}")
+        stage2.main(second, log=log)
     if config.bundle:
         from llamo.default_model import export_bundle
 

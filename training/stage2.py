@@ -52,6 +52,17 @@ def lora_config(model, config: Stage2Config) -> LoraConfig:
     )
 
 
+def continued_adapter(model, adapter_path: str, log=print):
+    """The stage-1 model wrapped in an earlier stage-2 adapter (LoRA + projector), its weights trainable."""
+    from peft import PeftModel
+
+    adapter = Path(adapter_path)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"No stage-2 adapter to continue in {adapter} (adapter_config.json missing)")
+    log(f"[stage2] continuing the adapter in {adapter}")
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+
+
 def main(config: Stage2Config, log=print) -> Path:
     state = distributed_state()
     log = log if state.is_main_process else (lambda *args, **kwargs: None)
@@ -63,7 +74,10 @@ def main(config: Stage2Config, log=print) -> Path:
         return output_dir
     model, processor = load_for_training(config.model_path, config.lm_dtype)
     model.freeze_graph_encoder()
-    peft_config = lora_config(model, config)
+    if config.adapter_path:
+        model, peft_config = continued_adapter(model, config.adapter_path, log), None
+    else:
+        peft_config = lora_config(model, config)
     with state.main_process_first():
         dataset, reports = build_training_dataset(config, log)
 
