@@ -104,7 +104,10 @@ class TrainingRun:
         if summary.get("trainable_parameters") is not None:
             rows.append(("Trainable parameters", f"{summary['trainable_parameters'] / 1e6:.2f}M"))
         if summary.get("wall_seconds") is not None:
-            rows.append(("Wall time", f"{summary['wall_seconds'] / 3600:.2f} h"))
+            hours = f"{summary['wall_seconds'] / 3600:.2f} h"
+            if summary.get("resumed_from"):
+                hours += f" (the last run only, resumed from {summary['resumed_from']}; earlier runs not counted)"
+            rows.append(("Wall time", hours))
         for report in summary.get("data") or []:
             dropped = report.get("dropped") or {}
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items())) or "none dropped"

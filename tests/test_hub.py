@@ -990,3 +990,13 @@ def test_pickles_needing_a_full_unpickle_are_refused_without_the_flag(original_r
     with pytest.raises(SystemExit):
         main(["convert-original", "--help"])
     assert "EXECUTES CODE stored in the checkpoint" in " ".join(capsys.readouterr().out.split())
+
+
+def test_wall_time_of_a_resumed_run_says_it_is_partial(tmp_path):
+    from llamo.hub_cards.recipe import TrainingRun
+
+    summary = {"stage": 2, "global_step": 1188, "wall_seconds": 1476.0}
+    whole = dict(TrainingRun(tmp_path, {}, summary).recipe_rows())
+    assert whole["Wall time"] == "0.41 h"
+    resumed = dict(TrainingRun(tmp_path, {}, {**summary, "resumed_from": "checkpoint-950"}).recipe_rows())
+    assert resumed["Wall time"].startswith("0.41 h (the last run only, resumed from checkpoint-950")
