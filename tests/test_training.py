@@ -244,6 +244,21 @@ def test_lora_targets_stay_inside_the_language_model(tiny_llamo):
         lora_target_regex(model, ["query_key_value"])
 
 
+def test_documented_second_round_of_the_default_recipe_parses(tmp_path):
+    """The default recipe keeps its stage-2b experiment commented out; uncommented, it must be a valid round."""
+    from llamo.training.pipeline import load_pipeline, stage2_rounds
+
+    text = (RECIPES_DIR / "llamo_smollm2_135m.yaml").read_text()
+    block = text[text.index("# stage2b:") : text.index("bundle:")]
+    recipe = tmp_path / "with_stage2b.yaml"
+    recipe.write_text(text.replace(block, "\n".join(line[2:] for line in block.splitlines()) + "\n"))
+    first, second = stage2_rounds(load_pipeline(str(recipe), {"chebi20": "data.tsv", "work_dir": str(tmp_path)}))
+    assert second.output_dir == str(tmp_path / "stage2b") and second.model_path == first.model_path
+    assert second.adapter_path == str(tmp_path / "stage2" / "adapter")
+    assert [source.type for source in second.sources] == ["chemicals", "chebi20", "qm9", "conversations"]
+    assert second.learning_rate == pytest.approx(1e-4) and first.learning_rate == pytest.approx(2e-4)
+
+
 @pytest.mark.parametrize("recipe", sorted(path.name for path in RECIPES_DIR.glob("*.yaml")))
 def test_shipped_recipes_parse(recipe):
     raw = yaml.safe_load((RECIPES_DIR / recipe).read_text())
