@@ -236,11 +236,9 @@ def export_bundle(
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     adapter_config["base_model_name_or_path"] = BASE_NAME
     (output / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-    stage1.config.save_pretrained(output)
-    saved_config = json.loads((output / "config.json").read_text())
     # the base LLM's folder on the training machine means nothing elsewhere: name the published base model instead
-    saved_config.get("text_config", {})["_name_or_path"] = f"HuggingFaceTB/{BASE_NAME}"
-    (output / "config.json").write_text(json.dumps(saved_config, indent=2, sort_keys=True) + "\n")
+    stage1.config.text_config._name_or_path = f"HuggingFaceTB/{BASE_NAME}"
+    stage1.config.save_pretrained(output)
     for stray in output.glob("*.py"):  # remote code belongs to full model folders, not to the bundle
         stray.unlink()
     for name in PROCESSOR_FILES:

@@ -104,6 +104,8 @@ def test_bundle_holds_only_trained_parts(tiny_bundle):
     assert weights["new_input_embeddings"].shape[0] == 2  # <graph> and <pad>
     manifest = read_manifest(tiny_bundle)
     assert manifest["base_vocab_size"] == len(make_tokenizer()) and manifest["weights_dtype"] == "float32"
+    config = json.loads((tiny_bundle / "config.json").read_text())
+    assert config["text_config"]["_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # no local path
 
 
 def test_assembled_default_equals_the_trained_model(default_env, tiny_run):

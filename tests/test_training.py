@@ -1000,3 +1000,29 @@ def test_gpu_benchmark_steps_at_a_tiny_shape_on_the_cpu(monkeypatch):
     flops = 4 * (base + result["lora_parameters"]) + 2 * result["lora_parameters"] + 12 * 2 * 64 * 64
     assert result["model_flops_per_token"] == flops
     assert result["hardware_flops_per_token"] > flops  # gradient checkpointing runs the forward again
+
+
+def test_pipeline_runs_every_round_and_bundles_the_last(tmp_path, monkeypatch):
+    from llamo import default_model
+    from llamo.training import pipeline
+
+    calls = []
+    monkeypatch.setattr(stage1, "main", lambda config, log: calls.append(("stage1", config.output_dir)))
+    monkeypatch.setattr(stage2, "main", lambda config, log: calls.append(("stage2", config.output_dir)))
+    monkeypatch.setattr(default_model, "export_bundle", lambda *args, **kwargs: calls.append(("bundle", args[:3])))
+    source = [{"type": "chebi20", "path": "data.tsv"}]
+    config = pipeline.PipelineConfig(
+        work_dir=str(tmp_path),
+        stage1={"sources": source},
+        stage2={"sources": source},
+        stage2b={"sources": source, "learning_rate": 1e-5},
+        bundle={"output": str(tmp_path / "bundle")},
+    )
+    pipeline.run(config, log=lambda *a: None)
+    first, second, later = (str(tmp_path / name) for name in ("stage1", "stage2", "stage2b"))
+    assert calls == [
+        ("stage1", first),
+        ("stage2", second),
+        ("stage2", later),
+        ("bundle", (first, later, config.bundle["output"])),
+    ]

@@ -103,22 +103,24 @@ def run(config: PipelineConfig, log=print) -> Path:
     first, _ = stage_configs(config)
     log(f"[pipeline] stage 1 -> {first.output_dir}")
     stage1.main(first, log=log)
-    for second in stage2_rounds(config):
+    rounds = stage2_rounds(config)
+    for second in rounds:
         log(f"[pipeline] stage 2 -> {second.output_dir}")
         stage2.main(second, log=log)
+    last = rounds[-1]
     if config.bundle:
         from llamo.default_model import export_bundle
 
         bundle = export_bundle(
             first.output_dir,
-            second.output_dir,
+            last.output_dir,
             config.bundle["output"],
             base_vocab_size=config.bundle.get("base_vocab_size", 49152),
             dtype=config.bundle.get("dtype", "float16"),
             metadata={
                 "recipe": config.bundle.get("recipe_name"),
                 "stage1": str(first.output_dir),
-                "stage2": str(second.output_dir),
+                "stage2": str(last.output_dir),
             },
         )
         log(f"[pipeline] bundle written to {bundle}")
