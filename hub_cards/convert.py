@@ -19,9 +19,12 @@ checkpoint may not be the ones used. Pass another alpha only for a checkpoint tr
 
 from __future__ import annotations
 
+import _compat_pickle
 import logging
 import pickle
+import pickletools
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -88,28 +91,142 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        needed = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", str(error))
-        if needed is None:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
-        if not unsafe_unpickle:
-            raise UnsafeCheckpointError(
-                f"{path} holds Python objects besides tensors (such as {needed.group(1)}), which "
-                "torch.load(weights_only=True) refuses. Reading them runs code stored in the file: if you trust its "
-                "source, pass --unsafe-unpickle (unsafe_unpickle=True)."
-            ) from None
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        except Exception as full_error:
-            raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
+        loaded = _load_refused_pickle(path, error, unsafe_unpickle, mmap)
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
     return _state_dict_of(loaded, path)
+
+
+def _load_refused_pickle(path: Path, error: pickle.UnpicklingError, unsafe_unpickle: bool, mmap: bool) -> Any:
+    """
+    After `torch.load(weights_only=True)` refused `path`: a readable pickle is a refusal (it imports something the
+    weights-only unpickler does not allow), read fully only with `unsafe_unpickle`; an unreadable one is damaged.
+    """
+    import torch
+
+    imported = pickle_globals(path)
+    if imported is None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
+    if not unsafe_unpickle:
+        raise UnsafeCheckpointError(_refusal_message(path, error, imported)) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as full_error:
+        raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
+
+
+# every wording torch's weights-only unpickler uses for the global it refuses (torch/_weights_only_unpickler.py)
+_REFUSED_GLOBAL = re.compile(
+    r"GLOBAL (?P<global>\S+) was not an allowed global"
+    r"|unsupported GLOBAL (?P<blocked>\S+) whose module"
+    r"|Unsupported global: (?:GLOBAL )?(?P<plain>[^\s.]\S*?)\.?(?:\s|$)"
+)
+
+
+def _refusal_message(path: Path, error: pickle.UnpicklingError, imported: list[str]) -> str:
+    named = [next(value for value in found.groups() if value) for found in _REFUSED_GLOBAL.finditer(str(error))]
+    refused = list(dict.fromkeys([*(_builtin_name(name) for name in named), *refused_globals(imported)]))
+    if not refused:
+        return (
+            f"{path} is a pickle that torch.load(weights_only=True) refuses ({_reason(error)}). Reading it fully runs "
+            "code stored in the file: if you trust its source, pass --unsafe-unpickle (unsafe_unpickle=True)."
+        )
+    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+    return (
+        f"{path} holds Python objects besides tensors: unpickling it calls {shown}, which "
+        "torch.load(weights_only=True) refuses to run. --unsafe-unpickle (unsafe_unpickle=True) would run "
+        f"{'them' if len(refused) > 1 else 'it'}: pass it only if you trust the file's source and what it calls."
+    )
+
+
+def _builtin_name(name: str) -> str:
+    """`print` (torch's wording for a builtin) -> `builtins.print`; other names unchanged."""
+    return name if "." in name else f"builtins.{name}"
+
+
+def _pickle_streams(path: Path) -> list[Any]:
+    """Open binary streams of the pickles in a checkpoint: the `data.pkl` of a zip checkpoint, else the file (the
+    legacy format holds several pickles one after the other)."""
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        return [archive.open(name) for name in archive.namelist() if name.endswith(".pkl")]
+    return [open(path, "rb")]
+
+
+def pickle_globals(path: str | Path, max_pickles: int = 5) -> list[str] | None:
+    """
+    The `module.name` of every global that unpickling `path` would import (and may call), read from its opcodes
+    without running anything; None when the file holds no readable pickle (damaged, or not a pickle).
+    """
+    try:
+        streams = _pickle_streams(Path(path))
+    except (OSError, zipfile.BadZipFile):
+        return None
+    found: list[str] = []
+    try:
+        for stream in streams:
+            with stream:
+                for index in range(max_pickles):
+                    try:
+                        found += _stream_globals(stream)
+                    except (ValueError, EOFError, UnicodeDecodeError, struct.error):
+                        if index == 0:
+                            return None
+                        break  # the legacy format's raw tensor bytes follow its pickles
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return list(dict.fromkeys(found)) if streams else None
+
+
+def _stream_globals(stream) -> list[str]:
+    """The globals of the one pickle at the stream's position (it is left after that pickle's STOP)."""
+    memo: dict[int, Any] = {}
+    pushed: list[Any] = []
+    found: list[str] = []
+    for opcode, argument, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name == "GLOBAL":
+            module, _, attribute = str(argument).partition(" ")
+            found.append(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attribute}")
+        elif name == "STACK_GLOBAL":
+            module, attribute = pushed[-2:] if len(pushed) >= 2 else (None, None)
+            if isinstance(module, str) and isinstance(attribute, str):
+                found.append(f"{module}.{attribute}")
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[argument] = pushed[-1] if pushed else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(argument))
+        else:
+            pushed.append(argument if isinstance(argument, str) else None)
+        if name == "STOP":
+            break
+    return found
+
+
+def refused_globals(imported: list[str]) -> list[str]:
+    """The globals of `imported` that `torch.load(weights_only=True)` does not allow (by default or as added by
+    `torch.serialization.add_safe_globals`)."""
+    import torch
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:  # a torch without this private helper: the refusal message names the global
+        return []
+    allowed = set(_get_allowed_globals())
+    for entry in torch.serialization.get_safe_globals():
+        value = entry[0] if isinstance(entry, tuple) else entry
+        allowed.add(f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}")
+    return [name for name in imported if name not in allowed]
 
 
 def _reason(error: Exception) -> str:
     """The informative part of a `torch.load` error (its weights-only message is mostly advice)."""
     text = str(error)
     found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
+    if found is None:  # the wording for a blocked module or an unsupported opcode: the message after the advice
+        found = re.search(r"\n\n(.+?)\n\nCheck the documentation", text, flags=re.S)
     return (found.group(1) if found else text.strip().splitlines()[0] if text.strip() else type(error).__name__).strip()
 
 

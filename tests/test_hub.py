@@ -10,6 +10,7 @@ import argparse
 import ast
 import json
 import logging
+import pickle
 import re
 import shutil
 import socket
@@ -990,6 +991,55 @@ def test_pickles_needing_a_full_unpickle_are_refused_without_the_flag(original_r
     with pytest.raises(SystemExit):
         main(["convert-original", "--help"])
     assert "EXECUTES CODE stored in the checkpoint" in " ".join(capsys.readouterr().out.split())
+
+
+class _CallsOnUnpickle:
+    """Pickles as a call of `function(*arguments)`: what a malicious checkpoint does on load."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
+UNPICKLED_CALLS: list[str] = []
+
+
+def record_unpickled_call(value: str) -> str:
+    """A harmless function for a pickle to call: it only records that it ran."""
+    UNPICKLED_CALLS.append(value)
+    return value
+
+
+def test_a_pickle_calling_a_blocked_module_is_refused_naming_the_call(original_release, tmp_path, capsys):
+    import posix
+
+    # never loaded with the flag: the file would run the command
+    weights = {"x": torch.zeros(2)}
+    zipped, raw = tmp_path / "zipped.ckpt", tmp_path / "raw.pkl"
+    torch.save({"state_dict": weights, "hook": _CallsOnUnpickle(posix.system, "echo never run")}, zipped)
+    raw.write_bytes(pickle.dumps({"hook": _CallsOnUnpickle(posix.system, "echo never run")}, protocol=4))
+    for path in (zipped, raw):  # torch words these two refusals differently (blocked module, unsupported opcode)
+        with pytest.raises(UnsafeCheckpointError) as caught:
+            load_checkpoint_state_dict(path)
+        message = str(caught.value)
+        assert "posix.system" in message and "--unsafe-unpickle" in message and "damaged" not in message
+    llm = str(original_release["llm"])
+    assert main(["convert-original", str(zipped), str(tmp_path / "out"), "--llm", llm]) == 2
+    error = capsys.readouterr().err
+    assert "posix.system" in error and "would run it" in error and not (tmp_path / "out").exists()
+
+
+def test_unsafe_unpickle_loads_a_refused_pickle_fully(tmp_path):
+    path = tmp_path / "calls.ckpt"
+    hook = _CallsOnUnpickle(record_unpickled_call, "ran")
+    torch.save({"state_dict": {"x": torch.ones(2)}, "hook": hook}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"tests\.test_hub\.record_unpickled_call"):
+        load_checkpoint_state_dict(path)
+    assert UNPICKLED_CALLS == []  # refused before anything ran
+    state_dict = load_checkpoint_state_dict(path, unsafe_unpickle=True)
+    assert UNPICKLED_CALLS == ["ran"] and torch.equal(state_dict["x"], torch.ones(2))
 
 
 def test_wall_time_of_a_resumed_run_says_it_is_partial(tmp_path):
