@@ -38,7 +38,7 @@ HEADLINE = {
     "iupac": [
         "bleu4_molt5_scibert",
         "meteor_molt5_scibert",
-        "exact_match_stripped",
+        "exact_match_normalized",
         "parse_rate_opsin",
         "structure_match_opsin_inchikey",
     ],

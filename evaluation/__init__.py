@@ -12,8 +12,9 @@ same harness and metric code. Predictions are saved as they are made and an inte
 Metrics by task (text: `description`, `conversation` and any other task name; `iupac`; `property`):
 
 - text: `bleu2_*`, `bleu4_*`, `meteor_*` per tokenization protocol; `rouge1/rouge2/rougeL_molt5_raw_text`.
-- iupac: `bleu4_*`, `meteor_*`; `exact_match_stripped`; `parse_rate_opsin`, `structure_match_opsin_inchikey` and
-  `structure_match_opsin_inchikey_connectivity` (OPSIN parses the predicted name back to a structure).
+- iupac: `bleu4_*`, `meteor_*`; `exact_match_normalized` (case and whitespace ignored); `parse_rate_opsin`,
+  `structure_match_opsin_inchikey` and `structure_match_opsin_inchikey_connectivity` (OPSIN parses the predicted
+  name back to a structure).
 - property: `mae_<property>_<unit>` and the pooled `mae_<unit>`, each beside `valid_ratio_<property>` / `valid_ratio`.
   An answer is valid when it is essentially one number ("-0.25", "The HOMO is -0.25 Hartree."; not "C6H6"); the
   ratio's denominator is every property question with a target, those left unanswered included (SMILES unparsable

@@ -1,5 +1,8 @@
 """IUPAC naming metrics: BLEU-4 and METEOR (see `text_metrics`), exact match, and structure-level correctness.
 
+Exact match compares names with case and whitespace normalized (`exact_match_normalized`): reference names from
+PubChem are lower-case ("2-acetyloxybenzoic acid", "...-1h-naphthalene"), so a correctly cased prediction still matches.
+
 Structure-level correctness goes beyond the paper: each predicted name is parsed back to a structure with OPSIN
 (`py2opsin`, which runs Java) and its InChIKey compared with the target molecule's (both computed by RDKit). A name can
 be right while differing in wording from the reference, and a near-identical string can name another molecule; this
@@ -107,6 +110,12 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
     return report, counts
 
 
+def normalize_name(name: str) -> str:
+    """A chemical name for exact match: case folded (PubChem writes names lower-case, "1h-naphthalene"), runs of
+    whitespace made one space, surrounding whitespace removed."""
+    return _WHITESPACE.sub(" ", name).strip().casefold()
+
+
 def naming_metrics(
     target_smiles: Sequence[str],
     references: Sequence[str],
@@ -115,15 +124,22 @@ def naming_metrics(
     wordnet: Any = None,
     wordnet_reason: str | None = None,
 ) -> tuple[MetricReport, dict[str, int]]:
-    """BLEU-4 and METEOR per protocol, exact match (after stripping surrounding whitespace) and the structure
-    metrics, 0-100."""
+    """BLEU-4 and METEOR per protocol, exact match of the normalized names (`normalize_name`: case and whitespace
+    ignored) and the structure metrics, 0-100."""
     report = compute_text_metrics(
         references, predictions, protocols, wordnet, wordnet_reason, include=("bleu4", "meteor")
     )
-    exact = sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True))
-    report.metrics.append(MetricValue("exact_match_stripped", "exact_match", 100 * exact / len(references)))
+    exact = sum(normalize_name(p) == normalize_name(r) for p, r in zip(predictions, references, strict=True))
+    report.metrics.append(MetricValue("exact_match_normalized", "exact_match", 100 * exact / len(references)))
     structure, counts = structure_metrics(target_smiles, predictions)
     return report.extend(structure), {"exact_matches": exact, **counts}
 
 
-__all__ = ["inchikey", "names_to_smiles", "naming_metrics", "opsin_unavailable_reason", "structure_metrics"]
+__all__ = [
+    "inchikey",
+    "names_to_smiles",
+    "naming_metrics",
+    "normalize_name",
+    "opsin_unavailable_reason",
+    "structure_metrics",
+]

@@ -229,7 +229,7 @@ def test_naming_metrics_see_structure_beyond_wording(molt5):
     predictions = ["2-acetoxybenzoic acid", " 2-acetyloxybenzoic acid ", "methanol", "gibberish"]
     report, counts = naming_metrics(targets, references, predictions, [molt5])
     values = report.values()
-    assert values["exact_match_stripped"] == pytest.approx(25)
+    assert values["exact_match_normalized"] == pytest.approx(25)
     assert values["parse_rate_opsin"] == pytest.approx(75)
     assert values["structure_match_opsin_inchikey"] == pytest.approx(50)
     assert counts == {
@@ -240,6 +240,24 @@ def test_naming_metrics_see_structure_beyond_wording(molt5):
         "targets_without_inchikey": 0,
     }
     assert [m.name for m in report.unavailable] == ["meteor_molt5_scibert"]
+
+
+def test_iupac_exact_match_ignores_case_and_whitespace(molt5):
+    # PubChem's names are lower-case: a correctly cased prediction is right; another name stays wrong
+    references = ["3,4-dihydro-2h-naphthalen-1-one", "2-acetyloxybenzoic acid", "ethanol"]
+    predictions = ["3,4-Dihydro-2H-naphthalen-1-one", " 2-Acetyloxybenzoic\t acid\n", "methanol"]
+    report, counts = naming_metrics(["O=C1CCCc2ccccc21", SMILES["aspirin"], "CCO"], references, predictions, [molt5])
+    assert report.values()["exact_match_normalized"] == pytest.approx(200 / 3) and counts["exact_matches"] == 2
+    assert "exact_match_stripped" not in report.values()
+
+
+def test_cards_name_the_normalized_exact_match_and_still_read_the_old_name():
+    from llamo.hub_cards.results import metric_display_name
+
+    new = metric_display_name({"name": "exact_match_normalized", "type": "exact_match"})
+    old = metric_display_name({"name": "exact_match_stripped", "type": "exact_match"})
+    assert new == "Exact match (case and whitespace ignored)"
+    assert old == "Exact match (surrounding whitespace ignored)"
 
 
 def test_parse_number():
