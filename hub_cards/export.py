@@ -22,7 +22,9 @@ from pathlib import Path
 from .cards import PIPELINE_TASK, ModelCardOptions, build_model_card
 
 REMOTE_CODE_FILES = (
+    "chat_template_llamo.py",
     "configuration_llamo.py",
+    "feature_extraction_llamo.py",
     "featurization_llamo.py",
     "modeling_llamo.py",
     "pipeline_llamo.py",

@@ -7,8 +7,10 @@ Importing `llamo` registers the model with transformers' Auto classes, so saved 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .chat_template_llamo import add_neighbours
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
 from .default_model import default_model_path
+from .feature_extraction_llamo import LlamoMoleculeFeaturizer, collate_sequence_molecules, prepare_molecule
 from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles, parse_smiles
 from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel, LlamoPreTrainedModel
 from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
@@ -36,13 +38,17 @@ __all__ = [
     "LlamoForConditionalGeneration",
     "LlamoGraphEncoderConfig",
     "LlamoModel",
+    "LlamoMoleculeFeaturizer",
     "LlamoMoleculePipeline",
     "LlamoPreTrainedModel",
     "LlamoProcessor",
     "LlamoProjectorConfig",
     "MoleculeGraph",
+    "add_neighbours",
     "collate_molecule_graphs",
+    "collate_sequence_molecules",
     "default_model_path",
     "featurize_smiles",
     "parse_smiles",
+    "prepare_molecule",
 ]

@@ -23,8 +23,9 @@ from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncod
 @dataclass
 class LlamoModelOutputWithPast(BaseModelOutputWithPast):
     r"""
-    graph_embeds (`torch.FloatTensor` of shape `(batch_size, num_graph_tokens, hidden_size)`, *optional*):
-        The projected graph tokens that were scattered into the input embeddings (prefill only).
+    graph_embeds (`torch.FloatTensor` of shape `(num_molecules, num_graph_tokens, hidden_size)`, *optional*):
+        The projected graph tokens that were scattered into the input embeddings (prefill only), one row per molecule
+        in placeholder order.
     """
 
     graph_embeds: torch.FloatTensor | None = None
@@ -33,8 +34,9 @@ class LlamoModelOutputWithPast(BaseModelOutputWithPast):
 @dataclass
 class LlamoCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
-    graph_embeds (`torch.FloatTensor` of shape `(batch_size, num_graph_tokens, hidden_size)`, *optional*):
-        The projected graph tokens that were scattered into the input embeddings (prefill only).
+    graph_embeds (`torch.FloatTensor` of shape `(num_molecules, num_graph_tokens, hidden_size)`, *optional*):
+        The projected graph tokens that were scattered into the input embeddings (prefill only), one row per molecule
+        in placeholder order.
     """
 
     graph_embeds: torch.FloatTensor | None = None
@@ -262,6 +264,13 @@ def _mark_graph_modules(*modules: nn.Module) -> None:
                 module._llamo_graph_module = True
 
 
+def _molecules_per_row(atom_mask: torch.Tensor) -> torch.LongTensor:
+    """`(B,)` molecules of each sequence: real slots of a `(B, M, N)` mask, or one each for the `(B, N)` layout."""
+    if atom_mask.dim() == 2:
+        return torch.ones(atom_mask.shape[0], dtype=torch.long, device=atom_mask.device)
+    return atom_mask.bool().any(-1).sum(-1)
+
+
 class LlamoModel(LlamoPreTrainedModel):
     """LLaMo without the LM head: graph encoder, graph projector and the decoder-only language model."""
 
@@ -290,35 +299,51 @@ class LlamoModel(LlamoPreTrainedModel):
         motif_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        Encode a padded batch of molecules into graph tokens.
+        Encode padded molecules into graph tokens.
 
         Args:
-            atom_features: `(B, N, 9)` OGB atom features, padded.
-            atom_mask: `(B, N)` True for real atoms.
-            bond_index: `(B, E, 2)` atom indices of each directed bond, local to its molecule.
-            bond_features: `(B, E, 3)` OGB bond features.
-            bond_mask: `(B, E)` True for real bonds.
-            motif_features: `(B, G, 73)` functional-group vectors.
-            motif_mask: `(B, G)` True for real groups.
+            atom_features: `(B, M, N, 9)` OGB atom features: `M` molecule slots per sequence, `N` atoms per molecule,
+                padded. The one-molecule layout `(B, N, 9)` (one molecule per sequence) is also read.
+            atom_mask: `(B, M, N)` True for real atoms; a slot without atoms holds no molecule.
+            bond_index: `(B, M, E, 2)` atom indices of each directed bond, local to its molecule.
+            bond_features: `(B, M, E, 3)` OGB bond features.
+            bond_mask: `(B, M, E)` True for real bonds.
+            motif_features: `(B, M, G, 73)` functional-group vectors.
+            motif_mask: `(B, M, G)` True for real groups.
 
         Returns:
-            `(B, num_graph_tokens, text_hidden_size)` graph tokens.
+            `(num_molecules, num_graph_tokens, text_hidden_size)`: the graph tokens of every real molecule, in
+            sequence order then slot order (the order of the `<graph>` placeholder runs in the batch).
         """
         atom_mask = atom_mask.bool()
+        if atom_mask.dim() == 3:
+            present = atom_mask.any(-1)
+            atom_features, atom_mask = atom_features[present], atom_mask[present]
+            bond_index, bond_features, bond_mask = bond_index[present], bond_features[present], bond_mask[present]
+            if motif_features is not None and motif_mask is not None:
+                motif_features, motif_mask = motif_features[present], motif_mask[present]
         bond_mask = bond_mask.bool()
-        batch, num_atoms = atom_mask.shape
-        flat_position = atom_mask.flatten().cumsum(0).view(batch, num_atoms) - 1
+        molecules, num_atoms = atom_mask.shape
+        flat_position = atom_mask.flatten().cumsum(0).view(molecules, num_atoms) - 1
         sources = flat_position.gather(1, bond_index[..., 0])[bond_mask]
         targets = flat_position.gather(1, bond_index[..., 1])[bond_mask]
         levels = self.graph_encoder(atom_features[atom_mask], torch.stack([sources, targets]), bond_features[bond_mask])
-        dense = levels.new_zeros(levels.shape[0], batch, num_atoms, levels.shape[-1])
+        dense = levels.new_zeros(levels.shape[0], molecules, num_atoms, levels.shape[-1])
         dense[:, atom_mask] = levels
         return self.graph_projector(dense, atom_mask, motif_features, motif_mask)
 
     def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, graph_embeds: torch.Tensor
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        graph_embeds: torch.Tensor,
+        molecules_per_row: torch.LongTensor | None = None,
     ) -> torch.BoolTensor:
-        """`(B, L, 1)` mask of the `<graph>` positions; every row must hold exactly one molecule's graph tokens."""
+        """
+        `(B, L, 1)` mask of the `<graph>` positions. They must hold exactly the graph tokens of `graph_embeds`
+        `(num_molecules, num_graph_tokens, hidden)`: one run of `num_graph_tokens` positions per molecule, and, when
+        `molecules_per_row` `(B,)` is known, as many runs in each sequence as it has molecules.
+        """
         if input_ids is None:
             graph_embedding = self.get_input_embeddings()(
                 torch.tensor(self.config.graph_token_id, dtype=torch.long, device=inputs_embeds.device)
@@ -327,21 +352,28 @@ class LlamoModel(LlamoPreTrainedModel):
         else:
             mask = input_ids == self.config.graph_token_id
         per_row = mask.sum(dim=1)
-        num_tokens = graph_embeds.shape[1]
-        if graph_embeds.shape[0] != mask.shape[0] or bool((per_row != num_tokens).any()):
+        num_molecules, num_tokens = graph_embeds.shape[:2]
+        if molecules_per_row is not None:
+            wrong = molecules_per_row.shape != per_row.shape or bool(
+                (per_row != molecules_per_row.to(per_row.device) * num_tokens).any()
+            )
+        else:
+            wrong = int(per_row.sum()) != num_molecules * num_tokens or bool((per_row % num_tokens != 0).any())
+        if wrong:
             counts = per_row.tolist()
+            molecules = molecules_per_row.tolist() if molecules_per_row is not None else num_molecules
             hint = ""
-            if len(set(counts)) == 1 and counts[0] not in (0, num_tokens):
+            if len(set(counts)) == 1 and counts[0] not in (0, num_tokens) and molecules == [1] * len(counts):
                 hint = (
                     f" Every sequence holds {counts[0]} placeholders: the processor's num_graph_tokens "
                     f"({counts[0]}) and the model's config.num_graph_tokens ({num_tokens}) disagree; use the processor "
                     "saved with this model."
                 )
             raise ValueError(
-                f"Graph tokens and <graph> positions disagree: the {mask.shape[0]} sequences hold "
-                f"{counts} <graph> positions, but {graph_embeds.shape[0]} molecules were given with "
-                f"{num_tokens} graph tokens each.{hint} Build inputs with LlamoProcessor, which expands every <graph> "
-                f"into {num_tokens} placeholders (and do not truncate them away)."
+                f"Graph tokens and <graph> positions disagree: the {mask.shape[0]} sequences hold {counts} <graph> "
+                f"positions, but the molecules given ({molecules} per sequence) make {num_tokens} graph tokens each."
+                f"{hint} Build inputs with LlamoProcessor, which expands every <graph> into {num_tokens} placeholders "
+                "(and do not truncate them away)."
             )
         return mask.unsqueeze(-1)
 
@@ -365,20 +397,23 @@ class LlamoModel(LlamoPreTrainedModel):
     ) -> LlamoModelOutputWithPast:
         r"""
         Graph inputs (`atom_features` ... `motif_mask`, see [`~LlamoModel.get_graph_features`]) or precomputed
-        `graph_embeds` `(B, num_graph_tokens, hidden)` fill the `<graph>` placeholder positions of `input_ids`.
+        `graph_embeds` `(num_molecules, num_graph_tokens, hidden)` (in placeholder order) fill the `<graph>`
+        placeholder runs of `input_ids`, one run per molecule.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
+        molecules_per_row = None
         if graph_embeds is None and atom_features is not None:
+            molecules_per_row = _molecules_per_row(atom_mask)
             graph_embeds = self.get_graph_features(
                 atom_features, atom_mask, bond_index, bond_features, bond_mask, motif_features, motif_mask
             )
         if graph_embeds is not None:
             graph_embeds = graph_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, graph_embeds)
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, graph_embeds, molecules_per_row)
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask, graph_embeds)
         elif (
             input_ids is not None

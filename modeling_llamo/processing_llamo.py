@@ -1,72 +1,53 @@
-"""Processor for LLaMo: SMILES -> padded graph tensors + motif tensors, text -> tokens with `<graph>` placeholders."""
+"""Processor for LLaMo: molecules -> batch-first graph tensors (its `featurizer`), text -> tokens in which every
+`<graph>` placeholder is expanded into the model's graph-token positions."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from rdkit import Chem
 from transformers import BatchFeature, ProcessorMixin
 
+from .chat_template_llamo import (
+    CHAT_TEMPLATES,
+    LLAMA2_CHAT_TEMPLATE,
+    answer_marker,
+    assistant_spans,
+    join_parts,
+    resolve_chat_template,
+)
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
-from .featurization_llamo import (
-    MoleculeGraph,
-    check_size,
-    collate_molecule_graphs,
-    featurize_molecule,
-    parse_smiles,
-    prompt_smiles,
+from .feature_extraction_llamo import (
+    LlamoMoleculeFeaturizer,
+    MoleculeInput,
+    PreparedMolecule,
+    collate_sequence_molecules,
 )
-
-LLAMA2_SYSTEM_PROMPT = "The following is a conversation between a curious human and AI assistant."
-
-# The prompt of the released LLaMo code (LLaMA-2 chat format). A system message, if given, replaces the default one.
-LLAMA2_CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system_message = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_message = '" + LLAMA2_SYSTEM_PROMPT + "' -%}{%- set turns = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in turns -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if loop.first -%}"
-    "{{- bos_token + '[INST] <<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] + ' [/INST]' -}}"
-    "{%- else -%}"
-    "{{- bos_token + '[INST] ' + message['content'] + ' [/INST]' -}}"
-    "{%- endif -%}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- ' ' -}}{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
-
-CHAT_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE}
-"""Built-in chat templates, selectable by name wherever a chat template is accepted."""
+from .featurization_llamo import MoleculeGraph
 
 PROMPT_SMILES_MODES = ("canonical", "input", "none")
-
-_USER_SENTINEL = "LLAMOUSERTURNSENTINEL"
-_ANSWER_SENTINEL = "LLAMOANSWERSENTINEL"
 
 
 @dataclass
 class RenderedConversation:
-    """A conversation rendered by the chat template, with where its assistant turns are.
+    """A conversation rendered by the chat template, with its molecules and where its assistant turns are.
 
     Attributes:
-        text: the prompt text, with one `<graph>` (not yet expanded) where the molecule is.
-        molecule: the conversation's molecule (an RDKit `Mol` or a precomputed `MoleculeGraph`), or `None`.
+        text: the prompt text, with one `<graph>` (not yet expanded) per molecule, in order.
+        molecules: the conversation's molecules, featurized, in placeholder order.
         assistant_spans: `(start, end)` character spans of every assistant turn in `text`, each covering the answer
             and the template's end-of-turn text (so a model trained on them learns to stop).
     """
 
     text: str
-    molecule: object | None
-    assistant_spans: list[tuple[int, int]]
+    molecules: list[PreparedMolecule] = field(default_factory=list)
+    assistant_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _saved_model_config(folder: str | Path) -> LlamoConfig | None:
@@ -84,25 +65,38 @@ def _saved_model_config(folder: str | Path) -> LlamoConfig | None:
         return None
 
 
-def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int) -> None:
-    if max_atoms is not None and graph.num_atoms > max_atoms:
+def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]]:
+    """`smiles` as one list of molecules per text: a single molecule, a flat list (one per text, or all of a single
+    text's molecules), or a list of lists."""
+    if isinstance(smiles, (str, Chem.Mol, MoleculeGraph, dict)):
+        smiles = [smiles]
+    smiles = list(smiles)
+    if any(isinstance(item, (list, tuple)) for item in smiles):
+        per_text = [list(item) if isinstance(item, (list, tuple)) else [item] for item in smiles]
+    elif num_texts == 1:
+        per_text = [smiles]
+    else:
+        per_text = [[item] for item in smiles]
+    if len(per_text) != num_texts:
         raise ValueError(
-            f"Molecule at index {index} has {graph.num_atoms} atoms, over the limit of {max_atoms} "
-            "(raise `max_atoms` to accept it)."
+            f"Got {num_texts} texts and molecules for {len(per_text)}: give one list of molecules per text (or one "
+            "molecule per text)."
         )
+    return per_text
 
 
 class LlamoProcessor(ProcessorMixin):
     r"""
-    Wraps an LLM tokenizer. Turns SMILES into batch-first graph tensors (OGB atom/bond features, functional-group
-    vectors; see `GRAPH_INPUT_NAMES`) and expands each `<graph>` placeholder in the text into `num_graph_tokens`
-    placeholder ids, which the model fills with graph tokens.
+    Wraps an LLM tokenizer and a molecule featurizer. Turns molecules into batch-first graph tensors (OGB atom/bond
+    features and functional-group vectors, see `GRAPH_INPUT_NAMES`, padded to `(batch, max_molecules, ...)`) and
+    expands each `<graph>` placeholder in the text into `num_graph_tokens` placeholder ids, which the model fills with
+    that molecule's graph tokens. A sequence may hold any number of molecules, zero included.
 
     Args:
         tokenizer: the LLM's tokenizer, holding `graph_token` as a token.
         chat_template (`str`, *optional*): a Jinja chat template or a built-in name (`"llama2"`, the original
             LLaMo prompt). Without one, the tokenizer's own chat template is used.
-        graph_token (`str`, defaults to `"<graph>"`): the placeholder marking where the molecule goes.
+        graph_token (`str`, defaults to `"<graph>"`): the placeholder marking where a molecule goes.
         num_graph_tokens (`int`, defaults to 28): graph tokens per molecule (the model config's `num_graph_tokens`).
         max_atoms (`int`, *optional*, defaults to 512): larger molecules are refused with a `ValueError`; `None` accepts
             any size.
@@ -128,13 +122,13 @@ class LlamoProcessor(ProcessorMixin):
             raise ValueError(f"prompt_smiles must be one of {PROMPT_SMILES_MODES}, got {prompt_smiles!r}.")
         if num_graph_tokens < 1:
             raise ValueError(f"num_graph_tokens must be at least 1, got {num_graph_tokens}.")
-        self.graph_token = graph_token
-        self.num_graph_tokens = num_graph_tokens
-        self.max_atoms = max_atoms
-        self.prompt_smiles = prompt_smiles
-        self.max_smiles_length = max_smiles_length
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+        self.featurizer = LlamoMoleculeFeaturizer(max_atoms)
+        self.graph_token = graph_token
+        self.num_graph_tokens = num_graph_tokens
+        self.prompt_smiles = prompt_smiles
+        self.max_smiles_length = max_smiles_length
         self.padding_side = padding_side
         super().__init__(tokenizer, chat_template=CHAT_TEMPLATES.get(chat_template, chat_template), **kwargs)
         tokenizer.padding_side = padding_side
@@ -146,12 +140,25 @@ class LlamoProcessor(ProcessorMixin):
                 "or build the model with `llamo init`."
             )
         self.graph_token_id = graph_ids[0]
-        self._answer_markers: dict[str, str | None] = {}
-        self._last_prompt: torch.Tensor | None = None
+
+    @property
+    def max_atoms(self) -> int | None:
+        """The featurizer's size limit (atoms per molecule), saved with the processor."""
+        return self.featurizer.max_atoms
+
+    @max_atoms.setter
+    def max_atoms(self, value: int | None) -> None:
+        self.featurizer = LlamoMoleculeFeaturizer(value)
 
     @property
     def model_input_names(self) -> list[str]:
         return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("featurizer", None)
+        output["max_atoms"] = self.max_atoms
+        return output
 
     def check_model_config(self, config) -> None:
         """
@@ -197,121 +204,6 @@ class LlamoProcessor(ProcessorMixin):
             processor.check_model_config(config)
         return processor
 
-    def featurize(
-        self, molecules: Sequence[str | Chem.Mol | MoleculeGraph | dict], max_atoms: int | str | None = "default"
-    ) -> list[MoleculeGraph]:
-        """Featurize molecules (SMILES strings or RDKit molecules; precomputed `MoleculeGraph`s or their dicts pass
-        through), raising a `ValueError` that names the bad one's index."""
-        limit = self.max_atoms if max_atoms == "default" else max_atoms
-        graphs = []
-        for index, molecule in enumerate(molecules):
-            if isinstance(molecule, (MoleculeGraph, dict)):
-                graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
-                _check_graph_size(graph, limit, index)
-                graphs.append(graph)
-                continue
-            mol = molecule if isinstance(molecule, Chem.Mol) else parse_smiles(molecule, index=index)
-            check_size(mol, limit, molecule, index)
-            graphs.append(featurize_molecule(mol, rings_from_sanitization=not isinstance(molecule, Chem.Mol)))
-        return graphs
-
-    def __call__(
-        self,
-        text: str | list[str] | None = None,
-        smiles: str | Chem.Mol | MoleculeGraph | Sequence[str | Chem.Mol | MoleculeGraph | dict] | None = None,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
-        truncation: bool | str = False,
-        max_length: int | None = None,
-        padding_side: str | None = None,
-        add_special_tokens: bool = True,
-        max_atoms: int | str | None = "default",
-        **kwargs,
-    ) -> BatchFeature:
-        """
-        Tokenize `text` (one string per sequence, each with one `<graph>` where its molecule goes) and featurize the
-        matching `smiles` (one per sequence: SMILES strings, RDKit molecules, or precomputed `MoleculeGraph`s).
-
-        Returns:
-            `BatchFeature` with `input_ids`, `attention_mask` and, when molecules are given, the graph tensors
-            `atom_features`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`, `motif_features`,
-            `motif_mask` (all batch-first).
-
-        Raises:
-            ValueError: unparsable, empty or oversized SMILES (naming it and its index), or a text whose `<graph>`
-                placeholders do not match its molecules.
-        """
-        if text is None:
-            if smiles is None:
-                raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
-            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol, MoleculeGraph)) else list(smiles)
-            text = [self.graph_token] * len(molecules)
-        texts = [text] if isinstance(text, str) else list(text)
-        if smiles is None:
-            for index, sample in enumerate(texts):
-                if self.graph_token in sample:
-                    raise ValueError(
-                        f"Text {index} holds {self.graph_token} but no `smiles` were given for it: pass one SMILES "
-                        "per text."
-                    )
-            graph_inputs = {}
-        else:
-            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol, MoleculeGraph)) else list(smiles)
-            if len(molecules) != len(texts):
-                raise ValueError(
-                    f"Got {len(texts)} texts and {len(molecules)} molecules: LLaMo takes exactly one molecule per "
-                    "sequence."
-                )
-            for index, sample in enumerate(texts):
-                count = sample.count(self.graph_token)
-                if count != 1:
-                    raise ValueError(
-                        f"Text {index} holds {count} {self.graph_token} placeholders; put exactly one where its "
-                        "molecule goes (LLaMo takes one molecule per sequence)."
-                    )
-            graph_inputs = collate_molecule_graphs(self.featurize(molecules, max_atoms))
-
-        expanded = [sample.replace(self.graph_token, self.graph_token * self.num_graph_tokens) for sample in texts]
-        if padding and self.tokenizer.pad_token is None:
-            if len(expanded) > 1:
-                raise ValueError(
-                    "The tokenizer has no pad token, so a batch cannot be padded: set `processor.tokenizer.pad_token` "
-                    "(`llamo init` adds one)."
-                )
-            padding = False
-        encoding = self.tokenizer(
-            expanded,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            add_special_tokens=add_special_tokens,
-            padding_side=padding_side or self.padding_side,
-            **kwargs,
-        )
-        if graph_inputs:
-            for index, ids in enumerate(encoding["input_ids"]):
-                found = sum(1 for token in ids if token == self.graph_token_id)
-                if found != self.num_graph_tokens:
-                    raise ValueError(
-                        f"Sequence {index} keeps {found} of its {self.num_graph_tokens} graph placeholders after "
-                        "tokenization (truncated?): raise `max_length` or shorten the text."
-                    )
-
-        data = dict(encoding)
-        if return_tensors == "pt" or return_tensors is None:
-            data.update(graph_inputs)
-        elif return_tensors == "np":
-            data.update({name: value.numpy() for name, value in graph_inputs.items()})
-        else:
-            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
-        batch = BatchFeature(data, tensor_type=return_tensors)
-        if return_tensors is None:
-            for name in graph_inputs:
-                batch[name] = batch[name].tolist()
-        if isinstance(batch.get("input_ids"), torch.Tensor):
-            self._last_prompt = batch["input_ids"].detach().cpu()
-        return batch
-
     def save_pretrained(self, save_directory, **kwargs):
         """Save tokenizer, chat template and processor options. The tokenizer's own config gets no `auto_map`, so
         `AutoTokenizer.from_pretrained(folder)` loads it without asking for remote code."""
@@ -324,28 +216,153 @@ class LlamoProcessor(ProcessorMixin):
                 tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return result
 
-    def molecule_text(
-        self, mol: Chem.Mol | None, given: str | Chem.Mol, canonical: str | None = None, include_graph: bool = True
-    ) -> str:
-        """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`.
-        `canonical` is a precomputed canonical SMILES (then `mol` may be `None`)."""
+    def featurize(self, molecules: Sequence[MoleculeInput], max_atoms: int | str | None = "default") -> list:
+        """Featurize molecules (see `LlamoMoleculeFeaturizer.featurize`)."""
+        return self.featurizer.featurize(molecules, max_atoms)
+
+    # --- text: placeholder expansion and tokenization, shared with the training collator -------------------------
+
+    def expand_placeholders(
+        self, text: str, spans: Sequence[tuple[int, int]] = ()
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """
+        Expand every `<graph>` of `text` into `num_graph_tokens` copies, moving character `spans` (assistant turns)
+        along with the text.
+
+        Returns:
+            the expanded text and the moved spans.
+        """
+        pieces = text.split(self.graph_token)
+        growth = (self.num_graph_tokens - 1) * len(self.graph_token)
+        boundaries, position = [], 0
+        for piece in pieces[:-1]:
+            position += len(piece)
+            boundaries.append(position)
+            position += len(self.graph_token)
+        moved = [
+            (start + growth * sum(b < start for b in boundaries), end + growth * sum(b < end for b in boundaries))
+            for start, end in spans
+        ]
+        return (self.graph_token * self.num_graph_tokens).join(pieces), moved
+
+    def check_placeholders(self, input_ids: Sequence[Sequence[int]], expected: Sequence[int], names=None) -> None:
+        """Raise a `ValueError` for a row whose graph placeholder count is not `num_graph_tokens` per molecule (a
+        truncated prompt)."""
+        for index, (ids, molecules) in enumerate(zip(input_ids, expected, strict=True)):
+            found = sum(1 for token in ids if token == self.graph_token_id)
+            if found != molecules * self.num_graph_tokens:
+                name = names[index] if names is not None else f"Sequence {index}"
+                raise ValueError(
+                    f"{name} keeps {found} of its {molecules * self.num_graph_tokens} graph placeholders after "
+                    "tokenization (truncated?): raise `max_length` or shorten the text."
+                )
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        smiles: MoleculeInput | Sequence[MoleculeInput] | Sequence[Sequence[MoleculeInput]] | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
+        truncation: bool | str = False,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        max_atoms: int | str | None = "default",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Tokenize `text` (one string per sequence, with one `<graph>` per molecule, where it goes) and featurize the
+        matching `smiles`: per text, a list of its molecules in placeholder order (SMILES strings, RDKit molecules, or
+        precomputed `MoleculeGraph`s). A flat list gives one molecule per text (or all molecules of a single text).
+        A text without `<graph>` takes an empty list.
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, when any text holds a molecule, the graph tensors
+            `atom_features` `(B, M, N, 9)`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`,
+            `motif_features`, `motif_mask` (batch-first; `M` is the most molecules of any text).
+
+        Raises:
+            ValueError: unparsable, empty or oversized SMILES (naming it and its index), or a text whose `<graph>`
+                placeholders do not match its molecules.
+        """
+        if text is None:
+            if smiles is None:
+                raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
+            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol, MoleculeGraph, dict)) else list(smiles)
+            text = [self.graph_token] * len(molecules)
+        texts = [text] if isinstance(text, str) else list(text)
+        per_text = [[] for _ in texts] if smiles is None else _molecules_per_text(smiles, len(texts))
+        for index, (sample, molecules) in enumerate(zip(texts, per_text, strict=True)):
+            count = sample.count(self.graph_token)
+            if count != len(molecules):
+                raise ValueError(
+                    f"Text {index} holds {count} {self.graph_token} placeholders but {len(molecules)} molecules were "
+                    f"given for it: put one {self.graph_token} per molecule, in order."
+                )
+        graph_inputs = self.featurizer(per_text, max_atoms)
+        encoding = self._tokenize(
+            [self.expand_placeholders(sample)[0] for sample in texts],
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            padding_side=padding_side,
+            add_special_tokens=add_special_tokens,
+            **kwargs,
+        )
+        self.check_placeholders(encoding["input_ids"], [len(molecules) for molecules in per_text])
+        return self._batch(encoding, graph_inputs, return_tensors)
+
+    def _tokenize(self, texts: list[str], padding: bool | str = True, padding_side: str | None = None, **kwargs):
+        if padding and self.tokenizer.pad_token is None:
+            if len(texts) > 1:
+                raise ValueError(
+                    "The tokenizer has no pad token, so a batch cannot be padded: set `processor.tokenizer.pad_token` "
+                    "(`llamo init` adds one)."
+                )
+            padding = False
+        return self.tokenizer(texts, padding=padding, padding_side=padding_side or self.padding_side, **kwargs)
+
+    @staticmethod
+    def _batch(encoding, graph_inputs: dict[str, torch.Tensor], return_tensors: str | None) -> BatchFeature:
+        data = dict(encoding)
+        if return_tensors == "pt" or return_tensors is None:
+            data.update(graph_inputs)
+        elif return_tensors == "np":
+            data.update({name: value.numpy() for name, value in graph_inputs.items()})
+        else:
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
+        batch = BatchFeature(data, tensor_type=return_tensors)
+        if return_tensors is None:
+            for name in graph_inputs:
+                batch[name] = batch[name].tolist()
+        return batch
+
+    # --- chat templates -------------------------------------------------------------------------------------------
+
+    def molecule_text(self, molecule: PreparedMolecule, given: MoleculeInput, include_graph: bool = True) -> str:
+        """How a molecule content block appears in the prompt: its SMILES text (per `prompt_smiles`) + `<graph>`."""
         if self.prompt_smiles == "none":
             shown = ""
         elif self.prompt_smiles == "input" and isinstance(given, str):
-            shown = given if self.max_smiles_length is None else given[: self.max_smiles_length]
-        elif canonical is not None:
-            shown = canonical if self.max_smiles_length is None else canonical[: self.max_smiles_length]
+            shown = given
         else:
-            shown = prompt_smiles(mol, self.max_smiles_length)
+            shown = molecule.smiles or (given if isinstance(given, str) else "")
+        if self.max_smiles_length is not None:
+            shown = shown[: self.max_smiles_length]
         return shown + self.graph_token if include_graph else shown
 
     def _flatten(
-        self, conversation: list[dict], index: int, include_graph: bool = True
-    ) -> tuple[list[dict], list[tuple[object, object]]]:
-        """Turn content blocks into plain strings, collecting the molecules in order: `(Mol or MoleculeGraph, given)`.
-
-        A molecule block is `{"type": "molecule", "smiles": ...}`; it may carry a precomputed `graph` (a
-        `MoleculeGraph` or its dict) and its canonical `prompt_smiles`, and then RDKit is not called at all.
+        self,
+        conversation: Sequence[dict],
+        index: int,
+        include_graph: bool = True,
+        prepared: Sequence[PreparedMolecule] | None = None,
+        max_atoms: int | str | None = "default",
+    ) -> tuple[list[dict], list[PreparedMolecule]]:
+        """
+        Turn content blocks into plain strings and featurize the molecules, in order. A molecule block is
+        `{"type": "molecule", "smiles": ...}`; `prepared` gives the conversation's molecules already featurized (in
+        block order), and then RDKit is not called at all.
         """
         messages, molecules = [], []
         for message in conversation:
@@ -357,38 +374,50 @@ class LlamoProcessor(ProcessorMixin):
             for block in content:
                 kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "molecule":
-                    given = block.get("smiles", block.get("molecule"))
-                    graph = block.get("graph")
-                    canonical = block.get("prompt_smiles")
-                    if graph is not None and (canonical is not None or self.prompt_smiles != "canonical"):
-                        graph = graph if isinstance(graph, MoleculeGraph) else MoleculeGraph.from_dict(graph)
-                        molecules.append((graph, given))
-                        parts.append(self.molecule_text(None, given, canonical, include_graph))
-                        continue
-                    mol = given if isinstance(given, Chem.Mol) else parse_smiles(given, index=index)
-                    molecules.append((mol, given))
-                    parts.append(self.molecule_text(mol, given, include_graph=include_graph))
+                    given = block.get("smiles")
+                    if prepared is not None:
+                        if len(molecules) >= len(prepared):
+                            raise ValueError(
+                                f"Conversation {index} holds more molecule blocks than the {len(prepared)} molecules "
+                                "given for it."
+                            )
+                        molecule = prepared[len(molecules)]
+                    else:
+                        molecule = self.featurizer.prepare(given, index=index, max_atoms=max_atoms)
+                    molecules.append(molecule)
+                    parts.append(self.molecule_text(molecule, given, include_graph))
                 elif kind == "text":
                     parts.append(block.get("text", ""))
                 else:
+                    shown = repr(block)
+                    shown = shown if len(shown) <= 80 else shown[:80] + "..."
                     raise ValueError(
-                        f"Conversation {index}: unsupported content block {block!r}; LLaMo reads "
+                        f"Conversation {index}: unsupported content block {shown}; LLaMo reads "
                         '{"type": "molecule", "smiles": ...} and {"type": "text", "text": ...} blocks.'
                     )
-            messages.append({**message, "content": " ".join(part for part in parts if part)})
+            messages.append({**message, "content": join_parts(parts)})
+        if prepared is not None and len(prepared) != len(molecules):
+            raise ValueError(
+                f"Conversation {index} holds {len(molecules)} molecule blocks but {len(prepared)} molecules were given."
+            )
         return messages, molecules
 
-    def _resolve_template(self, chat_template: str | None) -> str:
-        template = CHAT_TEMPLATES.get(chat_template, chat_template) or self.chat_template
-        template = template or getattr(self.tokenizer, "chat_template", None)
-        if isinstance(template, dict):
-            template = template.get("default") or next(iter(template.values()))
-        if not template:
-            raise ValueError(
-                "No chat template: the processor and its tokenizer have none. Pass `chat_template` (a Jinja string "
-                f"or one of {sorted(CHAT_TEMPLATES)})."
+    def _renderer(self, chat_template: str | None, **template_kwargs):
+        template = resolve_chat_template(
+            chat_template, self.chat_template, getattr(self.tokenizer, "chat_template", None)
+        )
+
+        def render(messages: list[dict], add_generation_prompt: bool, **extra) -> str:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **template_kwargs,
+                **extra,
             )
-        return template
+
+        return render
 
     def apply_chat_template(
         self,
@@ -408,11 +437,11 @@ class LlamoProcessor(ProcessorMixin):
         **template_kwargs,
     ):
         """
-        Render conversations whose messages may hold a molecule content block `{"type": "molecule", "smiles": ...}`
-        (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its SMILES text plus `<graph>`; with
-        `tokenize=True` the molecules are featurized from the same parse and the graph tensors returned.
-        `include_graph=False` renders molecules as SMILES text only, without `<graph>` and graph tensors (the "no
-        graph" ablation: the same model, graph tokens removed).
+        Render conversations whose messages may hold any number of molecule content blocks
+        `{"type": "molecule", "smiles": ...}` (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its
+        SMILES text plus `<graph>`; with `tokenize=True` the molecules are featurized from the same parse and the
+        graph tensors returned. `include_graph=False` renders molecules as SMILES text only, without `<graph>` and
+        graph tensors (the "no graph" ablation: the same model, graph tokens removed).
 
         Returns:
             the prompt string(s); with `tokenize=True` the `input_ids`, or the whole `BatchFeature` with
@@ -420,120 +449,52 @@ class LlamoProcessor(ProcessorMixin):
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
-        template = self._resolve_template(chat_template)
+        render = self._renderer(chat_template, **template_kwargs)
         prompts, molecules = [], []
         for index, item in enumerate(conversations):
-            messages, found = self._flatten(list(item), index, include_graph)
-            if len(found) > 1:
-                raise ValueError(
-                    f"Conversation {index} holds {len(found)} molecules; LLaMo takes one molecule per conversation."
-                )
-            molecules.append(found[0] if found else None)
-            prompts.append(
-                self.tokenizer.apply_chat_template(
-                    messages,
-                    chat_template=template,
-                    tokenize=False,
-                    add_generation_prompt=add_generation_prompt,
-                    continue_final_message=continue_final_message,
-                    **template_kwargs,
-                )
-            )
+            messages, found = self._flatten(list(item), index, include_graph, max_atoms=max_atoms)
+            molecules.append(found if include_graph else [])
+            prompts.append(render(messages, add_generation_prompt, continue_final_message=continue_final_message))
         if not tokenize:
             return prompts if batched else prompts[0]
-
-        with_molecule = [molecule is not None for molecule in molecules]
-        if any(with_molecule) and not all(with_molecule):
-            raise ValueError(
-                "Every conversation of a batch needs a molecule, or none does; conversations without one: "
-                f"{[index for index, has in enumerate(with_molecule) if not has]}."
-            )
-        smiles = [molecule[0] for molecule in molecules] if all(with_molecule) and include_graph else None
-        if smiles is not None:
-            limit = self.max_atoms if max_atoms == "default" else max_atoms
-            for index, (molecule, given) in enumerate(molecules):
-                if isinstance(molecule, Chem.Mol):
-                    check_size(molecule, limit, given, index)
-                else:
-                    _check_graph_size(molecule, limit, index)
-        outputs = self(
-            text=prompts,
-            smiles=smiles,
-            return_tensors=return_tensors,
+        graph_inputs = (
+            collate_sequence_molecules([[m.graph for m in row] for row in molecules]) if any(molecules) else {}
+        )
+        encoding = self._tokenize(
+            [self.expand_placeholders(prompt)[0] for prompt in prompts],
             padding=padding,
             truncation=truncation,
             max_length=max_length,
             padding_side=padding_side,
             add_special_tokens=False,
-            max_atoms=None,
         )
+        self.check_placeholders(encoding["input_ids"], [len(row) for row in molecules])
+        outputs = self._batch(encoding, graph_inputs, return_tensors)
         return outputs if return_dict else outputs["input_ids"]
 
     def render_conversation(
-        self, conversation: list[dict], chat_template: str | None = None, index: int = 0, **template_kwargs
+        self,
+        conversation: Sequence[dict],
+        chat_template: str | None = None,
+        index: int = 0,
+        molecules: Sequence[PreparedMolecule] | None = None,
+        **template_kwargs,
     ) -> RenderedConversation:
         """
-        Render a whole conversation (for training) and locate its assistant turns.
-
-        Each assistant span is the text the template adds between the prompt before that turn (rendered with the
-        generation prompt) and the conversation up to and including the turn. The template must render prefixes
-        consistently (true of LLaMA-2, ChatML and most templates); otherwise a `ValueError` says so.
+        Render a whole conversation (for training) and locate its assistant turns (see
+        `chat_template_llamo.assistant_spans`). `molecules` are the conversation's molecules already featurized, in
+        block order (the training collator passes them from its cache).
         """
-        template = self._resolve_template(chat_template)
-        messages, found = self._flatten(list(conversation), index)
-        if len(found) > 1:
-            raise ValueError(f"Conversation {index} holds {len(found)} molecules; LLaMo takes one per conversation.")
-
-        def render(turns: list[dict], generation_prompt: bool) -> str:
-            return self.tokenizer.apply_chat_template(
-                turns,
-                chat_template=template,
-                tokenize=False,
-                add_generation_prompt=generation_prompt,
-                **template_kwargs,
-            )
-
-        text = render(messages, False)
-        spans = []
-        for position, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = render(messages[:position], True)
-            through = render(messages[: position + 1], False)
-            if not (text.startswith(through) and through.startswith(before)):
-                raise ValueError(
-                    f"Conversation {index}: the chat template does not render prefixes of the conversation "
-                    "consistently, so assistant turns cannot be located for the loss mask."
-                )
-            spans.append((len(before), len(through)))
-        return RenderedConversation(text, found[0][0] if found else None, spans)
+        render = self._renderer(chat_template, **template_kwargs)
+        messages, found = self._flatten(list(conversation), index, prepared=molecules)
+        text, spans = assistant_spans(messages, render, index)
+        return RenderedConversation(text, found, spans)
 
     def answer_marker(self, chat_template: str | None = None) -> str | None:
         """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`)."""
-        template = self._resolve_template(chat_template)
-        if template not in self._answer_markers:
-            rendered = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ANSWER_SENTINEL}],
-                chat_template=template,
-                tokenize=False,
-            )
-            start = rendered.find(_USER_SENTINEL)
-            end = rendered.find(_ANSWER_SENTINEL)
-            marker = rendered[start + len(_USER_SENTINEL) : end].strip() if 0 <= start < end else ""
-            self._answer_markers[template] = marker or None
-        return self._answer_markers[template]
+        return answer_marker(self._renderer(chat_template))
 
-    def _strip_prompt(self, rows: torch.Tensor, prompt_length: int | None) -> list[list[int]] | None:
-        if prompt_length is not None:
-            return rows[:, prompt_length:].tolist()
-        prompt = self._last_prompt
-        if prompt is None or rows.shape[1] < prompt.shape[1] or rows.shape[0] % prompt.shape[0]:
-            return None
-        repeats = rows.shape[0] // prompt.shape[0]
-        expected = prompt.repeat_interleave(repeats, dim=0)
-        if not torch.equal(rows[:, : prompt.shape[1]].cpu(), expected):
-            return None
-        return rows[:, prompt.shape[1] :].tolist()
+    # --- decoding -------------------------------------------------------------------------------------------------
 
     def batch_decode(
         self,
@@ -545,27 +506,26 @@ class LlamoProcessor(ProcessorMixin):
         """
         Decode generated sequences into the answer text only.
 
-        The prompt is removed by, in order: `prompt_length` (an int, or the prompt's `input_ids`); an exact match with
-        the prompt of this processor's last call; the chat template's answer marker (text after its last occurrence).
+        The prompt is removed by `prompt_length` (an int, or the prompt's `input_ids`) when given; otherwise by the
+        chat template's answer marker (the text after its last occurrence). Rows that hold no marker (new tokens
+        only) are decoded whole.
         """
         rows = torch.as_tensor(np.asarray(sequences) if not isinstance(sequences, torch.Tensor) else sequences)
         if rows.dim() == 1:
             rows = rows.unsqueeze(0)
         if isinstance(prompt_length, torch.Tensor):
             prompt_length = prompt_length.shape[-1]
-        answers = self._strip_prompt(rows, prompt_length)
-        if answers is not None:
-            return [
-                text.strip()
-                for text in self.tokenizer.batch_decode(answers, skip_special_tokens=skip_special_tokens, **kwargs)
-            ]
+        if prompt_length is not None:
+            answers = self.tokenizer.batch_decode(
+                rows[:, prompt_length:].tolist(), skip_special_tokens=skip_special_tokens, **kwargs
+            )
+            return [text.strip() for text in answers]
         try:
             marker = self.answer_marker()
         except ValueError:
             marker = None
-        texts = self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=False, **kwargs)
         results = []
-        for text in texts:
+        for text in self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=False, **kwargs):
             if marker and marker in text:
                 text = text.rsplit(marker, 1)[1]
             if skip_special_tokens:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from llamo.featurization_llamo import MoleculeGraph, collate_molecule_graphs
+from llamo.chat_template_llamo import add_neighbours
+from llamo.feature_extraction_llamo import PreparedMolecule, collate_sequence_molecules
+from llamo.featurization_llamo import MoleculeGraph
 
-from .schema import to_chat_messages
+from .schema import record_metadata, to_chat_messages
 
 IGNORE_INDEX = -100
+NEIGHBOURS_COLUMN = "neighbours"
+"""Optional column of a training row: a JSON list of `{"smiles", "answer"}` in-context neighbours, most similar
+first (see `llamo.processing.index.attach_neighbours`)."""
 
 
 def row_graph(row: dict[str, Any]) -> MoleculeGraph:
@@ -23,75 +29,95 @@ def row_graph(row: dict[str, Any]) -> MoleculeGraph:
 class LlamoDataCollator:
     """
     Batches featurized conversation rows for training: renders each conversation with the processor's chat template
-    (its molecule as precomputed graph + canonical SMILES, so RDKit never runs here), expands `<graph>`, and builds
-    `labels` that keep exactly the assistant turns (answer + end-of-turn text); the prompt, the SMILES text and the
-    graph positions are `-100`. Padding is on the right.
+    (its molecule from the row's precomputed graph and canonical SMILES, so RDKit does not run for it), expands every
+    `<graph>` with the processor's own routine, and builds `labels` that keep exactly the assistant turns (answer +
+    end-of-turn text); the prompt, SMILES texts and graph positions are `-100`. Padding (right) is the tokenizer's.
+
+    A row may hold further molecules (metadata `molecules`) and in-context neighbours (a `neighbours` column); those
+    are featurized here once each and kept in memory (`cache_size` molecules).
 
     Args:
         processor: a `LlamoProcessor` with a fast tokenizer (offsets are needed to map turns to tokens).
-        max_length: longest sequence kept (longer ones are cut on the right; a cut through the graph placeholders is
-            an error naming the row).
+        max_length: longest sequence kept (longer ones are cut on the right; a cut through graph placeholders is an
+            error naming the row).
         chat_template: overrides the processor's template.
+        cache_size: molecules other than the rows' own kept featurized between batches.
     """
 
     processor: Any
     max_length: int | None = 512
     chat_template: str | None = None
+    cache_size: int = 100_000
+    _cache: dict[str, PreparedMolecule] = field(default_factory=dict, init=False, repr=False)
+
+    def _prepare(self, smiles: str) -> PreparedMolecule:
+        molecule = self._cache.get(smiles)
+        if molecule is None:
+            molecule = self.processor.featurizer.prepare(smiles)
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[smiles] = molecule
+        return molecule
+
+    def render(self, row: dict[str, Any], index: int = 0) -> tuple[str, list[tuple[int, int]], list[MoleculeGraph]]:
+        """One row as expanded prompt text, its assistant spans in that text, and its molecules in placeholder
+        order."""
+        molecules = [PreparedMolecule(row_graph(row), row["prompt_smiles"])]
+        molecules += [self._prepare(smiles) for smiles in record_metadata(row).get("molecules", [])]
+        messages = to_chat_messages(row)
+        neighbours = json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")
+        if neighbours:
+            messages = add_neighbours(messages, neighbours)
+            molecules = [self._prepare(neighbour["smiles"]) for neighbour in neighbours] + molecules
+        rendered = self.processor.render_conversation(
+            messages, chat_template=self.chat_template, index=index, molecules=molecules
+        )
+        text, spans = self.processor.expand_placeholders(rendered.text, rendered.assistant_spans)
+        return text, spans, [molecule.graph for molecule in rendered.molecules]
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tokenizer = self.processor.tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("LlamoDataCollator needs a fast tokenizer (it maps assistant turns to tokens by offsets).")
-        graph_token, copies = self.processor.graph_token, self.processor.num_graph_tokens
         texts, spans, graphs = [], [], []
         for index, row in enumerate(rows):
-            block = {
-                "type": "molecule",
-                "smiles": row["smiles"],
-                "graph": row_graph(row),
-                "prompt_smiles": row["prompt_smiles"],
-            }
-            rendered = self.processor.render_conversation(
-                to_chat_messages(row, molecule=block), chat_template=self.chat_template, index=index
-            )
-            position = rendered.text.find(graph_token)
-            shift = (copies - 1) * len(graph_token)
-            texts.append(rendered.text.replace(graph_token, graph_token * copies))
-            spans.append([(a + shift, b + shift) if a > position else (a, b) for a, b in rendered.assistant_spans])
-            graphs.append(rendered.molecule)
+            text, row_spans, row_graphs = self.render(row, index)
+            texts.append(text)
+            spans.append(row_spans)
+            graphs.append(row_graphs)
 
-        # Truncated here rather than with `truncation=True`: that would leave the setting on the fast tokenizer,
-        # and every checkpoint's tokenizer.json would carry it.
+        # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
+        # (and every checkpoint's tokenizer.json would carry it).
         encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids, labels = [], []
+        features = []
         for index, (ids, offsets) in enumerate(zip(encoding["input_ids"], encoding["offset_mapping"], strict=True)):
             ids, offsets = ids[: self.max_length], offsets[: self.max_length]
-            found = sum(1 for token in ids if token == self.processor.graph_token_id)
-            if found != copies:
-                raise ValueError(
-                    f"Row {rows[index].get('id', index)} keeps {found} of its {copies} graph placeholders within "
-                    f"max_length={self.max_length}: raise max_length or drop the row."
-                )
-            row_labels = [
+            labels = [
                 token if end > start and any(start < b and end > a for a, b in spans[index]) else IGNORE_INDEX
                 for token, (start, end) in zip(ids, offsets, strict=True)
             ]
-            input_ids.append(ids)
-            labels.append(row_labels)
-
-        longest = max(len(ids) for ids in input_ids)
-        pad_id = tokenizer.pad_token_id
-        batch = {
-            "input_ids": torch.full((len(rows), longest), pad_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(rows), longest), dtype=torch.long),
-            "labels": torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long),
-        }
-        for index, (ids, row_labels) in enumerate(zip(input_ids, labels, strict=True)):
-            batch["input_ids"][index, : len(ids)] = torch.tensor(ids)
-            batch["attention_mask"][index, : len(ids)] = 1
-            batch["labels"][index, : len(ids)] = torch.tensor(row_labels)
-        batch.update(collate_molecule_graphs(graphs))
+            features.append({"input_ids": ids, "labels": labels})
+        self.processor.check_placeholders(
+            [feature["input_ids"] for feature in features],
+            [len(row_graphs) for row_graphs in graphs],
+            names=[f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)],
+        )
+        longest = max(len(feature["input_ids"]) for feature in features)
+        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+        for index, feature in enumerate(features):
+            labels[index, : len(feature["labels"])] = torch.tensor(feature["labels"], dtype=torch.long)
+        batch = dict(
+            tokenizer.pad(
+                [{"input_ids": feature["input_ids"]} for feature in features],
+                padding="longest",
+                padding_side="right",
+                return_tensors="pt",
+            )
+        )
+        batch["labels"] = labels
+        if any(graphs):
+            batch.update(collate_sequence_molecules(graphs))
         return batch
 
 
-__all__ = ["IGNORE_INDEX", "LlamoDataCollator", "row_graph"]
+__all__ = ["IGNORE_INDEX", "NEIGHBOURS_COLUMN", "LlamoDataCollator", "row_graph"]

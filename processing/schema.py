@@ -1,10 +1,12 @@
-"""The one dataset schema of llamo: a conversation about one molecule.
+"""The one dataset schema of llamo: a conversation about one molecule (or several).
 
 Every loader (descriptions, IUPAC names, property QA, generated multi-turn conversations) produces rows of this
 schema, so that training, evaluation and instruction-data generation read the same thing:
 
 - `id`: a stable record id, unique within its source (e.g. `chebi20:5280343`, `qm9:gdb_17:homo`).
-- `smiles`: the molecule as given by the source.
+- `smiles`: the molecule as given by the source. A conversation about several molecules keeps the first here and the
+  others, in order, in its metadata under `molecules` (`make_record` accepts a list and splits it so); all of them
+  are attached to the first user turn.
 - `messages`: the conversation as `[{"role": "user" | "assistant", "content": str}, ...]`, text only. The molecule is
   not written into the text: it belongs to the first user turn and is attached as a molecule content block when the
   conversation is rendered (see `to_chat_messages`), so that every chat template and SMILES display mode works.
@@ -38,7 +40,7 @@ CONVERSATION_FEATURES = datasets.Features(
 
 def make_record(
     record_id: str,
-    smiles: str,
+    smiles: str | list[str],
     messages: list[dict[str, str]],
     task: str,
     source: str,
@@ -53,6 +55,11 @@ def make_record(
             raise ValueError(f"Record {record_id}: turn {index} should be {expected}, got {message.get('role')!r}.")
         if not isinstance(message.get("content"), str) or not message["content"].strip():
             raise ValueError(f"Record {record_id}: turn {index} is empty.")
+    if not isinstance(smiles, str):
+        molecules = list(smiles)
+        if not molecules or not all(isinstance(item, str) for item in molecules):
+            raise ValueError(f"Record {record_id}: `smiles` must be a SMILES string or a non-empty list of them.")
+        smiles, metadata = molecules[0], {**(metadata or {}), "molecules": molecules[1:]} if molecules[1:] else metadata
     return {
         "id": record_id,
         "smiles": smiles,
@@ -69,19 +76,30 @@ def record_metadata(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(raw) if isinstance(raw, str) else dict(raw)
 
 
-def to_chat_messages(record: dict[str, Any], molecule: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The row's conversation for `LlamoProcessor.apply_chat_template`: the first user turn gets a molecule content
-    block (`{"type": "molecule", "smiles": ...}`, or `molecule` if given, e.g. with a precomputed graph) before its
-    text."""
-    block = molecule if molecule is not None else {"type": "molecule", "smiles": record["smiles"]}
+def record_molecules(record: dict[str, Any]) -> list[str]:
+    """Every molecule of a row, in order: its `smiles`, then any further molecules of its first user turn (listed in
+    the metadata under `molecules`, e.g. the second molecule of "compare these two")."""
+    return [record["smiles"], *record_metadata(record).get("molecules", [])]
+
+
+def to_chat_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's conversation for `LlamoProcessor.apply_chat_template`: the first user turn gets one molecule content
+    block per molecule of the row (`{"type": "molecule", "smiles": ...}`, see `record_molecules`) before its text."""
+    blocks = [{"type": "molecule", "smiles": smiles} for smiles in record_molecules(record)]
     messages = []
     for index, message in enumerate(record["messages"]):
+        content: Any = message["content"]
         if index == 0:
-            content = [block, {"type": "text", "text": message["content"]}]
-            messages.append({"role": message["role"], "content": content})
-        else:
-            messages.append({"role": message["role"], "content": message["content"]})
+            content = [*blocks, {"type": "text", "text": message["content"]}]
+        messages.append({"role": message["role"], "content": content})
     return messages
 
 
-__all__ = ["CONVERSATION_FEATURES", "TASKS", "make_record", "record_metadata", "to_chat_messages"]
+__all__ = [
+    "CONVERSATION_FEATURES",
+    "TASKS",
+    "make_record",
+    "record_metadata",
+    "record_molecules",
+    "to_chat_messages",
+]

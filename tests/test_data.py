@@ -392,7 +392,7 @@ def test_featurized_cache_is_reused_without_rdkit(tmp_path, monkeypatch):
 def test_collation_never_runs_rdkit(tiny_llamo, monkeypatch):
     import datasets
 
-    from llamo import featurization_llamo, processing_llamo
+    from llamo import feature_extraction_llamo, featurization_llamo
 
     rows = [
         make_record(
@@ -408,10 +408,10 @@ def test_collation_never_runs_rdkit(tiny_llamo, monkeypatch):
     def no_rdkit(*args, **kwargs):
         raise AssertionError("RDKit was called during collation")
 
-    for module in (processing_llamo, featurization_llamo):
+    for module in (feature_extraction_llamo, featurization_llamo):
         monkeypatch.setattr(module, "parse_smiles", no_rdkit)
         monkeypatch.setattr(module, "prompt_smiles", no_rdkit)
-    monkeypatch.setattr(processing_llamo, "featurize_molecule", no_rdkit)
+    monkeypatch.setattr(feature_extraction_llamo, "featurize_molecule", no_rdkit)
     batch = LlamoDataCollator(tiny_llamo[1])(list(featurized))
     assert batch["atom_mask"].sum() == 14
 

@@ -222,9 +222,9 @@ def test_placeholder_count_mismatch_is_a_clear_error():
     batch = graph_batch("aspirin", "caffeine")
     input_ids = prompt_ids(model, 2)
     input_ids[1, 4] = 7  # one placeholder fewer in the second row
-    with pytest.raises(ValueError, match=r"\[16, 15\] <graph> positions.*2 molecules.*16 graph tokens"):
+    with pytest.raises(ValueError, match=r"\[16, 15\] <graph> positions.*\[1, 1\] per sequence.*16 graph tokens"):
         model(input_ids=input_ids, **batch)
-    with pytest.raises(ValueError, match="1 molecules"):
+    with pytest.raises(ValueError, match=r"\[1\] per sequence"):
         model(input_ids=prompt_ids(model, 2), **graph_batch("aspirin"))
     with pytest.raises(ValueError, match="no graph inputs"):
         model(input_ids=prompt_ids(model, 2))

@@ -22,9 +22,9 @@ def graph_count(processor, input_ids) -> list[int]:
 def test_call_expands_graph_and_featurizes(processor):
     inputs = processor(text=["CCO<graph> Describe.", "C<graph> What is it?"], smiles=["CCO", "C"], padding_side="right")
     assert graph_count(processor, inputs["input_ids"]) == [16, 16]
-    assert inputs["atom_features"].shape == (2, 3, 9)
-    assert inputs["atom_mask"].sum(1).tolist() == [3, 1]
-    assert inputs["motif_mask"].sum(1).tolist() == [2, 0]  # {C-C}, {C-O}; methane has no group
+    assert inputs["atom_features"].shape == (2, 1, 3, 9)  # (batch, molecules, atoms, features)
+    assert inputs["atom_mask"].sum(-1).tolist() == [[3], [1]]
+    assert inputs["motif_mask"].sum(-1).tolist() == [[2], [0]]  # {C-C}, {C-O}; methane has no group
     assert set(processor.model_input_names) >= {"input_ids", "atom_features", "motif_mask"}
 
 
@@ -136,18 +136,14 @@ def test_atom_limit_is_configurable(processor):
 
 
 def test_placeholder_mismatches(processor):
-    with pytest.raises(ValueError, match="2 texts and 1 molecules"):
+    with pytest.raises(ValueError, match="2 texts and molecules for 1"):
         processor(text=["<graph> a", "<graph> b"], smiles=["C"])
-    with pytest.raises(ValueError, match="Text 0 holds 2 <graph>"):
+    with pytest.raises(ValueError, match="Text 0 holds 2 <graph> placeholders but 1 molecules"):
         processor(text=["<graph><graph> a"], smiles=["C"])
-    with pytest.raises(ValueError, match="no `smiles`"):
+    with pytest.raises(ValueError, match="Text 0 holds 1 <graph> placeholders but 0 molecules"):
         processor(text="<graph> a")
-    with pytest.raises(ValueError, match="holds 2 molecules"):
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "molecule", "smiles": "C"}, {"type": "molecule", "smiles": "O"}]}]
-        )
-    with pytest.raises(ValueError, match="or none does"):
-        processor.apply_chat_template([molecule_messages("C"), [{"role": "user", "content": "hi"}]], tokenize=True)
+    with pytest.raises(ValueError, match="Text 1 holds 0 <graph> placeholders but 1 molecules"):
+        processor(text=["<graph> a", "b"], smiles=[["C"], ["O"]])
     with pytest.raises(ValueError, match="unsupported content block"):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "image", "url": "x.png"}]}])
     with pytest.raises(ValueError, match="truncated"):
@@ -202,29 +198,28 @@ def test_chatml_fixture_template_is_what_the_tokenizer_carries():
 
 
 def test_precomputed_graphs_skip_rdkit(processor, monkeypatch):
-    from llamo import featurization_llamo, processing_llamo
+    from llamo import feature_extraction_llamo, featurization_llamo
+    from llamo.feature_extraction_llamo import PreparedMolecule
     from llamo.featurization_llamo import featurize_smiles, prompt_smiles
 
     smiles = SMILES["caffeine"]
     graph = featurize_smiles(smiles)
-    canonical = prompt_smiles(Chem.MolFromSmiles(smiles))
-    expected = processor.apply_chat_template(
-        molecule_messages(smiles), add_generation_prompt=True, tokenize=True, return_dict=True
-    )
+    canonical = prompt_smiles(Chem.MolFromSmiles(smiles), None)
+    conversation = [*molecule_messages(smiles), {"role": "assistant", "content": "A stimulant."}]
+    expected = processor.render_conversation(conversation)
 
     def no_rdkit(*args, **kwargs):
         raise AssertionError("RDKit was called")
 
-    monkeypatch.setattr(processing_llamo, "parse_smiles", no_rdkit)
-    monkeypatch.setattr(processing_llamo, "featurize_molecule", no_rdkit)
+    monkeypatch.setattr(feature_extraction_llamo, "parse_smiles", no_rdkit)
+    monkeypatch.setattr(feature_extraction_llamo, "featurize_molecule", no_rdkit)
     monkeypatch.setattr(featurization_llamo, "parse_smiles", no_rdkit)
-    block = {"type": "molecule", "smiles": smiles, "graph": graph.to_dict(), "prompt_smiles": canonical}
-    messages = [{"role": "user", "content": [block, {"type": "text", "text": "Describe this molecule."}]}]
-    got = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    for name, value in expected.items():
-        assert torch.equal(got[name], value), name
+    got = processor.render_conversation(conversation, molecules=[PreparedMolecule(graph, canonical)])
+    assert (got.text, got.assistant_spans) == (expected.text, expected.assistant_spans)
+    with pytest.raises(ValueError, match="1 molecule blocks but 2 molecules"):
+        processor.render_conversation(conversation, molecules=[PreparedMolecule(graph, canonical)] * 2)
     direct = processor(text="<graph> hi", smiles=[graph])
-    assert torch.equal(direct["atom_features"], expected["atom_features"])
+    assert torch.equal(direct["atom_features"][0, 0], torch.from_numpy(graph.atom_features))
     with pytest.raises(ValueError, match="over the limit of 5"):
         processor(text="<graph> hi", smiles=[graph], max_atoms=5)
 
@@ -280,7 +275,7 @@ def test_qwen2_style_template_with_a_default_system_prompt():
         return_dict=True,
     )
     assert graph_count(qwen, inputs["input_ids"]) == [16, 16]
-    assert inputs["atom_mask"].sum(1).tolist() == [13, 1]
+    assert inputs["atom_mask"].sum(-1).tolist() == [[13], [1]]
     assert qwen.answer_marker() == "<|im_end|>\n<|im_start|>assistant"
 
     # training: the loss spans are exactly the assistant answers plus their end-of-turn text

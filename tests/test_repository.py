@@ -6,7 +6,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTE_CODE = (
+    "chat_template_llamo.py",
     "configuration_llamo.py",
+    "feature_extraction_llamo.py",
     "featurization_llamo.py",
     "modeling_llamo.py",
     "processing_llamo.py",

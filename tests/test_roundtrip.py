@@ -98,7 +98,14 @@ def test_saved_folder_holds_the_remote_code_files(tiny_llamo_dir):
         "AutoModel": "modeling_llamo.LlamoModel",
         "AutoModelForCausalLM": "modeling_llamo.LlamoForConditionalGeneration",
     }
-    for name in ("configuration_llamo.py", "modeling_llamo.py", "processing_llamo.py", "featurization_llamo.py"):
+    for name in (
+        "chat_template_llamo.py",
+        "configuration_llamo.py",
+        "feature_extraction_llamo.py",
+        "modeling_llamo.py",
+        "processing_llamo.py",
+        "featurization_llamo.py",
+    ):
         for node in ast.walk(ast.parse((tiny_llamo_dir / name).read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert node.level == 1 or not (node.module or "").startswith("llamo"), (name, node.module)

@@ -1,0 +1,164 @@
+"""Chat templates of LLaMo, where assistant turns are in a rendered conversation, and in-context neighbours.
+
+This file travels to the Hub as remote code: it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+LLAMA2_SYSTEM_PROMPT = "The following is a conversation between a curious human and AI assistant."
+
+# The prompt of the released LLaMo code (LLaMA-2 chat format). A system message, if given, replaces the default one.
+LLAMA2_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = '" + LLAMA2_SYSTEM_PROMPT + "' -%}{%- set turns = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.first -%}"
+    "{{- bos_token + '[INST] <<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] + ' [/INST]' -}}"
+    "{%- else -%}"
+    "{{- bos_token + '[INST] ' + message['content'] + ' [/INST]' -}}"
+    "{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- ' ' -}}{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+CHAT_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE}
+"""Built-in chat templates, selectable by name wherever a chat template is accepted."""
+
+NEIGHBOURS_INTRO = "Known molecules similar to the query, with their answers:"
+NEIGHBOURS_QUERY = "Query molecule:"
+
+_USER_SENTINEL = "LLAMOUSERTURNSENTINEL"
+_ANSWER_SENTINEL = "LLAMOANSWERSENTINEL"
+
+Render = Callable[[list[dict[str, Any]], bool], str]
+"""`render(messages, add_generation_prompt) -> text`: a chat template applied to plain-string messages."""
+
+
+def resolve_chat_template(*candidates: str | dict | None) -> str:
+    """The first template given (a built-in name, a Jinja string, or a tokenizer's dict of named templates)."""
+    for candidate in candidates:
+        template = CHAT_TEMPLATES.get(candidate, candidate) if isinstance(candidate, str) else candidate
+        if isinstance(template, dict):
+            template = template.get("default") or next(iter(template.values()), None)
+        if template:
+            return template
+    raise ValueError(
+        "No chat template: the processor and its tokenizer have none. Pass `chat_template` (a Jinja string or one of "
+        f"{sorted(CHAT_TEMPLATES)})."
+    )
+
+
+def assistant_spans(
+    messages: list[dict[str, Any]], render: Render, index: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
+    """
+    Render a whole conversation and locate its assistant turns.
+
+    Each span is the text the template adds between the prompt before that turn (rendered with the generation
+    prompt) and the conversation up to and including the turn, so it covers the answer and the end-of-turn text. The
+    template must render prefixes consistently (true of LLaMA-2, ChatML and most templates).
+
+    Returns:
+        the rendered text and the `(start, end)` character span of every assistant turn.
+
+    Raises:
+        ValueError: the template renders a prefix differently from the start of the whole conversation.
+    """
+    text = render(messages, False)
+    spans = []
+    for position, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(messages[:position], True)
+        through = render(messages[: position + 1], False)
+        if not (text.startswith(through) and through.startswith(before)):
+            raise ValueError(
+                f"Conversation {index}: the chat template does not render prefixes of the conversation consistently, "
+                "so assistant turns cannot be located for the loss mask."
+            )
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def answer_marker(render: Render) -> str | None:
+    """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`), or `None`."""
+    rendered = render(
+        [{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ANSWER_SENTINEL}], False
+    )
+    start, end = rendered.find(_USER_SENTINEL), rendered.find(_ANSWER_SENTINEL)
+    marker = rendered[start + len(_USER_SENTINEL) : end].strip() if 0 <= start < end else ""
+    return marker or None
+
+
+def join_parts(parts: Sequence[str]) -> str:
+    """Content-block texts joined by a space, or nothing after a part that ends a line."""
+    text = ""
+    for part in parts:
+        if not part:
+            continue
+        text += part if not text or text.endswith("\n") else " " + part
+    return text
+
+
+def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """
+    Put known molecules and their answers before the question, as in-context examples.
+
+    The first user turn that holds a molecule block becomes: `NEIGHBOURS_INTRO`, then one line per neighbour (its
+    molecule block, then its answer), then `NEIGHBOURS_QUERY` and the turn's own blocks. Rendered with the default
+    SMILES display, a prompt with two neighbours reads:
+
+        Known molecules similar to the query, with their answers:
+        1. CCO<graph> The molecule is ethanol ...
+        2. CCCO<graph> The molecule is propan-1-ol ...
+        Query molecule: CCN<graph> Describe this molecule.
+
+    Args:
+        conversation: chat messages; the molecule block of its first molecule-bearing user turn is the query.
+        neighbours: dicts with `smiles` and `answer`, most similar first.
+
+    Returns:
+        a new conversation (the input is not changed); the same one when `neighbours` is empty.
+    """
+    if not neighbours:
+        return list(conversation)
+    messages = [dict(message) for message in conversation]
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") != "user" or isinstance(content, str) or not content:
+            continue
+        if not any(isinstance(block, Mapping) and block.get("type") == "molecule" for block in content):
+            continue
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": NEIGHBOURS_INTRO + "\n"}]
+        for rank, neighbour in enumerate(neighbours, start=1):
+            blocks += [
+                {"type": "text", "text": f"{rank}."},
+                {"type": "molecule", "smiles": neighbour["smiles"]},
+                {"type": "text", "text": " ".join(str(neighbour["answer"]).split()) + "\n"},
+            ]
+        message["content"] = [*blocks, {"type": "text", "text": NEIGHBOURS_QUERY}, *content]
+        return messages
+    raise ValueError("add_neighbours needs a user turn with a molecule block (the query molecule).")
+
+
+__all__ = [
+    "CHAT_TEMPLATES",
+    "LLAMA2_CHAT_TEMPLATE",
+    "LLAMA2_SYSTEM_PROMPT",
+    "NEIGHBOURS_INTRO",
+    "NEIGHBOURS_QUERY",
+    "add_neighbours",
+    "answer_marker",
+    "assistant_spans",
+    "join_parts",
+    "resolve_chat_template",
+]

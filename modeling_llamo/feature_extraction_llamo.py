@@ -1,0 +1,189 @@
+"""The molecule side of LLaMo's processor: SMILES in, batch-first graph tensors out.
+
+`LlamoMoleculeFeaturizer` is the one featurization entry point: the processor, the training datasets cache, molecule
+indexes and evaluation all call it (or `prepare_molecule`, its per-molecule step). A sequence may hold any number of
+molecules; a batch is padded to `(batch, max_molecules, ...)` so that every tensor stays batch-first, and generation
+can repeat rows (beam search, `num_return_sequences`) without knowing about molecules.
+
+This file travels to the Hub as remote code: it imports only numpy, torch, RDKit and its sibling files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rdkit import Chem
+
+from .featurization_llamo import (
+    ATOM_FEATURE_SIZES,
+    BOND_FEATURE_SIZES,
+    MOTIF_FEATURE_SIZE,
+    MoleculeGraph,
+    check_size,
+    featurize_molecule,
+    parse_smiles,
+    prompt_smiles,
+)
+
+MoleculeInput = str | Chem.Mol | MoleculeGraph | dict
+"""A molecule as callers give it: a SMILES string, an RDKit molecule, or an already featurized `MoleculeGraph` (or
+its `to_dict()`)."""
+
+
+@dataclass
+class PreparedMolecule:
+    """One molecule, featurized once for a prompt.
+
+    Attributes:
+        graph: the graph features the model reads.
+        smiles: its canonical, non-isomeric SMILES (uncut), the text prompts show; `None` where only a precomputed
+            graph was given.
+    """
+
+    graph: MoleculeGraph
+    smiles: str | None
+
+
+def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int | None) -> None:
+    if max_atoms is not None and graph.num_atoms > max_atoms:
+        where = f" at index {index}" if index is not None else ""
+        raise ValueError(
+            f"Molecule{where} has {graph.num_atoms} atoms, over the limit of {max_atoms} "
+            "(raise `max_atoms` to accept it)."
+        )
+
+
+def prepare_molecule(
+    molecule: MoleculeInput, max_atoms: int | None = None, index: int | None = None, canonical: bool = True
+) -> PreparedMolecule:
+    """
+    Parse a molecule once, check its size, and featurize it.
+
+    Args:
+        molecule: a SMILES string, an RDKit molecule, or a `MoleculeGraph` / its dict (passed through, size-checked).
+        max_atoms: larger molecules are refused; `None` accepts any size.
+        index: the molecule's position, named in error messages.
+        canonical: also compute the canonical SMILES for the prompt (skip it where no prompt shows the SMILES).
+
+    Raises:
+        ValueError: the SMILES is empty, unparsable or too large (naming its index and a cut copy of the input).
+    """
+    if isinstance(molecule, (MoleculeGraph, dict)):
+        graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
+        _check_graph_size(graph, max_atoms, index)
+        return PreparedMolecule(graph, None)
+    parsed_here = not isinstance(molecule, Chem.Mol)
+    mol = parse_smiles(molecule, index=index, max_atoms=max_atoms) if parsed_here else molecule
+    check_size(mol, max_atoms, molecule, index)
+    graph = featurize_molecule(mol, rings_from_sanitization=parsed_here)
+    return PreparedMolecule(graph, prompt_smiles(mol, None) if canonical else None)
+
+
+def collate_sequence_molecules(molecules: Sequence[Sequence[MoleculeGraph]]) -> dict[str, torch.Tensor]:
+    """
+    Pad the molecules of a batch of sequences into batch-first tensors. `M` is the most molecules any sequence holds
+    (a sequence with fewer has all-False masks in its spare slots), `N`, `E` and `G` the most atoms, directed bonds
+    and functional groups of any molecule.
+
+    Returns:
+        `atom_features` `(B, M, N, 9)` long, `atom_mask` `(B, M, N)` bool, `bond_index` `(B, M, E, 2)` long (atom
+        indices local to each molecule), `bond_features` `(B, M, E, 3)` long, `bond_mask` `(B, M, E)` bool,
+        `motif_features` `(B, M, G, 73)` float, `motif_mask` `(B, M, G)` bool. `G` is at least 1 so attention always
+        has a key. A real molecule has at least one atom, so `atom_mask.any(-1)` marks the real molecules.
+    """
+    batch = len(molecules)
+    graphs = [graph for row in molecules for graph in row]
+    if not graphs:
+        raise ValueError("collate_sequence_molecules needs at least one molecule in the batch.")
+    slots = max(len(row) for row in molecules)
+    max_atoms = max(g.atom_features.shape[0] for g in graphs)
+    max_edges = max(g.edge_index.shape[1] for g in graphs)
+    max_motifs = max(1, max(g.motif_features.shape[0] for g in graphs))
+
+    atom_features = np.zeros((batch, slots, max_atoms, len(ATOM_FEATURE_SIZES)), dtype=np.int64)
+    atom_mask = np.zeros((batch, slots, max_atoms), dtype=bool)
+    bond_index = np.zeros((batch, slots, max_edges, 2), dtype=np.int64)
+    bond_features = np.zeros((batch, slots, max_edges, len(BOND_FEATURE_SIZES)), dtype=np.int64)
+    bond_mask = np.zeros((batch, slots, max_edges), dtype=bool)
+    motifs = np.zeros((batch, slots, max_motifs, MOTIF_FEATURE_SIZE), dtype=np.float32)
+    motif_mask = np.zeros((batch, slots, max_motifs), dtype=bool)
+    for row, sequence in enumerate(molecules):
+        for slot, graph in enumerate(sequence):
+            n, e, g = graph.atom_features.shape[0], graph.edge_index.shape[1], graph.motif_features.shape[0]
+            atom_features[row, slot, :n] = graph.atom_features
+            atom_mask[row, slot, :n] = True
+            bond_index[row, slot, :e] = graph.edge_index.T
+            bond_features[row, slot, :e] = graph.edge_features
+            bond_mask[row, slot, :e] = True
+            motifs[row, slot, :g] = graph.motif_features
+            motif_mask[row, slot, :g] = True
+    return {
+        "atom_features": torch.from_numpy(atom_features),
+        "atom_mask": torch.from_numpy(atom_mask),
+        "bond_index": torch.from_numpy(bond_index),
+        "bond_features": torch.from_numpy(bond_features),
+        "bond_mask": torch.from_numpy(bond_mask),
+        "motif_features": torch.from_numpy(motifs),
+        "motif_mask": torch.from_numpy(motif_mask),
+    }
+
+
+class LlamoMoleculeFeaturizer:
+    """
+    Featurizes molecules and collates them per sequence (the processor's `featurizer` attribute).
+
+    Args:
+        max_atoms (`int`, *optional*, defaults to 512): larger molecules are refused with a `ValueError`; `None`
+            accepts any size. The bound is checked on the SMILES text before RDKit parses it.
+    """
+
+    def __init__(self, max_atoms: int | None = 512):
+        if max_atoms is not None and max_atoms < 1:
+            raise ValueError(f"max_atoms must be at least 1 or None, got {max_atoms}.")
+        self.max_atoms = max_atoms
+
+    def _limit(self, max_atoms: int | str | None) -> int | None:
+        return self.max_atoms if max_atoms == "default" else max_atoms
+
+    def prepare(
+        self, molecule: MoleculeInput, index: int | None = None, max_atoms: int | str | None = "default"
+    ) -> PreparedMolecule:
+        """One molecule featurized, with its canonical prompt SMILES (see `prepare_molecule`)."""
+        return prepare_molecule(molecule, self._limit(max_atoms), index)
+
+    def featurize(
+        self, molecules: Sequence[MoleculeInput], max_atoms: int | str | None = "default"
+    ) -> list[MoleculeGraph]:
+        """Featurize a flat list of molecules, raising a `ValueError` that names the bad one's index."""
+        limit = self._limit(max_atoms)
+        return [prepare_molecule(m, limit, index, canonical=False).graph for index, m in enumerate(molecules)]
+
+    def __call__(
+        self, molecules: Sequence[Sequence[MoleculeInput]], max_atoms: int | str | None = "default"
+    ) -> dict[str, torch.Tensor]:
+        """
+        Featurize and collate the molecules of each sequence (a list per sequence, in placeholder order).
+
+        Returns:
+            the batch-first graph tensors of `collate_sequence_molecules`, or `{}` when no sequence holds a molecule.
+        """
+        limit = self._limit(max_atoms)
+        graphs, index = [], 0
+        for row in molecules:
+            graphs.append([])
+            for molecule in row:
+                graphs[-1].append(prepare_molecule(molecule, limit, index, canonical=False).graph)
+                index += 1
+        return collate_sequence_molecules(graphs) if index else {}
+
+
+__all__ = [
+    "LlamoMoleculeFeaturizer",
+    "MoleculeInput",
+    "PreparedMolecule",
+    "collate_sequence_molecules",
+    "prepare_molecule",
+]
