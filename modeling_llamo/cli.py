@@ -35,7 +35,7 @@ def _add_init_parser(subparsers) -> None:
             "<graph> token added, a fresh GIN encoder and multi-level projector, a chat template. Saves model and "
             "processor to OUT_DIR."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
     parser.add_argument(
@@ -47,50 +47,78 @@ def _add_init_parser(subparsers) -> None:
         default="auto",
         help="'auto' (the tokenizer's own, else LLaMo's LLaMA-2 prompt), 'tokenizer', 'llama2', or a .jinja file",
     )
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
     graph = parser.add_argument_group("graph encoder")
-    graph.add_argument("--gin-layers", type=int, default=5)
-    graph.add_argument("--gin-hidden", type=int, default=300)
+    graph.add_argument("--gin-layers", type=int, default=5, help="GIN message-passing layers")
+    graph.add_argument("--gin-hidden", type=int, default=300, help="GIN width")
     projector = parser.add_argument_group("graph projector")
-    projector.add_argument("--queries-per-level", type=int, default=4)
-    projector.add_argument("--motif-queries", type=int, default=4)
-    projector.add_argument("--heads", type=int, default=4)
-    projector.add_argument("--mlp-depth", type=int, default=6)
+    projector.add_argument("--queries-per-level", type=int, default=4, help="graph tokens per GIN level")
+    projector.add_argument("--motif-queries", type=int, default=4, help="graph tokens for the motif groups")
+    projector.add_argument("--heads", type=int, default=4, help="cross-attention heads")
+    projector.add_argument("--mlp-depth", type=int, default=6, help="layers of the MLP into the LM width")
     projector.add_argument(
         "--share-level-attention", action="store_true", help="one attention for all levels (the released weights)"
     )
-    projector.add_argument("--motif-position", choices=["first", "last"], default="first")
+    projector.add_argument(
+        "--motif-position", choices=["first", "last"], default="first", help="where the motif tokens go"
+    )
     projector.add_argument("--no-motifs", action="store_true", help="no motif tokens (the paper's ablation)")
     processor = parser.add_argument_group("processor")
     processor.add_argument("--max-atoms", type=int, default=512, help="refuse larger molecules (0: no limit)")
-    processor.add_argument("--prompt-smiles", choices=["canonical", "input", "none"], default="canonical")
+    processor.add_argument(
+        "--prompt-smiles",
+        choices=["canonical", "input", "none"],
+        default="canonical",
+        help="the SMILES text written before <graph> in prompts",
+    )
     parser.set_defaults(handler=_run_init)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in its help, except the uninformative ones (None, and False for flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `generate` and `chat`; each has a help text, so that its default is shown."""
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="most tokens in an answer")
+    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --do-sample)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with --do-sample)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of sampling")
+    parser.add_argument("--device", default="auto", help="'auto' (a GPU if any), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype ('auto': as saved)",
+    )
 
 
 def _add_generate_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
         help="answer an instruction about a molecule (streams the answer)",
-        description="Ask a LLaMo model about one molecule; the answer streams to stdout.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Ask a LLaMo model about one molecule; the answer streams to stdout. Example: llamo generate "
+        '--smiles "CC(=O)Oc1ccccc1C(=O)O" "Describe this molecule."',
+        usage="llamo generate [MODEL_DIR] --smiles SMILES [options] PROMPT",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "arguments",
         nargs="+",
         metavar="[MODEL_DIR] PROMPT",
-        help="model folder (default: the bundled LLaMo-SmolLM2-135M) and the instruction",
+        help="MODEL_DIR: a model folder (default: the bundled LLaMo-SmolLM2-135M); PROMPT: the instruction, quoted",
     )
-    parser.add_argument("--model", help="model folder (instead of the first positional argument)")
+    parser.add_argument("--model", metavar="MODEL_DIR", help="model folder (instead of the first positional argument)")
     parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    _add_decoding_arguments(parser)
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (no streaming)")
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
     parser.set_defaults(handler=_run_generate)
 
@@ -103,17 +131,11 @@ def _add_chat_parser(subparsers) -> None:
             "Talk about one molecule: type a question, get a streamed answer, ask follow-ups (the conversation is "
             "kept). An empty line, /quit or end of input ends the chat; /reset starts over."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    _add_decoding_arguments(parser)
     parser.set_defaults(handler=_run_chat)
 
 
@@ -180,11 +202,14 @@ def _load(model_dir: Path, device_choice: str, dtype_choice: str):
     import torch
 
     from . import LlamoForConditionalGeneration, LlamoProcessor
+    from .quiet import quiet_loading
 
     device = _pick_device(device_choice)
     dtype = "auto" if dtype_choice == "auto" else getattr(torch, dtype_choice)
-    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    return model, LlamoProcessor.from_pretrained(model_dir), device
+    with quiet_loading():
+        model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        processor = LlamoProcessor.from_pretrained(model_dir)
+    return model, processor, device
 
 
 def _answer(model, processor, messages, device, args, stream: bool) -> str:

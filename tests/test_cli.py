@@ -25,6 +25,21 @@ def test_help_documents_init_and_generate(capsys):
     assert "--smiles" in text and "--max-new-tokens" in text
 
 
+def test_generate_help_shows_the_usage_one_types_and_every_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: llamo generate [MODEL_DIR] --smiles SMILES [options] PROMPT")
+    assert "[[MODEL_DIR] PROMPT" not in text and "PROMPT ...]" not in text
+    assert "--max-new-tokens N most tokens in an answer (default: 256)" in text
+    for default in ("(default: 0.7)", "(default: 0.9)", "(default: 1)", "(default: auto)"):
+        assert default in text, default
+    assert "(default: None)" not in text and "(default: False)" not in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["init", "--help"])
+    assert "GIN width (default: 300)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_every_feature_command_module_exists():
     for name in FEATURE_COMMANDS:
         module = importlib.import_module(name)  # a listed module that is missing fails here, not silently
@@ -189,6 +204,8 @@ def test_generate_streams_an_answer_end_to_end(initialised):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip(), "no answer printed"
     assert "[INST]" not in result.stdout and "<graph>" not in result.stdout
+    # stderr keeps real warnings only: no weight-loading progress bar, no library-internal deprecation
+    assert "Loading weights" not in result.stderr and "FutureWarning" not in result.stderr, result.stderr
 
 
 def test_generate_matches_the_python_api(initialised, capsys):

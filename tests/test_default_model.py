@@ -193,6 +193,8 @@ def test_llamo_generate_and_chat_use_the_default(default_env):
     )
     assert generate.returncode == 0, generate.stderr[-2000:]
     assert "first use: assembling" in generate.stderr
+    assert "Loading weights" not in generate.stderr and "Writing model shards" not in generate.stderr
+    assert "FutureWarning" not in generate.stderr, generate.stderr  # PEFT reads a deprecated transformers alias
     again = subprocess.run(
         [
             LLAMO,
