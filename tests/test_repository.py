@@ -40,7 +40,20 @@ def test_ci_lints_after_the_tests():
     assert "ruff check" in lint_command and "ruff format --check" in lint_command
     steps = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     steps = [line for line in steps if line and not line.startswith("#")]
-    assert steps[-2:] == ["python3 -m pytest -q", lint_command], steps[-2:]
+    pytest_step = readme_commands()[1].split(" && ")[-1]
+    assert steps[-2:] == [pytest_step, lint_command], steps[-2:]
+
+
+def test_readme_test_command_shows_skip_reasons_and_names_the_debian_packages():
+    pytest_step = readme_commands()[1].split(" && ")[-1]
+    assert pytest_step.startswith("python3 -m pytest") and "-rs" in pytest_step.split()
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"apt-get install -y ([a-z0-9 -]+)`", readme)
+    assert install, "README does not say how to install the Debian packages of the full test run"
+    packages = set(install.group(1).split())
+    assert packages == {"chromium", "default-jre-headless", "wordnet-base", "wordnet-sense-index"}
+    for package in packages:  # and CI installs the same
+        assert package in ci, package
 
 
 def test_developers_guide_names_the_remote_code_files():
