@@ -15,16 +15,21 @@ def register(subparsers) -> None:
 
 
 def _add_evaluate_parser(subparsers) -> None:
+    from llamo.cli import DefaultsHelpFormatter  # loaded already: it builds the parser that calls `register`
+
     parser = subparsers.add_parser(
         "evaluate",
         help="score a model (or a baseline) on description, IUPAC naming and property QA",
         description=(
             "Generate answers for every row of a dataset in llamo's conversation schema and score them per task: "
             "BLEU/ROUGE/METEOR under the MolT5 (SciBERT) and LLaMo (LLM tokens) protocols, IUPAC exact and "
-            "structure-level (OPSIN) matches, property MAE with the valid-answer ratio. Predictions are saved as they "
-            "are made; running the same command again resumes. Writes OUTPUT_DIR/results.json."
+            "structure-level (OPSIN) matches, property MAE with the valid-answer ratio. Rows are predicted in the "
+            "data's order (sorted by length only within a few batches) and saved as they are made; running the same "
+            "command again resumes. The run's settings are kept with the predictions: a rerun with other settings "
+            "(model, data, --max-rows, decoding, baseline) is refused unless --overwrite. While a batch generates, the "
+            "progress bar shows its tokens so far and its rows finished. Writes OUTPUT_DIR/results.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "model", nargs="?", metavar="MODEL_DIR", help="LLaMo folder (optional for the retrieval and mean baselines)"
@@ -36,19 +41,33 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     parser.add_argument("--output-dir", required=True, help="folder for predictions and results (resumable)")
     parser.add_argument("--overwrite", action="store_true", help="discard another run's predictions in --output-dir")
-    parser.add_argument("--max-rows", type=int, help="evaluate only the first N rows (a quick check)")
+    parser.add_argument(
+        "--max-rows", type=int, metavar="N", help="evaluate only the first N rows, in the data's order (a quick check)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     decoding = parser.add_argument_group("decoding (LLaMo's evaluation: greedy, 512 new tokens)")
-    decoding.add_argument("--batch-size", type=int, default=16)
-    decoding.add_argument("--max-new-tokens", type=int, default=512)
-    decoding.add_argument("--min-new-tokens", type=int)
-    decoding.add_argument("--num-beams", type=int, default=1)
+    decoding.add_argument("--batch-size", type=int, default=16, help="rows generated together")
+    decoding.add_argument("--max-new-tokens", type=int, default=512, help="most tokens in an answer")
+    decoding.add_argument("--min-new-tokens", type=int, help="fewest tokens in an answer")
+    decoding.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     decoding.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search")
-    decoding.add_argument("--temperature", type=float, default=1.0)
-    decoding.add_argument("--top-p", type=float, default=1.0)
-    decoding.add_argument("--seed", type=int, default=0)
+    decoding.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
+    decoding.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --do-sample)")
+    decoding.add_argument("--seed", type=int, default=0, help="random seed of sampling")
     decoding.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    decoding.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    decoding.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (auto: as saved)",
+    )
+    decoding.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads of generation (default: $OMP_NUM_THREADS if set, else the cores not busy: the cores this "
+        "process may use minus the 1-minute load average, at least 1)",
+    )
     baseline = parser.add_argument_group("baselines")
     baseline.add_argument(
         "--baseline",
@@ -57,7 +76,7 @@ def _add_evaluate_parser(subparsers) -> None:
         "without graph tokens",
     )
     baseline.add_argument("--train-data", help="training rows of the retrieval and mean baselines")
-    baseline.add_argument("--train-split", default="train")
+    baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
         "--scibert-vocab",
@@ -111,6 +130,7 @@ def _config_from_args(args: argparse.Namespace):
         max_rows=args.max_rows,
         device=args.device,
         dtype=args.dtype,
+        threads=args.threads,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

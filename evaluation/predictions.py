@@ -2,8 +2,10 @@
 
 An output folder holds:
 
-- `run_config.json`: what defines the predictions (model, data fingerprint, tasks, decoding, baseline). A folder is
-  only reused by the same run; another run is refused unless `overwrite` clears it.
+- `run_config.json`: what defines the predictions: the settings as given (model path, data path and split,
+  `max_rows`, tasks, decoding, baseline and its training data) and fingerprints of the model and data they point at.
+  A folder is only reused by the same run; another run is refused, naming each differing setting with its saved and
+  new values, unless `overwrite` clears it.
 - `predictions.jsonl`: one line per row and the source of truth: `index`, `id`, `task`, `smiles`, `reference`,
   `prediction`, and `skipped` (the reason) for rows the predictor could not take. A half-written last line (the run
   was killed while writing) is detected, cut, and that row predicted again.
@@ -81,6 +83,16 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
+def describe_differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """The differing settings with their saved and new values: `max_rows (saved 100, now 300), ...`."""
+    old, new = _flatten(saved), _flatten(current)
+    missing = "(not recorded)"
+    return ", ".join(
+        f"{key} (saved {json.dumps(old.get(key, missing))}, now {json.dumps(new.get(key, missing))})"
+        for key in config_differences(saved, current)
+    )
+
+
 class PredictionStore:
     """The prediction files of one output folder (see the module docstring)."""
 
@@ -112,10 +124,11 @@ class PredictionStore:
                 problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
             else:
                 saved = json.loads(self.config_path.read_text(encoding="utf-8"))
-                differences = config_differences(saved, run_config)
-                problem = f"holds predictions of another run (differs in: {', '.join(differences)})"
-                if not differences:
-                    problem = ""
+                problem = ""
+                if config_differences(saved, run_config):
+                    problem = (
+                        f"holds predictions of a run with other settings: {describe_differences(saved, run_config)}"
+                    )
             if problem and not overwrite:
                 raise FileExistsError(
                     f"{self.output_dir} {problem}; choose another output folder, or pass --overwrite to discard them."
@@ -193,5 +206,6 @@ __all__ = [
     "PredictionStore",
     "Skip",
     "config_differences",
+    "describe_differences",
     "tsv_name",
 ]

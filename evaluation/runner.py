@@ -4,17 +4,27 @@
 
     results = evaluate(EvaluationConfig(model="path/to/llamo", data="test.jsonl", output_dir="eval/llamo-test"))
 
-Rows are predicted in batches (longest prompts first, so that a batch holds prompts of similar length), written to
-the output folder as they come (see `llamo.evaluation.predictions`), and scored per task once all are done. Running
-the same command again resumes an interrupted run.
+Rows are predicted in dataset order, a window of `SORT_WINDOW_BATCHES` batches at a time; only inside a window are
+they sorted longest prompt first, so that a batch holds prompts of similar length. Predictions are written to the
+output folder as they come (see `llamo.evaluation.predictions`), so a stopped run holds a prefix of the dataset's
+rows (plus part of one window), never a length-biased subset; running the same command again resumes it, and the
+rows are scored per task once all are done. The run's settings are recorded with the predictions: a rerun with other
+settings (model, data, `max_rows`, decoding, baseline) is refused, naming the setting, unless `overwrite`.
+
+On the CPU, generation uses `choose_threads` threads; the progress bar advances per batch and shows, while a batch
+generates, the tokens generated so far and the rows of the batch already finished.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +69,13 @@ PROTOCOL_NOTES = {
     ROUGE_PROTOCOL: "rouge_score F-measure on the raw strings, no stemmer, mean over rows; 0-100",
 }
 
+SORT_WINDOW_BATCHES = 8
+"""Rows are sorted by length only within windows of this many batches, in dataset order (see the module docstring)."""
+STEP_REPORT_SECONDS = 1.0
+
 ProgressCallback = Callable[[int, int], None]
+StepCallback = Callable[[int, int, int], None]
+"""Called while a batch generates, as `(new_tokens_so_far, rows_finished, rows_in_batch)`."""
 Predictor = Callable[[Sequence[EvalExample]], list["str | Skip"]]
 
 
@@ -83,8 +99,10 @@ class EvaluationConfig:
         scibert_vocab: SciBERT's `vocab.txt`, a folder, or a Hub id (MolT5 protocol).
         llm_tokenizer: tokenizer of the LLaMo protocol (default: the model's).
         nltk_data: the NLTK data folder holding WordNet (default: NLTK's search path).
-        max_rows: evaluate only the first rows of the data (quick runs; predictions already made are kept).
+        max_rows: evaluate only the first rows of the data, in its order (a quick run; another `max_rows` is another
+            run: its output folder is not reused).
         device, dtype: where and in which precision the model runs (`auto`: GPU if any; the saved dtype).
+        threads: CPU threads of generation (None: `choose_threads` picks them).
         overwrite: discard the predictions of another run found in `output_dir`.
         progress: show a progress bar.
     """
@@ -111,6 +129,7 @@ class EvaluationConfig:
     max_rows: int | None = None
     device: str = "auto"
     dtype: str = "auto"
+    threads: int | None = None
     overwrite: bool = False
     progress: bool = True
 
@@ -126,6 +145,8 @@ class EvaluationConfig:
             raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {self.max_rows}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}.")
         if self.tasks is not None:
             self.tasks = sorted(set(self.tasks))
 
@@ -193,16 +214,52 @@ def model_fingerprint(folder: str | Path) -> str | None:
 
 
 def run_config(config: EvaluationConfig, state: RunState) -> dict[str, Any]:
-    """What defines a run's predictions; an output folder is only reused by a run with the same."""
+    """What defines a run's predictions (the settings as given and the contents they point at); an output folder is
+    only reused by a run with the same."""
     return {
         "format_version": RESULTS_FORMAT_VERSION,
         "model": state.model_fingerprint if config.generates else None,
+        "model_path": config.model if config.generates else None,
         "baseline": config.baseline,
         "train_data": state.train_fingerprint,
+        "train_data_path": config.train_data if config.baseline in TRAINED_BASELINES else None,
+        "train_split": config.train_split if config.baseline in TRAINED_BASELINES else None,
         "data": state.data_fingerprint,
+        "data_path": config.data,
+        "split": config.split,
+        "max_rows": config.max_rows,
         "tasks": config.tasks,
         "decoding": config.decoding(),
     }
+
+
+def choose_threads(requested: int | None = None) -> tuple[int, str]:
+    """
+    CPU threads for generation, and why: `requested` (`--threads`); else `OMP_NUM_THREADS` when set; else the cores
+    this process may use that are not busy: `len(os.sched_getaffinity(0))` minus the 1-minute load average, at
+    least 1. (torch's default, every core, stalls a busy machine: threads wait for each other.)
+    """
+    if requested is not None:
+        return requested, "--threads"
+    from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if from_env.isdigit() and int(from_env) > 0:
+        return int(from_env), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load))), f"{cores} cores, 1-minute load {load:.1f}"
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with `torch.set_num_threads(count)`, restoring the previous number afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _pick_device(choice: str):
@@ -227,15 +284,47 @@ def load_model(config: EvaluationConfig):
     return model.to(_pick_device(config.device)).eval(), processor
 
 
+class _StepReporter:
+    """A stopping criterion that never stops: it reports each generation step (tokens so far, rows finished), so that
+    a progress bar moves while a long batch generates. It is called for every decoding strategy, beams included."""
+
+    def __init__(self, callback: StepCallback, prompt_length: int, rows: int, eos_token_ids: list[int]):
+        self.callback = callback
+        self.prompt_length = prompt_length
+        self.rows = rows
+        self.eos_token_ids = eos_token_ids
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, self.prompt_length :]
+        finished = 0
+        if self.eos_token_ids and input_ids.shape[0] == self.rows:  # beams: sequences are not rows
+            finished = int(torch.isin(new, torch.tensor(self.eos_token_ids, device=new.device)).any(dim=1).sum())
+        self.callback(new.shape[1], finished, self.rows)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 class GenerationPredictor:
     """Answers with the model, a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept,
-    `<graph>` and the graph tensors dropped)."""
+    `<graph>` and the graph tensors dropped). `on_step`, when set, is called at every generation step."""
 
     def __init__(self, model, processor, generation_kwargs: dict[str, Any], include_graph: bool = True):
         self.model = model
         self.processor = processor
         self.generation_kwargs = generation_kwargs
         self.include_graph = include_graph
+        self.on_step: StepCallback | None = None
+
+    def _step_criteria(self, inputs) -> dict[str, Any]:
+        if self.on_step is None:
+            return {}
+        from transformers import StoppingCriteriaList
+
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        reporter = _StepReporter(self.on_step, inputs["input_ids"].shape[1], inputs["input_ids"].shape[0], eos_ids)
+        return {"stopping_criteria": StoppingCriteriaList([reporter])}
 
     def _render(self, examples: Sequence[EvalExample]):
         return self.processor.apply_chat_template(
@@ -268,7 +357,7 @@ class GenerationPredictor:
             inputs = self._render([examples[position] for position in accepted])
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            output = self.model.generate(**inputs.to(device), **self.generation_kwargs)
+            output = self.model.generate(**inputs.to(device), **self.generation_kwargs, **self._step_criteria(inputs))
         texts = self.processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])
         for position, text in zip(accepted, texts, strict=True):
             answers[position] = text
@@ -466,6 +555,32 @@ def _record(example: EvalExample, answer: str | Skip) -> PredictionRecord:
     )
 
 
+def batches_in_order(pending: Sequence[EvalExample], batch_size: int) -> Iterator[list[EvalExample]]:
+    """The batches of `pending` (in dataset order): windows of `SORT_WINDOW_BATCHES` batches follow the dataset's
+    order, and only inside a window are rows sorted longest first, so that stopping after any batch leaves a prefix
+    of the dataset's rows predicted, plus part of one window."""
+    window = batch_size * SORT_WINDOW_BATCHES
+    for start in range(0, len(pending), window):
+        chunk = sorted(pending[start : start + window], key=lambda example: -example.approximate_length())
+        for first in range(0, len(chunk), batch_size):
+            yield chunk[first : first + batch_size]
+
+
+def _step_postfix(bar, batch_number: int, batches: int, max_new_tokens: int) -> StepCallback:
+    """A `StepCallback` writing the batch's progress into the bar's postfix, at most once per `STEP_REPORT_SECONDS`."""
+    last = [0.0]
+
+    def report(tokens: int, finished: int, rows: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= STEP_REPORT_SECONDS:
+            last[0] = now
+            bar.set_postfix_str(
+                f"batch {batch_number}/{batches}: token {tokens}/{max_new_tokens}, {finished}/{rows} rows done"
+            )
+
+    return report
+
+
 def _predict(
     predictor: Predictor,
     pending: list[EvalExample],
@@ -475,13 +590,15 @@ def _predict(
     config: EvaluationConfig,
     callback: ProgressCallback | None,
 ) -> None:
-    """Predict `pending` a batch at a time, saving each batch before the next."""
+    """Predict `pending` a batch at a time (see `batches_in_order`), saving each batch before the next."""
     from tqdm.auto import tqdm
 
     done = total - len(pending)
+    batches = -(-len(pending) // config.batch_size)
     with tqdm(total=total, initial=done, disable=not config.progress, unit="row", desc="evaluating") as bar:
-        for start in range(0, len(pending), config.batch_size):
-            batch = pending[start : start + config.batch_size]
+        for number, batch in enumerate(batches_in_order(pending, config.batch_size), start=1):
+            if config.progress and hasattr(predictor, "on_step"):
+                predictor.on_step = _step_postfix(bar, number, batches, config.max_new_tokens)
             new = [_record(example, answer) for example, answer in zip(batch, predictor(batch), strict=True)]
             store.append(new)
             records.update((record.key, record) for record in new)
@@ -522,12 +639,17 @@ def evaluate(
     store = PredictionStore(config.output_dir)
     records = store.start(run_config(config, state), overwrite=config.overwrite)
     pending = [example for example in state.examples if example.key not in records]
-    pending.sort(key=lambda example: -example.approximate_length())
     # a trained baseline is always built (cheap), so that its description is in every run's results
     if pending or not config.generates:
         predictor = _make_predictor(config, state, model, processor)
         processor = getattr(predictor, "processor", processor)
-        _predict(predictor, pending, len(state.examples), store, records, config, callback)
+        threads, reason = choose_threads(config.threads)
+        if config.progress and config.generates:
+            print(
+                f"[evaluate] generating with {threads} CPU thread(s) ({reason}; --threads N to choose)", file=sys.stderr
+            )
+        with torch_threads(threads):
+            _predict(predictor, pending, len(state.examples), store, records, config, callback)
     ordered = sorted((records[example.key] for example in state.examples), key=lambda record: record.index)
     files = {"predictions": store.predictions_path.name, "tsv": store.write_tsvs(ordered)}
     tokenizer = getattr(processor, "tokenizer", None)
@@ -544,7 +666,9 @@ __all__ = [
     "EvaluationConfig",
     "GenerationPredictor",
     "MetricResources",
+    "batches_in_order",
     "build_results",
+    "choose_threads",
     "evaluate",
     "load_model",
     "model_fingerprint",

@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from llamo.cli import main
+from llamo.cli import build_parser, main
 from llamo.evaluation import EvaluationConfig, evaluate
 from llamo.evaluation.data import load_rows, select_examples
 from llamo.evaluation.naming import inchikey, names_to_smiles, naming_metrics, opsin_unavailable_reason
@@ -416,6 +416,124 @@ def test_resume_after_an_interrupted_run(tmp_path, tiny_llamo_dir, eval_rows):
     assert tsv[0] == "\t".join(TSV_HEADER) and len(tsv) == 7
     assert tsv[1].split("\t")[0] == eval_rows[0]["smiles"]  # dataset order
     assert json.loads((resumed / "results.json").read_text())["results"] == results["results"]
+
+
+def chain_rows(count: int) -> list[dict]:
+    """Rows whose prompts grow with their position: a longest-first order would take the last rows first."""
+    return [qa_row(f"chain:{i}", "C" * (i + 1), "description", f"alkane {i}") for i in range(count)]
+
+
+class StubPredictor:
+    """Answers each row with its reference at once, noting the CPU threads it ran with."""
+
+    def __init__(self):
+        self.threads: list[int] = []
+
+    def __call__(self, batch):
+        import torch
+
+        self.threads.append(torch.get_num_threads())
+        return [example.reference for example in batch]
+
+
+@pytest.fixture
+def stub_predictor(monkeypatch) -> StubPredictor:
+    from llamo.evaluation import runner
+
+    predictor = StubPredictor()
+    monkeypatch.setattr(runner, "_make_predictor", lambda *args: predictor)
+    return predictor
+
+
+def stop_after(rows: int):
+    def callback(done: int, total: int) -> None:
+        if done >= rows:
+            raise Interrupted(f"stopped after {done} of {total}")
+
+    return callback
+
+
+def saved_ids(output_dir: Path) -> set[str]:
+    return {json.loads(line)["id"] for line in (output_dir / PREDICTIONS_FILE).read_text().splitlines()}
+
+
+def test_a_stopped_run_holds_a_prefix_of_the_data_not_its_longest_rows(tmp_path, stub_predictor):
+    from llamo.evaluation.runner import SORT_WINDOW_BATCHES
+
+    data = write_jsonl(tmp_path / "data.jsonl", chain_rows(40))
+    window = 2 * SORT_WINDOW_BATCHES
+    for stop, out in ((2, tmp_path / "one-batch"), (window, tmp_path / "one-window")):
+        with pytest.raises(Interrupted):
+            evaluate(run_config(out, "stub-model", data), callback=stop_after(stop))
+        saved = saved_ids(out)
+        assert len(saved) == stop and saved <= {f"chain:{i}" for i in range(window)}  # inside the first window
+    assert saved == {f"chain:{i}" for i in range(window)}  # a whole window: exactly the first rows of the data
+    with pytest.raises(Interrupted):  # resumed: the next window, again in the data's order
+        evaluate(run_config(out, "stub-model", data), callback=stop_after(2 * window))
+    assert saved_ids(out) == {f"chain:{i}" for i in range(2 * window)}
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, stub_predictor, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", chain_rows(8))
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted):
+        evaluate(run_config(out, "stub-model", data, max_rows=4), callback=stop_after(2))
+    with pytest.raises(FileExistsError, match=r"max_rows \(saved 4, now 6\).*--overwrite"):
+        evaluate(run_config(out, "stub-model", data, max_rows=6))
+    with pytest.raises(FileExistsError, match=r"model_path \(saved \"stub-model\", now \"other-model\"\)"):
+        evaluate(run_config(out, "other-model", data, max_rows=4))
+    with pytest.raises(Interrupted):  # the same settings resume
+        evaluate(run_config(out, "stub-model", data, max_rows=4), callback=stop_after(4))
+    assert len(saved_ids(out)) == 4
+    common = ["--data", str(data), "--output-dir", str(out), "--no-progress"]
+    assert main(["evaluate", "stub-model", *common, "--max-rows", "5"]) == 2
+    assert "max_rows (saved 4, now 5)" in capsys.readouterr().err
+
+
+def test_threads_follow_the_option_then_omp_num_threads_then_the_free_cores(tmp_path, stub_predictor, monkeypatch):
+    import os
+
+    import torch
+
+    from llamo.evaluation.runner import choose_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads()[0] == 1  # 4 cores, 2.6 busy
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+    assert choose_threads() == (4, "4 cores, 1-minute load 0.2")
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
+    assert choose_threads()[0] == 1  # never fewer than one
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert choose_threads() == (3, "OMP_NUM_THREADS")
+    assert choose_threads(2) == (2, "--threads")
+
+    before = torch.get_num_threads()
+    data = write_jsonl(tmp_path / "data.jsonl", chain_rows(2))
+    with pytest.raises(Interrupted):
+        evaluate(run_config(tmp_path / "out", "stub-model", data, threads=2), callback=stop_after(2))
+    assert stub_predictor.threads == [2] and torch.get_num_threads() == before  # set for the run, then restored
+    args = build_parser().parse_args(["evaluate", "M", "--data", "d", "--output-dir", "o", "--threads", "5"])
+    assert args.threads == 5
+
+
+def test_generation_reports_every_step_of_a_batch(tiny_llamo, eval_rows):
+    model, processor = tiny_llamo
+    examples, _ = select_examples(eval_rows[:2])
+    steps = []
+    predictor = GenerationPredictor(model, processor, {"max_new_tokens": 3, "min_new_tokens": 3})
+    predictor.on_step = lambda tokens, finished, rows: steps.append((tokens, rows))
+    answers = predictor(examples)
+    assert steps == [(1, 2), (2, 2), (3, 2)] and len(answers) == 2
+
+
+def test_evaluate_help_shows_one_default_per_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--split SPLIT split of a folder or Hub dataset (default: test) --task" in text
+    assert "(default: None)" not in text and "--batch-size BATCH_SIZE rows generated together (default: 16)" in text
 
 
 CARD_NAMES = {
