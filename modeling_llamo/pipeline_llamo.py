@@ -11,7 +11,7 @@
 
 Accepted inputs:
 
-- a dict `{"smiles": ..., "text": ...}`;
+- a dict `{"smiles": ..., "text": ...}` (`smiles` may be a list: several molecules, in order);
 - an instruction string, with `smiles=` given to the call;
 - a conversation: a list of chat messages whose first user turn holds a molecule content block
   (`{"type": "molecule", "smiles": ...}`), as `LlamoProcessor.apply_chat_template` reads them;
@@ -45,9 +45,17 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
+from .chat_template_llamo import add_neighbours
+
 MOLECULE_TASK = "molecule-text-generation"
 
 _UNSET = object()
+
+
+DEFAULT_NEIGHBOURS = 2
+"""In-context neighbours per question when an index is given (chosen by measurement: see BENCHMARKS.md)."""
+VERIFY_CANDIDATES = 4
+"""Candidate names generated (beam search) when names are verified."""
 
 
 @dataclass
@@ -55,6 +63,35 @@ class MoleculeBatch:
     """Conversations answered by one `generate` call. Not a list, so that the base class runs it as one input."""
 
     conversations: list[list[dict[str, Any]]]
+
+
+def query_molecule(conversation: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """The first molecule of a conversation's first molecule-bearing user turn, and that turn's text (the question)."""
+    for message in conversation:
+        content = message.get("content")
+        if message.get("role") != "user" or isinstance(content, str) or not content:
+            continue
+        smiles = [
+            block.get("smiles") for block in content if isinstance(block, Mapping) and block.get("type") == "molecule"
+        ]
+        if smiles:
+            text = " ".join(
+                block.get("text", "") for block in content if isinstance(block, Mapping) and block.get("type") == "text"
+            )
+            return smiles[0], text.strip()
+    return None, ""
+
+
+def _neighbour_dict(neighbour: Any) -> dict[str, Any]:
+    return neighbour.to_dict() if hasattr(neighbour, "to_dict") else dict(neighbour)
+
+
+def _inchikey(smiles: str) -> str | None:
+    from rdkit import Chem, rdBase
+
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromSmiles(smiles)
+        return (Chem.MolToInchiKey(mol) or None) if mol is not None else None
 
 
 def _is_message(value: Any) -> bool:
@@ -65,13 +102,19 @@ def _is_conversation(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(_is_message(item) for item in value)
 
 
-def molecule_conversation(smiles: str, text: str, index: int = 0) -> list[dict[str, Any]]:
-    """The one-turn conversation asking `text` about the molecule `smiles`."""
-    if not isinstance(smiles, str) or not smiles.strip():
-        raise ValueError(f"Input {index}: `smiles` must be a non-empty SMILES string, got {smiles!r}.")
+def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
+    """The one-turn conversation asking `text` about the molecule `smiles` (or several molecules, in order)."""
+    molecules = [smiles] if isinstance(smiles, str) else list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
+    for molecule in molecules:
+        if not isinstance(molecule, str) or not molecule.strip():
+            shown = repr(molecule)
+            shown = shown if len(shown) <= 80 else shown[:80] + "..."
+            raise ValueError(f"Input {index}: `smiles` must be non-empty SMILES strings, got {shown}.")
+    if not molecules:
+        raise ValueError(f"Input {index}: `smiles` holds no molecule.")
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"Input {index}: the instruction (`text`) must be a non-empty string, got {text!r}.")
-    content = [{"type": "molecule", "smiles": smiles}, {"type": "text", "text": text}]
+        raise ValueError(f"Input {index}: the instruction (`text`) must be a non-empty string.")
+    content = [*({"type": "molecule", "smiles": molecule} for molecule in molecules), {"type": "text", "text": text}]
     return [{"role": "user", "content": content}]
 
 
@@ -106,7 +149,10 @@ class LlamoMoleculePipeline(Pipeline):
             smiles: the molecule(s) of instruction strings.
             batch_size: inputs answered per `generate` call (default: the pipeline's, else 1).
             kwargs: generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`,
-                `skip_special_tokens`, `clean_up_tokenization_spaces`, `return_tensors`.
+                `skip_special_tokens`, `clean_up_tokenization_spaces`, `return_tensors`, `index` (a molecule index:
+                its nearest entries become in-context examples), `neighbours` (how many, default
+                `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `name -> InChIKey or None`, e.g. OPSIN: beam
+                candidates are checked and the first that names the query molecule is answered).
         """
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
@@ -129,7 +175,7 @@ class LlamoMoleculePipeline(Pipeline):
         if not inputs:
             raise ValueError("Got an empty list of inputs.")
         if smiles is None or isinstance(smiles, str):
-            per_input = [smiles] * len(inputs)
+            per_input: list[Any] = [smiles] * len(inputs)
         else:
             per_input = list(smiles)
             if len(per_input) != len(inputs):
@@ -171,10 +217,19 @@ class LlamoMoleculePipeline(Pipeline):
         skip_special_tokens: bool | None = None,
         clean_up_tokenization_spaces: bool | None = None,
         return_tensors: bool | None = None,
+        index: Any = None,
+        neighbours: int | None = None,
+        verify_names: Any = None,
         generate_kwargs: dict[str, Any] | None = None,
         **generation_parameters,
     ):
         preprocess_params: dict[str, Any] = {}
+        if index is not None:
+            preprocess_params["index"] = index
+        if neighbours is not None:
+            if neighbours < 0:
+                raise ValueError(f"neighbours must be at least 0, got {neighbours}.")
+            preprocess_params["neighbours"] = neighbours
         if chat_template is not None:
             preprocess_params["chat_template"] = chat_template
         if system_prompt is not None:
@@ -183,6 +238,12 @@ class LlamoMoleculePipeline(Pipeline):
             preprocess_params["max_atoms"] = max_atoms
         forward_params = {**(generate_kwargs or {}), **generation_parameters}
         postprocess_params: dict[str, Any] = {}
+        if verify_names is not None:
+            if not callable(verify_names):
+                raise TypeError("verify_names must be a callable `name -> InChIKey or None` (e.g. an OPSIN checker).")
+            beams = max(VERIFY_CANDIDATES, forward_params.get("num_beams", 1))
+            forward_params.update(num_beams=beams, num_return_sequences=beams, do_sample=False)
+            postprocess_params["verify_names"] = verify_names
         if skip_special_tokens is not None:
             postprocess_params["skip_special_tokens"] = skip_special_tokens
         if clean_up_tokenization_spaces is not None:
@@ -197,8 +258,18 @@ class LlamoMoleculePipeline(Pipeline):
         chat_template: str | None = None,
         system_prompt: str | None = None,
         max_atoms: Any = "default",
+        index: Any = None,
+        neighbours: int = DEFAULT_NEIGHBOURS,
     ) -> dict[str, Any]:
-        conversations = batch.conversations
+        conversations = list(batch.conversations)
+        queries = [query_molecule(conversation) for conversation in conversations]
+        context: list[list[dict[str, Any]]] = [[] for _ in conversations]
+        if index is not None and neighbours:
+            for row, (smiles, question) in enumerate(queries):
+                if smiles is not None:
+                    found = index.neighbours(smiles, k=neighbours, question=question or None)
+                    context[row] = [_neighbour_dict(neighbour) for neighbour in found]
+                    conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:
             conversations = [
                 conversation
@@ -214,13 +285,19 @@ class LlamoMoleculePipeline(Pipeline):
             return_dict=True,
             max_atoms=max_atoms,
         )
-        return dict(inputs)
+        return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries]}
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
+        context, queries = model_inputs.pop("neighbours"), model_inputs.pop("queries")
         input_ids = model_inputs["input_ids"]
         output = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
         sequences = output.sequences if isinstance(output, ModelOutput) else output
-        return {"new_tokens": sequences[:, input_ids.shape[1] :], "num_inputs": input_ids.shape[0]}
+        return {
+            "new_tokens": sequences[:, input_ids.shape[1] :],
+            "num_inputs": input_ids.shape[0],
+            "neighbours": context,
+            "queries": queries,
+        }
 
     def postprocess(
         self,
@@ -228,6 +305,7 @@ class LlamoMoleculePipeline(Pipeline):
         skip_special_tokens: bool = True,
         clean_up_tokenization_spaces: bool | None = None,
         return_tensors: bool = False,
+        verify_names: Any = None,
     ) -> list[list[dict[str, Any]]]:
         rows = model_outputs["new_tokens"]
         num_inputs = model_outputs["num_inputs"]
@@ -244,8 +322,32 @@ class LlamoMoleculePipeline(Pipeline):
                 if return_tensors:
                     answer["generated_token_ids"] = rows[row].tolist()
                 group.append(answer)
+            if verify_names is not None:
+                group = [self._verified(group, model_outputs["queries"][index], verify_names)]
+            context = model_outputs["neighbours"][index]
+            if context:
+                for answer in group:
+                    answer["neighbours"] = context
+                    answer["found_in_index"] = bool(context[0].get("exact"))
             answers.append(group)
         return answers
 
+    @staticmethod
+    def _verified(candidates: list[dict[str, Any]], query: str | None, checker) -> dict[str, Any]:
+        """The first candidate whose name parses back to the query molecule (`verified: True`), else the first."""
+        target = _inchikey(query) if query else None
+        names = [candidate["generated_text"] for candidate in candidates]
+        for candidate in candidates:
+            if target is not None and checker(candidate["generated_text"]) == target:
+                return {**candidate, "verified": True, "candidates": names}
+        return {**candidates[0], "verified": False, "candidates": names}
 
-__all__ = ["MOLECULE_TASK", "LlamoMoleculePipeline", "MoleculeBatch", "molecule_conversation"]
+
+__all__ = [
+    "DEFAULT_NEIGHBOURS",
+    "MOLECULE_TASK",
+    "LlamoMoleculePipeline",
+    "MoleculeBatch",
+    "molecule_conversation",
+    "query_molecule",
+]

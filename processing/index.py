@@ -1,0 +1,255 @@
+"""A molecule index: known molecules with their answers for one task, searched by fingerprint similarity.
+
+An index holds per entry its canonical SMILES, InChIKey, the question and answer of its conversation, a `key` that
+groups comparable answers (the property name for property QA, else the task), and a Morgan fingerprint. Nearest
+neighbours are ranked by Tanimoto similarity with RDKit's bulk similarity. An index is a `datasets.Dataset`: it is
+saved with `save_to_disk`, can be pushed to the Hub as a dataset, and loads from a folder or a Hub id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from rdkit import Chem, DataStructs, rdBase
+from rdkit.Chem import rdFingerprintGenerator
+
+from llamo.featurization_llamo import parse_smiles, prompt_smiles
+
+from .datasets import _property_from_text, stable_fraction
+from .schema import TASKS, record_metadata
+
+INDEX_FEATURES = datasets.Features(
+    {
+        "smiles": datasets.Value("string"),
+        "inchikey": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "key": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "fingerprint": datasets.Value("binary"),
+    }
+)
+FINGERPRINT_RADIUS = 2
+FINGERPRINT_SIZE = 2048
+
+
+@dataclass
+class Neighbour:
+    """A known molecule close to a query: its SMILES, answer, Tanimoto similarity, and whether it is the query
+    molecule itself (same InChIKey)."""
+
+    smiles: str
+    answer: str
+    similarity: float
+    inchikey: str
+    exact: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fingerprint_generator():
+    return rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_SIZE)
+
+
+def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None) -> str:
+    """What groups comparable answers: the property asked about for property QA (from the metadata or the question
+    text), else the task."""
+    if task == "property":
+        return str((metadata or {}).get("property") or _property_from_text(question) or "property")
+    return task
+
+
+class MoleculeIndex:
+    """
+    Molecules with their answers for one task, for nearest-neighbour search.
+
+    Build one with `MoleculeIndex.from_records` (rows of the conversation schema), save it with `save`, load it
+    with `MoleculeIndex.load` (a folder or a Hub dataset id).
+    """
+
+    def __init__(self, table: datasets.Dataset):
+        missing = set(INDEX_FEATURES) - set(table.column_names)
+        if missing:
+            raise ValueError(f"Not a molecule index: columns {sorted(missing)} are missing.")
+        self.table = table
+        self.task = table[0]["task"] if len(table) else ""
+        self._fingerprints = [DataStructs.ExplicitBitVect(raw) for raw in table["fingerprint"]]
+        self._rows_by_inchikey: dict[str, list[int]] = {}
+        for row, inchikey in enumerate(table["inchikey"]):
+            self._rows_by_inchikey.setdefault(inchikey, []).append(row)
+        keys = np.asarray(table["key"], dtype=object)
+        self._key_masks = {key: keys == key for key in set(keys.tolist())} if len(set(keys.tolist())) > 1 else {}
+        self._key_counts = (
+            {key: int(count) for key, count in zip(*np.unique(keys.astype(str), return_counts=True), strict=True)}
+            if len(keys)
+            else {}
+        )
+        self._generator = _fingerprint_generator()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def inchikeys(self) -> set[str]:
+        return set(self._rows_by_inchikey)
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Iterable[dict[str, Any]],
+        task: str,
+        max_atoms: int | None = 512,
+        holdout: float = 0.0,
+        progress: bool = True,
+    ) -> tuple[MoleculeIndex, dict[str, int]]:
+        """
+        Index the rows of `task` among conversation-schema `records`, one entry per molecule and answer key (the
+        first row wins). The answer is the first assistant turn, the question the first user turn.
+
+        Args:
+            records: rows of the conversation schema (a `datasets.Dataset` or any iterable of dicts).
+            task: the task whose rows are indexed.
+            max_atoms: larger molecules are skipped (refused before RDKit parses them).
+            holdout: leave out the molecules that the fixed InChIKey hold-out rule of training (`holdout_split`)
+                puts in the test part of this fraction, so that an evaluation on that part never finds them.
+            progress: show a progress bar.
+
+        Returns:
+            the index and counts: `read`, `indexed`, `other task`, `duplicate`, `bad molecule`, `held out`.
+        """
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
+        generator = _fingerprint_generator()
+        counts = {"read": 0, "indexed": 0, "other task": 0, "duplicate": 0, "bad molecule": 0, "held out": 0}
+        columns: dict[str, list] = {name: [] for name in INDEX_FEATURES}
+        seen: set[tuple[str, str]] = set()
+        rows = records
+        if progress:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(records, desc=f"Indexing {task}", unit=" rows")
+        with rdBase.BlockLogs():
+            for row in rows:
+                counts["read"] += 1
+                if (row.get("task") or task) != task:
+                    counts["other task"] += 1
+                    continue
+                question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+                key = answer_key(task, question, record_metadata(row))
+                try:
+                    mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
+                    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
+                        raise ValueError("oversized")
+                    inchikey = Chem.MolToInchiKey(mol) or ""
+                except (ValueError, RuntimeError):
+                    counts["bad molecule"] += 1
+                    continue
+                if holdout and stable_fraction(inchikey, "holdout") < holdout:
+                    counts["held out"] += 1
+                    continue
+                if (inchikey, key) in seen:
+                    counts["duplicate"] += 1
+                    continue
+                seen.add((inchikey, key))
+                values = (
+                    prompt_smiles(mol, None),
+                    inchikey,
+                    task,
+                    key,
+                    question,
+                    answer,
+                    generator.GetFingerprint(mol).ToBinary(),
+                )
+                for name, value in zip(INDEX_FEATURES, values, strict=True):
+                    columns[name].append(value)
+                counts["indexed"] += 1
+        return cls(datasets.Dataset.from_dict(columns, features=INDEX_FEATURES)), counts
+
+    def save(self, folder: str | Path) -> None:
+        """Write the index as a `datasets` folder (`save_to_disk`); an existing non-empty folder is refused."""
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} exists and is not empty: choose a new folder for the index.")
+        self.table.save_to_disk(str(folder))
+
+    @classmethod
+    def load(cls, path: str | Path, split: str = "train") -> MoleculeIndex:
+        """Load an index saved with `save` (a folder) or pushed to the Hub (a dataset id, its `split`)."""
+        local = Path(path).expanduser()
+        if local.exists():
+            if not (local / "dataset_info.json").is_file() and not (local / "state.json").is_file():
+                raise ValueError(f"{local} is not a saved molecule index (build one with `llamo index build`).")
+            return cls(datasets.load_from_disk(str(local)))
+        if str(path).count("/") != 1:
+            raise FileNotFoundError(f"Index not found: {path} is neither a folder nor a Hub dataset id.")
+        return cls(datasets.load_dataset(str(path), split=split))
+
+    def excluding(self, inchikeys: Iterable[str]) -> MoleculeIndex:
+        """A copy without the molecules of `inchikeys` (e.g. an evaluation's test molecules)."""
+        drop = {row for key in set(inchikeys) for row in self._rows_by_inchikey.get(key, [])}
+        return MoleculeIndex(self.table.select([row for row in range(len(self)) if row not in drop]))
+
+    def query_fingerprint(self, smiles: str | Chem.Mol):
+        mol = smiles if isinstance(smiles, Chem.Mol) else parse_smiles(smiles)
+        return self._generator.GetFingerprint(mol), Chem.MolToInchiKey(mol) or ""
+
+    def neighbours(
+        self,
+        smiles: str | Chem.Mol,
+        k: int = 4,
+        question: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> list[Neighbour]:
+        """
+        The `k` entries most similar to a molecule, most similar first. An entry of the same molecule (same
+        InChIKey) comes first and is marked `exact`.
+
+        Args:
+            smiles: the query molecule.
+            k: how many neighbours.
+            question: for an index of several answer keys (property QA), the question picks the key (e.g. HOMO).
+            exclude: InChIKeys never returned (in training, the example's own molecule).
+        """
+        if k < 1 or not len(self):
+            return []
+        fingerprint, inchikey = self.query_fingerprint(smiles)
+        similarity = np.asarray(DataStructs.BulkTanimotoSimilarity(fingerprint, self._fingerprints))
+        if question is not None and self._key_masks:
+            wanted = self._key_masks.get(answer_key(self.task, question))
+            if wanted is not None:
+                similarity[~wanted] = -1.0
+        same = self._rows_by_inchikey.get(inchikey, [])
+        similarity[same] = np.where(similarity[same] >= 0, 2.0, similarity[same])
+        for excluded in exclude:
+            similarity[self._rows_by_inchikey.get(excluded, [])] = -1.0
+        count = min(k, len(similarity))
+        top = np.argpartition(-similarity, count - 1)[:count]
+        top = top[np.argsort(-similarity[top], kind="stable")]
+        results = []
+        for row in top.tolist():
+            if similarity[row] < 0:
+                continue
+            entry = self.table[row]
+            exact = row in same
+            score = 1.0 if exact else float(similarity[row])
+            results.append(Neighbour(entry["smiles"], entry["answer"], score, entry["inchikey"], exact))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        """Size, task and answer keys, for reports and cards."""
+        return {"entries": len(self), "task": self.task, "keys": dict(self._key_counts)}
+
+
+def neighbour_dicts(neighbours: Sequence[Neighbour]) -> str:
+    """Neighbours as the JSON list a training row's `neighbours` column holds."""
+    return json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in neighbours])
+
+
+__all__ = ["INDEX_FEATURES", "MoleculeIndex", "Neighbour", "answer_key", "neighbour_dicts"]

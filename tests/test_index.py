@@ -1,0 +1,185 @@
+"""Molecule indexes: building, nearest neighbours, hold-out, saving, and neighbours in prompts and the pipeline."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import pipeline
+
+from llamo import add_neighbours
+from llamo.pipeline_llamo import DEFAULT_NEIGHBOURS
+from llamo.processing.datasets import stable_fraction
+from llamo.processing.index import MoleculeIndex
+from llamo.processing.index_commands import build_index
+from llamo.processing.schema import make_record
+
+from .conftest import CHEBI_VALIDATION, SMILES, molecule_messages, subprocess_env
+
+NAMES = {
+    "CCO": "ethanol",
+    "CCCO": "propan-1-ol",
+    "CCCCO": "butan-1-ol",
+    "CC(C)O": "propan-2-ol",
+    "c1ccccc1": "benzene",
+    "Cc1ccccc1": "toluene",
+    "CC(=O)O": "acetic acid",
+    "CCC(=O)O": "propanoic acid",
+}
+
+
+def name_records(names=NAMES):
+    return [
+        make_record(
+            f"t:{i}",
+            smiles,
+            [{"role": "user", "content": "What is its IUPAC name?"}, {"role": "assistant", "content": name}],
+            "iupac",
+            "t",
+        )
+        for i, (smiles, name) in enumerate(names.items())
+    ]
+
+
+@pytest.fixture(scope="module")
+def index():
+    built, counts = MoleculeIndex.from_records(name_records(), "iupac", progress=False)
+    assert counts["indexed"] == len(NAMES)
+    return built
+
+
+def test_an_exact_duplicate_comes_first_and_is_marked(index):
+    found = index.neighbours("OCC", k=3)  # ethanol written differently
+    assert found[0].answer == "ethanol" and found[0].exact and found[0].similarity == 1.0
+    assert [n.exact for n in found[1:]] == [False, False]
+    assert found[1].similarity >= found[2].similarity
+    assert index.neighbours("CCCCCO", k=2)[0].answer == "butan-1-ol"  # nearest, not exact
+
+
+def test_a_training_example_never_gets_itself(index):
+    own = index.query_fingerprint("CCO")[1]
+    found = index.neighbours("CCO", k=len(NAMES), exclude=[own])
+    assert "ethanol" not in [n.answer for n in found]
+    assert len(found) == len(NAMES) - 1
+
+
+def test_property_index_picks_the_asked_property():
+    records = []
+    for i, smiles in enumerate(["CCO", "CCCO", "CCN"]):
+        for prop, value in (("HOMO", -0.25 - i / 100), ("LUMO", 0.05 + i / 100)):
+            question = f"What is the {prop} energy of this molecule, in Hartree?"
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": f"{value:.4f}"}]
+            records.append(make_record(f"q:{i}:{prop}", smiles, messages, "property", "qm9", {"property": prop}))
+    index, counts = MoleculeIndex.from_records(records, "property", progress=False)
+    assert counts["indexed"] == 6 and index.describe()["keys"] == {"HOMO": 3, "LUMO": 3}
+    homo = index.neighbours("CCO", k=3, question="Predict the HOMO energy (Hartree) of this molecule.")
+    assert [n.answer for n in homo][0] == "-0.2500" and all(float(n.answer) < 0 for n in homo)
+    lumo = index.neighbours("CCO", k=3, question="What is the LUMO energy?")
+    assert all(float(n.answer) > 0 for n in lumo)
+
+
+def test_holdout_leaves_out_exactly_the_test_molecules():
+    index, counts = MoleculeIndex.from_records(name_records(), "iupac", holdout=0.5, progress=False)
+    held = {key for key in MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].inchikeys}
+    test = {key for key in held if stable_fraction(key, "holdout") < 0.5}
+    assert test and counts["held out"] == len(test)
+    assert index.inchikeys == held - test
+
+
+def test_save_load_and_refusals(index, tmp_path):
+    index.save(tmp_path / "idx")
+    loaded = MoleculeIndex.load(tmp_path / "idx")
+    assert len(loaded) == len(index) and loaded.neighbours("CCO", k=1)[0].answer == "ethanol"
+    with pytest.raises(FileExistsError, match="not empty"):
+        index.save(tmp_path / "idx")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a saved molecule index"):
+        MoleculeIndex.load(tmp_path / "other")
+    smaller = index.excluding(index.query_fingerprint(s)[1] for s in ("CCO", "CCCO"))
+    assert len(smaller) == len(index) - 2
+
+
+def test_bad_and_oversized_molecules_are_counted_not_fatal():
+    records = name_records({"CCO": "ethanol", "C1CC": "broken ring", "C" * 600: "a long chain"})
+    index, counts = MoleculeIndex.from_records(records, "iupac", progress=False)
+    assert len(index) == 1 and counts["bad molecule"] == 2
+
+
+def test_first_use_index_of_a_slice_of_the_chemicals_table():
+    pytest.importorskip("chemicals")
+    index, report, counts = build_index("chemicals", "iupac", limit=200)
+    assert counts["indexed"] >= 190 and index.task == "iupac"
+    entry = index.table[0]
+    assert index.neighbours(entry["smiles"], k=1)[0].answer == entry["answer"]
+
+
+@pytest.mark.skipif(not CHEBI_VALIDATION.is_file(), reason="needs ../shared/data/chebi20/validation.txt")
+def test_cli_builds_a_description_index_from_chebi20(tmp_path):
+    out = tmp_path / "chebi-index"
+    command = [sys.executable, "-m", "llamo.cli", "index", "build", str(CHEBI_VALIDATION), "-o", str(out)]
+    done = subprocess.run(
+        [*command, "--task", "description", "--limit", "40", "--holdout", "0.1"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Indexed" in done.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "llamo.cli", "index", "show", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert json.loads(shown.stdout)["task"] == "description"
+    again = subprocess.run([*command, "--task", "description"], capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_neighbour_prompt_format_is_the_documented_one(tiny_llamo):
+    processor = tiny_llamo[1]
+    conversation = add_neighbours(
+        molecule_messages("CCN", "What is its IUPAC name?"),
+        [{"smiles": "CCO", "answer": "ethanol"}, {"smiles": "CCCO", "answer": "propan-1-ol\n"}],
+    )
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt.endswith(
+        "Known molecules similar to the query, with their answers:\n"
+        "1. CCO<graph> ethanol\n"
+        "2. CCCO<graph> propan-1-ol\n"
+        "Query molecule: CCN<graph> What is its IUPAC name? [/INST]"
+    )
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert inputs["atom_mask"].sum(-1).tolist() == [[3, 4, 3]]  # neighbours first, the query last
+
+
+def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(tiny_llamo, index):
+    model, processor = tiny_llamo
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=4)
+    plain = pipe({"smiles": "CCO", "text": "What is its IUPAC name?"})
+    assert set(plain[0]) == {"generated_text"}
+    known = pipe({"smiles": "OCC", "text": "What is its IUPAC name?"}, index=index)
+    assert known[0]["found_in_index"] is True
+    assert known[0]["neighbours"][0]["answer"] == "ethanol"
+    assert len(known[0]["neighbours"]) == DEFAULT_NEIGHBOURS
+    unknown = pipe({"smiles": "CCCCCCO", "text": "Name it."}, index=index, neighbours=3)
+    assert unknown[0]["found_in_index"] is False and len(unknown[0]["neighbours"]) == 3
+    both = pipe([{"smiles": ["CCO", "CCN"], "text": "Compare."}, {"smiles": "C", "text": "Name it."}], batch_size=2)
+    assert len(both) == 2
+
+
+def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
+    from llamo.pipeline_llamo import LlamoMoleculePipeline, _inchikey
+
+    target = _inchikey("CCO")
+    candidates = [{"generated_text": "methanol"}, {"generated_text": "ethanol"}, {"generated_text": "ethyl alcohol"}]
+    checker = {"ethanol": target, "ethyl alcohol": target, "methanol": _inchikey("CO")}.get
+    chosen = LlamoMoleculePipeline._verified(candidates, "CCO", checker)
+    assert chosen["generated_text"] == "ethanol" and chosen["verified"] is True
+    assert chosen["candidates"] == ["methanol", "ethanol", "ethyl alcohol"]
+    none = LlamoMoleculePipeline._verified(candidates, "CCN", checker)
+    assert none["generated_text"] == "methanol" and none["verified"] is False
+
+    model, processor = tiny_llamo
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
+    answer = pipe({"smiles": SMILES["aspirin"], "text": "Name it."}, verify_names=lambda name: None)
+    assert len(answer) == 1 and answer[0]["verified"] is False and len(answer[0]["candidates"]) == 4
