@@ -73,7 +73,7 @@ def test_property_index_picks_the_asked_property():
     index, counts = MoleculeIndex.from_records(records, "property", progress=False)
     assert counts["indexed"] == 6 and index.describe()["keys"] == {"HOMO": 3, "LUMO": 3}
     homo = index.neighbours("CCO", k=3, question="Predict the HOMO energy (Hartree) of this molecule.")
-    assert [n.answer for n in homo][0] == "-0.2500" and all(float(n.answer) < 0 for n in homo)
+    assert homo[0].answer == "-0.2500" and all(float(n.answer) < 0 for n in homo)
     lumo = index.neighbours("CCO", k=3, question="What is the LUMO energy?")
     assert all(float(n.answer) > 0 for n in lumo)
 
@@ -108,7 +108,7 @@ def test_bad_and_oversized_molecules_are_counted_not_fatal():
 
 def test_first_use_index_of_a_slice_of_the_chemicals_table():
     pytest.importorskip("chemicals")
-    index, report, counts = build_index("chemicals", "iupac", limit=200)
+    index, _, counts = build_index("chemicals", "iupac", limit=200)
     assert counts["indexed"] >= 190 and index.task == "iupac"
     entry = index.table[0]
     assert index.neighbours(entry["smiles"], k=1)[0].answer == entry["answer"]
