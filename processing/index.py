@@ -252,4 +252,51 @@ def neighbour_dicts(neighbours: Sequence[Neighbour]) -> str:
     return json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in neighbours])
 
 
-__all__ = ["INDEX_FEATURES", "MoleculeIndex", "Neighbour", "answer_key", "neighbour_dicts"]
+NEIGHBOUR_TASKS = ("description", "iupac", "property")
+"""Tasks whose rows get in-context neighbours in training (one answer per molecule; conversations get none)."""
+
+
+def attach_neighbours(
+    dataset: datasets.Dataset, k: int, share: float = 0.5, salt: str = "neighbours", progress: bool = True
+) -> datasets.Dataset:
+    """
+    Give a share of the training rows `k` in-context neighbours: the most similar other molecules of the same task
+    (and property) among the dataset's own rows, never the row's own molecule. A row is chosen by a fixed rule on
+    its id (`stable_fraction(id, salt) < share`), so reruns pick the same rows; the others keep an empty list, so that
+    one model learns to answer with and without neighbours. Adds the `neighbours` column the collator reads.
+
+    The index is built from `dataset` itself: built from the training part of a hold-out, it holds no test molecule.
+    """
+    if k < 0 or not 0 <= share <= 1:
+        raise ValueError(f"neighbours must be >= 0 and the share in [0, 1], got {k} and {share}.")
+    indexes = {}
+    for task in NEIGHBOUR_TASKS:
+        rows = dataset.filter(lambda value, task=task: value == task, input_columns="task", desc=f"Rows of {task}")
+        if len(rows):
+            indexes[task] = MoleculeIndex.from_records(rows, task, max_atoms=None, progress=progress)[0]
+
+    def neighbours_of(batch: dict[str, list]) -> dict[str, list]:
+        column = []
+        for row_id, smiles, task, messages, inchikey in zip(
+            batch["id"], batch["smiles"], batch["task"], batch["messages"], batch["inchikey"], strict=True
+        ):
+            index = indexes.get(task)
+            if k == 0 or index is None or stable_fraction(row_id, salt) >= share:
+                column.append("[]")
+                continue
+            found = index.neighbours(smiles, k=k, question=messages[0]["content"], exclude=[inchikey])
+            column.append(neighbour_dicts(found))
+        return {"neighbours": column}
+
+    return dataset.map(neighbours_of, batched=True, batch_size=64, desc=f"Finding {k} neighbours per row")
+
+
+__all__ = [
+    "INDEX_FEATURES",
+    "NEIGHBOUR_TASKS",
+    "MoleculeIndex",
+    "Neighbour",
+    "answer_key",
+    "attach_neighbours",
+    "neighbour_dicts",
+]

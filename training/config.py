@@ -68,6 +68,16 @@ class TrainingStageConfig:
         default=512, metadata={"help": "featurize a source with num_proc processes only above this many rows"}
     )
     max_length: int = field(default=512, metadata={"help": "longest token sequence"})
+    neighbours: int = field(
+        default=0,
+        metadata={
+            "help": "in-context neighbours per row: the most similar other training molecules of the same task, with "
+            "their answers, before the question (0: none, the paper's format)"
+        },
+    )
+    neighbour_share: float = field(
+        default=0.5, metadata={"help": "share of rows that get neighbours (the others train answering without)"}
+    )
     lm_dtype: str = field(
         default="float32", metadata={"help": "dtype of the (frozen) LLM weights: float32 or bfloat16"}
     )

@@ -113,6 +113,10 @@ def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[data
             + (f" (specialist task {config.task!r})" if config.mode == "specialist" else "")
         )
     mixture = mix_datasets(parts, seed=config.seed)
+    if config.neighbours:
+        from llamo.processing.index import attach_neighbours
+
+        mixture = attach_neighbours(mixture, config.neighbours, config.neighbour_share)
     if config.group_by_length and "length" not in mixture.column_names:
         mixture = mixture.map(
             lambda messages, atoms: {"length": sum(len(m["content"]) for m in messages) // 4 + atoms},

@@ -1,0 +1,98 @@
+"""Training with in-context neighbours: each chosen row gets similar other training molecules, never itself, and only
+its own answer is a target."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llamo.builder import build_llamo, save_llamo
+from llamo.processing.collators import IGNORE_INDEX, LlamoDataCollator
+from llamo.processing.schema import make_record
+from llamo.training import stage2
+from llamo.training.config import Stage2Config
+from llamo.training.data import build_training_dataset
+
+PAIRS = [
+    ("CCO", "a primary alcohol"),
+    ("CCCO", "a longer primary alcohol"),
+    ("CCCCO", "an even longer primary alcohol"),
+    ("CC(=O)O", "a carboxylic acid"),
+    ("CCC(=O)O", "a longer carboxylic acid"),
+    ("c1ccccc1", "an aromatic hydrocarbon"),
+    ("Cc1ccccc1", "a methylated aromatic hydrocarbon"),
+    ("CN", "a primary amine"),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("neighbours")
+
+
+@pytest.fixture(scope="module")
+def config(tiny_llm_dir, workdir) -> Stage2Config:
+    pairs = workdir / "pairs.jsonl"
+    with open(pairs, "w", encoding="utf-8") as handle:
+        for index, (smiles, description) in enumerate(PAIRS):
+            messages = [
+                {"role": "user", "content": "Describe this molecule."},
+                {"role": "assistant", "content": description},
+            ]
+            handle.write(json.dumps(make_record(f"n:{index}", smiles, messages, "description", "toy")) + "\n")
+    torch.manual_seed(0)
+    model, processor = build_llamo(
+        str(tiny_llm_dir),
+        graph_config={"hidden_size": 16, "num_layers": 2},
+        projector_config={"num_heads": 2, "mlp_depth": 2},
+        chat_template="llama2",
+    )
+    init = save_llamo(model, processor, workdir / "init")
+    return Stage2Config(
+        output_dir=str(workdir / "stage2"),
+        model_path=str(init),
+        sources=[{"type": "conversations", "path": str(pairs)}],
+        data_cache_dir=str(workdir / "cache"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        warmup_steps=1,
+        save_steps=1000,
+        disable_tqdm=True,
+        neighbours=2,
+        neighbour_share=1.0,
+    )
+
+
+def test_every_row_gets_other_molecules_as_neighbours(config):
+    dataset, _ = build_training_dataset(config, log=lambda *a: None)
+    descriptions = dict(PAIRS)
+    for row in dataset:
+        neighbours = json.loads(row["neighbours"])
+        assert len(neighbours) == 2
+        own = row["messages"][1]["content"]
+        assert own not in [n["answer"] for n in neighbours]
+        assert all(descriptions.get(n["smiles"]) == n["answer"] for n in neighbours)
+
+
+def test_only_the_rows_own_answer_is_a_target(config, tiny_llamo):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(config.model_path)
+    dataset, _ = build_training_dataset(config, log=lambda *a: None)
+    rows = list(dataset)[:3]
+    batch = LlamoDataCollator(processor)(rows)
+    assert batch["atom_mask"].any(-1).sum(-1).tolist() == [3, 3, 3]  # two neighbours and the query
+    assert ((batch["input_ids"] == processor.graph_token_id).sum(-1) == 3 * processor.num_graph_tokens).all()
+    for ids, labels, row in zip(batch["input_ids"], batch["labels"], rows, strict=True):
+        kept = labels != IGNORE_INDEX
+        target = processor.tokenizer.decode(ids[kept])
+        assert target.strip() == row["messages"][1]["content"] + processor.tokenizer.eos_token
+        prompt = processor.tokenizer.decode(ids[~kept])
+        for neighbour in json.loads(row["neighbours"]):
+            assert neighbour["answer"] in prompt
+
+
+def test_a_stage2_run_with_neighbours_trains_and_saves(config):
+    output = stage2.main(config, log=lambda *a: None)
+    assert (output / "merged" / "config.json").is_file()
