@@ -12,6 +12,7 @@ EXIT_USAGE = 2
 FEATURE_COMMANDS = (
     "llamo.training.commands",
     "llamo.processing.instruction_commands",
+    "llamo.processing.index_commands",
     "llamo.evaluation.commands",
     "llamo.hub_cards.commands",
     "llamo.hub_cards.demo_commands",
@@ -98,6 +99,14 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights dtype ('auto': as saved)",
     )
+    parser.add_argument(
+        "--index",
+        metavar="INDEX",
+        help="molecule index (folder or Hub dataset id; `llamo index build`): its nearest molecules and their answers "
+        "go into the prompt. Default: the model's own default index for naming / property questions, if it was "
+        "trained with neighbours; 'none' turns neighbours off",
+    )
+    parser.add_argument("--neighbours", type=int, metavar="K", help="neighbours per question (default: the model's)")
 
 
 def _add_generate_parser(subparsers) -> None:
@@ -120,6 +129,13 @@ def _add_generate_parser(subparsers) -> None:
     _add_decoding_arguments(parser)
     parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (no streaming)")
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
+    parser.add_argument(
+        "--verify-names",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="check candidate IUPAC names with OPSIN and answer the first that names the molecule ('auto': for "
+        "naming questions when Java and py2opsin are present)",
+    )
     parser.set_defaults(handler=_run_generate)
 
 
@@ -199,9 +215,10 @@ def _resolve_model_dir(model_dir: str | None) -> Path:
 
 
 def _load(model_dir: Path, device_choice: str, dtype_choice: str):
+    """The model folder's pipeline (model and processor), the one generation path of the command line."""
     import torch
 
-    from . import LlamoForConditionalGeneration, LlamoProcessor
+    from . import LlamoForConditionalGeneration, LlamoMoleculePipeline, LlamoProcessor
     from .quiet import quiet_loading
 
     device = _pick_device(device_choice)
@@ -209,29 +226,62 @@ def _load(model_dir: Path, device_choice: str, dtype_choice: str):
     with quiet_loading():
         model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         processor = LlamoProcessor.from_pretrained(model_dir)
-    return model, processor, device
+    return LlamoMoleculePipeline(model=model, processor=processor, device=device)
 
 
-def _answer(model, processor, messages, device, args, stream: bool) -> str:
+def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
+    """Pipeline options for the question: the molecule index and neighbours, and name verification."""
+    from .retrieval import load_index, opsin_checker, question_task
+
+    options: dict = {}
+    try:
+        index, k = load_index(args.index, model_dir, question)
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from error
+    if index is not None:
+        options["index"] = index
+        if args.neighbours is not None or k is not None:
+            options["neighbours"] = args.neighbours if args.neighbours is not None else k
+    verify = getattr(args, "verify_names", "off")
+    if verify == "on" or (verify == "auto" and question_task(question) == "iupac"):
+        checker = opsin_checker()
+        if checker is None and verify == "on":
+            raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
+        if checker is not None:
+            options["verify_names"] = checker
+    return options
+
+
+def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
     from transformers import TextStreamer
 
+    stream = stream and "verify_names" not in options
+    streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
     try:
-        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        with torch.inference_mode():
+            answer = pipe(
+                messages,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=args.do_sample,
+                num_beams=getattr(args, "num_beams", 1),
+                streamer=streamer,
+                **sampling,
+                **options,
+            )[0]
     except ValueError as error:
         raise CommandError(str(error)) from error
-    streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    with torch.inference_mode():
-        output = model.generate(
-            **inputs.to(device),
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.do_sample,
-            temperature=args.temperature if args.do_sample else None,
-            top_p=args.top_p if args.do_sample else None,
-            num_beams=getattr(args, "num_beams", 1),
-            streamer=streamer,
-        )
-    return processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])[0]
+    if not stream:
+        print(answer["generated_text"])
+    if "verified" in answer:
+        word = "verified: OPSIN reads it as this molecule" if answer["verified"] else "not verified by OPSIN"
+        print(f"({word})", file=sys.stderr)
+    if answer.get("neighbours"):
+        known = " (the molecule itself is in the index)" if answer["found_in_index"] else ""
+        shown = ", ".join(f"{n['smiles'][:40]} ({n['similarity']:.2f})" for n in answer["neighbours"])
+        print(f"(in context: {shown}{known})", file=sys.stderr)
+    return answer["generated_text"]
 
 
 def _check_smiles(smiles: str) -> None:
@@ -248,7 +298,9 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
     model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
     _check_smiles(args.smiles)
-    model, processor, device = _load(_resolve_model_dir(model_dir), args.device, args.dtype)
+    folder = _resolve_model_dir(model_dir)
+    pipe = _load(folder, args.device, args.dtype)
+    options = _context(args, folder, prompt)
 
     import torch
 
@@ -256,15 +308,13 @@ def _run_generate(args: argparse.Namespace) -> None:
     messages = [
         {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
     ]
-    stream = not args.no_stream and args.num_beams == 1
-    answer = _answer(model, processor, messages, device, args, stream)
-    if not stream:
-        print(answer)
+    _answer(pipe, messages, args, not args.no_stream and args.num_beams == 1, options)
 
 
 def _run_chat(args: argparse.Namespace) -> None:
     _check_smiles(args.smiles)
-    model, processor, device = _load(_resolve_model_dir(args.model), args.device, args.dtype)
+    folder = _resolve_model_dir(args.model)
+    pipe = _load(folder, args.device, args.dtype)
 
     import torch
 
@@ -275,6 +325,7 @@ def _run_chat(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     messages: list[dict] = []
+    options: dict = {}
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
@@ -290,10 +341,11 @@ def _run_chat(args: argparse.Namespace) -> None:
             content = question
         else:
             content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": question}]
+            options = _context(args, folder, question)
         messages.append({"role": "user", "content": content})
         if interactive:
             print("llamo> ", end="", file=sys.stderr, flush=True)
-        answer = _answer(model, processor, messages, device, args, stream=True)
+        answer = _answer(pipe, messages, args, True, options)
         messages.append({"role": "assistant", "content": answer})
 
 
@@ -325,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) != "generate" or any(extra.startswith("-") for extra in extras):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.arguments = [*args.arguments, *extras]
+    from .storage import EXIT_DISK_FULL, disk_full_message, is_disk_full
+
     try:
         args.handler(args)
     except (CommandError, FileNotFoundError, FileExistsError, PermissionError) as error:
@@ -333,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        print(f"llamo {args.command}: error: {disk_full_message(error)}", file=sys.stderr)
+        return EXIT_DISK_FULL
     return 0
 
 

@@ -151,8 +151,8 @@ class LlamoMoleculePipeline(Pipeline):
             kwargs: generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`,
                 `skip_special_tokens`, `clean_up_tokenization_spaces`, `return_tensors`, `index` (a molecule index:
                 its nearest entries become in-context examples), `neighbours` (how many, default
-                `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `name -> InChIKey or None`, e.g. OPSIN: beam
-                candidates are checked and the first that names the query molecule is answered).
+                `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN:
+                beam candidates are checked and the first that names the query molecule is answered).
         """
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
@@ -240,7 +240,7 @@ class LlamoMoleculePipeline(Pipeline):
         postprocess_params: dict[str, Any] = {}
         if verify_names is not None:
             if not callable(verify_names):
-                raise TypeError("verify_names must be a callable `name -> InChIKey or None` (e.g. an OPSIN checker).")
+                raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
             beams = max(VERIFY_CANDIDATES, forward_params.get("num_beams", 1))
             forward_params.update(num_beams=beams, num_return_sequences=beams, do_sample=False)
             postprocess_params["verify_names"] = verify_names
@@ -334,11 +334,13 @@ class LlamoMoleculePipeline(Pipeline):
 
     @staticmethod
     def _verified(candidates: list[dict[str, Any]], query: str | None, checker) -> dict[str, Any]:
-        """The first candidate whose name parses back to the query molecule (`verified: True`), else the first."""
+        """The first candidate whose name parses back to the query molecule (`verified: True`), else the first.
+        `checker(names)` gives each name's InChIKey (`None` where it does not parse)."""
         target = _inchikey(query) if query else None
         names = [candidate["generated_text"] for candidate in candidates]
-        for candidate in candidates:
-            if target is not None and checker(candidate["generated_text"]) == target:
+        keys = list(checker(names)) if target is not None else [None] * len(names)
+        for candidate, key in zip(candidates, keys, strict=True):
+            if key is not None and key == target:
                 return {**candidate, "verified": True, "candidates": names}
         return {**candidates[0], "verified": False, "candidates": names}
 

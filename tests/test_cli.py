@@ -214,7 +214,21 @@ def test_generate_matches_the_python_api(initialised, capsys):
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 
     assert (
-        main(["generate", str(initialised), "--smiles", "CCO", "Name it.", "--max-new-tokens", "5", "--no-stream"]) == 0
+        main(
+            [
+                "generate",
+                str(initialised),
+                "--smiles",
+                "CCO",
+                "Name it.",
+                "--max-new-tokens",
+                "5",
+                "--no-stream",
+                "--verify-names",
+                "off",
+            ]
+        )
+        == 0
     )
     printed = capsys.readouterr().out.strip()
     processor = LlamoProcessor.from_pretrained(initialised)
@@ -225,7 +239,7 @@ def test_generate_matches_the_python_api(initialised, capsys):
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert printed == processor.batch_decode(output)[0]
+    assert printed == processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
 
 
 @pytest.mark.parametrize(
@@ -282,3 +296,44 @@ def test_real_smollm2_init_and_generate(tmp_path):
     )
     assert answer.returncode == 0, answer.stderr[-2000:]
     assert len(answer.stdout.split()) >= 3
+
+
+def test_generate_puts_index_neighbours_in_context(initialised, tmp_path, capsys):
+    from llamo.processing.index import MoleculeIndex
+
+    from .test_index import name_records
+
+    MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].save(tmp_path / "names")
+    argv = ["generate", str(initialised), "--smiles", "OCC", "Name it.", "--max-new-tokens", "3", "--no-stream"]
+    assert main([*argv, "--index", str(tmp_path / "names"), "--neighbours", "2", "--verify-names", "off"]) == 0
+    err = capsys.readouterr().err
+    assert "(in context: CCO (1.00), " in err and "the molecule itself is in the index" in err
+    assert main([*argv, "--index", str(tmp_path / "missing"), "--verify-names", "off"]) == 2
+    assert "Index not found" in capsys.readouterr().err
+
+
+def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_use(
+    initialised, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("chemicals")
+    import json
+    import shutil
+
+    from llamo import retrieval
+
+    folder = tmp_path / "model"
+    shutil.copytree(initialised, folder)
+    (folder / retrieval.RETRIEVAL_FILE).write_text(
+        json.dumps({"neighbours": 1, "default_indexes": {"iupac": "chemicals"}})
+    )
+    monkeypatch.setenv(retrieval.INDEX_CACHE_ENV, str(tmp_path / "indexes"))
+    first_use = retrieval.default_index
+    monkeypatch.setattr(retrieval, "default_index", lambda task: first_use(task, limit=150))
+    argv = ["generate", str(folder), "--smiles", "CCO", "--max-new-tokens", "2", "--no-stream", "--verify-names", "off"]
+    assert main([*argv, "What is the IUPAC name of this molecule?"]) == 0
+    assert "Built the iupac index once" in capsys.readouterr().out
+    assert main([*argv, "What is the IUPAC name of this molecule?"]) == 0
+    second = capsys.readouterr()
+    assert "Built" not in second.out and "(in context: " in second.err
+    assert main([*argv, "Describe this molecule."]) == 0  # no packaged index for descriptions: no neighbours
+    assert "in context" not in capsys.readouterr().err

@@ -172,7 +172,11 @@ def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
 
     target = _inchikey("CCO")
     candidates = [{"generated_text": "methanol"}, {"generated_text": "ethanol"}, {"generated_text": "ethyl alcohol"}]
-    checker = {"ethanol": target, "ethyl alcohol": target, "methanol": _inchikey("CO")}.get
+    known = {"ethanol": target, "ethyl alcohol": target, "methanol": _inchikey("CO")}
+
+    def checker(names):
+        return [known.get(name) for name in names]
+
     chosen = LlamoMoleculePipeline._verified(candidates, "CCO", checker)
     assert chosen["generated_text"] == "ethanol" and chosen["verified"] is True
     assert chosen["candidates"] == ["methanol", "ethanol", "ethyl alcohol"]
@@ -181,5 +185,28 @@ def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
 
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
-    answer = pipe({"smiles": SMILES["aspirin"], "text": "Name it."}, verify_names=lambda name: None)
+    answer = pipe({"smiles": SMILES["aspirin"], "text": "Name it."}, verify_names=lambda names: [None] * len(names))
     assert len(answer) == 1 and answer[0]["verified"] is False and len(answer[0]["candidates"]) == 4
+
+
+def test_opsin_checker_reads_names_back_to_molecules():
+    from llamo.evaluation.naming import opsin_unavailable_reason
+    from llamo.pipeline_llamo import LlamoMoleculePipeline, _inchikey
+    from llamo.retrieval import opsin_checker
+
+    reason = opsin_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    checker = opsin_checker()
+    assert checker(["ethanol", "propan-2-ol", "not a chemical name"]) == [_inchikey("CCO"), _inchikey("CC(C)O"), None]
+    candidates = [{"generated_text": "propan-1-ol"}, {"generated_text": "propan-2-ol"}]
+    chosen = LlamoMoleculePipeline._verified(candidates, "CC(O)C", checker)
+    assert chosen["generated_text"] == "propan-2-ol" and chosen["verified"] is True
+
+
+def test_questions_pick_their_task():
+    from llamo.retrieval import question_task
+
+    assert question_task("What is the IUPAC name of this molecule?") == "iupac"
+    assert question_task("Predict the HOMO-LUMO gap (Hartree) of this molecule.") == "property"
+    assert question_task("Describe this molecule.") == "description"

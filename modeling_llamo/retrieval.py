@@ -1,0 +1,129 @@
+"""Where answers get their context: molecule indexes (given, or built on first use) and OPSIN name verification.
+
+A model folder may hold `llamo_retrieval.json`, written when a model was trained with in-context neighbours:
+`{"neighbours": K, "default_indexes": {"iupac": "chemicals", "property": "qm9"}}`. With it, `llamo generate` answers a
+naming or property question with the K nearest entries of the packaged PubChem name table or QM9, built once into
+`~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). Models without the file answer without neighbours unless an index is
+given (the paper's format).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+RETRIEVAL_FILE = "llamo_retrieval.json"
+INDEX_CACHE_ENV = "LLAMO_INDEX_CACHE"
+DEFAULT_INDEX_SOURCES = {"iupac": "chemicals", "property": "qm9"}
+DEFAULT_INDEX_VERSION = "1"
+
+_NAMING = re.compile(r"\b(iupac|name|named|naming|call(ed)?)\b", re.IGNORECASE)
+_PROPERTY = re.compile(r"\b(homo|lumo|gap|orbital|hartree)\b", re.IGNORECASE)
+
+
+def question_task(question: str) -> str:
+    """The task a free-form question asks for: `iupac`, `property` (HOMO / LUMO / gap) or `description`."""
+    if _PROPERTY.search(question):
+        return "property"
+    if _NAMING.search(question):
+        return "iupac"
+    return "description"
+
+
+def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
+    """The folder's `llamo_retrieval.json`, or `{}` (a model trained without neighbours)."""
+    if model_dir is None:
+        return {}
+    path = Path(model_dir) / RETRIEVAL_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def index_cache_dir() -> Path:
+    """`$LLAMO_INDEX_CACHE`, else `~/.cache/llamo/indexes`."""
+    return Path(os.environ.get(INDEX_CACHE_ENV) or Path.home() / ".cache" / "llamo" / "indexes")
+
+
+def default_index(task: str, progress: bool = True, limit: int | None = None):
+    """
+    The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
+    built on first use into the cache (with a progress bar) and loaded from there afterwards.
+
+    Raises:
+        ValueError: no packaged index for this task.
+        ModuleNotFoundError: the package that holds the table is not installed (named in the message).
+    """
+    from llamo.processing.index import MoleculeIndex
+    from llamo.processing.index_commands import build_index
+
+    source = DEFAULT_INDEX_SOURCES.get(task)
+    if source is None:
+        raise ValueError(f"No packaged index for {task!r}: pass --index with one built by `llamo index build`.")
+    name = f"{task}-{source}-v{DEFAULT_INDEX_VERSION}" + (f"-first{limit}" if limit else "")
+    folder = index_cache_dir() / name
+    if (folder / "state.json").is_file():
+        return MoleculeIndex.load(folder)
+    index, _, counts = build_index(source, task, limit=limit)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    index.save(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    if progress:
+        print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
+    return MoleculeIndex.load(folder)
+
+
+def load_index(choice: str | None, model_dir: str | Path | None, question: str):
+    """
+    The index an answer uses: `choice` is a folder or Hub id, `"none"`, or `None`/`"auto"` (the model's default index
+    for the question's task, if it was trained with neighbours and the table's package is installed).
+
+    Returns:
+        `(index or None, neighbours per answer or None)`.
+    """
+    from llamo.processing.index import MoleculeIndex
+
+    settings = retrieval_settings(model_dir)
+    k = settings.get("neighbours")
+    if choice == "none":
+        return None, None
+    if choice not in (None, "auto"):
+        return MoleculeIndex.load(choice), k
+    task = question_task(question)
+    if task not in settings.get("default_indexes", {}):
+        return None, None
+    try:
+        return default_index(task), k
+    except ModuleNotFoundError:
+        return None, None
+
+
+def opsin_checker() -> Callable[[Sequence[str]], list[str | None]] | None:
+    """A `names -> InChIKeys` checker that parses names with OPSIN (one Java start per call), or `None` where OPSIN
+    cannot run (no Java or no py2opsin)."""
+    from llamo.evaluation.naming import inchikey, names_to_smiles, opsin_unavailable_reason
+
+    if opsin_unavailable_reason() is not None:
+        return None
+
+    def check(names: Sequence[str]) -> list[str | None]:
+        return [inchikey(smiles) for smiles in names_to_smiles(list(names))]
+
+    return check
+
+
+__all__ = [
+    "DEFAULT_INDEX_SOURCES",
+    "RETRIEVAL_FILE",
+    "default_index",
+    "load_index",
+    "opsin_checker",
+    "question_task",
+    "retrieval_settings",
+]
