@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch_geometric.nn import GINEConv
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig
 
@@ -234,6 +239,11 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # The graph stack is trained and computes in float32 under a bf16/fp16 LM: `from_pretrained(dtype=...)` keeps its
+    # saved float32 tensors, and its tokens are cast to the LM's dtype at the scatter. transformers matches these
+    # patterns as regexes (`re.search`) against weight names and casts every match, so the BatchNorm step counters
+    # (int64) are left out.
+    _keep_in_fp32_modules_strict = (r"graph_encoder\.(?!.+num_batches_tracked)", r"graph_projector\.")
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, LlamoGraphProjector):
@@ -353,6 +363,10 @@ class LlamoModel(LlamoPreTrainedModel):
             mask = input_ids == self.config.graph_token_id
         per_row = mask.sum(dim=1)
         num_molecules, num_tokens = graph_embeds.shape[:2]
+        if torch.compiler.is_compiling():
+            # No data-dependent branch in a compiled graph: a hint that the counts agree instead of the checks below.
+            torch._check_tensor_all(per_row.sum() == num_molecules * num_tokens)
+            return mask.unsqueeze(-1)
         if molecules_per_row is not None:
             wrong = molecules_per_row.shape != per_row.shape or bool(
                 (per_row != molecules_per_row.to(per_row.device) * num_tokens).any()
@@ -377,12 +391,14 @@ class LlamoModel(LlamoPreTrainedModel):
             )
         return mask.unsqueeze(-1)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         atom_features: torch.LongTensor | None = None,
         atom_mask: torch.Tensor | None = None,
@@ -393,12 +409,25 @@ class LlamoModel(LlamoPreTrainedModel):
         motif_mask: torch.Tensor | None = None,
         graph_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        **kwargs,
-    ) -> LlamoModelOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | LlamoModelOutputWithPast:
         r"""
-        Graph inputs (`atom_features` ... `motif_mask`, see [`~LlamoModel.get_graph_features`]) or precomputed
-        `graph_embeds` `(num_molecules, num_graph_tokens, hidden)` (in placeholder order) fill the `<graph>`
-        placeholder runs of `input_ids`, one run per molecule.
+        Args:
+            input_ids: `(B, L)` token ids, with one run of `config.num_graph_tokens` `<graph>` placeholders per
+                molecule. Exactly one of `input_ids` and `inputs_embeds` `(B, L, hidden)` is given; in embeddings the
+                placeholders are the `<graph>` token's embedding.
+            attention_mask: `(B, L_total)` 1 for real tokens (cached ones included), 0 for padding.
+            cache: the language model's cache (`past_key_values` is its deprecated name). Graph inputs are only read
+                for positions not yet in it.
+            atom_features ... motif_mask: the batch-first graph inputs, see [`~LlamoModel.get_graph_features`].
+            graph_embeds: precomputed graph tokens `(num_molecules, num_graph_tokens, hidden)` in placeholder order,
+                instead of graph inputs.
+            kwargs: `output_attentions`, `output_hidden_states` and other [`TransformersKwargs`] of the language
+                model; `return_dict=False` returns a tuple.
+
+        Returns:
+            `LlamoModelOutputWithPast`: `last_hidden_state` `(B, L, hidden)`, `cache`, optional `hidden_states` and
+            `attentions`, and the `graph_embeds` scattered into the input (prefill only).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -418,6 +447,7 @@ class LlamoModel(LlamoPreTrainedModel):
         elif (
             input_ids is not None
             and self.config.graph_token_id is not None
+            and not torch.compiler.is_compiling()
             and (cache is None or cache.get_seq_length() == 0)
             and bool((input_ids == self.config.graph_token_id).any())
         ):
@@ -432,6 +462,7 @@ class LlamoModel(LlamoPreTrainedModel):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return LlamoModelOutputWithPast(
@@ -461,6 +492,10 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
     ```
     """
 
+    # Vocabulary-parallel head, matching the `embedding_rowwise` input embeddings it may be tied to (both shard the
+    # vocabulary dimension); gathered so that every rank gets the full logits.
+    _tp_plan: ClassVar[dict[str, str]] = {"lm_head": "colwise_gather_output"}
+
     def __init__(self, config: LlamoConfig):
         super().__init__(config)
         self.model = LlamoModel(config)
@@ -470,7 +505,15 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             name for name, module in self.model.language_model.named_modules() if module is embeddings
         )
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}.weight"}
+        self._input_embedding_name = f"model.language_model.{embedding_name}"
         self.post_init()
+
+    def init_parallel_plans(self) -> None:
+        """Collect the LM's tensor-parallel plan; shard `lm_head` only where the LM shards its input embeddings on the
+        vocabulary (a tied head and embedding are one tensor and must be split alike)."""
+        super().init_parallel_plans()
+        if self._tp_plan.get(self._input_embedding_name) != "embedding_rowwise":
+            self._tp_plan.pop("lm_head", None)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -491,12 +534,14 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         """Freeze the GIN (no gradients, BatchNorm kept in eval mode through `model.train()`), as in stage 2."""
         self.model.graph_encoder.freeze(frozen)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache=None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         atom_features: torch.LongTensor | None = None,
         atom_mask: torch.Tensor | None = None,
@@ -509,11 +554,20 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> LlamoCausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | LlamoCausalLMOutputWithPast:
         r"""
-        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Next-token targets aligned with `input_ids` (shifted inside the loss); `-100` positions are ignored.
+        Inputs as [`LlamoModel.forward`], plus:
+
+        Args:
+            labels: `(B, L)` next-token targets aligned with `input_ids` (shifted inside the loss); `-100` positions
+                are ignored.
+            logits_to_keep: compute logits for the last `logits_to_keep` positions only (0: all), or for the given
+                `(K,)` positions.
+
+        Returns:
+            `LlamoCausalLMOutputWithPast`: `loss`, `logits` `(B, L or K, vocab)`, `cache`, optional `hidden_states`
+            and `attentions`, and `graph_embeds`; a tuple (without the `None` fields) under `return_dict=False`.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -530,6 +584,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             motif_mask=motif_mask,
             graph_embeds=graph_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -550,13 +605,39 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             graph_embeds=outputs.graph_embeds,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        """
+        The generic preparation (`input_ids` `(B, L)` or, at the first step, `inputs_embeds` `(B, L, hidden)`, sliced
+        to the positions not yet cached), with the graph inputs and `graph_embeds` passed exactly while the cache
+        holds no tokens: at the prefill of every `generate` call (also an assistant model's first drafting call,
+        which is not `is_first_iteration`) and at every step without a cache. Once the cache holds the prompt, the
+        graph tokens are in it and the inputs are dropped.
+        """
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, *args, is_first_iteration=is_first_iteration, **kwargs
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
         )
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            for name in (*GRAPH_INPUT_NAMES, "graph_embeds"):
-                model_inputs.pop(name, None)
+        graph_names = [name for name in (*GRAPH_INPUT_NAMES, "graph_embeds") if name in model_inputs]
+        # Feeding only a suffix means the rest is cached; this avoids reading a static cache's length on the device.
+        suffix_only = next_sequence_length is not None and next_sequence_length < input_ids.shape[1]
+        if graph_names and (suffix_only or (cache is not None and cache.get_seq_length() > 0)):
+            for name in graph_names:
+                del model_inputs[name]
         return model_inputs
 
 

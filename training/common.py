@@ -170,30 +170,11 @@ __all__ = [
 ]
 
 
-def saved_graph_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The graph encoder's and projector's tensors of a saved LLaMo (single or sharded safetensors) as stored, read
-    without loading the language model."""
-    from safetensors import safe_open
-
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"] if (path / "model.safetensors").is_file() else []
-    tensors = {}
-    for name in files:
-        with safe_open(str(path / name), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if key.startswith(("model.graph_encoder.", "model.graph_projector.")):
-                    tensors[key] = handle.get_tensor(key)
-    return tensors
-
-
 def load_for_training(model_path: str | Path, lm_dtype: str = "float32"):
     """
     Load a LLaMo folder for training: the language model in `lm_dtype` (bfloat16 halves a frozen 7B LLM's memory),
     the graph encoder and projector in float32 (they are trained; autocast computes in bf16 under `bf16=True`), with
-    their saved float32 values, not values rounded through `lm_dtype`.
+    their saved float32 values, not values rounded through `lm_dtype` (the model's `_keep_in_fp32_modules_strict`).
     """
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 
@@ -201,17 +182,6 @@ def load_for_training(model_path: str | Path, lm_dtype: str = "float32"):
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No LLaMo model in {path} (config.json missing): give a `llamo init` or stage output")
     model = LlamoForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, lm_dtype))
-    model.model.graph_encoder.float()
-    model.model.graph_projector.float()
-    if lm_dtype != "float32":
-        saved = saved_graph_weights(path)
-        for prefix, module in (
-            ("model.graph_encoder.", model.model.graph_encoder),
-            ("model.graph_projector.", model.model.graph_projector),
-        ):
-            state = {key.removeprefix(prefix): value for key, value in saved.items() if key.startswith(prefix)}
-            if state:
-                module.load_state_dict(state, strict=False)
     return model, LlamoProcessor.from_pretrained(path)
 
 

@@ -1,0 +1,499 @@
+"""The behaviours transformers' common tests (ModelTesterMixin, GenerationTesterMixin, ConfigTester) check, written for
+LLaMo: a tiny model built from a config, graph inputs in the batch-first `(B, M, ...)` layout, no network."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from transformers import LlamaConfig, OPTConfig
+
+from llamo import (
+    GRAPH_INPUT_NAMES,
+    LlamoConfig,
+    LlamoForConditionalGeneration,
+    LlamoModel,
+    collate_sequence_molecules,
+    featurize_smiles,
+)
+
+from .conftest import SMILES, TINY_GRAPH, TINY_PROJECTOR
+
+VOCAB_SIZE = 96
+GRAPH_TOKEN_ID = 95
+PAD_TOKEN_ID = 0
+
+
+class LlamoModelTester:
+    """Tiny configs, models and inputs (the part transformers' `*ModelTester` classes play)."""
+
+    hidden_size = 32
+    num_hidden_layers = 2
+
+    def get_config(self, text: str = "llama", tie: bool = False) -> LlamoConfig:
+        common = {
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": self.hidden_size,
+            "num_attention_heads": 4,
+            "num_hidden_layers": self.num_hidden_layers,
+            "tie_word_embeddings": tie,
+            "pad_token_id": PAD_TOKEN_ID,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        }
+        if text == "llama":
+            text_config = LlamaConfig(
+                intermediate_size=64, num_key_value_heads=2, max_position_embeddings=256, **common
+            )
+        else:
+            text_config = OPTConfig(ffn_dim=64, word_embed_proj_dim=self.hidden_size, **common)
+        return LlamoConfig(
+            graph_config=TINY_GRAPH,
+            projector_config=TINY_PROJECTOR,
+            text_config=text_config,
+            graph_token_id=GRAPH_TOKEN_ID,
+        )
+
+    def create_model(self, seed: int = 0, **config) -> LlamoForConditionalGeneration:
+        torch.manual_seed(seed)
+        return LlamoForConditionalGeneration(self.get_config(**config)).eval()
+
+    def prepare_inputs(
+        self, model, names: tuple[str, ...] = ("aspirin", "caffeine"), prefixes: tuple[int, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """
+        One molecule per row: `prefix` text tokens, the molecule's `<graph>` run, 4 text tokens; rows of different
+        prefix lengths are left-padded. Returns `input_ids` and `attention_mask` `(B, L)` and the graph inputs
+        `(B, 1, ...)`.
+        """
+        prefixes = prefixes or (3,) * len(names)
+        num_tokens = model.config.num_graph_tokens
+        rows = [[5 + i for i in range(p)] + [GRAPH_TOKEN_ID] * num_tokens + [20, 21, 22, 23] for p in prefixes]
+        length = max(len(row) for row in rows)
+        input_ids = torch.tensor([[PAD_TOKEN_ID] * (length - len(row)) + row for row in rows])
+        attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+        graphs = collate_sequence_molecules([[featurize_smiles(SMILES[name])] for name in names])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **graphs}
+
+
+tester = LlamoModelTester()
+
+
+def graph_inputs(inputs: dict) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in inputs.items() if name in GRAPH_INPUT_NAMES}
+
+
+def comparable(config) -> dict:
+    """The config as a dict without the entries loading fills in (`_name_or_path`, the loaded `dtype`)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("_name_or_path", "dtype")}
+        return value
+
+    return strip(config.to_dict())
+
+
+def greedy(model, **inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(**inputs, do_sample=False, max_new_tokens=6, min_new_tokens=6, pad_token_id=PAD_TOKEN_ID)
+
+
+@contextmanager
+def counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Within the block, the list gets the first input's first dimension (atoms) of every call of `module`."""
+    calls: list[int] = []
+    handle = module.register_forward_hook(lambda _module, args, _output: calls.append(args[0].shape[0]))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamoForConditionalGeneration:
+    return tester.create_model()
+
+
+@pytest.fixture(scope="module")
+def inputs(model) -> dict[str, torch.Tensor]:
+    return tester.prepare_inputs(model)
+
+
+@pytest.fixture
+def single(model) -> dict[str, torch.Tensor]:
+    return tester.prepare_inputs(model, names=("aspirin",))
+
+
+# --- 1. assisted decoding -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same_draft", [True, False], ids=["self-draft", "other-draft"])
+def test_assisted_greedy_equals_greedy(model, single, same_draft):
+    assistant = tester.create_model() if same_draft else tester.create_model(seed=1)
+    plain = greedy(model, **single)
+    with (
+        counting_calls(model.model.graph_encoder) as target_calls,
+        counting_calls(assistant.model.graph_encoder) as draft_calls,
+    ):
+        assisted = greedy(model, **single, assistant_model=assistant)
+    assert assisted.tolist() == plain.tolist()
+    # each model reads the molecule once, at its own prefill (the draft's is not `is_first_iteration`)
+    assert len(target_calls) == 1 and len(draft_calls) == 1
+
+
+def test_assisted_sampling_reads_the_molecule_at_the_draft_prefill(model, single):
+    assistant = tester.create_model(seed=1)
+    torch.manual_seed(0)
+    with torch.no_grad(), counting_calls(assistant.model.graph_encoder) as draft_calls:
+        output = model.generate(
+            **single, assistant_model=assistant, do_sample=True, max_new_tokens=6, min_new_tokens=6, top_k=10
+        )
+    assert output.shape == (1, single["input_ids"].shape[1] + 6)
+    assert output[:, : single["input_ids"].shape[1]].tolist() == single["input_ids"].tolist()
+    assert len(draft_calls) == 1
+
+
+# --- 2. caches passed in ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_forward_continues_from_a_cache(model, single, name):
+    prompt_length = single["input_ids"].shape[1]
+    full = torch.cat([single["input_ids"], torch.tensor([[30, 31, 32]])], dim=1)
+    with torch.no_grad():
+        expected = model(input_ids=full, **graph_inputs(single)).logits[:, prompt_length:]
+        prefill = model(**single, use_cache=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step = model(input_ids=full[:, prompt_length:], **{name: prefill.cache}, use_cache=True)
+    assert prefill.cache.get_seq_length() == full.shape[1]  # the cache passed in was used and extended
+    torch.testing.assert_close(step.logits, expected, atol=1e-5, rtol=1e-4)
+    renamed = [w for w in caught if "past_key_values" in str(w.message)]
+    assert len(renamed) == (name == "past_key_values")  # the deprecated name is accepted, with a FutureWarning
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_generation_continues_from_a_returned_cache(model, inputs, name):
+    settings = {"do_sample": False, "pad_token_id": PAD_TOKEN_ID}
+    with torch.no_grad():
+        long = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, **settings)
+        first = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, return_dict_in_generate=True, **settings)
+        mask = torch.cat([inputs["attention_mask"], torch.ones(2, 4, dtype=torch.long)], dim=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            continued = model.generate(
+                input_ids=first.sequences,
+                attention_mask=mask,
+                **graph_inputs(inputs),
+                **{name: copy.deepcopy(first.cache)},
+                max_new_tokens=4,
+                min_new_tokens=4,
+                **settings,
+            )
+    assert continued.tolist() == long.tolist()
+    assert any("past_key_values" in str(w.message) for w in caught) == (name == "past_key_values")
+
+
+def test_without_cache_every_step_reads_the_molecule(model, inputs):
+    with torch.no_grad(), counting_calls(model.model.graph_encoder) as calls:
+        uncached = model.generate(
+            **inputs, do_sample=False, max_new_tokens=3, min_new_tokens=3, use_cache=False, pad_token_id=PAD_TOKEN_ID
+        )
+    assert len(calls) == 3
+    assert uncached.tolist() == greedy(model, **inputs)[:, :-3].tolist()
+
+
+# --- 3. return_dict=False -----------------------------------------------------------------------------------------
+
+
+def test_return_dict_false_gives_tuples(model, inputs):
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == GRAPH_TOKEN_ID, -100)
+    with torch.no_grad():
+        output = model(**inputs, labels=labels)
+        as_tuple = model(**inputs, labels=labels, return_dict=False)
+        base = model.model(**inputs)
+        base_tuple = model.model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and isinstance(base_tuple, tuple)
+    assert len(as_tuple) == len(output.to_tuple()) and len(base_tuple) == len(base.to_tuple())
+    torch.testing.assert_close(as_tuple[0], output.loss)
+    torch.testing.assert_close(as_tuple[1], output.logits)
+    torch.testing.assert_close(base_tuple[0], base.last_hidden_state)
+    torch.testing.assert_close(base_tuple[-1], base.graph_embeds)
+    model.config.return_dict = False
+    try:
+        with torch.no_grad():
+            assert isinstance(model(**inputs), tuple)
+            assert not isinstance(model(**inputs, return_dict=True), tuple)
+    finally:
+        model.config.return_dict = True
+
+
+# --- 4. generation from inputs_embeds ---------------------------------------------------------------------------
+
+
+def test_generate_from_inputs_embeds_without_molecule(model):
+    input_ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    with torch.no_grad():
+        from_ids = greedy(model, input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        embeds = model.get_input_embeddings()(input_ids)
+        from_embeds = greedy(model, inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids))
+    assert from_embeds.tolist() == from_ids[:, input_ids.shape[1] :].tolist()  # only the new tokens come back
+
+
+def test_generate_from_inputs_embeds_with_a_molecule(model, inputs):
+    from_ids = greedy(model, **inputs)
+    new_tokens = from_ids[:, inputs["input_ids"].shape[1] :].tolist()
+    embeds = model.get_input_embeddings()(inputs["input_ids"]).detach()
+    rest = {name: value for name, value in inputs.items() if name != "input_ids"}
+    with torch.no_grad():
+        graph = model.get_graph_features(**graph_inputs(inputs))
+    scattered = embeds.masked_scatter((inputs["input_ids"] == GRAPH_TOKEN_ID).unsqueeze(-1), graph)
+    # the placeholders found in the embeddings and filled with the graph inputs or with precomputed graph tokens,
+    # or embeddings that already hold the graph tokens
+    assert greedy(model, inputs_embeds=embeds, **rest).tolist() == new_tokens
+    assert (
+        greedy(model, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], graph_embeds=graph).tolist()
+        == new_tokens
+    )
+    assert greedy(model, inputs_embeds=scattered, attention_mask=inputs["attention_mask"]).tolist() == new_tokens
+
+
+# --- 5. parallel plans and typed kwargs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_tensor_parallel_plan_shards_the_head_like_the_embeddings(tie):
+    model = tester.create_model(tie=tie)
+    plan = model.tp_plan
+    assert plan["lm_head"] == "colwise_gather_output"  # weight (vocab, hidden): split on the vocabulary
+    assert plan["model.language_model.embed_tokens"] == "embedding_rowwise"  # (vocab, hidden): the same split
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == tie
+    assert model.supports_tp_plan
+    assert not any(name.startswith(("model.graph_encoder", "model.graph_projector")) for name in plan)
+    # an LM without a plan keeps its head whole too
+    assert "lm_head" not in tester.create_model(text="opt").tp_plan
+
+
+def test_output_attentions_and_hidden_states(model, inputs):
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            output = model(**inputs, output_attentions=True, output_hidden_states=True)
+            base = model.model(**inputs)
+    finally:
+        model.set_attn_implementation("sdpa")
+    batch, length = inputs["input_ids"].shape
+    assert len(output.attentions) == tester.num_hidden_layers
+    assert all(a.shape == (batch, 4, length, length) for a in output.attentions)
+    assert len(output.hidden_states) == tester.num_hidden_layers + 1
+    # the first hidden state is the LM's input: the graph tokens sit at the placeholders
+    placeholders = inputs["input_ids"] == GRAPH_TOKEN_ID
+    torch.testing.assert_close(output.hidden_states[0][placeholders], output.graph_embeds.flatten(0, 1))
+    torch.testing.assert_close(output.hidden_states[-1], base.last_hidden_state)
+    with torch.no_grad():
+        plain = model(**inputs)
+    assert plain.attentions is None and plain.hidden_states is None
+
+
+# --- 6. graph modules in float32 under a bf16 LM ----------------------------------------------------------------
+
+
+def test_keep_in_fp32_patterns_match_the_float_graph_tensors(model):
+    patterns = re.compile("|".join(model._keep_in_fp32_modules_strict))
+    for name, tensor in model.state_dict().items():
+        graph = name.startswith(("model.graph_encoder.", "model.graph_projector."))
+        assert bool(patterns.search(name)) == (graph and tensor.is_floating_point()), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_loading_keeps_the_graph_stack_in_float32(model, single, tmp_path, dtype):
+    model.save_pretrained(tmp_path)
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype).eval()
+    saved = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        if name.startswith(("model.graph_encoder.", "model.graph_projector.")):
+            assert tensor.dtype == saved[name].dtype, name  # float32, and the step counters int64
+            assert torch.equal(tensor, saved[name]), name  # the saved values, not rounded through `dtype`
+        elif tensor.is_floating_point() and "rotary_emb" not in name:
+            assert tensor.dtype == dtype, name
+    with torch.no_grad():
+        output = loaded(**single)
+        generated = greedy(loaded, **single)
+    assert output.logits.dtype == dtype and output.graph_embeds.dtype == dtype  # cast where they enter the LM
+    assert torch.isfinite(output.logits.float()).all()
+    assert generated.shape == (1, single["input_ids"].shape[1] + 6)
+
+
+# --- common model behaviours -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_save_and_load_round_trip(inputs, tmp_path, tie):
+    model = tester.create_model(tie=tie)
+    model.save_pretrained(tmp_path)
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+    assert (loaded.lm_head.weight is loaded.get_input_embeddings().weight) == tie
+    assert comparable(loaded.config) == comparable(model.config)
+    base = LlamoModel.from_pretrained(tmp_path).eval()  # the base model from the full model's folder
+    with torch.no_grad():
+        torch.testing.assert_close(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
+
+
+def test_config_round_trip(tmp_path):
+    config = tester.get_config(tie=True)
+    config.save_pretrained(tmp_path)
+    for again in (
+        LlamoConfig.from_pretrained(tmp_path),
+        LlamoConfig.from_dict(config.to_dict()),
+        LlamoConfig.from_json_file(tmp_path / "config.json"),
+    ):
+        assert again.to_dict() == config.to_dict()
+        assert again.num_graph_tokens == config.num_graph_tokens
+        assert again.text_config.model_type == "llama" and again.tie_word_embeddings
+    assert config.get_text_config(decoder=True) is config.text_config
+
+
+def test_input_and_output_embeddings():
+    model = tester.create_model()
+    assert model.get_input_embeddings() is model.model.language_model.embed_tokens
+    assert model.get_output_embeddings() is model.lm_head
+    replacement = torch.nn.Embedding(VOCAB_SIZE, tester.hidden_size)
+    model.set_input_embeddings(replacement)
+    assert model.get_input_embeddings() is replacement and model.model.get_input_embeddings() is replacement
+    head = torch.nn.Linear(tester.hidden_size, VOCAB_SIZE, bias=False)
+    model.set_output_embeddings(head)
+    assert model.get_output_embeddings() is head
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("size", [VOCAB_SIZE + 8, VOCAB_SIZE - 40])
+def test_resize_token_embeddings(single, tie, size):
+    model = tester.create_model(tie=tie)
+    model.resize_token_embeddings(size)
+    assert model.get_input_embeddings().weight.shape == (size, tester.hidden_size)
+    assert model.get_output_embeddings().weight.shape == (size, tester.hidden_size)
+    assert model.config.text_config.vocab_size == size
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == tie
+    if size > GRAPH_TOKEN_ID:
+        with torch.no_grad():
+            assert model(**single).logits.shape[-1] == size
+
+
+def test_batch_equals_each_row_alone(model):
+    names, prefixes = ("caffeine", "methane"), (2, 6)
+    batch = tester.prepare_inputs(model, names, prefixes)
+    assert (batch["attention_mask"] == 0).any()  # left padding
+    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(**batch, position_ids=position_ids).logits
+    batched = greedy(model, **batch)
+    for row, (name, prefix) in enumerate(zip(names, prefixes, strict=True)):
+        alone = tester.prepare_inputs(model, (name,), (prefix,))
+        real = batch["attention_mask"][row].bool()
+        with torch.no_grad():
+            torch.testing.assert_close(logits[row, real], model(**alone).logits[0], atol=1e-5, rtol=1e-4)
+        assert batched[row, -6:].tolist() == greedy(model, **alone)[0, -6:].tolist()
+
+
+def test_attention_mask_hides_padded_positions(model):
+    batch = tester.prepare_inputs(model, ("caffeine", "methane"), (2, 6))
+    changed = batch["input_ids"].clone()
+    changed[batch["attention_mask"] == 0] = 17  # other tokens under the padding
+    with torch.no_grad():
+        a = model(**batch).logits
+        b = model(**{**batch, "input_ids": changed}).logits
+        unmasked = model(**{**batch, "input_ids": changed, "attention_mask": torch.ones_like(changed)}).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(a[real], b[real])
+    assert not torch.allclose(a[0, -1], unmasked[0, -1])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"num_beams": 2, "num_return_sequences": 2}, {"do_sample": True, "num_return_sequences": 3}],
+    ids=["beam", "sample"],
+)
+def test_num_return_sequences(model, inputs, settings):
+    with torch.no_grad(), counting_calls(model.model.graph_encoder) as calls:
+        output = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, **settings)
+    copies = settings["num_return_sequences"]
+    assert output.shape == (2 * copies, inputs["input_ids"].shape[1] + 4)
+    assert torch.equal(output[:, : inputs["input_ids"].shape[1]], inputs["input_ids"].repeat_interleave(copies, 0))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("enable", ["activation_checkpointing_enable", "gradient_checkpointing_enable"])
+def test_gradient_checkpointing_backward(inputs, enable):
+    model = tester.create_model().train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # `gradient_checkpointing_enable` is the deprecated name
+        getattr(model, enable)()
+    assert model.is_activation_checkpointing
+    assert all(layer.gradient_checkpointing for layer in model.model.language_model.layers)
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == GRAPH_TOKEN_ID, -100)
+    model(**inputs, labels=labels).loss.backward()
+    assert model.model.graph_projector.level_queries.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_training_forward_with_labels(inputs):
+    model = tester.create_model().train()
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    labels[labels == GRAPH_TOKEN_ID] = -100
+    output = model(**inputs, labels=labels)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    output.loss.backward()
+    projector, encoder = model.model.graph_projector, model.model.graph_encoder
+    assert projector.mlp[0].weight.grad.abs().sum() > 0
+    assert encoder.atom_encoder.embeddings[0].weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --- 7. compilation of the LM part -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_static_cache_decoding_compiles_as_one_graph(model, single, fresh_dynamo):
+    """`cache_implementation="static"` with a compile config: the prefill (graph stack) runs eagerly, every decoding
+    step through the LM runs in one compiled graph (`fullgraph=True`: no graph break)."""
+    from transformers import CompileConfig
+
+    expected = greedy(model, **single)
+    assert greedy(model, **single, cache_implementation="static").tolist() == expected.tolist()
+    compile_config = CompileConfig(fullgraph=True, backend="eager", mode=None)
+    compile_config._compile_all_devices = True  # compile on the CPU too
+    try:
+        compiled = greedy(model, **single, cache_implementation="static", compile_config=compile_config)
+        assert hasattr(model, "_compiled_call")
+    finally:
+        model.__dict__.pop("_compiled_call", None)
+    assert compiled.tolist() == expected.tolist()
+
+
+@pytest.mark.slow
+def test_forward_compiles(model, inputs, fresh_dynamo):
+    """With precomputed graph tokens the forward is one graph; with raw graph inputs the GIN's data-dependent shapes
+    (atoms and bonds selected by masks) break the graph, and the compiled forward still gives the same logits."""
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        graph = model.get_graph_features(**graph_inputs(inputs))
+        text = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        one_graph = torch.compile(model.forward, backend="eager", fullgraph=True)
+        torch.testing.assert_close(one_graph(**text, graph_embeds=graph).logits, expected, atol=1e-5, rtol=1e-4)
+        with_breaks = torch.compile(model.forward, backend="eager")
+        torch.testing.assert_close(with_breaks(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
