@@ -40,6 +40,7 @@ BUNDLE_WEIGHTS = "graph_and_new_embeddings.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_CARD = "README.md"
+RETRIEVAL_FILE = "llamo_retrieval.json"  # see llamo.retrieval: neighbours and default indexes of a model
 
 
 class DefaultModelUnavailable(RuntimeError):
@@ -118,15 +119,18 @@ def remove_legacy_base_copy() -> None:
 
 
 @quiet_loading()
-def assemble(bundle: Path, base, output: Path) -> Path:
-    """Build the full model folder from the base LLM (a loaded causal LM, or its folder) and the bundle: graph
-    modules and added-token rows loaded, LoRA merged, processor copied. Only the assembled model is written."""
-    from peft import PeftModel
+def bundle_model(bundle: Path, base):
+    """The LLaMo of a bundle on a base LLM (a loaded causal LM, or its folder), before its LoRA adapter: the graph
+    encoder and the added-token rows loaded. The projector is part of the adapter (PEFT `modules_to_save`)."""
     from transformers import AutoModelForCausalLM
 
     from .configuration_llamo import LlamoConfig
-    from .modeling_llamo import LlamoForConditionalGeneration
-    from .processing_llamo import LlamoProcessor
+    from .modeling_llamo import (
+        LlamoForConditionalGeneration,
+        LlamoGraphEncoder,
+        LlamoGraphProjector,
+        _mark_graph_modules,
+    )
 
     manifest = read_manifest(bundle)
     config = LlamoConfig.from_pretrained(bundle)
@@ -155,8 +159,6 @@ def assemble(bundle: Path, base, output: Path) -> Path:
         model.get_input_embeddings().weight[first_new:] = extra.pop("new_input_embeddings").float()
         if "new_output_embeddings" in extra:
             model.get_output_embeddings().weight[first_new:] = extra.pop("new_output_embeddings").float()
-    from .modeling_llamo import LlamoGraphEncoder, LlamoGraphProjector, _mark_graph_modules
-
     model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
     model.model.graph_projector = LlamoGraphProjector(config)
     _mark_graph_modules(model.model.graph_encoder, model.model.graph_projector)
@@ -166,19 +168,45 @@ def assemble(bundle: Path, base, output: Path) -> Path:
     if missing or unexpected:
         raise DefaultModelUnavailable(f"The bundle does not fit: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
-    merged = PeftModel.from_pretrained(model, bundle).merge_and_unload()
-    merged.generation_config.pad_token_id = manifest.get("pad_token_id", merged.generation_config.pad_token_id)
-    merged.generation_config.suppress_tokens = [config.graph_token_id]
+    model.generation_config.pad_token_id = manifest.get("pad_token_id", model.generation_config.pad_token_id)
+    model.generation_config.suppress_tokens = [config.graph_token_id]
+    return model, {**manifest, "base_llm_source": source}
+
+
+def _save_folder(model, bundle: Path, output: Path, extra_files: dict[str, str]) -> Path:
+    """Save a model with the bundle's processor (and model card) into `output`, atomically."""
+    from .processing_llamo import LlamoProcessor
+
     partial = output.with_name(output.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    merged.eval().save_pretrained(partial)
+    model.eval().save_pretrained(partial)
     LlamoProcessor.from_pretrained(bundle).save_pretrained(partial)
-    if (bundle / MODEL_CARD).is_file():
-        shutil.copyfile(bundle / MODEL_CARD, partial / MODEL_CARD)
-    (partial / "llamo_default_model.json").write_text(json.dumps({**manifest, "base_llm_source": source}, indent=2))
+    for name in (MODEL_CARD, RETRIEVAL_FILE):
+        if (bundle / name).is_file():
+            shutil.copyfile(bundle / name, partial / name)
+    for name, text in extra_files.items():
+        (partial / name).write_text(text)
     shutil.rmtree(output, ignore_errors=True)
     partial.rename(output)
     return output
+
+
+@quiet_loading()
+def assemble(bundle: Path, base, output: Path) -> Path:
+    """Build the full model folder from the base LLM (a loaded causal LM, or its folder) and the bundle: graph
+    modules and added-token rows loaded, LoRA merged, processor copied. Only the assembled model is written."""
+    from peft import PeftModel
+
+    model, manifest = bundle_model(bundle, base)
+    merged = PeftModel.from_pretrained(model, bundle).merge_and_unload()
+    return _save_folder(merged, bundle, output, {"llamo_default_model.json": json.dumps(manifest, indent=2)})
+
+
+def unpack_bundle(bundle: Path, output: Path, base=None) -> Path:
+    """Write the bundle's model before its adapter (graph encoder, added rows, base LLM) as a folder: the starting
+    point of a stage-2 round that continues the bundle's adapter (`adapter_path` = the bundle)."""
+    model, _ = bundle_model(bundle, base if base is not None else load_base_llm())
+    return _save_folder(model, bundle, output, {})
 
 
 def default_model_dir() -> Path:
@@ -229,11 +257,13 @@ def export_bundle(
     base_vocab_size: int = 49152,
     dtype: str = "float16",
     metadata: dict | None = None,
+    retrieval: dict | None = None,
 ) -> Path:
     """
     Write a default-model bundle from a training run: from the stage-1 folder the GIN and the embedding rows the
     tokenizer added past `base_vocab_size` (SmolLM2's 49,152), from the stage-2 folder `adapter/` (LoRA + the trained
-    projector) and the processor. Weights are stored in `dtype` to keep the bundle small.
+    projector) and the processor. Weights are stored in `dtype` to keep the bundle small. `retrieval` (neighbours per
+    answer and default indexes, for a model trained with neighbours) is written as `llamo_retrieval.json`.
     """
     from .modeling_llamo import LlamoForConditionalGeneration
 
@@ -280,6 +310,8 @@ def export_bundle(
         **(metadata or {}),
     }
     (output / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if retrieval:
+        (output / RETRIEVAL_FILE).write_text(json.dumps(retrieval, indent=2))
     return output
 
 
@@ -288,9 +320,11 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "DefaultModelUnavailable",
     "bundle_dir",
+    "bundle_model",
     "default_model_dir",
     "default_model_path",
     "export_bundle",
     "load_base_llm",
     "load_default_model",
+    "unpack_bundle",
 ]

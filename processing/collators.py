@@ -59,13 +59,15 @@ class LlamoDataCollator:
             self._cache[smiles] = molecule
         return molecule
 
-    def render(self, row: dict[str, Any], index: int = 0) -> tuple[str, list[tuple[int, int]], list[MoleculeGraph]]:
+    def render(
+        self, row: dict[str, Any], index: int = 0, max_neighbours: int | None = None
+    ) -> tuple[str, list[tuple[int, int]], list[MoleculeGraph]]:
         """One row as expanded prompt text, its assistant spans in that text, and its molecules in placeholder
-        order."""
+        order (with at most `max_neighbours` of its in-context neighbours)."""
         molecules = [PreparedMolecule(row_graph(row), row["prompt_smiles"])]
         molecules += [self._prepare(smiles) for smiles in record_metadata(row).get("molecules", [])]
         messages = to_chat_messages(row)
-        neighbours = json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")
+        neighbours = json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")[:max_neighbours]
         if neighbours:
             messages = add_neighbours(messages, neighbours)
             molecules = [self._prepare(neighbour["smiles"]) for neighbour in neighbours] + molecules
@@ -79,18 +81,25 @@ class LlamoDataCollator:
         tokenizer = self.processor.tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("LlamoDataCollator needs a fast tokenizer (it maps assistant turns to tokens by offsets).")
-        texts, spans, graphs = [], [], []
+        texts, spans, graphs, encoded = [], [], [], []
         for index, row in enumerate(rows):
-            text, row_spans, row_graphs = self.render(row, index)
+            neighbours = len(json.loads(row.get(NEIGHBOURS_COLUMN) or "[]"))
+            while True:
+                text, row_spans, row_graphs = self.render(row, index, max_neighbours=neighbours)
+                encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                # a row too long for its neighbours drops them, last (least similar) first
+                if not neighbours or self.max_length is None or len(encoding["input_ids"]) <= self.max_length:
+                    break
+                neighbours -= 1
             texts.append(text)
             spans.append(row_spans)
             graphs.append(row_graphs)
+            encoded.append((encoding["input_ids"], encoding["offset_mapping"]))
 
         # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
         # (and every checkpoint's tokenizer.json would carry it).
-        encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         features = []
-        for index, (ids, offsets) in enumerate(zip(encoding["input_ids"], encoding["offset_mapping"], strict=True)):
+        for index, (ids, offsets) in enumerate(encoded):
             ids, offsets = ids[: self.max_length], offsets[: self.max_length]
             labels = [
                 token if end > start and any(start < b and end > a for a, b in spans[index]) else IGNORE_INDEX

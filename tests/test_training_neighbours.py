@@ -96,3 +96,20 @@ def test_only_the_rows_own_answer_is_a_target(config, tiny_llamo):
 def test_a_stage2_run_with_neighbours_trains_and_saves(config):
     output = stage2.main(config, log=lambda *a: None)
     assert (output / "merged" / "config.json").is_file()
+
+
+def test_a_row_too_long_for_its_neighbours_drops_them(config):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(config.model_path)
+    dataset, _ = build_training_dataset(config, log=lambda *a: None)
+    row = dict(next(iter(dataset)))
+    full = LlamoDataCollator(processor, max_length=None)([row])
+    length = int(full["attention_mask"].sum())
+    cut = LlamoDataCollator(processor, max_length=length - 1)([row])
+    assert cut["atom_mask"].any(-1).sum().item() == 2  # one neighbour left, and the query
+    bare = LlamoDataCollator(processor, max_length=None)([{**row, "neighbours": "[]"}])
+    alone = LlamoDataCollator(processor, max_length=int(bare["attention_mask"].sum()) + 2)([row])
+    assert alone["atom_mask"].any(-1).sum().item() == 1
+    kept = alone["labels"][0] != IGNORE_INDEX
+    assert processor.tokenizer.decode(alone["input_ids"][0][kept]).strip().startswith(row["messages"][1]["content"])

@@ -105,6 +105,11 @@ def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[data
             dataset = holdout_split(dataset, source.holdout, source.part)
         if config.mode == "specialist":
             dataset = dataset.filter(lambda task: task == config.task, input_columns="task")
+        if config.neighbours and len(dataset):
+            from llamo.processing.index import attach_neighbours
+
+            # each source's whole training side is its neighbours' index, before weights subsample it
+            dataset = attach_neighbours(dataset, config.neighbours, config.neighbour_share)
         if len(dataset):
             parts.append((dataset, source.weight))
     if not parts:
@@ -113,10 +118,6 @@ def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[data
             + (f" (specialist task {config.task!r})" if config.mode == "specialist" else "")
         )
     mixture = mix_datasets(parts, seed=config.seed)
-    if config.neighbours:
-        from llamo.processing.index import attach_neighbours
-
-        mixture = attach_neighbours(mixture, config.neighbours, config.neighbour_share)
     if config.group_by_length and "length" not in mixture.column_names:
         mixture = mixture.map(
             lambda messages, atoms: {"length": sum(len(m["content"]) for m in messages) // 4 + atoms},

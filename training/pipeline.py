@@ -31,7 +31,11 @@ class PipelineConfig:
         stage1, stage2: the stage configs (`output_dir` and `model_path` are filled in from `work_dir`).
         stage2b: an optional second stage-2 round that continues stage 2's adapter on another mixture (its
             `output_dir`, `model_path` and `adapter_path` are filled in); the bundle is then taken from it.
-        bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ...}` to export a default-model bundle, or empty.
+        bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ..., "retrieval": {...}}` to export a
+            default-model bundle, or empty (`retrieval`: see `llamo.retrieval`, for a model trained with neighbours).
+        start_from_bundle: skip stage 1 and continue a default-model bundle instead (a bundle folder, or `default`
+            for the packaged one): its model before the adapter becomes the stage-1 folder, and stage 2 continues
+            its adapter (LoRA + projector).
     """
 
     work_dir: str
@@ -41,6 +45,16 @@ class PipelineConfig:
     conversations: dict[str, Any] = field(default_factory=dict)
     stage2b: dict[str, Any] = field(default_factory=dict)
     bundle: dict[str, Any] = field(default_factory=dict)
+    start_from_bundle: str | None = None
+
+    def bundle_path(self) -> Path | None:
+        if not self.start_from_bundle:
+            return None
+        if self.start_from_bundle == "default":
+            from llamo.default_model import BUNDLE_DIR
+
+            return BUNDLE_DIR
+        return Path(self.start_from_bundle)
 
 
 def _substitute(value, placeholders: dict[str, str]):
@@ -70,14 +84,24 @@ def load_pipeline(path: str, overrides: dict[str, str]) -> PipelineConfig:
     return PipelineConfig(placeholders=placeholders, **raw)
 
 
-def stage_configs(config: PipelineConfig) -> tuple[Stage1Config, Stage2Config]:
+def stage1_dir(config: PipelineConfig) -> Path:
+    return Path(config.stage1.get("output_dir") or Path(config.work_dir) / "stage1")
+
+
+def stage_configs(config: PipelineConfig) -> tuple[Stage1Config | None, Stage2Config]:
+    """The stage configs (no stage 1 when the pipeline starts from a bundle)."""
     work = Path(config.work_dir)
-    first = copy.deepcopy(config.stage1)
-    first.setdefault("output_dir", str(work / "stage1"))
+    first = None
+    if config.bundle_path() is None:
+        settings = copy.deepcopy(config.stage1)
+        settings.setdefault("output_dir", str(stage1_dir(config)))
+        first = Stage1Config(**settings)
     second = copy.deepcopy(config.stage2)
     second.setdefault("output_dir", str(work / "stage2"))
-    second.setdefault("model_path", first["output_dir"])
-    return Stage1Config(**first), Stage2Config(**second)
+    second.setdefault("model_path", str(stage1_dir(config)))
+    if config.bundle_path() is not None:
+        second.setdefault("adapter_path", str(config.bundle_path()))
+    return first, Stage2Config(**second)
 
 
 def stage2_rounds(config: PipelineConfig) -> list[Stage2Config]:
@@ -101,8 +125,15 @@ def run(config: PipelineConfig, log=print) -> Path:
     if config.conversations:
         _generate_conversations(config.conversations, log)
     first, _ = stage_configs(config)
-    log(f"[pipeline] stage 1 -> {first.output_dir}")
-    stage1.main(first, log=log)
+    start = stage1_dir(config)
+    if first is not None:
+        log(f"[pipeline] stage 1 -> {first.output_dir}")
+        stage1.main(first, log=log)
+    elif not (start / "config.json").is_file():
+        from llamo.default_model import unpack_bundle
+
+        log(f"[pipeline] starting from the bundle {config.bundle_path()} -> {start}")
+        unpack_bundle(config.bundle_path(), start)
     rounds = stage2_rounds(config)
     for second in rounds:
         log(f"[pipeline] stage 2 -> {second.output_dir}")
@@ -112,16 +143,17 @@ def run(config: PipelineConfig, log=print) -> Path:
         from llamo.default_model import export_bundle
 
         bundle = export_bundle(
-            first.output_dir,
+            str(start),
             last.output_dir,
             config.bundle["output"],
             base_vocab_size=config.bundle.get("base_vocab_size", 49152),
             dtype=config.bundle.get("dtype", "float16"),
             metadata={
                 "recipe": config.bundle.get("recipe_name"),
-                "stage1": str(first.output_dir),
+                "stage1": str(config.bundle_path() or start),
                 "stage2": str(last.output_dir),
             },
+            retrieval=config.bundle.get("retrieval"),
         )
         log(f"[pipeline] bundle written to {bundle}")
     return work
