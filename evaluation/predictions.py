@@ -183,6 +183,22 @@ class PredictionStore:
                     handle.write("\t".join(TSV_HEADER) + "\n")
                 handle.write("".join(_tsv_line(record) for record in task_records))
 
+    def saved_count(self) -> int:
+        """How many complete prediction lines the JSONL holds (read only: nothing is repaired)."""
+        if not self.predictions_path.is_file():
+            return 0
+        with open(self.predictions_path, "rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+    def write_results(self, text: str) -> None:
+        """Write `results.json` whole or not at all (a full disk leaves the previous file, or none)."""
+        temporary = self.output_dir / f"{RESULTS_FILE}.partial"
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            temporary.replace(self.output_dir / RESULTS_FILE)
+        finally:
+            temporary.unlink(missing_ok=True)
+
     def write_tsvs(self, records: Iterable[PredictionRecord]) -> dict[str, str]:
         """Rewrite every task's TSV from `records` (in the given order); returns `{task: file name}`."""
         for path in self.output_dir.glob("predictions.*.tsv"):

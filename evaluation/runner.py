@@ -30,9 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llamo.storage import disk_full_guard
+
 from .data import DatasetInfo, EvalExample, SkippedRow, load_rows, rows_fingerprint, select_examples
 from .naming import naming_metrics
-from .predictions import RESULTS_FILE, PredictionRecord, PredictionStore, Skip
+from .predictions import PredictionRecord, PredictionStore, Skip
 from .properties import PropertyTarget, property_metrics
 from .text_metrics import (
     LLAMO_PROTOCOL,
@@ -637,6 +639,25 @@ def evaluate(
         raise ValueError("No model given: pass a LLaMo model folder (or a baseline that needs none).")
     state = _prepare(config, dataset, train_dataset, model)
     store = PredictionStore(config.output_dir)
+    with disk_full_guard(config.output_dir, "the predictions and results", kept=lambda: _kept_message(store)):
+        return _run(config, state, store, model, processor, callback)
+
+
+def _kept_message(store: PredictionStore) -> str:
+    return (
+        f"The {store.saved_count()} predictions in {store.predictions_path} are kept (a half-written last line is "
+        "cut on rerun): the rerun predicts only the other rows."
+    )
+
+
+def _run(
+    config: EvaluationConfig,
+    state: RunState,
+    store: PredictionStore,
+    model,
+    processor,
+    callback: ProgressCallback | None,
+) -> dict[str, Any]:
     records = store.start(run_config(config, state), overwrite=config.overwrite)
     pending = [example for example in state.examples if example.key not in records]
     # a trained baseline is always built (cheap), so that its description is in every run's results
@@ -655,7 +676,7 @@ def evaluate(
     tokenizer = getattr(processor, "tokenizer", None)
     resources = MetricResources.load(config, tokenizer)
     results = build_results(config, state, records, resources, files)
-    (Path(config.output_dir) / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    store.write_results(json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -22,7 +22,8 @@ Files, for `--output OUT.jsonl`:
 - `OUT.jsonl.summary.json`: counts, teacher, model, prompt version (keys in `SUMMARY_KEYS`).
 
 A rerun of the same command continues where the last one stopped. An output made by another teacher, model or prompt
-version is refused (unless `allow_mixed`); `overwrite` starts over.
+version is refused (unless `allow_mixed`); `overwrite` starts over. A full disk stops the run with a
+`llamo.storage.DiskFullError` naming the folder; the records already written stay, and the rerun continues.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llamo.storage import disk_full_guard
 
 from .grounded_teacher import GroundedTeacher
 from .instruction_prompts import (
@@ -374,12 +377,15 @@ class _AppendOnlyJsonl:
 
 def _write_json_atomically(path: Path, obj: Any) -> None:
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # left only when the write failed (e.g. a full disk)
 
 
 def _identity_text(identity: dict[str, Any]) -> str:
@@ -801,6 +807,18 @@ def generate_conversations(
     if not isinstance(molecules, MoleculeInput):
         molecules = MoleculeInput(molecules=list(molecules), source="molecules", rows=len(molecules))
     store = ConversationStore(output)
+
+    def kept() -> str:
+        return (
+            f"The {len(store.records)} conversations in {store.path} are kept (a half-written last line is cut on "
+            "rerun): the rerun continues with the other molecules."
+        )
+
+    with disk_full_guard(store.path.parent, f"conversations to {store.path.name}", kept=kept):
+        return _generate(molecules, teacher, store, config)
+
+
+def _generate(molecules: MoleculeInput, teacher, store: ConversationStore, config: GenerationConfig) -> dict[str, Any]:
     store.open(_identity(teacher), allow_mixed=config.allow_mixed, overwrite=config.overwrite)
     started = time.monotonic()
     budget = getattr(teacher, "budget", None)

@@ -490,6 +490,42 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, stub_predi
     assert "max_rows (saved 4, now 5)" in capsys.readouterr().err
 
 
+def test_a_full_disk_names_the_folder_keeps_the_predictions_and_the_rerun_resumes(
+    tmp_path, stub_predictor, monkeypatch, capsys
+):
+    import errno
+
+    from llamo.evaluation.predictions import PredictionStore
+    from llamo.storage import EXIT_DISK_FULL
+
+    data = write_jsonl(tmp_path / "data.jsonl", chain_rows(6))
+    out = tmp_path / "out"
+    real_append = PredictionStore.append
+
+    def append_one_batch_then_fill_the_disk(self, records):
+        records = list(records)
+        if self.predictions_path.is_file():  # the second batch: the disk fills in the middle of its first line
+            with open(self.predictions_path, "a", encoding="utf-8") as handle:
+                handle.write(records[0].to_json()[:30])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.predictions_path))
+        real_append(self, records)
+
+    monkeypatch.setattr(PredictionStore, "append", append_one_batch_then_fill_the_disk)
+    argv = ["evaluate", "stub-model", "--data", str(data), "--output-dir", str(out), "--batch-size", "2"]
+    argv += ["--max-new-tokens", "4"]  # the settings of `run_config`, which resumes below
+    assert main([*argv, "--no-progress"]) == EXIT_DISK_FULL
+    err = capsys.readouterr().err
+    assert f"no space left on the disk of {out} while writing the predictions" in err and "Traceback" not in err
+    assert "The 2 predictions" in err
+    first = (out / PREDICTIONS_FILE).read_text().splitlines()[:2]
+
+    monkeypatch.setattr(PredictionStore, "append", real_append)  # space freed
+    with pytest.raises(Interrupted):  # (stopped before scoring: the stub model has no tokenizer)
+        evaluate(run_config(out, "stub-model", data, batch_size=2), callback=stop_after(6))
+    lines = (out / PREDICTIONS_FILE).read_text().splitlines()
+    assert lines[:2] == first and len(lines) == len(saved_ids(out)) == 6
+
+
 def test_threads_follow_the_option_then_omp_num_threads_then_the_free_cores(tmp_path, stub_predictor, monkeypatch):
     import os
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import logging
@@ -827,6 +828,38 @@ def test_grounded_teacher_every_answer_is_traceable_to_a_fact(tmp_path, capsys):
         assert messages[1]["content"] == sentences[0]  # the conversation opens with the definition
     assert keys_seen["description:definition"] == 12 and keys_seen["description:role"] > 0
     assert sum(count for key, count in keys_seen.items() if not key.startswith("description")) > 10
+
+
+def test_a_full_disk_names_the_folder_keeps_the_records_and_the_rerun_continues(tmp_path, monkeypatch, capsys):
+    from llamo.processing import instruction_data
+    from llamo.storage import EXIT_DISK_FULL
+
+    rows = CHEBI_VALIDATION.read_text(encoding="utf-8").splitlines()
+    subset = tmp_path / "chebi.txt"
+    subset.write_text("\n".join(rows[:7]) + "\n", encoding="utf-8")
+    output = tmp_path / "out" / "grounded.jsonl"
+    argv = ["generate-data", str(subset), "-o", str(output), "--teacher", "grounded", "--no-progress"]
+    real_append = instruction_data._AppendOnlyJsonl.append
+
+    def append_three_then_fill_the_disk(self, obj):
+        if self.path == output and len(read_jsonl(output)) >= 3:
+            with open(self.path, "ab") as handle:  # the disk fills in the middle of the fourth line
+                handle.write(json.dumps(obj).encode()[:40])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        real_append(self, obj)
+
+    monkeypatch.setattr(instruction_data._AppendOnlyJsonl, "append", append_three_then_fill_the_disk)
+    assert main(argv) == EXIT_DISK_FULL
+    err = capsys.readouterr().err
+    assert f"no space left on the disk of {output.parent} while writing conversations to grounded.jsonl" in err
+    assert "The 3 conversations" in err and "Traceback" not in err
+    kept = read_jsonl(output)
+    assert len(kept) == 3 and not list(output.parent.glob("*.tmp*"))  # no half-written summary left
+
+    monkeypatch.setattr(instruction_data._AppendOnlyJsonl, "append", real_append)  # space freed
+    assert main(argv) == 0
+    records = read_jsonl(output)
+    assert len(records) == 6 and records[:3] == kept and len({record["id"] for record in records}) == 6
 
 
 def test_grounded_facts_on_known_molecules():

@@ -1,6 +1,7 @@
 """Two-stage training on tiny random models: masks, schedule, stage 1, stage 2 (LoRA + projector), resume after
 SIGKILL, and a 2-process accelerate run."""
 
+import errno
 import itertools
 import json
 import math
@@ -823,6 +824,121 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(
         assert not torch.equal(
             got["model.graph_projector.level_queries"], initial["model.graph_projector.level_queries"]
         )
+
+
+FULL_DISK_ERRORS = {  # a full disk as Python and as torch's zip writer word it
+    "errno": OSError(errno.ENOSPC, "No space left on device"),
+    "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),
+}
+
+
+def full_disk_recipe(name: str, init_dir: Path, workdir: Path, toy_pairs: Path) -> Path:
+    return write_recipe(
+        workdir / f"{name}.yaml",
+        init_dir,
+        workdir,
+        toy_pairs,
+        "stage1",
+        max_steps=4,
+        save_steps=2,
+        per_device_train_batch_size=4,
+    )
+
+
+def train_stage1(recipe: Path, output: Path) -> int:
+    from llamo.cli import main
+
+    return main(["train", "stage1", "--config", str(recipe), "--output_dir", str(output)])
+
+
+@pytest.mark.parametrize("wording", sorted(FULL_DISK_ERRORS))
+def test_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes(
+    wording, init_dir, workdir, toy_pairs, monkeypatch, capsys
+):
+    from llamo.storage import EXIT_DISK_FULL
+
+    recipe, output = full_disk_recipe(f"full-disk-{wording}", init_dir, workdir, toy_pairs), workdir / f"full-{wording}"
+    real_save = torch.save
+
+    def save_until_checkpoint_4(obj, path, *args, **kwargs):  # the optimizer of checkpoint-4 no longer fits
+        if "checkpoint-4" in str(path):
+            raise FULL_DISK_ERRORS[wording]
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_checkpoint_4)
+    assert train_stage1(recipe, output) == EXIT_DISK_FULL
+    err = capsys.readouterr().err
+    message = next(line for line in err.splitlines() if line.startswith("llamo train: error:"))
+    assert f"no space left on the disk of {output} while writing checkpoint-4" in message
+    assert "needs about" in message and "checkpoint-2, is kept" in message and "Traceback" not in err
+    assert not (output / "checkpoint-4").exists() and checkpoint_is_complete(output / "checkpoint-2")
+    assert last_complete_checkpoint(output).name == "checkpoint-2"
+
+    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    assert train_stage1(recipe, output) == 0
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-2" and summary["global_step"] == 4
+
+
+def test_full_disk_wordings_are_recognised():
+    from llamo.storage import is_disk_full
+
+    for error in FULL_DISK_ERRORS.values():
+        assert is_disk_full(error)
+    assert is_disk_full(RuntimeError("basic_ios::clear: iostream error"))
+    assert is_disk_full(
+        RuntimeError(
+            "[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing "
+            "file data/0: file write failed"
+        )
+    )
+    assert is_disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("saving failed") from error
+    except RuntimeError as chained:
+        assert is_disk_full(chained)
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(RuntimeError("CUDA out of memory"))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real tmpfs of 1 MiB (root and mount permission needed), grown later with `remount`; unmounted afterwards."""
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+
+    def resize(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+    yield folder, resize
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_real_full_disk_keeps_the_last_checkpoint_and_the_run_resumes_once_space_is_freed(
+    small_tmpfs, init_dir, workdir, toy_pairs, capsys
+):
+    from llamo.storage import EXIT_DISK_FULL, folder_bytes
+
+    folder, resize = small_tmpfs
+    recipe, output = full_disk_recipe("real-full-disk", init_dir, workdir, toy_pairs), folder / "run"
+    checkpoint = folder_bytes(init_dir) * 2  # model + AdamW moments of the trainable part, at most
+    resize(f"{int(checkpoint * 1.5) // 1024}k")  # room for checkpoint-2, not for checkpoint-4 beside it
+    assert train_stage1(recipe, output) == EXIT_DISK_FULL
+    err = capsys.readouterr().err
+    assert f"no space left on the disk of {output} while writing checkpoint-4" in err and "Traceback" not in err
+    assert not (output / "checkpoint-4").exists() and checkpoint_is_complete(output / "checkpoint-2")
+    resize(f"{checkpoint * 4 // 1024}k")
+    assert train_stage1(recipe, output) == 0
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["resumed_from"] == "checkpoint-2" and summary["global_step"] == 4
 
 
 def test_interrupt_callback_saves_and_stops_at_the_end_of_the_step():

@@ -68,6 +68,7 @@ def _parse(stage: str, options: list[str]):
 
 def _run_train(args: argparse.Namespace) -> None:
     from llamo.cli import CommandError
+    from llamo.storage import is_disk_full
 
     if args.stage == "pipeline":
         from llamo.training.pipeline import main as run_pipeline
@@ -75,6 +76,8 @@ def _run_train(args: argparse.Namespace) -> None:
         try:
             run_pipeline(args.options)
         except (FileNotFoundError, FileExistsError, PermissionError, ValueError, RuntimeError) as error:
+            if is_disk_full(error):  # torch words a full disk as a RuntimeError: `llamo.cli` reports it
+                raise
             raise CommandError(str(error)) from error
         return
     config = _parse(args.stage, args.options)

@@ -1,4 +1,5 @@
-"""What both training stages share: the paper's learning-rate schedule, safe run folders, resumable checkpoints."""
+"""What both training stages share: the paper's learning-rate schedule, safe run folders, resumable checkpoints (and
+a full disk while saving one, said plainly: `CheckpointSpaceMixin`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 RUN_CONFIG = "llamo_run_config.json"
 SUMMARY = "training_summary.json"
+FINAL_SAVE_KEPT = "Training finished and its last checkpoint is kept: the rerun only saves the final model."
 IGNORED_FOR_RESUME = {
     "overwrite_output_dir",
     "disable_tqdm",
@@ -81,6 +83,66 @@ class PaperScheduleMixin:
             )
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+
+def state_bytes(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Bytes of a module's saved state: its parameters and buffers (tied tensors once), or its trainable parameters."""
+    if trainable_only:
+        tensors = [param for param in module.parameters() if param.requires_grad]
+    else:
+        tensors = list(module.state_dict().values())
+    unique = {(tensor.data_ptr(), tensor.numel()): tensor for tensor in tensors}
+    return sum(tensor.numel() * tensor.element_size() for tensor in unique.values())
+
+
+def optimizer_bytes(optimizer: torch.optim.Optimizer | None) -> int:
+    """Bytes of an optimizer's state tensors (AdamW: two moments per trainable parameter)."""
+    if optimizer is None:
+        return 0
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
+    )
+
+
+class CheckpointSpaceMixin:
+    """
+    A Trainer mixin for a full disk while a checkpoint is written: the partial `checkpoint-N` folder is removed (so
+    that it is never resumed from, nor fills the disk), the last complete checkpoint is kept, and a `DiskFullError`
+    says which folder is full and how much a checkpoint needs (the last complete one's size, else the model's saved
+    state plus the optimizer's).
+    """
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from llamo.storage import DiskFullError, is_disk_full
+
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            run_dir = Path(self._get_output_dir(trial=trial))
+            partial = run_dir / f"checkpoint-{self.state.global_step}"
+            shutil.rmtree(partial, ignore_errors=True)
+            previous = last_complete_checkpoint(run_dir, set_aside_incomplete=False)
+            kept = f"The partial {partial.name} was removed; " + (
+                f"the last complete checkpoint, {previous.name}, is kept: the rerun resumes from it."
+                if previous
+                else "no complete checkpoint was saved before: the rerun starts over."
+            )
+            raise DiskFullError(run_dir, partial.name, self.checkpoint_bytes(previous), kept) from error
+
+    def checkpoint_bytes(self, previous: Path | None = None) -> int:
+        """What one checkpoint of this run takes: `previous`'s size, else the model's saved state (the trainable
+        part only for a PEFT model, whose checkpoints hold the adapter) plus the optimizer's state."""
+        from llamo.storage import folder_bytes
+
+        if previous is not None:
+            return folder_bytes(previous)
+        peft = hasattr(self.model, "peft_config")
+        return state_bytes(self.model, trainable_only=peft) + optimizer_bytes(self.optimizer)
 
 
 def checkpoint_is_complete(folder: Path) -> bool:
@@ -157,10 +219,17 @@ def prepare_run_dir(config, log=print, is_main_process: bool = True) -> tuple[Pa
 
 
 def write_summary(output_dir: Path, summary: dict) -> None:
-    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    """Write the run summary, the mark of a finished run, whole or not at all (a full disk leaves no half file)."""
+    temporary = output_dir / f"{SUMMARY}.partial"
+    try:
+        temporary.write_text(json.dumps(summary, indent=2, default=str))
+        temporary.replace(output_dir / SUMMARY)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 __all__ = [
+    "CheckpointSpaceMixin",
     "PaperScheduleMixin",
     "checkpoint_is_complete",
     "last_complete_checkpoint",

@@ -15,14 +15,18 @@ from pathlib import Path
 from trl import SFTConfig, SFTTrainer
 
 from llamo.processing.collators import LlamoDataCollator
+from llamo.storage import disk_full_guard, exit_on_disk_full
 
 from .common import (
+    FINAL_SAVE_KEPT,
+    CheckpointSpaceMixin,
     PaperScheduleMixin,
     distributed_state,
     load_for_training,
     prepare_run_dir,
     resolve_recipe_argument,
     schedule_of,
+    state_bytes,
     trainer_arguments,
     write_summary,
 )
@@ -31,9 +35,10 @@ from .data import build_training_dataset
 from .interrupt import GracefulInterrupt
 
 
-class LlamoTrainer(PaperScheduleMixin, SFTTrainer):
+class LlamoTrainer(CheckpointSpaceMixin, PaperScheduleMixin, SFTTrainer):
     """TRL's `SFTTrainer` (its fused LM head scores only the answer positions, never the full-vocabulary logits of
-    the prompt) with LLaMo's warm-up + cosine schedule; no PEFT in stage 1."""
+    the prompt) with LLaMo's warm-up + cosine schedule; no PEFT in stage 1. A full disk while checkpointing keeps the
+    last complete checkpoint and says so (`CheckpointSpaceMixin`)."""
 
 
 def _starting_model(config: Stage1Config, output_dir: Path, state, log) -> Path:
@@ -91,23 +96,24 @@ def main(config: Stage1Config, log=print) -> Path:
     with interrupt:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     interrupt.exit_if_interrupted(trainer.state)
-    trainer.save_model(str(output_dir))
-    if state.is_main_process:
-        processor.save_pretrained(output_dir)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        write_summary(
-            output_dir,
-            {
-                "stage": 1,
-                "metrics": result.metrics,
-                "global_step": trainer.state.global_step,
-                "trainable_parameters": trainable,
-                "wall_seconds": time.time() - started,
-                "resumed_from": checkpoint.name if checkpoint else None,
-                "data": [report.to_dict() for report in reports],
-            },
-        )
-        log(f"[stage1] done: model saved to {output_dir}")
+    with disk_full_guard(output_dir, "the final model", lambda: state_bytes(model), FINAL_SAVE_KEPT):
+        trainer.save_model(str(output_dir))
+        if state.is_main_process:
+            processor.save_pretrained(output_dir)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            write_summary(
+                output_dir,
+                {
+                    "stage": 1,
+                    "metrics": result.metrics,
+                    "global_step": trainer.state.global_step,
+                    "trainable_parameters": trainable,
+                    "wall_seconds": time.time() - started,
+                    "resumed_from": checkpoint.name if checkpoint else None,
+                    "data": [report.to_dict() for report in reports],
+                },
+            )
+            log(f"[stage1] done: model saved to {output_dir}")
     return output_dir
 
 
@@ -120,4 +126,5 @@ def parse(argv: list[str] | None = None) -> Stage1Config:
 
 
 if __name__ == "__main__":
-    main(parse(sys.argv[1:]))
+    with exit_on_disk_full("llamo.training.stage1"):
+        main(parse(sys.argv[1:]))

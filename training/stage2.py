@@ -19,8 +19,11 @@ from peft import LoraConfig
 from trl import SFTConfig, SFTTrainer
 
 from llamo.processing.collators import LlamoDataCollator
+from llamo.storage import disk_full_guard, exit_on_disk_full
 
 from .common import (
+    FINAL_SAVE_KEPT,
+    CheckpointSpaceMixin,
     PaperScheduleMixin,
     distributed_state,
     load_for_training,
@@ -28,6 +31,7 @@ from .common import (
     prepare_run_dir,
     resolve_recipe_argument,
     schedule_of,
+    state_bytes,
     trainer_arguments,
     write_summary,
 )
@@ -36,8 +40,9 @@ from .data import build_training_dataset
 from .interrupt import GracefulInterrupt
 
 
-class LlamoSFTTrainer(PaperScheduleMixin, SFTTrainer):
-    """TRL's `SFTTrainer` with LLaMo's warm-up + cosine schedule."""
+class LlamoSFTTrainer(CheckpointSpaceMixin, PaperScheduleMixin, SFTTrainer):
+    """TRL's `SFTTrainer` with LLaMo's warm-up + cosine schedule; a full disk while checkpointing keeps the last
+    complete checkpoint and says so (`CheckpointSpaceMixin`)."""
 
 
 def lora_config(model, config: Stage2Config) -> LoraConfig:
@@ -99,32 +104,35 @@ def main(config: Stage2Config, log=print) -> Path:
     with interrupt:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     interrupt.exit_if_interrupted(trainer.state)
-    adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
-    trainer.save_model(str(adapter_dir))
-    if state.is_main_process:
-        processor.save_pretrained(adapter_dir)
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        if config.save_merged:
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(merged_dir)
-            processor.save_pretrained(merged_dir)
-        write_summary(
-            output_dir,
-            {
-                "stage": 2,
-                "base_model": str(config.model_path),
-                "metrics": result.metrics,
-                "global_step": trainer.state.global_step,
-                "trainable_parameters": trainable,
-                "wall_seconds": time.time() - started,
-                "resumed_from": checkpoint.name if checkpoint else None,
-                "data": [report.to_dict() for report in reports],
-            },
-        )
-        log(
-            f"[stage2] done: adapter in {adapter_dir}"
-            + (f", merged model in {merged_dir}" if config.save_merged else "")
-        )
+    with disk_full_guard(
+        output_dir, "the final adapter and merged model", lambda: state_bytes(trainer.model), FINAL_SAVE_KEPT
+    ):
+        adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
+        trainer.save_model(str(adapter_dir))
+        if state.is_main_process:
+            processor.save_pretrained(adapter_dir)
+            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            if config.save_merged:
+                merged = trainer.model.merge_and_unload()
+                merged.save_pretrained(merged_dir)
+                processor.save_pretrained(merged_dir)
+            write_summary(
+                output_dir,
+                {
+                    "stage": 2,
+                    "base_model": str(config.model_path),
+                    "metrics": result.metrics,
+                    "global_step": trainer.state.global_step,
+                    "trainable_parameters": trainable,
+                    "wall_seconds": time.time() - started,
+                    "resumed_from": checkpoint.name if checkpoint else None,
+                    "data": [report.to_dict() for report in reports],
+                },
+            )
+            log(
+                f"[stage2] done: adapter in {adapter_dir}"
+                + (f", merged model in {merged_dir}" if config.save_merged else "")
+            )
     return output_dir
 
 
@@ -137,4 +145,5 @@ def parse(argv: list[str] | None = None) -> Stage2Config:
 
 
 if __name__ == "__main__":
-    main(parse(sys.argv[1:]))
+    with exit_on_disk_full("llamo.training.stage2"):
+        main(parse(sys.argv[1:]))

@@ -1,0 +1,173 @@
+"""A full disk, said plainly: recognise it, name the folder and the space needed, keep what was written.
+
+A write that runs out of space fails differently by writer: Python raises `OSError(errno.ENOSPC)`, torch's zip
+writer `RuntimeError`s worded "basic_ios::clear: iostream error" or "unexpected pos N vs M", its legacy writer
+"write(): fd N failed with No space left on device", safetensors "No space left on device (os error 28)". Writers
+wrap their work in `disk_full_guard`, which turns any of these into a `DiskFullError` naming the folder; the command
+line prints its message alone (no traceback) and exits with `EXIT_DISK_FULL`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+EXIT_DISK_FULL = 74
+"""Exit status of a command stopped by a full disk (sysexits' EX_IOERR)."""
+
+DISK_FULL_WORDINGS = ("No space left", "basic_ios::clear", "unexpected pos", "file write failed", "Disk quota exceeded")
+"""How writers word a failed write when the disk is full (errno ENOSPC / EDQUOT), see the module docstring."""
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space. `folder`: where; `needed`: bytes the write needs (an estimate, or None)."""
+
+    def __init__(self, folder: str | Path, writing: str, needed: int | None = None, kept: str | None = None):
+        self.folder = Path(folder)
+        self.needed = needed
+        free = free_bytes(self.folder)
+        space = [f"{format_bytes(free)} free there" if free is not None else None]
+        if needed:
+            space.append(f"{writing} needs about {format_bytes(needed)}")
+        details = "; ".join(part for part in space if part)
+        message = f"no space left on the disk of {self.folder} while writing {writing}" + (
+            f" ({details})" if details else ""
+        )
+        message += ". " + (f"{kept} " if kept else "")
+        message += "Free space there (or write elsewhere) and rerun the same command."
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _errors_in_chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from or during, is a write that found the disk full: by errno
+    (ENOSPC, EDQUOT) or by one of `DISK_FULL_WORDINGS`."""
+    for found in _errors_in_chain(error):
+        if isinstance(found, OSError) and found.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(wording in str(found) for wording in DISK_FULL_WORDINGS):
+            return True
+    return False
+
+
+def _existing(path: Path) -> Path | None:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk holding `path` (or its nearest existing parent); None if unknown."""
+    existing = _existing(Path(path))
+    try:
+        return shutil.disk_usage(existing).free if existing is not None else None
+    except OSError:
+        return None
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Bytes of the files under `path`."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                continue
+    return total
+
+
+def format_bytes(count: int) -> str:
+    """`1536` -> "1.5 KB": decimal units, as `df -H` and file managers show them."""
+    value = float(count)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def _folder_of(error: BaseException, default: Path) -> Path:
+    """The folder of the file that failed, when the error names it; else `default`."""
+    for found in _errors_in_chain(error):
+        name = getattr(found, "filename", None)
+        if isinstance(name, (str, os.PathLike)):
+            return Path(name).parent
+    return default
+
+
+@contextmanager
+def disk_full_guard(
+    folder: str | Path,
+    writing: str,
+    needed: int | Callable[[], int | None] | None = None,
+    kept: str | Callable[[], str] | None = None,
+) -> Iterator[None]:
+    """
+    Turn a full disk inside the block into a `DiskFullError` naming `folder` (or the failing file's folder), saying
+    it was `writing`, how much it `needed` and what was `kept` (callables are evaluated only on failure).
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        raise DiskFullError(
+            _folder_of(error, Path(folder)),
+            writing,
+            needed() if callable(needed) else needed,
+            kept() if callable(kept) else kept,
+        ) from error
+
+
+@contextmanager
+def exit_on_disk_full(program: str) -> Iterator[None]:
+    """For a script's `__main__`: a full disk inside the block prints `program: error: ...` and exits with
+    `EXIT_DISK_FULL`, without a traceback."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        print(f"{program}: error: {disk_full_message(error)}", file=sys.stderr)
+        raise SystemExit(EXIT_DISK_FULL) from None
+
+
+def disk_full_message(error: BaseException) -> str:
+    """A one-paragraph message for a full-disk error that no writer guarded (no folder known for certain)."""
+    if isinstance(error, DiskFullError):
+        return str(error)
+    folder = _folder_of(error, Path.cwd())
+    return str(DiskFullError(folder, "its output"))
+
+
+__all__ = [
+    "DISK_FULL_WORDINGS",
+    "EXIT_DISK_FULL",
+    "DiskFullError",
+    "disk_full_guard",
+    "disk_full_message",
+    "exit_on_disk_full",
+    "folder_bytes",
+    "format_bytes",
+    "free_bytes",
+    "is_disk_full",
+]
