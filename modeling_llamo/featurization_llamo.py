@@ -12,6 +12,8 @@ This file travels to the Hub as remote code: it imports only numpy, torch and RD
 
 from __future__ import annotations
 
+import re
+import reprlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +80,31 @@ _BOND_CLASS = {Chem.BondType.SINGLE: 7, Chem.BondType.DOUBLE: 8, Chem.BondType.T
 _RING_SLOT = 11
 _ACETAL_NEIGHBOURS = (7, 8, 16)
 
+MAX_SMILES_LENGTH = 16_384
+"""Longer strings are refused before RDKit sees them, whatever `max_atoms` is: 512 atoms at 32 characters each, far
+above what real SMILES use (at most 7 per atom in ChEBI-20). RDKit's sanitization grows faster than linearly with
+size, so this keeps one parse within seconds even with `max_atoms=None`."""
+
+MESSAGE_CHARS = 80
+"""How much of an input an error message shows (see `shorten_for_message`)."""
+
+MAX_RING_BONDS_PER_ATOM = 12
+"""An atom may carry at most this many ring-bond labels (ChEBI-20's SMILES carry at most 2). Dense graphs need many:
+RDKit's ring perception and the ring merging of the motif rules take about a minute for a 50-atom clique."""
+RING_ALLOWANCE = (2, 16)
+"""A molecule may write at most `2 * atoms + 16` ring bonds and have as many rings: no real molecule comes close
+(ChEBI-20's densest, cubane, has 5 ring bonds for 8 atoms), while the merging of rings takes quadratic time."""
+
+# One match per token of a SMILES that matters for its size: bracket atoms, then the organic subset (two-letter
+# symbols before one-letter ones), and ring-bond labels. Bracket hydrogens without isotope get their own groups:
+# RDKit's default parse removes those bonded to another atom (`bound_h`, not counted) and keeps a fragment made of
+# hydrogens only (`[H+]`, `[H][H]`). A bracket cannot contain `[`, which keeps the scan linear even when unclosed.
+_HYDROGEN = r"\[H(?![a-z])[^\[\]]*\]"
+_SMILES_TOKEN = re.compile(
+    rf"(?P<hydrogens>(?:^|(?<=\.))(?:{_HYDROGEN})+(?=\.|$))|(?P<bound_h>{_HYDROGEN})"
+    r"|(?P<atom>\[[^\[\]]*\]|Cl|Br|[BCNOPSFI*bcnops])|(?P<ring>%\(\d+\)|%\d\d|\d)"
+)
+
 
 @dataclass
 class MoleculeGraph:
@@ -120,19 +147,204 @@ class MoleculeGraph:
         )
 
 
-def parse_smiles(smiles: str, index: int | None = None) -> Chem.Mol:
-    """Parse a SMILES string with RDKit's default sanitization, raising a `ValueError` that names the input."""
-    where = f" at index {index}" if index is not None else ""
+class OversizedMoleculeError(ValueError):
+    """A molecule (or its SMILES text) over a size limit.
+
+    Attributes:
+        size: the measure over the limit, in `unit`s.
+        limit: the limit it exceeds.
+        unit: "atoms", "characters", "ring bonds", "ring bonds on one atom" or "rings".
+    """
+
+    def __init__(self, message: str, size: int, limit: int, unit: str = "atoms") -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+        self.unit = unit
+
+    def __reduce__(self) -> tuple:
+        # the default pickling passes only the message back to __init__ (process pools send errors pickled)
+        return type(self), (str(self), self.size, self.limit, self.unit)
+
+
+def shorten_for_message(value: object, limit: int = MESSAGE_CHARS) -> str:
+    """`repr(value)` cut to about `limit` characters for an error message, saying how long the value was when cut.
+
+    Only the head of a long string is ever converted, so a 10 MB input costs no more than a short one.
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        text = repr(value[: limit + 1])
+        if len(value) <= limit and len(text) <= limit + 2:
+            return text
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{text[:limit]}... ({len(value)} {unit})"
+    text = _bounded_repr(value, limit)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}..."
+
+
+def _bounded_repr(value: object, limit: int) -> str:
+    """`reprlib`'s repr (containers and strings inside them cut), or a placeholder if `__repr__` fails."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    try:
+        return short.repr(value)
+    except Exception:  # a broken __repr__ must not hide the error being reported
+        return f"<{type(value).__name__} object>"
+
+
+@dataclass(frozen=True)
+class _SmilesText:
+    """What the text of a SMILES says about its size, read without parsing it."""
+
+    atoms: int
+    ring_bonds: int
+    most_ring_bonds_on_one_atom: int
+
+
+def _read_smiles_text(smiles: str) -> _SmilesText:
+    words = smiles.split(None, 1)
+    atoms = labels = most = current = 0
+    for token in _SMILES_TOKEN.finditer(words[0] if words else ""):
+        kind = token.lastgroup
+        if kind == "ring":
+            labels += 1
+            current += 1
+            most = max(most, current)
+            continue
+        current = 0
+        if kind == "atom":
+            atoms += 1
+        elif kind == "hydrogens":
+            atoms += token.group().count("[")
+    return _SmilesText(atoms, labels // 2, most)
+
+
+def count_smiles_atoms(smiles: str) -> int:
+    """The atoms written in a SMILES string, counted on its text without parsing it.
+
+    For a valid SMILES this equals RDKit's `GetNumAtoms()` after its default parse, except that bracket hydrogens
+    without isotope bonded to other atoms are not counted, as RDKit removes them; it keeps a few (a stereo
+    `[H]/C=C`), so the count is a lower bound, never more than RDKit's. Text after the first whitespace (a name or
+    CXSMILES extension) is not part of the molecule.
+    """
+    return _read_smiles_text(smiles).atoms
+
+
+def ring_allowance(num_atoms: int) -> int:
+    """The most ring bonds (and rings) a molecule of `num_atoms` atoms may have: see `RING_ALLOWANCE`."""
+    per_atom, extra = RING_ALLOWANCE
+    return per_atom * num_atoms + extra
+
+
+def _where(index: int | None) -> str:
+    return f" at index {index}" if index is not None else ""
+
+
+def _oversized(
+    where: str, num_atoms: int, max_atoms: int, shown: str, at_least: bool = False
+) -> OversizedMoleculeError:
+    """The error of a molecule over `max_atoms`; `at_least` when only part of its SMILES was counted."""
+    count = f"at least {num_atoms}" if at_least else str(num_atoms)
+    return OversizedMoleculeError(
+        f"Molecule{where} has {count} atoms, over the limit of {max_atoms}: {shown} (raise `max_atoms` to accept it).",
+        num_atoms,
+        max_atoms,
+    )
+
+
+def _check_type(smiles: object, where: str) -> None:
     if not isinstance(smiles, str):
-        raise ValueError(f"SMILES{where} must be a string, got {type(smiles).__name__}: {smiles!r}")
-    if not smiles.strip():
+        raise ValueError(f"SMILES{where} must be a string, got {type(smiles).__name__}: {shorten_for_message(smiles)}")
+    if not smiles or smiles.isspace():
         raise ValueError(f"Empty SMILES{where}: a molecule needs at least one atom.")
+
+
+def _check_length(smiles: str, where: str, text: _SmilesText, max_atoms: int | None) -> None:
+    """Refuse more atoms than `max_atoms` (counted on the first `MAX_SMILES_LENGTH` characters only, so any length
+    costs the same), then more characters than `MAX_SMILES_LENGTH`."""
+    too_long = len(smiles) > MAX_SMILES_LENGTH
+    if max_atoms is not None and text.atoms > max_atoms:
+        raise _oversized(where, text.atoms, max_atoms, shorten_for_message(smiles), at_least=too_long)
+    if too_long:
+        raise OversizedMoleculeError(
+            f"SMILES{where} has {len(smiles)} characters, over the limit of {MAX_SMILES_LENGTH}: "
+            f"{shorten_for_message(smiles)}",
+            len(smiles),
+            MAX_SMILES_LENGTH,
+            "characters",
+        )
+
+
+def _check_ring_bonds(smiles: str, where: str, text: _SmilesText) -> None:
+    """Refuse SMILES of dense graphs, which RDKit's ring perception takes minutes to read."""
+    if text.most_ring_bonds_on_one_atom > MAX_RING_BONDS_PER_ATOM:
+        raise OversizedMoleculeError(
+            f"SMILES{where} gives one atom {text.most_ring_bonds_on_one_atom} ring bonds, over the limit of "
+            f"{MAX_RING_BONDS_PER_ATOM}: {shorten_for_message(smiles)}",
+            text.most_ring_bonds_on_one_atom,
+            MAX_RING_BONDS_PER_ATOM,
+            "ring bonds on one atom",
+        )
+    allowed = ring_allowance(text.atoms)
+    if text.ring_bonds > allowed:
+        raise OversizedMoleculeError(
+            f"SMILES{where} writes {text.ring_bonds} ring bonds for {text.atoms} atoms, over the limit of {allowed}: "
+            f"{shorten_for_message(smiles)}",
+            text.ring_bonds,
+            allowed,
+            "ring bonds",
+        )
+
+
+def _check_characters(smiles: str, where: str) -> None:
+    """Refuse NUL characters (RDKit would silently stop reading there) and text that cannot be encoded."""
+    if "\x00" in smiles:
+        raise ValueError(f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it contains a NUL character).")
+    try:
+        smiles.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it is not valid Unicode text)."
+        ) from None
+
+
+def _check_rings(mol: Chem.Mol, where: str, shown: str) -> None:
+    """Refuse a parsed molecule with more rings than `ring_allowance` (merging rings takes quadratic time)."""
+    rings, allowed = mol.GetRingInfo().NumRings(), ring_allowance(mol.GetNumAtoms())
+    if rings > allowed:
+        raise OversizedMoleculeError(
+            f"Molecule{where} has {rings} rings for {mol.GetNumAtoms()} atoms, over the limit of {allowed}: {shown}",
+            rings,
+            allowed,
+            "rings",
+        )
+
+
+def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = None) -> Chem.Mol:
+    """Parse a SMILES string with RDKit's default sanitization, raising a `ValueError` that names the input.
+
+    Cheap checks run before RDKit sees the string and take milliseconds whatever its length: they refuse what is
+    not a SMILES (non-strings, blank text, NUL characters, lone surrogates) and, raising `OversizedMoleculeError`,
+    SMILES that write more atoms than `max_atoms` (`count_smiles_atoms`), have more than `MAX_SMILES_LENGTH`
+    characters or describe a dense graph (`MAX_RING_BONDS_PER_ATOM`, `RING_ALLOWANCE`), on which RDKit's time grows
+    faster than linearly. A parsed molecule with more rings than `RING_ALLOWANCE` allows is refused too. The exact
+    atom count of the parsed molecule is left to `check_size`.
+    """
+    where = _where(index)
+    _check_type(smiles, where)
+    text = _read_smiles_text(smiles[:MAX_SMILES_LENGTH])
+    _check_length(smiles, where, text, max_atoms)
+    _check_ring_bonds(smiles, where, text)
+    _check_characters(smiles, where)
     with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(smiles)
     if mol is None:
-        raise ValueError(f"Unparsable SMILES{where}: {smiles!r} (RDKit could not read or sanitize it).")
+        raise ValueError(
+            f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (RDKit could not read or sanitize it)."
+        )
     if mol.GetNumAtoms() == 0:
-        raise ValueError(f"SMILES{where} has no atoms: {smiles!r}")
+        raise ValueError(f"SMILES{where} has no atoms: {shorten_for_message(smiles)}")
+    _check_rings(mol, where, shorten_for_message(smiles))
     return mol
 
 
@@ -372,25 +584,29 @@ def featurize_smiles(smiles: str | Chem.Mol, max_atoms: int | None = None, index
         index: position of the molecule in a batch, named in error messages.
 
     Raises:
-        ValueError: the SMILES is empty or unparsable, or the molecule is larger than `max_atoms`.
+        ValueError: the SMILES is empty or unparsable; `OversizedMoleculeError` (a `ValueError`) when the molecule is
+            larger than `max_atoms`, or too long or dense for RDKit (see `parse_smiles`).
     """
     parsed_here = not isinstance(smiles, Chem.Mol)
-    mol = parse_smiles(smiles, index=index) if parsed_here else smiles
+    mol = parse_smiles(smiles, index=index, max_atoms=max_atoms) if parsed_here else smiles
     check_size(mol, max_atoms, smiles, index)
     return featurize_molecule(mol, rings_from_sanitization=parsed_here)
 
 
 def check_size(mol: Chem.Mol, max_atoms: int | None, smiles: str | Chem.Mol, index: int | None = None) -> None:
-    """Raise a `ValueError` naming the molecule when it has more than `max_atoms` atoms."""
+    """Raise an `OversizedMoleculeError` naming the molecule when it has more than `max_atoms` atoms."""
     if max_atoms is None or mol.GetNumAtoms() <= max_atoms:
         return
-    where = f" at index {index}" if index is not None else ""
-    shown = smiles if isinstance(smiles, str) else Chem.MolToSmiles(mol)
-    cut = f"{shown[:80]!r}..." if len(shown) > 80 else repr(shown)
-    raise ValueError(
-        f"Molecule{where} has {mol.GetNumAtoms()} atoms, over the limit of {max_atoms}: {cut} "
-        "(raise `max_atoms` to accept it)."
-    )
+    shown = shorten_for_message(smiles) if isinstance(smiles, str) else _molecule_head(mol)
+    raise _oversized(_where(index), mol.GetNumAtoms(), max_atoms, shown)
+
+
+def _molecule_head(mol: Chem.Mol) -> str:
+    """A SMILES of the molecule's first atoms, for messages: writing a whole huge molecule would take minutes."""
+    atoms = min(mol.GetNumAtoms(), MESSAGE_CHARS)
+    text = Chem.MolFragmentToSmiles(mol, atomsToUse=list(range(atoms)), canonical=False)
+    shown = shorten_for_message(text)
+    return shown if atoms == mol.GetNumAtoms() else f"{shown} (its first {atoms} atoms)"
 
 
 def collate_molecule_graphs(graphs: list[MoleculeGraph]) -> dict[str, torch.Tensor]:

@@ -34,7 +34,13 @@ from typing import Any
 
 import datasets
 
-from llamo.featurization_llamo import featurize_molecule, parse_smiles, prompt_smiles
+from llamo.featurization_llamo import (
+    OversizedMoleculeError,
+    check_size,
+    featurize_molecule,
+    parse_smiles,
+    prompt_smiles,
+)
 
 from .schema import CONVERSATION_FEATURES, make_record
 
@@ -571,10 +577,9 @@ def _featurization_error(failure: Exception) -> str:
     """The report reason of a molecule that could not be featurized."""
     if not isinstance(failure, ValueError):
         return f"featurization error: {type(failure).__name__}"
-    message = str(failure)
-    if message == "oversized":
+    if isinstance(failure, OversizedMoleculeError):
         return "oversized molecule"
-    return "empty SMILES" if message.startswith("Empty") else "unparsable SMILES"
+    return "empty SMILES" if str(failure).startswith("Empty") else "unparsable SMILES"
 
 
 def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str, list]:
@@ -585,9 +590,8 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
     with rdBase.BlockLogs():
         for smiles in batch["smiles"]:
             try:
-                mol = parse_smiles(smiles)
-                if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
-                    raise ValueError("oversized")
+                mol = parse_smiles(smiles, max_atoms=max_atoms)
+                check_size(mol, max_atoms, smiles)
                 graph = featurize_molecule(mol, rings_from_sanitization=True)
                 error = ""
                 values = (

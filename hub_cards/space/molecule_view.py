@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from rdkit import Chem
 from rdkit.Chem.Draw import rdMolDraw2D
 
-from llamo.featurization_llamo import functional_groups, parse_smiles
+from llamo.featurization_llamo import OversizedMoleculeError, check_size, functional_groups, parse_smiles
 
 Color = tuple[float, float, float]
 
@@ -135,23 +135,31 @@ def motif_groups(mol: Chem.Mol) -> list[MotifGroup]:
 
 
 def load_molecule(smiles: str, max_atoms: int | None = 512) -> MoleculeView:
-    """Parse `smiles` and find its groups; a bad or oversized molecule gives a view whose `error` says why."""
-    smiles = (smiles or "").strip()
+    """Parse `smiles` and find its groups; a bad or oversized molecule gives a view whose `error` says why.
+
+    Messages never repeat more than the head of the input, and size limits are checked before RDKit parses it."""
+    smiles = smiles.strip() if isinstance(smiles, str) else ""
     if len(smiles) > MAX_SMILES_CHARS:
         return MoleculeView(
             smiles, error=f"This SMILES has {len(smiles)} characters; the demo reads at most {MAX_SMILES_CHARS}."
         )
     try:
-        mol = parse_smiles(smiles)
+        mol = parse_smiles(smiles, max_atoms=max_atoms)
+        check_size(mol, max_atoms, smiles)
+    except OversizedMoleculeError as error:
+        return MoleculeView(smiles, error=_too_large(error))
     except ValueError as error:
         return MoleculeView(smiles, error=str(error))
-    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
-        return MoleculeView(
-            smiles,
-            error=f"This molecule has {mol.GetNumAtoms()} atoms; the model accepts at most {max_atoms} "
-            "(its processor's max_atoms).",
-        )
     return MoleculeView(smiles, mol, motif_groups(mol))
+
+
+def _too_large(error: OversizedMoleculeError) -> str:
+    """The page's message for a molecule over a size limit: the model's `max_atoms` in the page's words, RDKit's
+    input bounds (length, ring bonds, rings) in the parser's short message."""
+    if error.unit == "atoms":
+        limit = f"the model accepts at most {error.limit} (its processor's max_atoms)"
+        return f"This molecule has {error.size} atoms; {limit}."
+    return str(error)
 
 
 def _blend(color: Color, strength: float) -> Color:
