@@ -1,8 +1,9 @@
 """Baselines computed by the same harness, their answers scored by the same metric code as the model's.
 
-- `retrieval`: nearest neighbour by Tanimoto similarity of Morgan fingerprints (radius 2, 2048 bits) among the
-  training rows of the same task (and, for property QA, the same property); the neighbour's answer is copied (ties go
-  to the earlier training row). A row with no training row of its kind gets an empty answer.
+- `retrieval`: nearest neighbour by Tanimoto similarity of Morgan fingerprints (radius 2, 2048 bits, see
+  `llamo.processing.index.MoleculeIndex`) among the training rows of the same task (and, for property QA, the same
+  property), or among the entries of a given index; the neighbour's answer is copied (ties go to the earlier row). A
+  row with no known molecule of its kind gets an empty answer.
 - `mean`: property QA only: the mean training target of the asked property, for every molecule.
 - `no-graph` (in `llamo.evaluation.runner`): the same model with the graph tokens removed from the prompt.
 """
@@ -13,53 +14,41 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from llamo.processing.schema import TASKS
+
 from .data import PROPERTY_TASK, EvalExample, select_examples
 from .predictions import Skip
 
-MORGAN_RADIUS = 2
-MORGAN_BITS = 2048
-
-
-def _group(example: EvalExample) -> tuple[str, str | None]:
-    return (example.task, example.target.property if example.target is not None else None)
-
 
 class RetrievalBaseline:
-    """Copy the answer of the most similar training molecule (see the module docstring)."""
+    """Copy the answer of the most similar known molecule (see the module docstring): from a `MoleculeIndex`, or
+    from indexes built on the training rows, one per task."""
 
     name = "retrieval"
 
-    def __init__(self, train_rows: Sequence[dict[str, Any]], radius: int = MORGAN_RADIUS, n_bits: int = MORGAN_BITS):
-        from rdkit.Chem import rdFingerprintGenerator
+    def __init__(self, train_rows: Sequence[dict[str, Any]] | None = None, index=None):
+        from llamo.processing.index import MoleculeIndex
 
-        self._generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
-        train, self.train_skipped = select_examples(train_rows)
-        self._index: dict[tuple[str, str | None], tuple[list, list[str]]] = defaultdict(lambda: ([], []))
-        for example in train:
-            fingerprints, answers = self._index[_group(example)]
-            fingerprints.append(self._fingerprint(example.smiles))
-            answers.append(example.reference)
-        self.train_rows = len(train)
+        if index is not None:
+            self._indexes = {index.task: index}
+        else:
+            rows = list(train_rows or [])
+            tasks = sorted({row.get("task") for row in rows if row.get("task") in TASKS})
+            self._indexes = {
+                task: MoleculeIndex.from_records(rows, task, max_atoms=None, progress=False)[0] for task in tasks
+            }
+        self.train_rows = sum(len(index) for index in self._indexes.values())
         if not self.train_rows:
             raise ValueError("The retrieval baseline's training data holds no usable row.")
 
-    def _fingerprint(self, smiles: str):
-        from llamo import parse_smiles
-
-        return self._generator.GetFingerprint(parse_smiles(smiles))
-
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
-        from rdkit import DataStructs
-
         answers: list[str | Skip] = []
         for example in examples:
-            group = self._index.get(_group(example))
-            if group is None:
-                answers.append("")
-                continue
-            similarities = DataStructs.BulkTanimotoSimilarity(self._fingerprint(example.smiles), group[0])
-            best = max(range(len(similarities)), key=similarities.__getitem__)
-            answers.append(group[1][best])
+            index = self._indexes.get(example.task)
+            key = example.target.property if example.target is not None else None
+            question = example.prompt[-1]["content"]
+            found = index.neighbours(example.smiles, k=1, question=question, key=key) if index else []
+            answers.append(found[0].answer if found else "")
         return answers
 
 
@@ -89,4 +78,4 @@ class MeanBaseline:
         return answers
 
 
-__all__ = ["MORGAN_BITS", "MORGAN_RADIUS", "MeanBaseline", "RetrievalBaseline"]
+__all__ = ["MeanBaseline", "RetrievalBaseline"]

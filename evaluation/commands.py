@@ -76,6 +76,13 @@ def _add_evaluate_parser(subparsers) -> None:
         "without graph tokens",
     )
     baseline.add_argument("--train-data", help="training rows of the retrieval and mean baselines")
+    context = parser.add_argument_group("in-context neighbours")
+    context.add_argument(
+        "--index",
+        help="molecule index (`llamo index build`, without the test molecules): the model gets the nearest entries as "
+        "in-context examples, and --baseline retrieval copies from it",
+    )
+    context.add_argument("--neighbours", type=int, default=2, help="entries per question from --index")
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
@@ -131,6 +138,8 @@ def _config_from_args(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
+        index=args.index,
+        neighbours=args.neighbours,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

@@ -105,6 +105,9 @@ class EvaluationConfig:
             run: its output folder is not reused).
         device, dtype: where and in which precision the model runs (`auto`: GPU if any; the saved dtype).
         threads: CPU threads of generation (None: `choose_threads` picks them).
+        index: a molecule index (folder or Hub id, `llamo index build`): the model gets the `neighbours` most
+            similar entries as in-context examples, and the `retrieval` baseline copies from it. It must hold none of
+            the evaluated molecules (checked by InChIKey; the run is refused otherwise).
         overwrite: discard the predictions of another run found in `output_dir`.
         progress: show a progress bar.
     """
@@ -132,13 +135,19 @@ class EvaluationConfig:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
+    index: str | None = None
+    neighbours: int = 2
     overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.baseline is not None and self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}.")
-        if self.baseline in TRAINED_BASELINES and self.train_data is None:
+        if (
+            self.baseline in TRAINED_BASELINES
+            and self.train_data is None
+            and not (self.baseline == "retrieval" and self.index)
+        ):
             raise ValueError(f"The {self.baseline} baseline needs training rows: give train_data (--train-data).")
         for name in ("batch_size", "max_new_tokens", "num_beams"):
             if getattr(self, name) < 1:
@@ -197,6 +206,8 @@ class RunState:
     train_fingerprint: str | None = None
     train_rows: list[dict[str, Any]] | None = field(default=None, repr=False)
     baseline_info: dict[str, Any] = field(default_factory=dict)
+    index: Any = field(default=None, repr=False)
+    index_fingerprint: str | None = None
 
 
 def model_fingerprint(folder: str | Path) -> str | None:
@@ -232,6 +243,9 @@ def run_config(config: EvaluationConfig, state: RunState) -> dict[str, Any]:
         "max_rows": config.max_rows,
         "tasks": config.tasks,
         "decoding": config.decoding(),
+        "index": state.index_fingerprint,
+        "index_path": config.index,
+        "neighbours": config.neighbours if config.index and config.generates else None,
     }
 
 
@@ -311,12 +325,36 @@ class GenerationPredictor:
     """Answers with the model, a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept,
     `<graph>` and the graph tensors dropped). `on_step`, when set, is called at every generation step."""
 
-    def __init__(self, model, processor, generation_kwargs: dict[str, Any], include_graph: bool = True):
+    def __init__(
+        self,
+        model,
+        processor,
+        generation_kwargs: dict[str, Any],
+        include_graph: bool = True,
+        index=None,
+        neighbours: int = 2,
+    ):
         self.model = model
         self.processor = processor
         self.generation_kwargs = generation_kwargs
         self.include_graph = include_graph
+        self.index = index
+        self.neighbours = neighbours
         self.on_step: StepCallback | None = None
+
+    def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
+        """The example's prompt, with its nearest index entries before the question when an index is given (the
+        pipeline's prompt format)."""
+        from llamo import add_neighbours
+
+        messages = example.chat_messages()
+        if self.index is None or not self.neighbours:
+            return messages
+        key = example.target.property if example.target is not None else None
+        found = self.index.neighbours(
+            example.smiles, k=self.neighbours, question=example.prompt[-1]["content"], key=key
+        )
+        return add_neighbours(messages, [{"smiles": n.smiles, "answer": n.answer} for n in found])
 
     def _step_criteria(self, inputs) -> dict[str, Any]:
         if self.on_step is None:
@@ -330,7 +368,7 @@ class GenerationPredictor:
 
     def _render(self, examples: Sequence[EvalExample]):
         return self.processor.apply_chat_template(
-            [example.chat_messages() for example in examples],
+            [self._messages(example) for example in examples],
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
@@ -519,13 +557,36 @@ def _prepare(config: EvaluationConfig, dataset, train_dataset, model) -> RunStat
     state = RunState(info, rows_fingerprint(rows, config.tasks), examples, skipped)
     if config.generates:
         state.model_fingerprint = model_fingerprint(config.model) if model is None else "in-memory"
-    if config.baseline in TRAINED_BASELINES:
+    if config.baseline in TRAINED_BASELINES and not (config.baseline == "retrieval" and config.index):
         train_rows, state.train = load_rows(
             train_dataset if train_dataset is not None else config.train_data, config.train_split
         )
         state.train_fingerprint = rows_fingerprint(train_rows)
         state.train_rows = train_rows
+    if config.index:
+        state.index, state.index_fingerprint = _checked_index(config.index, examples)
     return state
+
+
+def _checked_index(path: str, examples: Sequence[EvalExample]):
+    """The evaluation's molecule index and its fingerprint; refused when it holds an evaluated molecule."""
+    from llamo.processing.index import MoleculeIndex
+
+    from .naming import inchikey
+
+    index = MoleculeIndex.load(path)
+    known = index.inchikeys
+    leaked = sorted({example.smiles for example in examples if inchikey(example.smiles) in known})
+    if leaked:
+        shown = ", ".join(smiles[:40] for smiles in leaked[:3])
+        raise ValueError(
+            f"The index {path} holds {len(leaked)} of the evaluated molecules (e.g. {shown}): an evaluation index "
+            "must not know the test molecules. Build it from the training side only (`llamo index build ... "
+            "--holdout 0.1` for the shipped hold-out)."
+        )
+    fingerprint = hashlib.sha256(json.dumps(index.describe(), sort_keys=True).encode())
+    fingerprint.update("".join(sorted(known)).encode())
+    return index, fingerprint.hexdigest()[:16]
 
 
 def _make_predictor(config: EvaluationConfig, state: RunState, model, processor) -> Predictor:
@@ -533,7 +594,10 @@ def _make_predictor(config: EvaluationConfig, state: RunState, model, processor)
 
     if config.baseline in TRAINED_BASELINES:
         baseline_class = RetrievalBaseline if config.baseline == "retrieval" else MeanBaseline
-        baseline = baseline_class(state.train_rows or [])
+        if config.baseline == "retrieval" and state.index is not None:
+            baseline = RetrievalBaseline(index=state.index)
+        else:
+            baseline = baseline_class(state.train_rows or [])
         state.baseline_info["train_rows_used"] = baseline.train_rows
         return baseline
     if model is None:
@@ -545,7 +609,12 @@ def _make_predictor(config: EvaluationConfig, state: RunState, model, processor)
 
         torch.manual_seed(config.seed)
     return GenerationPredictor(
-        model, processor, config.generation_kwargs(), include_graph=config.baseline != "no-graph"
+        model,
+        processor,
+        config.generation_kwargs(),
+        include_graph=config.baseline != "no-graph",
+        index=state.index,
+        neighbours=config.neighbours,
     )
 
 

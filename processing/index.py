@@ -85,7 +85,9 @@ class MoleculeIndex:
         for row, inchikey in enumerate(table["inchikey"]):
             self._rows_by_inchikey.setdefault(inchikey, []).append(row)
         keys = np.asarray(table["key"], dtype=object)
-        self._key_masks = {key: keys == key for key in set(keys.tolist())} if len(set(keys.tolist())) > 1 else {}
+        lowered = np.asarray([str(key).lower() for key in keys], dtype=object)
+        distinct = set(lowered.tolist())
+        self._key_masks = {key: lowered == key for key in distinct} if len(distinct) > 1 else {}
         self._key_counts = (
             {key: int(count) for key, count in zip(*np.unique(keys.astype(str), return_counts=True), strict=True)}
             if len(keys)
@@ -111,7 +113,7 @@ class MoleculeIndex:
     ) -> tuple[MoleculeIndex, dict[str, int]]:
         """
         Index the rows of `task` among conversation-schema `records`, one entry per molecule and answer key (the
-        first row wins). The answer is the first assistant turn, the question the first user turn.
+        first row wins). The answer is the last assistant turn, the question the user turn before it.
 
         Args:
             records: rows of the conversation schema (a `datasets.Dataset` or any iterable of dicts).
@@ -141,7 +143,7 @@ class MoleculeIndex:
                 if (row.get("task") or task) != task:
                     counts["other task"] += 1
                     continue
-                question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+                question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
                 key = answer_key(task, question, record_metadata(row))
                 try:
                     mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
@@ -206,6 +208,7 @@ class MoleculeIndex:
         k: int = 4,
         question: str | None = None,
         exclude: Sequence[str] = (),
+        key: str | None = None,
     ) -> list[Neighbour]:
         """
         The `k` entries most similar to a molecule, most similar first. An entry of the same molecule (same
@@ -216,13 +219,14 @@ class MoleculeIndex:
             k: how many neighbours.
             question: for an index of several answer keys (property QA), the question picks the key (e.g. HOMO).
             exclude: InChIKeys never returned (in training, the example's own molecule).
+            key: the answer key itself (e.g. `LUMO`), where the caller knows it; it takes precedence over `question`.
         """
         if k < 1 or not len(self):
             return []
         fingerprint, inchikey = self.query_fingerprint(smiles)
         similarity = np.asarray(DataStructs.BulkTanimotoSimilarity(fingerprint, self._fingerprints))
-        if question is not None and self._key_masks:
-            wanted = self._key_masks.get(answer_key(self.task, question))
+        if (key is not None or question is not None) and self._key_masks:
+            wanted = self._key_masks.get((key if key is not None else answer_key(self.task, question)).lower())
             if wanted is not None:
                 similarity[~wanted] = -1.0
         same = self._rows_by_inchikey.get(inchikey, [])

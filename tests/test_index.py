@@ -210,3 +210,50 @@ def test_questions_pick_their_task():
     assert question_task("What is the IUPAC name of this molecule?") == "iupac"
     assert question_task("Predict the HOMO-LUMO gap (Hartree) of this molecule.") == "property"
     assert question_task("Describe this molecule.") == "description"
+
+
+# --- evaluation with an index -------------------------------------------------------------------------------------
+
+
+def eval_rows(tmp_path, names):
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in name_records(names)), encoding="utf-8")
+    return path
+
+
+def test_evaluation_refuses_an_index_that_knows_a_test_molecule(tmp_path, index):
+    from llamo.evaluation import EvaluationConfig, evaluate
+
+    index.save(tmp_path / "idx")
+    test = eval_rows(tmp_path, {"OCC": "ethanol", "CCCCCO": "pentan-1-ol"})
+    config = EvaluationConfig(
+        output_dir=str(tmp_path / "out"),
+        data=str(test),
+        baseline="retrieval",
+        index=str(tmp_path / "idx"),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="holds 1 of the evaluated molecules"):
+        evaluate(config)
+
+
+def test_evaluation_with_an_index_answers_with_neighbours_and_retrieval_copies_from_it(tmp_path, index, tiny_llamo):
+    from llamo.evaluation import EvaluationConfig, evaluate
+    from llamo.evaluation.data import select_examples
+    from llamo.evaluation.runner import GenerationPredictor
+
+    index.excluding([index.query_fingerprint("CCO")[1]]).save(tmp_path / "idx")
+    test = eval_rows(tmp_path, {"CCO": "ethanol", "CCCCCO": "pentan-1-ol"})
+    common = {"data": str(test), "index": str(tmp_path / "idx"), "progress": False, "scibert_vocab": None}
+    evaluate(EvaluationConfig(output_dir=str(tmp_path / "retrieval"), baseline="retrieval", **common))
+    lines = [json.loads(line) for line in (tmp_path / "retrieval" / "predictions.jsonl").read_text().splitlines()]
+    assert {row["id"]: row["prediction"] for row in lines} == {"t:0": "propan-1-ol", "t:1": "butan-1-ol"}
+
+    model, processor = tiny_llamo
+    loaded = MoleculeIndex.load(tmp_path / "idx")
+    predictor = GenerationPredictor(model, processor, {"max_new_tokens": 2}, index=loaded, neighbours=2)
+    examples, _ = select_examples(name_records({"CCO": "ethanol"}))
+    inputs = predictor._render(examples)
+    assert inputs["atom_mask"].any(-1).sum().item() == 3  # two neighbours and the query
+    prompt = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert "1. CCCO<graph>" in prompt and "<graph> propan-1-ol\n2. " in prompt
