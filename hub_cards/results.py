@@ -33,7 +33,7 @@ _TEXT_METRICS = {
 }
 _FIXED_NAMES = {
     "exact_match_normalized": "Exact match (case and whitespace ignored)",
-    "exact_match_stripped": "Exact match (surrounding whitespace ignored)",  # results files written before names were normalized
+    "exact_match_stripped": "Exact match (surrounding whitespace ignored)",  # results of earlier versions
     "parse_rate_opsin": "OPSIN parse rate (predicted names read back to a structure)",
     "structure_match_opsin_inchikey": "Structure match (OPSIN, full InChIKey)",
     "structure_match_opsin_inchikey_connectivity": "Structure match (OPSIN, InChIKey connectivity block)",
