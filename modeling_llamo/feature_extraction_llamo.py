@@ -72,7 +72,14 @@ def prepare_molecule(
         ValueError: the SMILES is empty, unparsable or too large (naming its index and a cut copy of the input).
     """
     if isinstance(molecule, (MoleculeGraph, dict)):
-        graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
+        try:
+            graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
+        except (KeyError, ValueError, TypeError) as error:
+            where = f" at index {index}" if index is not None else ""
+            raise ValueError(
+                f"Molecule{where} is a dict but not a featurized graph ({type(error).__name__}: {error}); give "
+                "molecules as SMILES strings, RDKit molecules or `MoleculeGraph`s."
+            ) from error
         _check_graph_size(graph, max_atoms, index)
         return PreparedMolecule(graph, None)
     parsed_here = not isinstance(molecule, Chem.Mol)

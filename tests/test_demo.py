@@ -76,8 +76,8 @@ def test_motif_attention_matches_the_processor_batch(tiny_llamo):
     batch = processor(text=["<graph> Describe it."], smiles=[SMILES["caffeine"]])
     with torch.inference_mode():
         _, weights = model.model.graph_projector.motif_tokens(
-            batch["motif_features"], batch["motif_mask"], output_attentions=True
-        )
+            batch["motif_features"][:, 0], batch["motif_mask"][:, 0], output_attentions=True
+        )  # the first (only) molecule slot of the sequence
     attention = motif_attention.motif_attention(model, processor, Chem.MolFromSmiles(SMILES["caffeine"]))
     np.testing.assert_allclose(attention.per_query, weights[0].numpy(), atol=1e-6)
 

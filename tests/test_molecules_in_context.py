@@ -151,3 +151,8 @@ def test_folder_written_by_the_one_molecule_code_generates_the_same_tokens():
     # the old tensor layout (one molecule per row, no molecule axis) is still read
     flat = {name: value[:, 0] if name in llamo.GRAPH_INPUT_NAMES else value for name, value in inputs.items()}
     assert model.generate(**flat, max_new_tokens=12, do_sample=False).tolist() == expected["greedy"]
+
+
+def test_a_dict_that_is_not_a_graph_is_a_clear_error(processor):
+    with pytest.raises(ValueError, match="Molecule at index 0 is a dict but not a featurized graph"):
+        processor(text="<graph> hi", smiles=[{"smiles": "C"}])
