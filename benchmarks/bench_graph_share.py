@@ -111,7 +111,7 @@ def main(config: BenchConfig) -> dict:
         "batch_size": config.batch_size,
         "prompt_tokens": list(inputs["attention_mask"].sum(1).tolist()),
         "padded_length": inputs["input_ids"].shape[1],
-        "atoms": inputs["atom_mask"].sum(1).tolist(),
+        "atoms": inputs["atom_mask"].sum(-1).flatten().tolist(),
         "forward_ms": round(forward_s * 1000, 1),
         "graph_encoder_and_projector_ms": round(graph_s * 1000, 2),
         "graph_share_of_forward": round(graph_s / forward_s, 4),
