@@ -9,6 +9,12 @@ molecule was seen in training:
 For each task it evaluates the model, the same model without graph tokens (`no-graph`), nearest-neighbour
 `retrieval` from the training part, and (properties) the training `mean`, all through `llamo.evaluation`, then writes
 `summary.json` and `summary.md` in the work folder. Interrupted runs resume.
+
+With `--neighbours K` the model answers with the K nearest entries of a molecule index that holds no test molecule:
+descriptions from the ChEBI-20 training side, names from the whole `chemicals` table and properties from 30,000 QM9
+molecules, the test molecules removed from both. Then `model` has the neighbours, `model, no index` does not,
+`no-graph` has them without graph tokens, and `retrieval` copies the nearest entry of the same index. Every run also
+reports its loop rate: the share of answers that reach the token limit.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from pathlib import Path
 
 from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
 from llamo.processing.datasets import holdout_split
+from llamo.processing.index import MoleculeIndex
+from llamo.processing.index_commands import build_index
 from llamo.processing.schema import CONVERSATION_FEATURES
 from llamo.training.data import default_cache_dir, prepare_source
 from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
@@ -56,6 +64,7 @@ class EvalConfig:
     batch_size: int = 16
     num_beams: int = 1
     max_rows: int | None = None
+    neighbours: int = 0
 
 
 def write_jsonl(dataset, path: Path) -> Path:
@@ -80,7 +89,8 @@ def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
     stage2 = rounds[0]
     cache = Path(stage2.data_cache_dir) if stage2.data_cache_dir else default_cache_dir()
     chosen = {}
-    for source in [*stage1.sources, *(source for stage in rounds for source in stage.sources)]:
+    first_sources = stage1.sources if stage1 is not None else []
+    for source in [*first_sources, *(source for stage in rounds for source in stage.sources)]:
         task = TASK_OF_SOURCE.get(source.type)
         if task is None:
             continue
@@ -99,6 +109,39 @@ def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
     return splits
 
 
+INDEX_SOURCES = {"iupac": ("chemicals", None), "property": ("qm9", 30000)}
+
+
+def evaluation_index(task: str, files: dict[str, Path], work: Path) -> Path:
+    """An index for the task that holds no test molecule (see the module docstring), built once."""
+    folder = work / "index" / task
+    if (folder / "state.json").is_file():
+        return folder
+    test_rows = [json.loads(line) for line in files["test"].read_text(encoding="utf-8").splitlines()]
+    probe, _ = MoleculeIndex.from_records(test_rows, task, max_atoms=None, progress=False)
+    if task in INDEX_SOURCES:
+        source, limit = INDEX_SOURCES[task]
+        index, _, _ = build_index(source, task, limit=limit)
+    else:
+        train_rows = [json.loads(line) for line in files["train"].read_text(encoding="utf-8").splitlines()]
+        index, _ = MoleculeIndex.from_records(train_rows, task, max_atoms=None)
+    index.excluding(probe.inchikeys).save(folder)
+    return folder
+
+
+def loop_rate(output_dir: Path, tokenizer, limit: int) -> float | None:
+    """Percentage of answers whose length reaches the token limit (they ran on instead of ending)."""
+    path = output_dir / "predictions.jsonl"
+    if tokenizer is None or not path.is_file():
+        return None
+    answers = [json.loads(line).get("prediction") for line in path.read_text(encoding="utf-8").splitlines()]
+    answers = [answer for answer in answers if answer is not None]
+    if not answers:
+        return None
+    hit = sum(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= limit - 1 for answer in answers)
+    return round(100 * hit / len(answers), 2)
+
+
 def headline(results: dict, task: str) -> dict[str, float]:
     entry = next(item for item in results["results"] if item["task"]["name"] == task)
     values = {metric["name"]: metric["value"] for metric in entry["metrics"]}
@@ -114,27 +157,40 @@ def main(config: EvalConfig) -> dict:
     setup_wordnet(nltk_data)
     splits = build_splits(config, work)
     summary: dict = {"model": model, "config": asdict(config), "tasks": {}}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
     for task, files in splits.items():
-        runs = {"model": None, "no-graph": None, "retrieval": None}
+        index = str(evaluation_index(task, files, work)) if config.neighbours else None
+        runs = {"model": index, "no-graph": index, "retrieval": index}
+        if index:
+            runs["model, no index"] = None
         if task == "property":
             runs["mean"] = None
         rows = {}
-        for name in runs:
+        for name, run_index in runs.items():
+            baseline = {"model": None, "model, no index": None}.get(name, name)
+            trained = baseline in ("retrieval", "mean")
+            output_dir = work / task / name.replace(", ", "-").replace(" ", "-")
             settings = EvaluationConfig(
-                output_dir=str(work / task / name),
-                model=None if name in ("retrieval", "mean") else model,
+                output_dir=str(output_dir),
+                model=None if trained else model,
                 data=str(files["test"]),
                 tasks=[task],
                 batch_size=config.batch_size,
                 num_beams=config.num_beams,
                 max_new_tokens=MAX_NEW_TOKENS[task],
-                baseline=None if name == "model" else name,
-                train_data=str(files["train"]) if name in ("retrieval", "mean") else None,
+                baseline=baseline,
+                train_data=str(files["train"]) if trained and not run_index else None,
                 scibert_vocab=config.scibert_vocab,
                 nltk_data=str(nltk_data),
                 max_rows=config.max_rows,
+                index=run_index,
+                neighbours=config.neighbours,
             )
             rows[name] = headline(evaluate(settings), task)
+            if not trained:
+                rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, MAX_NEW_TOKENS[task])
         test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
         summary["tasks"][task] = {"test_rows": test_rows, "results": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -144,7 +200,7 @@ def main(config: EvalConfig) -> dict:
 
 
 def _cell(task: str, name: str, values: dict[str, float]) -> str:
-    if name not in values:
+    if values.get(name) is None:
         return "-"
     return f"{values[name]:.4f}" if task == "property" and name.startswith("mae") else f"{values[name]:.2f}"
 
@@ -152,7 +208,7 @@ def _cell(task: str, name: str, values: dict[str, float]) -> str:
 def markdown(summary: dict) -> str:
     lines = []
     for task, entry in summary["tasks"].items():
-        names = HEADLINE[task]
+        names = [*HEADLINE[task], "loop_rate"]
         lines += [
             f"### {task} ({entry['test_rows']} held-out rows)",
             "",
@@ -177,4 +233,5 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1: greedy, as in LLaMo's evaluation")
     parser.add_argument("--max-rows", type=int)
+    parser.add_argument("--neighbours", type=int, default=0, help="answer with this many index neighbours (0: none)")
     main(EvalConfig(**vars(parser.parse_args())))

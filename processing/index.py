@@ -175,11 +175,29 @@ class MoleculeIndex:
         return cls(datasets.Dataset.from_dict(columns, features=INDEX_FEATURES)), counts
 
     def save(self, folder: str | Path) -> None:
-        """Write the index as a `datasets` folder (`save_to_disk`); an existing non-empty folder is refused."""
+        """
+        Write the index as a `datasets` folder (`save_to_disk`); an existing non-empty folder is refused. The folder
+        appears only complete: on a full disk the partial copy is removed and a `DiskFullError` names the folder and
+        the space the index needs.
+        """
+        import shutil
+
+        from llamo.storage import disk_full_guard
+
         folder = Path(folder)
         if folder.exists() and any(folder.iterdir()):
             raise FileExistsError(f"{folder} exists and is not empty: choose a new folder for the index.")
-        self.table.save_to_disk(str(folder))
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            with disk_full_guard(folder.parent, "a molecule index", needed=self.table.data.nbytes, kept="nothing"):
+                self.table.save_to_disk(str(partial))
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if folder.exists():
+            folder.rmdir()
+        partial.rename(folder)
 
     @classmethod
     def load(cls, path: str | Path, split: str = "train") -> MoleculeIndex:

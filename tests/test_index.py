@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import pipeline
@@ -257,3 +258,24 @@ def test_evaluation_with_an_index_answers_with_neighbours_and_retrieval_copies_f
     assert inputs["atom_mask"].any(-1).sum().item() == 3  # two neighbours and the query
     prompt = processor.tokenizer.decode(inputs["input_ids"][0])
     assert "1. CCCO<graph>" in prompt and "<graph> propan-1-ol\n2. " in prompt
+
+
+def test_a_full_disk_while_saving_an_index_leaves_no_partial_folder(index, tmp_path, monkeypatch):
+    import errno
+
+    import datasets
+
+    from llamo.storage import DiskFullError
+
+    def full(self, path, *args, **kwargs):
+        (Path(path) / "data-00000-of-00001.arrow").parent.mkdir(parents=True, exist_ok=True)
+        (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "data-00000-of-00001.arrow"))
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
+    with pytest.raises(DiskFullError, match="a molecule index"):
+        index.save(tmp_path / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    index.save(tmp_path / "idx")  # space is back: the same command works
+    assert len(MoleculeIndex.load(tmp_path / "idx")) == len(index)
