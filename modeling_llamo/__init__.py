@@ -1,35 +1,73 @@
 """LLaMo: a molecular graph encoder + multi-level graph projector with motif tokens + a causal LM.
 
 Importing `llamo` registers the model with transformers' Auto classes, so saved LLaMo folders also load without
-`trust_remote_code` while this package is installed.
+`trust_remote_code` while this package is installed. The import itself is light (no torch, no transformers: the
+command line's `--help` stays fast): names are imported on first use, and the registration happens as soon as
+transformers' Auto API is loaded (`llamo.auto_registration`).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
-from transformers.pipelines import PIPELINE_REGISTRY
+from __future__ import annotations
 
-from .chat_template_llamo import add_neighbours
-from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
-from .default_model import default_model_path
-from .feature_extraction_llamo import LlamoMoleculeFeaturizer, collate_sequence_molecules, prepare_molecule
-from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles, parse_smiles
-from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel, LlamoPreTrainedModel
-from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
-from .processing_llamo import LlamoProcessor
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from . import auto_registration
 
 __version__ = "0.1.0.dev0"
 
-AutoConfig.register("llamo", LlamoConfig, exist_ok=True)
-AutoModel.register(LlamoConfig, LlamoModel, exist_ok=True)
-AutoModelForCausalLM.register(LlamoConfig, LlamoForConditionalGeneration, exist_ok=True)
-AutoProcessor.register(LlamoConfig, LlamoProcessor, exist_ok=True)
+_EXPORTS = {
+    "add_neighbours": "chat_template_llamo",
+    "GRAPH_INPUT_NAMES": "configuration_llamo",
+    "LlamoConfig": "configuration_llamo",
+    "LlamoGraphEncoderConfig": "configuration_llamo",
+    "LlamoProjectorConfig": "configuration_llamo",
+    "default_model_path": "default_model",
+    "LlamoMoleculeFeaturizer": "feature_extraction_llamo",
+    "collate_sequence_molecules": "feature_extraction_llamo",
+    "prepare_molecule": "feature_extraction_llamo",
+    "MoleculeGraph": "featurization_llamo",
+    "collate_molecule_graphs": "featurization_llamo",
+    "featurize_smiles": "featurization_llamo",
+    "parse_smiles": "featurization_llamo",
+    "LlamoForConditionalGeneration": "modeling_llamo",
+    "LlamoModel": "modeling_llamo",
+    "LlamoPreTrainedModel": "modeling_llamo",
+    "MOLECULE_TASK": "pipeline_llamo",
+    "LlamoMoleculePipeline": "pipeline_llamo",
+    "LlamoProcessor": "processing_llamo",
+}
+# modules whose classes go into the Auto API: using one of their names registers at once (errors are raised)
+_REGISTERED_MODULES = frozenset({"configuration_llamo", "modeling_llamo", "pipeline_llamo", "processing_llamo"})
 
-LlamoConfig.register_for_auto_class()
-LlamoModel.register_for_auto_class("AutoModel")
-LlamoForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
-LlamoProcessor.register_for_auto_class("AutoProcessor")
-PIPELINE_REGISTRY.register_pipeline(
-    MOLECULE_TASK, pipeline_class=LlamoMoleculePipeline, pt_model=AutoModelForCausalLM, type="multimodal"
-)
+if TYPE_CHECKING:
+    from .chat_template_llamo import add_neighbours
+    from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
+    from .default_model import default_model_path
+    from .feature_extraction_llamo import LlamoMoleculeFeaturizer, collate_sequence_molecules, prepare_molecule
+    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles, parse_smiles
+    from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel, LlamoPreTrainedModel
+    from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
+    from .processing_llamo import LlamoProcessor
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name (or a submodule, as `import llamo` used to) on first access."""
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    if module_name in _REGISTERED_MODULES:
+        auto_registration.register_when_ready(strict=True)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "GRAPH_INPUT_NAMES",
@@ -52,3 +90,5 @@ __all__ = [
     "parse_smiles",
     "prepare_molecule",
 ]
+
+auto_registration.install()

@@ -1,0 +1,139 @@
+"""Registration of LLaMo with transformers' Auto API and pipeline registry, deferred until transformers is used.
+
+`import llamo` must stay light (`llamo --help` imports no torch), yet `import llamo` followed by
+`AutoModelForCausalLM.from_pretrained(folder)` must find the LLaMo classes without `trust_remote_code`. Registering
+needs the model classes, hence torch, so it cannot happen during `import llamo` unless transformers' Auto API is
+already loaded. Otherwise `install()` puts a finder on `sys.meta_path` that watches the imports of transformers and
+llamo modules: as soon as no such import is in progress and `transformers.models.auto` is loaded, the classes are
+registered and the finder removes itself. Nothing here imports more than the standard library until then.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+import warnings
+from types import ModuleType
+
+AUTO_PACKAGE = "transformers.models.auto"
+WATCHED_PACKAGES = ("transformers", "llamo")
+
+_lock = threading.RLock()
+_state = {"registered": False, "depth": 0}
+
+
+def register_auto_classes() -> None:
+    """Register config, models, processor and the molecule pipeline (imports torch and the model)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .configuration_llamo import LlamoConfig
+    from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel
+    from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
+    from .processing_llamo import LlamoProcessor
+
+    AutoConfig.register("llamo", LlamoConfig, exist_ok=True)
+    AutoModel.register(LlamoConfig, LlamoModel, exist_ok=True)
+    AutoModelForCausalLM.register(LlamoConfig, LlamoForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(LlamoConfig, LlamoProcessor, exist_ok=True)
+
+    LlamoConfig.register_for_auto_class()
+    LlamoModel.register_for_auto_class("AutoModel")
+    LlamoForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+    LlamoProcessor.register_for_auto_class("AutoProcessor")
+    PIPELINE_REGISTRY.register_pipeline(
+        MOLECULE_TASK, pipeline_class=LlamoMoleculePipeline, pt_model=AutoModelForCausalLM, type="multimodal"
+    )
+
+
+def is_registered() -> bool:
+    """Whether the LLaMo classes are registered with the Auto API in this process."""
+    return _state["registered"]
+
+
+def register_when_ready(strict: bool = False) -> bool:
+    """Register now if transformers' Auto API is loaded and no transformers / llamo import is half done.
+
+    Args:
+        strict: raise a failed registration's error; otherwise it becomes a warning (the finder calls this from
+            inside the user's own `import transformers...`, which a broken optional dependency must not break).
+
+    Returns:
+        whether the classes are registered.
+    """
+    with _lock:
+        if _state["registered"] or _state["depth"] or AUTO_PACKAGE not in sys.modules:
+            return _state["registered"]
+        _state["registered"] = True  # set first: registering imports watched modules, which call back here
+    _remove_finder()
+    try:
+        register_auto_classes()  # outside the lock: it imports, and other threads' imports take the lock
+    except Exception as error:
+        _state["registered"] = False
+        if strict:
+            raise
+        warnings.warn(f"llamo could not register its classes with transformers' Auto API: {error!r}", stacklevel=2)
+    return _state["registered"]
+
+
+def install() -> None:
+    """Register at once if transformers' Auto API is loaded, else once it is (see the module docstring)."""
+    if register_when_ready():
+        return
+    with _lock:
+        if not _state["registered"] and not any(isinstance(f, _RegistrationFinder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _RegistrationFinder())
+
+
+def _remove_finder() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _RegistrationFinder)]
+
+
+def _is_watched(name: str) -> bool:
+    return any(name == package or name.startswith(f"{package}.") for package in WATCHED_PACKAGES)
+
+
+class _RegistrationFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader that the other finders give for a watched module."""
+
+    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+        if not _is_watched(fullname):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _CallbackLoader(spec.loader)
+                return spec
+        return None
+
+
+class _CallbackLoader(importlib.abc.Loader):
+    """Runs the real loader, puts it back on the module, then tries to register."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        create = getattr(self.loader, "create_module", None)
+        return None if create is None else create(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with _lock:
+            _state["depth"] += 1
+        try:
+            self.loader.exec_module(module)
+        finally:
+            with _lock:
+                _state["depth"] -= 1
+            module.__loader__ = self.loader
+            if module.__spec__ is not None:
+                module.__spec__.loader = self.loader
+        register_when_ready()
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)

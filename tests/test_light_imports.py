@@ -1,0 +1,116 @@
+"""`llamo --help` imports no torch / transformers; `import llamo` still registers the classes with the Auto API."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import subprocess_env
+
+HEAVY = ("torch", "transformers", "torch_geometric")
+
+
+def imported_by(argv: list[str]) -> set[str]:
+    """Top-level packages `python -X importtime ARGV` imported (importtime writes one line per module to stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize("command", [["--help"], ["generate", "--help"], ["evaluate", "--help"]])
+def test_help_imports_no_torch(command):
+    packages = imported_by(["-m", "llamo.cli", *command])
+    assert "llamo" in packages and "argparse" in packages  # the parse really ran
+    assert not packages & set(HEAVY), packages & set(HEAVY)
+
+
+EVERY_HELP = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+    from llamo.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    helped = []
+    for name, subparser in commands.items():
+        if name == "train":  # `train STAGE --help` is TRL's dataclass parser; `train --help` is argparse's
+            argv = [name, "--help"]
+        elif subparser._subparsers is not None:  # `index build --help`, ...
+            argv = [name, next(iter(subparser._subparsers._group_actions[0].choices)), "--help"]
+        else:
+            argv = [name, "--help"]
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+            build_parser().parse_args(argv)
+        helped.append((name, "usage: llamo" in out.getvalue()))
+    heavy = sorted(name for name in sys.modules if name.split(".")[0] in {"torch", "transformers", "torch_geometric"})
+    print(json.dumps({"helped": helped, "heavy": heavy}))
+    """
+)
+
+
+def test_every_subcommand_help_imports_no_torch():
+    result = subprocess.run(
+        [sys.executable, "-c", EVERY_HELP], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["helped"]) >= 10 and all(ok for _, ok in report["helped"]), report["helped"]
+    assert report["heavy"] == []
+
+
+IMPORT_THEN_AUTO = textwrap.dedent(
+    """
+    import json, sys
+
+    import llamo
+
+    light = not any(name in sys.modules for name in ("torch", "transformers", "torch_geometric"))
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, pipeline
+
+    folder = sys.argv[1]
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    pipe = pipeline(llamo.MOLECULE_TASK, model=folder, device="cpu")
+    print(json.dumps({
+        "light": light,
+        "classes": [type(item).__name__ for item in (config, model, processor, pipe)],
+        "module": type(model).__module__,
+    }))
+    """
+)
+
+
+def test_import_llamo_is_light_and_still_registers_the_auto_classes(tiny_llamo_dir, tmp_path):
+    env = subprocess_env()
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_THEN_AUTO, str(tiny_llamo_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert child["light"]
+    classes = ["LlamoConfig", "LlamoForConditionalGeneration", "LlamoProcessor", "LlamoMoleculePipeline"]
+    assert child["classes"] == classes
+    assert child["module"] == "llamo.modeling_llamo"  # the installed package, not the folder's remote code
+    assert not (tmp_path / "modules").exists()  # no remote code was loaded
+
+
+def test_model_names_are_imported_on_first_use():
+    import llamo
+
+    assert llamo.LlamoForConditionalGeneration.__module__ == "llamo.modeling_llamo"
+    assert "LlamoProcessor" in dir(llamo) and llamo.auto_registration.is_registered()
+    assert llamo.featurization_llamo.parse_smiles is llamo.parse_smiles  # submodules, as `import llamo` gave them
+    with pytest.raises(AttributeError, match="no_such_name"):
+        llamo.no_such_name  # noqa: B018
