@@ -83,6 +83,11 @@ def _add_evaluate_parser(subparsers) -> None:
         "in-context examples, and --baseline retrieval copies from it",
     )
     context.add_argument("--neighbours", type=int, default=2, help="entries per question from --index")
+    context.add_argument(
+        "--verify-names",
+        action="store_true",
+        help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule (Java)",
+    )
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
@@ -140,6 +145,7 @@ def _config_from_args(args: argparse.Namespace):
         threads=args.threads,
         index=args.index,
         neighbours=args.neighbours,
+        verify_names=args.verify_names,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

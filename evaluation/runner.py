@@ -71,6 +71,8 @@ PROTOCOL_NOTES = {
     ROUGE_PROTOCOL: "rouge_score F-measure on the raw strings, no stemmer, mean over rows; 0-100",
 }
 
+VERIFY_CANDIDATES = 4
+"""Beam candidates checked per naming row when names are verified (as the pipeline's `verify_names`)."""
 SORT_WINDOW_BATCHES = 8
 """Rows are sorted by length only within windows of this many batches, in dataset order (see the module docstring)."""
 STEP_REPORT_SECONDS = 1.0
@@ -108,6 +110,8 @@ class EvaluationConfig:
         index: a molecule index (folder or Hub id, `llamo index build`): the model gets the `neighbours` most
             similar entries as in-context examples, and the `retrieval` baseline copies from it. It must hold none of
             the evaluated molecules (checked by InChIKey; the run is refused otherwise).
+        verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
+            structure match of such a run is its verified rate.
         overwrite: discard the predictions of another run found in `output_dir`.
         progress: show a progress bar.
     """
@@ -137,6 +141,7 @@ class EvaluationConfig:
     threads: int | None = None
     index: str | None = None
     neighbours: int = 2
+    verify_names: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -180,12 +185,16 @@ class EvaluationConfig:
         }
         if self.do_sample:
             settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        if self.verify_names:
+            settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
         return settings
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `model.generate`."""
         settings = self.decoding() or {}
-        kwargs = {key: settings[key] for key in ("max_new_tokens", "num_beams", "do_sample")}
+        kwargs = {
+            key: settings[key] for key in ("max_new_tokens", "num_beams", "do_sample")
+        }  # verify_names: not a generate kwarg
         if self.min_new_tokens:
             kwargs["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
@@ -323,7 +332,10 @@ class _StepReporter:
 
 class GenerationPredictor:
     """Answers with the model, a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept,
-    `<graph>` and the graph tensors dropped). `on_step`, when set, is called at every generation step."""
+    `<graph>` and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the
+    pipeline's format); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by the first of
+    `VERIFY_CANDIDATES` beam candidates that reads back as the molecule. `on_step`, when set, is called at every
+    generation step."""
 
     def __init__(
         self,
@@ -333,8 +345,10 @@ class GenerationPredictor:
         include_graph: bool = True,
         index=None,
         neighbours: int = 2,
+        name_checker=None,
     ):
         self.model = model
+        self.name_checker = name_checker
         self.processor = processor
         self.generation_kwargs = generation_kwargs
         self.include_graph = include_graph
@@ -396,12 +410,31 @@ class GenerationPredictor:
                 return answers
             inputs = self._render([examples[position] for position in accepted])
         device = next(self.model.parameters()).device
+        settings = dict(self.generation_kwargs)
+        if self.name_checker is not None:
+            beams = max(VERIFY_CANDIDATES, settings.get("num_beams", 1))
+            settings.update(num_beams=beams, num_return_sequences=beams, do_sample=False)
         with torch.inference_mode():
-            output = self.model.generate(**inputs.to(device), **self.generation_kwargs, **self._step_criteria(inputs))
+            output = self.model.generate(**inputs.to(device), **settings, **self._step_criteria(inputs))
         texts = self.processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])
-        for position, text in zip(accepted, texts, strict=True):
-            answers[position] = text
+        per_row = len(texts) // len(accepted)
+        for row, position in enumerate(accepted):
+            candidates = texts[row * per_row : (row + 1) * per_row]
+            answers[position] = self._choose(examples[position], candidates)
         return answers
+
+    def _choose(self, example: EvalExample, candidates: list[str]) -> str:
+        """The first candidate; for a naming row with a name checker, the first whose name reads back as the
+        molecule (OPSIN reranking), else the first."""
+        if self.name_checker is None or example.task != "iupac" or len(candidates) == 1:
+            return candidates[0]
+        from .naming import inchikey
+
+        target = inchikey(example.smiles)
+        for candidate, key in zip(candidates, self.name_checker(candidates), strict=True):
+            if key is not None and key == target:
+                return candidate
+        return candidates[0]
 
 
 @dataclass
@@ -615,7 +648,19 @@ def _make_predictor(config: EvaluationConfig, state: RunState, model, processor)
         include_graph=config.baseline != "no-graph",
         index=state.index,
         neighbours=config.neighbours,
+        name_checker=_name_checker() if config.verify_names else None,
     )
+
+
+def _name_checker():
+    from llamo.retrieval import opsin_checker
+
+    from .naming import opsin_unavailable_reason
+
+    checker = opsin_checker()
+    if checker is None:
+        raise ValueError(f"verify_names needs OPSIN: {opsin_unavailable_reason()}")
+    return checker
 
 
 def _record(example: EvalExample, answer: str | Skip) -> PredictionRecord:

@@ -279,3 +279,24 @@ def test_a_full_disk_while_saving_an_index_leaves_no_partial_folder(index, tmp_p
     monkeypatch.undo()
     index.save(tmp_path / "idx")  # space is back: the same command works
     assert len(MoleculeIndex.load(tmp_path / "idx")) == len(index)
+
+
+def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
+    from llamo.evaluation.data import select_examples
+    from llamo.evaluation.runner import VERIFY_CANDIDATES, GenerationPredictor
+    from llamo.pipeline_llamo import _inchikey
+
+    model, processor = tiny_llamo
+    examples, _ = select_examples(name_records({"CCO": "ethanol", "CCN": "ethanamine"}))
+    seen = []
+
+    def checker(names):
+        seen.append(list(names))
+        return [None, _inchikey("CCO"), None, None][: len(names)]  # the second candidate names ethanol
+
+    predictor = GenerationPredictor(model, processor, {"max_new_tokens": 3}, name_checker=checker)
+    plain = GenerationPredictor(model, processor, {"max_new_tokens": 3, "num_beams": VERIFY_CANDIDATES})
+    answers = predictor(examples)
+    assert [len(names) for names in seen] == [VERIFY_CANDIDATES, VERIFY_CANDIDATES]
+    assert answers[0] == seen[0][1]  # verified candidate chosen over the first
+    assert answers[1] == seen[1][0] == plain(examples)[1]  # nothing verified: the best beam
