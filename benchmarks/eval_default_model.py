@@ -14,7 +14,9 @@ With `--neighbours K` the model answers with the K nearest entries of a molecule
 descriptions from the ChEBI-20 training side, names from the whole `chemicals` table and properties from 30,000 QM9
 molecules, the test molecules removed from both. Then `model` has the neighbours, `model, no index` does not,
 `no-graph` has them without graph tokens, and `retrieval` copies the nearest entry of the same index. Every run also
-reports its loop rate: the share of answers that reach the token limit.
+reports its loop rate: the share of answers that reach the token limit. Where OPSIN runs (Java), names are also
+evaluated with `verify_names` (OPSIN reranking of 4 beam candidates): that run's structure match is its verified
+rate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
+from llamo.evaluation.naming import opsin_unavailable_reason
 from llamo.processing.datasets import holdout_split
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
@@ -165,11 +168,13 @@ def main(config: EvalConfig) -> dict:
         runs = {"model": index, "no-graph": index, "retrieval": index}
         if index:
             runs["model, no index"] = None
+        if task == "iupac" and opsin_unavailable_reason() is None:
+            runs["model, verified names"] = index
         if task == "property":
             runs["mean"] = None
         rows = {}
         for name, run_index in runs.items():
-            baseline = {"model": None, "model, no index": None}.get(name, name)
+            baseline = {"model": None, "model, no index": None, "model, verified names": None}.get(name, name)
             trained = baseline in ("retrieval", "mean")
             output_dir = work / task / name.replace(", ", "-").replace(" ", "-")
             settings = EvaluationConfig(
@@ -187,6 +192,7 @@ def main(config: EvalConfig) -> dict:
                 max_rows=config.max_rows,
                 index=run_index,
                 neighbours=config.neighbours,
+                verify_names=name == "model, verified names",
             )
             rows[name] = headline(evaluate(settings), task)
             if not trained:
