@@ -15,7 +15,7 @@ def register(subparsers) -> None:
 
 
 def _add_evaluate_parser(subparsers) -> None:
-    from llamo.cli import DefaultsHelpFormatter  # loaded already: it builds the parser that calls `register`
+    from llamo.help_formatter import DefaultsHelpFormatter
 
     parser = subparsers.add_parser(
         "evaluate",
@@ -171,7 +171,7 @@ def format_summary(results: dict) -> str:
 def _run_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .predictions import RESULTS_FILE
     from .runner import evaluate
@@ -186,7 +186,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _run_setup_wordnet(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .wordnet import WordNetUnavailable, setup_wordnet
 

@@ -161,7 +161,7 @@ def _print_files(result) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .cards import CardError
     from .export import ExportError, export_model
@@ -183,7 +183,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .publish import PushError, plan_push, push_folder
 
@@ -209,7 +209,7 @@ def _run_push(args: argparse.Namespace) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .cards import CardError
     from .convert import CheckpointError, convert_original_checkpoint
@@ -237,7 +237,7 @@ def _run_convert(args: argparse.Namespace) -> None:
 
 
 def _run_dataset_card(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .cards import CardError, build_dataset_card
 

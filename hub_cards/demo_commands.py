@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     try:
         import gradio  # noqa: F401

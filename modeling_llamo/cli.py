@@ -7,7 +7,8 @@ import importlib
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
+from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
+from .help_formatter import DefaultsHelpFormatter
 
 FEATURE_COMMANDS = (
     "llamo.training.commands",
@@ -19,12 +20,9 @@ FEATURE_COMMANDS = (
 )
 """Modules that add subcommands: each has `register(subparsers)` and imports only the standard library at the top,
 so that `llamo --help` stays fast. A handler receives the parsed `argparse.Namespace`; it raises `CommandError` for
-errors the user can fix. Every module listed here must exist (tests/test_cli.py imports each one); at run time a
-missing one is skipped so that a partial install keeps `llamo init` / `generate` working."""
-
-
-class CommandError(Exception):
-    """An error the user can fix; printed without a traceback."""
+errors the user can fix (imported from `llamo.errors`, never from this module, which imports the command modules).
+Every module listed here must exist (tests/test_cli.py imports each one); at run time a missing one is skipped so
+that a partial install keeps `llamo init` / `generate` working."""
 
 
 def _add_init_parser(subparsers) -> None:
@@ -74,15 +72,6 @@ def _add_init_parser(subparsers) -> None:
         help="the SMILES text written before <graph> in prompts",
     )
     parser.set_defaults(handler=_run_init)
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default in its help, except the uninformative ones (None, and False for flags)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -377,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) != "generate" or any(extra.startswith("-") for extra in extras):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.arguments = [*args.arguments, *extras]
-    from .storage import EXIT_DISK_FULL, disk_full_message, is_disk_full
+    from .storage import disk_full_message, is_disk_full
 
     try:
         args.handler(args)
@@ -386,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:
         if not is_disk_full(error):
             raise
@@ -394,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DISK_FULL
     return 0
 
+
+__all__ = ["EXIT_USAGE", "FEATURE_COMMANDS", "CommandError", "DefaultsHelpFormatter", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

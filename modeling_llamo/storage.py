@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-EXIT_DISK_FULL = 74
-"""Exit status of a command stopped by a full disk (sysexits' EX_IOERR)."""
+from .errors import EXIT_DISK_FULL
 
 DISK_FULL_WORDINGS = ("No space left", "basic_ios::clear", "unexpected pos", "file write failed", "Disk quota exceeded")
 """How writers word a failed write when the disk is full (errno ENOSPC / EDQUOT), see the module docstring."""

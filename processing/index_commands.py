@@ -98,7 +98,7 @@ def build_index(
 def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):

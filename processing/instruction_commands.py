@@ -67,7 +67,7 @@ def register(subparsers) -> None:
 
 
 def _build_teacher(args: argparse.Namespace):
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .grounded_teacher import GroundedTeacher
     from .teachers import OpenAICompatibleTeacher, RequestBudget, RetryPolicy, TransformersTeacher
@@ -100,7 +100,7 @@ def _build_teacher(args: argparse.Namespace):
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     for name in ("max_turns", "concurrency", "max_tokens"):
         if getattr(args, name) < 1:
@@ -120,7 +120,7 @@ def run_generate_data(args: argparse.Namespace) -> None:
         level = logging.INFO if args.verbose else logging.WARNING
         logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
 
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     from .instruction_data import (
         ColumnNames,
