@@ -1,4 +1,5 @@
-"""The web demo (`hub_cards/space`): drawing, motif groups and attention, chat state, the page, `llamo demo`.
+"""The web demo (`hub_cards/space`): drawing, motif groups, their chemical names and attention, chat state, in-context
+neighbours, the page, `llamo demo`.
 
 The fast tests call the demo's plain functions with the tiny model; `test_demo_in_headless_chromium` (about 20 s, in
 the default run) serves the page and drives it in Debian's chromium. It is skipped when chromium, gradio or playwright
@@ -12,6 +13,7 @@ import argparse
 import ast
 import importlib.util
 import itertools
+import json
 import os
 import re
 import runpy
@@ -29,11 +31,16 @@ import pytest
 import torch
 from rdkit import Chem
 
+from llamo import add_neighbours
+from llamo.chat_template_llamo import NEIGHBOURS_INTRO, NEIGHBOURS_QUERY
 from llamo.featurization_llamo import functional_groups
-from llamo.hub_cards.space import chat, molecule_view, motif_attention
+from llamo.hub_cards.space import chat, group_names, molecule_view, motif_attention, neighbours
 from llamo.hub_cards.space.chat import conversation_messages, exchanges, generation_settings, stream_answer
 from llamo.hub_cards.space.demo import Demo, render_molecule
 from llamo.hub_cards.space.molecule_view import draw_molecule_svg, groups_table_html, load_molecule
+from llamo.hub_cards.space.neighbours import Retrieval
+from llamo.processing.index import MoleculeIndex
+from llamo.processing.schema import make_record
 
 from .conftest import SMILES, free_port, subprocess_env
 
@@ -155,6 +162,91 @@ def test_attention_shading_fades_the_least_attended_group():
 def test_group_palette_is_distinct_beyond_the_fixed_colors():
     colors = molecule_view.group_palette(40)
     assert len(colors) == len(set(colors)) == 40
+
+
+# Chemical names of the groups
+
+
+def _names(smiles: str) -> list[tuple[str, ...]]:
+    return [group.names for group in load_molecule(smiles).groups]
+
+
+def test_every_naming_rule_compiles():
+    assert len(group_names.compiled_rules()) == len(group_names.RULES)
+
+
+def test_aspirin_groups_are_an_ester_an_acid_and_a_benzene_ring():
+    assert _names(SMILES["aspirin"]) == [("ester",), ("carboxylic acid",), ("benzene ring",)]
+    table = groups_table_html(load_molecule(SMILES["aspirin"]).groups)
+    assert "Chemical group" in table and "carboxylic acid" in table
+    assert "C3O2; 3 single, 1 double bonds" in table  # the formula-like description stays beside the name
+
+
+def test_caffeine_groups_are_amides_and_heteroaromatic_rings():
+    view = load_molecule(SMILES["caffeine"])
+    names = {name for group in view.groups for name in group.names}
+    assert names == {"amide", "heteroaromatic ring"}
+    # a ring carbonyl is its own group of two atoms (C=O): two of the amide's three atoms name it, the ring
+    # system does not take the names of what hangs off it
+    assert [group.names for group in view.groups if group.atoms in {(6, 7), (9, 10)}] == [("amide",), ("amide",)]
+    assert all(group.names == ("heteroaromatic ring",) for group in view.groups if len(group.atoms) >= 5)
+
+
+def test_ethanol_is_an_alcohol_and_methane_has_no_named_group():
+    view = load_molecule("CCO")
+    assert {group.atoms: group.names for group in view.groups} == {(1, 2): ("alcohol",), (0, 1): ()}
+    assert load_molecule("C").groups == [] and group_names.group_names(Chem.MolFromSmiles("C"), []) == []
+    assert "&ndash;" in groups_table_html(view.groups)  # the unnamed C-C group
+
+
+@pytest.mark.parametrize(
+    ("smiles", "expected"),
+    [
+        ("CCN", {"primary amine"}),
+        ("CNC", {"secondary amine"}),
+        ("CN(C)C", {"tertiary amine"}),
+        ("CC(=O)N", {"amide"}),
+        ("CNC(=O)NC", {"urea"}),
+        ("CC#N", {"nitrile"}),
+        ("C[N+](=O)[O-]", {"nitro"}),
+        ("CCCl", {"halide"}),
+        ("CCS", {"thiol"}),
+        ("CSC", {"thioether"}),
+        ("CS(=O)(=O)N", {"sulfonamide"}),
+        ("CS(=O)(=O)O", {"sulfonic acid"}),
+        ("OP(=O)(O)O", {"phosphate"}),
+        ("CC=O", {"aldehyde"}),
+        ("CC(=O)C", {"ketone"}),
+        ("O=C1CCCC1", {"ketone"}),
+        ("CCOCC", {"ether"}),
+        ("c1ccccc1O", {"phenol", "benzene ring"}),
+        ("C=CC#C", {"alkene", "alkyne"}),
+        ("c1ccncc1", {"heteroaromatic ring"}),
+        ("c1ccc2[nH]ccc2c1", {"benzene ring", "heteroaromatic ring"}),
+        ("CC(=O)[O-].[Na+]", {"carboxylate", "metal ion"}),
+        ("[Na+].[Cl-]", {"metal ion", "halide ion"}),
+        (SMILES["glucose"], {"alcohol", "ether"}),
+    ],
+)
+def test_groups_are_named_by_their_chemistry(smiles, expected):
+    assert {name for names in _names(smiles) for name in names} == expected
+
+
+def test_a_general_name_gives_way_to_a_specific_one():
+    """An ester is not also a carbonyl or an ether, an acid not a hydroxyl, a benzene ring not 'aromatic ring'."""
+    for smiles in (SMILES["aspirin"], "CC(=O)C", "c1ccccc1O", "CNC(=O)NC"):
+        names = {name for group in _names(smiles) for name in group}
+        assert not names & {"carbonyl", "hydroxyl", "aromatic ring", "amide" if "urea" in names else "-"}
+    assert _names("CCOC(=O)C")[0] == ("ester",)
+
+
+def test_naming_a_large_molecule_is_bounded():
+    smiles = "OC(=O)" + "CC(O)C(=O)N" * 40  # 443 atoms
+    mol = Chem.MolFromSmiles(smiles)
+    start = time.perf_counter()
+    names = group_names.group_names(mol, functional_groups(mol))
+    assert time.perf_counter() - start < 5
+    assert names[0] == ("carboxylic acid",) and sum(group == ("amide",) for group in names) == 40
 
 
 # Bad and large molecules
@@ -306,17 +398,18 @@ def test_generation_failure_is_raised_not_hung(tiny_llamo):
 def test_demo_conversation_flow(tiny_llamo):
     model, processor = tiny_llamo
     demo = Demo(model, processor)
-    drawing, _, _, smiles, history, chat_status = demo.show(SMILES["aspirin"], True)
+    drawing, _, _, smiles, history, chat_status, neighbours = demo.show(SMILES["aspirin"], True)
     assert smiles == SMILES["aspirin"] and history == [] and chat_status == "" and "<svg" in drawing
+    assert neighbours == ""
     steps = list(demo.respond("Describe this molecule.", history, smiles, max_new_tokens=8))
     assert steps[0][0][-2:] == [
         {"role": "user", "content": "Describe this molecule."},
         {"role": "assistant", "content": ""},
     ]
-    history, question_box, final_status = steps[-1]
-    assert question_box == "" and len(history) == 2 and history[1]["content"]
+    history, question_box, final_status, panel = steps[-1]
+    assert question_box == "" and len(history) == 2 and history[1]["content"] and panel == ""  # no index: no panel
     assert "limit of 8 new tokens" in final_status  # the random tiny model never stops by itself
-    history, _, _ = list(demo.respond("And its name?", history, smiles, max_new_tokens=8))[-1]
+    history, _, _, _ = list(demo.respond("And its name?", history, smiles, max_new_tokens=8))[-1]
     assert [message["role"] for message in history] == ["user", "assistant", "user", "assistant"]
     # a new molecule starts a new conversation
     assert demo.show(SMILES["caffeine"], True)[4] == []
@@ -324,11 +417,11 @@ def test_demo_conversation_flow(tiny_llamo):
 
 def test_demo_chat_explains_what_is_missing(tiny_llamo):
     model, processor = tiny_llamo
-    history, question, status = list(Demo(model, processor).respond("Hi?", [], None))[-1]
+    history, question, status, _ = list(Demo(model, processor).respond("Hi?", [], None))[-1]
     assert history == [] and question == "Hi?" and "valid molecule" in status
-    history, _, status = list(Demo(unavailable="No bundled default model.").respond("Hi?", [], "CCO"))[-1]
+    history, _, status, _ = list(Demo(unavailable="No bundled default model.").respond("Hi?", [], "CCO"))[-1]
     assert history == [] and "No bundled default model." in status
-    assert list(Demo(model, processor).respond("   ", [], "CCO"))[-1] == ([], "", "")
+    assert list(Demo(model, processor).respond("   ", [], "CCO"))[-1] == ([], "", "", "")
 
 
 def test_demo_stop_button_marks_the_answer_stopped(tiny_llamo):
@@ -338,7 +431,7 @@ def test_demo_stop_button_marks_the_answer_stopped(tiny_llamo):
     next(steps)
     next(steps)
     demo.stop("s1")
-    history, _, status = list(steps)[-1]
+    history, _, status, _ = list(steps)[-1]
     assert "Stopped." in status and history[-1]["role"] == "assistant"
 
 
@@ -349,10 +442,171 @@ def test_new_molecule_during_an_answer_ends_it_with_an_empty_conversation(tiny_l
     next(steps)
     assert next(steps)[0][-1]["content"]
     assert demo.show(SMILES["caffeine"], True, session="s2")[4] == []
-    assert list(steps) == [([], "", "")]
+    assert list(steps) == [([], "", "", "")]
     assert (
         list(demo.respond("Hi?", [], SMILES["caffeine"], max_new_tokens=2, session="s2"))[-1][0][0]["content"] == "Hi?"
     )
+
+
+# In-context neighbours
+
+LONG_ANSWER = "benzoic acid " + "with a long description " * 40
+INDEX_NAMES = {
+    SMILES["aspirin"]: "2-acetyloxybenzoic acid",
+    "OC(=O)c1ccccc1O": "2-hydroxybenzoic acid",
+    "OC(=O)c1ccccc1": LONG_ANSWER,
+    "CCO": "ethanol",
+    "CCCO": "propan-1-ol",
+    "CC(=O)O": "acetic acid",
+}
+NAME_QUESTION = "What is its IUPAC name?"
+
+
+@pytest.fixture(scope="module")
+def name_index() -> MoleculeIndex:
+    """A tiny naming index (the records of tests/test_index.py's `name_records`), aspirin included."""
+    records = [
+        make_record(
+            f"t:{i}",
+            smiles,
+            [{"role": "user", "content": NAME_QUESTION}, {"role": "assistant", "content": name}],
+            "iupac",
+            "t",
+        )
+        for i, (smiles, name) in enumerate(INDEX_NAMES.items())
+    ]
+    index, counts = MoleculeIndex.from_records(records, "iupac", progress=False)
+    assert counts["indexed"] == len(INDEX_NAMES)
+    return index
+
+
+def _cards(panel: str) -> int:
+    return panel.count('class="llamo-neighbour"')
+
+
+def test_neighbours_panel_lists_the_nearest_molecules(tiny_llamo, name_index):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(name_index, neighbours=3))
+    steps = list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=4))
+    assert steps[0][3] == "" and all(step[3] == steps[-1][3] for step in steps[1:])  # shown while streaming
+    history, _, status, panel = steps[-1]
+    assert history[-1]["content"] and "failed" not in status
+    expected = name_index.neighbours(SMILES["aspirin"], k=3, question=NAME_QUESTION)
+    assert _cards(panel) == 3 and panel.count("<svg") == 3
+    positions = [panel.index(f"<code>{n.smiles}</code>") for n in expected]
+    assert positions == sorted(positions)  # most similar first
+    for neighbour in expected:
+        assert f"Tanimoto similarity {neighbour.similarity:.2f}" in panel
+    assert expected[0].exact and "2-acetyloxybenzoic acid" in panel
+    assert "The query molecule itself is in the index" in panel and panel.count("the query molecule itself") == 1
+    assert "the given index" in panel
+
+
+def test_neighbours_panel_without_the_query_in_the_index(tiny_llamo, name_index):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(name_index))
+    panel = list(demo.respond(NAME_QUESTION, [], "CCCCO", max_new_tokens=2))[-1][3]
+    assert _cards(panel) == neighbours.default_neighbours()
+    assert "itself" not in panel and "<code>CCCO</code>" in panel
+
+
+def test_prompt_holds_the_neighbours_in_the_pipelines_format(tiny_llamo, name_index, monkeypatch):
+    from llamo.hub_cards.space import demo as space_demo
+
+    model, processor = tiny_llamo
+    sent: list[list[dict]] = []
+    real_stream = space_demo.stream_answer
+
+    def recording_stream(model, processor, messages, *args, **kwargs):
+        sent.append(messages)
+        return real_stream(model, processor, messages, *args, **kwargs)
+
+    monkeypatch.setattr(space_demo, "stream_answer", recording_stream)
+    demo = Demo(model, processor, retrieval=Retrieval(name_index, neighbours=2))
+    history = list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=3))[-1][0]
+    found = name_index.neighbours(SMILES["aspirin"], k=2, question=NAME_QUESTION)
+    context = [{"smiles": n.smiles, "answer": n.answer} for n in found]
+    assert sent[0] == add_neighbours(conversation_messages(SMILES["aspirin"], [], NAME_QUESTION), context)
+    prompt = processor.apply_chat_template(sent[0], add_generation_prompt=True)
+    assert prompt.count(processor.graph_token) == 3  # two neighbours and the query
+    assert prompt.index(NEIGHBOURS_INTRO) < prompt.index("2-acetyloxybenzoic acid") < prompt.index(NEIGHBOURS_QUERY)
+    assert prompt.index(NEIGHBOURS_QUERY) < prompt.index(NAME_QUESTION)
+
+    list(demo.respond("And its formula?", history, SMILES["aspirin"], max_new_tokens=3))  # a follow-up
+    assert sent[1][0] == sent[0][0] and sent[1][1:3] == [history[1], {"role": "user", "content": "And its formula?"}]
+    inputs = processor.apply_chat_template(sent[1], add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert inputs["input_ids"].shape[1] > len(processor.tokenizer(NEIGHBOURS_INTRO)["input_ids"])
+
+
+def test_long_answers_are_cut_on_the_page_not_in_the_prompt(tiny_llamo, name_index):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(name_index, neighbours=1))
+    messages, panel = demo.in_context(conversation_messages("OC(=O)c1ccccc1", [], NAME_QUESTION), "OC(=O)c1ccccc1", "")
+    shown = re.search(r'<div class="llamo-answer">(.*?)</div>', panel).group(1)
+    assert len(shown) <= neighbours.SHOWN_ANSWER_CHARS and shown.endswith("\u2026")
+    assert " ".join(LONG_ANSWER.split()) in chat.content_text(messages[0]["content"])
+
+
+def test_no_index_no_panel_and_an_unchanged_prompt(tiny_llamo, name_index, tmp_path):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], [], NAME_QUESTION)
+    for retrieval in (None, Retrieval("none"), Retrieval(name_index, neighbours=0), Retrieval(None, tmp_path)):
+        demo = Demo(model, processor, retrieval=retrieval)
+        assert demo.in_context(messages, SMILES["aspirin"], NAME_QUESTION) == (messages, "")
+        assert list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=2))[-1][3] == ""
+
+
+def test_the_models_default_index_serves_its_task_only(tiny_llamo, name_index, tmp_path, monkeypatch):
+    from llamo import retrieval as llamo_retrieval
+
+    built = []
+
+    def default_index(task, **kwargs):
+        built.append(task)
+        return name_index
+
+    monkeypatch.setattr(llamo_retrieval, "default_index", default_index)
+    (tmp_path / llamo_retrieval.RETRIEVAL_FILE).write_text(
+        json.dumps({"neighbours": 1, "default_indexes": {"iupac": "chemicals"}}), encoding="utf-8"
+    )
+    model, processor = tiny_llamo
+    retrieval = Retrieval(None, tmp_path)
+    demo = Demo(model, processor, retrieval=retrieval)
+    assert retrieval.needs_loading(NAME_QUESTION) and not retrieval.needs_loading("Describe this molecule.")
+    steps = list(demo.respond(NAME_QUESTION, [], "CCCCO", max_new_tokens=2))
+    assert "Loading the molecule index" in steps[0][2]
+    assert _cards(steps[-1][3]) == 1 and "default iupac index" in steps[-1][3]
+    assert not retrieval.needs_loading(NAME_QUESTION)
+    assert list(demo.respond("Describe this molecule.", [], "CCCCO", max_new_tokens=2))[-1][3] == ""
+    list(demo.respond("What is it called?", [], "CCO", max_new_tokens=2))
+    assert built == ["iupac"]  # built (here: handed over) once, then reused
+
+
+def test_neighbours_are_capped_and_must_fit_the_processor(name_index):
+    retrieval = Retrieval(name_index, neighbours=100)
+    assert retrieval.index_for(NAME_QUESTION) == (name_index, neighbours.MAX_NEIGHBOURS)
+    mol = Chem.MolFromSmiles(SMILES["aspirin"])
+    small = retrieval.find(mol, NAME_QUESTION, max_atoms=4)  # ethanol, propanol and acetic acid only
+    assert sorted(n.smiles for n in small.neighbours) == ["CC(=O)O", "CCCO", "CCO"]
+
+
+def test_a_failing_index_leaves_the_answer_without_neighbours(tiny_llamo):
+    class BrokenIndex:
+        def neighbours(self, *args, **kwargs):
+            raise OSError("disk gone")
+
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(BrokenIndex()))
+    history, _, status, panel = list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=2))[-1]
+    assert history[-1]["content"] and "failed" not in status
+    assert "llamo-error" in panel and "disk gone" in panel and "no neighbours" in panel
+
+
+def test_a_new_molecule_clears_the_neighbours_panel(tiny_llamo, name_index):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(name_index))
+    assert _cards(list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=2))[-1][3]) == 2
+    assert demo.show(SMILES["caffeine"], True)[6] == ""
 
 
 # The page, the Space entry point and the command
@@ -378,6 +632,7 @@ def test_page_builds_without_launching(gradio, tiny_llamo):
         "chat",
         "question",
         "stop-button",
+        "neighbours",
     ):
         assert elem_id in config
     assert not blocks.is_running
@@ -406,6 +661,28 @@ def test_space_app_loads_a_model_folder(gradio, tiny_llamo_dir, monkeypatch):
     assert "Chat is unavailable" not in str(namespace["demo"].get_config_file())
 
 
+def test_space_app_serves_neighbours_from_llamo_index(gradio, tiny_llamo_dir, name_index, tmp_path, monkeypatch):
+    name_index.save(tmp_path / "index")
+    monkeypatch.setenv("LLAMO_MODEL", str(tiny_llamo_dir))
+    monkeypatch.setenv("LLAMO_INDEX", str(tmp_path / "index"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    from llamo.hub_cards.space import demo as space_demo
+
+    created = []
+    real_build = space_demo.build_demo
+
+    def build(*args, **kwargs):
+        created.append(kwargs.get("retrieval"))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(space_demo, "build_demo", build)
+    runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
+    assert len(created[0].index_for(NAME_QUESTION)[0]) == len(INDEX_NAMES)
+    monkeypatch.setenv("LLAMO_INDEX", str(tmp_path / "missing"))  # a bad setting: no neighbours, the page still works
+    namespace = runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
+    assert isinstance(namespace["demo"], gradio.Blocks) and not created[1].enabled
+
+
 def test_space_folder_has_its_files():
     readme = (SPACE / "README.md").read_text(encoding="utf-8")
     header = readme.split("---")[1]
@@ -426,6 +703,26 @@ def test_demo_command_options():
     assert (args.model, args.host, args.port, args.share) == (None, "127.0.0.1", 7860, False)
     args = _demo_parser().parse_args(["demo", "some/folder", "--host", "0.0.0.0", "--port", "9000", "--share"])
     assert (args.model, args.host, args.port, args.share) == ("some/folder", "0.0.0.0", 9000, True)
+
+
+def test_demo_command_index_options(gradio, tiny_llamo_dir, tmp_path):
+    from llamo.cli import CommandError
+    from llamo.hub_cards import demo_commands
+
+    args = _demo_parser().parse_args(["demo"])
+    assert (args.index, args.neighbours) == (None, None)
+    args = _demo_parser().parse_args(["demo", "--index", "some/index", "--neighbours", "3"])
+    assert (args.index, args.neighbours) == ("some/index", 3)
+    assert demo_commands.MAX_NEIGHBOURS == neighbours.MAX_NEIGHBOURS
+    args = _demo_parser().parse_args(["demo", str(tiny_llamo_dir), "--neighbours", "99"])
+    with pytest.raises(CommandError, match="--neighbours must be between 0 and"):
+        args.handler(args)
+    args = _demo_parser().parse_args(["demo", str(tiny_llamo_dir), "--index", str(tmp_path / "missing")])
+    with pytest.raises(CommandError, match="Index not found"):
+        args.handler(args)  # refused before the model loads or the server starts
+    args = _demo_parser().parse_args(["demo", str(tiny_llamo_dir), "--index", str(tmp_path)])
+    with pytest.raises(CommandError, match="not a saved molecule index"):
+        args.handler(args)
 
 
 def test_demo_command_reports_missing_models(gradio, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The LLaMo web demo (a Hugging Face Space): draw a molecule with the motif groups the projector reads, show how much
 the motif queries attend to each group, and chat with the model about the molecule.
 
-The logic lives in plain modules that need no browser: `molecule_view` (parsing, groups, drawing), `motif_attention`
-(the projector's attention over the groups) and `chat` (conversation building, streamed generation). `demo` builds
-the Gradio page from them; `app.py` is the Space entry point; `llamo demo` runs it locally.
+The logic lives in plain modules that need no browser: `molecule_view` (parsing, groups, drawing), `group_names`
+(chemical names of the groups, from SMARTS rules), `motif_attention` (the projector's attention over the groups),
+`chat` (conversation building, streamed generation) and `neighbours` (in-context neighbours from a molecule index).
+`demo` builds the Gradio page from them; `app.py` is the Space entry point; `llamo demo` runs it locally.
 """

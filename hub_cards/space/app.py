@@ -2,6 +2,8 @@
 
 The model is `LLAMO_MODEL` (a local folder or a Hub model id) or else the bundled default model of the `llamo`
 package. If neither can be loaded, the page still draws molecules and lists their groups, and says why chat is off.
+`LLAMO_INDEX` (a molecule index: folder or Hub dataset id, or `none`) and `LLAMO_NEIGHBOURS` (neighbours per answer)
+choose the in-context neighbours, as `llamo demo --index/--neighbours` do; unset, the model's default indexes apply.
 `PORT` / `GRADIO_SERVER_PORT` and `GRADIO_SERVER_NAME` are honoured as Gradio does.
 """
 
@@ -52,7 +54,25 @@ def create_demo():
     except Exception as error:  # the page still draws molecules; the header says why chat is off
         print(f"[llamo demo] no model: {error}", file=sys.stderr)
         return space_demo.build_demo(unavailable=f"the model could not be loaded ({error}).")
-    return space_demo.build_demo(model, processor, model_name=os.environ.get("LLAMO_MODEL") or folder.name)
+    retrieval = _retrieval(folder)
+    name = os.environ.get("LLAMO_MODEL") or folder.name
+    return space_demo.build_demo(model, processor, model_name=name, retrieval=retrieval)
+
+
+def _retrieval(folder: Path):
+    """The answers' in-context neighbours: `LLAMO_INDEX` / `LLAMO_NEIGHBOURS`, else the model's default indexes. A
+    bad setting turns neighbours off (the reason goes to the log) rather than the page."""
+    space_neighbours = _space_module("neighbours")
+    try:
+        neighbours = os.environ.get("LLAMO_NEIGHBOURS")
+        retrieval = space_neighbours.Retrieval(
+            os.environ.get("LLAMO_INDEX") or None, folder, int(neighbours) if neighbours else None
+        )
+        retrieval.preload()
+    except (OSError, ValueError) as error:
+        print(f"[llamo demo] no in-context neighbours: {error}", file=sys.stderr)
+        return space_neighbours.Retrieval(space_neighbours.NO_INDEX)
+    return retrieval
 
 
 demo = create_demo()

@@ -13,6 +13,7 @@ from pathlib import Path
 from .chat import MAX_NEW_TOKENS_CAP, StopRegistry, conversation_messages, generation_settings, stream_answer
 from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
 from .motif_attention import motif_attention, uses_motifs
+from .neighbours import Retrieval, neighbours_html, readable_molecule, retrieval_failed_html, with_neighbours
 
 DEFAULT_MAX_NEW_TOKENS = 256
 TITLE = "LLaMo: ask a language model about a molecular graph"
@@ -20,14 +21,19 @@ CSS = """
 .llamo-groups { border-collapse: collapse; font-size: 0.9em; }
 .llamo-groups td, .llamo-groups th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; }
 .llamo-drawing svg { max-width: 100%; height: auto; }
+.llamo-neighbour svg { max-width: 100%; height: auto; }
 """
 INTRO = (
     "Enter a molecule as SMILES (or pick an example). The drawing highlights the **functional groups** that LLaMo's "
-    "graph projector turns into motif tokens, one colour per group; the table lists them. With *shade by motif "
+    "graph projector turns into motif tokens, one colour per group; the table lists them, with their chemical names "
+    "where a rule knows them (ester, amide, benzene ring, ...). With *shade by motif "
     "attention*, a group's colour is as strong as the attention the projector's motif queries give it (averaged over "
     "queries and heads; not in the paper). Then ask the model about the molecule: follow-up questions keep the "
-    "conversation, a new molecule starts a new one."
+    "conversation, a new molecule starts a new one. Where a molecule index applies to the question, its most similar "
+    "known molecules and their answers go into the prompt, and are shown under the chat."
 )
+GENERATING = "Generating... (Stop ends the answer)"
+LOADING_INDEX = "Loading the molecule index (a default index is built once, on first use: this can take minutes)..."
 
 
 @dataclass
@@ -104,11 +110,19 @@ def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: str = 
 class Demo:
     """The demo's state shared by all sessions: the model (or why there is none) and the per-session stop flags."""
 
-    def __init__(self, model=None, processor=None, unavailable: str | None = None, model_name: str | None = None):
+    def __init__(
+        self,
+        model=None,
+        processor=None,
+        unavailable: str | None = None,
+        model_name: str | None = None,
+        retrieval: Retrieval | None = None,
+    ):
         self.model = model
         self.processor = processor
         self.unavailable = unavailable if model is None else None
         self.model_name = model_name
+        self.retrieval = retrieval
         self.stops = StopRegistry()
         self._conversations: dict[str, int] = {}
 
@@ -126,10 +140,11 @@ class Demo:
         self.stops.stop(session)
 
     def show(self, smiles: str, shade: bool, session: str = "local") -> tuple:
-        """A new molecule: its panels, and a fresh conversation (any answer in progress is dropped)."""
+        """A new molecule: its panels, and a fresh conversation (any answer in progress is dropped): `(drawing,
+        groups, status, current SMILES, chat history, chat status, neighbours panel)`."""
         self.new_conversation(session)
         panels = render_molecule(smiles, self.model, self.processor, shade)
-        return panels.drawing, panels.groups, panels.status, panels.smiles, [], ""
+        return panels.drawing, panels.groups, panels.status, panels.smiles, [], "", ""
 
     def reshade(self, smiles: str | None, shade: bool) -> tuple[str, str]:
         """Redraw the current molecule with or without attention shading (the conversation is kept)."""
@@ -147,46 +162,65 @@ class Demo:
         do_sample: bool = False,
         temperature: float = 0.7,
         session: str = "local",
-    ) -> Iterator[tuple[list[dict], str, str]]:
-        """Answer `question` about the current molecule, yielding `(chat history, question box, chat status)` as the
-        answer streams. Problems (no molecule, no model, a failed generation) go to the status, not exceptions.
-        If the conversation is reset meanwhile (`new_conversation`), generation stops and the last update is the empty
-        conversation."""
+    ) -> Iterator[tuple[list[dict], str, str, str]]:
+        """Answer `question` about the current molecule, yielding `(chat history, question box, chat status,
+        neighbours panel)` as the answer streams. Problems (no molecule, no model, a failed generation) go to the
+        status, not exceptions. Where an index applies to the question, its neighbours of the molecule go into the
+        prompt and the panel shows them; otherwise the panel is empty. If the conversation is reset meanwhile
+        (`new_conversation`), generation stops and the last update is the empty conversation."""
         conversation = self.conversation(session)
         history = list(history or [])
         question = (question or "").strip()
         if not question:
-            yield history, "", ""
+            yield history, "", "", ""
             return
         if not self.can_chat:
-            yield history, question, message_html(self.unavailable or "No model is loaded: chat is unavailable.")
+            yield history, question, message_html(self.unavailable or "No model is loaded: chat is unavailable."), ""
             return
         if not smiles:
-            yield history, question, message_html("Enter a valid molecule first (SMILES box, then Show molecule).")
+            yield history, question, message_html("Enter a valid molecule first (SMILES box, then Show molecule)."), ""
             return
-        messages = conversation_messages(smiles, history, question)
         settings = generation_settings(max_new_tokens, do_sample, temperature)
+        messages = conversation_messages(smiles, history, question)
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        yield history, "", message_html("Generating... (Stop ends the answer)", kind="info")
+        loading = self.retrieval is not None and self.retrieval.needs_loading(question)
+        yield history, "", message_html(LOADING_INDEX if loading else GENERATING, kind="info"), ""
         stop = self.stops.start(session)
-        answer, status, stats = "", "", {}
+        answer, status, panel, stats = "", "", "", {}
         try:
+            messages, panel = self.in_context(messages, smiles, question)
             for answer in stream_answer(self.model, self.processor, messages, settings, stop, stats):
                 if self.conversation(session) != conversation:
                     break
                 history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
-                yield history, "", message_html("Generating... (Stop ends the answer)", kind="info")
+                yield history, "", message_html(GENERATING, kind="info"), panel
             status = _end_note(stop.is_set(), stats.get("new_tokens", 0), settings["max_new_tokens"])
         except Exception as error:
             status = message_html(f"Generation failed: {error}")
         finally:
             self.stops.finish(session, stop)
         if self.conversation(session) != conversation:
-            yield [], "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
+            yield [], "", "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
             return
         if not answer.strip():
             history = [*history[:-1], {"role": "assistant", "content": "(no answer)"}]
-        yield history, "", status
+        yield history, "", status, panel
+
+    def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str]:
+        """`messages` with the neighbours of `smiles` for `question` in the first user turn, and the neighbours
+        panel; unchanged, and no panel, where no index applies. The query is read within the processor's limits
+        first; an index that fails leaves the messages unchanged and says so in the panel."""
+        if self.retrieval is None:
+            return messages, ""
+        max_atoms = self.processor.max_atoms
+        mol = readable_molecule(smiles, max_atoms)
+        if mol is None:
+            return messages, ""  # the generation reports why the molecule cannot be read
+        try:
+            context = self.retrieval.find(mol, question, max_atoms)
+        except Exception as error:  # the answer goes on without neighbours
+            return messages, retrieval_failed_html(error)
+        return with_neighbours(messages, context), neighbours_html(context, max_atoms)
 
     def stop(self, session: str = "local") -> None:
         self.stops.stop(session)
@@ -221,12 +255,14 @@ def build_demo(
     unavailable: str | None = None,
     model_name: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    retrieval: Retrieval | None = None,
 ):
     """The Gradio page (a `gr.Blocks`, not launched). Without a model, molecules are drawn and listed, and the chat
-    says why it is unavailable (`unavailable`)."""
+    says why it is unavailable (`unavailable`). With `retrieval`, answers get in-context neighbours where an index
+    applies, shown under the chat."""
     import gradio as gr
 
-    demo = Demo(model, processor, unavailable, model_name)
+    demo = Demo(model, processor, unavailable, model_name, retrieval)
     with gr.Blocks(title="LLaMo demo", analytics_enabled=False) as blocks:
         gr.Markdown(_header(demo), elem_id="intro")
         current = gr.State(None)
@@ -258,6 +294,7 @@ def build_demo(
                     stop = gr.Button("Stop", elem_id="stop-button")
                     clear = gr.Button("New conversation", elem_id="clear-button")
                 chat_status = gr.HTML(elem_id="chat-status")
+                neighbours = gr.HTML(elem_id="neighbours")
                 with gr.Accordion("Generation settings", open=False):
                     limit = gr.Slider(
                         16,
@@ -280,19 +317,19 @@ def build_demo(
 
         def on_clear(request: gr.Request):
             demo.new_conversation(_session(request))
-            return [], ""
+            return [], "", ""
 
         chat_inputs = [question, chatbot, current, limit, sample, temperature]
-        chat_outputs = [chatbot, question, chat_status]
+        chat_outputs = [chatbot, question, chat_status, neighbours]
         send.click(on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
         question.submit(on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
-        molecule_outputs = [drawing, groups, status, current, chatbot, chat_status]
+        molecule_outputs = [drawing, groups, status, current, chatbot, chat_status, neighbours]
         show.click(on_show, [smiles, shade], molecule_outputs)
         smiles.submit(on_show, [smiles, shade], molecule_outputs)
         examples.load_input_event.then(on_show, [smiles, shade], molecule_outputs)
         shade.change(demo.reshade, [current, shade], [drawing, groups])
         stop.click(on_stop, None, None, concurrency_limit=None)
-        clear.click(on_clear, None, [chatbot, chat_status], concurrency_limit=None)
+        clear.click(on_clear, None, [chatbot, chat_status, neighbours], concurrency_limit=None)
     blocks.queue(default_concurrency_limit=1, max_size=32)
     return blocks
 
@@ -306,14 +343,22 @@ def launch_demo(
     dtype: str = "auto",
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     prevent_thread_lock: bool = False,
+    index: str | None = None,
+    neighbours: int | None = None,
 ):
     """Load the model (`model_dir`, or the bundled default) and serve the page; returns the `gr.Blocks`.
 
-    Raises the loading errors of `resolve_model_dir` (a missing folder, an unavailable default model)."""
+    `index` (a folder or Hub dataset id, `"none"`, or `None`: the model's default indexes) and `neighbours` say which
+    in-context neighbours answers get, as for `llamo generate`.
+
+    Raises the loading errors of `resolve_model_dir` (a missing folder, an unavailable default model) and of a given
+    index (`FileNotFoundError`, `ValueError`), before the server starts."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     folder = resolve_model_dir(model_dir)
+    retrieval = Retrieval(index, folder, neighbours)
+    retrieval.preload()
     model, processor = load_model(folder, device, dtype)
-    blocks = build_demo(model, processor, model_name=str(folder), max_new_tokens=max_new_tokens)
+    blocks = build_demo(model, processor, model_name=str(folder), max_new_tokens=max_new_tokens, retrieval=retrieval)
     blocks.launch(
         server_name=host,
         server_port=port,

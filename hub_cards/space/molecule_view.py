@@ -14,6 +14,8 @@ from rdkit.Chem.Draw import rdMolDraw2D
 
 from llamo.featurization_llamo import OversizedMoleculeError, check_size, functional_groups, parse_smiles
 
+from .group_names import group_names
+
 Color = tuple[float, float, float]
 
 EXAMPLES: tuple[tuple[str, str], ...] = (
@@ -57,12 +59,14 @@ _BOND_NAMES = {
 
 @dataclass(frozen=True)
 class MotifGroup:
-    """One functional group of LLaMo's motif tokens (row `index` of the processor's `motif_features`)."""
+    """One functional group of LLaMo's motif tokens (row `index` of the processor's `motif_features`). `names` are
+    its chemical names (`group_names`), empty where no rule knows the group."""
 
     index: int
     atoms: tuple[int, ...]
     description: str
     color: Color
+    names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -125,12 +129,14 @@ def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
 
 
 def motif_groups(mol: Chem.Mol) -> list[MotifGroup]:
-    """LLaMo's functional groups of `mol`, in the order of the processor's motif rows, each with a colour."""
+    """LLaMo's functional groups of `mol`, in the order of the processor's motif rows, each with a colour and its
+    chemical names."""
     atom_sets = functional_groups(mol)
     colors = group_palette(len(atom_sets))
+    names = group_names(mol, atom_sets)
     return [
-        MotifGroup(index, tuple(sorted(atoms)), describe_group(mol, atoms), color)
-        for index, (atoms, color) in enumerate(zip(atom_sets, colors, strict=True))
+        MotifGroup(index, tuple(sorted(atoms)), describe_group(mol, atoms), color, group_kinds)
+        for index, (atoms, color, group_kinds) in enumerate(zip(atom_sets, colors, names, strict=True))
     ]
 
 
@@ -198,12 +204,14 @@ def draw_molecule_svg(
     groups: Sequence[MotifGroup] = (),
     weights: Sequence[float] | None = None,
     size: tuple[int, int] = DRAWING_SIZE,
+    atom_indices: bool = True,
 ) -> str:
     """An SVG drawing of `mol` (without XML declaration, ready to embed in HTML), each group highlighted in its
-    colour (shaded by attention `weights` if given). Molecules over `HIGHLIGHT_MAX_ATOMS` are drawn plain."""
+    colour (shaded by attention `weights` if given). Molecules over `HIGHLIGHT_MAX_ATOMS` are drawn plain, and atom
+    indices are written (with `atom_indices`) up to `ATOM_INDEX_MAX_ATOMS` atoms."""
     drawer = rdMolDraw2D.MolDraw2DSVG(*size)
     options = drawer.drawOptions()
-    options.addAtomIndices = mol.GetNumAtoms() <= ATOM_INDEX_MAX_ATOMS
+    options.addAtomIndices = atom_indices and mol.GetNumAtoms() <= ATOM_INDEX_MAX_ATOMS
     options.annotationFontScale = 0.6
     prepared = rdMolDraw2D.PrepareMolForDrawing(mol, addChiralHs=False)
     if groups and mol.GetNumAtoms() <= HIGHLIGHT_MAX_ATOMS:
@@ -233,19 +241,22 @@ def drawing_html(view: MoleculeView, weights: Sequence[float] | None = None) -> 
 
 
 def groups_table_html(groups: Sequence[MotifGroup], weights: Sequence[float] | None = None) -> str:
-    """An HTML table of the groups: colour, index, atoms, description and, if given, the motif attention weight."""
+    """An HTML table of the groups: colour, index, atoms, chemical names, description and, if given, the motif
+    attention weight."""
     if not groups:
         return (
             '<p class="llamo-no-groups">No functional groups: LLaMo\'s rule set finds none in this molecule, so the '
             "motif tokens are the projector's raw motif queries (there is no motif attention to show).</p>"
         )
     with_weights = weights is not None and len(weights) == len(groups)
-    header = "<th></th><th>Group</th><th>Atoms</th><th>Description</th>"
+    header = "<th></th><th>Group</th><th>Atoms</th><th>Chemical group</th><th>Description</th>"
     header += "<th>Motif attention</th>" if with_weights else ""
     rows = []
     for position, group in enumerate(groups):
         swatch = f'<span style="display:inline-block;width:1em;height:1em;background:{_hex(group.color)}"></span>'
-        cells = [swatch, str(group.index), ", ".join(map(str, group.atoms)), html.escape(group.description)]
+        names = html.escape(", ".join(group.names)) if group.names else "&ndash;"
+        atoms = ", ".join(map(str, group.atoms))
+        cells = [swatch, str(group.index), atoms, names, html.escape(group.description)]
         if with_weights:
             share = float(weights[position])
             bar = f'<span style="display:inline-block;height:0.7em;width:{share * 6:.2f}em;background:#888"></span>'

@@ -1,0 +1,227 @@
+"""In-context neighbours in the demo: which molecule index a question uses, its nearest entries to the query
+molecule, the conversation with them in the prompt (the pipeline's format), and the page's panel that shows them.
+
+No browser needed; an index (`llamo.processing.index.MoleculeIndex`) is loaded only when a question needs it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rdkit import Chem
+
+from llamo.featurization_llamo import OversizedMoleculeError, check_size, parse_smiles
+
+from .molecule_view import draw_molecule_svg, message_html
+
+MAX_NEIGHBOURS = 8
+"""No answer gets more neighbours than this, whatever `--neighbours` asks (the prompt stays bounded)."""
+SHOWN_ANSWER_CHARS = 300
+"""A neighbour's answer is cut to this many characters on the page."""
+PROMPT_ANSWER_CHARS = 2000
+"""A neighbour's answer is cut to this many characters in the prompt (index answers are usually far shorter)."""
+SHOWN_SMILES_CHARS = 80
+NEIGHBOUR_DRAWING_SIZE = (200, 150)
+
+NO_INDEX = "none"
+"""The `index` choice that turns neighbours off."""
+
+
+@dataclass
+class InContext:
+    """The neighbours one answer uses, and where they come from (`source`, for the page)."""
+
+    neighbours: list[Any]
+    source: str
+
+    @property
+    def found_query(self) -> bool:
+        """Whether the query molecule itself is in the index (its entry comes first)."""
+        return bool(self.neighbours) and bool(getattr(self.neighbours[0], "exact", False))
+
+
+def default_neighbours() -> int:
+    """The pipeline's neighbours per question when neither the model nor `--neighbours` says."""
+    from llamo.pipeline_llamo import DEFAULT_NEIGHBOURS
+
+    return DEFAULT_NEIGHBOURS
+
+
+class Retrieval:
+    """Which molecule index the demo's answers use, like `llamo generate --index`: a given index for every question,
+    or the model folder's default index for the question's task (`llamo_retrieval.json`: packaged PubChem names for
+    naming questions, QM9 for HOMO/LUMO questions), or none.
+
+    Args:
+        index: a folder or Hub dataset id, a loaded `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the model's
+            default indexes).
+        model_dir: the model folder whose `llamo_retrieval.json` names the default indexes and neighbours.
+        neighbours: neighbours per answer (capped at `MAX_NEIGHBOURS`; 0 turns them off); default: the model's, else
+            the pipeline's.
+    """
+
+    def __init__(
+        self, index: Any = None, model_dir: str | os.PathLike | None = None, neighbours: int | None = None
+    ) -> None:
+        self.choice = index
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.neighbours = neighbours
+        self._loaded: dict[str, tuple[Any, int | None]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.choice != NO_INDEX and self.neighbours != 0
+
+    @property
+    def given(self) -> bool:
+        """Whether an index was given (every question uses it), rather than the model's defaults."""
+        return self.choice not in (None, "auto", NO_INDEX)
+
+    def _key(self, question: str) -> str:
+        from llamo.retrieval import question_task
+
+        return "given" if self.given else question_task(question)
+
+    def needs_loading(self, question: str) -> bool:
+        """Whether answering `question` first loads (or, for a default index, builds) an index."""
+        if not self.enabled or self._key(question) in self._loaded:
+            return False
+        if self.given:
+            return not hasattr(self.choice, "neighbours")
+        from llamo.retrieval import retrieval_settings
+
+        return self._key(question) in retrieval_settings(self.model_dir).get("default_indexes", {})
+
+    def preload(self) -> None:
+        """Load a given index now, so that a bad folder or Hub id fails at start-up rather than at the first answer.
+
+        Raises:
+            FileNotFoundError, ValueError: the index cannot be found or is not a molecule index.
+        """
+        if self.enabled and self.given:
+            self.index_for("")
+
+    def index_for(self, question: str) -> tuple[Any, int]:
+        """`(index, k)` for `question`, or `(None, 0)` where no index applies; each index is loaded once."""
+        if not self.enabled:
+            return None, 0
+        key = self._key(question)
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = self._load(question)
+        index, model_k = self._loaded[key]
+        if index is None:
+            return None, 0
+        wanted = self.neighbours if self.neighbours is not None else model_k
+        return index, max(0, min(wanted if wanted is not None else default_neighbours(), MAX_NEIGHBOURS))
+
+    def _load(self, question: str) -> tuple[Any, int | None]:
+        from llamo import retrieval
+
+        if hasattr(self.choice, "neighbours"):  # a loaded index
+            return self.choice, retrieval.retrieval_settings(self.model_dir).get("neighbours")
+        choice = str(self.choice) if self.given else None
+        return retrieval.load_index(choice, self.model_dir, question)
+
+    def source(self, question: str) -> str:
+        """Where the neighbours of `question` come from, in words."""
+        if self.given:
+            return "the given index" if hasattr(self.choice, "neighbours") else f"the index {self.choice}"
+        return f"the model's default {self._key(question)} index"
+
+    def find(self, mol: Chem.Mol, question: str, max_atoms: int | None) -> InContext:
+        """The neighbours of the query molecule `mol` for `question` (none where no index applies). Neighbours the
+        processor could not read (over `max_atoms`, unparsable) are left out, as the prompt must hold them."""
+        index, k = self.index_for(question)
+        if index is None or k == 0:
+            return InContext([], "")
+        found = index.neighbours(mol, k=k, question=question or None)
+        usable = [neighbour for neighbour in found if readable_molecule(neighbour.smiles, max_atoms) is not None]
+        return InContext(usable, self.source(question))
+
+
+def readable_molecule(smiles: str, max_atoms: int | None) -> Chem.Mol | None:
+    """The molecule of `smiles` if the processor can read it (parsable, within `max_atoms`), else `None`. Size bounds
+    are checked before RDKit parses the text."""
+    try:
+        mol = parse_smiles(smiles, max_atoms=max_atoms)
+        check_size(mol, max_atoms, smiles)
+    except (OversizedMoleculeError, ValueError):
+        return None
+    return mol
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` with runs of white space made single, cut to `limit` characters (ending in an ellipsis)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "\u2026"
+
+
+def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
+    """`messages` with the neighbours put before the first user turn's question (`llamo.add_neighbours`, the
+    pipeline's format); answers over `PROMPT_ANSWER_CHARS` are cut. Unchanged without neighbours."""
+    if not context.neighbours:
+        return messages
+    from llamo import add_neighbours
+
+    entries = [{"smiles": n.smiles, "answer": cut(n.answer, PROMPT_ANSWER_CHARS)} for n in context.neighbours]
+    return add_neighbours(messages, entries)
+
+
+def _neighbour_card(rank: int, neighbour: Any, max_atoms: int | None) -> str:
+    """One neighbour on the page: a small drawing, its SMILES, similarity, and known answer (cut)."""
+    mol = readable_molecule(neighbour.smiles, max_atoms)
+    drawing = draw_molecule_svg(mol, size=NEIGHBOUR_DRAWING_SIZE, atom_indices=False) if mol is not None else ""
+    same = " &middot; <b>the query molecule itself</b>" if neighbour.exact else ""
+    smiles = html.escape(cut(neighbour.smiles, SHOWN_SMILES_CHARS))
+    return (
+        f'<div class="llamo-neighbour" style="flex:0 1 {NEIGHBOUR_DRAWING_SIZE[0] + 20}px;font-size:0.85em">'
+        f"{drawing}<div><b>{rank}.</b> <code>{smiles}</code></div>"
+        f'<div class="llamo-similarity">Tanimoto similarity {neighbour.similarity:.2f}{same}</div>'
+        f'<div class="llamo-answer">{html.escape(cut(neighbour.answer, SHOWN_ANSWER_CHARS))}</div></div>'
+    )
+
+
+def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
+    """The page's neighbours panel: a heading, a note when the query molecule is in the index, one card per
+    neighbour. Empty without neighbours (no panel)."""
+    if not context.neighbours:
+        return ""
+    count = len(context.neighbours)
+    molecules = "molecule" if count == 1 else "molecules"
+    heading = (
+        f"<p><b>In context:</b> {count} known {molecules} from {html.escape(context.source)}, most similar first "
+        "(Tanimoto similarity of Morgan fingerprints), with their answers, precede the question in the prompt.</p>"
+    )
+    exact = ""
+    if context.found_query:
+        exact = (
+            '<p class="llamo-exact"><b>The query molecule itself is in the index</b> (neighbour 1): the model sees '
+            "its known answer.</p>"
+        )
+    cards = "".join(_neighbour_card(rank, n, max_atoms) for rank, n in enumerate(context.neighbours, start=1))
+    return (
+        f'<div class="llamo-neighbours">{heading}{exact}'
+        f'<div style="display:flex;flex-wrap:wrap;gap:8px">{cards}</div></div>'
+    )
+
+
+def retrieval_failed_html(error: Exception) -> str:
+    """The panel when the index could not be used: the answer goes on without neighbours."""
+    return message_html(f"The molecule index could not be used ({error}); this answer has no neighbours.")
+
+
+__all__ = [
+    "MAX_NEIGHBOURS",
+    "InContext",
+    "Retrieval",
+    "neighbours_html",
+    "retrieval_failed_html",
+    "with_neighbours",
+]
