@@ -67,35 +67,23 @@ def register(subparsers) -> None:
 
 
 def _build_teacher(args: argparse.Namespace):
-    from llamo.errors import CommandError
+    from .teachers import build_teacher
 
-    from .grounded_teacher import GroundedTeacher
-    from .teachers import OpenAICompatibleTeacher, RequestBudget, RetryPolicy, TransformersTeacher
-
-    if args.teacher == "grounded":
-        return GroundedTeacher(max_turns=min(7, args.max_turns), min_turns=min(4, args.max_turns))
-    if not args.model:
-        raise CommandError(f"--teacher {args.teacher} needs --model.")
-    budget = RequestBudget(args.max_requests)
-    if args.teacher == "transformers":
-        return TransformersTeacher(
-            args.model,
-            max_new_tokens=args.max_tokens,
-            temperature=args.temperature,
-            device=args.device,
-            dtype=args.dtype,
-            budget=budget,
-        )
-    retry = RetryPolicy(max_retries=args.retries, initial_backoff=args.backoff, max_backoff=args.max_backoff)
-    return OpenAICompatibleTeacher(
+    return build_teacher(
+        args.teacher,
         args.model,
+        max_turns=args.max_turns,
+        max_requests=args.max_requests,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
         timeout=args.timeout,
-        retry=retry,
-        budget=budget,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
+        retries=args.retries,
+        backoff=args.backoff,
+        max_backoff=args.max_backoff,
+        device=args.device,
+        dtype=args.dtype,
     )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -868,6 +869,53 @@ def _generate(molecules: MoleculeInput, teacher, store: ConversationStore, confi
     return summary
 
 
+def read_summary(output: str | Path) -> dict[str, Any] | None:
+    """The summary an earlier run wrote beside `output` (`<output>.summary.json`), None when there is none yet or it
+    cannot be read (the next run writes it again)."""
+    path = ConversationStore(output).summary_path
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+_INPUT_SETTINGS = ("format", "id_prefix", "limit")
+
+
+def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """One `generate_conversations` run described by a dict, as a training recipe's `conversations` step gives it.
+
+    Keys: `input` and `output` (required); `teacher` (default `grounded`) and the options of
+    `teachers.build_teacher` (`model`, `max_requests`, `temperature`, ...); the input's `format`, `id_prefix` and
+    `limit` (see `read_molecules`); any `GenerationConfig` field (`max_turns`, `seed`, ...; no progress bar unless
+    `show_progress`). An unknown key raises `ValueError`. Returns the summary.
+    """
+    from dataclasses import fields
+
+    from .teachers import build_teacher
+
+    options = {key: value for key, value in settings.items() if value is not None}
+    missing = [key for key in ("input", "output") if options.get(key) in (None, "")]
+    if missing:
+        raise ValueError(f"The conversations settings need {' and '.join(missing)}.")
+    source, output, kind = options.pop("input"), options.pop("output"), options.pop("teacher", "grounded")
+    reading = {key: options.pop(key) for key in _INPUT_SETTINGS if key in options}
+    config_fields = {item.name for item in fields(GenerationConfig)}
+    config = GenerationConfig(
+        **{"show_progress": False, **{k: options.pop(k) for k in list(options) if k in config_fields}}
+    )
+    teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}
+    unknown = sorted(set(options) - teacher_options)
+    if unknown:
+        raise ValueError(f"Unknown conversations settings {unknown}: see llamo generate-data --help.")
+    teacher = build_teacher(kind, max_turns=config.max_turns, **options)
+    molecules = read_molecules(
+        source, reading.get("format", "auto"), id_prefix=reading.get("id_prefix", ""), limit=reading.get("limit")
+    )
+    return generate_conversations(molecules, teacher, output, config)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable account of a summary."""
 
@@ -934,6 +982,7 @@ __all__ = [
     "detect_format",
     "format_summary",
     "generate_conversations",
+    "generate_from_settings",
     "generate_one",
     "judge_reply",
     "load_generated_conversations",
@@ -941,4 +990,5 @@ __all__ = [
     "pick_exemplars",
     "read_jsonl",
     "read_molecules",
+    "read_summary",
 ]

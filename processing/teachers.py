@@ -418,8 +418,58 @@ class TransformersTeacher:
         return TeacherReply(text=text, finish_reason=finish, usage=usage)
 
 
+TEACHERS = ("openai", "transformers", "grounded")
+
+
+def build_teacher(
+    kind: str,
+    model: str | None = None,
+    *,
+    max_turns: int = 8,
+    max_requests: int | None = None,
+    temperature: float = 0.7,
+    max_tokens: int = 1024,
+    base_url: str = DEFAULT_BASE_URL,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    device: str = "auto",
+    dtype: str = "auto",
+):
+    """The teacher `kind` (one of `TEACHERS`), as `llamo generate-data --teacher KIND` and a recipe's
+    `conversations` step build it. `model` is required by `openai` (a model name) and `transformers` (a folder or Hub
+    id); the grounded teacher writes at most `min(7, max_turns)` turns. Raises `ValueError` for what the user can fix.
+    """
+    if kind == "grounded":
+        from .grounded_teacher import GroundedTeacher
+
+        return GroundedTeacher(max_turns=min(7, max_turns), min_turns=min(4, max_turns))
+    if kind not in TEACHERS:
+        raise ValueError(f"Unknown teacher {kind!r}: choose one of {', '.join(TEACHERS)}.")
+    if not model:
+        raise ValueError(f"--teacher {kind} needs --model (a recipe: `model`).")
+    budget = RequestBudget(max_requests)
+    if kind == "transformers":
+        return TransformersTeacher(
+            model, max_new_tokens=max_tokens, temperature=temperature, device=device, dtype=dtype, budget=budget
+        )
+    return OpenAICompatibleTeacher(
+        model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        timeout=timeout,
+        retry=RetryPolicy(max_retries=retries, initial_backoff=backoff, max_backoff=max_backoff),
+        budget=budget,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+
+
 __all__ = [
     "DEFAULT_BASE_URL",
+    "TEACHERS",
     "BudgetExhausted",
     "GenerationStopped",
     "OpenAICompatibleTeacher",
@@ -430,6 +480,7 @@ __all__ = [
     "TeacherFatalError",
     "TeacherReply",
     "TransformersTeacher",
+    "build_teacher",
     "chat_completions_url",
     "parse_retry_after",
 ]

@@ -929,3 +929,30 @@ def test_missing_input_and_bad_numbers_are_clear_errors(tmp_path, capsys):
     assert main(["generate-data", str(source), "-o", "o.jsonl", "--teacher", "openai"]) == 2
     assert "needs --model" in capsys.readouterr().err
     assert not os.path.exists("o.jsonl")
+
+
+def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete_output(tmp_path, monkeypatch):
+    from llamo.processing import instruction_data
+    from llamo.training.pipeline import _generate_conversations
+
+    rows = CHEBI_VALIDATION.read_text(encoding="utf-8").splitlines()
+    subset = tmp_path / "chebi.txt"
+    subset.write_text("\n".join(rows[:4]) + "\n", encoding="utf-8")
+    output = tmp_path / "conversations.jsonl"
+    settings = {"input": str(subset), "output": str(output), "teacher": "grounded", "id_prefix": "chebi20:"}
+    logged = []
+    _generate_conversations({**settings, "limit": None, "max_turns": 5}, logged.append)
+    summary = instruction_data.read_summary(output)
+    assert summary["complete"] is True and summary["generated"] == 3 and summary["settings"]["max_turns"] == 5
+    assert load_generated_conversations(output)["id"][0].startswith("chebi20:")
+    assert any("3 generated" in line for line in logged)
+
+    monkeypatch.setattr(instruction_data, "generate_conversations", lambda *args: pytest.fail("generated again"))
+    _generate_conversations(settings, logged.append)
+    assert logged[-1] == f"[pipeline] conversations already in {output}"
+    with pytest.raises(ValueError, match="max_turn"):
+        instruction_data.generate_from_settings({**settings, "max_turn": 5})  # a typo is refused, not ignored
+    with pytest.raises(ValueError, match="needs --model"):
+        instruction_data.generate_from_settings({**settings, "teacher": "openai"})
+    (tmp_path / "conversations.jsonl.summary.json").write_text("{not json")
+    assert instruction_data.read_summary(output) is None

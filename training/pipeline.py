@@ -160,27 +160,19 @@ def run(config: PipelineConfig, log=print) -> Path:
 
 
 def _generate_conversations(settings: dict[str, Any], log) -> None:
-    from llamo.cli import main as cli_main
+    from llamo.processing.instruction_data import format_summary, generate_from_settings, read_summary
+    from llamo.processing.teachers import TeacherError
 
-    output = Path(settings["output"])
-    summary = output.with_name(output.name + ".summary.json")
-    if summary.is_file() and '"complete": true' in summary.read_text():
-        log(f"[pipeline] conversations already in {output}")
+    summary = read_summary(settings["output"])
+    if summary is not None and summary.get("complete") is True:
+        log(f"[pipeline] conversations already in {settings['output']}")
         return
-    argv = [
-        "generate-data",
-        str(settings["input"]),
-        "-o",
-        str(output),
-        "--teacher",
-        settings.get("teacher", "grounded"),
-        "--no-progress",
-    ]
-    for key in ("limit", "max_turns", "seed", "id_prefix"):
-        if settings.get(key) is not None:
-            argv += [f"--{key.replace('_', '-')}", str(settings[key])]
-    if cli_main(argv) != 0:
-        raise RuntimeError("instruction-data generation failed (see above)")
+    log(f"[pipeline] conversations -> {settings['output']}")
+    try:
+        summary = generate_from_settings(settings)
+    except TeacherError as error:
+        raise RuntimeError(f"instruction-data generation failed: {error}") from error
+    log(f"[pipeline] {format_summary(summary)}")
 
 
 def main(argv: list[str] | None = None) -> Path:
