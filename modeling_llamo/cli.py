@@ -76,7 +76,13 @@ def _add_init_parser(subparsers) -> None:
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `generate` and `chat`; each has a help text, so that its default is shown."""
-    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="most tokens in an answer")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="most tokens in an answer (default: by the question: 256 for descriptions and other questions, 96 for "
+        "IUPAC names, 16 for HOMO/LUMO/gap values)",
+    )
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --do-sample)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with --do-sample)")
@@ -220,9 +226,9 @@ def _load(model_dir: Path, device_choice: str, dtype_choice: str):
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: the molecule index and neighbours, and name verification."""
-    from .retrieval import load_index, opsin_checker, question_task
+    from .retrieval import ANSWER_TOKENS, load_index, opsin_checker, question_task
 
-    options: dict = {}
+    options: dict = {"max_new_tokens": ANSWER_TOKENS[question_task(question)]}
     try:
         index, k = load_index(args.index, model_dir, question)
     except (FileNotFoundError, ValueError) as error:
@@ -245,6 +251,9 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
     from transformers import TextStreamer
 
+    options = dict(options)
+    by_question = options.pop("max_new_tokens", 256)
+    max_new_tokens = args.max_new_tokens or by_question
     stream = stream and "verify_names" not in options
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
@@ -252,7 +261,7 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
         with torch.inference_mode():
             answer = pipe(
                 messages,
-                max_new_tokens=args.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 do_sample=args.do_sample,
                 num_beams=getattr(args, "num_beams", 1),
                 streamer=streamer,
@@ -314,7 +323,7 @@ def _run_chat(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     messages: list[dict] = []
-    options: dict = {}
+    options: dict = {"max_new_tokens": 256}
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)

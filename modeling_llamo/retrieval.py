@@ -21,6 +21,9 @@ RETRIEVAL_FILE = "llamo_retrieval.json"
 INDEX_CACHE_ENV = "LLAMO_INDEX_CACHE"
 DEFAULT_INDEX_SOURCES = {"iupac": "chemicals", "property": "qm9"}
 DEFAULT_INDEX_VERSION = "1"
+ANSWER_TOKENS = {"description": 256, "iupac": 96, "property": 16}
+"""Default answer length by the question's task: long enough for ChEBI-20 descriptions, PubChem names and a number,
+so that an answer that runs on stops early."""
 
 _NAMING = re.compile(r"\b(iupac|name|named|naming|call(ed)?)\b", re.IGNORECASE)
 _PROPERTY = re.compile(r"\b(homo|lumo|gap|orbital|hartree)\b", re.IGNORECASE)

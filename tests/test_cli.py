@@ -31,7 +31,7 @@ def test_generate_help_shows_the_usage_one_types_and_every_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: llamo generate [MODEL_DIR] --smiles SMILES [options] PROMPT")
     assert "[[MODEL_DIR] PROMPT" not in text and "PROMPT ...]" not in text
-    assert "--max-new-tokens N most tokens in an answer (default: 256)" in text
+    assert "--max-new-tokens N most tokens in an answer (default: by the question: 256 for descriptions" in text
     for default in ("(default: 0.7)", "(default: 0.9)", "(default: 1)", "(default: auto)"):
         assert default in text, default
     assert "(default: None)" not in text and "(default: False)" not in text
