@@ -13,16 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from rdkit import Chem
 
 from .featurization_llamo import (
-    ATOM_FEATURE_SIZES,
-    BOND_FEATURE_SIZES,
-    MOTIF_FEATURE_SIZE,
     MoleculeGraph,
     check_size,
+    collate_molecule_graphs,
     featurize_molecule,
     parse_smiles,
     prompt_smiles,
@@ -101,41 +98,19 @@ def collate_sequence_molecules(molecules: Sequence[Sequence[MoleculeGraph]]) -> 
         `motif_features` `(B, M, G, 73)` float, `motif_mask` `(B, M, G)` bool. `G` is at least 1 so attention always
         has a key. A real molecule has at least one atom, so `atom_mask.any(-1)` marks the real molecules.
     """
-    batch = len(molecules)
     graphs = [graph for row in molecules for graph in row]
     if not graphs:
         raise ValueError("collate_sequence_molecules needs at least one molecule in the batch.")
+    flat = collate_molecule_graphs(graphs)  # (num_molecules, ...), in sequence then slot order
     slots = max(len(row) for row in molecules)
-    max_atoms = max(g.atom_features.shape[0] for g in graphs)
-    max_edges = max(g.edge_index.shape[1] for g in graphs)
-    max_motifs = max(1, max(g.motif_features.shape[0] for g in graphs))
-
-    atom_features = np.zeros((batch, slots, max_atoms, len(ATOM_FEATURE_SIZES)), dtype=np.int64)
-    atom_mask = np.zeros((batch, slots, max_atoms), dtype=bool)
-    bond_index = np.zeros((batch, slots, max_edges, 2), dtype=np.int64)
-    bond_features = np.zeros((batch, slots, max_edges, len(BOND_FEATURE_SIZES)), dtype=np.int64)
-    bond_mask = np.zeros((batch, slots, max_edges), dtype=bool)
-    motifs = np.zeros((batch, slots, max_motifs, MOTIF_FEATURE_SIZE), dtype=np.float32)
-    motif_mask = np.zeros((batch, slots, max_motifs), dtype=bool)
-    for row, sequence in enumerate(molecules):
-        for slot, graph in enumerate(sequence):
-            n, e, g = graph.atom_features.shape[0], graph.edge_index.shape[1], graph.motif_features.shape[0]
-            atom_features[row, slot, :n] = graph.atom_features
-            atom_mask[row, slot, :n] = True
-            bond_index[row, slot, :e] = graph.edge_index.T
-            bond_features[row, slot, :e] = graph.edge_features
-            bond_mask[row, slot, :e] = True
-            motifs[row, slot, :g] = graph.motif_features
-            motif_mask[row, slot, :g] = True
-    return {
-        "atom_features": torch.from_numpy(atom_features),
-        "atom_mask": torch.from_numpy(atom_mask),
-        "bond_index": torch.from_numpy(bond_index),
-        "bond_features": torch.from_numpy(bond_features),
-        "bond_mask": torch.from_numpy(bond_mask),
-        "motif_features": torch.from_numpy(motifs),
-        "motif_mask": torch.from_numpy(motif_mask),
-    }
+    sequence = torch.tensor([row for row, sequence in enumerate(molecules) for _ in sequence])
+    slot = torch.tensor([position for sequence in molecules for position in range(len(sequence))])
+    batch = {}
+    for name, value in flat.items():
+        padded = value.new_zeros((len(molecules), slots, *value.shape[1:]))
+        padded[sequence, slot] = value
+        batch[name] = padded
+    return batch
 
 
 class LlamoMoleculeFeaturizer:

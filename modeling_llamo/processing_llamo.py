@@ -299,9 +299,11 @@ class LlamoProcessor(ProcessorMixin):
                     f"Text {index} holds {count} {self.graph_token} placeholders but {len(molecules)} molecules were "
                     f"given for it: put one {self.graph_token} per molecule, in order."
                 )
-        graph_inputs = self.featurizer(per_text, max_atoms)
-        encoding = self._tokenize(
-            [self.expand_placeholders(sample)[0] for sample in texts],
+        return self._encode(
+            texts,
+            [len(molecules) for molecules in per_text],
+            self.featurizer(per_text, max_atoms),
+            return_tensors,
             padding=padding,
             truncation=truncation,
             max_length=max_length,
@@ -309,7 +311,13 @@ class LlamoProcessor(ProcessorMixin):
             add_special_tokens=add_special_tokens,
             **kwargs,
         )
-        self.check_placeholders(encoding["input_ids"], [len(molecules) for molecules in per_text])
+
+    def _encode(
+        self, texts: list[str], molecule_counts: list[int], graph_inputs: dict, return_tensors: str | None, **kwargs
+    ) -> BatchFeature:
+        """Expand, tokenize and check the placeholders of `texts`, then join the graph inputs."""
+        encoding = self._tokenize([self.expand_placeholders(text)[0] for text in texts], **kwargs)
+        self.check_placeholders(encoding["input_ids"], molecule_counts)
         return self._batch(encoding, graph_inputs, return_tensors)
 
     def _tokenize(self, texts: list[str], padding: bool | str = True, padding_side: str | None = None, **kwargs):
@@ -460,16 +468,17 @@ class LlamoProcessor(ProcessorMixin):
         graph_inputs = (
             collate_sequence_molecules([[m.graph for m in row] for row in molecules]) if any(molecules) else {}
         )
-        encoding = self._tokenize(
-            [self.expand_placeholders(prompt)[0] for prompt in prompts],
+        outputs = self._encode(
+            prompts,
+            [len(row) for row in molecules],
+            graph_inputs,
+            return_tensors,
             padding=padding,
             truncation=truncation,
             max_length=max_length,
             padding_side=padding_side,
             add_special_tokens=False,
         )
-        self.check_placeholders(encoding["input_ids"], [len(row) for row in molecules])
-        outputs = self._batch(encoding, graph_inputs, return_tensors)
         return outputs if return_dict else outputs["input_ids"]
 
     def render_conversation(
