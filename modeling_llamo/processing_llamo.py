@@ -296,7 +296,7 @@ class LlamoProcessor(ProcessorMixin):
             count = sample.count(self.graph_token)
             if count != len(molecules):
                 raise ValueError(
-                    f"Text {index} holds {count} {self.graph_token} placeholders but {len(molecules)} molecules were "
+                    f"Text at index {index} holds {count} {self.graph_token} placeholders but {len(molecules)} molecules were "
                     f"given for it: put one {self.graph_token} per molecule, in order."
                 )
         return self._encode(

@@ -138,11 +138,11 @@ def test_atom_limit_is_configurable(processor):
 def test_placeholder_mismatches(processor):
     with pytest.raises(ValueError, match="2 texts and molecules for 1"):
         processor(text=["<graph> a", "<graph> b"], smiles=["C"])
-    with pytest.raises(ValueError, match="Text 0 holds 2 <graph> placeholders but 1 molecules"):
+    with pytest.raises(ValueError, match="Text at index 0 holds 2 <graph> placeholders but 1 molecules"):
         processor(text=["<graph><graph> a"], smiles=["C"])
-    with pytest.raises(ValueError, match="Text 0 holds 1 <graph> placeholders but 0 molecules"):
+    with pytest.raises(ValueError, match="Text at index 0 holds 1 <graph> placeholders but 0 molecules"):
         processor(text="<graph> a")
-    with pytest.raises(ValueError, match="Text 1 holds 0 <graph> placeholders but 1 molecules"):
+    with pytest.raises(ValueError, match="Text at index 1 holds 0 <graph> placeholders but 1 molecules"):
         processor(text=["<graph> a", "b"], smiles=[["C"], ["O"]])
     with pytest.raises(ValueError, match="unsupported content block"):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "image", "url": "x.png"}]}])
