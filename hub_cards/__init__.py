@@ -12,7 +12,8 @@ or `llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-car
 - `export`: one Hub-ready folder; `config.json` declares the `molecule-text-generation` pipeline
   (`pipeline_llamo.py`), so `pipeline(model=folder_or_repo, trust_remote_code=True)` finds it without a task name.
 - `publish`: `create_repo` + `upload_folder`, with a dry run that contacts nothing.
-- `convert`: the original Lightning checkpoint + its base LLM folder -> an export folder.
+- `convert`: the original Lightning checkpoint + its base LLM folder -> an export folder (an alias of
+  `llamo.convert_llamo_original_to_hf`, where the conversion lives).
 """
 
 import importlib

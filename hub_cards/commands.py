@@ -78,6 +78,8 @@ def _add_push_parser(subparsers) -> None:
 
 
 def _add_convert_parser(subparsers) -> None:
+    from llamo.convert_llamo_original_to_hf import add_conversion_arguments  # standard library only at its top
+
     parser = subparsers.add_parser(
         "convert-original",
         help="convert the original LLaMo release (Lightning checkpoint) into an exported folder",
@@ -89,23 +91,7 @@ def _add_convert_parser(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CKPT", help="the original checkpoint (.ckpt, or .safetensors)")
-    parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
-    parser.add_argument("--llm", required=True, metavar="BASE_LLM_FOLDER", help="the base LLM the checkpoint used")
-    lora = parser.add_mutually_exclusive_group()
-    lora.add_argument("--merge-lora", action="store_true", help="merge LoRA into the weights (the default)")
-    lora.add_argument("--keep-adapter", action="store_true", help="keep LoRA as a PEFT adapter in OUT_DIR/adapter")
-    parser.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha of the training (release: 32)")
-    parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout, for the adapter config")
-    parser.add_argument("--num-heads", type=int, default=4, help="projector attention heads (release: 4)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the checkpoint's)")
-    parser.add_argument(
-        "--unsafe-unpickle",
-        action="store_true",
-        help="if torch.load(weights_only=True) refuses the file, unpickle it fully: this EXECUTES CODE stored in the "
-        "checkpoint, so use it only for a file from a source you trust",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    add_conversion_arguments(parser)
     _add_card_arguments(parser, "llama2")
     parser.set_defaults(handler=_run_convert)
 
@@ -209,26 +195,14 @@ def _run_push(args: argparse.Namespace) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
+    from llamo.convert_llamo_original_to_hf import CheckpointError, convert_from_arguments
     from llamo.errors import CommandError
 
     from .cards import CardError
-    from .convert import CheckpointError, convert_original_checkpoint
 
     print(f"Converting {args.checkpoint} with the base LLM {args.llm} ...", file=sys.stderr)
     try:
-        result = convert_original_checkpoint(
-            args.checkpoint,
-            args.llm,
-            args.output_dir,
-            keep_adapter=args.keep_adapter,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            unsafe_unpickle=args.unsafe_unpickle,
-            dtype=args.dtype,
-            num_heads=args.num_heads,
-            overwrite=args.overwrite,
-            card_options=_card_options(args),
-        )
+        result = convert_from_arguments(args, card_options=_card_options(args))
     except (CheckpointError, CardError) as error:
         raise CommandError(str(error)) from error
     for label, value in result.facts:

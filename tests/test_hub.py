@@ -26,15 +26,15 @@ from huggingface_hub import DatasetCard, HfApi, ModelCard
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, pipeline
 
-from llamo import GRAPH_INPUT_NAMES, LlamoForConditionalGeneration, LlamoProcessor
+from llamo import GRAPH_INPUT_NAMES, LlamoForConditionalGeneration, LlamoProcessor, convert_llamo_original_to_hf
 from llamo.cli import main
-from llamo.hub_cards.cards import EXAMPLES, ModelCardOptions, build_dataset_card
-from llamo.hub_cards.convert import (
+from llamo.convert_llamo_original_to_hf import (
     CheckpointError,
     UnsafeCheckpointError,
     convert_original_checkpoint,
     load_checkpoint_state_dict,
 )
+from llamo.hub_cards.cards import EXAMPLES, ModelCardOptions, build_dataset_card
 from llamo.hub_cards.export import REMOTE_CODE_FILES, ExportError, export_model
 from llamo.hub_cards.publish import PushError, plan_push, push_folder
 from llamo.hub_cards.recipe import find_runs
@@ -948,7 +948,7 @@ def test_conversion_keeps_differing_level_attentions_apart_and_says_so(original_
     path = tmp_path / "distinct.ckpt"
     torch.save({"state_dict": state_dict}, path)
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="llamo.hub_cards.convert"):
+    with caplog.at_level(logging.WARNING, logger="llamo.convert_llamo_original_to_hf"):
         assert main(["convert-original", str(path), str(out), "--llm", str(original_release["llm"])]) == 0
     report = (
         "the checkpoint's 6 `cross_attention` copies DIFFER (copies 3 differ from copy 0 by up to 0.25), so they were "
@@ -1040,6 +1040,25 @@ def test_unsafe_unpickle_loads_a_refused_pickle_fully(tmp_path):
     assert UNPICKLED_CALLS == []  # refused before anything ran
     state_dict = load_checkpoint_state_dict(path, unsafe_unpickle=True)
     assert UNPICKLED_CALLS == ["ran"] and torch.equal(state_dict["x"], torch.ones(2))
+
+
+def test_conversion_script_main_and_the_old_import_paths(original_release, tmp_path, capsys):
+    import llamo.hub_cards
+    import llamo.hub_cards.convert
+    import llamo.original_checkpoint
+
+    out = tmp_path / "out"
+    argv = [str(original_release["checkpoint"]), str(out), "--llm", str(original_release["llm"]), "--keep-adapter"]
+    assert convert_llamo_original_to_hf.main(argv) == 0
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "config.json").is_file()
+    assert "LoRA: kept as a PEFT adapter" in capsys.readouterr().err
+    assert convert_llamo_original_to_hf.main([str(tmp_path / "none.ckpt"), str(tmp_path / "o"), "--llm", "x"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+    assert llamo.hub_cards.convert.convert_original_checkpoint is convert_original_checkpoint
+    assert llamo.hub_cards.convert_original_checkpoint is convert_original_checkpoint
+    graph = convert_llamo_original_to_hf.convert_original_graph_state_dict
+    assert llamo.original_checkpoint.convert_original_graph_state_dict is graph
 
 
 def test_wall_time_of_a_resumed_run_says_it_is_partial(tmp_path):

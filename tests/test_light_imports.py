@@ -18,12 +18,21 @@ from .conftest import subprocess_env
 HEAVY = ("torch", "transformers", "torch_geometric")
 
 
+def run_python(*argv: str, **environment: str) -> subprocess.CompletedProcess:
+    """`python ARGV` in a fresh process (offline), which must succeed."""
+    env = {**subprocess_env(), **environment}
+    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def last_json_line(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def imported_by(argv: list[str]) -> set[str]:
     """Top-level packages `python -X importtime ARGV` imported (importtime writes one line per module to stderr)."""
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, env=subprocess_env(), timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python("-X", "importtime", *argv)
     names = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
     return {name.split(".")[0] for name in names}
 
@@ -60,11 +69,7 @@ EVERY_HELP = textwrap.dedent(
 
 
 def test_every_subcommand_help_imports_no_torch():
-    result = subprocess.run(
-        [sys.executable, "-c", EVERY_HELP], capture_output=True, text=True, env=subprocess_env(), timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_json_line(run_python("-c", EVERY_HELP))
     assert len(report["helped"]) >= 10 and all(ok for _, ok in report["helped"]), report["helped"]
     assert report["heavy"] == []
 
@@ -93,23 +98,13 @@ IMPORT_THEN_AUTO = textwrap.dedent(
 
 
 def test_import_llamo_is_light_and_still_registers_the_auto_classes(tiny_llamo_dir, tmp_path):
-    env = subprocess_env()
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_THEN_AUTO, str(tiny_llamo_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    child = json.loads(result.stdout.strip().splitlines()[-1])
+    modules = tmp_path / "modules"
+    child = last_json_line(run_python("-c", IMPORT_THEN_AUTO, str(tiny_llamo_dir), HF_MODULES_CACHE=str(modules)))
     assert child["light"]
     classes = ["LlamoConfig", "LlamoForConditionalGeneration", "LlamoProcessor", "LlamoMoleculePipeline"]
     assert child["classes"] == classes
     assert child["module"] == "llamo.modeling_llamo"  # the installed package, not the folder's remote code
-    assert not (tmp_path / "modules").exists()  # no remote code was loaded
+    assert not modules.exists()  # no remote code was loaded
 
 
 def test_model_names_are_imported_on_first_use():

@@ -13,7 +13,7 @@ from llamo import (
     collate_molecule_graphs,
     featurize_smiles,
 )
-from llamo.original_checkpoint import (
+from llamo.convert_llamo_original_to_hf import (
     convert_original_graph_state_dict,
     load_original_graph_weights,
     original_graph_configs,

@@ -1,0 +1,967 @@
+"""Convert the original LLaMo release (mlvlab/LLaMo's Lightning checkpoint) into a Hugging Face folder of this package.
+
+    python -m llamo.convert_llamo_original_to_hf CKPT OUT_DIR --llm BASE_LLM_FOLDER [--keep-adapter]
+
+or `llamo convert-original` (which also takes the model card's options). Like transformers' `convert_*_to_hf.py`
+scripts: functions for each part, and a `main`.
+
+The original checkpoint holds everything under `mllm.`:
+
+- the GIN under `mllm.graph_model.molecule_node_model.*` and the projector under `mllm.abstractor.*` (with six
+  identical `cross_attention.i` copies when one attention module is shared by all levels); `mllm.ln_graph_model.*`
+  is saved but never used at run time, so it is skipped;
+- the whole LLaMA-2 wrapped by PEFT 0.9 LoRA on q_proj and v_proj (`mllm.language_model.base_model.model.model.*`,
+  `...lm_head.weight`; LoRA layers as `X.base_layer.weight`, `X.lora_A.default.weight`, `X.lora_B.default.weight`),
+  with a 32001-token vocabulary (LLaMA-2's 32000 plus `<pad>`).
+
+The base LLM folder gives the LLM's configuration, tokenizer and generation settings; its weights are not read, since
+the checkpoint holds them (the original also trained the token embeddings).
+
+The result is this project's format: motif tokens first, one level attention shared when the checkpoint's six
+copies are identical (the release; copies that differ are kept as six per-level modules, `share_level_attention=False`,
+and a warning says so), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt as the chat template
+(`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`.
+
+Released LoRA settings: r 8 (read from the weights), alpha 32 and dropout 0.05. The alpha cannot be read from the
+checkpoint: the released code ignores its own LoRA command-line flags, so the hyper-parameters saved with the
+checkpoint may not be the ones used. Pass another alpha only for a checkpoint trained with other settings.
+
+Only the standard library is imported at the top (`llamo convert-original --help` uses `add_conversion_arguments`);
+torch, transformers and the model are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import logging
+import pickle
+import pickletools
+import re
+import struct
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from llamo.hub_cards.cards import ModelCardOptions
+    from llamo.hub_cards.export import ExportResult
+
+    from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel
+
+ENCODER_PREFIX = "mllm.graph_model.molecule_node_model."
+PROJECTOR_PREFIX = "mllm.abstractor."
+UNUSED_PREFIXES = ("mllm.ln_graph_model.",)
+LLM_PREFIX = "mllm.language_model.base_model.model."
+RELEASE_LORA_ALPHA = 32.0
+RELEASE_LORA_DROPOUT = 0.05
+RELEASE_NUM_HEADS = 4
+PAD_TOKEN = "<pad>"
+GRAPH_TOKEN = "<graph>"
+EMBEDDING_KEY = "model.language_model.embed_tokens.weight"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+_LEVEL_ATTENTION = re.compile(r"cross_attention\.(\d+)\.(.+)")
+_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight")
+_BASE_LAYER_KEY = re.compile(r"(?P<module>.+)\.base_layer\.(?P<param>weight|bias)")
+_NON_PERSISTENT = re.compile(r".+\.rotary_emb\.inv_freq")
+_PEFT_ONLY = ("lora_", "modules_to_save", "original_module", "lora_magnitude_vector")
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """An original checkpoint that cannot be converted: unreadable, or with missing or unexpected keys (named)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that only a full unpickle can read, refused without `unsafe_unpickle`."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the checkpoint
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _names(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) -> dict[str, Any]:
+    """
+    The `state_dict` of an original checkpoint: a Lightning `.ckpt` (tensors under `state_dict`), a pickled state
+    dict, or a `.safetensors` file in the original key layout.
+
+    Pickles are read with `torch.load(weights_only=True)`. A checkpoint that also stores Python objects (Lightning
+    saves hyper-parameters) needs a full unpickle, which runs code from the file: it is done only with
+    `unsafe_unpickle=True`.
+    """
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder: give the checkpoint file. A DeepSpeed checkpoint folder must first be consolidated "
+            "into one file (DeepSpeed's zero_to_fp32.py)."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    mmap = zipfile.is_zipfile(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        loaded = _load_refused_pickle(path, error, unsafe_unpickle, mmap)
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
+    return _state_dict_of(loaded, path)
+
+
+def _load_refused_pickle(path: Path, error: pickle.UnpicklingError, unsafe_unpickle: bool, mmap: bool) -> Any:
+    """
+    After `torch.load(weights_only=True)` refused `path`: a readable pickle is a refusal (it imports something the
+    weights-only unpickler does not allow), read fully only with `unsafe_unpickle`; an unreadable one is damaged.
+    """
+    import torch
+
+    imported = pickle_globals(path)
+    if imported is None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
+    if not unsafe_unpickle:
+        raise UnsafeCheckpointError(_refusal_message(path, error, imported)) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as full_error:
+        raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
+
+
+# every wording torch's weights-only unpickler uses for the global it refuses (torch/_weights_only_unpickler.py)
+_REFUSED_GLOBAL = re.compile(
+    r"GLOBAL (?P<global>\S+) was not an allowed global"
+    r"|unsupported GLOBAL (?P<blocked>\S+) whose module"
+    r"|Unsupported global: (?:GLOBAL )?(?P<plain>[^\s.]\S*?)\.?(?:\s|$)"
+)
+
+
+def _refusal_message(path: Path, error: pickle.UnpicklingError, imported: list[str]) -> str:
+    named = [next(value for value in found.groups() if value) for found in _REFUSED_GLOBAL.finditer(str(error))]
+    refused = list(dict.fromkeys([*(_builtin_name(name) for name in named), *refused_globals(imported)]))
+    if not refused:
+        return (
+            f"{path} is a pickle that torch.load(weights_only=True) refuses ({_reason(error)}). Reading it fully runs "
+            "code stored in the file: if you trust its source, pass --unsafe-unpickle (unsafe_unpickle=True)."
+        )
+    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+    return (
+        f"{path} holds Python objects besides tensors: unpickling it calls {shown}, which "
+        "torch.load(weights_only=True) refuses to run. --unsafe-unpickle (unsafe_unpickle=True) would run "
+        f"{'them' if len(refused) > 1 else 'it'}: pass it only if you trust the file's source and what it calls."
+    )
+
+
+def _builtin_name(name: str) -> str:
+    """`print` (torch's wording for a builtin) -> `builtins.print`; other names unchanged."""
+    return name if "." in name else f"builtins.{name}"
+
+
+def _pickle_streams(path: Path) -> list[Any]:
+    """Open binary streams of the pickles in a checkpoint: the `data.pkl` of a zip checkpoint, else the file (the
+    legacy format holds several pickles one after the other)."""
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        return [archive.open(name) for name in archive.namelist() if name.endswith(".pkl")]
+    return [open(path, "rb")]
+
+
+def pickle_globals(path: str | Path, max_pickles: int = 5) -> list[str] | None:
+    """
+    The `module.name` of every global that unpickling `path` would import (and may call), read from its opcodes
+    without running anything; None when the file holds no readable pickle (damaged, or not a pickle).
+    """
+    try:
+        streams = _pickle_streams(Path(path))
+    except (OSError, zipfile.BadZipFile):
+        return None
+    found: list[str] = []
+    try:
+        for stream in streams:
+            with stream:
+                for index in range(max_pickles):
+                    try:
+                        found += _stream_globals(stream)
+                    except (ValueError, EOFError, UnicodeDecodeError, struct.error):
+                        if index == 0:
+                            return None
+                        break  # the legacy format's raw tensor bytes follow its pickles
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return list(dict.fromkeys(found)) if streams else None
+
+
+def _stream_globals(stream) -> list[str]:
+    """The globals of the one pickle at the stream's position (it is left after that pickle's STOP)."""
+    memo: dict[int, Any] = {}
+    pushed: list[Any] = []
+    found: list[str] = []
+    for opcode, argument, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name == "GLOBAL":
+            module, _, attribute = str(argument).partition(" ")
+            found.append(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attribute}")
+        elif name == "STACK_GLOBAL":
+            module, attribute = pushed[-2:] if len(pushed) >= 2 else (None, None)
+            if isinstance(module, str) and isinstance(attribute, str):
+                found.append(f"{module}.{attribute}")
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[argument] = pushed[-1] if pushed else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(argument))
+        else:
+            pushed.append(argument if isinstance(argument, str) else None)
+        if name == "STOP":
+            break
+    return found
+
+
+def refused_globals(imported: list[str]) -> list[str]:
+    """The globals of `imported` that `torch.load(weights_only=True)` does not allow (by default or as added by
+    `torch.serialization.add_safe_globals`)."""
+    import torch
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:  # a torch without this private helper: the refusal message names the global
+        return []
+    allowed = set(_get_allowed_globals())
+    for entry in torch.serialization.get_safe_globals():
+        value = entry[0] if isinstance(entry, tuple) else entry
+        allowed.add(f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}")
+    return [name for name in imported if name not in allowed]
+
+
+def _reason(error: Exception) -> str:
+    """The informative part of a `torch.load` error (its weights-only message is mostly advice)."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
+    if found is None:  # the wording for a blocked module or an unsupported opcode: the message after the advice
+        found = re.search(r"\n\n(.+?)\n\nCheck the documentation", text, flags=re.S)
+    return (found.group(1) if found else text.strip().splitlines()[0] if text.strip() else type(error).__name__).strip()
+
+
+def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        state_dict = dict(loaded["state_dict"])
+    elif isinstance(loaded, Mapping) and any(str(key).startswith("mllm.") for key in loaded):
+        state_dict = dict(loaded)
+    else:
+        top = _names(map(str, loaded)) if isinstance(loaded, Mapping) else type(loaded).__name__
+        raise CheckpointError(f"{path} has no `state_dict` with mllm.* weights (found: {top}).")
+    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: these state_dict entries are not tensors: {_names(not_tensors)}")
+    return state_dict
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The graph encoder and projector
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+_ENCODER_RULES = (
+    (r"atom_encoder\.atom_embedding_list\.(\d+)\.weight", r"graph_encoder.atom_encoder.embeddings.\1.weight"),
+    (r"gnns\.(\d+)\.eps", r"graph_encoder.layers.\1.conv.eps"),
+    (r"gnns\.(\d+)\.mlp\.(\d+)\.(\w+)", r"graph_encoder.layers.\1.conv.nn.\2.\3"),
+    (
+        r"gnns\.(\d+)\.bond_encoder\.bond_embedding_list\.(\d+)\.weight",
+        r"graph_encoder.layers.\1.bond_encoder.embeddings.\2.weight",
+    ),
+    (r"batch_norms\.(\d+)\.(\w+)", r"graph_encoder.layers.\1.norm.\2"),
+)
+_PROJECTOR_RULES = (
+    (r"query_tokens", r"graph_projector.level_queries"),
+    (r"motif_weight\.weight", r"graph_projector.motif_embedding.weight"),
+    (r"motif_query_tokens", r"graph_projector.motif_queries"),
+    (r"motif_cross_attention\.(.+)", r"graph_projector.motif_attention.\1"),
+    (r"layer_norm\.(\w+)", r"graph_projector.layer_norm.\1"),
+    (r"net\.(\d+)\.(\w+)", r"graph_projector.mlp.\1.\2"),
+)
+
+
+def _rename(name: str, rules) -> str | None:
+    for pattern, replacement in rules:
+        if re.fullmatch(pattern, name):
+            return re.sub(f"^{pattern}$", replacement, name)
+    return None
+
+
+def is_level_attention_shared(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True when all `cross_attention.i` copies of an original checkpoint are identical (the released weights)."""
+    import torch
+
+    copies: dict[str, list[torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.startswith(PROJECTOR_PREFIX) and (match := _LEVEL_ATTENTION.fullmatch(key[len(PROJECTOR_PREFIX) :])):
+            copies.setdefault(match.group(2), []).append(value)
+    if not copies:
+        raise ValueError(f"No {PROJECTOR_PREFIX}cross_attention.* weights found: is this an original LLaMo checkpoint?")
+    return all(all(torch.equal(tensors[0], other) for other in tensors[1:]) for tensors in copies.values())
+
+
+def convert_original_graph_state_dict(
+    state_dict: Mapping[str, torch.Tensor], share_level_attention: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """
+    Rename the graph part of an original checkpoint to `LlamoModel` keys (`graph_encoder.*`, `graph_projector.*`).
+
+    Args:
+        state_dict: the checkpoint's `state_dict` (other keys, e.g. `mllm.language_model.*`, are ignored).
+        share_level_attention: convert the per-level attentions into one shared module (they must then be identical)
+            or into one module per level; `None` decides from the weights.
+
+    Raises:
+        ValueError: a graph key this converter does not know, or distinct per-level attentions asked to be shared.
+    """
+    if share_level_attention is None:
+        share_level_attention = is_level_attention_shared(state_dict)
+    elif share_level_attention and not is_level_attention_shared(state_dict):
+        raise ValueError(
+            "share_level_attention=True, but the checkpoint's cross_attention.0-5 differ: convert it with "
+            "share_level_attention=False."
+        )
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state_dict.items():
+        if key.startswith(UNUSED_PREFIXES):
+            continue
+        if key.startswith(ENCODER_PREFIX):
+            name = _rename(key[len(ENCODER_PREFIX) :], _ENCODER_RULES)
+        elif key.startswith(PROJECTOR_PREFIX):
+            short = key[len(PROJECTOR_PREFIX) :]
+            if match := _LEVEL_ATTENTION.fullmatch(short):
+                level, param = match.groups()
+                if share_level_attention:
+                    name = f"graph_projector.level_attention.{param}" if level == "0" else ""
+                else:
+                    name = f"graph_projector.level_attentions.{level}.{param}"
+            else:
+                name = _rename(short, _PROJECTOR_RULES)
+        else:
+            continue
+        if name is None:
+            unknown.append(key)
+        elif name:
+            converted[name] = value
+    if unknown:
+        raise ValueError(f"Unknown keys in the graph part of the original checkpoint: {unknown}")
+    return converted
+
+
+def original_graph_configs(
+    state_dict: Mapping[str, torch.Tensor], num_heads: int = RELEASE_NUM_HEADS
+) -> dict[str, dict]:
+    """
+    Read the graph encoder and projector shapes from an original checkpoint.
+
+    Returns `{"graph_config": {...}, "projector_config": {...}, "output_hidden_size": int}` (attention heads are not
+    recorded in weights: `num_heads` is taken as given, 4 in the release).
+    """
+    encoder = {k[len(ENCODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
+    projector = {k[len(PROJECTOR_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PROJECTOR_PREFIX)}
+    if not encoder or not projector:
+        raise ValueError(
+            f"The state dict has no {ENCODER_PREFIX}* or {PROJECTOR_PREFIX}* keys: not an original LLaMo checkpoint."
+        )
+    atom_tables = sorted(
+        (int(m.group(1)), v.shape[0])
+        for k, v in encoder.items()
+        if (m := re.fullmatch(r"atom_encoder\.atom_embedding_list\.(\d+)\.weight", k))
+    )
+    bond_tables = sorted(
+        (int(m.group(1)), v.shape[0])
+        for k, v in encoder.items()
+        if (m := re.fullmatch(r"gnns\.0\.bond_encoder\.bond_embedding_list\.(\d+)\.weight", k))
+    )
+    num_layers = 1 + max(int(m.group(1)) for k in encoder if (m := re.fullmatch(r"gnns\.(\d+)\.eps", k)))
+    hidden = encoder["atom_encoder.atom_embedding_list.0.weight"].shape[1]
+    inner = encoder["gnns.0.mlp.0.weight"].shape[0]
+    net_layers = sorted(int(m.group(1)) for k in projector if (m := re.fullmatch(r"net\.(\d+)\.weight", k)))
+    level_queries = projector["query_tokens"]
+    has_motifs = "motif_query_tokens" in projector
+    if level_queries.shape[0] != num_layers + 1:
+        raise ValueError(
+            f"The checkpoint has {level_queries.shape[0]} level query groups for a {num_layers}-layer GIN "
+            f"({num_layers + 1} levels)."
+        )
+    return {
+        "graph_config": {
+            "hidden_size": hidden,
+            "num_layers": num_layers,
+            "mlp_ratio": inner // hidden,
+            "atom_vocab_sizes": [size for _, size in atom_tables],
+            "bond_vocab_sizes": [size for _, size in bond_tables],
+        },
+        "projector_config": {
+            "queries_per_level": level_queries.shape[1],
+            "num_motif_queries": projector["motif_query_tokens"].shape[0] if has_motifs else 4,
+            "num_heads": num_heads,
+            "mlp_depth": len(net_layers),
+            "share_level_attention": is_level_attention_shared(state_dict),
+            "motif_tokens_position": "first",
+            "use_motifs": has_motifs,
+            "motif_feature_size": projector["motif_weight.weight"].shape[1] if has_motifs else 73,
+        },
+        "output_hidden_size": projector[f"net.{net_layers[-1]}.weight"].shape[0],
+    }
+
+
+def load_original_graph_weights(
+    model: LlamoModel | LlamoForConditionalGeneration, state_dict: Mapping[str, torch.Tensor]
+) -> None:
+    """
+    Load the graph encoder and projector of an original checkpoint into `model` (in place).
+
+    Raises:
+        ValueError: missing or unexpected graph weights, or shapes that do not match the model's config.
+    """
+    from .modeling_llamo import LlamoForConditionalGeneration
+
+    base = model.model if isinstance(model, LlamoForConditionalGeneration) else model
+    converted = convert_original_graph_state_dict(
+        state_dict, share_level_attention=base.config.projector_config.share_level_attention
+    )
+    own = {k: v for k, v in base.state_dict().items() if k.startswith(("graph_encoder.", "graph_projector."))}
+    missing = sorted(own.keys() - converted.keys())
+    unexpected = sorted(converted.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"Original graph weights do not fit this model: missing {missing}, unexpected {unexpected}. Build the "
+            "model with `original_graph_configs(state_dict)`."
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in converted.items()
+        if v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise ValueError(f"Original graph weights have other shapes than the model: {mismatched}")
+    base.load_state_dict(converted, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The language model and its LoRA
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OriginalParts:
+    """An original state dict split up: graph weights (original names), LM weights and LoRA pairs (our names)."""
+
+    graph: dict[str, Any]
+    language_model: dict[str, Any]
+    lora: dict[str, dict[str, Any]]
+    ignored: list[str]
+
+    @property
+    def lora_rank(self) -> int | None:
+        ranks = {pair["A"].shape[0] for pair in self.lora.values()}
+        if len(ranks) > 1:
+            raise CheckpointError(f"The LoRA layers have different ranks {sorted(ranks)}; one rank is supported.")
+        return ranks.pop() if ranks else None
+
+
+def _llm_name(rest: str) -> str | None:
+    """Original LM key (after `LLM_PREFIX`) -> our key, or None when it is not an LM weight."""
+    if rest.startswith("model."):
+        return "model.language_model." + rest[len("model.") :]
+    if rest.startswith("lm_head."):
+        return rest
+    return None
+
+
+def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
+    """
+    Sort an original state dict into its graph part, its LM weights (PEFT wrapper names removed) and its LoRA pairs.
+
+    Raises:
+        CheckpointError: keys outside the known layout (all named), LoRA layers without their A, B or base weight,
+            or another adapter name than PEFT's `default`.
+    """
+    graph, language_model, lora = {}, {}, {}
+    wrapped, unexpected, ignored = set(), [], []
+    for key, value in state_dict.items():
+        if key.startswith((ENCODER_PREFIX, PROJECTOR_PREFIX, *UNUSED_PREFIXES)):
+            graph[key] = value
+            continue
+        rest = key[len(LLM_PREFIX) :] if key.startswith(LLM_PREFIX) else None
+        if rest is None:
+            unexpected.append(key)
+        elif lora_match := _LORA_KEY.fullmatch(rest):
+            module = _llm_name(lora_match["module"])
+            if module is None or lora_match["adapter"] != "default":
+                unexpected.append(key)
+            else:
+                lora.setdefault(module, {})[lora_match["part"]] = value
+        elif base_match := _BASE_LAYER_KEY.fullmatch(rest):
+            module = _llm_name(base_match["module"])
+            if module is None:
+                unexpected.append(key)
+            else:
+                wrapped.add(module)
+                language_model[f"{module}.{base_match['param']}"] = value
+        elif _NON_PERSISTENT.fullmatch(rest):
+            ignored.append(key)  # recomputed from the config at load time
+        elif any(marker in rest for marker in _PEFT_ONLY) or _llm_name(rest) is None:
+            unexpected.append(key)
+        else:
+            language_model[_llm_name(rest)] = value
+    if unexpected:
+        raise CheckpointError(f"Unexpected keys in the original checkpoint: {_names(unexpected)}")
+    broken = sorted(
+        module for module in set(lora) | wrapped if module not in wrapped or set(lora.get(module, {})) != {"A", "B"}
+    )
+    if broken:
+        raise CheckpointError(f"LoRA layers without their lora_A, lora_B or base_layer weights: {_names(broken)}")
+    if not language_model:
+        raise CheckpointError(f"The checkpoint has no language model weights (no {LLM_PREFIX}* keys).")
+    return OriginalParts(graph, language_model, lora, ignored)
+
+
+def merge_lora(weights: dict[str, Any], lora: dict[str, dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """`W + (alpha / r) * B @ A` for every LoRA layer, computed in float32 and stored in W's dtype."""
+    merged = dict(weights)
+    for module, pair in lora.items():
+        base = merged[f"{module}.weight"]
+        rank = pair["A"].shape[0]
+        delta = (pair["B"].float() @ pair["A"].float()) * (alpha / rank)
+        if delta.shape != base.shape:
+            raise CheckpointError(
+                f"LoRA of {module} gives a {tuple(delta.shape)} update for a {tuple(base.shape)} weight."
+            )
+        merged[f"{module}.weight"] = (base.float() + delta).to(base.dtype)
+    return merged
+
+
+def adapter_state_dict(lora: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """LoRA pairs under the names PEFT saves for a `LlamoForConditionalGeneration` (adapter name dropped)."""
+    return {
+        f"base_model.model.{module}.lora_{part}.weight": pair[part].contiguous()
+        for module, pair in sorted(lora.items())
+        for part in ("A", "B")
+    }
+
+
+def align_tokenizer(tokenizer, checkpoint_vocab: int, llm: str) -> int:
+    """Give the base tokenizer the checkpoint's vocabulary (LLaMA-2 + `<pad>`) and add `<graph>`; returns its id."""
+    if len(tokenizer) == checkpoint_vocab - 1:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})  # the original's one extra token
+    if len(tokenizer) != checkpoint_vocab:
+        raise CheckpointError(
+            f"The tokenizer in {llm} has {len(tokenizer)} tokens but the checkpoint's embeddings have "
+            f"{checkpoint_vocab} rows: give the base LLM the checkpoint was trained from (LLaMA-2-7B-chat)."
+        )
+    if GRAPH_TOKEN in tokenizer.get_vocab():
+        raise CheckpointError(f"The tokenizer in {llm} already has {GRAPH_TOKEN}: give the original base LLM folder.")
+    tokenizer.add_tokens([GRAPH_TOKEN], special_tokens=True)
+    tokenizer.padding_side = "left"
+    return tokenizer.convert_tokens_to_ids(GRAPH_TOKEN)
+
+
+def _grow_rows(weight, rows: int):
+    """`weight` with `rows` extra rows, each the mean of the existing ones (the `<graph>` row is never used as an
+    embedding, and generation suppresses the token)."""
+    import torch
+
+    extra = weight.float().mean(dim=0, keepdim=True).expand(rows, -1).to(weight.dtype)
+    return torch.cat([weight, extra], dim=0)
+
+
+def _check_against_model(model, weights: dict[str, Any]) -> None:
+    expected = model.state_dict()
+    missing = expected.keys() - weights.keys()
+    unexpected = weights.keys() - expected.keys()
+    if missing or unexpected:
+        raise CheckpointError(
+            "The converted checkpoint does not fit the model built from it: "
+            f"missing {_names(missing) or 'none'}; unexpected {_names(unexpected) or 'none'}."
+        )
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in weights.items()
+        if tuple(value.shape) != tuple(expected[key].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"Shapes differ from the model built from the checkpoint: {_names(mismatched, 10)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The converted model and its folder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionResult:
+    """The written export, and facts about the conversion (also shown in the model card)."""
+
+    export: ExportResult
+    facts: list[tuple[str, str]]
+
+
+def convert_graph_part(
+    parts: OriginalParts, num_heads: int = RELEASE_NUM_HEADS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The graph configs read from the checkpoint (`original_graph_configs`) and the graph weights under our
+    `LlamoForConditionalGeneration` names."""
+    try:
+        found = original_graph_configs(parts.graph, num_heads=num_heads)
+        share = found["projector_config"]["share_level_attention"]
+        converted = convert_original_graph_state_dict(parts.graph, share_level_attention=share)
+    except KeyError as error:
+        short = str(error.args[0])
+        prefix = ENCODER_PREFIX if short.startswith(("atom_encoder", "gnns", "batch_norms")) else PROJECTOR_PREFIX
+        raise CheckpointError(f"Missing key in the graph part of the checkpoint: {prefix}{short}") from None
+    except ValueError as error:
+        raise CheckpointError(f"Graph part of the checkpoint: {error}") from None
+    return found, {f"model.{key}": value for key, value in converted.items()}
+
+
+def level_attention_differences(graph: Mapping[str, Any]) -> tuple[int, dict[int, float]]:
+    """The number of `cross_attention` copies in the original graph weights, and for each copy that differs from
+    copy 0, the largest absolute difference over its parameters (infinite where shapes or names differ)."""
+    copies: dict[int, dict[str, Any]] = {}
+    for key, value in graph.items():
+        if key.startswith(PROJECTOR_PREFIX) and (match := _LEVEL_ATTENTION.fullmatch(key[len(PROJECTOR_PREFIX) :])):
+            copies.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    first = copies.get(0, {})
+    differing = {}
+    for level, params in sorted(copies.items()):
+        gaps = [_largest_gap(first.get(name), value) for name, value in params.items()]
+        if level and (max(gaps) > 0 or params.keys() != first.keys()):
+            differing[level] = max(gaps) if params.keys() == first.keys() else float("inf")
+    return len(copies), differing
+
+
+def _largest_gap(reference, value) -> float:
+    if reference is None or reference.shape != value.shape:
+        return float("inf")
+    return float((value.float() - reference.float()).abs().max()) if value.numel() else 0.0
+
+
+def describe_level_attention(graph: Mapping[str, Any], share: bool) -> str:
+    """How the checkpoint's per-level attention copies were converted, for the card, the log and the command."""
+    count, differing = level_attention_differences(graph)
+    if share:
+        return (
+            f"the {count} identical `cross_attention` copies became one shared module (share_level_attention=True, "
+            "as in the released weights)"
+        )
+    levels = ", ".join(str(level) for level in differing)
+    return (
+        f"the checkpoint's {count} `cross_attention` copies DIFFER (copies {levels} differ from copy 0 by up to "
+        f"{max(differing.values(), default=0.0):.3g}), so they were kept as {count} separate per-level modules "
+        "(share_level_attention=False, as in the paper), not merged into the release's one shared module"
+    )
+
+
+def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id: int):
+    """The `LlamoConfig`: graph configs from the checkpoint, the LM's from `llm` with the grown vocabulary."""
+    from transformers import AutoConfig
+
+    from .configuration_llamo import LlamoConfig
+
+    text_config = AutoConfig.from_pretrained(llm)
+    if getattr(text_config, "is_encoder_decoder", False):
+        raise CheckpointError(f"{llm} holds an encoder-decoder model; LLaMo's LLM is decoder-only.")
+    if text_config.hidden_size != found["output_hidden_size"]:
+        raise CheckpointError(
+            f"The projector outputs {found['output_hidden_size']} features but {llm} has hidden size "
+            f"{text_config.hidden_size}: give the base LLM the checkpoint was trained with."
+        )
+    text = text_config.to_dict()
+    text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    return LlamoConfig(
+        graph_config=found["graph_config"],
+        projector_config=found["projector_config"],
+        text_config=text,
+        graph_token_id=graph_token_id,
+    )
+
+
+def language_model_weights(parts: OriginalParts, vocab_size: int, merge: bool, lora_alpha: float) -> dict[str, Any]:
+    """The LM weights under our names, LoRA merged (or not), embeddings and LM head grown to `vocab_size` rows."""
+    weights = merge_lora(parts.language_model, parts.lora, lora_alpha) if merge else dict(parts.language_model)
+    for key in (EMBEDDING_KEY, "lm_head.weight"):
+        if key in weights:
+            weights[key] = _grow_rows(weights[key], vocab_size - weights[key].shape[0])
+    return weights
+
+
+def convert_original_checkpoint(
+    checkpoint: str | Path,
+    llm: str | Path,
+    output_dir: str | Path,
+    keep_adapter: bool = False,
+    lora_alpha: float = RELEASE_LORA_ALPHA,
+    lora_dropout: float = RELEASE_LORA_DROPOUT,
+    unsafe_unpickle: bool = False,
+    dtype: str = "auto",
+    num_heads: int = RELEASE_NUM_HEADS,
+    overwrite: bool = False,
+    card_options: ModelCardOptions | None = None,
+) -> ConversionResult:
+    """
+    Convert an original LLaMo checkpoint + its base LLM folder into an export folder (see the module docstring).
+
+    Args:
+        checkpoint: the Lightning checkpoint (or a state dict / safetensors file in the same key layout).
+        llm: the base LLM folder (LLaMA-2-7B-chat in Hugging Face format): config, tokenizer, generation config.
+        output_dir: where to write; must be new or empty unless `overwrite`.
+        keep_adapter: keep LoRA as a PEFT adapter in `output_dir/adapter` (the main weights are then the base
+            weights) instead of merging it.
+        lora_alpha, lora_dropout: the LoRA settings of the checkpoint's training (release: 32 and 0.05).
+        unsafe_unpickle: allow a full unpickle of the checkpoint (runs code stored in it).
+        dtype: `auto` keeps the dtype of the checkpoint's LM weights; else `float32`, `bfloat16` or `float16`.
+        num_heads: the projector's attention heads (not recorded in weights; 4 in the release).
+        card_options: what the model card says (license defaults to the LLaMA-2 license).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from llamo.hub_cards.cards import ModelCardOptions, build_model_card
+    from llamo.hub_cards.export import check_destination, write_export
+
+    from .modeling_llamo import LlamoForConditionalGeneration
+    from .processing_llamo import LlamoProcessor
+
+    checkpoint, llm, output_dir = Path(checkpoint), Path(llm), Path(output_dir)
+    check_destination(output_dir, overwrite)
+    if not (llm / "config.json").is_file():
+        raise FileNotFoundError(f"Base LLM folder not found or without config.json: {llm}")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise CheckpointError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}.")
+
+    parts = split_original_state_dict(load_checkpoint_state_dict(checkpoint, unsafe_unpickle))
+    found, graph_weights = convert_graph_part(parts, num_heads)
+    if EMBEDDING_KEY not in parts.language_model:
+        raise CheckpointError(f"Missing key: {LLM_PREFIX}model.embed_tokens.weight (the token embeddings).")
+    checkpoint_vocab = parts.language_model[EMBEDDING_KEY].shape[0]
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    graph_token_id = align_tokenizer(tokenizer, checkpoint_vocab, str(llm))
+    config = converted_config(found, llm, tokenizer, graph_token_id)
+
+    llm_weights = language_model_weights(parts, len(tokenizer), merge=not keep_adapter, lora_alpha=lora_alpha)
+    target = parts.language_model[EMBEDDING_KEY].dtype if dtype == "auto" else getattr(torch, dtype)
+    weights = {
+        key: value.to(target) if value.is_floating_point() else value
+        for key, value in {**graph_weights, **llm_weights}.items()
+    }
+    with torch.device("meta"):
+        model = LlamoForConditionalGeneration(config)
+    _check_against_model(model, weights)
+    model.load_state_dict(weights, assign=True, strict=True)
+    model.eval()
+    model.generation_config = _generation_config(llm, config, tokenizer)
+    processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
+
+    share = found["projector_config"]["share_level_attention"]
+    level_attention = describe_level_attention(parts.graph, share)
+    if not share:
+        logger.warning("Converting %s: %s.", checkpoint.name, level_attention)
+    facts = _conversion_facts(checkpoint, llm, parts, level_attention, checkpoint_vocab, graph_token_id, keep_adapter)
+    rank = parts.lora_rank
+    if rank:
+        facts.insert(3, ("LoRA settings", f"r {rank}, alpha {lora_alpha:g}, dropout {lora_dropout:g}"))
+    options = replace(card_options or ModelCardOptions(license="llama2"), conversion=facts)
+    card = build_model_card(model, processor, options)
+    adapter_base = options.repo_id or str(output_dir.resolve())
+
+    def write_adapter(folder: Path) -> None:
+        if keep_adapter and parts.lora:
+            _write_adapter(folder / "adapter", parts.lora, rank, lora_alpha, lora_dropout, adapter_base)
+
+    export = write_export(model, processor, output_dir, card, overwrite=overwrite, extra=write_adapter)
+    return ConversionResult(export, facts)
+
+
+def _generation_config(llm: Path, config, tokenizer):
+    """The base LLM's generation settings, with the pad token set and `<graph>` never generated."""
+    from transformers import GenerationConfig
+
+    if (llm / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(llm)
+    else:
+        generation = GenerationConfig.from_model_config(config.text_config)
+    generation.pad_token_id = tokenizer.pad_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    generation.suppress_tokens = [config.graph_token_id]
+    return generation
+
+
+def _write_adapter(folder: Path, lora, rank: int, alpha: float, dropout: float, base: str) -> None:
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=sorted(lora),
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base,
+        inference_mode=True,
+    ).save_pretrained(folder)
+    save_file(adapter_state_dict(lora), folder / "adapter_model.safetensors", metadata={"format": "pt"})
+
+
+def _conversion_facts(
+    checkpoint: Path, llm: Path, parts: OriginalParts, level_attention: str, vocab: int, graph_id: int, keep: bool
+) -> list[tuple[str, str]]:
+    """(label, value) rows describing a conversion, for the card and the command's report."""
+    leaves = sorted({module.rsplit(".", 1)[-1] for module in parts.lora})
+    if not parts.lora:
+        lora = "none in the checkpoint"
+    elif keep:
+        lora = (
+            f"kept as a PEFT adapter in `adapter/` ({len(parts.lora)} layers: {', '.join(leaves)}); the main "
+            "weights are the base weights: load the adapter with `PeftModel.from_pretrained(model, <this repo>, "
+            'subfolder="adapter")`'
+        )
+    else:
+        lora = f"merged into the {', '.join(leaves)} weights of {len(parts.lora)} layers"
+    facts = [
+        ("Source checkpoint", f"`{checkpoint.name}` ({checkpoint.stat().st_size / 2**30:.2f} GiB)"),
+        ("Base LLM folder", f"`{llm.name}` (configuration, tokenizer and generation settings)"),
+        ("LoRA", lora),
+        ("Level attention", level_attention),
+        ("Token order", "motif tokens first, then the level tokens (as the released code)"),
+        ("Vocabulary", f"the checkpoint's {vocab} rows, plus `{GRAPH_TOKEN}` (id {graph_id})"),
+        ("Prompt", "the original LLaMA-2 chat prompt (chat template `llama2`)"),
+    ]
+    if any(key.startswith("mllm.ln_graph_model.") for key in parts.graph):
+        facts.append(("Not converted", "`mllm.ln_graph_model.*`, saved by the original but unused at run time"))
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """The conversion's options (shared by `main` and `llamo convert-original`)."""
+    parser.add_argument("checkpoint", metavar="CKPT", help="the original checkpoint (.ckpt, or .safetensors)")
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
+    parser.add_argument("--llm", required=True, metavar="BASE_LLM_FOLDER", help="the base LLM the checkpoint used")
+    lora = parser.add_mutually_exclusive_group()
+    lora.add_argument("--merge-lora", action="store_true", help="merge LoRA into the weights (the default)")
+    lora.add_argument("--keep-adapter", action="store_true", help="keep LoRA as a PEFT adapter in OUT_DIR/adapter")
+    parser.add_argument(
+        "--lora-alpha", type=float, default=RELEASE_LORA_ALPHA, help="LoRA alpha of the training (release: 32)"
+    )
+    parser.add_argument(
+        "--lora-dropout", type=float, default=RELEASE_LORA_DROPOUT, help="LoRA dropout, for the adapter config"
+    )
+    parser.add_argument(
+        "--num-heads", type=int, default=RELEASE_NUM_HEADS, help="projector attention heads (release: 4)"
+    )
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the checkpoint's)")
+    parser.add_argument(
+        "--unsafe-unpickle",
+        action="store_true",
+        help="if torch.load(weights_only=True) refuses the file, unpickle it fully: this EXECUTES CODE stored in the "
+        "checkpoint, so use it only for a file from a source you trust",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+
+
+def convert_from_arguments(args: argparse.Namespace, card_options: ModelCardOptions | None = None) -> ConversionResult:
+    """`convert_original_checkpoint` with the options of `add_conversion_arguments`."""
+    return convert_original_checkpoint(
+        args.checkpoint,
+        args.llm,
+        args.output_dir,
+        keep_adapter=args.keep_adapter,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        unsafe_unpickle=args.unsafe_unpickle,
+        dtype=args.dtype,
+        num_heads=args.num_heads,
+        overwrite=args.overwrite,
+        card_options=card_options,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert from the command line; the exit status is 2 for a checkpoint or folder that cannot be converted."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llamo.convert_llamo_original_to_hf",
+        description="Convert the original LLaMo checkpoint and its base LLM folder into a Hugging Face folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_conversion_arguments(parser)
+    args = parser.parse_args(argv)
+    print(f"Converting {args.checkpoint} with the base LLM {args.llm} ...", file=sys.stderr)
+    try:
+        result = convert_from_arguments(args)
+    except (CheckpointError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for label, value in result.facts:
+        print(f"  {label}: {value}", file=sys.stderr)
+    print(f"Wrote {len(result.export.files)} files to {result.export.folder}", file=sys.stderr)
+    return 0
+
+
+__all__ = [
+    "DTYPES",
+    "ENCODER_PREFIX",
+    "LLM_PREFIX",
+    "PROJECTOR_PREFIX",
+    "RELEASE_LORA_ALPHA",
+    "RELEASE_LORA_DROPOUT",
+    "RELEASE_NUM_HEADS",
+    "UNUSED_PREFIXES",
+    "CheckpointError",
+    "ConversionResult",
+    "OriginalParts",
+    "UnsafeCheckpointError",
+    "adapter_state_dict",
+    "add_conversion_arguments",
+    "align_tokenizer",
+    "convert_from_arguments",
+    "convert_graph_part",
+    "convert_original_checkpoint",
+    "convert_original_graph_state_dict",
+    "converted_config",
+    "describe_level_attention",
+    "is_level_attention_shared",
+    "language_model_weights",
+    "level_attention_differences",
+    "load_checkpoint_state_dict",
+    "load_original_graph_weights",
+    "main",
+    "merge_lora",
+    "original_graph_configs",
+    "pickle_globals",
+    "refused_globals",
+    "split_original_state_dict",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
