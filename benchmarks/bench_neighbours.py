@@ -44,6 +44,7 @@ class BenchConfig:
     neighbours: tuple[int, ...] = (0, 1, 2, 4)
     threads: int | None = None
     skip_chemicals: bool = False
+    skip_prefill: bool = False
     output: str | None = None
 
 
@@ -148,7 +149,8 @@ def main(config: BenchConfig) -> dict:
     result: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     if not config.skip_chemicals:
         result["index"] = index_figures(config, [row["SMILES"] for row in rows])
-    result["prefill"] = prefill_figures(config, rows)
+    if not config.skip_prefill:
+        result["prefill"] = prefill_figures(config, rows)
     result["config"] = asdict(config)
     print(json.dumps(result, indent=2))
     if config.output:
@@ -167,6 +169,7 @@ if __name__ == "__main__":
     parser.add_argument("--neighbours", type=int, nargs="+", default=list(defaults.neighbours))
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--skip-chemicals", action="store_true", help="only the prefill part")
+    parser.add_argument("--skip-prefill", action="store_true", help="only the index part")
     parser.add_argument("--output")
     args = vars(parser.parse_args())
     args["neighbours"] = tuple(args["neighbours"])
