@@ -36,6 +36,7 @@ setup(
         "numpy>=1.26",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",
+        "httpx2",  # the OpenAI-compatible teacher's own client (huggingface_hub's HTTP library)
         "accelerate>=1.0",
         "tqdm",
         "datasets>=3.0",

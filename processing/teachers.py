@@ -5,26 +5,34 @@ A teacher turns chat messages into a `TeacherReply` (`text`, `finish_reason`, to
 generation loop can act on them: `TeacherError` fails one molecule, `TeacherFatalError` (bad key, wrong URL) stops the
 job, `BudgetExhausted` stops it cleanly when the request budget is spent.
 
-The HTTP client uses only the standard library. The API key is read from an environment variable whose name is
-configurable, kept in a `Secret` that never shows its value, and removed from every error text. Redirects are never
-followed (urllib would send the key along to wherever they point): a 3xx answer stops the job with an error.
+The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` (which builds the request and
+parses the reply) and keeps its own guarantees around it: retries with backoff and `Retry-After` on 429/5xx, timeouts
+and connection errors (read from the client's `HfHubHTTPError` and httpx2's exceptions), a request budget, typed
+errors. Its requests go through the teacher's own httpx2 client rather than huggingface_hub's shared session
+(`_TeacherClient`): redirects are never followed (they would carry the key along) and a 3xx answer stops the job,
+`HF_HUB_OFFLINE` does not block a local server (it is not the Hub), proxies are off for a loopback server, and the
+Authorization header holds the teacher's key or nothing, never the user's Hugging Face token. The API key is read from
+an environment variable whose name is configurable, kept in a `Secret` that never shows its value, and removed from
+every error text.
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.client
-import json
 import logging
 import os
 import random
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx2
+from huggingface_hub import ChatCompletionOutput, InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import hf_raise_for_status
 
 from .instruction_prompts import PROMPT_VERSION
 
@@ -161,11 +169,40 @@ def chat_completions_url(base_url: str) -> str:
     return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib would resend the Authorization header to wherever a redirect points: a 3xx is returned as it is."""
+class _Redirected(Exception):
+    """A 3xx answer, which the teacher's client does not follow."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+    def __init__(self, response: httpx2.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+class _TeacherClient(InferenceClient):
+    """`InferenceClient` whose requests go through `http` (the teacher's own client) with `authorization()`'s headers.
+
+    `InferenceClient` sends through huggingface_hub's shared session, which follows redirects, refuses every request
+    under `HF_HUB_OFFLINE` and, without an `api_key`, sends the user's Hugging Face token: none of that suits a
+    third-party server. Overriding its one transport method keeps `chat_completion`'s request and reply handling.
+    """
+
+    def __init__(self, base_url: str, http: httpx2.Client, authorization: Callable[[], dict[str, str]]):
+        # any api_key, so that no Hugging Face token is looked up; the Authorization header is replaced below
+        super().__init__(base_url=base_url, api_key="unused")
+        self._http = http
+        self._authorization = authorization
+
+    def _inner_post(self, request_parameters, *, stream: bool = False) -> bytes:
+        headers = {k: v for k, v in request_parameters.headers.items() if k.lower() != "authorization"}
+        response = self._http.post(
+            request_parameters.url,
+            json=request_parameters.json,
+            content=request_parameters.data,
+            headers={**headers, **self._authorization()},
+        )
+        if 300 <= response.status_code < 400:
+            raise _Redirected(response)
+        hf_raise_for_status(response)
+        return response.content
 
 
 def _message_text(content: Any) -> str:
@@ -216,7 +253,7 @@ class OpenAICompatibleTeacher:
         self.api_key_env = api_key_env
         self._api_key = Secret(os.environ.get(api_key_env, "").strip()) if api_key_env else Secret("")
         if any(not 32 < ord(char) < 127 for char in self._api_key.reveal()):
-            # http.client would quote the whole header, key included, in its error
+            # an HTTP client would quote the whole header, key included, in its error
             raise ValueError(f"${api_key_env} holds spaces or characters that cannot be sent in an HTTP header.")
         if not self._api_key:
             logger.warning(
@@ -231,10 +268,8 @@ class OpenAICompatibleTeacher:
         self.stop_event = threading.Event()
         host = urllib.parse.urlparse(self.url).hostname or ""
         # a proxy from the environment must not swallow requests to a local server
-        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
-        if host in _LOOPBACK_HOSTS:
-            handlers.append(urllib.request.ProxyHandler({}))
-        self._opener = urllib.request.build_opener(*handlers)
+        http = httpx2.Client(timeout=timeout, follow_redirects=False, trust_env=host not in _LOOPBACK_HOSTS)
+        self._client = _TeacherClient(self.url.removesuffix("/chat/completions"), http, self._headers)
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -244,82 +279,74 @@ class OpenAICompatibleTeacher:
         )
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "llamo"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
-        return headers
+        return {"Authorization": f"Bearer {self._api_key.reveal()}"} if self._api_key else {}
 
-    def _post(self, body: bytes) -> tuple[int, Any, bytes]:
-        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                return response.status, response.headers, response.read()
-        except urllib.error.HTTPError as error:
-            try:
-                payload = error.read()
-            except (OSError, http.client.HTTPException):
-                payload = b""
-            finally:
-                error.close()
-            return error.code, error.headers, payload
+    def _error_text(self, text: str, limit: int = 300) -> str:
+        return self._api_key.redact(text[:limit]).strip()
 
-    def _error_text(self, payload: bytes, limit: int = 300) -> str:
-        return self._api_key.redact(payload[:limit].decode("utf-8", "replace")).strip()
-
-    def _redirect_detail(self, status: int, headers: Any) -> str:
-        location = self._api_key.redact(str(headers.get("Location") if headers is not None else None))
+    def _redirect_detail(self, response: httpx2.Response) -> str:
+        location = self._api_key.redact(str(response.headers.get("Location")))
         return (
-            f"HTTP {status} from {self.url} redirects to {location}; redirects are not followed, so that the API key "
-            "is never sent elsewhere: give the final URL as the base URL"
+            f"HTTP {response.status_code} from {self.url} redirects to {location}; redirects are not followed, so "
+            "that the API key is never sent elsewhere: give the final URL as the base URL"
         )
 
-    def _reply(self, payload: bytes) -> TeacherReply:
+    def _reply(self, output: ChatCompletionOutput) -> TeacherReply:
         try:
-            data = json.loads(payload)
-            choice = data["choices"][0]
-            text = _message_text(choice["message"].get("content"))
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
-            detail = f"not a chat completion ({error!r}): {self._error_text(payload)}"
+            choice = output.choices[0]
+            text = _message_text(choice.message.content)
+        except (IndexError, TypeError, AttributeError) as error:
+            detail = f"not a chat completion ({error!r}): {self._error_text(str(output))}"
             raise TeacherError("invalid_response", detail) from None
-        usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
-        return TeacherReply(text=text, finish_reason=choice.get("finish_reason"), usage=usage)
+        usage = {k: v for k, v in (output.usage or {}).items() if isinstance(v, int)}
+        return TeacherReply(text=text, finish_reason=choice.finish_reason, usage=usage)
+
+    def _status_error(self, response: httpx2.Response) -> tuple[str, float | None]:
+        """What an HTTP error answer means: raises for one that retrying cannot help, else (detail, Retry-After)."""
+        status = response.status_code
+        detail = f"HTTP {status} from {self.url}: {self._error_text(response.text)}"
+        if status in FATAL_STATUS:
+            self.stop_event.set()  # every other request would be refused too
+            hint = f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
+            raise TeacherFatalError(f"http_{status}", detail + hint)
+        if status not in RETRYABLE_STATUS and status < 500:
+            raise TeacherError(f"http_{status}", detail)
+        return detail, parse_retry_after(response.headers.get("Retry-After"))
+
+    def _attempt(
+        self, messages: list[dict[str, str]], seed: int | None
+    ) -> tuple[TeacherReply | None, str, float | None]:
+        """One request: (reply, "", None), or (None, what went wrong, Retry-After) for a retryable failure."""
+        try:
+            output = self._client.chat_completion(
+                messages,
+                model=self.model,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                seed=seed,
+                extra_body=self.extra_body or None,
+            )
+        except _Redirected as redirect:
+            self.stop_event.set()
+            raise TeacherFatalError("redirect", self._redirect_detail(redirect.response)) from None
+        except HfHubHTTPError as error:
+            return (None, *self._status_error(error.response))
+        except httpx2.TransportError as error:  # timeouts, refused or dropped connections
+            return None, self._api_key.redact(f"{type(error).__name__}: {error}"), None
+        except ValueError as error:  # a body that is not JSON
+            raise TeacherError("invalid_response", f"not a chat completion ({error!r})") from None
+        return self._reply(output), "", None
 
     def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
         """One chat completion of `messages`, retried per `self.retry`; `seed` is sent for reproducible sampling."""
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            **({"seed": seed} if seed is not None else {}),
-            **self.extra_body,
-        }
-        encoded = json.dumps(body).encode("utf-8")
         for attempt in range(self.retry.max_retries + 1):
             if self.stop_event.is_set():
                 raise GenerationStopped("stopped")
             if not self.budget.take():
                 raise BudgetExhausted(f"request budget of {self.budget.max_requests} spent")
-            retry_after = None
-            try:
-                status, headers, payload = self._post(encoded)
-            except (OSError, http.client.HTTPException) as error:
-                problem = self._api_key.redact(f"{type(error).__name__}: {error}")
-            else:
-                if status == 200:
-                    return self._reply(payload)
-                detail = f"HTTP {status} from {self.url}: {self._error_text(payload)}"
-                if 300 <= status < 400:
-                    self.stop_event.set()
-                    raise TeacherFatalError("redirect", self._redirect_detail(status, headers))
-                if status in FATAL_STATUS:
-                    self.stop_event.set()  # every other request would be refused too
-                    hint = f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
-                    raise TeacherFatalError(f"http_{status}", detail + hint)
-                if status not in RETRYABLE_STATUS and status < 500:
-                    raise TeacherError(f"http_{status}", detail)
-                problem = detail
-                retry_after = parse_retry_after(headers.get("Retry-After") if headers is not None else None)
+            reply, problem, retry_after = self._attempt(messages, seed)
+            if reply is not None:
+                return reply
             if attempt == self.retry.max_retries:
                 raise TeacherError("retries_exhausted", f"{attempt + 1} attempts, last: {problem}")
             delay = self.retry.delay(attempt, retry_after, self._rng)

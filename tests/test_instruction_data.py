@@ -636,6 +636,22 @@ def test_redirects_are_refused_and_the_key_goes_nowhere_else(recording_servers, 
     assert target.seen == [] and summary_of(output)["stopped"] == "fatal_error"
 
 
+def test_the_teacher_client_is_its_own_not_huggingface_hubs_session(server, tmp_path, monkeypatch):
+    """`InferenceClient` would send through huggingface_hub's session: blocked by HF_HUB_OFFLINE, the user's Hugging
+    Face token sent when there is no key, environment proxies used for a local server. The teacher's client: none."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_TOKEN", "hf_user_token_never_sent")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    teacher = OpenAICompatibleTeacher("m", base_url=server.base_url, api_key_env=KEY_ENV, timeout=5)
+    prompt = [{"role": "user", "content": "Molecule\nSMILES: CCO\nDescription: An alcohol."}]
+    reply = teacher.complete(prompt, seed=7)
+    assert reply.finish_reason == "stop" and reply.usage["prompt_tokens"] == 10
+    assert server.log[0]["authorization"] is None and server.log[0]["model"] == "m"
+
+
 def test_request_budget_stops_cleanly_and_a_rerun_continues(server, api_key, tmp_path, capsys):
     source = write_jsonl(tmp_path / "mols.jsonl", MOLECULES[:7])
     output = tmp_path / "out.jsonl"
