@@ -102,16 +102,18 @@ def _add_evaluate_parser(subparsers) -> None:
 def _add_setup_wordnet_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "setup-wordnet",
-        help="install WordNet for METEOR from the Debian wordnet packages (offline)",
+        help="install WordNet for METEOR (NLTK's download, else the Debian wordnet packages offline)",
         description=(
-            "Copy WordNet 3.0 from the Debian packages wordnet-base and wordnet-sense-index (apt-get install -y "
-            "wordnet-base wordnet-sense-index) into an NLTK data folder, with the lexnames file NLTK needs."
+            "Install WordNet 3.0 into an NLTK data folder: NLTK's download (nltk.download) when its data server "
+            "answers within a few seconds, else a copy from the Debian packages wordnet-base and wordnet-sense-index "
+            "(apt-get install -y wordnet-base wordnet-sense-index) with the lexnames file NLTK needs."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--nltk-data", help="NLTK data folder (default: first $NLTK_DATA entry, else ~/nltk_data)")
     parser.add_argument("--source", default="/usr/share/wordnet", help="where the Debian packages put WordNet")
     parser.add_argument("--overwrite", action="store_true", help="replace an unreadable WordNet folder")
+    parser.add_argument("--no-download", action="store_true", help="do not try NLTK's download: copy the Debian files")
     parser.set_defaults(handler=_run_setup_wordnet)
 
 
@@ -191,7 +193,9 @@ def _run_setup_wordnet(args: argparse.Namespace) -> None:
     from .wordnet import WordNetUnavailable, setup_wordnet
 
     try:
-        target = setup_wordnet(args.nltk_data, source=args.source, overwrite=args.overwrite)
+        target = setup_wordnet(
+            args.nltk_data, source=args.source, overwrite=args.overwrite, download=not args.no_download
+        )
     except WordNetUnavailable as error:
         raise CommandError(str(error)) from error
     hint = "" if args.nltk_data is None else f" (pass --nltk-data {args.nltk_data} to llamo evaluate)"

@@ -1,21 +1,32 @@
-"""WordNet for NLTK's METEOR, installed offline from the Debian packages `wordnet-base` and `wordnet-sense-index`.
+"""WordNet for NLTK's METEOR: NLTK's own download when its data server answers, else the Debian packages
+`wordnet-base` and `wordnet-sense-index` (offline).
 
-NLTK reads WordNet from `<nltk_data>/corpora/wordnet/`: the database files that Debian ships under
-`/usr/share/wordnet`, plus a `lexnames` file (the numbered lexicographer files) that the Debian packages leave out and
-that is written here. Only folders on NLTK's data path can be read (NLTK refuses other paths), so an explicit
-`nltk_data` folder is added to `nltk.data.path`.
+`setup_wordnet` tries `nltk.download("wordnet")` first; offline, the server is given `DOWNLOAD_TIMEOUT` seconds to
+answer before the download is given up. NLTK reads WordNet from `<nltk_data>/corpora/wordnet/`: NLTK's package, or
+the database files that Debian ships under `/usr/share/wordnet` plus a `lexnames` file (the numbered lexicographer
+files) that the Debian packages leave out and that is written here. Only folders on NLTK's data path can be read
+(NLTK refuses other paths), so an explicit `nltk_data` folder is added to `nltk.data.path`.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import shutil
+import socket
+import threading
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 APT_INSTALL = "apt-get install -y wordnet-base wordnet-sense-index"
+DOWNLOAD_TIMEOUT = 5.0
+"""Seconds to wait for NLTK's data server to accept a connection before falling back to the Debian files."""
+
+logger = logging.getLogger(__name__)
 
 WORDNET_FILES = (
     "cntlist.rev",
@@ -153,28 +164,82 @@ def load_wordnet(nltk_data: str | Path | None = None):
     return _READERS[key]
 
 
+def _server_answers(url: str, timeout: float) -> bool:
+    """Whether `url`'s host accepts a TCP connection within `timeout` seconds, name lookup included (in a thread:
+    `socket.create_connection`'s timeout does not bound the lookup, which an offline resolver can stall)."""
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, name="llamo-wordnet-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def download_wordnet(nltk_data: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path | None:
+    """
+    WordNet from NLTK's data server (`nltk.download("wordnet")`, unpacked) into `nltk_data/corpora/wordnet`.
+
+    Returns:
+        the folder, or None when the server does not answer within `timeout` seconds or the download fails (the
+        reason is logged).
+    """
+    import nltk
+    from nltk.downloader import Downloader
+
+    if not _server_answers(Downloader.DEFAULT_URL, timeout):
+        logger.info("NLTK's data server did not answer within %g s: WordNet is not downloaded.", timeout)
+        return None
+    options = {"extract": True} if "extract" in inspect.signature(nltk.download).parameters else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NLTK warns about download folders other users can write to
+            done = nltk.download("wordnet", download_dir=str(nltk_data), quiet=True, raise_on_error=True, **options)
+    except (ValueError, OSError) as error:
+        logger.warning("NLTK's WordNet download failed (%s); using the Debian files instead.", error)
+        return None
+    target = Path(nltk_data) / "corpora" / "wordnet"
+    return target if done and target.is_dir() else None
+
+
+def _readable(nltk_data: Path) -> bool:
+    try:
+        load_wordnet(nltk_data)
+    except WordNetUnavailable:
+        return False
+    return True
+
+
 def setup_wordnet(
-    nltk_data: str | Path | None = None, source: str | Path = DEBIAN_WORDNET, overwrite: bool = False
+    nltk_data: str | Path | None = None,
+    source: str | Path = DEBIAN_WORDNET,
+    overwrite: bool = False,
+    download: bool = True,
+    timeout: float = DOWNLOAD_TIMEOUT,
 ) -> Path:
     """
-    Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` from the Debian WordNet files in `source`, writing
-    the `lexnames` file they lack. Does nothing when a readable WordNet is already there.
+    Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet`: NLTK's download first (`download`, giving up
+    after `timeout` seconds without an answer), else a copy of the Debian WordNet files in `source` with the
+    `lexnames` file they lack. Does nothing when a readable WordNet is already there.
 
     Returns:
         the installed `corpora/wordnet` folder.
 
     Raises:
-        FileNotFoundError: `source` lacks database files (install the Debian packages).
+        FileNotFoundError: no download, and `source` lacks database files (install the Debian packages).
         FileExistsError: the target holds something unreadable and `overwrite` is False.
     """
     nltk_data = Path(nltk_data) if nltk_data is not None else default_nltk_data()
     source = Path(source)
     target = nltk_data / "corpora" / "wordnet"
-    missing = [name for name in WORDNET_FILES if not (source / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{source} lacks the WordNet files {', '.join(missing)}; install them with: {APT_INSTALL}"
-        )
     if target.exists() and any(target.iterdir()):
         try:
             load_wordnet(nltk_data)
@@ -184,6 +249,20 @@ def setup_wordnet(
                 raise FileExistsError(
                     f"{target} exists but is not a readable WordNet ({error}); move it away or pass --overwrite."
                 ) from error
+        shutil.rmtree(target)
+    if download and download_wordnet(nltk_data, timeout) is not None and _readable(nltk_data):
+        return target
+    return _copy_debian_wordnet(nltk_data, source)
+
+
+def _copy_debian_wordnet(nltk_data: Path, source: Path) -> Path:
+    """The Debian WordNet files of `source` and a `lexnames` file, into `nltk_data/corpora/wordnet`."""
+    target = nltk_data / "corpora" / "wordnet"
+    missing = [name for name in WORDNET_FILES if not (source / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{source} lacks the WordNet files {', '.join(missing)}; install them with: {APT_INSTALL}"
+        )
     target.mkdir(parents=True, exist_ok=True)
     for name in WORDNET_FILES:
         shutil.copyfile(source / name, target / name)
@@ -196,10 +275,12 @@ def setup_wordnet(
 __all__ = [
     "APT_INSTALL",
     "DEBIAN_WORDNET",
+    "DOWNLOAD_TIMEOUT",
     "LEXICOGRAPHER_FILES",
     "WORDNET_FILES",
     "WordNetUnavailable",
     "default_nltk_data",
+    "download_wordnet",
     "lexnames_text",
     "load_wordnet",
     "setup_wordnet",

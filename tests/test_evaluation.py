@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,7 @@ def nltk_data(tmp_path_factory) -> Path:
     if not DEBIAN_WORDNET.is_dir():
         pytest.skip("WordNet's Debian files are missing: apt-get install -y wordnet-base wordnet-sense-index")
     folder = tmp_path_factory.mktemp("nltk_data")
-    setup_wordnet(folder, source=DEBIAN_WORDNET)
+    setup_wordnet(folder, source=DEBIAN_WORDNET, download=False)
     return folder
 
 
@@ -207,7 +209,44 @@ def test_setup_wordnet_writes_lexnames_and_is_idempotent(nltk_data, tmp_path):
     assert setup_wordnet(nltk_data, source=DEBIAN_WORDNET) == target
     assert (target / "data.noun").stat().st_mtime_ns == before
     with pytest.raises(FileNotFoundError, match="apt-get install -y wordnet-base wordnet-sense-index"):
-        setup_wordnet(tmp_path / "elsewhere", source=tmp_path)
+        setup_wordnet(tmp_path / "elsewhere", source=tmp_path, download=False)
+
+
+def test_setup_wordnet_downloads_first_and_falls_back_quickly(nltk_data, tmp_path, monkeypatch):
+    import nltk
+
+    from llamo.evaluation import wordnet as wordnet_module
+
+    calls = []
+
+    def fake_download(package, download_dir, **options):  # NLTK's package: WordNet's files, lexnames included
+        calls.append(package)
+        shutil.copytree(nltk_data / "corpora" / "wordnet", Path(download_dir) / "corpora" / "wordnet")
+        return True
+
+    monkeypatch.setattr(wordnet_module, "_server_answers", lambda url, timeout: True)
+    monkeypatch.setattr(nltk, "download", fake_download)
+    downloaded = tmp_path / "downloaded"
+    assert setup_wordnet(downloaded, source=tmp_path / "no-debian-files") == downloaded / "corpora" / "wordnet"
+    assert calls == ["wordnet"] and load_wordnet(downloaded).synsets("dog")
+
+    def refused(package, download_dir, **options):
+        raise ValueError("Error loading wordnet: <urlopen error no address>")
+
+    monkeypatch.setattr(nltk, "download", refused)
+    assert setup_wordnet(tmp_path / "refused", source=DEBIAN_WORDNET).name == "wordnet"  # the Debian copy
+
+    def stalled_lookup(*args, **kwargs):  # an offline resolver that never answers
+        time.sleep(5)
+        raise TimeoutError("no answer")
+
+    monkeypatch.undo()  # offline: the real probe gives up within the timeout and the Debian files are copied
+    monkeypatch.setattr(socket, "create_connection", stalled_lookup)
+    monkeypatch.setattr(nltk, "download", lambda *args, **kwargs: pytest.fail("downloaded without a server"))
+    started = time.monotonic()
+    assert wordnet_module.download_wordnet(tmp_path / "offline", timeout=0.2) is None
+    assert time.monotonic() - started < 2
+    assert (setup_wordnet(tmp_path / "offline", source=DEBIAN_WORDNET, timeout=0.2) / "lexnames").is_file()
 
 
 # ---------------------------------------------------------------- IUPAC names and properties
@@ -785,7 +824,8 @@ def test_cli_evaluate_and_setup_wordnet(tmp_path, tiny_llamo_dir, eval_rows, cap
     assert main(["evaluate", "--baseline", "mean", *common, "--output-dir", str(tmp_path / "m")]) == 2
     assert "--train-data" in capsys.readouterr().err
 
-    assert main(["setup-wordnet", "--nltk-data", str(tmp_path / "nltk"), "--source", str(empty)]) == 2
+    no_wordnet = ["setup-wordnet", "--nltk-data", str(tmp_path / "nltk"), "--source", str(empty), "--no-download"]
+    assert main(no_wordnet) == 2
     assert "apt-get install" in capsys.readouterr().err
     if DEBIAN_WORDNET.is_dir():  # installed by the session fixture: the command finds it ready
         installed = request.getfixturevalue("nltk_data")
