@@ -28,6 +28,7 @@ from pathlib import Path
 
 from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
 from llamo.evaluation.naming import opsin_unavailable_reason
+from llamo.evaluation.text_metrics import SCIBERT_HUB_ID
 from llamo.processing.datasets import holdout_split
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
@@ -63,7 +64,7 @@ class EvalConfig:
     recipe: str = "llamo_smollm2_135m"
     model: str | None = None
     work_dir: str = "runs/llamo-smollm2-135m/eval"
-    scibert_vocab: str = "allenai/scibert_scivocab_uncased"
+    scibert_vocab: str = SCIBERT_HUB_ID
     batch_size: int = 16
     num_beams: int = 1
     max_rows: int | None = None

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
 def _add_evaluate_parser(subparsers) -> None:
     from llamo.help_formatter import DefaultsHelpFormatter
 
+    from .text_metrics import SCIBERT_HUB_ID  # standard library only at its top
+
     parser = subparsers.add_parser(
         "evaluate",
         help="score a model (or a baseline) on description, IUPAC naming and property QA",
@@ -92,7 +94,7 @@ def _add_evaluate_parser(subparsers) -> None:
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
         "--scibert-vocab",
-        help="SciBERT's vocab.txt, a folder or a Hub id (MolT5 protocol; default: allenai/scibert_scivocab_uncased)",
+        help=f"SciBERT's vocab.txt, a folder or a Hub id (MolT5 protocol; default: {SCIBERT_HUB_ID})",
     )
     metrics.add_argument("--llm-tokenizer", help="tokenizer of the LLaMo protocol (default: the model's)")
     metrics.add_argument("--nltk-data", help="NLTK data folder holding WordNet (see `llamo setup-wordnet`)")

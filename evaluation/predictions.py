@@ -27,6 +27,8 @@ from typing import Any
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 RESULTS_FILE = "results.json"
+RESULTS_FORMAT = "llamo-evaluation"
+"""The `format` of a results document (see `llamo.evaluation`); `hub_cards.results` reads only this format."""
 TSV_HEADER = ("SMILES", "ground truth", "output")
 _TSV_UNSAFE = re.compile(r"[\t\r\n]+")
 
@@ -216,6 +218,7 @@ class PredictionStore:
 __all__ = [
     "PREDICTIONS_FILE",
     "RESULTS_FILE",
+    "RESULTS_FORMAT",
     "RUN_CONFIG_FILE",
     "TSV_HEADER",
     "PredictionRecord",

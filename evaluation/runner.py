@@ -34,7 +34,7 @@ from llamo.storage import disk_full_guard
 
 from .data import DatasetInfo, EvalExample, SkippedRow, load_rows, rows_fingerprint, select_examples
 from .naming import naming_metrics
-from .predictions import PredictionRecord, PredictionStore, Skip
+from .predictions import RESULTS_FORMAT, PredictionRecord, PredictionStore, Skip
 from .properties import PropertyTarget, property_metrics
 from .text_metrics import (
     LLAMO_PROTOCOL,
@@ -50,7 +50,6 @@ from .text_metrics import (
 )
 from .wordnet import WordNetUnavailable, load_wordnet
 
-RESULTS_FORMAT = "llamo-evaluation"
 RESULTS_FORMAT_VERSION = 1
 BASELINES = ("retrieval", "mean", "no-graph")
 TRAINED_BASELINES = ("retrieval", "mean")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RESULTS_FORMAT = "llamo-evaluation"
+from llamo.evaluation.predictions import RESULTS_FORMAT
+
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
 PROTOCOL_LABELS = {

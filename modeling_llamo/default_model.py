@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .quiet import quiet_loading
+from .retrieval import RETRIEVAL_FILE  # neighbours and default indexes of a model
 
 DEFAULT_MODEL_NAME = "llamo-smollm2-135m"
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled" / DEFAULT_MODEL_NAME
@@ -40,7 +41,6 @@ BUNDLE_WEIGHTS = "graph_and_new_embeddings.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_CARD = "README.md"
-RETRIEVAL_FILE = "llamo_retrieval.json"  # see llamo.retrieval: neighbours and default indexes of a model
 
 
 class DefaultModelUnavailable(RuntimeError):

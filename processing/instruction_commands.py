@@ -112,7 +112,7 @@ def run_generate_data(args: argparse.Namespace) -> None:
 
     from .instruction_data import (
         ColumnNames,
-        GenerationConfig,
+        DataGenerationConfig,
         format_summary,
         generate_conversations,
         read_molecules,
@@ -125,7 +125,7 @@ def run_generate_data(args: argparse.Namespace) -> None:
     try:
         molecules = read_molecules(args.input, args.format, columns, id_prefix=args.id_prefix, limit=args.limit)
         teacher = _build_teacher(args)
-        config = GenerationConfig(
+        config = DataGenerationConfig(
             max_turns=args.max_turns,
             num_exemplars=args.num_exemplars,
             seed_exemplars=args.seed_exemplars,

@@ -492,8 +492,8 @@ def record_metadata_identity(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class GenerationConfig:
-    """Options of `generate_conversations`.
+class DataGenerationConfig:
+    """Options of `generate_conversations` (named apart from transformers' `GenerationConfig`).
 
     `max_turns`: most question-answer pairs a conversation may have (step 3; also asked of the teacher).
     `num_exemplars`: exemplars per request (step 2); 0 skips step 1. `seed_exemplars`: how many step 1 makes.
@@ -564,7 +564,7 @@ def _identity(teacher) -> dict[str, str]:
     return {"teacher": teacher.name, "model": teacher.model, "prompt_version": teacher.prompt_version}
 
 
-def _grounded_outcome(teacher: GroundedTeacher, molecule: Molecule, config: GenerationConfig) -> Outcome:
+def _grounded_outcome(teacher: GroundedTeacher, molecule: Molecule, config: DataGenerationConfig) -> Outcome:
     from llamo.featurization_llamo import parse_smiles
 
     seed = molecule_seed(config.seed, molecule.id)
@@ -587,7 +587,7 @@ def _grounded_outcome(teacher: GroundedTeacher, molecule: Molecule, config: Gene
     return Outcome(molecule, "generated", record=record)
 
 
-def _teacher_outcome(teacher, molecule: Molecule, exemplars: list[Exemplar], config: GenerationConfig) -> Outcome:
+def _teacher_outcome(teacher, molecule: Molecule, exemplars: list[Exemplar], config: DataGenerationConfig) -> Outcome:
     seed = molecule_seed(config.seed, molecule.id)
     chosen = pick_exemplars(exemplars, molecule.id, config.num_exemplars, seed)
     prompt = generation_messages(molecule.smiles, molecule.description, molecule.iupac, chosen, config.max_turns)
@@ -613,7 +613,7 @@ def _teacher_outcome(teacher, molecule: Molecule, exemplars: list[Exemplar], con
     return Outcome(molecule, "generated", record=record, usage=reply.usage)
 
 
-def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config: GenerationConfig) -> Outcome:
+def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config: DataGenerationConfig) -> Outcome:
     """Steps 2 and 3 for one molecule (the grounded teacher writes the conversation itself)."""
     if isinstance(teacher, GroundedTeacher):
         return _grounded_outcome(teacher, molecule, config)
@@ -737,7 +737,7 @@ def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, s
 def build_summary(
     store: ConversationStore,
     molecules: MoleculeInput,
-    config: GenerationConfig,
+    config: DataGenerationConfig,
     state: _RunState,
     exemplars: int,
     seconds: float,
@@ -795,7 +795,7 @@ def generate_conversations(
     molecules: MoleculeInput | list[Molecule],
     teacher,
     output: str | Path,
-    config: GenerationConfig | None = None,
+    config: DataGenerationConfig | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline over `molecules` with `teacher`, appending to `output`; returns the summary (also written to
     `<output>.summary.json`).
@@ -804,7 +804,7 @@ def generate_conversations(
     when the teacher's request budget is spent (`summary["stopped"] == "budget_exhausted"`). Raises
     `TeacherFatalError` (after writing the summary) when the teacher refuses every request, e.g. a wrong API key.
     """
-    config = config or GenerationConfig()
+    config = config or DataGenerationConfig()
     if not isinstance(molecules, MoleculeInput):
         molecules = MoleculeInput(molecules=list(molecules), source="molecules", rows=len(molecules))
     store = ConversationStore(output)
@@ -819,7 +819,9 @@ def generate_conversations(
         return _generate(molecules, teacher, store, config)
 
 
-def _generate(molecules: MoleculeInput, teacher, store: ConversationStore, config: GenerationConfig) -> dict[str, Any]:
+def _generate(
+    molecules: MoleculeInput, teacher, store: ConversationStore, config: DataGenerationConfig
+) -> dict[str, Any]:
     store.open(_identity(teacher), allow_mixed=config.allow_mixed, overwrite=config.overwrite)
     started = time.monotonic()
     budget = getattr(teacher, "budget", None)
@@ -888,7 +890,7 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
     Keys: `input` and `output` (required); `teacher` (default `grounded`) and the options of
     `teachers.build_teacher` (`model`, `max_requests`, `temperature`, ...); the input's `format`, `id_prefix` and
-    `limit` (see `read_molecules`); any `GenerationConfig` field (`max_turns`, `seed`, ...; no progress bar unless
+    `limit` (see `read_molecules`); any `DataGenerationConfig` field (`max_turns`, `seed`, ...; no progress bar unless
     `show_progress`). An unknown key raises `ValueError`. Returns the summary.
     """
     from dataclasses import fields
@@ -901,8 +903,8 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"The conversations settings need {' and '.join(missing)}.")
     source, output, kind = options.pop("input"), options.pop("output"), options.pop("teacher", "grounded")
     reading = {key: options.pop(key) for key in _INPUT_SETTINGS if key in options}
-    config_fields = {item.name for item in fields(GenerationConfig)}
-    config = GenerationConfig(
+    config_fields = {item.name for item in fields(DataGenerationConfig)}
+    config = DataGenerationConfig(
         **{"show_progress": False, **{k: options.pop(k) for k in list(options) if k in config_fields}}
     )
     teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}
@@ -974,7 +976,7 @@ __all__ = [
     "SUMMARY_KEYS",
     "ColumnNames",
     "ConversationStore",
-    "GenerationConfig",
+    "DataGenerationConfig",
     "Molecule",
     "MoleculeInput",
     "Outcome",

@@ -27,7 +27,7 @@ from llamo.cli import build_parser, main
 from llamo.processing.grounded_teacher import GroundedTeacher, molecule_facts, split_sentences
 from llamo.processing.instruction_data import (
     ColumnNames,
-    GenerationConfig,
+    DataGenerationConfig,
     Molecule,
     generate_conversations,
     load_generated_conversations,
@@ -680,7 +680,7 @@ def test_budget_counts_retries(server, api_key, tmp_path):
         budget=RequestBudget(3),
     )
     molecules = [Molecule("a", "CCO", "An alcohol.")]
-    summary = generate_conversations(molecules, teacher, tmp_path / "o.jsonl", GenerationConfig(num_exemplars=0))
+    summary = generate_conversations(molecules, teacher, tmp_path / "o.jsonl", DataGenerationConfig(num_exemplars=0))
     assert summary["stopped"] == "budget_exhausted" and summary["pending"] == 1 and summary["failed"] == 0
     assert len(server.log) == 3
 
@@ -913,7 +913,7 @@ def test_transformers_teacher_runs_a_local_chat_model(tiny_llm_dir, tmp_path):
     teacher = TransformersTeacher(str(tiny_llm_dir), max_new_tokens=6, temperature=0.0, device="cpu")
     molecules = [Molecule("a", "CCO", "An alcohol."), Molecule("b", "CCN", "An amine.")]
     output = tmp_path / "local.jsonl"
-    config = GenerationConfig(num_exemplars=1, seed_exemplars=1, show_progress=False)
+    config = DataGenerationConfig(num_exemplars=1, seed_exemplars=1, show_progress=False)
     summary = generate_conversations(molecules, teacher, output, config)
     # a random model's 6 tokens are no conversation: content is not checked, the plumbing is
     assert summary["this_run"]["requests"] == 3 and summary["this_run"]["completion_tokens"] > 0
