@@ -24,21 +24,20 @@ Files, for `--output OUT.jsonl`:
 A rerun of the same command continues where the last one stopped. An output made by another teacher, model or prompt
 version is refused (unless `allow_mixed`); `overwrite` starts over. A full disk stops the run with a
 `llamo.storage.DiskFullError` naming the folder; the records already written stay, and the rerun continues.
+
+This module runs the job (steps 1-3 and the run over all molecules); its parts live beside it and their public names
+are importable from here too: `instruction_inputs` (reading molecules), `instruction_store` (the output files),
+`instruction_summary` (the summary), `instruction_prompts` (prompts, parsing and the filter).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import inspect
-import json
 import logging
-import os
 import random
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 from llamo.storage import disk_full_guard
 
 from .grounded_teacher import GroundedTeacher
+from .instruction_inputs import ColumnNames, Molecule, MoleculeInput, detect_format, inchikey, read_molecules
 from .instruction_prompts import (
     ConversationFormatError,
     Exemplar,
@@ -55,45 +55,18 @@ from .instruction_prompts import (
     parse_conversation,
     seed_messages,
 )
-from .schema import CONVERSATION_FEATURES, make_record
-from .teachers import (
-    BudgetExhausted,
-    GenerationStopped,
-    RequestBudget,
-    TeacherError,
-    TeacherFatalError,
-    TeacherReply,
+from .instruction_store import (
+    ConversationStore,
+    load_generated_conversations,
+    read_jsonl,
+    record_metadata_identity,
+    write_json_atomically,
 )
+from .instruction_summary import SUMMARY_KEYS, SUMMARY_VERSION, RunState, build_summary, format_summary, read_summary
+from .schema import make_record
+from .teachers import BudgetExhausted, GenerationStopped, TeacherError, TeacherFatalError, TeacherReply
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_VERSION = 1
-SUMMARY_KEYS = {
-    "summary_version": "version of this layout (1)",
-    "output": "the output JSONL path",
-    "input": "what was read (path, or a description of the dataset)",
-    "teacher": "openai | transformers | grounded",
-    "model": "the teacher's model (grounded: rdkit-facts)",
-    "prompt_version": "version of the prompts (grounded: of its templates)",
-    "molecules": "valid molecules in the input (after --limit)",
-    "input_rows": "rows read from the input",
-    "skipped_rows": "input rows skipped",
-    "skipped_by_reason": "{missing_smiles, invalid_smiles, missing_description, duplicate_id, unreadable_row: n}",
-    "generated": "records in the output file",
-    "generated_by_source": "{record source (generated:<teacher>): n}",
-    "filtered": "molecules dropped by the filter (final; not retried)",
-    "filtered_by_reason": "{reason: n}, reasons in FILTER_REASONS",
-    "failed": "molecules whose teacher request failed (retried by the next run)",
-    "failed_by_reason": "{reason: n}: http_<status>, retries_exhausted, invalid_response, teacher_exception",
-    "pending": "input molecules not done yet (budget spent, stopped)",
-    "complete": "true when no input molecule is pending or failed",
-    "stopped": "null, or why the run stopped early: budget_exhausted | fatal_error | interrupted",
-    "exemplars": "number of in-context exemplars available (step 1)",
-    "mean_turns": "mean question-answer pairs per generated conversation",
-    "this_run": "{generated, filtered, failed, requests, prompt_tokens, completion_tokens, seconds} of this run only",
-    "settings": "{max_turns, num_exemplars, seed_exemplars, seed, concurrency, max_requests, limit}",
-}
-"""The keys of `<output>.summary.json` and what they mean. Keys are only ever added, never renamed."""
 
 FILTER_REASONS = (
     "truncated_output",
@@ -110,385 +83,6 @@ answer, e.g. `finish_reason: "length"`)."""
 
 _FINISHED = frozenset({None, "stop", "eos", "end_turn", "stop_sequence"})
 _RAW_OUTPUT_LIMIT = 4000
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Input
-# ---------------------------------------------------------------------------------------------------------------------
-
-_COLUMN_CANDIDATES = {
-    "smiles": ("smiles", "canonical_smiles", "isomeric_smiles", "isosmiles"),
-    "description": ("description", "caption", "text", "desc"),
-    "iupac": ("iupac", "iupac_name", "iupacname"),
-    "id": ("id", "cid", "chebi_id", "molecule_id", "mol_id"),
-}
-
-
-@dataclass
-class Molecule:
-    """One molecule with its contexts: `id` (stable key), `smiles` (as given), `description`, optional `iupac`."""
-
-    id: str
-    smiles: str
-    description: str
-    iupac: str | None = None
-
-
-@dataclass
-class ColumnNames:
-    """Input column names; None: detect (case-insensitively) among the usual names, e.g. `CID`/`id`, `SMILES`."""
-
-    smiles: str | None = None
-    description: str | None = None
-    iupac: str | None = None
-    id: str | None = None
-
-
-@dataclass
-class MoleculeInput:
-    """The valid molecules of an input, and the rows skipped (`{reason: count}`)."""
-
-    molecules: list[Molecule]
-    skipped: Counter = field(default_factory=Counter)
-    source: str = ""
-    rows: int = 0
-    limit: int | None = None
-
-
-def _resolve_column(role: str, wanted: str | None, available: list[str], required: bool) -> str | None:
-    if wanted is not None:
-        if wanted not in available:
-            raise ValueError(f"Input has no {role} column {wanted!r}; its columns are {available}.")
-        return wanted
-    lowered = {name.lower(): name for name in available}
-    for candidate in _COLUMN_CANDIDATES[role]:
-        if candidate in lowered:
-            return lowered[candidate]
-    if required:
-        option = f"--{role}-column"
-        raise ValueError(
-            f"Input has no {role} column (tried {_COLUMN_CANDIDATES[role]}; name it with {option}); "
-            f"its columns are {available}."
-        )
-    return None
-
-
-def detect_format(path: Path) -> str:
-    """`tsv` (.tsv, .txt: ChEBI-20), `csv`, `jsonl` (.jsonl, .json) or `dataset` (a folder from `save_to_disk`)."""
-    if path.is_dir():
-        return "dataset"
-    suffix = path.suffix.lower()
-    formats = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-    if suffix not in formats:
-        raise ValueError(f"Cannot tell the format of {path} from its suffix; pass --format tsv|csv|jsonl|dataset.")
-    return formats[suffix]
-
-
-def _table_rows(path: Path, delimiter: str) -> Iterator[dict[str, Any]]:
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        if not reader.fieldnames:
-            raise ValueError(f"{path} is empty or has no header row.")
-        yield from reader
-
-
-def _jsonl_rows(path: Path) -> Iterator[dict[str, Any] | None]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            yield row if isinstance(row, dict) else None
-
-
-def _dataset_rows(dataset) -> Iterator[dict[str, Any]]:
-    """Rows of a `datasets.Dataset`; in the conversation schema, the description is the last assistant message."""
-    conversation = "messages" in dataset.column_names
-    for row in dataset:
-        if conversation:
-            answers = [m["content"] for m in row["messages"] or [] if m.get("role") == "assistant"]
-            row = {**row, "description": answers[-1] if answers else ""}
-        yield row
-
-
-def _raw_rows(source, input_format: str) -> tuple[Iterable[dict[str, Any] | None], str]:
-    import datasets
-
-    if isinstance(source, datasets.Dataset):
-        return _dataset_rows(source), f"datasets.Dataset({source.num_rows} rows)"
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"Input not found: {path}")
-    input_format = detect_format(path) if input_format == "auto" else input_format
-    if input_format in ("tsv", "chebi20"):
-        return _table_rows(path, "\t"), str(path)
-    if input_format == "csv":
-        return _table_rows(path, ","), str(path)
-    if input_format == "jsonl":
-        return _jsonl_rows(path), str(path)
-    if input_format == "dataset":
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            raise ValueError(f"{path} holds splits {list(loaded)}; point at one split's folder.")
-        return _dataset_rows(loaded), str(path)
-    raise ValueError(f"Unknown input format {input_format!r}: use auto, tsv, chebi20, csv, jsonl or dataset.")
-
-
-def inchikey(smiles: str) -> str:
-    """The InChIKey of a valid SMILES (the molecule id when the source has none)."""
-    from rdkit import Chem, rdBase
-
-    from llamo.featurization_llamo import parse_smiles
-
-    with rdBase.BlockLogs():
-        key = Chem.MolToInchiKey(parse_smiles(smiles))
-    return key or f"smiles:{smiles}"
-
-
-def read_molecules(
-    source,
-    input_format: str = "auto",
-    columns: ColumnNames | None = None,
-    id_prefix: str = "",
-    limit: int | None = None,
-) -> MoleculeInput:
-    """Read molecules with contexts from a ChEBI-20 style TSV, a CSV, a JSONL, a saved dataset folder, or a
-    `datasets.Dataset` (a conversation-schema one gives its last assistant message as the description).
-
-    Rows with no or unparsable SMILES (RDKit), no description, a repeated id, or unreadable JSON are skipped and
-    counted in `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules.
-    """
-    from llamo.featurization_llamo import parse_smiles
-
-    columns = columns or ColumnNames()
-    rows, described = _raw_rows(source, input_format)
-    result = MoleculeInput(molecules=[], source=described, limit=limit)
-    resolved = None
-    seen: set[str] = set()
-    for row in rows:
-        if limit is not None and len(result.molecules) >= limit:
-            break
-        result.rows += 1
-        if row is None:
-            result.skipped["unreadable_row"] += 1
-            continue
-        if resolved is None:
-            available = list(row)
-            resolved = {
-                "smiles": _resolve_column("smiles", columns.smiles, available, required=True),
-                "description": _resolve_column("description", columns.description, available, required=True),
-                "iupac": _resolve_column("iupac", columns.iupac, available, required=False),
-                "id": _resolve_column("id", columns.id, available, required=False),
-            }
-        smiles = str(row.get(resolved["smiles"]) or "").strip()
-        if not smiles:
-            result.skipped["missing_smiles"] += 1
-            continue
-        try:
-            parse_smiles(smiles)
-        except ValueError:
-            result.skipped["invalid_smiles"] += 1
-            continue
-        description = str(row.get(resolved["description"]) or "").strip()
-        if not description:
-            result.skipped["missing_description"] += 1
-            continue
-        iupac = str(row.get(resolved["iupac"]) or "").strip() if resolved["iupac"] else ""
-        raw_id = row.get(resolved["id"]) if resolved["id"] else None
-        molecule_id = f"{id_prefix}{raw_id}".strip() if raw_id not in (None, "") else inchikey(smiles)
-        if molecule_id in seen:
-            result.skipped["duplicate_id"] += 1
-            continue
-        seen.add(molecule_id)
-        result.molecules.append(Molecule(molecule_id, smiles, description, iupac or None))
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Append-only JSONL files
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file written by this module.
-
-    A half-written last line (no newline, not valid JSON: the job was killed while writing it) is ignored, and with
-    `repair` cut from the file. Any other invalid line raises `ValueError` naming it: we never drop user data.
-    """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" unless the last line is unfinished
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error}); fix or remove that line.") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number} is not a JSON object; fix or remove that line.")
-        records.append(record)
-    if tail.strip():
-        try:
-            record = json.loads(tail)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):  # complete but for its newline
-            records.append(record)
-            if repair:
-                with open(path, "ab") as handle:
-                    handle.write(b"\n")
-        elif repair:
-            logger.warning("%s: removing a half-written last line (%d bytes); it will be redone.", path, len(tail))
-            os.truncate(path, len(data) - len(tail))
-        else:
-            logger.warning("%s: ignoring a half-written last line (%d bytes).", path, len(tail))
-    return records
-
-
-class _AppendOnlyJsonl:
-    """Appends one JSON object per line: a single `write` of the whole line, then `fsync`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-
-    def append(self, obj: dict[str, Any]) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _write_json_atomically(path: Path, obj: Any) -> None:
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)  # left only when the write failed (e.g. a full disk)
-
-
-def _identity_text(identity: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={identity.get(key)!r}" for key in ("teacher", "model", "prompt_version"))
-
-
-class ConversationStore:
-    """The output JSONL and its sidecars; knows which molecules are done (generated or filtered) or failed."""
-
-    def __init__(self, output: str | Path):
-        self.path = Path(output)
-        self.status_path = self.path.with_name(self.path.name + ".status.jsonl")
-        self.exemplars_path = self.path.with_name(self.path.name + ".exemplars.json")
-        self.summary_path = self.path.with_name(self.path.name + ".summary.json")
-        self.identity: dict[str, str] = {}
-        self.allow_mixed = False
-        self.records: dict[str, dict[str, Any]] = {}
-        self.statuses: dict[str, dict[str, Any]] = {}
-        self._output = _AppendOnlyJsonl(self.path)
-        self._status = _AppendOnlyJsonl(self.status_path)
-
-    def files(self) -> list[Path]:
-        return [self.path, self.status_path, self.exemplars_path, self.summary_path]
-
-    def remove(self) -> None:
-        """Delete the output and its sidecars (`overwrite`)."""
-        for path in self.files():
-            path.unlink(missing_ok=True)
-
-    def open(self, identity: dict[str, str], allow_mixed: bool = False, overwrite: bool = False) -> None:
-        """Start over (`overwrite`) or load what is done, repairing half-written last lines; refuse files made by
-        another teacher, model or prompt version (`identity`) unless `allow_mixed`."""
-        self.identity, self.allow_mixed = identity, allow_mixed
-        if overwrite:
-            self.remove()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for record in read_jsonl(self.path, repair=True):
-            if not isinstance(record.get("id"), str) or not isinstance(record.get("messages"), list):
-                raise ValueError(f"{self.path} holds a line that is not a conversation record: {str(record)[:200]}")
-            self._check_identity(record_metadata_identity(record))
-            self.records[record["id"]] = record
-        for status in read_jsonl(self.status_path, repair=True):
-            if not isinstance(status.get("id"), str) or status.get("status") not in ("filtered", "failed"):
-                raise ValueError(f"{self.status_path} holds a line that is not a status: {str(status)[:200]}")
-            self._check_identity(status)
-            self.statuses[status["id"]] = status
-
-    def _check_identity(self, found: dict[str, Any]) -> None:
-        if self.allow_mixed or all(found.get(key) == value for key, value in self.identity.items()):
-            return
-        raise ValueError(
-            f"{self.path} already holds data made with {_identity_text(found)}, but this run uses "
-            f"{_identity_text(self.identity)}. Choose another output, pass --overwrite to start over, or "
-            "--allow-mixed to add to it anyway."
-        )
-
-    def is_final(self, molecule_id: str) -> bool:
-        """Generated, or filtered: a rerun does not ask the teacher again."""
-        return molecule_id in self.records or self.statuses.get(molecule_id, {}).get("status") == "filtered"
-
-    def add_record(self, record: dict[str, Any]) -> None:
-        self._output.append(record)
-        self.records[record["id"]] = record
-
-    def add_status(self, status: dict[str, Any]) -> None:
-        self._status.append(status)
-        self.statuses[status["id"]] = status
-
-    def close(self) -> None:
-        self._output.close()
-        self._status.close()
-
-    def load_exemplars(self, path: Path | None = None) -> list[Exemplar] | None:
-        """Exemplars saved by an earlier run (or given in `path`), None when there are none yet."""
-        path = path or self.exemplars_path
-        if not path.exists():
-            if path != self.exemplars_path:
-                raise FileNotFoundError(f"Exemplars file not found: {path}")
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if path == self.exemplars_path:
-                self._check_identity(data)
-            return [Exemplar.from_dict(item) for item in data["exemplars"]]
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not an exemplars file ({{'exemplars': [...]}}): {error!r}") from None
-
-    def save_exemplars(self, exemplars: list[Exemplar]) -> None:
-        data = {**self.identity, "exemplars": [exemplar.to_dict() for exemplar in exemplars]}
-        _write_json_atomically(self.exemplars_path, data)
-
-
-def record_metadata_identity(record: dict[str, Any]) -> dict[str, Any]:
-    """{teacher, model, prompt_version} from a record's metadata JSON string."""
-    raw = record.get("metadata") or "{}"
-    metadata = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return {key: metadata.get(key) for key in ("teacher", "model", "prompt_version")}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# One molecule
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -620,21 +214,7 @@ def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config:
     return _teacher_outcome(teacher, molecule, exemplars, config)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The job
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _RunState:
-    counts: Counter = field(default_factory=Counter)
-    tokens: Counter = field(default_factory=Counter)
-    stopped: str | None = None
-    fatal: TeacherFatalError | None = None
-    requests: int = 0
-
-
-def _seed_exemplars(teacher, molecules: list[Molecule], config, executor, state: _RunState) -> tuple[list, bool]:
+def _seed_exemplars(teacher, molecules: list[Molecule], config, executor, state: RunState) -> tuple[list, bool]:
     """Step 1: one seed conversation for each of `config.seed_exemplars` molecules drawn with `config.seed`; the
     ones that pass the filter become exemplars. Returns (exemplars, whether every seed request got an answer)."""
     chosen = random.Random(config.seed).sample(molecules, min(config.seed_exemplars, len(molecules)))
@@ -679,7 +259,7 @@ def _stop(teacher) -> None:
         event.set()
 
 
-def _record(store: ConversationStore, outcome: Outcome, state: _RunState) -> None:
+def _record(store: ConversationStore, outcome: Outcome, state: RunState) -> None:
     for key, value in outcome.usage.items():
         state.tokens[key] += value
     state.counts[outcome.status] += 1
@@ -734,63 +314,6 @@ def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, s
         fill()
 
 
-def build_summary(
-    store: ConversationStore,
-    molecules: MoleculeInput,
-    config: DataGenerationConfig,
-    state: _RunState,
-    exemplars: int,
-    seconds: float,
-    budget: RequestBudget | None,
-) -> dict[str, Any]:
-    """The summary of an output after a run (see `SUMMARY_KEYS`)."""
-    undone = {sid: s for sid, s in store.statuses.items() if sid not in store.records}
-    filtered = Counter(s["reason"] for s in undone.values() if s["status"] == "filtered")
-    failed = Counter(s["reason"] for s in undone.values() if s["status"] == "failed")
-    pending = sum(1 for m in molecules.molecules if m.id not in store.records and m.id not in undone)
-    failed_in_input = sum(1 for m in molecules.molecules if undone.get(m.id, {}).get("status") == "failed")
-    turns = [len(record["messages"]) // 2 for record in store.records.values()]
-    return {
-        "summary_version": SUMMARY_VERSION,
-        "output": str(store.path),
-        "input": molecules.source,
-        **store.identity,
-        "molecules": len(molecules.molecules),
-        "input_rows": molecules.rows,
-        "skipped_rows": sum(molecules.skipped.values()),
-        "skipped_by_reason": dict(sorted(molecules.skipped.items())),
-        "generated": len(store.records),
-        "generated_by_source": dict(sorted(Counter(r["source"] for r in store.records.values()).items())),
-        "filtered": sum(filtered.values()),
-        "filtered_by_reason": dict(sorted(filtered.items())),
-        "failed": sum(failed.values()),
-        "failed_by_reason": dict(sorted(failed.items())),
-        "pending": pending,
-        "complete": pending == 0 and failed_in_input == 0,
-        "stopped": state.stopped,
-        "exemplars": exemplars,
-        "mean_turns": round(sum(turns) / len(turns), 3) if turns else 0.0,
-        "this_run": {
-            "generated": state.counts["generated"],
-            "filtered": state.counts["filtered"],
-            "failed": state.counts["failed"],
-            "requests": state.requests,
-            "prompt_tokens": state.tokens["prompt_tokens"],
-            "completion_tokens": state.tokens["completion_tokens"],
-            "seconds": round(seconds, 3),
-        },
-        "settings": {
-            "max_turns": config.max_turns,
-            "num_exemplars": config.num_exemplars,
-            "seed_exemplars": config.seed_exemplars,
-            "seed": config.seed,
-            "concurrency": config.concurrency,
-            "max_requests": budget.max_requests if budget is not None else None,
-            "limit": molecules.limit,
-        },
-    }
-
-
 def generate_conversations(
     molecules: MoleculeInput | list[Molecule],
     teacher,
@@ -826,7 +349,7 @@ def _generate(
     started = time.monotonic()
     budget = getattr(teacher, "budget", None)
     used_before = budget.used if budget is not None else 0
-    state = _RunState()
+    state = RunState()
     workers = min(config.concurrency, teacher.max_concurrency or config.concurrency)
     exemplars: list[Exemplar] = []
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamo-teacher")
@@ -859,7 +382,7 @@ def _generate(
         store.close()
         state.requests = (budget.used - used_before) if budget is not None else 0
         summary = build_summary(store, molecules, config, state, len(exemplars), time.monotonic() - started, budget)
-        _write_json_atomically(store.summary_path, summary)
+        write_json_atomically(store.summary_path, summary)
     if state.stopped == "budget_exhausted":
         logger.warning(
             "Request budget of %s spent: %d molecules left; rerun the same command with a larger budget to continue.",
@@ -869,17 +392,6 @@ def _generate(
     if state.fatal is not None:
         raise state.fatal
     return summary
-
-
-def read_summary(output: str | Path) -> dict[str, Any] | None:
-    """The summary an earlier run wrote beside `output` (`<output>.summary.json`), None when there is none yet or it
-    cannot be read (the next run writes it again)."""
-    path = ConversationStore(output).summary_path
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 _INPUT_SETTINGS = ("format", "id_prefix", "limit")
@@ -918,74 +430,24 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return generate_conversations(molecules, teacher, output, config)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable account of a summary."""
-
-    def reasons(counts: dict[str, int]) -> str:
-        return f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""
-
-    lines = [
-        f"{summary['generated']} generated, {summary['filtered']} filtered{reasons(summary['filtered_by_reason'])}, "
-        f"{summary['failed']} failed{reasons(summary['failed_by_reason'])}, {summary['pending']} pending, "
-        f"{summary['skipped_rows']} input rows skipped{reasons(summary['skipped_by_reason'])}.",
-        f"Teacher {summary['teacher']} ({summary['model']}), prompt version {summary['prompt_version']}; "
-        f"{summary['this_run']['requests']} requests this run. Output: {summary['output']}",
-    ]
-    if summary["stopped"] == "budget_exhausted":
-        lines.append(
-            f"Stopped: the request budget ({summary['settings']['max_requests']}) is spent; rerun the same command "
-            f"with a larger --max-requests to do the {summary['pending']} pending molecules."
-        )
-    elif summary["failed"]:
-        lines.append("Rerun the same command to retry the failed molecules.")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def load_generated_conversations(path: str | Path | list[str | Path]):
-    """The generated records of one or more output JSONL files as a `datasets.Dataset` in the conversation schema
-    (`CONVERSATION_FEATURES`). Each record's turn structure is checked; a half-written last line is ignored."""
-    import datasets
-
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
-    rows = []
-    for one in paths:
-        one = Path(one)
-        if not one.exists():
-            raise FileNotFoundError(f"Generated conversations not found: {one}")
-        for number, record in enumerate(read_jsonl(one), start=1):
-            try:
-                metadata = record["metadata"]
-                metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-                rows.append(
-                    make_record(
-                        record["id"], record["smiles"], record["messages"], record["task"], record["source"], metadata
-                    )
-                )
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{one}: record {number} is not a conversation record: {error}") from None
-    return datasets.Dataset.from_list(rows, features=CONVERSATION_FEATURES)
-
-
 __all__ = [
     "FILTER_REASONS",
     "SUMMARY_KEYS",
+    "SUMMARY_VERSION",
     "ColumnNames",
     "ConversationStore",
     "DataGenerationConfig",
     "Molecule",
     "MoleculeInput",
     "Outcome",
+    "RunState",
     "build_summary",
     "detect_format",
     "format_summary",
     "generate_conversations",
     "generate_from_settings",
     "generate_one",
+    "inchikey",
     "judge_reply",
     "load_generated_conversations",
     "molecule_seed",
@@ -993,4 +455,6 @@ __all__ = [
     "read_jsonl",
     "read_molecules",
     "read_summary",
+    "record_metadata_identity",
+    "write_json_atomically",
 ]

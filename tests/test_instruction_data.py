@@ -847,7 +847,7 @@ def test_grounded_teacher_every_answer_is_traceable_to_a_fact(tmp_path, capsys):
 
 
 def test_a_full_disk_names_the_folder_keeps_the_records_and_the_rerun_continues(tmp_path, monkeypatch, capsys):
-    from llamo.processing import instruction_data
+    from llamo.processing import instruction_store
     from llamo.storage import EXIT_DISK_FULL
 
     rows = CHEBI_VALIDATION.read_text(encoding="utf-8").splitlines()
@@ -855,7 +855,7 @@ def test_a_full_disk_names_the_folder_keeps_the_records_and_the_rerun_continues(
     subset.write_text("\n".join(rows[:7]) + "\n", encoding="utf-8")
     output = tmp_path / "out" / "grounded.jsonl"
     argv = ["generate-data", str(subset), "-o", str(output), "--teacher", "grounded", "--no-progress"]
-    real_append = instruction_data._AppendOnlyJsonl.append
+    real_append = instruction_store._AppendOnlyJsonl.append
 
     def append_three_then_fill_the_disk(self, obj):
         if self.path == output and len(read_jsonl(output)) >= 3:
@@ -864,7 +864,7 @@ def test_a_full_disk_names_the_folder_keeps_the_records_and_the_rerun_continues(
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         real_append(self, obj)
 
-    monkeypatch.setattr(instruction_data._AppendOnlyJsonl, "append", append_three_then_fill_the_disk)
+    monkeypatch.setattr(instruction_store._AppendOnlyJsonl, "append", append_three_then_fill_the_disk)
     assert main(argv) == EXIT_DISK_FULL
     err = capsys.readouterr().err
     assert f"no space left on the disk of {output.parent} while writing conversations to grounded.jsonl" in err
@@ -872,7 +872,7 @@ def test_a_full_disk_names_the_folder_keeps_the_records_and_the_rerun_continues(
     kept = read_jsonl(output)
     assert len(kept) == 3 and not list(output.parent.glob("*.tmp*"))  # no half-written summary left
 
-    monkeypatch.setattr(instruction_data._AppendOnlyJsonl, "append", real_append)  # space freed
+    monkeypatch.setattr(instruction_store._AppendOnlyJsonl, "append", real_append)  # space freed
     assert main(argv) == 0
     records = read_jsonl(output)
     assert len(records) == 6 and records[:3] == kept and len({record["id"] for record in records}) == 6
