@@ -38,10 +38,13 @@ class PreparedMolecule:
         graph: the graph features the model reads.
         smiles: its canonical, non-isomeric SMILES (uncut), the text prompts show; `None` where only a precomputed
             graph was given.
+        mol: the parsed RDKit molecule (`None` where only a precomputed graph was given), for callers that need more
+            of it (an InChIKey for the datasets cache).
     """
 
     graph: MoleculeGraph
     smiles: str | None
+    mol: Chem.Mol | None = None
 
 
 def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int | None) -> None:
@@ -83,7 +86,7 @@ def prepare_molecule(
     mol = parse_smiles(molecule, index=index, max_atoms=max_atoms) if parsed_here else molecule
     check_size(mol, max_atoms, molecule, index)
     graph = featurize_molecule(mol, rings_from_sanitization=parsed_here)
-    return PreparedMolecule(graph, prompt_smiles(mol, None) if canonical else None)
+    return PreparedMolecule(graph, prompt_smiles(mol, None) if canonical else None, mol)
 
 
 def collate_sequence_molecules(molecules: Sequence[Sequence[MoleculeGraph]]) -> dict[str, torch.Tensor]:

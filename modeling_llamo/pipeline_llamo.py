@@ -45,8 +45,6 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
-from .chat_template_llamo import add_neighbours
-
 MOLECULE_TASK = "molecule-text-generation"
 
 _UNSET = object()
@@ -269,7 +267,7 @@ class LlamoMoleculePipeline(Pipeline):
                 if smiles is not None:
                     found = index.neighbours(smiles, k=neighbours, question=question or None)
                     context[row] = [_neighbour_dict(neighbour) for neighbour in found]
-                    conversations[row] = add_neighbours(conversations[row], context[row])
+                    conversations[row] = self.processor.add_neighbours(conversations[row], context[row])
         if system_prompt is not None:
             conversations = [
                 conversation

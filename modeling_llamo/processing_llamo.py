@@ -17,6 +17,7 @@ from transformers import BatchFeature, ProcessorMixin
 from .chat_template_llamo import (
     CHAT_TEMPLATES,
     LLAMA2_CHAT_TEMPLATE,
+    add_neighbours,
     answer_marker,
     assistant_spans,
     join_parts,
@@ -296,8 +297,8 @@ class LlamoProcessor(ProcessorMixin):
             count = sample.count(self.graph_token)
             if count != len(molecules):
                 raise ValueError(
-                    f"Text at index {index} holds {count} {self.graph_token} placeholders but {len(molecules)} molecules were "
-                    f"given for it: put one {self.graph_token} per molecule, in order."
+                    f"Text at index {index} holds {count} {self.graph_token} placeholders but {len(molecules)} "
+                    f"molecules were given for it: put one {self.graph_token} per molecule, in order."
                 )
         return self._encode(
             texts,
@@ -498,6 +499,12 @@ class LlamoProcessor(ProcessorMixin):
         messages, found = self._flatten(list(conversation), index, prepared=molecules)
         text, spans = assistant_spans(messages, render, index)
         return RenderedConversation(text, found, spans)
+
+    @staticmethod
+    def add_neighbours(conversation: list[dict], neighbours: Sequence[dict]) -> list[dict]:
+        """The conversation with known molecules and their answers before the question (see
+        `chat_template_llamo.add_neighbours` for the prompt format)."""
+        return add_neighbours(conversation, neighbours)
 
     def answer_marker(self, chat_template: str | None = None) -> str | None:
         """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`)."""

@@ -34,13 +34,8 @@ from typing import Any
 
 import datasets
 
-from llamo.featurization_llamo import (
-    OversizedMoleculeError,
-    check_size,
-    featurize_molecule,
-    parse_smiles,
-    prompt_smiles,
-)
+from llamo.feature_extraction_llamo import prepare_molecule
+from llamo.featurization_llamo import OversizedMoleculeError
 
 from .schema import CONVERSATION_FEATURES, make_record
 
@@ -590,17 +585,16 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
     with rdBase.BlockLogs():
         for smiles in batch["smiles"]:
             try:
-                mol = parse_smiles(smiles, max_atoms=max_atoms)
-                check_size(mol, max_atoms, smiles)
-                graph = featurize_molecule(mol, rings_from_sanitization=True)
+                prepared = prepare_molecule(smiles, max_atoms)
+                graph = prepared.graph
                 error = ""
                 values = (
                     graph.atom_features.tolist(),
                     graph.edge_index.tolist(),
                     graph.edge_features.tolist(),
                     graph.motif_features.tolist(),
-                    prompt_smiles(mol, None),
-                    Chem.MolToInchiKey(mol) or "",
+                    prepared.smiles,
+                    Chem.MolToInchiKey(prepared.mol) or "",
                     graph.num_atoms,
                 )
             except Exception as failure:  # one bad molecule is counted, never stops the job

@@ -287,7 +287,9 @@ def _description_rows(smiles_list: list[str]) -> list[dict]:
 def test_featurization_counts_any_exception_of_a_molecule(monkeypatch):
     import datasets
 
-    real = loaders.featurize_molecule
+    from llamo import feature_extraction_llamo
+
+    real = feature_extraction_llamo.featurize_molecule
 
     def flaky(mol, **kwargs):
         if mol.GetNumAtoms() == 3:
@@ -296,7 +298,7 @@ def test_featurization_counts_any_exception_of_a_molecule(monkeypatch):
             raise IndexError("atom index out of range")
         return real(mol, **kwargs)
 
-    monkeypatch.setattr(loaders, "featurize_molecule", flaky)
+    monkeypatch.setattr(feature_extraction_llamo, "featurize_molecule", flaky)  # the one featurization entry point
     dataset = datasets.Dataset.from_list(
         _description_rows(["CCO", "CC", "C", "C1CC", "CCCC"]), features=CONVERSATION_FEATURES
     )
