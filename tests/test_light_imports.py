@@ -137,18 +137,7 @@ def imported_anywhere(tree: ast.Module) -> set[str]:
     return names
 
 
-TRAINING_COMMANDS_PENDING = pytest.mark.xfail(
-    strict=True, reason="training/commands.py still imports CommandError from llamo.cli (training/ was off limits)"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=TRAINING_COMMANDS_PENDING) if name == "llamo.training.commands" else name
-        for name in FEATURE_COMMANDS
-    ],
-)
+@pytest.mark.parametrize("name", FEATURE_COMMANDS)
 def test_command_modules_import_the_standard_library_at_the_top_and_never_the_cli(name):
     tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8"))
     outside = {module for module in top_level_imports(tree) if module.split(".")[0] not in sys.stdlib_module_names}

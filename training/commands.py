@@ -54,7 +54,7 @@ def _run_recipes(args: argparse.Namespace) -> None:
 
 
 def _parse(stage: str, options: list[str]):
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
 
     if stage == "stage1":
         from llamo.training.stage1 import parse
@@ -67,7 +67,7 @@ def _parse(stage: str, options: list[str]):
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
     from llamo.storage import is_disk_full
 
     if args.stage == "pipeline":
@@ -92,7 +92,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
-    from llamo.cli import CommandError
+    from llamo.errors import CommandError
     from llamo.training.data import build_training_dataset
 
     config = _parse(args.stage, args.options)
