@@ -69,6 +69,7 @@ class EvalConfig:
     num_beams: int = 1
     max_rows: int | None = None
     neighbours: int = 0
+    verify_names: bool = True
 
 
 def write_jsonl(dataset, path: Path) -> Path:
@@ -169,7 +170,7 @@ def main(config: EvalConfig) -> dict:
         runs = {"model": index, "no-graph": index, "retrieval": index}
         if index:
             runs["model, no index"] = None
-        if task == "iupac" and opsin_unavailable_reason() is None:
+        if task == "iupac" and config.verify_names and opsin_unavailable_reason() is None:
             runs["model, verified names"] = index
         if task == "property":
             runs["mean"] = None
@@ -241,4 +242,7 @@ if __name__ == "__main__":
     parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1: greedy, as in LLaMo's evaluation")
     parser.add_argument("--max-rows", type=int)
     parser.add_argument("--neighbours", type=int, default=0, help="answer with this many index neighbours (0: none)")
+    parser.add_argument(
+        "--no-verify-names", dest="verify_names", action="store_false", help="skip the OPSIN-reranked naming run"
+    )
     main(EvalConfig(**vars(parser.parse_args())))

@@ -284,6 +284,22 @@ def test_packaged_bundle_answers_on_a_stand_in_base(tmp_path, monkeypatch):
         output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
 
+    # with and without in-context neighbours, through the pipeline; the retrieval settings travel with the model
+    from transformers import pipeline
+
+    from llamo.processing.index import MoleculeIndex
+    from llamo.retrieval import retrieval_settings
+
+    from .test_index import name_records
+
+    if (BUNDLE_DIR / "llamo_retrieval.json").is_file():
+        assert retrieval_settings(folder) == json.loads((BUNDLE_DIR / "llamo_retrieval.json").read_text())
+    index, _ = MoleculeIndex.from_records(name_records(), "iupac", progress=False)
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
+    plain = pipe({"smiles": "CCO", "text": "What is the IUPAC name of this molecule?"})
+    with_index = pipe({"smiles": "CCO", "text": "What is the IUPAC name of this molecule?"}, index=index)
+    assert "neighbours" not in plain[0] and with_index[0]["found_in_index"] is True
+
 
 @pytest.mark.slow
 @packaged
