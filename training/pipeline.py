@@ -150,7 +150,7 @@ def run(config: PipelineConfig, log=print) -> Path:
             dtype=config.bundle.get("dtype", "float16"),
             metadata={
                 "recipe": config.bundle.get("recipe_name"),
-                "stage1": str(config.bundle_path() or start),
+                "stage1": f"bundle: {config.start_from_bundle}" if config.start_from_bundle else str(start),
                 "stage2": str(last.output_dir),
             },
             retrieval=config.bundle.get("retrieval"),
