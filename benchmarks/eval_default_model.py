@@ -70,6 +70,8 @@ class EvalConfig:
     max_rows: int | None = None
     neighbours: int = 0
     verify_names: bool = True
+    answer_no_repeat_ngram_size: int | None = None
+    runs: list[str] | None = None
 
 
 def write_jsonl(dataset, path: Path) -> Path:
@@ -174,6 +176,8 @@ def main(config: EvalConfig) -> dict:
             runs["model, verified names"] = index
         if task == "property":
             runs["mean"] = None
+        if config.runs:
+            runs = {name: value for name, value in runs.items() if name in config.runs}
         rows = {}
         for name, run_index in runs.items():
             baseline = {"model": None, "model, no index": None, "model, verified names": None}.get(name, name)
@@ -195,6 +199,7 @@ def main(config: EvalConfig) -> dict:
                 index=run_index,
                 neighbours=config.neighbours,
                 verify_names=name == "model, verified names",
+                answer_no_repeat_ngram_size=None if trained else config.answer_no_repeat_ngram_size,
             )
             rows[name] = headline(evaluate(settings), task)
             if not trained:
@@ -245,4 +250,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--no-verify-names", dest="verify_names", action="store_false", help="skip the OPSIN-reranked naming run"
     )
+    parser.add_argument(
+        "--answer-no-repeat-ngram-size",
+        type=int,
+        help="no n-gram of this size twice in an answer (0: off; default: the model's generation config)",
+    )
+    parser.add_argument("--runs", nargs="+", help="evaluate only these runs (e.g. model 'model, no index')")
     main(EvalConfig(**vars(parser.parse_args())))

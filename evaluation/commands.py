@@ -55,6 +55,11 @@ def _add_evaluate_parser(subparsers) -> None:
     decoding.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search")
     decoding.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
     decoding.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --do-sample)")
+    decoding.add_argument(
+        "--answer-no-repeat-ngram-size",
+        type=int,
+        help="no n-gram of this size twice in an answer, the prompt not counted (0: off; default: the model's own)",
+    )
     decoding.add_argument("--seed", type=int, default=0, help="random seed of sampling")
     decoding.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     decoding.add_argument(
@@ -137,6 +142,7 @@ def _config_from_args(args: argparse.Namespace):
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        answer_no_repeat_ngram_size=args.answer_no_repeat_ngram_size,
         baseline=args.baseline,
         train_data=args.train_data,
         train_split=args.train_split,

@@ -109,6 +109,8 @@ class EvaluationConfig:
         index: a molecule index (folder or Hub id, `llamo index build`): the model gets the `neighbours` most
             similar entries as in-context examples, and the `retrieval` baseline copies from it. It must hold none of
             the evaluated molecules (checked by InChIKey; the run is refused otherwise).
+        answer_no_repeat_ngram_size: ban repeated n-grams of this size within an answer (the prompt is not counted;
+            0: off; None: the model's generation config decides).
         verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
             structure match of such a run is its verified rate.
         overwrite: discard the predictions of another run found in `output_dir`.
@@ -128,6 +130,7 @@ class EvaluationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    answer_no_repeat_ngram_size: int | None = None
     baseline: str | None = None
     train_data: str | None = None
     train_split: str = "train"
@@ -184,6 +187,8 @@ class EvaluationConfig:
         }
         if self.do_sample:
             settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        if self.answer_no_repeat_ngram_size is not None:
+            settings["answer_no_repeat_ngram_size"] = self.answer_no_repeat_ngram_size
         if self.verify_names:
             settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
         return settings
@@ -198,6 +203,8 @@ class EvaluationConfig:
             kwargs["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        if self.answer_no_repeat_ngram_size is not None:
+            kwargs["answer_no_repeat_ngram_size"] = self.answer_no_repeat_ngram_size
         return kwargs
 
 

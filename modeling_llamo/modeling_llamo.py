@@ -17,6 +17,7 @@ from torch_geometric.nn import GINEConv
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.generation import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
@@ -474,6 +475,29 @@ class LlamoModel(LlamoPreTrainedModel):
         )
 
 
+class AnswerNoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """transformers' `NoRepeatNGramLogitsProcessor` applied to the generated tokens only.
+
+    The plain processor bans every n-gram of the whole sequence, prompt included, which forbids copying a phrase from
+    a neighbour's answer in the prompt (the point of molecules in context). This one records the prompt length at its
+    first call and bans only n-grams that the answer itself already contains: it stops an answer from looping without
+    touching what the answer may take from the prompt.
+    """
+
+    def __init__(self, ngram_size: int):
+        if not isinstance(ngram_size, int) or ngram_size < 1:
+            raise ValueError(f"answer_no_repeat_ngram_size must be a positive integer, got {ngram_size!r}")
+        self.inner = NoRepeatNGramLogitsProcessor(ngram_size)
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """`input_ids` `(B, L)` prompt + answer so far, `scores` `(B, vocab)`; returns the scores with banned tokens at
+        `-inf`."""
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        return self.inner(input_ids[:, self.prompt_length :], scores)
+
+
 class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
     """LLaMo with its LM head: answers instructions about a molecule given as graph inputs plus a text prompt.
 
@@ -605,6 +629,19 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             graph_embeds=outputs.graph_embeds,
         )
 
+    def generate(self, *args, logits_processor: LogitsProcessorList | None = None, **kwargs):
+        """`GenerationMixin.generate`, plus one LLaMo setting: `answer_no_repeat_ngram_size` (a keyword, else the
+        generation config's attribute) bans any n-gram of that size from occurring twice in the answer, ignoring the
+        prompt (see `AnswerNoRepeatNGramLogitsProcessor`); `None` or 0 turns it off."""
+        config = kwargs.get("generation_config")
+        default = getattr(self.generation_config, "answer_no_repeat_ngram_size", None)
+        size = kwargs.pop("answer_no_repeat_ngram_size", getattr(config, "answer_no_repeat_ngram_size", default))
+        if size:
+            logits_processor = LogitsProcessorList(
+                [*(logits_processor or []), AnswerNoRepeatNGramLogitsProcessor(size)]
+            )
+        return super().generate(*args, logits_processor=logits_processor, **kwargs)
+
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
         self,
@@ -641,4 +678,4 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"]
+__all__ = ["AnswerNoRepeatNGramLogitsProcessor", "LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"]
