@@ -170,6 +170,8 @@ def bundle_model(bundle: Path, base):
     model.tie_weights()
     model.generation_config.pad_token_id = manifest.get("pad_token_id", model.generation_config.pad_token_id)
     model.generation_config.suppress_tokens = [config.graph_token_id]
+    for key, value in manifest.get("generation", {}).items():
+        setattr(model.generation_config, key, value)
     return model, {**manifest, "base_llm_source": source}
 
 
@@ -258,6 +260,7 @@ def export_bundle(
     dtype: str = "float16",
     metadata: dict | None = None,
     retrieval: dict | None = None,
+    generation: dict | None = None,
 ) -> Path:
     """
     Write a default-model bundle from a training run: from the stage-1 folder the GIN and the embedding rows the
@@ -308,6 +311,7 @@ def export_bundle(
         "pad_token_id": stage1.generation_config.pad_token_id,
         "weights_dtype": dtype,
         **(metadata or {}),
+        **({"generation": generation} if generation else {}),
     }
     (output / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if retrieval:

@@ -498,6 +498,45 @@ class AnswerNoRepeatNGramLogitsProcessor(LogitsProcessor):
         return self.inner(input_ids[:, self.prompt_length :], scores)
 
 
+class AnswerLoopStopLogitsProcessor(LogitsProcessor):
+    """Ends an answer that has fallen into a loop: once the answer ends with the same block of 1 to `max_period` tokens
+    repeated `repeats` times in a row (and at least `min_tokens` tokens in all), only end-of-sequence is allowed.
+
+    A banned n-gram only moves a looping small model on to other degenerate text; ending the answer keeps what it said
+    before the loop. Text that repeats a phrase with changes in between is never stopped.
+    """
+
+    def __init__(self, repeats: int, eos_token_id: int | list[int], min_tokens: int = 12, max_period: int = 32):
+        if not isinstance(repeats, int) or repeats < 2:
+            raise ValueError(f"answer_loop_repeats must be an integer of at least 2, got {repeats!r}")
+        self.repeats, self.min_tokens, self.max_period = repeats, min_tokens, max_period
+        self.eos_token_id = torch.tensor(eos_token_id).flatten()
+        self.prompt_length: int | None = None
+
+    def looping(self, answer: torch.LongTensor) -> torch.BoolTensor:
+        """`answer` `(B, T)` -> `(B,)`: whether each row ends with a block repeated `repeats` times."""
+        batch, length = answer.shape
+        found = torch.zeros(batch, dtype=torch.bool, device=answer.device)
+        for period in range(1, self.max_period + 1):
+            copies = max(self.repeats, -(-self.min_tokens // period))
+            if copies * period > length:
+                break
+            tail = answer[:, -copies * period :].view(batch, copies, period)
+            found |= (tail == tail[:, -1:]).all(dim=2).all(dim=1)
+        return found
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """`input_ids` `(B, L)` prompt + answer so far, `scores` `(B, vocab)`; looping rows may only end."""
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        looping = self.looping(input_ids[:, self.prompt_length :])
+        if looping.any():
+            eos = self.eos_token_id.to(scores.device)
+            only_eos = torch.full_like(scores[0], -float("inf")).index_fill(0, eos, 0.0)
+            scores = torch.where(looping[:, None], only_eos + scores.clamp_min(torch.finfo(scores.dtype).min), scores)
+        return scores
+
+
 class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
     """LLaMo with its LM head: answers instructions about a molecule given as graph inputs plus a text prompt.
 
@@ -630,17 +669,28 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         )
 
     def generate(self, *args, logits_processor: LogitsProcessorList | None = None, **kwargs):
-        """`GenerationMixin.generate`, plus one LLaMo setting: `answer_no_repeat_ngram_size` (a keyword, else the
-        generation config's attribute) bans any n-gram of that size from occurring twice in the answer, ignoring the
-        prompt (see `AnswerNoRepeatNGramLogitsProcessor`); `None` or 0 turns it off."""
-        config = kwargs.get("generation_config")
-        default = getattr(self.generation_config, "answer_no_repeat_ngram_size", None)
-        size = kwargs.pop("answer_no_repeat_ngram_size", getattr(config, "answer_no_repeat_ngram_size", default))
+        """`GenerationMixin.generate`, plus two LLaMo settings, each a keyword or else an attribute of the generation
+        config (`None` or 0: off):
+
+        - `answer_no_repeat_ngram_size`: no n-gram of that size twice in the answer, the prompt not counted
+          (`AnswerNoRepeatNGramLogitsProcessor`);
+        - `answer_loop_repeats`: the answer ends once it repeats one block that many times in a row
+          (`AnswerLoopStopLogitsProcessor`).
+        """
+        config = kwargs.get("generation_config") or self.generation_config
+        processors = list(logits_processor or [])
+        size, repeats = (
+            kwargs.pop(name, getattr(config, name, getattr(self.generation_config, name, None)))
+            for name in ("answer_no_repeat_ngram_size", "answer_loop_repeats")
+        )
         if size:
-            logits_processor = LogitsProcessorList(
-                [*(logits_processor or []), AnswerNoRepeatNGramLogitsProcessor(size)]
-            )
-        return super().generate(*args, logits_processor=logits_processor, **kwargs)
+            processors.append(AnswerNoRepeatNGramLogitsProcessor(size))
+        if repeats:
+            eos = config.eos_token_id if config.eos_token_id is not None else self.generation_config.eos_token_id
+            if eos is None:
+                raise ValueError("answer_loop_repeats needs an eos_token_id to end the answer with")
+            processors.append(AnswerLoopStopLogitsProcessor(repeats, eos))
+        return super().generate(*args, logits_processor=LogitsProcessorList(processors), **kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
@@ -678,4 +728,10 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["AnswerNoRepeatNGramLogitsProcessor", "LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"]
+__all__ = [
+    "AnswerLoopStopLogitsProcessor",
+    "AnswerNoRepeatNGramLogitsProcessor",
+    "LlamoForConditionalGeneration",
+    "LlamoModel",
+    "LlamoPreTrainedModel",
+]

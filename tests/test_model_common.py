@@ -532,3 +532,42 @@ def test_generate_applies_answer_no_repeat_ngram_size_from_kwarg_and_config(mode
         assert model.generate(**single, **settings)[0, length:].tolist() == guarded
     finally:
         del model.generation_config.answer_no_repeat_ngram_size
+
+
+def test_answer_loop_stop_finds_blocks_repeated_in_a_row():
+    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, min_tokens=6)
+    block = [7, 8, 9]
+    rows = torch.tensor(
+        [
+            [5, *block, *block, *block],  # one block three times: a loop
+            [5, *block, *block, 4, 7, 8],  # twice, then something else
+            [1, 2, 3, 4, 7, 8, 9, 7, 8, 4],  # a phrase repeated with a change
+        ]
+    )
+    assert guard.looping(rows).tolist() == [True, False, False]
+    # blocks shorter than min_tokens need more copies: (7,) four times is 4 < 6 tokens
+    assert not guard.looping(torch.tensor([[5, 7, 7, 7, 7]])).item()
+    assert guard.looping(torch.tensor([[5, 7, 7, 7, 7, 7, 7]])).item()
+    guard(torch.tensor([[1, 1]]), torch.zeros(1, 10))  # the first call marks the prompt
+    scores = guard(torch.tensor([[1, 1, *block, *block, *block]]), torch.zeros(1, 10))
+    assert scores[0].argmax().item() == 2 and torch.isinf(scores[0, torch.arange(10) != 2]).all()
+    with pytest.raises(ValueError, match="answer_loop_repeats"):
+        AnswerLoopStopLogitsProcessor(1, eos_token_id=2)
+
+
+def test_generate_ends_a_looping_answer(model, single):
+    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+    length = single["input_ids"].shape[1]
+    settings = {"do_sample": False, "max_new_tokens": 60, "eos_token_id": 2, "pad_token_id": PAD_TOKEN_ID}
+    plain = model.generate(**single, **settings)[0, length:]
+    detector = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
+    assert detector.looping(plain[None]).item() or any(
+        detector.looping(plain[None, :end]).item() for end in range(12, len(plain))
+    ), "the tiny model should loop"
+    stopped = model.generate(**single, **settings, answer_loop_repeats=3)[0, length:]
+    assert len(stopped) < len(plain) and stopped[-1].item() == 2
+    assert stopped[:-1].tolist() == plain[: len(stopped) - 1].tolist()
+    assert detector.looping(stopped[None, :-1]).item()
