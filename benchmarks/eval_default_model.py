@@ -33,11 +33,11 @@ from llamo.processing.datasets import holdout_split
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
 from llamo.processing.schema import CONVERSATION_FEATURES
+from llamo.retrieval import ANSWER_TOKENS, DEFAULT_INDEX_LIMITS, DEFAULT_INDEX_SOURCES
 from llamo.training.data import default_cache_dir, prepare_source
 from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
 
 TASK_OF_SOURCE = {"chebi20": "description", "chemicals": "iupac", "qm9": "property"}
-MAX_NEW_TOKENS = {"description": 256, "iupac": 96, "property": 16}
 HEADLINE = {
     "description": [
         "bleu2_molt5_scibert",
@@ -116,9 +116,6 @@ def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
     return splits
 
 
-INDEX_SOURCES = {"iupac": ("chemicals", None), "property": ("qm9", 30000)}
-
-
 def evaluation_index(task: str, files: dict[str, Path], work: Path) -> Path:
     """An index for the task that holds no test molecule (see the module docstring), built once."""
     folder = work / "index" / task
@@ -126,9 +123,8 @@ def evaluation_index(task: str, files: dict[str, Path], work: Path) -> Path:
         return folder
     test_rows = [json.loads(line) for line in files["test"].read_text(encoding="utf-8").splitlines()]
     probe, _ = MoleculeIndex.from_records(test_rows, task, max_atoms=None, progress=False)
-    if task in INDEX_SOURCES:
-        source, limit = INDEX_SOURCES[task]
-        index, _, _ = build_index(source, task, limit=limit)
+    if task in DEFAULT_INDEX_SOURCES:
+        index, _, _ = build_index(DEFAULT_INDEX_SOURCES[task], task, limit=DEFAULT_INDEX_LIMITS.get(task))
     else:
         train_rows = [json.loads(line) for line in files["train"].read_text(encoding="utf-8").splitlines()]
         index, _ = MoleculeIndex.from_records(train_rows, task, max_atoms=None)
@@ -190,7 +186,7 @@ def main(config: EvalConfig) -> dict:
                 tasks=[task],
                 batch_size=config.batch_size,
                 num_beams=config.num_beams,
-                max_new_tokens=MAX_NEW_TOKENS[task],
+                max_new_tokens=ANSWER_TOKENS[task],
                 baseline=baseline,
                 train_data=str(files["train"]) if trained and not run_index else None,
                 scibert_vocab=config.scibert_vocab,
@@ -203,7 +199,7 @@ def main(config: EvalConfig) -> dict:
             )
             rows[name] = headline(evaluate(settings), task)
             if not trained:
-                rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, MAX_NEW_TOKENS[task])
+                rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, ANSWER_TOKENS[task])
         test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
         summary["tasks"][task] = {"test_rows": test_rows, "results": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=2))

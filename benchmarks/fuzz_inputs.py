@@ -29,9 +29,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS as MAX_ATOMS
+
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden" / "featurization_golden.jsonl"
-MAX_ATOMS = 512
 MESSAGE_LIMIT = 400
 PROMPT = "<graph> Describe this molecule."
 TARGETS = ("featurize_smiles", "processor")

@@ -66,8 +66,7 @@ unit (MAE). A metric that cannot be computed (no WordNet, no Java, no SciBERT vo
 `unavailable_metrics` with the reason, never given a number.
 """
 
-import importlib
-from typing import Any
+from llamo import lazy_exports
 
 _EXPORTS = {
     "MeanBaseline": "baselines",
@@ -99,44 +98,4 @@ _EXPORTS = {
     "setup_wordnet": "wordnet",
 }
 
-
-def __getattr__(name: str) -> Any:
-    # exports load on first use, so that `llamo --help` (which imports `llamo.evaluation.commands`) stays light
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
-__all__ = [
-    "BASELINES",
-    "LLAMO_PROTOCOL",
-    "MOLT5_PROTOCOL",
-    "DatasetInfo",
-    "EvalExample",
-    "EvaluationConfig",
-    "MeanBaseline",
-    "MetricReport",
-    "MetricValue",
-    "PredictionRecord",
-    "PredictionStore",
-    "RetrievalBaseline",
-    "SkippedRow",
-    "TokenProtocol",
-    "WordNetUnavailable",
-    "compute_text_metrics",
-    "evaluate",
-    "load_rows",
-    "load_scibert_tokenizer",
-    "load_wordnet",
-    "molt5_protocol",
-    "names_to_smiles",
-    "naming_metrics",
-    "parse_number",
-    "property_metrics",
-    "select_examples",
-    "setup_wordnet",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

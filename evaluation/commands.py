@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
+
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
+from llamo.cli_common import add_command, add_device_arguments
 
 BASELINE_CHOICES = ("retrieval", "mean", "no-graph")
 
@@ -15,24 +19,9 @@ def register(subparsers) -> None:
 
 
 def _add_evaluate_parser(subparsers) -> None:
-    from llamo.help_formatter import DefaultsHelpFormatter
-
     from .text_metrics import SCIBERT_HUB_ID  # standard library only at its top
 
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a model (or a baseline) on description, IUPAC naming and property QA",
-        description=(
-            "Generate answers for every row of a dataset in llamo's conversation schema and score them per task: "
-            "BLEU/ROUGE/METEOR under the MolT5 (SciBERT) and LLaMo (LLM tokens) protocols, IUPAC exact and "
-            "structure-level (OPSIN) matches, property MAE with the valid-answer ratio. Rows are predicted in the "
-            "data's order (sorted by length only within a few batches) and saved as they are made; running the same "
-            "command again resumes. The run's settings are kept with the predictions: a rerun with other settings "
-            "(model, data, --max-rows, decoding, baseline) is refused unless --overwrite. While a batch generates, the "
-            "progress bar shows its tokens so far and its rows finished. Writes OUTPUT_DIR/results.json."
-        ),
-        formatter_class=DefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "evaluate", _run_evaluate)
     parser.add_argument(
         "model", nargs="?", metavar="MODEL_DIR", help="LLaMo folder (optional for the retrieval and mean baselines)"
     )
@@ -61,13 +50,7 @@ def _add_evaluate_parser(subparsers) -> None:
         help="no n-gram of this size twice in an answer, the prompt not counted (0: off; default: the model's own)",
     )
     decoding.add_argument("--seed", type=int, default=0, help="random seed of sampling")
-    decoding.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    decoding.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights dtype (auto: as saved)",
-    )
+    add_device_arguments(decoding)
     decoding.add_argument(
         "--threads",
         type=int,
@@ -89,7 +72,7 @@ def _add_evaluate_parser(subparsers) -> None:
         help="molecule index (`llamo index build`, without the test molecules): the model gets the nearest entries as "
         "in-context examples, and --baseline retrieval copies from it",
     )
-    context.add_argument("--neighbours", type=int, default=2, help="entries per question from --index")
+    context.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="entries per question from --index")
     context.add_argument(
         "--verify-names",
         action="store_true",
@@ -103,61 +86,23 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     metrics.add_argument("--llm-tokenizer", help="tokenizer of the LLaMo protocol (default: the model's)")
     metrics.add_argument("--nltk-data", help="NLTK data folder holding WordNet (see `llamo setup-wordnet`)")
-    parser.set_defaults(handler=_run_evaluate)
 
 
 def _add_setup_wordnet_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "setup-wordnet",
-        help="install WordNet for METEOR (NLTK's download, else the Debian wordnet packages offline)",
-        description=(
-            "Install WordNet 3.0 into an NLTK data folder: NLTK's download (nltk.download) when its data server "
-            "answers within a few seconds, else a copy from the Debian packages wordnet-base and wordnet-sense-index "
-            "(apt-get install -y wordnet-base wordnet-sense-index) with the lexnames file NLTK needs."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "setup-wordnet", _run_setup_wordnet)
     parser.add_argument("--nltk-data", help="NLTK data folder (default: first $NLTK_DATA entry, else ~/nltk_data)")
     parser.add_argument("--source", default="/usr/share/wordnet", help="where the Debian packages put WordNet")
     parser.add_argument("--overwrite", action="store_true", help="replace an unreadable WordNet folder")
     parser.add_argument("--no-download", action="store_true", help="do not try NLTK's download: copy the Debian files")
-    parser.set_defaults(handler=_run_setup_wordnet)
 
 
 def _config_from_args(args: argparse.Namespace):
     from .runner import EvaluationConfig
     from .text_metrics import SCIBERT_HUB_ID
 
+    given = {field.name: getattr(args, field.name) for field in fields(EvaluationConfig) if hasattr(args, field.name)}
     return EvaluationConfig(
-        output_dir=args.output_dir,
-        model=args.model,
-        data=args.data,
-        split=args.split,
-        tasks=args.tasks,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.min_new_tokens,
-        num_beams=args.num_beams,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        answer_no_repeat_ngram_size=args.answer_no_repeat_ngram_size,
-        baseline=args.baseline,
-        train_data=args.train_data,
-        train_split=args.train_split,
-        scibert_vocab=args.scibert_vocab or SCIBERT_HUB_ID,
-        llm_tokenizer=args.llm_tokenizer,
-        nltk_data=args.nltk_data,
-        max_rows=args.max_rows,
-        device=args.device,
-        dtype=args.dtype,
-        threads=args.threads,
-        index=args.index,
-        neighbours=args.neighbours,
-        verify_names=args.verify_names,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+        **{**given, "scibert_vocab": args.scibert_vocab or SCIBERT_HUB_ID, "progress": not args.no_progress}
     )
 
 
@@ -179,6 +124,15 @@ def format_summary(results: dict) -> str:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    """Score a model (or a baseline) on description, IUPAC naming and property QA.
+
+    Generate answers for every row of a dataset in llamo's conversation schema and score them per task:
+    BLEU/ROUGE/METEOR under the MolT5 (SciBERT) and LLaMo (LLM tokens) protocols, IUPAC exact and structure-level
+    (OPSIN) matches, property MAE with the valid-answer ratio. Rows are predicted in the data's order (sorted by length
+    only within a few batches) and saved as they are made; running the same command again resumes. The run's settings
+    are kept with the predictions: a rerun with other settings (model, data, --max-rows, decoding, baseline) is
+    refused unless --overwrite. While a batch generates, the progress bar shows its tokens so far and its rows
+    finished. Writes OUTPUT_DIR/results.json."""
     from pathlib import Path
 
     from llamo.errors import CommandError
@@ -196,6 +150,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _run_setup_wordnet(args: argparse.Namespace) -> None:
+    """Install WordNet for METEOR (NLTK's download, else the Debian wordnet packages offline).
+
+    Install WordNet 3.0 into an NLTK data folder: NLTK's download (nltk.download) when its data server answers
+    within a few seconds, else a copy from the Debian packages wordnet-base and wordnet-sense-index (apt-get install -y
+    wordnet-base wordnet-sense-index) with the lexnames file NLTK needs."""
     from llamo.errors import CommandError
 
     from .wordnet import WordNetUnavailable, setup_wordnet

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
 from llamo.storage import disk_full_guard
 
 from .data import DatasetInfo, EvalExample, SkippedRow, load_rows, rows_fingerprint, select_examples
@@ -70,8 +71,6 @@ PROTOCOL_NOTES = {
     ROUGE_PROTOCOL: "rouge_score F-measure on the raw strings, no stemmer, mean over rows; 0-100",
 }
 
-VERIFY_CANDIDATES = 4
-"""Beam candidates checked per naming row when names are verified (as the pipeline's `verify_names`)."""
 SORT_WINDOW_BATCHES = 8
 """Rows are sorted by length only within windows of this many batches, in dataset order (see the module docstring)."""
 STEP_REPORT_SECONDS = 1.0
@@ -142,7 +141,7 @@ class EvaluationConfig:
     dtype: str = "auto"
     threads: int | None = None
     index: str | None = None
-    neighbours: int = 2
+    neighbours: int = DEFAULT_NEIGHBOURS
     verify_names: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -190,15 +189,18 @@ class EvaluationConfig:
         if self.answer_no_repeat_ngram_size is not None:
             settings["answer_no_repeat_ngram_size"] = self.answer_no_repeat_ngram_size
         if self.verify_names:
+            from llamo.pipeline_llamo import VERIFY_CANDIDATES
+
             settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
         return settings
 
     def generation_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `model.generate`."""
-        settings = self.decoding() or {}
-        kwargs = {
-            key: settings[key] for key in ("max_new_tokens", "num_beams", "do_sample")
-        }  # verify_names: not a generate kwarg
+        """Keyword arguments of `model.generate` (name verification adds its own: see `GenerationPredictor`)."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
         if self.min_new_tokens:
             kwargs["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
@@ -293,41 +295,31 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _pick_device(choice: str):
-    import torch
-
-    if choice != "auto":
-        return torch.device(choice)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_model(config: EvaluationConfig):
     """The model and processor of `config.model`, on `config.device`, in eval mode."""
-    import torch
-
-    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+    from llamo.builder import load_llamo
 
     if not Path(str(config.model)).is_dir():
         raise FileNotFoundError(f"Model folder not found: {config.model}")
-    processor = LlamoProcessor.from_pretrained(config.model)
-    dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
-    model = LlamoForConditionalGeneration.from_pretrained(config.model, dtype=dtype)
-    return model.to(_pick_device(config.device)).eval(), processor
+    return load_llamo(config.model, config.device, config.dtype)
 
 
 class _StepReporter:
     """A stopping criterion that never stops: it reports each generation step (tokens so far, rows finished), so that
-    a progress bar moves while a long batch generates. It is called for every decoding strategy, beams included."""
+    a progress bar moves while a long batch generates. It is called once per new token, for every decoding strategy,
+    beams included; the first call tells the prompt's length."""
 
-    def __init__(self, callback: StepCallback, prompt_length: int, rows: int, eos_token_ids: list[int]):
+    def __init__(self, callback: StepCallback, rows: int, eos_token_ids: list[int]):
         self.callback = callback
-        self.prompt_length = prompt_length
         self.rows = rows
         self.eos_token_ids = eos_token_ids
+        self.prompt_length: int | None = None
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1] - 1
         new = input_ids[:, self.prompt_length :]
         finished = 0
         if self.eos_token_ids and input_ids.shape[0] == self.rows:  # beams: sequences are not rows
@@ -337,11 +329,12 @@ class _StepReporter:
 
 
 class GenerationPredictor:
-    """Answers with the model, a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept,
-    `<graph>` and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the
-    pipeline's format); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by the first of
-    `VERIFY_CANDIDATES` beam candidates that reads back as the molecule. `on_step`, when set, is called at every
-    generation step."""
+    """Answers with the model through its `molecule-text-generation` pipeline (the prompt, generation and decoding of
+    `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
+    and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
+    asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
+    the first of the pipeline's verification candidates that reads back as the molecule. `on_step`, when set, is
+    called at every generation step."""
 
     def __init__(
         self,
@@ -350,21 +343,22 @@ class GenerationPredictor:
         generation_kwargs: dict[str, Any],
         include_graph: bool = True,
         index=None,
-        neighbours: int = 2,
+        neighbours: int = DEFAULT_NEIGHBOURS,
         name_checker=None,
     ):
-        self.model = model
-        self.name_checker = name_checker
+        from llamo.pipeline_llamo import LlamoMoleculePipeline
+
+        self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
         self.processor = processor
         self.generation_kwargs = generation_kwargs
         self.include_graph = include_graph
         self.index = index
         self.neighbours = neighbours
+        self.name_checker = name_checker
         self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
-        """The example's prompt, with its nearest index entries before the question when an index is given (the
-        pipeline's prompt format)."""
+        """The example's prompt, with its nearest index entries before the question when an index is given."""
         from llamo import add_neighbours
 
         messages = example.chat_messages()
@@ -376,71 +370,51 @@ class GenerationPredictor:
         )
         return add_neighbours(messages, [{"smiles": n.smiles, "answer": n.answer} for n in found])
 
-    def _step_criteria(self, inputs) -> dict[str, Any]:
-        if self.on_step is None:
-            return {}
-        from transformers import StoppingCriteriaList
+    def _render(self, examples: Sequence[EvalExample]) -> dict[str, Any]:
+        """The model inputs of a batch, as the pipeline prepares them."""
+        from llamo.pipeline_llamo import MoleculeBatch
 
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        reporter = _StepReporter(self.on_step, inputs["input_ids"].shape[1], inputs["input_ids"].shape[0], eos_ids)
-        return {"stopping_criteria": StoppingCriteriaList([reporter])}
+        batch = MoleculeBatch([self._messages(example) for example in examples])
+        return self.pipe.preprocess(batch, include_graph=self.include_graph)
 
-    def _render(self, examples: Sequence[EvalExample]):
-        return self.processor.apply_chat_template(
-            [self._messages(example) for example in examples],
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            include_graph=self.include_graph,
-        )
+    def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
+        from llamo.pipeline_llamo import verification_settings, verified_candidate
+
+        settings = dict(self.generation_kwargs)
+        if self.name_checker is not None:
+            settings.update(verification_settings(settings))
+        if self.on_step is not None:
+            from transformers import StoppingCriteriaList
+
+            eos = self.pipe.model.generation_config.eos_token_id
+            eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            settings["stopping_criteria"] = StoppingCriteriaList([_StepReporter(self.on_step, len(examples), eos_ids)])
+        conversations = [self._messages(example) for example in examples]
+        groups = self.pipe(conversations, batch_size=len(examples), include_graph=self.include_graph, **settings)
+        answers = []
+        for example, group in zip(examples, groups, strict=True):
+            candidates = [answer["generated_text"] for answer in group]
+            verify = self.name_checker is not None and example.task == "iupac"
+            chosen = verified_candidate(candidates, example.smiles, self.name_checker) if verify else None
+            answers.append(candidates[chosen or 0])
+        return answers
 
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
-        import torch
-
         try:
-            inputs = self._render(examples)
-            accepted = list(range(len(examples)))
-            answers: list[str | Skip] = [""] * len(examples)
+            return self._generate(examples)
         except ValueError:
             # find the rows the processor refuses (e.g. too many atoms), answer the others as one batch
-            answers, accepted = [], []
+            refused: dict[int, Skip] = {}
             for position, example in enumerate(examples):
                 try:
                     self._render([example])
-                    answers.append("")
-                    accepted.append(position)
                 except ValueError as error:
-                    answers.append(Skip(f"refused by the processor: {error}"))
-            if not accepted:
-                return answers
-            inputs = self._render([examples[position] for position in accepted])
-        device = next(self.model.parameters()).device
-        settings = dict(self.generation_kwargs)
-        if self.name_checker is not None:
-            beams = max(VERIFY_CANDIDATES, settings.get("num_beams", 1))
-            settings.update(num_beams=beams, num_return_sequences=beams, do_sample=False)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs.to(device), **settings, **self._step_criteria(inputs))
-        texts = self.processor.batch_decode(output, prompt_length=inputs["input_ids"].shape[1])
-        per_row = len(texts) // len(accepted)
-        for row, position in enumerate(accepted):
-            candidates = texts[row * per_row : (row + 1) * per_row]
-            answers[position] = self._choose(examples[position], candidates)
-        return answers
-
-    def _choose(self, example: EvalExample, candidates: list[str]) -> str:
-        """The first candidate; for a naming row with a name checker, the first whose name reads back as the
-        molecule (OPSIN reranking), else the first."""
-        if self.name_checker is None or example.task != "iupac" or len(candidates) == 1:
-            return candidates[0]
-        from .naming import inchikey
-
-        target = inchikey(example.smiles)
-        for candidate, key in zip(candidates, self.name_checker(candidates), strict=True):
-            if key is not None and key == target:
-                return candidate
-        return candidates[0]
+                    refused[position] = Skip(f"refused by the processor: {error}")
+            if not refused:
+                raise
+        accepted = [example for position, example in enumerate(examples) if position not in refused]
+        answers = iter(self._generate(accepted) if accepted else [])
+        return [refused[position] if position in refused else next(answers) for position in range(len(examples))]
 
 
 @dataclass

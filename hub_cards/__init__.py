@@ -16,8 +16,7 @@ or `llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-car
   `llamo.convert_llamo_original_to_hf`, where the conversion lives).
 """
 
-import importlib
-from typing import Any
+from llamo import lazy_exports
 
 _EXPORTS = {
     "CardError": "cards",
@@ -52,16 +51,4 @@ _EXPORTS = {
     "model_index_results": "results",
 }
 
-
-def __getattr__(name: str) -> Any:
-    # exports load on first use, so that `llamo --help` (which imports `llamo.hub_cards.commands`) stays light
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

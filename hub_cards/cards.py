@@ -15,7 +15,7 @@ from typing import Any
 
 from .credits import LLAMO_CITATION, LLAMO_CODE_URL, LLAMO_PAPER_URL, DataCredit, resolve_credits
 from .recipe import TrainingRun, find_runs, read_run
-from .results import EvaluationResults, dataset_mentions, load_results, model_index_results
+from .results import EvaluationResults, dataset_mentions, load_results, model_index_results, read_json
 
 TEMPLATES = Path(__file__).parent / "templates"
 MODEL_CARD_TEMPLATE = TEMPLATES / "model_card.md"
@@ -268,12 +268,7 @@ def build_model_card(model, processor, options: ModelCardOptions | None = None, 
 def load_generation_summary(path: str | Path) -> dict[str, Any]:
     """Read a `llamo generate-data` summary (`OUT.jsonl.summary.json`), checking the keys a dataset card needs."""
     path = Path(path)
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CardError(f"Summary file not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise CardError(f"{path} is not valid JSON: {error}") from None
+    summary = read_json(path, CardError, "Summary file")
     if not isinstance(summary, dict):
         raise CardError(f"{path} does not hold a JSON object.")
     missing = [key for key in _SUMMARY_REQUIRED if key not in summary]

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from llamo.cli_common import DTYPE_CHOICES, add_command, options_of
 
 
 def _add_card_arguments(parser: argparse.ArgumentParser, default_license: str) -> None:
@@ -37,36 +37,17 @@ def _add_card_arguments(parser: argparse.ArgumentParser, default_license: str) -
 
 
 def _add_export_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="write a model as one Hub-ready folder (safetensors, remote code, pipeline, model card)",
-        description=(
-            "Export a LLaMo model folder for the Hub: safetensors weights, config.json with auto_map and the "
-            "molecule-text-generation pipeline, the remote-code files (and only those), processor, tokenizer, chat "
-            "template, generation config, and a README.md model card. The training runs behind the model are found "
-            "from its folder (llamo_run_config.json) unless --run-dir is given."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "export", _run_export)
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved LLaMo (llamo init, training, convert-original)")
     parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
     parser.add_argument("--run-dir", nargs="+", metavar="RUN_DIR", help="training run folders for the card's recipe")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: as saved)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: as saved)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     _add_card_arguments(parser, "apache-2.0")
-    parser.set_defaults(handler=_run_export)
 
 
 def _add_push_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "push",
-        help="upload an exported folder to the Hugging Face Hub",
-        description=(
-            "Create the repository if needed and upload FOLDER (made by `llamo export`) in one commit. The token "
-            "comes from HF_TOKEN or your login (`hf auth login`) and is never printed."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "push", _run_push)
     parser.add_argument("folder", metavar="FOLDER", help="the exported folder")
     parser.add_argument("repo_id", metavar="REPO_ID", help="NAMESPACE/NAME on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repository private")
@@ -74,45 +55,24 @@ def _add_push_parser(subparsers) -> None:
     parser.add_argument("--create-branch", action="store_true", help="create --revision's branch if missing")
     parser.add_argument("--commit-message", help="the commit message; a generated one names the llamo version")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
-    parser.set_defaults(handler=_run_push)
 
 
 def _add_convert_parser(subparsers) -> None:
     from llamo.convert_llamo_original_to_hf import add_conversion_arguments  # standard library only at its top
 
-    parser = subparsers.add_parser(
-        "convert-original",
-        help="convert the original LLaMo release (Lightning checkpoint) into an exported folder",
-        description=(
-            "Convert mlvlab/LLaMo's checkpoint (graph encoder, projector and LoRA-tuned LLaMA-2 under mllm.*) plus "
-            "its base LLM folder (LLaMA-2-7B-chat, Hugging Face format) into this project's format: shared level "
-            "attention, motif tokens first, <graph> added, the original LLaMA-2 chat prompt, LoRA merged or kept as "
-            "a PEFT adapter. Unknown or missing keys are errors."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "convert-original", _run_convert)
     add_conversion_arguments(parser)
     _add_card_arguments(parser, "llama2")
-    parser.set_defaults(handler=_run_convert)
 
 
 def _add_dataset_card_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "dataset-card",
-        help="write the dataset card of instruction data made by `llamo generate-data`",
-        description=(
-            "Write a README.md dataset card (teacher, model, prompt version, counts filtered by reason) from the "
-            "generator's OUT.jsonl.summary.json."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "dataset-card", _run_dataset_card)
     parser.add_argument("summary", metavar="SUMMARY_JSON", help="the OUT.jsonl.summary.json of a generation run")
     parser.add_argument("-o", "--output", help="where to write; README.md beside the summary when not given")
     parser.add_argument("--pretty-name", help="the dataset's title")
     parser.add_argument("--license", default="other", help="license id (the source data's and teacher's terms)")
     parser.add_argument("--credit", nargs="+", default=[], metavar="KEY", help="extra data credits (see export)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing card")
-    parser.set_defaults(handler=_run_dataset_card)
 
 
 def register(subparsers) -> None:
@@ -147,6 +107,12 @@ def _print_files(result) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    """Write a model as one Hub-ready folder (safetensors, remote code, pipeline, model card).
+
+    Export a LLaMo model folder for the Hub: safetensors weights, config.json with auto_map and the
+    molecule-text-generation pipeline, the remote-code files (and only those), processor, tokenizer, chat template,
+    generation config, and a README.md model card. The training runs behind the model are found from its folder
+    (llamo_run_config.json) unless --run-dir is given."""
     from llamo.errors import CommandError
 
     from .cards import CardError
@@ -169,18 +135,17 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> None:
+    """Upload an exported folder to the Hugging Face Hub.
+
+    Create the repository if needed and upload FOLDER (made by `llamo export`) in one commit. The token comes from
+    HF_TOKEN or your login (`hf auth login`) and is never printed."""
     from llamo.errors import CommandError
 
     from .publish import PushError, plan_push, push_folder
 
     try:
         plan = plan_push(
-            args.folder,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            create_branch=args.create_branch,
-            commit_message=args.commit_message,
+            args.folder, args.repo_id, **options_of(args, "private", "revision", "create_branch", "commit_message")
         )
         if args.dry_run:
             print(f"Dry run, nothing sent. Would upload {plan.describe()}")
@@ -195,6 +160,12 @@ def _run_push(args: argparse.Namespace) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
+    """Convert the original LLaMo release (Lightning checkpoint) into an exported folder.
+
+    Convert mlvlab/LLaMo's checkpoint (graph encoder, projector and LoRA-tuned LLaMA-2 under mllm.*) plus its base
+    LLM folder (LLaMA-2-7B-chat, Hugging Face format) into this project's format: shared level attention, motif tokens
+    first, <graph> added, the original LLaMA-2 chat prompt, LoRA merged or kept as a PEFT adapter. Unknown or missing
+    keys are errors."""
     from llamo.convert_llamo_original_to_hf import CheckpointError, convert_from_arguments
     from llamo.errors import CommandError
 
@@ -211,6 +182,10 @@ def _run_convert(args: argparse.Namespace) -> None:
 
 
 def _run_dataset_card(args: argparse.Namespace) -> None:
+    """Write the dataset card of instruction data made by `llamo generate-data`.
+
+    Write a README.md dataset card (teacher, model, prompt version, counts filtered by reason) from the generator's
+    OUT.jsonl.summary.json."""
     from llamo.errors import CommandError
 
     from .cards import CardError, build_dataset_card

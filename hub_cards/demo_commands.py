@@ -5,32 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-MAX_NEIGHBOURS = 8
-"""The most neighbours the page puts in one prompt (as `llamo.hub_cards.space.neighbours.MAX_NEIGHBOURS`)."""
+from llamo.cli_common import add_command, add_device_arguments, options_of
+
+from .space import DEFAULT_MAX_NEW_TOKENS, MAX_NEIGHBOURS, MAX_NEW_TOKENS_CAP  # constants only: no Gradio, no torch
 
 
 def register(subparsers) -> None:
     """Add the `demo` subcommand to the `llamo` parser."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="a web page: draw a molecule, see its motif groups and their attention, chat about it",
-        description=(
-            "Serve the LLaMo demo (the Hugging Face Space) locally with Gradio: enter a SMILES, see the 2D drawing "
-            "with the functional groups the graph projector reads (and how much its motif queries attend to each), "
-            "and chat with the model about the molecule. Where a molecule index applies to a question (--index, or the "
-            "model's default index for naming / property questions), the answer gets the index's most similar "
-            "molecules and their answers in context, and the page shows them. Works offline and on CPU. Needs `pip "
-            "install 'llamo[demo]'`."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "demo", _run_demo)
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: reachable from others)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="the page's initial answer length (max 512)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"the page's initial answer length (max {MAX_NEW_TOKENS_CAP})",
+    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--index",
         help="molecule index (folder or Hub dataset id; `llamo index build`): its nearest molecules and their answers "
@@ -43,10 +36,16 @@ def register(subparsers) -> None:
         metavar="K",
         help=f"neighbours per answer, 0 to {MAX_NEIGHBOURS} (default: the model's, else the pipeline's)",
     )
-    parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> None:
+    """A web page: draw a molecule, see its motif groups and their attention, chat about it.
+
+    Serve the LLaMo demo (the Hugging Face Space) locally with Gradio: enter a SMILES, see the 2D drawing with the
+    functional groups the graph projector reads (and how much its motif queries attend to each), and chat with the
+    model about the molecule. Where a molecule index applies to a question (--index, or the model's default index for
+    naming / property questions), the answer gets the index's most similar molecules and their answers in context,
+    and the page shows them. Works offline and on CPU. Needs `pip install 'llamo[demo]'`."""
     from llamo.errors import CommandError
 
     try:
@@ -63,17 +62,8 @@ def _run_demo(args: argparse.Namespace) -> None:
         raise CommandError(f"--neighbours must be between 0 and {MAX_NEIGHBOURS}, got {args.neighbours}.")
     print(f"Starting the LLaMo demo on http://{args.host}:{args.port} ...", file=sys.stderr)
     try:
-        launch_demo(
-            args.model,
-            host=args.host,
-            port=args.port,
-            share=args.share,
-            device=args.device,
-            dtype=args.dtype,
-            max_new_tokens=args.max_new_tokens,
-            index=args.index,
-            neighbours=args.neighbours,
-        )
+        options = ("host", "port", "share", "device", "dtype", "max_new_tokens", "index", "neighbours")
+        launch_demo(args.model, **options_of(args, *options))
     except DefaultModelUnavailable as error:
         raise CommandError(f"{error} (Or pass a model folder: llamo demo MODEL_DIR.)") from error
     except (FileNotFoundError, ValueError) as error:  # a missing model folder, a missing or bad index

@@ -205,18 +205,15 @@ def export_model(
         card_options: what the model card says (see `ModelCardOptions`).
         dtype: `auto` keeps the saved dtype; `float32`, `bfloat16` or `float16` converts the weights.
     """
-    import torch
-
-    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+    from llamo.builder import load_llamo
+    from llamo.cli_common import DTYPE_CHOICES
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     check_model_folder(model_dir)
     check_destination(output_dir, overwrite, source=model_dir)
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ExportError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}.")
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).eval()
-    processor = LlamoProcessor.from_pretrained(model_dir)
+    if dtype not in DTYPE_CHOICES:
+        raise ExportError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}.")
+    model, processor = load_llamo(model_dir, "cpu", dtype)
     card = build_model_card(model, processor, card_options, model_dir=model_dir)
     return write_export(model, processor, output_dir, card, overwrite=overwrite)
 

@@ -134,6 +134,16 @@ def metric_display_name(metric: dict[str, Any]) -> str:
     return _FIXED_NAMES.get(name, name)
 
 
+def read_json(path: Path, error: type[Exception], what: str) -> Any:
+    """The JSON in `path`; `error`, with a message naming the file (`what` it is), when it is missing or invalid."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as failure:
+        raise error(f"{path} is not valid JSON: {failure}") from None
+
+
 def _metric(raw: dict[str, Any], where: str) -> MetricEntry:
     missing = [key for key in ("name", "type", "value") if key not in raw]
     if missing:
@@ -151,12 +161,7 @@ def _metric(raw: dict[str, Any], where: str) -> MetricEntry:
 def load_results(path: str | Path) -> EvaluationResults:
     """Read and check one results file written by `llamo evaluate`."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ResultsFileError(f"Results file not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise ResultsFileError(f"{path} is not valid JSON: {error}") from None
+    data = read_json(path, ResultsFileError, "Results file")
     if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
         raise ResultsFileError(f'{path} is not a `llamo evaluate` results file (no "format": "{RESULTS_FORMAT}").')
     if data.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:

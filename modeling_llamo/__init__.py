@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import auto_registration
@@ -67,6 +69,30 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """
+    The module `__getattr__`, `__dir__` and `__all__` of a package whose names are imported from its submodules on
+    first use (PEP 562), so that importing the package stays light:
+    `__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)`.
+
+    Args:
+        package: the package's `__name__`.
+        exports: `{name: submodule}`, the submodule relative to the package.
+    """
+
+    def getattr_(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+
+    def dir_() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *exports})
+
+    return getattr_, dir_, sorted(exports)
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Build an untrained LLaMo around any causal LM: the starting point of stage-1 training."""
+"""Build an untrained LLaMo around any causal LM (the starting point of stage-1 training), save it, load a saved one."""
 
 from __future__ import annotations
 
@@ -172,4 +172,24 @@ def save_llamo(
     return output_dir
 
 
-__all__ = ["PACKAGED_LLMS", "build_llamo", "resolve_chat_template", "resolve_llm", "save_llamo"]
+def load_llamo(
+    model_dir: str | Path, device: str = "auto", dtype: str = "auto"
+) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
+    """
+    Load a saved LLaMo folder for inference.
+
+    Args:
+        model_dir: the folder (`save_llamo`, training, `llamo export`).
+        device: where the model runs: `auto` (a GPU if any), `cpu`, `cuda`, `cuda:1`, ...
+        dtype: `auto` (as saved), `float32`, `bfloat16` or `float16`.
+
+    Returns:
+        the model, in eval mode, and its processor.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES.get(dtype, dtype))
+    return model.to(device).eval(), LlamoProcessor.from_pretrained(model_dir)
+
+
+__all__ = ["PACKAGED_LLMS", "build_llamo", "load_llamo", "resolve_chat_template", "resolve_llm", "save_llamo"]

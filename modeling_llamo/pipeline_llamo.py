@@ -33,7 +33,8 @@ takes that task, then imports the class from the folder's (or repository's) `pip
 that imports `llamo`, the task is also registered with `PIPELINE_REGISTRY`, so an already loaded model works too:
 `pipeline("molecule-text-generation", model=model, processor=processor)`.
 
-This file travels with exported models as remote code; it imports nothing from the `llamo` package.
+This file travels with exported models as remote code; of this project it imports only its sibling remote-code
+file `chat_template_llamo.py`, never the `llamo` package.
 """
 
 from __future__ import annotations
@@ -45,13 +46,12 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
+from .chat_template_llamo import DEFAULT_NEIGHBOURS
+
 MOLECULE_TASK = "molecule-text-generation"
 
 _UNSET = object()
 
-
-DEFAULT_NEIGHBOURS = 2
-"""In-context neighbours per question when an index is given (chosen by measurement: see BENCHMARKS.md)."""
 VERIFY_CANDIDATES = 4
 """Candidate names generated (beam search) when names are verified."""
 
@@ -98,6 +98,21 @@ def _is_message(value: Any) -> bool:
 
 def _is_conversation(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(_is_message(item) for item in value)
+
+
+def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The `generate` settings of name verification: beam search returning every beam, at least `VERIFY_CANDIDATES`."""
+    beams = max(VERIFY_CANDIDATES, generate_kwargs.get("num_beams", 1))
+    return {"num_beams": beams, "num_return_sequences": beams, "do_sample": False}
+
+
+def verified_candidate(names: Sequence[str], smiles: str | None, checker) -> int | None:
+    """The position of the first name that `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN) reads back as
+    the molecule `smiles`; `None` when none does."""
+    target = _inchikey(smiles) if smiles else None
+    if target is None:
+        return None
+    return next((position for position, key in enumerate(checker(names)) if key == target), None)
 
 
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
@@ -147,8 +162,9 @@ class LlamoMoleculePipeline(Pipeline):
             smiles: the molecule(s) of instruction strings.
             batch_size: inputs answered per `generate` call (default: the pipeline's, else 1).
             kwargs: generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`,
-                `skip_special_tokens`, `clean_up_tokenization_spaces`, `return_tensors`, `index` (a molecule index:
-                its nearest entries become in-context examples), `neighbours` (how many, default
+                `include_graph` (False: molecules as SMILES text only, the "no graph" ablation), `skip_special_tokens`,
+                `clean_up_tokenization_spaces`, `return_tensors`, `index` (a molecule index: its nearest entries
+                become in-context examples), `neighbours` (how many, default
                 `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN:
                 beam candidates are checked and the first that names the query molecule is answered).
         """
@@ -158,6 +174,7 @@ class LlamoMoleculePipeline(Pipeline):
             raise ValueError(f"batch_size must be at least 1, got {size}.")
         answers: list[list[dict[str, Any]]] = []
         for start in range(0, len(conversations), size):
+            self.call_count = 0  # these calls are batches already: transformers' "use a dataset" advice does not apply
             answers.extend(super().__call__(MoleculeBatch(conversations[start : start + size]), **kwargs))
         return answers[0] if single else answers
 
@@ -212,6 +229,7 @@ class LlamoMoleculePipeline(Pipeline):
         chat_template: str | None = None,
         system_prompt: str | None = None,
         max_atoms: Any = _UNSET,
+        include_graph: bool | None = None,
         skip_special_tokens: bool | None = None,
         clean_up_tokenization_spaces: bool | None = None,
         return_tensors: bool | None = None,
@@ -221,33 +239,28 @@ class LlamoMoleculePipeline(Pipeline):
         generate_kwargs: dict[str, Any] | None = None,
         **generation_parameters,
     ):
-        preprocess_params: dict[str, Any] = {}
-        if index is not None:
-            preprocess_params["index"] = index
-        if neighbours is not None:
-            if neighbours < 0:
-                raise ValueError(f"neighbours must be at least 0, got {neighbours}.")
-            preprocess_params["neighbours"] = neighbours
-        if chat_template is not None:
-            preprocess_params["chat_template"] = chat_template
-        if system_prompt is not None:
-            preprocess_params["system_prompt"] = system_prompt
-        if max_atoms is not _UNSET:
+        if neighbours is not None and neighbours < 0:
+            raise ValueError(f"neighbours must be at least 0, got {neighbours}.")
+        if verify_names is not None and not callable(verify_names):
+            raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
+        preprocess_params = _given(
+            index=index,
+            neighbours=neighbours,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
+            include_graph=include_graph,
+        )
+        if max_atoms is not _UNSET:  # None is a value here: no size limit
             preprocess_params["max_atoms"] = max_atoms
         forward_params = {**(generate_kwargs or {}), **generation_parameters}
-        postprocess_params: dict[str, Any] = {}
         if verify_names is not None:
-            if not callable(verify_names):
-                raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
-            beams = max(VERIFY_CANDIDATES, forward_params.get("num_beams", 1))
-            forward_params.update(num_beams=beams, num_return_sequences=beams, do_sample=False)
-            postprocess_params["verify_names"] = verify_names
-        if skip_special_tokens is not None:
-            postprocess_params["skip_special_tokens"] = skip_special_tokens
-        if clean_up_tokenization_spaces is not None:
-            postprocess_params["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
-        if return_tensors is not None:
-            postprocess_params["return_tensors"] = return_tensors
+            forward_params.update(verification_settings(forward_params))
+        postprocess_params = _given(
+            verify_names=verify_names,
+            skip_special_tokens=skip_special_tokens,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            return_tensors=return_tensors,
+        )
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(
@@ -258,6 +271,7 @@ class LlamoMoleculePipeline(Pipeline):
         max_atoms: Any = "default",
         index: Any = None,
         neighbours: int = DEFAULT_NEIGHBOURS,
+        include_graph: bool = True,
     ) -> dict[str, Any]:
         conversations = list(batch.conversations)
         queries = [query_molecule(conversation) for conversation in conversations]
@@ -282,6 +296,7 @@ class LlamoMoleculePipeline(Pipeline):
             tokenize=True,
             return_dict=True,
             max_atoms=max_atoms,
+            include_graph=include_graph,
         )
         return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries]}
 
@@ -332,22 +347,26 @@ class LlamoMoleculePipeline(Pipeline):
 
     @staticmethod
     def _verified(candidates: list[dict[str, Any]], query: str | None, checker) -> dict[str, Any]:
-        """The first candidate whose name parses back to the query molecule (`verified: True`), else the first.
-        `checker(names)` gives each name's InChIKey (`None` where it does not parse)."""
-        target = _inchikey(query) if query else None
+        """The first candidate whose name parses back to the query molecule (`verified: True`), else the first
+        (see `verified_candidate`)."""
         names = [candidate["generated_text"] for candidate in candidates]
-        keys = list(checker(names)) if target is not None else [None] * len(names)
-        for candidate, key in zip(candidates, keys, strict=True):
-            if key is not None and key == target:
-                return {**candidate, "verified": True, "candidates": names}
-        return {**candidates[0], "verified": False, "candidates": names}
+        found = verified_candidate(names, query, checker)
+        return {**candidates[found or 0], "verified": found is not None, "candidates": names}
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that were given (not None)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 __all__ = [
     "DEFAULT_NEIGHBOURS",
     "MOLECULE_TASK",
+    "VERIFY_CANDIDATES",
     "LlamoMoleculePipeline",
     "MoleculeBatch",
     "molecule_conversation",
     "query_molecule",
+    "verification_settings",
+    "verified_candidate",
 ]

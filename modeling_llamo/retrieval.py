@@ -126,6 +126,8 @@ def opsin_checker() -> Callable[[Sequence[str]], list[str | None]] | None:
 
 
 __all__ = [
+    "ANSWER_TOKENS",
+    "DEFAULT_INDEX_LIMITS",
     "DEFAULT_INDEX_SOURCES",
     "RETRIEVAL_FILE",
     "default_index",

@@ -34,6 +34,7 @@ from typing import Any
 
 import datasets
 
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.feature_extraction_llamo import prepare_molecule
 from llamo.featurization_llamo import OversizedMoleculeError
 
@@ -163,10 +164,37 @@ def _hub_rows(dataset_id: str, split: str, columns: dict[str, str]) -> Iterator[
         yield {key: row[column] for key, column in columns.items()}
 
 
-def description_record(record_id: str, smiles: str, description: str, source: str, instruction: str | None):
-    question = instruction or stable_choice(DESCRIPTION_INSTRUCTIONS, record_id)
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": description.strip()}]
-    return make_record(record_id, smiles, messages, "description", source)
+def qa_record(record_id: str, smiles: str, answer: str, task: str, source: str, instruction: str | None = None):
+    """A one-question record of `task` (`description` or `iupac`): the instruction, else one of the task's own chosen
+    by the record's id, and its answer."""
+    choices = DESCRIPTION_INSTRUCTIONS if task == "description" else IUPAC_INSTRUCTIONS
+    question = instruction or stable_choice(choices, record_id)
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
+    return make_record(record_id, smiles, messages, task, source)
+
+
+def _qa_dataset(
+    rows: Iterable[tuple[str, str, str]],
+    task: str,
+    source: str,
+    report: DataReport,
+    limit: int | None,
+    instruction: str | None = None,
+    empty: str = "empty SMILES or description",
+) -> tuple[datasets.Dataset, DataReport]:
+    """The `qa_record`s of `(record_id, smiles, answer)` rows, at most `limit`; a row without a SMILES or an answer
+    is dropped and counted as `empty`."""
+    records = []
+    for record_id, smiles, answer in rows:
+        report.read += 1
+        if limit is not None and len(records) >= limit:
+            break
+        if not (smiles or "").strip() or not (answer or "").strip():
+            report.drop(empty)
+            continue
+        records.append(qa_record(record_id, smiles.strip(), answer, task, source, instruction))
+    report.kept = len(records)
+    return _records_to_dataset(records), report
 
 
 def load_chebi20(
@@ -191,22 +219,12 @@ def load_chebi20(
             handle.close()
             raise ValueError(f"{path} has no column(s) {missing}; expected a tab-separated CID/SMILES/description file")
         rows = ({key: row[column] for key, column in columns.items()} for row in reader)
-    records = []
     try:
-        for row in rows:
-            report.read += 1
-            if limit is not None and len(records) >= limit:
-                break
-            if not (row["smiles"] or "").strip() or not (row["text"] or "").strip():
-                report.drop("empty SMILES or description")
-                continue
-            record_id = f"chebi20:{row['id']}"
-            records.append(description_record(record_id, row["smiles"].strip(), row["text"], "chebi20", instruction))
+        rows = ((f"chebi20:{row['id']}", row["smiles"], row["text"]) for row in rows)
+        return _qa_dataset(rows, "description", "chebi20", report, limit, instruction)
     finally:
         if not _is_hub_id(path):
             handle.close()
-    report.kept = len(records)
-    return _records_to_dataset(records), report
 
 
 def _read_pubchem_text_layout(root: Path) -> Iterator[tuple[str, str, str]]:
@@ -278,17 +296,8 @@ def load_pubchem324k(
             rows = _read_pubchem_pickle(pickle_file)
         else:
             raise FileNotFoundError(f"{path}: neither {folder}/text + {folder}/smiles nor {pickle_file} exist")
-    records = []
-    for record_id, smiles, text in rows:
-        report.read += 1
-        if limit is not None and len(records) >= limit:
-            break
-        if not (smiles or "").strip() or not (text or "").strip():
-            report.drop("empty SMILES or description")
-            continue
-        records.append(description_record(f"pubchem324k:{record_id}", smiles.strip(), text, "pubchem324k", instruction))
-    report.kept = len(records)
-    return _records_to_dataset(records), report
+    rows = ((f"pubchem324k:{record_id}", smiles, text) for record_id, smiles, text in rows)
+    return _qa_dataset(rows, "description", "pubchem324k", report, limit, instruction)
 
 
 def _selfies_to_smiles(value: str) -> str | None:
@@ -369,12 +378,6 @@ def load_mol_instructions(
     return _records_to_dataset(records), report
 
 
-def iupac_record(record_id: str, smiles: str, name: str, source: str, instruction: str | None = None):
-    question = instruction or stable_choice(IUPAC_INSTRUCTIONS, record_id)
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": name.strip()}]
-    return make_record(record_id, smiles, messages, "iupac", source)
-
-
 def load_iupac_pairs(
     path: str,
     smiles_column: str = "SMILES",
@@ -404,18 +407,8 @@ def load_iupac_pairs(
                 }
                 for row in reader
             ]
-    records = []
-    for index, row in enumerate(rows):
-        report.read += 1
-        if limit is not None and len(records) >= limit:
-            break
-        if not (row["smiles"] or "").strip() or not (row["name"] or "").strip():
-            report.drop("missing SMILES or name")
-            continue
-        record_id = f"{source}:{row.get('id') or index}"
-        records.append(iupac_record(record_id, row["smiles"].strip(), row["name"], source))
-    report.kept = len(records)
-    return _records_to_dataset(records), report
+    rows = [(f"{source}:{row.get('id') or index}", row["smiles"], row["name"]) for index, row in enumerate(rows)]
+    return _qa_dataset(rows, "iupac", source, report, limit, empty="missing SMILES or name")
 
 
 def load_chemicals_iupac(path: str | None = None, limit: int | None = None) -> tuple[datasets.Dataset, DataReport]:
@@ -439,7 +432,7 @@ def load_chemicals_iupac(path: str | None = None, limit: int | None = None) -> t
         candidates.sort(key=lambda row: stable_fraction(row[3] or row[0], "subset"))
         report.drop("beyond limit", len(candidates) - limit)
         candidates = candidates[:limit]
-    records = [iupac_record(f"pubchem:{cid}", smiles, name, "chemicals") for cid, smiles, name, _ in candidates]
+    records = [qa_record(f"pubchem:{cid}", smiles, name, "iupac", "chemicals") for cid, smiles, name, _ in candidates]
     report.kept = len(records)
     return _records_to_dataset(records), report
 
@@ -608,7 +601,7 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
 
 def featurize_dataset(
     dataset: datasets.Dataset,
-    max_atoms: int | None = 512,
+    max_atoms: int | None = DEFAULT_MAX_ATOMS,
     num_proc: int | None = None,
     name: str = "dataset",
     cache_file_name: str | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 from rdkit import Chem, DataStructs, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.featurization_llamo import parse_smiles, prompt_smiles
 
 from .datasets import _property_from_text, stable_fraction
@@ -107,7 +108,7 @@ class MoleculeIndex:
         cls,
         records: Iterable[dict[str, Any]],
         task: str,
-        max_atoms: int | None = 512,
+        max_atoms: int | None = DEFAULT_MAX_ATOMS,
         holdout: float = 0.0,
         progress: bool = True,
     ) -> tuple[MoleculeIndex, dict[str, int]]:

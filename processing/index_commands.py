@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
+from llamo.cli_common import add_command
+
 INDEX_TASKS = ("description", "iupac", "property")
 PACKAGED_SOURCES = {"chemicals": "chemicals", "qm9": "qm9"}
 
@@ -17,16 +20,7 @@ def register(subparsers) -> None:
         "and `llamo evaluate --index` put the most similar ones into the prompt.",
     )
     commands = parser.add_subparsers(dest="index_command", metavar="COMMAND", required=True)
-    build = commands.add_parser(
-        "build",
-        help="index a data source",
-        description=(
-            "Index SOURCE for one task: a ChEBI-20 TSV or PubChem folder, a JSONL / Hub dataset in the conversation "
-            "schema, an IUPAC CSV, or the packaged tables 'chemicals' (PubChem IUPAC names) and 'qm9' (HOMO / LUMO / "
-            "gap). The index is written as a datasets folder (push it to the Hub with datasets' push_to_hub)."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    build = add_command(commands, "build", run_build)
     build.add_argument("source", metavar="SOURCE", help="a path, a Hub dataset id, or 'chemicals' / 'qm9'")
     build.add_argument("--output", "-o", required=True, help="folder to write (new or empty)")
     build.add_argument("--task", required=True, choices=INDEX_TASKS, help="which answers the index holds")
@@ -44,12 +38,9 @@ def register(subparsers) -> None:
         help="leave out the test part of this fixed InChIKey hold-out (0.1 matches the shipped recipes), so that "
         "evaluating on that part never finds its own molecules",
     )
-    build.add_argument("--max-atoms", type=int, default=512, help="skip larger molecules")
-    build.set_defaults(handler=run_build)
-
-    show = commands.add_parser("show", help="size, task and answer keys of an index")
+    build.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, help="skip larger molecules")
+    show = add_command(commands, "show", run_show)
     show.add_argument("index", metavar="INDEX", help="index folder or Hub dataset id")
-    show.set_defaults(handler=run_show)
 
 
 def guess_source_type(source: str) -> str:
@@ -74,7 +65,7 @@ def build_index(
     split: str = "train",
     limit: int | None = None,
     holdout: float = 0.0,
-    max_atoms: int = 512,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
 ):
     """Load a source with the training data loaders and index it (see `MoleculeIndex.from_records`).
 
@@ -96,6 +87,11 @@ def build_index(
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """Index a data source.
+
+    Index SOURCE for one task: a ChEBI-20 TSV or PubChem folder, a JSONL / Hub dataset in the conversation schema,
+    an IUPAC CSV, or the packaged tables 'chemicals' (PubChem IUPAC names) and 'qm9' (HOMO / LUMO / gap). The index is
+    written as a datasets folder (push it to the Hub with datasets' push_to_hub)."""
     from pathlib import Path
 
     from llamo.errors import CommandError
@@ -119,6 +115,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    """Show the size, task and answer keys of an index."""
     import json
 
     from .index import MoleculeIndex

@@ -7,20 +7,12 @@ import json
 import logging
 import sys
 
+from llamo.cli_common import add_command, add_device_arguments, options_of
+
 
 def register(subparsers) -> None:
     """Add `generate-data` to the `llamo` command line."""
-    parser = subparsers.add_parser(
-        "generate-data",
-        help="generate multi-turn instruction conversations about molecules (GPT-4 pipeline, any teacher)",
-        description=(
-            "Write one multi-turn conversation per molecule of INPUT with a teacher: an OpenAI-compatible endpoint, "
-            "a local transformers chat model, or the offline grounded teacher (verified facts only). Appends to "
-            "OUTPUT (JSONL, conversation schema) and resumes where a killed or stopped run left off. Sidecars: "
-            "OUTPUT.status.jsonl (filtered / failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = add_command(subparsers, "generate-data", run_generate_data)
     parser.add_argument("input", metavar="INPUT", help="TSV (ChEBI-20), CSV, JSONL, or a saved datasets folder")
     parser.add_argument("--output", "-o", required=True, help="output JSONL (appended to; resumed)")
     parser.add_argument(
@@ -60,31 +52,14 @@ def register(subparsers) -> None:
     http.add_argument("--temperature", type=float, default=0.7)
     http.add_argument("--max-tokens", type=int, default=1024, help="most tokens per teacher reply")
 
-    local = parser.add_argument_group("transformers teacher")
-    local.add_argument("--device", default="auto")
-    local.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.set_defaults(handler=run_generate_data)
+    add_device_arguments(parser.add_argument_group("transformers teacher"))
 
 
-def _build_teacher(args: argparse.Namespace):
-    from .teachers import build_teacher
-
-    return build_teacher(
-        args.teacher,
-        args.model,
-        max_turns=args.max_turns,
-        max_requests=args.max_requests,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-        timeout=args.timeout,
-        retries=args.retries,
-        backoff=args.backoff,
-        max_backoff=args.max_backoff,
-        device=args.device,
-        dtype=args.dtype,
-    )
+TEACHER_OPTIONS = ("max_turns", "max_requests", "temperature", "max_tokens", "device", "dtype")
+CONNECTION_OPTIONS = ("base_url", "api_key_env", "timeout", "retries", "backoff", "max_backoff")
+"""The options passed on to `build_teacher` under their own names: the teacher's, and how to reach an endpoint."""
+CONFIG_OPTIONS = ("max_turns", "num_exemplars", "seed_exemplars", "concurrency", "seed", "allow_mixed", "overwrite")
+"""The options passed on to `DataGenerationConfig` under their own names."""
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -102,7 +77,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def run_generate_data(args: argparse.Namespace) -> None:
-    """Handler of `llamo generate-data`: read the input, build the teacher, run, print the summary."""
+    """Generate multi-turn instruction conversations about molecules (GPT-4 pipeline, any teacher).
+
+    Write one multi-turn conversation per molecule of INPUT with a teacher: an OpenAI-compatible endpoint, a local
+    transformers chat model, or the offline grounded teacher (verified facts only). Appends to OUTPUT (JSONL,
+    conversation schema) and resumes where a killed or stopped run left off. Sidecars: OUTPUT.status.jsonl (filtered /
+    failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."""
     _check_numbers(args)
     if not logging.getLogger().handlers:
         level = logging.INFO if args.verbose else logging.WARNING
@@ -117,24 +97,16 @@ def run_generate_data(args: argparse.Namespace) -> None:
         generate_conversations,
         read_molecules,
     )
-    from .teachers import TeacherFatalError
+    from .teachers import TeacherFatalError, build_teacher
 
     columns = ColumnNames(
         smiles=args.smiles_column, description=args.description_column, iupac=args.iupac_column, id=args.id_column
     )
     try:
         molecules = read_molecules(args.input, args.format, columns, id_prefix=args.id_prefix, limit=args.limit)
-        teacher = _build_teacher(args)
+        teacher = build_teacher(args.teacher, args.model, **options_of(args, *TEACHER_OPTIONS, *CONNECTION_OPTIONS))
         config = DataGenerationConfig(
-            max_turns=args.max_turns,
-            num_exemplars=args.num_exemplars,
-            seed_exemplars=args.seed_exemplars,
-            exemplars_file=args.exemplars,
-            concurrency=args.concurrency,
-            seed=args.seed,
-            allow_mixed=args.allow_mixed,
-            overwrite=args.overwrite,
-            show_progress=not args.no_progress,
+            **options_of(args, *CONFIG_OPTIONS), exemplars_file=args.exemplars, show_progress=not args.no_progress
         )
         print(
             f"{len(molecules.molecules)} molecules from {molecules.source} "

@@ -593,6 +593,35 @@ def test_threads_follow_the_option_then_omp_num_threads_then_the_free_cores(tmp_
     assert args.threads == 5
 
 
+def test_evaluation_answers_as_the_pipeline_does(tmp_path, tiny_llamo, tiny_llamo_dir, eval_rows):
+    """A row gets the same answer from `evaluate` as from the pipeline (`llamo generate`'s path), settings alike."""
+    from transformers import pipeline
+
+    from llamo.pipeline_llamo import _inchikey
+
+    model, processor = tiny_llamo
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu")
+    rows = [*eval_rows[:2], eval_rows[-1], qa_row("n:1", "CCO", "iupac", "ethanol")]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    settings = {"max_new_tokens": 5, "num_beams": 2, "answer_no_repeat_ngram_size": 2}
+    evaluate(
+        run_config(tmp_path / "out", tiny_llamo_dir, data, batch_size=4, **settings), model=model, processor=processor
+    )
+    saved = [json.loads(line) for line in (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()]
+    predicted = {row["id"]: row["prediction"] for row in saved}
+    questions = [{"smiles": row["smiles"], "text": row["messages"][0]["content"]} for row in rows]
+    answered = pipe(questions, batch_size=4, **settings)  # one batch, as in the evaluation
+    assert predicted == {row["id"]: group[0]["generated_text"] for row, group in zip(rows, answered, strict=True)}
+
+    def checker(names):  # the second candidate names the molecule
+        return [None, _inchikey("CCO"), None, None][: len(names)]
+
+    examples, _ = select_examples(rows[-1:])
+    verified = GenerationPredictor(model, processor, {"max_new_tokens": 4}, name_checker=checker)(examples)
+    expected = pipe(questions[-1], max_new_tokens=4, verify_names=checker)[0]
+    assert expected["verified"] and verified == [expected["generated_text"]] == [expected["candidates"][1]]
+
+
 def test_generation_reports_every_step_of_a_batch(tiny_llamo, eval_rows):
     model, processor = tiny_llamo
     examples, _ = select_examples(eval_rows[:2])

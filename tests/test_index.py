@@ -283,8 +283,8 @@ def test_a_full_disk_while_saving_an_index_leaves_no_partial_folder(index, tmp_p
 
 def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
     from llamo.evaluation.data import select_examples
-    from llamo.evaluation.runner import VERIFY_CANDIDATES, GenerationPredictor
-    from llamo.pipeline_llamo import _inchikey
+    from llamo.evaluation.runner import GenerationPredictor
+    from llamo.pipeline_llamo import VERIFY_CANDIDATES, _inchikey
 
     model, processor = tiny_llamo
     examples, _ = select_examples(name_records({"CCO": "ethanol", "CCN": "ethanamine"}))

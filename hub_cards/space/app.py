@@ -50,7 +50,9 @@ def create_demo():
     space_demo = _space_module("demo")
     try:
         folder = _model_folder(space_demo)
-        model, processor = space_demo.load_model(folder, os.environ.get("LLAMO_DEVICE", "auto"))
+        from llamo.builder import load_llamo
+
+        model, processor = load_llamo(folder, os.environ.get("LLAMO_DEVICE", "auto"))
     except Exception as error:  # the page still draws molecules; the header says why chat is off
         print(f"[llamo demo] no model: {error}", file=sys.stderr)
         return space_demo.build_demo(unavailable=f"the model could not be loaded ({error}).")

@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-MAX_NEW_TOKENS_CAP = 512
-"""No answer is longer than this many tokens, whatever the page asks."""
+from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
+
 MAX_EXCHANGES = 8
 """Only the last question/answer pairs are sent back to the model; older ones fall out of the prompt."""
 STREAM_TIMEOUT_S = 300.0
@@ -144,7 +144,10 @@ def stream_answer(
         processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
     )
     watch = StopOnEvent(*((closed, stop) if stop is not None else (closed,)))
-    settings = {**(settings or generation_settings(256)), "stopping_criteria": StoppingCriteriaList([watch])}
+    settings = {
+        **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)),
+        "stopping_criteria": StoppingCriteriaList([watch]),
+    }
     failure: list[Exception] = []
     worker = threading.Thread(
         target=_generate_into,

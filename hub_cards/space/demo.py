@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import MAX_NEW_TOKENS_CAP, StopRegistry, conversation_messages, generation_settings, stream_answer
+from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
+from .chat import StopRegistry, conversation_messages, generation_settings, stream_answer
 from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
 from .motif_attention import motif_attention, uses_motifs
 from .neighbours import Retrieval, neighbours_html, readable_molecule, retrieval_failed_html, with_neighbours
 
-DEFAULT_MAX_NEW_TOKENS = 256
 TITLE = "LLaMo: ask a language model about a molecular graph"
 CSS = """
 .llamo-groups { border-collapse: collapse; font-size: 0.9em; }
@@ -60,8 +60,7 @@ def _attention_note(model, attention) -> str:
 def render_molecule(smiles: str, model=None, processor=None, shade_by_attention: bool = True) -> MoleculePanels:
     """The drawing, group table and status line for `smiles`; a bad or oversized molecule gives an error message
     in the status line (never an exception). With a model, the table and shading show its motif attention."""
-    max_atoms = processor.max_atoms if processor is not None else 512
-    view = load_molecule(smiles, max_atoms)
+    view = load_molecule(smiles) if processor is None else load_molecule(smiles, processor.max_atoms)
     if not view.ok:
         return MoleculePanels("", "", message_html(view.error), None)
     attention = None
@@ -92,19 +91,6 @@ def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
     from llamo.default_model import default_model_dir
 
     return default_model_dir()
-
-
-def load_model(model_dir: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
-    """`(model, processor)` from a LLaMo folder, in eval mode on `device` ("auto": CUDA if present, else CPU)."""
-    import torch
-
-    from llamo import LlamoForConditionalGeneration, LlamoProcessor
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
-    return model, LlamoProcessor.from_pretrained(model_dir)
 
 
 class Demo:
@@ -357,7 +343,9 @@ def launch_demo(
     folder = resolve_model_dir(model_dir)
     retrieval = Retrieval(index, folder, neighbours)
     retrieval.preload()
-    model, processor = load_model(folder, device, dtype)
+    from llamo.builder import load_llamo
+
+    model, processor = load_llamo(folder, device, dtype)
     blocks = build_demo(model, processor, model_name=str(folder), max_new_tokens=max_new_tokens, retrieval=retrieval)
     blocks.launch(
         server_name=host,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rdkit import Chem
 from rdkit.Chem.Draw import rdMolDraw2D
 
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.featurization_llamo import OversizedMoleculeError, check_size, functional_groups, parse_smiles
 
 from .group_names import group_names
@@ -140,7 +141,7 @@ def motif_groups(mol: Chem.Mol) -> list[MotifGroup]:
     ]
 
 
-def load_molecule(smiles: str, max_atoms: int | None = 512) -> MoleculeView:
+def load_molecule(smiles: str, max_atoms: int | None = DEFAULT_MAX_ATOMS) -> MoleculeView:
     """Parse `smiles` and find its groups; a bad or oversized molecule gives a view whose `error` says why.
 
     Messages never repeat more than the head of the input, and size limits are checked before RDKit parses it."""

@@ -17,10 +17,9 @@ from rdkit import Chem
 
 from llamo.featurization_llamo import OversizedMoleculeError, check_size, parse_smiles
 
+from . import MAX_NEIGHBOURS
 from .molecule_view import draw_molecule_svg, message_html
 
-MAX_NEIGHBOURS = 8
-"""No answer gets more neighbours than this, whatever `--neighbours` asks (the prompt stays bounded)."""
 SHOWN_ANSWER_CHARS = 300
 """A neighbour's answer is cut to this many characters on the page."""
 PROMPT_ANSWER_CHARS = 2000

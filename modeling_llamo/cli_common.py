@@ -1,0 +1,62 @@
+"""What the `llamo` command modules share to build their parsers and call their handlers (standard library only,
+like every command module's top; errors and exit codes are in `llamo.errors`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+"""The weights dtypes of `--dtype` (`auto`: as saved)."""
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in its help, except the uninformative ones (None, and False for flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_command(subparsers, name: str, handler: Callable[[argparse.Namespace], Any], **kwargs: Any):
+    """
+    Add the subcommand `name`, run by `handler`. The handler's docstring says what the command does: its first
+    paragraph (lower-cased, without the full stop) is the command's line in `llamo --help`, the rest the description
+    of `llamo NAME --help`, where every option's default is shown (`DefaultsHelpFormatter`).
+
+    Args:
+        subparsers: what `ArgumentParser.add_subparsers` returned.
+        name: the subcommand.
+        handler: called with the parsed `argparse.Namespace`.
+        kwargs: further arguments of `add_parser` (`usage`, ...).
+
+    Returns:
+        the subcommand's `ArgumentParser`.
+    """
+    summary, _, details = (handler.__doc__ or "").strip().partition("\n\n")
+    summary = " ".join(summary.split()).rstrip(".")
+    parser = subparsers.add_parser(
+        name,
+        help=summary[:1].lower() + summary[1:],
+        description=details or None,
+        formatter_class=DefaultsHelpFormatter,
+        **kwargs,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_device_arguments(parser) -> None:
+    """`--device` and `--dtype`, for commands that load a model."""
+    parser.add_argument("--device", default="auto", help="'auto' (a GPU if any), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype ('auto': as saved)")
+
+
+def options_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed options `names`, as keyword arguments of the same names."""
+    return {name: getattr(args, name) for name in names}
+
+
+__all__ = ["DTYPE_CHOICES", "DefaultsHelpFormatter", "add_command", "add_device_arguments", "options_of"]
