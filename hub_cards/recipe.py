@@ -1,6 +1,8 @@
 """The training recipe of a model, read from its run folders (`llamo_run_config.json`, `training_summary.json`).
 
-A stage-2 run names its stage-1 model in `model_path`, so starting from the last run the whole chain is found.
+A stage-2 run names its stage-1 model in `model_name_or_path` (`model_path` in run folders of earlier versions, whose
+settings are read in today's keys: `llamo.training.config.upgrade_saved_settings`), so starting from the last run the
+whole chain is found.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from llamo.training.config import upgrade_saved_settings
 
 RUN_CONFIG = "llamo_run_config.json"
 RUN_SUMMARY = "training_summary.json"
@@ -30,7 +34,7 @@ class TrainingRun:
     def stage(self) -> int:
         if self.summary and self.summary.get("stage") in (1, 2):
             return int(self.summary["stage"])
-        return 2 if "lora_r" in self.config else 1
+        return 2 if self.config.get("use_peft") else 1
 
     @property
     def finished(self) -> bool:
@@ -48,7 +52,7 @@ class TrainingRun:
         """(label, value) pairs describing the run, for a card's table."""
         config = self.config
         rows = [("Trained parts", _trained_parts(self.stage, config))]
-        start = config.get("model_path") or (
+        start = config.get("model_name_or_path") or (
             f"`llamo init` around {config['init_llm']}" if config.get("init_llm") else None
         )
         if start:
@@ -56,14 +60,7 @@ class TrainingRun:
         mode = config.get("mode") or "generalist"
         rows.append(("Mode", f"{mode} ({config['task']})" if config.get("task") else mode))
         rows.append(("Data", "; ".join(_source_label(source) for source in config.get("sources") or []) or "n/a"))
-        rows.append(
-            (
-                "Optimiser and schedule",
-                f"AdamW, weight decay {config.get('weight_decay')}; linear warm-up from "
-                f"{config.get('warmup_start_learning_rate')} over {config.get('warmup_steps')} steps to "
-                f"{config.get('learning_rate')}, cosine decay to {config.get('min_learning_rate')}",
-            )
-        )
+        rows.append(("Optimiser and schedule", _schedule(config)))
         length = f"{config.get('num_train_epochs')} epoch(s)"
         if (config.get("max_steps") or -1) > 0:
             length += f", capped at {config['max_steps']} steps"
@@ -76,12 +73,13 @@ class TrainingRun:
             )
         )
         rows.append(("Max text length", f"{config.get('max_length')} tokens"))
-        precision = "bf16" if config.get("bf16") else str(config.get("lm_dtype") or "float32")
+        precision = "bf16" if config.get("bf16") else str(config.get("dtype") or "float32")
         rows.append(
-            ("Precision", precision + (", gradient checkpointing" if config.get("gradient_checkpointing") else ""))
+            ("Precision", precision + (", gradient checkpointing" if config.get("activation_checkpointing") else ""))
         )
         if self.stage == 2:
-            targets = ", ".join(config.get("lora_target_modules") or [])
+            targets = config.get("lora_target_modules") or []
+            targets = ", ".join([targets] if isinstance(targets, str) else targets)
             rows.append(
                 (
                     "LoRA",
@@ -117,10 +115,22 @@ class TrainingRun:
         return rows
 
 
+def _schedule(config: dict[str, Any]) -> str:
+    """The optimiser and the learning-rate schedule in words (the paper's, or the transformers scheduler named)."""
+    peak, warmup, kwargs = config.get("learning_rate"), config.get("warmup_steps"), config.get("lr_scheduler_kwargs")
+    text = f"AdamW, weight decay {config.get('weight_decay')}; "
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    if config.get("lr_scheduler_type") != "cosine_warmup_with_min_lr" or "min_lr" not in kwargs:
+        return text + f"{config.get('lr_scheduler_type')} schedule to {peak} ({warmup} warm-up steps, {kwargs})"
+    rate = kwargs.get("warmup_lr_rate")
+    start = f"{peak * rate:g}" if isinstance(peak, float) and rate is not None else "0"
+    return text + f"linear warm-up from {start} over {warmup} steps to {peak}, cosine decay to {kwargs['min_lr']}"
+
+
 def _trained_parts(stage: int, config: dict[str, Any]) -> str:
     if stage == 1:
         return "graph encoder and projector (stage 1, graph-language alignment); the LM frozen"
-    projector = "the projector in full and " if config.get("train_projector", True) else ""
+    projector = "the projector in full and " if "graph_projector" in (config.get("lora_modules_to_save") or []) else ""
     return f"{projector}LoRA on the LM (stage 2, instruction tuning); the graph encoder frozen, BatchNorm in eval mode"
 
 
@@ -158,12 +168,12 @@ def read_run(folder: str | Path) -> TrainingRun:
         raise RunFolderError(f"{folder} is not a llamo training run: it has no {RUN_CONFIG}.")
     summary_path = folder / RUN_SUMMARY
     summary = _read_json(summary_path) if summary_path.is_file() else None
-    return TrainingRun(folder, _read_json(config_path), summary)
+    return TrainingRun(folder, upgrade_saved_settings(_read_json(config_path)), summary)
 
 
 def _resolve(path_text: str, base: Path) -> Path | None:
-    """A run config's `model_path`, which is relative to where training was launched: try it as given, then from the
-    runs around `base`."""
+    """A run config's `model_name_or_path`, which is relative to where training was launched: try it as given, then
+    from the runs around `base`."""
     path = Path(path_text)
     for candidate in (path, *(parent / path for parent in base.parents)):
         if candidate.is_dir():
@@ -174,8 +184,8 @@ def _resolve(path_text: str, base: Path) -> Path | None:
 def find_runs(model_dir: str | Path) -> list[TrainingRun]:
     """The training runs behind a model folder, earliest stage first.
 
-    The folder itself or its parent (a stage-2 `merged/` folder) holds the last run; each run's `model_path` leads to
-    the one before. Returns `[]` for a folder that no run produced.
+    The folder itself or its parent (a stage-2 `merged/` folder) holds the last run; each run's `model_name_or_path`
+    leads to the one before. Returns `[]` for a folder that no run produced.
     """
     model_dir = Path(model_dir).resolve()
     start = next((folder for folder in (model_dir, model_dir.parent) if (folder / RUN_CONFIG).is_file()), None)
@@ -185,7 +195,7 @@ def find_runs(model_dir: str | Path) -> list[TrainingRun]:
         seen.add(start)
         run = read_run(start)
         runs.append(run)
-        previous = run.config.get("model_path")
+        previous = run.config.get("model_name_or_path")
         found = _resolve(str(previous), start) if previous else None
         start = next((f for f in (found, found.parent) if (f / RUN_CONFIG).is_file()), None) if found else None
     return list(reversed(runs))

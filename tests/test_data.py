@@ -166,7 +166,7 @@ def test_pickle_recipes_fail_saying_which_option_reads_them(recipe, tmp_path):
     from llamo.training.data import load_source
     from llamo.training.stage1 import parse
 
-    (source,) = parse(["--config", recipe]).sources
+    (source,) = parse(["--config", recipe]).script.sources
     assert source.type == "pubchem324k" and source.allow_pickle is False and source.split == "pretrain"
     torch.save({"smiles": ["CCO"], "text": ["An alcohol."]}, tmp_path / "pretrain.pt")
     source.path = str(tmp_path)

@@ -14,7 +14,7 @@ from llamo.cli import main
 from llamo.default_model import BUNDLE_DIR, default_model_dir, export_bundle, read_manifest
 from llamo.processing.schema import make_record
 from llamo.training import stage2
-from llamo.training.config import Stage2Config
+from llamo.training.config import stage_arguments
 
 from .conftest import SMILES, make_tokenizer, molecule_messages, subprocess_env
 
@@ -44,20 +44,23 @@ def tiny_run(tiny_llamo_dir, tmp_path_factory) -> tuple[Path, Path]:
             for i, smiles in enumerate(SMILES.values())
         )
     )
-    config = Stage2Config(
-        output_dir=str(work / "stage2"),
-        model_path=str(tiny_llamo_dir),
-        sources=[{"type": "conversations", "path": str(data)}],
-        data_cache_dir=str(work / "cache"),
-        max_steps=2,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        warmup_steps=1,
-        save_steps=100,
-        disable_tqdm=True,
-        lora_dropout=0.0,
+    arguments = stage_arguments(
+        "stage2",
+        {
+            "output_dir": str(work / "stage2"),
+            "model_name_or_path": str(tiny_llamo_dir),
+            "sources": [{"type": "conversations", "path": str(data)}],
+            "data_cache_dir": str(work / "cache"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-2,
+            "warmup_steps": 1,
+            "save_steps": 100,
+            "disable_tqdm": True,
+            "lora_dropout": 0.0,
+        },
     )
-    return tiny_llamo_dir, stage2.main(config, log=lambda *a: None)
+    return tiny_llamo_dir, stage2.main(*arguments, log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,9 +31,8 @@ from llamo.training.common import (
     last_complete_checkpoint,
     lora_target_regex,
     prepare_run_dir,
-    warmup_cosine_schedule,
 )
-from llamo.training.config import Stage1Config, Stage2Config
+from llamo.training.config import stage_arguments
 from llamo.training.data import build_training_dataset
 from llamo.training.interrupt import GracefulInterrupt
 
@@ -83,6 +81,11 @@ def init_dir(tiny_llm_dir, workdir) -> Path:
         processor_kwargs={"prompt_smiles": "none"},
     )
     return save_llamo(model, processor, workdir / "init")
+
+
+def schedule(peak: float, minimum: float, start: float = 1e-6) -> dict:
+    """A recipe's learning rates: `peak`, cosine decay to `minimum`, warm-up from `start`."""
+    return {"learning_rate": peak, "lr_scheduler_kwargs": {"min_lr": minimum, "warmup_lr_rate": start / peak}}
 
 
 def common(workdir, toy_pairs, **overrides) -> dict:
@@ -188,36 +191,23 @@ def test_labels_mask_the_assistant_turns_of_a_chatml_template(tiny_llm_dir, tmp_
     assert prompt_text.endswith("<|im_start|>assistant\n")  # the last answer's header; nothing after it
 
 
-def test_paper_schedule_shape():
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([parameter], lr=1e-4)
-    schedule = warmup_cosine_schedule(
-        optimizer, warmup_steps=10, total_steps=110, peak_lr=1e-4, warmup_start_lr=1e-6, min_lr=1e-5
-    )
-    rates = []
-    for _ in range(111):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert rates[0] == pytest.approx(1e-6)
-    assert rates[5] == pytest.approx(1e-6 + (1e-4 - 1e-6) / 2)
-    assert rates[10] == pytest.approx(1e-4)
-    assert rates[60] == pytest.approx(1e-5 + (1e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert rates[110] == pytest.approx(1e-5)
-    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
-
-
 def test_run_folder_guard(tmp_path):
-    config = Stage1Config(output_dir=str(tmp_path / "run"), sources=[{"type": "chebi20", "path": "x.tsv"}])
+    def settings(output: str, data: str) -> dict:
+        return {"output_dir": str(tmp_path / output), "sources": [{"type": "chebi20", "path": data}]}
+
+    config = stage_arguments("stage1", settings("run", "x.tsv"))
     output_dir, checkpoint, finished = prepare_run_dir(config, log=lambda *a: None)
     assert checkpoint is None and not finished and (output_dir / "llamo_run_config.json").is_file()
-    other = Stage1Config(output_dir=str(tmp_path / "run"), sources=[{"type": "chebi20", "path": "y.tsv"}])
+    other = stage_arguments("stage1", settings("run", "y.tsv"))
     with pytest.raises(FileExistsError, match="differs in: sources"):
         prepare_run_dir(other, log=lambda *a: None)
+    faster = stage_arguments("stage1", {**settings("run", "x.tsv"), "max_grad_norm": 0.5})  # an SFTConfig field
+    with pytest.raises(FileExistsError, match="differs in: max_grad_norm"):
+        prepare_run_dir(faster, log=lambda *a: None)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(FileExistsError, match="holds no llamo run"):
-        prepare_run_dir(Stage1Config(output_dir=str(tmp_path / "mine"), sources=[{"type": "chebi20", "path": "x"}]))
+        prepare_run_dir(stage_arguments("stage1", settings("mine", "x")))
     # a checkpoint killed while saving (no trainer_state.json) is set aside, the complete one is resumed
     for step, complete in ((2, True), (4, False)):
         folder = output_dir / f"checkpoint-{step}"
@@ -255,10 +245,11 @@ def test_documented_second_round_of_the_default_recipe_parses(tmp_path):
     recipe = tmp_path / "with_stage2b.yaml"
     recipe.write_text(text.replace(block, "\n".join(line[2:] for line in block.splitlines()) + "\n"))
     first, second = stage2_rounds(load_pipeline(str(recipe), {"chebi20": "data.tsv", "work_dir": str(tmp_path)}))
-    assert second.output_dir == str(tmp_path / "stage2b") and second.model_path == first.model_path
-    assert second.adapter_path == str(tmp_path / "stage2" / "adapter")
-    assert [source.type for source in second.sources] == ["chemicals", "chebi20", "qm9", "conversations"]
-    assert second.learning_rate == pytest.approx(1e-4) and first.learning_rate == pytest.approx(2e-4)
+    assert second.training.output_dir == str(tmp_path / "stage2b")
+    assert second.model.model_name_or_path == first.model.model_name_or_path
+    assert second.script.adapter_path == str(tmp_path / "stage2" / "adapter")
+    assert [source.type for source in second.script.sources] == ["chemicals", "chebi20", "qm9", "conversations"]
+    assert second.training.learning_rate == pytest.approx(1e-4) and first.training.learning_rate == pytest.approx(2e-4)
 
 
 @pytest.mark.parametrize("recipe", sorted(path.name for path in RECIPES_DIR.glob("*.yaml")))
@@ -273,21 +264,27 @@ def test_shipped_recipes_parse(recipe):
         pipeline = load_pipeline(recipe.removesuffix(".yaml"), values)
         first, second = stage_configs(pipeline)
         if first is None:  # the pipeline continues a bundle instead of running stage 1
-            assert pipeline.bundle_path().is_dir() and second.adapter_path == str(pipeline.bundle_path())
-            first = SimpleNamespace(sources=[None], output_dir=second.model_path)
-        assert first.sources and second.model_path == first.output_dir and second.lora_r > 0
+            assert pipeline.bundle_path().is_dir() and second.script.adapter_path == str(pipeline.bundle_path())
+        else:
+            assert first.script.sources and second.model.model_name_or_path == first.training.output_dir
+        assert second.model.use_peft and second.model.lora_r > 0
         rounds = stage2_rounds(pipeline)
-        assert rounds[0] == second and len(rounds) == 1 + bool(raw.get("stage2b"))
+        assert rounds[0].training.output_dir == second.training.output_dir
+        assert len(rounds) == 1 + bool(raw.get("stage2b"))
         for later in rounds[1:]:
-            assert later.sources and later.model_path == second.model_path
-            assert later.adapter_path == str(Path(second.output_dir) / "adapter") != later.output_dir
+            assert later.script.sources and later.model.model_name_or_path == second.model.model_name_or_path
+            assert later.script.adapter_path == str(Path(second.training.output_dir) / "adapter")
+            assert later.script.adapter_path != later.training.output_dir
         return
     stage = stage1 if "stage1" in recipe else stage2
-    config = stage.parse(["--config", recipe.removesuffix(".yaml")])
-    assert config.sources and config.output_dir
+    script, training, model = stage.parse(["--config", recipe.removesuffix(".yaml")])
+    assert script.sources and training.output_dir and training.lr_scheduler_type == "cosine_warmup_with_min_lr"
+    assert training.lr_scheduler_kwargs["min_lr"] == pytest.approx(training.learning_rate / 10)
+    assert training.lr_scheduler_kwargs["warmup_lr_rate"] == pytest.approx(0.01)
     if stage is stage2:
-        assert config.lora_r > 0 and config.learning_rate == pytest.approx(5e-5 if "tiny" not in recipe else 1e-2)
-    assert raw["output_dir"] == config.output_dir
+        assert model.use_peft and model.lora_r > 0
+        assert training.learning_rate == pytest.approx(5e-5 if "tiny" not in recipe else 1e-2)
+    assert raw["output_dir"] == training.output_dir
 
 
 def test_shipped_accelerate_configs():
@@ -325,12 +322,10 @@ def test_shipped_accelerate_configs():
     # FSDP's own activation checkpointing stays off: the recipes turn on the Trainer's (it refuses both at once)
     assert settings["fsdp_activation_checkpointing"] is False
     for recipe in ("llama2_7b_generalist", "galactica_1.3b_specialist"):
-        for stage, module in (("stage1", stage1), ("stage2", stage2)):
-            config = module.parse(["--config", f"{recipe}_{stage}"])
-            assert config.bf16 and config.gradient_checkpointing and config.lm_dtype == "bfloat16", recipe
-            args = module.trainer_arguments(config, module.SFTConfig, max_length=None)
-            assert args.bf16 and args.activation_checkpointing
-            assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+        for module in (stage1, stage2):
+            _, args, model = module.parse(["--config", f"{recipe}_{module.__name__.rsplit('.', 1)[-1]}"])
+            assert args.bf16 and args.activation_checkpointing and model.dtype == "bfloat16", recipe
+            assert not (args.activation_checkpointing_kwargs or {}).get("use_reentrant")  # transformers' default
 
 
 # --- stage 1 ----------------------------------------------------------------------------------------------------
@@ -341,20 +336,20 @@ STAGE1_STEPS, STAGE1_WARMUP, STAGE1_PEAK, STAGE1_MIN = 30, 5, 1e-2, 1e-3
 
 @pytest.fixture(scope="module")
 def stage1_run(init_dir, workdir, toy_pairs) -> Path:
-    config = Stage1Config(
-        output_dir=str(workdir / "stage1"),
-        model_path=str(init_dir),
-        **common(
+    config = stage_arguments(
+        "stage1",
+        common(
             workdir,
             toy_pairs,
+            output_dir=str(workdir / "stage1"),
+            model_name_or_path=str(init_dir),
             max_steps=STAGE1_STEPS,
             warmup_steps=STAGE1_WARMUP,
-            learning_rate=STAGE1_PEAK,
-            min_learning_rate=STAGE1_MIN,
             logging_steps=1,
+            **schedule(STAGE1_PEAK, STAGE1_MIN),
         ),
     )
-    return stage1.main(config, log=lambda *a: None)
+    return stage1.main(*config, log=lambda *a: None)
 
 
 def test_stage1_trains_graph_modules_only_and_loss_falls(stage1_run, init_dir):
@@ -394,30 +389,44 @@ def paper_learning_rate(step: int, peak: float, start: float, minimum: float, wa
     return minimum + (peak - minimum) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
 
 
+def scheduled_learning_rate(step: int, peak: float, start: float, minimum: float, warmup: int, total: int) -> float:
+    """transformers' `cosine_warmup_with_min_lr` (`llamo.training.config.PAPER_SCHEDULE`): the paper's closed form
+    with the warm-up reaching the peak one step earlier and the cosine decay one step ahead."""
+    if step < warmup:
+        return start + (peak - start) * step / (warmup - 1)
+    return paper_learning_rate(step + 1, peak, start, minimum, warmup, total)
+
+
 def test_logged_learning_rates_follow_warmup_then_cosine(stage1_run):
     logged = {entry["step"]: entry["learning_rate"] for entry in _log_history(stage1_run) if "learning_rate" in entry}
     assert sorted(logged) == list(range(1, STAGE1_STEPS + 1))
     for step, rate in logged.items():  # the rate logged at step N is the one step N used: schedule position N - 1
-        expected = paper_learning_rate(step - 1, STAGE1_PEAK, 1e-6, STAGE1_MIN, STAGE1_WARMUP, STAGE1_STEPS)
+        expected = scheduled_learning_rate(step - 1, STAGE1_PEAK, 1e-6, STAGE1_MIN, STAGE1_WARMUP, STAGE1_STEPS)
         assert rate == pytest.approx(expected, rel=1e-6), step
-    top = STAGE1_WARMUP + 1
+        paper = paper_learning_rate(step - 1, STAGE1_PEAK, 1e-6, STAGE1_MIN, STAGE1_WARMUP, STAGE1_STEPS)
+        assert abs(rate - paper) <= STAGE1_PEAK / (STAGE1_WARMUP - 1) * 1.0001, step  # the stated difference
+    top = STAGE1_WARMUP  # the peak is reached at schedule position warmup - 1
     assert logged[1] == pytest.approx(1e-6) and logged[top] == pytest.approx(STAGE1_PEAK)
     assert all(logged[s] < logged[s + 1] for s in range(1, top))
-    assert all(logged[s] > logged[s + 1] > STAGE1_MIN for s in range(top, STAGE1_STEPS))
+    assert all(logged[s] > logged[s + 1] for s in range(top, STAGE1_STEPS))
+    assert logged[STAGE1_STEPS] == pytest.approx(STAGE1_MIN)  # the last step trains at exactly the minimum
 
 
 def test_paper_defaults():
     source = [{"type": "chebi20", "path": "x.tsv"}]
-    first, second = Stage1Config(output_dir="a", sources=source), Stage2Config(output_dir="b", sources=source)
-    for config, (peak, minimum, start, epochs) in ((first, (1e-4, 1e-5, 1e-6, 1)), (second, (5e-5, 5e-6, 5e-7, 3))):
-        assert config.learning_rate == peak and config.min_learning_rate == minimum
-        assert config.warmup_start_learning_rate == start and config.num_train_epochs == epochs
-        assert config.warmup_steps == 1000 and config.weight_decay == 0.05 and config.max_length == 512
-    assert (second.lora_r, second.lora_alpha, second.lora_dropout) == (8, 32, 0.05)
-    assert second.lora_target_modules == ["q_proj", "v_proj"] and second.train_projector
-    # the optimiser the Trainer builds from them: AdamW with that weight decay
-    args = stage2.trainer_arguments(second, stage2.SFTConfig, max_length=None)
-    assert args.optim == "adamw_torch" and args.weight_decay == 0.05 and args.learning_rate == 5e-5
+    first = stage_arguments("stage1", {"output_dir": "a", "sources": source})
+    second = stage_arguments("stage2", {"output_dir": "b", "sources": source})
+    for (_, args, _), (peak, minimum, epochs) in ((first, (1e-4, 1e-5, 1)), (second, (5e-5, 5e-6, 3))):
+        assert args.learning_rate == peak and args.num_train_epochs == epochs
+        assert args.lr_scheduler_type == "cosine_warmup_with_min_lr"
+        assert args.lr_scheduler_kwargs == {"min_lr": minimum, "warmup_lr_rate": 0.01}  # warm-up from peak / 100
+        assert args.warmup_steps == 1000 and args.weight_decay == 0.05 and args.max_length == 512
+        # the optimiser the Trainer builds from them: AdamW with that weight decay
+        assert args.optim == "adamw_torch" and not args.bf16 and not args.activation_checkpointing
+    model = second.model
+    assert model.use_peft and (model.lora_r, model.lora_alpha, model.lora_dropout) == (8, 32, 0.05)
+    assert model.lora_target_modules == ["q_proj", "v_proj"] and model.lora_modules_to_save == ["graph_projector"]
+    assert not first.model.use_peft
 
 
 def _log_history(output_dir: Path) -> list[dict]:
@@ -430,25 +439,30 @@ def _log_history(output_dir: Path) -> list[dict]:
 # --- stage 2 ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def overfit_run(init_dir, workdir, toy_pairs) -> Path:
-    config = Stage2Config(
-        output_dir=str(workdir / "stage2"),
-        model_path=str(init_dir),
-        **common(
+def overfit_arguments(init_dir: Path, workdir: Path, toy_pairs: Path, output: Path):
+    """220 steps of LoRA r 16 on every linear layer of the LM, the projector trained: enough to learn the pairs."""
+    return stage_arguments(
+        "stage2",
+        common(
             workdir,
             toy_pairs,
+            output_dir=str(output),
+            model_name_or_path=str(init_dir),
             max_steps=220,
-            learning_rate=1e-2,
-            min_learning_rate=1e-3,
+            warmup_steps=6,  # transformers' warm-up peaks at step 5 (of 0..5), as the closed form's 5 steps did
             save_steps=220,
             lora_r=16,
             lora_alpha=32,
             lora_dropout=0.0,
             lora_target_modules=["all-linear"],
+            **schedule(1e-2, 1e-3),
         ),
     )
-    return stage2.main(config, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def overfit_run(init_dir, workdir, toy_pairs) -> Path:
+    return stage2.main(*overfit_arguments(init_dir, workdir, toy_pairs, workdir / "stage2"), log=lambda *a: None)
 
 
 def test_stage2_overfits_from_the_graph_alone(overfit_run):
@@ -582,47 +596,19 @@ def test_merged_folder_loads_with_auto_classes_without_llamo(overfit_run, tmp_pa
 
 def test_finished_run_is_not_trained_again(overfit_run, init_dir, workdir, toy_pairs):
     before = (overfit_run / "training_summary.json").read_text()
-    config = Stage2Config(
-        output_dir=str(overfit_run),
-        model_path=str(init_dir),
-        **common(
-            workdir,
-            toy_pairs,
-            max_steps=220,
-            learning_rate=1e-2,
-            min_learning_rate=1e-3,
-            save_steps=220,
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            lora_target_modules=["all-linear"],
-        ),
-    )
-    assert stage2.main(config, log=lambda *a: None) == overfit_run
+    config = overfit_arguments(init_dir, workdir, toy_pairs, overfit_run)
+    assert stage2.main(*config, log=lambda *a: None) == overfit_run
     assert (overfit_run / "training_summary.json").read_text() == before
 
 
 def test_second_round_continues_the_stage2_adapter(overfit_run, init_dir, workdir, toy_pairs):
-    settings = common(workdir, toy_pairs, max_steps=3, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=1)
+    settings = common(workdir, toy_pairs, max_steps=3, warmup_steps=1, model_name_or_path=str(init_dir))
+    settings.update(schedule(1e-3, 1e-4))
     with pytest.raises(FileNotFoundError, match="No stage-2 adapter to continue"):
-        stage2.main(
-            Stage2Config(
-                output_dir=str(workdir / "stage2b-missing"),
-                model_path=str(init_dir),
-                adapter_path=str(workdir / "nowhere"),
-                **settings,
-            ),
-            log=lambda *a: None,
-        )
-    output = stage2.main(
-        Stage2Config(
-            output_dir=str(workdir / "stage2b"),
-            model_path=str(init_dir),
-            adapter_path=str(overfit_run / "adapter"),
-            **settings,
-        ),
-        log=lambda *a: None,
-    )
+        missing = {"output_dir": str(workdir / "stage2b-missing"), "adapter_path": str(workdir / "nowhere")}
+        stage2.main(*stage_arguments("stage2", {**settings, **missing}), log=lambda *a: None)
+    again = {"output_dir": str(workdir / "stage2b"), "adapter_path": str(overfit_run / "adapter")}
+    output = stage2.main(*stage_arguments("stage2", {**settings, **again}), log=lambda *a: None)
     before = load_file(overfit_run / "adapter" / "adapter_model.safetensors")
     after = load_file(output / "adapter" / "adapter_model.safetensors")
     assert set(after) == set(before)  # the same LoRA (r=16, all-linear, not this config's defaults) and projector
@@ -650,26 +636,26 @@ def chained_bf16_run(stage1_run, workdir, toy_pairs):
             super().__init__(*args, **kwargs)
             trainers.append(self)
 
-    config = Stage2Config(
-        output_dir=str(workdir / "stage2-from-stage1-bf16"),
-        model_path=str(stage1_run),
-        lm_dtype="bfloat16",
-        bf16=True,
-        gradient_checkpointing=True,
-        **common(
+    config = stage_arguments(
+        "stage2",
+        common(
             workdir,
             toy_pairs,
+            output_dir=str(workdir / "stage2-from-stage1-bf16"),
+            model_name_or_path=str(stage1_run),
+            dtype="bfloat16",
+            bf16=True,
+            activation_checkpointing=True,
             max_steps=8,
             warmup_steps=2,
             logging_steps=1,
-            learning_rate=1e-2,
-            min_learning_rate=1e-3,
             lora_dropout=0.0,
+            **schedule(1e-2, 1e-3),
         ),
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage2, "LlamoSFTTrainer", RecordingTrainer)
-        output = stage2.main(config, log=lambda *a: None)
+        output = stage2.main(*config, log=lambda *a: None)
     return output, trainers[0]
 
 
@@ -717,18 +703,19 @@ def test_specialist_mode_keeps_one_task_of_a_mixture(workdir, toy_pairs, tmp_pat
         {"type": "iupac", "path": str(names), "weight": 2.0},
     ]
     quiet = {"log": lambda *a: None}
-    mixture, _ = build_training_dataset(Stage2Config(output_dir="unused", **settings), **quiet)
+    settings["output_dir"] = "unused"
+    mixture, _ = build_training_dataset(stage_arguments("stage2", settings), **quiet)
     assert Counter(mixture["task"]) == {"description": len(PAIRS), "iupac": 6}
-    specialist = Stage2Config(output_dir="unused", mode="specialist", task="iupac", **settings)
+    specialist = stage_arguments("stage2", {**settings, "mode": "specialist", "task": "iupac"})
     names_only, _ = build_training_dataset(specialist, **quiet)
     assert Counter(names_only["task"]) == {"iupac": 6}  # the source's weight still applies
     assert Counter(names_only["smiles"]) == {"CCO": 2, "CC(=O)O": 2, "CN": 2}
-    describe = Stage2Config(output_dir="unused", mode="specialist", task="description", **settings)
+    describe = stage_arguments("stage2", {**settings, "mode": "specialist", "task": "description"})
     assert Counter(build_training_dataset(describe, **quiet)[0]["task"]) == {"description": len(PAIRS)}
     with pytest.raises(ValueError, match="needs `task`"):
-        Stage2Config(output_dir="unused", mode="specialist", **settings)
+        stage_arguments("stage2", {**settings, "mode": "specialist"})
     with pytest.raises(ValueError, match="specialist task 'property'"):
-        build_training_dataset(Stage2Config(output_dir="unused", mode="specialist", task="property", **settings))
+        build_training_dataset(stage_arguments("stage2", {**settings, "mode": "specialist", "task": "property"}))
 
 
 # --- resume and several processes -------------------------------------------------------------------------------
@@ -741,11 +728,10 @@ def write_recipe(
     path: Path, init_dir: Path, workdir: Path, toy_pairs: Path, stage: str = "stage2", **overrides
 ) -> Path:
     recipe = {
-        "model_path": str(init_dir),
+        "model_name_or_path": str(init_dir),
         "sources": [{"type": "conversations", "path": str(toy_pairs)}],
         "data_cache_dir": str(workdir / "cache"),
-        "learning_rate": 5e-3,
-        "min_learning_rate": 5e-4,
+        **schedule(5e-3, 5e-4),
         "warmup_steps": 3,
         "logging_steps": 5,
         "lora_r": 8,
@@ -1071,16 +1057,13 @@ def test_two_process_accelerate_run_matches_one_process(init_dir, workdir, toy_p
 def test_group_by_length_adds_length_estimates(workdir, toy_pairs):
     from llamo.training.data import build_training_dataset
 
-    config = Stage1Config(output_dir=str(workdir / "unused"), group_by_length=True, **common(workdir, toy_pairs))
+    settings = common(workdir, toy_pairs, output_dir=str(workdir / "unused"))
+    config = stage_arguments("stage1", {**settings, "train_sampling_strategy": "group_by_length"})
     dataset, _ = build_training_dataset(config, log=lambda *a: None)
     lengths = dict(zip(dataset["smiles"], dataset["length"], strict=True))
     assert lengths["CN1C=NC2=C1C(=O)N(C(=O)N2C)C"] > lengths["CN"] > 0
-    assert (
-        "length"
-        not in build_training_dataset(
-            Stage1Config(output_dir=str(workdir / "unused"), **common(workdir, toy_pairs)), log=lambda *a: None
-        )[0].column_names
-    )
+    random_order = stage_arguments("stage1", settings)
+    assert "length" not in build_training_dataset(random_order, log=lambda *a: None)[0].column_names
 
 
 # --- the GPU benchmark ------------------------------------------------------------------------------------------
@@ -1127,8 +1110,8 @@ def test_pipeline_runs_every_round_and_bundles_the_last(tmp_path, monkeypatch):
     from llamo.training import pipeline
 
     calls = []
-    monkeypatch.setattr(stage1, "main", lambda config, log: calls.append(("stage1", config.output_dir)))
-    monkeypatch.setattr(stage2, "main", lambda config, log: calls.append(("stage2", config.output_dir)))
+    monkeypatch.setattr(stage1, "main", lambda *args, log: calls.append(("stage1", args[1].output_dir)))
+    monkeypatch.setattr(stage2, "main", lambda *args, log: calls.append(("stage2", args[1].output_dir)))
     monkeypatch.setattr(default_model, "export_bundle", lambda *args, **kwargs: calls.append(("bundle", args[:3])))
     source = [{"type": "chebi20", "path": "data.tsv"}]
     config = pipeline.PipelineConfig(

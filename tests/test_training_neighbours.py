@@ -11,7 +11,7 @@ from llamo.builder import build_llamo, save_llamo
 from llamo.processing.collators import IGNORE_INDEX, LlamoDataCollator
 from llamo.processing.schema import make_record
 from llamo.training import stage2
-from llamo.training.config import Stage2Config
+from llamo.training.config import StageArguments, stage_arguments
 from llamo.training.data import build_training_dataset
 
 PAIRS = [
@@ -32,7 +32,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config(tiny_llm_dir, workdir) -> Stage2Config:
+def config(tiny_llm_dir, workdir) -> StageArguments:
     pairs = workdir / "pairs.jsonl"
     with open(pairs, "w", encoding="utf-8") as handle:
         for index, (smiles, description) in enumerate(PAIRS):
@@ -49,18 +49,21 @@ def config(tiny_llm_dir, workdir) -> Stage2Config:
         chat_template="llama2",
     )
     init = save_llamo(model, processor, workdir / "init")
-    return Stage2Config(
-        output_dir=str(workdir / "stage2"),
-        model_path=str(init),
-        sources=[{"type": "conversations", "path": str(pairs)}],
-        data_cache_dir=str(workdir / "cache"),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        warmup_steps=1,
-        save_steps=1000,
-        disable_tqdm=True,
-        neighbours=2,
-        neighbour_share=1.0,
+    return stage_arguments(
+        "stage2",
+        {
+            "output_dir": str(workdir / "stage2"),
+            "model_name_or_path": str(init),
+            "sources": [{"type": "conversations", "path": str(pairs)}],
+            "data_cache_dir": str(workdir / "cache"),
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "warmup_steps": 1,
+            "save_steps": 1000,
+            "disable_tqdm": True,
+            "neighbours": 2,
+            "neighbour_share": 1.0,
+        },
     )
 
 
@@ -78,7 +81,7 @@ def test_every_row_gets_other_molecules_as_neighbours(config):
 def test_only_the_rows_own_answer_is_a_target(config, tiny_llamo):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(config.model_path)
+    processor = AutoProcessor.from_pretrained(config.model.model_name_or_path)
     dataset, _ = build_training_dataset(config, log=lambda *a: None)
     rows = list(dataset)[:3]
     batch = LlamoDataCollator(processor)(rows)
@@ -94,14 +97,14 @@ def test_only_the_rows_own_answer_is_a_target(config, tiny_llamo):
 
 
 def test_a_stage2_run_with_neighbours_trains_and_saves(config):
-    output = stage2.main(config, log=lambda *a: None)
+    output = stage2.main(*config, log=lambda *a: None)
     assert (output / "merged" / "config.json").is_file()
 
 
 def test_a_row_too_long_for_its_neighbours_drops_them(config):
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(config.model_path)
+    processor = AutoProcessor.from_pretrained(config.model.model_name_or_path)
     dataset, _ = build_training_dataset(config, log=lambda *a: None)
     row = dict(next(iter(dataset)))
     full = LlamoDataCollator(processor, max_length=None)([row])

@@ -17,9 +17,10 @@ def register(subparsers) -> None:
         help="train a LLaMo (stage1, then stage2) from a YAML recipe",
         description=(
             "Run a training stage from a recipe: `llamo train stage1 --config recipe.yaml [--key value ...]`. "
-            "Every field of the stage's config can be set in the YAML or overridden on the command line; "
-            "`llamo train stage1 --help` lists them. Restarting the same command resumes an interrupted run. "
-            "For several processes/GPUs: `accelerate launch -m llamo.training.stage2 --config recipe.yaml`."
+            "Every field can be set in the YAML or overridden on the command line: LLaMo's own (`llamo train "
+            "stage1 --help`) and every field of TRL's SFTConfig and ModelConfig (`llamo train stage1 --help-all`). "
+            "Restarting the same command resumes an interrupted run. For several processes/GPUs: "
+            "`accelerate launch -m llamo.training.stage2 --config recipe.yaml`."
         ),
     )
     train.add_argument("stage", choices=sorted(STAGES), help="; ".join(f"{k}: {v}" for k, v in STAGES.items()))
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def _run_recipes(args: argparse.Namespace) -> None:
-    from llamo.training.common import ACCELERATE_DIR, RECIPES_DIR
+    from llamo.training.config import ACCELERATE_DIR, RECIPES_DIR
 
     print("Training recipes (`--config NAME` or the path):")
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
@@ -54,14 +55,17 @@ def _run_recipes(args: argparse.Namespace) -> None:
 
 
 def _parse(stage: str, options: list[str]):
+    """The stage's arguments; `--help` answers from LLaMo's own arguments without importing TRL or torch,
+    `--help-all` is TRL's parser's help (every SFTConfig and ModelConfig flag)."""
     from llamo.errors import CommandError
+    from llamo.training.config import parse_stage_arguments, stage_help
 
-    if stage == "stage1":
-        from llamo.training.stage1 import parse
-    else:
-        from llamo.training.stage2 import parse
+    if {"-h", "--help"} & set(options):
+        print(stage_help(stage))
+        raise SystemExit(0)
+    options = ["--help" if option == "--help-all" else option for option in options]
     try:
-        return parse(options)
+        return parse_stage_arguments(stage, options)
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise CommandError(f"invalid {stage} configuration: {error}") from error
 
@@ -80,24 +84,25 @@ def _run_train(args: argparse.Namespace) -> None:
                 raise
             raise CommandError(str(error)) from error
         return
-    config = _parse(args.stage, args.options)
+    arguments = _parse(args.stage, args.options)
     if args.stage == "stage1":
         from llamo.training.stage1 import main
     else:
         from llamo.training.stage2 import main
     try:
-        main(config)
+        main(*arguments)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as error:
         raise CommandError(str(error)) from error
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
     from llamo.errors import CommandError
+
+    arguments = _parse(args.stage, args.options)
     from llamo.training.data import build_training_dataset
 
-    config = _parse(args.stage, args.options)
     try:
-        dataset, _ = build_training_dataset(config)
+        dataset, _ = build_training_dataset(arguments)
     except (FileNotFoundError, PermissionError, ValueError) as error:
         raise CommandError(str(error)) from error
     print(f"{len(dataset)} training rows ready")

@@ -1,88 +1,56 @@
-"""What both training stages share: the paper's learning-rate schedule, safe run folders, resumable checkpoints (and
-a full disk while saving one, said plainly: `CheckpointSpaceMixin`)."""
+"""What both training stages share: the trainer (TRL's `SFTTrainer`, with a full disk while checkpointing said
+plainly: `CheckpointSpaceMixin`), safe run folders, resumable checkpoints, loading a model and LoRA kept inside the
+language model."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from trl import SFTTrainer, get_peft_config
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
-ACCELERATE_DIR = Path(__file__).parent / "accelerate"
+from .config import (
+    ACCELERATE_DIR,
+    RECIPES_DIR,
+    StageArguments,
+    resolve_recipe_argument,
+    same_setting,
+    upgrade_saved_settings,
+)
+
 RUN_CONFIG = "llamo_run_config.json"
 SUMMARY = "training_summary.json"
 FINAL_SAVE_KEPT = "Training finished and its last checkpoint is kept: the rerun only saves the final model."
 IGNORED_FOR_RESUME = {
     "overwrite_output_dir",
+    "resume_from_checkpoint",
     "disable_tqdm",
     "report_to",
     "logging_steps",
+    "logging_first_step",
+    "logging_strategy",
+    "log_level",
+    "log_level_replica",
+    "run_name",
+    "project",
     "dataloader_num_workers",
-    "num_proc",
+    "dataset_num_proc",
     "num_proc_min_rows",
     "data_cache_dir",
     "save_total_limit",
+    "local_rank",
+    "use_cpu",
+    "ddp_timeout",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_strategy",
+    "hub_private_repo",
+    "hub_revision",
 }
-
-
-def resolve_recipe_argument(argv: list[str]) -> list[str]:
-    """Let `--config NAME` name a shipped recipe (`llamo recipes` lists them) when NAME is not a file."""
-    argv = list(argv)
-    for index, value in enumerate(argv[:-1]):
-        if value == "--config" and not Path(argv[index + 1]).is_file():
-            candidate = RECIPES_DIR / f"{argv[index + 1].removesuffix('.yaml')}.yaml"
-            if candidate.is_file():
-                argv[index + 1] = str(candidate)
-            else:
-                names = ", ".join(sorted(path.stem for path in RECIPES_DIR.glob("*.yaml")))
-                raise FileNotFoundError(f"Recipe not found: {argv[index + 1]} (neither a file nor one of: {names})")
-    return argv
-
-
-def warmup_cosine_schedule(
-    optimizer: torch.optim.Optimizer,
-    warmup_steps: int,
-    total_steps: int,
-    peak_lr: float,
-    warmup_start_lr: float,
-    min_lr: float,
-) -> LambdaLR:
-    """
-    LLaMo's schedule: linear warm-up from `warmup_start_lr` to `peak_lr` over `warmup_steps`, then cosine decay to
-    `min_lr` at `total_steps`. Warm-up is cut to the run's length when the run is shorter.
-    """
-    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            lr = warmup_start_lr + (peak_lr - warmup_start_lr) * step / warmup_steps
-        else:
-            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-            lr = min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-        return lr / peak_lr
-
-    return LambdaLR(optimizer, factor)
-
-
-class PaperScheduleMixin:
-    """A Trainer mixin that creates `warmup_cosine_schedule` from `self.llamo_schedule` (peak/start/min lr, warm-up)."""
-
-    llamo_schedule: dict
-
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        if self.lr_scheduler is None:
-            self.lr_scheduler = warmup_cosine_schedule(
-                optimizer if optimizer is not None else self.optimizer,
-                total_steps=num_training_steps,
-                **self.llamo_schedule,
-            )
-            self._created_lr_scheduler = True
-        return self.lr_scheduler
+"""Settings that may change between a run and its resumption (reporting, workers, caches, the launch)."""
 
 
 def state_bytes(module: torch.nn.Module, trainable_only: bool = False) -> int:
@@ -145,14 +113,22 @@ class CheckpointSpaceMixin:
         return state_bytes(self.model, trainable_only=peft) + optimizer_bytes(self.optimizer)
 
 
+class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
+    """TRL's `SFTTrainer` for both stages (its fused LM head scores only the answer positions, never the prompt's
+    full-vocabulary logits), everything from its `SFTConfig`; a full disk while checkpointing keeps the last complete
+    checkpoint and says so (`CheckpointSpaceMixin`)."""
+
+
 def checkpoint_is_complete(folder: Path) -> bool:
-    """A Trainer checkpoint is complete once its `trainer_state.json` (written last) exists and parses."""
+    """A Trainer checkpoint is complete once its `trainer_state.json` (written last) exists and parses (and no
+    transformers JIT-checkpoint marker says it is still being written)."""
     state = folder / "trainer_state.json"
     try:
         json.loads(state.read_text())
     except (OSError, ValueError):
         return False
-    return (folder / "scheduler.pt").is_file() and (folder / "rng_state.pth").is_file()
+    files = ("scheduler.pt", "rng_state.pth")
+    return all((folder / name).is_file() for name in files) and not (folder / "checkpoint-is-incomplete.txt").exists()
 
 
 def last_complete_checkpoint(output_dir: Path, set_aside_incomplete: bool = True) -> Path | None:
@@ -172,35 +148,45 @@ def last_complete_checkpoint(output_dir: Path, set_aside_incomplete: bool = True
     return None
 
 
-def prepare_run_dir(config, log=print, is_main_process: bool = True) -> tuple[Path, Path | None, bool]:
+def run_settings(arguments: StageArguments) -> dict:
+    """A stage's settings as one flat JSON mapping (what `llamo_run_config.json` holds; tokens are masked)."""
+    script, training, model = arguments
+    return json.loads(json.dumps({**asdict(script), **training.to_dict(), **asdict(model)}, default=str))
+
+
+def prepare_run_dir(
+    arguments: StageArguments, log=print, is_main_process: bool = True
+) -> tuple[Path, Path | None, bool]:
     """
     Check the run folder before training. Returns `(output_dir, checkpoint_to_resume_or_None, finished)`.
 
-    A new or empty folder starts a run; a folder of the same run (same saved config) resumes from its last complete
-    checkpoint, or reports it finished; anything else (another run's folder, unrelated files) is refused unless
-    `overwrite_output_dir`, which starts over. Only the main process changes the folder: the others (run after it,
-    e.g. under `main_process_first`) only read it.
+    A new or empty folder starts a run; a folder of the same run (same saved settings, `IGNORED_FOR_RESUME` aside,
+    and only those that both versions know) resumes from its last complete checkpoint, or reports it finished;
+    anything else (another run's folder, unrelated files) is refused unless `overwrite_output_dir`, which starts
+    over. Only the main process changes the folder: the others (run after it, e.g. under `main_process_first`) only
+    read it.
     """
-    output_dir = Path(config.output_dir)
+    output_dir = Path(arguments.training.output_dir)
+    overwrite = arguments.script.overwrite_output_dir
     saved_file = output_dir / RUN_CONFIG
-    current = json.loads(json.dumps(asdict(config), default=str))
+    current = run_settings(arguments)
     if not is_main_process:
         finished = (output_dir / SUMMARY).is_file()
         return output_dir, None if finished else last_complete_checkpoint(output_dir, False), finished
-    if config.overwrite_output_dir and saved_file.is_file():
+    if overwrite and saved_file.is_file():
         log(f"[run] --overwrite_output_dir: starting {output_dir} over")
         shutil.rmtree(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite_output_dir:
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         if not saved_file.is_file():
             raise FileExistsError(
                 f"{output_dir} is not empty and holds no llamo run: choose another output_dir (or pass "
                 "--overwrite_output_dir to train there anyway)."
             )
-        saved = json.loads(saved_file.read_text())
+        saved = upgrade_saved_settings(json.loads(saved_file.read_text()))
         differing = sorted(
             key
-            for key in set(saved) | set(current)
-            if key not in IGNORED_FOR_RESUME and saved.get(key) != current.get(key)
+            for key in (set(saved) & set(current)) - IGNORED_FOR_RESUME
+            if not same_setting(saved[key], current[key])
         )
         if differing:
             raise FileExistsError(
@@ -228,29 +214,21 @@ def write_summary(output_dir: Path, summary: dict) -> None:
         temporary.unlink(missing_ok=True)
 
 
-__all__ = [
-    "CheckpointSpaceMixin",
-    "PaperScheduleMixin",
-    "checkpoint_is_complete",
-    "last_complete_checkpoint",
-    "prepare_run_dir",
-    "warmup_cosine_schedule",
-    "write_summary",
-]
-
-
-def load_for_training(model_path: str | Path, lm_dtype: str = "float32"):
+def load_for_training(model_path: str | Path, dtype: str = "float32"):
     """
-    Load a LLaMo folder for training: the language model in `lm_dtype` (bfloat16 halves a frozen 7B LLM's memory),
-    the graph encoder and projector in float32 (they are trained; autocast computes in bf16 under `bf16=True`), with
-    their saved float32 values, not values rounded through `lm_dtype` (the model's `_keep_in_fp32_modules_strict`).
+    Load a LLaMo folder for training: the language model in `dtype` (ModelConfig's; bfloat16 halves a frozen 7B
+    LLM's memory), the graph encoder and projector in float32 (they are trained; autocast computes in bf16 under
+    `bf16=True`), with their saved float32 values, not values rounded through `dtype` (the model's
+    `_keep_in_fp32_modules_strict`).
     """
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No LLaMo model in {path} (config.json missing): give a `llamo init` or stage output")
-    model = LlamoForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, lm_dtype))
+    model = LlamoForConditionalGeneration.from_pretrained(
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+    )
     return model, LlamoProcessor.from_pretrained(path)
 
 
@@ -278,6 +256,23 @@ def lora_target_regex(model, names: list[str]) -> str:
     return rf"^model\.language_model\..*\.({alternatives})$"
 
 
+def lora_config(model, model_args):
+    """TRL's `get_peft_config(model_args)`, with its targets kept inside the language model (`lora_target_regex`):
+    LoRA never adapts the graph encoder or the projector, and the graph encoder (frozen, BatchNorm in eval mode) is
+    never among `lora_modules_to_save` (`[graph_projector]`, the default, trains and saves the projector in full)."""
+    if not model_args.lora_target_modules or model_args.lora_target_parameters:
+        raise ValueError(
+            "Give lora_target_modules (module names of the language model, or all-linear) and no "
+            "lora_target_parameters: LoRA stays inside the language model"
+        )
+    if any("graph_encoder" in name for name in model_args.lora_modules_to_save or []):
+        raise ValueError("The graph encoder stays frozen in stage 2: remove it from lora_modules_to_save")
+    targets = model_args.lora_target_modules  # ModelConfig turns a one-name list into the name
+    config = get_peft_config(model_args)
+    config.target_modules = lora_target_regex(model, [targets] if isinstance(targets, str) else list(targets))
+    return config
+
+
 def no_accelerator() -> bool:
     """True on a CPU-only machine: then several processes (e.g. `accelerate launch --multi_gpu --num_processes 2`,
     which uses torchrun) train with the gloo backend."""
@@ -297,42 +292,20 @@ def distributed_state():
     return PartialState(cpu=no_accelerator())
 
 
-def trainer_arguments(config, cls, **extra):
-    """The Trainer/SFTConfig arguments of a recipe (the schedule itself is created by `PaperScheduleMixin`)."""
-    return cls(
-        output_dir=str(config.output_dir),
-        use_cpu=no_accelerator(),
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        optim="adamw_torch",
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        bf16=config.bf16,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        report_to=config.report_to,
-        dataloader_num_workers=config.dataloader_num_workers,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        length_column_name="length",
-        disable_tqdm=config.disable_tqdm,
-        remove_unused_columns=False,
-        ddp_find_unused_parameters=False,
-        **extra,
-    )
-
-
-def schedule_of(config) -> dict:
-    return {
-        "warmup_steps": config.warmup_steps,
-        "peak_lr": config.learning_rate,
-        "warmup_start_lr": config.warmup_start_learning_rate,
-        "min_lr": config.min_learning_rate,
-    }
+__all__ = [
+    "ACCELERATE_DIR",
+    "RECIPES_DIR",
+    "CheckpointSpaceMixin",
+    "LlamoSFTTrainer",
+    "checkpoint_is_complete",
+    "distributed_state",
+    "last_complete_checkpoint",
+    "load_for_training",
+    "lora_config",
+    "lora_target_regex",
+    "no_accelerator",
+    "prepare_run_dir",
+    "resolve_recipe_argument",
+    "run_settings",
+    "write_summary",
+]

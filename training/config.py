@@ -1,15 +1,26 @@
-"""Configuration of the two training stages: dataclasses read from a YAML recipe plus command-line overrides
-(`TrlParser`), in the style of TRL's scripts.
+"""Arguments of the two training stages, parsed as TRL's scripts do: `TrlParser((Stage1Arguments | Stage2Arguments,
+SFTConfig, ModelConfig))`, from a YAML recipe plus command-line overrides.
 
     llamo train stage1 --config recipes/smollm2_135m_cpu_stage1.yaml --output_dir runs/stage1
+
+LLaMo's own arguments (data sources, neighbours, stage options) are the dataclasses here; every trainer setting is
+TRL's `SFTConfig` (transformers' `TrainingArguments`: schedule, precision, deepspeed, fsdp, push_to_hub, ...) and
+every model setting is TRL's `ModelConfig` (`model_name_or_path`, `dtype`, LoRA). `STAGE_DEFAULTS` holds the paper's
+values where they differ from those classes' defaults. This module imports no torch: `llamo train STAGE --help`
+lists these arguments without loading TRL (`--help-all` loads it and lists every flag).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import argparse
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
 
 SOURCE_TYPES = ("chebi20", "pubchem324k", "mol-instructions", "iupac", "chemicals", "qm9", "conversations")
+RECIPES_DIR = Path(__file__).parent / "recipes"
+ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 
 
 @dataclass
@@ -51,11 +62,9 @@ class DataSourceConfig:
 
 
 @dataclass
-class TrainingStageConfig:
-    """What both stages share: model, data, optimisation (the paper's recipe by default), saving and resuming."""
+class LlamoScriptArguments:
+    """What both stages add to `SFTConfig` and `ModelConfig`: the data, its featurization, the run folder's guard."""
 
-    output_dir: str = field(metadata={"help": "run folder: checkpoints, the final model, the run config"})
-    model_path: str | None = field(default=None, metadata={"help": "the model to start from (see each stage)"})
     sources: list[DataSourceConfig] = field(
         default_factory=list, metadata={"help": "data sources (set in the YAML recipe: a list of DataSourceConfig)"}
     )
@@ -63,11 +72,9 @@ class TrainingStageConfig:
     task: str | None = field(default=None, metadata={"help": "the task of a specialist run"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "featurized-data cache (default: ~/.cache)"})
     max_atoms: int = field(default=512, metadata={"help": "larger molecules are dropped (and counted)"})
-    num_proc: int = field(default=1, metadata={"help": "processes for featurization"})
     num_proc_min_rows: int = field(
-        default=512, metadata={"help": "featurize a source with num_proc processes only above this many rows"}
+        default=512, metadata={"help": "featurize a source with dataset_num_proc processes only above this many rows"}
     )
-    max_length: int = field(default=512, metadata={"help": "longest token sequence"})
     neighbours: int = field(
         default=0,
         metadata={
@@ -78,31 +85,6 @@ class TrainingStageConfig:
     neighbour_share: float = field(
         default=0.5, metadata={"help": "share of rows that get neighbours (the others train answering without)"}
     )
-    lm_dtype: str = field(
-        default="float32", metadata={"help": "dtype of the (frozen) LLM weights: float32 or bfloat16"}
-    )
-
-    learning_rate: float = 1e-4
-    min_learning_rate: float = 1e-5
-    warmup_start_learning_rate: float = 1e-6
-    warmup_steps: int = 1000
-    weight_decay: float = 0.05
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    report_to: str = field(default="none", metadata={"help": "none, tensorboard, wandb, ... (passed to Trainer)"})
-    group_by_length: bool = field(
-        default=False, metadata={"help": "batch rows of similar length together (less padding, faster on CPU)"}
-    )
-    dataloader_num_workers: int = 0
-    disable_tqdm: bool = False
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "start over in an output_dir that holds another or a finished run"}
     )
@@ -118,11 +100,11 @@ class TrainingStageConfig:
 
 
 @dataclass
-class Stage1Config(TrainingStageConfig):
+class Stage1Arguments(LlamoScriptArguments):
     """
     Stage 1, graph-language alignment: the LLM is frozen (its embeddings and LM head too); the graph encoder and the
-    projector are trained on description pairs. `model_path` is a folder made by `llamo init`, or leave it empty and
-    give `init_llm` to build one around that LM first.
+    projector are trained on description pairs. `model_name_or_path` is a folder made by `llamo init`, or leave it
+    empty and give `init_llm` to build one around that LM first.
     """
 
     init_llm: str | None = field(default=None, metadata={"help": "build the starting LLaMo around this LM"})
@@ -132,33 +114,266 @@ class Stage1Config(TrainingStageConfig):
 
 
 @dataclass
-class Stage2Config(TrainingStageConfig):
+class Stage2Arguments(LlamoScriptArguments):
     """
-    Stage 2, instruction tuning with TRL's SFTTrainer: LoRA on the LLM's layers only, the projector trained in full,
-    the graph encoder frozen with its BatchNorm in eval mode. `model_path` is a stage-1 output folder. Saves the LoRA
-    adapter + projector (`adapter/`) and a merged full model (`merged/`).
+    Stage 2, instruction tuning with TRL's SFTTrainer: LoRA (ModelConfig's `lora_*`) on the LLM's layers only, the
+    projector trained in full (`lora_modules_to_save: [graph_projector]`), the graph encoder frozen with its
+    BatchNorm in eval mode. `model_name_or_path` is a stage-1 output folder. Saves the LoRA adapter + projector
+    (`adapter/`) and a merged full model (`merged/`).
     """
 
-    learning_rate: float = 5e-5
-    min_learning_rate: float = 5e-6
-    warmup_start_learning_rate: float = 5e-7
-    num_train_epochs: float = 3.0
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "LLM module names to adapt (matched inside the language model only), or all-linear"},
-    )
-    train_projector: bool = True
-    save_merged: bool = True
+    save_merged: bool = field(default=True, metadata={"help": "also save the merged full model (`merged/`)"})
     adapter_path: str | None = field(
         default=None,
         metadata={
             "help": "continue training this stage-2 adapter (LoRA + projector, a stage-2 `adapter/` folder made on the "
-            "same `model_path`) instead of starting a new one; the LoRA settings are then the adapter's own"
+            "same model_name_or_path) instead of starting a new one; the LoRA settings are then the adapter's own"
         },
     )
 
 
-__all__ = ["SOURCE_TYPES", "DataSourceConfig", "Stage1Config", "Stage2Config", "TrainingStageConfig"]
+STAGE_ARGUMENTS = {"stage1": Stage1Arguments, "stage2": Stage2Arguments}
+
+
+def _paper_schedule(peak: float, minimum: float, epochs: float) -> dict[str, Any]:
+    """The paper's optimiser and schedule as `SFTConfig` values: AdamW with weight decay 0.05, 1,000 warm-up steps
+    from peak / 100, cosine decay to `minimum` (transformers' `cosine_warmup_with_min_lr`, see `PAPER_SCHEDULE`)."""
+    return {
+        "learning_rate": peak,
+        "lr_scheduler_type": "cosine_warmup_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr": minimum, "warmup_lr_rate": 0.01},
+        "warmup_steps": 1000,
+        "weight_decay": 0.05,
+        "num_train_epochs": epochs,
+    }
+
+
+PAPER_SCHEDULE = """The paper's schedule is transformers' `cosine_warmup_with_min_lr` with `lr_scheduler_kwargs:
+{min_lr: MIN, warmup_lr_rate: START / learning_rate}`: a linear warm-up from START to `learning_rate`, then a cosine
+decay to MIN. It differs from the closed form used before (start + (peak - start) * t / W, then min + (peak - min) *
+(1 + cos(pi * (t - W) / (T - W))) / 2) by one step at each end: the warm-up reaches the peak at step W - 1 instead of
+W (at most (peak - start) / W lower on the way), and the decay runs one step ahead (the rate at step t >= W is the
+closed form's at t + 1), so the last step trains at exactly MIN. For the paper's W = 1,000 that is at most 0.1% of
+the peak; for a short run it is at most max(1 / W, pi / (2 (T - W))) of the peak (W = 8, T = 144: 12.4% at the last
+warm-up step, 1% in the decay)."""
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "optim": "adamw_torch",
+    "max_length": 512,
+    "bf16": False,
+    "gradient_checkpointing": None,  # TRL's default is on; transformers' `activation_checkpointing` decides
+    "logging_first_step": True,
+    "save_total_limit": 2,
+    "ddp_find_unused_parameters": False,
+    # what LLaMo's data need: featurized rows batched by `LlamoDataCollator`, not TRL's text preparation
+    "dataset_kwargs": {"skip_prepare_dataset": True},
+    "remove_unused_columns": False,
+}
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "stage1": {**COMMON_DEFAULTS, **_paper_schedule(1e-4, 1e-5, 1.0), "use_peft": False},
+    "stage2": {
+        **COMMON_DEFAULTS,
+        **_paper_schedule(5e-5, 5e-6, 3.0),
+        "use_peft": True,
+        "lora_r": 8,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "lora_modules_to_save": ["graph_projector"],
+    },
+}
+"""The paper's values where they differ from `SFTConfig` / `ModelConfig` defaults (a recipe or a flag overrides
+them). `skip_prepare_dataset` and `remove_unused_columns: false` are requirements, checked by `check_arguments`."""
+
+LEGACY_KEYS = {
+    "min_learning_rate": "lr_scheduler_kwargs: {min_lr: VALUE}",
+    "warmup_start_learning_rate": "lr_scheduler_kwargs: {warmup_lr_rate: VALUE / learning_rate}",
+    "lm_dtype": "dtype (ModelConfig's)",
+    "model_path": "model_name_or_path (ModelConfig's)",
+    "num_proc": "dataset_num_proc (SFTConfig's)",
+    "group_by_length": "train_sampling_strategy: group_by_length",
+    "train_projector": "lora_modules_to_save: [graph_projector] (or [] to keep the projector frozen)",
+}
+"""Recipe keys of earlier versions, each with the key (of SFTConfig / ModelConfig) that replaced it."""
+
+
+class StageArguments(NamedTuple):
+    """A stage's parsed arguments, in `TrlParser`'s order."""
+
+    script: LlamoScriptArguments
+    training: Any  # trl.SFTConfig
+    model: Any  # trl.ModelConfig
+
+
+def reject_legacy_keys(keys) -> None:
+    """A clear error for recipe keys (or `--flags`) that earlier versions had, naming what replaced each."""
+    old = [key for key in keys if key in LEGACY_KEYS]
+    if old:
+        raise ValueError(
+            "; ".join(f"`{key}` is no longer a recipe key: use `{LEGACY_KEYS[key]}`" for key in old)
+            + " (SFTConfig / ModelConfig fields, see `llamo train stage2 --help-all`)"
+        )
+
+
+def resolve_recipe_argument(argv: list[str]) -> list[str]:
+    """Let `--config NAME` name a shipped recipe (`llamo recipes` lists them) when NAME is not a file."""
+    argv = list(argv)
+    for index, value in enumerate(argv[:-1]):
+        if value == "--config" and not Path(argv[index + 1]).is_file():
+            candidate = RECIPES_DIR / f"{argv[index + 1].removesuffix('.yaml')}.yaml"
+            if candidate.is_file():
+                argv[index + 1] = str(candidate)
+            else:
+                names = ", ".join(sorted(path.stem for path in RECIPES_DIR.glob("*.yaml")))
+                raise FileNotFoundError(f"Recipe not found: {argv[index + 1]} (neither a file nor one of: {names})")
+    return argv
+
+
+def _parser(stage: str):
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    return TrlParser((STAGE_ARGUMENTS[stage], SFTConfig, ModelConfig), prog=f"llamo train {stage}")
+
+
+def _defaults(stage: str) -> dict[str, Any]:
+    from .common import no_accelerator
+
+    return {**STAGE_DEFAULTS[stage], "use_cpu": no_accelerator()}
+
+
+def parse_stage_arguments(stage: str, argv: list[str]) -> StageArguments:
+    """A stage's arguments from the command line: `--config RECIPE` (a file or a shipped recipe's name), then flags
+    that override it; both take every `SFTConfig` and `ModelConfig` field."""
+    import yaml
+
+    argv = resolve_recipe_argument(argv)
+    keys = [item[2:].split("=", 1)[0] for item in argv if item.startswith("--")]
+    if "--config" in argv[:-1]:
+        recipe = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text(encoding="utf-8"))
+        keys += list(recipe) if isinstance(recipe, dict) else []
+    reject_legacy_keys(keys)
+    parser = _parser(stage)
+    parser.set_defaults_with_config(**_defaults(stage))
+    return check_arguments(stage, StageArguments(*parser.parse_args_and_config(args=argv)))
+
+
+def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
+    """A stage's arguments from one flat mapping, as a recipe (or a pipeline recipe's `stage1:` / `stage2:`) holds
+    them."""
+    reject_legacy_keys(settings)
+    return check_arguments(stage, StageArguments(*_parser(stage).parse_dict({**_defaults(stage), **settings})))
+
+
+def check_arguments(stage: str, arguments: StageArguments) -> StageArguments:
+    """Refuse settings that LLaMo's data or stages cannot train with, saying why. The paper's `lr_scheduler_kwargs`
+    belong to its scheduler: with another `lr_scheduler_type` and the kwargs left at the paper's, they are dropped."""
+    training, model = arguments.training, arguments.model
+    paper = STAGE_DEFAULTS[stage]
+    if training.lr_scheduler_type != paper["lr_scheduler_type"] and same_setting(
+        training.lr_scheduler_kwargs, paper["lr_scheduler_kwargs"]
+    ):
+        training.lr_scheduler_kwargs = {}
+    if not (training.dataset_kwargs or {}).get("skip_prepare_dataset") or training.remove_unused_columns:
+        raise ValueError(
+            "LLaMo's rows are featurized molecules batched by LlamoDataCollator: keep dataset_kwargs: "
+            "{skip_prepare_dataset: true} and remove_unused_columns: false"
+        )
+    if training.packing or training.padding_free:
+        raise ValueError("packing and padding_free are not supported: each row carries its own molecules")
+    if training.enable_jit_checkpoint:
+        raise ValueError(
+            "enable_jit_checkpoint is not supported: the stages stop and save on SIGTERM and Ctrl-C themselves, at "
+            "the end of a step and on every process together (llamo.training.interrupt says why)"
+        )
+    if stage == "stage1" and model.use_peft:
+        raise ValueError("Stage 1 trains the graph encoder and projector in full: LoRA (use_peft) is for stage 2")
+    if stage == "stage2" and not model.use_peft and not arguments.script.adapter_path:
+        raise ValueError("Stage 2 trains LoRA on the language model: keep use_peft: true")
+    return arguments
+
+
+def upgrade_saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run folder's saved settings (`llamo_run_config.json`) with the keys of earlier versions (`LEGACY_KEYS`)
+    turned into today's, so that old run folders still resume and still describe themselves in model cards."""
+    if not any(key in saved for key in LEGACY_KEYS):
+        return dict(saved)
+    settings = {key: value for key, value in saved.items() if key not in LEGACY_KEYS}
+    renamed = {"model_path": "model_name_or_path", "lm_dtype": "dtype", "num_proc": "dataset_num_proc"}
+    settings.update({new: saved[old] for old, new in renamed.items() if old in saved})
+    if "group_by_length" in saved:
+        settings["train_sampling_strategy"] = "group_by_length" if saved["group_by_length"] else "random"
+    if "gradient_checkpointing" in saved:
+        settings["activation_checkpointing"] = saved["gradient_checkpointing"]
+    if "min_learning_rate" in saved:
+        rate = (saved.get("warmup_start_learning_rate") or 0.0) / saved["learning_rate"]
+        settings["lr_scheduler_type"] = "cosine_warmup_with_min_lr"
+        settings["lr_scheduler_kwargs"] = {"min_lr": saved["min_learning_rate"], "warmup_lr_rate": rate}
+    if "lora_r" in saved:  # a stage-2 run
+        settings["use_peft"] = True
+        targets = saved.get("lora_target_modules")
+        if isinstance(targets, list) and len(targets) == 1:  # as ModelConfig keeps a one-name list
+            settings["lora_target_modules"] = targets[0]
+        settings["lora_modules_to_save"] = ["graph_projector"] if saved.get("train_projector", True) else None
+    return settings
+
+
+def same_setting(saved: Any, current: Any) -> bool:
+    """Equal settings, floats compared to 1e-9 (a rate computed from two saved values, e.g. `warmup_lr_rate`)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return saved.keys() == current.keys() and all(same_setting(saved[k], current[k]) for k in saved)
+    if isinstance(saved, list) and isinstance(current, list):
+        return len(saved) == len(current) and all(map(same_setting, saved, current))
+    if isinstance(saved, float) or isinstance(current, float):
+        numbers = all(isinstance(value, int | float) and not isinstance(value, bool) for value in (saved, current))
+        return numbers and math.isclose(saved, current, rel_tol=1e-9, abs_tol=0.0)
+    return saved == current
+
+
+def stage_help(stage: str) -> str:
+    """`llamo train STAGE --help`, without importing TRL or torch: LLaMo's own arguments, the paper's defaults, and
+    where to find the others."""
+    cls = STAGE_ARGUMENTS[stage]
+    parser = argparse.ArgumentParser(
+        prog=f"llamo train {stage}",
+        usage=f"llamo train {stage} --config RECIPE [--FIELD VALUE ...]",
+        description=(cls.__doc__ or "").strip(),
+        epilog=(
+            "Every SFTConfig field (transformers' TrainingArguments: output_dir, learning_rate, lr_scheduler_type, "
+            "max_grad_norm, eval_strategy, deepspeed, fsdp, push_to_hub, report_to, activation_checkpointing, ...) "
+            "and every ModelConfig field (model_name_or_path, dtype, lora_r, lora_alpha, lora_dropout, "
+            "lora_target_modules, lora_modules_to_save, ...) is accepted as well, in the recipe or as a flag. "
+            f"`llamo train {stage} --help-all` lists them all (it imports TRL). The paper's values replace these "
+            "classes' defaults: "
+            + ", ".join(f"{key}={value}" for key, value in STAGE_DEFAULTS[stage].items())
+            + ". "
+            + " ".join(PAPER_SCHEDULE.split())
+        ),
+    )
+    parser.add_argument("--config", metavar="RECIPE", help="YAML recipe: a file or a shipped recipe's name")
+    for item in fields(cls):
+        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
+        parser.add_argument(f"--{item.name}", help=f"{item.metadata.get('help', '')} (default: {default})")
+    return parser.format_help()
+
+
+__all__ = [
+    "ACCELERATE_DIR",
+    "LEGACY_KEYS",
+    "PAPER_SCHEDULE",
+    "RECIPES_DIR",
+    "SOURCE_TYPES",
+    "STAGE_DEFAULTS",
+    "DataSourceConfig",
+    "LlamoScriptArguments",
+    "Stage1Arguments",
+    "Stage2Arguments",
+    "StageArguments",
+    "check_arguments",
+    "parse_stage_arguments",
+    "reject_legacy_keys",
+    "resolve_recipe_argument",
+    "same_setting",
+    "stage_arguments",
+    "stage_help",
+    "upgrade_saved_settings",
+]

@@ -14,7 +14,7 @@ import datasets
 from llamo.processing import datasets as loaders
 from llamo.processing.datasets import DataReport, featurize_dataset, holdout_split, mix_datasets
 
-from .config import DataSourceConfig, TrainingStageConfig
+from .config import DataSourceConfig, StageArguments
 
 CACHE_ENV = "LLAMO_DATA_CACHE"
 
@@ -88,17 +88,19 @@ def prepare_source(
     return datasets.load_from_disk(str(folder)), [load_report, feature_report]
 
 
-def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[datasets.Dataset, list[DataReport]]:
+def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datasets.Dataset, list[DataReport]]:
     """
-    The training set of a recipe: each source loaded and featurized (cached), held-out part selected, filtered to the
-    task in specialist mode, mixed by weight. Prints what was kept and dropped.
+    The training set of a stage: each source loaded and featurized (cached; `dataset_num_proc` processes), held-out
+    part selected, filtered to the task in specialist mode, mixed by weight (with the trainer's `seed`), with a
+    length column when the trainer samples by length. Prints what was kept and dropped.
     """
+    config, training = arguments.script, arguments.training
     cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts, reports = [], []
     for source in config.sources:
         dataset, source_reports = prepare_source(
-            source, cache_dir, config.max_atoms, config.num_proc, config.num_proc_min_rows
+            source, cache_dir, config.max_atoms, training.dataset_num_proc or 1, config.num_proc_min_rows
         )
         reports.extend(source_reports)
         if source.holdout:
@@ -117,10 +119,12 @@ def build_training_dataset(config: TrainingStageConfig, log=print) -> tuple[data
             "No training rows left: every source is empty after featurization, hold-out and task filtering"
             + (f" (specialist task {config.task!r})" if config.mode == "specialist" else "")
         )
-    mixture = mix_datasets(parts, seed=config.seed)
-    if config.group_by_length and "length" not in mixture.column_names:
+    mixture = mix_datasets(parts, seed=training.seed)
+    length = training.length_column_name
+    by_length = training.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+    if by_length and length not in mixture.column_names:
         mixture = mixture.map(
-            lambda messages, atoms: {"length": sum(len(m["content"]) for m in messages) // 4 + atoms},
+            lambda messages, atoms: {length: sum(len(m["content"]) for m in messages) // 4 + atoms},
             input_columns=["messages", "num_atoms"],
             desc="Estimating lengths",
         )

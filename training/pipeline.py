@@ -17,8 +17,7 @@ from typing import Any
 
 import yaml
 
-from .common import RECIPES_DIR
-from .config import Stage1Config, Stage2Config
+from .config import RECIPES_DIR, StageArguments, stage_arguments
 
 
 @dataclass
@@ -28,9 +27,11 @@ class PipelineConfig:
         work_dir: where every step writes (conversations, stage1, stage2, bundle).
         placeholders: values substituted for `{name}` in every string of the recipe (e.g. `{chebi20}`).
         conversations: `llamo generate-data` settings (`input`, `teacher`, `limit`, ...) or empty to skip.
-        stage1, stage2: the stage configs (`output_dir` and `model_path` are filled in from `work_dir`).
+        stage1, stage2: each stage's settings, keys as in a stage recipe (`Stage1Arguments` / `Stage2Arguments`,
+            `SFTConfig` and `ModelConfig` fields); `output_dir` and `model_name_or_path` are filled in from
+            `work_dir`.
         stage2b: an optional second stage-2 round that continues stage 2's adapter on another mixture (its
-            `output_dir`, `model_path` and `adapter_path` are filled in); the bundle is then taken from it.
+            `output_dir`, `model_name_or_path` and `adapter_path` are filled in); the bundle is then taken from it.
         bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ..., "retrieval": {...}}` to export a
             default-model bundle, or empty (`retrieval`: see `llamo.retrieval`, for a model trained with neighbours).
         start_from_bundle: skip stage 1 and continue a default-model bundle instead (a bundle folder, or `default`
@@ -88,32 +89,32 @@ def stage1_dir(config: PipelineConfig) -> Path:
     return Path(config.stage1.get("output_dir") or Path(config.work_dir) / "stage1")
 
 
-def stage_configs(config: PipelineConfig) -> tuple[Stage1Config | None, Stage2Config]:
-    """The stage configs (no stage 1 when the pipeline starts from a bundle)."""
+def stage_configs(config: PipelineConfig) -> tuple[StageArguments | None, StageArguments]:
+    """The stages' arguments (no stage 1 when the pipeline starts from a bundle)."""
     work = Path(config.work_dir)
     first = None
     if config.bundle_path() is None:
         settings = copy.deepcopy(config.stage1)
         settings.setdefault("output_dir", str(stage1_dir(config)))
-        first = Stage1Config(**settings)
+        first = stage_arguments("stage1", settings)
     second = copy.deepcopy(config.stage2)
     second.setdefault("output_dir", str(work / "stage2"))
-    second.setdefault("model_path", str(stage1_dir(config)))
+    second.setdefault("model_name_or_path", str(stage1_dir(config)))
     if config.bundle_path() is not None:
         second.setdefault("adapter_path", str(config.bundle_path()))
-    return first, Stage2Config(**second)
+    return first, stage_arguments("stage2", second)
 
 
-def stage2_rounds(config: PipelineConfig) -> list[Stage2Config]:
+def stage2_rounds(config: PipelineConfig) -> list[StageArguments]:
     """Stage 2, then the optional `stage2b` round that continues its adapter."""
     _, second = stage_configs(config)
     rounds = [second]
     if config.stage2b:
         more = copy.deepcopy(config.stage2b)
         more.setdefault("output_dir", str(Path(config.work_dir) / "stage2b"))
-        more.setdefault("model_path", second.model_path)
-        more.setdefault("adapter_path", str(Path(second.output_dir) / "adapter"))
-        rounds.append(Stage2Config(**more))
+        more.setdefault("model_name_or_path", second.model.model_name_or_path)
+        more.setdefault("adapter_path", str(Path(second.training.output_dir) / "adapter"))
+        rounds.append(stage_arguments("stage2", more))
     return rounds
 
 
@@ -127,8 +128,8 @@ def run(config: PipelineConfig, log=print) -> Path:
     first, _ = stage_configs(config)
     start = stage1_dir(config)
     if first is not None:
-        log(f"[pipeline] stage 1 -> {first.output_dir}")
-        stage1.main(first, log=log)
+        log(f"[pipeline] stage 1 -> {first.training.output_dir}")
+        stage1.main(*first, log=log)
     elif not (start / "config.json").is_file():
         from llamo.default_model import unpack_bundle
 
@@ -136,22 +137,22 @@ def run(config: PipelineConfig, log=print) -> Path:
         unpack_bundle(config.bundle_path(), start)
     rounds = stage2_rounds(config)
     for second in rounds:
-        log(f"[pipeline] stage 2 -> {second.output_dir}")
-        stage2.main(second, log=log)
+        log(f"[pipeline] stage 2 -> {second.training.output_dir}")
+        stage2.main(*second, log=log)
     last = rounds[-1]
     if config.bundle:
         from llamo.default_model import export_bundle
 
         bundle = export_bundle(
             str(start),
-            last.output_dir,
+            last.training.output_dir,
             config.bundle["output"],
             base_vocab_size=config.bundle.get("base_vocab_size", 49152),
             dtype=config.bundle.get("dtype", "float16"),
             metadata={
                 "recipe": config.bundle.get("recipe_name"),
                 "stage1": f"bundle: {config.start_from_bundle}" if config.start_from_bundle else str(start),
-                "stage2": str(last.output_dir),
+                "stage2": str(last.training.output_dir),
             },
             retrieval=config.bundle.get("retrieval"),
         )

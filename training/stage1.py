@@ -1,9 +1,10 @@
 """Stage 1, graph-language alignment: train the graph encoder + projector on description pairs, LLM frozen.
 
-llamo train stage1 --config recipe.yaml [--output_dir ...]
-accelerate launch -m llamo.training.stage1 --config recipe.yaml
+    llamo train stage1 --config recipe.yaml [--output_dir ... --any_SFTConfig_or_ModelConfig_field ...]
+    accelerate launch -m llamo.training.stage1 --config recipe.yaml
 
-SIGTERM or Ctrl-C saves a checkpoint at the end of the current step and exits; the same command resumes from it.
+Arguments: `TrlParser((Stage1Arguments, SFTConfig, ModelConfig))`, as TRL's own scripts. SIGTERM or Ctrl-C saves a
+checkpoint at the end of the current step and exits; the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -12,48 +13,42 @@ import sys
 import time
 from pathlib import Path
 
-from trl import SFTConfig, SFTTrainer
+from trl import ModelConfig, SFTConfig
 
 from llamo.processing.collators import LlamoDataCollator
 from llamo.storage import disk_full_guard, exit_on_disk_full
 
 from .common import (
     FINAL_SAVE_KEPT,
-    CheckpointSpaceMixin,
-    PaperScheduleMixin,
+    LlamoSFTTrainer,
     distributed_state,
     load_for_training,
     prepare_run_dir,
-    resolve_recipe_argument,
-    schedule_of,
     state_bytes,
-    trainer_arguments,
     write_summary,
 )
-from .config import Stage1Config
+from .config import Stage1Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
 from .interrupt import GracefulInterrupt
 
 
-class LlamoTrainer(CheckpointSpaceMixin, PaperScheduleMixin, SFTTrainer):
-    """TRL's `SFTTrainer` (its fused LM head scores only the answer positions, never the full-vocabulary logits of
-    the prompt) with LLaMo's warm-up + cosine schedule; no PEFT in stage 1. A full disk while checkpointing keeps the
-    last complete checkpoint and says so (`CheckpointSpaceMixin`)."""
-
-
-def _starting_model(config: Stage1Config, output_dir: Path, state, log) -> Path:
-    if config.model_path:
-        return Path(config.model_path)
-    if not config.init_llm:
-        raise ValueError("Stage 1 needs `model_path` (a `llamo init` folder) or `init_llm` (an LM to build one around)")
+def _starting_model(script_args: Stage1Arguments, model_args: ModelConfig, output_dir: Path, state, log) -> Path:
+    if model_args.model_name_or_path:
+        return Path(model_args.model_name_or_path)
+    if not script_args.init_llm:
+        raise ValueError(
+            "Stage 1 needs `model_name_or_path` (a `llamo init` folder) or `init_llm` (an LM to build one around)"
+        )
     folder = output_dir / "init"
     with state.main_process_first():
         if state.is_main_process and not (folder / "config.json").is_file():
             from llamo.builder import build_llamo, save_llamo
 
-            log(f"[stage1] building the starting LLaMo around {config.init_llm}")
-            model, processor = build_llamo(config.init_llm, **config.init_options)
-            save_llamo(model, processor, folder, overwrite=True, metadata={"llm": config.init_llm, "stage": "init"})
+            log(f"[stage1] building the starting LLaMo around {script_args.init_llm}")
+            model, processor = build_llamo(script_args.init_llm, **script_args.init_options)
+            save_llamo(
+                model, processor, folder, overwrite=True, metadata={"llm": script_args.init_llm, "stage": "init"}
+            )
     return folder
 
 
@@ -68,33 +63,34 @@ def freeze_language_model(model) -> None:
         param.requires_grad_(True)
 
 
-def main(config: Stage1Config, log=print) -> Path:
+def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
+    """Run stage 1 (or resume it, or find it finished) and save the model into `training_args.output_dir`."""
+    arguments = StageArguments(script_args, training_args, model_args)
     state = distributed_state()
     log = log if state.is_main_process else (lambda *args, **kwargs: None)
     with state.main_process_first():
-        output_dir, checkpoint, finished = prepare_run_dir(config, log, state.is_main_process)
+        output_dir, checkpoint, finished = prepare_run_dir(arguments, log, state.is_main_process)
     if finished:
         return output_dir
-    model, processor = load_for_training(_starting_model(config, output_dir, state, log), config.lm_dtype)
+    start = _starting_model(script_args, model_args, output_dir, state, log)
+    model, processor = load_for_training(start, model_args.dtype)
     freeze_language_model(model)
     with state.main_process_first():
-        dataset, reports = build_training_dataset(config, log)
+        dataset, reports = build_training_dataset(arguments, log)
 
-    trainer = LlamoTrainer(
+    trainer = LlamoSFTTrainer(
         model=model,
-        args=trainer_arguments(
-            config, SFTConfig, max_length=None, packing=False, dataset_kwargs={"skip_prepare_dataset": True}
-        ),
+        args=training_args,
         train_dataset=dataset,
-        data_collator=LlamoDataCollator(processor, max_length=config.max_length),
+        data_collator=LlamoDataCollator(processor, max_length=training_args.max_length),
         processing_class=processor,
     )
-    trainer.llamo_schedule = schedule_of(config)
     interrupt = GracefulInterrupt(log)
     trainer.add_callback(interrupt)
+    resume = training_args.resume_from_checkpoint or (str(checkpoint) if checkpoint else None)
     started = time.time()
     with interrupt:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        result = trainer.train(resume_from_checkpoint=resume)
     interrupt.exit_if_interrupted(trainer.state)
     with disk_full_guard(output_dir, "the final model", lambda: state_bytes(model), FINAL_SAVE_KEPT):
         trainer.save_model(str(output_dir))
@@ -117,14 +113,11 @@ def main(config: Stage1Config, log=print) -> Path:
     return output_dir
 
 
-def parse(argv: list[str] | None = None) -> Stage1Config:
-    from trl import TrlParser
-
-    argv = resolve_recipe_argument(sys.argv[1:] if argv is None else argv)
-    (config,) = TrlParser((Stage1Config,)).parse_args_and_config(args=argv)
-    return config
+def parse(argv: list[str] | None = None) -> StageArguments:
+    """Stage 1's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
+    return parse_stage_arguments("stage1", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
     with exit_on_disk_full("llamo.training.stage1"):
-        main(parse(sys.argv[1:]))
+        main(*parse(sys.argv[1:]))
