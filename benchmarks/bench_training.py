@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from llamo.builder import build_llamo, resolve_llm, save_llamo
 from llamo.processing.collators import LlamoDataCollator
 from llamo.training import stage1, stage2
-from llamo.training.config import Stage1Config, Stage2Config
+from llamo.training.config import stage_arguments
 
 SMOLLM2_135M = {
     "vocab_size": 49152,
@@ -93,11 +93,10 @@ def timed_trainer(trainer_class: type) -> type:
 def run_stage(stage, config) -> dict:
     TimedCollator.seconds, TimedCollator.tokens, TimedCollator.samples = 0.0, 0, 0
     stage.LlamoDataCollator = TimedCollator
-    trainer_name = "LlamoTrainer" if stage is stage1 else "LlamoSFTTrainer"
-    trainer_class = timed_trainer(getattr(stage, trainer_name))
-    setattr(stage, trainer_name, trainer_class)
+    trainer_class = timed_trainer(stage.LlamoSFTTrainer)
+    stage.LlamoSFTTrainer = trainer_class
     start = time.perf_counter()
-    output = stage.main(config, log=lambda *args: None)
+    output = stage.main(*config, log=lambda *args: None)
     wall = time.perf_counter() - start
     summary = json.loads((Path(output) / "training_summary.json").read_text())
     runtime = summary["metrics"]["train_runtime"]
@@ -128,9 +127,17 @@ def stage_configs(config: BenchConfig, workdir: Path) -> dict:
         "overwrite_output_dir": True,
     }
     return {
-        "stage1": Stage1Config(output_dir=str(workdir / "stage1"), model_path=str(workdir / "init"), **common),
-        "stage2": Stage2Config(
-            output_dir=str(workdir / "stage2"), model_path=str(workdir / "stage1"), save_merged=False, **common
+        "stage1": stage_arguments(
+            "stage1", {**common, "output_dir": str(workdir / "stage1"), "model_name_or_path": str(workdir / "init")}
+        ),
+        "stage2": stage_arguments(
+            "stage2",
+            {
+                **common,
+                "output_dir": str(workdir / "stage2"),
+                "model_name_or_path": str(workdir / "stage1"),
+                "save_merged": False,
+            },
         ),
     }
 

@@ -2,7 +2,7 @@
 utilisation (MFU).
 
 Random weights at LLaMA-2-7B's shape: the LM in bfloat16, the graph encoder and projector in float32 (as
-`llamo.training.common.load_for_training` loads them for `lm_dtype: bfloat16`). LoRA comes from stage 2's own
+`llamo.training.common.load_for_training` loads them for `dtype: bfloat16`). LoRA comes from stage 2's own
 `lora_config` (r 8, alpha 32, dropout 0.05 on q_proj/v_proj, the projector trained in full, the GIN frozen with its
 BatchNorm in eval mode). Each optimizer step does what stage 2's `LlamoSFTTrainer` does with the 7B recipe: bf16
 autocast, gradient checkpointing (non-reentrant), gradient clipping at 1.0, AdamW (weight decay 0.05) and the paper's
@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import LlamaConfig
+from transformers import LlamaConfig, get_scheduler
 
 from llamo import LlamoConfig, LlamoForConditionalGeneration
 from llamo.featurization_llamo import collate_molecule_graphs, featurize_smiles
-from llamo.training.common import warmup_cosine_schedule
-from llamo.training.config import Stage2Config
-from llamo.training.stage2 import lora_config
+from llamo.training.common import lora_config
+from llamo.training.config import StageArguments, stage_arguments
 
 LLAMA2_7B = {
     "vocab_size": 32000,
@@ -90,13 +89,16 @@ def prepare_stage2(model: LlamoForConditionalGeneration, config: GpuBenchConfig)
     model.freeze_graph_encoder()
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    stage = Stage2Config(
-        output_dir="unused",
-        sources=[{"type": "conversations", "path": "unused"}],
-        lora_r=config.lora_r,
-        lora_target_modules=list(config.lora_target_modules),
+    stage = stage_arguments(
+        "stage2",
+        {
+            "output_dir": "unused",
+            "sources": [{"type": "conversations", "path": "unused"}],
+            "lora_r": config.lora_r,
+            "lora_target_modules": list(config.lora_target_modules),
+        },
     )
-    peft_model = get_peft_model(model, lora_config(model, stage))
+    peft_model = get_peft_model(model, lora_config(model, stage.model))
     peft_model.train()
     return peft_model, stage
 
@@ -144,20 +146,20 @@ def flops_per_token(model, seq_len: int, recompute: bool = True) -> dict[str, fl
     }
 
 
-def train_steps(model, stage: Stage2Config, batch: dict, config: GpuBenchConfig, device: torch.device) -> list[float]:
+def train_steps(model, stage: StageArguments, batch: dict, config: GpuBenchConfig, device: torch.device) -> list[float]:
     """Seconds of each timed optimizer step (after `config.warmup_steps` untimed ones), and checks the loss."""
     trainable = [p for p in model.parameters() if p.requires_grad]
+    args = stage.training
     optimizer = torch.optim.AdamW(
-        trainable, lr=stage.learning_rate, weight_decay=stage.weight_decay, fused=device.type == "cuda"
+        trainable, lr=args.learning_rate, weight_decay=args.weight_decay, fused=device.type == "cuda"
     )
     total = config.warmup_steps + config.steps
-    schedule = warmup_cosine_schedule(
+    schedule = get_scheduler(  # the stage's own schedule, as its Trainer creates it
+        args.lr_scheduler_type,
         optimizer,
-        warmup_steps=stage.warmup_steps,
-        total_steps=total,
-        peak_lr=stage.learning_rate,
-        warmup_start_lr=stage.warmup_start_learning_rate,
-        min_lr=stage.min_learning_rate,
+        num_warmup_steps=args.get_warmup_steps(total),
+        num_training_steps=total,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
     )
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     seconds = []
