@@ -71,6 +71,7 @@ class EvalConfig:
     neighbours: int = 0
     verify_names: bool = True
     answer_no_repeat_ngram_size: int | None = None
+    answer_loop_repeats: int | None = None
     runs: list[str] | None = None
 
 
@@ -196,6 +197,7 @@ def main(config: EvalConfig) -> dict:
                 neighbours=config.neighbours,
                 verify_names=name == "model, verified names",
                 answer_no_repeat_ngram_size=None if trained else config.answer_no_repeat_ngram_size,
+                answer_loop_repeats=None if trained else config.answer_loop_repeats,
             )
             rows[name] = headline(evaluate(settings), task)
             if not trained:
@@ -250,6 +252,11 @@ if __name__ == "__main__":
         "--answer-no-repeat-ngram-size",
         type=int,
         help="no n-gram of this size twice in an answer (0: off; default: the model's generation config)",
+    )
+    parser.add_argument(
+        "--answer-loop-repeats",
+        type=int,
+        help="end answers that repeat a block this often (0: off; default: the model's)",
     )
     parser.add_argument("--runs", nargs="+", help="evaluate only these runs (e.g. model 'model, no index')")
     main(EvalConfig(**vars(parser.parse_args())))

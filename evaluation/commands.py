@@ -49,6 +49,11 @@ def _add_evaluate_parser(subparsers) -> None:
         type=int,
         help="no n-gram of this size twice in an answer, the prompt not counted (0: off; default: the model's own)",
     )
+    decoding.add_argument(
+        "--answer-loop-repeats",
+        type=int,
+        help="end an answer that repeats one block this many times in a row (0: off; default: the model's own)",
+    )
     decoding.add_argument("--seed", type=int, default=0, help="random seed of sampling")
     add_device_arguments(decoding)
     decoding.add_argument(

@@ -110,6 +110,8 @@ class EvaluationConfig:
             the evaluated molecules (checked by InChIKey; the run is refused otherwise).
         answer_no_repeat_ngram_size: ban repeated n-grams of this size within an answer (the prompt is not counted;
             0: off; None: the model's generation config decides).
+        answer_loop_repeats: end an answer once it repeats one block this many times in a row (0: off; None: the
+            model's generation config decides; the default model ships 3).
         verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
             structure match of such a run is its verified rate.
         overwrite: discard the predictions of another run found in `output_dir`.
@@ -130,6 +132,7 @@ class EvaluationConfig:
     top_p: float = 1.0
     seed: int = 0
     answer_no_repeat_ngram_size: int | None = None
+    answer_loop_repeats: int | None = None
     baseline: str | None = None
     train_data: str | None = None
     train_split: str = "train"
@@ -186,8 +189,9 @@ class EvaluationConfig:
         }
         if self.do_sample:
             settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
-        if self.answer_no_repeat_ngram_size is not None:
-            settings["answer_no_repeat_ngram_size"] = self.answer_no_repeat_ngram_size
+        for name in ("answer_no_repeat_ngram_size", "answer_loop_repeats"):
+            if getattr(self, name) is not None:
+                settings[name] = getattr(self, name)
         if self.verify_names:
             from llamo.pipeline_llamo import VERIFY_CANDIDATES
 
@@ -205,8 +209,9 @@ class EvaluationConfig:
             kwargs["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
-        if self.answer_no_repeat_ngram_size is not None:
-            kwargs["answer_no_repeat_ngram_size"] = self.answer_no_repeat_ngram_size
+        for name in ("answer_no_repeat_ngram_size", "answer_loop_repeats"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
         return kwargs
 
 

@@ -172,6 +172,7 @@ def bundle_model(bundle: Path, base):
     model.generation_config.suppress_tokens = [config.graph_token_id]
     for key, value in manifest.get("generation", {}).items():
         setattr(model.generation_config, key, value)
+        model.generation_config._from_model_config = False  # else loading drops the keys transformers does not know
     return model, {**manifest, "base_llm_source": source}
 
 

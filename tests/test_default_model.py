@@ -174,6 +174,22 @@ def test_default_model_path_loads_with_the_auto_classes_and_the_pipeline(default
     assert answer[0]["generated_token_ids"] == expected.tolist()
 
 
+def test_bundle_generation_defaults_reach_the_assembled_model(tiny_run, tiny_llm_dir, tmp_path, monkeypatch):
+    bundle = export_bundle(
+        *tiny_run,
+        tmp_path / "bundle",
+        base_vocab_size=len(make_tokenizer()),
+        dtype="float32",
+        generation={"answer_loop_repeats": 3},
+    )
+    assert read_manifest(bundle)["generation"] == {"answer_loop_repeats": 3}
+    monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(bundle))
+    monkeypatch.setenv("LLAMO_BASE_LLM", str(tiny_llm_dir))
+    monkeypatch.setenv("LLAMO_CACHE", str(tmp_path / "cache"))
+    model = LlamoForConditionalGeneration.from_pretrained(default_model_dir())
+    assert model.generation_config.answer_loop_repeats == 3
+
+
 def test_bundle_model_card_travels_to_the_assembled_model(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -320,3 +336,14 @@ def test_real_default_model_answers(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "first use: converting" in result.stderr and len(result.stdout.split()) >= 5
+
+
+def test_shipped_bundle_generation_defaults_are_the_documented_ones():
+    """README documents the default model's loop guard; the shipped manifest and the v2/v3 recipes carry it."""
+    from llamo.training.pipeline import load_pipeline
+
+    assert read_manifest(BUNDLE_DIR)["generation"] == {"answer_loop_repeats": 3}
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "`answer_loop_repeats: 3`" in readme
+    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3"):
+        assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}

@@ -4,6 +4,7 @@ LLaMo: a tiny model built from a config, graph inputs in the batch-first `(B, M,
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import warnings
 from collections.abc import Iterator
@@ -516,7 +517,7 @@ def test_answer_no_repeat_ngram_bans_answer_repeats_but_not_prompt_copies():
 
 
 def _bigrams(tokens: list[int]) -> list[tuple[int, int]]:
-    return list(zip(tokens, tokens[1:]))
+    return list(itertools.pairwise(tokens))
 
 
 def test_generate_applies_answer_no_repeat_ngram_size_from_kwarg_and_config(model, single):

@@ -489,11 +489,11 @@ def test_sampled_copies_get_their_own_molecule(tiny_llamo):
     assert torch.equal(output.sequences[:, : prompt.shape[1]], prompt)
 
 
-# --- mixed precision (training with lm_dtype=bfloat16) ---------------------------------------------------------
+# --- mixed precision (training with dtype=bfloat16) ---------------------------------------------------------
 
 
 def test_fp32_graph_modules_with_a_bfloat16_lm():
-    """As stage 1/2 load a model with `lm_dtype: bfloat16`: the LM in bf16, the trained graph stack in fp32."""
+    """As stage 1/2 load a model with `dtype: bfloat16`: the LM in bf16, the trained graph stack in fp32."""
     model = tiny_model().to(torch.bfloat16)
     model.model.graph_encoder.float()
     model.model.graph_projector.float()

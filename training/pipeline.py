@@ -32,8 +32,9 @@ class PipelineConfig:
             `work_dir`.
         stage2b: an optional second stage-2 round that continues stage 2's adapter on another mixture (its
             `output_dir`, `model_name_or_path` and `adapter_path` are filled in); the bundle is then taken from it.
-        bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ..., "retrieval": {...}}` to export a
-            default-model bundle, or empty (`retrieval`: see `llamo.retrieval`, for a model trained with neighbours).
+        bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ..., "retrieval": {...}, "generation": {...}}` to
+            export a default-model bundle, or empty (`retrieval`: see `llamo.retrieval`, for a model trained with
+            neighbours; `generation`: generation-config defaults such as `answer_loop_repeats`).
         start_from_bundle: skip stage 1 and continue a default-model bundle instead (a bundle folder, or `default`
             for the packaged one): its model before the adapter becomes the stage-1 folder, and stage 2 continues
             its adapter (LoRA + projector).
@@ -155,6 +156,7 @@ def run(config: PipelineConfig, log=print) -> Path:
                 "stage2": str(last.training.output_dir),
             },
             retrieval=config.bundle.get("retrieval"),
+            generation=config.bundle.get("generation"),
         )
         log(f"[pipeline] bundle written to {bundle}")
     return work
