@@ -19,8 +19,8 @@ from rdkit import Chem
 from .featurization_llamo import (
     MoleculeGraph,
     check_size,
-    collate_molecule_graphs,
     featurize_molecule,
+    pad_molecule_graphs,
     parse_smiles,
     prompt_smiles,
 )
@@ -85,7 +85,7 @@ def prepare_molecule(
     parsed_here = not isinstance(molecule, Chem.Mol)
     mol = parse_smiles(molecule, index=index, max_atoms=max_atoms) if parsed_here else molecule
     check_size(mol, max_atoms, molecule, index)
-    graph = featurize_molecule(mol, rings_from_sanitization=parsed_here)
+    graph = featurize_molecule(mol, rings_from_sanitization=parsed_here, parsed_from=molecule if parsed_here else None)
     return PreparedMolecule(graph, prompt_smiles(mol, None) if canonical else None, mol)
 
 
@@ -104,16 +104,10 @@ def collate_sequence_molecules(molecules: Sequence[Sequence[MoleculeGraph]]) -> 
     graphs = [graph for row in molecules for graph in row]
     if not graphs:
         raise ValueError("collate_sequence_molecules needs at least one molecule in the batch.")
-    flat = collate_molecule_graphs(graphs)  # (num_molecules, ...), in sequence then slot order
-    slots = max(len(row) for row in molecules)
-    sequence = torch.tensor([row for row, sequence in enumerate(molecules) for _ in sequence])
-    slot = torch.tensor([position for sequence in molecules for position in range(len(sequence))])
-    batch = {}
-    for name, value in flat.items():
-        padded = value.new_zeros((len(molecules), slots, *value.shape[1:]))
-        padded[sequence, slot] = value
-        batch[name] = padded
-    return batch
+    positions = [(row, slot) for row, sequence in enumerate(molecules) for slot in range(len(sequence))]
+    batch = pad_molecule_graphs(graphs, positions, (len(molecules), max(len(row) for row in molecules)))
+    # an empty tensor (no bonds in the batch) gets torch's own strides, not the ones numpy gives empty arrays
+    return {name: value if value.numel() else value.new_zeros(value.shape) for name, value in batch.items()}
 
 
 class LlamoMoleculeFeaturizer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import reprlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ _MOTIF_LAYOUT = (
 )
 _ELEMENT_CLASS = {6: 0, 8: 1, 7: 2, 15: 3, 16: 4, 9: 5, 17: 5, 35: 5, 53: 5}
 _ELEMENT_CLASS_OTHER = 6
-_BOND_CLASS = {Chem.BondType.SINGLE: 7, Chem.BondType.DOUBLE: 8, Chem.BondType.TRIPLE: 9, Chem.BondType.AROMATIC: 10}
+_BOND_CLASS_FIRST = 7  # properties 7-10 count single, double, triple and aromatic bonds, in OGB's bond-type order
 _RING_SLOT = 11
 _ACETAL_NEIGHBOURS = (7, 8, 16)
 
@@ -102,7 +103,7 @@ RING_ALLOWANCE = (2, 16)
 _HYDROGEN = r"\[H(?![a-z])[^\[\]]*\]"
 _SMILES_TOKEN = re.compile(
     rf"(?P<hydrogens>(?:^|(?<=\.))(?:{_HYDROGEN})+(?=\.|$))|(?P<bound_h>{_HYDROGEN})"
-    r"|(?P<atom>\[[^\[\]]*\]|Cl|Br|[BCNOPSFI*bcnops])|(?P<ring>%\(\d+\)|%\d\d|\d)"
+    r"|(?P<bracket>\[[^\[\]]*\])|(?P<atom>Cl|Br|[BCNOPSFI*bcnops])|(?P<ring>%\(\d+\)|%\d\d|\d)"
 )
 
 
@@ -194,29 +195,63 @@ def _bounded_repr(value: object, limit: int) -> str:
 
 @dataclass(frozen=True)
 class _SmilesText:
-    """What the text of a SMILES says about its size, read without parsing it."""
+    """What the text of a SMILES says about its size, read without parsing it, and which atoms can carry the
+    properties only bracket atoms get from RDKit's SMILES parser.
+
+    Attributes:
+        atoms: atoms written (see `count_smiles_atoms`).
+        ring_bonds: ring-bond labels written, halved.
+        most_ring_bonds_on_one_atom: the longest run of ring-bond labels after one atom.
+        bracket_atoms: indices, in writing order, of the atoms written in brackets.
+        chiral_atoms: indices of the bracket atoms that hold a `@`.
+        hydrogens: a bracket hydrogen is written (RDKit may remove it, so writing order is not atom order).
+        directional_bonds: a `/` or `\\` is written (double-bond stereo).
+        dative_bonds: a `<` or `>` is written (dative bonds, `->` and `<-`).
+        plain: the whole string is one word, so no CXSMILES extension adds to what the atoms say.
+    """
 
     atoms: int
     ring_bonds: int
     most_ring_bonds_on_one_atom: int
+    bracket_atoms: tuple[int, ...] = ()
+    chiral_atoms: tuple[int, ...] = ()
+    hydrogens: bool = False
+    directional_bonds: bool = True
+    dative_bonds: bool = True
+    plain: bool = False
 
 
+@lru_cache(maxsize=8)
 def _read_smiles_text(smiles: str) -> _SmilesText:
+    # Cached for a handful of strings only: `parse_smiles` and the featurization of the molecule it returns read the
+    # same text one after the other.
     words = smiles.split(None, 1)
     atoms = labels = most = current = 0
-    for token in _SMILES_TOKEN.finditer(words[0] if words else ""):
-        kind = token.lastgroup
-        if kind == "ring":
+    brackets: list[int] = []
+    chiral: list[int] = []
+    hydrogens = False
+    for hydrogen_fragment, _, bracket, atom, ring in _SMILES_TOKEN.findall(words[0] if words else ""):
+        if ring:
             labels += 1
             current += 1
-            most = max(most, current)
+            if current > most:
+                most = current
             continue
         current = 0
-        if kind == "atom":
+        if atom:
             atoms += 1
-        elif kind == "hydrogens":
-            atoms += token.group().count("[")
-    return _SmilesText(atoms, labels // 2, most)
+        elif bracket:
+            brackets.append(atoms)
+            if "@" in bracket:
+                chiral.append(atoms)
+            atoms += 1
+        else:
+            hydrogens = True
+            atoms += hydrogen_fragment.count("[")
+    plain = len(words) == 1 and len(words[0]) == len(smiles)
+    directional = "/" in smiles or "\\" in smiles
+    dative = "<" in smiles or ">" in smiles
+    return _SmilesText(atoms, labels // 2, most, tuple(brackets), tuple(chiral), hydrogens, directional, dative, plain)
 
 
 def count_smiles_atoms(smiles: str) -> int:
@@ -227,7 +262,7 @@ def count_smiles_atoms(smiles: str) -> int:
     `[H]/C=C`), so the count is a lower bound, never more than RDKit's. Text after the first whitespace (a name or
     CXSMILES extension) is not part of the molecule.
     """
-    return _read_smiles_text(smiles).atoms
+    return _read_smiles_text.__wrapped__(smiles).atoms
 
 
 def ring_allowance(num_atoms: int) -> int:
@@ -308,10 +343,11 @@ def _check_characters(smiles: str, where: str) -> None:
         ) from None
 
 
-def _check_rings(mol: Chem.Mol, where: str, shown: str) -> None:
+def _check_rings(mol: Chem.Mol, where: str, smiles: str) -> None:
     """Refuse a parsed molecule with more rings than `ring_allowance` (merging rings takes quadratic time)."""
     rings, allowed = mol.GetRingInfo().NumRings(), ring_allowance(mol.GetNumAtoms())
     if rings > allowed:
+        shown = shorten_for_message(smiles)
         raise OversizedMoleculeError(
             f"Molecule{where} has {rings} rings for {mol.GetNumAtoms()} atoms, over the limit of {allowed}: {shown}",
             rings,
@@ -344,108 +380,197 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
         )
     if mol.GetNumAtoms() == 0:
         raise ValueError(f"SMILES{where} has no atoms: {shorten_for_message(smiles)}")
-    _check_rings(mol, where, shorten_for_message(smiles))
+    _check_rings(mol, where, smiles)
     return mol
+
+
+_OFFSETS = np.array([offset for offset, _ in _MOTIF_LAYOUT], dtype=np.int64)
+_SLOTS = np.array([slots for _, slots in _MOTIF_LAYOUT], dtype=np.int64)
+_COUNTED = _SLOTS > 1  # properties one-hot encoded by count; the others are presence flags
+
+# `GetBondTypeAsDouble()` -> OGB bond type, for the bond types a SMILES without dative bonds can hold: 1.0 is only
+# SINGLE there and 1.5 only AROMATIC (ONEANDAHALF bonds come from other formats); other orders ask for the bond type.
+_ORDER_KIND = {1.0: 0, 2.0: 1, 3.0: 2, 1.5: 3}
+
+_Atom, _Bond = Chem.Atom, Chem.Bond
+# Single-atom queries compare `Atom.GetHybridization()` in C++: two searches cost less than reading the enum of every
+# atom from Python.
+_SP2_QUERY = Chem.MolFromSmarts("[^2]")
+_SP3_QUERY = Chem.MolFromSmarts("[^3]")
 
 
 @dataclass
 class _MoleculeScan:
-    """What one pass over a molecule's atoms and bonds collects for both the OGB features and the motif rules."""
+    """What one pass over a molecule's atoms and bonds collects for both the OGB features and the motif rules.
 
-    atom_rows: list[tuple[int, ...]]
+    Attributes:
+        atom_features, edge_index, edge_features: the OGB arrays (see `MoleculeGraph`).
+        atomic_nums: the atomic number of every atom.
+        atom_in_ring: whether each atom is in a ring.
+        bond_ends: `(begin, end)` atom indices of every bond, in bond order.
+        bond_kinds: the OGB bond type of every bond (0 single, 1 double, 2 triple, 3 aromatic, 4 other).
+        bond_in_ring: whether each bond is in a ring.
+        marked: the atoms the motif rules mark (see `functional_groups`).
+    """
+
+    atom_features: np.ndarray
+    edge_index: np.ndarray
+    edge_features: np.ndarray
     atomic_nums: list[int]
     atom_in_ring: list[bool]
-    bond_rows: list[tuple[int, int, int]]
     bond_ends: list[tuple[int, int]]
-    bond_types: list[Chem.BondType]
+    bond_kinds: list[int]
     bond_in_ring: list[bool]
     marked: set[int]
 
 
-def _scan_molecule(mol: Chem.Mol) -> _MoleculeScan:
-    atom_rows = []
-    atomic_nums = []
-    atom_in_ring = []
-    acetal_candidates = []
-    marked = set()
-    for atom in mol.GetAtoms():
-        atomic_num = atom.GetAtomicNum()
-        degree = atom.GetTotalDegree()
-        charge = atom.GetFormalCharge()
-        num_hs = atom.GetTotalNumHs()
-        radicals = atom.GetNumRadicalElectrons()
-        aromatic = atom.GetIsAromatic()
-        in_ring = atom.IsInRing()
-        atom_rows.append(
-            (
-                atomic_num - 1 if 1 <= atomic_num <= 118 else 118,
-                _CHIRALITY.get(atom.GetChiralTag(), _CHIRALITY_OTHER),
-                degree if degree <= 10 else 11,
-                charge + 5 if -5 <= charge <= 5 else 11,
-                num_hs if num_hs <= 8 else 9,
-                radicals if radicals <= 4 else 5,
-                _HYBRIDIZATION.get(atom.GetHybridization(), _HYBRIDIZATION_MISC),
-                int(aromatic),
-                int(in_ring),
-            )
-        )
-        atomic_nums.append(atomic_num if not aromatic else -atomic_num)
-        atom_in_ring.append(in_ring)
-        if atomic_num != 6:
-            marked.add(len(atomic_nums) - 1)
-        elif degree == 4 and not aromatic:
-            acetal_candidates.append(len(atomic_nums) - 1)
-
-    bond_rows = []
-    bond_ends = []
-    bond_types = []
-    bond_in_ring = []
-    acetal_partners: dict[int, int] = {}
-    candidates = set(acetal_candidates)
-    for bond in mol.GetBonds():
-        begin, end = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        bond_type = bond.GetBondType()
-        bond_rows.append(
-            (
-                _BOND_TYPE.get(bond_type, _BOND_TYPE_MISC),
-                _BOND_STEREO.get(bond.GetStereo(), _BOND_STEREO_OTHER),
-                int(bond.GetIsConjugated()),
-            )
-        )
-        bond_ends.append((begin, end))
-        bond_types.append(bond_type)
-        bond_in_ring.append(bond.IsInRing())
-        if bond_type == Chem.BondType.DOUBLE or bond_type == Chem.BondType.TRIPLE:
-            marked.add(begin)
-            marked.add(end)
-        if candidates:
-            # atomic_nums holds aromatic atoms negated, so only aliphatic O/N/S count (SMARTS `[O,N,S]`)
-            if begin in candidates and atomic_nums[end] in _ACETAL_NEIGHBOURS:
-                acetal_partners[begin] = acetal_partners.get(begin, 0) + 1
-            if end in candidates and atomic_nums[begin] in _ACETAL_NEIGHBOURS:
-                acetal_partners[end] = acetal_partners.get(end, 0) + 1
-    marked.update(atom for atom, partners in acetal_partners.items() if partners >= 2)
-    return _MoleculeScan(
-        atom_rows, [abs(z) for z in atomic_nums], atom_in_ring, bond_rows, bond_ends, bond_types, bond_in_ring, marked
-    )
+def _bond_kinds(bonds: list[Chem.Bond], text: _SmilesText | None) -> list[int]:
+    """The OGB bond type of every bond. Reading the bond order as a number costs a third of reading the bond type
+    (an enum), and tells the types apart wherever the SMILES text writes no dative bond (`->`, `<-`)."""
+    if text is not None and not text.dative_bonds:
+        try:
+            kinds = [_ORDER_KIND.get(order, -1) for order in map(_Bond.GetBondTypeAsDouble, bonds)]
+        except RuntimeError:  # a bond type without an order, which no SMILES makes
+            kinds = None
+        if kinds is not None:
+            if -1 in kinds:
+                kinds = [
+                    kind if kind >= 0 else _BOND_TYPE.get(bonds[i].GetBondType(), _BOND_TYPE_MISC)
+                    for i, kind in enumerate(kinds)
+                ]
+            return kinds
+    return [_BOND_TYPE.get(bond_type, _BOND_TYPE_MISC) for bond_type in map(_Bond.GetBondType, bonds)]
 
 
-def _ogb_arrays(scan: _MoleculeScan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    atom_features = np.array(scan.atom_rows, dtype=np.int64).reshape(-1, len(ATOM_FEATURE_SIZES))
-    num_bonds = len(scan.bond_ends)
-    ends = np.array(scan.bond_ends, dtype=np.int64).reshape(num_bonds, 2)
+def _hybridization(mol: Chem.Mol | None, atoms: list[Chem.Atom]) -> list[int]:
+    """The OGB hybridization index of every atom: with `mol` (a molecule sanitized by RDKit's SMILES parser), SP2 and
+    SP3 atoms are found by substructure search and only the others are asked one by one."""
+    if mol is None:
+        return [_HYBRIDIZATION.get(value, _HYBRIDIZATION_MISC) for value in map(_Atom.GetHybridization, atoms)]
+    hybridization = [-1] * len(atoms)
+    for (atom_idx,) in mol.GetSubstructMatches(_SP2_QUERY, uniquify=False, maxMatches=len(atoms)):
+        hybridization[atom_idx] = _HYBRIDIZATION[Chem.HybridizationType.SP2]
+    for (atom_idx,) in mol.GetSubstructMatches(_SP3_QUERY, uniquify=False, maxMatches=len(atoms)):
+        hybridization[atom_idx] = _HYBRIDIZATION[Chem.HybridizationType.SP3]
+    for atom_idx, value in enumerate(hybridization):
+        if value < 0:
+            hybridization[atom_idx] = _HYBRIDIZATION.get(atoms[atom_idx].GetHybridization(), _HYBRIDIZATION_MISC)
+    return hybridization
+
+
+def _scan_molecule(
+    mol: Chem.Mol, text: _SmilesText | None = None, rings: tuple[tuple[int, ...], ...] | None = None
+) -> _MoleculeScan:
+    """Read the atom and bond properties the features need, one property at a time: `map` over RDKit's getters
+    costs about half of a Python loop over atoms, and most of the time here is spent in those getters.
+
+    `text`: what the SMILES the molecule was parsed from says. RDKit's SMILES parser gives chiral tags only to atoms
+    written with `@`, radicals only to atoms without implicit hydrogens (in a SMILES, the bracket atoms), and bond
+    stereo only where `/` or `\\` is written, so the other atoms and bonds are not asked. It is used only when the
+    text is plain (no CXSMILES extension), writes no bracket hydrogen (which RDKit may remove, shifting atom
+    indices) and writes as many atoms as the molecule has, so that the atoms of the text are the molecule's atoms in
+    order. `rings`: the ring perception RDKit's parser stored (`GetRingInfo().AtomRings()`), which then gives ring
+    membership (`Atom.IsInRing` reads the same ring information); it also lets hybridization be found by substructure
+    search, which needs a sanitized molecule.
+    """
+    num_atoms, num_bonds = mol.GetNumAtoms(), mol.GetNumBonds()
+    if text is not None and (not text.plain or text.hydrogens or text.atoms != num_atoms):
+        text = None
+    atoms = list(map(mol.GetAtomWithIdx, range(num_atoms)))
+    bonds = list(map(mol.GetBondWithIdx, range(num_bonds)))
+    begin = list(map(_Bond.GetBeginAtomIdx, bonds))
+    end = list(map(_Bond.GetEndAtomIdx, bonds))
+
+    atomic_nums = list(map(_Atom.GetAtomicNum, atoms))
+    num_hs = list(map(_Atom.GetTotalNumHs, atoms))
+    degree = num_hs.copy()  # `GetTotalDegree()` is the degree in the graph plus `GetTotalNumHs()`
+    for atom_idx in begin:
+        degree[atom_idx] += 1
+    for atom_idx in end:
+        degree[atom_idx] += 1
+    charges = list(map(_Atom.GetFormalCharge, atoms))
+    aromatic = list(map(_Atom.GetIsAromatic, atoms))
+    if rings is None:
+        in_ring = list(map(_Atom.IsInRing, atoms))
+    else:
+        in_ring = [False] * num_atoms
+        for ring in rings:
+            for atom_idx in ring:
+                in_ring[atom_idx] = True
+    if text is None:
+        chirality = [_CHIRALITY.get(tag, _CHIRALITY_OTHER) for tag in map(_Atom.GetChiralTag, atoms)]
+        radicals = list(map(_Atom.GetNumRadicalElectrons, atoms))
+    else:
+        chirality = [0] * num_atoms
+        for atom_idx in text.chiral_atoms:
+            chirality[atom_idx] = _CHIRALITY.get(atoms[atom_idx].GetChiralTag(), _CHIRALITY_OTHER)
+        radicals = [0] * num_atoms
+        for atom_idx in text.bracket_atoms:
+            radicals[atom_idx] = atoms[atom_idx].GetNumRadicalElectrons()
+    columns = np.array(
+        [
+            [z - 1 if 1 <= z <= 118 else 118 for z in atomic_nums],
+            chirality,
+            degree if max(degree, default=0) <= 10 else [d if d <= 10 else 11 for d in degree],
+            [c + 5 if -5 <= c <= 5 else 11 for c in charges],
+            num_hs if max(num_hs, default=0) <= 8 else [h if h <= 8 else 9 for h in num_hs],
+            radicals if max(radicals, default=0) <= 4 else [r if r <= 4 else 5 for r in radicals],
+            _hybridization(mol if rings is not None else None, atoms),
+            aromatic,
+            in_ring,
+        ],
+        dtype=np.int64,
+    ).reshape(len(ATOM_FEATURE_SIZES), num_atoms)
+    atom_features = columns.T.copy()
+
+    kinds = _bond_kinds(bonds, text)
+    if text is not None and not text.directional_bonds:
+        stereo = [0] * num_bonds
+    else:
+        stereo = [_BOND_STEREO.get(value, _BOND_STEREO_OTHER) for value in map(_Bond.GetStereo, bonds)]
+    bond_rows = np.array([kinds, stereo, list(map(_Bond.GetIsConjugated, bonds))], dtype=np.int64)
+    edge_features = np.repeat(bond_rows.reshape(len(BOND_FEATURE_SIZES), num_bonds).T, 2, axis=0)
+    ends = np.array([begin, end], dtype=np.int64).reshape(2, num_bonds)
     edge_index = np.empty((2, 2 * num_bonds), dtype=np.int64)
-    edge_index[0, 0::2], edge_index[1, 0::2] = ends[:, 0], ends[:, 1]
-    edge_index[0, 1::2], edge_index[1, 1::2] = ends[:, 1], ends[:, 0]
-    edge_features = np.repeat(
-        np.array(scan.bond_rows, dtype=np.int64).reshape(num_bonds, len(BOND_FEATURE_SIZES)), 2, axis=0
+    edge_index[:, 0::2] = ends
+    edge_index[:, 1::2] = ends[::-1]
+
+    # the motif rules' marks: atoms other than carbon, both ends of double and triple bonds, and acetal-like carbons
+    # (aliphatic, four connections, two of them to aliphatic O, N or S: SMARTS `[CX4]([O,N,S])[O,N,S]`)
+    marked = {atom_idx for atom_idx, z in enumerate(atomic_nums) if z != 6}
+    candidates = {
+        atom_idx
+        for atom_idx in range(num_atoms)
+        if degree[atom_idx] == 4 and atomic_nums[atom_idx] == 6 and not aromatic[atom_idx]
+    }
+    partners: dict[int, int] = {}
+    for first, second, kind in zip(begin, end, kinds, strict=True):
+        if kind == 1 or kind == 2:
+            marked.add(first)
+            marked.add(second)
+        elif candidates:
+            if first in candidates and atomic_nums[second] in _ACETAL_NEIGHBOURS and not aromatic[second]:
+                partners[first] = partners.get(first, 0) + 1
+            if second in candidates and atomic_nums[first] in _ACETAL_NEIGHBOURS and not aromatic[first]:
+                partners[second] = partners.get(second, 0) + 1
+    marked.update(atom_idx for atom_idx, count in partners.items() if count >= 2)
+    return _MoleculeScan(
+        atom_features,
+        edge_index,
+        edge_features,
+        atomic_nums,
+        in_ring,
+        list(zip(begin, end, strict=True)),
+        kinds,
+        list(map(_Bond.IsInRing, bonds)),
+        marked,
     )
-    return atom_features, edge_index, edge_features
 
 
 def atom_and_bond_features(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The OGB 1.3.5 `smiles2graph` arrays of a molecule: `(atom_features, edge_index, edge_features)`."""
-    return _ogb_arrays(_scan_molecule(mol))
+    scan = _scan_molecule(mol)
+    return scan.atom_features, scan.edge_index, scan.edge_features
 
 
 def _merged_rings(rings: list[tuple[int, ...]]) -> list[set[int]]:
@@ -511,34 +636,36 @@ def functional_groups(mol: Chem.Mol) -> list[set[int]]:
 def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
     counts = [[0] * len(_MOTIF_LAYOUT) for _ in groups]
     atom_groups: dict[int, list[int]] = {}
+    element_class = [_ELEMENT_CLASS.get(z, _ELEMENT_CLASS_OTHER) for z in scan.atomic_nums]
     for group_idx, group in enumerate(groups):
+        group_counts = counts[group_idx]
         for atom_idx in group:
-            atom_groups.setdefault(atom_idx, []).append(group_idx)
-    atomic_nums = scan.atomic_nums
-    for atom_idx, group_ids in atom_groups.items():
-        element_class = _ELEMENT_CLASS.get(atomic_nums[atom_idx], _ELEMENT_CLASS_OTHER)
-        for group_idx in group_ids:
-            counts[group_idx][element_class] += 1
-    for (first, second), bond_type, in_ring in zip(scan.bond_ends, scan.bond_types, scan.bond_in_ring, strict=False):
+            group_counts[element_class[atom_idx]] += 1
+            if atom_idx in atom_groups:
+                atom_groups[atom_idx].append(group_idx)
+            else:
+                atom_groups[atom_idx] = [group_idx]
+    for (first, second), kind, in_ring in zip(scan.bond_ends, scan.bond_kinds, scan.bond_in_ring, strict=True):
         first_groups = atom_groups.get(first)
-        second_groups = atom_groups.get(second)
-        if first_groups is None or second_groups is None:
+        if first_groups is None:
             continue
-        bond_class = _BOND_CLASS.get(bond_type)
+        second_groups = atom_groups.get(second)
+        if second_groups is None:
+            continue
         for group_idx in first_groups:
             if group_idx in second_groups:
-                if bond_class is not None:
-                    counts[group_idx][bond_class] += 1
+                if kind < _BOND_TYPE_MISC:
+                    counts[group_idx][_BOND_CLASS_FIRST + kind] += 1
                 if in_ring:
                     counts[group_idx][_RING_SLOT] = 1
 
+    # every counted property sets the slot of its count (the last slot for any larger count), every flag property its
+    # one slot when the count is above zero
+    table = np.array(counts, dtype=np.int64).reshape(len(groups), len(_MOTIF_LAYOUT))
+    columns = _OFFSETS + np.minimum(table, _SLOTS - 1)
+    rows, properties = np.nonzero(_COUNTED | (table > 0))
     vectors = np.zeros((len(groups), MOTIF_FEATURE_SIZE), dtype=np.uint8)
-    for row, group_counts in enumerate(counts):
-        for value, (offset, slots) in zip(group_counts, _MOTIF_LAYOUT, strict=False):
-            if slots == 1:
-                vectors[row, offset] = value > 0
-            else:
-                vectors[row, offset + (value if value < slots else slots - 1)] = 1
+    vectors[rows, columns[rows, properties]] = 1
     return vectors
 
 
@@ -548,23 +675,26 @@ def motif_features(mol: Chem.Mol) -> np.ndarray:
     return _motif_vectors(scan, _group_atoms(scan, [tuple(ring) for ring in Chem.GetSymmSSSR(mol)]))
 
 
-def featurize_molecule(mol: Chem.Mol, rings_from_sanitization: bool = False) -> MoleculeGraph:
+def featurize_molecule(
+    mol: Chem.Mol, rings_from_sanitization: bool = False, parsed_from: str | None = None
+) -> MoleculeGraph:
     """Featurize an RDKit molecule: OGB atom and bond features plus motif vectors, in one scan.
 
     `rings_from_sanitization=True` reuses the ring perception RDKit stored while sanitizing (the symmetrised SSSR,
     identical to `Chem.GetSymmSSSR`) instead of recomputing it; only pass it for molecules sanitized by RDKit's
-    default parser.
+    default parser. `parsed_from` is the SMILES string `parse_smiles` read the molecule from: RDKit is then not asked
+    for what that text rules out (chiral tags where no `@` is written, ...); the result is the same without it.
     """
     if rings_from_sanitization:
-        rings = list(mol.GetRingInfo().AtomRings())
+        rings = mol.GetRingInfo().AtomRings()
     else:
-        rings = [tuple(ring) for ring in Chem.GetSymmSSSR(mol)]
-    scan = _scan_molecule(mol)
-    atom_features, edge_index, edge_features = _ogb_arrays(scan)
+        rings = tuple(tuple(ring) for ring in Chem.GetSymmSSSR(mol))
+    text = _read_smiles_text(parsed_from[:MAX_SMILES_LENGTH]) if isinstance(parsed_from, str) else None
+    scan = _scan_molecule(mol, text, rings if rings_from_sanitization else None)
     return MoleculeGraph(
-        atom_features=atom_features,
-        edge_index=edge_index,
-        edge_features=edge_features,
+        atom_features=scan.atom_features,
+        edge_index=scan.edge_index,
+        edge_features=scan.edge_features,
         motif_features=_motif_vectors(scan, _group_atoms(scan, rings)),
     )
 
@@ -590,7 +720,7 @@ def featurize_smiles(smiles: str | Chem.Mol, max_atoms: int | None = None, index
     parsed_here = not isinstance(smiles, Chem.Mol)
     mol = parse_smiles(smiles, index=index, max_atoms=max_atoms) if parsed_here else smiles
     check_size(mol, max_atoms, smiles, index)
-    return featurize_molecule(mol, rings_from_sanitization=parsed_here)
+    return featurize_molecule(mol, rings_from_sanitization=parsed_here, parsed_from=smiles if parsed_here else None)
 
 
 def check_size(mol: Chem.Mol, max_atoms: int | None, smiles: str | Chem.Mol, index: int | None = None) -> None:
@@ -620,27 +750,36 @@ def collate_molecule_graphs(graphs: list[MoleculeGraph]) -> dict[str, torch.Tens
     """
     if not graphs:
         raise ValueError("collate_molecule_graphs needs at least one molecule.")
-    batch = len(graphs)
+    return pad_molecule_graphs(graphs, [(row,) for row in range(len(graphs))], (len(graphs),))
+
+
+def pad_molecule_graphs(
+    graphs: list[MoleculeGraph], positions: list[tuple[int, ...]], leading: tuple[int, ...]
+) -> dict[str, torch.Tensor]:
+    """Pad molecules into tensors of shape `(*leading, ...)`, molecule `i` at index `positions[i]` (see
+    `collate_molecule_graphs` for the names and trailing shapes); padding and unused positions are zero and False."""
+    if len(graphs) == 1 and graphs[0].motif_features.shape[0] > 0 and graphs[0].edge_index.shape[1] > 0:
+        return _one_molecule(graphs[0], (1,) * len(leading))
     max_atoms = max(g.atom_features.shape[0] for g in graphs)
     max_edges = max(g.edge_index.shape[1] for g in graphs)
     max_motifs = max(1, max(g.motif_features.shape[0] for g in graphs))
 
-    atom_features = np.zeros((batch, max_atoms, len(ATOM_FEATURE_SIZES)), dtype=np.int64)
-    atom_mask = np.zeros((batch, max_atoms), dtype=bool)
-    bond_index = np.zeros((batch, max_edges, 2), dtype=np.int64)
-    bond_features = np.zeros((batch, max_edges, len(BOND_FEATURE_SIZES)), dtype=np.int64)
-    bond_mask = np.zeros((batch, max_edges), dtype=bool)
-    motifs = np.zeros((batch, max_motifs, MOTIF_FEATURE_SIZE), dtype=np.float32)
-    motif_mask = np.zeros((batch, max_motifs), dtype=bool)
-    for row, graph in enumerate(graphs):
+    atom_features = np.zeros((*leading, max_atoms, len(ATOM_FEATURE_SIZES)), dtype=np.int64)
+    atom_mask = np.zeros((*leading, max_atoms), dtype=bool)
+    bond_index = np.zeros((*leading, max_edges, 2), dtype=np.int64)
+    bond_features = np.zeros((*leading, max_edges, len(BOND_FEATURE_SIZES)), dtype=np.int64)
+    bond_mask = np.zeros((*leading, max_edges), dtype=bool)
+    motifs = np.zeros((*leading, max_motifs, MOTIF_FEATURE_SIZE), dtype=np.float32)
+    motif_mask = np.zeros((*leading, max_motifs), dtype=bool)
+    for position, graph in zip(positions, graphs, strict=True):
         n, e, g = graph.atom_features.shape[0], graph.edge_index.shape[1], graph.motif_features.shape[0]
-        atom_features[row, :n] = graph.atom_features
-        atom_mask[row, :n] = True
-        bond_index[row, :e] = graph.edge_index.T
-        bond_features[row, :e] = graph.edge_features
-        bond_mask[row, :e] = True
-        motifs[row, :g] = graph.motif_features
-        motif_mask[row, :g] = True
+        atom_features[(*position, slice(n))] = graph.atom_features
+        atom_mask[(*position, slice(n))] = True
+        bond_index[(*position, slice(e))] = graph.edge_index.T
+        bond_features[(*position, slice(e))] = graph.edge_features
+        bond_mask[(*position, slice(e))] = True
+        motifs[(*position, slice(g))] = graph.motif_features
+        motif_mask[(*position, slice(g))] = True
     return {
         "atom_features": torch.from_numpy(atom_features),
         "atom_mask": torch.from_numpy(atom_mask),
@@ -649,4 +788,29 @@ def collate_molecule_graphs(graphs: list[MoleculeGraph]) -> dict[str, torch.Tens
         "bond_mask": torch.from_numpy(bond_mask),
         "motif_features": torch.from_numpy(motifs),
         "motif_mask": torch.from_numpy(motif_mask),
+    }
+
+
+def _one_molecule(graph: MoleculeGraph, leading: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """`pad_molecule_graphs` for a single molecule with bonds and groups: nothing to pad, so every tensor is a copy of
+    the molecule's own array (never a view of it), in the padded tensors' dtype, with the leading dimensions."""
+    num_atoms, num_edges, num_motifs = (
+        graph.atom_features.shape[0],
+        graph.edge_index.shape[1],
+        graph.motif_features.shape[0],
+    )
+    return {
+        "atom_features": torch.from_numpy(
+            graph.atom_features.astype(np.int64).reshape(*leading, num_atoms, len(ATOM_FEATURE_SIZES))
+        ),
+        "atom_mask": torch.from_numpy(np.ones((*leading, num_atoms), dtype=bool)),
+        "bond_index": torch.from_numpy(graph.edge_index.T.astype(np.int64, order="C").reshape(*leading, num_edges, 2)),
+        "bond_features": torch.from_numpy(
+            graph.edge_features.astype(np.int64).reshape(*leading, num_edges, len(BOND_FEATURE_SIZES))
+        ),
+        "bond_mask": torch.from_numpy(np.ones((*leading, num_edges), dtype=bool)),
+        "motif_features": torch.from_numpy(
+            graph.motif_features.astype(np.float32).reshape(*leading, num_motifs, MOTIF_FEATURE_SIZE)
+        ),
+        "motif_mask": torch.from_numpy(np.ones((*leading, num_motifs), dtype=bool)),
     }

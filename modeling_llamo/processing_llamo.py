@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,36 @@ def _saved_model_config(folder: str | Path) -> LlamoConfig | None:
     except Exception:
         # An unreadable model config is for the model's loader to report; the processor does not depend on it.
         return None
+
+
+_GRAPH_TOKEN_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _direct_backend(tokenizer) -> Any:
+    """The `tokenizers.Tokenizer` behind a fast tokenizer when calling it directly gives what the tokenizer's
+    `__call__` gives for one text without truncation or padding, else `None`: no special-token splitting, and no
+    truncation or fixed-length padding left set on the backend (the `__call__` would clear them)."""
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "split_special_tokens", False):
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or getattr(backend, "encode_special_tokens", True):
+        return None
+    padding = backend.padding
+    if padding is not None and (padding.get("length") is not None or padding.get("pad_to_multiple_of")):
+        return None
+    return backend
+
+
+def _graph_token_splits(tokenizer, graph_token_id: int) -> bool:
+    """Whether the tokenizer's backend splits text at every occurrence of the graph token (a special added token, not
+    `single_word`), read once per tokenizer and vocabulary size."""
+    key = len(tokenizer)
+    cached = _GRAPH_TOKEN_SPLITS.get(tokenizer)
+    if cached is None or cached[0] != key:
+        token = tokenizer.backend_tokenizer.get_added_tokens_decoder().get(graph_token_id)
+        cached = (key, token is not None and bool(token.special) and not token.single_word)
+        _GRAPH_TOKEN_SPLITS[tokenizer] = cached
+    return cached[1]
 
 
 def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]]:
@@ -317,9 +348,69 @@ class LlamoProcessor(ProcessorMixin):
         self, texts: list[str], molecule_counts: list[int], graph_inputs: dict, return_tensors: str | None, **kwargs
     ) -> BatchFeature:
         """Expand, tokenize and check the placeholders of `texts`, then join the graph inputs."""
+        if len(texts) == 1 and return_tensors == "pt":
+            single = self._encode_single(texts[0], molecule_counts[0], graph_inputs, **kwargs)
+            if single is not None:
+                return single
         encoding = self._tokenize([self.expand_placeholders(text)[0] for text in texts], **kwargs)
         self.check_placeholders(encoding["input_ids"], molecule_counts)
         return self._batch(encoding, graph_inputs, return_tensors)
+
+    def _encode_single(
+        self,
+        text: str,
+        molecules: int,
+        graph_inputs: dict[str, torch.Tensor],
+        padding: bool | str = True,
+        truncation: bool | str | None = False,
+        max_length: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        **kwargs,
+    ) -> BatchFeature | None:
+        """
+        One text, encoded by the fast tokenizer's `tokenizers` backend directly: the same `input_ids` and
+        `attention_mask` as `_tokenize` (which reaches the same backend call through the tokenizer's `__call__`) when
+        there is nothing to truncate or pad and the backend holds no truncation or fixed-length padding of its own,
+        in a fraction of the time. Where the graph token is a special added token matched anywhere (not
+        `single_word`), the backend splits the text at each placeholder before reading the text around it, so the
+        text is encoded with one placeholder per molecule, each then repeated `num_graph_tokens` times. Returns `None`
+        (use the general path) in every other case, and where the result is one the general path reports (a missing
+        placeholder) or warns about (more tokens than `model_max_length`).
+        """
+        if kwargs or truncation not in (False, None, "do_not_truncate") or max_length is not None:
+            return None
+        if padding not in (True, False, None, "longest", "do_not_pad"):
+            return None
+        tokenizer = self.tokenizer
+        names = list(getattr(tokenizer, "model_input_names", ()))
+        if names not in (["input_ids", "attention_mask"], ["input_ids"]):
+            return None
+        backend = _direct_backend(tokenizer)
+        if backend is None:
+            return None
+        split = _graph_token_splits(tokenizer, self.graph_token_id)
+        ids = backend.encode(
+            text if split else self.expand_placeholders(text)[0], add_special_tokens=add_special_tokens
+        ).ids
+        if split and molecules:
+            run, expanded, start = [self.graph_token_id] * self.num_graph_tokens, [], 0
+            for _ in range(ids.count(self.graph_token_id)):
+                position = ids.index(self.graph_token_id, start)
+                expanded += ids[start:position]
+                expanded += run
+                start = position + 1
+            ids = expanded + ids[start:]
+        if ids.count(self.graph_token_id) != molecules * self.num_graph_tokens:
+            return None
+        limit = getattr(tokenizer, "model_max_length", None)
+        if limit is not None and len(ids) > limit:
+            return None
+        data = {"input_ids": torch.from_numpy(np.array([ids], dtype=np.int64))}
+        if "attention_mask" in names:
+            data["attention_mask"] = torch.from_numpy(np.ones((1, len(ids)), dtype=np.int64))
+        data.update(graph_inputs)
+        return BatchFeature(data)
 
     def _tokenize(self, texts: list[str], padding: bool | str = True, padding_side: str | None = None, **kwargs):
         if padding and self.tokenizer.pad_token is None:

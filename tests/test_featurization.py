@@ -5,6 +5,7 @@ import pytest
 import torch
 from rdkit import Chem
 
+from llamo import featurization_llamo
 from llamo.featurization_llamo import (
     ATOM_FEATURE_SIZES,
     BOND_FEATURE_SIZES,
@@ -139,3 +140,134 @@ def test_prompt_smiles_is_canonical_non_isomeric_and_cut():
     assert prompt_smiles(mol) == "CC(N)C(=O)O"
     assert len(prompt_smiles(Chem.MolFromSmiles("C" * 300))) == 128
     assert prompt_smiles(Chem.MolFromSmiles("C" * 300), None) == "C" * 300
+
+
+# SMILES whose atoms and bonds carry what the scan's shortcuts skip or read another way: chirality (tetrahedral,
+# allene, square planar, ...), radicals, bond stereo, dative and quadruple bonds, charges, isotopes, explicit and
+# bracket hydrogens, CXSMILES extensions, metals, dummy atoms and acetal-like carbons.
+SHORTCUT_SMILES = [
+    "C/C=C/C",
+    "C/C=C\\C",
+    "C1CC/C=C/CCC1",
+    "C/1=C/CCCCCC1",
+    "[H]/C(F)=C(\\F)[H]",
+    "C[C@H](N)O",
+    "N[C@@H](C)C(=O)O",
+    "C1CC[C@H]2CCCC[C@@H]2C1",
+    "CC=[C@AL1]=CC",
+    "F[Pt@SP1](Cl)(Br)I",
+    "O[As@TB1](F)(Cl)(Br)N",
+    "O[Co@OH1](F)(Cl)(Br)(I)N",
+    "C[S@@](=O)c1ccccc1",
+    "[CH3]",
+    "[O]",
+    "C[CH2]",
+    "[N]=O",
+    "[C]",
+    "[CH]",
+    "[Si]",
+    "[NH3]->[Pt](<-[NH3])(Cl)Cl",
+    "C->[Fe]",
+    "[Mo]$[Mo]",
+    "C[C@H](F)Cl |&1:1|",
+    "CC=CC |w:1.0|",
+    "C[CH2] |^1:1|",
+    "[NH4+]",
+    "CN(=O)=O",
+    "OCl(=O)(=O)=O",
+    "F[P-](F)(F)(F)(F)F",
+    "[C-]#[O+]",
+    "[2H]C([2H])([2H])O",
+    "[13CH4]",
+    "[3H][3H]",
+    "[H]C([H])([H])[H]",
+    "[H][H]",
+    "[H+]",
+    "[Na+].[Cl-]",
+    "C[Mg]Br",
+    "[*]C",
+    "*CC*",
+    "[1*]C",
+    "OC(O)C",
+    "CC1(O)OCCO1",
+    "C(O)(N)S",
+    "c1cc[nH]c1",
+    "[se]1cccc1",
+    "C1=CC=CC=C1",
+    "N#N",
+    "C=C=C",
+    "C" * 15,
+]
+
+
+def _plain_features(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The OGB features read the plain way: every getter of every atom and bond, nothing inferred."""
+    atoms = []
+    for atom in mol.GetAtoms():
+        z, degree, charge = atom.GetAtomicNum(), atom.GetTotalDegree(), atom.GetFormalCharge()
+        hs, radicals = atom.GetTotalNumHs(), atom.GetNumRadicalElectrons()
+        atoms.append(
+            [
+                z - 1 if 1 <= z <= 118 else 118,
+                featurization_llamo._CHIRALITY.get(atom.GetChiralTag(), 3),
+                min(degree, 11),
+                charge + 5 if -5 <= charge <= 5 else 11,
+                min(hs, 9),
+                min(radicals, 5),
+                featurization_llamo._HYBRIDIZATION.get(atom.GetHybridization(), 5),
+                int(atom.GetIsAromatic()),
+                int(atom.IsInRing()),
+            ]
+        )
+    edges, bonds = [], []
+    for bond in mol.GetBonds():
+        row = [
+            featurization_llamo._BOND_TYPE.get(bond.GetBondType(), 4),
+            featurization_llamo._BOND_STEREO.get(bond.GetStereo(), 5),
+            int(bond.GetIsConjugated()),
+        ]
+        begin, end = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        edges += [(begin, end), (end, begin)]
+        bonds += [row, row]
+    return (
+        np.array(atoms, dtype=np.int64).reshape(-1, 9),
+        np.array(edges, dtype=np.int64).reshape(-1, 2).T,
+        np.array(bonds, dtype=np.int64).reshape(-1, 3),
+    )
+
+
+def test_scan_shortcuts_give_the_plain_getters_features():
+    """Degrees counted from bonds, ring membership from the ring perception, bond types from bond orders, and the
+    getters the SMILES text rules out: the features equal those read with every getter, with or without the text."""
+    smiles_list = SHORTCUT_SMILES + [row["smiles"] for row in golden_rows()]
+    for smiles in smiles_list:
+        mol = Chem.MolFromSmiles(smiles)
+        assert mol is not None, smiles
+        expected = _plain_features(mol)
+        from_text = featurize_smiles(smiles)
+        from_mol = featurize_molecule(mol)
+        for graph in (from_text, from_mol):
+            for got, want in zip((graph.atom_features, graph.edge_index, graph.edge_features), expected, strict=True):
+                assert got.dtype == want.dtype and got.shape == want.shape and got.flags.c_contiguous, smiles
+                assert np.array_equal(got, want), smiles
+        assert np.array_equal(from_text.motif_features, from_mol.motif_features), smiles
+
+
+def test_smiles_text_hints():
+    read = featurization_llamo._read_smiles_text
+    text = read("C[C@H](N)[NH3+]")
+    assert (text.atoms, text.bracket_atoms, text.chiral_atoms, text.hydrogens, text.plain) == (
+        4,
+        (1, 3),
+        (1,),
+        False,
+        True,
+    )
+    assert read("[H]C").hydrogens and not read("CC |^1:1|").plain
+    assert read("C/C=C/C").directional_bonds and not read("CC").directional_bonds
+    assert read("C->[Fe]").dative_bonds and not read("CC").dative_bonds
+    # text that cannot describe the molecule atom by atom (another atom count, an extension) is not used
+    mol = Chem.MolFromSmiles("C[C@H](N)O")
+    for wrong in ("CC(N)O.C", "C[CH](N)O |^1:1|", "[2H]C[C@H](N)O"):
+        graph = featurize_molecule(mol, rings_from_sanitization=True, parsed_from=wrong)
+        assert np.array_equal(graph.atom_features, _plain_features(mol)[0]), wrong

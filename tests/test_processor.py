@@ -1,8 +1,11 @@
 import pytest
 import torch
 from rdkit import Chem
+from tokenizers import AddedToken
 
-from llamo import LlamoProcessor
+from llamo import LlamoProcessor, processing_llamo
+from llamo.feature_extraction_llamo import collate_sequence_molecules
+from llamo.featurization_llamo import collate_molecule_graphs, featurize_smiles
 from llamo.processing_llamo import LLAMA2_CHAT_TEMPLATE
 
 from .conftest import CHATML_TEMPLATE, SMILES, make_tokenizer, molecule_messages
@@ -357,3 +360,112 @@ def test_chat_template_choice_accepts_names_files_and_long_template_strings(tmp_
     assert resolve_chat_template(str(file), tokenizer) == CHATML_TEMPLATE
     with pytest.raises(FileNotFoundError, match=r"missing\.jinja"):
         resolve_chat_template(str(tmp_path / "missing.jinja"), tokenizer)
+
+
+def _outcome(call, processor) -> object:
+    try:
+        return call(processor)
+    except ValueError as error:
+        return str(error)
+
+
+def _graph_tokenizer(token: AddedToken | str) -> object:
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens([token], special_tokens=isinstance(token, str))
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    ("graph_token", "splits"),
+    [
+        ("<graph>", True),  # special added token, as `llamo init` adds it
+        (AddedToken("<graph>", special=False, normalized=False), False),
+        (AddedToken("<graph>", special=True, single_word=True), False),
+    ],
+)
+def test_one_prompt_shortcut_gives_the_general_paths_output(graph_token, splits, monkeypatch):
+    """One prompt is encoded by the tokenizer's backend directly (where the graph token splits the text, with one
+    placeholder per molecule, expanded afterwards): the same input_ids, attention_mask and graph tensors as the
+    general path through the tokenizer's `__call__`."""
+    for chat_template in ("llama2", None):
+        proc = LlamoProcessor(_graph_tokenizer(graph_token), chat_template=chat_template, num_graph_tokens=5)
+        assert processing_llamo._graph_token_splits(proc.tokenizer, proc.graph_token_id) is splits
+        conversations = [
+            molecule_messages(SMILES["aspirin"]),
+            molecule_messages("C"),
+            [{"role": "user", "content": [{"type": "text", "text": "No molecule, <b>hi</b>."}]}],
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "molecule", "smiles": "CCO"},
+                        {"type": "molecule", "smiles": "[Na+].[Cl-]"},
+                        {"type": "text", "text": "Compare\n them."},
+                    ],
+                }
+            ],
+        ]
+        calls = [
+            lambda p, c=c: p.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)
+            for c in conversations
+        ]
+        calls.append(lambda p: p(text="CCO<graph>  and<graph>", smiles=["CCO", "N"]))
+        calls.append(lambda p: p(text="<graph>", smiles="CC", padding=False, add_special_tokens=False))
+        direct = [_outcome(call, proc) for call in calls]
+        with monkeypatch.context() as patch:
+            patch.setattr(processing_llamo, "_direct_backend", lambda tokenizer: None)
+            general = [_outcome(call, proc) for call in calls]
+        for fast, slow in zip(direct, general, strict=True):
+            if isinstance(slow, str):  # a single_word graph token is not matched after a SMILES: both paths say so
+                assert fast == slow
+                continue
+            assert list(fast) == list(slow)
+            for name in slow:
+                assert fast[name].dtype == slow[name].dtype and torch.equal(fast[name], slow[name]), name
+
+
+def test_one_prompt_shortcut_is_taken_only_where_it_is_exact(processor, monkeypatch):
+    tokenizer = processor.tokenizer
+    calls = []
+    real = type(tokenizer).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counting)
+    processor.apply_chat_template(molecule_messages("CCO"), add_generation_prompt=True, tokenize=True)
+    processor(text="CCO<graph> hi", smiles="CCO")
+    assert calls == []  # one prompt, nothing to truncate: the backend directly
+    processor(text="CCO<graph> hi", smiles="CCO", return_tensors="np")
+    processor(text="CCO<graph> hi", smiles="CCO", truncation=True, max_length=64)
+    processor(text=["CCO<graph> hi", "C<graph>"], smiles=["CCO", "C"])
+    assert len(calls) == 3
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(8)
+    try:
+        assert processing_llamo._direct_backend(tokenizer) is None  # the tokenizer's __call__ would clear it
+    finally:
+        backend.no_truncation()
+    backend.enable_padding(length=300)
+    try:
+        assert processing_llamo._direct_backend(tokenizer) is None
+    finally:
+        backend.no_padding()
+    # a placeholder lost in the text is reported by the general path, as before
+    with pytest.raises(ValueError, match="holds 2 <graph> placeholders but 1 molecules"):
+        processor(text="CCO<graph><graph>", smiles="CCO")
+
+
+def test_sequence_collation_pads_each_molecule_in_its_slot():
+    graphs = [featurize_smiles(SMILES[name]) for name in ("aspirin", "methane", "salt", "caffeine")]
+    batch = collate_sequence_molecules([[graphs[0], graphs[1]], [], [graphs[2]], [graphs[3], graphs[2]]])
+    flat = collate_molecule_graphs([*graphs, graphs[2]])
+    slots = [(0, 0), (0, 1), (2, 0), (3, 0), (3, 1)]
+    for name, value in batch.items():
+        assert value.shape[:2] == (4, 2) and value.shape[2:] == flat[name].shape[1:] and value.is_contiguous()
+        assert value.dtype == flat[name].dtype
+        for index, (row, slot) in enumerate(slots):
+            assert torch.equal(value[row, slot], flat[name][index]), name
+        assert not value[1].any() and not value[2, 1].any()
