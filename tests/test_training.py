@@ -23,6 +23,7 @@ from llamo import LlamoForConditionalGeneration, LlamoProcessor
 from llamo.builder import build_llamo, save_llamo
 from llamo.processing.collators import IGNORE_INDEX, LlamoDataCollator
 from llamo.processing.schema import make_record
+from llamo.training import common as training_common
 from llamo.training import stage1, stage2
 from llamo.training.common import (
     ACCELERATE_DIR,
@@ -631,7 +632,7 @@ def chained_bf16_run(stage1_run, workdir, toy_pairs):
     gradient checkpointing and bf16 autocast (on the CPU here). Returns the run folder and its trainer."""
     trainers = []
 
-    class RecordingTrainer(stage2.LlamoSFTTrainer):
+    class RecordingTrainer(training_common.LlamoSFTTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             trainers.append(self)
@@ -654,7 +655,7 @@ def chained_bf16_run(stage1_run, workdir, toy_pairs):
         ),
     )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stage2, "LlamoSFTTrainer", RecordingTrainer)
+        patch.setattr(training_common, "LlamoSFTTrainer", RecordingTrainer)
         output = stage2.main(*config, log=lambda *a: None)
     return output, trainers[0]
 

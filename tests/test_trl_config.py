@@ -17,7 +17,7 @@ import yaml
 
 from llamo import LlamoForConditionalGeneration
 from llamo.processing.schema import make_record
-from llamo.training import stage1
+from llamo.training import common as training_common
 from llamo.training.common import RUN_CONFIG, lora_config, prepare_run_dir
 from llamo.training.config import LEGACY_KEYS, STAGE_DEFAULTS, DataSourceConfig, stage_arguments, stage_help
 
@@ -51,7 +51,7 @@ def test_recipe_and_command_line_flags_of_sftconfig_reach_the_trainer(
 
     trainers = []
 
-    class RecordingTrainer(stage1.LlamoSFTTrainer):
+    class RecordingTrainer(training_common.LlamoSFTTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             trainers.append(self)
@@ -73,7 +73,7 @@ def test_recipe_and_command_line_flags_of_sftconfig_reach_the_trainer(
             }
         )
     )
-    monkeypatch.setattr(stage1, "LlamoSFTTrainer", RecordingTrainer)
+    monkeypatch.setattr(training_common, "LlamoSFTTrainer", RecordingTrainer)
     flags = ["--max_grad_norm", "0.5", "--lr_scheduler_type", "linear", "--warmup_steps", "0", "--seed", "7"]
     output = tmp_path / "run"
     argv = ["train", "stage1", "--config", str(recipe), "--output_dir", str(output), *flags]

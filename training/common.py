@@ -119,6 +119,33 @@ class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
     checkpoint and says so (`CheckpointSpaceMixin`)."""
 
 
+def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None):
+    """Run `LlamoSFTTrainer` (LLaMo's collator; resumes from `checkpoint` unless `resume_from_checkpoint` is given;
+    SIGTERM / Ctrl-C save a checkpoint and exit). Returns the trainer, `train()`'s output and the wall seconds."""
+    import time
+
+    from llamo.processing.collators import LlamoDataCollator
+
+    from .interrupt import GracefulInterrupt
+
+    trainer = LlamoSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=LlamoDataCollator(processor, max_length=training_args.max_length),
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    interrupt = GracefulInterrupt(log)
+    trainer.add_callback(interrupt)
+    resume = training_args.resume_from_checkpoint or (str(checkpoint) if checkpoint else None)
+    started = time.time()
+    with interrupt:
+        result = trainer.train(resume_from_checkpoint=resume)
+    interrupt.exit_if_interrupted(trainer.state)
+    return trainer, result, time.time() - started
+
+
 def checkpoint_is_complete(folder: Path) -> bool:
     """A Trainer checkpoint is complete once its `trainer_state.json` (written last) exists and parses (and no
     transformers JIT-checkpoint marker says it is still being written)."""
@@ -307,5 +334,6 @@ __all__ = [
     "prepare_run_dir",
     "resolve_recipe_argument",
     "run_settings",
+    "train",
     "write_summary",
 ]

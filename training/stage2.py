@@ -14,27 +14,24 @@ current step and exits; the same command resumes from it.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llamo.processing.collators import LlamoDataCollator
 from llamo.storage import disk_full_guard, exit_on_disk_full
 
 from .common import (
     FINAL_SAVE_KEPT,
-    LlamoSFTTrainer,
     distributed_state,
     load_for_training,
     lora_config,
     prepare_run_dir,
     state_bytes,
+    train,
     write_summary,
 )
 from .config import Stage2Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
-from .interrupt import GracefulInterrupt
 
 
 def continued_adapter(model, adapter_path: str, log=print):
@@ -69,21 +66,9 @@ def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: Mod
     with state.main_process_first():
         dataset, reports = build_training_dataset(arguments, log)
 
-    trainer = LlamoSFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=LlamoDataCollator(processor, max_length=training_args.max_length),
-        processing_class=processor,
-        peft_config=peft_config,
+    trainer, result, wall_seconds = train(
+        model, processor, training_args, dataset, checkpoint, log, peft_config=peft_config
     )
-    interrupt = GracefulInterrupt(log)
-    trainer.add_callback(interrupt)
-    resume = training_args.resume_from_checkpoint or (str(checkpoint) if checkpoint else None)
-    started = time.time()
-    with interrupt:
-        result = trainer.train(resume_from_checkpoint=resume)
-    interrupt.exit_if_interrupted(trainer.state)
     with disk_full_guard(
         output_dir, "the final adapter and merged model", lambda: state_bytes(trainer.model), FINAL_SAVE_KEPT
     ):
@@ -104,7 +89,7 @@ def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: Mod
                     "metrics": result.metrics,
                     "global_step": trainer.state.global_step,
                     "trainable_parameters": trainable,
-                    "wall_seconds": time.time() - started,
+                    "wall_seconds": wall_seconds,
                     "resumed_from": checkpoint.name if checkpoint else None,
                     "data": [report.to_dict() for report in reports],
                 },
