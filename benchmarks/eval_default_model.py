@@ -94,15 +94,15 @@ def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
     pipeline = load_pipeline(config.recipe, {"chebi20": config.chebi20})
     stage1, _ = stage_configs(pipeline)
     rounds = stage2_rounds(pipeline)
-    stage2 = rounds[0]
-    cache = Path(stage2.data_cache_dir) if stage2.data_cache_dir else default_cache_dir()
+    script = rounds[0].script
+    cache = Path(script.data_cache_dir) if script.data_cache_dir else default_cache_dir()
     chosen = {}
-    first_sources = stage1.sources if stage1 is not None else []
-    for source in [*first_sources, *(source for stage in rounds for source in stage.sources)]:
+    first_sources = stage1.script.sources if stage1 is not None else []
+    for source in [*first_sources, *(source for stage in rounds for source in stage.script.sources)]:
         task = TASK_OF_SOURCE.get(source.type)
         if task is None:
             continue
-        featurized, _ = prepare_source(source, cache, stage2.max_atoms, stage2.num_proc)
+        featurized, _ = prepare_source(source, cache, script.max_atoms, rounds[0].training.dataset_num_proc or 1)
         if task not in chosen or len(featurized) > len(chosen[task][1]):
             chosen[task] = (source, featurized)
     splits = {}
