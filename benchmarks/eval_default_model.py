@@ -70,7 +70,6 @@ class EvalConfig:
     max_rows: int | None = None
     neighbours: int = 0
     verify_names: bool = True
-    answer_no_repeat_ngram_size: int | None = None
     answer_loop_repeats: int | None = None
     runs: list[str] | None = None
 
@@ -196,7 +195,6 @@ def main(config: EvalConfig) -> dict:
                 index=run_index,
                 neighbours=config.neighbours,
                 verify_names=name == "model, verified names",
-                answer_no_repeat_ngram_size=None if trained else config.answer_no_repeat_ngram_size,
                 answer_loop_repeats=None if trained else config.answer_loop_repeats,
             )
             rows[name] = headline(evaluate(settings), task)
@@ -247,11 +245,6 @@ if __name__ == "__main__":
     parser.add_argument("--neighbours", type=int, default=0, help="answer with this many index neighbours (0: none)")
     parser.add_argument(
         "--no-verify-names", dest="verify_names", action="store_false", help="skip the OPSIN-reranked naming run"
-    )
-    parser.add_argument(
-        "--answer-no-repeat-ngram-size",
-        type=int,
-        help="no n-gram of this size twice in an answer (0: off; default: the model's generation config)",
     )
     parser.add_argument(
         "--answer-loop-repeats",

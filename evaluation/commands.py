@@ -45,11 +45,6 @@ def _add_evaluate_parser(subparsers) -> None:
     decoding.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
     decoding.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --do-sample)")
     decoding.add_argument(
-        "--answer-no-repeat-ngram-size",
-        type=int,
-        help="no n-gram of this size twice in an answer, the prompt not counted (0: off; default: the model's own)",
-    )
-    decoding.add_argument(
         "--answer-loop-repeats",
         type=int,
         help="end an answer that repeats one block this many times in a row (0: off; default: the model's own)",

@@ -108,8 +108,6 @@ class EvaluationConfig:
         index: a molecule index (folder or Hub id, `llamo index build`): the model gets the `neighbours` most
             similar entries as in-context examples, and the `retrieval` baseline copies from it. It must hold none of
             the evaluated molecules (checked by InChIKey; the run is refused otherwise).
-        answer_no_repeat_ngram_size: ban repeated n-grams of this size within an answer (the prompt is not counted;
-            0: off; None: the model's generation config decides).
         answer_loop_repeats: end an answer once it repeats one block this many times in a row (0: off; None: the
             model's generation config decides; the default model ships 3).
         verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
@@ -131,7 +129,6 @@ class EvaluationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
-    answer_no_repeat_ngram_size: int | None = None
     answer_loop_repeats: int | None = None
     baseline: str | None = None
     train_data: str | None = None
@@ -189,9 +186,8 @@ class EvaluationConfig:
         }
         if self.do_sample:
             settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
-        for name in ("answer_no_repeat_ngram_size", "answer_loop_repeats"):
-            if getattr(self, name) is not None:
-                settings[name] = getattr(self, name)
+        if self.answer_loop_repeats is not None:
+            settings["answer_loop_repeats"] = self.answer_loop_repeats
         if self.verify_names:
             from llamo.pipeline_llamo import VERIFY_CANDIDATES
 
@@ -209,9 +205,8 @@ class EvaluationConfig:
             kwargs["min_new_tokens"] = self.min_new_tokens
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
-        for name in ("answer_no_repeat_ngram_size", "answer_loop_repeats"):
-            if getattr(self, name) is not None:
-                kwargs[name] = getattr(self, name)
+        if self.answer_loop_repeats is not None:
+            kwargs["answer_loop_repeats"] = self.answer_loop_repeats
         return kwargs
 
 

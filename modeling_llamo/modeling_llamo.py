@@ -17,7 +17,7 @@ from torch_geometric.nn import GINEConv
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.generation import LogitsProcessor, LogitsProcessorList, NoRepeatNGramLogitsProcessor
+from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
@@ -475,29 +475,6 @@ class LlamoModel(LlamoPreTrainedModel):
         )
 
 
-class AnswerNoRepeatNGramLogitsProcessor(LogitsProcessor):
-    """transformers' `NoRepeatNGramLogitsProcessor` applied to the generated tokens only.
-
-    The plain processor bans every n-gram of the whole sequence, prompt included, which forbids copying a phrase from
-    a neighbour's answer in the prompt (the point of molecules in context). This one records the prompt length at its
-    first call and bans only n-grams that the answer itself already contains: it stops an answer from looping without
-    touching what the answer may take from the prompt.
-    """
-
-    def __init__(self, ngram_size: int):
-        if not isinstance(ngram_size, int) or ngram_size < 1:
-            raise ValueError(f"answer_no_repeat_ngram_size must be a positive integer, got {ngram_size!r}")
-        self.inner = NoRepeatNGramLogitsProcessor(ngram_size)
-        self.prompt_length: int | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """`input_ids` `(B, L)` prompt + answer so far, `scores` `(B, vocab)`; returns the scores with banned tokens at
-        `-inf`."""
-        if self.prompt_length is None:
-            self.prompt_length = input_ids.shape[1]
-        return self.inner(input_ids[:, self.prompt_length :], scores)
-
-
 class AnswerLoopStopLogitsProcessor(LogitsProcessor):
     """Ends an answer that has fallen into a loop: once the answer ends with the same block of 1 to `max_period` tokens
     repeated `repeats` times in a row (and at least `min_tokens` tokens in all), only end-of-sequence is allowed.
@@ -669,22 +646,14 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         )
 
     def generate(self, *args, logits_processor: LogitsProcessorList | None = None, **kwargs):
-        """`GenerationMixin.generate`, plus two LLaMo settings, each a keyword or else an attribute of the generation
-        config (`None` or 0: off):
-
-        - `answer_no_repeat_ngram_size`: no n-gram of that size twice in the answer, the prompt not counted
-          (`AnswerNoRepeatNGramLogitsProcessor`);
-        - `answer_loop_repeats`: the answer ends once it repeats one block that many times in a row
-          (`AnswerLoopStopLogitsProcessor`).
+        """`GenerationMixin.generate`, plus one LLaMo setting, a keyword or else an attribute of the generation config
+        (`None` or 0: off): `answer_loop_repeats`, the answer ends once it repeats one block that many times in a row
+        (`AnswerLoopStopLogitsProcessor`).
         """
         config = kwargs.get("generation_config") or self.generation_config
         processors = list(logits_processor or [])
-        size, repeats = (
-            kwargs.pop(name, getattr(config, name, getattr(self.generation_config, name, None)))
-            for name in ("answer_no_repeat_ngram_size", "answer_loop_repeats")
-        )
-        if size:
-            processors.append(AnswerNoRepeatNGramLogitsProcessor(size))
+        name = "answer_loop_repeats"
+        repeats = kwargs.pop(name, getattr(config, name, getattr(self.generation_config, name, None)))
         if repeats:
             eos = config.eos_token_id if config.eos_token_id is not None else self.generation_config.eos_token_id
             if eos is None:
@@ -730,7 +699,6 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "AnswerLoopStopLogitsProcessor",
-    "AnswerNoRepeatNGramLogitsProcessor",
     "LlamoForConditionalGeneration",
     "LlamoModel",
     "LlamoPreTrainedModel",

@@ -603,7 +603,7 @@ def test_evaluation_answers_as_the_pipeline_does(tmp_path, tiny_llamo, tiny_llam
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu")
     rows = [*eval_rows[:2], eval_rows[-1], qa_row("n:1", "CCO", "iupac", "ethanol")]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
-    settings = {"max_new_tokens": 5, "num_beams": 2, "answer_no_repeat_ngram_size": 2}
+    settings = {"max_new_tokens": 32, "num_beams": 2, "answer_loop_repeats": 2}  # the guard ends the first answer
     evaluate(
         run_config(tmp_path / "out", tiny_llamo_dir, data, batch_size=4, **settings), model=model, processor=processor
     )

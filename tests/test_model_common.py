@@ -4,7 +4,6 @@ LLaMo: a tiny model built from a config, graph inputs in the batch-first `(B, M,
 from __future__ import annotations
 
 import copy
-import itertools
 import re
 import warnings
 from collections.abc import Iterator
@@ -500,41 +499,6 @@ def test_forward_compiles(model, inputs, fresh_dynamo):
         torch.testing.assert_close(with_breaks(**inputs).logits, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_answer_no_repeat_ngram_bans_answer_repeats_but_not_prompt_copies():
-    from llamo.modeling_llamo import AnswerNoRepeatNGramLogitsProcessor
-
-    guard = AnswerNoRepeatNGramLogitsProcessor(2)
-    scores = torch.zeros(1, 10)
-    prompt = torch.tensor([[3, 4, 5]])
-    assert torch.isfinite(guard(prompt, scores)).all()
-    # the prompt holds the bigram (3, 4); the answer so far is (3,): copying 4 from the prompt stays allowed
-    assert torch.isfinite(guard(torch.tensor([[3, 4, 5, 3]]), scores)).all()
-    # the answer (3, 4, 3) already holds (3, 4): 4 is banned, nothing else
-    banned = guard(torch.tensor([[3, 4, 5, 3, 4, 3]]), scores)
-    assert torch.isinf(banned[0, 4]) and torch.isfinite(banned[0, torch.arange(10) != 4]).all()
-    with pytest.raises(ValueError, match="answer_no_repeat_ngram_size"):
-        AnswerNoRepeatNGramLogitsProcessor(0)
-
-
-def _bigrams(tokens: list[int]) -> list[tuple[int, int]]:
-    return list(itertools.pairwise(tokens))
-
-
-def test_generate_applies_answer_no_repeat_ngram_size_from_kwarg_and_config(model, single):
-    length = single["input_ids"].shape[1]
-    settings = {"do_sample": False, "max_new_tokens": 24, "min_new_tokens": 24}
-    plain = model.generate(**single, **settings)[0, length:].tolist()
-    assert len(set(_bigrams(plain))) < len(_bigrams(plain)), "the tiny model should repeat itself"
-    guarded = model.generate(**single, **settings, answer_no_repeat_ngram_size=2)[0, length:].tolist()
-    assert len(set(_bigrams(guarded))) == len(_bigrams(guarded))
-    assert model.generate(**single, **settings, answer_no_repeat_ngram_size=0)[0, length:].tolist() == plain
-    model.generation_config.answer_no_repeat_ngram_size = 2
-    try:
-        assert model.generate(**single, **settings)[0, length:].tolist() == guarded
-    finally:
-        del model.generation_config.answer_no_repeat_ngram_size
-
-
 def test_answer_loop_stop_finds_blocks_repeated_in_a_row():
     from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
 
@@ -572,3 +536,19 @@ def test_generate_ends_a_looping_answer(model, single):
     assert len(stopped) < len(plain) and stopped[-1].item() == 2
     assert stopped[:-1].tolist() == plain[: len(stopped) - 1].tolist()
     assert detector.looping(stopped[None, :-1]).item()
+
+
+def test_generate_reads_answer_loop_repeats_from_kwarg_and_config(model, single):
+    """The keyword wins over the generation config's attribute; 0 turns the guard off."""
+    length = single["input_ids"].shape[1]
+    settings = {"do_sample": False, "max_new_tokens": 60, "eos_token_id": 2, "pad_token_id": PAD_TOKEN_ID}
+    plain = model.generate(**single, **settings)[0, length:].tolist()
+    stopped = model.generate(**single, **settings, answer_loop_repeats=3)[0, length:].tolist()
+    assert len(stopped) < len(plain), "the tiny model should loop"
+    assert model.generate(**single, **settings, answer_loop_repeats=0)[0, length:].tolist() == plain
+    model.generation_config.answer_loop_repeats = 3
+    try:
+        assert model.generate(**single, **settings)[0, length:].tolist() == stopped
+        assert model.generate(**single, **settings, answer_loop_repeats=0)[0, length:].tolist() == plain
+    finally:
+        del model.generation_config.answer_loop_repeats
