@@ -19,8 +19,6 @@ from llamo.convert_llamo_original_to_hf import (
     level_attention_differences,
     load_checkpoint_state_dict,
     merge_lora,
-    pickle_globals,
-    refused_globals,
     split_original_state_dict,
 )
 
@@ -42,7 +40,5 @@ __all__ = [
     "level_attention_differences",
     "load_checkpoint_state_dict",
     "merge_lora",
-    "pickle_globals",
-    "refused_globals",
     "split_original_state_dict",
 ]

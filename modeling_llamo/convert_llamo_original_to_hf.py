@@ -2,43 +2,30 @@
 
     python -m llamo.convert_llamo_original_to_hf CKPT OUT_DIR --llm BASE_LLM_FOLDER [--keep-adapter]
 
-or `llamo convert-original` (which also takes the model card's options). Like transformers' `convert_*_to_hf.py`
-scripts: functions for each part, and a `main`.
+or `llamo convert-original` (which also takes the model card's options), like transformers' `convert_*_to_hf.py`.
 
-The original checkpoint holds everything under `mllm.`:
+The checkpoint holds, under `mllm.`: the GIN (`graph_model.molecule_node_model.*`), the projector (`abstractor.*`, whose
+six `cross_attention.i` copies are identical when one module is shared by all levels), `ln_graph_model.*` (unused at
+run time: skipped) and LLaMA-2 wrapped by PEFT 0.9 LoRA on q_proj and v_proj (`language_model.base_model.model.*`,
+LoRA layers as `X.base_layer`, `X.lora_A.default`, `X.lora_B.default`) with LLaMA-2's 32000 tokens plus `<pad>`. The
+base LLM folder gives the LLM's configuration, tokenizer and generation settings; its weights are not read.
 
-- the GIN under `mllm.graph_model.molecule_node_model.*` and the projector under `mllm.abstractor.*` (with six
-  identical `cross_attention.i` copies when one attention module is shared by all levels); `mllm.ln_graph_model.*`
-  is saved but never used at run time, so it is skipped;
-- the whole LLaMA-2 wrapped by PEFT 0.9 LoRA on q_proj and v_proj (`mllm.language_model.base_model.model.model.*`,
-  `...lm_head.weight`; LoRA layers as `X.base_layer.weight`, `X.lora_A.default.weight`, `X.lora_B.default.weight`),
-  with a 32001-token vocabulary (LLaMA-2's 32000 plus `<pad>`).
+The result: motif tokens first, one shared level attention (six per-level modules, `share_level_attention=False`, and
+a warning when the copies differ), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt (chat template
+`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`. Released LoRA settings:
+r 8 (read from the weights), alpha 32 and dropout 0.05; the alpha cannot be read from the checkpoint (the released
+code ignores its own LoRA flags, so the saved hyper-parameters may not be the ones used).
 
-The base LLM folder gives the LLM's configuration, tokenizer and generation settings; its weights are not read, since
-the checkpoint holds them (the original also trained the token embeddings).
-
-The result is this project's format: motif tokens first, one level attention shared when the checkpoint's six
-copies are identical (the release; copies that differ are kept as six per-level modules, `share_level_attention=False`,
-and a warning says so), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt as the chat template
-(`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`.
-
-Released LoRA settings: r 8 (read from the weights), alpha 32 and dropout 0.05. The alpha cannot be read from the
-checkpoint: the released code ignores its own LoRA command-line flags, so the hyper-parameters saved with the
-checkpoint may not be the ones used. Pass another alpha only for a checkpoint trained with other settings.
-
-Only the standard library is imported at the top (`llamo convert-original --help` uses `add_conversion_arguments`);
-torch, transformers and the model are imported by the functions that need them.
+Only the standard library is imported at the top (`llamo convert-original --help` uses `add_conversion_arguments`).
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import argparse
+import contextlib
 import logging
 import pickle
-import pickletools
 import re
-import struct
 import sys
 import zipfile
 from collections.abc import Mapping
@@ -68,7 +55,7 @@ GRAPH_TOKEN = "<graph>"
 EMBEDDING_KEY = "model.language_model.embed_tokens.weight"
 
 _LEVEL_ATTENTION = re.compile(r"cross_attention\.(\d+)\.(.+)")
-_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.(?P<adapter>[^.]+)\.weight")
+_LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])\.default\.weight")
 _BASE_LAYER_KEY = re.compile(r"(?P<module>.+)\.base_layer\.(?P<param>weight|bias)")
 _NON_PERSISTENT = re.compile(r".+\.rotary_emb\.inv_freq")
 _PEFT_ONLY = ("lora_", "modules_to_save", "original_module", "lora_magnitude_vector")
@@ -84,11 +71,6 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that only a full unpickle can read, refused without `unsafe_unpickle`."""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading the checkpoint
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 def _names(keys, limit: int = 20) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -96,14 +78,10 @@ def _names(keys, limit: int = 20) -> str:
 
 
 def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) -> dict[str, Any]:
-    """
-    The `state_dict` of an original checkpoint: a Lightning `.ckpt` (tensors under `state_dict`), a pickled state
-    dict, or a `.safetensors` file in the original key layout.
-
-    Pickles are read with `torch.load(weights_only=True)`. A checkpoint that also stores Python objects (Lightning
-    saves hyper-parameters) needs a full unpickle, which runs code from the file: it is done only with
-    `unsafe_unpickle=True`.
-    """
+    """The `state_dict` of an original checkpoint: a Lightning `.ckpt` (tensors under `state_dict`), a pickled state
+    dict, or a `.safetensors` file in the original key layout. Pickles are read with `torch.load(weights_only=True)`;
+    one that also stores Python objects (Lightning saves hyper-parameters) is refused, naming what it would call,
+    unless `unsafe_unpickle=True`: a full unpickle runs code from the file."""
     import torch
 
     path = Path(path)
@@ -118,147 +96,102 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
         from safetensors.torch import load_file
 
         return load_file(path)
+    damaged = f"{path} is not a PyTorch checkpoint, or it is damaged"
     mmap = zipfile.is_zipfile(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        loaded = _load_refused_pickle(path, error, unsafe_unpickle, mmap)
+        refused = _refused_globals(path, error)
+        if refused is None:
+            raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
+        if not unsafe_unpickle:
+            raise UnsafeCheckpointError(_refusal_message(path, error, refused)) from None
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception as full_error:
+            raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
+        raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
     return _state_dict_of(loaded, path)
 
 
-def _load_refused_pickle(path: Path, error: pickle.UnpicklingError, unsafe_unpickle: bool, mmap: bool) -> Any:
-    """
-    After `torch.load(weights_only=True)` refused `path`: a readable pickle is a refusal (it imports something the
-    weights-only unpickler does not allow), read fully only with `unsafe_unpickle`; an unreadable one is damaged.
-    """
+def _refused_globals(path: Path, error: pickle.UnpicklingError) -> list[str] | None:
+    """The globals of `path` that `torch.load(weights_only=True)` refuses; None when it holds no readable pickle."""
     import torch
 
-    imported = pickle_globals(path)
-    if imported is None:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is damaged ({_reason(error)}).") from None
-    if not unsafe_unpickle:
-        raise UnsafeCheckpointError(_refusal_message(path, error, imported)) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except Exception as full_error:
-        raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
+    with contextlib.suppress(Exception):  # torch >= 2.5, for torch.save's zip format
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    named = [name if "." in name else f"builtins.{name}" for name in re.findall(r"GLOBAL ([\w.]+)", str(error))]
+    return named or _pickled_globals(path)
 
 
-# every wording torch's weights-only unpickler uses for the global it refuses (torch/_weights_only_unpickler.py)
-_REFUSED_GLOBAL = re.compile(
-    r"GLOBAL (?P<global>\S+) was not an allowed global"
-    r"|unsupported GLOBAL (?P<blocked>\S+) whose module"
-    r"|Unsupported global: (?:GLOBAL )?(?P<plain>[^\s.]\S*?)\.?(?:\s|$)"
-)
+class _StandIn:
+    """What `_GlobalNames` gives for every global: it takes any arguments and state, and does nothing."""
+
+    def __init__(self, *args, **kwargs): ...
+
+    __setstate__ = __init__
 
 
-def _refusal_message(path: Path, error: pickle.UnpicklingError, imported: list[str]) -> str:
-    named = [next(value for value in found.groups() if value) for found in _REFUSED_GLOBAL.finditer(str(error))]
-    refused = list(dict.fromkeys([*(_builtin_name(name) for name in named), *refused_globals(imported)]))
+class _GlobalNames(pickle.Unpickler):
+    """Adds the globals a pickle names to `names`, giving `_StandIn` for each (the pickle documentation's way of
+    restricting globals): nothing the file names is imported or called."""
+
+    def __init__(self, file, names: list[str]):
+        super().__init__(file)
+        self.names = names
+
+    def find_class(self, module: str, name: str) -> type:
+        self.names.append(f"{module}.{name}")
+        return _StandIn
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def _pickled_globals(path: Path, max_pickles: int = 5) -> list[str] | None:
+    """For a pickle torch's weights-only unpickler cannot parse (e.g. protocol 4): the globals it names that torch
+    does not allow; None when it is no readable pickle."""
+    import torch
+
+    names: list[str] = []
+    read = 0
+    with contextlib.suppress(Exception), _pickle_file(path) as file:
+        while read < max_pickles:  # the legacy torch format: several pickles, then the raw tensor bytes
+            _GlobalNames(file, names).load()
+            read += 1
+    if not read and not names:
+        return None
+    allowed = getattr(torch._weights_only_unpickler, "_get_allowed_globals", dict)()
+    return [name for name in dict.fromkeys(names) if name not in allowed]
+
+
+def _pickle_file(path: Path):
+    """The pickle of a checkpoint: the `data.pkl` of torch's zip format, else the file."""
+    if not zipfile.is_zipfile(path):
+        return open(path, "rb")
+    archive = zipfile.ZipFile(path)
+    return archive.open(next(name for name in archive.namelist() if name.endswith("data.pkl")))
+
+
+def _refusal_message(path: Path, error: pickle.UnpicklingError, refused: list[str]) -> str:
     if not refused:
         return (
             f"{path} is a pickle that torch.load(weights_only=True) refuses ({_reason(error)}). Reading it fully runs "
             "code stored in the file: if you trust its source, pass --unsafe-unpickle (unsafe_unpickle=True)."
         )
-    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
     return (
-        f"{path} holds Python objects besides tensors: unpickling it calls {shown}, which "
+        f"{path} holds Python objects besides tensors: unpickling it calls {_names(refused, 5)}, which "
         "torch.load(weights_only=True) refuses to run. --unsafe-unpickle (unsafe_unpickle=True) would run "
         f"{'them' if len(refused) > 1 else 'it'}: pass it only if you trust the file's source and what it calls."
     )
 
 
-def _builtin_name(name: str) -> str:
-    """`print` (torch's wording for a builtin) -> `builtins.print`; other names unchanged."""
-    return name if "." in name else f"builtins.{name}"
-
-
-def _pickle_streams(path: Path) -> list[Any]:
-    """Open binary streams of the pickles in a checkpoint: the `data.pkl` of a zip checkpoint, else the file (the
-    legacy format holds several pickles one after the other)."""
-    if zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
-        return [archive.open(name) for name in archive.namelist() if name.endswith(".pkl")]
-    return [open(path, "rb")]
-
-
-def pickle_globals(path: str | Path, max_pickles: int = 5) -> list[str] | None:
-    """
-    The `module.name` of every global that unpickling `path` would import (and may call), read from its opcodes
-    without running anything; None when the file holds no readable pickle (damaged, or not a pickle).
-    """
-    try:
-        streams = _pickle_streams(Path(path))
-    except (OSError, zipfile.BadZipFile):
-        return None
-    found: list[str] = []
-    try:
-        for stream in streams:
-            with stream:
-                for index in range(max_pickles):
-                    try:
-                        found += _stream_globals(stream)
-                    except (ValueError, EOFError, UnicodeDecodeError, struct.error):
-                        if index == 0:
-                            return None
-                        break  # the legacy format's raw tensor bytes follow its pickles
-    except (OSError, zipfile.BadZipFile):
-        return None
-    return list(dict.fromkeys(found)) if streams else None
-
-
-def _stream_globals(stream) -> list[str]:
-    """The globals of the one pickle at the stream's position (it is left after that pickle's STOP)."""
-    memo: dict[int, Any] = {}
-    pushed: list[Any] = []
-    found: list[str] = []
-    for opcode, argument, _ in pickletools.genops(stream):
-        name = opcode.name
-        if name == "GLOBAL":
-            module, _, attribute = str(argument).partition(" ")
-            found.append(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attribute}")
-        elif name == "STACK_GLOBAL":
-            module, attribute = pushed[-2:] if len(pushed) >= 2 else (None, None)
-            if isinstance(module, str) and isinstance(attribute, str):
-                found.append(f"{module}.{attribute}")
-        elif name == "MEMOIZE":
-            memo[len(memo)] = pushed[-1] if pushed else None
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[argument] = pushed[-1] if pushed else None
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            pushed.append(memo.get(argument))
-        else:
-            pushed.append(argument if isinstance(argument, str) else None)
-        if name == "STOP":
-            break
-    return found
-
-
-def refused_globals(imported: list[str]) -> list[str]:
-    """The globals of `imported` that `torch.load(weights_only=True)` does not allow (by default or as added by
-    `torch.serialization.add_safe_globals`)."""
-    import torch
-
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-    except ImportError:  # a torch without this private helper: the refusal message names the global
-        return []
-    allowed = set(_get_allowed_globals())
-    for entry in torch.serialization.get_safe_globals():
-        value = entry[0] if isinstance(entry, tuple) else entry
-        allowed.add(f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}")
-    return [name for name in imported if name not in allowed]
-
-
 def _reason(error: Exception) -> str:
     """The informative part of a `torch.load` error (its weights-only message is mostly advice)."""
-    text = str(error)
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
-    if found is None:  # the wording for a blocked module or an unsupported opcode: the message after the advice
-        found = re.search(r"\n\n(.+?)\n\nCheck the documentation", text, flags=re.S)
-    return (found.group(1) if found else text.strip().splitlines()[0] if text.strip() else type(error).__name__).strip()
+    text = str(error).strip()
+    found = re.search(r"(?:WeightsUnpickler error:|\n\n)\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
+    return found.group(1) if found else (text.splitlines() or [type(error).__name__])[0]
 
 
 def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
@@ -275,11 +208,6 @@ def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
     if not_tensors:
         raise CheckpointError(f"{path}: these state_dict entries are not tensors: {_names(not_tensors)}")
     return state_dict
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The graph encoder and projector
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 _ENCODER_RULES = (
@@ -304,37 +232,53 @@ _PROJECTOR_RULES = (
 
 def _rename(name: str, rules) -> str | None:
     for pattern, replacement in rules:
-        if re.fullmatch(pattern, name):
-            return re.sub(f"^{pattern}$", replacement, name)
+        if match := re.fullmatch(pattern, name):
+            return match.expand(replacement)
     return None
+
+
+def _numbered(weights: Mapping[str, Any], pattern: str) -> dict[int, Any]:
+    """The weights whose key matches `pattern` (one group: an index), by index in order."""
+    return dict(
+        sorted((int(match.group(1)), value) for key, value in weights.items() if (match := re.fullmatch(pattern, key)))
+    )
+
+
+def level_attention_differences(graph: Mapping[str, Any]) -> tuple[int, dict[int, float]]:
+    """The number of `cross_attention` copies in the original graph weights, and for each copy that differs from
+    copy 0, the largest absolute difference over its parameters (infinite where shapes or names differ)."""
+    import torch
+
+    copies: dict[int, dict[str, Any]] = {}
+    for key, value in graph.items():
+        if key.startswith(PROJECTOR_PREFIX) and (match := _LEVEL_ATTENTION.fullmatch(key[len(PROJECTOR_PREFIX) :])):
+            copies.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    first = copies.get(0, {})
+    differing = {}
+    for level, params in sorted(copies.items()):
+        if level and (params.keys() != first.keys() or any(v.shape != first[k].shape for k, v in params.items())):
+            differing[level] = float("inf")
+        elif level and not all(torch.equal(value, first[name]) for name, value in params.items()):
+            gaps = ((value.float() - first[name].float()).abs().max() for name, value in params.items())
+            differing[level] = max(float(gap) for gap in gaps)
+    return len(copies), differing
 
 
 def is_level_attention_shared(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True when all `cross_attention.i` copies of an original checkpoint are identical (the released weights)."""
-    import torch
-
-    copies: dict[str, list[torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        if key.startswith(PROJECTOR_PREFIX) and (match := _LEVEL_ATTENTION.fullmatch(key[len(PROJECTOR_PREFIX) :])):
-            copies.setdefault(match.group(2), []).append(value)
-    if not copies:
+    count, differing = level_attention_differences(state_dict)
+    if not count:
         raise ValueError(f"No {PROJECTOR_PREFIX}cross_attention.* weights found: is this an original LLaMo checkpoint?")
-    return all(all(torch.equal(tensors[0], other) for other in tensors[1:]) for tensors in copies.values())
+    return not differing
 
 
 def convert_original_graph_state_dict(
     state_dict: Mapping[str, torch.Tensor], share_level_attention: bool | None = None
 ) -> dict[str, torch.Tensor]:
     """
-    Rename the graph part of an original checkpoint to `LlamoModel` keys (`graph_encoder.*`, `graph_projector.*`).
-
-    Args:
-        state_dict: the checkpoint's `state_dict` (other keys, e.g. `mllm.language_model.*`, are ignored).
-        share_level_attention: convert the per-level attentions into one shared module (they must then be identical)
-            or into one module per level; `None` decides from the weights.
-
-    Raises:
-        ValueError: a graph key this converter does not know, or distinct per-level attentions asked to be shared.
+    Rename the graph part of an original checkpoint (other keys are ignored) to `LlamoModel` keys (`graph_encoder.*`,
+    `graph_projector.*`), with the per-level attentions as one shared module (they must then be identical) or one
+    module per level (`None`: decided from the weights). A ValueError names the graph keys it does not know.
     """
     if share_level_attention is None:
         share_level_attention = is_level_attention_shared(state_dict)
@@ -343,23 +287,20 @@ def convert_original_graph_state_dict(
             "share_level_attention=True, but the checkpoint's cross_attention.0-5 differ: convert it with "
             "share_level_attention=False."
         )
+    if share_level_attention:  # copy 0 becomes the shared module, the identical others are dropped
+        levels = (
+            (r"cross_attention\.0\.(.+)", r"graph_projector.level_attention.\1"),
+            (r"cross_attention\.\d+\..+", ""),
+        )
+    else:
+        levels = ((r"cross_attention\.(\d+)\.(.+)", r"graph_projector.level_attentions.\1.\2"),)
     converted: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
-        if key.startswith(UNUSED_PREFIXES):
-            continue
         if key.startswith(ENCODER_PREFIX):
             name = _rename(key[len(ENCODER_PREFIX) :], _ENCODER_RULES)
         elif key.startswith(PROJECTOR_PREFIX):
-            short = key[len(PROJECTOR_PREFIX) :]
-            if match := _LEVEL_ATTENTION.fullmatch(short):
-                level, param = match.groups()
-                if share_level_attention:
-                    name = f"graph_projector.level_attention.{param}" if level == "0" else ""
-                else:
-                    name = f"graph_projector.level_attentions.{level}.{param}"
-            else:
-                name = _rename(short, _PROJECTOR_RULES)
+            name = _rename(key[len(PROJECTOR_PREFIX) :], (*_PROJECTOR_RULES, *levels))
         else:
             continue
         if name is None:
@@ -374,32 +315,19 @@ def convert_original_graph_state_dict(
 def original_graph_configs(
     state_dict: Mapping[str, torch.Tensor], num_heads: int = RELEASE_NUM_HEADS
 ) -> dict[str, dict]:
-    """
-    Read the graph encoder and projector shapes from an original checkpoint.
-
-    Returns `{"graph_config": {...}, "projector_config": {...}, "output_hidden_size": int}` (attention heads are not
-    recorded in weights: `num_heads` is taken as given, 4 in the release).
-    """
+    """`{"graph_config": {...}, "projector_config": {...}, "output_hidden_size": int}` read from the shapes of an
+    original checkpoint (attention heads are not recorded in weights: `num_heads` is taken as given)."""
     encoder = {k[len(ENCODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
     projector = {k[len(PROJECTOR_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PROJECTOR_PREFIX)}
     if not encoder or not projector:
         raise ValueError(
             f"The state dict has no {ENCODER_PREFIX}* or {PROJECTOR_PREFIX}* keys: not an original LLaMo checkpoint."
         )
-    atom_tables = sorted(
-        (int(m.group(1)), v.shape[0])
-        for k, v in encoder.items()
-        if (m := re.fullmatch(r"atom_encoder\.atom_embedding_list\.(\d+)\.weight", k))
-    )
-    bond_tables = sorted(
-        (int(m.group(1)), v.shape[0])
-        for k, v in encoder.items()
-        if (m := re.fullmatch(r"gnns\.0\.bond_encoder\.bond_embedding_list\.(\d+)\.weight", k))
-    )
-    num_layers = 1 + max(int(m.group(1)) for k in encoder if (m := re.fullmatch(r"gnns\.(\d+)\.eps", k)))
+    atom_tables = _numbered(encoder, r"atom_encoder\.atom_embedding_list\.(\d+)\.weight").values()
+    bond_tables = _numbered(encoder, r"gnns\.0\.bond_encoder\.bond_embedding_list\.(\d+)\.weight").values()
+    num_layers = 1 + max(_numbered(encoder, r"gnns\.(\d+)\.eps"))
     hidden = encoder["atom_encoder.atom_embedding_list.0.weight"].shape[1]
-    inner = encoder["gnns.0.mlp.0.weight"].shape[0]
-    net_layers = sorted(int(m.group(1)) for k in projector if (m := re.fullmatch(r"net\.(\d+)\.weight", k)))
+    net = list(_numbered(projector, r"net\.(\d+)\.weight").values())
     level_queries = projector["query_tokens"]
     has_motifs = "motif_query_tokens" in projector
     if level_queries.shape[0] != num_layers + 1:
@@ -411,60 +339,50 @@ def original_graph_configs(
         "graph_config": {
             "hidden_size": hidden,
             "num_layers": num_layers,
-            "mlp_ratio": inner // hidden,
-            "atom_vocab_sizes": [size for _, size in atom_tables],
-            "bond_vocab_sizes": [size for _, size in bond_tables],
+            "mlp_ratio": encoder["gnns.0.mlp.0.weight"].shape[0] // hidden,
+            "atom_vocab_sizes": [table.shape[0] for table in atom_tables],
+            "bond_vocab_sizes": [table.shape[0] for table in bond_tables],
         },
         "projector_config": {
             "queries_per_level": level_queries.shape[1],
             "num_motif_queries": projector["motif_query_tokens"].shape[0] if has_motifs else 4,
             "num_heads": num_heads,
-            "mlp_depth": len(net_layers),
+            "mlp_depth": len(net),
             "share_level_attention": is_level_attention_shared(state_dict),
             "motif_tokens_position": "first",
             "use_motifs": has_motifs,
             "motif_feature_size": projector["motif_weight.weight"].shape[1] if has_motifs else 73,
         },
-        "output_hidden_size": projector[f"net.{net_layers[-1]}.weight"].shape[0],
+        "output_hidden_size": net[-1].shape[0],
     }
 
 
 def load_original_graph_weights(
     model: LlamoModel | LlamoForConditionalGeneration, state_dict: Mapping[str, torch.Tensor]
 ) -> None:
-    """
-    Load the graph encoder and projector of an original checkpoint into `model` (in place).
-
-    Raises:
-        ValueError: missing or unexpected graph weights, or shapes that do not match the model's config.
-    """
+    """Load the graph encoder and projector of an original checkpoint into `model` (in place); a ValueError names
+    missing or unexpected graph weights, or shapes that do not match the model's config."""
     from .modeling_llamo import LlamoForConditionalGeneration
 
     base = model.model if isinstance(model, LlamoForConditionalGeneration) else model
     converted = convert_original_graph_state_dict(
         state_dict, share_level_attention=base.config.projector_config.share_level_attention
     )
-    own = {k: v for k, v in base.state_dict().items() if k.startswith(("graph_encoder.", "graph_projector."))}
-    missing = sorted(own.keys() - converted.keys())
-    unexpected = sorted(converted.keys() - own.keys())
+    own = {key for key in base.state_dict() if key.startswith(("graph_encoder.", "graph_projector."))}
+    what = "Original graph weights do not fit this model (build it with `original_graph_configs(state_dict)`)"
+    _load_checked(base, converted, own, what)
+
+
+def _load_checked(model, weights: dict[str, Any], expected: set[str], what: str, **load_options) -> None:
+    """`model.load_state_dict(weights)`, after a `CheckpointError` (a ValueError) naming the keys missing from
+    `weights` or not in `expected`; torch's error names the shapes that differ."""
+    missing, unexpected = expected - weights.keys(), weights.keys() - expected
     if missing or unexpected:
-        raise ValueError(
-            f"Original graph weights do not fit this model: missing {missing}, unexpected {unexpected}. Build the "
-            "model with `original_graph_configs(state_dict)`."
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in converted.items()
-        if v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise ValueError(f"Original graph weights have other shapes than the model: {mismatched}")
-    base.load_state_dict(converted, strict=False)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The language model and its LoRA
-# ---------------------------------------------------------------------------------------------------------------------
+        raise CheckpointError(f"{what}: missing {_names(missing) or 'none'}; unexpected {_names(unexpected) or 'none'}")
+    try:
+        model.load_state_dict(weights, strict=False, **load_options)
+    except RuntimeError as error:
+        raise CheckpointError(f"{what}: shapes differ. {error}") from None
 
 
 @dataclass
@@ -484,51 +402,32 @@ class OriginalParts:
         return ranks.pop() if ranks else None
 
 
-def _llm_name(rest: str) -> str | None:
-    """Original LM key (after `LLM_PREFIX`) -> our key, or None when it is not an LM weight."""
-    if rest.startswith("model."):
-        return "model.language_model." + rest[len("model.") :]
-    if rest.startswith("lm_head."):
-        return rest
-    return None
-
-
 def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
     """
     Sort an original state dict into its graph part, its LM weights (PEFT wrapper names removed) and its LoRA pairs.
-
-    Raises:
-        CheckpointError: keys outside the known layout (all named), LoRA layers without their A, B or base weight,
-            or another adapter name than PEFT's `default`.
+    A CheckpointError names the keys outside the known layout (another adapter name than PEFT's `default` included)
+    and the LoRA layers without their A, B or base weight.
     """
     graph, language_model, lora = {}, {}, {}
     wrapped, unexpected, ignored = set(), [], []
     for key, value in state_dict.items():
+        rest = key.removeprefix(LLM_PREFIX)
+        name = re.sub(r"^model\.", "model.language_model.", rest)
         if key.startswith((ENCODER_PREFIX, PROJECTOR_PREFIX, *UNUSED_PREFIXES)):
             graph[key] = value
-            continue
-        rest = key[len(LLM_PREFIX) :] if key.startswith(LLM_PREFIX) else None
-        if rest is None:
+        elif rest == key or not rest.startswith(("model.", "lm_head.")):
             unexpected.append(key)
-        elif lora_match := _LORA_KEY.fullmatch(rest):
-            module = _llm_name(lora_match["module"])
-            if module is None or lora_match["adapter"] != "default":
-                unexpected.append(key)
-            else:
-                lora.setdefault(module, {})[lora_match["part"]] = value
-        elif base_match := _BASE_LAYER_KEY.fullmatch(rest):
-            module = _llm_name(base_match["module"])
-            if module is None:
-                unexpected.append(key)
-            else:
-                wrapped.add(module)
-                language_model[f"{module}.{base_match['param']}"] = value
+        elif lora_match := _LORA_KEY.fullmatch(name):
+            lora.setdefault(lora_match["module"], {})[lora_match["part"]] = value
+        elif base_match := _BASE_LAYER_KEY.fullmatch(name):
+            wrapped.add(base_match["module"])
+            language_model[f"{base_match['module']}.{base_match['param']}"] = value
         elif _NON_PERSISTENT.fullmatch(rest):
             ignored.append(key)  # recomputed from the config at load time
-        elif any(marker in rest for marker in _PEFT_ONLY) or _llm_name(rest) is None:
+        elif any(marker in rest for marker in _PEFT_ONLY):
             unexpected.append(key)
         else:
-            language_model[_llm_name(rest)] = value
+            language_model[name] = value
     if unexpected:
         raise CheckpointError(f"Unexpected keys in the original checkpoint: {_names(unexpected)}")
     broken = sorted(
@@ -542,16 +441,14 @@ def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
 
 
 def merge_lora(weights: dict[str, Any], lora: dict[str, dict[str, Any]], alpha: float) -> dict[str, Any]:
-    """`W + (alpha / r) * B @ A` for every LoRA layer, computed in float32 and stored in W's dtype."""
+    """`W + (alpha / r) * B @ A` for every LoRA layer, computed in float32 and stored in W's dtype (rounded once, where
+    PEFT's `merge_and_unload` rounds the update to a half-precision W's dtype before adding it)."""
     merged = dict(weights)
     for module, pair in lora.items():
         base = merged[f"{module}.weight"]
-        rank = pair["A"].shape[0]
-        delta = (pair["B"].float() @ pair["A"].float()) * (alpha / rank)
+        delta = (pair["B"].float() @ pair["A"].float()) * (alpha / pair["A"].shape[0])
         if delta.shape != base.shape:
-            raise CheckpointError(
-                f"LoRA of {module} gives a {tuple(delta.shape)} update for a {tuple(base.shape)} weight."
-            )
+            raise CheckpointError(f"LoRA of {module}: a {tuple(delta.shape)} update for a {tuple(base.shape)} weight.")
         merged[f"{module}.weight"] = (base.float() + delta).to(base.dtype)
     return merged
 
@@ -581,38 +478,6 @@ def align_tokenizer(tokenizer, checkpoint_vocab: int, llm: str) -> int:
     return tokenizer.convert_tokens_to_ids(GRAPH_TOKEN)
 
 
-def _grow_rows(weight, rows: int):
-    """`weight` with `rows` extra rows, each the mean of the existing ones (the `<graph>` row is never used as an
-    embedding, and generation suppresses the token)."""
-    import torch
-
-    extra = weight.float().mean(dim=0, keepdim=True).expand(rows, -1).to(weight.dtype)
-    return torch.cat([weight, extra], dim=0)
-
-
-def _check_against_model(model, weights: dict[str, Any]) -> None:
-    expected = model.state_dict()
-    missing = expected.keys() - weights.keys()
-    unexpected = weights.keys() - expected.keys()
-    if missing or unexpected:
-        raise CheckpointError(
-            "The converted checkpoint does not fit the model built from it: "
-            f"missing {_names(missing) or 'none'}; unexpected {_names(unexpected) or 'none'}."
-        )
-    mismatched = [
-        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
-        for key, value in weights.items()
-        if tuple(value.shape) != tuple(expected[key].shape)
-    ]
-    if mismatched:
-        raise CheckpointError(f"Shapes differ from the model built from the checkpoint: {_names(mismatched, 10)}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The converted model and its folder
-# ---------------------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class ConversionResult:
     """The written export, and facts about the conversion (also shown in the model card)."""
@@ -637,28 +502,6 @@ def convert_graph_part(
     except ValueError as error:
         raise CheckpointError(f"Graph part of the checkpoint: {error}") from None
     return found, {f"model.{key}": value for key, value in converted.items()}
-
-
-def level_attention_differences(graph: Mapping[str, Any]) -> tuple[int, dict[int, float]]:
-    """The number of `cross_attention` copies in the original graph weights, and for each copy that differs from
-    copy 0, the largest absolute difference over its parameters (infinite where shapes or names differ)."""
-    copies: dict[int, dict[str, Any]] = {}
-    for key, value in graph.items():
-        if key.startswith(PROJECTOR_PREFIX) and (match := _LEVEL_ATTENTION.fullmatch(key[len(PROJECTOR_PREFIX) :])):
-            copies.setdefault(int(match.group(1)), {})[match.group(2)] = value
-    first = copies.get(0, {})
-    differing = {}
-    for level, params in sorted(copies.items()):
-        gaps = [_largest_gap(first.get(name), value) for name, value in params.items()]
-        if level and (max(gaps) > 0 or params.keys() != first.keys()):
-            differing[level] = max(gaps) if params.keys() == first.keys() else float("inf")
-    return len(copies), differing
-
-
-def _largest_gap(reference, value) -> float:
-    if reference is None or reference.shape != value.shape:
-        return float("inf")
-    return float((value.float() - reference.float()).abs().max()) if value.numel() else 0.0
 
 
 def describe_level_attention(graph: Mapping[str, Any], share: bool) -> str:
@@ -702,11 +545,17 @@ def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id
 
 
 def language_model_weights(parts: OriginalParts, vocab_size: int, merge: bool, lora_alpha: float) -> dict[str, Any]:
-    """The LM weights under our names, LoRA merged (or not), embeddings and LM head grown to `vocab_size` rows."""
+    """The LM weights under our names, LoRA merged (or not), embeddings and LM head grown to `vocab_size` rows.
+
+    The new rows (`<graph>`) are the mean of the others: the row is never used as an embedding, and generation
+    suppresses the token (`resize_token_embeddings` would draw them at random)."""
+    import torch
+
     weights = merge_lora(parts.language_model, parts.lora, lora_alpha) if merge else dict(parts.language_model)
     for key in (EMBEDDING_KEY, "lm_head.weight"):
         if key in weights:
-            weights[key] = _grow_rows(weights[key], vocab_size - weights[key].shape[0])
+            mean = weights[key].float().mean(dim=0, keepdim=True).to(weights[key].dtype)
+            weights[key] = torch.cat([weights[key], mean.expand(vocab_size - weights[key].shape[0], -1)])
     return weights
 
 
@@ -724,21 +573,19 @@ def convert_original_checkpoint(
     card_options: ModelCardOptions | None = None,
 ) -> ConversionResult:
     """
-    Convert an original LLaMo checkpoint + its base LLM folder into an export folder (see the module docstring).
+    Convert an original LLaMo checkpoint (Lightning `.ckpt`, or a state dict / safetensors file in its key layout) and
+    its base LLM folder (LLaMA-2-7B-chat in Hugging Face format: config, tokenizer, generation config) into the export
+    folder `output_dir` (new or empty unless `overwrite`); see the module docstring.
 
-    Args:
-        checkpoint: the Lightning checkpoint (or a state dict / safetensors file in the same key layout).
-        llm: the base LLM folder (LLaMA-2-7B-chat in Hugging Face format): config, tokenizer, generation config.
-        output_dir: where to write; must be new or empty unless `overwrite`.
-        keep_adapter: keep LoRA as a PEFT adapter in `output_dir/adapter` (the main weights are then the base
-            weights) instead of merging it.
-        lora_alpha, lora_dropout: the LoRA settings of the checkpoint's training (release: 32 and 0.05).
-        unsafe_unpickle: allow a full unpickle of the checkpoint (runs code stored in it).
-        dtype: `auto` keeps the dtype of the checkpoint's LM weights; else `float32`, `bfloat16` or `float16`.
-        num_heads: the projector's attention heads (not recorded in weights; 4 in the release).
-        card_options: what the model card says (license defaults to the LLaMA-2 license).
+    `keep_adapter` keeps LoRA as a PEFT adapter in `output_dir/adapter` (the main weights are then the base weights)
+    instead of merging it; `lora_alpha` and `lora_dropout` are the LoRA settings of the training; `unsafe_unpickle`
+    allows a full unpickle, which runs code stored in the checkpoint; `dtype` `auto` keeps the dtype of the
+    checkpoint's LM weights; `num_heads` is not recorded in the weights; `card_options` say what the model card says
+    (the license defaults to LLaMA-2's).
     """
     import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
     from llamo.hub_cards.cards import ModelCardOptions, build_model_card
@@ -758,9 +605,8 @@ def convert_original_checkpoint(
     found, graph_weights = convert_graph_part(parts, num_heads)
     if EMBEDDING_KEY not in parts.language_model:
         raise CheckpointError(f"Missing key: {LLM_PREFIX}model.embed_tokens.weight (the token embeddings).")
-    checkpoint_vocab = parts.language_model[EMBEDDING_KEY].shape[0]
     tokenizer = AutoTokenizer.from_pretrained(llm)
-    graph_token_id = align_tokenizer(tokenizer, checkpoint_vocab, str(llm))
+    graph_token_id = align_tokenizer(tokenizer, parts.language_model[EMBEDDING_KEY].shape[0], str(llm))
     config = converted_config(found, llm, tokenizer, graph_token_id)
 
     llm_weights = language_model_weights(parts, len(tokenizer), merge=not keep_adapter, lora_alpha=lora_alpha)
@@ -771,8 +617,8 @@ def convert_original_checkpoint(
     }
     with torch.device("meta"):
         model = LlamoForConditionalGeneration(config)
-    _check_against_model(model, weights)
-    model.load_state_dict(weights, assign=True, strict=True)
+    what = "The converted checkpoint does not fit the model built from it"
+    _load_checked(model, weights, set(model.state_dict()), what, assign=True)
     model.eval()
     model.generation_config = _generation_config(llm, config, tokenizer)
     processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
@@ -781,17 +627,20 @@ def convert_original_checkpoint(
     level_attention = describe_level_attention(parts.graph, share)
     if not share:
         logger.warning("Converting %s: %s.", checkpoint.name, level_attention)
-    facts = _conversion_facts(checkpoint, llm, parts, level_attention, checkpoint_vocab, graph_token_id, keep_adapter)
     rank = parts.lora_rank
-    if rank:
-        facts.insert(3, ("LoRA settings", f"r {rank}, alpha {lora_alpha:g}, dropout {lora_dropout:g}"))
+    lora_settings = f"r {rank}, alpha {lora_alpha:g}, dropout {lora_dropout:g}" if rank else None
+    facts = _conversion_facts(checkpoint, llm, parts, level_attention, graph_token_id, keep_adapter, lora_settings)
     options = replace(card_options or ModelCardOptions(license="llama2"), conversion=facts)
     card = build_model_card(model, processor, options)
     adapter_base = options.repo_id or str(output_dir.resolve())
 
     def write_adapter(folder: Path) -> None:
         if keep_adapter and parts.lora:
-            _write_adapter(folder / "adapter", parts.lora, rank, lora_alpha, lora_dropout, adapter_base)
+            adapter = {"r": rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "bias": "none"}
+            adapter |= {"task_type": "CAUSAL_LM", "base_model_name_or_path": adapter_base, "inference_mode": True}
+            LoraConfig(**adapter, target_modules=sorted(parts.lora)).save_pretrained(folder / "adapter")
+            weights_file = folder / "adapter" / "adapter_model.safetensors"
+            save_file(adapter_state_dict(parts.lora), weights_file, metadata={"format": "pt"})
 
     export = write_export(model, processor, output_dir, card, overwrite=overwrite, extra=write_adapter)
     return ConversionResult(export, facts)
@@ -801,10 +650,10 @@ def _generation_config(llm: Path, config, tokenizer):
     """The base LLM's generation settings, with the pad token set and `<graph>` never generated."""
     from transformers import GenerationConfig
 
-    if (llm / "generation_config.json").is_file():
-        generation = GenerationConfig.from_pretrained(llm)
-    else:
-        generation = GenerationConfig.from_model_config(config.text_config)
+    has_own = (llm / "generation_config.json").is_file()
+    generation = (
+        GenerationConfig.from_pretrained(llm) if has_own else GenerationConfig.from_model_config(config.text_config)
+    )
     generation.pad_token_id = tokenizer.pad_token_id
     if generation.eos_token_id is None:
         generation.eos_token_id = tokenizer.eos_token_id
@@ -812,29 +661,12 @@ def _generation_config(llm: Path, config, tokenizer):
     return generation
 
 
-def _write_adapter(folder: Path, lora, rank: int, alpha: float, dropout: float, base: str) -> None:
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=sorted(lora),
-        bias="none",
-        task_type="CAUSAL_LM",
-        base_model_name_or_path=base,
-        inference_mode=True,
-    ).save_pretrained(folder)
-    save_file(adapter_state_dict(lora), folder / "adapter_model.safetensors", metadata={"format": "pt"})
-
-
 def _conversion_facts(
-    checkpoint: Path, llm: Path, parts: OriginalParts, level_attention: str, vocab: int, graph_id: int, keep: bool
+    checkpoint: Path, llm: Path, parts: OriginalParts, attention: str, graph_id: int, keep: bool, settings: str | None
 ) -> list[tuple[str, str]]:
     """(label, value) rows describing a conversion, for the card and the command's report."""
     leaves = sorted({module.rsplit(".", 1)[-1] for module in parts.lora})
+    vocab = parts.language_model[EMBEDDING_KEY].shape[0]
     if not parts.lora:
         lora = "none in the checkpoint"
     elif keep:
@@ -849,7 +681,8 @@ def _conversion_facts(
         ("Source checkpoint", f"`{checkpoint.name}` ({checkpoint.stat().st_size / 2**30:.2f} GiB)"),
         ("Base LLM folder", f"`{llm.name}` (configuration, tokenizer and generation settings)"),
         ("LoRA", lora),
-        ("Level attention", level_attention),
+        *([("LoRA settings", settings)] if settings else []),
+        ("Level attention", attention),
         ("Token order", "motif tokens first, then the level tokens (as the released code)"),
         ("Vocabulary", f"the checkpoint's {vocab} rows, plus `{GRAPH_TOKEN}` (id {graph_id})"),
         ("Prompt", "the original LLaMA-2 chat prompt (chat template `llama2`)"),
@@ -857,11 +690,6 @@ def _conversion_facts(
     if any(key.startswith("mllm.ln_graph_model.") for key in parts.graph):
         facts.append(("Not converted", "`mllm.ln_graph_model.*`, saved by the original but unused at run time"))
     return facts
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
@@ -872,15 +700,11 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     lora = parser.add_mutually_exclusive_group()
     lora.add_argument("--merge-lora", action="store_true", help="merge LoRA into the weights (the default)")
     lora.add_argument("--keep-adapter", action="store_true", help="keep LoRA as a PEFT adapter in OUT_DIR/adapter")
+    parser.add_argument("--lora-alpha", type=float, default=RELEASE_LORA_ALPHA, help="LoRA alpha of the training")
     parser.add_argument(
-        "--lora-alpha", type=float, default=RELEASE_LORA_ALPHA, help="LoRA alpha of the training (release: 32)"
+        "--lora-dropout", type=float, default=RELEASE_LORA_DROPOUT, help="LoRA dropout (adapter config)"
     )
-    parser.add_argument(
-        "--lora-dropout", type=float, default=RELEASE_LORA_DROPOUT, help="LoRA dropout, for the adapter config"
-    )
-    parser.add_argument(
-        "--num-heads", type=int, default=RELEASE_NUM_HEADS, help="projector attention heads (release: 4)"
-    )
+    parser.add_argument("--num-heads", type=int, default=RELEASE_NUM_HEADS, help="projector attention heads")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (auto: the checkpoint's)")
     parser.add_argument(
         "--unsafe-unpickle",
@@ -919,40 +743,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Wrote {len(result.export.files)} files to {result.export.folder}", file=sys.stderr)
     return 0
 
-
-__all__ = [
-    "ENCODER_PREFIX",
-    "LLM_PREFIX",
-    "PROJECTOR_PREFIX",
-    "RELEASE_LORA_ALPHA",
-    "RELEASE_LORA_DROPOUT",
-    "RELEASE_NUM_HEADS",
-    "UNUSED_PREFIXES",
-    "CheckpointError",
-    "ConversionResult",
-    "OriginalParts",
-    "UnsafeCheckpointError",
-    "adapter_state_dict",
-    "add_conversion_arguments",
-    "align_tokenizer",
-    "convert_from_arguments",
-    "convert_graph_part",
-    "convert_original_checkpoint",
-    "convert_original_graph_state_dict",
-    "converted_config",
-    "describe_level_attention",
-    "is_level_attention_shared",
-    "language_model_weights",
-    "level_attention_differences",
-    "load_checkpoint_state_dict",
-    "load_original_graph_weights",
-    "main",
-    "merge_lora",
-    "original_graph_configs",
-    "pickle_globals",
-    "refused_globals",
-    "split_original_state_dict",
-]
 
 if __name__ == "__main__":
     sys.exit(main())

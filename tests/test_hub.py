@@ -1019,10 +1019,15 @@ def test_a_pickle_calling_a_blocked_module_is_refused_naming_the_call(original_r
 
     # never loaded with the flag: the file would run the command
     weights = {"x": torch.zeros(2)}
+    hooked = {"state_dict": weights, "hook": _CallsOnUnpickle(posix.system, "echo never run")}
     zipped, raw = tmp_path / "zipped.ckpt", tmp_path / "raw.pkl"
-    torch.save({"state_dict": weights, "hook": _CallsOnUnpickle(posix.system, "echo never run")}, zipped)
+    legacy, zipped4 = tmp_path / "legacy.ckpt", tmp_path / "zipped4.ckpt"
+    torch.save(hooked, zipped)
     raw.write_bytes(pickle.dumps({"hook": _CallsOnUnpickle(posix.system, "echo never run")}, protocol=4))
-    for path in (zipped, raw):  # torch words these two refusals differently (blocked module, unsupported opcode)
+    torch.save(hooked, legacy, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    torch.save(hooked, zipped4, pickle_protocol=4)
+    # torch words these refusals differently (blocked module, unsupported opcode), or cannot parse protocol 4 at all
+    for path in (zipped, raw, legacy, zipped4):
         with pytest.raises(UnsafeCheckpointError) as caught:
             load_checkpoint_state_dict(path)
         message = str(caught.value)
