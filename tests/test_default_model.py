@@ -339,11 +339,11 @@ def test_real_default_model_answers(tmp_path):
 
 
 def test_shipped_bundle_generation_defaults_are_the_documented_ones():
-    """README documents the default model's loop guard; the shipped manifest and the v2/v3 recipes carry it."""
+    """README documents the default model's loop guard; the shipped manifest and the v2-v4 recipes carry it."""
     from llamo.training.pipeline import load_pipeline
 
     assert read_manifest(BUNDLE_DIR)["generation"] == {"answer_loop_repeats": 3}
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert "`answer_loop_repeats: 3`" in readme
-    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3"):
+    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3", "llamo_smollm2_135m_v4"):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}
