@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from trl import SFTTrainer, get_peft_config
 
+from llamo.storage import disk_full_guard
+
 from .config import (
     ACCELERATE_DIR,
     RECIPES_DIR,
     StageArguments,
+    parse_stage_arguments,
     resolve_recipe_argument,
     same_setting,
     upgrade_saved_settings,
@@ -241,6 +245,44 @@ def write_summary(output_dir: Path, summary: dict) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpoint, reports, **details) -> dict:
+    """What `write_summary` keeps of a finished stage: `stage`, then `details`, then the metrics and steps of `train`'s
+    `result`, the parameters of `model` that train (as they are now: take the summary before merging an adapter),
+    the wall seconds, the checkpoint resumed from (a `Path` or None) and the data reports."""
+    return {
+        "stage": stage,
+        **details,
+        "metrics": result.metrics,
+        "global_step": trainer.state.global_step,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "wall_seconds": wall_seconds,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "data": [report.to_dict() for report in reports],
+    }
+
+
+def parse_stage(stage: str, argv: list[str] | None = None) -> StageArguments:
+    """A stage's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags; default:
+    this process's)."""
+    return parse_stage_arguments(stage, sys.argv[1:] if argv is None else argv)
+
+
+def start_run(arguments: StageArguments, log):
+    """Open a stage's run: the distributed state, `log` silenced off the main process, and the run folder
+    (`prepare_run_dir`, the main process first). Returns `(state, log, output_dir, checkpoint, finished)`."""
+    state = distributed_state()
+    log = log if state.is_main_process else (lambda *args, **kwargs: None)
+    with state.main_process_first():
+        output_dir, checkpoint, finished = prepare_run_dir(arguments, log, state.is_main_process)
+    return state, log, output_dir, checkpoint, finished
+
+
+def final_save_guard(output_dir: Path, writing: str, module: torch.nn.Module):
+    """`disk_full_guard` around a stage's final save: a full disk names `output_dir`, the size of `module`'s weights
+    and the last checkpoint kept (`FINAL_SAVE_KEPT`)."""
+    return disk_full_guard(output_dir, writing, lambda: state_bytes(module), FINAL_SAVE_KEPT)
+
+
 def load_for_training(model_path: str | Path, dtype: str = "float32"):
     """
     Load a LLaMo folder for training: the language model in `dtype` (ModelConfig's; bfloat16 halves a frozen 7B
@@ -326,14 +368,18 @@ __all__ = [
     "LlamoSFTTrainer",
     "checkpoint_is_complete",
     "distributed_state",
+    "final_save_guard",
     "last_complete_checkpoint",
     "load_for_training",
     "lora_config",
     "lora_target_regex",
     "no_accelerator",
+    "parse_stage",
     "prepare_run_dir",
     "resolve_recipe_argument",
     "run_settings",
+    "run_summary",
+    "start_run",
     "train",
     "write_summary",
 ]

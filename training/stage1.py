@@ -9,23 +9,23 @@ checkpoint at the end of the current step and exits; the same command resumes fr
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llamo.storage import disk_full_guard, exit_on_disk_full
+from llamo.storage import exit_on_disk_full
 
 from .common import (
-    FINAL_SAVE_KEPT,
-    distributed_state,
+    final_save_guard,
     load_for_training,
-    prepare_run_dir,
-    state_bytes,
+    parse_stage,
+    run_summary,
+    start_run,
     train,
     write_summary,
 )
-from .config import Stage1Arguments, StageArguments, parse_stage_arguments
+from .config import Stage1Arguments, StageArguments
 from .data import build_training_dataset
 
 
@@ -63,10 +63,7 @@ def freeze_language_model(model) -> None:
 def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
     """Run stage 1 (or resume it, or find it finished) and save the model into `training_args.output_dir`."""
     arguments = StageArguments(script_args, training_args, model_args)
-    state = distributed_state()
-    log = log if state.is_main_process else (lambda *args, **kwargs: None)
-    with state.main_process_first():
-        output_dir, checkpoint, finished = prepare_run_dir(arguments, log, state.is_main_process)
+    state, log, output_dir, checkpoint, finished = start_run(arguments, log)
     if finished:
         return output_dir
     start = _starting_model(script_args, model_args, output_dir, state, log)
@@ -76,32 +73,19 @@ def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: Mod
         dataset, reports = build_training_dataset(arguments, log)
 
     trainer, result, wall_seconds = train(model, processor, training_args, dataset, checkpoint, log)
-    with disk_full_guard(output_dir, "the final model", lambda: state_bytes(model), FINAL_SAVE_KEPT):
+    with final_save_guard(output_dir, "the final model", model):
         trainer.save_model(str(output_dir))
         if state.is_main_process:
             processor.save_pretrained(output_dir)
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            write_summary(
-                output_dir,
-                {
-                    "stage": 1,
-                    "metrics": result.metrics,
-                    "global_step": trainer.state.global_step,
-                    "trainable_parameters": trainable,
-                    "wall_seconds": wall_seconds,
-                    "resumed_from": checkpoint.name if checkpoint else None,
-                    "data": [report.to_dict() for report in reports],
-                },
-            )
+            write_summary(output_dir, run_summary(1, model, trainer, result, wall_seconds, checkpoint, reports))
             log(f"[stage1] done: model saved to {output_dir}")
     return output_dir
 
 
-def parse(argv: list[str] | None = None) -> StageArguments:
-    """Stage 1's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
-    return parse_stage_arguments("stage1", sys.argv[1:] if argv is None else argv)
+parse = partial(parse_stage, "stage1")
+"""Stage 1's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
 
 
 if __name__ == "__main__":
     with exit_on_disk_full("llamo.training.stage1"):
-        main(*parse(sys.argv[1:]))
+        main(*parse())

@@ -13,24 +13,24 @@ current step and exits; the same command resumes from it.
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
-from llamo.storage import disk_full_guard, exit_on_disk_full
+from llamo.storage import exit_on_disk_full
 
 from .common import (
-    FINAL_SAVE_KEPT,
-    distributed_state,
+    final_save_guard,
     load_for_training,
     lora_config,
-    prepare_run_dir,
-    state_bytes,
+    parse_stage,
+    run_summary,
+    start_run,
     train,
     write_summary,
 )
-from .config import Stage2Arguments, StageArguments, parse_stage_arguments
+from .config import Stage2Arguments, StageArguments
 from .data import build_training_dataset
 
 
@@ -48,13 +48,10 @@ def continued_adapter(model, adapter_path: str, log=print):
 def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
     """Run stage 2 (or resume it, or find it finished); save the adapter and the merged model under
     `training_args.output_dir`."""
-    arguments = StageArguments(script_args, training_args, model_args)
-    state = distributed_state()
-    log = log if state.is_main_process else (lambda *args, **kwargs: None)
     if not model_args.model_name_or_path:
         raise ValueError("Stage 2 needs `model_name_or_path`: a stage-1 output folder")
-    with state.main_process_first():
-        output_dir, checkpoint, finished = prepare_run_dir(arguments, log, state.is_main_process)
+    arguments = StageArguments(script_args, training_args, model_args)
+    state, log, output_dir, checkpoint, finished = start_run(arguments, log)
     if finished:
         return output_dir
     model, processor = load_for_training(model_args.model_name_or_path, model_args.dtype)
@@ -69,31 +66,20 @@ def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: Mod
     trainer, result, wall_seconds = train(
         model, processor, training_args, dataset, checkpoint, log, peft_config=peft_config
     )
-    with disk_full_guard(
-        output_dir, "the final adapter and merged model", lambda: state_bytes(trainer.model), FINAL_SAVE_KEPT
-    ):
+    with final_save_guard(output_dir, "the final adapter and merged model", trainer.model):
         adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
         trainer.save_model(str(adapter_dir))
         if state.is_main_process:
             processor.save_pretrained(adapter_dir)
-            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            base_model = str(model_args.model_name_or_path)
+            summary = run_summary(
+                2, trainer.model, trainer, result, wall_seconds, checkpoint, reports, base_model=base_model
+            )
             if script_args.save_merged:
                 merged = trainer.model.merge_and_unload()
                 merged.save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
-            write_summary(
-                output_dir,
-                {
-                    "stage": 2,
-                    "base_model": str(model_args.model_name_or_path),
-                    "metrics": result.metrics,
-                    "global_step": trainer.state.global_step,
-                    "trainable_parameters": trainable,
-                    "wall_seconds": wall_seconds,
-                    "resumed_from": checkpoint.name if checkpoint else None,
-                    "data": [report.to_dict() for report in reports],
-                },
-            )
+            write_summary(output_dir, summary)
             log(
                 f"[stage2] done: adapter in {adapter_dir}"
                 + (f", merged model in {merged_dir}" if script_args.save_merged else "")
@@ -101,11 +87,10 @@ def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: Mod
     return output_dir
 
 
-def parse(argv: list[str] | None = None) -> StageArguments:
-    """Stage 2's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
-    return parse_stage_arguments("stage2", sys.argv[1:] if argv is None else argv)
+parse = partial(parse_stage, "stage2")
+"""Stage 2's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
 
 
 if __name__ == "__main__":
     with exit_on_disk_full("llamo.training.stage2"):
-        main(*parse(sys.argv[1:]))
+        main(*parse())
