@@ -25,39 +25,40 @@ ATOM_FEATURE_SIZES = (119, 4, 12, 12, 10, 6, 6, 2, 2)
 BOND_FEATURE_SIZES = (5, 6, 2)
 MOTIF_FEATURE_SIZE = 73
 
-_CHIRALITY = {
-    Chem.ChiralType.CHI_UNSPECIFIED: 0,
-    Chem.ChiralType.CHI_TETRAHEDRAL_CW: 1,
-    Chem.ChiralType.CHI_TETRAHEDRAL_CCW: 2,
-    Chem.ChiralType.CHI_OTHER: 3,
-}
+
+def _rows(*members) -> dict:
+    """RDKit enum member -> its row in the ogb feature table: its position in `members`."""
+    return {member: row for row, member in enumerate(members)}
+
+
+_CHIRALITY = _rows(
+    Chem.ChiralType.CHI_UNSPECIFIED,
+    Chem.ChiralType.CHI_TETRAHEDRAL_CW,
+    Chem.ChiralType.CHI_TETRAHEDRAL_CCW,
+    Chem.ChiralType.CHI_OTHER,
+)
 # ogb 1.3.5 has no row for the newer RDKit tags (allene, square planar, ...); they share CHI_OTHER's row.
-_CHIRALITY_OTHER = 3
-_HYBRIDIZATION = {
-    Chem.HybridizationType.SP: 0,
-    Chem.HybridizationType.SP2: 1,
-    Chem.HybridizationType.SP3: 2,
-    Chem.HybridizationType.SP3D: 3,
-    Chem.HybridizationType.SP3D2: 4,
-}
-_HYBRIDIZATION_MISC = 5
-_BOND_TYPE = {
-    Chem.BondType.SINGLE: 0,
-    Chem.BondType.DOUBLE: 1,
-    Chem.BondType.TRIPLE: 2,
-    Chem.BondType.AROMATIC: 3,
-}
-_BOND_TYPE_MISC = 4
-_BOND_STEREO = {
-    Chem.BondStereo.STEREONONE: 0,
-    Chem.BondStereo.STEREOZ: 1,
-    Chem.BondStereo.STEREOE: 2,
-    Chem.BondStereo.STEREOCIS: 3,
-    Chem.BondStereo.STEREOTRANS: 4,
-    Chem.BondStereo.STEREOANY: 5,
-}
+_CHIRALITY_OTHER = _CHIRALITY[Chem.ChiralType.CHI_OTHER]
+_HYBRIDIZATION = _rows(
+    Chem.HybridizationType.SP,
+    Chem.HybridizationType.SP2,
+    Chem.HybridizationType.SP3,
+    Chem.HybridizationType.SP3D,
+    Chem.HybridizationType.SP3D2,
+)
+_HYBRIDIZATION_MISC = len(_HYBRIDIZATION)  # the row after the listed ones
+_BOND_TYPE = _rows(Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
+_BOND_TYPE_MISC = len(_BOND_TYPE)
+_BOND_STEREO = _rows(
+    Chem.BondStereo.STEREONONE,
+    Chem.BondStereo.STEREOZ,
+    Chem.BondStereo.STEREOE,
+    Chem.BondStereo.STEREOCIS,
+    Chem.BondStereo.STEREOTRANS,
+    Chem.BondStereo.STEREOANY,
+)
 # Atropisomer stereo (RDKit >= 2023) has no ogb row; it is stereo of an unlisted kind, like STEREOANY.
-_BOND_STEREO_OTHER = 5
+_BOND_STEREO_OTHER = _BOND_STEREO[Chem.BondStereo.STEREOANY]
 
 # Motif vector layout: counted property -> (offset, one-hot slots); counts past the last slot clip to it, and a
 # single slot is a presence flag. Properties 0-6 count atoms by element class, 7-10 bonds by type, 11 ring bonds.
