@@ -29,9 +29,9 @@ from pathlib import Path
 from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
 from llamo.evaluation.naming import opsin_unavailable_reason
 from llamo.evaluation.text_metrics import SCIBERT_HUB_ID
-from llamo.processing.datasets import holdout_split
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
+from llamo.processing.mixture import holdout_split
 from llamo.processing.schema import CONVERSATION_FEATURES
 from llamo.retrieval import ANSWER_TOKENS, DEFAULT_INDEX_LIMITS, DEFAULT_INDEX_SOURCES
 from llamo.training.data import default_cache_dir, prepare_source

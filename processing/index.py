@@ -22,7 +22,8 @@ from rdkit.Chem import rdFingerprintGenerator
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.featurization_llamo import parse_smiles, prompt_smiles
 
-from .datasets import _property_from_text, stable_fraction
+from .loaders import property_from_text, stable_fraction
+from .mixture import is_held_out
 from .schema import TASKS, record_metadata
 
 INDEX_FEATURES = datasets.Features(
@@ -63,7 +64,7 @@ def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None)
     """What groups comparable answers: the property asked about for property QA (from the metadata or the question
     text), else the task."""
     if task == "property":
-        return str((metadata or {}).get("property") or _property_from_text(question) or "property")
+        return str((metadata or {}).get("property") or property_from_text(question) or "property")
     return task
 
 
@@ -154,7 +155,7 @@ class MoleculeIndex:
                 except (ValueError, RuntimeError):
                     counts["bad molecule"] += 1
                     continue
-                if holdout and stable_fraction(inchikey, "holdout") < holdout:
+                if holdout and is_held_out(inchikey, holdout):
                     counts["held out"] += 1
                     continue
                 if (inchikey, key) in seen:

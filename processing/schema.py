@@ -20,6 +20,7 @@ schema, so that training, evaluation and instruction-data generation read the sa
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import datasets
@@ -70,6 +71,14 @@ def make_record(
     }
 
 
+def records_dataset(records: Iterable[dict[str, Any]]) -> datasets.Dataset:
+    """Rows of this schema as a `datasets.Dataset` with `CONVERSATION_FEATURES` (also when there are none)."""
+    rows = list(records)
+    return datasets.Dataset.from_dict(
+        {name: [row[name] for row in rows] for name in CONVERSATION_FEATURES}, features=CONVERSATION_FEATURES
+    )
+
+
 def record_metadata(record: dict[str, Any]) -> dict[str, Any]:
     """The decoded `metadata` of a row."""
     raw = record.get("metadata") or "{}"
@@ -101,5 +110,6 @@ __all__ = [
     "make_record",
     "record_metadata",
     "record_molecules",
+    "records_dataset",
     "to_chat_messages",
 ]

@@ -8,11 +8,10 @@ import pytest
 import selfies
 import torch
 
-from llamo.processing import datasets as loaders
+from llamo.processing import featurization
 from llamo.processing.collators import LlamoDataCollator
-from llamo.processing.datasets import (
-    featurize_dataset,
-    holdout_split,
+from llamo.processing.featurization import featurize_dataset
+from llamo.processing.loaders import (
     load_chebi20,
     load_chemicals_iupac,
     load_conversations,
@@ -20,9 +19,9 @@ from llamo.processing.datasets import (
     load_mol_instructions,
     load_pubchem324k,
     load_qm9_properties,
-    mix_datasets,
     stable_fraction,
 )
+from llamo.processing.mixture import holdout_split, mix_datasets
 from llamo.processing.schema import CONVERSATION_FEATURES, make_record, record_metadata, to_chat_messages
 from llamo.training.config import DataSourceConfig
 from llamo.training.data import prepare_source
@@ -380,7 +379,7 @@ def test_featurized_cache_is_reused_without_rdkit(tmp_path, monkeypatch):
     def no_rdkit(*args, **kwargs):
         raise AssertionError("featurization ran again")
 
-    monkeypatch.setattr(loaders, "featurize_dataset", no_rdkit)
+    monkeypatch.setattr(featurization, "featurize_dataset", no_rdkit)
     import llamo.training.data as training_data
 
     monkeypatch.setattr(training_data, "featurize_dataset", no_rdkit)

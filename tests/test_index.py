@@ -10,9 +10,9 @@ from transformers import pipeline
 
 from llamo import add_neighbours
 from llamo.pipeline_llamo import DEFAULT_NEIGHBOURS
-from llamo.processing.datasets import stable_fraction
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
+from llamo.processing.loaders import stable_fraction
 from llamo.processing.schema import make_record
 
 from .conftest import CHEBI_VALIDATION, SMILES, molecule_messages, subprocess_env

@@ -20,7 +20,7 @@ from llamo.featurization_llamo import (
     shorten_for_message,
 )
 from llamo.hub_cards.space.demo import render_molecule
-from llamo.processing.datasets import featurize_dataset
+from llamo.processing.featurization import featurize_dataset
 from llamo.processing.schema import CONVERSATION_FEATURES, make_record
 
 from .conftest import CHEBI_VALIDATION, golden_rows

@@ -139,7 +139,7 @@ def collate_three_turns(processor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     collator."""
     import datasets
 
-    from llamo.processing.datasets import featurize_dataset
+    from llamo.processing.featurization import featurize_dataset
     from llamo.processing.schema import CONVERSATION_FEATURES
 
     messages = []

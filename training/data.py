@@ -11,8 +11,10 @@ from pathlib import Path
 
 import datasets
 
-from llamo.processing import datasets as loaders
-from llamo.processing.datasets import DataReport, featurize_dataset, holdout_split, mix_datasets
+from llamo.processing import loaders
+from llamo.processing.featurization import FEATURIZATION_VERSION, MULTIPROCESS_MIN_ROWS, featurize_dataset
+from llamo.processing.loaders import DataReport
+from llamo.processing.mixture import holdout_split, mix_datasets
 
 from .config import DataSourceConfig, StageArguments
 
@@ -52,7 +54,7 @@ def _source_fingerprint(source: DataSourceConfig, max_atoms: int) -> str:
     description = {
         "source": {k: v for k, v in asdict(source).items() if k not in ("weight", "holdout", "part")},
         "max_atoms": max_atoms,
-        "featurization": loaders.FEATURIZATION_VERSION,
+        "featurization": FEATURIZATION_VERSION,
     }
     if source.path and Path(source.path).exists():
         path = Path(source.path)
@@ -66,7 +68,7 @@ def prepare_source(
     cache_dir: Path,
     max_atoms: int,
     num_proc: int = 1,
-    num_proc_min_rows: int = loaders.MULTIPROCESS_MIN_ROWS,
+    num_proc_min_rows: int = MULTIPROCESS_MIN_ROWS,
 ) -> tuple[datasets.Dataset, list[DataReport]]:
     """Load and featurize one source, or reuse its cached featurized copy (same source, files and options)."""
     folder = cache_dir / f"{source.type}-{_source_fingerprint(source, max_atoms)}"

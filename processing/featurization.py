@@ -1,0 +1,101 @@
+"""Featurization of a conversation-schema dataset: every molecule's graph computed once, with `datasets.map`, and the
+molecules that cannot be featurized dropped and counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import datasets
+
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
+from llamo.feature_extraction_llamo import prepare_molecule
+from llamo.featurization_llamo import OversizedMoleculeError
+
+from .loaders import DataReport
+
+FEATURIZED_FEATURES = {
+    "atom_features": datasets.List(datasets.List(datasets.Value("int16"))),
+    "edge_index": datasets.List(datasets.List(datasets.Value("int32"))),
+    "edge_features": datasets.List(datasets.List(datasets.Value("int8"))),
+    "motif_features": datasets.List(datasets.List(datasets.Value("uint8"))),
+    "prompt_smiles": datasets.Value("string"),
+    "inchikey": datasets.Value("string"),
+    "num_atoms": datasets.Value("int32"),
+}
+FEATURIZATION_VERSION = "1"
+MULTIPROCESS_MIN_ROWS = 512
+
+
+def _featurization_error(failure: Exception) -> str:
+    """The report reason of a molecule that could not be featurized."""
+    if not isinstance(failure, ValueError):
+        return f"featurization error: {type(failure).__name__}"
+    if isinstance(failure, OversizedMoleculeError):
+        return "oversized molecule"
+    return "empty SMILES" if str(failure).startswith("Empty") else "unparsable SMILES"
+
+
+def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str, list]:
+    from rdkit import Chem, rdBase
+
+    out: dict[str, list] = {name: [] for name in [*FEATURIZED_FEATURES, "featurization_error"]}
+    with rdBase.BlockLogs():
+        for smiles in batch["smiles"]:
+            try:
+                prepared = prepare_molecule(smiles, max_atoms)
+                graph = prepared.graph
+                values = (
+                    graph.atom_features.tolist(),
+                    graph.edge_index.tolist(),
+                    graph.edge_features.tolist(),
+                    graph.motif_features.tolist(),
+                    prepared.smiles,
+                    Chem.MolToInchiKey(prepared.mol) or "",
+                    graph.num_atoms,
+                    "",
+                )
+            except Exception as failure:  # one bad molecule is counted, never stops the job
+                values = ([], [[], []], [], [], "", "", 0, _featurization_error(failure))
+            for column, value in zip(out.values(), values, strict=True):
+                column.append(value)
+    return out
+
+
+def featurize_dataset(
+    dataset: datasets.Dataset,
+    max_atoms: int | None = DEFAULT_MAX_ATOMS,
+    num_proc: int | None = None,
+    name: str = "dataset",
+    cache_file_name: str | None = None,
+    multiprocess_min_rows: int = MULTIPROCESS_MIN_ROWS,
+) -> tuple[datasets.Dataset, DataReport]:
+    """
+    Featurize every molecule once with `datasets.map`, adding `atom_features`, `edge_index`, `edge_features`,
+    `motif_features`, `prompt_smiles` (canonical, non-isomeric, uncut), `inchikey` and `num_atoms`. Unparsable, empty
+    and oversized molecules, and any molecule whose featurization raises, are dropped and counted in the returned
+    report (the latter as `featurization error: <exception type>`).
+
+    `num_proc` processes are used when the dataset has more than `multiprocess_min_rows` rows (below that, starting
+    the processes costs more than it saves).
+    """
+    features = datasets.Features(
+        {**dataset.features, **FEATURIZED_FEATURES, "featurization_error": datasets.Value("string")}
+    )
+    mapped = dataset.map(
+        _featurize_batch,
+        batched=True,
+        batch_size=256,
+        fn_kwargs={"max_atoms": max_atoms},
+        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > multiprocess_min_rows else None,
+        features=features,
+        desc=f"Featurizing {name}",
+        cache_file_name=cache_file_name,
+    )
+    errors = Counter(mapped["featurization_error"])
+    errors.pop("", None)
+    kept = mapped.filter(lambda error: not error, input_columns="featurization_error", desc="Dropping bad molecules")
+    report = DataReport(f"featurization of {name}", read=len(dataset), kept=len(kept), dropped=errors)
+    return kept.remove_columns("featurization_error"), report
+
+
+__all__ = ["FEATURIZATION_VERSION", "FEATURIZED_FEATURES", "MULTIPROCESS_MIN_ROWS", "featurize_dataset"]
