@@ -1,7 +1,5 @@
-"""`llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card`.
-
-Only the standard library is imported here, so that `llamo --help` stays fast; handlers import what they need.
-"""
+"""`llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card` (standard-library imports only at
+the top, so that `llamo --help` stays fast)."""
 
 from __future__ import annotations
 
@@ -36,7 +34,7 @@ def _add_card_arguments(parser: argparse.ArgumentParser, default_license: str) -
     card.add_argument("--tag", nargs="+", default=[], metavar="TAG", help="extra tags for the card's metadata")
 
 
-def _add_export_parser(subparsers) -> None:
+def register(subparsers) -> None:
     parser = add_command(subparsers, "export", _run_export)
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="a saved LLaMo (llamo init, training, convert-original)")
     parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
@@ -45,8 +43,6 @@ def _add_export_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     _add_card_arguments(parser, "apache-2.0")
 
-
-def _add_push_parser(subparsers) -> None:
     parser = add_command(subparsers, "push", _run_push)
     parser.add_argument("folder", metavar="FOLDER", help="the exported folder")
     parser.add_argument("repo_id", metavar="REPO_ID", help="NAMESPACE/NAME on the Hub")
@@ -56,16 +52,12 @@ def _add_push_parser(subparsers) -> None:
     parser.add_argument("--commit-message", help="the commit message; a generated one names the llamo version")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
 
-
-def _add_convert_parser(subparsers) -> None:
     from llamo.convert_llamo_original_to_hf import add_conversion_arguments  # standard library only at its top
 
     parser = add_command(subparsers, "convert-original", _run_convert)
     add_conversion_arguments(parser)
     _add_card_arguments(parser, "llama2")
 
-
-def _add_dataset_card_parser(subparsers) -> None:
     parser = add_command(subparsers, "dataset-card", _run_dataset_card)
     parser.add_argument("summary", metavar="SUMMARY_JSON", help="the OUT.jsonl.summary.json of a generation run")
     parser.add_argument("-o", "--output", help="where to write; README.md beside the summary when not given")
@@ -75,35 +67,19 @@ def _add_dataset_card_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing card")
 
 
-def register(subparsers) -> None:
-    _add_export_parser(subparsers)
-    _add_push_parser(subparsers)
-    _add_convert_parser(subparsers)
-    _add_dataset_card_parser(subparsers)
-
-
 def _card_options(args: argparse.Namespace, run_dirs=None):
     from .cards import ModelCardOptions
 
-    return ModelCardOptions(
-        model_name=args.model_name,
-        repo_id=args.repo_id,
-        base_model=args.base_model,
-        license=args.license,
-        datasets=list(args.dataset),
-        credits=list(args.credit),
-        results=list(args.card_results),
-        run_dirs=run_dirs,
-        tags=list(args.tag),
-    )
+    scalars = options_of(args, "model_name", "repo_id", "base_model", "license")
+    lists = {"datasets": args.dataset, "credits": args.credit, "results": args.card_results, "tags": args.tag}
+    return ModelCardOptions(**scalars, **{key: list(value) for key, value in lists.items()}, run_dirs=run_dirs)
 
 
 def _print_files(result) -> None:
-    from .publish import format_size
+    from .export import format_size
 
     print(f"Wrote {len(result.files)} files ({format_size(result.total_bytes)}) to {result.folder}:", file=sys.stderr)
-    for path, size in result.files:
-        print(f"  {format_size(size):>10}  {path}", file=sys.stderr)
+    print(result.listing(), file=sys.stderr)
 
 
 def _run_export(args: argparse.Namespace) -> None:
@@ -115,20 +91,12 @@ def _run_export(args: argparse.Namespace) -> None:
     (llamo_run_config.json) unless --run-dir is given."""
     from llamo.errors import CommandError
 
-    from .cards import CardError
-    from .export import ExportError, export_model
-    from .recipe import RunFolderError
-    from .results import ResultsFileError
+    from .export import export_model
 
     try:
-        result = export_model(
-            args.model_dir,
-            args.output_dir,
-            _card_options(args, args.run_dir),
-            overwrite=args.overwrite,
-            dtype=args.dtype,
-        )
-    except (ExportError, CardError, ResultsFileError, RunFolderError, ValueError) as error:
+        options = _card_options(args, args.run_dir)
+        result = export_model(args.model_dir, args.output_dir, options, overwrite=args.overwrite, dtype=args.dtype)
+    except ValueError as error:  # the export's, card's, results' and run folders' errors
         raise CommandError(str(error)) from error
     _print_files(result)
     print(f"Push it with: llamo push {result.folder} {args.repo_id or 'NAMESPACE/NAME'}", file=sys.stderr)
@@ -188,14 +156,14 @@ def _run_dataset_card(args: argparse.Namespace) -> None:
     OUT.jsonl.summary.json."""
     from llamo.errors import CommandError
 
-    from .cards import CardError, build_dataset_card
+    from .cards import build_dataset_card
 
     output = Path(args.output) if args.output else Path(args.summary).parent / "README.md"
     if output.exists() and not args.overwrite:
         raise CommandError(f"{output} exists; pass --overwrite to replace it or -o to write elsewhere.")
     try:
         card = build_dataset_card(args.summary, args.pretty_name, args.license, list(args.credit))
-    except (CardError, ValueError) as error:
+    except ValueError as error:
         raise CommandError(str(error)) from error
     output.parent.mkdir(parents=True, exist_ok=True)
     card.save(output)

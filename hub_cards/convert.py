@@ -1,44 +1,8 @@
-"""Conversion of the original LLaMo release: moved beside the model, to `llamo.convert_llamo_original_to_hf`. This
-alias keeps `llamo.hub_cards.convert` (and `from llamo.hub_cards import convert_original_checkpoint`) working."""
+"""The old import path of `llamo.convert_llamo_original_to_hf` (the conversion of the original release): the same
+module."""
 
-from llamo.convert_llamo_original_to_hf import (
-    LLM_PREFIX,
-    RELEASE_LORA_ALPHA,
-    RELEASE_LORA_DROPOUT,
-    CheckpointError,
-    ConversionResult,
-    OriginalParts,
-    UnsafeCheckpointError,
-    adapter_state_dict,
-    align_tokenizer,
-    convert_graph_part,
-    convert_original_checkpoint,
-    converted_config,
-    describe_level_attention,
-    language_model_weights,
-    level_attention_differences,
-    load_checkpoint_state_dict,
-    merge_lora,
-    split_original_state_dict,
-)
+import sys
 
-__all__ = [
-    "LLM_PREFIX",
-    "RELEASE_LORA_ALPHA",
-    "RELEASE_LORA_DROPOUT",
-    "CheckpointError",
-    "ConversionResult",
-    "OriginalParts",
-    "UnsafeCheckpointError",
-    "adapter_state_dict",
-    "align_tokenizer",
-    "convert_graph_part",
-    "convert_original_checkpoint",
-    "converted_config",
-    "describe_level_attention",
-    "language_model_weights",
-    "level_attention_differences",
-    "load_checkpoint_state_dict",
-    "merge_lora",
-    "split_original_state_dict",
-]
+from llamo import convert_llamo_original_to_hf
+
+sys.modules[__name__] = convert_llamo_original_to_hf

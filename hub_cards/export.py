@@ -1,16 +1,10 @@
-"""Export a LLaMo model into one self-contained folder, ready for the Hub.
-
-The folder holds the weights (safetensors), `config.json` with `auto_map` and the `molecule-text-generation` custom
-pipeline, exactly the remote-code files (configuration, modeling, processing, featurization, pipeline), the processor
-and tokenizer files, the chat template, `generation_config.json`, and the model card (`README.md`).
-
-The folder is written beside its destination first and moved into place only once complete, so a failed export
-leaves the destination untouched.
-"""
+"""Export a LLaMo model into one self-contained folder, ready for the Hub: safetensors weights, `config.json` with
+`auto_map` and the `molecule-text-generation` custom pipeline, exactly the remote-code files, the processor and
+tokenizer files, the chat template, `generation_config.json` and the model card (`README.md`). The folder is written
+beside its destination and moved into place only once complete: a failed export leaves the destination untouched."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -31,17 +25,6 @@ REMOTE_CODE_FILES = (
     "processing_llamo.py",
 )
 """The Python files an exported folder carries, and no others."""
-
-CUSTOM_PIPELINES = {
-    PIPELINE_TASK: {
-        "impl": "pipeline_llamo.LlamoMoleculePipeline",
-        "pt": ["AutoModelForCausalLM"],
-        "type": "multimodal",
-    }
-}
-"""`config.json`'s `custom_pipelines`: with one task there, `pipeline(model=folder, trust_remote_code=True)` reads the
-task from the config, without asking the Hub."""
-
 REQUIRED_FILES = (
     "config.json",
     "generation_config.json",
@@ -49,15 +32,37 @@ REQUIRED_FILES = (
     "tokenizer_config.json",
     "README.md",
 )
+HIDDEN_PATTERNS = [".*", "*/.*"]
+"""Hidden files and folders: never listed, never uploaded."""
 
 
 class ExportError(ValueError):
     """A model folder that cannot be exported, or an export that came out incomplete (named in the message)."""
 
 
+def format_size(size: int) -> str:
+    """`1536` -> `"1.5 KB"` (binary units)."""
+    if size < 1024:
+        return f"{size} B"
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1024
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}"
+
+
+def list_files(folder: Path) -> list[tuple[str, int]]:
+    """The files under `folder` that `upload_folder` sends (hidden ones left out), as `(relative path, size)`."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    paths = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    return [
+        (path, (folder / path).stat().st_size) for path in filter_repo_objects(paths, ignore_patterns=HIDDEN_PATTERNS)
+    ]
+
+
 @dataclass
 class ExportResult:
-    """What was written: the folder and its files as `(relative path, size in bytes)`."""
+    """A folder and its files as `(relative path, size in bytes)`."""
 
     folder: Path
     files: list[tuple[str, int]]
@@ -66,15 +71,8 @@ class ExportResult:
     def total_bytes(self) -> int:
         return sum(size for _, size in self.files)
 
-
-def list_files(folder: Path) -> list[tuple[str, int]]:
-    """Regular files under `folder` (hidden ones excluded), as `(relative POSIX path, size)`, sorted."""
-    found = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
-            found.append((relative.as_posix(), path.stat().st_size))
-    return found
+    def listing(self) -> str:
+        return "\n".join(f"  {format_size(size):>10}  {path}" for path, size in self.files)
 
 
 def check_destination(output_dir: Path, overwrite: bool, source: Path | None = None) -> None:
@@ -91,15 +89,14 @@ def check_model_folder(model_dir: Path) -> None:
     """A LLaMo model folder: `config.json` of model type `llamo` and the processor's files."""
     if not model_dir.is_dir():
         raise FileNotFoundError(f"Model folder not found: {model_dir}")
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
+    if not (model_dir / "config.json").is_file():
         if (model_dir / "adapter_config.json").is_file():
             raise ExportError(
                 f"{model_dir} holds a PEFT adapter, not a full model: export the merged model (stage 2 writes it to "
                 "OUTPUT_DIR/merged)."
             )
         raise ExportError(f"{model_dir} has no config.json: not a saved model folder.")
-    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type != "llamo":
         raise ExportError(f"{model_dir} holds a {model_type!r} model, not a LLaMo (model_type 'llamo').")
     if not (model_dir / "processor_config.json").is_file():
@@ -107,8 +104,8 @@ def check_model_folder(model_dir: Path) -> None:
 
 
 def check_export_folder(folder: Path) -> None:
-    """Check a written export: required files, safetensors weights, exactly the remote-code files, the config's
-    `auto_map` and custom pipeline."""
+    """Check a written export: required files, safetensors weights and no pickles, exactly the remote-code files, the
+    config's `auto_map` and custom pipeline."""
     names = {relative for relative, _ in list_files(folder)}
     missing = [name for name in REQUIRED_FILES if name not in names]
     if not any(name.endswith(".safetensors") and "/" not in name for name in names):
@@ -122,68 +119,44 @@ def check_export_folder(folder: Path) -> None:
     if any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names):
         raise ExportError(f"The export in {folder} holds pickled files; only safetensors weights may be published.")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if "AutoModelForCausalLM" not in (config.get("auto_map") or {}) or PIPELINE_TASK not in (
-        config.get("custom_pipelines") or {}
+    if "AutoModelForCausalLM" not in config.get("auto_map", {}) or PIPELINE_TASK not in config.get(
+        "custom_pipelines", {}
     ):
         raise ExportError(f"{folder}/config.json lacks the auto_map or the {PIPELINE_TASK} custom pipeline.")
 
 
 def write_export(
-    model,
-    processor,
-    output_dir: str | Path,
-    card,
-    overwrite: bool = False,
-    extra: Callable[[Path], None] | None = None,
+    model, processor, output_dir: str | Path, card, overwrite: bool = False, extra: Callable[[Path], None] | None = None
 ) -> ExportResult:
-    """
-    Write `model` + `processor` + `card` as an export folder (see the module docstring).
-
-    Args:
-        model: a `LlamoForConditionalGeneration` (its config gets the custom pipeline in the saved file only).
-        processor: its `LlamoProcessor`.
-        output_dir: the destination; a non-empty one is replaced only with `overwrite`.
-        card: the `ModelCard` written as `README.md`.
-        extra: called with the staging folder to add more files (e.g. a PEFT adapter) before the check.
-    """
-    import llamo
+    """Write `model` (its `config.custom_pipelines` gets set) + `processor` + `card` (a `ModelCard`) as an export folder
+    in `output_dir`, replacing a non-empty one only with `overwrite`. `extra` is called with the staging folder to add
+    more files (e.g. a PEFT adapter) before the check."""
+    from llamo.pipeline_llamo import LlamoMoleculePipeline
 
     output_dir = Path(output_dir)
     check_destination(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.export-", dir=output_dir.parent))
-    had_pipelines = hasattr(model.config, "custom_pipelines")
-    previous = getattr(model.config, "custom_pipelines", None)
     try:
-        model.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
-        model.save_pretrained(staging, max_shard_size="5GB")
+        # the registered pipeline writes its task into config.json and its code beside the model's remote code
+        pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
+        pipe.save_pretrained(staging, max_shard_size="5GB")
         processor.save_pretrained(staging)
-        shutil.copyfile(Path(llamo.__file__).parent / "pipeline_llamo.py", staging / "pipeline_llamo.py")
         card.save(staging / "README.md")
         if extra is not None:
             extra(staging)
         check_export_folder(staging)
-        _move_into_place(staging, output_dir)
+        if output_dir.exists():  # the old folder goes only once the new one is in place
+            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, retired / output_dir.name)
+            os.replace(staging, output_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        if had_pipelines:
-            model.config.custom_pipelines = previous
-        else:
-            del model.config.custom_pipelines
     return ExportResult(output_dir, list_files(output_dir))
-
-
-def _move_into_place(staging: Path, output_dir: Path) -> None:
-    """Replace `output_dir` by `staging`; the old folder is removed only after the new one is in place."""
-    if not output_dir.exists():
-        os.replace(staging, output_dir)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-    os.replace(output_dir, retired / output_dir.name)
-    os.replace(staging, output_dir)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def export_model(
@@ -193,18 +166,10 @@ def export_model(
     overwrite: bool = False,
     dtype: str = "auto",
 ) -> ExportResult:
-    """
-    Export a saved LLaMo folder (from `llamo init`, training, or `convert-original`) for the Hub.
-
-    The model is loaded and saved again, so the export always holds safetensors weights, the remote code of the
-    installed `llamo`, and none of a training folder's other files (optimizer states, logs, checkpoints).
-
-    Args:
-        model_dir: the saved model + processor.
-        output_dir: where to write; must be new or empty unless `overwrite`.
-        card_options: what the model card says (see `ModelCardOptions`).
-        dtype: `auto` keeps the saved dtype; `float32`, `bfloat16` or `float16` converts the weights.
-    """
+    """Export a saved LLaMo folder (from `llamo init`, training, or `convert-original`) to `output_dir` (new or empty
+    unless `overwrite`), with the card `card_options` describe. The model is loaded (`dtype`: `auto` keeps the saved
+    one) and saved again, so the export holds safetensors weights, the remote code of the installed `llamo`, and none
+    of a training folder's other files (optimizer states, logs, checkpoints)."""
     from llamo.builder import load_llamo
     from llamo.cli_common import DTYPE_CHOICES
 
@@ -216,16 +181,3 @@ def export_model(
     model, processor = load_llamo(model_dir, "cpu", dtype)
     card = build_model_card(model, processor, card_options, model_dir=model_dir)
     return write_export(model, processor, output_dir, card, overwrite=overwrite)
-
-
-__all__ = [
-    "CUSTOM_PIPELINES",
-    "REMOTE_CODE_FILES",
-    "ExportError",
-    "ExportResult",
-    "check_export_folder",
-    "check_model_folder",
-    "export_model",
-    "list_files",
-    "write_export",
-]

@@ -1,7 +1,7 @@
-"""Push an exported folder to the Hugging Face Hub with `huggingface_hub` (`create_repo`, `upload_folder`).
+"""Push an exported folder to the Hub with `huggingface_hub` (`create_repo`, `create_branch`, `upload_folder`).
 
-The token comes from `HF_TOKEN` or the user's stored login (`hf auth login`); it is never printed, and it is removed
-from any error text shown to the user. A dry run lists what would be uploaded and contacts nothing.
+The token comes from `HF_TOKEN` or the stored login (`get_token`); it is never printed, and it is removed from any
+error text shown. A dry run lists what would be uploaded and contacts nothing.
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .export import list_files
-
-HIDDEN_PATTERNS = [".*", "*/.*"]
-"""What `upload_folder` is told to skip: hidden files and folders, which `list_files` leaves out too."""
+from .export import HIDDEN_PATTERNS, ExportResult, format_size, list_files
 
 EXPORT_MARKERS = ("config.json", "README.md")
+_LOGIN = "(HF_TOKEN or `hf auth login`)"
 
 
 class PushError(RuntimeError):
@@ -22,20 +20,14 @@ class PushError(RuntimeError):
 
 
 @dataclass
-class UploadPlan:
+class UploadPlan(ExportResult):
     """What a push sends: which files, to which repository, branch and visibility, with which commit message."""
 
-    folder: Path
-    repo_id: str
-    files: list[tuple[str, int]]
-    commit_message: str
+    repo_id: str = ""
+    commit_message: str = ""
     private: bool = False
     revision: str | None = None
     create_branch: bool = False
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(size for _, size in self.files)
 
     @property
     def url(self) -> str:
@@ -43,27 +35,12 @@ class UploadPlan:
 
     def describe(self) -> str:
         """A readable listing of the plan (paths and sizes)."""
-        visibility = "private" if self.private else "public"
-        branch = self.revision or "the default branch"
-        lines = [
+        branch = (self.revision or "the default branch") + (", created if missing" if self.create_branch else "")
+        return (
             f"{len(self.files)} files, {format_size(self.total_bytes)}, from {self.folder} to {self.repo_id} "
-            f"({visibility} if created; {branch}{', created if missing' if self.create_branch else ''})",
-            f"commit message: {self.commit_message}",
-        ]
-        lines.extend(f"  {format_size(size):>10}  {path}" for path, size in self.files)
-        return "\n".join(lines)
-
-
-def format_size(size: int) -> str:
-    """`1536` -> `"1.5 KB"` (binary units)."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in ("KB", "MB", "GB", "TB"):
-        value /= 1024
-        if value < 1024 or unit == "TB":
-            break
-    return f"{value:.1f} {unit}"
+            f"({'private' if self.private else 'public'} if created; {branch})\n"
+            f"commit message: {self.commit_message}\n{self.listing()}"
+        )
 
 
 def plan_push(
@@ -98,71 +75,17 @@ def plan_push(
         raise PushError(f"Give the repository as NAMESPACE/NAME (your user or organisation name), got {repo_id!r}.")
     if create_branch and not revision:
         raise PushError("--create-branch needs --revision BRANCH: the branch to create.")
-    return UploadPlan(
-        folder=folder,
-        repo_id=repo_id,
-        files=list_files(folder),
-        commit_message=commit_message or f"Upload LLaMo model (llamo {llamo.__version__})",
-        private=private,
-        revision=revision,
-        create_branch=create_branch,
-    )
-
-
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "<token>") if token else text
-
-
-def _hub_error(error: Exception, plan: UploadPlan, token: str | None) -> PushError:
-    """A `PushError` saying what went wrong with the Hub and what to check, without the token."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    detail = _scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, token)
-    if isinstance(error, RevisionNotFoundError):
-        return PushError(
-            f"Branch {plan.revision!r} does not exist in {plan.repo_id}: pass --create-branch to create it. ({detail})"
-        )
-    if isinstance(error, RepositoryNotFoundError):
-        return PushError(
-            f"Repository {plan.repo_id} was not found or your token cannot see it: check the name and that the token "
-            f"(HF_TOKEN or `hf auth login`) may write to that namespace. ({detail})"
-        )
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if status in (401, 403):
-            return PushError(
-                f"The Hub refused the push to {plan.repo_id} (HTTP {status}): check that your token (HF_TOKEN or "
-                f"`hf auth login`) is valid and has write access to that namespace. ({detail})"
-            )
-        return PushError(f"The Hub answered HTTP {status} while pushing to {plan.repo_id}: {detail}")
-    return PushError(
-        f"Could not reach the Hugging Face Hub while pushing to {plan.repo_id} ({type(error).__name__}: {detail}): "
-        "check your network connection, proxy settings and HF_ENDPOINT, then run the command again."
-    )
-
-
-def _is_network_error(error: Exception) -> bool:
-    module = type(error).__module__.split(".")[0]
-    return isinstance(error, OSError) or module.startswith(("httpx", "httpcore", "requests", "urllib3"))
+    message = commit_message or f"Upload LLaMo model (llamo {llamo.__version__})"
+    return UploadPlan(folder, list_files(folder), repo_id, message, private, revision, create_branch)
 
 
 def push_folder(plan: UploadPlan, api=None, token: str | None = None):
-    """
-    Create the repository if needed (and the branch, with `create_branch`), then upload the folder in one commit.
-
-    Args:
-        plan: from `plan_push`.
-        api: an `huggingface_hub.HfApi` (or an object with its `create_repo`, `create_branch`, `upload_folder`);
-            default: one built with the token.
-        token: default: `HF_TOKEN`, else the stored login.
-
-    Returns:
-        the `CommitInfo` of the upload.
+    """Create the repository if needed (and the branch, with `create_branch`), then upload the folder in one commit
+    with `api` (default: an `HfApi` with `token`, default `get_token()`); returns the upload's `CommitInfo`.
 
     Raises:
         PushError: no token, the Hub refused or could not be reached, or any failure whose text holds the token
-            (re-raised with the token replaced by `<token>`, without the original exception attached). The
-            repository is named, the token never.
+            (re-raised with the token replaced by `<token>`, without the original exception attached).
     """
     from huggingface_hub import HfApi, get_token
 
@@ -188,20 +111,36 @@ def push_folder(plan: UploadPlan, api=None, token: str | None = None):
         failure = _push_failure(error, plan, token)
         if failure is None:
             raise
-    # raised outside the `except` block: the original exception (its text, an HTTP request's headers) holding the
-    # token is not even kept as `__context__`
+    # raised outside the `except` block, so that the original (whose text may hold the token) is not its __context__
     raise failure
 
 
 def _push_failure(error: Exception, plan: UploadPlan, token: str) -> PushError | None:
     """The `PushError` to raise instead of `error`, or None to let `error` (a bug, not a push problem) through."""
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    if isinstance(error, HfHubHTTPError) or _is_network_error(error):
-        return _hub_error(error, plan, token)
-    if token in str(error):
-        return PushError(f"Pushing to {plan.repo_id} failed ({type(error).__name__}: {_scrub(str(error), token)})")
-    return None
-
-
-__all__ = ["HIDDEN_PATTERNS", "PushError", "UploadPlan", "format_size", "plan_push", "push_folder"]
+    text, kind, repo = str(error).strip().replace(token, "<token>"), type(error), plan.repo_id
+    detail = text.splitlines()[0] if text else kind.__name__
+    if isinstance(error, RevisionNotFoundError):
+        return PushError(
+            f"Branch {plan.revision!r} does not exist in {repo}: pass --create-branch to create it. ({detail})"
+        )
+    if isinstance(error, RepositoryNotFoundError):
+        return PushError(
+            f"Repository {repo} was not found or your token cannot see it: check the name and that the token "
+            f"{_LOGIN} may write to that namespace. ({detail})"
+        )
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (401, 403):
+            return PushError(
+                f"The Hub refused the push to {repo} (HTTP {status}): check that your token {_LOGIN} is valid and has "
+                f"write access to that namespace. ({detail})"
+            )
+        return PushError(f"The Hub answered HTTP {status} while pushing to {repo}: {detail}")
+    if isinstance(error, OSError) or kind.__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+        return PushError(
+            f"Could not reach the Hugging Face Hub while pushing to {repo} ({kind.__name__}: {detail}): check your "
+            "network connection, proxy settings and HF_ENDPOINT, then run the command again."
+        )
+    return PushError(f"Pushing to {repo} failed ({kind.__name__}: {text})") if token in str(error) else None

@@ -1,18 +1,16 @@
-"""The training recipe of a model, read from its run folders (`llamo_run_config.json`, `training_summary.json`).
-
-A stage-2 run names its stage-1 model in `model_name_or_path` (`model_path` in run folders of earlier versions, whose
-settings are read in today's keys: `llamo.training.config.upgrade_saved_settings`), so starting from the last run the
-whole chain is found.
-"""
+"""The training recipe of a model, from its run folders (`llamo_run_config.json`, `training_summary.json`, settings of
+earlier versions read in today's keys). A stage-2 run names its stage-1 model in `model_name_or_path`, so the whole
+chain is found from the last run."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llamo.training.config import upgrade_saved_settings
+
+from .results import read_json
 
 RUN_CONFIG = "llamo_run_config.json"
 RUN_SUMMARY = "training_summary.json"
@@ -41,12 +39,8 @@ class TrainingRun:
         return self.summary is not None
 
     @property
-    def source_types(self) -> list[str]:
-        return [str(source.get("type")) for source in self.config.get("sources") or [] if source.get("type")]
-
-    @property
-    def source_paths(self) -> list[str]:
-        return [str(source["path"]) for source in self.config.get("sources") or [] if source.get("path")]
+    def sources(self) -> list[dict[str, Any]]:
+        return self.config.get("sources") or []
 
     def recipe_rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs describing the run, for a card's table."""
@@ -59,43 +53,28 @@ class TrainingRun:
             rows.append(("Started from", str(start)))
         mode = config.get("mode") or "generalist"
         rows.append(("Mode", f"{mode} ({config['task']})" if config.get("task") else mode))
-        rows.append(("Data", "; ".join(_source_label(source) for source in config.get("sources") or []) or "n/a"))
+        rows.append(("Data", "; ".join(_source_label(source) for source in self.sources) or "n/a"))
         rows.append(("Optimiser and schedule", _schedule(config)))
         length = f"{config.get('num_train_epochs')} epoch(s)"
         if (config.get("max_steps") or -1) > 0:
             length += f", capped at {config['max_steps']} steps"
         rows.append(("Length", length))
-        rows.append(
-            (
-                "Batch",
-                f"{config.get('per_device_train_batch_size')} per device x {config.get('gradient_accumulation_steps')} "
-                "accumulation step(s)",
-            )
-        )
+        batch = config.get("per_device_train_batch_size"), config.get("gradient_accumulation_steps")
+        rows.append(("Batch", "{} per device x {} accumulation step(s)".format(*batch)))
         rows.append(("Max text length", f"{config.get('max_length')} tokens"))
         precision = "bf16" if config.get("bf16") else str(config.get("dtype") or "float32")
-        rows.append(
-            ("Precision", precision + (", gradient checkpointing" if config.get("activation_checkpointing") else ""))
-        )
+        gradients = ", gradient checkpointing" if config.get("activation_checkpointing") else ""
+        rows.append(("Precision", precision + gradients))
         if self.stage == 2:
             targets = config.get("lora_target_modules") or []
             targets = ", ".join([targets] if isinstance(targets, str) else targets)
-            rows.append(
-                (
-                    "LoRA",
-                    f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout {config.get('lora_dropout')},"
-                    f" on {targets} of the LM",
-                )
-            )
+            lora = f"r {config.get('lora_r')}, alpha {config.get('lora_alpha')}, dropout {config.get('lora_dropout')}"
+            rows.append(("LoRA", f"{lora}, on {targets} of the LM"))
         rows.append(("Seed", str(config.get("seed"))))
-        rows.extend(self._summary_rows())
-        return rows
-
-    def _summary_rows(self) -> list[tuple[str, str]]:
-        if self.summary is None:
-            return [("Status", "not finished (no training_summary.json)")]
         summary = self.summary
-        rows = [("Optimiser steps", str(summary.get("global_step")))]
+        if summary is None:
+            return [*rows, ("Status", "not finished (no training_summary.json)")]
+        rows.append(("Optimiser steps", str(summary.get("global_step"))))
         loss = (summary.get("metrics") or {}).get("train_loss")
         if loss is not None:
             rows.append(("Mean training loss", f"{loss:.4f}"))
@@ -107,8 +86,8 @@ class TrainingRun:
                 hours += f" (the last run only, resumed from {summary['resumed_from']}; earlier runs not counted)"
             rows.append(("Wall time", hours))
         for report in summary.get("data") or []:
-            dropped = report.get("dropped") or {}
-            reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items())) or "none dropped"
+            dropped = sorted((report.get("dropped") or {}).items())
+            reasons = ", ".join(f"{count} {reason}" for reason, count in dropped) or "none dropped"
             rows.append(
                 (f"Data: {report.get('name')}", f"read {report.get('read')}, kept {report.get('kept')} ({reasons})")
             )
@@ -138,9 +117,7 @@ def _source_label(source: dict[str, Any]) -> str:
     details = []
     if source.get("path"):
         details.append("/".join(Path(str(source["path"])).parts[-2:]))  # no machine-specific prefix in a card
-    for key in ("split", "part", "task"):
-        if source.get(key):
-            details.append(f"{key} {source[key]}")
+    details.extend(f"{key} {source[key]}" for key in ("split", "part", "task") if source.get(key))
     if source.get("limit"):
         details.append(f"first {source['limit']} rows")
     if source.get("holdout"):
@@ -150,55 +127,31 @@ def _source_label(source: dict[str, Any]) -> str:
     return f"{source.get('type')} ({', '.join(details)})" if details else str(source.get("type"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunFolderError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise RunFolderError(f"{path} does not hold a JSON object.")
-    return data
-
-
 def read_run(folder: str | Path) -> TrainingRun:
     """Read one run folder (it must hold `llamo_run_config.json`)."""
     folder = Path(folder)
-    config_path = folder / RUN_CONFIG
-    if not config_path.is_file():
+    if not (folder / RUN_CONFIG).is_file():
         raise RunFolderError(f"{folder} is not a llamo training run: it has no {RUN_CONFIG}.")
-    summary_path = folder / RUN_SUMMARY
-    summary = _read_json(summary_path) if summary_path.is_file() else None
-    return TrainingRun(folder, upgrade_saved_settings(_read_json(config_path)), summary)
+    config, summary = (
+        read_json(folder / name, RunFolderError, name) if (folder / name).is_file() else None
+        for name in (RUN_CONFIG, RUN_SUMMARY)
+    )
+    return TrainingRun(folder, upgrade_saved_settings(config), summary)
 
 
-def _resolve(path_text: str, base: Path) -> Path | None:
-    """A run config's `model_name_or_path`, which is relative to where training was launched: try it as given, then
-    from the runs around `base`."""
-    path = Path(path_text)
-    for candidate in (path, *(parent / path for parent in base.parents)):
-        if candidate.is_dir():
-            return candidate
-    return None
+def _run_folder(folder: Path | None) -> Path | None:
+    """`folder` or its parent (a stage-2 `merged/` folder), whichever holds a run config."""
+    return next((f for f in (folder, folder.parent) if (f / RUN_CONFIG).is_file()), None) if folder else None
 
 
 def find_runs(model_dir: str | Path) -> list[TrainingRun]:
-    """The training runs behind a model folder, earliest stage first.
-
-    The folder itself or its parent (a stage-2 `merged/` folder) holds the last run; each run's `model_name_or_path`
-    leads to the one before. Returns `[]` for a folder that no run produced.
-    """
-    model_dir = Path(model_dir).resolve()
-    start = next((folder for folder in (model_dir, model_dir.parent) if (folder / RUN_CONFIG).is_file()), None)
+    """The training runs behind a model folder, earliest stage first (`[]` for a folder no run produced). Each run's
+    `model_name_or_path`, relative to where training was launched, is tried as given, then from the runs' parents."""
+    start = _run_folder(Path(model_dir).resolve())
     runs: list[TrainingRun] = []
-    seen: set[Path] = set()
-    while start is not None and start not in seen:
-        seen.add(start)
-        run = read_run(start)
-        runs.append(run)
-        previous = run.config.get("model_name_or_path")
-        found = _resolve(str(previous), start) if previous else None
-        start = next((f for f in (found, found.parent) if (f / RUN_CONFIG).is_file()), None) if found else None
+    while start is not None and start not in {run.folder for run in runs}:
+        runs.append(read_run(start))
+        previous = Path(str(runs[-1].config.get("model_name_or_path") or ""))
+        candidates = (previous, *(parent / previous for parent in start.parents)) if previous.name else ()
+        start = _run_folder(next((path for path in candidates if path.is_dir()), None))
     return list(reversed(runs))
-
-
-__all__ = ["RUN_CONFIG", "RUN_SUMMARY", "RunFolderError", "TrainingRun", "find_runs", "read_run"]

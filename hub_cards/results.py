@@ -1,37 +1,28 @@
-"""Evaluation results (`llamo evaluate`'s `results.json`) -> a model card's `model-index` and its metric tables.
+"""`llamo evaluate` results files -> a model card's `model-index` (`huggingface_hub.EvalResult`) and metric tables.
 
-Every metric name in the card says its protocol (e.g. "BLEU-4 (MolT5 protocol, SciBERT tokens)"), because numbers
-under different protocols are not comparable. Property MAE always comes with its valid-answer ratio, in the order the
-evaluator wrote them (each MAE followed by its ratio).
+Every metric's card name says its protocol, since numbers under different protocols are not comparable; each property
+MAE is followed by its valid-answer ratio, in the evaluator's order.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llamo.evaluation.predictions import RESULTS_FORMAT
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
-
 PROTOCOL_LABELS = {
     "molt5_scibert": "MolT5 protocol, SciBERT tokens",
     "llamo_llm_tokens": "LLaMo protocol, LLM tokens",
     "molt5_raw_text": "MolT5 protocol, raw text",
 }
-"""How each evaluation protocol is named in cards (see `llamo.evaluation.text_metrics`)."""
-
-_TEXT_METRICS = {
-    "bleu2": "BLEU-2",
-    "bleu4": "BLEU-4",
-    "meteor": "METEOR",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-}
+_TEXT_METRICS = dict(
+    bleu2="BLEU-2", bleu4="BLEU-4", meteor="METEOR", rouge1="ROUGE-1", rouge2="ROUGE-2", rougeL="ROUGE-L"
+)
 _FIXED_NAMES = {
     "exact_match_normalized": "Exact match (case and whitespace ignored)",
     "exact_match_stripped": "Exact match (surrounding whitespace ignored)",  # results of earlier versions
@@ -46,69 +37,17 @@ class ResultsFileError(ValueError):
     """A results file that cannot be read into a card (named in the message)."""
 
 
-@dataclass
-class MetricEntry:
-    """One reported number, with the name a card shows."""
-
-    id: str
-    type: str
-    value: float
-    unit: str
-    protocol: str | None
-    display_name: str
-
-    @property
-    def formatted(self) -> str:
-        if self.unit == "percent":
-            return f"{self.value:.2f}"
-        return f"{self.value:.4g} {self.unit}"
-
-
-@dataclass
-class TaskEntry:
-    """The results of one task on one dataset, from one results file."""
-
-    name: str
-    title: str
-    type: str
-    dataset: dict[str, Any]
-    counts: dict[str, Any]
-    metrics: list[MetricEntry]
-    unavailable: list[dict[str, str]]
-
-    @property
-    def dataset_label(self) -> str:
-        name = self.dataset.get("name") or self.dataset.get("source") or "unnamed dataset"
-        split = self.dataset.get("split")
-        return f"{name} ({split})" if split else str(name)
-
-
-@dataclass
-class EvaluationResults:
-    """One `results.json`: what was evaluated (the model or a baseline), how it decoded, and its tasks."""
-
-    path: Path
-    evaluated: str
-    baseline: dict[str, Any] | None
-    decoding: dict[str, Any] | None
-    created_at: str | None
-    tasks: list[TaskEntry] = field(default_factory=list)
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.evaluated != "model"
-
-    @property
-    def decoding_label(self) -> str:
-        if not self.decoding:
-            return "no generation (a non-generating baseline)"
-        settings = self.decoding
-        label = f"{settings.get('strategy', 'greedy')}, at most {settings.get('max_new_tokens')} new tokens"
-        if settings.get("num_beams", 1) > 1:
-            label += f", {settings['num_beams']} beams"
-        if settings.get("do_sample"):
-            label += f", temperature {settings.get('temperature')}, top-p {settings.get('top_p')}"
-        return label
+def read_json(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """The JSON object in `path`; `error`, naming the file (`what` it is), when it is missing, invalid or no object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as failure:
+        raise error(f"{path} is not valid JSON: {failure}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} does not hold a JSON object.")
+    return data
 
 
 def _property_label(key: str) -> str:
@@ -126,43 +65,82 @@ def metric_display_name(metric: dict[str, Any]) -> str:
         return f"{_TEXT_METRICS.get(base, base)} ({label})"
     if kind == "mae":
         unit = str(metric.get("unit") or "")
-        unit_suffix = "_" + re.sub(r"[^a-z0-9]+", "_", unit.lower())
-        key = name.removeprefix("mae").removesuffix(unit_suffix).strip("_")
+        key = name.removeprefix("mae").removesuffix("_" + re.sub(r"[^a-z0-9]+", "_", unit.lower())).strip("_")
         return f"MAE, {_property_label(key)} ({unit}, valid answers only)"
     if kind == "valid_ratio":
         return f"Valid-answer ratio, {_property_label(name.removeprefix('valid_ratio').strip('_'))} (%)"
     return _FIXED_NAMES.get(name, name)
 
 
-def read_json(path: Path, error: type[Exception], what: str) -> Any:
-    """The JSON in `path`; `error`, with a message naming the file (`what` it is), when it is missing or invalid."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    except json.JSONDecodeError as failure:
-        raise error(f"{path} is not valid JSON: {failure}") from None
+@dataclass
+class TaskEntry:
+    name: str
+    title: str
+    type: str
+    dataset: dict[str, Any]
+    counts: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    unavailable: list[dict[str, str]]
+
+    @property
+    def hub_id(self) -> str | None:
+        return str(self.dataset["source"]) if self.dataset.get("kind") == "hub" and self.dataset.get("source") else None
+
+    @property
+    def dataset_type(self) -> str:
+        """The model-index `dataset.type`: the Hub id when the data came from the Hub, else the dataset's name."""
+        return self.hub_id or str(self.dataset.get("name") or self.dataset.get("source") or "unknown")
+
+    @property
+    def dataset_label(self) -> str:
+        name = self.dataset.get("name") or self.dataset.get("source") or "unnamed dataset"
+        split = self.dataset.get("split")
+        return f"{name} ({split})" if split else str(name)
 
 
-def _metric(raw: dict[str, Any], where: str) -> MetricEntry:
+@dataclass
+class EvaluationResults:
+    """One `results.json`: what was evaluated (the model or a baseline), how it decoded, and its tasks."""
+
+    path: Path
+    evaluated: str
+    baseline: dict[str, Any] | None
+    decoding: dict[str, Any] | None
+    created_at: str | None
+    tasks: list[TaskEntry]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.evaluated != "model"
+
+    @property
+    def decoding_label(self) -> str:
+        settings = self.decoding
+        if not settings:
+            return "no generation (a non-generating baseline)"
+        label = f"{settings.get('strategy', 'greedy')}, at most {settings.get('max_new_tokens')} new tokens"
+        if settings.get("num_beams", 1) > 1:
+            label += f", {settings['num_beams']} beams"
+        if settings.get("do_sample"):
+            label += f", temperature {settings.get('temperature')}, top-p {settings.get('top_p')}"
+        return label
+
+
+def _metric(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A results metric with its card name (`display_name`) and its value as the card shows it (`formatted`)."""
     missing = [key for key in ("name", "type", "value") if key not in raw]
     if missing:
         raise ResultsFileError(f"{where}: a metric lacks {missing}: {raw}")
-    return MetricEntry(
-        id=raw["name"],
-        type=raw["type"],
-        value=float(raw["value"]),
-        unit=raw.get("unit", "percent"),
-        protocol=raw.get("protocol"),
-        display_name=metric_display_name(raw),
-    )
+    value, unit = float(raw["value"]), raw.get("unit", "percent")
+    formatted = f"{value:.2f}" if unit == "percent" else f"{value:.4g} {unit}"
+    return {**raw, "value": value, "unit": unit, "display_name": metric_display_name(raw), "formatted": formatted}
 
 
 def load_results(path: str | Path) -> EvaluationResults:
     """Read and check one results file written by `llamo evaluate`."""
     path = Path(path)
     data = read_json(path, ResultsFileError, "Results file")
-    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+    if data.get("format") != RESULTS_FORMAT:
         raise ResultsFileError(f'{path} is not a `llamo evaluate` results file (no "format": "{RESULTS_FORMAT}").')
     if data.get("format_version") not in SUPPORTED_FORMAT_VERSIONS:
         raise ResultsFileError(
@@ -191,88 +169,40 @@ def load_results(path: str | Path) -> EvaluationResults:
             raise ResultsFileError(f"{where} is malformed (missing {error}).") from None
     if not tasks:
         raise ResultsFileError(f"{path} holds no task results.")
-    model = data.get("model") or {}
-    return EvaluationResults(
-        path=path,
-        evaluated=model.get("evaluated") or "model",
-        baseline=data.get("baseline"),
-        decoding=data.get("decoding"),
-        created_at=data.get("created_at"),
-        tasks=tasks,
-    )
-
-
-def _dataset_type(dataset: dict[str, Any]) -> str:
-    """The model-index `dataset.type`: the Hub id when the data came from the Hub, else the dataset's name."""
-    if dataset.get("kind") == "hub" and dataset.get("source"):
-        return str(dataset["source"])
-    return str(dataset.get("name") or dataset.get("source") or "unknown")
-
-
-def check_no_duplicates(results: list[EvaluationResults]) -> None:
-    """Refuse two files reporting the same metric of the same task on the same data (which one would be true?)."""
-    seen: dict[tuple, Path] = {}
-    for result in results:
-        for task in result.tasks:
-            for metric in task.metrics:
-                key = (result.evaluated, task.name, _dataset_type(task.dataset), task.dataset.get("split"), metric.id)
-                if key in seen and seen[key] != result.path:
-                    raise ResultsFileError(
-                        f"{seen[key]} and {result.path} both report {metric.id} for task {task.name} on "
-                        f"{task.dataset_label}: pass only one of them."
-                    )
-                seen[key] = result.path
+    evaluated = (data.get("model") or {}).get("evaluated") or "model"
+    return EvaluationResults(path, evaluated, data.get("baseline"), data.get("decoding"), data.get("created_at"), tasks)
 
 
 def model_index_results(results: list[EvaluationResults]):
-    """The `EvalResult`s of a card's `model-index`: the model's own results only (baselines go in the card's text).
-
-    The task name is used as the dataset config, so that tasks evaluated on the same file stay apart.
-    """
+    """The `EvalResult`s of a card's `model-index`: the model's own results only (baselines go in the card's text),
+    with the task name as dataset config so that tasks evaluated on the same file stay apart. Two files reporting the
+    same metric of the same task on the same data are refused (which one would be true?)."""
     from huggingface_hub import EvalResult
 
-    check_no_duplicates(results)
+    seen: dict[tuple, Path] = {}
     entries = []
     for result in results:
-        if result.is_baseline:
-            continue
         for task in result.tasks:
             for metric in task.metrics:
-                entries.append(
-                    EvalResult(
-                        task_type=task.type,
-                        task_name=task.title,
-                        dataset_type=_dataset_type(task.dataset),
-                        dataset_name=str(task.dataset.get("name") or _dataset_type(task.dataset)),
-                        dataset_config=task.name,
-                        dataset_split=task.dataset.get("split"),
-                        metric_type=metric.type,
-                        metric_value=round(metric.value, 4),
-                        metric_name=metric.display_name,
-                        metric_config=metric.protocol,
+                key = (result.evaluated, task.name, task.dataset_type, task.dataset.get("split"), metric["name"])
+                if seen.setdefault(key, result.path) != result.path:
+                    raise ResultsFileError(
+                        f"{seen[key]} and {result.path} both report {metric['name']} for task {task.name} on "
+                        f"{task.dataset_label}: pass only one of them."
                     )
-                )
+                if not result.is_baseline:
+                    entries.append(
+                        EvalResult(
+                            task_type=task.type,
+                            task_name=task.title,
+                            dataset_type=task.dataset_type,
+                            dataset_name=str(task.dataset.get("name") or task.dataset_type),
+                            dataset_config=task.name,
+                            dataset_split=task.dataset.get("split"),
+                            metric_type=metric["type"],
+                            metric_value=round(metric["value"], 4),
+                            metric_name=metric["display_name"],
+                            metric_config=metric.get("protocol"),
+                        )
+                    )
     return entries
-
-
-def dataset_mentions(results: list[EvaluationResults]) -> list[str]:
-    """Names and sources of the evaluation datasets (for data credits)."""
-    mentions = []
-    for result in results:
-        for task in result.tasks:
-            mentions.extend(str(task.dataset.get(key) or "") for key in ("name", "source"))
-    return [mention for mention in mentions if mention]
-
-
-__all__ = [
-    "PROTOCOL_LABELS",
-    "EvaluationResults",
-    "MetricEntry",
-    "ResultsFileError",
-    "TaskEntry",
-    "check_no_duplicates",
-    "dataset_mentions",
-    "load_results",
-    "metric_display_name",
-    "model_index_results",
-]

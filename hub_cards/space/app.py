@@ -1,11 +1,6 @@
-"""Hugging Face Space entry point of the LLaMo demo (`python app.py`).
-
-The model is `LLAMO_MODEL` (a local folder or a Hub model id) or else the bundled default model of the `llamo`
-package. If neither can be loaded, the page still draws molecules and lists their groups, and says why chat is off.
-`LLAMO_INDEX` (a molecule index: folder or Hub dataset id, or `none`) and `LLAMO_NEIGHBOURS` (neighbours per answer)
-choose the in-context neighbours, as `llamo demo --index/--neighbours` do; unset, the model's default indexes apply.
-`PORT` / `GRADIO_SERVER_PORT` and `GRADIO_SERVER_NAME` are honoured as Gradio does.
-"""
+"""Hugging Face Space entry point of the LLaMo demo (`python app.py`), configured by `LLAMO_MODEL` (a folder or Hub
+model id; default: the bundled model), `LLAMO_DEVICE`, `LLAMO_INDEX` and `LLAMO_NEIGHBOURS` (see README.md) and
+Gradio's own variables. If no model loads, the page still draws molecules and says why chat is off."""
 
 import importlib
 import importlib.util
@@ -35,30 +30,25 @@ def _space_module(name: str):
     return importlib.import_module(f"llamo_space.{name}")
 
 
-def _model_folder(space_demo) -> Path:
-    """`LLAMO_MODEL` (a folder, or a Hub id fetched once), else the bundled default model."""
-    choice = os.environ.get("LLAMO_MODEL")
-    if choice and not Path(choice).is_dir():
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(choice))
-    return space_demo.resolve_model_dir(choice)
-
-
 def create_demo():
     """The page, with the model loaded if one can be (otherwise chat is switched off with the reason shown)."""
     space_demo = _space_module("demo")
+    choice = os.environ.get("LLAMO_MODEL")
     try:
-        folder = _model_folder(space_demo)
         from llamo.builder import load_llamo
+
+        if choice and not Path(choice).is_dir():  # a Hub id, fetched once
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(choice))
+        else:
+            folder = space_demo.resolve_model_dir(choice)
 
         model, processor = load_llamo(folder, os.environ.get("LLAMO_DEVICE", "auto"))
     except Exception as error:  # the page still draws molecules; the header says why chat is off
         print(f"[llamo demo] no model: {error}", file=sys.stderr)
         return space_demo.build_demo(unavailable=f"the model could not be loaded ({error}).")
-    retrieval = _retrieval(folder)
-    name = os.environ.get("LLAMO_MODEL") or folder.name
-    return space_demo.build_demo(model, processor, model_name=name, retrieval=retrieval)
+    return space_demo.build_demo(model, processor, model_name=choice or folder.name, retrieval=_retrieval(folder))
 
 
 def _retrieval(folder: Path):

@@ -1,4 +1,4 @@
-"""The demo's conversation: turning the page's chat history into LLaMo messages, and streaming an answer from a
+"""The demo's conversation: the page's chat history turned into LLaMo messages, and an answer streamed from a
 background generation thread that the user can stop."""
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ STREAM_TIMEOUT_S = 300.0
 def content_text(content) -> str:
     """The plain text of a chat message's content: a string, a `{"type": "text", "text": ...}` block, or a list of
     them (the form a Gradio Chatbot hands back)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
+    if content is None or isinstance(content, str):
+        return content or ""
     if isinstance(content, dict):
         return str(content.get("text") or content.get("content") or "")
     return " ".join(part for part in (content_text(item) for item in content) if part)
@@ -46,8 +44,8 @@ def exchanges(history: Sequence[dict]) -> list[tuple[str, str]]:
 def conversation_messages(
     smiles: str, history: Sequence[dict], question: str, max_exchanges: int = MAX_EXCHANGES
 ) -> list[dict]:
-    """LLaMo messages for a new `question` after `history` (the page's messages): the molecule block goes into the
-    first user turn only, as in training; the last `max_exchanges` exchanges are kept."""
+    """LLaMo messages for a new `question` after the last `max_exchanges` exchanges of `history` (the page's
+    messages); the molecule goes into the first user turn only, as in training."""
     kept = exchanges(history)[-max_exchanges:] if max_exchanges > 0 else []
     messages: list[dict] = []
     for user_text, answer in [*kept, (question, None)]:
@@ -62,8 +60,7 @@ def conversation_messages(
 
 
 class StopOnEvent(StoppingCriteria):
-    """Ends generation once any of `events` is set (the page's Stop button, or the reader going away). `length` is
-    the sequence length it last saw."""
+    """Ends generation once any of `events` is set; `length` is the sequence length it last saw."""
 
     def __init__(self, *events: threading.Event):
         self.events = events
@@ -83,7 +80,7 @@ class StopRegistry:
         self._lock = threading.Lock()
 
     def start(self, session: str) -> threading.Event:
-        """A fresh, unset flag for the session's next answer."""
+        """A fresh flag for the session's next answer."""
         with self._lock:
             event = self._events[session] = threading.Event()
         return event
@@ -99,15 +96,6 @@ class StopRegistry:
         with self._lock:
             if self._events.get(session) is event:
                 del self._events[session]
-
-
-def _generate_into(model, inputs, streamer: TextIteratorStreamer, settings: dict, failure: list) -> None:
-    try:
-        with torch.inference_mode():
-            model.generate(**inputs, streamer=streamer, **settings)
-    except Exception as error:  # surfaced to the reader by stream_answer
-        failure.append(error)
-        streamer.end()
 
 
 def generation_settings(
@@ -143,18 +131,22 @@ def stream_answer(
     streamer = TextIteratorStreamer(
         processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
     )
-    watch = StopOnEvent(*((closed, stop) if stop is not None else (closed,)))
+    watch = StopOnEvent(closed, *([stop] if stop is not None else []))
     settings = {
         **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)),
         "stopping_criteria": StoppingCriteriaList([watch]),
     }
     failure: list[Exception] = []
-    worker = threading.Thread(
-        target=_generate_into,
-        args=(model, inputs, streamer, settings, failure),
-        name="llamo-demo-generate",
-        daemon=True,
-    )
+
+    def generate() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, streamer=streamer, **settings)
+        except Exception as error:  # raised to the reader below
+            failure.append(error)
+            streamer.end()
+
+    worker = threading.Thread(target=generate, name="llamo-demo-generate", daemon=True)
     worker.start()
     answer = ""
     try:

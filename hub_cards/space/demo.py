@@ -1,14 +1,11 @@
-"""The Gradio page of the LLaMo demo, and how to load a model for it and serve it.
-
-`render_molecule` and `Demo.respond` hold what each event does, as plain functions of their inputs; `build_demo`
-only lays out components and wires events to them. (No `from __future__ import annotations` here: Gradio spots
-the `gr.Request` parameter of an event handler by its evaluated annotation.)
-"""
+"""The Gradio page of the LLaMo demo: `render_molecule` and `Demo` do what each event does, as plain functions of
+their inputs; `build_demo` lays out components and wires events to them. (No `from __future__ import annotations`:
+Gradio spots the `gr.Request` parameter of an event handler by its evaluated annotation.)"""
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
 from .chat import StopRegistry, conversation_messages, generation_settings, stream_answer
@@ -20,8 +17,7 @@ TITLE = "LLaMo: ask a language model about a molecular graph"
 CSS = """
 .llamo-groups { border-collapse: collapse; font-size: 0.9em; }
 .llamo-groups td, .llamo-groups th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #ddd; }
-.llamo-drawing svg { max-width: 100%; height: auto; }
-.llamo-neighbour svg { max-width: 100%; height: auto; }
+.llamo-drawing svg, .llamo-neighbour svg { max-width: 100%; height: auto; }
 """
 INTRO = (
     "Enter a molecule as SMILES (or pick an example). The drawing highlights the **functional groups** that LLaMo's "
@@ -36,25 +32,13 @@ GENERATING = "Generating... (Stop ends the answer)"
 LOADING_INDEX = "Loading the molecule index (a default index is built once, on first use: this can take minutes)..."
 
 
-@dataclass
-class MoleculePanels:
+class MoleculePanels(NamedTuple):
     """What the page shows for an entered SMILES. `smiles` is set only for a molecule the model can take."""
 
     drawing: str
     groups: str
     status: str
     smiles: str | None
-
-
-def _attention_note(model, attention) -> str:
-    if model is None:
-        return ""
-    if not uses_motifs(model):
-        return " This model has no motif tokens, so there is no motif attention."
-    if attention is None:
-        return ""
-    queries = attention.per_query.shape[0]
-    return f" Motif attention: the share each group gets, averaged over {queries} motif queries and their heads."
 
 
 def render_molecule(smiles: str, model=None, processor=None, shade_by_attention: bool = True) -> MoleculePanels:
@@ -70,40 +54,34 @@ def render_molecule(smiles: str, model=None, processor=None, shade_by_attention:
         except ValueError as error:
             return MoleculePanels("", "", message_html(str(error)), None)
     weights = attention.mean.tolist() if attention is not None else None
+    summary = f"{view.num_atoms} atoms, {len(view.groups)} functional groups."
+    if model is not None and not uses_motifs(model):
+        summary += " This model has no motif tokens, so there is no motif attention."
+    elif attention is not None:
+        queries = attention.per_query.shape[0]
+        summary += (
+            f" Motif attention: the share each group gets, averaged over {queries} motif queries and their heads."
+        )
     drawing = drawing_html(view, weights if shade_by_attention else None)
-    groups = groups_table_html(view.groups, weights)
-    summary = f"{view.num_atoms} atoms, {len(view.groups)} functional groups." + _attention_note(model, attention)
-    return MoleculePanels(drawing, groups, message_html(summary, kind="info"), view.smiles)
+    return MoleculePanels(drawing, groups_table_html(view.groups, weights), message_html(summary, "info"), view.smiles)
 
 
 def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
-    """`model_dir` checked to be a folder, or the bundled default model's folder (assembled on first use).
+    """`model_dir` checked to be a folder (`FileNotFoundError`), or the bundled default model's folder, assembled on
+    first use (`llamo.default_model.DefaultModelUnavailable` when it cannot be)."""
+    if model_dir is None:
+        from llamo.default_model import default_model_dir
 
-    Raises:
-        FileNotFoundError: `model_dir` is not a folder.
-        llamo.default_model.DefaultModelUnavailable: no model given and the default cannot be assembled.
-    """
-    if model_dir is not None:
-        folder = Path(model_dir)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"Model folder not found: {folder}")
-        return folder
-    from llamo.default_model import default_model_dir
-
-    return default_model_dir()
+        return default_model_dir()
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"Model folder not found: {model_dir}")
+    return Path(model_dir)
 
 
 class Demo:
     """The demo's state shared by all sessions: the model (or why there is none) and the per-session stop flags."""
 
-    def __init__(
-        self,
-        model=None,
-        processor=None,
-        unavailable: str | None = None,
-        model_name: str | None = None,
-        retrieval: Retrieval | None = None,
-    ):
+    def __init__(self, model=None, processor=None, unavailable=None, model_name=None, retrieval=None):
         self.model = model
         self.processor = processor
         self.unavailable = unavailable if model is None else None
@@ -111,10 +89,7 @@ class Demo:
         self.retrieval = retrieval
         self.stops = StopRegistry()
         self._conversations: dict[str, int] = {}
-
-    @property
-    def can_chat(self) -> bool:
-        return self.model is not None and self.processor is not None
+        self.can_chat = model is not None and processor is not None
 
     def conversation(self, session: str) -> int:
         """The number of the session's current conversation (it changes with each new molecule or reset)."""
@@ -180,7 +155,13 @@ class Demo:
                     break
                 history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
                 yield history, "", message_html(GENERATING, kind="info"), panel
-            status = _end_note(stop.is_set(), stats.get("new_tokens", 0), settings["max_new_tokens"])
+            limit = settings["max_new_tokens"]
+            if stop.is_set():
+                status = message_html("Stopped.", kind="info")
+            elif stats.get("new_tokens", 0) >= limit:
+                status = message_html(
+                    f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info"
+                )
         except Exception as error:
             status = message_html(f"Generation failed: {error}")
         finally:
@@ -212,36 +193,19 @@ class Demo:
         self.stops.stop(session)
 
 
-def _end_note(stopped: bool, new_tokens: int, limit: int) -> str:
-    """The chat status once an answer ends: stopped, cut at the token limit, or nothing to say."""
-    if stopped:
-        return message_html("Stopped.", kind="info")
-    if new_tokens >= limit:
-        return message_html(f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info")
-    return ""
-
-
 def _session(request) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
 def _header(demo: Demo) -> str:
-    lines = [f"# {TITLE}", INTRO]
-    if demo.model_name:
-        lines.append(f"Model: `{demo.model_name}`")
-    if not demo.can_chat:
-        reason = demo.unavailable or "No model is loaded."
-        lines.append(f"**Chat is unavailable:** {reason} Drawing and motif groups still work.")
-    return "\n\n".join(lines)
+    lines = [f"# {TITLE}", INTRO, f"Model: `{demo.model_name}`" if demo.model_name else ""]
+    reason = demo.unavailable or "No model is loaded."
+    lines.append("" if demo.can_chat else f"**Chat is unavailable:** {reason} Drawing and motif groups still work.")
+    return "\n\n".join(line for line in lines if line)
 
 
 def build_demo(
-    model=None,
-    processor=None,
-    unavailable: str | None = None,
-    model_name: str | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    retrieval: Retrieval | None = None,
+    model=None, processor=None, unavailable=None, model_name=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, retrieval=None
 ):
     """The Gradio page (a `gr.Blocks`, not launched). Without a model, molecules are drawn and listed, and the chat
     says why it is unavailable (`unavailable`). With `retrieval`, answers get in-context neighbours where an index

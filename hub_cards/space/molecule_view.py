@@ -27,8 +27,6 @@ EXAMPLES: tuple[tuple[str, str], ...] = (
     ("Sodium acetate (a salt)", "CC(=O)[O-].[Na+]"),
     ("Methane (no groups)", "C"),
 )
-"""(label, SMILES) pairs offered as examples on the page."""
-
 MAX_SMILES_CHARS = 5000
 """Longer input is refused before RDKit sees it."""
 HIGHLIGHT_MAX_ATOMS = 200
@@ -50,18 +48,13 @@ _PALETTE: tuple[Color, ...] = (
     (0.70, 0.72, 0.78),
     (0.99, 0.68, 0.56),
 )
-_BOND_NAMES = {
-    Chem.BondType.SINGLE: "single",
-    Chem.BondType.DOUBLE: "double",
-    Chem.BondType.TRIPLE: "triple",
-    Chem.BondType.AROMATIC: "aromatic",
-}
+_BOND_ORDER = ("single", "double", "triple", "aromatic", "other")
 
 
 @dataclass(frozen=True)
 class MotifGroup:
-    """One functional group of LLaMo's motif tokens (row `index` of the processor's `motif_features`). `names` are
-    its chemical names (`group_names`), empty where no rule knows the group."""
+    """One functional group of LLaMo's motif tokens (row `index` of the processor's `motif_features`), with its
+    chemical names (`group_names`; empty where no rule knows the group)."""
 
     index: int
     atoms: tuple[int, ...]
@@ -87,40 +80,32 @@ class MoleculeView:
     def num_atoms(self) -> int:
         return self.mol.GetNumAtoms() if self.mol is not None else 0
 
-    @property
-    def canonical_smiles(self) -> str | None:
-        return Chem.MolToSmiles(self.mol) if self.mol is not None else None
-
 
 def group_palette(count: int) -> list[Color]:
     """`count` distinct highlight colours: the fixed palette first, then evenly spread hues."""
-    colors = list(_PALETTE[:count])
-    extra = count - len(colors)
-    for step in range(extra):
-        colors.append(colorsys.hsv_to_rgb(step / extra, 0.45, 0.97))
-    return colors
+    extra = max(0, count - len(_PALETTE))
+    return [*_PALETTE[:count], *(colorsys.hsv_to_rgb(step / extra, 0.45, 0.97) for step in range(extra))]
 
 
-def _formula(mol: Chem.Mol, atoms: Sequence[int]) -> str:
-    """Heavy-atom formula of a set of atoms, carbon first, then alphabetical (`C2O2`), charges appended."""
-    symbols = Counter(mol.GetAtomWithIdx(atom).GetSymbol() for atom in atoms)
-    order = sorted(symbols, key=lambda symbol: (symbol != "C", symbol))
-    text = "".join(symbol + (str(symbols[symbol]) if symbols[symbol] > 1 else "") for symbol in order)
-    charge = sum(mol.GetAtomWithIdx(atom).GetFormalCharge() for atom in atoms)
-    if charge:
-        text += f" (charge {charge:+d})"
-    return text
+def _inner_bonds(mol: Chem.Mol, atoms: Sequence[int]) -> list[Chem.Bond]:
+    members = set(atoms)
+    return [bond for bond in mol.GetBonds() if bond.GetBeginAtomIdx() in members and bond.GetEndAtomIdx() in members]
 
 
 def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
-    """A short description of a group: its elements, the bonds inside it and whether it is a ring system."""
-    members = set(atoms)
-    bonds = [bond for bond in mol.GetBonds() if bond.GetBeginAtomIdx() in members and bond.GetEndAtomIdx() in members]
-    counts = Counter(_BOND_NAMES.get(bond.GetBondType(), "other") for bond in bonds)
-    parts = [_formula(mol, sorted(members))]
-    if counts:
-        order = ("single", "double", "triple", "aromatic", "other")
-        listed = ", ".join(f"{counts[name]} {name}" for name in order if counts[name])
+    """A group's heavy-atom formula (carbon first, then alphabetical, charge appended), the bonds inside it and
+    whether it is a ring system."""
+    symbols = Counter(mol.GetAtomWithIdx(atom).GetSymbol() for atom in atoms)
+    formula = "".join(
+        f"{symbol}{count if count > 1 else ''}"
+        for symbol, count in sorted(symbols.items(), key=lambda item: (item[0] != "C", item[0]))
+    )
+    charge = sum(mol.GetAtomWithIdx(atom).GetFormalCharge() for atom in atoms)
+    parts = [formula + (f" (charge {charge:+d})" if charge else "")]
+    bonds = _inner_bonds(mol, atoms)
+    counts = Counter(kind if (kind := str(bond.GetBondType()).lower()) in _BOND_ORDER else "other" for bond in bonds)
+    if bonds:
+        listed = ", ".join(f"{counts[name]} {name}" for name in _BOND_ORDER if counts[name])
         parts.append(listed + (" bond" if len(bonds) == 1 else " bonds"))
     else:
         parts.append("a single atom")
@@ -129,75 +114,55 @@ def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
     return "; ".join(parts)
 
 
-def motif_groups(mol: Chem.Mol) -> list[MotifGroup]:
-    """LLaMo's functional groups of `mol`, in the order of the processor's motif rows, each with a colour and its
-    chemical names."""
-    atom_sets = functional_groups(mol)
-    colors = group_palette(len(atom_sets))
-    names = group_names(mol, atom_sets)
-    return [
-        MotifGroup(index, tuple(sorted(atoms)), describe_group(mol, atoms), color, group_kinds)
-        for index, (atoms, color, group_kinds) in enumerate(zip(atom_sets, colors, names, strict=True))
-    ]
+def read_molecule(smiles: str, max_atoms: int | None) -> Chem.Mol:
+    """The molecule of `smiles` within `max_atoms`, size bounds checked before RDKit parses the text.
+
+    Raises:
+        ValueError: unparsable; `OversizedMoleculeError` over a size limit.
+    """
+    mol = parse_smiles(smiles, max_atoms=max_atoms)
+    check_size(mol, max_atoms, smiles)
+    return mol
 
 
 def load_molecule(smiles: str, max_atoms: int | None = DEFAULT_MAX_ATOMS) -> MoleculeView:
-    """Parse `smiles` and find its groups; a bad or oversized molecule gives a view whose `error` says why.
-
-    Messages never repeat more than the head of the input, and size limits are checked before RDKit parses it."""
+    """Parse `smiles` and find its groups (in the order of the processor's motif rows, each with a colour and its
+    chemical names); a bad or oversized molecule gives a view whose `error` says why, never repeating more than the
+    head of the input."""
     smiles = smiles.strip() if isinstance(smiles, str) else ""
     if len(smiles) > MAX_SMILES_CHARS:
         return MoleculeView(
             smiles, error=f"This SMILES has {len(smiles)} characters; the demo reads at most {MAX_SMILES_CHARS}."
         )
     try:
-        mol = parse_smiles(smiles, max_atoms=max_atoms)
-        check_size(mol, max_atoms, smiles)
+        mol = read_molecule(smiles, max_atoms)
     except OversizedMoleculeError as error:
-        return MoleculeView(smiles, error=_too_large(error))
+        if error.unit != "atoms":  # RDKit's input bounds (length, ring bonds, rings): the parser's short message
+            return MoleculeView(smiles, error=str(error))
+        limit = f"the model accepts at most {error.limit} (its processor's max_atoms)"
+        return MoleculeView(smiles, error=f"This molecule has {error.size} atoms; {limit}.")
     except ValueError as error:
         return MoleculeView(smiles, error=str(error))
-    return MoleculeView(smiles, mol, motif_groups(mol))
-
-
-def _too_large(error: OversizedMoleculeError) -> str:
-    """The page's message for a molecule over a size limit: the model's `max_atoms` in the page's words, RDKit's
-    input bounds (length, ring bonds, rings) in the parser's short message."""
-    if error.unit == "atoms":
-        limit = f"the model accepts at most {error.limit} (its processor's max_atoms)"
-        return f"This molecule has {error.size} atoms; {limit}."
-    return str(error)
-
-
-def _blend(color: Color, strength: float) -> Color:
-    """`color` faded towards white: strength 1 keeps it, 0 gives white."""
-    return tuple(1.0 - strength * (1.0 - channel) for channel in color)
+    atom_sets = functional_groups(mol)
+    groups = [
+        MotifGroup(index, tuple(sorted(atoms)), describe_group(mol, atoms), color, names)
+        for index, (atoms, color, names) in enumerate(
+            zip(atom_sets, group_palette(len(atom_sets)), group_names(mol, atom_sets), strict=True)
+        )
+    ]
+    return MoleculeView(smiles, mol, groups)
 
 
 def highlight_colors(groups: Sequence[MotifGroup], weights: Sequence[float] | None = None) -> list[Color]:
-    """Each group's drawing colour; with attention `weights`, its intensity follows the group's share of the largest
-    weight (faint for groups the motif queries ignore)."""
-    if weights is None or len(weights) != len(groups):
+    """Each group's drawing colour; with attention `weights`, faded towards white by the group's share of the
+    largest weight (faint for groups the motif queries ignore)."""
+    if weights is None or len(weights) != len(groups) or max(weights, default=0.0) <= 0:
         return [group.color for group in groups]
-    top = max(weights, default=0.0)
-    if top <= 0:
-        return [group.color for group in groups]
-    return [_blend(group.color, 0.12 + 0.88 * weight / top) for group, weight in zip(groups, weights, strict=True)]
-
-
-def _highlight_maps(
-    mol: Chem.Mol, groups: Sequence[MotifGroup], colors: Sequence[Color]
-) -> tuple[dict[int, list[Color]], dict[int, list[Color]]]:
-    atom_map: dict[int, list[Color]] = {}
-    bond_map: dict[int, list[Color]] = {}
-    for group, color in zip(groups, colors, strict=True):
-        members = set(group.atoms)
-        for atom in group.atoms:
-            atom_map.setdefault(atom, []).append(color)
-        for bond in mol.GetBonds():
-            if bond.GetBeginAtomIdx() in members and bond.GetEndAtomIdx() in members:
-                bond_map.setdefault(bond.GetIdx(), []).append(color)
-    return atom_map, bond_map
+    top = max(weights)
+    return [
+        tuple(1.0 - (0.12 + 0.88 * weight / top) * (1.0 - channel) for channel in group.color)
+        for group, weight in zip(groups, weights, strict=True)
+    ]
 
 
 def draw_molecule_svg(
@@ -216,7 +181,13 @@ def draw_molecule_svg(
     options.annotationFontScale = 0.6
     prepared = rdMolDraw2D.PrepareMolForDrawing(mol, addChiralHs=False)
     if groups and mol.GetNumAtoms() <= HIGHLIGHT_MAX_ATOMS:
-        atom_map, bond_map = _highlight_maps(mol, groups, highlight_colors(groups, weights))
+        atom_map: dict[int, list[Color]] = {}
+        bond_map: dict[int, list[Color]] = {}
+        for group, color in zip(groups, highlight_colors(groups, weights), strict=True):
+            for atom in group.atoms:
+                atom_map.setdefault(atom, []).append(color)
+            for bond in _inner_bonds(mol, group.atoms):
+                bond_map.setdefault(bond.GetIdx(), []).append(color)
         drawer.DrawMoleculeWithHighlights(prepared, "", atom_map, bond_map, {}, {})
     else:
         drawer.DrawMolecule(prepared)
@@ -225,14 +196,10 @@ def draw_molecule_svg(
     return svg[svg.index("<svg") :]
 
 
-def _hex(color: Color) -> str:
-    return "#" + "".join(f"{round(channel * 255):02x}" for channel in color)
-
-
 def drawing_html(view: MoleculeView, weights: Sequence[float] | None = None) -> str:
     """The page's drawing panel for a valid view: the SVG and a caption (with a note when highlights are skipped)."""
     svg = draw_molecule_svg(view.mol, view.groups, weights)
-    caption = f"{html.escape(view.canonical_smiles or '')} &middot; {view.num_atoms} atoms"
+    caption = f"{html.escape(Chem.MolToSmiles(view.mol))} &middot; {view.num_atoms} atoms"
     if view.groups and view.num_atoms > HIGHLIGHT_MAX_ATOMS:
         caption += f" &middot; groups not highlighted (over {HIGHLIGHT_MAX_ATOMS} atoms)"
     return (
@@ -254,10 +221,10 @@ def groups_table_html(groups: Sequence[MotifGroup], weights: Sequence[float] | N
     header += "<th>Motif attention</th>" if with_weights else ""
     rows = []
     for position, group in enumerate(groups):
-        swatch = f'<span style="display:inline-block;width:1em;height:1em;background:{_hex(group.color)}"></span>'
+        color = "#" + "".join(f"{round(channel * 255):02x}" for channel in group.color)
+        swatch = f'<span style="display:inline-block;width:1em;height:1em;background:{color}"></span>'
         names = html.escape(", ".join(group.names)) if group.names else "&ndash;"
-        atoms = ", ".join(map(str, group.atoms))
-        cells = [swatch, str(group.index), atoms, names, html.escape(group.description)]
+        cells = [swatch, str(group.index), ", ".join(map(str, group.atoms)), names, html.escape(group.description)]
         if with_weights:
             share = float(weights[position])
             bar = f'<span style="display:inline-block;height:0.7em;width:{share * 6:.2f}em;background:#888"></span>'
@@ -268,6 +235,5 @@ def groups_table_html(groups: Sequence[MotifGroup], weights: Sequence[float] | N
 
 def message_html(text: str, kind: str = "error") -> str:
     """A visible message box for the page (`kind` "error" or "info"), with `text` escaped."""
-    color = "#b00020" if kind == "error" else "#555"
-    label = "Error: " if kind == "error" else ""
+    color, label = ("#b00020", "Error: ") if kind == "error" else ("#555", "")
     return f'<div class="llamo-{kind}" style="color:{color};font-weight:500">{label}{html.escape(text)}</div>'

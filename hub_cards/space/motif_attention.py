@@ -3,7 +3,7 @@ does not show). Only the projector's motif attention runs: no language model cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,14 +12,9 @@ from rdkit import Chem
 from llamo.featurization_llamo import collate_molecule_graphs
 
 
-@dataclass
-class MotifAttention:
-    """The motif queries' attention over one molecule's groups.
-
-    Attributes:
-        per_query: `(num_motif_queries, num_groups)`, head-averaged; each row sums to 1.
-        mean: `(num_groups,)`, the average over the motif queries; sums to 1.
-    """
+class MotifAttention(NamedTuple):
+    """The motif queries' attention over one molecule's groups: `per_query` `(num_motif_queries, num_groups)`,
+    head-averaged, each row summing to 1, and its `mean` over the queries `(num_groups,)`."""
 
     per_query: np.ndarray
     mean: np.ndarray
@@ -32,15 +27,9 @@ def uses_motifs(model) -> bool:
 
 def motif_attention(model, processor, molecule: str | Chem.Mol) -> MotifAttention | None:
     """The motif attention of `model` for one molecule (SMILES or RDKit molecule), or `None` where there is none to
-    show: a molecule without functional groups (methane) or a model without motif tokens.
-
-    The groups are the rows of the processor's `motif_features`, in the order of
-    `llamo.featurization_llamo.functional_groups`. The motif attention reads only these group vectors (its keys are
-    the projected groups, its queries learned), so the GIN encoder need not run.
-
-    Raises:
-        ValueError: the molecule is unparsable or over the processor's `max_atoms`.
-    """
+    show: a molecule without functional groups (methane) or a model without motif tokens. The groups are the rows of
+    the processor's `motif_features` (`functional_groups` order); the motif attention reads only these group vectors,
+    so the GIN encoder need not run. A `ValueError` for a molecule unparsable or over the processor's `max_atoms`."""
     if not uses_motifs(model):
         return None
     graph = processor.featurize([molecule])[0]
@@ -48,10 +37,7 @@ def motif_attention(model, processor, molecule: str | Chem.Mol) -> MotifAttentio
         return None
     inputs = collate_molecule_graphs([graph])
     projector = model.model.graph_projector
-    device = projector.motif_queries.device
+    features, mask = (inputs[name].to(projector.motif_queries.device) for name in ("motif_features", "motif_mask"))
     with torch.inference_mode():
-        _, weights = projector.motif_tokens(
-            inputs["motif_features"].to(device), inputs["motif_mask"].to(device), output_attentions=True
-        )
-    per_query = weights[0].float().cpu().numpy()
-    return MotifAttention(per_query=per_query, mean=per_query.mean(axis=0))
+        per_query = projector.motif_tokens(features, mask, output_attentions=True)[1][0].float().cpu().numpy()
+    return MotifAttention(per_query, per_query.mean(axis=0))

@@ -1,8 +1,6 @@
-"""In-context neighbours in the demo: which molecule index a question uses, its nearest entries to the query
-molecule, the conversation with them in the prompt (the pipeline's format), and the page's panel that shows them.
-
-No browser needed; an index (`llamo.processing.index.MoleculeIndex`) is loaded only when a question needs it.
-"""
+"""In-context neighbours in the demo: which molecule index a question uses, its nearest entries to the query molecule,
+the conversation with them in the prompt (the pipeline's format), and the page's panel that shows them. An index is
+loaded only when a question needs it."""
 
 from __future__ import annotations
 
@@ -15,10 +13,8 @@ from typing import Any
 
 from rdkit import Chem
 
-from llamo.featurization_llamo import OversizedMoleculeError, check_size, parse_smiles
-
 from . import MAX_NEIGHBOURS
-from .molecule_view import draw_molecule_svg, message_html
+from .molecule_view import draw_molecule_svg, message_html, read_molecule
 
 SHOWN_ANSWER_CHARS = 300
 """A neighbour's answer is cut to this many characters on the page."""
@@ -26,7 +22,6 @@ PROMPT_ANSWER_CHARS = 2000
 """A neighbour's answer is cut to this many characters in the prompt (index answers are usually far shorter)."""
 SHOWN_SMILES_CHARS = 80
 NEIGHBOUR_DRAWING_SIZE = (200, 150)
-
 NO_INDEX = "none"
 """The `index` choice that turns neighbours off."""
 
@@ -37,11 +32,6 @@ class InContext:
 
     neighbours: list[Any]
     source: str
-
-    @property
-    def found_query(self) -> bool:
-        """Whether the query molecule itself is in the index (its entry comes first)."""
-        return bool(self.neighbours) and bool(getattr(self.neighbours[0], "exact", False))
 
 
 def default_neighbours() -> int:
@@ -64,23 +54,14 @@ class Retrieval:
             the pipeline's.
     """
 
-    def __init__(
-        self, index: Any = None, model_dir: str | os.PathLike | None = None, neighbours: int | None = None
-    ) -> None:
+    def __init__(self, index: Any = None, model_dir: str | os.PathLike | None = None, neighbours: int | None = None):
         self.choice = index
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.neighbours = neighbours
+        self.enabled = index != NO_INDEX and neighbours != 0
+        self.given = index not in (None, "auto", NO_INDEX)  # every question uses it, rather than the model's defaults
         self._loaded: dict[str, tuple[Any, int | None]] = {}
         self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self.choice != NO_INDEX and self.neighbours != 0
-
-    @property
-    def given(self) -> bool:
-        """Whether an index was given (every question uses it), rather than the model's defaults."""
-        return self.choice not in (None, "auto", NO_INDEX)
 
     def _key(self, question: str) -> str:
         from llamo.retrieval import question_task
@@ -98,11 +79,8 @@ class Retrieval:
         return self._key(question) in retrieval_settings(self.model_dir).get("default_indexes", {})
 
     def preload(self) -> None:
-        """Load a given index now, so that a bad folder or Hub id fails at start-up rather than at the first answer.
-
-        Raises:
-            FileNotFoundError, ValueError: the index cannot be found or is not a molecule index.
-        """
+        """Load a given index now, so that a bad folder or Hub id fails at start-up (`FileNotFoundError`,
+        `ValueError`) rather than at the first answer."""
         if self.enabled and self.given:
             self.index_for("")
 
@@ -110,29 +88,21 @@ class Retrieval:
         """`(index, k)` for `question`, or `(None, 0)` where no index applies; each index is loaded once."""
         if not self.enabled:
             return None, 0
+        from llamo import retrieval
+
         key = self._key(question)
         with self._lock:
-            if key not in self._loaded:
-                self._loaded[key] = self._load(question)
+            if key not in self._loaded and hasattr(self.choice, "neighbours"):  # a loaded index
+                self._loaded[key] = self.choice, retrieval.retrieval_settings(self.model_dir).get("neighbours")
+            elif key not in self._loaded:
+                self._loaded[key] = retrieval.load_index(
+                    str(self.choice) if self.given else None, self.model_dir, question
+                )
         index, model_k = self._loaded[key]
         if index is None:
             return None, 0
         wanted = self.neighbours if self.neighbours is not None else model_k
         return index, max(0, min(wanted if wanted is not None else default_neighbours(), MAX_NEIGHBOURS))
-
-    def _load(self, question: str) -> tuple[Any, int | None]:
-        from llamo import retrieval
-
-        if hasattr(self.choice, "neighbours"):  # a loaded index
-            return self.choice, retrieval.retrieval_settings(self.model_dir).get("neighbours")
-        choice = str(self.choice) if self.given else None
-        return retrieval.load_index(choice, self.model_dir, question)
-
-    def source(self, question: str) -> str:
-        """Where the neighbours of `question` come from, in words."""
-        if self.given:
-            return "the given index" if hasattr(self.choice, "neighbours") else f"the index {self.choice}"
-        return f"the model's default {self._key(question)} index"
 
     def find(self, mol: Chem.Mol, question: str, max_atoms: int | None) -> InContext:
         """The neighbours of the query molecule `mol` for `question` (none where no index applies). Neighbours the
@@ -141,19 +111,19 @@ class Retrieval:
         if index is None or k == 0:
             return InContext([], "")
         found = index.neighbours(mol, k=k, question=question or None)
-        usable = [neighbour for neighbour in found if readable_molecule(neighbour.smiles, max_atoms) is not None]
-        return InContext(usable, self.source(question))
+        if not self.given:
+            source = f"the model's default {self._key(question)} index"
+        else:
+            source = "the given index" if hasattr(self.choice, "neighbours") else f"the index {self.choice}"
+        return InContext([n for n in found if readable_molecule(n.smiles, max_atoms) is not None], source)
 
 
 def readable_molecule(smiles: str, max_atoms: int | None) -> Chem.Mol | None:
-    """The molecule of `smiles` if the processor can read it (parsable, within `max_atoms`), else `None`. Size bounds
-    are checked before RDKit parses the text."""
+    """The molecule of `smiles` if the processor can read it (parsable, within `max_atoms`), else `None`."""
     try:
-        mol = parse_smiles(smiles, max_atoms=max_atoms)
-        check_size(mol, max_atoms, smiles)
-    except (OversizedMoleculeError, ValueError):
+        return read_molecule(smiles, max_atoms)
+    except ValueError:
         return None
-    return mol
 
 
 def cut(text: str, limit: int) -> str:
@@ -174,7 +144,6 @@ def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
 
 
 def _neighbour_card(rank: int, neighbour: Any, max_atoms: int | None) -> str:
-    """One neighbour on the page: a small drawing, its SMILES, similarity, and known answer (cut)."""
     mol = readable_molecule(neighbour.smiles, max_atoms)
     drawing = draw_molecule_svg(mol, size=NEIGHBOUR_DRAWING_SIZE, atom_indices=False) if mol is not None else ""
     same = " &middot; <b>the query molecule itself</b>" if neighbour.exact else ""
@@ -188,18 +157,18 @@ def _neighbour_card(rank: int, neighbour: Any, max_atoms: int | None) -> str:
 
 
 def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
-    """The page's neighbours panel: a heading, a note when the query molecule is in the index, one card per
-    neighbour. Empty without neighbours (no panel)."""
+    """The page's neighbours panel: a heading, a note when the query molecule is in the index (its entry comes
+    first), one card per neighbour (a drawing, SMILES, similarity and answer). Empty without neighbours."""
     if not context.neighbours:
         return ""
     count = len(context.neighbours)
-    molecules = "molecule" if count == 1 else "molecules"
     heading = (
-        f"<p><b>In context:</b> {count} known {molecules} from {html.escape(context.source)}, most similar first "
-        "(Tanimoto similarity of Morgan fingerprints), with their answers, precede the question in the prompt.</p>"
+        f"<p><b>In context:</b> {count} known {'molecule' if count == 1 else 'molecules'} from "
+        f"{html.escape(context.source)}, most similar first (Tanimoto similarity of Morgan fingerprints), with their "
+        "answers, precede the question in the prompt.</p>"
     )
     exact = ""
-    if context.found_query:
+    if getattr(context.neighbours[0], "exact", False):
         exact = (
             '<p class="llamo-exact"><b>The query molecule itself is in the index</b> (neighbour 1): the model sees '
             "its known answer.</p>"
@@ -214,13 +183,3 @@ def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
 def retrieval_failed_html(error: Exception) -> str:
     """The panel when the index could not be used: the answer goes on without neighbours."""
     return message_html(f"The molecule index could not be used ({error}); this answer has no neighbours.")
-
-
-__all__ = [
-    "MAX_NEIGHBOURS",
-    "InContext",
-    "Retrieval",
-    "neighbours_html",
-    "retrieval_failed_html",
-    "with_neighbours",
-]
