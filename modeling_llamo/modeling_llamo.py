@@ -476,30 +476,54 @@ class LlamoModel(LlamoPreTrainedModel):
 
 
 class AnswerLoopStopLogitsProcessor(LogitsProcessor):
-    """Ends an answer that has fallen into a loop: once the answer ends with the same block of 1 to `max_period` tokens
-    repeated `repeats` times in a row (and at least `min_tokens` tokens in all), only end-of-sequence is allowed.
+    """Ends an answer that has fallen into a loop: once the answer ends with one of these, only end-of-sequence is
+    allowed:
+
+    - the same block of 1 to `max_period` tokens `repeats` times in a row (at least `min_tokens` tokens in all);
+    - `repeats` copies of a block of `near_min_period` to `max_period` tokens, each copy differing from the one before
+      in at most one token (a counter: "1,16-dihydroxy-1,17-dihydroxy-1,18-dihydroxy");
+    - two copies of a block of `long_periods` tokens (too long to repeat three times within an answer's limit).
 
     A banned n-gram only moves a looping small model on to other degenerate text; ending the answer keeps what it said
-    before the loop. Text that repeats a phrase with changes in between is never stopped.
+    before the loop. Text that repeats a phrase with more changes in between is never stopped.
     """
 
-    def __init__(self, repeats: int, eos_token_id: int | list[int], min_tokens: int = 12, max_period: int = 32):
+    def __init__(
+        self,
+        repeats: int,
+        eos_token_id: int | list[int],
+        min_tokens: int = 12,
+        max_period: int = 32,
+        near_min_period: int = 6,
+        long_periods: tuple[int, int] = (24, 48),
+    ):
         if not isinstance(repeats, int) or repeats < 2:
             raise ValueError(f"answer_loop_repeats must be an integer of at least 2, got {repeats!r}")
         self.repeats, self.min_tokens, self.max_period = repeats, min_tokens, max_period
+        self.near_min_period, self.long_periods = near_min_period, long_periods
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
         self.prompt_length: int | None = None
 
+    @staticmethod
+    def _copies(answer: torch.LongTensor, copies: int, period: int) -> torch.LongTensor:
+        """The last `copies * period` tokens of `answer` `(B, T)` as `(B, copies, period)`."""
+        return answer[:, -copies * period :].view(answer.shape[0], copies, period)
+
     def looping(self, answer: torch.LongTensor) -> torch.BoolTensor:
-        """`answer` `(B, T)` -> `(B,)`: whether each row ends with a block repeated `repeats` times."""
-        batch, length = answer.shape
-        found = torch.zeros(batch, dtype=torch.bool, device=answer.device)
-        for period in range(1, self.max_period + 1):
+        """`answer` `(B, T)` -> `(B,)`: whether each row ends in one of the loops above."""
+        length = answer.shape[1]
+        found = torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
+        for period in range(1, max(self.max_period, self.long_periods[1]) + 1):
             copies = max(self.repeats, -(-self.min_tokens // period))
-            if copies * period > length:
-                break
-            tail = answer[:, -copies * period :].view(batch, copies, period)
-            found |= (tail == tail[:, -1:]).all(dim=2).all(dim=1)
+            if period <= self.max_period and copies * period <= length:
+                tail = self._copies(answer, copies, period)
+                found |= (tail == tail[:, -1:]).all(dim=2).all(dim=1)
+            if self.near_min_period <= period <= self.max_period and self.repeats * period <= length:
+                tail = self._copies(answer, self.repeats, period)
+                found |= ((tail[:, 1:] != tail[:, :-1]).sum(dim=2) <= 1).all(dim=1)
+            if self.long_periods[0] <= period <= self.long_periods[1] and 2 * period <= length:
+                tail = self._copies(answer, 2, period)
+                found |= (tail[:, 0] == tail[:, 1]).all(dim=1)
         return found
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

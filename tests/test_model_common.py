@@ -522,6 +522,27 @@ def test_answer_loop_stop_finds_blocks_repeated_in_a_row():
         AnswerLoopStopLogitsProcessor(1, eos_token_id=2)
 
 
+def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
+    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
+    stem = [10, 11, 12, 13, 14]  # a 6-token block whose last token counts up: "-1,16-dihydroxy", "-1,17-..."
+    counter = [1, *(token for number in (40, 41, 42) for token in (*stem, number))]
+    assert guard.looping(torch.tensor([counter])).item()
+    assert not guard.looping(torch.tensor([counter[:13]])).item()  # two copies are not yet a loop
+    # two tokens change from copy to copy: a list, not a counter
+    varied = [1, *(token for pair in ((40, 50), (41, 51), (42, 52)) for token in (*stem[:4], *pair))]
+    assert not guard.looping(torch.tensor([varied])).item()
+    # short blocks (under 6 tokens) may vary only as whole-block repeats: "a, b, c" lists stay
+    assert not guard.looping(torch.tensor([[1, 10, 11, 40, 10, 11, 41, 10, 11, 42, 10, 11, 43, 10, 11, 44]])).item()
+    long_block = list(range(100, 130))  # 30 tokens: twice is a loop
+    assert guard.looping(torch.tensor([[1, *long_block, *long_block]])).item()
+    short_block = list(range(100, 120))  # 20 tokens twice is not (fewer than 24)
+    assert not guard.looping(torch.tensor([[1, *short_block, *short_block]])).item()
+    exact_only = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, near_min_period=99, long_periods=(99, 0))
+    assert not exact_only.looping(torch.tensor([counter])).item()
+
+
 def test_generate_ends_a_looping_answer(model, single):
     from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
 

@@ -1,0 +1,113 @@
+"""What the default model's loop guard (`AnswerLoopStopLogitsProcessor`, `answer_loop_repeats: 3`) stops.
+
+1. False stops: reference texts the guard would end early, ChEBI-20 descriptions and PubChem IUPAC names (every
+   `--names-every`-th name of the `chemicals` table, at most `--max-names`), tokenized with the default model's
+   tokenizer. A reference counts when the guard fires on any prefix shorter than the whole text.
+2. Loops caught: answers of `llamo evaluate` prediction files (`predictions.jsonl`) that reached their token limit,
+   and the answer length at which the guard would have ended each.
+
+Each rule set is measured on the same texts: `exact` (a block repeated three times), `+counter` (copies that differ
+in one token), `+long` (blocks of 24-48 tokens twice), `all` (the shipped guard).
+
+    python3 benchmarks/bench_loop_guard.py --chebi20 ../shared/data/chebi20/validation.txt \
+        --predictions RUN/description/model/predictions.jsonl:256 RUN/iupac/model/predictions.jsonl:96
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = {
+    "exact": {"near_min_period": 10**6, "long_periods": (10**6, 0)},
+    "+counter": {"long_periods": (10**6, 0)},
+    "+long": {"near_min_period": 10**6},
+    "all": {},
+}
+
+
+def first_stop(guard: AnswerLoopStopLogitsProcessor, ids: list[int], upto: int) -> int | None:
+    """The shortest prefix length (< `upto`) at which the guard fires, or None: all prefixes in one call, each
+    left-padded with fillers that match nothing (a distinct negative id per column)."""
+    width = len(ids)
+    if upto < 2:
+        return None
+    prefixes = torch.arange(-1, -width - 1, -1).repeat(upto - 1, 1)
+    for row, end in enumerate(range(1, upto)):
+        prefixes[row, width - end :] = torch.tensor(ids[:end])
+    fired = guard.looping(prefixes).nonzero()
+    return int(fired[0, 0]) + 1 if len(fired) else None
+
+
+def chemicals_names(every: int, limit: int) -> list[str]:
+    spec = importlib.util.find_spec("chemicals")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install chemicals (the PubChem name table), or pass --no-names")
+    table = Path(spec.submodule_search_locations[0]) / "Identifiers" / "chemical identifiers pubchem large.tsv"
+    names = []
+    with open(table, encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) > 5 and fields[5]:
+                names.append(fields[5])
+    return names[::every][:limit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chebi20", required=True, help="ChEBI-20 TSV (its `description` column)")
+    parser.add_argument("--tokenizer", default=str(REPO / "modeling_llamo" / "bundled" / "llamo-smollm2-135m"))
+    parser.add_argument("--names-every", type=int, default=9)
+    parser.add_argument("--max-names", type=int, default=8000)
+    parser.add_argument("--no-names", action="store_true")
+    parser.add_argument("--predictions", nargs="*", default=[], help="PATH:TOKEN_LIMIT of predictions.jsonl files")
+    parser.add_argument("--output", help="write the figures as JSON here")
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+    with open(args.chebi20, encoding="utf-8", newline="") as handle:
+        references = {
+            "chebi20 descriptions": encode([row["description"] for row in csv.DictReader(handle, delimiter="\t")])
+        }
+    if not args.no_names:
+        references["pubchem names"] = encode(chemicals_names(args.names_every, args.max_names))
+    looped = []
+    for item in args.predictions:
+        path, limit = item.rsplit(":", 1)
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            ids = encode([json.loads(line).get("prediction") or ""])[0]
+            if len(ids) >= int(limit) - 1:
+                looped.append(ids)
+
+    report = {}
+    for name, settings in RULES.items():
+        guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=0, **settings)
+        entry = {
+            f"false stops, {source}": f"{sum(first_stop(guard, ids, len(ids)) is not None for ids in texts)}"
+            f"/{len(texts)}"
+            for source, texts in references.items()
+        }
+        stops = [first_stop(guard, ids, len(ids) + 1) for ids in looped]
+        entry["loops caught"] = f"{sum(stop is not None for stop in stops)}/{len(looped)}"
+        entry["ended at (tokens)"] = stops
+        report[name] = entry
+        print(name, json.dumps(entry), flush=True)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
