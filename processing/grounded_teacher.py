@@ -145,12 +145,8 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class Fact:
-    """One verified fact about a molecule.
-
-    `key` names it (`formula`, `description:role`, ...), `source` says where it comes from (`description`, `iupac`,
-    `rdkit`), `value` is its JSON-able content, `answer` states it, and each string of `evidence` appears verbatim in
-    `answer` (the description sentences themselves, the IUPAC name, the formula, the numbers).
-    """
+    """One verified fact about a molecule: `key` (`formula`, `description:role`, ...), `source` (`description`,
+    `iupac`, `rdkit`), JSON-able `value`, the `answer` stating it, and `evidence` strings found verbatim in `answer`."""
 
     key: str
     source: str
@@ -166,10 +162,7 @@ def split_sentences(text: str) -> list[str]:
 
 def sentence_kind(sentence: str) -> str:
     """What a description sentence states: conjugate, role, isomer, derivation, origin, class, or other."""
-    for kind, pattern in _SENTENCE_KINDS:
-        if pattern.search(sentence):
-            return kind
-    return "other"
+    return next((kind for kind, pattern in _SENTENCE_KINDS if pattern.search(sentence)), "other")
 
 
 def _count(number: int, singular: str, plural: str | None = None) -> str:
@@ -201,12 +194,7 @@ def _rings_answer(rings: int, aromatic: int) -> tuple[str, list[str]]:
         return "It has no rings: it is an acyclic molecule.", ["no rings"]
     if rings == 1:
         return f"It has 1 ring, which is {'' if aromatic else 'not '}aromatic.", ["1 ring"]
-    if aromatic == 0:
-        tail = "none of them aromatic"
-    elif aromatic == rings:
-        tail = "all of them aromatic"
-    else:
-        tail = f"{aromatic} of them aromatic"
+    tail = f"{'none' if aromatic == 0 else 'all' if aromatic == rings else aromatic} of them aromatic"
     return f"It has {rings} rings, {tail}.", [f"{rings} rings", tail]
 
 
@@ -221,63 +209,45 @@ def _charge_answer(charge: int) -> tuple[str, list[str]]:
 def _stereo_answer(total: int, specified: int) -> tuple[str, list[str]]:
     if total == 0:
         return "It has no stereocentres.", ["no stereocentres"]
-    if specified == total:
-        detail = "all of them with a specified configuration" if total > 1 else "with a specified configuration"
-    elif specified == 0:
-        detail = "none of them with a specified configuration" if total > 1 else "whose configuration is unspecified"
+    if total == 1:
+        detail = "with a specified configuration" if specified else "whose configuration is unspecified"
     else:
-        detail = f"{specified} of them with a specified configuration"
+        amount = "all" if specified == total else "none" if specified == 0 else specified
+        detail = f"{amount} of them with a specified configuration"
     return f"It has {_count(total, 'stereocentre')}, {detail}.", [_count(total, "stereocentre"), detail]
 
 
 def structure_facts(mol: Chem.Mol) -> list[Fact]:
     """Facts RDKit computes from the structure (source `rdkit`)."""
-    facts = []
-    formula = rdMolDescriptors.CalcMolFormula(mol)
-    facts.append(Fact("formula", "rdkit", formula, f"Its molecular formula is {formula}.", [formula]))
-    weight = round(Descriptors.MolWt(mol), 2)
-    weight_text = f"{weight:.2f} g/mol"
-    facts.append(
-        Fact("molecular_weight", "rdkit", weight, f"Its molecular weight is about {weight_text}.", [weight_text])
-    )
+    facts: list[Fact] = []
+
+    def add(key: str, value: Any, answer: str, evidence: list[str]) -> None:
+        facts.append(Fact(key, "rdkit", value, answer, evidence))
+
+    formula, weight = rdMolDescriptors.CalcMolFormula(mol), round(Descriptors.MolWt(mol), 2)
+    add("formula", formula, f"Its molecular formula is {formula}.", [formula])
+    add("molecular_weight", weight, f"Its molecular weight is about {weight:.2f} g/mol.", [f"{weight:.2f} g/mol"])
     charge = Chem.GetFormalCharge(mol)
-    facts.append(Fact("formal_charge", "rdkit", charge, *_charge_answer(charge)))
+    add("formal_charge", charge, *_charge_answer(charge))
     rings, aromatic = rdMolDescriptors.CalcNumRings(mol), rdMolDescriptors.CalcNumAromaticRings(mol)
-    facts.append(Fact("rings", "rdkit", {"rings": rings, "aromatic_rings": aromatic}, *_rings_answer(rings, aromatic)))
-    groups = functional_group_counts(mol)
-    if groups:  # our patterns are not exhaustive: finding none proves nothing, so nothing is said then
+    add("rings", {"rings": rings, "aromatic_rings": aromatic}, *_rings_answer(rings, aromatic))
+    if groups := functional_group_counts(mol):  # not exhaustive: finding none proves nothing, so nothing is said
         listed = [f"{name} ({count})" for name, count in groups.items()]
         answer = f"Substructure matching finds these functional groups, with their counts: {', '.join(listed)}."
-        facts.append(Fact("functional_groups", "rdkit", groups, answer, listed))
-    heavy = mol.GetNumHeavyAtoms()
-    heavy_text = _count(heavy, "heavy (non-hydrogen) atom")
-    facts.append(Fact("heavy_atoms", "rdkit", heavy, f"It has {heavy_text}.", [heavy_text]))
+        add("functional_groups", groups, answer, listed)
+    heavy = _count(mol.GetNumHeavyAtoms(), "heavy (non-hydrogen) atom")
+    add("heavy_atoms", mol.GetNumHeavyAtoms(), f"It has {heavy}.", [heavy])
     donors, acceptors = Lipinski.NumHDonors(mol), Lipinski.NumHAcceptors(mol)
     bonding = [_count(donors, "hydrogen-bond donor"), _count(acceptors, "hydrogen-bond acceptor")]
-    facts.append(
-        Fact(
-            "hydrogen_bonding",
-            "rdkit",
-            {"donors": donors, "acceptors": acceptors},
-            f"Counted with Lipinski's rules, it has {bonding[0]} and {bonding[1]}.",
-            bonding,
-        )
-    )
+    answer = f"Counted with Lipinski's rules, it has {bonding[0]} and {bonding[1]}."
+    add("hydrogen_bonding", {"donors": donors, "acceptors": acceptors}, answer, bonding)
     centres = Chem.FindMolChiralCenters(mol, includeUnassigned=True, useLegacyImplementation=False)
-    specified = sum(label != "?" for _, label in centres)
-    facts.append(
-        Fact(
-            "stereocentres",
-            "rdkit",
-            {"stereocentres": len(centres), "specified": specified},
-            *_stereo_answer(len(centres), specified),
-        )
-    )
-    components = len(Chem.GetMolFrags(mol))
-    if components > 1:
+    stereo = {"stereocentres": len(centres), "specified": sum(label != "?" for _, label in centres)}
+    add("stereocentres", stereo, *_stereo_answer(*stereo.values()))
+    if (components := len(Chem.GetMolFrags(mol))) > 1:
         text = f"{components} disconnected components"
         answer = f"No: it consists of {text}, for example the ions of a salt or a compound with its solvent."
-        facts.append(Fact("components", "rdkit", components, answer, [text]))
+        add("components", components, answer, [text])
     return facts
 
 
@@ -313,8 +283,7 @@ class GroundedTeacher:
     def __init__(self, min_turns: int = 4, max_turns: int = 7):
         if not 1 <= min_turns <= max_turns:
             raise ValueError(f"need 1 <= min_turns <= max_turns, got {min_turns} and {max_turns}")
-        self.min_turns = min_turns
-        self.max_turns = max_turns
+        self.min_turns, self.max_turns = min_turns, max_turns
 
     def __repr__(self) -> str:
         return f"GroundedTeacher(min_turns={self.min_turns}, max_turns={self.max_turns})"
@@ -335,11 +304,11 @@ class GroundedTeacher:
         rng.shuffle(tail)
         messages, provenance = [], []
         for fact in head + tail:
-            messages.append({"role": "user", "content": rng.choice(QUESTIONS[fact.key])})
-            messages.append({"role": "assistant", "content": fact.answer})
-            entry = asdict(fact)
-            del entry["answer"]
-            provenance.append({"message": len(messages) - 1, **entry})
+            messages += [{"role": "user", "content": rng.choice(QUESTIONS[fact.key])}]
+            messages += [{"role": "assistant", "content": fact.answer}]
+            provenance.append(
+                {"message": len(messages) - 1, **{k: v for k, v in asdict(fact).items() if k != "answer"}}
+            )
         return GroundedConversation(messages, provenance)
 
     def metadata(self) -> dict[str, Any]:

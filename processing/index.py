@@ -1,14 +1,15 @@
 """A molecule index: known molecules with their answers for one task, searched by fingerprint similarity.
 
-An index holds per entry its canonical SMILES, InChIKey, the question and answer of its conversation, a `key` that
-groups comparable answers (the property name for property QA, else the task), and a Morgan fingerprint. Nearest
-neighbours are ranked by Tanimoto similarity with RDKit's bulk similarity. An index is a `datasets.Dataset`: it is
-saved with `save_to_disk`, can be pushed to the Hub as a dataset, and loads from a folder or a Hub id.
+An index is a `datasets.Dataset` (saved with `save_to_disk`, pushed to the Hub as a dataset, loaded from a folder or
+a Hub id) holding per entry its canonical SMILES, InChIKey, the question and answer of its conversation, a `key` that
+groups comparable answers (the property name for property QA, else the task), and a Morgan fingerprint. Neighbours
+are ranked by Tanimoto similarity with RDKit's bulk similarity.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ INDEX_FEATURES = datasets.Features(
 )
 FINGERPRINT_RADIUS = 2
 FINGERPRINT_SIZE = 2048
+NEIGHBOUR_TASKS = ("description", "iupac", "property")
+"""Tasks whose rows get in-context neighbours in training (one answer per molecule; conversations get none)."""
 
 
 @dataclass
@@ -69,12 +72,8 @@ def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None)
 
 
 class MoleculeIndex:
-    """
-    Molecules with their answers for one task, for nearest-neighbour search.
-
-    Build one with `MoleculeIndex.from_records` (rows of the conversation schema), save it with `save`, load it
-    with `MoleculeIndex.load` (a folder or a Hub dataset id).
-    """
+    """Molecules with their answers for one task, for nearest-neighbour search: built `from_records` (rows of the
+    conversation schema), written with `save`, read with `load` (a folder or a Hub dataset id)."""
 
     def __init__(self, table: datasets.Dataset):
         missing = set(INDEX_FEATURES) - set(table.column_names)
@@ -83,18 +82,13 @@ class MoleculeIndex:
         self.table = table
         self.task = table[0]["task"] if len(table) else ""
         self._fingerprints = [DataStructs.ExplicitBitVect(raw) for raw in table["fingerprint"]]
-        self._rows_by_inchikey: dict[str, list[int]] = {}
+        self._rows_by_inchikey: dict[str, list[int]] = defaultdict(list)
         for row, inchikey in enumerate(table["inchikey"]):
-            self._rows_by_inchikey.setdefault(inchikey, []).append(row)
-        keys = np.asarray(table["key"], dtype=object)
-        lowered = np.asarray([str(key).lower() for key in keys], dtype=object)
+            self._rows_by_inchikey[inchikey].append(row)
+        self._key_counts = dict(sorted(Counter(map(str, table["key"])).items()))
+        lowered = np.asarray([key.lower() for key in map(str, table["key"])], dtype=object)
         distinct = set(lowered.tolist())
         self._key_masks = {key: lowered == key for key in distinct} if len(distinct) > 1 else {}
-        self._key_counts = (
-            {key: int(count) for key, count in zip(*np.unique(keys.astype(str), return_counts=True), strict=True)}
-            if len(keys)
-            else {}
-        )
         self._generator = _fingerprint_generator()
 
     def __len__(self) -> int:
@@ -113,75 +107,54 @@ class MoleculeIndex:
         holdout: float = 0.0,
         progress: bool = True,
     ) -> tuple[MoleculeIndex, dict[str, int]]:
-        """
-        Index the rows of `task` among conversation-schema `records`, one entry per molecule and answer key (the
-        first row wins). The answer is the last assistant turn, the question the user turn before it.
-
-        Args:
-            records: rows of the conversation schema (a `datasets.Dataset` or any iterable of dicts).
-            task: the task whose rows are indexed.
-            max_atoms: larger molecules are skipped (refused before RDKit parses them).
-            holdout: leave out the molecules that the fixed InChIKey hold-out rule of training (`holdout_split`)
-                puts in the test part of this fraction, so that an evaluation on that part never finds them.
-            progress: show a progress bar.
-
-        Returns:
-            the index and counts: `read`, `indexed`, `other task`, `duplicate`, `bad molecule`, `held out`.
-        """
+        """Index the rows of `task` among conversation-schema `records`, one entry per molecule and answer key (the
+        first row wins; the answer is the last assistant turn, the question the user turn before it). Molecules over
+        `max_atoms` are skipped, and with `holdout` those the training hold-out rule (`is_held_out`) puts in the test
+        part of that fraction. Returns the index and counts: `read`, `indexed`, `other task`, `duplicate`, `bad
+        molecule`, `held out`."""
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
-        generator = _fingerprint_generator()
-        counts = {"read": 0, "indexed": 0, "other task": 0, "duplicate": 0, "bad molecule": 0, "held out": 0}
-        columns: dict[str, list] = {name: [] for name in INDEX_FEATURES}
-        seen: set[tuple[str, str]] = set()
-        rows = records
-        if progress:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            rows = tqdm(records, desc=f"Indexing {task}", unit=" rows")
+        generator, seen = _fingerprint_generator(), set()
+
+        def entry(row: dict[str, Any]) -> tuple | str:
+            if (row.get("task") or task) != task:
+                return "other task"
+            question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
+            key = answer_key(task, question, record_metadata(row))
+            try:
+                mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
+                if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
+                    raise ValueError("oversized")
+                inchikey = Chem.MolToInchiKey(mol) or ""
+            except (ValueError, RuntimeError):
+                return "bad molecule"
+            if holdout and is_held_out(inchikey, holdout):
+                return "held out"
+            if (inchikey, key) in seen:
+                return "duplicate"
+            seen.add((inchikey, key))
+            fingerprint = generator.GetFingerprint(mol).ToBinary()
+            return prompt_smiles(mol, None), inchikey, task, key, question, answer, fingerprint
+
+        counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out"), 0)
+        entries = []
         with rdBase.BlockLogs():
-            for row in rows:
+            for row in tqdm(records, desc=f"Indexing {task}", unit=" rows", disable=not progress):
                 counts["read"] += 1
-                if (row.get("task") or task) != task:
-                    counts["other task"] += 1
-                    continue
-                question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
-                key = answer_key(task, question, record_metadata(row))
-                try:
-                    mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
-                    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
-                        raise ValueError("oversized")
-                    inchikey = Chem.MolToInchiKey(mol) or ""
-                except (ValueError, RuntimeError):
-                    counts["bad molecule"] += 1
-                    continue
-                if holdout and is_held_out(inchikey, holdout):
-                    counts["held out"] += 1
-                    continue
-                if (inchikey, key) in seen:
-                    counts["duplicate"] += 1
-                    continue
-                seen.add((inchikey, key))
-                values = (
-                    prompt_smiles(mol, None),
-                    inchikey,
-                    task,
-                    key,
-                    question,
-                    answer,
-                    generator.GetFingerprint(mol).ToBinary(),
-                )
-                for name, value in zip(INDEX_FEATURES, values, strict=True):
-                    columns[name].append(value)
-                counts["indexed"] += 1
+                if isinstance(found := entry(row), str):
+                    counts[found] += 1
+                else:
+                    counts["indexed"] += 1
+                    entries.append(found)
+        columns = {name: [values[i] for values in entries] for i, name in enumerate(INDEX_FEATURES)}
         return cls(datasets.Dataset.from_dict(columns, features=INDEX_FEATURES)), counts
 
     def save(self, folder: str | Path) -> None:
-        """
-        Write the index as a `datasets` folder (`save_to_disk`); an existing non-empty folder is refused. The folder
-        appears only complete: on a full disk the partial copy is removed and a `DiskFullError` names the folder and
-        the space the index needs.
-        """
+        """Write the index as a `datasets` folder (`save_to_disk`), never into a non-empty one. The folder appears only
+        complete: on a full disk the partial copy is removed and a `DiskFullError` names the folder and the space
+        needed."""
         import shutil
 
         from llamo.storage import disk_full_guard
@@ -230,17 +203,9 @@ class MoleculeIndex:
         exclude: Sequence[str] = (),
         key: str | None = None,
     ) -> list[Neighbour]:
-        """
-        The `k` entries most similar to a molecule, most similar first. An entry of the same molecule (same
-        InChIKey) comes first and is marked `exact`.
-
-        Args:
-            smiles: the query molecule.
-            k: how many neighbours.
-            question: for an index of several answer keys (property QA), the question picks the key (e.g. HOMO).
-            exclude: InChIKeys never returned (in training, the example's own molecule).
-            key: the answer key itself (e.g. `LUMO`), where the caller knows it; it takes precedence over `question`.
-        """
+        """The `k` entries most similar to a molecule, most similar first; an entry of the same molecule (InChIKey)
+        comes first and is marked `exact`. In an index of several answer keys (property QA), `key` (e.g. `LUMO`) or
+        else the `question` picks the key; `exclude`: InChIKeys never returned (in training, the row's own)."""
         if k < 1 or not len(self):
             return []
         fingerprint, inchikey = self.query_fingerprint(smiles)
@@ -271,26 +236,14 @@ class MoleculeIndex:
         return {"entries": len(self), "task": self.task, "keys": dict(self._key_counts)}
 
 
-def neighbour_dicts(neighbours: Sequence[Neighbour]) -> str:
-    """Neighbours as the JSON list a training row's `neighbours` column holds."""
-    return json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in neighbours])
-
-
-NEIGHBOUR_TASKS = ("description", "iupac", "property")
-"""Tasks whose rows get in-context neighbours in training (one answer per molecule; conversations get none)."""
-
-
 def attach_neighbours(
     dataset: datasets.Dataset, k: int, share: float = 0.5, salt: str = "neighbours", progress: bool = True
 ) -> datasets.Dataset:
-    """
-    Give a share of the training rows `k` in-context neighbours: the most similar other molecules of the same task
-    (and property) among the dataset's own rows, never the row's own molecule. A row is chosen by a fixed rule on
-    its id (`stable_fraction(id, salt) < share`), so reruns pick the same rows; the others keep an empty list, so that
-    one model learns to answer with and without neighbours. Adds the `neighbours` column the collator reads.
-
-    The index is built from `dataset` itself: built from the training part of a hold-out, it holds no test molecule.
-    """
+    """Give a share of the training rows `k` in-context neighbours: the most similar other molecules of the same task
+    (and property) among the dataset's own rows (so, from a hold-out's training part, never a test molecule), never
+    the row's own. A row is chosen by a fixed rule on its id (`stable_fraction(id, salt) < share`); the others keep an
+    empty list, so that one model learns to answer with and without neighbours. Adds the collator's `neighbours`
+    column."""
     if k < 0 or not 0 <= share <= 1:
         raise ValueError(f"neighbours must be >= 0 and the share in [0, 1], got {k} and {share}.")
     indexes = {}
@@ -309,7 +262,7 @@ def attach_neighbours(
                 column.append("[]")
                 continue
             found = index.neighbours(smiles, k=k, question=messages[0]["content"], exclude=[inchikey])
-            column.append(neighbour_dicts(found))
+            column.append(json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in found]))
         return {"neighbours": column}
 
     return dataset.map(neighbours_of, batched=True, batch_size=64, desc=f"Finding {k} neighbours per row")
@@ -322,5 +275,4 @@ __all__ = [
     "Neighbour",
     "answer_key",
     "attach_neighbours",
-    "neighbour_dicts",
 ]

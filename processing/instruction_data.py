@@ -25,9 +25,7 @@ A rerun of the same command continues where the last one stopped. An output made
 version is refused (unless `allow_mixed`); `overwrite` starts over. A full disk stops the run with a
 `llamo.storage.DiskFullError` naming the folder; the records already written stay, and the rerun continues.
 
-This module runs the job (steps 1-3 and the run over all molecules); its parts live beside it and their public names
-are importable from here too: `instruction_inputs` (reading molecules), `instruction_store` (the output files),
-`instruction_summary` (the summary), `instruction_prompts` (prompts, parsing and the filter).
+This module runs the job; its parts (`instruction_inputs`, `_store`, `_summary`, `_prompts`) live beside it.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ from typing import Any
 from llamo.storage import disk_full_guard
 
 from .grounded_teacher import GroundedTeacher
-from .instruction_inputs import ColumnNames, Molecule, MoleculeInput, detect_format, inchikey, read_molecules
+from .instruction_inputs import ColumnNames, Molecule, MoleculeInput, read_molecules
 from .instruction_prompts import (
     ConversationFormatError,
     Exemplar,
@@ -55,31 +53,12 @@ from .instruction_prompts import (
     parse_conversation,
     seed_messages,
 )
-from .instruction_store import (
-    ConversationStore,
-    load_generated_conversations,
-    read_jsonl,
-    record_metadata_identity,
-    write_json_atomically,
-)
-from .instruction_summary import SUMMARY_KEYS, SUMMARY_VERSION, RunState, build_summary, format_summary, read_summary
+from .instruction_store import ConversationStore, load_generated_conversations, read_jsonl, write_json_atomically
+from .instruction_summary import RunState, build_summary, format_summary, read_summary
 from .schema import make_record
 from .teachers import BudgetExhausted, GenerationStopped, TeacherError, TeacherFatalError, TeacherReply
 
 logger = logging.getLogger(__name__)
-
-FILTER_REASONS = (
-    "truncated_output",
-    "unparsable",
-    "broken_turns",
-    "empty_conversation",
-    "unanswered_question",
-    "empty_turn",
-    "duplicate_turn",
-    "too_many_turns",
-)
-"""Why step 3 drops a conversation (`truncated_output`: the teacher stopped for another reason than the end of its
-answer, e.g. `finish_reason: "length"`)."""
 
 _FINISHED = frozenset({None, "stop", "eos", "end_turn", "stop_sequence"})
 _RAW_OUTPUT_LIMIT = 4000
@@ -141,7 +120,9 @@ def pick_exemplars(exemplars: list[Exemplar], molecule_id: str, count: int, seed
 
 
 def judge_reply(reply: TeacherReply, max_turns: int) -> tuple[list[dict[str, str]] | None, str | None, str | None]:
-    """Step 3 on a teacher reply: (messages, None, None) to keep, or (None, reason, detail) to drop."""
+    """Step 3 on a teacher reply: (messages, None, None) to keep, or (None, reason, detail) to drop. The reasons:
+    `truncated_output` (a `finish_reason` other than the end of the answer, e.g. `length`), the parser's
+    (`parse_conversation`) and the filter's (`conversation_problem`)."""
     if reply.finish_reason not in _FINISHED:
         return None, "truncated_output", f"finish_reason={reply.finish_reason!r}"
     try:
@@ -149,69 +130,59 @@ def judge_reply(reply: TeacherReply, max_turns: int) -> tuple[list[dict[str, str
     except ConversationFormatError as error:
         return None, error.reason, error.detail
     problem = conversation_problem(messages, max_turns)
-    if problem is not None:
-        return None, problem, f"{len(messages)} messages"
-    return messages, None, None
+    return (None, problem, f"{len(messages)} messages") if problem else (messages, None, None)
 
 
 def _identity(teacher) -> dict[str, str]:
     return {"teacher": teacher.name, "model": teacher.model, "prompt_version": teacher.prompt_version}
 
 
-def _grounded_outcome(teacher: GroundedTeacher, molecule: Molecule, config: DataGenerationConfig) -> Outcome:
-    from llamo.featurization_llamo import parse_smiles
-
-    seed = molecule_seed(config.seed, molecule.id)
-    conversation = teacher.converse(
-        parse_smiles(molecule.smiles), molecule.description, molecule.iupac, seed, config.max_turns
-    )
-    problem = conversation_problem(conversation.messages, config.max_turns)
-    if problem is not None:
-        return Outcome(molecule, "filtered", reason=problem, detail="grounded conversation")
-    metadata = {
-        **_identity(teacher),
-        **teacher.metadata(),
-        "seed": seed,
-        "context": {"description": molecule.description, "iupac": molecule.iupac},
-        "provenance": conversation.provenance,
-    }
-    record = make_record(
-        molecule.id, molecule.smiles, conversation.messages, "conversation", f"generated:{teacher.name}", metadata
-    )
-    return Outcome(molecule, "generated", record=record)
-
-
-def _teacher_outcome(teacher, molecule: Molecule, exemplars: list[Exemplar], config: DataGenerationConfig) -> Outcome:
-    seed = molecule_seed(config.seed, molecule.id)
-    chosen = pick_exemplars(exemplars, molecule.id, config.num_exemplars, seed)
-    prompt = generation_messages(molecule.smiles, molecule.description, molecule.iupac, chosen, config.max_turns)
-    try:
-        reply = teacher.complete(prompt, seed=seed)
-    except TeacherFatalError:
-        raise
-    except TeacherError as error:
-        return Outcome(molecule, "failed", reason=error.reason, detail=error.detail)
-    messages, reason, detail = judge_reply(reply, config.max_turns)
-    if messages is None:
-        raw = reply.text[:_RAW_OUTPUT_LIMIT]
-        return Outcome(molecule, "filtered", reason=reason, detail=detail, raw_output=raw, usage=reply.usage)
-    metadata = {
-        **_identity(teacher),
-        "seed": seed,
-        "finish_reason": reply.finish_reason,
-        "exemplars": [exemplar.id for exemplar in chosen],
-        "usage": reply.usage,
-        "context": {"description": molecule.description, "iupac": molecule.iupac},
-    }
-    record = make_record(molecule.id, molecule.smiles, messages, "conversation", f"generated:{teacher.name}", metadata)
-    return Outcome(molecule, "generated", record=record, usage=reply.usage)
-
-
 def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config: DataGenerationConfig) -> Outcome:
     """Steps 2 and 3 for one molecule (the grounded teacher writes the conversation itself)."""
+    seed = molecule_seed(config.seed, molecule.id)
+    metadata: dict[str, Any] = {**_identity(teacher), "seed": seed}
     if isinstance(teacher, GroundedTeacher):
-        return _grounded_outcome(teacher, molecule, config)
-    return _teacher_outcome(teacher, molecule, exemplars, config)
+        from llamo.featurization_llamo import parse_smiles
+
+        mol = parse_smiles(molecule.smiles)
+        conversation = teacher.converse(mol, molecule.description, molecule.iupac, seed, config.max_turns)
+        messages, usage = conversation.messages, {}
+        problem = conversation_problem(messages, config.max_turns)
+        if problem is not None:
+            return Outcome(molecule, "filtered", reason=problem, detail="grounded conversation")
+        metadata.update(teacher.metadata(), provenance=conversation.provenance)
+    else:
+        chosen = pick_exemplars(exemplars, molecule.id, config.num_exemplars, seed)
+        prompt = generation_messages(molecule.smiles, molecule.description, molecule.iupac, chosen, config.max_turns)
+        try:
+            reply = teacher.complete(prompt, seed=seed)
+        except TeacherError as error:
+            if isinstance(error, TeacherFatalError):
+                raise
+            return Outcome(molecule, "failed", reason=error.reason, detail=error.detail)
+        (messages, reason, detail), usage = judge_reply(reply, config.max_turns), reply.usage
+        if messages is None:
+            raw = reply.text[:_RAW_OUTPUT_LIMIT]
+            return Outcome(molecule, "filtered", reason=reason, detail=detail, raw_output=raw, usage=usage)
+        metadata.update(finish_reason=reply.finish_reason, exemplars=[exemplar.id for exemplar in chosen], usage=usage)
+    metadata["context"] = {"description": molecule.description, "iupac": molecule.iupac}
+    record = make_record(molecule.id, molecule.smiles, messages, "conversation", f"generated:{teacher.name}", metadata)
+    return Outcome(molecule, "generated", record=record, usage=usage)
+
+
+def _result(future: Future, teacher, state: RunState) -> Any:
+    """The future's result, or None when it says the job stops (budget spent, interrupt, fatal error: noted in
+    `state`; a fatal error stops the teacher's other requests too)."""
+    try:
+        return future.result()
+    except BudgetExhausted:
+        state.stopped = state.stopped or "budget_exhausted"
+    except GenerationStopped:
+        state.stopped = state.stopped or "interrupted"
+    except TeacherFatalError as error:
+        state.stopped, state.fatal = "fatal_error", error
+        _stop(teacher)
+    return None
 
 
 def _seed_exemplars(teacher, molecules: list[Molecule], config, executor, state: RunState) -> tuple[list, bool]:
@@ -226,27 +197,19 @@ def _seed_exemplars(teacher, molecules: list[Molecule], config, executor, state:
         if messages is None:
             logger.warning("Seed exemplar for %s dropped: %s", molecule.id, reason)
             return None, reply.usage
-        exemplar = Exemplar(molecule.id, molecule.smiles, molecule.description, molecule.iupac, messages)
-        return exemplar, reply.usage
+        return Exemplar(molecule.id, molecule.smiles, molecule.description, molecule.iupac, messages), reply.usage
 
-    futures = [executor.submit(seed_one, molecule) for molecule in chosen]
     exemplars, answered = [], True
-    for future in futures:
+    for future in [executor.submit(seed_one, molecule) for molecule in chosen]:
         try:
-            exemplar, usage = future.result()
-        except TeacherFatalError as error:
-            state.stopped, state.fatal, answered = "fatal_error", error, False
-            _stop(teacher)
-            continue
+            result = _result(future, teacher, state)
         except TeacherError as error:
             logger.warning("Seed exemplar request failed: %s", error)
+            result = None
+        if result is None:
             answered = False
             continue
-        except GenerationStopped as error:
-            is_budget = isinstance(error, BudgetExhausted)
-            state.stopped = state.stopped or ("budget_exhausted" if is_budget else "interrupted")
-            answered = False
-            continue
+        exemplar, usage = result
         state.tokens.update(usage)
         if exemplar is not None:
             exemplars.append(exemplar)
@@ -254,8 +217,7 @@ def _seed_exemplars(teacher, molecules: list[Molecule], config, executor, state:
 
 
 def _stop(teacher) -> None:
-    event = getattr(teacher, "stop_event", None)
-    if event is not None:
+    if (event := getattr(teacher, "stop_event", None)) is not None:
         event.set()
 
 
@@ -272,12 +234,6 @@ def _record(store: ConversationStore, outcome: Outcome, state: RunState) -> None
     store.add_status({**status, **store.identity})
     if outcome.status == "failed":
         logger.warning("%s failed: %s (%s)", outcome.molecule.id, outcome.reason, outcome.detail)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="mol", desc="generate-data", file=sys.stderr)
 
 
 def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, state, progress) -> None:
@@ -297,20 +253,9 @@ def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, s
         done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
         for future in done:
             in_flight.pop(future)
-            try:
-                outcome = future.result()
-            except BudgetExhausted:
-                state.stopped = state.stopped or "budget_exhausted"
-                continue
-            except GenerationStopped:
-                state.stopped = state.stopped or "interrupted"
-                continue
-            except TeacherFatalError as error:
-                state.stopped, state.fatal = "fatal_error", error
-                _stop(teacher)
-                continue
-            _record(store, outcome, state)
-            progress.update(1)
+            if (outcome := _result(future, teacher, state)) is not None:
+                _record(store, outcome, state)
+                progress.update(1)
         fill()
 
 
@@ -345,6 +290,8 @@ def generate_conversations(
 def _generate(
     molecules: MoleculeInput, teacher, store: ConversationStore, config: DataGenerationConfig
 ) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     store.open(_identity(teacher), allow_mixed=config.allow_mixed, overwrite=config.overwrite)
     started = time.monotonic()
     budget = getattr(teacher, "budget", None)
@@ -370,7 +317,8 @@ def _generate(
             exemplars = loaded
         todo = [molecule for molecule in molecules.molecules if not store.is_final(molecule.id)]
         done = len(molecules.molecules) - len(todo)
-        with _progress(len(molecules.molecules), done, config.show_progress) as progress:
+        bar = {"unit": "mol", "desc": "generate-data", "file": sys.stderr, "disable": not config.show_progress}
+        with tqdm(total=len(molecules.molecules), initial=done, **bar) as progress:
             if state.stopped is None:
                 _run_molecules(teacher, todo, exemplars, config, executor, workers, store, state, progress)
     except KeyboardInterrupt:
@@ -424,30 +372,20 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"Unknown conversations settings {unknown}: see llamo generate-data --help.")
     teacher = build_teacher(kind, max_turns=config.max_turns, **options)
-    molecules = read_molecules(
-        source, reading.get("format", "auto"), id_prefix=reading.get("id_prefix", ""), limit=reading.get("limit")
+    return generate_conversations(
+        read_molecules(source, reading.pop("format", "auto"), **reading), teacher, output, config
     )
-    return generate_conversations(molecules, teacher, output, config)
 
 
-__all__ = [
-    "FILTER_REASONS",
-    "SUMMARY_KEYS",
-    "SUMMARY_VERSION",
+__all__ = [  # with the names of its parts that other modules import from here
     "ColumnNames",
-    "ConversationStore",
     "DataGenerationConfig",
     "Molecule",
-    "MoleculeInput",
     "Outcome",
-    "RunState",
-    "build_summary",
-    "detect_format",
     "format_summary",
     "generate_conversations",
     "generate_from_settings",
     "generate_one",
-    "inchikey",
     "judge_reply",
     "load_generated_conversations",
     "molecule_seed",
@@ -455,6 +393,4 @@ __all__ = [
     "read_jsonl",
     "read_molecules",
     "read_summary",
-    "record_metadata_identity",
-    "write_json_atomically",
 ]

@@ -4,12 +4,13 @@ datasets folder or a `datasets.Dataset`, with the rows that cannot be used count
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .loaders import read_jsonl_rows, read_table
 
 _COLUMN_CANDIDATES = {
     "smiles": ("smiles", "canonical_smiles", "isomeric_smiles", "isosmiles"),
@@ -79,33 +80,10 @@ def detect_format(path: Path) -> str:
     return formats[suffix]
 
 
-def _table_rows(path: Path, delimiter: str) -> Iterator[dict[str, Any]]:
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        if not reader.fieldnames:
-            raise ValueError(f"{path} is empty or has no header row.")
-        yield from reader
-
-
-def _jsonl_rows(path: Path) -> Iterator[dict[str, Any] | None]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            yield row if isinstance(row, dict) else None
-
-
 def _dataset_rows(dataset) -> Iterator[dict[str, Any]]:
     """Rows of a `datasets.Dataset`; in the conversation schema, the description is the last assistant message."""
-    conversation = "messages" in dataset.column_names
     for row in dataset:
-        if conversation:
+        if "messages" in row:
             answers = [m["content"] for m in row["messages"] or [] if m.get("role") == "assistant"]
             row = {**row, "description": answers[-1] if answers else ""}
         yield row
@@ -120,12 +98,12 @@ def _raw_rows(source, input_format: str) -> tuple[Iterable[dict[str, Any] | None
     if not path.exists():
         raise FileNotFoundError(f"Input not found: {path}")
     input_format = detect_format(path) if input_format == "auto" else input_format
-    if input_format in ("tsv", "chebi20"):
-        return _table_rows(path, "\t"), str(path)
-    if input_format == "csv":
-        return _table_rows(path, ","), str(path)
+    if input_format in ("tsv", "chebi20", "csv"):
+        tabs = input_format != "csv"
+        table = read_table(path, sep="\t" if tabs else ",", quoting=csv.QUOTE_NONE if tabs else csv.QUOTE_MINIMAL)
+        return table.to_dict("records"), str(path)
     if input_format == "jsonl":
-        return _jsonl_rows(path), str(path)
+        return read_jsonl_rows(path), str(path)
     if input_format == "dataset":
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
@@ -160,47 +138,43 @@ def read_molecules(
     """
     from llamo.featurization_llamo import parse_smiles
 
-    columns = columns or ColumnNames()
+    wanted = asdict(columns or ColumnNames())
     rows, described = _raw_rows(source, input_format)
     result = MoleculeInput(molecules=[], source=described, limit=limit)
-    resolved = None
+    resolved: dict[str, str | None] = {}
     seen: set[str] = set()
+
+    def molecule(row: dict[str, Any] | None) -> Molecule | str:
+        if row is None:
+            return "unreadable_row"
+        if not resolved:
+            required = ("smiles", "description")
+            resolved.update({role: _resolve_column(role, wanted[role], list(row), role in required) for role in wanted})
+        text = {role: str(row.get(column) or "").strip() for role, column in resolved.items()}
+        if not text["smiles"]:
+            return "missing_smiles"
+        try:
+            parse_smiles(text["smiles"])
+        except ValueError:
+            return "invalid_smiles"
+        if not text["description"]:
+            return "missing_description"
+        raw_id = row.get(resolved["id"])
+        molecule_id = f"{id_prefix}{raw_id}".strip() if raw_id not in (None, "") else inchikey(text["smiles"])
+        if molecule_id in seen:
+            return "duplicate_id"
+        return Molecule(molecule_id, text["smiles"], text["description"], text["iupac"] or None)
+
     for row in rows:
         if limit is not None and len(result.molecules) >= limit:
             break
         result.rows += 1
-        if row is None:
-            result.skipped["unreadable_row"] += 1
-            continue
-        if resolved is None:
-            available = list(row)
-            resolved = {
-                "smiles": _resolve_column("smiles", columns.smiles, available, required=True),
-                "description": _resolve_column("description", columns.description, available, required=True),
-                "iupac": _resolve_column("iupac", columns.iupac, available, required=False),
-                "id": _resolve_column("id", columns.id, available, required=False),
-            }
-        smiles = str(row.get(resolved["smiles"]) or "").strip()
-        if not smiles:
-            result.skipped["missing_smiles"] += 1
-            continue
-        try:
-            parse_smiles(smiles)
-        except ValueError:
-            result.skipped["invalid_smiles"] += 1
-            continue
-        description = str(row.get(resolved["description"]) or "").strip()
-        if not description:
-            result.skipped["missing_description"] += 1
-            continue
-        iupac = str(row.get(resolved["iupac"]) or "").strip() if resolved["iupac"] else ""
-        raw_id = row.get(resolved["id"]) if resolved["id"] else None
-        molecule_id = f"{id_prefix}{raw_id}".strip() if raw_id not in (None, "") else inchikey(smiles)
-        if molecule_id in seen:
-            result.skipped["duplicate_id"] += 1
-            continue
-        seen.add(molecule_id)
-        result.molecules.append(Molecule(molecule_id, smiles, description, iupac or None))
+        found = molecule(row)
+        if isinstance(found, str):
+            result.skipped[found] += 1
+        else:
+            seen.add(found.id)
+            result.molecules.append(found)
     return result
 
 

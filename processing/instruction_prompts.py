@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PROMPT_VERSION = "llamo-conversation-v1"
@@ -45,22 +45,19 @@ SEED_INSTRUCTION = (
 
 def system_prompt(with_iupac: bool, max_turns: int) -> str:
     """The teacher's system prompt; `with_iupac` selects the variant that also shows the IUPAC name."""
-    if with_iupac:
-        what_you_see = "its SMILES string, a few sentences describing it, and its IUPAC name"
-        iupac_topic = ", and its IUPAC name"
-    else:
-        what_you_see = "its SMILES string and a few sentences describing it"
-        iupac_topic = ""
-    return _SYSTEM_PROMPT.format(what_you_see=what_you_see, iupac_topic=iupac_topic, max_turns=max_turns)
+    seen = "its SMILES string, a few sentences describing it, and its IUPAC name" if with_iupac else None
+    return _SYSTEM_PROMPT.format(
+        what_you_see=seen or "its SMILES string and a few sentences describing it",
+        iupac_topic=", and its IUPAC name" if with_iupac else "",
+        max_turns=max_turns,
+    )
 
 
 def molecule_context(smiles: str, description: str, iupac: str | None = None) -> str:
     """What the teacher sees of one molecule (one `SMILES:` line, then the IUPAC name and description)."""
-    lines = ["Molecule", f"SMILES: {smiles}"]
-    if iupac:
-        lines.append(f"IUPAC name: {iupac}")
-    lines.append(f"Description: {description}")
-    return "\n".join(lines)
+    return "\n".join(
+        ["Molecule", f"SMILES: {smiles}", *([f"IUPAC name: {iupac}"] if iupac else []), f"Description: {description}"]
+    )
 
 
 def format_conversation(messages: list[dict[str, str]]) -> str:
@@ -80,13 +77,7 @@ class Exemplar:
     messages: list[dict[str, str]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "smiles": self.smiles,
-            "description": self.description,
-            "iupac": self.iupac,
-            "messages": self.messages,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Exemplar:
@@ -109,26 +100,18 @@ def generation_messages(
     messages = [{"role": "system", "content": system_prompt(iupac is not None, max_turns)}]
     for exemplar in exemplars:
         context = molecule_context(exemplar.smiles, exemplar.description, exemplar.iupac)
-        messages.append({"role": "user", "content": context})
-        messages.append({"role": "assistant", "content": format_conversation(exemplar.messages)})
-    messages.append({"role": "user", "content": molecule_context(smiles, description, iupac)})
-    return messages
+        messages += [
+            {"role": "user", "content": context},
+            {"role": "assistant", "content": format_conversation(exemplar.messages)},
+        ]
+    return [*messages, {"role": "user", "content": molecule_context(smiles, description, iupac)}]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Parsing the teacher's output
-# ---------------------------------------------------------------------------------------------------------------------
+# --- parsing the teacher's output -----------------------------------------------------------------------------------
 
 _ROLES = {
-    "user": "user",
-    "human": "user",
-    "question": "user",
-    "q": "user",
-    "assistant": "assistant",
-    "ai": "assistant",
-    "gpt": "assistant",
-    "answer": "assistant",
-    "a": "assistant",
+    **dict.fromkeys(("user", "human", "question", "q"), "user"),
+    **dict.fromkeys(("assistant", "ai", "gpt", "answer", "a"), "assistant"),
 }
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _LINE_TURN = re.compile(r"^\s*(?:\*\*)?(user|human|question|q|assistant|ai|answer|a)(?:\*\*)?\s*:\s*(.*)$", re.I)
@@ -225,10 +208,6 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
     raise ConversationFormatError("unparsable", "neither a JSON conversation nor User:/Assistant: lines")
 
 
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str | None:
     """Step 3's checks on parsed messages: the first failing reason, or None for a conversation to keep.
 
@@ -245,12 +224,9 @@ def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str 
         return "unanswered_question" if len(messages) % 2 == 1 else "broken_turns"
     if any(not message["content"].strip() for message in messages):
         return "empty_turn"
-    seen = set()
-    for message in messages:
-        key = (message["role"], _normalised(message["content"]))
-        if key in seen:
-            return "duplicate_turn"
-        seen.add(key)
+    normalised = {(message["role"], " ".join(message["content"].lower().split())) for message in messages}
+    if len(normalised) < len(messages):
+        return "duplicate_turn"
     if len(messages) // 2 > max_turns:
         return "too_many_turns"
     return None

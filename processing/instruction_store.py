@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .instruction_prompts import Exemplar
-from .schema import CONVERSATION_FEATURES, make_record
+from .schema import make_record, record_metadata, records_dataset
 
 logger = logging.getLogger(__name__)
+
+IDENTITY_KEYS = ("teacher", "model", "prompt_version")
 
 
 def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
@@ -92,7 +94,7 @@ def write_json_atomically(path: Path, obj: Any) -> None:
 
 
 def _identity_text(identity: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={identity.get(key)!r}" for key in ("teacher", "model", "prompt_version"))
+    return ", ".join(f"{key}={identity.get(key)!r}" for key in IDENTITY_KEYS)
 
 
 class ConversationStore:
@@ -110,20 +112,12 @@ class ConversationStore:
         self._output = _AppendOnlyJsonl(self.path)
         self._status = _AppendOnlyJsonl(self.status_path)
 
-    def files(self) -> list[Path]:
-        return [self.path, self.status_path, self.exemplars_path, self.summary_path]
-
-    def remove(self) -> None:
-        """Delete the output and its sidecars (`overwrite`)."""
-        for path in self.files():
-            path.unlink(missing_ok=True)
-
     def open(self, identity: dict[str, str], allow_mixed: bool = False, overwrite: bool = False) -> None:
         """Start over (`overwrite`) or load what is done, repairing half-written last lines; refuse files made by
         another teacher, model or prompt version (`identity`) unless `allow_mixed`."""
         self.identity, self.allow_mixed = identity, allow_mixed
-        if overwrite:
-            self.remove()
+        for path in (self.path, self.status_path, self.exemplars_path, self.summary_path) if overwrite else ():
+            path.unlink(missing_ok=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for record in read_jsonl(self.path, repair=True):
             if not isinstance(record.get("id"), str) or not isinstance(record.get("messages"), list):
@@ -182,35 +176,24 @@ class ConversationStore:
 
 
 def record_metadata_identity(record: dict[str, Any]) -> dict[str, Any]:
-    """{teacher, model, prompt_version} from a record's metadata JSON string."""
-    raw = record.get("metadata") or "{}"
-    metadata = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return {key: metadata.get(key) for key in ("teacher", "model", "prompt_version")}
+    """{teacher, model, prompt_version} from a record's metadata."""
+    return {key: record_metadata(record).get(key) for key in IDENTITY_KEYS}
 
 
 def load_generated_conversations(path: str | Path | list[str | Path]):
     """The generated records of one or more output JSONL files as a `datasets.Dataset` in the conversation schema
     (`CONVERSATION_FEATURES`). Each record's turn structure is checked; a half-written last line is ignored."""
-    import datasets
-
-    paths = [path] if isinstance(path, (str, Path)) else list(path)
     rows = []
-    for one in paths:
-        one = Path(one)
+    for one in map(Path, [path] if isinstance(path, (str, Path)) else path):
         if not one.exists():
             raise FileNotFoundError(f"Generated conversations not found: {one}")
         for number, record in enumerate(read_jsonl(one), start=1):
             try:
-                metadata = record["metadata"]
-                metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
-                rows.append(
-                    make_record(
-                        record["id"], record["smiles"], record["messages"], record["task"], record["source"], metadata
-                    )
-                )
+                fields = (record[key] for key in ("id", "smiles", "messages", "task", "source"))
+                rows.append(make_record(*fields, record_metadata(record)))
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"{one}: record {number} is not a conversation record: {error}") from None
-    return datasets.Dataset.from_list(rows, features=CONVERSATION_FEATURES)
+    return records_dataset(rows)
 
 
 __all__ = [

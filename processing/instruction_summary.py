@@ -31,7 +31,7 @@ SUMMARY_KEYS = {
     "generated": "records in the output file",
     "generated_by_source": "{record source (generated:<teacher>): n}",
     "filtered": "molecules dropped by the filter (final; not retried)",
-    "filtered_by_reason": "{reason: n}, reasons in FILTER_REASONS",
+    "filtered_by_reason": "{reason: n}, reasons of `instruction_data.judge_reply`",
     "failed": "molecules whose teacher request failed (retried by the next run)",
     "failed_by_reason": "{reason: n}: http_<status>, retries_exhausted, invalid_response, teacher_exception",
     "pending": "input molecules not done yet (budget spent, stopped)",
@@ -67,8 +67,9 @@ def build_summary(
 ) -> dict[str, Any]:
     """The summary of an output after a run (see `SUMMARY_KEYS`)."""
     undone = {sid: s for sid, s in store.statuses.items() if sid not in store.records}
-    filtered = Counter(s["reason"] for s in undone.values() if s["status"] == "filtered")
-    failed = Counter(s["reason"] for s in undone.values() if s["status"] == "failed")
+    filtered, failed = (
+        Counter(s["reason"] for s in undone.values() if s["status"] == kind) for kind in ("filtered", "failed")
+    )
     pending = sum(1 for m in molecules.molecules if m.id not in store.records and m.id not in undone)
     failed_in_input = sum(1 for m in molecules.molecules if undone.get(m.id, {}).get("status") == "failed")
     turns = [len(record["messages"]) // 2 for record in store.records.values()]
@@ -93,19 +94,13 @@ def build_summary(
         "exemplars": exemplars,
         "mean_turns": round(sum(turns) / len(turns), 3) if turns else 0.0,
         "this_run": {
-            "generated": state.counts["generated"],
-            "filtered": state.counts["filtered"],
-            "failed": state.counts["failed"],
+            **{status: state.counts[status] for status in ("generated", "filtered", "failed")},
             "requests": state.requests,
-            "prompt_tokens": state.tokens["prompt_tokens"],
-            "completion_tokens": state.tokens["completion_tokens"],
+            **{tokens: state.tokens[tokens] for tokens in ("prompt_tokens", "completion_tokens")},
             "seconds": round(seconds, 3),
         },
         "settings": {
-            "max_turns": config.max_turns,
-            "num_exemplars": config.num_exemplars,
-            "seed_exemplars": config.seed_exemplars,
-            "seed": config.seed,
+            **{name: getattr(config, name) for name in ("max_turns", "num_exemplars", "seed_exemplars", "seed")},
             "concurrency": config.concurrency,
             "max_requests": budget.max_requests if budget is not None else None,
             "limit": molecules.limit,

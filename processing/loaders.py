@@ -129,23 +129,26 @@ def _require(path: str | Path) -> Path:
     return path
 
 
-def _read_table(path: str | list[str], split: str, columns: list[str], optional=(), **read_csv):
-    """The `columns` (and those of `optional` that exist) of a Hub dataset's `split` or of local CSV file(s) read
-    with `pandas.read_csv(**read_csv)` (default: every value as text), as a pandas table."""
+def read_table(
+    path: str | Path | list, split: str = "train", columns: list[str] | None = None, optional=(), **read_csv
+):
+    """A Hub dataset's `split` or local CSV file(s) as a pandas table: its `columns` (a `ValueError` names the missing
+    ones) and those of `optional` that exist, or every column. Local files are read with `pandas.read_csv(**read_csv)`,
+    by default every value as text and the extra fields of a row ignored (as `csv.DictReader` does)."""
     import pandas
 
     if _is_hub_id(path):
         loaded = datasets.load_dataset(path, split=split)
         origin, available = f"{path} ({split})", loaded.column_names
     else:
-        options = {"dtype": str, "keep_default_na": False, **read_csv}
+        options = {"dtype": str, "keep_default_na": False, "usecols": lambda name: True, **read_csv}
         files = [_require(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
         loaded = pandas.concat([pandas.read_csv(f, **options) for f in files], ignore_index=True)
         origin, available = ", ".join(map(str, files)), list(loaded.columns)
-    missing = [column for column in columns if column not in available]
+    missing = [column for column in columns or [] if column not in available]
     if missing:
         raise ValueError(f"{origin} has no column(s) {missing}; its columns: {available}")
-    keep = [*columns, *(column for column in optional if column and column in available)]
+    keep = available if columns is None else [*columns, *(name for name in optional if name and name in available)]
     return loaded.select_columns(keep).to_pandas() if isinstance(loaded, datasets.Dataset) else loaded[keep]
 
 
@@ -219,7 +222,7 @@ def load_chebi20(
     id_column: str = "CID",
 ) -> tuple[datasets.Dataset, DataReport]:
     """ChEBI-20 molecule-description pairs (MolT5's TSV layout, or a Hub dataset with those columns)."""
-    table = _read_table(path, split, [id_column, smiles_column, text_column], sep="\t")
+    table = read_table(path, split, [id_column, smiles_column, text_column], sep="\t")
     rows = ((f"chebi20:{cid}", smiles, text) for cid, smiles, text in table.itertuples(index=False))
     return _qa_dataset(rows, "description", "chebi20", DataReport(f"chebi20 ({path})"), limit, instruction)
 
@@ -270,7 +273,7 @@ def load_pubchem324k(
     `smiles` and `text`."""
     if _is_hub_id(path):
         rows = (
-            (str(i), *row) for i, row in enumerate(_read_table(path, split, ["smiles", "text"]).itertuples(index=False))
+            (str(i), *row) for i, row in enumerate(read_table(path, split, ["smiles", "text"]).itertuples(index=False))
         )
     else:
         root = _require(path)
@@ -346,7 +349,7 @@ def load_iupac_pairs(
 ) -> tuple[datasets.Dataset, DataReport]:
     """SMILES / IUPAC-name pairs from a CSV or TSV with a header (or a Hub dataset with those columns)."""
     sep = "\t" if Path(path).suffix in (".tsv", ".txt") else ","
-    table = _read_table(path, split, [smiles_column, name_column], optional=[id_column], sep=sep)
+    table = read_table(path, split, [smiles_column, name_column], optional=[id_column], sep=sep)
     rows = (
         (f"{source}:{row.get(id_column) or index}", row[smiles_column], row[name_column])
         for index, row in enumerate(table.to_dict("records"))
@@ -406,7 +409,7 @@ def load_qm9_properties(
     column_of = {**QM9_COLUMNS, **(property_columns or {})}
     files = path or [_installed_file(QM9PACK_FILES[0], name) for name in QM9PACK_FILES[1]]
     columns = [smiles_column, *(column_of[name] for name in properties)]
-    table = _read_table(files, split, columns, optional=["Index"], dtype=None, keep_default_na=True)
+    table = read_table(files, split, columns, optional=["Index"], dtype=None, keep_default_na=True)
     table.columns = ["SMILES", *properties, *table.columns[len(columns) :]]
     names = [Path(file).name for file in ([files] if isinstance(files, (str, Path)) else files)]
     report = DataReport(f"qm9 ({f'{path}, {split}' if _is_hub_id(path) else ', '.join(names)})", read=len(table))
@@ -463,6 +466,7 @@ __all__ = [
     "load_qm9_properties",
     "property_from_text",
     "read_jsonl_rows",
+    "read_table",
     "stable_choice",
     "stable_fraction",
 ]

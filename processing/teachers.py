@@ -1,24 +1,21 @@
 """Teachers that write instruction conversations: any OpenAI-compatible chat-completions endpoint, or a local
-transformers chat model. (The offline grounded teacher lives in `grounded_teacher.py`.)
+transformers chat model (the offline grounded teacher lives in `grounded_teacher.py`). A teacher turns chat messages
+into a `TeacherReply`; `TeacherError` fails one molecule, `TeacherFatalError` (bad key, wrong URL) stops the job,
+`BudgetExhausted` stops it cleanly when the request budget is spent.
 
-A teacher turns chat messages into a `TeacherReply` (`text`, `finish_reason`, token `usage`). Errors are typed so the
-generation loop can act on them: `TeacherError` fails one molecule, `TeacherFatalError` (bad key, wrong URL) stops the
-job, `BudgetExhausted` stops it cleanly when the request budget is spent.
-
-The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` (which builds the request and
-parses the reply) and keeps its own guarantees around it: retries with backoff and `Retry-After` on 429/5xx, timeouts
-and connection errors (read from the client's `HfHubHTTPError` and httpx2's exceptions), a request budget, typed
-errors. Its requests go through the teacher's own httpx2 client rather than huggingface_hub's shared session
-(`_TeacherClient`): redirects are never followed (they would carry the key along) and a 3xx answer stops the job,
-`HF_HUB_OFFLINE` does not block a local server (it is not the Hub), proxies are off for a loopback server, and the
-Authorization header holds the teacher's key or nothing, never the user's Hugging Face token. The API key is read from
-an environment variable whose name is configurable, kept in a `Secret` that never shows its value, and removed from
-every error text.
+The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` and adds retries with backoff and
+`Retry-After` on 429/5xx, timeouts and connection errors, a request budget and typed errors. Its requests go through
+its own httpx2 client (`_TeacherClient`): redirects are never followed (they would carry the key along),
+`HF_HUB_OFFLINE` does not block a local server, proxies are off for a loopback server, and the Authorization header
+holds the teacher's key (from an environment variable, kept in a `Secret`, removed from every error text) or nothing,
+never the user's Hugging Face token.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
+import itertools
 import logging
 import os
 import random
@@ -49,8 +46,7 @@ class TeacherError(Exception):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        self.reason, self.detail = reason, detail
 
 
 class TeacherFatalError(TeacherError):
@@ -86,14 +82,13 @@ class Secret:
         return self._value
 
     def redact(self, text: str) -> str:
-        """`text` with every occurrence of the secret replaced by `***`."""
         return text.replace(self._value, "***") if self._value else text
 
     def __bool__(self) -> bool:
         return bool(self._value)
 
     def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
+        return f"Secret({'***' if self._value else ''!r})"
 
     __str__ = __repr__
 
@@ -119,11 +114,6 @@ class RequestBudget:
             self.used += 1
             return True
 
-    @property
-    def exhausted(self) -> bool:
-        with self._lock:
-            return self.max_requests is not None and self.used >= self.max_requests
-
 
 @dataclass
 class RetryPolicy:
@@ -148,16 +138,14 @@ def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or unreadable."""
     if not value:
         return None
-    value = value.strip()
     try:
         return max(0.0, float(value))
     except ValueError:
         pass
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, email.utils.parsedate_to_datetime(value.strip()).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -188,8 +176,7 @@ class _TeacherClient(InferenceClient):
     def __init__(self, base_url: str, http: httpx2.Client, authorization: Callable[[], dict[str, str]]):
         # any api_key, so that no Hugging Face token is looked up; the Authorization header is replaced below
         super().__init__(base_url=base_url, api_key="unused")
-        self._http = http
-        self._authorization = authorization
+        self._http, self._authorization = http, authorization
 
     def _inner_post(self, request_parameters, *, stream: bool = False) -> bytes:
         headers = {k: v for k, v in request_parameters.headers.items() if k.lower() != "authorization"}
@@ -205,26 +192,11 @@ class _TeacherClient(InferenceClient):
         return response.content
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
 class OpenAICompatibleTeacher:
-    """A chat-completions endpoint (OpenAI, Azure-style proxies, vLLM, Ollama, llama.cpp server, ...).
-
-    Args:
-        model: the model name sent with every request.
-        base_url: the API root, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
-        api_key_env: NAME of the environment variable holding the key; unset or empty: no Authorization header.
-        timeout: seconds to wait for the server on each socket operation of a request.
-        retry: backoff policy for 429/5xx, timeouts and connection errors.
-        budget: shared cap on requests; `BudgetExhausted` once spent.
-        temperature, max_tokens: sampling options sent with each request.
-        extra_body: more JSON fields merged into each request (e.g. `{"top_p": 0.9}`).
+    """A chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server, ...) at `base_url` (the API root, e.g.
+    `http://localhost:11434/v1`). `api_key_env` names the environment variable holding the key (unset or empty: no
+    Authorization header); `timeout` is per socket operation; `retry` applies to 429/5xx, timeouts and connection
+    errors; `budget` caps requests, retries included; `extra_body` is merged into each request (e.g. `{"top_p": 0.9}`).
     """
 
     name = "openai"
@@ -247,11 +219,9 @@ class OpenAICompatibleTeacher:
             raise ValueError("An OpenAI-compatible teacher needs a model name.")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        self.model = model
-        self.base_url = base_url
-        self.url = chat_completions_url(base_url)
+        self.model, self.base_url, self.url = model, base_url, chat_completions_url(base_url)
         self.api_key_env = api_key_env
-        self._api_key = Secret(os.environ.get(api_key_env, "").strip()) if api_key_env else Secret("")
+        self._api_key = Secret(os.environ.get(api_key_env, "").strip() if api_key_env else "")
         if any(not 32 < ord(char) < 127 for char in self._api_key.reveal()):
             # an HTTP client would quote the whole header, key included, in its error
             raise ValueError(f"${api_key_env} holds spaces or characters that cannot be sent in an HTTP header.")
@@ -259,12 +229,8 @@ class OpenAICompatibleTeacher:
             logger.warning(
                 "No API key: $%s is not set; requests are sent without an Authorization header.", api_key_env
             )
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self.budget = budget or RequestBudget()
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.extra_body = dict(extra_body or {})
+        self.timeout, self.retry, self.budget = timeout, retry or RetryPolicy(), budget or RequestBudget()
+        self.temperature, self.max_tokens, self.extra_body = temperature, max_tokens, dict(extra_body or {})
         self.stop_event = threading.Event()
         host = urllib.parse.urlparse(self.url).hostname or ""
         # a proxy from the environment must not swallow requests to a local server
@@ -284,22 +250,17 @@ class OpenAICompatibleTeacher:
     def _error_text(self, text: str, limit: int = 300) -> str:
         return self._api_key.redact(text[:limit]).strip()
 
-    def _redirect_detail(self, response: httpx2.Response) -> str:
-        location = self._api_key.redact(str(response.headers.get("Location")))
-        return (
-            f"HTTP {response.status_code} from {self.url} redirects to {location}; redirects are not followed, so "
-            "that the API key is never sent elsewhere: give the final URL as the base URL"
-        )
-
     def _reply(self, output: ChatCompletionOutput) -> TeacherReply:
         try:
             choice = output.choices[0]
-            text = _message_text(choice.message.content)
+            text = choice.message.content
+            if isinstance(text, list):  # content parts
+                text = "".join(part.get("text", "") for part in text if isinstance(part, dict))
         except (IndexError, TypeError, AttributeError) as error:
             detail = f"not a chat completion ({error!r}): {self._error_text(str(output))}"
             raise TeacherError("invalid_response", detail) from None
         usage = {k: v for k, v in (output.usage or {}).items() if isinstance(v, int)}
-        return TeacherReply(text=text, finish_reason=choice.finish_reason, usage=usage)
+        return TeacherReply(text=text if isinstance(text, str) else "", finish_reason=choice.finish_reason, usage=usage)
 
     def _status_error(self, response: httpx2.Response) -> tuple[str, float | None]:
         """What an HTTP error answer means: raises for one that retrying cannot help, else (detail, Retry-After)."""
@@ -313,47 +274,45 @@ class OpenAICompatibleTeacher:
             raise TeacherError(f"http_{status}", detail)
         return detail, parse_retry_after(response.headers.get("Retry-After"))
 
-    def _attempt(
-        self, messages: list[dict[str, str]], seed: int | None
-    ) -> tuple[TeacherReply | None, str, float | None]:
-        """One request: (reply, "", None), or (None, what went wrong, Retry-After) for a retryable failure."""
-        try:
-            output = self._client.chat_completion(
-                messages,
-                model=self.model,
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                seed=seed,
-                extra_body=self.extra_body or None,
-            )
-        except _Redirected as redirect:
-            self.stop_event.set()
-            raise TeacherFatalError("redirect", self._redirect_detail(redirect.response)) from None
-        except HfHubHTTPError as error:
-            return (None, *self._status_error(error.response))
-        except httpx2.TransportError as error:  # timeouts, refused or dropped connections
-            return None, self._api_key.redact(f"{type(error).__name__}: {error}"), None
-        except ValueError as error:  # a body that is not JSON
-            raise TeacherError("invalid_response", f"not a chat completion ({error!r})") from None
-        return self._reply(output), "", None
-
     def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
         """One chat completion of `messages`, retried per `self.retry`; `seed` is sent for reproducible sampling."""
-        for attempt in range(self.retry.max_retries + 1):
+        for attempt in itertools.count():
             if self.stop_event.is_set():
                 raise GenerationStopped("stopped")
             if not self.budget.take():
                 raise BudgetExhausted(f"request budget of {self.budget.max_requests} spent")
-            reply, problem, retry_after = self._attempt(messages, seed)
-            if reply is not None:
-                return reply
+            retry_after = None
+            try:
+                return self._reply(
+                    self._client.chat_completion(
+                        messages,
+                        model=self.model,
+                        temperature=self.temperature,
+                        max_tokens=self.max_tokens,
+                        seed=seed,
+                        extra_body=self.extra_body or None,
+                    )
+                )
+            except _Redirected as redirect:
+                self.stop_event.set()
+                location = self._api_key.redact(str(redirect.response.headers.get("Location")))
+                detail = (
+                    f"HTTP {redirect.response.status_code} from {self.url} redirects to {location}; redirects are not "
+                    "followed, so that the API key is never sent elsewhere: give the final URL as the base URL"
+                )
+                raise TeacherFatalError("redirect", detail) from None
+            except HfHubHTTPError as error:
+                problem, retry_after = self._status_error(error.response)
+            except httpx2.TransportError as error:  # timeouts, refused or dropped connections
+                problem = self._api_key.redact(f"{type(error).__name__}: {error}")
+            except ValueError as error:  # a body that is not JSON
+                raise TeacherError("invalid_response", f"not a chat completion ({error!r})") from None
             if attempt == self.retry.max_retries:
                 raise TeacherError("retries_exhausted", f"{attempt + 1} attempts, last: {problem}")
             delay = self.retry.delay(attempt, retry_after, self._rng)
             logger.info("%s; retry %d/%d in %.2f s", problem, attempt + 1, self.retry.max_retries, delay)
             if self.stop_event.wait(delay):
                 raise GenerationStopped("stopped")
-        raise AssertionError("unreachable")
 
 
 class TransformersTeacher:
@@ -380,36 +339,30 @@ class TransformersTeacher:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model = str(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model)
+        self.model, self.tokenizer = str(model), AutoTokenizer.from_pretrained(str(model))
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model} has no chat template: the transformers teacher needs a chat model.")
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.language_model = AutoModelForCausalLM.from_pretrained(self.model, dtype=torch_dtype).to(device).eval()
-        self.device = device
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.budget = budget or RequestBudget()
-        self._lock = threading.Lock()
+        self.device, self.max_new_tokens, self.temperature, self.top_p = device, max_new_tokens, temperature, top_p
+        self.budget, self._lock = budget or RequestBudget(), threading.Lock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, device={self.device!r})"
 
     def _encode(self, messages: list[dict[str, str]]):
+        encode = functools.partial(
+            self.tokenizer.apply_chat_template, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
         try:
-            return self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-            )
+            return encode(messages)
         except Exception:  # jinja raises for a system role the template does not know
             if messages[0]["role"] != "system" or len(messages) < 2:
                 raise
-            merged = [{"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
-            return self.tokenizer.apply_chat_template(
-                merged + messages[2:], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-            )
+            first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+            return encode([first, *messages[2:]])
 
     def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
         """Generate the assistant's reply to `messages`; `finish_reason` is `"length"` when cut at max_new_tokens."""
