@@ -5,7 +5,7 @@
   property), or among the entries of a given index; the neighbour's answer is copied (ties go to the earlier row). A
   row with no known molecule of its kind gets an empty answer.
 - `mean`: property QA only: the mean training target of the asked property, for every molecule.
-- `no-graph` (in `llamo.evaluation.runner`): the same model with the graph tokens removed from the prompt.
+- `no-graph` (in `llamo.evaluation.predict`): the same model with the graph tokens removed from the prompt.
 """
 
 from __future__ import annotations
@@ -76,6 +76,3 @@ class MeanBaseline:
                 mean = self.means.get(example.target.property)
                 answers.append("" if mean is None else repr(mean))
         return answers
-
-
-__all__ = ["MeanBaseline", "RetrievalBaseline"]

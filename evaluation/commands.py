@@ -9,7 +9,8 @@ from dataclasses import fields
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
 from llamo.cli_common import add_command, add_device_arguments
 
-BASELINE_CHOICES = ("retrieval", "mean", "no-graph")
+from .config import BASELINES, EvaluationConfig
+from .text_metrics import SCIBERT_HUB_ID
 
 
 def register(subparsers) -> None:
@@ -19,8 +20,6 @@ def register(subparsers) -> None:
 
 
 def _add_evaluate_parser(subparsers) -> None:
-    from .text_metrics import SCIBERT_HUB_ID  # standard library only at its top
-
     parser = add_command(subparsers, "evaluate", _run_evaluate)
     parser.add_argument(
         "model", nargs="?", metavar="MODEL_DIR", help="LLaMo folder (optional for the retrieval and mean baselines)"
@@ -61,7 +60,7 @@ def _add_evaluate_parser(subparsers) -> None:
     baseline = parser.add_argument_group("baselines")
     baseline.add_argument(
         "--baseline",
-        choices=BASELINE_CHOICES,
+        choices=BASELINES,
         help="retrieval: nearest training molecule's answer; mean: mean training property value; no-graph: the model "
         "without graph tokens",
     )
@@ -97,9 +96,6 @@ def _add_setup_wordnet_parser(subparsers) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .runner import EvaluationConfig
-    from .text_metrics import SCIBERT_HUB_ID
-
     given = {field.name: getattr(args, field.name) for field in fields(EvaluationConfig) if hasattr(args, field.name)}
     return EvaluationConfig(
         **{**given, "scibert_vocab": args.scibert_vocab or SCIBERT_HUB_ID, "progress": not args.no_progress}
@@ -167,6 +163,3 @@ def _run_setup_wordnet(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from error
     hint = "" if args.nltk_data is None else f" (pass --nltk-data {args.nltk_data} to llamo evaluate)"
     print(f"WordNet ready for METEOR in {target}{hint}.")
-
-
-__all__ = ["format_summary", "register"]

@@ -1,5 +1,5 @@
-"""Evaluation data: rows of the conversation schema (`llamo.processing.schema`) from any source, checked and turned
-into prompt + reference pairs.
+"""Evaluation inputs: rows of the conversation schema (`llamo.processing.schema`) from any source, checked and turned
+into prompt + reference pairs; fingerprints of the rows, the model and the index, which identify a run.
 
 The reference answer of a row is its last assistant message; the prompt is the conversation before it. Rows that
 cannot be evaluated (no final assistant answer, malformed turns, unparsable SMILES, a property row without a numeric
@@ -13,11 +13,14 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamo.processing.schema import make_record, record_metadata, to_chat_messages
 
 from .properties import PropertyTarget, property_target
+
+if TYPE_CHECKING:
+    from .config import EvaluationConfig
 
 PROPERTY_TASK = "property"
 
@@ -146,19 +149,6 @@ def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any
     return rows, DatasetInfo(info.name, info.source, info.kind, info.split, len(rows))
 
 
-def _row_target(task: str, metadata: Any, prompt: Sequence[dict[str, str]], reference: str) -> PropertyTarget | None:
-    if task != PROPERTY_TASK or not isinstance(metadata, dict):
-        return None
-    return property_target(metadata, reference, prompt[-1]["content"])
-
-
-def _readable_metadata(row: dict[str, Any]) -> Any:
-    try:
-        return record_metadata(row)
-    except (ValueError, TypeError):
-        return None
-
-
 def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, PropertyTarget | None]:
     """The row as an example, or the reason it cannot be evaluated (with its property target, if it has one)."""
     from llamo import parse_smiles
@@ -178,8 +168,13 @@ def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, Pr
         return None, "no assistant answer to compare with", None
     prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
     reference = messages[-1]["content"]
-    metadata = _readable_metadata(row)
-    target = _row_target(task, metadata, prompt, reference)
+    try:
+        metadata = record_metadata(row)
+    except (ValueError, TypeError):
+        metadata = None
+    target = None
+    if task == PROPERTY_TASK and isinstance(metadata, dict):
+        target = property_target(metadata, reference, prompt[-1]["content"])
     try:
         parse_smiles(smiles)
     except ValueError:
@@ -243,11 +238,71 @@ def rows_fingerprint(rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None
     return digest.hexdigest()[:16]
 
 
-__all__ = [
-    "DatasetInfo",
-    "EvalExample",
-    "SkippedRow",
-    "load_rows",
-    "rows_fingerprint",
-    "select_examples",
-]
+def model_fingerprint(folder: str | Path) -> str | None:
+    """A cheap identity of a saved model: its config files' contents and its weight files' names, sizes and
+    modification times (retraining into the same folder changes it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for name in ("config.json", "generation_config.json", "processor_config.json", "chat_template.jinja"):
+        if (folder / name).is_file():
+            digest.update(name.encode() + (folder / name).read_bytes())
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def checked_index(path: str, examples: Sequence[EvalExample]):
+    """The evaluation's molecule index and its fingerprint; refused when it holds an evaluated molecule."""
+    from llamo.processing.index import MoleculeIndex
+
+    from .naming import inchikey
+
+    index = MoleculeIndex.load(path)
+    known = index.inchikeys
+    leaked = sorted({example.smiles for example in examples if inchikey(example.smiles) in known})
+    if leaked:
+        shown = ", ".join(smiles[:40] for smiles in leaked[:3])
+        raise ValueError(
+            f"The index {path} holds {len(leaked)} of the evaluated molecules (e.g. {shown}): an evaluation index "
+            "must not know the test molecules. Build it from the training side only (`llamo index build ... "
+            "--holdout 0.1` for the shipped hold-out)."
+        )
+    fingerprint = hashlib.sha256(json.dumps(index.describe(), sort_keys=True).encode())
+    fingerprint.update("".join(sorted(known)).encode())
+    return index, fingerprint.hexdigest()[:16]
+
+
+@dataclass
+class RunState:
+    """What one call of `evaluate` learned about its inputs, for the run config and the results."""
+
+    data: DatasetInfo
+    data_fingerprint: str
+    examples: list[EvalExample]
+    skipped: list[SkippedRow]
+    model_fingerprint: str | None = None
+    train: DatasetInfo | None = None
+    train_fingerprint: str | None = None
+    train_rows: list[dict[str, Any]] | None = field(default=None, repr=False)
+    baseline_info: dict[str, Any] = field(default_factory=dict)
+    index: Any = field(default=None, repr=False)
+    index_fingerprint: str | None = None
+
+
+def prepare(config: EvaluationConfig, dataset=None, train_dataset=None, model=None) -> RunState:
+    """Read the run's rows (and training rows, index) and fingerprint what defines its predictions."""
+    rows, info = load_rows(dataset if dataset is not None else config.data, config.split)
+    examples, skipped = select_examples(rows, config.tasks, config.max_rows)
+    state = RunState(info, rows_fingerprint(rows, config.tasks), examples, skipped)
+    if config.generates:
+        state.model_fingerprint = model_fingerprint(config.model) if model is None else "in-memory"
+    if config.trained_baseline and not config.index_retrieval:
+        source = train_dataset if train_dataset is not None else config.train_data
+        state.train_rows, state.train = load_rows(source, config.train_split)
+        state.train_fingerprint = rows_fingerprint(state.train_rows)
+    if config.index:
+        state.index, state.index_fingerprint = checked_index(config.index, examples)
+    return state

@@ -27,8 +27,6 @@ from typing import Any
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 RESULTS_FILE = "results.json"
-RESULTS_FORMAT = "llamo-evaluation"
-"""The `format` of a results document (see `llamo.evaluation`); `hub_cards.results` reads only this format."""
 TSV_HEADER = ("SMILES", "ground truth", "output")
 _TSV_UNSAFE = re.compile(r"[\t\r\n]+")
 
@@ -73,25 +71,19 @@ def _tsv_line(record: PredictionRecord) -> str:
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
         return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted names of the settings that differ between two run configs."""
-    old, new = _flatten(saved), _flatten(current)
-    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    dotted = (_flatten(value, f"{prefix}.{key}" if prefix else str(key)) for key, value in data.items())
+    return {key: value for flat in dotted for key, value in flat.items()}
 
 
 def describe_differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    """The differing settings with their saved and new values: `max_rows (saved 100, now 300), ...`."""
+    """The settings that differ between two run configs, dotted, with their saved and new values:
+    `max_rows (saved 100, now 300), ...`; empty when none does."""
     old, new = _flatten(saved), _flatten(current)
     missing = "(not recorded)"
     return ", ".join(
         f"{key} (saved {json.dumps(old.get(key, missing))}, now {json.dumps(new.get(key, missing))})"
-        for key in config_differences(saved, current)
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
     )
 
 
@@ -126,11 +118,8 @@ class PredictionStore:
                 problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
             else:
                 saved = json.loads(self.config_path.read_text(encoding="utf-8"))
-                problem = ""
-                if config_differences(saved, run_config):
-                    problem = (
-                        f"holds predictions of a run with other settings: {describe_differences(saved, run_config)}"
-                    )
+                differences = describe_differences(saved, run_config)
+                problem = differences and f"holds predictions of a run with other settings: {differences}"
             if problem and not overwrite:
                 raise FileExistsError(
                     f"{self.output_dir} {problem}; choose another output folder, or pass --overwrite to discard them."
@@ -174,16 +163,7 @@ class PredictionStore:
             handle.write("".join(record.to_json() + "\n" for record in records))
             handle.flush()
             os.fsync(handle.fileno())
-        by_task: dict[str, list[PredictionRecord]] = {}
-        for record in records:
-            if record.skipped is None:
-                by_task.setdefault(record.task, []).append(record)
-        for task, task_records in by_task.items():
-            path = self.output_dir / tsv_name(task)
-            with open(path, "a", encoding="utf-8") as handle:
-                if handle.tell() == 0:
-                    handle.write("\t".join(TSV_HEADER) + "\n")
-                handle.write("".join(_tsv_line(record) for record in task_records))
+        self._append_tsvs(records)
 
     def saved_count(self) -> int:
         """How many complete prediction lines the JSONL holds (read only: nothing is repaired)."""
@@ -205,26 +185,14 @@ class PredictionStore:
         """Rewrite every task's TSV from `records` (in the given order); returns `{task: file name}`."""
         for path in self.output_dir.glob("predictions.*.tsv"):
             path.unlink()
+        return self._append_tsvs(records)
+
+    def _append_tsvs(self, records: Iterable[PredictionRecord]) -> dict[str, str]:
         by_task: dict[str, list[str]] = {}
         for record in records:
             if record.skipped is None:
                 by_task.setdefault(record.task, []).append(_tsv_line(record))
         for task, lines in by_task.items():
-            text = "\t".join(TSV_HEADER) + "\n" + "".join(lines)
-            (self.output_dir / tsv_name(task)).write_text(text, encoding="utf-8")
+            with open(self.output_dir / tsv_name(task), "a", encoding="utf-8") as handle:
+                handle.write(("" if handle.tell() else "\t".join(TSV_HEADER) + "\n") + "".join(lines))
         return {task: tsv_name(task) for task in by_task}
-
-
-__all__ = [
-    "PREDICTIONS_FILE",
-    "RESULTS_FILE",
-    "RESULTS_FORMAT",
-    "RUN_CONFIG_FILE",
-    "TSV_HEADER",
-    "PredictionRecord",
-    "PredictionStore",
-    "Skip",
-    "config_differences",
-    "describe_differences",
-    "tsv_name",
-]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamo.evaluation.predictions import RESULTS_FORMAT
+from llamo.evaluation.score import RESULTS_FORMAT
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 PROTOCOL_LABELS = {

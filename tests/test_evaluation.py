@@ -18,9 +18,10 @@ from llamo.cli import build_parser, main
 from llamo.evaluation import EvaluationConfig, evaluate
 from llamo.evaluation.data import load_rows, select_examples
 from llamo.evaluation.naming import inchikey, names_to_smiles, naming_metrics, opsin_unavailable_reason
+from llamo.evaluation.predict import GenerationPredictor
 from llamo.evaluation.predictions import PREDICTIONS_FILE, TSV_HEADER, PredictionRecord, Skip
 from llamo.evaluation.properties import PropertyTarget, parse_number, property_metrics
-from llamo.evaluation.runner import TASK_TITLES, GenerationPredictor, MetricResources, score_task
+from llamo.evaluation.score import TASK_TITLES, MetricResources, score_task
 from llamo.evaluation.text_metrics import (
     LLAMO_PROTOCOL,
     TokenProtocol,
@@ -477,10 +478,10 @@ class StubPredictor:
 
 @pytest.fixture
 def stub_predictor(monkeypatch) -> StubPredictor:
-    from llamo.evaluation import runner
+    from llamo.evaluation import predict
 
     predictor = StubPredictor()
-    monkeypatch.setattr(runner, "_make_predictor", lambda *args: predictor)
+    monkeypatch.setattr(predict, "make_predictor", lambda *args: predictor)
     return predictor
 
 
@@ -497,7 +498,7 @@ def saved_ids(output_dir: Path) -> set[str]:
 
 
 def test_a_stopped_run_holds_a_prefix_of_the_data_not_its_longest_rows(tmp_path, stub_predictor):
-    from llamo.evaluation.runner import SORT_WINDOW_BATCHES
+    from llamo.evaluation.predict import SORT_WINDOW_BATCHES
 
     data = write_jsonl(tmp_path / "data.jsonl", chain_rows(40))
     window = 2 * SORT_WINDOW_BATCHES
@@ -570,7 +571,7 @@ def test_threads_follow_the_option_then_omp_num_threads_then_the_free_cores(tmp_
 
     import torch
 
-    from llamo.evaluation.runner import choose_threads
+    from llamo.evaluation.predict import choose_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))

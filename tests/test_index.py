@@ -241,7 +241,7 @@ def test_evaluation_refuses_an_index_that_knows_a_test_molecule(tmp_path, index)
 def test_evaluation_with_an_index_answers_with_neighbours_and_retrieval_copies_from_it(tmp_path, index, tiny_llamo):
     from llamo.evaluation import EvaluationConfig, evaluate
     from llamo.evaluation.data import select_examples
-    from llamo.evaluation.runner import GenerationPredictor
+    from llamo.evaluation.predict import GenerationPredictor
 
     index.excluding([index.query_fingerprint("CCO")[1]]).save(tmp_path / "idx")
     test = eval_rows(tmp_path, {"CCO": "ethanol", "CCCCCO": "pentan-1-ol"})
@@ -283,7 +283,7 @@ def test_a_full_disk_while_saving_an_index_leaves_no_partial_folder(index, tmp_p
 
 def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
     from llamo.evaluation.data import select_examples
-    from llamo.evaluation.runner import GenerationPredictor
+    from llamo.evaluation.predict import GenerationPredictor
     from llamo.pipeline_llamo import VERIFY_CANDIDATES, _inchikey
 
     model, processor = tiny_llamo

@@ -1,0 +1,134 @@
+"""`EvaluationConfig`: everything one evaluation run needs, checked when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
+
+from .text_metrics import SCIBERT_HUB_ID
+
+BASELINES = ("retrieval", "mean", "no-graph")
+TRAINED_BASELINES = ("retrieval", "mean")
+
+
+@dataclass
+class EvaluationConfig:
+    """
+    Everything one evaluation run needs.
+
+    Args:
+        output_dir: where predictions, TSVs and `results.json` go (an interrupted run resumes from it).
+        model: a LLaMo folder (needed unless `baseline` is `retrieval` or `mean`; then it only provides the LLM
+            tokenizer of the `llamo_llm_tokens` protocol).
+        data: the evaluation rows: a JSONL/JSON/Parquet file, a `save_to_disk` folder or a Hub dataset id (or pass
+            a `datasets.Dataset` to `evaluate`).
+        split: the split of a folder or Hub dataset with several (default `test`).
+        tasks: evaluate only these tasks (a specialist run); all tasks present when None (a generalist run).
+        batch_size, max_new_tokens, min_new_tokens, num_beams, do_sample, temperature, top_p, seed: decoding
+            (greedy, at most 512 new tokens by default, as in LLaMo's evaluation).
+        baseline: `retrieval`, `mean` or `no-graph` (see `llamo.evaluation.baselines`).
+        train_data, train_split: the training rows of the `retrieval` and `mean` baselines.
+        scibert_vocab: SciBERT's `vocab.txt`, a folder, or a Hub id (MolT5 protocol).
+        llm_tokenizer: tokenizer of the LLaMo protocol (default: the model's).
+        nltk_data: the NLTK data folder holding WordNet (default: NLTK's search path).
+        max_rows: evaluate only the first rows of the data, in its order (a quick run; another `max_rows` is another
+            run: its output folder is not reused).
+        device, dtype: where and in which precision the model runs (`auto`: GPU if any; the saved dtype).
+        threads: CPU threads of generation (None: `choose_threads` picks them).
+        index: a molecule index (folder or Hub id, `llamo index build`): the model gets the `neighbours` most
+            similar entries as in-context examples, and the `retrieval` baseline copies from it. It must hold none of
+            the evaluated molecules (checked by InChIKey; the run is refused otherwise).
+        answer_loop_repeats: end an answer once it repeats one block this many times in a row (0: off; None: the
+            model's generation config decides; the default model ships 3).
+        verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
+            structure match of such a run is its verified rate.
+        overwrite: discard the predictions of another run found in `output_dir`.
+        progress: show a progress bar.
+    """
+
+    output_dir: str
+    model: str | None = None
+    data: str | None = None
+    split: str | None = None
+    tasks: list[str] | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    min_new_tokens: int | None = None
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    answer_loop_repeats: int | None = None
+    baseline: str | None = None
+    train_data: str | None = None
+    train_split: str = "train"
+    scibert_vocab: str | None = SCIBERT_HUB_ID
+    llm_tokenizer: str | None = None
+    nltk_data: str | None = None
+    max_rows: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    index: str | None = None
+    neighbours: int = DEFAULT_NEIGHBOURS
+    verify_names: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}.")
+        if self.trained_baseline and self.train_data is None and not self.index_retrieval:
+            raise ValueError(f"The {self.baseline} baseline needs training rows: give train_data (--train-data).")
+        for name in ("batch_size", "max_new_tokens", "num_beams", "max_rows", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
+        if self.tasks is not None:
+            self.tasks = sorted(set(self.tasks))
+
+    @property
+    def generates(self) -> bool:
+        """Whether the run generates with the model (the model itself, or the no-graph ablation)."""
+        return self.baseline not in TRAINED_BASELINES
+
+    @property
+    def trained_baseline(self) -> bool:
+        return self.baseline in TRAINED_BASELINES
+
+    @property
+    def index_retrieval(self) -> bool:
+        """The retrieval baseline copying from `index` (it needs no training rows)."""
+        return self.baseline == "retrieval" and bool(self.index)
+
+    def decoding(self) -> dict[str, Any] | None:
+        """The decoding settings, as recorded in the results (None for the non-generating baselines)."""
+        if not self.generates:
+            return None
+        strategy = "sampling" if self.do_sample else ("beam search" if self.num_beams > 1 else "greedy")
+        settings: dict[str, Any] = {
+            "strategy": strategy,
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+        }
+        if self.do_sample:
+            settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        if self.answer_loop_repeats is not None:
+            settings["answer_loop_repeats"] = self.answer_loop_repeats
+        if self.verify_names:
+            from llamo.pipeline_llamo import VERIFY_CANDIDATES
+
+            settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
+        return settings
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `model.generate` (name verification adds its own: see `GenerationPredictor`)."""
+        dropped = {"strategy", "seed", "verify_names", *(() if self.min_new_tokens else ("min_new_tokens",))}
+        return {name: value for name, value in (self.decoding() or {}).items() if name not in dropped}

@@ -1,0 +1,284 @@
+"""Predicting the rows of a run: through the model's `molecule-text-generation` pipeline (or a baseline), a batch at a
+time, each batch saved (`llamo.evaluation.predictions`) before the next.
+
+Rows are predicted in dataset order, a window of `SORT_WINDOW_BATCHES` batches at a time; only inside a window are
+they sorted longest prompt first, so that a batch holds prompts of similar length. A stopped run thus holds a prefix
+of the dataset's rows (plus part of one window), never a length-biased subset, and the same command resumes it.
+
+On the CPU, generation uses `choose_threads` threads; the progress bar advances per batch and shows, while a batch
+generates, the tokens generated so far and the rows of the batch already finished.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
+
+from .data import EvalExample
+from .predictions import PredictionRecord, PredictionStore, Skip
+
+if TYPE_CHECKING:
+    from .config import EvaluationConfig
+    from .data import RunState
+
+SORT_WINDOW_BATCHES = 8
+STEP_REPORT_SECONDS = 1.0
+
+ProgressCallback = Callable[[int, int], None]
+StepCallback = Callable[[int, int, int], None]
+"""Called while a batch generates, as `(new_tokens_so_far, rows_finished, rows_in_batch)`."""
+Predictor = Callable[[Sequence[EvalExample]], list["str | Skip"]]
+
+
+def choose_threads(requested: int | None = None) -> tuple[int, str]:
+    """
+    CPU threads for generation, and why: `requested` (`--threads`); else `OMP_NUM_THREADS` when set; else the cores
+    this process may use that are not busy: `len(os.sched_getaffinity(0))` minus the 1-minute load average, at
+    least 1. (torch's default, every core, stalls a busy machine: threads wait for each other.)
+    """
+    if requested is not None:
+        return requested, "--threads"
+    from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if from_env.isdigit() and int(from_env) > 0:
+        return int(from_env), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load))), f"{cores} cores, 1-minute load {load:.1f}"
+
+
+class _StepReporter:
+    """A stopping criterion that never stops: it reports each generation step (tokens so far, rows finished), so that
+    a progress bar moves while a long batch generates. It is called once per new token, for every decoding strategy,
+    beams included; the first call tells the prompt's length."""
+
+    def __init__(self, callback: StepCallback, rows: int, eos_token_ids: list[int]):
+        self.callback = callback
+        self.rows = rows
+        self.eos_token_ids = eos_token_ids
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1] - 1
+        new = input_ids[:, self.prompt_length :]
+        finished = 0
+        if self.eos_token_ids and input_ids.shape[0] == self.rows:  # beams: sequences are not rows
+            finished = int(torch.isin(new, torch.tensor(self.eos_token_ids, device=new.device)).any(dim=1).sum())
+        self.callback(new.shape[1], finished, self.rows)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class GenerationPredictor:
+    """Answers with the model through its `molecule-text-generation` pipeline (the prompt, generation and decoding of
+    `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
+    and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
+    asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
+    the first of the pipeline's verification candidates that reads back as the molecule. `on_step`, when set, is
+    called at every generation step."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        generation_kwargs: dict[str, Any],
+        include_graph: bool = True,
+        index=None,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        name_checker=None,
+    ):
+        from llamo.pipeline_llamo import LlamoMoleculePipeline
+
+        self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
+        self.processor = processor
+        self.generation_kwargs = generation_kwargs
+        self.include_graph = include_graph
+        self.index = index
+        self.neighbours = neighbours
+        self.name_checker = name_checker
+        self.on_step: StepCallback | None = None
+
+    def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
+        """The example's prompt, with its nearest index entries before the question when an index is given."""
+        from llamo import add_neighbours
+
+        messages = example.chat_messages()
+        if self.index is None or not self.neighbours:
+            return messages
+        key = example.target.property if example.target is not None else None
+        found = self.index.neighbours(
+            example.smiles, k=self.neighbours, question=example.prompt[-1]["content"], key=key
+        )
+        return add_neighbours(messages, [{"smiles": n.smiles, "answer": n.answer} for n in found])
+
+    def _render(self, examples: Sequence[EvalExample]) -> dict[str, Any]:
+        """The model inputs of a batch, as the pipeline prepares them."""
+        from llamo.pipeline_llamo import MoleculeBatch
+
+        batch = MoleculeBatch([self._messages(example) for example in examples])
+        return self.pipe.preprocess(batch, include_graph=self.include_graph)
+
+    def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
+        from llamo.pipeline_llamo import verification_settings, verified_candidate
+
+        settings = dict(self.generation_kwargs)
+        if self.name_checker is not None:
+            settings.update(verification_settings(settings))
+        if self.on_step is not None:
+            from transformers import StoppingCriteriaList
+
+            eos = self.pipe.model.generation_config.eos_token_id
+            eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            settings["stopping_criteria"] = StoppingCriteriaList([_StepReporter(self.on_step, len(examples), eos_ids)])
+        conversations = [self._messages(example) for example in examples]
+        groups = self.pipe(conversations, batch_size=len(examples), include_graph=self.include_graph, **settings)
+        answers = []
+        for example, group in zip(examples, groups, strict=True):
+            candidates = [answer["generated_text"] for answer in group]
+            verify = self.name_checker is not None and example.task == "iupac"
+            chosen = verified_candidate(candidates, example.smiles, self.name_checker) if verify else None
+            answers.append(candidates[chosen or 0])
+        return answers
+
+    def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
+        try:
+            return self._generate(examples)
+        except ValueError:
+            # find the rows the processor refuses (e.g. too many atoms), answer the others as one batch
+            refused: dict[int, Skip] = {}
+            for position, example in enumerate(examples):
+                try:
+                    self._render([example])
+                except ValueError as error:
+                    refused[position] = Skip(f"refused by the processor: {error}")
+            if not refused:
+                raise
+        accepted = [example for position, example in enumerate(examples) if position not in refused]
+        answers = iter(self._generate(accepted) if accepted else [])
+        return [refused[position] if position in refused else next(answers) for position in range(len(examples))]
+
+
+def make_predictor(config: EvaluationConfig, state: RunState, model, processor) -> Predictor:
+    """The run's predictor: a trained baseline, or the model (loaded from `config.model` unless given)."""
+    from .baselines import MeanBaseline, RetrievalBaseline
+
+    if config.trained_baseline:
+        if config.baseline == "retrieval" and state.index is not None:
+            baseline = RetrievalBaseline(index=state.index)
+        else:
+            baseline = (RetrievalBaseline if config.baseline == "retrieval" else MeanBaseline)(state.train_rows or [])
+        state.baseline_info["train_rows_used"] = baseline.train_rows
+        return baseline
+    if model is None:
+        from pathlib import Path
+
+        from llamo.builder import load_llamo
+
+        if not Path(str(config.model)).is_dir():
+            raise FileNotFoundError(f"Model folder not found: {config.model}")
+        model, processor = load_llamo(config.model, config.device, config.dtype)
+    elif processor is None:
+        raise ValueError("An in-memory model needs its processor as well.")
+    if config.do_sample:
+        import torch
+
+        torch.manual_seed(config.seed)
+    name_checker = None
+    if config.verify_names:
+        from llamo.retrieval import opsin_checker
+
+        from .naming import opsin_unavailable_reason
+
+        if (name_checker := opsin_checker()) is None:
+            raise ValueError(f"verify_names needs OPSIN: {opsin_unavailable_reason()}")
+    return GenerationPredictor(
+        model,
+        processor,
+        config.generation_kwargs(),
+        include_graph=config.baseline != "no-graph",
+        index=state.index,
+        neighbours=config.neighbours,
+        name_checker=name_checker,
+    )
+
+
+def batches_in_order(pending: Sequence[EvalExample], batch_size: int) -> Iterator[list[EvalExample]]:
+    """The batches of `pending` (in dataset order), sorted longest first only inside windows of
+    `SORT_WINDOW_BATCHES` batches (see the module docstring)."""
+    window = batch_size * SORT_WINDOW_BATCHES
+    for start in range(0, len(pending), window):
+        chunk = sorted(pending[start : start + window], key=lambda example: -example.approximate_length())
+        for first in range(0, len(chunk), batch_size):
+            yield chunk[first : first + batch_size]
+
+
+def _step_postfix(bar, batch_number: int, batches: int, max_new_tokens: int) -> StepCallback:
+    """A `StepCallback` writing the batch's progress into the bar's postfix, at most once per `STEP_REPORT_SECONDS`."""
+    last = [0.0]
+
+    def report(tokens: int, finished: int, rows: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= STEP_REPORT_SECONDS:
+            last[0] = now
+            bar.set_postfix_str(
+                f"batch {batch_number}/{batches}: token {tokens}/{max_new_tokens}, {finished}/{rows} rows done"
+            )
+
+    return report
+
+
+def _record(example: EvalExample, answer: str | Skip) -> PredictionRecord:
+    skipped = answer.reason if isinstance(answer, Skip) else None
+    prediction = None if isinstance(answer, Skip) else answer
+    return PredictionRecord(
+        example.index, example.id, example.task, example.smiles, example.reference, prediction, skipped
+    )
+
+
+def predict(
+    config: EvaluationConfig,
+    state: RunState,
+    store: PredictionStore,
+    records: dict,
+    model=None,
+    processor=None,
+    callback: ProgressCallback | None = None,
+):
+    """Predict the rows of `state` missing from `records` with `choose_threads` CPU threads, saving each batch to
+    `store` and `records` before the next; returns the processor used (its tokenizer is the LLaMo protocol's). A
+    trained baseline is always built (cheap), so that its description is in every run's results."""
+    import torch
+    from tqdm.auto import tqdm
+
+    pending = [example for example in state.examples if example.key not in records]
+    if not pending and config.generates:
+        return processor
+    predictor = make_predictor(config, state, model, processor)
+    threads, reason = choose_threads(config.threads)
+    if config.progress and config.generates:
+        print(f"[evaluate] generating with {threads} CPU thread(s) ({reason}; --threads N to choose)", file=sys.stderr)
+    total, done = len(state.examples), len(state.examples) - len(pending)
+    batches = -(-len(pending) // config.batch_size)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tqdm(total=total, initial=done, disable=not config.progress, unit="row", desc="evaluating") as bar:
+            for number, batch in enumerate(batches_in_order(pending, config.batch_size), start=1):
+                if config.progress and hasattr(predictor, "on_step"):
+                    predictor.on_step = _step_postfix(bar, number, batches, config.max_new_tokens)
+                new = [_record(example, answer) for example, answer in zip(batch, predictor(batch), strict=True)]
+                store.append(new)
+                records.update((record.key, record) for record in new)
+                done += len(batch)
+                bar.update(len(batch))
+                if callback is not None:
+                    callback(done, total)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return getattr(predictor, "processor", processor)
