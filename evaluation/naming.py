@@ -133,13 +133,3 @@ def naming_metrics(
     report.metrics.append(MetricValue("exact_match_normalized", "exact_match", 100 * exact / len(references)))
     structure, counts = structure_metrics(target_smiles, predictions)
     return report.extend(structure), {"exact_matches": exact, **counts}
-
-
-__all__ = [
-    "inchikey",
-    "names_to_smiles",
-    "naming_metrics",
-    "normalize_name",
-    "opsin_unavailable_reason",
-    "structure_metrics",
-]

@@ -114,6 +114,3 @@ def property_metrics(
         else:
             counts["per_property"][key] = entry
     return report, counts
-
-
-__all__ = ["DEFAULT_UNIT", "PropertyTarget", "parse_number", "property_key", "property_metrics", "property_target"]

@@ -27,6 +27,7 @@ SCIBERT_HUB_ID = "allenai/scibert_scivocab_uncased"
 MAX_TOKENS = 512
 
 TEXT_METRICS = ("bleu2", "bleu4", "meteor", "rouge1", "rouge2", "rougeL")
+BLEU_WEIGHTS = {"bleu2": (0.5, 0.5), "bleu4": (0.25, 0.25, 0.25, 0.25)}
 
 
 @dataclass
@@ -136,43 +137,6 @@ def molt5_protocol(source: str | Path | None = SCIBERT_HUB_ID) -> TokenProtocol:
         return TokenProtocol(MOLT5_PROTOCOL, unavailable_reason=reason)
 
 
-def bleu_scores(references: Sequence[list[str]], predictions: Sequence[list[str]]) -> tuple[float, float]:
-    """Corpus BLEU-2 and BLEU-4 (NLTK, no smoothing), 0-100."""
-    from nltk.translate.bleu_score import corpus_bleu
-
-    grouped = [[reference] for reference in references]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NLTK warns when an n-gram order has no match; the score is then ~0
-        bleu2 = corpus_bleu(grouped, list(predictions), weights=(0.5, 0.5))
-        bleu4 = corpus_bleu(grouped, list(predictions), weights=(0.25, 0.25, 0.25, 0.25))
-    return 100.0 * bleu2, 100.0 * bleu4
-
-
-def meteor(references: Sequence[list[str]], predictions: Sequence[list[str]], wordnet) -> float:
-    """Mean NLTK METEOR over rows, 0-100."""
-    from nltk.translate.meteor_score import meteor_score
-
-    scores = [
-        meteor_score([reference], prediction, wordnet=wordnet)
-        for reference, prediction in zip(references, predictions, strict=True)
-    ]
-    return 100 * sum(scores) / len(scores)
-
-
-def rouge_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measures (`rouge_score`, no stemmer) on the raw strings, 0-100."""
-    from rouge_score import rouge_scorer
-
-    kinds = ("rouge1", "rouge2", "rougeL")
-    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=False)
-    totals = dict.fromkeys(kinds, 0.0)
-    for reference, prediction in zip(references, predictions, strict=True):
-        scores = scorer.score(reference, prediction)
-        for kind in kinds:
-            totals[kind] += scores[kind].fmeasure
-    return {kind: 100 * total / len(references) for kind, total in totals.items()}
-
-
 def compute_text_metrics(
     references: Sequence[str],
     predictions: Sequence[str],
@@ -194,53 +158,44 @@ def compute_text_metrics(
     report = MetricReport()
     if not references:
         return report
+    from nltk.translate.bleu_score import corpus_bleu
+    from nltk.translate.meteor_score import meteor_score
+
     for protocol in protocols:
         wanted = [name for name in ("bleu2", "bleu4", "meteor") if name in include]
-        if protocol.tokenizer is None:
-            for name in wanted:
-                kind = "meteor" if name == "meteor" else "bleu"
-                report.unavailable.append(
-                    UnavailableMetric(f"{name}_{protocol.name}", kind, str(protocol.unavailable_reason))
-                )
-            continue
-        reference_tokens = [protocol.tokenize(text) for text in references]
-        prediction_tokens = [protocol.tokenize(text) for text in predictions]
-        bleu2, bleu4 = bleu_scores(reference_tokens, prediction_tokens)
-        for name, value in (("bleu2", bleu2), ("bleu4", bleu4)):
-            if name in include:
-                report.metrics.append(MetricValue(f"{name}_{protocol.name}", "bleu", value, protocol=protocol.name))
-        if "meteor" in include:
-            name = f"meteor_{protocol.name}"
-            if wordnet is None:
-                reason = wordnet_reason or "WordNet is not available"
-                report.unavailable.append(UnavailableMetric(name, "meteor", reason))
+        if protocol.tokenizer is None or wordnet is None:
+            if protocol.tokenizer is None:
+                unavailable, reason = wanted, str(protocol.unavailable_reason)
             else:
-                value = meteor(reference_tokens, prediction_tokens, wordnet)
-                report.metrics.append(MetricValue(name, "meteor", value, protocol=protocol.name))
+                unavailable, reason = [n for n in wanted if n == "meteor"], wordnet_reason or "WordNet is not available"
+            report.unavailable += [
+                UnavailableMetric(f"{n}_{protocol.name}", n.rstrip("24"), reason) for n in unavailable
+            ]
+            wanted = [name for name in wanted if name not in unavailable]
+        reference_tokens = [protocol.tokenize(text) for text in references] if wanted else []
+        prediction_tokens = [protocol.tokenize(text) for text in predictions] if wanted else []
+        for name in wanted:
+            if name == "meteor":
+                pairs = zip(reference_tokens, prediction_tokens, strict=True)
+                scores = [meteor_score([reference], prediction, wordnet=wordnet) for reference, prediction in pairs]
+                value = 100 * sum(scores) / len(scores)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # NLTK warns when an n-gram order has no match; BLEU is then ~0
+                    grouped = [[reference] for reference in reference_tokens]
+                    value = 100.0 * corpus_bleu(grouped, prediction_tokens, weights=BLEU_WEIGHTS[name])
+            report.metrics.append(
+                MetricValue(f"{name}_{protocol.name}", name.rstrip("24"), value, protocol=protocol.name)
+            )
     rouge_wanted = [kind for kind in ("rouge1", "rouge2", "rougeL") if kind in include]
     if rouge_wanted:
-        scores = rouge_scores(references, predictions)
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(list(rouge_wanted), use_stemmer=False)
+        scores = [
+            scorer.score(reference, prediction) for reference, prediction in zip(references, predictions, strict=True)
+        ]
         for kind in rouge_wanted:
-            report.metrics.append(
-                MetricValue(f"{kind}_{ROUGE_PROTOCOL}", "rouge", scores[kind], protocol=ROUGE_PROTOCOL)
-            )
+            value = 100 * sum(score[kind].fmeasure for score in scores) / len(references)
+            report.metrics.append(MetricValue(f"{kind}_{ROUGE_PROTOCOL}", "rouge", value, protocol=ROUGE_PROTOCOL))
     return report
-
-
-__all__ = [
-    "LLAMO_PROTOCOL",
-    "MOLT5_PROTOCOL",
-    "ROUGE_PROTOCOL",
-    "SCIBERT_HUB_ID",
-    "MetricReport",
-    "MetricValue",
-    "TokenProtocol",
-    "UnavailableMetric",
-    "bleu_scores",
-    "compute_text_metrics",
-    "first_line",
-    "load_scibert_tokenizer",
-    "meteor",
-    "molt5_protocol",
-    "rouge_scores",
-]

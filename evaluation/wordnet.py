@@ -28,71 +28,22 @@ DOWNLOAD_TIMEOUT = 5.0
 
 logger = logging.getLogger(__name__)
 
-WORDNET_FILES = (
-    "cntlist.rev",
-    "index.sense",
-    "index.adj",
-    "index.adv",
-    "index.noun",
-    "index.verb",
-    "data.adj",
-    "data.adv",
-    "data.noun",
-    "data.verb",
-    "adj.exc",
-    "adv.exc",
-    "noun.exc",
-    "verb.exc",
+_DATABASE = (
+    "cntlist.rev index.sense index.adj index.adv index.noun index.verb data.adj data.adv data.noun data.verb adj.exc "
+    "adv.exc noun.exc verb.exc"
 )
+WORDNET_FILES = tuple(_DATABASE.split())
 """The WordNet 3.0 database files NLTK's reader opens (besides `lexnames`)."""
 
-LEXICOGRAPHER_FILES = (
-    "adj.all",
-    "adj.pert",
-    "adv.all",
-    "noun.Tops",
-    "noun.act",
-    "noun.animal",
-    "noun.artifact",
-    "noun.attribute",
-    "noun.body",
-    "noun.cognition",
-    "noun.communication",
-    "noun.event",
-    "noun.feeling",
-    "noun.food",
-    "noun.group",
-    "noun.location",
-    "noun.motive",
-    "noun.object",
-    "noun.person",
-    "noun.phenomenon",
-    "noun.plant",
-    "noun.possession",
-    "noun.process",
-    "noun.quantity",
-    "noun.relation",
-    "noun.shape",
-    "noun.state",
-    "noun.substance",
-    "noun.time",
-    "verb.body",
-    "verb.change",
-    "verb.cognition",
-    "verb.communication",
-    "verb.competition",
-    "verb.consumption",
-    "verb.contact",
-    "verb.creation",
-    "verb.emotion",
-    "verb.motion",
-    "verb.perception",
-    "verb.possession",
-    "verb.social",
-    "verb.stative",
-    "verb.weather",
-    "adj.ppl",
+_LEXICOGRAPHER = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body noun.cognition "
+    "noun.communication noun.event noun.feeling noun.food noun.group noun.location noun.motive noun.object "
+    "noun.person noun.phenomenon noun.plant noun.possession noun.process noun.quantity noun.relation noun.shape "
+    "noun.state noun.substance noun.time verb.body verb.change verb.cognition verb.communication verb.competition "
+    "verb.consumption verb.contact verb.creation verb.emotion verb.motion verb.perception verb.possession "
+    "verb.social verb.stative verb.weather adj.ppl"
 )
+LEXICOGRAPHER_FILES = tuple(_LEXICOGRAPHER.split())
 """The 45 lexicographer files of WordNet 3.0, in file-number order (lexnames(5WN))."""
 
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
@@ -101,29 +52,6 @@ _READERS: dict[str, Any] = {}
 
 class WordNetUnavailable(RuntimeError):
     """WordNet cannot be read; the message says why and how to install it."""
-
-
-def default_nltk_data() -> Path:
-    """Where `setup_wordnet` installs by default: the first `NLTK_DATA` folder, else `~/nltk_data` (both on NLTK's
-    default search path)."""
-    first = os.environ.get("NLTK_DATA", "").split(os.pathsep)[0]
-    return Path(first or "~/nltk_data").expanduser()
-
-
-def lexnames_text() -> str:
-    """The `lexnames` file: one `number<TAB>name<TAB>syntactic category` line per lexicographer file."""
-    lines = []
-    for number, name in enumerate(LEXICOGRAPHER_FILES):
-        lines.append(f"{number:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}")
-    return "\n".join(lines) + "\n"
-
-
-def _authorize(nltk_data: Path) -> None:
-    import nltk
-
-    folder = str(nltk_data.resolve())
-    if folder not in [str(entry) for entry in nltk.data.path]:
-        nltk.data.path.append(folder)
 
 
 def load_wordnet(nltk_data: str | Path | None = None):
@@ -144,8 +72,10 @@ def load_wordnet(nltk_data: str | Path | None = None):
         root: Any = Path(nltk_data) / "corpora" / "wordnet"
         if not root.is_dir():
             raise WordNetUnavailable(f"WordNet is not installed in {root}: {setup_hint}.")
-        _authorize(Path(nltk_data))
-        root = nltk.data.find("corpora/wordnet", paths=[str(Path(nltk_data).resolve())])
+        folder = str(Path(nltk_data).resolve())
+        if folder not in [str(entry) for entry in nltk.data.path]:
+            nltk.data.path.append(folder)  # NLTK reads only folders on its data path
+        root = nltk.data.find("corpora/wordnet", paths=[folder])
     else:
         try:
             root = nltk.data.find("corpora/wordnet")
@@ -210,14 +140,6 @@ def download_wordnet(nltk_data: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -
     return target if done and target.is_dir() else None
 
 
-def _readable(nltk_data: Path) -> bool:
-    try:
-        load_wordnet(nltk_data)
-    except WordNetUnavailable:
-        return False
-    return True
-
-
 def setup_wordnet(
     nltk_data: str | Path | None = None,
     source: str | Path = DEBIAN_WORDNET,
@@ -237,7 +159,8 @@ def setup_wordnet(
         FileNotFoundError: no download, and `source` lacks database files (install the Debian packages).
         FileExistsError: the target holds something unreadable and `overwrite` is False.
     """
-    nltk_data = Path(nltk_data) if nltk_data is not None else default_nltk_data()
+    # by default the first `NLTK_DATA` folder, else `~/nltk_data` (both on NLTK's default search path)
+    nltk_data = Path(nltk_data or os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] or "~/nltk_data").expanduser()
     source = Path(source)
     target = nltk_data / "corpora" / "wordnet"
     if target.exists() and any(target.iterdir()):
@@ -250,8 +173,12 @@ def setup_wordnet(
                     f"{target} exists but is not a readable WordNet ({error}); move it away or pass --overwrite."
                 ) from error
         shutil.rmtree(target)
-    if download and download_wordnet(nltk_data, timeout) is not None and _readable(nltk_data):
-        return target
+    if download and download_wordnet(nltk_data, timeout) is not None:
+        try:
+            load_wordnet(nltk_data)
+            return target
+        except WordNetUnavailable:
+            pass
     return _copy_debian_wordnet(nltk_data, source)
 
 
@@ -266,22 +193,10 @@ def _copy_debian_wordnet(nltk_data: Path, source: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in WORDNET_FILES:
         shutil.copyfile(source / name, target / name)
-    (target / "lexnames").write_text(lexnames_text(), encoding="utf-8")
+    lexnames = [
+        f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXICOGRAPHER_FILES)
+    ]
+    (target / "lexnames").write_text("".join(lexnames), encoding="utf-8")
     _READERS.pop(str(target.resolve()), None)
     load_wordnet(nltk_data)
     return target
-
-
-__all__ = [
-    "APT_INSTALL",
-    "DEBIAN_WORDNET",
-    "DOWNLOAD_TIMEOUT",
-    "LEXICOGRAPHER_FILES",
-    "WORDNET_FILES",
-    "WordNetUnavailable",
-    "default_nltk_data",
-    "download_wordnet",
-    "lexnames_text",
-    "load_wordnet",
-    "setup_wordnet",
-]
