@@ -20,11 +20,6 @@ NEIGHBOURS_COLUMN = "neighbours"
 first (see `llamo.processing.index.attach_neighbours`)."""
 
 
-def row_graph(row: dict[str, Any]) -> MoleculeGraph:
-    """The precomputed `MoleculeGraph` of a featurized row (see `featurize_dataset`)."""
-    return MoleculeGraph.from_dict(row)
-
-
 @dataclass
 class LlamoDataCollator:
     """
@@ -64,7 +59,7 @@ class LlamoDataCollator:
     ) -> tuple[str, list[tuple[int, int]], list[MoleculeGraph]]:
         """One row as expanded prompt text, its assistant spans in that text, and its molecules in placeholder
         order (with at most `max_neighbours` of its in-context neighbours)."""
-        molecules = [PreparedMolecule(row_graph(row), row["prompt_smiles"])]
+        molecules = [PreparedMolecule(MoleculeGraph.from_dict(row), row["prompt_smiles"])]  # featurized once
         molecules += [self._prepare(smiles) for smiles in record_metadata(row).get("molecules", [])]
         messages = to_chat_messages(row)
         neighbours = json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")[:max_neighbours]
@@ -127,6 +122,3 @@ class LlamoDataCollator:
         if any(graphs):
             batch.update(collate_sequence_molecules(graphs))
         return batch
-
-
-__all__ = ["IGNORE_INDEX", "NEIGHBOURS_COLUMN", "LlamoDataCollator", "row_graph"]

@@ -96,6 +96,3 @@ def featurize_dataset(
     kept = mapped.filter(lambda error: not error, input_columns="featurization_error", desc="Dropping bad molecules")
     report = DataReport(f"featurization of {name}", read=len(dataset), kept=len(kept), dropped=errors)
     return kept.remove_columns("featurization_error"), report
-
-
-__all__ = ["FEATURIZATION_VERSION", "FEATURIZED_FEATURES", "MULTIPROCESS_MIN_ROWS", "featurize_dataset"]

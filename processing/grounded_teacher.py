@@ -314,19 +314,3 @@ class GroundedTeacher:
     def metadata(self) -> dict[str, Any]:
         """What a record notes about this teacher besides teacher/model/prompt version."""
         return {"rdkit_version": rdkit.__version__, "functional_group_patterns": len(FUNCTIONAL_GROUPS)}
-
-
-__all__ = [
-    "FUNCTIONAL_GROUPS",
-    "GROUNDED_VERSION",
-    "QUESTIONS",
-    "Fact",
-    "GroundedConversation",
-    "GroundedTeacher",
-    "description_facts",
-    "functional_group_counts",
-    "molecule_facts",
-    "sentence_kind",
-    "split_sentences",
-    "structure_facts",
-]

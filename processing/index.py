@@ -266,13 +266,3 @@ def attach_neighbours(
         return {"neighbours": column}
 
     return dataset.map(neighbours_of, batched=True, batch_size=64, desc=f"Finding {k} neighbours per row")
-
-
-__all__ = [
-    "INDEX_FEATURES",
-    "NEIGHBOUR_TASKS",
-    "MoleculeIndex",
-    "Neighbour",
-    "answer_key",
-    "attach_neighbours",
-]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.cli_common import add_command
+from llamo.errors import CommandError
 
 INDEX_TASKS = ("description", "iupac", "property")
-PACKAGED_SOURCES = {"chemicals": "chemicals", "qm9": "qm9"}
+PACKAGED_SOURCES = ("chemicals", "qm9")
+SUFFIX_SOURCES = {".txt": "chebi20", ".tsv": "chebi20", ".csv": "iupac"}
 
 
 def register(subparsers) -> None:
@@ -46,16 +50,7 @@ def register(subparsers) -> None:
 def guess_source_type(source: str) -> str:
     """The loader for SOURCE: a packaged table's name, else by file suffix; other paths and Hub ids are read as
     conversations."""
-    from pathlib import Path
-
-    if source in PACKAGED_SOURCES:
-        return PACKAGED_SOURCES[source]
-    suffix = Path(source).suffix.lower()
-    if suffix in (".txt", ".tsv"):
-        return "chebi20"
-    if suffix == ".csv":
-        return "iupac"
-    return "conversations"
+    return source if source in PACKAGED_SOURCES else SUFFIX_SOURCES.get(Path(source).suffix.lower(), "conversations")
 
 
 def build_index(
@@ -92,10 +87,6 @@ def run_build(args: argparse.Namespace) -> int:
     Index SOURCE for one task: a ChEBI-20 TSV or PubChem folder, a JSONL / Hub dataset in the conversation schema,
     an IUPAC CSV, or the packaged tables 'chemicals' (PubChem IUPAC names) and 'qm9' (HOMO / LUMO / gap). The index is
     written as a datasets folder (push it to the Hub with datasets' push_to_hub)."""
-    from pathlib import Path
-
-    from llamo.errors import CommandError
-
     output = Path(args.output)
     if output.exists() and any(output.iterdir()):
         raise CommandError(f"{output} exists and is not empty: choose a new folder for the index.")
@@ -116,8 +107,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Show the size, task and answer keys of an index."""
-    import json
-
     from .index import MoleculeIndex
 
     print(json.dumps(MoleculeIndex.load(args.index).describe(), indent=2))

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from llamo.cli_common import add_command, add_device_arguments, options_of
+from llamo.errors import CommandError
 
 
 def register(subparsers) -> None:
@@ -63,8 +64,6 @@ CONFIG_OPTIONS = ("max_turns", "num_exemplars", "seed_exemplars", "concurrency",
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    from llamo.errors import CommandError
-
     for name in ("max_turns", "concurrency", "max_tokens"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
@@ -88,19 +87,13 @@ def run_generate_data(args: argparse.Namespace) -> None:
         level = logging.INFO if args.verbose else logging.WARNING
         logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
 
-    from llamo.errors import CommandError
-
-    from .instruction_data import (
-        ColumnNames,
-        DataGenerationConfig,
-        format_summary,
-        generate_conversations,
-        read_molecules,
-    )
+    from .instruction_data import DataGenerationConfig, generate_conversations
+    from .instruction_inputs import ColumnNames, read_molecules
+    from .instruction_summary import format_summary
     from .teachers import TeacherFatalError, build_teacher
 
     columns = ColumnNames(
-        smiles=args.smiles_column, description=args.description_column, iupac=args.iupac_column, id=args.id_column
+        **{role: getattr(args, f"{role}_column") for role in ("smiles", "description", "iupac", "id")}
     )
     try:
         molecules = read_molecules(args.input, args.format, columns, id_prefix=args.id_prefix, limit=args.limit)

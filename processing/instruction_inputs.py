@@ -176,6 +176,3 @@ def read_molecules(
             seen.add(found.id)
             result.molecules.append(found)
     return result
-
-
-__all__ = ["ColumnNames", "Molecule", "MoleculeInput", "detect_format", "inchikey", "read_molecules"]

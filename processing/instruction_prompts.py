@@ -230,18 +230,3 @@ def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str 
     if len(messages) // 2 > max_turns:
         return "too_many_turns"
     return None
-
-
-__all__ = [
-    "PROMPT_VERSION",
-    "SEED_INSTRUCTION",
-    "ConversationFormatError",
-    "Exemplar",
-    "conversation_problem",
-    "format_conversation",
-    "generation_messages",
-    "molecule_context",
-    "parse_conversation",
-    "seed_messages",
-    "system_prompt",
-]

@@ -27,29 +27,23 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     data = path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" unless the last line is unfinished
+    *lines, tail = data.split(b"\n")  # tail: b"" unless the last line is unfinished
     records = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate([*lines, tail], start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError as error:
-            raise ValueError(f"{path}:{number} is not valid JSON ({error}); fix or remove that line.") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number} is not a JSON object; fix or remove that line.")
-        records.append(record)
-    if tail.strip():
-        try:
-            record = json.loads(tail)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):  # complete but for its newline
+            record = error
+        if isinstance(record, dict):
             records.append(record)
-            if repair:
+            if number > len(lines) and repair:  # complete but for its newline
                 with open(path, "ab") as handle:
                     handle.write(b"\n")
+        elif number <= len(lines):
+            problem = f"is not valid JSON ({record})" if isinstance(record, ValueError) else "is not a JSON object"
+            raise ValueError(f"{path}:{number} {problem}; fix or remove that line.")
         elif repair:
             logger.warning("%s: removing a half-written last line (%d bytes); it will be redone.", path, len(tail))
             os.truncate(path, len(data) - len(tail))
@@ -194,12 +188,3 @@ def load_generated_conversations(path: str | Path | list[str | Path]):
             except (KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"{one}: record {number} is not a conversation record: {error}") from None
     return records_dataset(rows)
-
-
-__all__ = [
-    "ConversationStore",
-    "load_generated_conversations",
-    "read_jsonl",
-    "record_metadata_identity",
-    "write_json_atomically",
-]

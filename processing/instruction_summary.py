@@ -140,6 +140,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     elif summary["failed"]:
         lines.append("Rerun the same command to retry the failed molecules.")
     return "\n".join(lines)
-
-
-__all__ = ["SUMMARY_KEYS", "SUMMARY_VERSION", "RunState", "build_summary", "format_summary", "read_summary"]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import json
@@ -163,16 +164,6 @@ def read_jsonl_rows(path: str | Path) -> Iterator[dict[str, Any] | None]:
             yield row if isinstance(row, dict) else None
 
 
-def qa_record(record_id: str, smiles: str, answer: str, task: str, source: str, instruction: str | None = None):
-    """A one-question record of `task` (`description` or `iupac`): `instruction`, else one of the task's own chosen
-    by the record's id, and its answer."""
-    question = instruction or stable_choice(
-        DESCRIPTION_INSTRUCTIONS if task == "description" else IUPAC_INSTRUCTIONS, record_id
-    )
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
-    return make_record(record_id, smiles, messages, task, source)
-
-
 def _collect(
     report: DataReport, items: Iterable[Any], limit: int | None, convert: Callable[[Any], dict | str]
 ) -> tuple[datasets.Dataset, DataReport]:
@@ -192,24 +183,22 @@ def _collect(
     return records_dataset(records), report
 
 
-def _qa_dataset(
-    rows: Iterable[tuple[str, str, str]],
-    task: str,
-    source: str,
-    report: DataReport,
-    limit: int | None,
-    instruction: str | None = None,
-    empty: str = "empty SMILES or description",
-) -> tuple[datasets.Dataset, DataReport]:
-    """The `qa_record`s of `(record_id, smiles, answer)` rows; a row without a SMILES or an answer is `empty`."""
+def _qa(task: str, source: str, instruction: str | None = None, empty: str = "empty SMILES or description"):
+    """A `convert` for `_collect`: a `(record_id, smiles, answer)` row -> a one-question record of `task`
+    (`description` or `iupac`) asking `instruction`, else one of the task's own chosen by the id; `empty` for a row
+    without a SMILES or an answer."""
 
     def convert(row: tuple[str, str, str]) -> dict | str:
         record_id, smiles, answer = row
         if not (smiles or "").strip() or not (answer or "").strip():
             return empty
-        return qa_record(record_id, smiles.strip(), answer, task, source, instruction)
+        question = instruction or stable_choice(
+            DESCRIPTION_INSTRUCTIONS if task == "description" else IUPAC_INSTRUCTIONS, record_id
+        )
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
+        return make_record(record_id, smiles.strip(), messages, task, source)
 
-    return _collect(report, rows, limit, convert)
+    return convert
 
 
 def load_chebi20(
@@ -224,7 +213,7 @@ def load_chebi20(
     """ChEBI-20 molecule-description pairs (MolT5's TSV layout, or a Hub dataset with those columns)."""
     table = read_table(path, split, [id_column, smiles_column, text_column], sep="\t")
     rows = ((f"chebi20:{cid}", smiles, text) for cid, smiles, text in table.itertuples(index=False))
-    return _qa_dataset(rows, "description", "chebi20", DataReport(f"chebi20 ({path})"), limit, instruction)
+    return _collect(DataReport(f"chebi20 ({path})"), rows, limit, _qa("description", "chebi20", instruction))
 
 
 def _read_pubchem_text_layout(root: Path) -> Iterator[tuple[str, str, str]]:
@@ -289,7 +278,7 @@ def load_pubchem324k(
             raise FileNotFoundError(f"{path}: neither {folder}/text + {folder}/smiles nor {pickle_file} exist")
     rows = ((f"pubchem324k:{record_id}", smiles, text) for record_id, smiles, text in rows)
     report = DataReport(f"pubchem324k ({path}, {split})")
-    return _qa_dataset(rows, "description", "pubchem324k", report, limit, instruction)
+    return _collect(report, rows, limit, _qa("description", "pubchem324k", instruction))
 
 
 def _selfies_to_smiles(value: str) -> str | None:
@@ -355,7 +344,7 @@ def load_iupac_pairs(
         for index, row in enumerate(table.to_dict("records"))
     )
     report = DataReport(f"iupac pairs ({path})")
-    return _qa_dataset(rows, "iupac", source, report, limit, empty="missing SMILES or name")
+    return _collect(report, rows, limit, _qa("iupac", source, empty="missing SMILES or name"))
 
 
 def load_chemicals_iupac(path: str | None = None, limit: int | None = None) -> tuple[datasets.Dataset, DataReport]:
@@ -363,31 +352,19 @@ def load_chemicals_iupac(path: str | None = None, limit: int | None = None) -> t
     formula, MW, SMILES, InChI, InChIKey, IUPAC name, synonyms...). `limit` keeps a deterministic, spread-out subset:
     the rows whose InChIKey ranks lowest by `stable_fraction`."""
     file = _require(path or _installed_file(*CHEMICALS_TABLE))
-    report = DataReport(f"chemicals iupac ({file.name})")
-    candidates = []
-    with open(file, encoding="utf-8") as handle:
-        for line in handle:
-            report.read += 1
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 8 or not fields[4].strip() or not fields[7].strip():
-                report.drop("missing SMILES or IUPAC name")
-                continue
-            candidates.append((fields[0], fields[4].strip(), fields[7].strip(), fields[6]))
-    if limit is not None and limit < len(candidates):
-        candidates.sort(key=lambda row: stable_fraction(row[3] or row[0], "subset"))
-        report.drop("beyond limit", len(candidates) - limit)
-        candidates = candidates[:limit]
-    records = [qa_record(f"pubchem:{cid}", smiles, name, "iupac", "chemicals") for cid, smiles, name, _ in candidates]
+    table = read_table(file, header=None, sep="\t", quoting=csv.QUOTE_NONE, usecols=[0, 4, 6, 7])
+    table.columns = ["cid", "smiles", "inchikey", "name"]
+    report = DataReport(f"chemicals iupac ({file.name})", read=len(table))
+    usable = table[(table["smiles"].str.strip() != "") & (table["name"].str.strip() != "")]
+    report.drop("missing SMILES or IUPAC name", len(table) - len(usable))
+    if limit is not None and limit < len(usable):
+        report.drop("beyond limit", len(usable) - limit)
+        keys = usable["inchikey"].where(usable["inchikey"] != "", usable["cid"])
+        usable = usable.loc[keys.map(lambda key: stable_fraction(key, "subset")).nsmallest(limit).index]
+    convert = _qa("iupac", "chemicals")
+    records = [convert((f"pubchem:{row.cid}", row.smiles, row.name)) for row in usable.itertuples()]
     report.kept = len(records)
     return records_dataset(records), report
-
-
-def property_record(molecule_id: str, smiles: str, name: str, value: float, source: str) -> dict[str, Any]:
-    record_id = f"{molecule_id}:{name}"
-    question = stable_choice(PROPERTY_QUESTIONS[name], record_id)
-    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": f"{value:.4f}"}]
-    metadata = {"property": name, "value": value, "unit": "Hartree"}
-    return make_record(record_id, smiles, messages, "property", source, metadata)
 
 
 def load_qm9_properties(
@@ -429,8 +406,12 @@ def load_qm9_properties(
         for name in properties:
             if row[name] is None or row[name] != row[name]:  # missing, or NaN
                 report.drop(f"missing {name}")
-            else:
-                records.append(property_record(f"qm9:{row['Index']}", smiles.strip(), name, float(row[name]), "qm9"))
+                continue
+            record_id, value = f"qm9:{row['Index']}:{name}", float(row[name])
+            question = stable_choice(PROPERTY_QUESTIONS[name], record_id)
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": f"{value:.4f}"}]
+            metadata = {"property": name, "value": value, "unit": "Hartree"}
+            records.append(make_record(record_id, smiles.strip(), messages, "property", "qm9", metadata))
     report.kept = len(records)
     return records_dataset(records), report
 
@@ -450,23 +431,3 @@ def load_conversations(
             return f"malformed row ({type(error).__name__})"
 
     return _collect(DataReport(f"conversations ({path})"), rows, limit, convert)
-
-
-__all__ = [
-    "DESCRIPTION_INSTRUCTIONS",
-    "IUPAC_INSTRUCTIONS",
-    "PROPERTY_QUESTIONS",
-    "DataReport",
-    "load_chebi20",
-    "load_chemicals_iupac",
-    "load_conversations",
-    "load_iupac_pairs",
-    "load_mol_instructions",
-    "load_pubchem324k",
-    "load_qm9_properties",
-    "property_from_text",
-    "read_jsonl_rows",
-    "read_table",
-    "stable_choice",
-    "stable_fraction",
-]

@@ -45,6 +45,3 @@ def mix_datasets(parts: list[tuple[datasets.Dataset, float]], seed: int = 0) -> 
     if not pieces:
         raise ValueError("The mixture is empty: every source has weight 0 or no rows.")
     return datasets.concatenate_datasets(pieces).shuffle(seed=seed).flatten_indices()
-
-
-__all__ = ["holdout_split", "is_held_out", "mix_datasets"]

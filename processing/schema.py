@@ -102,14 +102,3 @@ def to_chat_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
             content = [*blocks, {"type": "text", "text": message["content"]}]
         messages.append({"role": message["role"], "content": content})
     return messages
-
-
-__all__ = [
-    "CONVERSATION_FEATURES",
-    "TASKS",
-    "make_record",
-    "record_metadata",
-    "record_molecules",
-    "records_dataset",
-    "to_chat_messages",
-]

@@ -445,22 +445,3 @@ def build_teacher(
         temperature=temperature,
         max_tokens=max_tokens,
     )
-
-
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "TEACHERS",
-    "BudgetExhausted",
-    "GenerationStopped",
-    "OpenAICompatibleTeacher",
-    "RequestBudget",
-    "RetryPolicy",
-    "Secret",
-    "TeacherError",
-    "TeacherFatalError",
-    "TeacherReply",
-    "TransformersTeacher",
-    "build_teacher",
-    "chat_completions_url",
-    "parse_retry_after",
-]
