@@ -218,27 +218,21 @@ def batches_in_order(pending: Sequence[EvalExample], batch_size: int) -> Iterato
             yield chunk[first : first + batch_size]
 
 
-def _step_postfix(bar, batch_number: int, batches: int, max_new_tokens: int) -> StepCallback:
-    """A `StepCallback` writing the batch's progress into the bar's postfix, at most once per `STEP_REPORT_SECONDS`."""
+def _outcome(answer: str | Skip) -> tuple[str | None, str | None]:
+    """A predictor's answer as a record's `(prediction, skipped)`."""
+    return (None, answer.reason) if isinstance(answer, Skip) else (answer, None)
+
+
+def _step_postfix(bar, template: str) -> StepCallback:
+    """A `StepCallback` writing a batch's progress into the bar's postfix, at most once per `STEP_REPORT_SECONDS`."""
     last = [0.0]
 
     def report(tokens: int, finished: int, rows: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= STEP_REPORT_SECONDS:
-            last[0] = now
-            bar.set_postfix_str(
-                f"batch {batch_number}/{batches}: token {tokens}/{max_new_tokens}, {finished}/{rows} rows done"
-            )
+        if time.monotonic() - last[0] >= STEP_REPORT_SECONDS:
+            last[0] = time.monotonic()
+            bar.set_postfix_str(f"{template.format(tokens)}, {finished}/{rows} rows done")
 
     return report
-
-
-def _record(example: EvalExample, answer: str | Skip) -> PredictionRecord:
-    skipped = answer.reason if isinstance(answer, Skip) else None
-    prediction = None if isinstance(answer, Skip) else answer
-    return PredictionRecord(
-        example.index, example.id, example.task, example.smiles, example.reference, prediction, skipped
-    )
 
 
 def predict(
@@ -271,8 +265,13 @@ def predict(
         with tqdm(total=total, initial=done, disable=not config.progress, unit="row", desc="evaluating") as bar:
             for number, batch in enumerate(batches_in_order(pending, config.batch_size), start=1):
                 if config.progress and hasattr(predictor, "on_step"):
-                    predictor.on_step = _step_postfix(bar, number, batches, config.max_new_tokens)
-                new = [_record(example, answer) for example, answer in zip(batch, predictor(batch), strict=True)]
+                    predictor.on_step = _step_postfix(
+                        bar, f"batch {number}/{batches}: token {{}}/{config.max_new_tokens}"
+                    )
+                new = [
+                    PredictionRecord(e.index, e.id, e.task, e.smiles, e.reference, *_outcome(answer))
+                    for e, answer in zip(batch, predictor(batch), strict=True)
+                ]
                 store.append(new)
                 records.update((record.key, record) for record in new)
                 done += len(batch)
