@@ -1,14 +1,7 @@
 """Loaders that turn each data source (a local path or a Hub dataset id) into the conversation schema
-(`processing/schema.py`), skipping and counting the rows they cannot use in a `DataReport`:
-
-- `load_chebi20`: ChEBI-20 (tab-separated `CID`, `SMILES`, `description`) -> description task.
-- `load_pubchem324k`: PubChem324k as MolCA released it (`text/` + `smiles/` files, or the V2 `.pt` pickles, read only
-  with `allow_pickle=True`) -> description task.
-- `load_mol_instructions`: Mol-Instructions' molecule JSON (SELFIES inputs) -> description or property task.
-- `load_iupac_pairs` / `load_chemicals_iupac`: SMILES + IUPAC name pairs (e.g. the `chemicals` package's PubChem
-  table) -> iupac task.
-- `load_qm9_properties`: QM9 HOMO / LUMO / gap in Hartree (e.g. the `qm9pack` package) -> property task.
-- `load_conversations`: JSONL of conversation-schema rows (what the instruction-data generator writes).
+(`processing/schema.py`): descriptions (`load_chebi20`, `load_pubchem324k`, `load_mol_instructions`), IUPAC names
+(`load_iupac_pairs`, `load_chemicals_iupac`), QM9 properties (`load_qm9_properties`) and conversations
+(`load_conversations`). Every loader skips and counts the rows it cannot use in a `DataReport`, never crashes on one.
 """
 
 from __future__ import annotations

@@ -3,12 +3,9 @@ transformers chat model (the offline grounded teacher lives in `grounded_teacher
 into a `TeacherReply`; `TeacherError` fails one molecule, `TeacherFatalError` (bad key, wrong URL) stops the job,
 `BudgetExhausted` stops it cleanly when the request budget is spent.
 
-The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` and adds retries with backoff and
-`Retry-After` on 429/5xx, timeouts and connection errors, a request budget and typed errors. Its requests go through
-its own httpx2 client (`_TeacherClient`): redirects are never followed (they would carry the key along),
-`HF_HUB_OFFLINE` does not block a local server, proxies are off for a loopback server, and the Authorization header
-holds the teacher's key (from an environment variable, kept in a `Secret`, removed from every error text) or nothing,
-never the user's Hugging Face token.
+The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` through its own client
+(`_TeacherClient`) and adds retries with backoff and `Retry-After`, a request budget and typed errors; its API key
+(from an environment variable) is kept in a `Secret` and removed from every error text.
 """
 
 from __future__ import annotations
