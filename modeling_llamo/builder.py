@@ -190,6 +190,3 @@ def load_llamo(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES.get(dtype, dtype))
     return model.to(device).eval(), LlamoProcessor.from_pretrained(model_dir)
-
-
-__all__ = ["PACKAGED_LLMS", "build_llamo", "load_llamo", "resolve_chat_template", "resolve_llm", "save_llamo"]

@@ -154,19 +154,3 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
         message["content"] = [*blocks, {"type": "text", "text": NEIGHBOURS_QUERY}, *content]
         return messages
     raise ValueError("add_neighbours needs a user turn with a molecule block (the query molecule).")
-
-
-__all__ = [
-    "CHAT_TEMPLATES",
-    "DEFAULT_MAX_ATOMS",
-    "DEFAULT_NEIGHBOURS",
-    "LLAMA2_CHAT_TEMPLATE",
-    "LLAMA2_SYSTEM_PROMPT",
-    "NEIGHBOURS_INTRO",
-    "NEIGHBOURS_QUERY",
-    "add_neighbours",
-    "answer_marker",
-    "assistant_spans",
-    "join_parts",
-    "resolve_chat_template",
-]

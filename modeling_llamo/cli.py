@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .chat_template_llamo import DEFAULT_MAX_ATOMS
-from .cli_common import DefaultsHelpFormatter, add_command, add_device_arguments
+from .cli_common import add_command, add_device_arguments
 from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .retrieval import ANSWER_TOKENS
 
@@ -362,8 +362,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DISK_FULL
     return 0
 
-
-__all__ = ["EXIT_USAGE", "FEATURE_COMMANDS", "CommandError", "DefaultsHelpFormatter", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,6 +57,3 @@ def add_device_arguments(parser) -> None:
 def options_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The parsed options `names`, as keyword arguments of the same names."""
     return {name: getattr(args, name) for name in names}
-
-
-__all__ = ["DTYPE_CHOICES", "DefaultsHelpFormatter", "add_command", "add_device_arguments", "options_of"]

@@ -318,18 +318,3 @@ def export_bundle(
     if retrieval:
         (output / RETRIEVAL_FILE).write_text(json.dumps(retrieval, indent=2))
     return output
-
-
-__all__ = [
-    "BUNDLE_DIR",
-    "DEFAULT_MODEL_NAME",
-    "DefaultModelUnavailable",
-    "bundle_dir",
-    "bundle_model",
-    "default_model_dir",
-    "default_model_path",
-    "export_bundle",
-    "load_base_llm",
-    "load_default_model",
-    "unpack_bundle",
-]

@@ -15,6 +15,3 @@ EXIT_INTERRUPTED = 130
 
 class CommandError(Exception):
     """An error the user can fix; printed without a traceback, and the command exits with `EXIT_USAGE`."""
-
-
-__all__ = ["EXIT_DISK_FULL", "EXIT_INTERRUPTED", "EXIT_USAGE", "CommandError"]

@@ -157,12 +157,3 @@ class LlamoMoleculeFeaturizer:
                 graphs[-1].append(prepare_molecule(molecule, limit, index, canonical=False).graph)
                 index += 1
         return collate_sequence_molecules(graphs) if index else {}
-
-
-__all__ = [
-    "LlamoMoleculeFeaturizer",
-    "MoleculeInput",
-    "PreparedMolecule",
-    "collate_sequence_molecules",
-    "prepare_molecule",
-]

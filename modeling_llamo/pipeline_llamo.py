@@ -357,16 +357,3 @@ class LlamoMoleculePipeline(Pipeline):
 def _given(**options: Any) -> dict[str, Any]:
     """The options that were given (not None)."""
     return {name: value for name, value in options.items() if value is not None}
-
-
-__all__ = [
-    "DEFAULT_NEIGHBOURS",
-    "MOLECULE_TASK",
-    "VERIFY_CANDIDATES",
-    "LlamoMoleculePipeline",
-    "MoleculeBatch",
-    "molecule_conversation",
-    "query_molecule",
-    "verification_settings",
-    "verified_candidate",
-]

@@ -30,6 +30,3 @@ def quiet_loading() -> Iterator[None]:
     finally:
         if bars_were_on:
             transformers_logging.enable_progress_bar()
-
-
-__all__ = ["LIBRARY_DEPRECATIONS", "quiet_loading"]

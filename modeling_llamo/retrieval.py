@@ -123,16 +123,3 @@ def opsin_checker() -> Callable[[Sequence[str]], list[str | None]] | None:
         return [inchikey(smiles) for smiles in names_to_smiles(list(names))]
 
     return check
-
-
-__all__ = [
-    "ANSWER_TOKENS",
-    "DEFAULT_INDEX_LIMITS",
-    "DEFAULT_INDEX_SOURCES",
-    "RETRIEVAL_FILE",
-    "default_index",
-    "load_index",
-    "opsin_checker",
-    "question_task",
-    "retrieval_settings",
-]

@@ -156,17 +156,3 @@ def disk_full_message(error: BaseException) -> str:
         return str(error)
     folder = _folder_of(error, Path.cwd())
     return str(DiskFullError(folder, "its output"))
-
-
-__all__ = [
-    "DISK_FULL_WORDINGS",
-    "EXIT_DISK_FULL",
-    "DiskFullError",
-    "disk_full_guard",
-    "disk_full_message",
-    "exit_on_disk_full",
-    "folder_bytes",
-    "format_bytes",
-    "free_bytes",
-    "is_disk_full",
-]
