@@ -2,9 +2,9 @@
 
 No language model is involved. A molecule's facts are its description sentences (grouped by what they state: class,
 role, conjugate acid/base, ...), its IUPAC name when given, and what RDKit computes from the structure (formula,
-weight, formal charge, rings, functional groups from the SMARTS patterns below, ...). Each question-answer pair
-states exactly one fact, and the record's metadata keeps, per assistant turn, the fact it came from (`provenance`):
-the fact's key, source (`description`, `iupac` or `rdkit`), value, and the `evidence` strings found verbatim in the
+weight, formal charge, rings, functional groups counted by `group_rules`, ...). Each question-answer pair states
+exactly one fact, and the record's metadata keeps, per assistant turn, the fact it came from (`provenance`): the
+fact's key, source (`description`, `iupac` or `rdkit`), value, and the `evidence` strings found verbatim in the
 answer. Records are labelled `teacher: "grounded"`.
 """
 
@@ -19,42 +19,11 @@ import rdkit
 from rdkit import Chem, rdBase
 from rdkit.Chem import Descriptors, Lipinski, rdMolDescriptors
 
-GROUNDED_VERSION = "llamo-grounded-v1"
-"""Version of the question/answer templates and fact extraction below (recorded as the records' prompt version)."""
+from .group_rules import RULES, group_counts
 
-FUNCTIONAL_GROUPS: tuple[tuple[str, str], ...] = (
-    ("carboxylic acid", "[CX3](=O)[OX2H1]"),
-    ("carboxylate", "[CX3](=O)[OX1-]"),
-    ("ester", "[#6][CX3](=O)[OX2H0][#6]"),
-    ("lactone", "[#6][CX3;R](=O)[OX2H0;R][#6]"),
-    ("amide", "[NX3][CX3](=[OX1])[#6]"),
-    ("urea", "[NX3][CX3](=[OX1])[NX3]"),
-    ("primary amine", "[NX3;H2;!$(N[C,S,P]=[O,S,N])][#6]"),
-    ("secondary amine", "[NX3;H1;!$(N[C,S,P]=[O,S,N])]([#6])[#6]"),
-    ("tertiary amine", "[NX3;H0;!$(N[C,S,P]=[O,S,N]);!$(N[!#6])]([#6])([#6])[#6]"),
-    ("ammonium", "[NX4+]"),
-    ("alcohol", "[OX2H][CX4]"),
-    ("phenol", "[OX2H]c"),
-    ("ether", "[OD2;!$(O[#6]=[O,S,N])]([#6])[#6]"),
-    ("aldehyde", "[CX3H1](=O)[#6]"),
-    ("ketone", "[#6][CX3](=O)[#6]"),
-    ("nitrile", "[CX2]#[NX1]"),
-    ("nitro", "[$([NX3+](=O)[O-]),$([NX3](=O)=O)]"),
-    ("organohalogen", "[#6][F,Cl,Br,I]"),
-    ("thiol", "[#6][SX2H]"),
-    ("sulfide", "[#6][SX2][#6]"),
-    ("disulfide", "[#6][SX2][SX2][#6]"),
-    ("sulfonic acid or sulfonate", "[#6][SX4](=O)(=O)[$([OX2H]),$([OX1-])]"),
-    ("sulfonamide", "[SX4](=O)(=O)[NX3]"),
-    ("phosphate", "[PX4](=O)([OX2,OX1-])([OX2,OX1-])[OX2,OX1-]"),
-    ("carbon-carbon double bond", "[CX3]=[CX3]"),
-    ("carbon-carbon triple bond", "[CX2]#[CX2]"),
-    ("epoxide", "[OX2r3]1[#6r3][#6r3]1"),
-    ("benzene ring", "c1ccccc1"),
-)
-"""(name, SMARTS) of the functional groups the grounded teacher reports; a group is counted once per unique match."""
-
-_PATTERNS = {name: Chem.MolFromSmarts(smarts) for name, smarts in FUNCTIONAL_GROUPS}
+GROUNDED_VERSION = "llamo-grounded-v2"
+"""Version of the question/answer templates and fact extraction below (recorded as the records' prompt version; v2:
+functional groups counted with `group_rules`)."""
 
 # what a description sentence states, tried in this order; unmatched sentences are "other"
 _SENTENCE_KINDS: tuple[tuple[str, re.Pattern], ...] = (
@@ -183,12 +152,6 @@ def description_facts(description: str) -> list[Fact]:
     ]
 
 
-def functional_group_counts(mol: Chem.Mol) -> dict[str, int]:
-    """{group name: number of unique matches} for the `FUNCTIONAL_GROUPS` present in `mol`, in table order."""
-    counts = {name: len(mol.GetSubstructMatches(pattern)) for name, pattern in _PATTERNS.items()}
-    return {name: count for name, count in counts.items() if count}
-
-
 def _rings_answer(rings: int, aromatic: int) -> tuple[str, list[str]]:
     if rings == 0:
         return "It has no rings: it is an acyclic molecule.", ["no rings"]
@@ -231,7 +194,7 @@ def structure_facts(mol: Chem.Mol) -> list[Fact]:
     add("formal_charge", charge, *_charge_answer(charge))
     rings, aromatic = rdMolDescriptors.CalcNumRings(mol), rdMolDescriptors.CalcNumAromaticRings(mol)
     add("rings", {"rings": rings, "aromatic_rings": aromatic}, *_rings_answer(rings, aromatic))
-    if groups := functional_group_counts(mol):  # not exhaustive: finding none proves nothing, so nothing is said
+    if groups := group_counts(mol):  # not exhaustive: finding none proves nothing, so nothing is said
         listed = [f"{name} ({count})" for name, count in groups.items()]
         answer = f"Substructure matching finds these functional groups, with their counts: {', '.join(listed)}."
         add("functional_groups", groups, answer, listed)
@@ -313,4 +276,4 @@ class GroundedTeacher:
 
     def metadata(self) -> dict[str, Any]:
         """What a record notes about this teacher besides teacher/model/prompt version."""
-        return {"rdkit_version": rdkit.__version__, "functional_group_patterns": len(FUNCTIONAL_GROUPS)}
+        return {"rdkit_version": rdkit.__version__, "functional_group_patterns": len(RULES)}

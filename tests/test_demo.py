@@ -39,6 +39,7 @@ from llamo.hub_cards.space.chat import conversation_messages, exchanges, generat
 from llamo.hub_cards.space.demo import Demo, render_molecule
 from llamo.hub_cards.space.molecule_view import draw_molecule_svg, groups_table_html, load_molecule
 from llamo.hub_cards.space.neighbours import Retrieval
+from llamo.processing import group_rules
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.schema import make_record
 
@@ -172,7 +173,7 @@ def _names(smiles: str) -> list[tuple[str, ...]]:
 
 
 def test_every_naming_rule_compiles():
-    assert len(group_names.compiled_rules()) == len(group_names.RULES)
+    assert len(group_rules.compiled_rules()) == len(group_rules.RULES)
 
 
 def test_aspirin_groups_are_an_ester_an_acid_and_a_benzene_ring():
@@ -225,6 +226,11 @@ def test_ethanol_is_an_alcohol_and_methane_has_no_named_group():
         ("c1ccc2[nH]ccc2c1", {"benzene ring", "heteroaromatic ring"}),
         ("CC(=O)[O-].[Na+]", {"carboxylate", "metal ion"}),
         ("[Na+].[Cl-]", {"metal ion", "halide ion"}),
+        ("O=C1CCCO1", {"lactone"}),
+        ("CC1OC1C", {"epoxide"}),
+        ("CSSC", {"disulfide"}),
+        ("CC(=O)SC", {"thioester"}),
+        ("COC(=O)OC", {"carbonate"}),
         (SMILES["glucose"], {"alcohol", "ether"}),
     ],
 )

@@ -888,7 +888,9 @@ def test_grounded_facts_on_known_molecules():
     assert facts["iupac_name"].answer == "Its IUPAC name is 2-acetyloxybenzoic acid."
     assert facts["rings"].answer == "It has 1 ring, which is aromatic."
     salt = {fact.key: fact for fact in molecule_facts(Chem.MolFromSmiles("CC(=O)[O-].[Na+]"), "A salt.")}
-    assert salt["components"].value == 2 and salt["functional_groups"].value == {"carboxylate": 1}
+    assert salt["components"].value == 2 and salt["functional_groups"].value == {"carboxylate": 1, "metal ion": 1}
+    lactone = {fact.key: fact for fact in molecule_facts(Chem.MolFromSmiles("O=C1CCCO1"), "A lactone.")}
+    assert lactone["functional_groups"].value == {"lactone": 1}  # the specific name only, not also an ester
     anion = {fact.key: fact for fact in molecule_facts(Chem.MolFromSmiles("CC(=O)[O-]"), "An anion.")}
     assert anion["formal_charge"].answer == "It is an anion with a net formal charge of -1."
     methane = {fact.key: fact for fact in molecule_facts(Chem.MolFromSmiles("C"), "The simplest alkane.")}
