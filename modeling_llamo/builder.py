@@ -10,15 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .configuration_llamo import LlamoConfig
-from .modeling_llamo import (
-    LlamoForConditionalGeneration,
-    LlamoGraphEncoder,
-    LlamoGraphProjector,
-    _mark_graph_modules,
-)
+from .modeling_llamo import LlamoForConditionalGeneration, LlamoGraphEncoder, LlamoGraphProjector
 from .processing_llamo import CHAT_TEMPLATES, LlamoProcessor
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 PACKAGED_LLMS = {
     # name -> (importable package holding the weights, GGUF file inside it, how to install it)
@@ -64,6 +57,17 @@ def resolve_chat_template(choice: str | None, tokenizer) -> str | None:
     return choice
 
 
+def llamo_around(config: LlamoConfig, language_model: PreTrainedModel) -> LlamoForConditionalGeneration:
+    """A LLaMo of `config` holding a loaded causal LM's modules (not copies), with new graph encoder and projector."""
+    with torch.device("meta"):
+        model = LlamoForConditionalGeneration(config)
+    model.model.language_model = language_model.base_model
+    model.lm_head = language_model.get_output_embeddings()
+    model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
+    model.model.graph_projector = LlamoGraphProjector(config)
+    return model
+
+
 def build_llamo(
     llm: str | PreTrainedModel,
     tokenizer=None,
@@ -90,7 +94,7 @@ def build_llamo(
         processor_kwargs: extra `LlamoProcessor` options (`max_atoms`, `prompt_smiles`, ...).
         load_kwargs: passed to `from_pretrained` (e.g. `gguf_file`, `revision`).
     """
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if isinstance(llm, str):
         llm, gguf_file = resolve_llm(llm, load_kwargs.pop("gguf_file", None))
         if gguf_file:
@@ -122,13 +126,7 @@ def build_llamo(
         text_config=text_config,
         graph_token_id=tokenizer.convert_tokens_to_ids(graph_token),
     )
-    with torch.device("meta"):
-        model = LlamoForConditionalGeneration(config)
-    model.model.language_model = language_model.base_model
-    model.lm_head = language_model.get_output_embeddings()
-    model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
-    model.model.graph_projector = LlamoGraphProjector(config)
-    _mark_graph_modules(model.model.graph_encoder, model.model.graph_projector)
+    model = llamo_around(config, language_model)
     for module in (model.model.graph_encoder, model.model.graph_projector):
         module.apply(model._init_weights)
     model.tie_weights()
@@ -173,7 +171,7 @@ def save_llamo(
 
 
 def load_llamo(
-    model_dir: str | Path, device: str = "auto", dtype: str = "auto"
+    model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """
     Load a saved LLaMo folder for inference.
@@ -181,12 +179,12 @@ def load_llamo(
     Args:
         model_dir: the folder (`save_llamo`, training, `llamo export`).
         device: where the model runs: `auto` (a GPU if any), `cpu`, `cuda`, `cuda:1`, ...
-        dtype: `auto` (as saved), `float32`, `bfloat16` or `float16`.
+        dtype: `auto` (as saved), `float32`, `bfloat16`, `float16` or a `torch.dtype`.
 
     Returns:
         the model, in eval mode, and its processor.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=DTYPES.get(dtype, dtype))
+    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
     return model.to(device).eval(), LlamoProcessor.from_pretrained(model_dir)

@@ -124,13 +124,8 @@ def bundle_model(bundle: Path, base):
     encoder and the added-token rows loaded. The projector is part of the adapter (PEFT `modules_to_save`)."""
     from transformers import AutoModelForCausalLM
 
+    from .builder import llamo_around
     from .configuration_llamo import LlamoConfig
-    from .modeling_llamo import (
-        LlamoForConditionalGeneration,
-        LlamoGraphEncoder,
-        LlamoGraphProjector,
-        _mark_graph_modules,
-    )
 
     manifest = read_manifest(bundle)
     config = LlamoConfig.from_pretrained(bundle)
@@ -148,10 +143,7 @@ def bundle_model(bundle: Path, base):
             f"The base LLM {source} has {base_rows} tokens, the bundle was trained on one with "
             f"{manifest['base_vocab_size']}: it is not {BASE_NAME}."
         )
-    with torch.device("meta"):
-        model = LlamoForConditionalGeneration(config)
-    model.model.language_model = base.base_model
-    model.lm_head = base.get_output_embeddings()
+    model = llamo_around(config, base)
     model.resize_token_embeddings(config.text_config.vocab_size, mean_resizing=False)
     extra = load_file(bundle / BUNDLE_WEIGHTS)
     first_new = manifest["base_vocab_size"]
@@ -159,9 +151,6 @@ def bundle_model(bundle: Path, base):
         model.get_input_embeddings().weight[first_new:] = extra.pop("new_input_embeddings").float()
         if "new_output_embeddings" in extra:
             model.get_output_embeddings().weight[first_new:] = extra.pop("new_output_embeddings").float()
-    model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
-    model.model.graph_projector = LlamoGraphProjector(config)
-    _mark_graph_modules(model.model.graph_encoder, model.model.graph_projector)
     graph_state = {k.removeprefix("model."): v.float() for k, v in extra.items()}
     missing, unexpected = model.model.load_state_dict(graph_state, strict=False)
     missing = [k for k in missing if k.startswith("graph_encoder.")]
@@ -213,7 +202,13 @@ def unpack_bundle(bundle: Path, output: Path, base=None) -> Path:
 
 
 def default_model_dir() -> Path:
-    """The assembled default model folder in the cache, ready for `from_pretrained` (assembled on first use)."""
+    """
+    The folder of the bundled default model, LLaMo-SmolLM2-135M, for the Auto classes and the pipeline (assembled
+    into the cache on first use; `llamo.default_model_path` is this function, see the module docstring).
+
+    Raises:
+        DefaultModelUnavailable: no trained bundle, or no base LLM (the message says what to install).
+    """
     bundle = bundle_dir()
     manifest = read_manifest(bundle)
     base = os.environ.get("LLAMO_BASE_LLM")
@@ -228,29 +223,15 @@ def default_model_dir() -> Path:
     return assembled
 
 
-def default_model_path() -> Path:
-    """
-    The folder of the bundled default model, LLaMo-SmolLM2-135M, for the Auto classes and the pipeline (assembled
-    into the cache on first use):
-
-        model = AutoModelForCausalLM.from_pretrained(llamo.default_model_path())
-        processor = AutoProcessor.from_pretrained(llamo.default_model_path())
-
-    Raises:
-        DefaultModelUnavailable: no trained bundle, or no base LLM (the message says what to install).
-    """
-    return default_model_dir()
+default_model_path = default_model_dir
 
 
 @quiet_loading()
-def load_default_model(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """`(model, processor)` of the bundled default model."""
-    from .modeling_llamo import LlamoForConditionalGeneration
-    from .processing_llamo import LlamoProcessor
+def load_default_model(dtype: str | torch.dtype = "float32", device: str = "cpu"):
+    """`(model, processor)` of the bundled default model (see `llamo.builder.load_llamo`)."""
+    from .builder import load_llamo
 
-    folder = default_model_dir()
-    model = LlamoForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
-    return model, LlamoProcessor.from_pretrained(folder)
+    return load_llamo(default_model_dir(), device, dtype)
 
 
 def export_bundle(

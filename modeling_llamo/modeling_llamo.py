@@ -48,6 +48,13 @@ class LlamoCausalLMOutputWithPast(CausalLMOutputWithPast):
     graph_embeds: torch.FloatTensor | None = None
 
 
+def _mark_graph_modules(root: nn.Module) -> None:
+    """Graph-side Linear layers keep PyTorch's default init (as the original), not the LM's normal(0.02)."""
+    for module in root.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module._llamo_graph_module = True
+
+
 class LlamoCategoricalEmbedding(nn.Module):
     """Sum of one embedding table per categorical feature: `(num_items, num_features)` long -> `(num_items, hidden)`."""
 
@@ -56,10 +63,7 @@ class LlamoCategoricalEmbedding(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(size, hidden_size) for size in vocab_sizes)
 
     def forward(self, features: torch.LongTensor) -> torch.Tensor:
-        output = self.embeddings[0](features[:, 0])
-        for column, embedding in enumerate(self.embeddings[1:], start=1):
-            output = output + embedding(features[:, column])
-        return output
+        return sum(embedding(features[:, column]) for column, embedding in enumerate(self.embeddings))
 
 
 class LlamoGINLayer(nn.Module):
@@ -93,6 +97,7 @@ class LlamoGraphEncoder(nn.Module):
         self.layers = nn.ModuleList(LlamoGINLayer(config) for _ in range(config.num_layers))
         self.dropout = nn.Dropout(config.dropout)
         self.frozen = False
+        _mark_graph_modules(self)
 
     def freeze(self, frozen: bool = True) -> LlamoGraphEncoder:
         """Stop training the encoder: no gradients, and BatchNorm statistics stay fixed (eval mode) even when the
@@ -160,6 +165,7 @@ class LlamoGraphProjector(nn.Module):
         for _ in range(projector.mlp_depth - 1):
             layers += [nn.SiLU(), nn.Linear(text_hidden, text_hidden)]
         self.mlp = nn.Sequential(*layers)
+        _mark_graph_modules(self)
 
     def level_tokens(self, levels: torch.Tensor, atom_mask: torch.BoolTensor) -> torch.Tensor:
         """`(num_levels, B, N, H)` dense node levels, `(B, N)` mask -> `(B, num_levels * queries_per_level, H)`."""
@@ -267,14 +273,6 @@ class LlamoPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
-def _mark_graph_modules(*modules: nn.Module) -> None:
-    """Graph-side Linear layers keep PyTorch's default init (as the original), not the LM's normal(0.02)."""
-    for root in modules:
-        for module in root.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                module._llamo_graph_module = True
-
-
 def _molecules_per_row(atom_mask: torch.Tensor) -> torch.LongTensor:
     """`(B,)` molecules of each sequence: real slots of a `(B, M, N)` mask, or one each for the `(B, N)` layout."""
     if atom_mask.dim() == 2:
@@ -290,7 +288,6 @@ class LlamoModel(LlamoPreTrainedModel):
         self.graph_encoder = LlamoGraphEncoder(config.graph_config)
         self.graph_projector = LlamoGraphProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
-        _mark_graph_modules(self.graph_encoder, self.graph_projector)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
