@@ -7,24 +7,10 @@
 or `llamo evaluate MODEL_DIR --data test.jsonl --output-dir eval/test`. One model over every task present in the
 data (generalist) or over one `--task` (specialist); the `retrieval`, `mean` and `no-graph` baselines run through the
 same harness and metric code. Predictions are saved as they are made and an interrupted run resumes
-(`llamo.evaluation.predictions`). METEOR needs WordNet: `llamo setup-wordnet` (`llamo.evaluation.wordnet`).
-
-Metrics by task (text: `description`, `conversation` and any other task name; `iupac`; `property`):
-
-- text: `bleu2_*`, `bleu4_*`, `meteor_*` per tokenization protocol; `rouge1/rouge2/rougeL_molt5_raw_text`.
-- iupac: `bleu4_*`, `meteor_*`; `exact_match_normalized` (case and whitespace ignored); `parse_rate_opsin`,
-  `structure_match_opsin_inchikey` and `structure_match_opsin_inchikey_connectivity` (OPSIN parses the predicted
-  name back to a structure).
-- property: `mae_<property>_<unit>` and the pooled `mae_<unit>`, each beside `valid_ratio_<property>` / `valid_ratio`.
-  An answer is valid when it is essentially one number ("-0.25", "The HOMO is -0.25 Hartree."; not "C6H6"); the
-  ratio's denominator is every property question with a target, those left unanswered included (SMILES unparsable
-  or refused by the processor), see `llamo.evaluation.properties`.
-
-All are on a 0-100 scale except MAE (in the property's unit, Hartree for QM9).
-
-Protocols (`*` above): `molt5_scibert` (SciBERT WordPiece, the field's standard) and `llamo_llm_tokens` (the LLM's
-tokenizer, LLaMo's own evaluator); see `llamo.evaluation.text_metrics`. Numbers under different protocols are not
-comparable.
+(`llamo.evaluation.predictions`). Each task is scored by its family: `iupac` by `llamo.evaluation.naming`,
+`property` by `llamo.evaluation.properties`, any other task by `llamo.evaluation.text_metrics` (which describes the
+tokenization protocols: numbers under different protocols are not comparable). METEOR needs WordNet: `llamo
+setup-wordnet` (`llamo.evaluation.wordnet`). All metrics are on a 0-100 scale except MAE (in the property's unit).
 
 Results format (`results.json`, `format: "llamo-evaluation"`, `format_version: 1`), built so that a model card's
 `model-index` can be made from it (one `results` entry per task: `task`, `dataset`, `metrics`):

@@ -66,13 +66,9 @@ def inchikey(smiles: str | None) -> str | None:
         return None
     from rdkit import Chem, rdBase
 
-    blocker = rdBase.BlockLogs()
-    try:
+    with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(smiles)
-        key = Chem.MolToInchiKey(mol) if mol is not None else ""
-    finally:
-        del blocker
-    return key or None
+        return (Chem.MolToInchiKey(mol) or None) if mol is not None else None
 
 
 def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) -> tuple[MetricReport, dict[str, int]]:

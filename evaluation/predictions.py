@@ -167,10 +167,7 @@ class PredictionStore:
 
     def saved_count(self) -> int:
         """How many complete prediction lines the JSONL holds (read only: nothing is repaired)."""
-        if not self.predictions_path.is_file():
-            return 0
-        with open(self.predictions_path, "rb") as handle:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+        return self.predictions_path.read_bytes().count(b"\n") if self.predictions_path.is_file() else 0
 
     def write_results(self, text: str) -> None:
         """Write `results.json` whole or not at all (a full disk leaves the previous file, or none)."""

@@ -5,8 +5,9 @@ around it allowed ("-0.2345", "The HOMO is -0.2345 Hartree."), while digits insi
 "2-methylpropane") are not numbers, and two numbers are ambiguous. Every codebase of the field drops the other answers
 from the MAE; here they are dropped from the MAE too, but counted, and the valid ratio is always reported beside it
 (per property and overall). Its denominator is every property question of the data with a target, so a row the model
-could not be asked (its SMILES unparsable, or refused by the processor) counts as an invalid answer. The overall MAE
-pools the valid answers of all properties.
+could not be asked (its SMILES unparsable, or refused by the processor) counts as an invalid answer. Reported:
+`mae_<property>_<unit>` and the pooled `mae_<unit>` (all properties), each beside `valid_ratio_<property>` /
+`valid_ratio`.
 """
 
 from __future__ import annotations

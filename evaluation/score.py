@@ -1,8 +1,5 @@
-"""Scoring a run's predictions per task, and the results document (`results.json`, described in `llamo.evaluation`).
-
-Each task is scored by its family: `iupac` by the naming metrics, `property` by the property metrics, any other task
-(description, conversation, user-defined) by the text metrics, under the tokenization protocols of `text_metrics`.
-"""
+"""Scoring a run's predictions per task (by its family, see `llamo.evaluation`), and the results document
+(`results.json`, described there)."""
 
 from __future__ import annotations
 
@@ -64,18 +61,16 @@ class MetricResources:
         """The MolT5 protocol, the LLaMo protocol (the tokenizer of `config.llm_tokenizer`, else of `config.model`,
         else `llm_tokenizer`) and WordNet; what cannot be loaded is kept as the reason its metrics are unavailable."""
         source = config.llm_tokenizer or config.model
-        llamo = TokenProtocol(LLAMO_PROTOCOL, llm_tokenizer) if llm_tokenizer is not None else None
+        reason = None if llm_tokenizer is not None else "no LLM tokenizer: give a model folder or --llm-tokenizer"
         if source is not None:
             from transformers import AutoTokenizer
 
             try:
-                llamo = TokenProtocol(LLAMO_PROTOCOL, AutoTokenizer.from_pretrained(source))
+                llm_tokenizer, reason = AutoTokenizer.from_pretrained(source), None
             except (OSError, ValueError) as error:
+                llm_tokenizer = None
                 reason = f"the LLM tokenizer could not be loaded from {source} ({first_line(error)})"
-                llamo = TokenProtocol(LLAMO_PROTOCOL, unavailable_reason=reason)
-        if llamo is None:
-            reason = "no LLM tokenizer: give a model folder or --llm-tokenizer"
-            llamo = TokenProtocol(LLAMO_PROTOCOL, unavailable_reason=reason)
+        llamo = TokenProtocol(LLAMO_PROTOCOL, llm_tokenizer, unavailable_reason=reason)
         protocols = [molt5_protocol(config.scibert_vocab), llamo]
         try:
             return cls(protocols, load_wordnet(config.nltk_data))

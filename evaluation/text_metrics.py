@@ -162,19 +162,18 @@ def compute_text_metrics(
     from nltk.translate.meteor_score import meteor_score
 
     for protocol in protocols:
-        wanted = [name for name in ("bleu2", "bleu4", "meteor") if name in include]
-        if protocol.tokenizer is None or wordnet is None:
-            if protocol.tokenizer is None:
-                unavailable, reason = wanted, str(protocol.unavailable_reason)
-            else:
-                unavailable, reason = [n for n in wanted if n == "meteor"], wordnet_reason or "WordNet is not available"
-            report.unavailable += [
-                UnavailableMetric(f"{n}_{protocol.name}", n.rstrip("24"), reason) for n in unavailable
-            ]
-            wanted = [name for name in wanted if name not in unavailable]
-        reference_tokens = [protocol.tokenize(text) for text in references] if wanted else []
-        prediction_tokens = [protocol.tokenize(text) for text in predictions] if wanted else []
-        for name in wanted:
+        tokens = None
+        for name in [name for name in ("bleu2", "bleu4", "meteor") if name in include]:
+            metric, kind = f"{name}_{protocol.name}", name.rstrip("24")
+            reason = protocol.unavailable_reason if protocol.tokenizer is None else None
+            if reason is None and name == "meteor" and wordnet is None:
+                reason = wordnet_reason or "WordNet is not available"
+            if reason is not None:
+                report.unavailable.append(UnavailableMetric(metric, kind, str(reason)))
+                continue
+            if tokens is None:
+                tokens = [protocol.tokenize(text) for text in references], [protocol.tokenize(t) for t in predictions]
+            reference_tokens, prediction_tokens = tokens
             if name == "meteor":
                 pairs = zip(reference_tokens, prediction_tokens, strict=True)
                 scores = [meteor_score([reference], prediction, wordnet=wordnet) for reference, prediction in pairs]
@@ -184,9 +183,7 @@ def compute_text_metrics(
                     warnings.simplefilter("ignore")  # NLTK warns when an n-gram order has no match; BLEU is then ~0
                     grouped = [[reference] for reference in reference_tokens]
                     value = 100.0 * corpus_bleu(grouped, prediction_tokens, weights=BLEU_WEIGHTS[name])
-            report.metrics.append(
-                MetricValue(f"{name}_{protocol.name}", name.rstrip("24"), value, protocol=protocol.name)
-            )
+            report.metrics.append(MetricValue(metric, kind, value, protocol=protocol.name))
     rouge_wanted = [kind for kind in ("rouge1", "rouge2", "rougeL") if kind in include]
     if rouge_wanted:
         from rouge_score import rouge_scorer

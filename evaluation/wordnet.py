@@ -1,15 +1,10 @@
-"""WordNet for NLTK's METEOR: NLTK's own download when its data server answers, else the Debian packages
-`wordnet-base` and `wordnet-sense-index` (offline).
-
-`setup_wordnet` tries `nltk.download("wordnet")` first; offline, the server is given `DOWNLOAD_TIMEOUT` seconds to
-answer before the download is given up. NLTK reads WordNet from `<nltk_data>/corpora/wordnet/`: NLTK's package, or
-the database files that Debian ships under `/usr/share/wordnet` plus a `lexnames` file (the numbered lexicographer
-files) that the Debian packages leave out and that is written here. Only folders on NLTK's data path can be read
-(NLTK refuses other paths), so an explicit `nltk_data` folder is added to `nltk.data.path`.
-"""
+"""WordNet for NLTK's METEOR, read from `<nltk_data>/corpora/wordnet/`: NLTK's own package when its data server
+answers, else the database files of the Debian packages `wordnet-base` and `wordnet-sense-index` (offline) plus the
+`lexnames` file (the numbered lexicographer files) that they leave out."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -68,19 +63,14 @@ def load_wordnet(nltk_data: str | Path | None = None):
         raise WordNetUnavailable("METEOR needs NLTK: pip install nltk") from error
 
     setup_hint = f"run `llamo setup-wordnet{f' --nltk-data {nltk_data}' if nltk_data else ''}` (after {APT_INSTALL})"
-    if nltk_data is not None:
-        root: Any = Path(nltk_data) / "corpora" / "wordnet"
-        if not root.is_dir():
-            raise WordNetUnavailable(f"WordNet is not installed in {root}: {setup_hint}.")
-        folder = str(Path(nltk_data).resolve())
-        if folder not in [str(entry) for entry in nltk.data.path]:
-            nltk.data.path.append(folder)  # NLTK reads only folders on its data path
-        root = nltk.data.find("corpora/wordnet", paths=[folder])
-    else:
-        try:
-            root = nltk.data.find("corpora/wordnet")
-        except LookupError as error:
-            raise WordNetUnavailable(f"WordNet is not installed for NLTK: {setup_hint}.") from error
+    folder = None if nltk_data is None else str(Path(nltk_data).resolve())
+    if folder is not None and folder not in [str(entry) for entry in nltk.data.path]:
+        nltk.data.path.append(folder)  # NLTK reads only folders on its data path
+    try:
+        root = nltk.data.find("corpora/wordnet", paths=None if folder is None else [folder])
+    except LookupError as error:
+        where = "for NLTK" if folder is None else f"in {Path(nltk_data) / 'corpora' / 'wordnet'}"
+        raise WordNetUnavailable(f"WordNet is not installed {where}: {setup_hint}.") from error
     key = str(getattr(root, "path", root))
     if key not in _READERS:
         try:
@@ -98,20 +88,16 @@ def _server_answers(url: str, timeout: float) -> bool:
     """Whether `url`'s host accepts a TCP connection within `timeout` seconds, name lookup included (in a thread:
     `socket.create_connection`'s timeout does not bound the lookup, which an offline resolver can stall)."""
     parsed = urllib.parse.urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    answered: list[bool] = []
+    address = (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    answered = threading.Event()
 
     def probe() -> None:
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-            answered.append(True)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            socket.create_connection(address, timeout=timeout).close()
+            answered.set()
 
-    thread = threading.Thread(target=probe, name="llamo-wordnet-probe", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answered)
+    threading.Thread(target=probe, name="llamo-wordnet-probe", daemon=True).start()
+    return answered.wait(timeout)
 
 
 def download_wordnet(nltk_data: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path | None:
