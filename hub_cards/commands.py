@@ -76,9 +76,9 @@ def _card_options(args: argparse.Namespace, run_dirs=None):
 
 
 def _print_files(result) -> None:
-    from .export import format_size
+    from llamo.storage import format_bytes
 
-    print(f"Wrote {len(result.files)} files ({format_size(result.total_bytes)}) to {result.folder}:", file=sys.stderr)
+    print(f"Wrote {len(result.files)} files ({format_bytes(result.total_bytes)}) to {result.folder}:", file=sys.stderr)
     print(result.listing(), file=sys.stderr)
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamo.storage import format_bytes
+
 from .cards import PIPELINE_TASK, ModelCardOptions, build_model_card
 
 REMOTE_CODE_FILES = (
@@ -40,16 +42,6 @@ class ExportError(ValueError):
     """A model folder that cannot be exported, or an export that came out incomplete (named in the message)."""
 
 
-def format_size(size: int) -> str:
-    """`1536` -> `"1.5 KB"` (binary units)."""
-    if size < 1024:
-        return f"{size} B"
-    for unit in ("KB", "MB", "GB", "TB"):
-        size /= 1024
-        if size < 1024 or unit == "TB":
-            return f"{size:.1f} {unit}"
-
-
 def list_files(folder: Path) -> list[tuple[str, int]]:
     """The files under `folder` that `upload_folder` sends (hidden ones left out), as `(relative path, size)`."""
     from huggingface_hub.utils import filter_repo_objects
@@ -72,7 +64,7 @@ class ExportResult:
         return sum(size for _, size in self.files)
 
     def listing(self) -> str:
-        return "\n".join(f"  {format_size(size):>10}  {path}" for path, size in self.files)
+        return "\n".join(f"  {format_bytes(size):>10}  {path}" for path, size in self.files)
 
 
 def check_destination(output_dir: Path, overwrite: bool, source: Path | None = None) -> None:

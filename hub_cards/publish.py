@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .export import HIDDEN_PATTERNS, ExportResult, format_size, list_files
+from llamo.storage import format_bytes
+
+from .export import HIDDEN_PATTERNS, ExportResult, list_files
 
 EXPORT_MARKERS = ("config.json", "README.md")
 _LOGIN = "(HF_TOKEN or `hf auth login`)"
@@ -37,7 +39,7 @@ class UploadPlan(ExportResult):
         """A readable listing of the plan (paths and sizes)."""
         branch = (self.revision or "the default branch") + (", created if missing" if self.create_branch else "")
         return (
-            f"{len(self.files)} files, {format_size(self.total_bytes)}, from {self.folder} to {self.repo_id} "
+            f"{len(self.files)} files, {format_bytes(self.total_bytes)}, from {self.folder} to {self.repo_id} "
             f"({'private' if self.private else 'public'} if created; {branch})\n"
             f"commit message: {self.commit_message}\n{self.listing()}"
         )

@@ -32,7 +32,7 @@ import torch
 from rdkit import Chem
 
 from llamo import add_neighbours
-from llamo.chat_template_llamo import NEIGHBOURS_INTRO, NEIGHBOURS_QUERY
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, NEIGHBOURS_INTRO, NEIGHBOURS_QUERY
 from llamo.featurization_llamo import functional_groups
 from llamo.hub_cards.space import chat, group_names, molecule_view, motif_attention, neighbours
 from llamo.hub_cards.space.chat import conversation_messages, exchanges, generation_settings, stream_answer
@@ -512,7 +512,7 @@ def test_neighbours_panel_without_the_query_in_the_index(tiny_llamo, name_index)
     model, processor = tiny_llamo
     demo = Demo(model, processor, retrieval=Retrieval(name_index))
     panel = list(demo.respond(NAME_QUESTION, [], "CCCCO", max_new_tokens=2))[-1][3]
-    assert _cards(panel) == neighbours.default_neighbours()
+    assert _cards(panel) == DEFAULT_NEIGHBOURS
     assert "itself" not in panel and "<code>CCCO</code>" in panel
 
 

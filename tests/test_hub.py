@@ -646,7 +646,7 @@ def test_push_dry_run_contacts_nothing(exported, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "nothing sent" in out and SECRET not in out + err
     size = (exported / "model.safetensors").stat().st_size
-    assert re.search(r"\d+\.\d KB\s+model\.safetensors", out) and f"{size / 1024:.1f} KB" in out
+    assert re.search(r"\d+\.\d KB\s+model\.safetensors", out) and f"{size / 1000:.1f} KB" in out
     assert all(path.name in out for path in exported.iterdir())
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from llamo.processing.schema import to_chat_messages
+
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
 
 MAX_EXCHANGES = 8
@@ -45,18 +47,11 @@ def conversation_messages(
     smiles: str, history: Sequence[dict], question: str, max_exchanges: int = MAX_EXCHANGES
 ) -> list[dict]:
     """LLaMo messages for a new `question` after the last `max_exchanges` exchanges of `history` (the page's
-    messages); the molecule goes into the first user turn only, as in training."""
-    kept = exchanges(history)[-max_exchanges:] if max_exchanges > 0 else []
-    messages: list[dict] = []
-    for user_text, answer in [*kept, (question, None)]:
-        if messages:
-            messages.append({"role": "user", "content": user_text})
-        else:
-            molecule = {"type": "molecule", "smiles": smiles}
-            messages.append({"role": "user", "content": [molecule, {"type": "text", "text": user_text}]})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": answer})
-    return messages
+    messages); the molecule goes into the first user turn only, as in training (`to_chat_messages`)."""
+    turns: list[dict] = []
+    for user_text, answer in exchanges(history)[-max_exchanges:] if max_exchanges > 0 else []:
+        turns += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
+    return to_chat_messages({"smiles": smiles, "messages": [*turns, {"role": "user", "content": question}]})
 
 
 class StopOnEvent(StoppingCriteria):

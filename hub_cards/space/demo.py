@@ -11,7 +11,7 @@ from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
 from .chat import StopRegistry, conversation_messages, generation_settings, stream_answer
 from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
 from .motif_attention import motif_attention, uses_motifs
-from .neighbours import Retrieval, neighbours_html, readable_molecule, retrieval_failed_html, with_neighbours
+from .neighbours import Retrieval, neighbours_html, readable_molecule, with_neighbours
 
 TITLE = "LLaMo: ask a language model about a molecular graph"
 CSS = """
@@ -186,7 +186,9 @@ class Demo:
         try:
             context = self.retrieval.find(mol, question, max_atoms)
         except Exception as error:  # the answer goes on without neighbours
-            return messages, retrieval_failed_html(error)
+            return messages, message_html(
+                f"The molecule index could not be used ({error}); this answer has no neighbours."
+            )
         return with_neighbours(messages, context), neighbours_html(context, max_atoms)
 
     def stop(self, session: str = "local") -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 from rdkit import Chem
 
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
+
 from . import MAX_NEIGHBOURS
-from .molecule_view import draw_molecule_svg, message_html, read_molecule
+from .molecule_view import draw_molecule_svg, read_molecule
 
 SHOWN_ANSWER_CHARS = 300
 """A neighbour's answer is cut to this many characters on the page."""
@@ -32,13 +34,6 @@ class InContext:
 
     neighbours: list[Any]
     source: str
-
-
-def default_neighbours() -> int:
-    """The pipeline's neighbours per question when neither the model nor `--neighbours` says."""
-    from llamo.pipeline_llamo import DEFAULT_NEIGHBOURS
-
-    return DEFAULT_NEIGHBOURS
 
 
 class Retrieval:
@@ -102,7 +97,7 @@ class Retrieval:
         if index is None:
             return None, 0
         wanted = self.neighbours if self.neighbours is not None else model_k
-        return index, max(0, min(wanted if wanted is not None else default_neighbours(), MAX_NEIGHBOURS))
+        return index, max(0, min(wanted if wanted is not None else DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS))
 
     def find(self, mol: Chem.Mol, question: str, max_atoms: int | None) -> InContext:
         """The neighbours of the query molecule `mol` for `question` (none where no index applies). Neighbours the
@@ -178,8 +173,3 @@ def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
         f'<div class="llamo-neighbours">{heading}{exact}'
         f'<div style="display:flex;flex-wrap:wrap;gap:8px">{cards}</div></div>'
     )
-
-
-def retrieval_failed_html(error: Exception) -> str:
-    """The panel when the index could not be used: the answer goes on without neighbours."""
-    return message_html(f"The molecule index could not be used ({error}); this answer has no neighbours.")
