@@ -165,28 +165,28 @@ def _run_init(args: argparse.Namespace) -> None:
     )
 
 
-def _resolve_model_dir(model_dir: str | None) -> Path:
-    if model_dir is not None:
-        if not Path(model_dir).is_dir():
-            raise CommandError(f"Model folder not found: {model_dir}")
-        return Path(model_dir)
-    from .default_model import DefaultModelUnavailable, default_model_dir
+def _pipeline(args: argparse.Namespace, model_dir: str | None):
+    """Check `--smiles`, then load the model folder (default: the bundled model) into the molecule pipeline, the one
+    generation path of the command line, with the sampling seed set. Returns the pipeline and the folder."""
+    import torch
 
-    try:
-        return default_model_dir()
-    except DefaultModelUnavailable as error:
-        raise CommandError(str(error)) from error
-
-
-def _load(model_dir: Path, device_choice: str, dtype_choice: str):
-    """The model folder's pipeline (model and processor), the one generation path of the command line."""
     from . import LlamoMoleculePipeline
     from .builder import load_llamo
+    from .default_model import DefaultModelUnavailable, default_model_dir
+    from .featurization_llamo import parse_smiles
     from .quiet import quiet_loading
 
+    try:
+        parse_smiles(args.smiles)
+        folder = default_model_dir() if model_dir is None else Path(model_dir)
+    except (ValueError, DefaultModelUnavailable) as error:
+        raise CommandError(str(error)) from error
+    if not folder.is_dir():
+        raise CommandError(f"Model folder not found: {model_dir}")
     with quiet_loading():
-        model, processor = load_llamo(model_dir, device_choice, dtype_choice)
-    return LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
+        model, processor = load_llamo(folder, args.device, args.dtype)
+    torch.manual_seed(args.seed)
+    return LlamoMoleculePipeline(model=model, processor=processor, device=model.device), folder
 
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
@@ -244,15 +244,6 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     return answer["generated_text"]
 
 
-def _check_smiles(smiles: str) -> None:
-    from .featurization_llamo import parse_smiles
-
-    try:
-        parse_smiles(smiles)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
-
-
 def _run_generate(args: argparse.Namespace) -> None:
     """Answer an instruction about a molecule (streams the answer).
 
@@ -261,14 +252,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     if len(args.arguments) > 2:
         raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
     model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
-    _check_smiles(args.smiles)
-    folder = _resolve_model_dir(model_dir)
-    pipe = _load(folder, args.device, args.dtype)
+    pipe, folder = _pipeline(args, model_dir)
     options = _context(args, folder, prompt)
-
-    import torch
-
-    torch.manual_seed(args.seed)
     messages = [
         {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
     ]
@@ -280,13 +265,7 @@ def _run_chat(args: argparse.Namespace) -> None:
 
     Talk about one molecule: type a question, get a streamed answer, ask follow-ups (the conversation is kept). An
     empty line, /quit or end of input ends the chat; /reset starts over."""
-    _check_smiles(args.smiles)
-    folder = _resolve_model_dir(args.model)
-    pipe = _load(folder, args.device, args.dtype)
-
-    import torch
-
-    torch.manual_seed(args.seed)
+    pipe, folder = _pipeline(args, args.model)
     interactive = sys.stdin.isatty()
     print(
         f"Chatting about {args.smiles}. Ask a question (empty line or /quit ends, /reset starts over).",

@@ -9,29 +9,19 @@
     pipe([{"smiles": "CCO", "text": "Name it."}, {"smiles": "C", "text": "Name it."}], batch_size=2)
     # -> [[{"generated_text": "..."}], [{"generated_text": "..."}]]
 
-Accepted inputs:
+Accepted inputs: a dict `{"smiles": ..., "text": ...}` (`smiles` may be a list: several molecules, in order); an
+instruction string, with `smiles=` given to the call; a conversation, whose first user turn holds a molecule content
+block (`{"type": "molecule", "smiles": ...}`, as `LlamoProcessor.apply_chat_template` reads them); or a list of any of
+these (a batch; for instruction strings, `smiles=` is one SMILES for all of them or one per instruction).
 
-- a dict `{"smiles": ..., "text": ...}` (`smiles` may be a list: several molecules, in order);
-- an instruction string, with `smiles=` given to the call;
-- a conversation: a list of chat messages whose first user turn holds a molecule content block
-  (`{"type": "molecule", "smiles": ...}`), as `LlamoProcessor.apply_chat_template` reads them;
-- a list of any of these (a batch). For a list of instruction strings, `smiles=` is one SMILES for all of them or one
-  per instruction.
+One input returns a list with one `{"generated_text": answer}` per returned sequence (`num_return_sequences`); a batch
+returns one such list per input. `generated_text` is the answer only, never the prompt. Generation parameters may be
+given to `pipeline(...)` or to the call; the other call options are those of `LlamoMoleculePipeline.__call__`.
 
-One input returns a list with one `{"generated_text": answer}` per returned sequence (more than one with
-`num_return_sequences`); a batch returns one such list per input. `generated_text` is the answer only, never the
-prompt. Every generation parameter (`max_new_tokens`, `do_sample`, `num_beams`, `num_return_sequences`, ...) may be
-given to `pipeline(...)` or to the call. Other call options: `batch_size`, `chat_template`, `system_prompt`,
-`max_atoms`, `skip_special_tokens`, `return_tensors=True` (adds `generated_token_ids`: the new token ids as `generate`
-returned them, so a row that finished early is padded to the batch's length).
-
-How `pipeline()` finds this class: `llamo export` writes `custom_pipelines` into `config.json` with this one task
-(`{"molecule-text-generation": {"impl": "pipeline_llamo.LlamoMoleculePipeline", "pt": ["AutoModelForCausalLM"]}}`).
-transformers (5.x) reads the config first; when no task is given and the config declares exactly one custom task, it
-takes that task, then imports the class from the folder's (or repository's) `pipeline_llamo.py`. So
-`pipeline(model=folder, trust_remote_code=True)` needs no task name and no network for a local folder. In a process
-that imports `llamo`, the task is also registered with `PIPELINE_REGISTRY`, so an already loaded model works too:
-`pipeline("molecule-text-generation", model=model, processor=processor)`.
+`llamo export` writes this one task into `config.json` (`custom_pipelines`): transformers takes a config's only custom
+task when none is given and imports this class from the folder's (or repository's) `pipeline_llamo.py`, so
+`pipeline(model=folder, trust_remote_code=True)` needs no task name. A process that imports `llamo` also registers the
+task with `PIPELINE_REGISTRY`: `pipeline("molecule-text-generation", model=model, processor=processor)`.
 
 This file travels with exported models as remote code; of this project it imports only its sibling remote-code
 file `chat_template_llamo.py`, never the `llamo` package.
@@ -46,7 +36,7 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
-from .chat_template_llamo import DEFAULT_NEIGHBOURS
+from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_neighbours
 
 MOLECULE_TASK = "molecule-text-generation"
 
@@ -163,10 +153,11 @@ class LlamoMoleculePipeline(Pipeline):
             batch_size: inputs answered per `generate` call (default: the pipeline's, else 1).
             kwargs: generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`,
                 `include_graph` (False: molecules as SMILES text only, the "no graph" ablation), `skip_special_tokens`,
-                `clean_up_tokenization_spaces`, `return_tensors`, `index` (a molecule index: its nearest entries
-                become in-context examples), `neighbours` (how many, default
-                `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN:
-                beam candidates are checked and the first that names the query molecule is answered).
+                `clean_up_tokenization_spaces`, `return_tensors` (True: also `generated_token_ids`, the new token ids
+                as `generate` returned them, padded to the batch's length), `index` (a molecule index: its nearest
+                entries become in-context examples), `neighbours` (how many, default `DEFAULT_NEIGHBOURS`) and
+                `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam candidates are checked
+                and the first that names the query molecule is answered).
         """
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
@@ -281,7 +272,7 @@ class LlamoMoleculePipeline(Pipeline):
                 if smiles is not None:
                     found = index.neighbours(smiles, k=neighbours, question=question or None)
                     context[row] = [_neighbour_dict(neighbour) for neighbour in found]
-                    conversations[row] = self.processor.add_neighbours(conversations[row], context[row])
+                    conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:
             conversations = [
                 conversation

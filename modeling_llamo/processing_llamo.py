@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from collections.abc import Sequence
@@ -18,7 +19,6 @@ from transformers import BatchFeature, ProcessorMixin
 from .chat_template_llamo import (
     CHAT_TEMPLATES,
     LLAMA2_CHAT_TEMPLATE,
-    add_neighbours,
     answer_marker,
     assistant_spans,
     join_parts,
@@ -50,21 +50,6 @@ class RenderedConversation:
     text: str
     molecules: list[PreparedMolecule] = field(default_factory=list)
     assistant_spans: list[tuple[int, int]] = field(default_factory=list)
-
-
-def _saved_model_config(folder: str | Path) -> LlamoConfig | None:
-    """The LLaMo model config saved beside a processor in a local folder, or `None` (no folder, no `config.json`, or
-    not a LLaMo config)."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        if json.loads(path.read_text(encoding="utf-8")).get("model_type") != LlamoConfig.model_type:
-            return None
-        return LlamoConfig.from_pretrained(path.parent)
-    except Exception:
-        # An unreadable model config is for the model's loader to report; the processor does not depend on it.
-        return None
 
 
 _GRAPH_TOKEN_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -228,10 +213,11 @@ class LlamoProcessor(ProcessorMixin):
         with `check_model_config`, so a mismatched pair fails here rather than in the model's forward.
         """
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        folder = Path(pretrained_model_name_or_path)
-        if kwargs.get("subfolder"):
-            folder = folder / kwargs["subfolder"]
-        config = _saved_model_config(folder) if folder.is_dir() else None
+        folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        config = None
+        with contextlib.suppress(Exception):  # no readable LLaMo config: the model's loader reports a broken one
+            if json.loads((folder / "config.json").read_text(encoding="utf-8"))["model_type"] == LlamoConfig.model_type:
+                config = LlamoConfig.from_pretrained(folder)
         if config is not None:
             processor.check_model_config(config)
         return processor
@@ -590,12 +576,6 @@ class LlamoProcessor(ProcessorMixin):
         messages, found = self._flatten(list(conversation), index, prepared=molecules)
         text, spans = assistant_spans(messages, render, index)
         return RenderedConversation(text, found, spans)
-
-    @staticmethod
-    def add_neighbours(conversation: list[dict], neighbours: Sequence[dict]) -> list[dict]:
-        """The conversation with known molecules and their answers before the question (see
-        `chat_template_llamo.add_neighbours` for the prompt format)."""
-        return add_neighbours(conversation, neighbours)
 
     def answer_marker(self, chat_template: str | None = None) -> str | None:
         """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`)."""
