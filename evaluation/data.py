@@ -210,8 +210,7 @@ def select_examples(
     ]
     for index, row in chosen[:max_rows] if max_rows is not None else chosen:
         example, reason, target = _check_row(row, index)
-        row_id = row.get("id") if isinstance(row, dict) else None
-        task = row.get("task") if isinstance(row, dict) else None
+        row_id, task = (row.get("id"), row.get("task")) if isinstance(row, dict) else (None, None)
         key = (task, str(row_id))
         if example is not None or target is not None:
             if key in seen:

@@ -135,23 +135,16 @@ class PredictionStore:
 
     def load(self) -> dict[tuple[str, str], PredictionRecord]:
         """The saved records by key; a half-written last line is removed from the file first."""
-        if not self.predictions_path.is_file():
-            return {}
-        data = self.predictions_path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            with open(self.predictions_path, "r+b") as handle:
-                handle.truncate(complete)
+        from llamo.processing.instruction_store import read_jsonl
+
         records: dict[tuple[str, str], PredictionRecord] = {}
-        for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, row in enumerate(read_jsonl(self.predictions_path, repair=True), start=1):
             try:
-                record = PredictionRecord(**json.loads(line))
-            except (json.JSONDecodeError, TypeError) as error:
+                record = PredictionRecord(**row)
+            except TypeError as error:
                 raise ValueError(
-                    f"{self.predictions_path}, line {number}, is not a prediction record ({error}); remove that line "
-                    "to predict the row again."
+                    f"{self.predictions_path}, record {number}, is not a prediction record ({error}); remove that "
+                    "line to predict the row again."
                 ) from error
             records.setdefault(record.key, record)
         return records

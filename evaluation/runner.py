@@ -1,8 +1,5 @@
 """`evaluate`: one run from its config: read the inputs (`data`), predict what the output folder lacks (`predict`),
-score every task and write `results.json` (`score`). The run's settings are recorded with the predictions
-(`run_config`): a rerun with other settings (model, data, `max_rows`, decoding, baseline) is refused, naming the
-setting, unless `overwrite`; the same run resumes.
-"""
+score every task and write `results.json` (`score`)."""
 
 from __future__ import annotations
 

@@ -160,11 +160,9 @@ def setup_wordnet(
                 ) from error
         shutil.rmtree(target)
     if download and download_wordnet(nltk_data, timeout) is not None:
-        try:
+        with contextlib.suppress(WordNetUnavailable):
             load_wordnet(nltk_data)
             return target
-        except WordNetUnavailable:
-            pass
     return _copy_debian_wordnet(nltk_data, source)
 
 
