@@ -78,7 +78,7 @@ def write_json_atomically(path: Path, obj: Any) -> None:
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, ensure_ascii=False)
+            json.dump(obj, handle, indent=2, ensure_ascii=False, default=str)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())

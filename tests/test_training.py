@@ -25,15 +25,8 @@ from llamo.processing.collators import IGNORE_INDEX, LlamoDataCollator
 from llamo.processing.schema import make_record
 from llamo.training import common as training_common
 from llamo.training import stage1, stage2
-from llamo.training.common import (
-    ACCELERATE_DIR,
-    RECIPES_DIR,
-    checkpoint_is_complete,
-    last_complete_checkpoint,
-    lora_target_regex,
-    prepare_run_dir,
-)
-from llamo.training.config import stage_arguments
+from llamo.training.common import checkpoint_is_complete, last_complete_checkpoint, lora_target_regex, prepare_run_dir
+from llamo.training.config import ACCELERATE_DIR, RECIPES_DIR, stage_arguments
 from llamo.training.data import build_training_dataset
 from llamo.training.interrupt import GracefulInterrupt
 

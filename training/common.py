@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from trl import SFTTrainer, get_peft_config
 
+from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import disk_full_guard
 
-from .config import (
-    ACCELERATE_DIR,
-    RECIPES_DIR,
-    StageArguments,
-    parse_stage_arguments,
-    resolve_recipe_argument,
-    same_setting,
-    upgrade_saved_settings,
-)
+from .config import StageArguments, same_setting, upgrade_saved_settings
 
 RUN_CONFIG = "llamo_run_config.json"
 SUMMARY = "training_summary.json"
@@ -57,14 +49,12 @@ IGNORED_FOR_RESUME = {
 """Settings that may change between a run and its resumption (reporting, workers, caches, the launch)."""
 
 
-def state_bytes(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Bytes of a module's saved state: its parameters and buffers (tied tensors once), or its trainable parameters."""
+def state_bytes(model, trainable_only: bool = False) -> int:
+    """Bytes of a model's saved state (`get_memory_footprint`: parameters and buffers), or of its trainable
+    parameters."""
     if trainable_only:
-        tensors = [param for param in module.parameters() if param.requires_grad]
-    else:
-        tensors = list(module.state_dict().values())
-    unique = {(tensor.data_ptr(), tensor.numel()): tensor for tensor in tensors}
-    return sum(tensor.numel() * tensor.element_size() for tensor in unique.values())
+        return sum(param.numel() * param.element_size() for param in model.parameters() if param.requires_grad)
+    return model.get_memory_footprint()
 
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer | None) -> int:
@@ -237,12 +227,7 @@ def prepare_run_dir(
 
 def write_summary(output_dir: Path, summary: dict) -> None:
     """Write the run summary, the mark of a finished run, whole or not at all (a full disk leaves no half file)."""
-    temporary = output_dir / f"{SUMMARY}.partial"
-    try:
-        temporary.write_text(json.dumps(summary, indent=2, default=str))
-        temporary.replace(output_dir / SUMMARY)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_json_atomically(output_dir / SUMMARY, summary)
 
 
 def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpoint, reports, **details) -> dict:
@@ -259,12 +244,6 @@ def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpo
         "resumed_from": checkpoint.name if checkpoint else None,
         "data": [report.to_dict() for report in reports],
     }
-
-
-def parse_stage(stage: str, argv: list[str] | None = None) -> StageArguments:
-    """A stage's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags; default:
-    this process's)."""
-    return parse_stage_arguments(stage, sys.argv[1:] if argv is None else argv)
 
 
 def start_run(arguments: StageArguments, log):
@@ -343,15 +322,11 @@ def lora_config(model, model_args):
 
 
 def no_accelerator() -> bool:
-    """True on a CPU-only machine: then several processes (e.g. `accelerate launch --multi_gpu --num_processes 2`,
-    which uses torchrun) train with the gloo backend."""
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return not (
-        torch.cuda.is_available()
-        or (xpu is not None and xpu.is_available())
-        or (mps is not None and mps.is_available())
-    )
+    """True on a CPU-only machine (no CUDA, XPU, MPS, ... device for `torch.accelerator`): then several processes
+    (e.g. `accelerate launch --multi_gpu --num_processes 2`, which uses torchrun) train with the gloo backend."""
+    from transformers.utils import get_current_accelerator
+
+    return get_current_accelerator() is None
 
 
 def distributed_state():
@@ -359,27 +334,3 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=no_accelerator())
-
-
-__all__ = [
-    "ACCELERATE_DIR",
-    "RECIPES_DIR",
-    "CheckpointSpaceMixin",
-    "LlamoSFTTrainer",
-    "checkpoint_is_complete",
-    "distributed_state",
-    "final_save_guard",
-    "last_complete_checkpoint",
-    "load_for_training",
-    "lora_config",
-    "lora_target_regex",
-    "no_accelerator",
-    "parse_stage",
-    "prepare_run_dir",
-    "resolve_recipe_argument",
-    "run_settings",
-    "run_summary",
-    "start_run",
-    "train",
-    "write_summary",
-]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -241,12 +242,12 @@ def _defaults(stage: str) -> dict[str, Any]:
     return {**STAGE_DEFAULTS[stage], "use_cpu": no_accelerator()}
 
 
-def parse_stage_arguments(stage: str, argv: list[str]) -> StageArguments:
-    """A stage's arguments from the command line: `--config RECIPE` (a file or a shipped recipe's name), then flags
-    that override it; both take every `SFTConfig` and `ModelConfig` field."""
+def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArguments:
+    """A stage's arguments from a command line (default: this process's): `--config RECIPE` (a file or a shipped
+    recipe's name), then flags that override it; both take every `SFTConfig` and `ModelConfig` field."""
     import yaml
 
-    argv = resolve_recipe_argument(argv)
+    argv = resolve_recipe_argument(sys.argv[1:] if argv is None else argv)
     keys = [item[2:].split("=", 1)[0] for item in argv if item.startswith("--")]
     if "--config" in argv[:-1]:
         recipe = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text(encoding="utf-8"))
@@ -354,26 +355,3 @@ def stage_help(stage: str) -> str:
         default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc]
         parser.add_argument(f"--{item.name}", help=f"{item.metadata.get('help', '')} (default: {default})")
     return parser.format_help()
-
-
-__all__ = [
-    "ACCELERATE_DIR",
-    "LEGACY_KEYS",
-    "PAPER_SCHEDULE",
-    "RECIPES_DIR",
-    "SOURCE_TYPES",
-    "STAGE_DEFAULTS",
-    "DataSourceConfig",
-    "LlamoScriptArguments",
-    "Stage1Arguments",
-    "Stage2Arguments",
-    "StageArguments",
-    "check_arguments",
-    "parse_stage_arguments",
-    "reject_legacy_keys",
-    "resolve_recipe_argument",
-    "same_setting",
-    "stage_arguments",
-    "stage_help",
-    "upgrade_saved_settings",
-]

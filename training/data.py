@@ -26,28 +26,28 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llamo" / "datasets")
 
 
+SOURCE_LOADERS = {
+    "chebi20": loaders.load_chebi20,
+    "pubchem324k": loaders.load_pubchem324k,
+    "mol-instructions": loaders.load_mol_instructions,
+    "iupac": loaders.load_iupac_pairs,
+    "chemicals": loaders.load_chemicals_iupac,
+    "qm9": loaders.load_qm9_properties,
+    "conversations": loaders.load_conversations,
+}
+"""The loader of each `SOURCE_TYPES` entry."""
+
+
 def load_source(source: DataSourceConfig) -> tuple[datasets.Dataset, DataReport]:
-    """Read one source into the conversation schema."""
-    options = dict(source.options)
-    if source.type == "chebi20":
-        return loaders.load_chebi20(source.path, split=source.split, limit=source.limit, **options)
+    """Read one source into the conversation schema (its `options` are further keyword arguments of the loader)."""
+    arguments: dict = {"limit": source.limit}
+    if source.type != "chemicals":  # one table, no splits
+        arguments["split"] = source.split
     if source.type == "pubchem324k":
-        return loaders.load_pubchem324k(
-            source.path, split=source.split, allow_pickle=source.allow_pickle, limit=source.limit, **options
-        )
+        arguments["allow_pickle"] = source.allow_pickle
     if source.type == "mol-instructions":
-        return loaders.load_mol_instructions(
-            source.path, split=source.split, task=source.task or "description", limit=source.limit, **options
-        )
-    if source.type == "iupac":
-        return loaders.load_iupac_pairs(source.path, split=source.split, limit=source.limit, **options)
-    if source.type == "chemicals":
-        return loaders.load_chemicals_iupac(source.path, limit=source.limit, **options)
-    if source.type == "qm9":
-        return loaders.load_qm9_properties(source.path, limit=source.limit, split=source.split, **options)
-    if source.type == "conversations":
-        return loaders.load_conversations(source.path, limit=source.limit, split=source.split, **options)
-    raise ValueError(f"Unknown data source type {source.type!r}")
+        arguments["task"] = source.task or "description"
+    return SOURCE_LOADERS[source.type](source.path, **arguments, **source.options)
 
 
 def _source_fingerprint(source: DataSourceConfig, max_atoms: int) -> str:
@@ -134,6 +134,3 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
         log(f"[data] {report.summary()}")
     log(f"[data] training rows: {len(mixture)} ({', '.join(f'{len(d)} x {w}' for d, w in parts)})")
     return mixture, reports
-
-
-__all__ = ["build_training_dataset", "default_cache_dir", "load_source", "prepare_source"]

@@ -94,6 +94,3 @@ class GracefulInterrupt(TrainerCallback):
             "command to resume"
         )
         raise SystemExit(128 + number)
-
-
-__all__ = ["HANDLED_SIGNALS", "GracefulInterrupt"]

@@ -19,13 +19,12 @@ from llamo.storage import exit_on_disk_full
 from .common import (
     final_save_guard,
     load_for_training,
-    parse_stage,
     run_summary,
     start_run,
     train,
     write_summary,
 )
-from .config import Stage1Arguments, StageArguments
+from .config import Stage1Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
 
 
@@ -82,7 +81,7 @@ def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: Mod
     return output_dir
 
 
-parse = partial(parse_stage, "stage1")
+parse = partial(parse_stage_arguments, "stage1")
 """Stage 1's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
 
 

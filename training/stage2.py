@@ -24,13 +24,12 @@ from .common import (
     final_save_guard,
     load_for_training,
     lora_config,
-    parse_stage,
     run_summary,
     start_run,
     train,
     write_summary,
 )
-from .config import Stage2Arguments, StageArguments
+from .config import Stage2Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
 
 
@@ -87,7 +86,7 @@ def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: Mod
     return output_dir
 
 
-parse = partial(parse_stage, "stage2")
+parse = partial(parse_stage_arguments, "stage2")
 """Stage 2's `(script, training, model)` arguments from a command line (`--config RECIPE` and flags)."""
 
 
