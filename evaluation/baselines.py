@@ -24,8 +24,6 @@ class RetrievalBaseline:
     """Copy the answer of the most similar known molecule (see the module docstring): from a `MoleculeIndex`, or
     from indexes built on the training rows, one per task."""
 
-    name = "retrieval"
-
     def __init__(self, train_rows: Sequence[dict[str, Any]] | None = None, index=None):
         from llamo.processing.index import MoleculeIndex
 
@@ -55,10 +53,8 @@ class RetrievalBaseline:
 class MeanBaseline:
     """Answer every property question with the mean training value of that property."""
 
-    name = "mean"
-
     def __init__(self, train_rows: Sequence[dict[str, Any]]):
-        train, self.train_skipped = select_examples(train_rows, tasks=[PROPERTY_TASK])
+        train, _ = select_examples(train_rows, tasks=[PROPERTY_TASK])
         values: dict[str, list[float]] = defaultdict(list)
         for example in train:
             values[example.target.property].append(example.target.value)

@@ -4,9 +4,6 @@ time, each batch saved (`llamo.evaluation.predictions`) before the next.
 Rows are predicted in dataset order, a window of `SORT_WINDOW_BATCHES` batches at a time; only inside a window are
 they sorted longest prompt first, so that a batch holds prompts of similar length. A stopped run thus holds a prefix
 of the dataset's rows (plus part of one window), never a length-biased subset, and the same command resumes it.
-
-On the CPU, generation uses `choose_threads` threads; the progress bar advances per batch and shows, while a batch
-generates, the tokens generated so far and the rows of the batch already finished.
 """
 
 from __future__ import annotations

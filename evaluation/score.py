@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +133,7 @@ def _task_entry(task: str, state: RunState, records: dict, resources: MetricReso
             **family_counts,
         },
         "metrics": [metric.to_dict() for metric in report.metrics],
-        "unavailable_metrics": [metric.to_dict() for metric in report.unavailable],
+        "unavailable_metrics": [asdict(metric) for metric in report.unavailable],
     }
 
 

@@ -53,9 +53,6 @@ class UnavailableMetric:
     type: str
     reason: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class MetricReport:
