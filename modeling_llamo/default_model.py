@@ -39,7 +39,6 @@ BASE_NAME = "SmolLM2-135M-Instruct"
 BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_WEIGHTS = "graph_and_new_embeddings.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_CARD = "README.md"
 
 

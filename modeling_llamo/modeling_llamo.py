@@ -290,12 +290,6 @@ class LlamoModel(LlamoPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.language_model.set_input_embeddings(value)
-
     def get_graph_features(
         self,
         atom_features: torch.LongTensor,
@@ -575,18 +569,6 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         super().init_parallel_plans()
         if self._tp_plan.get(self._input_embedding_name) != "embedding_rowwise":
             self._tp_plan.pop("lm_head", None)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Module):
-        self.lm_head = new_embeddings
 
     def get_graph_features(self, *args, **kwargs) -> torch.Tensor:
         return self.model.get_graph_features(*args, **kwargs)
