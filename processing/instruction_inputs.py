@@ -112,17 +112,6 @@ def _raw_rows(source, input_format: str) -> tuple[Iterable[dict[str, Any] | None
     raise ValueError(f"Unknown input format {input_format!r}: use auto, tsv, chebi20, csv, jsonl or dataset.")
 
 
-def inchikey(smiles: str) -> str:
-    """The InChIKey of a valid SMILES (the molecule id when the source has none)."""
-    from rdkit import Chem, rdBase
-
-    from llamo.featurization_llamo import parse_smiles
-
-    with rdBase.BlockLogs():
-        key = Chem.MolToInchiKey(parse_smiles(smiles))
-    return key or f"smiles:{smiles}"
-
-
 def read_molecules(
     source,
     input_format: str = "auto",
@@ -136,6 +125,8 @@ def read_molecules(
     Rows with no or unparsable SMILES (RDKit), no description, a repeated id, or unreadable JSON are skipped and
     counted in `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules.
     """
+    from rdkit import Chem, rdBase
+
     from llamo.featurization_llamo import parse_smiles
 
     wanted = asdict(columns or ColumnNames())
@@ -154,13 +145,17 @@ def read_molecules(
         if not text["smiles"]:
             return "missing_smiles"
         try:
-            parse_smiles(text["smiles"])
+            mol = parse_smiles(text["smiles"])
         except ValueError:
             return "invalid_smiles"
         if not text["description"]:
             return "missing_description"
         raw_id = row.get(resolved["id"])
-        molecule_id = f"{id_prefix}{raw_id}".strip() if raw_id not in (None, "") else inchikey(text["smiles"])
+        if raw_id in (None, ""):  # the InChIKey is the id
+            with rdBase.BlockLogs():
+                molecule_id = Chem.MolToInchiKey(mol) or f"smiles:{text['smiles']}"
+        else:
+            molecule_id = f"{id_prefix}{raw_id}".strip()
         if molecule_id in seen:
             return "duplicate_id"
         return Molecule(molecule_id, text["smiles"], text["description"], text["iupac"] or None)

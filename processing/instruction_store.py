@@ -116,7 +116,7 @@ class ConversationStore:
         for record in read_jsonl(self.path, repair=True):
             if not isinstance(record.get("id"), str) or not isinstance(record.get("messages"), list):
                 raise ValueError(f"{self.path} holds a line that is not a conversation record: {str(record)[:200]}")
-            self._check_identity(record_metadata_identity(record))
+            self._check_identity(record_metadata(record))
             self.records[record["id"]] = record
         for status in read_jsonl(self.status_path, repair=True):
             if not isinstance(status.get("id"), str) or status.get("status") not in ("filtered", "failed"):
@@ -167,11 +167,6 @@ class ConversationStore:
     def save_exemplars(self, exemplars: list[Exemplar]) -> None:
         data = {**self.identity, "exemplars": [exemplar.to_dict() for exemplar in exemplars]}
         write_json_atomically(self.exemplars_path, data)
-
-
-def record_metadata_identity(record: dict[str, Any]) -> dict[str, Any]:
-    """{teacher, model, prompt_version} from a record's metadata."""
-    return {key: record_metadata(record).get(key) for key in IDENTITY_KEYS}
 
 
 def load_generated_conversations(path: str | Path | list[str | Path]):

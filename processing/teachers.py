@@ -103,13 +103,12 @@ class RequestBudget:
         self.used = 0
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
-        """Count one request; False (and nothing counted) once the budget is spent."""
+    def take(self) -> None:
+        """Count one request; `BudgetExhausted` (and nothing counted) once the budget is spent."""
         with self._lock:
             if self.max_requests is not None and self.used >= self.max_requests:
-                return False
+                raise BudgetExhausted(f"request budget of {self.max_requests} spent")
             self.used += 1
-            return True
 
 
 @dataclass
@@ -276,8 +275,7 @@ class OpenAICompatibleTeacher:
         for attempt in itertools.count():
             if self.stop_event.is_set():
                 raise GenerationStopped("stopped")
-            if not self.budget.take():
-                raise BudgetExhausted(f"request budget of {self.budget.max_requests} spent")
+            self.budget.take()
             retry_after = None
             try:
                 return self._reply(
@@ -365,8 +363,7 @@ class TransformersTeacher:
         """Generate the assistant's reply to `messages`; `finish_reason` is `"length"` when cut at max_new_tokens."""
         import torch
 
-        if not self.budget.take():
-            raise BudgetExhausted(f"request budget of {self.budget.max_requests} spent")
+        self.budget.take()
         with self._lock:
             if seed is not None:
                 torch.manual_seed(seed)
