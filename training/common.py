@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from trl import SFTTrainer, get_peft_config
 
 from llamo.processing.instruction_store import write_json_atomically
@@ -249,7 +250,7 @@ def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpo
 def start_run(arguments: StageArguments, log):
     """Open a stage's run: the distributed state, `log` silenced off the main process, and the run folder
     (`prepare_run_dir`, the main process first). Returns `(state, log, output_dir, checkpoint, finished)`."""
-    state = distributed_state()
+    state = PartialState(cpu=no_accelerator())
     log = log if state.is_main_process else (lambda *args, **kwargs: None)
     with state.main_process_first():
         output_dir, checkpoint, finished = prepare_run_dir(arguments, log, state.is_main_process)
@@ -327,10 +328,3 @@ def no_accelerator() -> bool:
     from transformers.utils import get_current_accelerator
 
     return get_current_accelerator() is None
-
-
-def distributed_state():
-    """The process's `accelerate.PartialState`, on the CPU when there is no accelerator."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=no_accelerator())

@@ -50,13 +50,10 @@ def _starting_model(script_args: Stage1Arguments, model_args: ModelConfig, outpu
 
 def freeze_language_model(model) -> None:
     """Stage 1: nothing of the LLM trains, embeddings and LM head included (unlike the original code)."""
-    for param in model.model.language_model.parameters():
-        param.requires_grad_(False)
-    for param in model.lm_head.parameters():
-        param.requires_grad_(False)
+    model.model.language_model.requires_grad_(False)
+    model.lm_head.requires_grad_(False)
     model.freeze_graph_encoder(False)
-    for param in model.model.graph_projector.parameters():
-        param.requires_grad_(True)
+    model.model.graph_projector.requires_grad_(True)
 
 
 def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
