@@ -97,14 +97,8 @@ def load_base_llm():
             f"The default model needs its base LLM: {error}. (Or set LLAMO_BASE_LLM to a local SmolLM2-135M folder.)"
         ) from error
     _say(f"first use: converting {BASE_NAME} from the {BASE_LLM} package (in memory)")
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    config = quantized.config
-    config.quantization_config = None
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    del model.config.quantization_config  # transformers dequantizes GGUF weights on load: these are plain float32
     return model
 
 
