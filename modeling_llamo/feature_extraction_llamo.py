@@ -149,11 +149,7 @@ class LlamoMoleculeFeaturizer:
         Returns:
             the batch-first graph tensors of `collate_sequence_molecules`, or `{}` when no sequence holds a molecule.
         """
-        limit = self._limit(max_atoms)
-        graphs, index = [], 0
-        for row in molecules:
-            graphs.append([])
-            for molecule in row:
-                graphs[-1].append(prepare_molecule(molecule, limit, index, canonical=False).graph)
-                index += 1
-        return collate_sequence_molecules(graphs) if index else {}
+        rows = [list(row) for row in molecules]
+        graphs = iter(self.featurize([molecule for row in rows for molecule in row], max_atoms))
+        rows = [[next(graphs) for _ in row] for row in rows]
+        return collate_sequence_molecules(rows) if any(rows) else {}

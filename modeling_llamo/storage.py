@@ -64,16 +64,9 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def _existing(path: Path) -> Path | None:
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return None
-
-
 def free_bytes(path: str | Path) -> int | None:
     """Free bytes on the disk holding `path` (or its nearest existing parent); None if unknown."""
-    existing = _existing(Path(path))
+    existing = next((folder for folder in (Path(path), *Path(path).parents) if folder.exists()), None)
     try:
         return shutil.disk_usage(existing).free if existing is not None else None
     except OSError:
