@@ -410,14 +410,7 @@ class LlamoProcessor(ProcessorMixin):
 
     @staticmethod
     def _batch(encoding, graph_inputs: dict[str, torch.Tensor], return_tensors: str | None) -> BatchFeature:
-        data = dict(encoding)
-        if return_tensors == "pt" or return_tensors is None:
-            data.update(graph_inputs)
-        elif return_tensors == "np":
-            data.update({name: value.numpy() for name, value in graph_inputs.items()})
-        else:
-            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
-        batch = BatchFeature(data, tensor_type=return_tensors)
+        batch = BatchFeature({**encoding, **graph_inputs}, tensor_type=return_tensors)  # it checks return_tensors
         if return_tensors is None:
             for name in graph_inputs:
                 batch[name] = batch[name].tolist()
