@@ -399,13 +399,8 @@ class LlamoProcessor(ProcessorMixin):
         return BatchFeature(data)
 
     def _tokenize(self, texts: list[str], padding: bool | str = True, padding_side: str | None = None, **kwargs):
-        if padding and self.tokenizer.pad_token is None:
-            if len(texts) > 1:
-                raise ValueError(
-                    "The tokenizer has no pad token, so a batch cannot be padded: set `processor.tokenizer.pad_token` "
-                    "(`llamo init` adds one)."
-                )
-            padding = False
+        if len(texts) == 1 and self.tokenizer.pad_token is None:
+            padding = False  # nothing to pad; a batch without a pad token is refused by the tokenizer, with advice
         return self.tokenizer(texts, padding=padding, padding_side=padding_side or self.padding_side, **kwargs)
 
     @staticmethod
