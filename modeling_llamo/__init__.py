@@ -75,13 +75,9 @@ def lazy_exports(
     package: str, exports: dict[str, str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """
-    The module `__getattr__`, `__dir__` and `__all__` of a package whose names are imported from its submodules on
-    first use (PEP 562), so that importing the package stays light:
+    The module `__getattr__`, `__dir__` and `__all__` of a package whose names (`exports`: `{name: submodule}`) are
+    imported from its submodules on first use (PEP 562), so that importing the package stays light:
     `__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)`.
-
-    Args:
-        package: the package's `__name__`.
-        exports: `{name: submodule}`, the submodule relative to the package.
     """
 
     def getattr_(name: str) -> Any:

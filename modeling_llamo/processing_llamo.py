@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -243,25 +244,15 @@ class LlamoProcessor(ProcessorMixin):
     def expand_placeholders(
         self, text: str, spans: Sequence[tuple[int, int]] = ()
     ) -> tuple[str, list[tuple[int, int]]]:
-        """
-        Expand every `<graph>` of `text` into `num_graph_tokens` copies, moving character `spans` (assistant turns)
-        along with the text.
-
-        Returns:
-            the expanded text and the moved spans.
-        """
-        pieces = text.split(self.graph_token)
+        """The text with every `<graph>` expanded into `num_graph_tokens` copies, and the character `spans` (assistant
+        turns) moved along with it."""
+        boundaries = [found.start() for found in re.finditer(re.escape(self.graph_token), text)]
         growth = (self.num_graph_tokens - 1) * len(self.graph_token)
-        boundaries, position = [], 0
-        for piece in pieces[:-1]:
-            position += len(piece)
-            boundaries.append(position)
-            position += len(self.graph_token)
         moved = [
             (start + growth * sum(b < start for b in boundaries), end + growth * sum(b < end for b in boundaries))
             for start, end in spans
         ]
-        return (self.graph_token * self.num_graph_tokens).join(pieces), moved
+        return text.replace(self.graph_token, self.graph_token * self.num_graph_tokens), moved
 
     def check_placeholders(self, input_ids: Sequence[Sequence[int]], expected: Sequence[int], names=None) -> None:
         """Raise a `ValueError` for a row whose graph placeholder count is not `num_graph_tokens` per molecule (a
