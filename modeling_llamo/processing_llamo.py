@@ -367,25 +367,20 @@ class LlamoProcessor(ProcessorMixin):
         if backend is None:
             return None
         split = _graph_token_splits(tokenizer, self.graph_token_id)
-        ids = backend.encode(
+        encoding = backend.encode(
             text if split else self.expand_placeholders(text)[0], add_special_tokens=add_special_tokens
-        ).ids
-        if split and molecules:
-            run, expanded, start = [self.graph_token_id] * self.num_graph_tokens, [], 0
-            for _ in range(ids.count(self.graph_token_id)):
-                position = ids.index(self.graph_token_id, start)
-                expanded += ids[start:position]
-                expanded += run
-                start = position + 1
-            ids = expanded + ids[start:]
-        if ids.count(self.graph_token_id) != molecules * self.num_graph_tokens:
+        )
+        ids = np.array([encoding.ids], dtype=np.int64)
+        if split:  # each placeholder id repeated num_graph_tokens times
+            ids = np.repeat(ids, np.where(ids[0] == self.graph_token_id, self.num_graph_tokens, 1), axis=1)
+        if (ids == self.graph_token_id).sum() != molecules * self.num_graph_tokens:
             return None
         limit = getattr(tokenizer, "model_max_length", None)
-        if limit is not None and len(ids) > limit:
+        if limit is not None and ids.shape[1] > limit:
             return None
-        data = {"input_ids": torch.from_numpy(np.array([ids], dtype=np.int64))}
+        data = {"input_ids": torch.from_numpy(ids)}
         if "attention_mask" in names:
-            data["attention_mask"] = torch.from_numpy(np.ones((1, len(ids)), dtype=np.int64))
+            data["attention_mask"] = torch.ones_like(data["input_ids"])
         data.update(graph_inputs)
         return BatchFeature(data)
 
