@@ -18,6 +18,8 @@ from rdkit import Chem
 
 from .featurization_llamo import (
     MoleculeGraph,
+    _oversized,
+    _where,
     check_size,
     featurize_molecule,
     pad_molecule_graphs,
@@ -47,15 +49,6 @@ class PreparedMolecule:
     mol: Chem.Mol | None = None
 
 
-def _check_graph_size(graph: MoleculeGraph, max_atoms: int | None, index: int | None) -> None:
-    if max_atoms is not None and graph.num_atoms > max_atoms:
-        where = f" at index {index}" if index is not None else ""
-        raise ValueError(
-            f"Molecule{where} has {graph.num_atoms} atoms, over the limit of {max_atoms} "
-            "(raise `max_atoms` to accept it)."
-        )
-
-
 def prepare_molecule(
     molecule: MoleculeInput, max_atoms: int | None = None, index: int | None = None, canonical: bool = True
 ) -> PreparedMolecule:
@@ -75,12 +68,12 @@ def prepare_molecule(
         try:
             graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
         except (KeyError, ValueError, TypeError) as error:
-            where = f" at index {index}" if index is not None else ""
             raise ValueError(
-                f"Molecule{where} is a dict but not a featurized graph ({type(error).__name__}: {error}); give "
+                f"Molecule{_where(index)} is a dict but not a featurized graph ({type(error).__name__}: {error}); give "
                 "molecules as SMILES strings, RDKit molecules or `MoleculeGraph`s."
             ) from error
-        _check_graph_size(graph, max_atoms, index)
+        if max_atoms is not None and graph.num_atoms > max_atoms:
+            raise _oversized(_where(index), graph.num_atoms, max_atoms, "a featurized graph")
         return PreparedMolecule(graph, None)
     parsed_here = not isinstance(molecule, Chem.Mol)
     mol = parse_smiles(molecule, index=index, max_atoms=max_atoms) if parsed_here else molecule
