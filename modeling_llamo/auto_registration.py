@@ -91,15 +91,11 @@ def _remove_finder() -> None:
     sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _RegistrationFinder)]
 
 
-def _is_watched(name: str) -> bool:
-    return any(name == package or name.startswith(f"{package}.") for package in WATCHED_PACKAGES)
-
-
 class _RegistrationFinder(importlib.abc.MetaPathFinder):
     """Finds nothing itself: wraps the loader that the other finders give for a watched module."""
 
     def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
-        if not _is_watched(fullname):
+        if fullname.partition(".")[0] not in WATCHED_PACKAGES:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
