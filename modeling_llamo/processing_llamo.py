@@ -32,7 +32,7 @@ from .feature_extraction_llamo import (
     PreparedMolecule,
     collate_sequence_molecules,
 )
-from .featurization_llamo import MoleculeGraph
+from .featurization_llamo import MoleculeGraph, shorten_for_message
 
 PROMPT_SMILES_MODES = ("canonical", "input", "none")
 
@@ -449,10 +449,8 @@ class LlamoProcessor(ProcessorMixin):
                 elif kind == "text":
                     parts.append(block.get("text", ""))
                 else:
-                    shown = repr(block)
-                    shown = shown if len(shown) <= 80 else shown[:80] + "..."
                     raise ValueError(
-                        f"Conversation {index}: unsupported content block {shown}; LLaMo reads "
+                        f"Conversation {index}: unsupported content block {shorten_for_message(block)}; LLaMo reads "
                         '{"type": "molecule", "smiles": ...} and {"type": "text", "text": ...} blocks.'
                     )
             messages.append({**message, "content": join_parts(parts)})
