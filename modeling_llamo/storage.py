@@ -88,11 +88,11 @@ def folder_bytes(path: str | Path) -> int:
 def format_bytes(count: int) -> str:
     """`1536` -> "1.5 KB": decimal units, as `df -H` and file managers show them."""
     value = float(count)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
+    for unit in ("bytes", "KB", "MB"):
+        if value < 1000:
             return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1000
-    return f"{value:.1f} TB"
+    return f"{value:.1f} GB"
 
 
 def _folder_of(error: BaseException, default: Path) -> Path:
