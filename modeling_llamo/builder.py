@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from .configuration_llamo import LlamoConfig
 from .modeling_llamo import LlamoForConditionalGeneration, LlamoGraphEncoder, LlamoGraphProjector
@@ -66,6 +66,16 @@ def llamo_around(config: LlamoConfig, language_model: PreTrainedModel) -> LlamoF
     model.model.graph_encoder = LlamoGraphEncoder(config.graph_config)
     model.model.graph_projector = LlamoGraphProjector(config)
     return model
+
+
+def llamo_generation_config(generation: GenerationConfig, tokenizer, graph_token_id: int) -> GenerationConfig:
+    """An LM's generation settings for its LLaMo: the tokenizer's pad token (and end-of-sequence token, where none is
+    set), and `<graph>` never generated."""
+    generation.pad_token_id = tokenizer.pad_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    generation.suppress_tokens = [graph_token_id]
+    return generation
 
 
 def build_llamo(
@@ -135,11 +145,9 @@ def build_llamo(
     if torch_dtype is not None:
         model.to(torch_dtype)
 
-    model.generation_config = language_model.generation_config
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config.eos_token_id is None:
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.suppress_tokens = [config.graph_token_id]
+    model.generation_config = llamo_generation_config(
+        language_model.generation_config, tokenizer, config.graph_token_id
+    )
 
     processor = LlamoProcessor(
         tokenizer,

@@ -586,11 +586,12 @@ def convert_original_checkpoint(
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, GenerationConfig
 
     from llamo.hub_cards.cards import ModelCardOptions, build_model_card
     from llamo.hub_cards.export import check_destination, write_export
 
+    from .builder import llamo_generation_config
     from .modeling_llamo import LlamoForConditionalGeneration
     from .processing_llamo import LlamoProcessor
 
@@ -620,7 +621,11 @@ def convert_original_checkpoint(
     what = "The converted checkpoint does not fit the model built from it"
     _load_checked(model, weights, set(model.state_dict()), what, assign=True)
     model.eval()
-    model.generation_config = _generation_config(llm, config, tokenizer)
+    has_own = (llm / "generation_config.json").is_file()
+    generation = (
+        GenerationConfig.from_pretrained(llm) if has_own else GenerationConfig.from_model_config(config.text_config)
+    )
+    model.generation_config = llamo_generation_config(generation, tokenizer, graph_token_id)
     processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
 
     share = found["projector_config"]["share_level_attention"]
@@ -644,21 +649,6 @@ def convert_original_checkpoint(
 
     export = write_export(model, processor, output_dir, card, overwrite=overwrite, extra=write_adapter)
     return ConversionResult(export, facts)
-
-
-def _generation_config(llm: Path, config, tokenizer):
-    """The base LLM's generation settings, with the pad token set and `<graph>` never generated."""
-    from transformers import GenerationConfig
-
-    has_own = (llm / "generation_config.json").is_file()
-    generation = (
-        GenerationConfig.from_pretrained(llm) if has_own else GenerationConfig.from_model_config(config.text_config)
-    )
-    generation.pad_token_id = tokenizer.pad_token_id
-    if generation.eos_token_id is None:
-        generation.eos_token_id = tokenizer.eos_token_id
-    generation.suppress_tokens = [config.graph_token_id]
-    return generation
 
 
 def _conversion_facts(
