@@ -98,7 +98,8 @@ def load_base_llm():
         ) from error
     _say(f"first use: converting {BASE_NAME} from the {BASE_LLM} package (in memory)")
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    del model.config.quantization_config  # transformers dequantizes GGUF weights on load: these are plain float32
+    if hasattr(model.config, "quantization_config"):  # GGUF weights are dequantized on load: plain float32 now
+        del model.config.quantization_config
     return model
 
 

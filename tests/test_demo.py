@@ -859,7 +859,18 @@ def _wait_for_answers(page, count: int) -> None:
     from playwright.sync_api import expect
 
     expect(page.locator("#chat .bot")).to_have_count(count, timeout=60_000)
-    expect(page.locator("#chat-status")).not_to_contain_text("Generating", timeout=120_000)
+    status = page.locator("#chat-status")
+    # the status can still be empty (or loading the index) when the answer's bubble appears: wait for a steady answer
+    last, deadline = None, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        expect(status).not_to_contain_text("Generating", timeout=120_000)
+        expect(status).not_to_contain_text("Loading", timeout=120_000)
+        text = page.locator("#chat .bot").last.inner_text()
+        if text.strip() and text == last:
+            return
+        last = text
+        time.sleep(0.5)
+    raise AssertionError(f"answer {count} did not finish within 120 s")
 
 
 def test_demo_in_headless_chromium(tiny_llamo_dir, tmp_path):
