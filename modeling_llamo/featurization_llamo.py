@@ -568,12 +568,6 @@ def _scan_molecule(
     )
 
 
-def atom_and_bond_features(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The OGB 1.3.5 `smiles2graph` arrays of a molecule: `(atom_features, edge_index, edge_features)`."""
-    scan = _scan_molecule(mol)
-    return scan.atom_features, scan.edge_index, scan.edge_features
-
-
 def _merged_rings(rings: list[tuple[int, ...]]) -> list[set[int]]:
     """Rings sharing more than two atoms merged until none do."""
     rings = [set(ring) for ring in rings]
