@@ -18,12 +18,12 @@ from rdkit import Chem
 
 from .featurization_llamo import (
     MoleculeGraph,
-    _oversized,
-    _where,
     check_size,
     featurize_molecule,
+    oversized_error,
     pad_molecule_graphs,
     parse_smiles,
+    position_text,
     prompt_smiles,
 )
 
@@ -69,11 +69,11 @@ def prepare_molecule(
             graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(
-                f"Molecule{_where(index)} is a dict but not a featurized graph ({type(error).__name__}: {error}); give "
-                "molecules as SMILES strings, RDKit molecules or `MoleculeGraph`s."
+                f"Molecule{position_text(index)} is a dict but not a featurized graph ({type(error).__name__}: "
+                f"{error}); give molecules as SMILES strings, RDKit molecules or `MoleculeGraph`s."
             ) from error
         if max_atoms is not None and graph.num_atoms > max_atoms:
-            raise _oversized(_where(index), graph.num_atoms, max_atoms, "a featurized graph")
+            raise oversized_error(position_text(index), graph.num_atoms, max_atoms, "a featurized graph")
         return PreparedMolecule(graph, None)
     parsed_here = not isinstance(molecule, Chem.Mol)
     mol = parse_smiles(molecule, index=index, max_atoms=max_atoms) if parsed_here else molecule

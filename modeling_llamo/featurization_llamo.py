@@ -272,11 +272,12 @@ def ring_allowance(num_atoms: int) -> int:
     return per_atom * num_atoms + extra
 
 
-def _where(index: int | None) -> str:
+def position_text(index: int | None) -> str:
+    """`" at index N"` for a molecule of a batch, `""` for a single one: where error messages say it was."""
     return f" at index {index}" if index is not None else ""
 
 
-def _oversized(
+def oversized_error(
     where: str, num_atoms: int, max_atoms: int, shown: str, at_least: bool = False
 ) -> OversizedMoleculeError:
     """The error of a molecule over `max_atoms`; `at_least` when only part of its SMILES was counted."""
@@ -300,7 +301,7 @@ def _check_length(smiles: str, where: str, text: _SmilesText, max_atoms: int | N
     costs the same), then more characters than `MAX_SMILES_LENGTH`."""
     too_long = len(smiles) > MAX_SMILES_LENGTH
     if max_atoms is not None and text.atoms > max_atoms:
-        raise _oversized(where, text.atoms, max_atoms, shorten_for_message(smiles), at_least=too_long)
+        raise oversized_error(where, text.atoms, max_atoms, shorten_for_message(smiles), at_least=too_long)
     if too_long:
         raise OversizedMoleculeError(
             f"SMILES{where} has {len(smiles)} characters, over the limit of {MAX_SMILES_LENGTH}: "
@@ -367,7 +368,7 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
     faster than linearly. A parsed molecule with more rings than `RING_ALLOWANCE` allows is refused too. The exact
     atom count of the parsed molecule is left to `check_size`.
     """
-    where = _where(index)
+    where = position_text(index)
     _check_type(smiles, where)
     text = _read_smiles_text(smiles[:MAX_SMILES_LENGTH])
     _check_length(smiles, where, text, max_atoms)
@@ -723,7 +724,7 @@ def check_size(mol: Chem.Mol, max_atoms: int | None, smiles: str | Chem.Mol, ind
     if max_atoms is None or mol.GetNumAtoms() <= max_atoms:
         return
     shown = shorten_for_message(smiles) if isinstance(smiles, str) else _molecule_head(mol)
-    raise _oversized(_where(index), mol.GetNumAtoms(), max_atoms, shown)
+    raise oversized_error(position_text(index), mol.GetNumAtoms(), max_atoms, shown)
 
 
 def _molecule_head(mol: Chem.Mol) -> str:
