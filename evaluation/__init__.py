@@ -55,20 +55,33 @@ unit (MAE). A metric that cannot be computed (no WordNet, no Java, no SciBERT vo
 from llamo import lazy_exports
 
 _EXPORTS = {
-    name: module
-    for module, names in {
-        "baselines": "MeanBaseline RetrievalBaseline",
-        "data": "DatasetInfo EvalExample SkippedRow load_rows select_examples",
-        "naming": "names_to_smiles naming_metrics",
-        "predictions": "PredictionRecord PredictionStore",
-        "properties": "parse_number property_metrics",
-        "config": "BASELINES EvaluationConfig",
-        "runner": "evaluate",
-        "text_metrics": "LLAMO_PROTOCOL MOLT5_PROTOCOL MetricReport MetricValue TokenProtocol compute_text_metrics "
-        "load_scibert_tokenizer molt5_protocol",
-        "wordnet": "WordNetUnavailable load_wordnet setup_wordnet",
-    }.items()
-    for name in names.split()
+    "MeanBaseline": "baselines",
+    "RetrievalBaseline": "baselines",
+    "DatasetInfo": "data",
+    "EvalExample": "data",
+    "SkippedRow": "data",
+    "load_rows": "data",
+    "select_examples": "data",
+    "names_to_smiles": "naming",
+    "naming_metrics": "naming",
+    "PredictionRecord": "predictions",
+    "PredictionStore": "predictions",
+    "parse_number": "properties",
+    "property_metrics": "properties",
+    "BASELINES": "config",
+    "EvaluationConfig": "config",
+    "evaluate": "runner",
+    "LLAMO_PROTOCOL": "text_metrics",
+    "MOLT5_PROTOCOL": "text_metrics",
+    "MetricReport": "text_metrics",
+    "MetricValue": "text_metrics",
+    "TokenProtocol": "text_metrics",
+    "compute_text_metrics": "text_metrics",
+    "load_scibert_tokenizer": "text_metrics",
+    "molt5_protocol": "text_metrics",
+    "WordNetUnavailable": "wordnet",
+    "load_wordnet": "wordnet",
+    "setup_wordnet": "wordnet",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

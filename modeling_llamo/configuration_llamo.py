@@ -168,3 +168,6 @@ class LlamoConfig(PretrainedConfig):
         projector = self.projector_config
         motif_tokens = projector.num_motif_queries if projector.use_motifs else 0
         return self.graph_config.num_levels * projector.queries_per_level + motif_tokens
+
+
+__all__ = ["GRAPH_INPUT_NAMES", "LlamoConfig", "LlamoGraphEncoderConfig", "LlamoProjectorConfig"]

@@ -146,3 +146,12 @@ class LlamoMoleculeFeaturizer:
         graphs = iter(self.featurize([molecule for row in rows for molecule in row], max_atoms))
         rows = [[next(graphs) for _ in row] for row in rows]
         return collate_sequence_molecules(rows) if any(rows) else {}
+
+
+__all__ = [
+    "LlamoMoleculeFeaturizer",
+    "MoleculeInput",
+    "PreparedMolecule",
+    "collate_sequence_molecules",
+    "prepare_molecule",
+]

@@ -698,3 +698,6 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             for name in graph_names:
                 del model_inputs[name]
         return model_inputs
+
+
+__all__ = ["AnswerLoopStopLogitsProcessor", "LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"]
