@@ -76,49 +76,35 @@ class LlamoDataCollator:
         tokenizer = self.processor.tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("LlamoDataCollator needs a fast tokenizer (it maps assistant turns to tokens by offsets).")
-        texts, spans, graphs, encoded = [], [], [], []
+        input_ids, labels, graphs = [], [], []
         for index, row in enumerate(rows):
             neighbours = len(json.loads(row.get(NEIGHBOURS_COLUMN) or "[]"))
             while True:
-                text, row_spans, row_graphs = self.render(row, index, max_neighbours=neighbours)
+                text, spans, row_graphs = self.render(row, index, max_neighbours=neighbours)
                 encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 # a row too long for its neighbours drops them, last (least similar) first
                 if not neighbours or self.max_length is None or len(encoding["input_ids"]) <= self.max_length:
                     break
                 neighbours -= 1
-            texts.append(text)
-            spans.append(row_spans)
-            graphs.append(row_graphs)
-            encoded.append((encoding["input_ids"], encoding["offset_mapping"]))
-
-        # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
-        # (and every checkpoint's tokenizer.json would carry it).
-        features = []
-        for index, (ids, offsets) in enumerate(encoded):
-            ids, offsets = ids[: self.max_length], offsets[: self.max_length]
-            labels = [
-                token if end > start and any(start < b and end > a for a, b in spans[index]) else IGNORE_INDEX
+            # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
+            # (and every checkpoint's tokenizer.json would carry it).
+            ids, offsets = encoding["input_ids"][: self.max_length], encoding["offset_mapping"][: self.max_length]
+            row_labels = [
+                token if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
                 for token, (start, end) in zip(ids, offsets, strict=True)
             ]
-            features.append({"input_ids": ids, "labels": labels})
+            input_ids.append(ids)
+            labels.append(torch.tensor(row_labels, dtype=torch.long))
+            graphs.append(row_graphs)
         self.processor.check_placeholders(
-            [feature["input_ids"] for feature in features],
+            input_ids,
             [len(row_graphs) for row_graphs in graphs],
             names=[f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)],
         )
-        longest = max(len(feature["input_ids"]) for feature in features)
-        labels = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
-        for index, feature in enumerate(features):
-            labels[index, : len(feature["labels"])] = torch.tensor(feature["labels"], dtype=torch.long)
         batch = dict(
-            tokenizer.pad(
-                [{"input_ids": feature["input_ids"]} for feature in features],
-                padding="longest",
-                padding_side="right",
-                return_tensors="pt",
-            )
+            tokenizer.pad({"input_ids": input_ids}, padding="longest", padding_side="right", return_tensors="pt")
         )
-        batch["labels"] = labels
+        batch["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
         if any(graphs):
             batch.update(collate_sequence_molecules(graphs))
         return batch

@@ -153,14 +153,6 @@ def chat_completions_url(base_url: str) -> str:
     return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
 
 
-class _Redirected(Exception):
-    """A 3xx answer, which the teacher's client does not follow."""
-
-    def __init__(self, response: httpx2.Response):
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
 class _TeacherClient(InferenceClient):
     """`InferenceClient` whose requests go through `http` (the teacher's own client) with `authorization()`'s headers.
 
@@ -182,8 +174,8 @@ class _TeacherClient(InferenceClient):
             content=request_parameters.data,
             headers={**headers, **self._authorization()},
         )
-        if 300 <= response.status_code < 400:
-            raise _Redirected(response)
+        if 300 <= response.status_code < 400:  # a redirect, not followed: `HTTPStatusError`
+            response.raise_for_status()
         hf_raise_for_status(response)
         return response.content
 
@@ -288,7 +280,7 @@ class OpenAICompatibleTeacher:
                         extra_body=self.extra_body or None,
                     )
                 )
-            except _Redirected as redirect:
+            except httpx2.HTTPStatusError as redirect:
                 self.stop_event.set()
                 location = self._api_key.redact(str(redirect.response.headers.get("Location")))
                 detail = (

@@ -216,18 +216,15 @@ def reject_legacy_keys(keys) -> None:
         )
 
 
-def resolve_recipe_argument(argv: list[str]) -> list[str]:
-    """Let `--config NAME` name a shipped recipe (`llamo recipes` lists them) when NAME is not a file."""
-    argv = list(argv)
-    for index, value in enumerate(argv[:-1]):
-        if value == "--config" and not Path(argv[index + 1]).is_file():
-            candidate = RECIPES_DIR / f"{argv[index + 1].removesuffix('.yaml')}.yaml"
-            if candidate.is_file():
-                argv[index + 1] = str(candidate)
-            else:
-                names = ", ".join(sorted(path.stem for path in RECIPES_DIR.glob("*.yaml")))
-                raise FileNotFoundError(f"Recipe not found: {argv[index + 1]} (neither a file nor one of: {names})")
-    return argv
+def recipe_file(name: str) -> Path:
+    """`name` when it is a file, else the shipped recipe of that name (`llamo recipes` lists them)."""
+    if Path(name).is_file():
+        return Path(name)
+    candidate = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    if not candidate.is_file():
+        names = ", ".join(sorted(path.stem for path in RECIPES_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"Recipe not found: {name} (neither a file nor one of: {names})")
+    return candidate
 
 
 def _parser(stage: str):
@@ -247,10 +244,12 @@ def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArg
     recipe's name), then flags that override it; both take every `SFTConfig` and `ModelConfig` field."""
     import yaml
 
-    argv = resolve_recipe_argument(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     keys = [item[2:].split("=", 1)[0] for item in argv if item.startswith("--")]
-    if "--config" in argv[:-1]:
-        recipe = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text(encoding="utf-8"))
+    if "--config" in argv[:-1]:  # the first, as TrlParser reads it
+        at = argv.index("--config") + 1
+        argv[at] = str(recipe_file(argv[at]))
+        recipe = yaml.safe_load(Path(argv[at]).read_text(encoding="utf-8"))
         keys += list(recipe) if isinstance(recipe, dict) else []
     reject_legacy_keys(keys)
     parser = _parser(stage)

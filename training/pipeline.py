@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import RECIPES_DIR, StageArguments, stage_arguments
+from .config import StageArguments, recipe_file, stage_arguments
 
 
 @dataclass
@@ -72,12 +72,7 @@ def _substitute(value, placeholders: dict[str, str]):
 
 
 def load_pipeline(path: str, overrides: dict[str, str]) -> PipelineConfig:
-    file = Path(path)
-    if not file.is_file():
-        file = RECIPES_DIR / f"{path.removesuffix('.yaml')}.yaml"
-    if not file.is_file():
-        raise FileNotFoundError(f"Pipeline recipe not found: {path}")
-    raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    raw = yaml.safe_load(recipe_file(path).read_text(encoding="utf-8"))
     placeholders = {**raw.get("placeholders", {}), **overrides}
     missing = sorted(name for name, value in placeholders.items() if value in (None, ""))
     if missing:
