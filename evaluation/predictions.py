@@ -162,15 +162,6 @@ class PredictionStore:
         """How many complete prediction lines the JSONL holds (read only: nothing is repaired)."""
         return self.predictions_path.read_bytes().count(b"\n") if self.predictions_path.is_file() else 0
 
-    def write_results(self, text: str) -> None:
-        """Write `results.json` whole or not at all (a full disk leaves the previous file, or none)."""
-        temporary = self.output_dir / f"{RESULTS_FILE}.partial"
-        try:
-            temporary.write_text(text, encoding="utf-8")
-            temporary.replace(self.output_dir / RESULTS_FILE)
-        finally:
-            temporary.unlink(missing_ok=True)
-
     def write_tsvs(self, records: Iterable[PredictionRecord]) -> dict[str, str]:
         """Rewrite every task's TSV from `records` (in the given order); returns `{task: file name}`."""
         for path in self.output_dir.glob("predictions.*.tsv"):

@@ -3,15 +3,15 @@ score every task and write `results.json` (`score`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import disk_full_guard
 
 from . import predict
 from .config import EvaluationConfig
 from .data import RunState, prepare
-from .predictions import PredictionStore
+from .predictions import RESULTS_FILE, PredictionStore
 from .score import RESULTS_FORMAT_VERSION, MetricResources, build_results
 
 
@@ -82,5 +82,5 @@ def evaluate(
         files = {"predictions": store.predictions_path.name, "tsv": store.write_tsvs(ordered)}
         resources = MetricResources.load(config, getattr(processor, "tokenizer", None))
         results = build_results(config, state, records, resources, files)
-        store.write_results(json.dumps(results, indent=2) + "\n")
+        write_json_atomically(store.output_dir / RESULTS_FILE, results)  # whole or not at all
     return results
