@@ -220,6 +220,15 @@ def default_model_dir() -> Path:
 default_model_path = default_model_dir
 
 
+def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
+    """`model_dir`, checked to be a folder (`FileNotFoundError`), or else the default model's (`default_model_dir`)."""
+    if model_dir is None:
+        return default_model_dir()
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"Model folder not found: {model_dir}")
+    return Path(model_dir)
+
+
 @quiet_loading()
 def load_default_model(dtype: str | torch.dtype = "float32", device: str = "cpu"):
     """`(model, processor)` of the bundled default model (see `llamo.builder.load_llamo`)."""

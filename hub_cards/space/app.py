@@ -36,13 +36,14 @@ def create_demo():
     choice = os.environ.get("LLAMO_MODEL")
     try:
         from llamo.builder import load_llamo
+        from llamo.default_model import resolve_model_dir
 
         if choice and not Path(choice).is_dir():  # a Hub id, fetched once
             from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(choice))
         else:
-            folder = space_demo.resolve_model_dir(choice)
+            folder = resolve_model_dir(choice)
 
         model, processor = load_llamo(folder, os.environ.get("LLAMO_DEVICE", "auto"))
     except Exception as error:  # the page still draws molecules; the header says why chat is off

@@ -4,7 +4,6 @@ Gradio spots the `gr.Request` parameter of an event handler by its evaluated ann
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
@@ -64,18 +63,6 @@ def render_molecule(smiles: str, model=None, processor=None, shade_by_attention:
         )
     drawing = drawing_html(view, weights if shade_by_attention else None)
     return MoleculePanels(drawing, groups_table_html(view.groups, weights), message_html(summary, "info"), view.smiles)
-
-
-def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
-    """`model_dir` checked to be a folder (`FileNotFoundError`), or the bundled default model's folder, assembled on
-    first use (`llamo.default_model.DefaultModelUnavailable` when it cannot be)."""
-    if model_dir is None:
-        from llamo.default_model import default_model_dir
-
-        return default_model_dir()
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(f"Model folder not found: {model_dir}")
-    return Path(model_dir)
 
 
 class Demo:
@@ -303,13 +290,15 @@ def launch_demo(
     `index` (a folder or Hub dataset id, `"none"`, or `None`: the model's default indexes) and `neighbours` say which
     in-context neighbours answers get, as for `llamo generate`.
 
-    Raises the loading errors of `resolve_model_dir` (a missing folder, an unavailable default model) and of a given
-    index (`FileNotFoundError`, `ValueError`), before the server starts."""
+    Raises the loading errors of the model folder (missing, or an unavailable default model) and of a given index
+    (`FileNotFoundError`, `ValueError`), before the server starts."""
+    from llamo.builder import load_llamo
+    from llamo.default_model import resolve_model_dir
+
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     folder = resolve_model_dir(model_dir)
     retrieval = Retrieval(index, folder, neighbours)
     retrieval.preload()
-    from llamo.builder import load_llamo
 
     model, processor = load_llamo(folder, device, dtype)
     blocks = build_demo(model, processor, model_name=str(folder), max_new_tokens=max_new_tokens, retrieval=retrieval)
