@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llamo.cli_common import add_command, add_device_arguments, options_of
+from llamo.cli_common import add_command, add_device_arguments, add_index_arguments, options_of
 
 from .space import DEFAULT_MAX_NEW_TOKENS, MAX_NEIGHBOURS, MAX_NEW_TOKENS_CAP  # constants only: no Gradio, no torch
 
@@ -24,17 +24,8 @@ def register(subparsers) -> None:
         help=f"the page's initial answer length (max {MAX_NEW_TOKENS_CAP})",
     )
     add_device_arguments(parser)
-    parser.add_argument(
-        "--index",
-        help="molecule index (folder or Hub dataset id; `llamo index build`): its nearest molecules and their answers "
-        "go into every answer's prompt and are shown. Default: the model's own default index for naming / property "
-        "questions, if it was trained with neighbours; 'none' turns neighbours off",
-    )
-    parser.add_argument(
-        "--neighbours",
-        type=int,
-        metavar="K",
-        help=f"neighbours per answer, 0 to {MAX_NEIGHBOURS} (default: the model's, else the pipeline's)",
+    add_index_arguments(
+        parser, f"neighbours per answer, 0 to {MAX_NEIGHBOURS} (default: the model's, else the pipeline's)"
     )
 
 

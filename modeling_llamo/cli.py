@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .chat_template_llamo import DEFAULT_MAX_ATOMS
-from .cli_common import add_command, add_device_arguments
+from .cli_common import add_command, add_device_arguments, add_index_arguments
 from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .retrieval import ANSWER_TOKENS
 
@@ -83,14 +83,7 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with --do-sample)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of sampling")
     add_device_arguments(parser)
-    parser.add_argument(
-        "--index",
-        metavar="INDEX",
-        help="molecule index (folder or Hub dataset id; `llamo index build`): its nearest molecules and their answers "
-        "go into the prompt. Default: the model's own default index for naming / property questions, if it was "
-        "trained with neighbours; 'none' turns neighbours off",
-    )
-    parser.add_argument("--neighbours", type=int, metavar="K", help="neighbours per question (default: the model's)")
+    add_index_arguments(parser, "neighbours per question (default: the model's)")
 
 
 def _add_generate_parser(subparsers) -> None:
@@ -172,17 +165,15 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
 
     from . import LlamoMoleculePipeline
     from .builder import load_llamo
-    from .default_model import DefaultModelUnavailable, default_model_dir
+    from .default_model import DefaultModelUnavailable, resolve_model_dir
     from .featurization_llamo import parse_smiles
     from .quiet import quiet_loading
 
     try:
         parse_smiles(args.smiles)
-        folder = default_model_dir() if model_dir is None else Path(model_dir)
+        folder = resolve_model_dir(model_dir)
     except (ValueError, DefaultModelUnavailable) as error:
         raise CommandError(str(error)) from error
-    if not folder.is_dir():
-        raise CommandError(f"Model folder not found: {model_dir}")
     with quiet_loading():
         model, processor = load_llamo(folder, args.device, args.dtype)
     torch.manual_seed(args.seed)

@@ -46,6 +46,18 @@ def add_device_arguments(parser) -> None:
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype ('auto': as saved)")
 
 
+def add_index_arguments(parser, neighbours_help: str) -> None:
+    """`--index` and `--neighbours`, for commands whose answers get in-context neighbours."""
+    parser.add_argument(
+        "--index",
+        metavar="INDEX",
+        help="molecule index (folder or Hub dataset id; `llamo index build`): its nearest molecules and their answers "
+        "go into the prompt. Default: the model's own default index for naming / property questions, if it was "
+        "trained with neighbours; 'none' turns neighbours off",
+    )
+    parser.add_argument("--neighbours", type=int, metavar="K", help=neighbours_help)
+
+
 def options_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The parsed options `names`, as keyword arguments of the same names."""
     return {name: getattr(args, name) for name in names}
