@@ -134,14 +134,17 @@ def _run_convert(args: argparse.Namespace) -> None:
     LLM folder (LLaMA-2-7B-chat, Hugging Face format) into this project's format: shared level attention, motif tokens
     first, <graph> added, the original LLaMA-2 chat prompt, LoRA merged or kept as a PEFT adapter. Unknown or missing
     keys are errors."""
-    from llamo.convert_llamo_original_to_hf import CheckpointError, convert_from_arguments
+    from llamo.convert_llamo_original_to_hf import CheckpointError, convert_original_checkpoint
     from llamo.errors import CommandError
 
     from .cards import CardError
 
     print(f"Converting {args.checkpoint} with the base LLM {args.llm} ...", file=sys.stderr)
     try:
-        result = convert_from_arguments(args, card_options=_card_options(args))
+        options = ("keep_adapter", "lora_alpha", "lora_dropout", "unsafe_unpickle", "dtype", "num_heads", "overwrite")
+        result = convert_original_checkpoint(
+            args.checkpoint, args.llm, args.output_dir, **options_of(args, *options), card_options=_card_options(args)
+        )
     except (CheckpointError, CardError) as error:
         raise CommandError(str(error)) from error
     for label, value in result.facts:

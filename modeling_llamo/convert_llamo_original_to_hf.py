@@ -2,7 +2,7 @@
 
     python -m llamo.convert_llamo_original_to_hf CKPT OUT_DIR --llm BASE_LLM_FOLDER [--keep-adapter]
 
-or `llamo convert-original` (which also takes the model card's options), like transformers' `convert_*_to_hf.py`.
+which runs `llamo convert-original` (it also takes the model card's options), like transformers' `convert_*_to_hf.py`.
 
 The checkpoint holds, under `mllm.`: the GIN (`graph_model.molecule_node_model.*`), the projector (`abstractor.*`, whose
 six `cross_attention.i` copies are identical when one module is shared by all levels), `ln_graph_model.*` (unused at
@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_common import DTYPE_CHOICES, DefaultsHelpFormatter, options_of
+from .cli_common import DTYPE_CHOICES
 
 if TYPE_CHECKING:
     import torch
@@ -683,7 +683,7 @@ def _conversion_facts(
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
-    """The conversion's options (shared by `main` and `llamo convert-original`)."""
+    """The options of `llamo convert-original`."""
     parser.add_argument("checkpoint", metavar="CKPT", help="the original checkpoint (.ckpt, or .safetensors)")
     parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (must be new or empty)")
     parser.add_argument("--llm", required=True, metavar="BASE_LLM_FOLDER", help="the base LLM the checkpoint used")
@@ -705,33 +705,11 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
 
 
-def convert_from_arguments(args: argparse.Namespace, card_options: ModelCardOptions | None = None) -> ConversionResult:
-    """`convert_original_checkpoint` with the options of `add_conversion_arguments`."""
-    options = ("keep_adapter", "lora_alpha", "lora_dropout", "unsafe_unpickle", "dtype", "num_heads", "overwrite")
-    return convert_original_checkpoint(
-        args.checkpoint, args.llm, args.output_dir, **options_of(args, *options), card_options=card_options
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Convert from the command line; the exit status is 2 for a checkpoint or folder that cannot be converted."""
-    parser = argparse.ArgumentParser(
-        prog="python -m llamo.convert_llamo_original_to_hf",
-        description="Convert the original LLaMo checkpoint and its base LLM folder into a Hugging Face folder.",
-        formatter_class=DefaultsHelpFormatter,
-    )
-    add_conversion_arguments(parser)
-    args = parser.parse_args(argv)
-    print(f"Converting {args.checkpoint} with the base LLM {args.llm} ...", file=sys.stderr)
-    try:
-        result = convert_from_arguments(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for label, value in result.facts:
-        print(f"  {label}: {value}", file=sys.stderr)
-    print(f"Wrote {len(result.export.files)} files to {result.export.folder}", file=sys.stderr)
-    return 0
+    """`llamo convert-original` (the exit status is 2 for a checkpoint or folder that cannot be converted)."""
+    from .cli import main as llamo_main
+
+    return llamo_main(["convert-original", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
