@@ -44,7 +44,7 @@ from typing import Any
 from llamo.storage import disk_full_guard
 
 from .grounded_teacher import GroundedTeacher
-from .instruction_inputs import ColumnNames, Molecule, MoleculeInput, read_molecules
+from .instruction_inputs import Molecule, MoleculeInput, read_molecules
 from .instruction_prompts import (
     ConversationFormatError,
     Exemplar,
@@ -53,8 +53,8 @@ from .instruction_prompts import (
     parse_conversation,
     seed_messages,
 )
-from .instruction_store import ConversationStore, load_generated_conversations, read_jsonl, write_json_atomically
-from .instruction_summary import RunState, build_summary, format_summary, read_summary
+from .instruction_store import ConversationStore, write_json_atomically
+from .instruction_summary import RunState, build_summary
 from .schema import make_record
 from .teachers import BudgetExhausted, GenerationStopped, TeacherError, TeacherFatalError, TeacherReply
 
@@ -375,22 +375,3 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return generate_conversations(
         read_molecules(source, reading.pop("format", "auto"), **reading), teacher, output, config
     )
-
-
-__all__ = [  # with the names of its parts that other modules import from here
-    "ColumnNames",
-    "DataGenerationConfig",
-    "Molecule",
-    "Outcome",
-    "format_summary",
-    "generate_conversations",
-    "generate_from_settings",
-    "generate_one",
-    "judge_reply",
-    "load_generated_conversations",
-    "molecule_seed",
-    "pick_exemplars",
-    "read_jsonl",
-    "read_molecules",
-    "read_summary",
-]

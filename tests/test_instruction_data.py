@@ -25,15 +25,8 @@ from rdkit.Chem import Descriptors, Lipinski, rdMolDescriptors
 
 from llamo.cli import build_parser, main
 from llamo.processing.grounded_teacher import GroundedTeacher, molecule_facts, split_sentences
-from llamo.processing.instruction_data import (
-    ColumnNames,
-    DataGenerationConfig,
-    Molecule,
-    generate_conversations,
-    load_generated_conversations,
-    read_jsonl,
-    read_molecules,
-)
+from llamo.processing.instruction_data import DataGenerationConfig, generate_conversations
+from llamo.processing.instruction_inputs import ColumnNames, Molecule, read_molecules
 from llamo.processing.instruction_prompts import (
     PROMPT_VERSION,
     SEED_INSTRUCTION,
@@ -41,6 +34,7 @@ from llamo.processing.instruction_prompts import (
     conversation_problem,
     parse_conversation,
 )
+from llamo.processing.instruction_store import load_generated_conversations, read_jsonl
 from llamo.processing.schema import CONVERSATION_FEATURES, record_metadata
 from llamo.processing.teachers import (
     OpenAICompatibleTeacher,
@@ -951,6 +945,7 @@ def test_missing_input_and_bad_numbers_are_clear_errors(tmp_path, capsys):
 
 def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete_output(tmp_path, monkeypatch):
     from llamo.processing import instruction_data
+    from llamo.processing.instruction_summary import read_summary
     from llamo.training.pipeline import _generate_conversations
 
     rows = CHEBI_VALIDATION.read_text(encoding="utf-8").splitlines()
@@ -960,7 +955,7 @@ def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete
     settings = {"input": str(subset), "output": str(output), "teacher": "grounded", "id_prefix": "chebi20:"}
     logged = []
     _generate_conversations({**settings, "limit": None, "max_turns": 5}, logged.append)
-    summary = instruction_data.read_summary(output)
+    summary = read_summary(output)
     assert summary["complete"] is True and summary["generated"] == 3 and summary["settings"]["max_turns"] == 5
     assert load_generated_conversations(output)["id"][0].startswith("chebi20:")
     assert any("3 generated" in line for line in logged)
@@ -973,4 +968,4 @@ def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete
     with pytest.raises(ValueError, match="needs --model"):
         instruction_data.generate_from_settings({**settings, "teacher": "openai"})
     (tmp_path / "conversations.jsonl.summary.json").write_text("{not json")
-    assert instruction_data.read_summary(output) is None
+    assert read_summary(output) is None

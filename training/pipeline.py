@@ -158,7 +158,8 @@ def run(config: PipelineConfig, log=print) -> Path:
 
 
 def _generate_conversations(settings: dict[str, Any], log) -> None:
-    from llamo.processing.instruction_data import format_summary, generate_from_settings, read_summary
+    from llamo.processing.instruction_data import generate_from_settings
+    from llamo.processing.instruction_summary import format_summary, read_summary
     from llamo.processing.teachers import TeacherError
 
     summary = read_summary(settings["output"])
