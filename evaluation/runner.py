@@ -48,8 +48,8 @@ def evaluate(
     callback: predict.ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """
-    Predict every row of the data that the output folder does not already hold, then score all tasks and write
-    `results.json`.
+    Predict every row of the data that the output folder does not already hold, then score all tasks; returns the
+    results document, written to `output_dir/results.json`.
 
     Args:
         config: the run (see `EvaluationConfig`).
@@ -58,9 +58,6 @@ def evaluate(
         model, processor: an already loaded LLaMo and its processor instead of `config.model` (the run's identity
             then does not cover the weights).
         callback: called as `callback(rows_done, rows_total)` after each batch is saved.
-
-    Returns:
-        the results document, as written to `output_dir/results.json`.
     """
     if dataset is None and config.data is None:
         raise ValueError("No evaluation data: give config.data or a dataset.")

@@ -142,14 +142,9 @@ def compute_text_metrics(
     wordnet_reason: str | None = None,
     include: Sequence[str] = TEXT_METRICS,
 ) -> MetricReport:
-    """
-    BLEU-2/4 and METEOR under each protocol, ROUGE-1/2/L on raw strings (those in `include`), all 0-100.
-
-    Args:
-        references, predictions: one string each per row (an empty prediction is a valid, zero-scoring answer).
-        protocols: the tokenization protocols (see the module docstring).
-        wordnet: NLTK's WordNet reader for METEOR; when `None`, METEOR is unavailable for `wordnet_reason`.
-    """
+    """BLEU-2/4 and METEOR under each protocol, ROUGE-1/2/L on raw strings (those in `include`), all 0-100, of one
+    prediction per reference (an empty one is a valid, zero-scoring answer). `wordnet` is NLTK's WordNet reader for
+    METEOR; when `None`, METEOR is unavailable for `wordnet_reason`."""
     if len(references) != len(predictions):
         raise ValueError(f"Got {len(references)} references and {len(predictions)} predictions.")
     report = MetricReport()

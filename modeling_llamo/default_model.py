@@ -196,13 +196,9 @@ def unpack_bundle(bundle: Path, output: Path, base=None) -> Path:
 
 
 def default_model_dir() -> Path:
-    """
-    The folder of the bundled default model, LLaMo-SmolLM2-135M, for the Auto classes and the pipeline (assembled
-    into the cache on first use; `llamo.default_model_path` is this function, see the module docstring).
-
-    Raises:
-        DefaultModelUnavailable: no trained bundle, or no base LLM (the message says what to install).
-    """
+    """The folder of the bundled default model, LLaMo-SmolLM2-135M, assembled into the cache on first use (see the
+    module docstring; `llamo.default_model_path` is this function). `DefaultModelUnavailable` without a trained
+    bundle or a base LLM (the message says what to install)."""
     bundle = bundle_dir()
     manifest = read_manifest(bundle)
     base = os.environ.get("LLAMO_BASE_LLM")

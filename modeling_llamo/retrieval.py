@@ -87,13 +87,9 @@ def default_index(task: str, progress: bool = True, limit: int | None = None):
 
 
 def load_index(choice: str | None, model_dir: str | Path | None, question: str):
-    """
-    The index an answer uses: `choice` is a folder or Hub id, `"none"`, or `None`/`"auto"` (the model's default index
-    for the question's task, if it was trained with neighbours and the table's package is installed).
-
-    Returns:
-        `(index or None, neighbours per answer or None)`.
-    """
+    """`(index or None, neighbours per answer or None)` for an answer: `choice` is a folder or Hub id, `"none"`, or
+    `None`/`"auto"` (the model's default index for the question's task, if it was trained with neighbours and the
+    table's package is installed)."""
     from llamo.processing.index import MoleculeIndex
 
     settings = retrieval_settings(model_dir)
