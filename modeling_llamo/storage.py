@@ -30,16 +30,13 @@ class DiskFullError(OSError):
         self.folder = Path(folder)
         self.needed = needed
         free = free_bytes(self.folder)
-        space = [f"{format_bytes(free)} free there" if free is not None else None]
-        if needed:
-            space.append(f"{writing} needs about {format_bytes(needed)}")
-        details = "; ".join(part for part in space if part)
-        message = f"no space left on the disk of {self.folder} while writing {writing}" + (
-            f" ({details})" if details else ""
+        space = [f"{format_bytes(free)} free there"] if free is not None else []
+        space += [f"{writing} needs about {format_bytes(needed)}"] if needed else []
+        details = f" ({'; '.join(space)})" if space else ""
+        message = f"no space left on the disk of {self.folder} while writing {writing}{details}. {kept or ''}"
+        super().__init__(
+            errno.ENOSPC, f"{message.rstrip()} Free space there (or write elsewhere) and rerun the same command."
         )
-        message += ". " + (f"{kept} " if kept else "")
-        message += "Free space there (or write elsewhere) and rerun the same command."
-        super().__init__(errno.ENOSPC, message)
 
     def __str__(self) -> str:
         return str(self.strerror)
