@@ -173,13 +173,10 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         state.baseline_info["train_rows_used"] = baseline.train_rows
         return baseline
     if model is None:
-        from pathlib import Path
-
         from llamo.builder import load_llamo
+        from llamo.default_model import resolve_model_dir
 
-        if not Path(str(config.model)).is_dir():
-            raise FileNotFoundError(f"Model folder not found: {config.model}")
-        model, processor = load_llamo(config.model, config.device, config.dtype)
+        model, processor = load_llamo(resolve_model_dir(config.model), config.device, config.dtype)
     elif processor is None:
         raise ValueError("An in-memory model needs its processor as well.")
     if config.do_sample:

@@ -110,8 +110,7 @@ class _CallbackLoader(importlib.abc.Loader):
         self.loader = loader
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        create = getattr(self.loader, "create_module", None)
-        return None if create is None else create(spec)
+        return self.loader.create_module(spec)  # defined by every loader with exec_module (Python >= 3.6)
 
     def exec_module(self, module: ModuleType) -> None:
         with _lock:
