@@ -23,22 +23,10 @@ from __future__ import annotations
 import signal
 import threading
 
-import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _any_process(flag: bool) -> bool:
-    """True when `flag` is set on any process of a distributed run, so that every rank saves and stops together."""
-    distributed = torch.distributed
-    if not (distributed.is_available() and distributed.is_initialized()):
-        return flag
-    from accelerate import PartialState
-
-    value = torch.tensor([int(flag)], device=PartialState().device)
-    distributed.all_reduce(value, op=distributed.ReduceOp.MAX)
-    return bool(value.item())
 
 
 class GracefulInterrupt(TrainerCallback):
@@ -77,7 +65,7 @@ class GracefulInterrupt(TrainerCallback):
         self._previous.clear()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _any_process(self.signal_number is not None):
+        if any(gather_object([self.signal_number is not None])):  # on any process: every rank saves and stops
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
