@@ -222,8 +222,7 @@ def _stop(teacher) -> None:
 
 
 def _record(store: ConversationStore, outcome: Outcome, state: RunState) -> None:
-    for key, value in outcome.usage.items():
-        state.tokens[key] += value
+    state.tokens.update(outcome.usage)
     state.counts[outcome.status] += 1
     if outcome.status == "generated":
         store.add_record(outcome.record)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 PROMPT_VERSION = "llamo-conversation-v1"
@@ -75,9 +75,6 @@ class Exemplar:
     description: str
     iupac: str | None
     messages: list[dict[str, str]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Exemplar:

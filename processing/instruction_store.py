@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ class ConversationStore:
             raise ValueError(f"{path} is not an exemplars file ({{'exemplars': [...]}}): {error!r}") from None
 
     def save_exemplars(self, exemplars: list[Exemplar]) -> None:
-        data = {**self.identity, "exemplars": [exemplar.to_dict() for exemplar in exemplars]}
+        data = {**self.identity, "exemplars": [asdict(exemplar) for exemplar in exemplars]}
         write_json_atomically(self.exemplars_path, data)
 
 

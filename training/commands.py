@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 STAGES = {
     "stage1": "graph-language alignment: train the GIN + projector on description pairs, LLM frozen",
@@ -85,12 +86,9 @@ def _run_train(args: argparse.Namespace) -> None:
             raise CommandError(str(error)) from error
         return
     arguments = _parse(args.stage, args.options)
-    if args.stage == "stage1":
-        from llamo.training.stage1 import main
-    else:
-        from llamo.training.stage2 import main
+    stage = importlib.import_module(f"llamo.training.{args.stage}")
     try:
-        main(*arguments)
+        stage.main(*arguments)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as error:
         raise CommandError(str(error)) from error
 

@@ -71,12 +71,9 @@ def optimizer_bytes(optimizer: torch.optim.Optimizer | None) -> int:
 
 
 class CheckpointSpaceMixin:
-    """
-    A Trainer mixin for a full disk while a checkpoint is written: the partial `checkpoint-N` folder is removed (so
+    """A Trainer mixin for a full disk while a checkpoint is written: the partial `checkpoint-N` folder is removed (so
     that it is never resumed from, nor fills the disk), the last complete checkpoint is kept, and a `DiskFullError`
-    says which folder is full and how much a checkpoint needs (the last complete one's size, else the model's saved
-    state plus the optimizer's).
-    """
+    says which folder is full and how much a checkpoint needs (`checkpoint_bytes`)."""
 
     def _save_checkpoint(self, model, trial) -> None:
         from llamo.storage import DiskFullError, is_disk_full
@@ -110,8 +107,7 @@ class CheckpointSpaceMixin:
 
 class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
     """TRL's `SFTTrainer` for both stages (its fused LM head scores only the answer positions, never the prompt's
-    full-vocabulary logits), everything from its `SFTConfig`; a full disk while checkpointing keeps the last complete
-    checkpoint and says so (`CheckpointSpaceMixin`)."""
+    full-vocabulary logits), with `CheckpointSpaceMixin`."""
 
 
 def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None):
