@@ -139,20 +139,13 @@ def run(config: PipelineConfig, log=print) -> Path:
     if config.bundle:
         from llamo.default_model import export_bundle
 
-        bundle = export_bundle(
-            str(start),
-            last.training.output_dir,
-            config.bundle["output"],
-            base_vocab_size=config.bundle.get("base_vocab_size", 49152),
-            dtype=config.bundle.get("dtype", "float16"),
-            metadata={
-                "recipe": config.bundle.get("recipe_name"),
-                "stage1": f"bundle: {config.start_from_bundle}" if config.start_from_bundle else str(start),
-                "stage2": str(last.training.output_dir),
-            },
-            retrieval=config.bundle.get("retrieval"),
-            generation=config.bundle.get("generation"),
-        )
+        stage2_dir = last.training.output_dir
+        stage1 = f"bundle: {config.start_from_bundle}" if config.start_from_bundle else str(start)
+        metadata = {"recipe": config.bundle.get("recipe_name"), "stage1": stage1, "stage2": str(stage2_dir)}
+        options = {
+            k: v for k, v in config.bundle.items() if k in ("base_vocab_size", "dtype", "retrieval", "generation")
+        }
+        bundle = export_bundle(str(start), stage2_dir, config.bundle["output"], metadata=metadata, **options)
         log(f"[pipeline] bundle written to {bundle}")
     return work
 
