@@ -87,18 +87,12 @@ def stage1_dir(config: PipelineConfig) -> Path:
 
 def stage_configs(config: PipelineConfig) -> tuple[StageArguments | None, StageArguments]:
     """The stages' arguments (no stage 1 when the pipeline starts from a bundle)."""
-    work = Path(config.work_dir)
-    first = None
-    if config.bundle_path() is None:
-        settings = copy.deepcopy(config.stage1)
-        settings.setdefault("output_dir", str(stage1_dir(config)))
-        first = stage_arguments("stage1", settings)
-    second = copy.deepcopy(config.stage2)
-    second.setdefault("output_dir", str(work / "stage2"))
-    second.setdefault("model_name_or_path", str(stage1_dir(config)))
-    if config.bundle_path() is not None:
-        second.setdefault("adapter_path", str(config.bundle_path()))
-    return first, stage_arguments("stage2", second)
+    bundle, start = config.bundle_path(), str(stage1_dir(config))
+    first = None if bundle else stage_arguments("stage1", copy.deepcopy({"output_dir": start, **config.stage1}))
+    second = {"output_dir": str(Path(config.work_dir) / "stage2"), "model_name_or_path": start}
+    if bundle is not None:
+        second["adapter_path"] = str(bundle)
+    return first, stage_arguments("stage2", copy.deepcopy({**second, **config.stage2}))
 
 
 def stage2_rounds(config: PipelineConfig) -> list[StageArguments]:
