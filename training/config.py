@@ -5,9 +5,8 @@ SFTConfig, ModelConfig))`, from a YAML recipe plus command-line overrides.
 
 LLaMo's own arguments (data sources, neighbours, stage options) are the dataclasses here; every trainer setting is
 TRL's `SFTConfig` (transformers' `TrainingArguments`: schedule, precision, deepspeed, fsdp, push_to_hub, ...) and
-every model setting is TRL's `ModelConfig` (`model_name_or_path`, `dtype`, LoRA). `STAGE_DEFAULTS` holds the paper's
-values where they differ from those classes' defaults. This module imports no torch: `llamo train STAGE --help`
-lists these arguments without loading TRL (`--help-all` loads it and lists every flag).
+every model setting is TRL's `ModelConfig` (`model_name_or_path`, `dtype`, LoRA). This module imports no torch:
+`llamo train STAGE --help` lists these arguments without loading TRL (`--help-all` loads it and lists every flag).
 """
 
 from __future__ import annotations

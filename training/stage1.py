@@ -3,8 +3,7 @@
     llamo train stage1 --config recipe.yaml [--output_dir ... --any_SFTConfig_or_ModelConfig_field ...]
     accelerate launch -m llamo.training.stage1 --config recipe.yaml
 
-Arguments: `TrlParser((Stage1Arguments, SFTConfig, ModelConfig))`, as TRL's own scripts. SIGTERM or Ctrl-C saves a
-checkpoint at the end of the current step and exits; the same command resumes from it.
+SIGTERM or Ctrl-C saves a checkpoint at the end of the current step and exits; the same command resumes from it.
 """
 
 from __future__ import annotations

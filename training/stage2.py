@@ -4,11 +4,9 @@ encoder frozen (BatchNorm in eval mode), loss on assistant turns only.
     llamo train stage2 --config recipe.yaml [--model_name_or_path runs/stage1 --output_dir runs/stage2]
     accelerate launch -m llamo.training.stage2 --config recipe.yaml
 
-Arguments: `TrlParser((Stage2Arguments, SFTConfig, ModelConfig))`, as TRL's own scripts; LoRA comes from
-`ModelConfig` through `trl.get_peft_config`, kept inside the language model. Results: `OUTPUT_DIR/adapter` (the LoRA
-adapter + trained projector, for `PeftModel.from_pretrained` onto the stage-1 model) and `OUTPUT_DIR/merged` (a full
-model folder for `AutoModelForCausalLM` / `AutoProcessor`). SIGTERM or Ctrl-C saves a checkpoint at the end of the
-current step and exits; the same command resumes from it.
+Results: `OUTPUT_DIR/adapter` (the LoRA adapter + trained projector, for `PeftModel.from_pretrained` onto the stage-1
+model) and `OUTPUT_DIR/merged` (a full model folder for `AutoModelForCausalLM` / `AutoProcessor`). SIGTERM or Ctrl-C
+saves a checkpoint at the end of the current step and exits; the same command resumes from it.
 """
 
 from __future__ import annotations
