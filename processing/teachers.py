@@ -329,10 +329,9 @@ class TransformersTeacher:
         self.model, self.tokenizer = str(model), AutoTokenizer.from_pretrained(str(model))
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model} has no chat template: the transformers teacher needs a chat model.")
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.language_model = AutoModelForCausalLM.from_pretrained(self.model, dtype=torch_dtype).to(device).eval()
+        self.language_model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(device).eval()
         self.device, self.max_new_tokens, self.temperature, self.top_p = device, max_new_tokens, temperature, top_p
         self.budget, self._lock = budget or RequestBudget(), threading.Lock()
 

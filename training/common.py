@@ -271,10 +271,7 @@ def load_for_training(model_path: str | Path, dtype: str = "float32"):
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No LLaMo model in {path} (config.json missing): give a `llamo init` or stage output")
-    model = LlamoForConditionalGeneration.from_pretrained(
-        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
-    )
-    return model, LlamoProcessor.from_pretrained(path)
+    return LlamoForConditionalGeneration.from_pretrained(path, dtype=dtype), LlamoProcessor.from_pretrained(path)
 
 
 def lora_target_regex(model, names: list[str]) -> str:
