@@ -5,8 +5,6 @@ Layout follows transformers' LLaVA: `LlamoModel` holds `graph_encoder`, `graph_p
 placeholder positions in one batched scatter; graph inputs are consumed at prefill only.
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -99,7 +97,7 @@ class LlamoGraphEncoder(nn.Module):
         self.frozen = False
         _mark_graph_modules(self)
 
-    def freeze(self, frozen: bool = True) -> LlamoGraphEncoder:
+    def freeze(self, frozen: bool = True) -> "LlamoGraphEncoder":
         """Stop training the encoder: no gradients, and BatchNorm statistics stay fixed (eval mode) even when the
         whole model is put in train mode."""
         self.frozen = frozen
@@ -107,7 +105,7 @@ class LlamoGraphEncoder(nn.Module):
             param.requires_grad_(not frozen)
         return self.train(self.training)
 
-    def train(self, mode: bool = True) -> LlamoGraphEncoder:
+    def train(self, mode: bool = True) -> "LlamoGraphEncoder":
         return super().train(mode and not self.frozen)
 
     def forward(
@@ -246,11 +244,12 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
-    # The graph stack is trained and computes in float32 under a bf16/fp16 LM: `from_pretrained(dtype=...)` keeps its
-    # saved float32 tensors, and its tokens are cast to the LM's dtype at the scatter. transformers matches these
-    # patterns as regexes (`re.search`) against weight names and casts every match, so the BatchNorm step counters
-    # (int64) are left out.
-    _keep_in_fp32_modules_strict = (r"graph_encoder\.(?!.+num_batches_tracked)", r"graph_projector\.")
+    # The graph stack is trained and computes in float32 under a bf16/fp16 LM: it is built in float32 whatever the
+    # default dtype, `from_pretrained(dtype=...)` keeps its saved float32 tensors, and its tokens are cast to the LM's
+    # dtype at the scatter. Entries name modules (matched as whole dotted components of a weight name); transformers'
+    # loader searches them as regexes (`re.search`, `*` read as `.*`) and casts every match, so the lookahead leaves out
+    # the BatchNorm step counters (int64).
+    _keep_in_fp32_modules_strict = (r"graph_encoder(?!.+num_batches_tracked)", "graph_projector")
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, LlamoGraphProjector):
@@ -285,8 +284,9 @@ class LlamoModel(LlamoPreTrainedModel):
 
     def __init__(self, config: LlamoConfig):
         super().__init__(config)
-        self.graph_encoder = LlamoGraphEncoder(config.graph_config)
-        self.graph_projector = LlamoGraphProjector(config)
+        # float32 even under `from_config(dtype=...)` or another default dtype (see `_keep_in_fp32_modules_strict`)
+        self.graph_encoder = LlamoGraphEncoder(config.graph_config).float()
+        self.graph_projector = LlamoGraphProjector(config).float()
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -329,7 +329,11 @@ class LlamoModel(LlamoPreTrainedModel):
         flat_position = atom_mask.flatten().cumsum(0).view(molecules, num_atoms) - 1
         sources = flat_position.gather(1, bond_index[..., 0])[bond_mask]
         targets = flat_position.gather(1, bond_index[..., 1])[bond_mask]
-        levels = self.graph_encoder(atom_features[atom_mask], torch.stack([sources, targets]), bond_features[bond_mask])
+        atoms = atom_features[atom_mask]
+        # The number of real atoms is data-dependent; telling the tracer it is never 0 lets `torch.export` trace the GIN
+        # without guarding on it (graph inputs always hold a molecule: the processor sends none for a batch without).
+        torch._check(atoms.shape[0] > 0, lambda: "The graph inputs hold no atom: leave them out without a molecule.")
+        levels = self.graph_encoder(atoms, torch.stack([sources, targets]), bond_features[bond_mask])
         dense = levels.new_zeros(levels.shape[0], molecules, num_atoms, levels.shape[-1])
         dense[:, atom_mask] = levels
         return self.graph_projector(dense, atom_mask, motif_features, motif_mask)

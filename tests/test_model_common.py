@@ -305,10 +305,61 @@ def test_output_attentions_and_hidden_states(model, inputs):
 
 
 def test_keep_in_fp32_patterns_match_the_float_graph_tensors(model):
-    patterns = re.compile("|".join(model._keep_in_fp32_modules_strict))
+    entries = model._keep_in_fp32_modules_strict
+    loader = re.compile("|".join(entries))  # how transformers' loader reads them: anywhere in the name
+    whole_module = [re.compile(rf"(?:^|\.){entry}(?:\.|$)") for entry in entries]  # as names of whole modules
     for name, tensor in model.state_dict().items():
         graph = name.startswith(("model.graph_encoder.", "model.graph_projector."))
-        assert bool(patterns.search(name)) == (graph and tensor.is_floating_point()), name
+        assert bool(loader.search(name)) == (graph and tensor.is_floating_point()), name
+        if tensor.is_floating_point():
+            assert any(pattern.search(name) for pattern in whole_module) == graph, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_graph_stack_is_built_in_float32_under_another_dtype(single, dtype):
+    """`from_config(dtype=...)` and a changed default dtype build the LM in that dtype and the graph stack in float32
+    (what loading does for `_keep_in_fp32_modules_strict`), so a model made from a config computes like a loaded one."""
+    config = tester.get_config()
+    built = [LlamoForConditionalGeneration._from_config(config, dtype=dtype)]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        built.append(LlamoForConditionalGeneration(config))
+    finally:
+        torch.set_default_dtype(default)
+    for model in built:
+        for name, tensor in model.state_dict().items():
+            if name.startswith(("model.graph_encoder.", "model.graph_projector.")):
+                assert tensor.dtype in (torch.float32, torch.int64), name  # the BatchNorm step counters stay int64
+            elif tensor.is_floating_point() and "rotary_emb" not in name:
+                assert tensor.dtype == dtype, name
+        with torch.no_grad():
+            output = model.eval()(**single)
+        assert output.graph_embeds.dtype == dtype and torch.isfinite(output.logits.float()).all()
+
+
+def test_forward_kwargs_annotation_is_readable_at_run_time():
+    """The typed `**kwargs` of both forwards resolve to transformers' kwargs at run time (no postponed string
+    annotations), so code that inspects them finds e.g. `output_attentions`."""
+    import inspect
+    import typing
+
+    for model_class in (LlamoModel, LlamoForConditionalGeneration):
+        annotation = inspect.signature(model_class.forward).parameters["kwargs"].annotation
+        assert not isinstance(annotation, str), model_class
+        (kwargs_type,) = typing.get_args(annotation)
+        assert "output_attentions" in kwargs_type.__annotations__
+
+
+def test_torch_export_with_graph_inputs(model, inputs):
+    """`torch.export` traces the whole forward, GIN included (the number of real atoms is data-dependent), and the
+    exported program gives the eager logits, also for other molecules of the same padded shapes."""
+    exported = torch.export.export(model, args=(), kwargs={**inputs, "use_cache": False}, strict=False)
+    swapped = {name: value.flip(0) for name, value in inputs.items()}  # each row now holds the other molecule
+    with torch.no_grad():
+        for batch in (inputs, swapped):
+            expected = model(**batch).logits
+            torch.testing.assert_close(exported.module()(**batch, use_cache=False).logits, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
