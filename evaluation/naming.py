@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llamo.pipeline_llamo import inchikey
+
 from .text_metrics import MetricReport, MetricValue, TokenProtocol, UnavailableMetric, compute_text_metrics
 
 OPSIN_CHUNK = 5000
@@ -58,17 +60,6 @@ def names_to_smiles(names: Sequence[str], chunk_size: int = OPSIN_CHUNK) -> list
                 raise RuntimeError(f"OPSIN failed on a batch of {len(chunk)} names (output: {str(output)[:200]})")
             results.extend(smiles or None for smiles in output)
     return results
-
-
-def inchikey(smiles: str | None) -> str | None:
-    """RDKit's standard InChIKey of a SMILES, or None."""
-    if not smiles:
-        return None
-    from rdkit import Chem, rdBase
-
-    with rdBase.BlockLogs():
-        mol = Chem.MolFromSmiles(smiles)
-        return (Chem.MolToInchiKey(mol) or None) if mol is not None else None
 
 
 def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) -> tuple[MetricReport, dict[str, int]]:

@@ -8,12 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamo.training.config import upgrade_saved_settings
+from llamo.training.config import RUN_CONFIG, SUMMARY, upgrade_saved_settings
 
 from .results import read_json
-
-RUN_CONFIG = "llamo_run_config.json"
-RUN_SUMMARY = "training_summary.json"
 
 
 class RunFolderError(ValueError):
@@ -134,7 +131,7 @@ def read_run(folder: str | Path) -> TrainingRun:
         raise RunFolderError(f"{folder} is not a llamo training run: it has no {RUN_CONFIG}.")
     config, summary = (
         read_json(folder / name, RunFolderError, name) if (folder / name).is_file() else None
-        for name in (RUN_CONFIG, RUN_SUMMARY)
+        for name in (RUN_CONFIG, SUMMARY)
     )
     return TrainingRun(folder, upgrade_saved_settings(config), summary)
 

@@ -74,7 +74,10 @@ def _neighbour_dict(neighbour: Any) -> dict[str, Any]:
     return neighbour.to_dict() if hasattr(neighbour, "to_dict") else dict(neighbour)
 
 
-def _inchikey(smiles: str) -> str | None:
+def inchikey(smiles: str | None) -> str | None:
+    """RDKit's standard InChIKey of a SMILES, or None."""
+    if not smiles:
+        return None
     from rdkit import Chem, rdBase
 
     with rdBase.BlockLogs():
@@ -99,7 +102,7 @@ def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def verified_candidate(names: Sequence[str], smiles: str | None, checker) -> int | None:
     """The position of the first name that `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN) reads back as
     the molecule `smiles`; `None` when none does."""
-    target = _inchikey(smiles) if smiles else None
+    target = inchikey(smiles)
     if target is None:
         return None
     return next((position for position, key in enumerate(checker(names)) if key == target), None)

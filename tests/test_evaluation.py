@@ -598,8 +598,6 @@ def test_evaluation_answers_as_the_pipeline_does(tmp_path, tiny_llamo, tiny_llam
     """A row gets the same answer from `evaluate` as from the pipeline (`llamo generate`'s path), settings alike."""
     from transformers import pipeline
 
-    from llamo.pipeline_llamo import _inchikey
-
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu")
     rows = [*eval_rows[:2], eval_rows[-1], qa_row("n:1", "CCO", "iupac", "ethanol")]
@@ -615,7 +613,7 @@ def test_evaluation_answers_as_the_pipeline_does(tmp_path, tiny_llamo, tiny_llam
     assert predicted == {row["id"]: group[0]["generated_text"] for row, group in zip(rows, answered, strict=True)}
 
     def checker(names):  # the second candidate names the molecule
-        return [None, _inchikey("CCO"), None, None][: len(names)]
+        return [None, inchikey("CCO"), None, None][: len(names)]
 
     examples, _ = select_examples(rows[-1:])
     verified = GenerationPredictor(model, processor, {"max_new_tokens": 4}, name_checker=checker)(examples)

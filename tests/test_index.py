@@ -169,11 +169,11 @@ def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(ti
 
 
 def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
-    from llamo.pipeline_llamo import LlamoMoleculePipeline, _inchikey
+    from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
 
-    target = _inchikey("CCO")
+    target = inchikey("CCO")
     candidates = [{"generated_text": "methanol"}, {"generated_text": "ethanol"}, {"generated_text": "ethyl alcohol"}]
-    known = {"ethanol": target, "ethyl alcohol": target, "methanol": _inchikey("CO")}
+    known = {"ethanol": target, "ethyl alcohol": target, "methanol": inchikey("CO")}
 
     def checker(names):
         return [known.get(name) for name in names]
@@ -192,14 +192,14 @@ def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
 
 def test_opsin_checker_reads_names_back_to_molecules():
     from llamo.evaluation.naming import opsin_unavailable_reason
-    from llamo.pipeline_llamo import LlamoMoleculePipeline, _inchikey
+    from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
     from llamo.retrieval import opsin_checker
 
     reason = opsin_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     checker = opsin_checker()
-    assert checker(["ethanol", "propan-2-ol", "not a chemical name"]) == [_inchikey("CCO"), _inchikey("CC(C)O"), None]
+    assert checker(["ethanol", "propan-2-ol", "not a chemical name"]) == [inchikey("CCO"), inchikey("CC(C)O"), None]
     candidates = [{"generated_text": "propan-1-ol"}, {"generated_text": "propan-2-ol"}]
     chosen = LlamoMoleculePipeline._verified(candidates, "CC(O)C", checker)
     assert chosen["generated_text"] == "propan-2-ol" and chosen["verified"] is True
@@ -284,7 +284,7 @@ def test_a_full_disk_while_saving_an_index_leaves_no_partial_folder(index, tmp_p
 def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
     from llamo.evaluation.data import select_examples
     from llamo.evaluation.predict import GenerationPredictor
-    from llamo.pipeline_llamo import VERIFY_CANDIDATES, _inchikey
+    from llamo.pipeline_llamo import VERIFY_CANDIDATES, inchikey
 
     model, processor = tiny_llamo
     examples, _ = select_examples(name_records({"CCO": "ethanol", "CCN": "ethanamine"}))
@@ -292,7 +292,7 @@ def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
 
     def checker(names):
         seen.append(list(names))
-        return [None, _inchikey("CCO"), None, None][: len(names)]  # the second candidate names ethanol
+        return [None, inchikey("CCO"), None, None][: len(names)]  # the second candidate names ethanol
 
     predictor = GenerationPredictor(model, processor, {"max_new_tokens": 3}, name_checker=checker)
     plain = GenerationPredictor(model, processor, {"max_new_tokens": 3, "num_beams": VERIFY_CANDIDATES})

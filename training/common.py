@@ -16,10 +16,8 @@ from trl import SFTTrainer, get_peft_config
 from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import disk_full_guard
 
-from .config import StageArguments, same_setting, upgrade_saved_settings
+from .config import RUN_CONFIG, SUMMARY, StageArguments, same_setting, upgrade_saved_settings
 
-RUN_CONFIG = "llamo_run_config.json"
-SUMMARY = "training_summary.json"
 FINAL_SAVE_KEPT = "Training finished and its last checkpoint is kept: the rerun only saves the final model."
 IGNORED_FOR_RESUME = {
     "overwrite_output_dir",

@@ -18,6 +18,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+RUN_CONFIG = "llamo_run_config.json"
+SUMMARY = "training_summary.json"
+
 SOURCE_TYPES = ("chebi20", "pubchem324k", "mol-instructions", "iupac", "chemicals", "qm9", "conversations")
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
