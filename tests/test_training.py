@@ -247,14 +247,19 @@ def test_documented_second_round_of_the_default_recipe_parses(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted(path.name for path in RECIPES_DIR.glob("*.yaml")))
-def test_shipped_recipes_parse(recipe):
+def test_shipped_recipes_parse(recipe, tmp_path):
     raw = yaml.safe_load((RECIPES_DIR / recipe).read_text())
     if "placeholders" in raw:  # a whole pipeline: its stages must be valid configs once the paths are given
         from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
 
         with pytest.raises(ValueError, match="needs --"):
             load_pipeline(recipe.removesuffix(".yaml"), {})
-        values = {name: "data.tsv" for name, value in raw["placeholders"].items() if value is None}
+        # a placeholder named *bundle is the bundle folder an earlier round wrote
+        values = {
+            name: str(tmp_path) if name.endswith("bundle") else "data.tsv"
+            for name, value in raw["placeholders"].items()
+            if value is None
+        }
         pipeline = load_pipeline(recipe.removesuffix(".yaml"), values)
         first, second = stage_configs(pipeline)
         if first is None:  # the pipeline continues a bundle instead of running stage 1
