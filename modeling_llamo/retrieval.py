@@ -3,8 +3,9 @@
 A model folder may hold `llamo_retrieval.json`, written when a model was trained with in-context neighbours:
 `{"neighbours": K, "default_indexes": {"iupac": "chemicals", "property": "qm9"}}`. With it, `llamo generate` answers a
 naming or property question with the K nearest entries of the packaged PubChem name table or QM9, built once into
-`~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). Models without the file answer without neighbours unless an index is
-given (the paper's format).
+`~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). An optional `"task_neighbours": {"property": 1}` sets K for one task
+(the question's, see `question_task`). Models without the file answer without neighbours unless an index is given
+(the paper's format).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
         return {}
     path = Path(model_dir) / RETRIEVAL_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def neighbours_for(settings: dict[str, Any], task: str) -> int | None:
+    """Neighbours per answer for a task: the settings' `task_neighbours[task]`, else their `neighbours`."""
+    return settings.get("task_neighbours", {}).get(task, settings.get("neighbours"))
 
 
 def index_cache_dir() -> Path:
@@ -93,12 +99,12 @@ def load_index(choice: str | None, model_dir: str | Path | None, question: str):
     from llamo.processing.index import MoleculeIndex
 
     settings = retrieval_settings(model_dir)
-    k = settings.get("neighbours")
+    task = question_task(question)
+    k = neighbours_for(settings, task)
     if choice == "none":
         return None, None
     if choice not in (None, "auto"):
         return MoleculeIndex.load(choice), k
-    task = question_task(question)
     if task not in settings.get("default_indexes", {}):
         return None, None
     try:

@@ -300,3 +300,22 @@ def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
     assert [len(names) for names in seen] == [VERIFY_CANDIDATES, VERIFY_CANDIDATES]
     assert answers[0] == seen[0][1]  # verified candidate chosen over the first
     assert answers[1] == seen[1][0] == plain(examples)[1]  # nothing verified: the best beam
+
+
+def test_a_model_sets_its_neighbours_per_task(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from llamo import retrieval
+    from llamo.hub_cards.space.neighbours import Retrieval
+
+    settings = {"neighbours": 2, "task_neighbours": {"property": 1}, "default_indexes": {"iupac": "x", "property": "y"}}
+    (tmp_path / retrieval.RETRIEVAL_FILE).write_text(json.dumps(settings))
+    monkeypatch.setattr(retrieval, "default_index", lambda task: f"{task} index")
+    homo, name = "What is the HOMO energy of this molecule, in Hartree?", "What is the IUPAC name of this molecule?"
+    assert retrieval.load_index(None, tmp_path, homo) == ("property index", 1)
+    assert retrieval.load_index("auto", tmp_path, name) == ("iupac index", 2)
+    assert retrieval.load_index(None, tmp_path, "Describe this molecule.") == (None, None)  # no default index
+    given = SimpleNamespace(neighbours=None)  # a loaded index: every task uses it, with that task's K
+    demo = Retrieval(index=given, model_dir=tmp_path)
+    assert demo.index_for(homo) == (given, 1) and demo.index_for(name) == (given, 2)
+    assert Retrieval(index=given, model_dir=tmp_path, neighbours=3).index_for(homo) == (given, 3)  # the user's K wins

@@ -88,14 +88,16 @@ class Retrieval:
         key = self._key(question)
         with self._lock:
             if key not in self._loaded and hasattr(self.choice, "neighbours"):  # a loaded index
-                self._loaded[key] = self.choice, retrieval.retrieval_settings(self.model_dir).get("neighbours")
+                self._loaded[key] = self.choice, None
             elif key not in self._loaded:
                 self._loaded[key] = retrieval.load_index(
                     str(self.choice) if self.given else None, self.model_dir, question
                 )
-        index, model_k = self._loaded[key]
+        index = self._loaded[key][0]
         if index is None:
             return None, 0
+        settings = retrieval.retrieval_settings(self.model_dir)
+        model_k = retrieval.neighbours_for(settings, retrieval.question_task(question))
         wanted = self.neighbours if self.neighbours is not None else model_k
         return index, max(0, min(wanted if wanted is not None else DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS))
 
