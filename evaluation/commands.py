@@ -75,7 +75,8 @@ def _add_evaluate_parser(subparsers) -> None:
     context.add_argument(
         "--verify-names",
         action="store_true",
-        help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule (Java)",
+        help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule, else the "
+        "first it reads at all (Java)",
     )
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")

@@ -77,7 +77,7 @@ class GenerationPredictor:
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
     and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
     asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
-    the first of the pipeline's verification candidates that reads back as the molecule. `on_step`, when set, is
+    the pipeline's choice among its verification candidates (`best_candidate`). `on_step`, when set, is
     called at every generation step."""
 
     def __init__(
@@ -122,7 +122,7 @@ class GenerationPredictor:
         return self.pipe.preprocess(batch, include_graph=self.include_graph)
 
     def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
-        from llamo.pipeline_llamo import verification_settings, verified_candidate
+        from llamo.pipeline_llamo import best_candidate, verification_settings
 
         settings = dict(self.generation_kwargs)
         if self.name_checker is not None:
@@ -139,8 +139,8 @@ class GenerationPredictor:
         for example, group in zip(examples, groups, strict=True):
             candidates = [answer["generated_text"] for answer in group]
             verify = self.name_checker is not None and example.task == "iupac"
-            chosen = verified_candidate(candidates, example.smiles, self.name_checker) if verify else None
-            answers.append(candidates[chosen or 0])
+            chosen = best_candidate(candidates, example.smiles, self.name_checker)[0] if verify else 0
+            answers.append(candidates[chosen])
         return answers
 
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:

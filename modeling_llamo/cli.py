@@ -105,8 +105,8 @@ def _add_generate_parser(subparsers) -> None:
         "--verify-names",
         choices=["auto", "on", "off"],
         default="auto",
-        help="check candidate IUPAC names with OPSIN and answer the first that names the molecule ('auto': for "
-        "naming questions when Java and py2opsin are present)",
+        help="check candidate IUPAC names with OPSIN and answer the first that names the molecule, else the first "
+        "it reads ('auto': for naming questions when Java and py2opsin are present)",
     )
 
 

@@ -99,13 +99,16 @@ def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {"num_beams": beams, "num_return_sequences": beams, "do_sample": False}
 
 
-def verified_candidate(names: Sequence[str], smiles: str | None, checker) -> int | None:
-    """The position of the first name that `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN) reads back as
-    the molecule `smiles`; `None` when none does."""
+def best_candidate(names: Sequence[str], smiles: str | None, checker) -> tuple[int, bool]:
+    """The position of the name to answer among beam candidates, and whether it is verified. `checker` (`names ->
+    [InChIKey or None, ...]`, e.g. OPSIN) reads each name: the first that reads back as the molecule `smiles` is
+    verified; else the first that reads as any molecule (a well-formed name, rather than a cut-off or malformed one);
+    else the top beam."""
+    keys = list(checker(names))
     target = inchikey(smiles)
-    if target is None:
-        return None
-    return next((position for position, key in enumerate(checker(names)) if key == target), None)
+    if target is not None and target in keys:
+        return keys.index(target), True
+    return next((position for position, key in enumerate(keys) if key is not None), 0), False
 
 
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
@@ -341,11 +344,10 @@ class LlamoMoleculePipeline(Pipeline):
 
     @staticmethod
     def _verified(candidates: list[dict[str, Any]], query: str | None, checker) -> dict[str, Any]:
-        """The first candidate whose name parses back to the query molecule (`verified: True`), else the first
-        (see `verified_candidate`)."""
+        """The candidate `best_candidate` picks, with `verified` and every candidate's text."""
         names = [candidate["generated_text"] for candidate in candidates]
-        found = verified_candidate(names, query, checker)
-        return {**candidates[found or 0], "verified": found is not None, "candidates": names}
+        position, verified = best_candidate(names, query, checker)
+        return {**candidates[position], "verified": verified, "candidates": names}
 
 
 def _given(**options: Any) -> dict[str, Any]:

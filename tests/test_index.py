@@ -168,7 +168,7 @@ def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(ti
     assert len(both) == 2
 
 
-def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
+def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_llamo):
     from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
 
     target = inchikey("CCO")
@@ -183,6 +183,12 @@ def test_name_verification_prefers_a_verified_candidate(tiny_llamo):
     assert chosen["candidates"] == ["methanol", "ethanol", "ethyl alcohol"]
     none = LlamoMoleculePipeline._verified(candidates, "CCN", checker)
     assert none["generated_text"] == "methanol" and none["verified"] is False
+    # unverified: a name that reads as some molecule beats a cut-off top beam; with none readable, the top beam
+    cut = [{"generated_text": "1,2,3,4,5,6,"}, {"generated_text": "methanol"}, {"generated_text": "ethanol"}]
+    assert LlamoMoleculePipeline._verified(cut, "CCN", checker)["generated_text"] == "methanol"
+    assert LlamoMoleculePipeline._verified(cut, None, checker)["generated_text"] == "methanol"
+    unreadable = [{"generated_text": "1,2,3,"}, {"generated_text": "oxo-oxo-"}]
+    assert LlamoMoleculePipeline._verified(unreadable, "CCN", checker)["generated_text"] == "1,2,3,"
 
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
