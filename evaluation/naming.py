@@ -26,6 +26,7 @@ from .text_metrics import MetricReport, MetricValue, TokenProtocol, UnavailableM
 
 OPSIN_CHUNK = 5000
 _WHITESPACE = re.compile(r"\s+")
+_HETEROATOM_LOCANT = re.compile(r"(?<![A-Za-z0-9])([nosp])(?=[\d']*[,-])")
 
 
 def opsin_unavailable_reason() -> str | None:
@@ -39,20 +40,38 @@ def opsin_unavailable_reason() -> str | None:
     return None
 
 
+def opsin_spellings(name: str) -> tuple[str, str]:
+    """A name as OPSIN reads it, then a second spelling to try when that does not parse. PubChem writes names
+    lower-case with components separated by semicolons ("2-ethoxy-n,n-dimethyl-ethanamine;hydrochloride"); OPSIN wants
+    one line (runs of whitespace and tabs, which start its identifier column, become one space), components separated
+    by spaces, and heteroatom locants upper-case ("N,N-dimethyl", "O-acetyl"). Locants are upper-cased only in the
+    second spelling, as a lone lower-case letter can also mean ortho / para ("o-xylene")."""
+    first = _WHITESPACE.sub(" ", name.replace(";", " ")).strip()
+    return first, _HETEROATOM_LOCANT.sub(lambda found: found.group(1).upper(), first)
+
+
 def names_to_smiles(names: Sequence[str], chunk_size: int = OPSIN_CHUNK) -> list[str | None]:
-    """Parse chemical names with OPSIN, in batches (one Java start per `chunk_size` names); `None` where a name does not
-    parse.
+    """Parse chemical names with OPSIN, in batches (one Java start per `chunk_size` names), each as spelled by
+    `opsin_spellings`: its second spelling is tried where the first does not parse; `None` where neither does.
 
     Raises:
         RuntimeError: OPSIN itself failed (not a single unparsable name).
     """
+    spellings = [opsin_spellings(name) for name in names]
+    results = _opsin([first for first, _ in spellings], chunk_size)
+    retry = [at for at, (first, second) in enumerate(spellings) if results[at] is None and second != first]
+    for at, smiles in zip(retry, _opsin([spellings[at][1] for at in retry], chunk_size), strict=True):
+        results[at] = smiles
+    return results
+
+
+def _opsin(names: list[str], chunk_size: int) -> list[str | None]:
     from py2opsin import py2opsin
 
     results: list[str | None] = []
     with tempfile.TemporaryDirectory(prefix="llamo-opsin-") as folder:
         for start in range(0, len(names), chunk_size):
-            # OPSIN reads one name per line and treats a tab as the start of an identifier column
-            chunk = [_WHITESPACE.sub(" ", name).strip() for name in names[start : start + chunk_size]]
+            chunk = names[start : start + chunk_size]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # py2opsin warns about every unparsable name
                 output = py2opsin(chunk, output_format="SMILES", tmp_fpath=str(Path(folder) / "names.txt"))

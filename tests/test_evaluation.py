@@ -17,7 +17,13 @@ from transformers import PreTrainedTokenizerFast
 from llamo.cli import build_parser, main
 from llamo.evaluation import EvaluationConfig, evaluate
 from llamo.evaluation.data import load_rows, select_examples
-from llamo.evaluation.naming import inchikey, names_to_smiles, naming_metrics, opsin_unavailable_reason
+from llamo.evaluation.naming import (
+    inchikey,
+    names_to_smiles,
+    naming_metrics,
+    opsin_spellings,
+    opsin_unavailable_reason,
+)
 from llamo.evaluation.predict import GenerationPredictor
 from llamo.evaluation.predictions import PREDICTIONS_FILE, TSV_HEADER, PredictionRecord, Skip
 from llamo.evaluation.properties import PropertyTarget, parse_number, property_metrics
@@ -260,6 +266,15 @@ def test_opsin_round_trip_on_known_names():
     assert inchikey(smiles[0]) == ASPIRIN_INCHIKEY == inchikey(SMILES["aspirin"])
     assert smiles[1] is None and smiles[2] is None
     assert smiles[3] is None  # a tab is not allowed to split a name into OPSIN's identifier column
+    # PubChem's spelling: lower-case heteroatom locants, components separated by semicolons
+    pubchem = ["n,n-dimethylaniline;hydrochloride", "n,n-dimethylaniline", "o-xylene", "2-methoxy-n-methyl-ethanamine"]
+    keys = [inchikey(found) for found in names_to_smiles(pubchem)]
+    assert keys == [inchikey("CN(C)c1ccccc1.Cl"), inchikey("CN(C)c1ccccc1"), inchikey("Cc1ccccc1C"), inchikey("COCCNC")]
+    assert opsin_spellings("o-xylene") == ("o-xylene", "O-xylene")
+    assert opsin_spellings("2-(n,n'-diethyl)  s-methyl;p-cresol") == (
+        "2-(n,n'-diethyl) s-methyl p-cresol",
+        "2-(N,N'-diethyl) S-methyl P-cresol",
+    )
 
 
 @needs_java
