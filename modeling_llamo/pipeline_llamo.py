@@ -37,6 +37,7 @@ from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
 from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_neighbours
+from .featurization_llamo import shorten_for_message
 
 MOLECULE_TASK = "molecule-text-generation"
 
@@ -116,8 +117,7 @@ def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0
     molecules = [smiles] if isinstance(smiles, str) else list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
     for molecule in molecules:
         if not isinstance(molecule, str) or not molecule.strip():
-            shown = repr(molecule)
-            shown = shown if len(shown) <= 80 else shown[:80] + "..."
+            shown = shorten_for_message(molecule, limit=80)
             raise ValueError(f"Input {index}: `smiles` must be non-empty SMILES strings, got {shown}.")
     if not molecules:
         raise ValueError(f"Input {index}: `smiles` holds no molecule.")

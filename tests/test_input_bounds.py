@@ -101,6 +101,15 @@ def test_shorten_for_message():
     assert shorten_for_message(None) == "None"
 
 
+def test_a_pipeline_input_that_is_no_smiles_is_named_briefly():
+    from llamo.pipeline_llamo import molecule_conversation
+
+    message = r"^Input 3: `smiles` must be non-empty SMILES strings, got \[0, 1, 2"
+    with pytest.raises(ValueError, match=message) as caught:
+        molecule_conversation(["CCO", list(range(100_000))], "Describe it.", index=3)
+    assert len(str(caught.value)) < 160
+
+
 def test_lone_surrogate_is_an_unparsable_smiles():
     with pytest.raises(ValueError, match=r"Unparsable SMILES at index 3: 'CC\\udcff'") as error:
         parse_smiles("CC\udcff", index=3)
