@@ -296,16 +296,17 @@ def test_evaluation_reranks_names_with_a_checker(tiny_llamo):
     examples, _ = select_examples(name_records({"CCO": "ethanol", "CCN": "ethanamine"}))
     seen = []
 
-    def checker(names):
+    def checker(names):  # the second candidate names ethanol; for the second molecule no candidate reads
         seen.append(list(names))
-        return [None, inchikey("CCO"), None, None][: len(names)]  # the second candidate names ethanol
+        keys = [None, inchikey("CCO"), None, None] if len(seen) == 1 else [None] * 4
+        return keys[: len(names)]
 
     predictor = GenerationPredictor(model, processor, {"max_new_tokens": 3}, name_checker=checker)
     plain = GenerationPredictor(model, processor, {"max_new_tokens": 3, "num_beams": VERIFY_CANDIDATES})
     answers = predictor(examples)
     assert [len(names) for names in seen] == [VERIFY_CANDIDATES, VERIFY_CANDIDATES]
     assert answers[0] == seen[0][1]  # verified candidate chosen over the first
-    assert answers[1] == seen[1][0] == plain(examples)[1]  # nothing verified: the best beam
+    assert answers[1] == seen[1][0] == plain(examples)[1]  # nothing verified nor readable: the best beam
 
 
 def test_a_model_sets_its_neighbours_per_task(tmp_path, monkeypatch):
