@@ -48,7 +48,7 @@ setup(
         "selfies>=2.1",
     ],
     extras_require={
-        "eval": ["nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2"],
+        "eval": ["nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2", "openclatura>=0.4"],
         "demo": ["gradio>=6,<7"],
         "browser-tests": ["playwright>=1.45"],
         "test": [
@@ -58,6 +58,7 @@ setup(
             "nltk>=3.9",
             "rouge_score>=0.1.2",
             "py2opsin>=1.2",
+            "openclatura>=0.4",
             "gradio>=6,<7",
             "playwright>=1.45",
         ],

@@ -16,7 +16,8 @@ molecules, the test molecules removed from both. Then `model` has the neighbours
 `no-graph` has them without graph tokens, and `retrieval` copies the nearest entry of the same index. Every run also
 reports its loop rate: the share of answers that reach the token limit. Where OPSIN runs (Java), names are also
 evaluated with `verify_names` (OPSIN reranking of 4 beam candidates): that run's structure match is its verified
-rate.
+rate; with `openclatura` installed also `model, verified names + namer` (the rule-based namer's name as a last
+candidate, answered when verified) and the `namer` alone.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
 from llamo.processing.mixture import holdout_split
 from llamo.processing.schema import CONVERSATION_FEATURES
-from llamo.retrieval import ANSWER_TOKENS, DEFAULT_INDEX_LIMITS, DEFAULT_INDEX_SOURCES
+from llamo.retrieval import ANSWER_TOKENS, DEFAULT_INDEX_LIMITS, DEFAULT_INDEX_SOURCES, rule_namer
 from llamo.training.data import default_cache_dir, prepare_source
 from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
 
@@ -170,35 +171,40 @@ def main(config: EvalConfig) -> dict:
             runs["model, no index"] = None
         if task == "iupac" and config.verify_names and opsin_unavailable_reason() is None:
             runs["model, verified names"] = index
+            if rule_namer() is not None:
+                runs["model, verified names + namer"] = index
+                runs["namer"] = None
         if task == "property":
             runs["mean"] = None
         if config.runs:
             runs = {name: value for name, value in runs.items() if name in config.runs}
         rows = {}
         for name, run_index in runs.items():
-            baseline = {"model": None, "model, no index": None, "model, verified names": None}.get(name, name)
-            trained = baseline in ("retrieval", "mean")
+            verified = name.startswith("model, verified names")
+            baseline = None if name.startswith("model") else name
+            model_free = baseline in ("retrieval", "mean", "namer")
             output_dir = work / task / name.replace(", ", "-").replace(" ", "-")
             settings = EvaluationConfig(
                 output_dir=str(output_dir),
-                model=None if trained else model,
+                model=None if model_free else model,
                 data=str(files["test"]),
                 tasks=[task],
                 batch_size=config.batch_size,
                 num_beams=config.num_beams,
                 max_new_tokens=ANSWER_TOKENS[task],
                 baseline=baseline,
-                train_data=str(files["train"]) if trained and not run_index else None,
+                train_data=str(files["train"]) if baseline in ("retrieval", "mean") and not run_index else None,
                 scibert_vocab=config.scibert_vocab,
                 nltk_data=str(nltk_data),
                 max_rows=config.max_rows,
                 index=run_index,
                 neighbours=config.neighbours,
-                verify_names=name == "model, verified names",
-                answer_loop_repeats=None if trained else config.answer_loop_repeats,
+                verify_names=verified,
+                propose_names=name == "model, verified names + namer",
+                answer_loop_repeats=None if model_free else config.answer_loop_repeats,
             )
             rows[name] = headline(evaluate(settings), task)
-            if not trained:
+            if not model_free:
                 rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, ANSWER_TOKENS[task])
         test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
         summary["tasks"][task] = {"test_rows": test_rows, "results": rows}

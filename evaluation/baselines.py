@@ -5,6 +5,8 @@
   property), or among the entries of a given index; the neighbour's answer is copied (ties go to the earlier row). A
   row with no known molecule of its kind gets an empty answer.
 - `mean`: property QA only: the mean training target of the asked property, for every molecule.
+- `namer`: IUPAC naming only: the name of `openclatura`'s rule-based namer (no model, no training rows; an empty
+  answer where it names nothing).
 - `no-graph` (in `llamo.evaluation.predict`): the same model with the graph tokens removed from the prompt.
 """
 
@@ -72,3 +74,20 @@ class MeanBaseline:
                 mean = self.means.get(example.target.property)
                 answers.append("" if mean is None else repr(mean))
         return answers
+
+
+class NamerBaseline:
+    """Answer every naming question with the rule-based namer's name (`llamo.retrieval.rule_namer`)."""
+
+    def __init__(self):
+        from llamo.retrieval import rule_namer
+
+        if (namer := rule_namer()) is None:
+            raise ValueError("The namer baseline needs openclatura: pip install openclatura")
+        self.namer = namer
+
+    def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
+        return [
+            self.namer(example.smiles) or "" if example.task == "iupac" else Skip("the namer answers naming only")
+            for example in examples
+        ]

@@ -62,7 +62,7 @@ def _add_evaluate_parser(subparsers) -> None:
         "--baseline",
         choices=BASELINES,
         help="retrieval: nearest training molecule's answer; mean: mean training property value; no-graph: the model "
-        "without graph tokens",
+        "without graph tokens; namer: openclatura's rule-based IUPAC name",
     )
     baseline.add_argument("--train-data", help="training rows of the retrieval and mean baselines")
     context = parser.add_argument_group("in-context neighbours")
@@ -77,6 +77,11 @@ def _add_evaluate_parser(subparsers) -> None:
         action="store_true",
         help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule, else the "
         "first it reads at all (Java)",
+    )
+    context.add_argument(
+        "--propose-names",
+        action="store_true",
+        help="with --verify-names, openclatura's rule-based name is a last candidate, answered when OPSIN verifies it",
     )
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")

@@ -9,8 +9,9 @@ from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
 
 from .text_metrics import SCIBERT_HUB_ID
 
-BASELINES = ("retrieval", "mean", "no-graph")
+BASELINES = ("retrieval", "mean", "no-graph", "namer")
 TRAINED_BASELINES = ("retrieval", "mean")
+MODEL_FREE_BASELINES = (*TRAINED_BASELINES, "namer")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class EvaluationConfig:
         tasks: evaluate only these tasks (a specialist run); all tasks present when None (a generalist run).
         batch_size, max_new_tokens, min_new_tokens, num_beams, do_sample, temperature, top_p, seed: decoding
             (greedy, at most 512 new tokens by default, as in LLaMo's evaluation).
-        baseline: `retrieval`, `mean` or `no-graph` (see `llamo.evaluation.baselines`).
+        baseline: `retrieval`, `mean`, `no-graph` or `namer` (see `llamo.evaluation.baselines`).
         train_data, train_split: the training rows of the `retrieval` and `mean` baselines.
         scibert_vocab: SciBERT's `vocab.txt`, a folder, or a Hub id (MolT5 protocol).
         llm_tokenizer: tokenizer of the LLaMo protocol (default: the model's).
@@ -44,6 +45,8 @@ class EvaluationConfig:
             model's generation config decides; the default model ships 3).
         verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
             structure match of such a run is its verified rate.
+        propose_names: with `verify_names`, the rule-based namer's name (`openclatura`) is a last candidate,
+            answered when OPSIN reads it back as the molecule and no beam does.
         overwrite: discard the predictions of another run found in `output_dir`.
         progress: show a progress bar.
     """
@@ -75,6 +78,7 @@ class EvaluationConfig:
     index: str | None = None
     neighbours: int = DEFAULT_NEIGHBOURS
     verify_names: bool = False
+    propose_names: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -89,13 +93,15 @@ class EvaluationConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
+        if self.propose_names and not self.verify_names:
+            raise ValueError("propose_names needs verify_names: the namer's names are answered only when verified.")
         if self.tasks is not None:
             self.tasks = sorted(set(self.tasks))
 
     @property
     def generates(self) -> bool:
         """Whether the run generates with the model (the model itself, or the no-graph ablation)."""
-        return self.baseline not in TRAINED_BASELINES
+        return self.baseline not in MODEL_FREE_BASELINES
 
     @property
     def trained_baseline(self) -> bool:
@@ -126,6 +132,8 @@ class EvaluationConfig:
             from llamo.pipeline_llamo import VERIFY_CANDIDATES
 
             settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
+            if self.propose_names:
+                settings["verify_names"]["proposer"] = "openclatura"
         return settings
 
     def generation_kwargs(self) -> dict[str, Any]:

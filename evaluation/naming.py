@@ -40,6 +40,18 @@ def opsin_unavailable_reason() -> str | None:
     return None
 
 
+def rule_based_name(smiles: str) -> str | None:
+    """The IUPAC name of `smiles` from `openclatura`'s rule-based namer, or None where it names nothing (it raises, or
+    answers an empty name). Time grows with the molecule (a few seconds for ~60 heavy atoms): callers bound its size."""
+    import openclatura
+
+    try:
+        name = openclatura.name_smiles(smiles)
+    except Exception:  # any failure of the namer means "no name", never a failed answer
+        return None
+    return (name.strip() or None) if isinstance(name, str) else None
+
+
 def opsin_spellings(name: str) -> tuple[str, str]:
     """A name as OPSIN reads it, then a second spelling to try when that does not parse. PubChem writes names
     lower-case with components separated by semicolons ("2-ethoxy-n,n-dimethyl-ethanamine;hydrochloride"); OPSIN wants

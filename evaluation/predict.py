@@ -77,7 +77,8 @@ class GenerationPredictor:
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
     and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
     asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
-    the pipeline's choice among its verification candidates (`best_candidate`). `on_step`, when set, is
+    the pipeline's choice among its verification candidates (`best_candidate`), a `name_proposer`'s name (`smiles ->
+    name`) among them. `on_step`, when set, is
     called at every generation step."""
 
     def __init__(
@@ -89,6 +90,7 @@ class GenerationPredictor:
         index=None,
         neighbours: int = DEFAULT_NEIGHBOURS,
         name_checker=None,
+        name_proposer=None,
     ):
         from llamo.pipeline_llamo import LlamoMoleculePipeline
 
@@ -99,6 +101,7 @@ class GenerationPredictor:
         self.index = index
         self.neighbours = neighbours
         self.name_checker = name_checker
+        self.name_proposer = name_proposer
         self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
@@ -138,9 +141,13 @@ class GenerationPredictor:
         answers = []
         for example, group in zip(examples, groups, strict=True):
             candidates = [answer["generated_text"] for answer in group]
-            verify = self.name_checker is not None and example.task == "iupac"
-            chosen = best_candidate(candidates, example.smiles, self.name_checker)[0] if verify else 0
-            answers.append(candidates[chosen])
+            if self.name_checker is None or example.task != "iupac":
+                answers.append(candidates[0])
+                continue
+            proposer = self.name_proposer
+            proposed = [name for name in [proposer(example.smiles)] if name] if proposer is not None else []
+            position, _ = best_candidate(candidates, example.smiles, self.name_checker, proposed)
+            answers.append([*candidates, *proposed][position])
         return answers
 
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
@@ -163,8 +170,10 @@ class GenerationPredictor:
 
 def make_predictor(config: EvaluationConfig, state: RunState, model, processor) -> Predictor:
     """The run's predictor: a trained baseline, or the model (loaded from `config.model` unless given)."""
-    from .baselines import MeanBaseline, RetrievalBaseline
+    from .baselines import MeanBaseline, NamerBaseline, RetrievalBaseline
 
+    if config.baseline == "namer":
+        return NamerBaseline()
     if config.trained_baseline:
         if config.baseline == "retrieval" and state.index is not None:
             baseline = RetrievalBaseline(index=state.index)
@@ -183,14 +192,16 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         import torch
 
         torch.manual_seed(config.seed)
-    name_checker = None
+    name_checker = name_proposer = None
     if config.verify_names:
-        from llamo.retrieval import opsin_checker
+        from llamo.retrieval import opsin_checker, rule_namer
 
         from .naming import opsin_unavailable_reason
 
         if (name_checker := opsin_checker()) is None:
             raise ValueError(f"verify_names needs OPSIN: {opsin_unavailable_reason()}")
+        if config.propose_names and (name_proposer := rule_namer()) is None:
+            raise ValueError("propose_names needs openclatura: pip install openclatura")
     return GenerationPredictor(
         model,
         processor,
@@ -199,6 +210,7 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         index=state.index,
         neighbours=config.neighbours,
         name_checker=name_checker,
+        name_proposer=name_proposer,
     )
 
 

@@ -108,6 +108,12 @@ def _add_generate_parser(subparsers) -> None:
         help="check candidate IUPAC names with OPSIN and answer the first that names the molecule, else the first "
         "it reads ('auto': for naming questions when Java and py2opsin are present)",
     )
+    parser.add_argument(
+        "--no-namer",
+        dest="namer",
+        action="store_false",
+        help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
+    )
 
 
 def _add_chat_parser(subparsers) -> None:
@@ -182,7 +188,7 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: the molecule index and neighbours, and name verification."""
-    from .retrieval import load_index, opsin_checker, question_task
+    from .retrieval import load_index, opsin_checker, question_task, rule_namer
 
     options: dict = {"max_new_tokens": ANSWER_TOKENS[question_task(question)]}
     try:
@@ -200,6 +206,8 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
             raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
         if checker is not None:
             options["verify_names"] = checker
+            if getattr(args, "namer", False) and (namer := rule_namer()) is not None:
+                options["propose_names"] = namer
     return options
 
 
@@ -227,6 +235,8 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
         print(answer["generated_text"])
     if "verified" in answer:
         word = "verified: OPSIN reads it as this molecule" if answer["verified"] else "not verified by OPSIN"
+        if answer.get("from_namer"):
+            word += "; the rule-based namer's name (openclatura), as no model candidate verified"
         print(f"({word})", file=sys.stderr)
     if answer.get("neighbours"):
         known = " (the molecule itself is in the index)" if answer["found_in_index"] else ""

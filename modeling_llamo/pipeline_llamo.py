@@ -100,16 +100,17 @@ def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {"num_beams": beams, "num_return_sequences": beams, "do_sample": False}
 
 
-def best_candidate(names: Sequence[str], smiles: str | None, checker) -> tuple[int, bool]:
-    """The position of the name to answer among beam candidates, and whether it is verified. `checker` (`names ->
-    [InChIKey or None, ...]`, e.g. OPSIN) reads each name: the first that reads back as the molecule `smiles` is
-    verified; else the first that reads as any molecule (a well-formed name, rather than a cut-off or malformed one);
-    else the top beam."""
-    keys = list(checker(names))
+def best_candidate(names: Sequence[str], smiles: str | None, checker, proposed: Sequence[str] = ()) -> tuple[int, bool]:
+    """The position of the name to answer among beam candidates `names` followed by `proposed` ones, and whether it is
+    verified. `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN) reads all of them in one call: the first that
+    reads back as the molecule `smiles` is verified; else the first of `names` that reads as any molecule (a
+    well-formed name, rather than a cut-off or malformed one); else the top beam. A `proposed` name (e.g. a rule-based
+    namer's) is answered only when verified."""
+    keys = list(checker([*names, *proposed]))
     target = inchikey(smiles)
     if target is not None and target in keys:
         return keys.index(target), True
-    return next((position for position, key in enumerate(keys) if key is not None), 0), False
+    return next((position for position, key in enumerate(keys[: len(names)]) if key is not None), 0), False
 
 
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
@@ -163,7 +164,9 @@ class LlamoMoleculePipeline(Pipeline):
                 as `generate` returned them, padded to the batch's length), `index` (a molecule index: its nearest
                 entries become in-context examples), `neighbours` (how many, default `DEFAULT_NEIGHBOURS`) and
                 `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam candidates are checked
-                and the first that names the query molecule is answered).
+                and the first that names the query molecule is answered) with `propose_names` (a callable `smiles ->
+                name or None`, e.g. a rule-based namer: its name is a last candidate, answered only when verified, and
+                the answer's `from_namer` says so).
         """
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
@@ -233,6 +236,7 @@ class LlamoMoleculePipeline(Pipeline):
         index: Any = None,
         neighbours: int | None = None,
         verify_names: Any = None,
+        propose_names: Any = None,
         generate_kwargs: dict[str, Any] | None = None,
         **generation_parameters,
     ):
@@ -240,6 +244,8 @@ class LlamoMoleculePipeline(Pipeline):
             raise ValueError(f"neighbours must be at least 0, got {neighbours}.")
         if verify_names is not None and not callable(verify_names):
             raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
+        if propose_names is not None and (verify_names is None or not callable(propose_names)):
+            raise TypeError("propose_names must be a callable `smiles -> name`, given with verify_names.")
         preprocess_params = _given(
             index=index,
             neighbours=neighbours,
@@ -254,6 +260,7 @@ class LlamoMoleculePipeline(Pipeline):
             forward_params.update(verification_settings(forward_params))
         postprocess_params = _given(
             verify_names=verify_names,
+            propose_names=propose_names,
             skip_special_tokens=skip_special_tokens,
             clean_up_tokenization_spaces=clean_up_tokenization_spaces,
             return_tensors=return_tensors,
@@ -316,6 +323,7 @@ class LlamoMoleculePipeline(Pipeline):
         clean_up_tokenization_spaces: bool | None = None,
         return_tensors: bool = False,
         verify_names: Any = None,
+        propose_names: Any = None,
     ) -> list[list[dict[str, Any]]]:
         rows = model_outputs["new_tokens"]
         num_inputs = model_outputs["num_inputs"]
@@ -333,7 +341,7 @@ class LlamoMoleculePipeline(Pipeline):
                     answer["generated_token_ids"] = rows[row].tolist()
                 group.append(answer)
             if verify_names is not None:
-                group = [self._verified(group, model_outputs["queries"][index], verify_names)]
+                group = [self._verified(group, model_outputs["queries"][index], verify_names, propose_names)]
             context = model_outputs["neighbours"][index]
             if context:
                 for answer in group:
@@ -343,11 +351,16 @@ class LlamoMoleculePipeline(Pipeline):
         return answers
 
     @staticmethod
-    def _verified(candidates: list[dict[str, Any]], query: str | None, checker) -> dict[str, Any]:
-        """The candidate `best_candidate` picks, with `verified` and every candidate's text."""
+    def _verified(candidates: list[dict[str, Any]], query: str | None, checker, proposer=None) -> dict[str, Any]:
+        """The candidate `best_candidate` picks among the beams and the `proposer`'s name, with `verified`, every
+        beam's text and (with a proposer) whether the answer is its name."""
         names = [candidate["generated_text"] for candidate in candidates]
-        position, verified = best_candidate(names, query, checker)
-        return {**candidates[position], "verified": verified, "candidates": names}
+        proposed = [name for name in [proposer(query)] if name] if proposer is not None and query else []
+        position, verified = best_candidate(names, query, checker, proposed)
+        if position >= len(names):
+            return {"generated_text": proposed[0], "verified": verified, "candidates": names, "from_namer": True}
+        answer = {**candidates[position], "verified": verified, "candidates": names}
+        return answer if proposer is None else {**answer, "from_namer": False}
 
 
 def _given(**options: Any) -> dict[str, Any]:

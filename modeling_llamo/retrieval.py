@@ -125,3 +125,15 @@ def opsin_checker() -> Callable[[Sequence[str]], list[str | None]] | None:
         return [inchikey(smiles) for smiles in names_to_smiles(list(names))]
 
     return check
+
+
+def rule_namer() -> Callable[[str], str | None] | None:
+    """A `smiles -> IUPAC name or None` rule-based namer (`openclatura`), or `None` where it is not installed. Its names
+    are a further candidate of name verification: answered only when OPSIN reads them back as the molecule."""
+    try:
+        import openclatura  # noqa: F401
+    except ImportError:
+        return None
+    from llamo.evaluation.naming import rule_based_name
+
+    return rule_based_name

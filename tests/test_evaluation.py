@@ -845,6 +845,42 @@ def test_mean_baseline_predicts_the_training_mean(tmp_path, baseline_data):
     assert description["skipped_reasons"] == {"the mean baseline answers property questions only": 2}
 
 
+def test_namer_baseline_and_proposed_names(tmp_path, tiny_llamo, tiny_llamo_dir):
+    pytest.importorskip("openclatura")
+    from llamo.retrieval import rule_namer
+
+    rows = [
+        qa_row("n:1", "CCOC(=O)c1ccc(Cl)cc1", "iupac", "ethyl 4-chlorobenzoate"),
+        qa_row("n:2", "CC(C)O", "iupac", "propan-2-ol"),
+        qa_row("d:1", "CCO", "description", "A primary alcohol."),
+    ]
+    data = write_jsonl(tmp_path / "test.jsonl", rows)
+    config = EvaluationConfig(
+        output_dir=str(tmp_path / "namer"), data=str(data), baseline="namer", scibert_vocab=None, progress=False
+    )
+    results = evaluate(config)
+    namer = rule_namer()
+    predictions = predictions_by_id(tmp_path / "namer")
+    assert predictions == {"n:1": namer(rows[0]["smiles"]), "n:2": namer(rows[1]["smiles"]), "d:1": None}
+    assert results["decoding"] is None and results["model"]["evaluated"] == "baseline:namer"
+    assert task_entry(results, "description")["counts"]["skipped_reasons"] == {"the namer answers naming only": 1}
+    if opsin_unavailable_reason() is None:
+        assert metric_values(results, "iupac")["structure_match_opsin_inchikey"] == pytest.approx(100)
+    with pytest.raises(ValueError, match="propose_names needs verify_names"):
+        EvaluationConfig(output_dir=str(tmp_path / "x"), data=str(data), propose_names=True)
+
+    # the model's evaluation: a proposed name is a last candidate, answered when the checker reads it as the molecule
+    model, processor = tiny_llamo
+    examples, _ = select_examples(rows[1:2])
+    checker = lambda names: [inchikey("CC(C)O") if name == "isopropanol" else None for name in names]  # noqa: E731
+    proposer = lambda smiles: "isopropanol"  # noqa: E731
+    settings = {"max_new_tokens": 3}
+    assert GenerationPredictor(model, processor, settings, name_checker=checker, name_proposer=proposer)(examples) == [
+        "isopropanol"
+    ]
+    assert GenerationPredictor(model, processor, settings, name_checker=checker)(examples) != ["isopropanol"]
+
+
 # ---------------------------------------------------------------- command line
 
 

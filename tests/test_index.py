@@ -196,6 +196,57 @@ def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_lla
     assert len(answer) == 1 and answer[0]["verified"] is False and len(answer[0]["candidates"]) == 4
 
 
+def test_a_proposed_name_is_answered_only_when_verified(tiny_llamo):
+    from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
+
+    known = {"ethanol": inchikey("CCO"), "methanol": inchikey("CO"), "propan-1-ol": inchikey("CCCO")}
+    calls = []
+
+    def checker(names):
+        calls.append(list(names))
+        return [known.get(name) for name in names]
+
+    beams = [{"generated_text": "ethyl-"}, {"generated_text": "methanol"}]
+    rescued = LlamoMoleculePipeline._verified(beams, "CCO", checker, lambda smiles: "ethanol")
+    assert rescued == {
+        "generated_text": "ethanol",
+        "verified": True,
+        "candidates": ["ethyl-", "methanol"],
+        "from_namer": True,
+    }
+    assert calls == [["ethyl-", "methanol", "ethanol"]]  # one OPSIN call for beams and proposal
+    # a wrong proposal is never answered, even when it reads as a molecule and no beam does
+    wrong = LlamoMoleculePipeline._verified(beams[:1], "CCO", checker, lambda smiles: "propan-1-ol")
+    assert wrong["generated_text"] == "ethyl-" and wrong["verified"] is False and wrong["from_namer"] is False
+    # a verified beam comes before a verified proposal; a namer that names nothing adds no candidate
+    first = LlamoMoleculePipeline._verified([{"generated_text": "ethanol"}], "CCO", checker, lambda smiles: "ethanol")
+    assert first["from_namer"] is False and first["verified"] is True
+    LlamoMoleculePipeline._verified(beams, "CCO", checker, lambda smiles: None)
+    assert calls[-1] == ["ethyl-", "methanol"]
+
+    model, processor = tiny_llamo
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
+    answer = pipe({"smiles": "CCO", "text": "Name it."}, verify_names=checker, propose_names=lambda smiles: "ethanol")
+    assert answer[0]["generated_text"] == "ethanol" and answer[0]["from_namer"] is True
+    with pytest.raises(TypeError, match="propose_names"):
+        pipe({"smiles": "CCO", "text": "Name it."}, propose_names=lambda smiles: "ethanol")
+
+
+def test_the_rule_based_namer_names_molecules_that_opsin_reads_back():
+    pytest.importorskip("openclatura")
+    from llamo.evaluation.naming import opsin_unavailable_reason
+    from llamo.pipeline_llamo import inchikey
+    from llamo.retrieval import opsin_checker, rule_namer
+
+    namer = rule_namer()
+    molecules = ["CCOC(=O)c1ccc(Cl)cc1", "CC(C)O", "OC(=O)c1ccccc1O"]
+    names = [namer(smiles) for smiles in molecules]
+    assert all(isinstance(name, str) and name for name in names)
+    assert namer("not a molecule") is None
+    if opsin_unavailable_reason() is None:
+        assert opsin_checker()(names) == [inchikey(smiles) for smiles in molecules]
+
+
 def test_opsin_checker_reads_names_back_to_molecules():
     from llamo.evaluation.naming import opsin_unavailable_reason
     from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
