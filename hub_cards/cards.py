@@ -58,8 +58,7 @@ class ModelCardOptions:
         results: `llamo evaluate` results files; the model's go into the `model-index`, baselines into the text.
         run_dirs: training run folders; `None` finds them from the model folder.
         tags: extra tags.
-        conversion: how the weights were converted from the original release (filled by `convert-original`).
-    """
+        conversion: how the weights were converted from the original release (filled by `convert-original`)."""
 
     model_name: str | None = None
     repo_id: str | None = None

@@ -87,8 +87,7 @@ def push_folder(plan: UploadPlan, api=None, token: str | None = None):
 
     Raises:
         PushError: no token, the Hub refused or could not be reached, or any failure whose text holds the token
-            (re-raised with the token replaced by `<token>`, without the original exception attached).
-    """
+            (re-raised with the token replaced by `<token>`, without the original exception attached)."""
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()

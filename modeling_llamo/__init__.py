@@ -19,25 +19,18 @@ from . import auto_registration
 __version__ = "0.1.0.dev0"
 
 _EXPORTS = {
-    "add_neighbours": "chat_template_llamo",
-    "GRAPH_INPUT_NAMES": "configuration_llamo",
-    "LlamoConfig": "configuration_llamo",
-    "LlamoGraphEncoderConfig": "configuration_llamo",
-    "LlamoProjectorConfig": "configuration_llamo",
-    "default_model_path": "default_model",
-    "LlamoMoleculeFeaturizer": "feature_extraction_llamo",
-    "collate_sequence_molecules": "feature_extraction_llamo",
-    "prepare_molecule": "feature_extraction_llamo",
-    "MoleculeGraph": "featurization_llamo",
-    "collate_molecule_graphs": "featurization_llamo",
-    "featurize_smiles": "featurization_llamo",
-    "parse_smiles": "featurization_llamo",
-    "LlamoForConditionalGeneration": "modeling_llamo",
-    "LlamoModel": "modeling_llamo",
-    "LlamoPreTrainedModel": "modeling_llamo",
-    "MOLECULE_TASK": "pipeline_llamo",
-    "LlamoMoleculePipeline": "pipeline_llamo",
-    "LlamoProcessor": "processing_llamo",
+    name: module
+    for module, names in {
+        "chat_template_llamo": "add_neighbours",
+        "configuration_llamo": "GRAPH_INPUT_NAMES LlamoConfig LlamoGraphEncoderConfig LlamoProjectorConfig",
+        "default_model": "default_model_path",
+        "feature_extraction_llamo": "LlamoMoleculeFeaturizer collate_sequence_molecules prepare_molecule",
+        "featurization_llamo": "MoleculeGraph collate_molecule_graphs featurize_smiles parse_smiles",
+        "modeling_llamo": "LlamoForConditionalGeneration LlamoModel LlamoPreTrainedModel",
+        "pipeline_llamo": "MOLECULE_TASK LlamoMoleculePipeline",
+        "processing_llamo": "LlamoProcessor",
+    }.items()
+    for name in names.split()
 }
 # modules whose classes go into the Auto API: using one of their names registers at once (errors are raised)
 _REGISTERED_MODULES = frozenset({"configuration_llamo", "modeling_llamo", "pipeline_llamo", "processing_llamo"})
@@ -74,11 +67,9 @@ def __dir__() -> list[str]:
 def lazy_exports(
     package: str, exports: dict[str, str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
-    """
-    The module `__getattr__`, `__dir__` and `__all__` of a package whose names (`exports`: `{name: submodule}`) are
+    """The module `__getattr__`, `__dir__` and `__all__` of a package whose names (`exports`: `{name: submodule}`) are
     imported from its submodules on first use (PEP 562), so that importing the package stays light:
-    `__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)`.
-    """
+    `__getattr__, __dir__, __all__ = lazy_exports(__name__, EXPORTS)`."""
 
     def getattr_(name: str) -> Any:
         if name not in exports:

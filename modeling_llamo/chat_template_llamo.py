@@ -66,19 +66,10 @@ def resolve_chat_template(*candidates: str | dict | None) -> str:
 def assistant_spans(
     messages: list[dict[str, Any]], render: Render, index: int = 0
 ) -> tuple[str, list[tuple[int, int]]]:
-    """
-    Render a whole conversation and locate its assistant turns.
-
-    Each span is the text the template adds between the prompt before that turn (rendered with the generation
-    prompt) and the conversation up to and including the turn, so it covers the answer and the end-of-turn text. The
-    template must render prefixes consistently (true of LLaMA-2, ChatML and most templates).
-
-    Returns:
-        the rendered text and the `(start, end)` character span of every assistant turn.
-
-    Raises:
-        ValueError: the template renders a prefix differently from the start of the whole conversation.
-    """
+    """The rendered conversation and the `(start, end)` character span of every assistant turn: the text the template
+    adds between the prompt before that turn (with the generation prompt) and the conversation through the turn, so
+    it covers the answer and the end-of-turn text. A `ValueError` where the template renders a prefix differently
+    from the start of the whole conversation (LLaMA-2, ChatML and most templates render prefixes consistently)."""
     text = render(messages, False)
     spans = []
     for position, message in enumerate(messages):
@@ -116,25 +107,15 @@ def join_parts(parts: Sequence[str]) -> str:
 
 
 def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """
-    Put known molecules and their answers before the question, as in-context examples.
-
-    The first user turn that holds a molecule block becomes: `NEIGHBOURS_INTRO`, then one line per neighbour (its
-    molecule block, then its answer), then `NEIGHBOURS_QUERY` and the turn's own blocks. Rendered with the default
-    SMILES display, a prompt with two neighbours reads:
+    """A copy of `conversation` with known molecules and their answers (`neighbours`: dicts with `smiles` and
+    `answer`, most similar first) before the question, as in-context examples. The first user turn that holds a
+    molecule block (the query) becomes: `NEIGHBOURS_INTRO`, one line per neighbour (its molecule block, then its
+    answer), then `NEIGHBOURS_QUERY` and the turn's own blocks. With the default SMILES display, two neighbours read:
 
         Known molecules similar to the query, with their answers:
         1. CCO<graph> The molecule is ethanol ...
         2. CCCO<graph> The molecule is propan-1-ol ...
-        Query molecule: CCN<graph> Describe this molecule.
-
-    Args:
-        conversation: chat messages; the molecule block of its first molecule-bearing user turn is the query.
-        neighbours: dicts with `smiles` and `answer`, most similar first.
-
-    Returns:
-        a new conversation (the input is not changed); the same one when `neighbours` is empty.
-    """
+        Query molecule: CCN<graph> Describe this molecule."""
     if not neighbours:
         return list(conversation)
     messages = [dict(message) for message in conversation]

@@ -21,12 +21,10 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_command(subparsers, name: str, handler: Callable[[argparse.Namespace], Any], **kwargs: Any):
-    """
-    Add and return the subcommand `name`'s parser (`kwargs` go to `add_parser`); `handler` is called with the parsed
+    """Add and return the subcommand `name`'s parser (`kwargs` go to `add_parser`); `handler` is called with the parsed
     `argparse.Namespace`. The handler's docstring says what the command does: its first paragraph (lower-cased,
     without the full stop) is the command's line in `llamo --help`, the rest the description of `llamo NAME --help`,
-    where every option's default is shown (`DefaultsHelpFormatter`).
-    """
+    where every option's default is shown (`DefaultsHelpFormatter`)."""
     summary, _, details = (handler.__doc__ or "").strip().partition("\n\n")
     summary = " ".join(summary.split()).rstrip(".")
     parser = subparsers.add_parser(

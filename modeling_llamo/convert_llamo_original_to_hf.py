@@ -275,11 +275,9 @@ def is_level_attention_shared(state_dict: Mapping[str, torch.Tensor]) -> bool:
 def convert_original_graph_state_dict(
     state_dict: Mapping[str, torch.Tensor], share_level_attention: bool | None = None
 ) -> dict[str, torch.Tensor]:
-    """
-    Rename the graph part of an original checkpoint (other keys are ignored) to `LlamoModel` keys (`graph_encoder.*`,
+    """Rename the graph part of an original checkpoint (other keys are ignored) to `LlamoModel` keys (`graph_encoder.*`,
     `graph_projector.*`), with the per-level attentions as one shared module (they must then be identical) or one
-    module per level (`None`: decided from the weights). A ValueError names the graph keys it does not know.
-    """
+    module per level (`None`: decided from the weights). A ValueError names the graph keys it does not know."""
     if share_level_attention is None:
         share_level_attention = is_level_attention_shared(state_dict)
     elif share_level_attention and not is_level_attention_shared(state_dict):
@@ -403,11 +401,9 @@ class OriginalParts:
 
 
 def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
-    """
-    Sort an original state dict into its graph part, its LM weights (PEFT wrapper names removed) and its LoRA pairs.
+    """Sort an original state dict into its graph part, its LM weights (PEFT wrapper names removed) and its LoRA pairs.
     A CheckpointError names the keys outside the known layout (another adapter name than PEFT's `default` included)
-    and the LoRA layers without their A, B or base weight.
-    """
+    and the LoRA layers without their A, B or base weight."""
     graph, language_model, lora = {}, {}, {}
     wrapped, unexpected, ignored = set(), [], []
     for key, value in state_dict.items():
@@ -438,28 +434,6 @@ def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
     if not language_model:
         raise CheckpointError(f"The checkpoint has no language model weights (no {LLM_PREFIX}* keys).")
     return OriginalParts(graph, language_model, lora, ignored)
-
-
-def merge_lora(weights: dict[str, Any], lora: dict[str, dict[str, Any]], alpha: float) -> dict[str, Any]:
-    """`W + (alpha / r) * B @ A` for every LoRA layer, computed in float32 and stored in W's dtype (rounded once, where
-    PEFT's `merge_and_unload` rounds the update to a half-precision W's dtype before adding it)."""
-    merged = dict(weights)
-    for module, pair in lora.items():
-        base = merged[f"{module}.weight"]
-        delta = (pair["B"].float() @ pair["A"].float()) * (alpha / pair["A"].shape[0])
-        if delta.shape != base.shape:
-            raise CheckpointError(f"LoRA of {module}: a {tuple(delta.shape)} update for a {tuple(base.shape)} weight.")
-        merged[f"{module}.weight"] = (base.float() + delta).to(base.dtype)
-    return merged
-
-
-def adapter_state_dict(lora: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """LoRA pairs under the names PEFT saves for a `LlamoForConditionalGeneration` (adapter name dropped)."""
-    return {
-        f"base_model.model.{module}.lora_{part}.weight": pair[part].contiguous()
-        for module, pair in sorted(lora.items())
-        for part in ("A", "B")
-    }
 
 
 def align_tokenizer(tokenizer, checkpoint_vocab: int, llm: str) -> int:
@@ -545,13 +519,21 @@ def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id
 
 
 def language_model_weights(parts: OriginalParts, vocab_size: int, merge: bool, lora_alpha: float) -> dict[str, Any]:
-    """The LM weights under our names, LoRA merged (or not), embeddings and LM head grown to `vocab_size` rows.
+    """The LM weights under our names, embeddings and LM head grown to `vocab_size` rows, and with `merge` each LoRA
+    layer's `W + (alpha / r) * B @ A`, computed in float32 and stored in W's dtype (rounded once, where PEFT's
+    `merge_and_unload` rounds the update to a half-precision W's dtype before adding it).
 
     The new rows (`<graph>`) are the mean of the others: the row is never used as an embedding, and generation
     suppresses the token (`resize_token_embeddings` would draw them at random)."""
     import torch
 
-    weights = merge_lora(parts.language_model, parts.lora, lora_alpha) if merge else dict(parts.language_model)
+    weights = dict(parts.language_model)
+    for module, pair in parts.lora.items() if merge else ():
+        base = weights[f"{module}.weight"]
+        delta = (pair["B"].float() @ pair["A"].float()) * (lora_alpha / pair["A"].shape[0])
+        if delta.shape != base.shape:
+            raise CheckpointError(f"LoRA of {module}: a {tuple(delta.shape)} update for a {tuple(base.shape)} weight.")
+        weights[f"{module}.weight"] = (base.float() + delta).to(base.dtype)
     for key in (EMBEDDING_KEY, "lm_head.weight"):
         if key in weights:
             mean = weights[key].float().mean(dim=0, keepdim=True).to(weights[key].dtype)
@@ -572,17 +554,15 @@ def convert_original_checkpoint(
     overwrite: bool = False,
     card_options: ModelCardOptions | None = None,
 ) -> ConversionResult:
-    """
-    Convert an original LLaMo checkpoint (Lightning `.ckpt`, or a state dict / safetensors file in its key layout) and
-    its base LLM folder (LLaMA-2-7B-chat in Hugging Face format: config, tokenizer, generation config) into the export
-    folder `output_dir` (new or empty unless `overwrite`); see the module docstring.
+    """Convert an original LLaMo checkpoint (Lightning `.ckpt`, or a state dict / safetensors file in its key layout)
+    and its base LLM folder (LLaMA-2-7B-chat in Hugging Face format: config, tokenizer, generation config) into the
+    export folder `output_dir` (new or empty unless `overwrite`); see the module docstring.
 
     `keep_adapter` keeps LoRA as a PEFT adapter in `output_dir/adapter` (the main weights are then the base weights)
     instead of merging it; `lora_alpha` and `lora_dropout` are the LoRA settings of the training; `unsafe_unpickle`
     allows a full unpickle, which runs code stored in the checkpoint; `dtype` `auto` keeps the dtype of the
     checkpoint's LM weights; `num_heads` is not recorded in the weights; `card_options` say what the model card says
-    (the license defaults to LLaMA-2's).
-    """
+    (the license defaults to LLaMA-2's)."""
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
@@ -644,8 +624,12 @@ def convert_original_checkpoint(
             adapter = {"r": rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout, "bias": "none"}
             adapter |= {"task_type": "CAUSAL_LM", "base_model_name_or_path": adapter_base, "inference_mode": True}
             LoraConfig(**adapter, target_modules=sorted(parts.lora)).save_pretrained(folder / "adapter")
-            weights_file = folder / "adapter" / "adapter_model.safetensors"
-            save_file(adapter_state_dict(parts.lora), weights_file, metadata={"format": "pt"})
+            pairs = {  # the names PEFT saves for a LlamoForConditionalGeneration, adapter name dropped
+                f"base_model.model.{module}.lora_{part}.weight": pair[part].contiguous()
+                for module, pair in sorted(parts.lora.items())
+                for part in ("A", "B")
+            }
+            save_file(pairs, folder / "adapter" / "adapter_model.safetensors", metadata={"format": "pt"})
 
     export = write_export(model, processor, output_dir, card, overwrite=overwrite, extra=write_adapter)
     return ConversionResult(export, facts)

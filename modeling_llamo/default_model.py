@@ -243,12 +243,10 @@ def export_bundle(
     retrieval: dict | None = None,
     generation: dict | None = None,
 ) -> Path:
-    """
-    Write a default-model bundle from a training run: from the stage-1 folder the GIN and the embedding rows the
+    """Write a default-model bundle from a training run: from the stage-1 folder the GIN and the embedding rows the
     tokenizer added past `base_vocab_size` (SmolLM2's 49,152), from the stage-2 folder `adapter/` (LoRA + the trained
     projector) and the processor. Weights are stored in `dtype` to keep the bundle small. `retrieval` (neighbours per
-    answer and default indexes, for a model trained with neighbours) is written as `llamo_retrieval.json`.
-    """
+    answer and default indexes, for a model trained with neighbours) is written as `llamo_retrieval.json`."""
     from .modeling_llamo import LlamoForConditionalGeneration
 
     stage1_dir, stage2_dir, output = Path(stage1_dir), Path(stage2_dir), Path(output)

@@ -34,15 +34,9 @@ its `to_dict()`)."""
 
 @dataclass
 class PreparedMolecule:
-    """One molecule, featurized once for a prompt.
-
-    Attributes:
-        graph: the graph features the model reads.
-        smiles: its canonical, non-isomeric SMILES (uncut), the text prompts show; `None` where only a precomputed
-            graph was given.
-        mol: the parsed RDKit molecule (`None` where only a precomputed graph was given), for callers that need more
-            of it (an InChIKey for the datasets cache).
-    """
+    """One molecule, featurized once for a prompt: the `graph` the model reads, its canonical non-isomeric `smiles`
+    (uncut) that prompts show, and the parsed RDKit `mol` for callers that need more of it (an InChIKey for the
+    datasets cache); `smiles` and `mol` are `None` where only a precomputed graph was given."""
 
     graph: MoleculeGraph
     smiles: str | None
@@ -52,18 +46,9 @@ class PreparedMolecule:
 def prepare_molecule(
     molecule: MoleculeInput, max_atoms: int | None = None, index: int | None = None, canonical: bool = True
 ) -> PreparedMolecule:
-    """
-    Parse a molecule once, check its size, and featurize it.
-
-    Args:
-        molecule: a SMILES string, an RDKit molecule, or a `MoleculeGraph` / its dict (passed through, size-checked).
-        max_atoms: larger molecules are refused; `None` accepts any size.
-        index: the molecule's position, named in error messages.
-        canonical: also compute the canonical SMILES for the prompt (skip it where no prompt shows the SMILES).
-
-    Raises:
-        ValueError: the SMILES is empty, unparsable or too large (naming its index and a cut copy of the input).
-    """
+    """Parse a molecule once, check its size (at most `max_atoms`, `None`: any), and featurize it; a `MoleculeGraph`
+    or its dict is passed through, size-checked. `index` is named in errors; `canonical` also computes the prompt's
+    canonical SMILES. A `ValueError` names the index and a cut copy of an empty, unparsable or too large input."""
     if isinstance(molecule, (MoleculeGraph, dict)):
         try:
             graph = molecule if isinstance(molecule, MoleculeGraph) else MoleculeGraph.from_dict(molecule)
@@ -83,17 +68,13 @@ def prepare_molecule(
 
 
 def collate_sequence_molecules(molecules: Sequence[Sequence[MoleculeGraph]]) -> dict[str, torch.Tensor]:
-    """
-    Pad the molecules of a batch of sequences into batch-first tensors. `M` is the most molecules any sequence holds
+    """Pad the molecules of a batch of sequences into batch-first tensors. `M` is the most molecules any sequence holds
     (a sequence with fewer has all-False masks in its spare slots), `N`, `E` and `G` the most atoms, directed bonds
-    and functional groups of any molecule.
-
-    Returns:
+    and functional groups of any molecule. Returns:
         `atom_features` `(B, M, N, 9)` long, `atom_mask` `(B, M, N)` bool, `bond_index` `(B, M, E, 2)` long (atom
         indices local to each molecule), `bond_features` `(B, M, E, 3)` long, `bond_mask` `(B, M, E)` bool,
         `motif_features` `(B, M, G, 73)` float, `motif_mask` `(B, M, G)` bool. `G` is at least 1 so attention always
-        has a key. A real molecule has at least one atom, so `atom_mask.any(-1)` marks the real molecules.
-    """
+        has a key. A real molecule has at least one atom, so `atom_mask.any(-1)` marks the real molecules."""
     graphs = [graph for row in molecules for graph in row]
     if not graphs:
         raise ValueError("collate_sequence_molecules needs at least one molecule in the batch.")
@@ -104,13 +85,8 @@ def collate_sequence_molecules(molecules: Sequence[Sequence[MoleculeGraph]]) -> 
 
 
 class LlamoMoleculeFeaturizer:
-    """
-    Featurizes molecules and collates them per sequence (the processor's `featurizer` attribute).
-
-    Args:
-        max_atoms (`int`, *optional*, defaults to 512): larger molecules are refused with a `ValueError`; `None`
-            accepts any size. The bound is checked on the SMILES text before RDKit parses it.
-    """
+    """Featurizes molecules and collates them per sequence (the processor's `featurizer`). Molecules over `max_atoms`
+    (`None`: no limit) are refused with a `ValueError`, the bound checked on the SMILES text before RDKit parses it."""
 
     def __init__(self, max_atoms: int | None = 512):
         if max_atoms is not None and max_atoms < 1:
@@ -136,12 +112,8 @@ class LlamoMoleculeFeaturizer:
     def __call__(
         self, molecules: Sequence[Sequence[MoleculeInput]], max_atoms: int | str | None = "default"
     ) -> dict[str, torch.Tensor]:
-        """
-        Featurize and collate the molecules of each sequence (a list per sequence, in placeholder order).
-
-        Returns:
-            the batch-first graph tensors of `collate_sequence_molecules`, or `{}` when no sequence holds a molecule.
-        """
+        """Featurize and collate the molecules of each sequence (a list per sequence, in placeholder order): the tensors
+        of `collate_sequence_molecules`, or `{}` when no sequence holds a molecule."""
         rows = [list(row) for row in molecules]
         graphs = iter(self.featurize([molecule for row in rows for molecule in row], max_atoms))
         rows = [[next(graphs) for _ in row] for row in rows]

@@ -117,8 +117,7 @@ class MoleculeGraph:
         edge_index: `(2, num_edges)` int64, both directions of every bond (PyG convention).
         edge_features: `(num_edges, 3)` int64, OGB bond feature indices.
         motif_features: `(num_motifs, 73)` uint8, one row per functional group; zero rows where the rule set finds
-            no group (methane), in which case the model keeps its raw motif queries.
-    """
+            no group (methane), in which case the model keeps its raw motif queries."""
 
     atom_features: np.ndarray
     edge_index: np.ndarray
@@ -155,8 +154,7 @@ class OversizedMoleculeError(ValueError):
     Attributes:
         size: the measure over the limit, in `unit`s.
         limit: the limit it exceeds.
-        unit: "atoms", "characters", "ring bonds", "ring bonds on one atom" or "rings".
-    """
+        unit: "atoms", "characters", "ring bonds", "ring bonds on one atom" or "rings"."""
 
     def __init__(self, message: str, size: int, limit: int, unit: str = "atoms") -> None:
         super().__init__(message)
@@ -172,8 +170,7 @@ class OversizedMoleculeError(ValueError):
 def shorten_for_message(value: object, limit: int = MESSAGE_CHARS) -> str:
     """`repr(value)` cut to about `limit` characters for an error message, saying how long the value was when cut.
 
-    Only the head of a long string is ever converted, so a 10 MB input costs no more than a short one.
-    """
+    Only the head of a long string is ever converted, so a 10 MB input costs no more than a short one."""
     if isinstance(value, (str, bytes, bytearray)):
         text = repr(value[: limit + 1])
         if len(value) <= limit and len(text) <= limit + 2:
@@ -208,8 +205,7 @@ class _SmilesText:
         hydrogens: a bracket hydrogen is written (RDKit may remove it, so writing order is not atom order).
         directional_bonds: a `/` or `\\` is written (double-bond stereo).
         dative_bonds: a `<` or `>` is written (dative bonds, `->` and `<-`).
-        plain: the whole string is one word, so no CXSMILES extension adds to what the atoms say.
-    """
+        plain: the whole string is one word, so no CXSMILES extension adds to what the atoms say."""
 
     atoms: int
     ring_bonds: int
@@ -261,8 +257,7 @@ def count_smiles_atoms(smiles: str) -> int:
     For a valid SMILES this equals RDKit's `GetNumAtoms()` after its default parse, except that bracket hydrogens
     without isotope bonded to other atoms are not counted, as RDKit removes them; it keeps a few (a stereo
     `[H]/C=C`), so the count is a lower bound, never more than RDKit's. Text after the first whitespace (a name or
-    CXSMILES extension) is not part of the molecule.
-    """
+    CXSMILES extension) is not part of the molecule."""
     return _read_smiles_text.__wrapped__(smiles).atoms
 
 
@@ -366,8 +361,7 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
     SMILES that write more atoms than `max_atoms` (`count_smiles_atoms`), have more than `MAX_SMILES_LENGTH`
     characters or describe a dense graph (`MAX_RING_BONDS_PER_ATOM`, `RING_ALLOWANCE`), on which RDKit's time grows
     faster than linearly. A parsed molecule with more rings than `RING_ALLOWANCE` allows is refused too. The exact
-    atom count of the parsed molecule is left to `check_size`.
-    """
+    atom count of the parsed molecule is left to `check_size`."""
     where = position_text(index)
     _check_type(smiles, where)
     text = _read_smiles_text(smiles[:MAX_SMILES_LENGTH])
@@ -412,8 +406,7 @@ class _MoleculeScan:
         bond_ends: `(begin, end)` atom indices of every bond, in bond order.
         bond_kinds: the OGB bond type of every bond (0 single, 1 double, 2 triple, 3 aromatic, 4 other).
         bond_in_ring: whether each bond is in a ring.
-        marked: the atoms the motif rules mark (see `functional_groups`).
-    """
+        marked: the atoms the motif rules mark (see `functional_groups`)."""
 
     atom_features: np.ndarray
     edge_index: np.ndarray
@@ -473,8 +466,7 @@ def _scan_molecule(
     indices) and writes as many atoms as the molecule has, so that the atoms of the text are the molecule's atoms in
     order. `rings`: the ring perception RDKit's parser stored (`GetRingInfo().AtomRings()`), which then gives ring
     membership (`Atom.IsInRing` reads the same ring information); it also lets hybridization be found by substructure
-    search, which needs a sanitized molecule.
-    """
+    search, which needs a sanitized molecule."""
     num_atoms, num_bonds = mol.GetNumAtoms(), mol.GetNumBonds()
     if text is not None and (not text.plain or text.hydrogens or text.atoms != num_atoms):
         text = None
@@ -624,8 +616,7 @@ def functional_groups(mol: Chem.Mol) -> list[set[int]]:
     code tracks it: a merged atom takes over the membership *list* of its partner, so an atom that joined a group
     earlier can keep pointing at a group a later merge emptied. For molecules parsed from ordinary SMILES this never
     changes the result (bonds are created in writing order); it can for molecules built in another atom order, and
-    there we still agree with the original.
-    """
+    there we still agree with the original."""
     return _group_atoms(_scan_molecule(mol), [tuple(ring) for ring in Chem.GetSymmSSSR(mol)])
 
 
@@ -679,8 +670,7 @@ def featurize_molecule(
     `rings_from_sanitization=True` reuses the ring perception RDKit stored while sanitizing (the symmetrised SSSR,
     identical to `Chem.GetSymmSSSR`) instead of recomputing it; only pass it for molecules sanitized by RDKit's
     default parser. `parsed_from` is the SMILES string `parse_smiles` read the molecule from: RDKit is then not asked
-    for what that text rules out (chiral tags where no `@` is written, ...); the result is the same without it.
-    """
+    for what that text rules out (chiral tags where no `@` is written, ...); the result is the same without it."""
     if rings_from_sanitization:
         rings = mol.GetRingInfo().AtomRings()
     else:
@@ -711,8 +701,7 @@ def featurize_smiles(smiles: str | Chem.Mol, max_atoms: int | None = None, index
 
     Raises:
         ValueError: the SMILES is empty or unparsable; `OversizedMoleculeError` (a `ValueError`) when the molecule is
-            larger than `max_atoms`, or too long or dense for RDKit (see `parse_smiles`).
-    """
+            larger than `max_atoms`, or too long or dense for RDKit (see `parse_smiles`)."""
     parsed_here = not isinstance(smiles, Chem.Mol)
     mol = parse_smiles(smiles, index=index, max_atoms=max_atoms) if parsed_here else smiles
     check_size(mol, max_atoms, smiles, index)
@@ -742,8 +731,7 @@ def collate_molecule_graphs(graphs: list[MoleculeGraph]) -> dict[str, torch.Tens
         `atom_features` `(B, N, 9)` long, `atom_mask` `(B, N)` bool, `bond_index` `(B, E, 2)` long (atom indices
         local to each molecule), `bond_features` `(B, E, 3)` long, `bond_mask` `(B, E)` bool, `motif_features`
         `(B, G, 73)` float, `motif_mask` `(B, G)` bool. `G` is at least 1 so attention always has a key; a molecule
-        without groups has an all-False motif row.
-    """
+        without groups has an all-False motif row."""
     if not graphs:
         raise ValueError("collate_molecule_graphs needs at least one molecule.")
     return pad_molecule_graphs(graphs, [(row,) for row in range(len(graphs))], (len(graphs),))

@@ -193,11 +193,9 @@ class LlamoGraphProjector(nn.Module):
     def motif_tokens(
         self, motif_features: torch.Tensor, motif_mask: torch.BoolTensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """
-        `(B, G, 73)` group vectors, `(B, G)` mask -> `(B, num_motif_queries, H)` tokens and, if asked, the
+        """`(B, G, 73)` group vectors, `(B, G)` mask -> `(B, num_motif_queries, H)` tokens and, if asked, the
         head-averaged attention of the motif queries over the groups `(B, num_motif_queries, G)`. A molecule without
-        groups keeps the raw motif queries (as the original does for methane).
-        """
+        groups keeps the raw motif queries (as the original does for methane)."""
         batch = motif_features.shape[0]
         queries = self.motif_queries.unsqueeze(0).expand(batch, -1, -1)
         if motif_features.shape[1] == 0:
@@ -345,11 +343,9 @@ class LlamoModel(LlamoPreTrainedModel):
         graph_embeds: torch.Tensor,
         molecules_per_row: torch.LongTensor | None = None,
     ) -> torch.BoolTensor:
-        """
-        `(B, L, 1)` mask of the `<graph>` positions. They must hold exactly the graph tokens of `graph_embeds`
+        """`(B, L, 1)` mask of the `<graph>` positions. They must hold exactly the graph tokens of `graph_embeds`
         `(num_molecules, num_graph_tokens, hidden)`: one run of `num_graph_tokens` positions per molecule, and, when
-        `molecules_per_row` `(B,)` is known, as many runs in each sequence as it has molecules.
-        """
+        `molecules_per_row` `(B,)` is known, as many runs in each sequence as it has molecules."""
         if input_ids is None:
             graph_embedding = self.get_input_embeddings()(
                 torch.tensor(self.config.graph_token_id, dtype=torch.long, device=inputs_embeds.device)
@@ -679,13 +675,11 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
-        """
-        The generic preparation (`input_ids` `(B, L)` or, at the first step, `inputs_embeds` `(B, L, hidden)`, sliced
+        """The generic preparation (`input_ids` `(B, L)` or, at the first step, `inputs_embeds` `(B, L, hidden)`, sliced
         to the positions not yet cached), with the graph inputs and `graph_embeds` passed exactly while the cache
         holds no tokens: at the prefill of every `generate` call (also an assistant model's first drafting call,
         which is not `is_first_iteration`) and at every step without a cache. Once the cache holds the prompt, the
-        graph tokens are in it and the inputs are dropped.
-        """
+        graph tokens are in it and the inputs are dropped."""
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,

@@ -39,14 +39,9 @@ PROMPT_SMILES_MODES = ("canonical", "input", "none")
 
 @dataclass
 class RenderedConversation:
-    """A conversation rendered by the chat template, with its molecules and where its assistant turns are.
-
-    Attributes:
-        text: the prompt text, with one `<graph>` (not yet expanded) per molecule, in order.
-        molecules: the conversation's molecules, featurized, in placeholder order.
-        assistant_spans: `(start, end)` character spans of every assistant turn in `text`, each covering the answer
-            and the template's end-of-turn text (so a model trained on them learns to stop).
-    """
+    """A conversation rendered by the chat template: its `text` with one `<graph>` (not yet expanded) per molecule, its
+    featurized `molecules` in placeholder order, and the `(start, end)` character spans of every assistant turn in
+    `text`, each covering the answer and the template's end-of-turn text (so a model trained on them learns to stop)."""
 
     text: str
     molecules: list[PreparedMolecule] = field(default_factory=list)
@@ -104,8 +99,7 @@ def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]
 
 
 class LlamoProcessor(ProcessorMixin):
-    r"""
-    Wraps an LLM tokenizer and a molecule featurizer. Turns molecules into batch-first graph tensors (OGB atom/bond
+    r"""Wraps an LLM tokenizer and a molecule featurizer. Turns molecules into batch-first graph tensors (OGB atom/bond
     features and functional-group vectors, see `GRAPH_INPUT_NAMES`, padded to `(batch, max_molecules, ...)`) and
     expands each `<graph>` placeholder in the text into `num_graph_tokens` placeholder ids, which the model fills with
     that molecule's graph tokens. A sequence may hold any number of molecules, zero included.
@@ -121,8 +115,7 @@ class LlamoProcessor(ProcessorMixin):
         prompt_smiles (`str`, defaults to `"canonical"`): how a molecule content block shows its SMILES to the LLM:
             `"canonical"` (canonical, non-isomeric, as the original), `"input"` (as given) or `"none"` (graph only).
         max_smiles_length (`int`, *optional*, defaults to 128): SMILES text in prompts is cut to this many characters.
-        padding_side (`str`, defaults to `"left"`): how batches are padded (left, for generation).
-    """
+        padding_side (`str`, defaults to `"left"`): how batches are padded (left, for generation)."""
 
     def __init__(
         self,
@@ -179,17 +172,8 @@ class LlamoProcessor(ProcessorMixin):
         return output
 
     def check_model_config(self, config) -> None:
-        """
-        Check that this processor builds inputs the model can read: it must expand `<graph>` into the model's number
-        of graph tokens, with the model's `<graph>` id.
-
-        Args:
-            config: the model's `LlamoConfig` (anything with `num_graph_tokens` / `graph_token_id`; missing values
-                are not checked).
-
-        Raises:
-            ValueError: naming both numbers (or both ids) when they disagree.
-        """
+        """Check that this processor builds inputs the model of `config` can read (its `num_graph_tokens` and
+        `graph_token_id`; missing values are not checked): a `ValueError` names both numbers (or ids) if they differ."""
         expected = getattr(config, "num_graph_tokens", None)
         if expected is not None and expected != self.num_graph_tokens:
             raise ValueError(
@@ -208,11 +192,8 @@ class LlamoProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> LlamoProcessor:
-        """
-        Load a processor (see `ProcessorMixin.from_pretrained`). When the folder also holds a LLaMo model config (a
-        local folder saved with `save_llamo`, `llamo init`, training or export), the processor is checked against it
-        with `check_model_config`, so a mismatched pair fails here rather than in the model's forward.
-        """
+        """`ProcessorMixin.from_pretrained`, then `check_model_config` against the folder's LLaMo model config if it
+        holds one (a local folder saved with the model), so a mismatched pair fails here rather than in the forward."""
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         config = None
@@ -279,8 +260,7 @@ class LlamoProcessor(ProcessorMixin):
         max_atoms: int | str | None = "default",
         **kwargs,
     ) -> BatchFeature:
-        """
-        Tokenize `text` (one string per sequence, with one `<graph>` per molecule, where it goes) and featurize the
+        """Tokenize `text` (one string per sequence, with one `<graph>` per molecule, where it goes) and featurize the
         matching `smiles`: per text, a list of its molecules in placeholder order (SMILES strings, RDKit molecules, or
         precomputed `MoleculeGraph`s). A flat list gives one molecule per text (or all molecules of a single text).
         A text without `<graph>` takes an empty list.
@@ -292,8 +272,7 @@ class LlamoProcessor(ProcessorMixin):
 
         Raises:
             ValueError: unparsable, empty or oversized SMILES (naming it and its index), or a text whose `<graph>`
-                placeholders do not match its molecules.
-        """
+                placeholders do not match its molecules."""
         if text is None:
             if smiles is None:
                 raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
@@ -345,16 +324,11 @@ class LlamoProcessor(ProcessorMixin):
         add_special_tokens: bool = True,
         **kwargs,
     ) -> BatchFeature | None:
-        """
-        One text, encoded by the fast tokenizer's `tokenizers` backend directly: the same `input_ids` and
-        `attention_mask` as `_tokenize` (which reaches the same backend call through the tokenizer's `__call__`) when
-        there is nothing to truncate or pad and the backend holds no truncation or fixed-length padding of its own,
-        in a fraction of the time. Where the graph token is a special added token matched anywhere (not
-        `single_word`), the backend splits the text at each placeholder before reading the text around it, so the
-        text is encoded with one placeholder per molecule, each then repeated `num_graph_tokens` times. Returns `None`
-        (use the general path) in every other case, and where the result is one the general path reports (a missing
-        placeholder) or warns about (more tokens than `model_max_length`).
-        """
+        """One text encoded by the fast tokenizer's backend directly, in a fraction of the time: the same `input_ids`
+        and `attention_mask` as `_tokenize` when there is nothing to truncate or pad (see `_direct_backend`). Where the
+        backend splits text at the graph token (`_graph_token_splits`), the text is encoded with one placeholder per
+        molecule, each then repeated `num_graph_tokens` times. `None` (use the general path) in every other case, and
+        where the general path would report (a missing placeholder) or warn (more tokens than `model_max_length`)."""
         if kwargs or truncation not in (False, None, "do_not_truncate") or max_length is not None:
             return None
         if padding not in (True, False, None, "longest", "do_not_pad"):
@@ -363,8 +337,7 @@ class LlamoProcessor(ProcessorMixin):
         names = list(getattr(tokenizer, "model_input_names", ()))
         if names not in (["input_ids", "attention_mask"], ["input_ids"]):
             return None
-        backend = _direct_backend(tokenizer)
-        if backend is None:
+        if (backend := _direct_backend(tokenizer)) is None:
             return None
         split = _graph_token_splits(tokenizer, self.graph_token_id)
         encoding = backend.encode(
@@ -419,11 +392,8 @@ class LlamoProcessor(ProcessorMixin):
         prepared: Sequence[PreparedMolecule] | None = None,
         max_atoms: int | str | None = "default",
     ) -> tuple[list[dict], list[PreparedMolecule]]:
-        """
-        Turn content blocks into plain strings and featurize the molecules, in order. A molecule block is
-        `{"type": "molecule", "smiles": ...}`; `prepared` gives the conversation's molecules already featurized (in
-        block order), and then RDKit is not called at all.
-        """
+        """Turn content blocks into plain strings and featurize the molecules, in order; `prepared` gives the
+        conversation's molecules already featurized (in block order), and then RDKit is not called at all."""
         messages, molecules = [], []
         for message in conversation:
             content = message.get("content")
@@ -494,17 +464,13 @@ class LlamoProcessor(ProcessorMixin):
         include_graph: bool = True,
         **template_kwargs,
     ):
-        """
-        Render conversations whose messages may hold any number of molecule content blocks
+        """Render conversations whose messages may hold any number of molecule content blocks
         `{"type": "molecule", "smiles": ...}` (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its
         SMILES text plus `<graph>`; with `tokenize=True` the molecules are featurized from the same parse and the
         graph tensors returned. `include_graph=False` renders molecules as SMILES text only, without `<graph>` and
         graph tensors (the "no graph" ablation: the same model, graph tokens removed).
 
-        Returns:
-            the prompt string(s); with `tokenize=True` the `input_ids`, or the whole `BatchFeature` with
-            `return_dict=True`.
-        """
+        Returns the prompt string(s); with `tokenize=True` the `input_ids`, or the `BatchFeature` with `return_dict`."""
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
         render = self._renderer(chat_template, **template_kwargs)
@@ -539,11 +505,8 @@ class LlamoProcessor(ProcessorMixin):
         molecules: Sequence[PreparedMolecule] | None = None,
         **template_kwargs,
     ) -> RenderedConversation:
-        """
-        Render a whole conversation (for training) and locate its assistant turns (see
-        `chat_template_llamo.assistant_spans`). `molecules` are the conversation's molecules already featurized, in
-        block order (the training collator passes them from its cache).
-        """
+        """Render a whole conversation (for training) and locate its assistant turns (`assistant_spans`).
+        `molecules`: its molecules already featurized, in block order (the training collator's cache)."""
         render = self._renderer(chat_template, **template_kwargs)
         messages, found = self._flatten(list(conversation), index, prepared=molecules)
         text, spans = assistant_spans(messages, render, index)
@@ -556,19 +519,11 @@ class LlamoProcessor(ProcessorMixin):
     # --- decoding -------------------------------------------------------------------------------------------------
 
     def batch_decode(
-        self,
-        sequences,
-        prompt_length: int | torch.Tensor | None = None,
-        skip_special_tokens: bool = True,
-        **kwargs,
+        self, sequences, prompt_length: int | torch.Tensor | None = None, skip_special_tokens: bool = True, **kwargs
     ) -> list[str]:
-        """
-        Decode generated sequences into the answer text only.
-
-        The prompt is removed by `prompt_length` (an int, or the prompt's `input_ids`) when given; otherwise by the
-        chat template's answer marker (the text after its last occurrence). Rows that hold no marker (new tokens
-        only) are decoded whole.
-        """
+        """Decode generated sequences into the answer text only: after `prompt_length` (an int, or the prompt's
+        `input_ids`) when given, else after the last answer marker of the chat template (a row without one, new
+        tokens only, is decoded whole)."""
         rows = torch.as_tensor(np.asarray(sequences) if not isinstance(sequences, torch.Tensor) else sequences)
         if rows.dim() == 1:
             rows = rows.unsqueeze(0)

@@ -13,11 +13,9 @@ reads transformers' deprecated `is_gradient_checkpointing` alias)."""
 
 @contextmanager
 def quiet_loading() -> Iterator[None]:
-    """
-    Load or save models without transformers' progress bars ("Loading weights", "Writing model shards") and without
+    """Load or save models without transformers' progress bars ("Loading weights", "Writing model shards") and without
     the `LIBRARY_DEPRECATIONS` warnings; the progress-bar setting is restored afterwards and every other warning
-    still shows.
-    """
+    still shows."""
     from transformers.utils import logging as transformers_logging
 
     bars_were_on = transformers_logging.is_progress_bar_enabled()

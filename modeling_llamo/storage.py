@@ -108,10 +108,8 @@ def disk_full_guard(
     needed: int | Callable[[], int | None] | None = None,
     kept: str | Callable[[], str] | None = None,
 ) -> Iterator[None]:
-    """
-    Turn a full disk inside the block into a `DiskFullError` naming `folder` (or the failing file's folder), saying
-    it was `writing`, how much it `needed` and what was `kept` (callables are evaluated only on failure).
-    """
+    """Turn a full disk inside the block into a `DiskFullError` naming `folder` (or the failing file's folder), saying
+    it was `writing`, how much it `needed` and what was `kept` (callables are evaluated only on failure)."""
     try:
         yield
     except DiskFullError:

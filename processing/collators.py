@@ -22,8 +22,7 @@ first (see `llamo.processing.index.attach_neighbours`)."""
 
 @dataclass
 class LlamoDataCollator:
-    """
-    Batches featurized conversation rows for training: renders each conversation with the processor's chat template
+    """Batches featurized conversation rows for training: renders each conversation with the processor's chat template
     (its molecule from the row's precomputed graph and canonical SMILES, so RDKit does not run for it), expands every
     `<graph>` with the processor's own routine, and builds `labels` that keep exactly the assistant turns (answer +
     end-of-turn text); the prompt, SMILES texts and graph positions are `-100`. Padding (right) is the tokenizer's.
@@ -36,8 +35,7 @@ class LlamoDataCollator:
         max_length: longest sequence kept (longer ones are cut on the right; a cut through graph placeholders is an
             error naming the row).
         chat_template: overrides the processor's template.
-        cache_size: molecules other than the rows' own kept featurized between batches.
-    """
+        cache_size: molecules other than the rows' own kept featurized between batches."""
 
     processor: Any
     max_length: int | None = 512

@@ -65,8 +65,7 @@ def build_index(
     """Load a source with the training data loaders and index it (see `MoleculeIndex.from_records`).
 
     Returns:
-        the index, the loader's report and the indexing counts.
-    """
+        the index, the loader's report and the indexing counts."""
     from llamo.training.config import DataSourceConfig
     from llamo.training.data import load_source
 

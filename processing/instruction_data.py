@@ -72,8 +72,7 @@ class DataGenerationConfig:
     `num_exemplars`: exemplars per request (step 2); 0 skips step 1. `seed_exemplars`: how many step 1 makes.
     `exemplars_file`: exemplars to use instead of step 1 (the `<output>.exemplars.json` format).
     `concurrency`: requests in flight. `seed`: seeds exemplar choice and sampling (each molecule gets its own seed).
-    `allow_mixed`: append to an output made with another teacher/model/prompt. `overwrite`: start the output over.
-    """
+    `allow_mixed`: append to an output made with another teacher/model/prompt. `overwrite`: start the output over."""
 
     max_turns: int = 8
     num_exemplars: int = 2
@@ -269,8 +268,7 @@ def generate_conversations(
 
     Resumes: molecules already generated or filtered in `output` are skipped, failed ones are retried. Stops cleanly
     when the teacher's request budget is spent (`summary["stopped"] == "budget_exhausted"`). Raises
-    `TeacherFatalError` (after writing the summary) when the teacher refuses every request, e.g. a wrong API key.
-    """
+    `TeacherFatalError` (after writing the summary) when the teacher refuses every request, e.g. a wrong API key."""
     config = config or DataGenerationConfig()
     if not isinstance(molecules, MoleculeInput):
         molecules = MoleculeInput(molecules=list(molecules), source="molecules", rows=len(molecules))
@@ -350,8 +348,7 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     Keys: `input` and `output` (required); `teacher` (default `grounded`) and the options of
     `teachers.build_teacher` (`model`, `max_requests`, `temperature`, ...); the input's `format`, `id_prefix` and
     `limit` (see `read_molecules`); any `DataGenerationConfig` field (`max_turns`, `seed`, ...; no progress bar unless
-    `show_progress`). An unknown key raises `ValueError`. Returns the summary.
-    """
+    `show_progress`). An unknown key raises `ValueError`. Returns the summary."""
     from dataclasses import fields
 
     from .teachers import build_teacher

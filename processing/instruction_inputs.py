@@ -123,8 +123,7 @@ def read_molecules(
     `datasets.Dataset` (a conversation-schema one gives its last assistant message as the description).
 
     Rows with no or unparsable SMILES (RDKit), no description, a repeated id, or unreadable JSON are skipped and
-    counted in `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules.
-    """
+    counted in `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules."""
     from rdkit import Chem, rdBase
 
     from llamo.featurization_llamo import parse_smiles

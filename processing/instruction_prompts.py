@@ -210,8 +210,7 @@ def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str 
 
     Reasons: `empty_conversation`, `broken_turns` (not user first, or roles not alternating), `unanswered_question`
     (ends with a user turn), `empty_turn`, `duplicate_turn` (the same question or answer twice, ignoring case and
-    spacing), `too_many_turns` (more than `max_turns` question-answer pairs).
-    """
+    spacing), `too_many_turns` (more than `max_turns` question-answer pairs)."""
     if not messages:
         return "empty_conversation"
     for index, message in enumerate(messages[:-1] if messages[-1]["role"] == "user" else messages):

@@ -158,8 +158,7 @@ class _TeacherClient(InferenceClient):
 
     `InferenceClient` sends through huggingface_hub's shared session, which follows redirects, refuses every request
     under `HF_HUB_OFFLINE` and, without an `api_key`, sends the user's Hugging Face token: none of that suits a
-    third-party server. Overriding its one transport method keeps `chat_completion`'s request and reply handling.
-    """
+    third-party server. Overriding its one transport method keeps `chat_completion`'s request and reply handling."""
 
     def __init__(self, base_url: str, http: httpx2.Client, authorization: Callable[[], dict[str, str]]):
         # any api_key, so that no Hugging Face token is looked up; the Authorization header is replaced below
@@ -306,8 +305,7 @@ class TransformersTeacher:
     """A local chat model (`AutoModelForCausalLM` + the tokenizer's chat template), from a folder or Hub id.
 
     Generation runs one request at a time (`max_concurrency = 1`); `seed` seeds torch before each request so a rerun
-    reproduces it. A template without a system role gets the system prompt prepended to the first user turn.
-    """
+    reproduces it. A template without a system role gets the system prompt prepended to the first user turn."""
 
     name = "transformers"
     prompt_version = PROMPT_VERSION

@@ -28,8 +28,7 @@ ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 
 @dataclass
 class DataSourceConfig:
-    """
-    One data source of a training mixture.
+    """One data source of a training mixture.
 
     Args:
         type: one of `SOURCE_TYPES`.
@@ -41,8 +40,7 @@ class DataSourceConfig:
         part: `train` or `test`: which side of the hold-out to use.
         task: for `mol-instructions`: `description` or `property`.
         allow_pickle: read PubChem324kV2 `.pt` pickles (they can execute code: only for files you trust).
-        options: further keyword arguments of the loader (column names, `properties`, `instruction`, ...).
-    """
+        options: further keyword arguments of the loader (column names, `properties`, `instruction`, ...)."""
 
     type: str
     path: str | None = None
@@ -104,11 +102,9 @@ class LlamoScriptArguments:
 
 @dataclass
 class Stage1Arguments(LlamoScriptArguments):
-    """
-    Stage 1, graph-language alignment: the LLM is frozen (its embeddings and LM head too); the graph encoder and the
+    """Stage 1, graph-language alignment: the LLM is frozen (its embeddings and LM head too); the graph encoder and the
     projector are trained on description pairs. `model_name_or_path` is a folder made by `llamo init`, or leave it
-    empty and give `init_llm` to build one around that LM first.
-    """
+    empty and give `init_llm` to build one around that LM first."""
 
     init_llm: str | None = field(default=None, metadata={"help": "build the starting LLaMo around this LM"})
     init_options: dict[str, Any] = field(
@@ -118,12 +114,10 @@ class Stage1Arguments(LlamoScriptArguments):
 
 @dataclass
 class Stage2Arguments(LlamoScriptArguments):
-    """
-    Stage 2, instruction tuning with TRL's SFTTrainer: LoRA (ModelConfig's `lora_*`) on the LLM's layers only, the
+    """Stage 2, instruction tuning with TRL's SFTTrainer: LoRA (ModelConfig's `lora_*`) on the LLM's layers only, the
     projector trained in full (`lora_modules_to_save: [graph_projector]`), the graph encoder frozen with its
     BatchNorm in eval mode. `model_name_or_path` is a stage-1 output folder. Saves the LoRA adapter + projector
-    (`adapter/`) and a merged full model (`merged/`).
-    """
+    (`adapter/`) and a merged full model (`merged/`)."""
 
     save_merged: bool = field(default=True, metadata={"help": "also save the merged full model (`merged/`)"})
     adapter_path: str | None = field(

@@ -91,11 +91,9 @@ def prepare_source(
 
 
 def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datasets.Dataset, list[DataReport]]:
-    """
-    The training set of a stage: each source loaded and featurized (cached; `dataset_num_proc` processes), held-out
+    """The training set of a stage: each source loaded and featurized (cached; `dataset_num_proc` processes), held-out
     part selected, filtered to the task in specialist mode, mixed by weight (with the trainer's `seed`), with a
-    length column when the trainer samples by length. Prints what was kept and dropped.
-    """
+    length column when the trainer samples by length. Prints what was kept and dropped."""
     config, training = arguments.script, arguments.training
     cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -30,11 +30,9 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class GracefulInterrupt(TrainerCallback):
-    """
-    A `TrainerCallback` that turns SIGTERM / SIGINT into "save a checkpoint at the end of this step, then stop".
+    """A `TrainerCallback` that turns SIGTERM / SIGINT into "save a checkpoint at the end of this step, then stop".
     Use it as a context manager around `trainer.train()` (it installs its signal handlers there, in the main thread
-    only), then call `exit_if_interrupted`.
-    """
+    only), then call `exit_if_interrupted`."""
 
     def __init__(self, log=print):
         self.log = log

@@ -37,8 +37,7 @@ class PipelineConfig:
             neighbours; `generation`: generation-config defaults such as `answer_loop_repeats`).
         start_from_bundle: skip stage 1 and continue a default-model bundle instead (a bundle folder, or `default`
             for the packaged one): its model before the adapter becomes the stage-1 folder, and stage 2 continues
-            its adapter (LoRA + projector).
-    """
+            its adapter (LoRA + projector)."""
 
     work_dir: str
     stage1: dict[str, Any]

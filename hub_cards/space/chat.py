@@ -118,8 +118,7 @@ def stream_answer(
     tokens) once the answer ends.
 
     Raises:
-        ValueError: the messages cannot be rendered (bad SMILES, molecule over the processor's `max_atoms`).
-    """
+        ValueError: the messages cannot be rendered (bad SMILES, molecule over the processor's `max_atoms`)."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     inputs = inputs.to(model.device)
     closed = threading.Event()

@@ -46,8 +46,7 @@ class Retrieval:
             default indexes).
         model_dir: the model folder whose `llamo_retrieval.json` names the default indexes and neighbours.
         neighbours: neighbours per answer (capped at `MAX_NEIGHBOURS`; 0 turns them off); default: the model's, else
-            the pipeline's.
-    """
+            the pipeline's."""
 
     def __init__(self, index: Any = None, model_dir: str | os.PathLike | None = None, neighbours: int | None = None):
         self.choice = index
