@@ -7,8 +7,7 @@
 
 or `llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card` on the command line. The exported
 `config.json` declares the `molecule-text-generation` pipeline, so `pipeline(model=folder_or_repo,
-trust_remote_code=True)` finds it without a task name.
-"""
+trust_remote_code=True)` finds it without a task name."""
 
 from llamo import lazy_exports
 

@@ -1,8 +1,7 @@
 """Push an exported folder to the Hub with `huggingface_hub` (`create_repo`, `create_branch`, `upload_folder`).
 
 The token comes from `HF_TOKEN` or the stored login (`get_token`); it is never printed, and it is removed from any
-error text shown. A dry run lists what would be uploaded and contacts nothing.
-"""
+error text shown. A dry run lists what would be uploaded and contacts nothing."""
 
 from __future__ import annotations
 
@@ -83,11 +82,9 @@ def plan_push(
 
 def push_folder(plan: UploadPlan, api=None, token: str | None = None):
     """Create the repository if needed (and the branch, with `create_branch`), then upload the folder in one commit
-    with `api` (default: an `HfApi` with `token`, default `get_token()`); returns the upload's `CommitInfo`.
-
-    Raises:
-        PushError: no token, the Hub refused or could not be reached, or any failure whose text holds the token
-            (re-raised with the token replaced by `<token>`, without the original exception attached)."""
+    with `api` (default: an `HfApi` with `token`, default `get_token()`); returns the upload's `CommitInfo`. A
+    `PushError` without a token, when the Hub refused or could not be reached, or for any failure whose text holds the
+    token (re-raised with the token replaced by `<token>`, without the original exception attached)."""
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()

@@ -1,8 +1,7 @@
 """`llamo evaluate` results files -> a model card's `model-index` (`huggingface_hub.EvalResult`) and metric tables.
 
 Every metric's card name says its protocol, since numbers under different protocols are not comparable; each property
-MAE is followed by its valid-answer ratio, in the evaluator's order.
-"""
+MAE is followed by its valid-answer ratio, in the evaluator's order."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Importing `llamo` registers the model with transformers' Auto classes, so saved LLaMo folders also load without
 `trust_remote_code` while this package is installed. The import itself is light (no torch, no transformers: the
 command line's `--help` stays fast): names are imported on first use, and the registration happens as soon as
-transformers' Auto API is loaded (`llamo.auto_registration`).
-"""
+transformers' Auto API is loaded (`llamo.auto_registration`)."""
 
 from __future__ import annotations
 
@@ -21,16 +20,16 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     name: module
     for module, names in {
-        "chat_template_llamo": "add_neighbours",
-        "configuration_llamo": "GRAPH_INPUT_NAMES LlamoConfig LlamoGraphEncoderConfig LlamoProjectorConfig",
-        "default_model": "default_model_path",
-        "feature_extraction_llamo": "LlamoMoleculeFeaturizer collate_sequence_molecules prepare_molecule",
-        "featurization_llamo": "MoleculeGraph collate_molecule_graphs featurize_smiles parse_smiles",
-        "modeling_llamo": "LlamoForConditionalGeneration LlamoModel LlamoPreTrainedModel",
-        "pipeline_llamo": "MOLECULE_TASK LlamoMoleculePipeline",
-        "processing_llamo": "LlamoProcessor",
+        "chat_template_llamo": ("add_neighbours",),
+        "configuration_llamo": ("GRAPH_INPUT_NAMES", "LlamoConfig", "LlamoGraphEncoderConfig", "LlamoProjectorConfig"),
+        "default_model": ("default_model_path",),
+        "feature_extraction_llamo": ("LlamoMoleculeFeaturizer", "collate_sequence_molecules", "prepare_molecule"),
+        "featurization_llamo": ("MoleculeGraph", "collate_molecule_graphs", "featurize_smiles", "parse_smiles"),
+        "modeling_llamo": ("LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"),
+        "pipeline_llamo": ("MOLECULE_TASK", "LlamoMoleculePipeline"),
+        "processing_llamo": ("LlamoProcessor",),
     }.items()
-    for name in names.split()
+    for name in names
 }
 # modules whose classes go into the Auto API: using one of their names registers at once (errors are raised)
 _REGISTERED_MODULES = frozenset({"configuration_llamo", "modeling_llamo", "pipeline_llamo", "processing_llamo"})

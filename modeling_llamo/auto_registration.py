@@ -5,8 +5,7 @@
 needs the model classes, hence torch, so it cannot happen during `import llamo` unless transformers' Auto API is
 already loaded. Otherwise `install()` puts a finder on `sys.meta_path` that watches the imports of transformers and
 llamo modules: as soon as no such import is in progress and `transformers.models.auto` is loaded, the classes are
-registered and the finder removes itself. Nothing here imports more than the standard library until then.
-"""
+registered and the finder removes itself. Nothing here imports more than the standard library until then."""
 
 from __future__ import annotations
 
@@ -56,8 +55,7 @@ def is_registered() -> bool:
 def register_when_ready(strict: bool = False) -> bool:
     """Register now if transformers' Auto API is loaded and no transformers / llamo import is half done; returns
     whether the classes are registered. A failed registration raises with `strict`, else it is a warning (the finder
-    calls this from inside the user's own `import transformers...`, which a broken optional dependency must not break).
-    """
+    calls this inside the user's own `import transformers...`, which a broken optional dependency must not break)."""
     with _lock:
         if _state["registered"] or _state["depth"] or AUTO_PACKAGE not in sys.modules:
             return _state["registered"]

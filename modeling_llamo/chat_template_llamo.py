@@ -1,8 +1,7 @@
 """Chat templates of LLaMo, where assistant turns are in a rendered conversation, and in-context neighbours.
 
 This file travels to the Hub as remote code: it imports only the standard library, so the defaults that the remote
-code shares with the command line and the data preparation (`DEFAULT_MAX_ATOMS`, `DEFAULT_NEIGHBOURS`) live here.
-"""
+code shares with the command line and the data preparation (`DEFAULT_MAX_ATOMS`, `DEFAULT_NEIGHBOURS`) live here."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Convert the original LLaMo release (mlvlab/LLaMo's Lightning checkpoint) into a Hugging Face folder of this package.
-
-    python -m llamo.convert_llamo_original_to_hf CKPT OUT_DIR --llm BASE_LLM_FOLDER [--keep-adapter]
-
-which runs `llamo convert-original` (it also takes the model card's options), like transformers' `convert_*_to_hf.py`.
+"""Convert the original LLaMo release (mlvlab/LLaMo's Lightning checkpoint) into a Hugging Face folder of this package:
+`python -m llamo.convert_llamo_original_to_hf CKPT OUT_DIR --llm BASE_LLM_FOLDER [--keep-adapter]` runs `llamo
+convert-original` (which also takes the model card's options), like transformers' `convert_*_to_hf.py`.
 
 The checkpoint holds, under `mllm.`: the GIN (`graph_model.molecule_node_model.*`), the projector (`abstractor.*`, whose
 six `cross_attention.i` copies are identical when one module is shared by all levels), `ln_graph_model.*` (unused at
@@ -16,8 +14,7 @@ a warning when the copies differ), `<graph>` added to the vocabulary, the origin
 r 8 (read from the weights), alpha 32 and dropout 0.05; the alpha cannot be read from the checkpoint (the released
 code ignores its own LoRA flags, so the saved hyper-parameters may not be the ones used).
 
-Only the standard library is imported at the top (`llamo convert-original --help` uses `add_conversion_arguments`).
-"""
+Only the standard library is imported at the top (`llamo convert-original --help` uses `add_conversion_arguments`)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ LLM. Later loads read that folder.
 
 `LLAMO_CACHE` moves the cache (default `~/.cache/llamo`); `LLAMO_BASE_LLM` points at another base LLM folder with
 the bundle's shape (for offline machines, or a stand-in in tests); `LLAMO_DEFAULT_BUNDLE` replaces the packaged
-bundle by another one (e.g. one exported from your own run with `export_bundle`).
-"""
+bundle by another one (e.g. one exported from your own run with `export_bundle`)."""
 
 from __future__ import annotations
 

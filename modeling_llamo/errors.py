@@ -1,7 +1,6 @@
 """Errors and exit codes of the `llamo` command line, shared by `llamo.cli` and the feature command modules.
 
-Standard library only: every subcommand module imports this instead of `llamo.cli`, which imports them.
-"""
+Standard library only: every subcommand module imports this instead of `llamo.cli`, which imports them."""
 
 from __future__ import annotations
 

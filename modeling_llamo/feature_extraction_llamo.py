@@ -5,8 +5,7 @@ indexes and evaluation all call it (or `prepare_molecule`, its per-molecule step
 molecules; a batch is padded to `(batch, max_molecules, ...)` so that every tensor stays batch-first, and generation
 can repeat rows (beam search, `num_return_sequences`) without knowing about molecules.
 
-This file travels to the Hub as remote code: it imports only numpy, torch, RDKit and its sibling files.
-"""
+This file travels to the Hub as remote code: it imports only numpy, torch, RDKit and its sibling files."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ One RDKit parse per molecule yields everything the model needs:
 * the functional groups of LLaMo's motif tokens (the ReLMole rule set, reproduced with its exact grouping
   behaviour) as 73-dim count vectors.
 
-This file travels to the Hub as remote code: it imports only numpy, torch and RDKit.
-"""
+This file travels to the Hub as remote code: it imports only numpy, torch and RDKit."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 Layout follows transformers' LLaVA: `LlamoModel` holds `graph_encoder`, `graph_projector` and `language_model`;
 `LlamoForConditionalGeneration` adds `lm_head` and generation. Graph tokens replace the embeddings of the `<graph>`
-placeholder positions in one batched scatter; graph inputs are consumed at prefill only.
-"""
+placeholder positions in one batched scatter; graph inputs are consumed at prefill only."""
 
 import math
 from dataclasses import dataclass

@@ -265,14 +265,10 @@ class LlamoProcessor(ProcessorMixin):
         precomputed `MoleculeGraph`s). A flat list gives one molecule per text (or all molecules of a single text).
         A text without `<graph>` takes an empty list.
 
-        Returns:
-            `BatchFeature` with `input_ids`, `attention_mask` and, when any text holds a molecule, the graph tensors
-            `atom_features` `(B, M, N, 9)`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`,
-            `motif_features`, `motif_mask` (batch-first; `M` is the most molecules of any text).
-
-        Raises:
-            ValueError: unparsable, empty or oversized SMILES (naming it and its index), or a text whose `<graph>`
-                placeholders do not match its molecules."""
+        Returns a `BatchFeature` with `input_ids`, `attention_mask` and, when any text holds a molecule, the graph
+        tensors `atom_features` `(B, M, N, 9)`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`,
+        `motif_features`, `motif_mask` (batch-first; `M` is the most molecules of any text). A `ValueError` names an
+        unparsable, empty or oversized SMILES and its index, or a text whose placeholders do not match its molecules."""
         if text is None:
             if smiles is None:
                 raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")

@@ -4,8 +4,7 @@ A write that runs out of space fails differently by writer: Python raises `OSErr
 writer `RuntimeError`s worded "basic_ios::clear: iostream error" or "unexpected pos N vs M", its legacy writer
 "write(): fd N failed with No space left on device", safetensors "No space left on device (os error 28)". Writers
 wrap their work in `disk_full_guard`, which turns any of these into a `DiskFullError` naming the folder; the command
-line prints its message alone (no traceback) and exits with `EXIT_DISK_FULL`.
-"""
+line prints its message alone (no traceback) and exits with `EXIT_DISK_FULL`."""
 
 from __future__ import annotations
 

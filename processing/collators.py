@@ -28,14 +28,9 @@ class LlamoDataCollator:
     end-of-turn text); the prompt, SMILES texts and graph positions are `-100`. Padding (right) is the tokenizer's.
 
     A row may hold further molecules (metadata `molecules`) and in-context neighbours (a `neighbours` column); those
-    are featurized here once each and kept in memory (`cache_size` molecules).
-
-    Args:
-        processor: a `LlamoProcessor` with a fast tokenizer (offsets are needed to map turns to tokens).
-        max_length: longest sequence kept (longer ones are cut on the right; a cut through graph placeholders is an
-            error naming the row).
-        chat_template: overrides the processor's template.
-        cache_size: molecules other than the rows' own kept featurized between batches."""
+    are featurized here once each and kept in memory (`cache_size` molecules). The `processor` needs a fast tokenizer
+    (offsets map turns to tokens); `chat_template` overrides its template. Rows over `max_length` tokens drop
+    neighbours (least similar first), then are cut on the right (a cut through graph placeholders is an error)."""
 
     processor: Any
     max_length: int | None = 512

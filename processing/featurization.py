@@ -43,17 +43,8 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
         for smiles in batch["smiles"]:
             try:
                 prepared = prepare_molecule(smiles, max_atoms)
-                graph = prepared.graph
-                values = (
-                    graph.atom_features.tolist(),
-                    graph.edge_index.tolist(),
-                    graph.edge_features.tolist(),
-                    graph.motif_features.tolist(),
-                    prepared.smiles,
-                    Chem.MolToInchiKey(prepared.mol) or "",
-                    graph.num_atoms,
-                    "",
-                )
+                inchikey = Chem.MolToInchiKey(prepared.mol) or ""
+                values = (*prepared.graph.to_dict().values(), prepared.smiles, inchikey, prepared.graph.num_atoms, "")
             except Exception as failure:  # one bad molecule is counted, never stops the job
                 values = ([], [[], []], [], [], "", "", 0, _featurization_error(failure))
             for column, value in zip(out.values(), values, strict=True):

@@ -5,8 +5,7 @@ role, conjugate acid/base, ...), its IUPAC name when given, and what RDKit compu
 weight, formal charge, rings, functional groups counted by `group_rules`, ...). Each question-answer pair states
 exactly one fact, and the record's metadata keeps, per assistant turn, the fact it came from (`provenance`): the
 fact's key, source (`description`, `iupac` or `rdkit`), value, and the `evidence` strings found verbatim in the
-answer. Records are labelled `teacher: "grounded"`.
-"""
+answer. Records are labelled `teacher: "grounded"`."""
 
 from __future__ import annotations
 

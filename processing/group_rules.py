@@ -5,8 +5,7 @@ grounded teacher's "functional groups" facts (`group_counts`) and the demo's nam
 Each rule's SMARTS matches only the *core* atoms of its group (the atoms a chemist would circle); the surroundings
 that decide the name are written as recursive SMARTS (`$(...)`), so a ketone matches its C=O only and a phenol its O
 only. Rules run in table order, specific before general, and a match inside (or equal to) an earlier match that was
-kept is skipped: an ester is not also a carbonyl, nor a phenol a hydroxyl, nor a lactone an ester.
-"""
+kept is skipped: an ester is not also a carbonyl, nor a phenol a hydroxyl, nor a lactone an ester."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 An index is a `datasets.Dataset` (saved with `save_to_disk`, pushed to the Hub as a dataset, loaded from a folder or
 a Hub id) holding per entry its canonical SMILES, InChIKey, the question and answer of its conversation, a `key` that
 groups comparable answers (the property name for property QA, else the task), and a Morgan fingerprint. Neighbours
-are ranked by Tanimoto similarity with RDKit's bulk similarity.
-"""
+are ranked by Tanimoto similarity with RDKit's bulk similarity."""
 
 from __future__ import annotations
 

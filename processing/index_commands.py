@@ -62,10 +62,8 @@ def build_index(
     holdout: float = 0.0,
     max_atoms: int = DEFAULT_MAX_ATOMS,
 ):
-    """Load a source with the training data loaders and index it (see `MoleculeIndex.from_records`).
-
-    Returns:
-        the index, the loader's report and the indexing counts."""
+    """Load a source with the training data loaders and index it (`MoleculeIndex.from_records`): the index, the
+    loader's report and the indexing counts."""
     from llamo.training.config import DataSourceConfig
     from llamo.training.data import load_source
 

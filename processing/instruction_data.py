@@ -25,8 +25,7 @@ A rerun of the same command continues where the last one stopped. An output made
 version is refused (unless `allow_mixed`); `overwrite` starts over. A full disk stops the run with a
 `llamo.storage.DiskFullError` naming the folder; the records already written stay, and the rerun continues.
 
-This module runs the job; its parts (`instruction_inputs`, `_store`, `_summary`, `_prompts`) live beside it.
-"""
+This module runs the job; its parts (`instruction_inputs`, `_store`, `_summary`, `_prompts`) live beside it."""
 
 from __future__ import annotations
 
@@ -258,10 +257,7 @@ def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, s
 
 
 def generate_conversations(
-    molecules: MoleculeInput | list[Molecule],
-    teacher,
-    output: str | Path,
-    config: DataGenerationConfig | None = None,
+    molecules: MoleculeInput | list[Molecule], teacher, output: str | Path, config: DataGenerationConfig | None = None
 ) -> dict[str, Any]:
     """Run the pipeline over `molecules` with `teacher`, appending to `output`; returns the summary (also written to
     `<output>.summary.json`).

@@ -9,8 +9,7 @@ name, and writes a multi-turn conversation about it. It answers with one JSON ob
 "User: ... / Assistant: ..." lines, which weaker local models tend to write instead.
 
 Every change to the wording below must bump `PROMPT_VERSION`: the version is recorded in every generated record, and
-an output file is never continued with a different one.
-"""
+an output file is never continued with a different one."""
 
 from __future__ import annotations
 
@@ -191,8 +190,7 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
     """The `[{"role", "content"}, ...]` messages written by the teacher, in order and unfiltered.
 
     Raises `ConversationFormatError` when no conversation can be read (`unparsable`) or its turns are not
-    role/content objects (`broken_turns`). Whether the turns alternate or are complete is `conversation_problem`'s job.
-    """
+    role/content objects (`broken_turns`). Whether the turns alternate or are complete, `conversation_problem` says."""
     if not isinstance(text, str) or not text.strip():
         raise ConversationFormatError("unparsable", "empty output")
     for value in _json_candidates(text):

@@ -14,8 +14,7 @@ schema, so that training, evaluation and instruction-data generation read the sa
 - `source`: where the row comes from (`chebi20`, `pubchem324k`, `mol-instructions`, `chemicals`, `qm9`,
   `generated:<teacher>`, ...).
 - `metadata`: a JSON string with anything task-specific (for property QA: `{"property": "HOMO", "value": -0.25,
-  "unit": "Hartree"}`; for generated data: teacher, model, prompt version).
-"""
+  "unit": "Hartree"}`; for generated data: teacher, model, prompt version)."""
 
 from __future__ import annotations
 
@@ -95,10 +94,7 @@ def to_chat_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The row's conversation for `LlamoProcessor.apply_chat_template`: the first user turn gets one molecule content
     block per molecule of the row (`{"type": "molecule", "smiles": ...}`, see `record_molecules`) before its text."""
     blocks = [{"type": "molecule", "smiles": smiles} for smiles in record_molecules(record)]
-    messages = []
-    for index, message in enumerate(record["messages"]):
-        content: Any = message["content"]
-        if index == 0:
-            content = [*blocks, {"type": "text", "text": message["content"]}]
-        messages.append({"role": message["role"], "content": content})
+    messages: list[dict[str, Any]] = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    if messages:
+        messages[0]["content"] = [*blocks, {"type": "text", "text": messages[0]["content"]}]
     return messages

@@ -5,8 +5,7 @@ into a `TeacherReply`; `TeacherError` fails one molecule, `TeacherFatalError` (b
 
 The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` through its own client
 (`_TeacherClient`) and adds retries with backoff and `Retry-After`, a request budget and typed errors; its API key
-(from an environment variable) is kept in a `Secret` and removed from every error text.
-"""
+(from an environment variable) is kept in a `Secret` and removed from every error text."""
 
 from __future__ import annotations
 
@@ -183,8 +182,7 @@ class OpenAICompatibleTeacher:
     """A chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server, ...) at `base_url` (the API root, e.g.
     `http://localhost:11434/v1`). `api_key_env` names the environment variable holding the key (unset or empty: no
     Authorization header); `timeout` is per socket operation; `retry` applies to 429/5xx, timeouts and connection
-    errors; `budget` caps requests, retries included; `extra_body` is merged into each request (e.g. `{"top_p": 0.9}`).
-    """
+    errors; `budget` caps requests, retries included; `extra_body` is merged into each request (`{"top_p": 0.9}`)."""
 
     name = "openai"
     prompt_version = PROMPT_VERSION
@@ -403,8 +401,7 @@ def build_teacher(
 ):
     """The teacher `kind` (one of `TEACHERS`), as `llamo generate-data --teacher KIND` and a recipe's
     `conversations` step build it. `model` is required by `openai` (a model name) and `transformers` (a folder or Hub
-    id); the grounded teacher writes at most `min(7, max_turns)` turns. Raises `ValueError` for what the user can fix.
-    """
+    id); the grounded teacher writes at most `min(7, max_turns)` turns. A `ValueError` for what the user can fix."""
     if kind == "grounded":
         from .grounded_teacher import GroundedTeacher
 

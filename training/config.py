@@ -6,8 +6,7 @@ SFTConfig, ModelConfig))`, from a YAML recipe plus command-line overrides.
 LLaMo's own arguments (data sources, neighbours, stage options) are the dataclasses here; every trainer setting is
 TRL's `SFTConfig` (transformers' `TrainingArguments`: schedule, precision, deepspeed, fsdp, push_to_hub, ...) and
 every model setting is TRL's `ModelConfig` (`model_name_or_path`, `dtype`, LoRA). This module imports no torch:
-`llamo train STAGE --help` lists these arguments without loading TRL (`--help-all` loads it and lists every flag).
-"""
+`llamo train STAGE --help` lists these arguments without loading TRL (`--help-all` loads it and lists every flag)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
     llamo train stage1 --config recipe.yaml [--output_dir ... --any_SFTConfig_or_ModelConfig_field ...]
     accelerate launch -m llamo.training.stage1 --config recipe.yaml
 
-SIGTERM or Ctrl-C saves a checkpoint at the end of the current step and exits; the same command resumes from it.
-"""
+SIGTERM or Ctrl-C saves a checkpoint at the end of the current step and exits; the same command resumes from it."""
 
 from __future__ import annotations
 
@@ -15,14 +14,7 @@ from trl import ModelConfig, SFTConfig
 
 from llamo.storage import exit_on_disk_full
 
-from .common import (
-    final_save_guard,
-    load_for_training,
-    run_summary,
-    start_run,
-    train,
-    write_summary,
-)
+from .common import final_save_guard, load_for_training, run_summary, start_run, train, write_summary
 from .config import Stage1Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
 

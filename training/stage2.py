@@ -6,8 +6,7 @@ encoder frozen (BatchNorm in eval mode), loss on assistant turns only.
 
 Results: `OUTPUT_DIR/adapter` (the LoRA adapter + trained projector, for `PeftModel.from_pretrained` onto the stage-1
 model) and `OUTPUT_DIR/merged` (a full model folder for `AutoModelForCausalLM` / `AutoProcessor`). SIGTERM or Ctrl-C
-saves a checkpoint at the end of the current step and exits; the same command resumes from it.
-"""
+saves a checkpoint at the end of the current step and exits; the same command resumes from it."""
 
 from __future__ import annotations
 
@@ -18,15 +17,7 @@ from trl import ModelConfig, SFTConfig
 
 from llamo.storage import exit_on_disk_full
 
-from .common import (
-    final_save_guard,
-    load_for_training,
-    lora_config,
-    run_summary,
-    start_run,
-    train,
-    write_summary,
-)
+from .common import final_save_guard, load_for_training, lora_config, run_summary, start_run, train, write_summary
 from .config import Stage2Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
 

@@ -114,11 +114,8 @@ def stream_answer(
     """Generate the answer to `messages` in a background thread and yield the answer so far after each new piece.
 
     Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
-    raised here, after the text produced before it. `stats`, if given, receives `new_tokens` (the answer's length in
-    tokens) once the answer ends.
-
-    Raises:
-        ValueError: the messages cannot be rendered (bad SMILES, molecule over the processor's `max_atoms`)."""
+    raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
+    processor's `max_atoms`) raise a `ValueError` at once. `stats` receives `new_tokens` once the answer ends."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     inputs = inputs.to(model.device)
     closed = threading.Event()

@@ -285,13 +285,10 @@ def launch_demo(
     index: str | None = None,
     neighbours: int | None = None,
 ):
-    """Load the model (`model_dir`, or the bundled default) and serve the page; returns the `gr.Blocks`.
-
-    `index` (a folder or Hub dataset id, `"none"`, or `None`: the model's default indexes) and `neighbours` say which
-    in-context neighbours answers get, as for `llamo generate`.
-
-    Raises the loading errors of the model folder (missing, or an unavailable default model) and of a given index
-    (`FileNotFoundError`, `ValueError`), before the server starts."""
+    """Load the model (`model_dir`, or the bundled default) and serve the page; returns the `gr.Blocks`. `index` (a
+    folder or Hub dataset id, `"none"`, or `None`: the model's default indexes) and `neighbours` say which in-context
+    neighbours answers get, as for `llamo generate`. The loading errors of the model folder (missing, or an unavailable
+    default model) and of a given index (`FileNotFoundError`, `ValueError`) are raised before the server starts."""
     from llamo.builder import load_llamo
     from llamo.default_model import resolve_model_dir
 

@@ -4,8 +4,7 @@
 A rule names a motif group when more than half of a match's atoms lie in the group: a whole match inside it, or two
 of an amide's three atoms where LLaMo's rules split a ring carbonyl from its ring nitrogen (caffeine). A ring system
 (a group of ring atoms only) takes only names whose match lies wholly inside it: what hangs off a ring is a group of
-its own. A match inside (or equal to) a match that already named the group is skipped.
-"""
+its own. A match inside (or equal to) a match that already named the group is skipped."""
 
 from __future__ import annotations
 

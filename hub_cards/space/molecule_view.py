@@ -115,10 +115,8 @@ def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
 
 
 def read_molecule(smiles: str, max_atoms: int | None) -> Chem.Mol:
-    """The molecule of `smiles` within `max_atoms`, size bounds checked before RDKit parses the text.
-
-    Raises:
-        ValueError: unparsable; `OversizedMoleculeError` over a size limit."""
+    """The molecule of `smiles` within `max_atoms`, size bounds checked before RDKit parses the text: a `ValueError`
+    if unparsable, an `OversizedMoleculeError` over a size limit."""
     mol = parse_smiles(smiles, max_atoms=max_atoms)
     check_size(mol, max_atoms, smiles)
     return mol

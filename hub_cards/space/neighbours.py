@@ -39,14 +39,9 @@ class InContext:
 class Retrieval:
     """Which molecule index the demo's answers use, like `llamo generate --index`: a given index for every question,
     or the model folder's default index for the question's task (`llamo_retrieval.json`: packaged PubChem names for
-    naming questions, QM9 for HOMO/LUMO questions), or none.
-
-    Args:
-        index: a folder or Hub dataset id, a loaded `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the model's
-            default indexes).
-        model_dir: the model folder whose `llamo_retrieval.json` names the default indexes and neighbours.
-        neighbours: neighbours per answer (capped at `MAX_NEIGHBOURS`; 0 turns them off); default: the model's, else
-            the pipeline's."""
+    naming questions, QM9 for HOMO/LUMO questions), or none. `index`: a folder or Hub dataset id, a loaded
+    `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the defaults named in `model_dir`'s `llamo_retrieval.json`);
+    `neighbours` per answer: capped at `MAX_NEIGHBOURS`, 0 turns them off, default the model's, else the pipeline's."""
 
     def __init__(self, index: Any = None, model_dir: str | os.PathLike | None = None, neighbours: int | None = None):
         self.choice = index
