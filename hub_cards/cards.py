@@ -46,19 +46,13 @@ def looks_like_hub_id(value: str | None) -> bool:
 
 @dataclass
 class ModelCardOptions:
-    """What a model card says beyond what the model itself tells.
-
-    Args:
-        model_name: the card's title (default: the repository name, else the model folder's name).
-        repo_id: the Hub repository the model goes to; the usage snippet loads from it.
-        base_model: the Hub id of the language model LLaMo is built on (default: found from the build/run files).
-        license: the license id for the metadata (the weights follow the base LM's license).
-        datasets: Hub dataset ids for the metadata (Hub-hosted training and evaluation data are added).
-        credits: extra data-credit keys (see `llamo.hub_cards.credits.DATA_CREDITS`).
-        results: `llamo evaluate` results files; the model's go into the `model-index`, baselines into the text.
-        run_dirs: training run folders; `None` finds them from the model folder.
-        tags: extra tags.
-        conversion: how the weights were converted from the original release (filled by `convert-original`)."""
+    """What a model card says beyond what the model itself tells: its title (`model_name`; default the repository
+    name, else the model folder's), the Hub `repo_id` the usage snippet loads from, the Hub id of the `base_model` LM
+    (default: found from the build/run files), the metadata's `license` (the weights follow the base LM's), Hub
+    `datasets` ids (Hub-hosted training and evaluation data are added), extra data-credit keys (`credits`, see
+    `DATA_CREDITS`) and `tags`, `llamo evaluate` `results` files (the model's go into the `model-index`, baselines into
+    the text), training `run_dirs` (`None`: found from the model folder), and how the weights were converted from the
+    original release (`conversion`, filled by `convert-original`)."""
 
     model_name: str | None = None
     repo_id: str | None = None

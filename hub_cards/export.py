@@ -111,9 +111,8 @@ def check_export_folder(folder: Path) -> None:
     if any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in names):
         raise ExportError(f"The export in {folder} holds pickled files; only safetensors weights may be published.")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if "AutoModelForCausalLM" not in config.get("auto_map", {}) or PIPELINE_TASK not in config.get(
-        "custom_pipelines", {}
-    ):
+    pipelines = config.get("custom_pipelines", {})
+    if "AutoModelForCausalLM" not in config.get("auto_map", {}) or PIPELINE_TASK not in pipelines:
         raise ExportError(f"{folder}/config.json lacks the auto_map or the {PIPELINE_TASK} custom pipeline.")
 
 

@@ -148,12 +148,8 @@ class MoleculeGraph:
 
 
 class OversizedMoleculeError(ValueError):
-    """A molecule (or its SMILES text) over a size limit.
-
-    Attributes:
-        size: the measure over the limit, in `unit`s.
-        limit: the limit it exceeds.
-        unit: "atoms", "characters", "ring bonds", "ring bonds on one atom" or "rings"."""
+    """A molecule (or its SMILES text) over a size limit: its `size` over `limit`, in `unit`s ("atoms", "characters",
+    "ring bonds", "ring bonds on one atom" or "rings")."""
 
     def __init__(self, message: str, size: int, limit: int, unit: str = "atoms") -> None:
         super().__init__(message)
@@ -691,16 +687,9 @@ def prompt_smiles(mol: Chem.Mol, max_length: int | None = 128) -> str:
 
 
 def featurize_smiles(smiles: str | Chem.Mol, max_atoms: int | None = None, index: int | None = None) -> MoleculeGraph:
-    """Parse `smiles` once and featurize it.
-
-    Args:
-        smiles: a SMILES string (or an RDKit molecule).
-        max_atoms: refuse molecules with more atoms (heavy atoms plus explicit hydrogens) than this; `None`: no limit.
-        index: position of the molecule in a batch, named in error messages.
-
-    Raises:
-        ValueError: the SMILES is empty or unparsable; `OversizedMoleculeError` (a `ValueError`) when the molecule is
-            larger than `max_atoms`, or too long or dense for RDKit (see `parse_smiles`)."""
+    """Parse `smiles` (or take an RDKit molecule) once and featurize it. A `ValueError` (naming `index`, the position
+    in a batch) for an empty or unparsable SMILES; an `OversizedMoleculeError` for a molecule with more atoms (heavy
+    atoms plus explicit hydrogens) than `max_atoms` (`None`: any size) or too long or dense (see `parse_smiles`)."""
     parsed_here = not isinstance(smiles, Chem.Mol)
     mol = parse_smiles(smiles, index=index, max_atoms=max_atoms) if parsed_here else smiles
     check_size(mol, max_atoms, smiles, index)
@@ -724,13 +713,11 @@ def _molecule_head(mol: Chem.Mol) -> str:
 
 
 def collate_molecule_graphs(graphs: list[MoleculeGraph]) -> dict[str, torch.Tensor]:
-    """Pad a list of molecules into batch-first tensors (every tensor's first dimension is the batch).
-
-    Returns:
-        `atom_features` `(B, N, 9)` long, `atom_mask` `(B, N)` bool, `bond_index` `(B, E, 2)` long (atom indices
-        local to each molecule), `bond_features` `(B, E, 3)` long, `bond_mask` `(B, E)` bool, `motif_features`
-        `(B, G, 73)` float, `motif_mask` `(B, G)` bool. `G` is at least 1 so attention always has a key; a molecule
-        without groups has an all-False motif row."""
+    """Pad a list of molecules into batch-first tensors (every tensor's first dimension is the batch):
+    `atom_features` `(B, N, 9)` long, `atom_mask` `(B, N)` bool, `bond_index` `(B, E, 2)` long (atom indices
+    local to each molecule), `bond_features` `(B, E, 3)` long, `bond_mask` `(B, E)` bool, `motif_features`
+    `(B, G, 73)` float, `motif_mask` `(B, G)` bool. `G` is at least 1 so attention always has a key; a molecule
+    without groups has an all-False motif row."""
     if not graphs:
         raise ValueError("collate_molecule_graphs needs at least one molecule.")
     return pad_molecule_graphs(graphs, [(row,) for row in range(len(graphs))], (len(graphs),))

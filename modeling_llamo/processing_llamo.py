@@ -110,8 +110,7 @@ class LlamoProcessor(ProcessorMixin):
             LLaMo prompt). Without one, the tokenizer's own chat template is used.
         graph_token (`str`, defaults to `"<graph>"`): the placeholder marking where a molecule goes.
         num_graph_tokens (`int`, defaults to 28): graph tokens per molecule (the model config's `num_graph_tokens`).
-        max_atoms (`int`, *optional*, defaults to 512): larger molecules are refused with a `ValueError`; `None` accepts
-            any size.
+        max_atoms (`int`, *optional*, defaults to 512): larger molecules are refused (`ValueError`); `None`: any size.
         prompt_smiles (`str`, defaults to `"canonical"`): how a molecule content block shows its SMILES to the LLM:
             `"canonical"` (canonical, non-isomeric, as the original), `"input"` (as given) or `"none"` (graph only).
         max_smiles_length (`int`, *optional*, defaults to 128): SMILES text in prompts is cut to this many characters.

@@ -28,12 +28,7 @@ from .schema import TASKS, record_metadata
 
 INDEX_FEATURES = datasets.Features(
     {
-        "smiles": datasets.Value("string"),
-        "inchikey": datasets.Value("string"),
-        "task": datasets.Value("string"),
-        "key": datasets.Value("string"),
-        "question": datasets.Value("string"),
-        "answer": datasets.Value("string"),
+        **{name: datasets.Value("string") for name in ("smiles", "inchikey", "task", "key", "question", "answer")},
         "fingerprint": datasets.Value("binary"),
     }
 )

@@ -61,9 +61,8 @@ def _resolve_column(role: str, wanted: str | None, available: list[str], require
         if candidate in lowered:
             return lowered[candidate]
     if required:
-        option = f"--{role}-column"
         raise ValueError(
-            f"Input has no {role} column (tried {_COLUMN_CANDIDATES[role]}; name it with {option}); "
+            f"Input has no {role} column (tried {_COLUMN_CANDIDATES[role]}; name it with --{role}-column); "
             f"its columns are {available}."
         )
     return None

@@ -1,6 +1,5 @@
-"""The files of an instruction-data run (see `llamo.processing.instruction_data`): the append-only output JSONL and its
-sidecars (statuses, exemplars, summary), which molecules are done, and loading the generated records as a dataset.
-Each JSONL line is written with one write + fsync, so a killed job leaves at most a half-written last line."""
+"""The files of an instruction-data run (see `llamo.processing.instruction_data`, which describes them): the
+append-only output JSONL and its sidecars, which molecules are done, and loading the generated records as a dataset."""
 
 from __future__ import annotations
 

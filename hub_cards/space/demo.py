@@ -235,13 +235,8 @@ def build_demo(
                 chat_status = gr.HTML(elem_id="chat-status")
                 neighbours = gr.HTML(elem_id="neighbours")
                 with gr.Accordion("Generation settings", open=False):
-                    limit = gr.Slider(
-                        16,
-                        MAX_NEW_TOKENS_CAP,
-                        value=min(max_new_tokens, MAX_NEW_TOKENS_CAP),
-                        step=16,
-                        label="Max new tokens",
-                    )
+                    start = min(max_new_tokens, MAX_NEW_TOKENS_CAP)
+                    limit = gr.Slider(16, MAX_NEW_TOKENS_CAP, value=start, step=16, label="Max new tokens")
                     sample = gr.Checkbox(label="Sample (instead of greedy)", value=False)
                     temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.05, label="Temperature (sampling)")
 

@@ -38,8 +38,7 @@ def group_names(mol: Chem.Mol, groups: Sequence[Iterable[int]]) -> list[tuple[st
     for match in rule_matches(mol):
         for atom in match[2]:
             by_atom.setdefault(atom, []).append(match)
-    named = []
-    for group in groups:
-        members = frozenset(group)
-        named.append(_names_of(mol, members, {match for atom in members for match in by_atom.get(atom, ())}))
-    return named
+    return [
+        _names_of(mol, members, {match for atom in members for match in by_atom.get(atom, ())})
+        for members in map(frozenset, groups)
+    ]
