@@ -337,3 +337,22 @@ def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_u
     assert "Built" not in second.out and "(in context: " in second.err
     assert main([*argv, "Describe this molecule."]) == 0  # no packaged index for descriptions: no neighbours
     assert "in context" not in capsys.readouterr().err
+
+
+def test_generate_answers_a_verified_rule_based_name_when_no_beam_verifies(initialised, capsys, monkeypatch):
+    from llamo import retrieval
+    from llamo.pipeline_llamo import inchikey
+
+    def checker(names):  # reads only the namer's spelling back as the molecule
+        return [inchikey("CC(C)O") if name == "propan-2-ol" else None for name in names]
+
+    monkeypatch.setattr(retrieval, "opsin_checker", lambda: checker)
+    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
+    argv = ["generate", str(initialised), "--smiles", "CC(C)O", "What is the IUPAC name of this molecule?"]
+    argv += ["--max-new-tokens", "2", "--index", "none"]
+    assert main(argv) == 0
+    shown = capsys.readouterr()
+    assert shown.out.strip() == "propan-2-ol" and "verified" in shown.err and "rule-based namer" in shown.err
+    assert main([*argv, "--no-namer"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.strip() != "propan-2-ol" and "not verified by OPSIN" in shown.err
