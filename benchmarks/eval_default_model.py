@@ -133,13 +133,18 @@ def evaluation_index(task: str, files: dict[str, Path], work: Path) -> Path:
     return folder
 
 
-def loop_rate(output_dir: Path, tokenizer, limit: int) -> float | None:
-    """Percentage of answers whose length reaches the token limit (they ran on instead of ending)."""
+def loop_rate(output_dir: Path, tokenizer, limit: int, namer=None) -> float | None:
+    """Percentage of answers whose length reaches the token limit (they ran on instead of ending). With `namer`, an
+    answer that is the namer's name was not generated (it is complete at any length) and never counts as reaching it."""
     path = output_dir / "predictions.jsonl"
     if tokenizer is None or not path.is_file():
         return None
-    answers = [json.loads(line).get("prediction") for line in path.read_text(encoding="utf-8").splitlines()]
-    answers = [answer for answer in answers if answer is not None]
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    records = [record for record in records if record.get("prediction") is not None]
+    answers = [
+        "" if namer is not None and record["prediction"] == namer(record["smiles"]) else record["prediction"]
+        for record in records
+    ]
     if not answers:
         return None
     hit = sum(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= limit - 1 for answer in answers)
@@ -205,7 +210,8 @@ def main(config: EvalConfig) -> dict:
             )
             rows[name] = headline(evaluate(settings), task)
             if not model_free:
-                rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, ANSWER_TOKENS[task])
+                namer = rule_namer() if name == "model, verified names + namer" else None
+                rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, ANSWER_TOKENS[task], namer)
         test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
         summary["tasks"][task] = {"test_rows": test_rows, "results": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
