@@ -99,13 +99,6 @@ def _looks_like_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith((".", "/", "~")) and Path(source).suffix == ""
 
 
-def _pick_split(dataset_dict, split: str | None, source: str):
-    split = split or "test"
-    if split not in dataset_dict:
-        raise ValueError(f"{source} has no split {split!r}; its splits: {', '.join(dataset_dict)} (choose one).")
-    return dataset_dict[split], split
-
-
 def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any]], DatasetInfo]:
     """
     Read evaluation rows from a `datasets.Dataset` (or `DatasetDict`), a list of row dicts, a JSONL / JSON / Parquet
@@ -117,36 +110,36 @@ def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any
     """
     import datasets
 
-    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
-        if isinstance(source, datasets.DatasetDict):
-            source, split = _pick_split(source, split, "the dataset")
-        name = source.info.dataset_name or "in-memory"
-        rows, info = list(source), DatasetInfo(name, name, "in-memory", split or (str(source.split or "") or None))
-    elif isinstance(source, list):
-        rows, info = source, DatasetInfo("in-memory", "in-memory", "in-memory", split)
+    if isinstance(source, list):
+        return source, DatasetInfo("in-memory", "in-memory", "in-memory", split, len(source))
+    path = None if isinstance(source, (datasets.Dataset, datasets.DatasetDict)) else Path(source)
+    if path is None:
+        loaded, kind = source, "in-memory"
+    elif path.is_file():
+        loaded = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else _read_json_rows(path)
+        name, kind = path.stem, "file"
+    elif path.is_dir():
+        loaded, name, kind = datasets.load_from_disk(str(path)), path.name, "disk"
+    elif _looks_like_hub_id(str(source)):
+        split = split or "test"
+        try:
+            loaded = list(datasets.load_dataset(str(source), split=split))
+        except Exception as error:  # offline, unknown id, missing split: the Hub's own message says which
+            raise FileNotFoundError(f"Dataset {source} could not be loaded from the Hub: {error}") from error
+        name, kind = str(source), "hub"
     else:
-        path = Path(source)
-        if path.is_file():
-            if path.suffix == ".parquet":
-                rows = list(datasets.Dataset.from_parquet(str(path)))
-            else:
-                rows = _read_json_rows(path)
-            info = DatasetInfo(path.stem, str(path.resolve()), "file", split)
-        elif path.is_dir():
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                loaded, split = _pick_split(loaded, split, str(path))
-            rows, info = list(loaded), DatasetInfo(path.name, str(path.resolve()), "disk", split)
-        elif _looks_like_hub_id(str(source)):
-            split = split or "test"
-            try:
-                rows = list(datasets.load_dataset(str(source), split=split))
-            except Exception as error:  # offline, unknown id, missing split: the Hub's own message says which
-                raise FileNotFoundError(f"Dataset {source} could not be loaded from the Hub: {error}") from error
-            info = DatasetInfo(str(source), str(source), "hub", split)
-        else:
-            raise FileNotFoundError(f"Dataset not found: {source} (a JSONL/JSON/Parquet file, a folder, or a Hub id).")
-    return rows, DatasetInfo(info.name, info.source, info.kind, info.split, len(rows))
+        raise FileNotFoundError(f"Dataset not found: {source} (a JSONL/JSON/Parquet file, a folder, or a Hub id).")
+    if isinstance(loaded, datasets.DatasetDict):
+        split = split or "test"
+        if split not in loaded:
+            where = "the dataset" if path is None else str(path)
+            raise ValueError(f"{where} has no split {split!r}; its splits: {', '.join(loaded)} (choose one).")
+        loaded = loaded[split]
+    if path is None:
+        name, split = loaded.info.dataset_name or "in-memory", split or (str(loaded.split or "") or None)
+    rows = list(loaded)
+    origin = name if kind in ("in-memory", "hub") else str(path.resolve())
+    return rows, DatasetInfo(name, origin, kind, split, len(rows))
 
 
 def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, PropertyTarget | None]:
@@ -208,7 +201,7 @@ def select_examples(
         for i, row in enumerate(rows)
         if wanted is None or (isinstance(row, dict) and row.get("task") in wanted)
     ]
-    for index, row in chosen[:max_rows] if max_rows is not None else chosen:
+    for index, row in chosen[:max_rows]:
         example, reason, target = _check_row(row, index)
         row_id, task = (row.get("id"), row.get("task")) if isinstance(row, dict) else (None, None)
         key = (task, str(row_id))
@@ -218,8 +211,8 @@ def select_examples(
             seen.add(key)
         if example is None:
             skipped.append(SkippedRow(index, None if row_id is None else str(row_id), task, str(reason), target))
-            continue
-        examples.append(example)
+        else:
+            examples.append(example)
     return examples, skipped
 
 

@@ -77,9 +77,8 @@ class GenerationPredictor:
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
     and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
     asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
-    the pipeline's choice among its verification candidates (`best_candidate`), a `name_proposer`'s name (`smiles ->
-    name`) among them. `on_step`, when set, is
-    called at every generation step."""
+    the pipeline's choice among its verification candidates (`LlamoMoleculePipeline._verified`), a `name_proposer`'s
+    name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
 
     def __init__(
         self,
@@ -125,7 +124,7 @@ class GenerationPredictor:
         return self.pipe.preprocess(batch, include_graph=self.include_graph)
 
     def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
-        from llamo.pipeline_llamo import best_candidate, verification_settings
+        from llamo.pipeline_llamo import verification_settings
 
         settings = dict(self.generation_kwargs)
         if self.name_checker is not None:
@@ -140,14 +139,9 @@ class GenerationPredictor:
         groups = self.pipe(conversations, batch_size=len(examples), include_graph=self.include_graph, **settings)
         answers = []
         for example, group in zip(examples, groups, strict=True):
-            candidates = [answer["generated_text"] for answer in group]
-            if self.name_checker is None or example.task != "iupac":
-                answers.append(candidates[0])
-                continue
-            proposer = self.name_proposer
-            proposed = [name for name in [proposer(example.smiles)] if name] if proposer is not None else []
-            position, _ = best_candidate(candidates, example.smiles, self.name_checker, proposed)
-            answers.append([*candidates, *proposed][position])
+            if self.name_checker is not None and example.task == "iupac":
+                group = [self.pipe._verified(group, example.smiles, self.name_checker, self.name_proposer)]
+            answers.append(group[0]["generated_text"])
         return answers
 
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
@@ -224,11 +218,6 @@ def batches_in_order(pending: Sequence[EvalExample], batch_size: int) -> Iterato
             yield chunk[first : first + batch_size]
 
 
-def _outcome(answer: str | Skip) -> tuple[str | None, str | None]:
-    """A predictor's answer as a record's `(prediction, skipped)`."""
-    return (None, answer.reason) if isinstance(answer, Skip) else (answer, None)
-
-
 def _step_postfix(bar, template: str) -> StepCallback:
     """A `StepCallback` writing a batch's progress into the bar's postfix, at most once per `STEP_REPORT_SECONDS`."""
     last = [0.0]
@@ -274,10 +263,10 @@ def predict(
                     predictor.on_step = _step_postfix(
                         bar, f"batch {number}/{batches}: token {{}}/{config.max_new_tokens}"
                     )
-                new = [
-                    PredictionRecord(e.index, e.id, e.task, e.smiles, e.reference, *_outcome(answer))
-                    for e, answer in zip(batch, predictor(batch), strict=True)
-                ]
+                new = []
+                for e, answer in zip(batch, predictor(batch), strict=True):
+                    outcome = {"skipped": answer.reason} if isinstance(answer, Skip) else {"prediction": answer}
+                    new.append(PredictionRecord(e.index, e.id, e.task, e.smiles, e.reference, **outcome))
                 store.append(new)
                 records.update((record.key, record) for record in new)
                 done += len(batch)

@@ -139,8 +139,7 @@ def setup_wordnet(
     """
     # by default the first `NLTK_DATA` folder, else `~/nltk_data` (both on NLTK's default search path)
     nltk_data = Path(nltk_data or os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] or "~/nltk_data").expanduser()
-    source = Path(source)
-    target = nltk_data / "corpora" / "wordnet"
+    source, target = Path(source), nltk_data / "corpora" / "wordnet"
     if target.exists() and any(target.iterdir()):
         try:
             load_wordnet(nltk_data)
@@ -155,14 +154,7 @@ def setup_wordnet(
         with contextlib.suppress(WordNetUnavailable):
             load_wordnet(nltk_data)
             return target
-    return _copy_debian_wordnet(nltk_data, source)
-
-
-def _copy_debian_wordnet(nltk_data: Path, source: Path) -> Path:
-    """The Debian WordNet files of `source` and a `lexnames` file, into `nltk_data/corpora/wordnet`."""
-    target = nltk_data / "corpora" / "wordnet"
-    missing = [name for name in WORDNET_FILES if not (source / name).is_file()]
-    if missing:
+    if missing := [name for name in WORDNET_FILES if not (source / name).is_file()]:
         raise FileNotFoundError(
             f"{source} lacks the WordNet files {', '.join(missing)}; install them with: {APT_INSTALL}"
         )

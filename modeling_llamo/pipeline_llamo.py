@@ -60,19 +60,11 @@ def query_molecule(conversation: list[dict[str, Any]]) -> tuple[str | None, str]
         content = message.get("content")
         if message.get("role") != "user" or isinstance(content, str) or not content:
             continue
-        smiles = [
-            block.get("smiles") for block in content if isinstance(block, Mapping) and block.get("type") == "molecule"
-        ]
+        blocks = [block for block in content if isinstance(block, Mapping)]
+        smiles = [block.get("smiles") for block in blocks if block.get("type") == "molecule"]
         if smiles:
-            text = " ".join(
-                block.get("text", "") for block in content if isinstance(block, Mapping) and block.get("type") == "text"
-            )
-            return smiles[0], text.strip()
+            return smiles[0], " ".join(block.get("text", "") for block in blocks if block.get("type") == "text").strip()
     return None, ""
-
-
-def _neighbour_dict(neighbour: Any) -> dict[str, Any]:
-    return neighbour.to_dict() if hasattr(neighbour, "to_dict") else dict(neighbour)
 
 
 def inchikey(smiles: str | None) -> str | None:
@@ -86,31 +78,15 @@ def inchikey(smiles: str | None) -> str | None:
         return (Chem.MolToInchiKey(mol) or None) if mol is not None else None
 
 
-def _is_message(value: Any) -> bool:
-    return isinstance(value, Mapping) and "role" in value and "content" in value
-
-
 def _is_conversation(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and bool(value) and all(_is_message(item) for item in value)
+    messages = value if isinstance(value, (list, tuple)) else ()
+    return bool(messages) and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in messages)
 
 
 def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The `generate` settings of name verification: beam search returning every beam, at least `VERIFY_CANDIDATES`."""
     beams = max(VERIFY_CANDIDATES, generate_kwargs.get("num_beams", 1))
     return {"num_beams": beams, "num_return_sequences": beams, "do_sample": False}
-
-
-def best_candidate(names: Sequence[str], smiles: str | None, checker, proposed: Sequence[str] = ()) -> tuple[int, bool]:
-    """The position of the name to answer among beam candidates `names` followed by `proposed` ones, and whether it is
-    verified. `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN) reads all of them in one call: the first that
-    reads back as the molecule `smiles` is verified; else the first of `names` that reads as any molecule (a
-    well-formed name, rather than a cut-off or malformed one); else the top beam. A `proposed` name (e.g. a rule-based
-    namer's) is answered only when verified."""
-    keys = list(checker([*names, *proposed]))
-    target = inchikey(smiles)
-    if target is not None and target in keys:
-        return keys.index(target), True
-    return next((position for position, key in enumerate(keys[: len(names)]) if key is not None), 0), False
 
 
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
@@ -284,7 +260,7 @@ class LlamoMoleculePipeline(Pipeline):
             for row, (smiles, question) in enumerate(queries):
                 if smiles is not None:
                     found = index.neighbours(smiles, k=neighbours, question=question or None)
-                    context[row] = [_neighbour_dict(neighbour) for neighbour in found]
+                    context[row] = [n.to_dict() if hasattr(n, "to_dict") else dict(n) for n in found]
                     conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:
             conversations = [
@@ -325,21 +301,19 @@ class LlamoMoleculePipeline(Pipeline):
         verify_names: Any = None,
         propose_names: Any = None,
     ) -> list[list[dict[str, Any]]]:
-        rows = model_outputs["new_tokens"]
-        num_inputs = model_outputs["num_inputs"]
-        per_input = rows.shape[0] // num_inputs
-        decode_kwargs = {"skip_special_tokens": skip_special_tokens}
-        if clean_up_tokenization_spaces is not None:
-            decode_kwargs["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
-        texts = self.processor.tokenizer.batch_decode(rows.tolist(), **decode_kwargs)
+        token_ids, num_inputs = model_outputs["new_tokens"].tolist(), model_outputs["num_inputs"]
+        per_input = len(token_ids) // num_inputs
+        decode_kwargs = _given(
+            skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+        )
+        texts = self.processor.tokenizer.batch_decode(token_ids, **decode_kwargs)
+        rows = [{"generated_text": text.strip()} for text in texts]
+        if return_tensors:
+            for row, ids in zip(rows, token_ids, strict=True):
+                row["generated_token_ids"] = ids
         answers = []
         for index in range(num_inputs):
-            group = []
-            for row in range(index * per_input, (index + 1) * per_input):
-                answer: dict[str, Any] = {"generated_text": texts[row].strip()}
-                if return_tensors:
-                    answer["generated_token_ids"] = rows[row].tolist()
-                group.append(answer)
+            group = rows[index * per_input : (index + 1) * per_input]
             if verify_names is not None:
                 group = [self._verified(group, model_outputs["queries"][index], verify_names, propose_names)]
             context = model_outputs["neighbours"][index]
@@ -352,11 +326,17 @@ class LlamoMoleculePipeline(Pipeline):
 
     @staticmethod
     def _verified(candidates: list[dict[str, Any]], query: str | None, checker, proposer=None) -> dict[str, Any]:
-        """The candidate `best_candidate` picks among the beams and the `proposer`'s name, with `verified`, every
-        beam's text and (with a proposer) whether the answer is its name."""
+        """The answer among the beam `candidates` and the `proposer`'s name, with `verified`, every beam's text and
+        (with a proposer) whether the answer is its name. `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN)
+        reads all names in one call: the first that reads back as the molecule `query` is verified; else the first beam
+        that reads as any molecule (a well-formed name, rather than a cut-off or malformed one); else the top beam. The
+        proposer's name (e.g. a rule-based namer's) is answered only when verified."""
         names = [candidate["generated_text"] for candidate in candidates]
         proposed = [name for name in [proposer(query)] if name] if proposer is not None and query else []
-        position, verified = best_candidate(names, query, checker, proposed)
+        keys, target = list(checker([*names, *proposed])), inchikey(query)
+        readable = [position for position, key in enumerate(keys[: len(names)]) if key is not None]
+        verified = target is not None and target in keys
+        position = keys.index(target) if verified else (readable or [0])[0]
         if position >= len(names):
             return {"generated_text": proposed[0], "verified": verified, "candidates": names, "from_namer": True}
         answer = {**candidates[position], "verified": verified, "candidates": names}
