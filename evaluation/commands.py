@@ -15,11 +15,6 @@ from .text_metrics import SCIBERT_HUB_ID
 
 def register(subparsers) -> None:
     """Add the evaluation subcommands to the `llamo` parser."""
-    _add_evaluate_parser(subparsers)
-    _add_setup_wordnet_parser(subparsers)
-
-
-def _add_evaluate_parser(subparsers) -> None:
     parser = add_command(subparsers, "evaluate", _run_evaluate)
     parser.add_argument(
         "model", nargs="?", metavar="MODEL_DIR", help="LLaMo folder (optional for the retrieval and mean baselines)"
@@ -91,21 +86,11 @@ def _add_evaluate_parser(subparsers) -> None:
     )
     metrics.add_argument("--llm-tokenizer", help="tokenizer of the LLaMo protocol (default: the model's)")
     metrics.add_argument("--nltk-data", help="NLTK data folder holding WordNet (see `llamo setup-wordnet`)")
-
-
-def _add_setup_wordnet_parser(subparsers) -> None:
     parser = add_command(subparsers, "setup-wordnet", _run_setup_wordnet)
     parser.add_argument("--nltk-data", help="NLTK data folder (default: first $NLTK_DATA entry, else ~/nltk_data)")
     parser.add_argument("--source", default="/usr/share/wordnet", help="where the Debian packages put WordNet")
     parser.add_argument("--overwrite", action="store_true", help="replace an unreadable WordNet folder")
     parser.add_argument("--no-download", action="store_true", help="do not try NLTK's download: copy the Debian files")
-
-
-def _config_from_args(args: argparse.Namespace):
-    given = {field.name: getattr(args, field.name) for field in fields(EvaluationConfig) if hasattr(args, field.name)}
-    return EvaluationConfig(
-        **{**given, "scibert_vocab": args.scibert_vocab or SCIBERT_HUB_ID, "progress": not args.no_progress}
-    )
 
 
 def format_summary(results: dict) -> str:
@@ -142,8 +127,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from .predictions import RESULTS_FILE
     from .runner import evaluate
 
+    given = {field.name: getattr(args, field.name) for field in fields(EvaluationConfig) if hasattr(args, field.name)}
+    given.update(scibert_vocab=args.scibert_vocab or SCIBERT_HUB_ID, progress=not args.no_progress)
     try:
-        config = _config_from_args(args)
+        config = EvaluationConfig(**given)
         results = evaluate(config)
     except (ValueError, FileExistsError) as error:
         raise CommandError(str(error)) from error

@@ -95,37 +95,29 @@ def _opsin(names: list[str], chunk_size: int) -> list[str | None]:
 
 def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) -> tuple[MetricReport, dict[str, int]]:
     """OPSIN parse rate and InChIKey match rates of predicted names against the target molecules."""
-    report = MetricReport()
+    kinds = {
+        "parse_rate_opsin": "parse_rate",
+        "structure_match_opsin_inchikey": "structure_match",
+        "structure_match_opsin_inchikey_connectivity": "structure_match",
+    }
     reason = opsin_unavailable_reason()
-    names = ("parse_rate_opsin", "structure_match_opsin_inchikey", "structure_match_opsin_inchikey_connectivity")
-    kinds = ("parse_rate", "structure_match", "structure_match")
     if reason is None:
         try:
             parsed = names_to_smiles(predictions)
         except RuntimeError as error:
             reason = str(error)
     if reason is not None:
-        report.unavailable.extend(
-            UnavailableMetric(name, kind, reason) for name, kind in zip(names, kinds, strict=True)
-        )
-        return report, {}
-    predicted_keys = [inchikey(smiles) for smiles in parsed]
-    target_keys = [inchikey(smiles) for smiles in target_smiles]
-    total = len(predictions)
-    parsed_count = sum(key is not None for key in predicted_keys)
-    full = sum(p is not None and p == t for p, t in zip(predicted_keys, target_keys, strict=True))
-    skeleton = sum(
-        p is not None and t is not None and p[:14] == t[:14] for p, t in zip(predicted_keys, target_keys, strict=True)
-    )
-    for name, kind, count in zip(names, kinds, (parsed_count, full, skeleton), strict=True):
-        report.metrics.append(MetricValue(name, kind, 100 * count / total))
+        return MetricReport(unavailable=[UnavailableMetric(name, kind, reason) for name, kind in kinds.items()]), {}
+    keys = [(inchikey(smiles), inchikey(target)) for smiles, target in zip(parsed, target_smiles, strict=True)]
     counts = {
-        "opsin_parsed": parsed_count,
-        "structure_matches": full,
-        "connectivity_matches": skeleton,
-        "targets_without_inchikey": sum(key is None for key in target_keys),
+        "opsin_parsed": sum(p is not None for p, _ in keys),
+        "structure_matches": sum(p is not None and p == t for p, t in keys),
+        "connectivity_matches": sum(p is not None and t is not None and p[:14] == t[:14] for p, t in keys),
+        "targets_without_inchikey": sum(t is None for _, t in keys),
     }
-    return report, counts
+    values = zip(kinds.items(), counts.values(), strict=False)  # the first three counts are the metrics
+    rates = [MetricValue(name, kind, 100 * count / len(predictions)) for (name, kind), count in values]
+    return MetricReport(rates), counts
 
 
 def normalize_name(name: str) -> str:

@@ -63,11 +63,6 @@ def tsv_name(task: str) -> str:
     return f"predictions.{re.sub(r'[^A-Za-z0-9_.-]+', '_', task)}.tsv"
 
 
-def _tsv_line(record: PredictionRecord) -> str:
-    fields = (record.smiles, record.reference, record.prediction or "")
-    return "\t".join(_TSV_UNSAFE.sub(" ", field) for field in fields) + "\n"
-
-
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
         return {prefix: data}
@@ -117,8 +112,7 @@ class PredictionStore:
             if not self.config_path.is_file():
                 problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
             else:
-                saved = json.loads(self.config_path.read_text(encoding="utf-8"))
-                differences = describe_differences(saved, run_config)
+                differences = describe_differences(json.loads(self.config_path.read_text(encoding="utf-8")), run_config)
                 problem = differences and f"holds predictions of a run with other settings: {differences}"
             if problem and not overwrite:
                 raise FileExistsError(
@@ -172,7 +166,8 @@ class PredictionStore:
         by_task: dict[str, list[str]] = {}
         for record in records:
             if record.skipped is None:
-                by_task.setdefault(record.task, []).append(_tsv_line(record))
+                fields = (record.smiles, record.reference, record.prediction or "")
+                by_task.setdefault(record.task, []).append("\t".join(_TSV_UNSAFE.sub(" ", f) for f in fields) + "\n")
         for task, lines in by_task.items():
             with open(self.output_dir / tsv_name(task), "a", encoding="utf-8") as handle:
                 handle.write(("" if handle.tell() else "\t".join(TSV_HEADER) + "\n") + "".join(lines))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,17 +76,12 @@ def property_metrics(
     if len(targets) != len(predictions):
         raise ValueError(f"Got {len(targets)} targets and {len(predictions)} predictions.")
     errors: dict[str, list[float]] = defaultdict(list)
-    rows: dict[str, int] = defaultdict(int)
-    unanswered: dict[str, int] = defaultdict(int)
-    units: dict[str, str] = {}
+    rows, unanswered, units = Counter(), Counter(), {}
     for target, prediction in zip(targets, predictions, strict=True):
         rows[target.property] += 1
+        unanswered[target.property] += prediction is None
         units.setdefault(target.property, target.unit)
-        if prediction is None:
-            unanswered[target.property] += 1
-            continue
-        value = parse_number(prediction)
-        if value is not None:
+        if (value := parse_number(prediction)) is not None:
             errors[target.property].append(abs(value - target.value))
 
     report = MetricReport()
@@ -103,13 +98,7 @@ def property_metrics(
         else:
             report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
         report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))
-        entry = {
-            "rows": total,
-            "valid": len(found),
-            "invalid": total - len(found),
-            "unanswered": missing,
-            "unit": group_unit,
-        }
+        entry = dict(rows=total, valid=len(found), invalid=total - len(found), unanswered=missing, unit=group_unit)
         if key == "all":
             counts.update(entry)
         else:

@@ -163,27 +163,23 @@ def compute_text_metrics(
             if reason is not None:
                 report.unavailable.append(UnavailableMetric(metric, kind, str(reason)))
                 continue
-            if tokens is None:
-                tokens = [protocol.tokenize(text) for text in references], [protocol.tokenize(t) for t in predictions]
-            reference_tokens, prediction_tokens = tokens
+            tokens = tokens or ([protocol.tokenize(t) for t in references], [protocol.tokenize(t) for t in predictions])
             if name == "meteor":
-                pairs = zip(reference_tokens, prediction_tokens, strict=True)
+                pairs = zip(*tokens, strict=True)
                 scores = [meteor_score([reference], prediction, wordnet=wordnet) for reference, prediction in pairs]
                 value = 100 * sum(scores) / len(scores)
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # NLTK warns when an n-gram order has no match; BLEU is then ~0
-                    grouped = [[reference] for reference in reference_tokens]
-                    value = 100.0 * corpus_bleu(grouped, prediction_tokens, weights=BLEU_WEIGHTS[name])
+                    grouped = [[reference] for reference in tokens[0]]
+                    value = 100.0 * corpus_bleu(grouped, tokens[1], weights=BLEU_WEIGHTS[name])
             report.metrics.append(MetricValue(metric, kind, value, protocol=protocol.name))
     rouge_wanted = [kind for kind in ("rouge1", "rouge2", "rougeL") if kind in include]
     if rouge_wanted:
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(list(rouge_wanted), use_stemmer=False)
-        scores = [
-            scorer.score(reference, prediction) for reference, prediction in zip(references, predictions, strict=True)
-        ]
+        scores = [scorer.score(ref, pred) for ref, pred in zip(references, predictions, strict=True)]
         for kind in rouge_wanted:
             value = 100 * sum(score[kind].fmeasure for score in scores) / len(references)
             report.metrics.append(MetricValue(f"{kind}_{ROUGE_PROTOCOL}", "rouge", value, protocol=ROUGE_PROTOCOL))
