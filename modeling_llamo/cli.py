@@ -215,20 +215,19 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
     from transformers import TextStreamer
 
-    options = {**options, "max_new_tokens": args.max_new_tokens or options["max_new_tokens"]}
     stream = stream and "verify_names" not in options
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}
+    options = {
+        **options,
+        "max_new_tokens": args.max_new_tokens or options["max_new_tokens"],
+        "do_sample": args.do_sample,
+        "num_beams": getattr(args, "num_beams", 1),
+        "streamer": streamer,
+        **({"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}),
+    }
     try:
         with torch.inference_mode():
-            answer = pipe(
-                messages,
-                do_sample=args.do_sample,
-                num_beams=getattr(args, "num_beams", 1),
-                streamer=streamer,
-                **sampling,
-                **options,
-            )[0]
+            answer = pipe(messages, **options)[0]
     except ValueError as error:
         raise CommandError(str(error)) from error
     if not stream:
@@ -285,12 +284,10 @@ def _run_chat(args: argparse.Namespace) -> None:
             messages = []
             print("(new conversation)", file=sys.stderr)
             continue
-        if messages:
-            content = question
-        else:
-            content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": question}]
+        if not messages:
             options = _context(args, folder, question)
-        messages.append({"role": "user", "content": content})
+        first = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": question}]
+        messages.append({"role": "user", "content": question if messages else first})
         if interactive:
             print("llamo> ", end="", file=sys.stderr, flush=True)
         answer = _answer(pipe, messages, args, True, options)

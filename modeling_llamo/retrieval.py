@@ -81,12 +81,9 @@ def default_index(task: str, progress: bool = True, limit: int | None = None):
     if (folder / "state.json").is_file():
         return MoleculeIndex.load(folder)
     index, _, counts = build_index(source, task, limit=limit)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    index.save(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    shutil.rmtree(folder, ignore_errors=True)  # an unfinished copy (no state.json); `save` writes it whole
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    index.save(folder)
     if progress:
         print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
     return MoleculeIndex.load(folder)
