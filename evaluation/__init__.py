@@ -49,8 +49,7 @@ where DATASET is `{"name", "source" (path or Hub id), "kind" ("file" | "disk" | 
 "rows"}`. A metric's `type` is its family (`bleu`, `meteor`, `rouge`, `exact_match`, `structure_match`,
 `parse_rate`, `mae`, `valid_ratio`), its `name` carries the protocol; `unit` is `percent` (0-100) or the property's
 unit (MAE). A metric that cannot be computed (no WordNet, no Java, no SciBERT vocabulary) is listed under
-`unavailable_metrics` with the reason, never given a number.
-"""
+`unavailable_metrics` with the reason, never given a number."""
 
 from llamo import lazy_exports
 

@@ -7,8 +7,7 @@
 - `mean`: property QA only: the mean training target of the asked property, for every molecule.
 - `namer`: IUPAC naming only: the name of `openclatura`'s rule-based namer (no model, no training rows; an empty
   answer where it names nothing).
-- `no-graph` (in `llamo.evaluation.predict`): the same model with the graph tokens removed from the prompt.
-"""
+- `no-graph` (in `llamo.evaluation.predict`): the same model with the graph tokens removed from the prompt."""
 
 from __future__ import annotations
 

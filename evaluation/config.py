@@ -16,40 +16,24 @@ MODEL_FREE_BASELINES = (*TRAINED_BASELINES, "namer")
 
 @dataclass
 class EvaluationConfig:
-    """
-    Everything one evaluation run needs.
-
-    Args:
-        output_dir: where predictions, TSVs and `results.json` go (an interrupted run resumes from it).
-        model: a LLaMo folder (needed unless `baseline` is `retrieval` or `mean`; then it only provides the LLM
-            tokenizer of the `llamo_llm_tokens` protocol).
-        data: the evaluation rows: a JSONL/JSON/Parquet file, a `save_to_disk` folder or a Hub dataset id (or pass
-            a `datasets.Dataset` to `evaluate`).
-        split: the split of a folder or Hub dataset with several (default `test`).
-        tasks: evaluate only these tasks (a specialist run); all tasks present when None (a generalist run).
-        batch_size, max_new_tokens, min_new_tokens, num_beams, do_sample, temperature, top_p, seed: decoding
-            (greedy, at most 512 new tokens by default, as in LLaMo's evaluation).
-        baseline: `retrieval`, `mean`, `no-graph` or `namer` (see `llamo.evaluation.baselines`).
-        train_data, train_split: the training rows of the `retrieval` and `mean` baselines.
-        scibert_vocab: SciBERT's `vocab.txt`, a folder, or a Hub id (MolT5 protocol).
-        llm_tokenizer: tokenizer of the LLaMo protocol (default: the model's).
-        nltk_data: the NLTK data folder holding WordNet (default: NLTK's search path).
-        max_rows: evaluate only the first rows of the data, in its order (a quick run; another `max_rows` is another
-            run: its output folder is not reused).
-        device, dtype: where and in which precision the model runs (`auto`: GPU if any; the saved dtype).
-        threads: CPU threads of generation (None: `choose_threads` picks them).
-        index: a molecule index (folder or Hub id, `llamo index build`): the model gets the `neighbours` most
-            similar entries as in-context examples, and the `retrieval` baseline copies from it. It must hold none of
-            the evaluated molecules (checked by InChIKey; the run is refused otherwise).
-        answer_loop_repeats: end an answer once it repeats one block this many times in a row (0: off; None: the
-            model's generation config decides; the default model ships 3).
-        verify_names: answer naming rows by OPSIN reranking of beam candidates (needs Java and py2opsin); the
-            structure match of such a run is its verified rate.
-        propose_names: with `verify_names`, the rule-based namer's name (`openclatura`) is a last candidate,
-            answered when OPSIN reads it back as the molecule and no beam does.
-        overwrite: discard the predictions of another run found in `output_dir`.
-        progress: show a progress bar.
-    """
+    """Everything one evaluation run needs, checked when made. `output_dir` gets the predictions, TSVs and
+    `results.json` (an interrupted run resumes from it). `model` is a LLaMo folder (needed unless `baseline` is
+    `retrieval`, `mean` or `namer`; then it only provides the LLM tokenizer of the `llamo_llm_tokens` protocol). `data`:
+    a JSONL/JSON/Parquet file, a `save_to_disk` folder or a Hub dataset id (or pass a `datasets.Dataset` to
+    `evaluate`), `split` its split (default `test`); `tasks` makes a specialist run (None: every task present).
+    Decoding is greedy with at most 512 new tokens by default, as in LLaMo's evaluation. `train_data`/`train_split`:
+    the training rows of the `retrieval` and `mean` baselines (`llamo.evaluation.baselines`). `scibert_vocab`: SciBERT's
+    `vocab.txt`, a folder or a Hub id (MolT5 protocol); `llm_tokenizer`: that of the LLaMo protocol (default: the
+    model's); `nltk_data`: the NLTK folder holding WordNet. `max_rows` evaluates only the first rows, in the data's
+    order (another `max_rows` is another run: its output folder is not reused). `device`/`dtype`: `auto` is a GPU if
+    any and the saved dtype; `threads`: None lets `choose_threads` pick them. `index` (`llamo index build`) gives the
+    model its `neighbours` most similar entries as in-context examples, and is what the `retrieval` baseline copies
+    from; it must hold none of the evaluated molecules (checked by InChIKey, the run is refused otherwise).
+    `answer_loop_repeats` ends an answer once it repeats one block this many times in a row (0: off; None: the
+    model's generation config decides; the default model ships 3). `verify_names` answers naming rows by OPSIN
+    reranking of beam candidates (Java and py2opsin; the run's structure match is then its verified rate), and
+    `propose_names` adds the rule-based namer's name (`openclatura`) as a last candidate, answered when OPSIN reads it
+    back as the molecule and no beam does. `overwrite` discards another run's predictions found in `output_dir`."""
 
     output_dir: str
     model: str | None = None

@@ -3,8 +3,7 @@ into prompt + reference pairs; fingerprints of the rows, the model and the index
 
 The reference answer of a row is its last assistant message; the prompt is the conversation before it. Rows that
 cannot be evaluated (no final assistant answer, malformed turns, unparsable SMILES, a property row without a numeric
-target, a repeated id) are skipped and counted with their reason, never fatal.
-"""
+target, a repeated id) are skipped and counted with their reason, never fatal."""
 
 from __future__ import annotations
 
@@ -100,14 +99,10 @@ def _looks_like_hub_id(source: str) -> bool:
 
 
 def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any]], DatasetInfo]:
-    """
-    Read evaluation rows from a `datasets.Dataset` (or `DatasetDict`), a list of row dicts, a JSONL / JSON / Parquet
-    file, a `save_to_disk` folder, or a Hub dataset id (`split` defaults to `test` where there are splits).
-
-    Raises:
-        FileNotFoundError: a path that does not exist and does not look like a Hub id.
-        ValueError: an unreadable file (naming the line) or a missing split.
-    """
+    """Read evaluation rows from a `datasets.Dataset` (or `DatasetDict`), a list of row dicts, a JSONL / JSON / Parquet
+    file, a `save_to_disk` folder, or a Hub dataset id (`split` defaults to `test` where there are splits). Raises
+    `FileNotFoundError` for a missing path that is no Hub id, `ValueError` for an unreadable file (naming the line) or
+    a missing split."""
     import datasets
 
     if isinstance(source, list):
@@ -183,13 +178,8 @@ def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, Pr
 def select_examples(
     rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None = None, max_rows: int | None = None
 ) -> tuple[list[EvalExample], list[SkippedRow]]:
-    """
-    The rows of the wanted `tasks` (all when None), the first `max_rows` of them, as examples; the others that cannot
-    be evaluated as `SkippedRow`s.
-
-    Raises:
-        ValueError: a requested task is absent from the data.
-    """
+    """The rows of the wanted `tasks` (all when None), the first `max_rows` of them, as examples; the others that cannot
+    be evaluated as `SkippedRow`s. A requested task absent from the data is a `ValueError`."""
     present = {row.get("task") for row in rows if isinstance(row, dict)}
     wanted = set(tasks) if tasks else None
     if wanted is not None and wanted - present:

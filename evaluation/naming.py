@@ -7,8 +7,7 @@ Structure-level correctness goes beyond the paper: each predicted name is parsed
 (`py2opsin`, which runs Java) and its InChIKey compared with the target molecule's (both computed by RDKit). A name can
 be right while differing in wording from the reference, and a near-identical string can name another molecule; this
 metric sees both. Reported: the OPSIN parse rate, the full-InChIKey match rate and the connectivity match rate (first
-InChIKey block: same skeleton, stereochemistry and charge ignored), all over every predicted row, 0-100.
-"""
+InChIKey block: same skeleton, stereochemistry and charge ignored), all over every predicted row, 0-100."""
 
 from __future__ import annotations
 
@@ -65,10 +64,7 @@ def opsin_spellings(name: str) -> tuple[str, str]:
 def names_to_smiles(names: Sequence[str], chunk_size: int = OPSIN_CHUNK) -> list[str | None]:
     """Parse chemical names with OPSIN, in batches (one Java start per `chunk_size` names), each as spelled by
     `opsin_spellings`: its second spelling is tried where the first does not parse; `None` where neither does.
-
-    Raises:
-        RuntimeError: OPSIN itself failed (not a single unparsable name).
-    """
+    `RuntimeError` when OPSIN itself fails (not a single unparsable name)."""
     spellings = [opsin_spellings(name) for name in names]
     results = _opsin([first for first, _ in spellings], chunk_size)
     retry = [at for at, (first, second) in enumerate(spellings) if results[at] is None and second != first]

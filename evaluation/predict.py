@@ -3,8 +3,7 @@ time, each batch saved (`llamo.evaluation.predictions`) before the next.
 
 Rows are predicted in dataset order, a window of `SORT_WINDOW_BATCHES` batches at a time; only inside a window are
 they sorted longest prompt first, so that a batch holds prompts of similar length. A stopped run thus holds a prefix
-of the dataset's rows (plus part of one window), never a length-biased subset, and the same command resumes it.
-"""
+of the dataset's rows (plus part of one window), never a length-biased subset, and the same command resumes it."""
 
 from __future__ import annotations
 
@@ -33,11 +32,9 @@ Predictor = Callable[[Sequence[EvalExample]], list["str | Skip"]]
 
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
-    """
-    CPU threads for generation, and why: `requested` (`--threads`); else `OMP_NUM_THREADS` when set; else the cores
+    """CPU threads for generation, and why: `requested` (`--threads`); else `OMP_NUM_THREADS` when set; else the cores
     this process may use that are not busy: `len(os.sched_getaffinity(0))` minus the 1-minute load average, at
-    least 1. (torch's default, every core, stalls a busy machine: threads wait for each other.)
-    """
+    least 1. (torch's default, every core, stalls a busy machine: threads wait for each other.)"""
     if requested is not None:
         return requested, "--threads"
     from_env = os.environ.get("OMP_NUM_THREADS", "").strip()

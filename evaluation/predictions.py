@@ -11,8 +11,7 @@ An output folder holds:
   was killed while writing) is detected, cut, and that row predicted again.
 - `predictions.<task>.tsv`: MolT5's layout (`SMILES<TAB>ground truth<TAB>output`, tabs and newlines inside texts
   replaced by spaces), rebuilt from the JSONL on resume and at the end, in dataset order.
-- `results.json`: the metrics (see `llamo.evaluation`).
-"""
+- `results.json`: the metrics (see `llamo.evaluation`)."""
 
 from __future__ import annotations
 
@@ -101,12 +100,8 @@ class PredictionStore:
         ]
 
     def start(self, run_config: dict[str, Any], overwrite: bool = False) -> dict[tuple[str, str], PredictionRecord]:
-        """
-        Claim the folder for `run_config` and return the predictions already made by this same run.
-
-        Raises:
-            FileExistsError: the folder holds another run's files (or files of unknown origin) and `overwrite` is off.
-        """
+        """Claim the folder for `run_config` and return the predictions already made by this same run. A folder holding
+        another run's files (or files of unknown origin) is a `FileExistsError` unless `overwrite` clears it."""
         existing = self._owned_files()
         if existing:
             if not self.config_path.is_file():

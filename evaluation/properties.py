@@ -7,8 +7,7 @@ from the MAE; here they are dropped from the MAE too, but counted, and the valid
 (per property and overall). Its denominator is every property question of the data with a target, so a row the model
 could not be asked (its SMILES unparsable, or refused by the processor) counts as an invalid answer. Reported:
 `mae_<property>_<unit>` and the pooled `mae_<unit>` (all properties), each beside `valid_ratio_<property>` /
-`valid_ratio`.
-"""
+`valid_ratio`."""
 
 from __future__ import annotations
 

@@ -47,18 +47,11 @@ def evaluate(
     processor=None,
     callback: predict.ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """
-    Predict every row of the data that the output folder does not already hold, then score all tasks; returns the
-    results document, written to `output_dir/results.json`.
-
-    Args:
-        config: the run (see `EvaluationConfig`).
-        dataset, train_dataset: rows given in memory (a `datasets.Dataset` or a list of dicts) instead of
-            `config.data` / `config.train_data`.
-        model, processor: an already loaded LLaMo and its processor instead of `config.model` (the run's identity
-            then does not cover the weights).
-        callback: called as `callback(rows_done, rows_total)` after each batch is saved.
-    """
+    """Predict every row of the data that the output folder does not already hold, then score all tasks; returns the
+    results document, written to `output_dir/results.json`. `dataset`, `train_dataset`: rows in memory (a
+    `datasets.Dataset` or a list of dicts) instead of `config.data` / `config.train_data`; `model`, `processor`: an
+    already loaded LLaMo instead of `config.model` (the run's identity then does not cover the weights); `callback` is
+    called as `callback(rows_done, rows_total)` after each batch is saved."""
     if dataset is None and config.data is None:
         raise ValueError("No evaluation data: give config.data or a dataset.")
     if config.generates and config.model is None and model is None:

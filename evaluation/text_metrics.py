@@ -9,8 +9,7 @@ A protocol fixes how texts become tokens before BLEU and METEOR:
 BLEU is NLTK's corpus BLEU without smoothing, weights (.5, .5) and (.25,) * 4; METEOR is the mean of NLTK's
 `meteor_score` per row (it needs WordNet, see `llamo.evaluation.wordnet`); ROUGE-1/2/L are the mean F-measures of
 `rouge_score` on the raw strings without stemming, so they do not depend on the protocol and are reported once, as
-`*_molt5_raw_text`. Every value is on a 0-100 scale.
-"""
+`*_molt5_raw_text`. Every value is on a 0-100 scale."""
 
 from __future__ import annotations
 
@@ -99,11 +98,8 @@ def first_line(error: BaseException) -> str:
 
 
 def load_scibert_tokenizer(source: str | Path = SCIBERT_HUB_ID):
-    """SciBERT's uncased WordPiece tokenizer from a `vocab.txt` file, a folder holding one, or a Hub id.
-
-    Raises:
-        OSError: the vocabulary cannot be loaded (or yields a tokenizer that knows no words).
-    """
+    """SciBERT's uncased WordPiece tokenizer from a `vocab.txt` file, a folder holding one, or a Hub id; `OSError`
+    when the vocabulary cannot be loaded (or yields a tokenizer that knows no words)."""
     from transformers import BertTokenizerFast
 
     path = Path(source)

@@ -50,12 +50,8 @@ class WordNetUnavailable(RuntimeError):
 
 
 def load_wordnet(nltk_data: str | Path | None = None):
-    """
-    NLTK's WordNet reader, from `nltk_data/corpora/wordnet` or, without `nltk_data`, from NLTK's data path.
-
-    Raises:
-        WordNetUnavailable: WordNet is missing or unreadable (the message says how to install it).
-    """
+    """NLTK's WordNet reader, from `nltk_data/corpora/wordnet` or, without `nltk_data`, from NLTK's data path; raises
+    `WordNetUnavailable` (saying how to install it) when WordNet is missing or unreadable."""
     try:
         import nltk
         from nltk.corpus.reader.wordnet import WordNetCorpusReader
@@ -128,15 +124,11 @@ def setup_wordnet(
     download: bool = True,
     timeout: float = DOWNLOAD_TIMEOUT,
 ) -> Path:
-    """
-    Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` and return that folder: NLTK's download first
+    """Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` and return that folder: NLTK's download first
     (`download`, giving up after `timeout` seconds without an answer), else a copy of the Debian WordNet files in
-    `source` with the `lexnames` file they lack. Does nothing when a readable WordNet is already there.
-
-    Raises:
-        FileNotFoundError: no download, and `source` lacks database files (install the Debian packages).
-        FileExistsError: the target holds something unreadable and `overwrite` is False.
-    """
+    `source` with the `lexnames` file they lack. Does nothing when a readable WordNet is already there. Raises
+    `FileNotFoundError` when nothing was downloaded and `source` lacks database files, `FileExistsError` when the
+    target holds something unreadable and `overwrite` is False."""
     # by default the first `NLTK_DATA` folder, else `~/nltk_data` (both on NLTK's default search path)
     nltk_data = Path(nltk_data or os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] or "~/nltk_data").expanduser()
     source, target = Path(source), nltk_data / "corpora" / "wordnet"

@@ -24,8 +24,7 @@ task when none is given and imports this class from the folder's (or repository'
 task with `PIPELINE_REGISTRY`: `pipeline("molecule-text-generation", model=model, processor=processor)`.
 
 This file travels with exported models as remote code; of this project it imports only its sibling remote-code
-file `chat_template_llamo.py`, never the `llamo` package.
-"""
+file `chat_template_llamo.py`, never the `llamo` package."""
 
 from __future__ import annotations
 
@@ -127,23 +126,16 @@ class LlamoMoleculePipeline(Pipeline):
         super().__init__(model=model, processor=processor, tokenizer=tokenizer or processor.tokenizer, **kwargs)
 
     def __call__(self, inputs, smiles: str | Sequence[str] | None = None, batch_size: int | None = None, **kwargs):
-        """
-        Answer one input or a batch of inputs (see the module docstring for the accepted forms).
-
-        Args:
-            inputs: a `{"smiles", "text"}` dict, an instruction string, a conversation, or a list of these.
-            smiles: the molecule(s) of instruction strings.
-            batch_size: inputs answered per `generate` call (default: the pipeline's, else 1).
-            kwargs: generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`,
-                `include_graph` (False: molecules as SMILES text only, the "no graph" ablation), `skip_special_tokens`,
-                `clean_up_tokenization_spaces`, `return_tensors` (True: also `generated_token_ids`, the new token ids
-                as `generate` returned them, padded to the batch's length), `index` (a molecule index: its nearest
-                entries become in-context examples), `neighbours` (how many, default `DEFAULT_NEIGHBOURS`) and
-                `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam candidates are checked
-                and the first that names the query molecule is answered) with `propose_names` (a callable `smiles ->
-                name or None`, e.g. a rule-based namer: its name is a last candidate, answered only when verified, and
-                the answer's `from_namer` says so).
-        """
+        """Answer one input or a batch of inputs (the forms of the module docstring; `smiles`: the molecule(s) of
+        instruction strings), `batch_size` inputs per `generate` call (default: the pipeline's, else 1). `kwargs` are
+        generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`, `include_graph` (False:
+        molecules as SMILES text only, the "no graph" ablation), `skip_special_tokens`, `clean_up_tokenization_spaces`,
+        `return_tensors` (True: also `generated_token_ids`, the new token ids as `generate` returned them, padded to the
+        batch's length), `index` (a molecule index: its nearest entries become in-context examples), `neighbours` (how
+        many, default `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g.
+        OPSIN: beam candidates are checked and the first that names the query molecule is answered) with
+        `propose_names` (a callable `smiles -> name or None`, e.g. a rule-based namer: its name is a last candidate,
+        answered only when verified, and the answer's `from_namer` says so)."""
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
         if size < 1:

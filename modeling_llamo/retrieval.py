@@ -5,8 +5,7 @@ A model folder may hold `llamo_retrieval.json`, written when a model was trained
 naming or property question with the K nearest entries of the packaged PubChem name table or QM9, built once into
 `~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). An optional `"task_neighbours": {"property": 1}` sets K for one task
 (the question's, see `question_task`). Models without the file answer without neighbours unless an index is given
-(the paper's format).
-"""
+(the paper's format)."""
 
 from __future__ import annotations
 
@@ -61,14 +60,9 @@ def index_cache_dir() -> Path:
 
 
 def default_index(task: str, progress: bool = True, limit: int | None = None):
-    """
-    The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
-    built on first use into the cache (with a progress bar) and loaded from there afterwards.
-
-    Raises:
-        ValueError: no packaged index for this task.
-        ModuleNotFoundError: the package that holds the table is not installed (named in the message).
-    """
+    """The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
+    built on first use into the cache (with a progress bar) and loaded from there afterwards. Raises `ValueError` for
+    a task without one, `ModuleNotFoundError` (naming it) when the package holding the table is not installed."""
     from llamo.processing.index import MoleculeIndex
     from llamo.processing.index_commands import build_index
 
