@@ -255,12 +255,8 @@ class LlamoMoleculePipeline(Pipeline):
                     context[row] = [n.to_dict() if hasattr(n, "to_dict") else dict(n) for n in found]
                     conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:
-            conversations = [
-                conversation
-                if conversation[0].get("role") == "system"
-                else [{"role": "system", "content": system_prompt}, *conversation]
-                for conversation in conversations
-            ]
+            system = {"role": "system", "content": system_prompt}
+            conversations = [c if c[0].get("role") == "system" else [system, *c] for c in conversations]
         inputs = self.processor.apply_chat_template(
             conversations,
             chat_template=chat_template,
