@@ -87,6 +87,6 @@ class NamerBaseline:
 
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
         return [
-            self.namer(example.smiles) or "" if example.task == "iupac" else Skip("the namer answers naming only")
+            (self.namer(example.smiles) or "") if example.task == "iupac" else Skip("the namer answers naming only")
             for example in examples
         ]

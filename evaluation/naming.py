@@ -111,8 +111,11 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
         "connectivity_matches": sum(p is not None and t is not None and p[:14] == t[:14] for p, t in keys),
         "targets_without_inchikey": sum(t is None for _, t in keys),
     }
-    values = zip(kinds.items(), counts.values(), strict=False)  # the first three counts are the metrics
-    rates = [MetricValue(name, kind, 100 * count / len(predictions)) for (name, kind), count in values]
+    rated = (counts["opsin_parsed"], counts["structure_matches"], counts["connectivity_matches"])
+    rates = [
+        MetricValue(name, kind, 100 * n / len(predictions))
+        for (name, kind), n in zip(kinds.items(), rated, strict=True)
+    ]
     return MetricReport(rates), counts
 
 

@@ -74,8 +74,8 @@ class GenerationPredictor:
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
     and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
     asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
-    the pipeline's choice among its verification candidates (`LlamoMoleculePipeline._verified`), a `name_proposer`'s
-    name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
+    the pipeline's choice among its verification candidates (`llamo.pipeline_llamo.verified_answer`), a
+    `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
 
     def __init__(
         self,
@@ -121,7 +121,7 @@ class GenerationPredictor:
         return self.pipe.preprocess(batch, include_graph=self.include_graph)
 
     def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
-        from llamo.pipeline_llamo import verification_settings
+        from llamo.pipeline_llamo import verification_settings, verified_answer
 
         settings = dict(self.generation_kwargs)
         if self.name_checker is not None:
@@ -137,7 +137,7 @@ class GenerationPredictor:
         answers = []
         for example, group in zip(examples, groups, strict=True):
             if self.name_checker is not None and example.task == "iupac":
-                group = [self.pipe._verified(group, example.smiles, self.name_checker, self.name_proposer)]
+                group = [verified_answer(group, example.smiles, self.name_checker, self.name_proposer)]
             answers.append(group[0]["generated_text"])
         return answers
 

@@ -97,7 +97,13 @@ def property_metrics(
         else:
             report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
         report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))
-        entry = dict(rows=total, valid=len(found), invalid=total - len(found), unanswered=missing, unit=group_unit)
+        entry = {
+            "rows": total,
+            "valid": len(found),
+            "invalid": total - len(found),
+            "unanswered": missing,
+            "unit": group_unit,
+        }
         if key == "all":
             counts.update(entry)
         else:

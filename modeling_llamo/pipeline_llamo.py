@@ -88,6 +88,24 @@ def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {"num_beams": beams, "num_return_sequences": beams, "do_sample": False}
 
 
+def verified_answer(candidates: list[dict[str, Any]], query: str | None, checker, proposer=None) -> dict[str, Any]:
+    """The answer among the beam `candidates` and the `proposer`'s name, with `verified`, every beam's text and
+    (with a proposer) whether the answer is its name. `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN)
+    reads all names in one call: the first that reads back as the molecule `query` is verified; else the first beam
+    that reads as any molecule (a well-formed name, rather than a cut-off or malformed one); else the top beam. The
+    proposer's name (e.g. a rule-based namer's) is answered only when verified."""
+    names = [candidate["generated_text"] for candidate in candidates]
+    proposed = [name for name in [proposer(query)] if name] if proposer is not None and query else []
+    keys, target = list(checker([*names, *proposed])), inchikey(query)
+    readable = [position for position, key in enumerate(keys[: len(names)]) if key is not None]
+    verified = target is not None and target in keys
+    position = keys.index(target) if verified else (readable or [0])[0]
+    if position >= len(names):
+        return {"generated_text": proposed[0], "verified": verified, "candidates": names, "from_namer": True}
+    answer = {**candidates[position], "verified": verified, "candidates": names}
+    return answer if proposer is None else {**answer, "from_namer": False}
+
+
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
     """The one-turn conversation asking `text` about the molecule `smiles` (or several molecules, in order)."""
     molecules = [smiles] if isinstance(smiles, str) else list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
@@ -303,7 +321,7 @@ class LlamoMoleculePipeline(Pipeline):
         for index in range(num_inputs):
             group = rows[index * per_input : (index + 1) * per_input]
             if verify_names is not None:
-                group = [self._verified(group, model_outputs["queries"][index], verify_names, propose_names)]
+                group = [verified_answer(group, model_outputs["queries"][index], verify_names, propose_names)]
             context = model_outputs["neighbours"][index]
             if context:
                 for answer in group:
@@ -311,24 +329,6 @@ class LlamoMoleculePipeline(Pipeline):
                     answer["found_in_index"] = bool(context[0].get("exact"))
             answers.append(group)
         return answers
-
-    @staticmethod
-    def _verified(candidates: list[dict[str, Any]], query: str | None, checker, proposer=None) -> dict[str, Any]:
-        """The answer among the beam `candidates` and the `proposer`'s name, with `verified`, every beam's text and
-        (with a proposer) whether the answer is its name. `checker` (`names -> [InChIKey or None, ...]`, e.g. OPSIN)
-        reads all names in one call: the first that reads back as the molecule `query` is verified; else the first beam
-        that reads as any molecule (a well-formed name, rather than a cut-off or malformed one); else the top beam. The
-        proposer's name (e.g. a rule-based namer's) is answered only when verified."""
-        names = [candidate["generated_text"] for candidate in candidates]
-        proposed = [name for name in [proposer(query)] if name] if proposer is not None and query else []
-        keys, target = list(checker([*names, *proposed])), inchikey(query)
-        readable = [position for position, key in enumerate(keys[: len(names)]) if key is not None]
-        verified = target is not None and target in keys
-        position = keys.index(target) if verified else (readable or [0])[0]
-        if position >= len(names):
-            return {"generated_text": proposed[0], "verified": verified, "candidates": names, "from_namer": True}
-        answer = {**candidates[position], "verified": verified, "candidates": names}
-        return answer if proposer is None else {**answer, "from_namer": False}
 
 
 def _given(**options: Any) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(ti
 
 
 def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_llamo):
-    from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
+    from llamo.pipeline_llamo import inchikey, verified_answer
 
     target = inchikey("CCO")
     candidates = [{"generated_text": "methanol"}, {"generated_text": "ethanol"}, {"generated_text": "ethyl alcohol"}]
@@ -178,17 +178,17 @@ def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_lla
     def checker(names):
         return [known.get(name) for name in names]
 
-    chosen = LlamoMoleculePipeline._verified(candidates, "CCO", checker)
+    chosen = verified_answer(candidates, "CCO", checker)
     assert chosen["generated_text"] == "ethanol" and chosen["verified"] is True
     assert chosen["candidates"] == ["methanol", "ethanol", "ethyl alcohol"]
-    none = LlamoMoleculePipeline._verified(candidates, "CCN", checker)
+    none = verified_answer(candidates, "CCN", checker)
     assert none["generated_text"] == "methanol" and none["verified"] is False
     # unverified: a name that reads as some molecule beats a cut-off top beam; with none readable, the top beam
     cut = [{"generated_text": "1,2,3,4,5,6,"}, {"generated_text": "methanol"}, {"generated_text": "ethanol"}]
-    assert LlamoMoleculePipeline._verified(cut, "CCN", checker)["generated_text"] == "methanol"
-    assert LlamoMoleculePipeline._verified(cut, None, checker)["generated_text"] == "methanol"
+    assert verified_answer(cut, "CCN", checker)["generated_text"] == "methanol"
+    assert verified_answer(cut, None, checker)["generated_text"] == "methanol"
     unreadable = [{"generated_text": "1,2,3,"}, {"generated_text": "oxo-oxo-"}]
-    assert LlamoMoleculePipeline._verified(unreadable, "CCN", checker)["generated_text"] == "1,2,3,"
+    assert verified_answer(unreadable, "CCN", checker)["generated_text"] == "1,2,3,"
 
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
@@ -197,7 +197,7 @@ def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_lla
 
 
 def test_a_proposed_name_is_answered_only_when_verified(tiny_llamo):
-    from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
+    from llamo.pipeline_llamo import inchikey, verified_answer
 
     known = {"ethanol": inchikey("CCO"), "methanol": inchikey("CO"), "propan-1-ol": inchikey("CCCO")}
     calls = []
@@ -207,7 +207,7 @@ def test_a_proposed_name_is_answered_only_when_verified(tiny_llamo):
         return [known.get(name) for name in names]
 
     beams = [{"generated_text": "ethyl-"}, {"generated_text": "methanol"}]
-    rescued = LlamoMoleculePipeline._verified(beams, "CCO", checker, lambda smiles: "ethanol")
+    rescued = verified_answer(beams, "CCO", checker, lambda smiles: "ethanol")
     assert rescued == {
         "generated_text": "ethanol",
         "verified": True,
@@ -216,12 +216,12 @@ def test_a_proposed_name_is_answered_only_when_verified(tiny_llamo):
     }
     assert calls == [["ethyl-", "methanol", "ethanol"]]  # one OPSIN call for beams and proposal
     # a wrong proposal is never answered, even when it reads as a molecule and no beam does
-    wrong = LlamoMoleculePipeline._verified(beams[:1], "CCO", checker, lambda smiles: "propan-1-ol")
+    wrong = verified_answer(beams[:1], "CCO", checker, lambda smiles: "propan-1-ol")
     assert wrong["generated_text"] == "ethyl-" and wrong["verified"] is False and wrong["from_namer"] is False
     # a verified beam comes before a verified proposal; a namer that names nothing adds no candidate
-    first = LlamoMoleculePipeline._verified([{"generated_text": "ethanol"}], "CCO", checker, lambda smiles: "ethanol")
+    first = verified_answer([{"generated_text": "ethanol"}], "CCO", checker, lambda smiles: "ethanol")
     assert first["from_namer"] is False and first["verified"] is True
-    LlamoMoleculePipeline._verified(beams, "CCO", checker, lambda smiles: None)
+    verified_answer(beams, "CCO", checker, lambda smiles: None)
     assert calls[-1] == ["ethyl-", "methanol"]
 
     model, processor = tiny_llamo
@@ -249,7 +249,7 @@ def test_the_rule_based_namer_names_molecules_that_opsin_reads_back():
 
 def test_opsin_checker_reads_names_back_to_molecules():
     from llamo.evaluation.naming import opsin_unavailable_reason
-    from llamo.pipeline_llamo import LlamoMoleculePipeline, inchikey
+    from llamo.pipeline_llamo import inchikey, verified_answer
     from llamo.retrieval import opsin_checker
 
     reason = opsin_unavailable_reason()
@@ -258,7 +258,7 @@ def test_opsin_checker_reads_names_back_to_molecules():
     checker = opsin_checker()
     assert checker(["ethanol", "propan-2-ol", "not a chemical name"]) == [inchikey("CCO"), inchikey("CC(C)O"), None]
     candidates = [{"generated_text": "propan-1-ol"}, {"generated_text": "propan-2-ol"}]
-    chosen = LlamoMoleculePipeline._verified(candidates, "CC(O)C", checker)
+    chosen = verified_answer(candidates, "CC(O)C", checker)
     assert chosen["generated_text"] == "propan-2-ol" and chosen["verified"] is True
 
 
