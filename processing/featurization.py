@@ -22,6 +22,15 @@ FEATURIZED_FEATURES = {
     "inchikey": datasets.Value("string"),
     "num_atoms": datasets.Value("int32"),
 }
+_EMPTY_ROW = {
+    "atom_features": [],
+    "edge_index": [[], []],
+    "edge_features": [],
+    "motif_features": [],
+    "prompt_smiles": "",
+    "inchikey": "",
+    "num_atoms": 0,
+}
 FEATURIZATION_VERSION = "1"
 MULTIPROCESS_MIN_ROWS = 512
 
@@ -43,12 +52,17 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
         for smiles in batch["smiles"]:
             try:
                 prepared = prepare_molecule(smiles, max_atoms)
-                inchikey = Chem.MolToInchiKey(prepared.mol) or ""
-                values = (*prepared.graph.to_dict().values(), prepared.smiles, inchikey, prepared.graph.num_atoms, "")
+                row = {
+                    **prepared.graph.to_dict(),
+                    "prompt_smiles": prepared.smiles,
+                    "inchikey": Chem.MolToInchiKey(prepared.mol) or "",
+                    "num_atoms": prepared.graph.num_atoms,
+                    "featurization_error": "",
+                }
             except Exception as failure:  # one bad molecule is counted, never stops the job
-                values = ([], [[], []], [], [], "", "", 0, _featurization_error(failure))
-            for column, value in zip(out.values(), values, strict=True):
-                column.append(value)
+                row = {**_EMPTY_ROW, "featurization_error": _featurization_error(failure)}
+            for name, column in out.items():
+                column.append(row[name])
     return out
 
 
