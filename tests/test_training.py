@@ -1110,7 +1110,7 @@ def test_pipeline_runs_every_round_and_bundles_the_last(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(stage1, "main", lambda *args, log: calls.append(("stage1", args[1].output_dir)))
-    monkeypatch.setattr(stage2, "main", lambda *args, log: calls.append(("stage2", args[1].output_dir)))
+    monkeypatch.setattr(stage2, "main", lambda *args, log, callbacks: calls.append(("stage2", args[1].output_dir)))
     monkeypatch.setattr(default_model, "export_bundle", lambda *args, **kwargs: calls.append(("bundle", args[:3])))
     source = [{"type": "chebi20", "path": "data.tsv"}]
     config = pipeline.PipelineConfig(

@@ -116,3 +116,53 @@ def test_a_row_too_long_for_its_neighbours_drops_them(config):
     assert alone["atom_mask"].any(-1).sum().item() == 1
     kept = alone["labels"][0] != IGNORE_INDEX
     assert processor.tokenizer.decode(alone["input_ids"][0][kept]).strip().startswith(row["messages"][1]["content"])
+
+
+def test_the_mixture_is_cached_by_its_settings(config, monkeypatch):
+    import dataclasses
+
+    from llamo.processing import index
+
+    first, _ = build_training_dataset(config, log=lambda *a: None)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the neighbour search ran again")
+
+    monkeypatch.setattr(index, "attach_neighbours", no_search)
+    again, _ = build_training_dataset(config, log=lambda *a: None)
+    assert again["id"] == first["id"] and again["neighbours"] == first["neighbours"]
+    other = StageArguments(dataclasses.replace(config.script, neighbour_share=0.5), config.training, config.model)
+    with pytest.raises(AssertionError, match="neighbour search ran again"):
+        build_training_dataset(other, log=lambda *a: None)
+
+
+def test_a_time_budget_fits_max_steps_and_the_schedule(config, tmp_path):
+    import dataclasses
+
+    from llamo.training.budget import TimeBudgetCallback
+
+    training = dataclasses.replace(
+        config.training, output_dir=str(tmp_path / "budget"), max_steps=6, warmup_steps=3, logging_steps=1
+    )
+    budget = TimeBudgetCallback(seconds=1e-3, probe=1, skip=1)
+    output = stage2.main(config.script, training, config.model, log=lambda *a: None, callbacks=[budget])
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert budget.fitted_steps == 3 and budget.step_seconds > 0  # no time left after the probe: one more step
+    assert summary["global_step"] == 3
+
+
+def test_set_total_steps_gives_a_schedule_a_new_total():
+    from transformers import get_scheduler
+
+    from llamo.training.budget import set_total_steps
+
+    def schedule(total):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        kwargs = {"min_lr": 0.1, "warmup_lr_rate": 0.01}
+        return get_scheduler("cosine_warmup_with_min_lr", optimizer, 5, total, scheduler_specific_kwargs=kwargs)
+
+    fitted, reference = schedule(100), schedule(40)
+    assert set_total_steps(fitted, 40)
+    assert [fitted.lr_lambdas[0](step) for step in range(45)] == [reference.lr_lambdas[0](step) for step in range(45)]
+    constant = get_scheduler("constant", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    assert not set_total_steps(constant, 40)

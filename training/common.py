@@ -108,9 +108,10 @@ class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
     full-vocabulary logits), with `CheckpointSpaceMixin`."""
 
 
-def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None):
-    """Run `LlamoSFTTrainer` (LLaMo's collator; resumes from `checkpoint` unless `resume_from_checkpoint` is given;
-    SIGTERM / Ctrl-C save a checkpoint and exit). Returns the trainer, `train()`'s output and the wall seconds."""
+def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None, callbacks=()):
+    """Run `LlamoSFTTrainer` (LLaMo's collator, and further `callbacks`; resumes from `checkpoint` unless
+    `resume_from_checkpoint` is given; SIGTERM / Ctrl-C save a checkpoint and exit). Returns the trainer, `train()`'s
+    output and the wall seconds."""
     import time
 
     from llamo.processing.collators import LlamoDataCollator
@@ -124,6 +125,7 @@ def train(model, processor, training_args, dataset, checkpoint: Path | None, log
         data_collator=LlamoDataCollator(processor, max_length=training_args.max_length),
         processing_class=processor,
         peft_config=peft_config,
+        callbacks=list(callbacks),
     )
     interrupt = GracefulInterrupt(log)
     trainer.add_callback(interrupt)

@@ -81,22 +81,50 @@ def prepare_source(
     featurized, feature_report = featurize_dataset(
         raw, max_atoms=max_atoms, num_proc=num_proc, name=source.type, multiprocess_min_rows=num_proc_min_rows
     )
+    _save_atomically(featurized, folder, [load_report, feature_report])
+    return datasets.load_from_disk(str(folder)), [load_report, feature_report]
+
+
+def _mixture_fingerprint(arguments: StageArguments) -> str:
+    """What decides a stage's training mixture: every source (as `prepare_source` keys it) with its weight and hold-out
+    side, the mode, the neighbours, the seed and the length column."""
+    config, training = arguments.script, arguments.training
+    description = {
+        "sources": [[_source_fingerprint(s, config.max_atoms), s.weight, s.holdout, s.part] for s in config.sources],
+        "mode": [config.mode, config.task],
+        "neighbours": [config.neighbours, config.neighbour_share],
+        "seed": training.seed,
+        "length": training.length_column_name
+        if training.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+        else None,
+    }
+    return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _save_atomically(dataset: datasets.Dataset, folder: Path, reports: list[DataReport]) -> None:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    featurized.save_to_disk(str(partial))
-    (partial / "llamo_reports.json").write_text(json.dumps([load_report.to_dict(), feature_report.to_dict()]))
+    dataset.save_to_disk(str(partial))
+    (partial / "llamo_reports.json").write_text(json.dumps([report.to_dict() for report in reports]))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
-    return datasets.load_from_disk(str(folder)), [load_report, feature_report]
 
 
 def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datasets.Dataset, list[DataReport]]:
     """The training set of a stage: each source loaded and featurized (cached; `dataset_num_proc` processes), held-out
-    part selected, filtered to the task in specialist mode, mixed by weight (with the trainer's `seed`), with a
-    length column when the trainer samples by length. Prints what was kept and dropped."""
+    part selected, filtered to the task in specialist mode, given its in-context neighbours, mixed by weight (with the
+    trainer's `seed`), with a length column when the trainer samples by length. The mixture is cached too (keyed by
+    all of that), so a resumed run, or a run on another machine given the cache folder, skips the neighbour search.
+    Prints what was kept and dropped."""
     config, training = arguments.script, arguments.training
     cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / f"mixture-{_mixture_fingerprint(arguments)}"
+    if (cached / "llamo_reports.json").is_file():
+        reports = [DataReport.from_dict(saved) for saved in json.loads((cached / "llamo_reports.json").read_text())]
+        mixture = datasets.load_from_disk(str(cached))
+        log(f"[data] training rows: {len(mixture)} (cached mixture {cached.name})")
+        return mixture, reports
     parts, reports = [], []
     for source in config.sources:
         dataset, source_reports = prepare_source(
@@ -131,4 +159,5 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
     for report in reports:
         log(f"[data] {report.summary()}")
     log(f"[data] training rows: {len(mixture)} ({', '.join(f'{len(d)} x {w}' for d, w in parts)})")
-    return mixture, reports
+    _save_atomically(mixture, cached, reports)
+    return datasets.load_from_disk(str(cached)), reports

@@ -107,7 +107,8 @@ def stage2_rounds(config: PipelineConfig) -> list[StageArguments]:
     return rounds
 
 
-def run(config: PipelineConfig, log=print) -> Path:
+def run(config: PipelineConfig, log=print, callbacks=()) -> Path:
+    """Run the recipe's steps (each skipped when done); `callbacks` go to every stage-2 round's trainer."""
     from llamo.training import stage1, stage2
 
     work = Path(config.work_dir)
@@ -127,7 +128,7 @@ def run(config: PipelineConfig, log=print) -> Path:
     rounds = stage2_rounds(config)
     for second in rounds:
         log(f"[pipeline] stage 2 -> {second.training.output_dir}")
-        stage2.main(*second, log=log)
+        stage2.main(*second, log=log, callbacks=callbacks)
     last = rounds[-1]
     if config.bundle:
         from llamo.default_model import export_bundle

@@ -33,9 +33,11 @@ def continued_adapter(model, adapter_path: str, log=print):
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
-def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
+def main(
+    script_args: Stage2Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print, callbacks=()
+) -> Path:
     """Run stage 2 (or resume it, or find it finished); save the adapter and the merged model under
-    `training_args.output_dir`."""
+    `training_args.output_dir`. `callbacks`: further `TrainerCallback`s (e.g. `TimeBudgetCallback`)."""
     if not model_args.model_name_or_path:
         raise ValueError("Stage 2 needs `model_name_or_path`: a stage-1 output folder")
     arguments = StageArguments(script_args, training_args, model_args)
@@ -52,7 +54,7 @@ def main(script_args: Stage2Arguments, training_args: SFTConfig, model_args: Mod
         dataset, reports = build_training_dataset(arguments, log)
 
     trainer, result, wall_seconds = train(
-        model, processor, training_args, dataset, checkpoint, log, peft_config=peft_config
+        model, processor, training_args, dataset, checkpoint, log, peft_config=peft_config, callbacks=callbacks
     )
     with final_save_guard(output_dir, "the final adapter and merged model", trainer.model):
         adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"

@@ -1,0 +1,57 @@
+"""Fit a training run into a wall-clock budget: a leased GPU, a notebook session with a time limit."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from transformers import TrainerCallback
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training within `seconds` of the start of `train()`, the learning-rate schedule ending there too.
+
+    Optimizer steps `skip + 1` to `skip + probe` are timed (the first `skip` pay for warm-up work: allocator, data
+    workers, kernel selection); from their mean the callback lowers `state.max_steps` (never raises it) so that the
+    steps left fit the time left, and gives the scheduler's step function the new total (`num_training_steps` of
+    transformers' warm-up schedules). With the probe inside the warm-up (`warmup_steps >= skip + probe`), whose
+    learning rates do not depend on the total, the run is the one a recipe with the fitted `max_steps` would make.
+    `fitted_steps` and `step_seconds` hold what was chosen (None before the probe ends)."""
+
+    def __init__(self, seconds: float, probe: int = 20, skip: int = 10):
+        if seconds <= 0 or probe < 1 or skip < 0:
+            raise ValueError(f"need seconds > 0, probe >= 1 and skip >= 0, got {seconds}, {probe}, {skip}")
+        self.seconds, self.probe, self.skip = seconds, probe, skip
+        self.started = self.probe_started = None
+        self.fitted_steps: int | None = None
+        self.step_seconds: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        done = state.global_step - self.first_step
+        if done == self.skip:
+            self.probe_started = time.monotonic()
+        elif done == self.skip + self.probe and self.fitted_steps is None:
+            now = time.monotonic()
+            self.step_seconds = (now - self.probe_started) / self.probe
+            left = int((self.seconds - (now - self.started)) / self.step_seconds)
+            self.fitted_steps = max(state.global_step + 1, min(state.max_steps, state.global_step + left))
+            state.max_steps = self.fitted_steps
+            if lr_scheduler is not None:
+                set_total_steps(lr_scheduler, self.fitted_steps)
+        return control
+
+
+def set_total_steps(scheduler, total: int) -> bool:
+    """Give a `LambdaLR` built by transformers' schedule functions (whose step functions are partials with a
+    `num_training_steps` keyword) a new total; returns whether one was changed. Accelerate's wrapper is unwrapped."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    changed = False
+    for index, function in enumerate(getattr(scheduler, "lr_lambdas", [])):
+        if isinstance(function, partial) and "num_training_steps" in function.keywords:
+            keywords = {**function.keywords, "num_training_steps": total}
+            scheduler.lr_lambdas[index] = partial(function.func, *function.args, **keywords)
+            changed = True
+    return changed
