@@ -8,7 +8,10 @@ each step skipped when done, so data prepared beforehand on a CPU machine, `LLAM
 file, is reused), with a `TimeBudgetCallback` that fits `max_steps` to `--minutes` from the measured step time.
 `OUTPUT/summary.json` holds the fitted steps, step time, samples/s, peak GPU memory and the loss curve;
 `OUTPUT/adapter_model.safetensors` and `OUTPUT/bundle_files.tar` are the new bundle's weights and small files
-(the bundle's tokenizer and graph-encoder weights are the starting bundle's, unchanged by stage 2)."""
+(the bundle's tokenizer and graph-encoder weights are the starting bundle's, unchanged by stage 2).
+
+On a machine without internet, set `HF_HUB_OFFLINE=1 USE_HUB_KERNELS=0`: transformers otherwise tries to fetch Hub
+kernels when a model loads or switches to training mode on CUDA, and fails offline."""
 
 from __future__ import annotations
 
