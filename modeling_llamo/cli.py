@@ -99,7 +99,9 @@ def _add_generate_parser(subparsers) -> None:
     parser.add_argument("--model", metavar="MODEL_DIR", help="model folder (instead of the first positional argument)")
     parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
     _add_decoding_arguments(parser)
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (no streaming)")
+    parser.add_argument(
+        "--num-beams", type=int, help="beam search with this many beams (default: the model's generation config)"
+    )
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
     parser.add_argument(
         "--verify-names",
@@ -215,13 +217,14 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
     from transformers import TextStreamer
 
-    stream = stream and "verify_names" not in options
+    beams = getattr(args, "num_beams", None) or pipe.model.generation_config.num_beams or 1
+    stream = stream and beams == 1 and "verify_names" not in options  # transformers streams greedy or sampled text
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     options = {
         **options,
         "max_new_tokens": args.max_new_tokens or options["max_new_tokens"],
         "do_sample": args.do_sample,
-        "num_beams": getattr(args, "num_beams", 1),
+        **({"num_beams": args.num_beams} if getattr(args, "num_beams", None) else {}),
         "streamer": streamer,
         **({"temperature": args.temperature, "top_p": args.top_p} if args.do_sample else {}),
     }
@@ -257,7 +260,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     messages = [
         {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
     ]
-    _answer(pipe, messages, args, not args.no_stream and args.num_beams == 1, options)
+    _answer(pipe, messages, args, not args.no_stream, options)
 
 
 def _run_chat(args: argparse.Namespace) -> None:

@@ -32,7 +32,7 @@ def test_generate_help_shows_the_usage_one_types_and_every_default(capsys):
     assert text.startswith("usage: llamo generate [MODEL_DIR] --smiles SMILES [options] PROMPT")
     assert "[[MODEL_DIR] PROMPT" not in text and "PROMPT ...]" not in text
     assert "--max-new-tokens N most tokens in an answer (default: by the question: 256 for descriptions" in text
-    for default in ("(default: 0.7)", "(default: 0.9)", "(default: 1)", "(default: auto)"):
+    for default in ("(default: 0.7)", "(default: 0.9)", "(default: auto)", "(default: the model's generation config)"):
         assert default in text, default
     assert "(default: None)" not in text and "(default: False)" not in text
     with pytest.raises(SystemExit):
@@ -240,6 +240,36 @@ def test_generate_matches_the_python_api(initialised, capsys):
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert printed == processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
+
+
+def test_generate_decodes_as_the_models_generation_config_says(initialised, tmp_path, capsys):
+    """Without --num-beams, `llamo generate` leaves decoding to the model's generation config (here beam search,
+    which cannot stream): its answer is what `model.generate` gives with that config."""
+    import shutil
+
+    import torch
+
+    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+
+    folder = shutil.copytree(initialised, tmp_path / "beams")
+    model = LlamoForConditionalGeneration.from_pretrained(folder)
+    model.generation_config.num_beams = 3
+    model.generation_config.save_pretrained(folder)
+    argv = ["generate", str(folder), "--smiles", "CCO", "Describe it.", "--max-new-tokens", "5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.strip()
+    processor = LlamoProcessor.from_pretrained(folder)
+    messages = [
+        {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "Describe it."}]}
+    ]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    with torch.no_grad():
+        beams = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        greedy = model.generate(**inputs, max_new_tokens=5, do_sample=False, num_beams=1)
+    assert not torch.equal(beams, greedy)  # the two decodings differ on this model, so the answers tell them apart
+    assert printed == processor.batch_decode(beams, prompt_length=inputs["input_ids"])[0]
+    assert main([*argv, "--num-beams", "1", "--no-stream"]) == 0
+    assert capsys.readouterr().out.strip() == processor.batch_decode(greedy, prompt_length=inputs["input_ids"])[0]
 
 
 @pytest.mark.parametrize(
