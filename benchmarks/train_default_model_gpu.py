@@ -7,8 +7,9 @@ Runs the recipe as `llamo train pipeline` does (instruction data, stage 2 contin
 each step skipped when done, so data prepared beforehand on a CPU machine, `LLAMO_DATA_CACHE` and the conversations
 file, is reused), with a `TimeBudgetCallback` that fits `max_steps` to `--minutes` from the measured step time.
 `OUTPUT/summary.json` holds the fitted steps, step time, samples/s, peak GPU memory and the loss curve;
-`OUTPUT/adapter_model.safetensors` and `OUTPUT/bundle_files.tar` are the new bundle's weights and small files
-(the bundle's tokenizer and graph-encoder weights are the starting bundle's, unchanged by stage 2).
+`OUTPUT/adapter_model.safetensors` is the new bundle's adapter, and `OUTPUT/bundle_files.tar` its small files with the
+stage-2 run's settings and summary under `stage2/` (for `llamo export --run-dir`, which writes the model card); the
+bundle's tokenizer and graph-encoder weights are the starting bundle's, unchanged by stage 2.
 
 On a machine without internet, set `HF_HUB_OFFLINE=1 USE_HUB_KERNELS=0`: transformers otherwise tries to fetch Hub
 kernels when a model loads or switches to training mode on CUDA, and fails offline."""
@@ -27,6 +28,7 @@ import torch
 from transformers import TrainerCallback
 
 from llamo.training.budget import TimeBudgetCallback
+from llamo.training.config import RUN_CONFIG, SUMMARY
 from llamo.training.pipeline import load_pipeline, run, stage2_rounds
 
 CHANGED_FILES = ("adapter_model.safetensors",)
@@ -68,6 +70,7 @@ def train_within(recipe: str, placeholders: dict[str, str], seconds: float, prob
         "metrics": summary["metrics"],
         "log_history": losses.history,
         "bundle": config.bundle.get("output"),
+        "stage2_dir": stage2.training.output_dir,
     }
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name()
@@ -81,10 +84,14 @@ def keep_results(result: dict, output: Path) -> None:
     bundle = Path(result["bundle"])
     for name in CHANGED_FILES:
         (output / name).write_bytes((bundle / name).read_bytes())
+    stage2 = Path(result["stage2_dir"])
     with tarfile.open(output / "bundle_files.tar", "w") as archive:
         for name in SMALL_FILES:
             if (bundle / name).is_file():
                 archive.add(bundle / name, arcname=name)
+        for name in (RUN_CONFIG, SUMMARY):
+            if (stage2 / name).is_file():
+                archive.add(stage2 / name, arcname=f"stage2/{name}")
     result = {**result, "torch": torch.__version__, "python": platform.python_version()}
     (output / "summary.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
 

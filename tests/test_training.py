@@ -1104,6 +1104,29 @@ def test_gpu_benchmark_steps_at_a_tiny_shape_on_the_cpu(monkeypatch):
     assert result["hardware_flops_per_token"] > flops  # gradient checkpointing runs the forward again
 
 
+def test_gpu_training_script_keeps_the_bundles_new_files_and_the_run(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_default_model_gpu as script
+
+    bundle, stage2 = tmp_path / "bundle", tmp_path / "stage2"
+    bundle.mkdir()
+    stage2.mkdir()
+    (bundle / "adapter_model.safetensors").write_bytes(b"weights")
+    (bundle / "bundle.json").write_text("{}")
+    (bundle / "tokenizer.json").write_text("{}")  # unchanged by stage 2: not kept
+    (stage2 / "training_summary.json").write_text('{"global_step": 3}')
+    (stage2 / "llamo_run_config.json").write_text("{}")
+    result = {"bundle": str(bundle), "stage2_dir": str(stage2), "global_step": 3}
+    script.keep_results(result, tmp_path / "out")
+    assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == b"weights"
+    with tarfile.open(tmp_path / "out" / "bundle_files.tar") as archive:
+        names = sorted(archive.getnames())
+    assert names == ["bundle.json", "stage2/llamo_run_config.json", "stage2/training_summary.json"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["global_step"] == 3
+
+
 def test_pipeline_runs_every_round_and_bundles_the_last(tmp_path, monkeypatch):
     from llamo import default_model
     from llamo.training import pipeline
