@@ -359,6 +359,22 @@ def test_streamed_answer_matches_generate(tiny_llamo):
     assert pieces[-1].strip() == expected
 
 
+def test_a_model_that_decodes_with_beams_still_streams(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
+    settings = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+    beams = model.generation_config.num_beams
+    model.generation_config.num_beams = 3
+    try:
+        pieces = list(stream_answer(model, processor, messages, settings))
+    finally:
+        model.generation_config.num_beams = beams
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    with torch.inference_mode():
+        greedy = model.generate(**inputs, **settings, num_beams=1)
+    assert pieces[-1].strip() == processor.batch_decode(greedy, prompt_length=inputs["input_ids"].shape[1])[0]
+
+
 def test_stop_ends_the_answer_at_the_next_token(tiny_llamo):
     model, processor = tiny_llamo
     messages = conversation_messages(SMILES["caffeine"], [], "Describe this molecule.")

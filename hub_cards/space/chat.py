@@ -115,7 +115,8 @@ def stream_answer(
 
     Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
     raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
-    processor's `max_atoms`) raise a `ValueError` at once. `stats` receives `new_tokens` once the answer ends."""
+    processor's `max_atoms`) raise a `ValueError` at once. `stats` receives `new_tokens` once the answer ends. Beam
+    search cannot stream, so the answer is decoded with one beam even for a model whose generation config has more."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     inputs = inputs.to(model.device)
     closed = threading.Event()
@@ -125,6 +126,7 @@ def stream_answer(
     watch = StopOnEvent(closed, *([stop] if stop is not None else []))
     settings = {
         **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)),
+        "num_beams": 1,  # a streamed answer is greedy or sampled, whatever the model's generation config says
         "stopping_criteria": StoppingCriteriaList([watch]),
     }
     failure: list[Exception] = []
