@@ -189,10 +189,12 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
 
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
-    """Pipeline options for the question: the molecule index and neighbours, and name verification."""
-    from .retrieval import load_index, opsin_checker, question_task, rule_namer
+    """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
+    molecule index and neighbours, and name verification."""
+    from .retrieval import generation_for, load_index, opsin_checker, question_task, retrieval_settings, rule_namer
 
-    options: dict = {"max_new_tokens": ANSWER_TOKENS[question_task(question)]}
+    task = question_task(question)
+    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **generation_for(retrieval_settings(model_dir), task)}
     try:
         index, k = load_index(args.index, model_dir, question)
     except (FileNotFoundError, ValueError) as error:
@@ -202,7 +204,7 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
         if args.neighbours is not None or k is not None:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k
     verify = getattr(args, "verify_names", "off")
-    if verify == "on" or (verify == "auto" and question_task(question) == "iupac"):
+    if verify == "on" or (verify == "auto" and task == "iupac"):
         checker = opsin_checker()
         if checker is None and verify == "on":
             raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
@@ -217,7 +219,7 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
     from transformers import TextStreamer
 
-    beams = getattr(args, "num_beams", None) or pipe.model.generation_config.num_beams or 1
+    beams = getattr(args, "num_beams", None) or options.get("num_beams") or pipe.model.generation_config.num_beams or 1
     stream = stream and beams == 1 and "verify_names" not in options  # transformers streams greedy or sampled text
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     options = {

@@ -4,8 +4,8 @@ A model folder may hold `llamo_retrieval.json`, written when a model was trained
 `{"neighbours": K, "default_indexes": {"iupac": "chemicals", "property": "qm9"}}`. With it, `llamo generate` answers a
 naming or property question with the K nearest entries of the packaged PubChem name table or QM9, built once into
 `~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). An optional `"task_neighbours": {"property": 1}` sets K for one task
-(the question's, see `question_task`). Models without the file answer without neighbours unless an index is given
-(the paper's format)."""
+(the question's, see `question_task`), and `"task_generation": {"description": {"num_beams": 3}}` decoding settings
+for one task. Models without the file answer without neighbours unless an index is given (the paper's format)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
 def neighbours_for(settings: dict[str, Any], task: str) -> int | None:
     """Neighbours per answer for a task: the settings' `task_neighbours[task]`, else their `neighbours`."""
     return settings.get("task_neighbours", {}).get(task, settings.get("neighbours"))
+
+
+def generation_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
+    """Decoding settings for a task's answers (`generate` keywords): the settings' `task_generation[task]`, or none."""
+    return dict(settings.get("task_generation", {}).get(task, {}))
 
 
 def index_cache_dir() -> Path:

@@ -272,6 +272,31 @@ def test_generate_decodes_as_the_models_generation_config_says(initialised, tmp_
     assert capsys.readouterr().out.strip() == processor.batch_decode(greedy, prompt_length=inputs["input_ids"])[0]
 
 
+def test_generate_decodes_each_task_as_the_models_retrieval_settings_say(initialised, tmp_path, capsys):
+    """`task_generation` in llamo_retrieval.json: descriptions with 3 beams, other questions with the model's own
+    (greedy) decoding."""
+    import shutil
+
+    import torch
+
+    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+
+    folder = shutil.copytree(initialised, tmp_path / "per-task")
+    (folder / "llamo_retrieval.json").write_text(json.dumps({"task_generation": {"description": {"num_beams": 3}}}))
+    model, processor = LlamoForConditionalGeneration.from_pretrained(folder), LlamoProcessor.from_pretrained(folder)
+    for question, beams in (("Describe it.", 3), ("What is its IUPAC name?", 1)):
+        argv = ["generate", str(folder), "--smiles", "CCO", question, "--max-new-tokens", "5", "--verify-names", "off"]
+        assert main(argv) == 0
+        messages = [
+            {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": question}]}
+        ]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=5, do_sample=False, num_beams=beams)
+        expected = processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
+        assert capsys.readouterr().out.strip() == expected, question
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
