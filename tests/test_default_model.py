@@ -345,5 +345,11 @@ def test_shipped_bundle_generation_defaults_are_the_documented_ones():
     assert read_manifest(BUNDLE_DIR)["generation"] == {"answer_loop_repeats": 3}
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert "`answer_loop_repeats: 3`" in readme
-    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3", "llamo_smollm2_135m_v4"):
+    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3", "llamo_smollm2_135m_v4", "llamo_smollm2_135m_v9"):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}
+    # descriptions with 3 beams, the other tasks greedy: in the bundle, its recipe and README
+    shipped = json.loads((BUNDLE_DIR / "llamo_retrieval.json").read_text())
+    assert shipped["task_generation"] == {"description": {"num_beams": 3}}
+    recipe = load_pipeline(read_manifest(BUNDLE_DIR)["recipe"], {"chebi20": "x.tsv"})
+    assert recipe.bundle["retrieval"]["task_generation"] == shipped["task_generation"]
+    assert '`"task_generation": {"description": {"num_beams": 3}}`' in readme
