@@ -414,7 +414,7 @@ def test_generation_failure_is_raised_not_hung(tiny_llamo):
     model, processor = tiny_llamo
     messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
     with pytest.raises(ValueError):
-        list(stream_answer(model, processor, messages, {"max_new_tokens": 4, "num_beams": 2}))
+        list(stream_answer(model, processor, messages, {"max_new_tokens": 4, "num_return_sequences": 2}))
 
 
 def test_demo_conversation_flow(tiny_llamo):
