@@ -122,6 +122,7 @@ def test_the_mixture_is_cached_by_its_settings(config, monkeypatch):
     import dataclasses
 
     from llamo.processing import index
+    from llamo.training import data
 
     first, _ = build_training_dataset(config, log=lambda *a: None)
 
@@ -134,6 +135,9 @@ def test_the_mixture_is_cached_by_its_settings(config, monkeypatch):
     other = StageArguments(dataclasses.replace(config.script, neighbour_share=0.5), config.training, config.model)
     with pytest.raises(AssertionError, match="neighbour search ran again"):
         build_training_dataset(other, log=lambda *a: None)
+    monkeypatch.setattr(data, "MIXTURE_VERSION", data.MIXTURE_VERSION + "-next")
+    with pytest.raises(AssertionError, match="neighbour search ran again"):
+        build_training_dataset(config, log=lambda *a: None)
 
 
 def test_a_time_budget_fits_max_steps_and_the_schedule(config, tmp_path):

@@ -19,6 +19,8 @@ from llamo.processing.mixture import holdout_split, mix_datasets
 from .config import DataSourceConfig, StageArguments
 
 CACHE_ENV = "LLAMO_DATA_CACHE"
+MIXTURE_VERSION = "1"
+"""Part of a cached mixture's key: raise it when mixing or the neighbour search (`attach_neighbours`) changes."""
 
 
 def default_cache_dir() -> Path:
@@ -90,6 +92,7 @@ def _mixture_fingerprint(arguments: StageArguments) -> str:
     side, the mode, the neighbours, the seed and the length column."""
     config, training = arguments.script, arguments.training
     description = {
+        "version": MIXTURE_VERSION,
         "sources": [[_source_fingerprint(s, config.max_atoms), s.weight, s.holdout, s.part] for s in config.sources],
         "mode": [config.mode, config.task],
         "neighbours": [config.neighbours, config.neighbour_share],
