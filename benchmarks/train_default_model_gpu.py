@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 from llamo.training.budget import TimeBudgetCallback
 from llamo.training.config import RUN_CONFIG, SUMMARY
@@ -35,27 +34,16 @@ CHANGED_FILES = ("adapter_model.safetensors",)
 SMALL_FILES = ("adapter_config.json", "bundle.json", "llamo_retrieval.json", "config.json", "processor_config.json")
 
 
-class LossLog(TrainerCallback):
-    """Keeps every `logs` dict the Trainer reports (loss, learning rate, grad norm)."""
-
-    def __init__(self):
-        self.history: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.history.append({"step": state.global_step, **logs})
-
-
 def train_within(recipe: str, placeholders: dict[str, str], seconds: float, probe: int, skip: int) -> dict:
     """Run the recipe with the time budget; returns what was measured and where the bundle is."""
     config = load_pipeline(recipe, placeholders)
-    budget, losses = TimeBudgetCallback(seconds, probe=probe, skip=skip), LossLog()
+    budget = TimeBudgetCallback(seconds, probe=probe, skip=skip)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    run(config, callbacks=[budget, losses])
+    run(config, callbacks=[budget])
     stage2 = stage2_rounds(config)[-1]
-    summary = json.loads((Path(stage2.training.output_dir) / "training_summary.json").read_text())
+    summary = json.loads((Path(stage2.training.output_dir) / SUMMARY).read_text())
     batch = stage2.training.per_device_train_batch_size * stage2.training.gradient_accumulation_steps
     result = {
         "recipe": recipe,
@@ -68,7 +56,7 @@ def train_within(recipe: str, placeholders: dict[str, str], seconds: float, prob
         "train_seconds": summary["wall_seconds"],
         "pipeline_seconds": round(time.monotonic() - started, 1),
         "metrics": summary["metrics"],
-        "log_history": losses.history,
+        "log_history": summary["log_history"],
         "bundle": config.bundle.get("output"),
         "stage2_dir": stage2.training.output_dir,
     }

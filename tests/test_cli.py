@@ -208,38 +208,26 @@ def test_generate_streams_an_answer_end_to_end(initialised):
     assert "Loading weights" not in result.stderr and "FutureWarning" not in result.stderr, result.stderr
 
 
-def test_generate_matches_the_python_api(initialised, capsys):
+def _expected_answer(folder, question: str, **generate_kwargs) -> str:
+    """What `model.generate` answers about ethanol in 5 new tokens, for comparison with `llamo generate`'s output."""
     import torch
 
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 
-    assert (
-        main(
-            [
-                "generate",
-                str(initialised),
-                "--smiles",
-                "CCO",
-                "Name it.",
-                "--max-new-tokens",
-                "5",
-                "--no-stream",
-                "--verify-names",
-                "off",
-            ]
-        )
-        == 0
-    )
-    printed = capsys.readouterr().out.strip()
-    processor = LlamoProcessor.from_pretrained(initialised)
-    model = LlamoForConditionalGeneration.from_pretrained(initialised)
+    model, processor = LlamoForConditionalGeneration.from_pretrained(folder), LlamoProcessor.from_pretrained(folder)
     messages = [
-        {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "Name it."}]}
+        {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": question}]}
     ]
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert printed == processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
+        output = model.generate(**inputs, max_new_tokens=5, do_sample=False, **generate_kwargs)
+    return processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
+
+
+def test_generate_matches_the_python_api(initialised, capsys):
+    argv = ["generate", str(initialised), "--smiles", "CCO", "Name it.", "--max-new-tokens", "5", "--no-stream"]
+    assert main([*argv, "--verify-names", "off"]) == 0
+    assert capsys.readouterr().out.strip() == _expected_answer(initialised, "Name it.")
 
 
 def test_generate_decodes_as_the_models_generation_config_says(initialised, tmp_path, capsys):
@@ -247,29 +235,19 @@ def test_generate_decodes_as_the_models_generation_config_says(initialised, tmp_
     which cannot stream): its answer is what `model.generate` gives with that config."""
     import shutil
 
-    import torch
-
-    from llamo import LlamoForConditionalGeneration, LlamoProcessor
+    from transformers import GenerationConfig
 
     folder = shutil.copytree(initialised, tmp_path / "beams")
-    model = LlamoForConditionalGeneration.from_pretrained(folder)
-    model.generation_config.num_beams = 3
-    model.generation_config.save_pretrained(folder)
+    config = GenerationConfig.from_pretrained(folder)
+    config.num_beams = 3
+    config.save_pretrained(folder)
+    beams, greedy = _expected_answer(folder, "Describe it."), _expected_answer(folder, "Describe it.", num_beams=1)
+    assert beams != greedy  # the two decodings differ on this model, so the answers tell them apart
     argv = ["generate", str(folder), "--smiles", "CCO", "Describe it.", "--max-new-tokens", "5"]
     assert main(argv) == 0
-    printed = capsys.readouterr().out.strip()
-    processor = LlamoProcessor.from_pretrained(folder)
-    messages = [
-        {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "Describe it."}]}
-    ]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    with torch.no_grad():
-        beams = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-        greedy = model.generate(**inputs, max_new_tokens=5, do_sample=False, num_beams=1)
-    assert not torch.equal(beams, greedy)  # the two decodings differ on this model, so the answers tell them apart
-    assert printed == processor.batch_decode(beams, prompt_length=inputs["input_ids"])[0]
+    assert capsys.readouterr().out.strip() == beams
     assert main([*argv, "--num-beams", "1", "--no-stream"]) == 0
-    assert capsys.readouterr().out.strip() == processor.batch_decode(greedy, prompt_length=inputs["input_ids"])[0]
+    assert capsys.readouterr().out.strip() == greedy
 
 
 def test_generate_decodes_each_task_as_the_models_retrieval_settings_say(initialised, tmp_path, capsys):
@@ -277,24 +255,12 @@ def test_generate_decodes_each_task_as_the_models_retrieval_settings_say(initial
     (greedy) decoding."""
     import shutil
 
-    import torch
-
-    from llamo import LlamoForConditionalGeneration, LlamoProcessor
-
     folder = shutil.copytree(initialised, tmp_path / "per-task")
     (folder / "llamo_retrieval.json").write_text(json.dumps({"task_generation": {"description": {"num_beams": 3}}}))
-    model, processor = LlamoForConditionalGeneration.from_pretrained(folder), LlamoProcessor.from_pretrained(folder)
     for question, beams in (("Describe it.", 3), ("What is its IUPAC name?", 1)):
         argv = ["generate", str(folder), "--smiles", "CCO", question, "--max-new-tokens", "5", "--verify-names", "off"]
         assert main(argv) == 0
-        messages = [
-            {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": question}]}
-        ]
-        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=5, do_sample=False, num_beams=beams)
-        expected = processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
-        assert capsys.readouterr().out.strip() == expected, question
+        assert capsys.readouterr().out.strip() == _expected_answer(folder, question, num_beams=beams), question
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,7 @@ def test_a_time_budget_fits_max_steps_and_the_schedule(config, tmp_path):
     summary = json.loads((output / "training_summary.json").read_text())
     assert budget.fitted_steps == 3 and budget.step_seconds > 0  # no time left after the probe: one more step
     assert summary["global_step"] == 3
+    assert [entry["step"] for entry in summary["log_history"] if "loss" in entry] == [1, 2, 3]  # logging_steps 1
 
 
 def test_set_total_steps_gives_a_schedule_a_new_total():

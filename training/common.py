@@ -228,7 +228,8 @@ def write_summary(output_dir: Path, summary: dict) -> None:
 def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpoint, reports, **details) -> dict:
     """What `write_summary` keeps of a finished stage: `stage`, then `details`, then the metrics and steps of `train`'s
     `result`, the parameters of `model` that train (as they are now: take the summary before merging an adapter),
-    the wall seconds, the checkpoint resumed from (a `Path` or None) and the data reports."""
+    the wall seconds, the checkpoint resumed from (a `Path` or None), the data reports and the Trainer's log history
+    (loss, learning rate and grad norm every `logging_steps`)."""
     return {
         "stage": stage,
         **details,
@@ -238,6 +239,7 @@ def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpo
         "wall_seconds": wall_seconds,
         "resumed_from": checkpoint.name if checkpoint else None,
         "data": [report.to_dict() for report in reports],
+        "log_history": trainer.state.log_history,
     }
 
 
