@@ -1,13 +1,16 @@
 """What the default model's loop guard (`AnswerLoopStopLogitsProcessor`, `answer_loop_repeats: 3`) stops.
 
-1. False stops: reference texts the guard would end early, ChEBI-20 descriptions and PubChem IUPAC names (every
-   `--names-every`-th name of the `chemicals` table, at most `--max-names`), tokenized with the default model's
-   tokenizer. A reference counts when the guard fires on any prefix shorter than the whole text.
+1. False stops: reference texts the guard would end early, ChEBI-20 descriptions and PubChem IUPAC names (a
+   spread-out subset of `--max-names` names of the `chemicals` table, as `load_chemicals_iupac` takes it), tokenized
+   with the default model's tokenizer. A reference counts when the guard fires on any prefix shorter than the whole
+   text.
 2. Loops caught: answers of `llamo evaluate` prediction files (`predictions.jsonl`) that reached their token limit,
    and the answer length at which the guard would have ended each.
 
 Each rule set is measured on the same texts: `exact` (a block repeated three times), `+counter` (copies that differ
-in one token), `+long` (blocks of 24-48 tokens twice), `all` (the shipped guard).
+in one token), `+long` (blocks of 24-48 tokens twice), `exact+counter+long` (the guard until the tenth version),
+`+frequent` (a block of 4 tokens 6 times within the last 64), `+count` (30 tokens of 2-5-token blocks, each copy
+changing in one token: ",21,22,23,..."), `all` (the shipped guard).
 
     python3 benchmarks/bench_loop_guard.py --chebi20 ../shared/data/chebi20/validation.txt \
         --predictions RUN/description/model/predictions.jsonl:256 RUN/iupac/model/predictions.jsonl:96
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,12 +27,17 @@ import torch
 from transformers import AutoTokenizer
 
 from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+from llamo.processing.loaders import load_chemicals_iupac
 
 REPO = Path(__file__).resolve().parents[1]
+OFF = {"frequent_block": (1, 10**6, 1), "counter_tokens": 10**6}
 RULES = {
-    "exact": {"near_min_period": 10**6, "long_periods": (10**6, 0)},
-    "+counter": {"long_periods": (10**6, 0)},
-    "+long": {"near_min_period": 10**6},
+    "exact": {"near_min_period": 10**6, "long_periods": (10**6, 0), **OFF},
+    "+counter": {"long_periods": (10**6, 0), **OFF},
+    "+long": {"near_min_period": 10**6, **OFF},
+    "exact+counter+long": OFF,
+    "+frequent": {"near_min_period": 10**6, "long_periods": (10**6, 0), "counter_tokens": 10**6},
+    "+count": {"long_periods": (10**6, 0), "frequent_block": (1, 10**6, 1)},
     "all": {},
 }
 
@@ -48,28 +55,22 @@ def first_stop(guard: AnswerLoopStopLogitsProcessor, ids: list[int], upto: int) 
     return int(fired[0, 0]) + 1 if len(fired) else None
 
 
-def chemicals_names(every: int, limit: int) -> list[str]:
-    spec = importlib.util.find_spec("chemicals")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install chemicals (the PubChem name table), or pass --no-names")
-    table = Path(spec.submodule_search_locations[0]) / "Identifiers" / "chemical identifiers pubchem large.tsv"
-    names = []
-    with open(table, encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) > 5 and fields[5]:
-                names.append(fields[5])
-    return names[::every][:limit]
+def chemicals_names(limit: int) -> list[str]:
+    """`limit` IUPAC names of the `chemicals` PubChem table, a spread-out subset (`load_chemicals_iupac`)."""
+    records, _ = load_chemicals_iupac(limit=limit)
+    return [messages[-1]["content"] for messages in records["messages"]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chebi20", required=True, help="ChEBI-20 TSV (its `description` column)")
     parser.add_argument("--tokenizer", default=str(REPO / "modeling_llamo" / "bundled" / "llamo-smollm2-135m"))
-    parser.add_argument("--names-every", type=int, default=9)
     parser.add_argument("--max-names", type=int, default=8000)
     parser.add_argument("--no-names", action="store_true")
     parser.add_argument("--predictions", nargs="*", default=[], help="PATH:TOKEN_LIMIT of predictions.jsonl files")
+    parser.add_argument(
+        "--frequent", nargs="*", default=[], help="other settings of the frequent-block rule: SIZE,COUNT,WINDOW"
+    )
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -83,7 +84,7 @@ def main() -> None:
             "chebi20 descriptions": encode([row["description"] for row in csv.DictReader(handle, delimiter="\t")])
         }
     if not args.no_names:
-        references["pubchem names"] = encode(chemicals_names(args.names_every, args.max_names))
+        references["pubchem names"] = encode(chemicals_names(args.max_names))
     looped = []
     for item in args.predictions:
         path, limit = item.rsplit(":", 1)
@@ -92,8 +93,11 @@ def main() -> None:
             if len(ids) >= int(limit) - 1:
                 looped.append(ids)
 
+    rules = dict(RULES)
+    for setting in args.frequent:
+        rules[f"all, frequent {setting}"] = {"frequent_block": tuple(int(value) for value in setting.split(","))}
     report = {}
-    for name, settings in RULES.items():
+    for name, settings in rules.items():
         guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=0, **settings)
         entry = {
             f"false stops, {source}": f"{sum(first_stop(guard, ids, len(ids)) is not None for ids in texts)}"

@@ -472,7 +472,11 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
     - the same block of 1 to `max_period` tokens `repeats` times in a row (at least `min_tokens` tokens in all);
     - `repeats` copies of a block of `near_min_period` to `max_period` tokens, each copy differing from the one before
       in at most one token (a counter: "1,16-dihydroxy-1,17-dihydroxy-1,18-dihydroxy");
-    - two copies of a block of `long_periods` tokens (too long to repeat three times within an answer's limit).
+    - copies of a block of 2 to `near_min_period - 1` tokens, `counter_tokens` tokens in all, each copy differing from
+      the one before in exactly one token (a count: ",21,22,23,24,25,26,27,28,29", "21Z,22Z,23Z,24Z,25Z,26Z,27Z");
+    - two copies of a block of `long_periods` tokens (too long to repeat three times within an answer's limit);
+    - one block of `frequent_block[0]` tokens seen `frequent_block[1]` times within the last `frequent_block[2]`
+      tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...").
 
     A banned n-gram only moves a looping small model on to other degenerate text; ending the answer keeps what it said
     before the loop. Text that repeats a phrase with more changes in between is never stopped.
@@ -486,11 +490,14 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         max_period: int = 32,
         near_min_period: int = 6,
         long_periods: tuple[int, int] = (24, 48),
+        frequent_block: tuple[int, int, int] = (4, 6, 64),
+        counter_tokens: int = 30,
     ):
         if not isinstance(repeats, int) or repeats < 2:
             raise ValueError(f"answer_loop_repeats must be an integer of at least 2, got {repeats!r}")
         self.repeats, self.min_tokens, self.max_period = repeats, min_tokens, max_period
         self.near_min_period, self.long_periods = near_min_period, long_periods
+        self.frequent_block, self.counter_tokens = frequent_block, counter_tokens
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
         self.prompt_length: int | None = None
 
@@ -511,10 +518,25 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
             if self.near_min_period <= period <= self.max_period and self.repeats * period <= length:
                 tail = self._copies(answer, self.repeats, period)
                 found |= ((tail[:, 1:] != tail[:, :-1]).sum(dim=2) <= 1).all(dim=1)
+            counts = -(-self.counter_tokens // period)
+            if 2 <= period < self.near_min_period and counts * period <= length:
+                tail = self._copies(answer, counts, period)
+                changed = (tail[:, 1:] != tail[:, :-1]).sum(dim=2)
+                found |= (changed == 1).all(dim=1)
             if self.long_periods[0] <= period <= self.long_periods[1] and 2 * period <= length:
                 tail = self._copies(answer, 2, period)
                 found |= (tail[:, 0] == tail[:, 1]).all(dim=1)
-        return found
+        return found | self._frequent(answer)
+
+    def _frequent(self, answer: torch.LongTensor) -> torch.BoolTensor:
+        """`answer` `(B, T)` -> `(B,)`: whether a block of `n` tokens occurs `count` times in the last `window`."""
+        size, count, window = self.frequent_block
+        tail = answer[:, -window:]
+        if tail.shape[1] < size * count:
+            return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
+        blocks = tail.unfold(1, size, 1)  # (B, K, size)
+        same = (blocks[:, :, None, :] == blocks[:, None, :, :]).all(dim=3)  # (B, K, K)
+        return (same.sum(dim=2) >= count).any(dim=1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """`input_ids` `(B, L)` prompt + answer so far, `scores` `(B, vocab)`; looping rows may only end."""

@@ -594,6 +594,49 @@ def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
     assert not exact_only.looping(torch.tensor([counter])).item()
 
 
+def test_answer_loop_stop_finds_a_block_frequent_in_a_varied_list():
+    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
+    size, count, window = guard.frequent_block
+    block = list(range(10, 10 + size))  # "2,4-dihydroxy"
+    fillers = [[40], [41, 42], [43, 44, 45], [40], [46, 47], [41, 42]][:count]  # "-2-oxo-", "-2-oxidanylidene-", ...
+    varied = [1] + [token for filler in fillers for token in (*block, *filler)]
+    starts = [i for i in range(len(varied)) if varied[i : i + size] == block]
+    assert len(starts) == count and len(varied) <= window
+    assert guard.looping(torch.tensor([varied])).item()
+    assert not guard.looping(torch.tensor([varied[: starts[-1] + size - 1]])).item()  # the last copy unfinished
+    # the same copies spread over more than the window: a phrase the text comes back to, not a loop
+    unique = iter(range(100, 1000))
+    spread = [1] + [t for filler in fillers for t in (*block, *filler, *(next(unique) for _ in range(window // count)))]
+    assert not guard.looping(torch.tensor([spread])).item()
+    # the other rules alone do not see this list
+    off = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, frequent_block=(size, 10**6, window))
+    assert not off.looping(torch.tensor([varied])).item()
+
+
+def test_answer_loop_stop_finds_counting_lists():
+    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
+    comma = 5
+
+    def locants(numbers, suffix=()):  # one token per digit, as the default model's tokenizer writes numbers
+        return [t for n in numbers for t in (*(10 + int(d) for d in str(n)), *suffix, comma)]
+
+    counting = [1, *locants(range(20, 30))]  # ",20,21,...,29": 10 copies of 3 tokens, one changing each time
+    assert len(counting) - 1 == guard.counter_tokens
+    assert guard.looping(torch.tensor([counting])).item()
+    assert not guard.looping(torch.tensor([counting[:-3]])).item()  # 9 copies: 27 tokens
+    assert guard.looping(torch.tensor([[1, *locants(range(20, 28), suffix=(30,))]])).item()  # "20Z,21Z,...,27Z"
+    # real locant lists: pairs ("2,2,3,3,...": copies alternate between equal and changed), and short counts
+    fluorinated = [1, *locants(n for n in range(2, 10) for _ in range(2))]
+    assert not guard.looping(torch.tensor([fluorinated])).item()
+    assert not guard.looping(torch.tensor([[1, *locants(range(1, 10))]])).item()  # "1,2,...,9": 18 tokens
+    off = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, counter_tokens=10**6)
+    assert not off.looping(torch.tensor([counting])).item()
+
+
 def test_generate_ends_a_looping_answer(model, single):
     from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
 
