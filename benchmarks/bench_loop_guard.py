@@ -10,7 +10,8 @@
 Each rule set is measured on the same texts: `exact` (a block repeated three times), `+counter` (copies that differ
 in one token), `+long` (blocks of 24-48 tokens twice), `exact+counter+long` (the guard until the tenth version),
 `+frequent` (a block of 4 tokens 6 times within the last 64), `+count` (30 tokens of 2-5-token blocks, each copy
-changing in one token: ",21,22,23,..."), `all` (the shipped guard).
+changing in one token: ",21,22,23,..."), `+few` (at most 14 distinct tokens among the last 96), `all` (the shipped
+guard).
 
     python3 benchmarks/bench_loop_guard.py --chebi20 ../shared/data/chebi20/validation.txt \
         --predictions RUN/description/model/predictions.jsonl:256 RUN/iupac/model/predictions.jsonl:96
@@ -30,14 +31,15 @@ from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
 from llamo.processing.loaders import load_chemicals_iupac
 
 REPO = Path(__file__).resolve().parents[1]
-OFF = {"frequent_block": (1, 10**6, 1), "counter_tokens": 10**6}
+OFF = {"frequent_block": (1, 10**6, 1), "counter_tokens": 10**6, "few_tokens": (0, 10**6)}
 RULES = {
     "exact": {"near_min_period": 10**6, "long_periods": (10**6, 0), **OFF},
     "+counter": {"long_periods": (10**6, 0), **OFF},
     "+long": {"near_min_period": 10**6, **OFF},
     "exact+counter+long": OFF,
-    "+frequent": {"near_min_period": 10**6, "long_periods": (10**6, 0), "counter_tokens": 10**6},
-    "+count": {"long_periods": (10**6, 0), "frequent_block": (1, 10**6, 1)},
+    "+frequent": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "frequent_block": (4, 6, 64)},
+    "+count": {**OFF, "long_periods": (10**6, 0), "counter_tokens": 30},
+    "+few": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "few_tokens": (14, 96)},
     "all": {},
 }
 
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument(
         "--frequent", nargs="*", default=[], help="other settings of the frequent-block rule: SIZE,COUNT,WINDOW"
     )
+    parser.add_argument("--rules", nargs="*", choices=list(RULES), help="measure only these rule sets")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -93,7 +96,7 @@ def main() -> None:
             if len(ids) >= int(limit) - 1:
                 looped.append(ids)
 
-    rules = dict(RULES)
+    rules = {name: RULES[name] for name in args.rules} if args.rules else dict(RULES)
     for setting in args.frequent:
         rules[f"all, frequent {setting}"] = {"frequent_block": tuple(int(value) for value in setting.split(","))}
     report = {}

@@ -475,6 +475,8 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
     - copies of a block of 2 to `near_min_period - 1` tokens, `counter_tokens` tokens in all, each copy differing from
       the one before in exactly one token (a count: ",21,22,23,24,25,26,27,28,29", "21Z,22Z,23Z,24Z,25Z,26Z,27Z");
     - two copies of a block of `long_periods` tokens (too long to repeat three times within an answer's limit);
+    - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
+      around the rules above, "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...").
     - one block of `frequent_block[0]` tokens seen `frequent_block[1]` times within the last `frequent_block[2]`
       tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...").
 
@@ -492,12 +494,13 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         long_periods: tuple[int, int] = (24, 48),
         frequent_block: tuple[int, int, int] = (4, 6, 64),
         counter_tokens: int = 30,
+        few_tokens: tuple[int, int] = (14, 96),
     ):
         if not isinstance(repeats, int) or repeats < 2:
             raise ValueError(f"answer_loop_repeats must be an integer of at least 2, got {repeats!r}")
         self.repeats, self.min_tokens, self.max_period = repeats, min_tokens, max_period
         self.near_min_period, self.long_periods = near_min_period, long_periods
-        self.frequent_block, self.counter_tokens = frequent_block, counter_tokens
+        self.frequent_block, self.counter_tokens, self.few_tokens = frequent_block, counter_tokens, few_tokens
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
         self.prompt_length: int | None = None
 
@@ -526,7 +529,15 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
             if self.long_periods[0] <= period <= self.long_periods[1] and 2 * period <= length:
                 tail = self._copies(answer, 2, period)
                 found |= (tail[:, 0] == tail[:, 1]).all(dim=1)
-        return found | self._frequent(answer)
+        return found | self._frequent(answer) | self._few_distinct(answer)
+
+    def _few_distinct(self, answer: torch.LongTensor) -> torch.BoolTensor:
+        """`answer` `(B, T)` -> `(B,)`: whether the last `window` tokens hold at most `most` distinct ones."""
+        most, window = self.few_tokens
+        if answer.shape[1] < window:
+            return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
+        tail = answer[:, -window:].sort(dim=1).values
+        return (tail[:, 1:] != tail[:, :-1]).sum(dim=1) + 1 <= most
 
     def _frequent(self, answer: torch.LongTensor) -> torch.BoolTensor:
         """`answer` `(B, T)` -> `(B,)`: whether a block of `n` tokens occurs `count` times in the last `window`."""

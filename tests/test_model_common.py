@@ -4,6 +4,7 @@ LLaMo: a tiny model built from a config, graph inputs in the batch-first `(B, M,
 from __future__ import annotations
 
 import copy
+import random
 import re
 import warnings
 from collections.abc import Iterator
@@ -635,6 +636,32 @@ def test_answer_loop_stop_finds_counting_lists():
     assert not guard.looping(torch.tensor([[1, *locants(range(1, 10))]])).item()  # "1,2,...,9": 18 tokens
     off = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, counter_tokens=10**6)
     assert not off.looping(torch.tensor([counting])).item()
+
+
+def test_answer_loop_stop_ends_answers_of_few_distinct_tokens():
+    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
+    most, window = guard.few_tokens
+    # "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...": no block repeats in a row or often enough for
+    # the other rules, yet the tail is made of few tokens
+    parts = [[3, 5, 6, 7], [2, 5, 8, 9], [3, 5, 6, 7, 10], [2, 5, 8, 9, 11], [3, 5, 8, 7], [2, 5, 6, 9, 12]]
+    choose, wandering = random.Random(0), [1]
+    while len(wandering) < window + 1:
+        wandering += choose.choice(parts)
+    wandering = wandering[: window + 1]
+    assert len(set(wandering[-window:])) <= most
+    rules_off = dict(frequent_block=(1, 10**6, 1), counter_tokens=10**6, near_min_period=10**6, long_periods=(99, 0))
+    assert (
+        not AnswerLoopStopLogitsProcessor(3, eos_token_id=2, **rules_off, few_tokens=(0, window))
+        .looping(torch.tensor([wandering]))
+        .item()
+    )
+    few_only = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, **rules_off)
+    assert few_only.looping(torch.tensor([wandering])).item()
+    assert not few_only.looping(torch.tensor([wandering[: window - 1]])).item()  # shorter than the window
+    varied_text = list(range(100, 100 + window))  # ordinary text: many distinct tokens
+    assert not guard.looping(torch.tensor([varied_text])).item()
 
 
 def test_generate_ends_a_looping_answer(model, single):
