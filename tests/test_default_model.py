@@ -345,7 +345,13 @@ def test_shipped_bundle_generation_defaults_are_the_documented_ones():
     assert read_manifest(BUNDLE_DIR)["generation"] == {"answer_loop_repeats": 3}
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert "`answer_loop_repeats: 3`" in readme
-    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3", "llamo_smollm2_135m_v4", "llamo_smollm2_135m_v9"):
+    for recipe in (
+        "llamo_smollm2_135m_v2",
+        "llamo_smollm2_135m_v3",
+        "llamo_smollm2_135m_v4",
+        "llamo_smollm2_135m_v9",
+        "llamo_smollm2_135m_v10",
+    ):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}
     # descriptions with 3 beams, the other tasks greedy: in the bundle, its recipe and README
     shipped = json.loads((BUNDLE_DIR / "llamo_retrieval.json").read_text())
