@@ -70,9 +70,6 @@ def main() -> None:
     parser.add_argument("--max-names", type=int, default=8000)
     parser.add_argument("--no-names", action="store_true")
     parser.add_argument("--predictions", nargs="*", default=[], help="PATH:TOKEN_LIMIT of predictions.jsonl files")
-    parser.add_argument(
-        "--frequent", nargs="*", default=[], help="other settings of the frequent-block rule: SIZE,COUNT,WINDOW"
-    )
     parser.add_argument("--rules", nargs="*", choices=list(RULES), help="measure only these rule sets")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args()
@@ -97,8 +94,6 @@ def main() -> None:
                 looped.append(ids)
 
     rules = {name: RULES[name] for name in args.rules} if args.rules else dict(RULES)
-    for setting in args.frequent:
-        rules[f"all, frequent {setting}"] = {"frequent_block": tuple(int(value) for value in setting.split(","))}
     report = {}
     for name, settings in rules.items():
         guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=0, **settings)

@@ -90,13 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chebi20", required=True, help="the ChEBI-20 file the recipe reads")
     parser.add_argument("--work-dir", help="the recipe's work_dir (default: the recipe's own)")
     parser.add_argument("--minutes", type=float, required=True, help="training time budget")
-    parser.add_argument(
-        "--probe",
-        type=int,
-        default=50,
-        help="timed steps that fit max_steps (50: one megabatch of transformers' length-grouped sampler, whose first "
-        "batches hold its longest rows; the tenth version's run, timed on 20, trained 320 s of a 450 s budget)",
-    )
+    parser.add_argument("--probe", type=int, default=50, help="timed steps that fit max_steps (TimeBudgetCallback)")
     parser.add_argument("--skip", type=int, default=10, help="untimed steps before the probe")
     parser.add_argument("--output", required=True, help="folder for summary.json and the bundle's new files")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a rehearsal at tiny scale)")

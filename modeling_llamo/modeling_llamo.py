@@ -475,10 +475,10 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
     - copies of a block of 2 to `near_min_period - 1` tokens, `counter_tokens` tokens in all, each copy differing from
       the one before in exactly one token (a count: ",21,22,23,24,25,26,27,28,29", "21Z,22Z,23Z,24Z,25Z,26Z,27Z");
     - two copies of a block of `long_periods` tokens (too long to repeat three times within an answer's limit);
-    - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
-      around the rules above, "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...").
     - one block of `frequent_block[0]` tokens seen `frequent_block[1]` times within the last `frequent_block[2]`
-      tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...").
+      tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...");
+    - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
+      around the rules above: "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...").
 
     A banned n-gram only moves a looping small model on to other degenerate text; ending the answer keeps what it said
     before the loop. Text that repeats a phrase with more changes in between is never stopped.

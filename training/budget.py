@@ -12,13 +12,16 @@ class TimeBudgetCallback(TrainerCallback):
     """Ends training within `seconds` of the start of `train()`, the learning-rate schedule ending there too.
 
     Optimizer steps `skip + 1` to `skip + probe` are timed (the first `skip` pay for warm-up work: allocator, data
-    workers, kernel selection); from their mean the callback lowers `state.max_steps` (never raises it) so that the
+    workers, kernel selection). From their mean the callback lowers `state.max_steps` (never raises it) so that the
     steps left fit the time left, and gives the scheduler's step function the new total (`num_training_steps` of
     transformers' warm-up schedules). With the probe inside the warm-up (`warmup_steps >= skip + probe`), whose
     learning rates do not depend on the total, the run is the one a recipe with the fitted `max_steps` would make.
+    The default probe of 50 steps is one megabatch of transformers' length-grouped sampler, whose first batches hold
+    its longest rows (a 20-step probe of the tenth default-model run measured 0.555 s per step against 0.414 s over the
+    run, and 130 s of its 450 s budget went unused).
     `fitted_steps` and `step_seconds` hold what was chosen (None before the probe ends)."""
 
-    def __init__(self, seconds: float, probe: int = 20, skip: int = 10):
+    def __init__(self, seconds: float, probe: int = 50, skip: int = 10):
         if seconds <= 0 or probe < 1 or skip < 0:
             raise ValueError(f"need seconds > 0, probe >= 1 and skip >= 0, got {seconds}, {probe}, {skip}")
         self.seconds, self.probe, self.skip = seconds, probe, skip
