@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 from llamo.processing.loaders import load_chemicals_iupac
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,6 +22,7 @@ REMOTE_CODE_FILES = (
     "configuration_llamo.py",
     "feature_extraction_llamo.py",
     "featurization_llamo.py",
+    "generation_llamo.py",
     "modeling_llamo.py",
     "pipeline_llamo.py",
     "processing_llamo.py",

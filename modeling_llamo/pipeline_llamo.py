@@ -245,12 +245,13 @@ class LlamoMoleculePipeline(Pipeline):
         if verify_names is not None:
             forward_params.update(verification_settings(forward_params))
         postprocess_params = _given(
-            verify_names=verify_names,
-            propose_names=propose_names,
-            skip_special_tokens=skip_special_tokens,
-            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-            return_tensors=return_tensors,
+            verify_names=verify_names, propose_names=propose_names, return_tensors=return_tensors
         )
+        decoding = _given(
+            skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+        )
+        if decoding:
+            postprocess_params["decode_kwargs"] = decoding
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(
@@ -301,17 +302,16 @@ class LlamoMoleculePipeline(Pipeline):
     def postprocess(
         self,
         model_outputs: dict[str, Any],
-        skip_special_tokens: bool = True,
-        clean_up_tokenization_spaces: bool | None = None,
+        decode_kwargs: dict[str, Any] | None = None,
         return_tensors: bool = False,
         verify_names: Any = None,
         propose_names: Any = None,
     ) -> list[list[dict[str, Any]]]:
+        """One list of answers per input; `decode_kwargs` go to the tokenizer's `batch_decode` (special tokens are
+        skipped unless it says otherwise)."""
         token_ids, num_inputs = model_outputs["new_tokens"].tolist(), model_outputs["num_inputs"]
         per_input = len(token_ids) // num_inputs
-        decode_kwargs = _given(
-            skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
-        )
+        decode_kwargs = {"skip_special_tokens": True, **(decode_kwargs or {})}
         texts = self.processor.tokenizer.batch_decode(token_ids, **decode_kwargs)
         rows = [{"generated_text": text.strip()} for text in texts]
         if return_tensors:

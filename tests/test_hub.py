@@ -402,6 +402,14 @@ def test_pipeline_inputs_batches_and_errors(tiny_llamo):
     assert [a[0]["generated_text"] for a in same] == [a[0]["generated_text"] for a in answers]
     several = pipe(conversations[0], num_beams=2, num_return_sequences=2, max_new_tokens=3)
     assert len(several) == 2 and all(set(answer) == {"generated_text"} for answer in several)
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, int) else eos[0]
+    ended = pipe(conversations[0], forced_eos_token_id=eos, skip_special_tokens=False, return_tensors=True)[0]
+    assert ended["generated_token_ids"][-1] == eos
+    tokenizer = processor.tokenizer
+    assert ended["generated_text"] == tokenizer.decode(ended["generated_token_ids"]).strip()
+    assert tokenizer.decode([eos]) in ended["generated_text"]
+    assert tokenizer.decode([eos]) not in pipe(conversations[0], forced_eos_token_id=eos)[0]["generated_text"]
 
     with pytest.raises(ValueError, match="Input 0 is an instruction string without a molecule"):
         pipe("Describe this molecule.")

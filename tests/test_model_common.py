@@ -552,7 +552,7 @@ def test_forward_compiles(model, inputs, fresh_dynamo):
 
 
 def test_answer_loop_stop_finds_blocks_repeated_in_a_row():
-    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, min_tokens=6)
     block = [7, 8, 9]
@@ -575,7 +575,7 @@ def test_answer_loop_stop_finds_blocks_repeated_in_a_row():
 
 
 def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
-    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
     stem = [10, 11, 12, 13, 14]  # a 6-token block whose last token counts up: "-1,16-dihydroxy", "-1,17-..."
@@ -596,7 +596,7 @@ def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
 
 
 def test_answer_loop_stop_finds_a_block_frequent_in_a_varied_list():
-    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
     size, count, window = guard.frequent_block
@@ -617,7 +617,7 @@ def test_answer_loop_stop_finds_a_block_frequent_in_a_varied_list():
 
 
 def test_answer_loop_stop_finds_counting_lists():
-    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
     comma = 5
@@ -639,7 +639,7 @@ def test_answer_loop_stop_finds_counting_lists():
 
 
 def test_answer_loop_stop_ends_answers_of_few_distinct_tokens():
-    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
     most, window = guard.few_tokens
@@ -665,7 +665,7 @@ def test_answer_loop_stop_ends_answers_of_few_distinct_tokens():
 
 
 def test_generate_ends_a_looping_answer(model, single):
-    from llamo.modeling_llamo import AnswerLoopStopLogitsProcessor
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     length = single["input_ids"].shape[1]
     settings = {"do_sample": False, "max_new_tokens": 60, "eos_token_id": 2, "pad_token_id": PAD_TOKEN_ID}

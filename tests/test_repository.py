@@ -10,6 +10,7 @@ REMOTE_CODE = (
     "configuration_llamo.py",
     "feature_extraction_llamo.py",
     "featurization_llamo.py",
+    "generation_llamo.py",
     "modeling_llamo.py",
     "processing_llamo.py",
     "pipeline_llamo.py",
