@@ -351,6 +351,7 @@ def test_shipped_bundle_generation_defaults_are_the_documented_ones():
         "llamo_smollm2_135m_v4",
         "llamo_smollm2_135m_v9",
         "llamo_smollm2_135m_v10",
+        "llamo_smollm2_135m_v11",
     ):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}
     # descriptions with 3 beams, the other tasks greedy: in the bundle, its recipe and README
