@@ -249,6 +249,23 @@ class LlamoPreTrainedModel(PreTrainedModel):
     # the BatchNorm step counters (int64).
     _keep_in_fp32_modules_strict = (r"graph_encoder(?!.+num_batches_tracked)", "graph_projector")
 
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False):
+        """transformers' `set_attn_implementation`, with the graph encoder's and projector's configs following the
+        request unchecked and unannounced: neither module uses transformers' attention interface (the projector's
+        cross-attention is PyTorch's `nn.MultiheadAttention`), so transformers finds no sub-model to check for them."""
+        configs = {key: getattr(self.config, key) for key in ("graph_config", "projector_config")}
+        before = {key: config._attn_implementation_internal for key, config in configs.items()}
+        for key, config in configs.items():
+            wanted = attn_implementation.get(key) if isinstance(attn_implementation, dict) else attn_implementation
+            if isinstance(wanted, str):
+                config._attn_implementation_internal = wanted
+        try:
+            super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
+        except Exception:
+            for key, config in configs.items():
+                config._attn_implementation_internal = before[key]
+            raise
+
     def _init_weights(self, module: nn.Module):
         if isinstance(module, LlamoGraphProjector):
             init.normal_(module.level_queries, mean=0.0, std=1.0)

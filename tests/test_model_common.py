@@ -305,6 +305,29 @@ def test_output_attentions_and_hidden_states(model, inputs):
 # --- 6. graph modules in float32 under a bf16 LM ----------------------------------------------------------------
 
 
+def test_set_attn_implementation_switches_the_lm_without_warnings():
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    model = tester.create_model()
+    inputs = tester.prepare_inputs(model)
+    with torch.no_grad():
+        sdpa = model(**inputs).logits
+    with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+        model.set_attn_implementation("eager")
+    assert captured.out == ""
+    assert model.config.text_config._attn_implementation == "eager"
+    assert model.model.language_model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        eager = model(**inputs, output_attentions=True)
+    assert len(eager.attentions) == tester.num_hidden_layers  # eager attention returns its weights
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(eager.logits[mask], sdpa[mask], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError):
+        model.set_attn_implementation("no_such_attention")
+    assert model.config.graph_config._attn_implementation == "eager"  # left as it was by the refused request
+
+
 def test_keep_in_fp32_patterns_match_the_float_graph_tensors(model):
     entries = model._keep_in_fp32_modules_strict
     loader = re.compile("|".join(entries))  # how transformers' loader reads them: anywhere in the name
