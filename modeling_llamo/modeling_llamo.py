@@ -602,6 +602,14 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             graph_embeds=outputs.graph_embeds,
         )
 
+    def save_pretrained(self, *args, **kwargs):
+        """transformers' `save_pretrained`; a generation config that sets `answer_loop_repeats` is saved as the
+        model's own (`_from_model_config` off), because loading drops the keys transformers does not know from a
+        generation config marked as derived from the model config."""
+        if getattr(self.generation_config, "answer_loop_repeats", None) is not None:
+            self.generation_config._from_model_config = False
+        return super().save_pretrained(*args, **kwargs)
+
     def generate(self, *args, logits_processor: LogitsProcessorList | None = None, **kwargs):
         """`GenerationMixin.generate`, plus one LLaMo setting, a keyword or else an attribute of the generation config
         (`None` or 0: off): `answer_loop_repeats`, the answer ends once it repeats one block that many times in a row

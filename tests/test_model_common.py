@@ -703,6 +703,17 @@ def test_generate_ends_a_looping_answer(model, single):
     assert detector.looping(stopped[None, :-1]).item()
 
 
+def test_answer_loop_repeats_set_on_a_model_survives_save_and_load(tmp_path):
+    model = tester.create_model()
+    model.generation_config.answer_loop_repeats = 3
+    model.save_pretrained(tmp_path)
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.generation_config.answer_loop_repeats == 3
+    fresh = tester.create_model()
+    fresh.save_pretrained(tmp_path / "plain")
+    assert LlamoForConditionalGeneration.from_pretrained(tmp_path / "plain").generation_config._from_model_config
+
+
 def test_generate_reads_answer_loop_repeats_from_kwarg_and_config(model, single):
     """The keyword wins over the generation config's attribute; 0 turns the guard off."""
     length = single["input_ids"].shape[1]
