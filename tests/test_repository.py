@@ -4,17 +4,10 @@ import ast
 import re
 from pathlib import Path
 
+from llamo.hub_cards.export import REMOTE_CODE_FILES
+
 ROOT = Path(__file__).resolve().parents[1]
-REMOTE_CODE = (
-    "chat_template_llamo.py",
-    "configuration_llamo.py",
-    "feature_extraction_llamo.py",
-    "featurization_llamo.py",
-    "generation_llamo.py",
-    "modeling_llamo.py",
-    "processing_llamo.py",
-    "pipeline_llamo.py",
-)
+REMOTE_CODE = REMOTE_CODE_FILES
 
 
 def readme_commands() -> list[str]:
