@@ -66,7 +66,8 @@ setup(
         # left out of `test`, whose qm9pack test skips without it: `pip install -e .[test,data]` runs it)
         "data": ["qm9pack>=1.0", "chemicals"],
         "bench": ["ogb==1.3.5"],
-        "smollm2": ["gguf>=0.10"],
+        # the default model: the GGUF reader for its base LLM, and the rule-based namer its answers use
+        "smollm2": ["gguf>=0.10", "openclatura>=0.4"],
     },
     package_data={
         "llamo": ["bundled/*/*"],

@@ -78,6 +78,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="with --verify-names, openclatura's rule-based name is a last candidate, answered when OPSIN verifies it",
     )
+    context.add_argument(
+        "--name-hints",
+        action="store_true",
+        help="give each description question the molecule's rule-based IUPAC name (openclatura) if OPSIN verifies it",
+    )
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(

@@ -33,7 +33,9 @@ class EvaluationConfig:
     model's generation config decides; the default model ships 3). `verify_names` answers naming rows by OPSIN
     reranking of beam candidates (Java and py2opsin; the run's structure match is then its verified rate), and
     `propose_names` adds the rule-based namer's name (`openclatura`) as a last candidate, answered when OPSIN reads it
-    back as the molecule and no beam does. `overwrite` discards another run's predictions found in `output_dir`."""
+    back as the molecule and no beam does. `name_hints` gives every description question the molecule's rule-based
+    IUPAC name (`llamo.retrieval.name_hinter`: openclatura's, only when OPSIN reads it back as the molecule; Java and
+    py2opsin). `overwrite` discards another run's predictions found in `output_dir`."""
 
     output_dir: str
     model: str | None = None
@@ -63,6 +65,7 @@ class EvaluationConfig:
     neighbours: int = DEFAULT_NEIGHBOURS
     verify_names: bool = False
     propose_names: bool = False
+    name_hints: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -118,9 +121,17 @@ class EvaluationConfig:
             settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
             if self.propose_names:
                 settings["verify_names"]["proposer"] = "openclatura"
+        if self.name_hints:
+            settings["name_hints"] = {"tasks": ["description"], "namer": "openclatura", "checker": "opsin"}
         return settings
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `model.generate` (name verification adds its own: see `GenerationPredictor`)."""
-        dropped = {"strategy", "seed", "verify_names", *(() if self.min_new_tokens else ("min_new_tokens",))}
+        dropped = {
+            "strategy",
+            "seed",
+            "verify_names",
+            "name_hints",
+            *(() if self.min_new_tokens else ("min_new_tokens",)),
+        }
         return {name: value for name, value in (self.decoding() or {}).items() if name not in dropped}

@@ -87,6 +87,7 @@ class GenerationPredictor:
         neighbours: int = DEFAULT_NEIGHBOURS,
         name_checker=None,
         name_proposer=None,
+        name_hint=None,
     ):
         from llamo.pipeline_llamo import LlamoMoleculePipeline
 
@@ -98,13 +99,17 @@ class GenerationPredictor:
         self.neighbours = neighbours
         self.name_checker = name_checker
         self.name_proposer = name_proposer
+        self.name_hint = name_hint
         self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
-        """The example's prompt, with its nearest index entries before the question when an index is given."""
-        from llamo import add_neighbours
+        """The example's prompt: a description question given the molecule's name by `name_hint` (if set and it names
+        the molecule), with the nearest index entries before the question when an index is given."""
+        from llamo import add_name_hint, add_neighbours
 
         messages = example.chat_messages()
+        if self.name_hint is not None and example.task == "description" and (name := self.name_hint(example.smiles)):
+            messages = add_name_hint(messages, name)
         if self.index is None or not self.neighbours:
             return messages
         key = example.target.property if example.target is not None else None
@@ -183,7 +188,16 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         import torch
 
         torch.manual_seed(config.seed)
-    name_checker = name_proposer = None
+    name_checker = name_proposer = name_hint = None
+    if config.name_hints:
+        from llamo.retrieval import name_hinter, opsin_checker
+
+        from .naming import opsin_unavailable_reason
+
+        if (checker := opsin_checker()) is None:
+            raise ValueError(f"name_hints needs OPSIN to check the names: {opsin_unavailable_reason()}")
+        if (name_hint := name_hinter(checker)) is None:
+            raise ValueError("name_hints needs openclatura: pip install openclatura")
     if config.verify_names:
         from llamo.retrieval import opsin_checker, rule_namer
 
@@ -202,6 +216,7 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         neighbours=config.neighbours,
         name_checker=name_checker,
         name_proposer=name_proposer,
+        name_hint=name_hint,
     )
 
 

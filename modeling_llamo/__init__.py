@@ -20,7 +20,7 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     name: module
     for module, names in {
-        "chat_template_llamo": ("add_neighbours",),
+        "chat_template_llamo": ("add_name_hint", "add_neighbours"),
         "configuration_llamo": ("GRAPH_INPUT_NAMES", "LlamoConfig", "LlamoGraphEncoderConfig", "LlamoProjectorConfig"),
         "default_model": ("default_model_path",),
         "feature_extraction_llamo": ("LlamoMoleculeFeaturizer", "collate_sequence_molecules", "prepare_molecule"),
@@ -35,7 +35,7 @@ _EXPORTS = {
 _REGISTERED_MODULES = frozenset({"configuration_llamo", "modeling_llamo", "pipeline_llamo", "processing_llamo"})
 
 if TYPE_CHECKING:
-    from .chat_template_llamo import add_neighbours
+    from .chat_template_llamo import add_name_hint, add_neighbours
     from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
     from .default_model import default_model_path
     from .feature_extraction_llamo import LlamoMoleculeFeaturizer, collate_sequence_molecules, prepare_molecule
@@ -94,6 +94,7 @@ __all__ = [
     "LlamoProcessor",
     "LlamoProjectorConfig",
     "MoleculeGraph",
+    "add_name_hint",
     "add_neighbours",
     "collate_molecule_graphs",
     "collate_sequence_molecules",

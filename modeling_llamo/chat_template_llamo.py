@@ -40,6 +40,8 @@ DEFAULT_NEIGHBOURS = 2
 
 NEIGHBOURS_INTRO = "Known molecules similar to the query, with their answers:"
 NEIGHBOURS_QUERY = "Query molecule:"
+NAME_HINT = "Its IUPAC name is {name}."
+"""How `add_name_hint` gives the query molecule's name (e.g. a rule-based namer's) before the question."""
 
 _USER_SENTINEL = "LLAMOUSERTURNSENTINEL"
 _ANSWER_SENTINEL = "LLAMOANSWERSENTINEL"
@@ -118,19 +120,49 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
     if not neighbours:
         return list(conversation)
     messages = [dict(message) for message in conversation]
+    query = query_turn(messages)
+    if query is None:
+        raise ValueError("add_neighbours needs a user turn with a molecule block (the query molecule).")
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": NEIGHBOURS_INTRO + "\n"}]
+    for rank, neighbour in enumerate(neighbours, start=1):
+        blocks += [
+            {"type": "text", "text": f"{rank}."},
+            {"type": "molecule", "smiles": neighbour["smiles"]},
+            {"type": "text", "text": " ".join(str(neighbour["answer"]).split()) + "\n"},
+        ]
+    query["content"] = [*blocks, {"type": "text", "text": NEIGHBOURS_QUERY}, *query["content"]]
+    return messages
+
+
+def query_turn(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first user turn holding a molecule block (the query), or None."""
     for message in messages:
         content = message.get("content")
         if message.get("role") != "user" or isinstance(content, str) or not content:
             continue
-        if not any(isinstance(block, Mapping) and block.get("type") == "molecule" for block in content):
-            continue
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": NEIGHBOURS_INTRO + "\n"}]
-        for rank, neighbour in enumerate(neighbours, start=1):
-            blocks += [
-                {"type": "text", "text": f"{rank}."},
-                {"type": "molecule", "smiles": neighbour["smiles"]},
-                {"type": "text", "text": " ".join(str(neighbour["answer"]).split()) + "\n"},
-            ]
-        message["content"] = [*blocks, {"type": "text", "text": NEIGHBOURS_QUERY}, *content]
-        return messages
-    raise ValueError("add_neighbours needs a user turn with a molecule block (the query molecule).")
+        if any(isinstance(block, Mapping) and block.get("type") == "molecule" for block in content):
+            return message
+    return None
+
+
+def add_name_hint(conversation: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """A copy of `conversation` whose query turn (the first user turn with a molecule block) gives the molecule's
+    name before its question: its first text block after the molecule starts with `NAME_HINT` ("CCO<graph> Its IUPAC
+    name is ethanol. Describe this molecule.")."""
+    messages = [dict(message) for message in conversation]
+    query = query_turn(messages)
+    if query is None:
+        raise ValueError("add_name_hint needs a user turn with a molecule block (the query molecule).")
+    hint = NAME_HINT.format(name=" ".join(name.split()))
+    content = [dict(block) if isinstance(block, Mapping) else block for block in query["content"]]
+    last_molecule = max(
+        i for i, block in enumerate(content) if isinstance(block, Mapping) and block.get("type") == "molecule"
+    )
+    for block in content[last_molecule + 1 :]:
+        if isinstance(block, Mapping) and block.get("type") == "text":
+            block["text"] = f"{hint} {block['text'].lstrip()}"
+            break
+    else:
+        content.append({"type": "text", "text": hint})
+    query["content"] = content
+    return messages

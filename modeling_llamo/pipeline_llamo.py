@@ -35,7 +35,7 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
-from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_neighbours
+from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint, add_neighbours, query_turn
 from .featurization_llamo import shorten_for_message
 
 MOLECULE_TASK = "molecule-text-generation"
@@ -55,15 +55,12 @@ class MoleculeBatch:
 
 def query_molecule(conversation: list[dict[str, Any]]) -> tuple[str | None, str]:
     """The first molecule of a conversation's first molecule-bearing user turn, and that turn's text (the question)."""
-    for message in conversation:
-        content = message.get("content")
-        if message.get("role") != "user" or isinstance(content, str) or not content:
-            continue
-        blocks = [block for block in content if isinstance(block, Mapping)]
-        smiles = [block.get("smiles") for block in blocks if block.get("type") == "molecule"]
-        if smiles:
-            return smiles[0], " ".join(block.get("text", "") for block in blocks if block.get("type") == "text").strip()
-    return None, ""
+    turn = query_turn(conversation)
+    if turn is None:
+        return None, ""
+    blocks = [block for block in turn["content"] if isinstance(block, Mapping)]
+    smiles = next(block.get("smiles") for block in blocks if block.get("type") == "molecule")
+    return smiles, " ".join(block.get("text", "") for block in blocks if block.get("type") == "text").strip()
 
 
 def inchikey(smiles: str | None) -> str | None:
@@ -153,7 +150,9 @@ class LlamoMoleculePipeline(Pipeline):
         many, default `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g.
         OPSIN: beam candidates are checked and the first that names the query molecule is answered) with
         `propose_names` (a callable `smiles -> name or None`, e.g. a rule-based namer: its name is a last candidate,
-        answered only when verified, and the answer's `from_namer` says so)."""
+        answered only when verified, and the answer's `from_namer` says so), and `name_hint` (a callable `smiles -> name
+        or None`: the query molecule's name is given before the question, `NAME_HINT`, and the answer's `name_hint`
+        holds it)."""
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
         if size < 1:
@@ -223,6 +222,7 @@ class LlamoMoleculePipeline(Pipeline):
         neighbours: int | None = None,
         verify_names: Any = None,
         propose_names: Any = None,
+        name_hint: Any = None,
         generate_kwargs: dict[str, Any] | None = None,
         **generation_parameters,
     ):
@@ -232,12 +232,15 @@ class LlamoMoleculePipeline(Pipeline):
             raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
         if propose_names is not None and (verify_names is None or not callable(propose_names)):
             raise TypeError("propose_names must be a callable `smiles -> name`, given with verify_names.")
+        if name_hint is not None and not callable(name_hint):
+            raise TypeError("name_hint must be a callable `smiles -> name or None` (e.g. a rule-based namer).")
         preprocess_params = _given(
             index=index,
             neighbours=neighbours,
             chat_template=chat_template,
             system_prompt=system_prompt,
             include_graph=include_graph,
+            name_hint=name_hint,
         )
         if max_atoms is not _UNSET:  # None is a value here: no size limit
             preprocess_params["max_atoms"] = max_atoms
@@ -263,9 +266,12 @@ class LlamoMoleculePipeline(Pipeline):
         index: Any = None,
         neighbours: int = DEFAULT_NEIGHBOURS,
         include_graph: bool = True,
+        name_hint: Any = None,
     ) -> dict[str, Any]:
         conversations = list(batch.conversations)
         queries = [query_molecule(conversation) for conversation in conversations]
+        hints = [name_hint(smiles) if name_hint is not None and smiles is not None else None for smiles, _ in queries]
+        conversations = [add_name_hint(c, name) if name else c for c, name in zip(conversations, hints, strict=True)]
         context: list[list[dict[str, Any]]] = [[] for _ in conversations]
         if index is not None and neighbours:
             for row, (smiles, question) in enumerate(queries):
@@ -285,10 +291,14 @@ class LlamoMoleculePipeline(Pipeline):
             max_atoms=max_atoms,
             include_graph=include_graph,
         )
-        return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries]}
+        return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries], "name_hints": hints}
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
-        context, queries = model_inputs.pop("neighbours"), model_inputs.pop("queries")
+        context, queries, hints = (
+            model_inputs.pop("neighbours"),
+            model_inputs.pop("queries"),
+            model_inputs.pop("name_hints"),
+        )
         input_ids = model_inputs["input_ids"]
         output = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
         sequences = output.sequences if isinstance(output, ModelOutput) else output
@@ -297,6 +307,7 @@ class LlamoMoleculePipeline(Pipeline):
             "num_inputs": input_ids.shape[0],
             "neighbours": context,
             "queries": queries,
+            "name_hints": hints,
         }
 
     def postprocess(
@@ -322,6 +333,9 @@ class LlamoMoleculePipeline(Pipeline):
             group = rows[index * per_input : (index + 1) * per_input]
             if verify_names is not None:
                 group = [verified_answer(group, model_outputs["queries"][index], verify_names, propose_names)]
+            if model_outputs["name_hints"][index]:
+                for answer in group:
+                    answer["name_hint"] = model_outputs["name_hints"][index]
             context = model_outputs["neighbours"][index]
             if context:
                 for answer in group:

@@ -4,8 +4,10 @@ A model folder may hold `llamo_retrieval.json`, written when a model was trained
 `{"neighbours": K, "default_indexes": {"iupac": "chemicals", "property": "qm9"}}`. With it, `llamo generate` answers a
 naming or property question with the K nearest entries of the packaged PubChem name table or QM9, built once into
 `~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). An optional `"task_neighbours": {"property": 1}` sets K for one task
-(the question's, see `question_task`), and `"task_generation": {"description": {"num_beams": 3}}` decoding settings
-for one task. Models without the file answer without neighbours unless an index is given (the paper's format)."""
+(the question's, see `question_task`), `"task_generation": {"description": {"num_beams": 3}}` decoding settings for
+one task, and `"name_hint_tasks": ["description"]` the tasks whose questions, when answered without an index, are
+given the molecule's rule-based name (`name_hinter`). Models without the file answer without neighbours unless an
+index is given (the paper's format)."""
 
 from __future__ import annotations
 
@@ -134,3 +136,23 @@ def rule_namer() -> Callable[[str], str | None] | None:
     from llamo.evaluation.naming import rule_based_name
 
     return rule_based_name
+
+
+def name_hinter(
+    checker: Callable[[Sequence[str]], list[str | None]] | None = None,
+) -> Callable[[str], str | None] | None:
+    """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`), and with
+    a `checker` (`opsin_checker`) only a name that OPSIN reads back as the molecule. `None` where the namer is not
+    installed."""
+    namer = rule_namer()
+    if namer is None:
+        return None
+    from llamo.pipeline_llamo import inchikey
+
+    def hint(smiles: str) -> str | None:
+        name = namer(smiles)
+        if name and checker is not None and checker([name])[0] != inchikey(smiles):
+            return None
+        return name
+
+    return hint

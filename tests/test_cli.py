@@ -360,6 +360,48 @@ def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_u
     assert "in context" not in capsys.readouterr().err
 
 
+def test_generate_gives_descriptions_without_an_index_the_verified_rule_based_name(
+    initialised, tmp_path, capsys, monkeypatch
+):
+    import json
+    import shutil
+
+    from llamo import retrieval
+    from llamo.pipeline_llamo import inchikey
+    from llamo.processing.index import MoleculeIndex
+
+    from .test_index import name_records
+
+    folder = tmp_path / "model"
+    shutil.copytree(initialised, folder)
+    (folder / retrieval.RETRIEVAL_FILE).write_text(json.dumps({"name_hint_tasks": ["description"]}))
+    MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].save(tmp_path / "names")
+    verified = {"propan-2-ol"}
+    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
+    monkeypatch.setattr(
+        retrieval,
+        "opsin_checker",
+        lambda: lambda names: [inchikey("CC(C)O") if name in verified else None for name in names],
+    )
+    argv = ["generate", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2", "--no-stream"]
+    hint = "(given with the question: its IUPAC name, propan-2-ol)"
+    assert main([*argv, "Describe this molecule."]) == 0
+    assert hint in capsys.readouterr().err
+    for extra in (["--index", str(tmp_path / "names")], ["--name-hint", "off"], ["--verify-names", "off"]):
+        assert main([*argv, "Describe this molecule.", *extra]) == 0
+        assert (hint in capsys.readouterr().err) == (extra == ["--verify-names", "off"]), extra
+    assert main([*argv, "What is the IUPAC name of this molecule?", "--verify-names", "off"]) == 0
+    assert hint not in capsys.readouterr().err  # naming questions are not listed in name_hint_tasks
+    assert main([*argv, "What is the IUPAC name of this molecule?", "--name-hint", "on"]) == 0
+    assert hint in capsys.readouterr().err
+    verified.clear()  # OPSIN does not read the name back as the molecule: it is not given
+    assert main([*argv, "Describe this molecule."]) == 0
+    assert "given with the question" not in capsys.readouterr().err
+    monkeypatch.setattr(retrieval, "rule_namer", lambda: None)
+    assert main([*argv, "Describe this molecule.", "--name-hint", "on"]) == 2
+    assert "pip install openclatura" in capsys.readouterr().err
+
+
 def test_generate_answers_a_verified_rule_based_name_when_no_beam_verifies(initialised, capsys, monkeypatch):
     from llamo import retrieval
     from llamo.pipeline_llamo import inchikey

@@ -359,4 +359,5 @@ def test_shipped_bundle_generation_defaults_are_the_documented_ones():
     assert shipped["task_generation"] == {"description": {"num_beams": 3}}
     recipe = load_pipeline(read_manifest(BUNDLE_DIR)["recipe"], {"chebi20": "x.tsv"})
     assert recipe.bundle["retrieval"]["task_generation"] == shipped["task_generation"]
+    assert shipped["name_hint_tasks"] == recipe.bundle["retrieval"]["name_hint_tasks"] == ["description"]
     assert '`"task_generation": {"description": {"num_beams": 3}}`' in readme

@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -24,7 +25,7 @@ from llamo.evaluation.naming import (
     opsin_spellings,
     opsin_unavailable_reason,
 )
-from llamo.evaluation.predict import GenerationPredictor
+from llamo.evaluation.predict import GenerationPredictor, make_predictor
 from llamo.evaluation.predictions import PREDICTIONS_FILE, TSV_HEADER, PredictionRecord, Skip
 from llamo.evaluation.properties import PropertyTarget, parse_number, property_metrics
 from llamo.evaluation.score import TASK_TITLES, MetricResources, score_task
@@ -879,6 +880,31 @@ def test_namer_baseline_and_proposed_names(tmp_path, tiny_llamo, tiny_llamo_dir)
         "isopropanol"
     ]
     assert GenerationPredictor(model, processor, settings, name_checker=checker)(examples) != ["isopropanol"]
+
+
+def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeypatch):
+    from llamo import retrieval
+
+    rows = [qa_row("n:1", "CC(C)O", "iupac", "propan-2-ol"), qa_row("d:1", "CC(C)O", "description", "An alcohol.")]
+    examples, _ = select_examples(rows)
+    model, processor = tiny_llamo
+    predictor = GenerationPredictor(model, processor, {"max_new_tokens": 2}, name_hint=lambda smiles: "propan-2-ol")
+    naming, describing = (predictor._messages(example) for example in examples)
+    text = [block["text"] for block in describing[0]["content"] if block["type"] == "text"]
+    assert text[-1].startswith("Its IUPAC name is propan-2-ol. ")
+    assert naming == examples[0].chat_messages()
+
+    data = write_jsonl(tmp_path / "test.jsonl", rows)
+    config = EvaluationConfig(output_dir=str(tmp_path / "hinted"), data=str(data), name_hints=True, progress=False)
+    assert config.decoding()["name_hints"] == {"tasks": ["description"], "namer": "openclatura", "checker": "opsin"}
+    assert "name_hints" not in config.generation_kwargs()
+    monkeypatch.setattr(retrieval, "opsin_checker", lambda: None)
+    with pytest.raises(ValueError, match="name_hints needs OPSIN"):
+        make_predictor(config, None, model, processor)
+    monkeypatch.setattr(retrieval, "opsin_checker", lambda: lambda names: [None] * len(names))
+    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
+    unverified = make_predictor(config, SimpleNamespace(index=None), model, processor)
+    assert unverified._messages(examples[1]) == examples[1].chat_messages()  # OPSIN did not read the name back
 
 
 # ---------------------------------------------------------------- command line

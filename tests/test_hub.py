@@ -388,6 +388,8 @@ def test_export_refuses_to_overwrite_and_bad_sources(tiny_llamo_dir, tmp_path):
 
 
 def test_pipeline_inputs_batches_and_errors(tiny_llamo):
+    from llamo.pipeline_llamo import MoleculeBatch
+
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=6)
     conversations = [molecule_messages(SMILES["aspirin"]), molecule_messages(SMILES["caffeine"], "Name it.")]
@@ -411,6 +413,16 @@ def test_pipeline_inputs_batches_and_errors(tiny_llamo):
     assert tokenizer.decode([eos]) in ended["generated_text"]
     assert tokenizer.decode([eos]) not in pipe(conversations[0], forced_eos_token_id=eos)[0]["generated_text"]
 
+    hinted = pipe.preprocess(MoleculeBatch([conversations[0]]), name_hint=lambda smiles: "2-acetyloxybenzoic acid")
+    prompt = processor.tokenizer.decode(hinted["input_ids"][0])
+    after_molecule = prompt.rsplit("<graph>", 1)[1]
+    assert after_molecule.lstrip().startswith("Its IUPAC name is 2-acetyloxybenzoic acid. Describe this molecule.")
+    named = pipe(
+        conversations, batch_size=2, name_hint=lambda smiles: "caffeine" if smiles == SMILES["caffeine"] else None
+    )
+    assert "name_hint" not in named[0][0] and named[1][0]["name_hint"] == "caffeine"
+    with pytest.raises(TypeError, match="name_hint must be a callable"):
+        pipe(conversations[0], name_hint="caffeine")
     with pytest.raises(ValueError, match="Input 0 is an instruction string without a molecule"):
         pipe("Describe this molecule.")
     with pytest.raises(ValueError, match="Input 1: the instruction"):

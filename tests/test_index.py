@@ -153,6 +153,28 @@ def test_neighbour_prompt_format_is_the_documented_one(tiny_llamo):
     assert inputs["atom_mask"].sum(-1).tolist() == [[3, 4, 3]]  # neighbours first, the query last
 
 
+def test_name_hint_prompt_format_is_the_documented_one(tiny_llamo):
+    from llamo import add_name_hint
+
+    processor = tiny_llamo[1]
+    named = add_name_hint(molecule_messages("CCN", "Describe this molecule."), "ethan\namine")
+    both = add_neighbours(named, [{"smiles": "CCO", "answer": "An alcohol."}])
+    prompt = processor.apply_chat_template(both, add_generation_prompt=True)
+    assert prompt.endswith(
+        "Known molecules similar to the query, with their answers:\n"
+        "1. CCO<graph> An alcohol.\n"
+        "Query molecule: CCN<graph> Its IUPAC name is ethan amine. Describe this molecule. [/INST]"
+    )
+    bare = [{"role": "user", "content": [{"type": "molecule", "smiles": "CCN"}]}]
+    assert add_name_hint(bare, "ethanamine")[0]["content"][-1] == {
+        "type": "text",
+        "text": "Its IUPAC name is ethanamine.",
+    }
+    assert bare[0]["content"] == [{"type": "molecule", "smiles": "CCN"}]  # the input is not changed
+    with pytest.raises(ValueError, match="add_name_hint needs a user turn with a molecule block"):
+        add_name_hint([{"role": "user", "content": "Describe ethanamine."}], "ethanamine")
+
+
 def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(tiny_llamo, index):
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=4)
