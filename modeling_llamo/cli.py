@@ -116,6 +116,10 @@ def _add_generate_parser(subparsers) -> None:
         action="store_false",
         help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
     )
+    _add_name_hint_argument(parser)
+
+
+def _add_name_hint_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name-hint",
         choices=["auto", "on", "off"],
@@ -130,6 +134,7 @@ def _add_chat_parser(subparsers) -> None:
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
     _add_decoding_arguments(parser)
+    _add_name_hint_argument(parser)
 
 
 def _run_init(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
 import importlib
+import io
 import json
 import shutil
 import subprocess
@@ -394,6 +395,9 @@ def test_generate_gives_descriptions_without_an_index_the_verified_rule_based_na
     assert hint not in capsys.readouterr().err  # naming questions are not listed in name_hint_tasks
     assert main([*argv, "What is the IUPAC name of this molecule?", "--name-hint", "on"]) == 0
     assert hint in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("Describe this molecule.\nAnd its charge?\n/quit\n"))
+    assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().err.count(hint) == 2  # every turn's prompt holds the first turn's name
     verified.clear()  # OPSIN does not read the name back as the molecule: it is not given
     assert main([*argv, "Describe this molecule."]) == 0
     assert "given with the question" not in capsys.readouterr().err
