@@ -122,7 +122,14 @@ class EvaluationConfig:
             if self.propose_names:
                 settings["verify_names"]["proposer"] = "openclatura"
         if self.name_hints:
-            settings["name_hints"] = {"tasks": ["description"], "namer": "openclatura", "checker": "opsin"}
+            from llamo.retrieval import NAME_HINT_MAX_CHARS
+
+            settings["name_hints"] = {
+                "tasks": ["description"],
+                "namer": "openclatura",
+                "checker": "opsin",
+                "max_chars": NAME_HINT_MAX_CHARS,
+            }
         return settings
 
     def generation_kwargs(self) -> dict[str, Any]:

@@ -138,12 +138,18 @@ def rule_namer() -> Callable[[str], str | None] | None:
     return rule_based_name
 
 
+NAME_HINT_MAX_CHARS = 80
+"""Longer rule-based names are not given as hints: on held-out ChEBI-20 rows (the decoding-choice rows 33-64) the
+default model's descriptions gained from names up to about 80 characters and not from longer ones, whose answers ran
+to the token limit repeating the name (README, *Name hints*)."""
+
+
 def name_hinter(
-    checker: Callable[[Sequence[str]], list[str | None]] | None = None,
+    checker: Callable[[Sequence[str]], list[str | None]] | None = None, max_chars: int = NAME_HINT_MAX_CHARS
 ) -> Callable[[str], str | None] | None:
-    """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`), and with
-    a `checker` (`opsin_checker`) only a name that OPSIN reads back as the molecule. `None` where the namer is not
-    installed."""
+    """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`) when it
+    has at most `max_chars` characters, and with a `checker` (`opsin_checker`) only when OPSIN reads it back as the
+    molecule. `None` where the namer is not installed."""
     namer = rule_namer()
     if namer is None:
         return None
@@ -151,7 +157,9 @@ def name_hinter(
 
     def hint(smiles: str) -> str | None:
         name = namer(smiles)
-        if name and checker is not None and checker([name])[0] != inchikey(smiles):
+        if not name or len(name) > max_chars:
+            return None
+        if checker is not None and checker([name])[0] != inchikey(smiles):
             return None
         return name
 

@@ -896,7 +896,8 @@ def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeyp
 
     data = write_jsonl(tmp_path / "test.jsonl", rows)
     config = EvaluationConfig(output_dir=str(tmp_path / "hinted"), data=str(data), name_hints=True, progress=False)
-    assert config.decoding()["name_hints"] == {"tasks": ["description"], "namer": "openclatura", "checker": "opsin"}
+    hints = {"tasks": ["description"], "namer": "openclatura", "checker": "opsin", "max_chars": 80}
+    assert config.decoding()["name_hints"] == hints
     assert "name_hints" not in config.generation_kwargs()
     monkeypatch.setattr(retrieval, "opsin_checker", lambda: None)
     with pytest.raises(ValueError, match="name_hints needs OPSIN"):
@@ -905,6 +906,12 @@ def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeyp
     monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
     unverified = make_predictor(config, SimpleNamespace(index=None), model, processor)
     assert unverified._messages(examples[1]) == examples[1].chat_messages()  # OPSIN did not read the name back
+    monkeypatch.setattr(retrieval, "opsin_checker", lambda: lambda names: [inchikey("CC(C)O")] * len(names))
+    verified = make_predictor(config, SimpleNamespace(index=None), model, processor)
+    assert verified._messages(examples[1]) != examples[1].chat_messages()
+    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "x" * 81)  # longer than NAME_HINT_MAX_CHARS
+    too_long = make_predictor(config, SimpleNamespace(index=None), model, processor)
+    assert too_long._messages(examples[1]) == examples[1].chat_messages()
 
 
 # ---------------------------------------------------------------- command line
