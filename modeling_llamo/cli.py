@@ -103,12 +103,11 @@ def _add_generate_parser(subparsers) -> None:
         "--num-beams", type=int, help="beam search with this many beams (default: the model's generation config)"
     )
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
-    parser.add_argument(
+    _add_switch(
+        parser,
         "--verify-names",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="check candidate IUPAC names with OPSIN and answer the first that names the molecule, else the first "
-        "it reads ('auto': for naming questions when Java and py2opsin are present)",
+        "check candidate IUPAC names with OPSIN and answer the first that names the molecule, else the first it reads "
+        "('auto': for naming questions when Java and py2opsin are present)",
     )
     parser.add_argument(
         "--no-namer",
@@ -119,12 +118,16 @@ def _add_generate_parser(subparsers) -> None:
     _add_name_hint_argument(parser)
 
 
+def _add_switch(parser: argparse.ArgumentParser, flag: str, description: str) -> None:
+    """An `auto` / `on` / `off` option, `auto` by default."""
+    parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=description)
+
+
 def _add_name_hint_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _add_switch(
+        parser,
         "--name-hint",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="give the model the molecule's rule-based IUPAC name (openclatura; checked by OPSIN when Java is present) "
+        "give the model the molecule's rule-based IUPAC name (openclatura; checked by OPSIN when Java is present) "
         "before the question ('auto': for the tasks the model's llamo_retrieval.json lists, answered without an index)",
     )
 
