@@ -142,20 +142,26 @@ NAME_HINT_MAX_CHARS = 80
 """Longer rule-based names are not given as hints: on held-out ChEBI-20 rows (the decoding-choice rows 33-64) the
 default model's descriptions gained from names up to about 80 characters and not from longer ones, whose answers ran
 to the token limit repeating the name (README, *Name hints*)."""
+NAME_HINT_MAX_ATOMS = 100
+"""Larger molecules are not named for a hint: the namer's time grows with the molecule (8 s for a 360-atom branched
+alkane), and their names are longer than `NAME_HINT_MAX_CHARS` but for simple chains."""
 
 
 def name_hinter(
     checker: Callable[[Sequence[str]], list[str | None]] | None = None, max_chars: int = NAME_HINT_MAX_CHARS
 ) -> Callable[[str], str | None] | None:
-    """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`) when it
-    has at most `max_chars` characters, and with a `checker` (`opsin_checker`) only when OPSIN reads it back as the
-    molecule. `None` where the namer is not installed."""
+    """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`) of a
+    molecule of at most `NAME_HINT_MAX_ATOMS` atoms when it has at most `max_chars` characters, and with a `checker`
+    (`opsin_checker`) only when OPSIN reads it back as the molecule. `None` where the namer is not installed."""
     namer = rule_namer()
     if namer is None:
         return None
+    from llamo.featurization_llamo import count_smiles_atoms
     from llamo.pipeline_llamo import inchikey
 
     def hint(smiles: str) -> str | None:
+        if count_smiles_atoms(smiles) > NAME_HINT_MAX_ATOMS:
+            return None
         name = namer(smiles)
         if not name or len(name) > max_chars:
             return None

@@ -912,6 +912,11 @@ def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeyp
     monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "x" * 81)  # longer than NAME_HINT_MAX_CHARS
     too_long = make_predictor(config, SimpleNamespace(index=None), model, processor)
     assert too_long._messages(examples[1]) == examples[1].chat_messages()
+    named: list[str] = []
+    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: named.append(smiles) or "alkane")
+    hint = retrieval.name_hinter()
+    assert hint("C" * 101) is None and named == []  # too large to be named at all
+    assert hint("C" * 100) == "alkane" and named == ["C" * 100]
 
 
 # ---------------------------------------------------------------- command line
