@@ -604,6 +604,29 @@ def test_the_models_default_index_serves_its_task_only(tiny_llamo, name_index, t
     assert built == ["iupac"]  # built (here: handed over) once, then reused
 
 
+def test_descriptions_without_neighbours_get_the_rule_based_name(tiny_llamo, name_index, tmp_path, monkeypatch):
+    from llamo import retrieval as llamo_retrieval
+    from llamo.pipeline_llamo import inchikey
+
+    monkeypatch.setattr(llamo_retrieval, "rule_namer", lambda: lambda smiles: "butan-1-ol")
+    monkeypatch.setattr(llamo_retrieval, "opsin_checker", lambda: lambda names: [inchikey("CCCCO")] * len(names))
+    (tmp_path / llamo_retrieval.RETRIEVAL_FILE).write_text(json.dumps({"name_hint_tasks": ["description"]}))
+    model, processor = tiny_llamo
+    describe = "Describe this molecule."
+    messages = conversation_messages("CCCCO", [], describe)
+    hinted, panel = Demo(model, processor, retrieval=Retrieval(None, tmp_path)).in_context(messages, "CCCCO", describe)
+    assert hinted[-1]["content"][-1]["text"] == "Its IUPAC name is butan-1-ol. Describe this molecule."
+    assert "Given with the question: its IUPAC name, butan-1-ol." in panel
+    demo = Demo(model, processor, retrieval=Retrieval(None, tmp_path))
+    assert demo.in_context(conversation_messages("CCCCO", [], NAME_QUESTION), "CCCCO", NAME_QUESTION)[1] == ""
+    off = Demo(model, processor, retrieval=Retrieval(None, tmp_path, name_hints=False))
+    assert off.in_context(messages, "CCCCO", describe) == (messages, "")
+    with_index = Demo(model, processor, retrieval=Retrieval(name_index, tmp_path, neighbours=1))
+    shown, panel = with_index.in_context(messages, "CCCCO", describe)
+    assert "Its IUPAC name" not in json.dumps(shown) and _cards(panel) == 1  # neighbours instead of the name
+    assert "butan-1-ol" in list(demo.respond(describe, [], "CCCCO", max_new_tokens=2))[-1][3]
+
+
 def test_neighbours_are_capped_and_must_fit_the_processor(name_index):
     retrieval = Retrieval(name_index, neighbours=100)
     assert retrieval.index_for(NAME_QUESTION) == (name_index, neighbours.MAX_NEIGHBOURS)

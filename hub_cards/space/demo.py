@@ -161,9 +161,10 @@ class Demo:
         yield history, "", status, panel
 
     def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str]:
-        """`messages` with the neighbours of `smiles` for `question` in the first user turn, and the neighbours
-        panel; unchanged, and no panel, where no index applies. The query is read within the processor's limits
-        first; an index that fails leaves the messages unchanged and says so in the panel."""
+        """`messages` with the neighbours of `smiles` for `question` in the first user turn (or, without neighbours,
+        the molecule's rule-based name where the model asks for it: `Retrieval.name_hint`), and the neighbours panel;
+        unchanged, and no panel, where neither applies. The query is read within the processor's limits first; an
+        index that fails leaves the messages unchanged and says so in the panel."""
         if self.retrieval is None:
             return messages, ""
         max_atoms = self.processor.max_atoms
@@ -176,6 +177,11 @@ class Demo:
             return messages, message_html(
                 f"The molecule index could not be used ({error}); this answer has no neighbours."
             )
+        if not context.neighbours and (name := self.retrieval.name_hint(smiles, question)):
+            from llamo import add_name_hint
+
+            given = message_html(f"Given with the question: its IUPAC name, {name}.", kind="info")
+            return add_name_hint(messages, name), given
         return with_neighbours(messages, context), neighbours_html(context, max_atoms)
 
     def stop(self, session: str = "local") -> None:

@@ -41,10 +41,20 @@ class Retrieval:
     or the model folder's default index for the question's task (`llamo_retrieval.json`: packaged PubChem names for
     naming questions, QM9 for HOMO/LUMO questions), or none. `index`: a folder or Hub dataset id, a loaded
     `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the defaults named in `model_dir`'s `llamo_retrieval.json`);
-    `neighbours` per answer: capped at `MAX_NEIGHBOURS`, 0 turns them off, default the model's, else the pipeline's."""
+    `neighbours` per answer: capped at `MAX_NEIGHBOURS`, 0 turns them off, default the model's, else the pipeline's.
+    The questions of the tasks the model's file lists in `name_hint_tasks` that get no neighbours are given the
+    molecule's rule-based name, as `llamo generate --name-hint auto` does (`name_hints=False` turns this off)."""
 
-    def __init__(self, index: Any = None, model_dir: str | os.PathLike | None = None, neighbours: int | None = None):
+    def __init__(
+        self,
+        index: Any = None,
+        model_dir: str | os.PathLike | None = None,
+        neighbours: int | None = None,
+        name_hints: bool = True,
+    ):
         self.choice = index
+        self.name_hints = name_hints
+        self._hinter: Any = None
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.neighbours = neighbours
         self.enabled = index != NO_INDEX and neighbours != 0
@@ -94,6 +104,19 @@ class Retrieval:
         model_k = retrieval.neighbours_for(settings, retrieval.question_task(question))
         wanted = self.neighbours if self.neighbours is not None else model_k
         return index, max(0, min(wanted if wanted is not None else DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS))
+
+    def name_hint(self, smiles: str, question: str) -> str | None:
+        """The rule-based name to give with `question` (`llamo.retrieval.name_hinter`: checked by OPSIN where Java is
+        present), or None where the model does not ask for one or no name fits."""
+        from llamo import retrieval
+
+        tasks = retrieval.retrieval_settings(self.model_dir).get("name_hint_tasks", [])
+        if not self.name_hints or retrieval.question_task(question) not in tasks:
+            return None
+        with self._lock:
+            if self._hinter is None:
+                self._hinter = retrieval.name_hinter(retrieval.opsin_checker()) or (lambda smiles: None)
+        return self._hinter(smiles)
 
     def find(self, mol: Chem.Mol, question: str, max_atoms: int | None) -> InContext:
         """The neighbours of the query molecule `mol` for `question` (none where no index applies). Neighbours the
