@@ -152,7 +152,8 @@ def name_hinter(
 ) -> Callable[[str], str | None] | None:
     """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`) of a
     molecule of at most `NAME_HINT_MAX_ATOMS` atoms when it has at most `max_chars` characters, and with a `checker`
-    (`opsin_checker`) only when OPSIN reads it back as the molecule. `None` where the namer is not installed."""
+    (`opsin_checker`) only when OPSIN reads it back as the molecule (no hint where OPSIN fails). `None` where the namer
+    is not installed."""
     namer = rule_namer()
     if namer is None:
         return None
@@ -165,8 +166,10 @@ def name_hinter(
         name = namer(smiles)
         if not name or len(name) > max_chars:
             return None
-        if checker is not None and checker([name])[0] != inchikey(smiles):
+        try:
+            readable = checker is None or checker([name])[0] == inchikey(smiles)
+        except (RuntimeError, OSError):  # OPSIN itself failed: the answer goes on without a hint
             return None
-        return name
+        return name if readable else None
 
     return hint

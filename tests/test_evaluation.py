@@ -918,6 +918,11 @@ def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeyp
     assert hint("C" * 101) is None and named == []  # too large to be named at all
     assert hint("C" * 100) == "alkane" and named == ["C" * 100]
 
+    def failing(names):
+        raise RuntimeError("OPSIN failed")
+
+    assert retrieval.name_hinter(failing)("CCO") is None  # no hint rather than a failed answer
+
 
 # ---------------------------------------------------------------- command line
 
