@@ -49,7 +49,7 @@ setup(
     ],
     extras_require={
         "eval": ["nltk>=3.9", "rouge_score>=0.1.2", "py2opsin>=1.2", "openclatura>=0.4"],
-        "demo": ["gradio>=6,<7"],
+        "demo": ["gradio>=6,<7", "openclatura>=0.4"],  # the namer: name hints of descriptions (README, *Name hints*)
         "browser-tests": ["playwright>=1.45"],
         "test": [
             "pytest>=8",
