@@ -205,7 +205,7 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
-    molecule index and neighbours, and name verification."""
+    molecule index and neighbours, name verification, and the name hint (the model's `name_hint_tasks`)."""
     from .retrieval import (
         generation_for,
         load_index,
