@@ -128,7 +128,7 @@ def _add_name_hint_argument(parser: argparse.ArgumentParser) -> None:
         parser,
         "--name-hint",
         "give the model the molecule's rule-based IUPAC name (openclatura; checked by OPSIN when Java is present) "
-        "before the question ('auto': for the tasks the model's llamo_retrieval.json lists, answered without an index)",
+        "before the question ('auto': for the tasks the model's llamo_retrieval.json lists)",
     )
 
 
@@ -236,8 +236,7 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
             if getattr(args, "namer", False) and (namer := rule_namer()) is not None:
                 options["propose_names"] = namer
     hint = getattr(args, "name_hint", "off")
-    # measured on held-out ChEBI-20 rows: the name helps descriptions without an index, not beside its neighbours
-    if hint == "on" or (hint == "auto" and task in settings.get("name_hint_tasks", []) and index is None):
+    if hint == "on" or (hint == "auto" and task in settings.get("name_hint_tasks", [])):
         hinter = name_hinter(opsin_checker())
         if hinter is None and hint == "on":
             raise CommandError("--name-hint on needs the rule-based namer: `pip install openclatura`.")

@@ -361,7 +361,7 @@ def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_u
     assert "in context" not in capsys.readouterr().err
 
 
-def test_generate_gives_descriptions_without_an_index_the_verified_rule_based_name(
+def test_generate_gives_descriptions_the_verified_rule_based_name(
     initialised, tmp_path, capsys, monkeypatch
 ):
     import json
@@ -390,7 +390,7 @@ def test_generate_gives_descriptions_without_an_index_the_verified_rule_based_na
     assert hint in capsys.readouterr().err
     for extra in (["--index", str(tmp_path / "names")], ["--name-hint", "off"], ["--verify-names", "off"]):
         assert main([*argv, "Describe this molecule.", *extra]) == 0
-        assert (hint in capsys.readouterr().err) == (extra == ["--verify-names", "off"]), extra
+        assert (hint in capsys.readouterr().err) == (extra != ["--name-hint", "off"]), extra
     assert main([*argv, "What is the IUPAC name of this molecule?", "--verify-names", "off"]) == 0
     assert hint not in capsys.readouterr().err  # naming questions are not listed in name_hint_tasks
     assert main([*argv, "What is the IUPAC name of this molecule?", "--name-hint", "on"]) == 0

@@ -623,7 +623,8 @@ def test_descriptions_without_neighbours_get_the_rule_based_name(tiny_llamo, nam
     assert off.in_context(messages, "CCCCO", describe) == (messages, "")
     with_index = Demo(model, processor, retrieval=Retrieval(name_index, tmp_path, neighbours=1))
     shown, panel = with_index.in_context(messages, "CCCCO", describe)
-    assert "Its IUPAC name" not in json.dumps(shown) and _cards(panel) == 1  # neighbours instead of the name
+    assert shown[-1]["content"][-1]["text"] == "Its IUPAC name is butan-1-ol. Describe this molecule."
+    assert _cards(panel) == 1 and "its IUPAC name, butan-1-ol" in panel  # the neighbours and the name
     assert "butan-1-ol" in list(demo.respond(describe, [], "CCCCO", max_new_tokens=2))[-1][3]
 
 

@@ -161,28 +161,29 @@ class Demo:
         yield history, "", status, panel
 
     def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str]:
-        """`messages` with the neighbours of `smiles` for `question` in the first user turn (or, without neighbours,
-        the molecule's rule-based name where the model asks for it: `Retrieval.name_hint`), and the neighbours panel;
-        unchanged, and no panel, where neither applies. The query is read within the processor's limits first; an
-        index that fails leaves the messages unchanged and says so in the panel."""
+        """`messages` with the neighbours of `smiles` for `question` in the first user turn and the molecule's
+        rule-based name before the question where the model asks for it (`Retrieval.name_hint`), and the neighbours
+        panel; unchanged, and no panel, where neither applies. The query is read within the processor's limits first;
+        an index that fails leaves the messages without neighbours and says so in the panel."""
         if self.retrieval is None:
             return messages, ""
         max_atoms = self.processor.max_atoms
         mol = readable_molecule(smiles, max_atoms)
         if mol is None:
             return messages, ""  # the generation reports why the molecule cannot be read
+        given = ""
+        if name := self.retrieval.name_hint(smiles, question):
+            from llamo import add_name_hint
+
+            messages = add_name_hint(messages, name)
+            given = message_html(f"Given with the question: its IUPAC name, {name}.", kind="info")
         try:
             context = self.retrieval.find(mol, question, max_atoms)
         except Exception as error:  # the answer goes on without neighbours
-            return messages, message_html(
+            return messages, given + message_html(
                 f"The molecule index could not be used ({error}); this answer has no neighbours."
             )
-        if not context.neighbours and (name := self.retrieval.name_hint(smiles, question)):
-            from llamo import add_name_hint
-
-            given = message_html(f"Given with the question: its IUPAC name, {name}.", kind="info")
-            return add_name_hint(messages, name), given
-        return with_neighbours(messages, context), neighbours_html(context, max_atoms)
+        return with_neighbours(messages, context), given + neighbours_html(context, max_atoms)
 
     def stop(self, session: str = "local") -> None:
         self.stops.stop(session)
