@@ -361,9 +361,7 @@ def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_u
     assert "in context" not in capsys.readouterr().err
 
 
-def test_generate_gives_descriptions_the_verified_rule_based_name(
-    initialised, tmp_path, capsys, monkeypatch
-):
+def test_generate_gives_descriptions_the_verified_rule_based_name(initialised, tmp_path, capsys, monkeypatch):
     import json
     import shutil
 
