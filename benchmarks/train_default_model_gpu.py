@@ -34,10 +34,14 @@ CHANGED_FILES = ("adapter_model.safetensors",)
 SMALL_FILES = ("adapter_config.json", "bundle.json", "llamo_retrieval.json", "config.json", "processor_config.json")
 
 
-def train_within(recipe: str, placeholders: dict[str, str], seconds: float, probe: int, skip: int) -> dict:
-    """Run the recipe with the time budget; returns what was measured and where the bundle is."""
+def train_within(
+    recipe: str, placeholders: dict[str, str], seconds: float, probe: int | None = None, skip: int | None = None
+) -> dict:
+    """Run the recipe with the time budget (`probe`, `skip`: `TimeBudgetCallback`'s, its defaults when None);
+    returns what was measured and where the bundle is."""
     config = load_pipeline(recipe, placeholders)
-    budget = TimeBudgetCallback(seconds, probe=probe, skip=skip)
+    timing = {name: value for name, value in (("probe", probe), ("skip", skip)) if value is not None}
+    budget = TimeBudgetCallback(seconds, **timing)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
@@ -90,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chebi20", required=True, help="the ChEBI-20 file the recipe reads")
     parser.add_argument("--work-dir", help="the recipe's work_dir (default: the recipe's own)")
     parser.add_argument("--minutes", type=float, required=True, help="training time budget")
-    parser.add_argument("--probe", type=int, default=50, help="timed steps that fit max_steps (TimeBudgetCallback)")
-    parser.add_argument("--skip", type=int, default=10, help="untimed steps before the probe")
+    parser.add_argument("--probe", type=int, help="timed steps that fit max_steps (default: TimeBudgetCallback's)")
+    parser.add_argument("--skip", type=int, help="untimed steps before the probe (default: TimeBudgetCallback's)")
     parser.add_argument("--output", required=True, help="folder for summary.json and the bundle's new files")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a rehearsal at tiny scale)")
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ index is given (the paper's format)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -160,6 +161,7 @@ def name_hinter(
     from llamo.featurization_llamo import count_smiles_atoms
     from llamo.pipeline_llamo import inchikey
 
+    @functools.lru_cache(maxsize=256)  # a chat asks about one molecule every turn: name and check it once
     def hint(smiles: str) -> str | None:
         if count_smiles_atoms(smiles) > NAME_HINT_MAX_ATOMS:
             return None

@@ -917,6 +917,7 @@ def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeyp
     hint = retrieval.name_hinter()
     assert hint("C" * 101) is None and named == []  # too large to be named at all
     assert hint("C" * 100) == "alkane" and named == ["C" * 100]
+    assert hint("C" * 100) == "alkane" and named == ["C" * 100]  # asked again (a chat's next turn): named once
 
     def failing(names):
         raise RuntimeError("OPSIN failed")

@@ -1127,6 +1127,28 @@ def test_gpu_training_script_keeps_the_bundles_new_files_and_the_run(tmp_path, m
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["global_step"] == 3
 
 
+def test_gpu_training_script_takes_the_time_budget_callbacks_defaults(monkeypatch):
+    from llamo.training.budget import TimeBudgetCallback
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_default_model_gpu as script
+
+    seen = []
+
+    def stop(config, callbacks):
+        seen.append(callbacks[0])
+        raise InterruptedError  # the training itself is not what is tested
+
+    monkeypatch.setattr(script, "load_pipeline", lambda recipe, placeholders: None)
+    monkeypatch.setattr(script, "run", stop)
+    for probe, skip in ((None, None), (7, 3)):
+        with pytest.raises(InterruptedError):
+            script.train_within("recipe", {}, 60.0, probe, skip)
+    default = TimeBudgetCallback(60.0)
+    assert (seen[0].probe, seen[0].skip) == (default.probe, default.skip)
+    assert (seen[1].probe, seen[1].skip) == (7, 3)
+
+
 def test_pipeline_runs_every_round_and_bundles_the_last(tmp_path, monkeypatch):
     from llamo import default_model
     from llamo.training import pipeline
