@@ -10,8 +10,9 @@
 Each rule set is measured on the same texts: `exact` (a block repeated three times), `+counter` (copies that differ
 in one token), `+long` (blocks of 24-48 tokens twice), `exact+counter+long` (the guard until the tenth version),
 `+frequent` (a block of 4 tokens 6 times within the last 64), `+count` (30 tokens of 2-5-token blocks, each copy
-changing in one token: ",21,22,23,..."), `+few` (at most 14 distinct tokens among the last 96), `all` (the shipped
-guard).
+changing in one token: ",21,22,23,..."), `+few` (at most 14 distinct tokens among the last 96), `+sentence` (a
+sentence whose first 10 tokens are an earlier sentence's, with the bundle's `answer_sentence_end_token_ids`), `tenth`
+(the guard shipped with the tenth version: all but `+sentence`), `all` (the shipped guard).
 
     python3 benchmarks/bench_loop_guard.py --chebi20 ../shared/data/chebi20/validation.txt \
         --predictions RUN/description/model/predictions.jsonl:256 RUN/iupac/model/predictions.jsonl:96
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from llamo.default_model import BUNDLE_MANIFEST
 from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 from llamo.processing.loaders import load_chemicals_iupac
 
@@ -40,7 +42,9 @@ RULES = {
     "+frequent": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "frequent_block": (4, 6, 64)},
     "+count": {**OFF, "long_periods": (10**6, 0), "counter_tokens": 30},
     "+few": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "few_tokens": (14, 96)},
-    "all": {},
+    "+sentence": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "sentence_end_token_ids": "bundle"},
+    "tenth": {},
+    "all": {"sentence_end_token_ids": "bundle"},
 }
 
 
@@ -75,6 +79,8 @@ def main() -> None:
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    manifest = json.loads((Path(args.tokenizer) / BUNDLE_MANIFEST).read_text())
+    sentence_ends = manifest["generation"]["answer_sentence_end_token_ids"]
 
     def encode(texts: list[str]) -> list[list[int]]:
         return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
@@ -96,6 +102,8 @@ def main() -> None:
     rules = {name: RULES[name] for name in args.rules} if args.rules else dict(RULES)
     report = {}
     for name, settings in rules.items():
+        if settings.get("sentence_end_token_ids"):
+            settings = {**settings, "sentence_end_token_ids": sentence_ends}
         guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=0, **settings)
         entry = {
             f"false stops, {source}": f"{sum(first_stop(guard, ids, len(ids)) is not None for ids in texts)}"

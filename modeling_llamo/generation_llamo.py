@@ -1,8 +1,38 @@
 """LLaMo's loop guard, `AnswerLoopStopLogitsProcessor`: `LlamoForConditionalGeneration.generate` adds it when the
-generation config sets `answer_loop_repeats`."""
+generation config sets `answer_loop_repeats` (and gives it `answer_sentence_end_token_ids` when set)."""
 
 import torch
 from transformers.generation import LogitsProcessor
+
+LOOP_GUARD_KEYS = ("answer_loop_repeats", "answer_sentence_end_token_ids")
+SENTENCE_PREFIX_TOKENS = 10
+
+
+def repeats_sentence_start(answer: torch.LongTensor, sentence_ends: torch.LongTensor, n: int) -> torch.BoolTensor:
+    """`answer` `(B, T)` -> `(B,)`: whether the sentence under way has just reached `n` tokens, the first `n` of an
+    earlier sentence (sentences end at a token of `sentence_ends`; none given: never)."""
+    length = answer.shape[1]
+    if not len(sentence_ends) or length < 2 * n + 1:
+        return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
+    ends = torch.isin(answer, sentence_ends.to(answer.device))  # (B, T)
+    # the sentence under way starts right after an end at T - n - 1 and holds no end before its last token
+    under_way = ends[:, -n - 1] & ~ends[:, -n:-1].any(dim=1)
+    starts = torch.cat([torch.ones_like(ends[:, :1]), ends[:, : length - 2 * n]], dim=1)  # (B, T - 2n + 1)
+    earlier = answer[:, : length - n].unfold(1, n, 1)  # (B, T - 2n + 1, n): every window before the current
+    same = (earlier == answer[:, None, -n:]).all(dim=2) & starts
+    return under_way & same.any(dim=1)
+
+
+def drop_repeated_sentence_start(
+    answer: list[int], eos_token_id: int | list[int], sentence_ends: list[int], n: int = SENTENCE_PREFIX_TOKENS
+) -> list[int]:
+    """The token ids of one generated answer without the repeated sentence start that made the loop guard end it (the
+    `n` tokens before the first end-of-sequence), else unchanged."""
+    eos = set(torch.tensor(eos_token_id).flatten().tolist())
+    end = next((i for i, token in enumerate(answer) if token in eos), None)
+    if end is None or not repeats_sentence_start(torch.tensor([answer[:end]]), torch.tensor(sentence_ends), n).item():
+        return answer
+    return answer[: end - n] + answer[end:]
 
 
 class AnswerLoopStopLogitsProcessor(LogitsProcessor):
@@ -18,7 +48,10 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
     - one block of `frequent_block[0]` tokens seen `frequent_block[1]` times within the last `frequent_block[2]`
       tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...");
     - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
-      around the rules above: "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...").
+      around the rules above: "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...");
+    - with `sentence_end_token_ids`, a sentence whose first `sentence_prefix_tokens` tokens are those of an earlier
+      sentence (sentences end at one of those tokens): "It is a conjugate base of X. It is a conjugate acid of X. It
+      is a conjugate base of X", whose copies are too long for the rules above.
 
     A banned n-gram only moves a looping small model on to other degenerate text; ending the answer keeps what it said
     before the loop. Text that repeats a phrase with more changes in between is never stopped.
@@ -35,6 +68,8 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         frequent_block: tuple[int, int, int] = (4, 6, 64),
         counter_tokens: int = 30,
         few_tokens: tuple[int, int] = (14, 96),
+        sentence_end_token_ids: list[int] | None = None,
+        sentence_prefix_tokens: int = SENTENCE_PREFIX_TOKENS,
     ):
         if not isinstance(repeats, int) or repeats < 2:
             raise ValueError(f"answer_loop_repeats must be an integer of at least 2, got {repeats!r}")
@@ -42,34 +77,61 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         self.near_min_period, self.long_periods = near_min_period, long_periods
         self.frequent_block, self.counter_tokens, self.few_tokens = frequent_block, counter_tokens, few_tokens
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
+        self.sentence_ends = torch.tensor(sentence_end_token_ids or [], dtype=torch.long)
+        self.sentence_prefix_tokens = sentence_prefix_tokens
+        self.rules = self._block_rules()
         self.prompt_length: int | None = None
 
-    @staticmethod
-    def _copies(answer: torch.LongTensor, copies: int, period: int) -> torch.LongTensor:
-        """The last `copies * period` tokens of `answer` `(B, T)` as `(B, copies, period)`."""
-        return answer[:, -copies * period :].view(answer.shape[0], copies, period)
+    def _block_rules(self) -> list[tuple[str, torch.LongTensor, torch.LongTensor]]:
+        """The block rules: per rule, its test of the changes from one copy to the next, its periods `(P,)` and the
+        copies it needs of each `(P,)`."""
+        top = max(self.max_period, self.long_periods[1])
+        rules = []
+        for test, periods, copies in (
+            ("same", range(1, self.max_period + 1), lambda p: max(self.repeats, -(-self.min_tokens // p))),
+            ("at most one change", range(self.near_min_period, self.max_period + 1), lambda p: self.repeats),
+            ("one change", range(2, self.near_min_period), lambda p: -(-self.counter_tokens // p)),
+            ("same", range(self.long_periods[0], self.long_periods[1] + 1), lambda p: 2),
+        ):
+            periods = [p for p in periods if p <= top]
+            if periods:
+                rules.append((test, torch.tensor(periods), torch.tensor([copies(p) for p in periods])))
+        return rules
 
     def looping(self, answer: torch.LongTensor) -> torch.BoolTensor:
         """`answer` `(B, T)` -> `(B,)`: whether each row ends in one of the loops above."""
-        length = answer.shape[1]
-        found = torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
-        for period in range(1, max(self.max_period, self.long_periods[1]) + 1):
-            copies = max(self.repeats, -(-self.min_tokens // period))
-            if period <= self.max_period and copies * period <= length:
-                tail = self._copies(answer, copies, period)
-                found |= (tail == tail[:, -1:]).all(dim=2).all(dim=1)
-            if self.near_min_period <= period <= self.max_period and self.repeats * period <= length:
-                tail = self._copies(answer, self.repeats, period)
-                found |= ((tail[:, 1:] != tail[:, :-1]).sum(dim=2) <= 1).all(dim=1)
-            counts = -(-self.counter_tokens // period)
-            if 2 <= period < self.near_min_period and counts * period <= length:
-                tail = self._copies(answer, counts, period)
-                changed = (tail[:, 1:] != tail[:, :-1]).sum(dim=2)
-                found |= (changed == 1).all(dim=1)
-            if self.long_periods[0] <= period <= self.long_periods[1] and 2 * period <= length:
-                tail = self._copies(answer, 2, period)
-                found |= (tail[:, 0] == tail[:, 1]).all(dim=1)
-        return found | self._frequent(answer) | self._few_distinct(answer)
+        length, device = answer.shape[1], answer.device
+        checks = []  # per rule that fits: its test, periods (P,) and copy boundaries counted back from the end (P, C)
+        for test, periods, copies in self.rules:
+            fits = periods * copies <= length
+            if fits.any():
+                periods, copies = periods[fits], copies[fits]
+                # 0, p, 2p, ... up to the oldest copy compared, repeated where a period needs fewer copies
+                bounds = torch.minimum(torch.arange(int(copies.max())), copies[:, None] - 1) * periods[:, None]
+                checks.append((test, periods.to(device), bounds.to(device)))
+        found = repeats_sentence_start(answer, self.sentence_ends, self.sentence_prefix_tokens)
+        found |= self._frequent(answer) | self._few_distinct(answer)
+        if not checks:
+            return found
+        top = max(int(periods.max()) for _, periods, _ in checks)
+        window = max(int(bounds.max()) for _, _, bounds in checks)
+        # changed[b, p - 1, r]: whether the token r places before the end differs from the one p places before that
+        ends = length - 1 - torch.arange(window, device=device)
+        lags = torch.arange(1, top + 1, device=device)
+        before = (ends[None, :] - lags[:, None]).clamp_min(0)  # every pair compared lies in the answer (fits)
+        changed = answer[:, ends][:, None, :] != answer[:, before]  # (B, top, window)
+        counted = torch.nn.functional.pad(changed.cumsum(dim=2), (1, 0))  # [..., k]: changes among the last k
+        for test, periods, bounds in checks:
+            lag = periods[:, None] - 1
+            per_copy = counted[:, lag, bounds[:, 1:]] - counted[:, lag, bounds[:, :-1]]  # (B, P, C - 1)
+            if test == "same":
+                fired = per_copy == 0
+            elif test == "at most one change":
+                fired = per_copy <= 1
+            else:  # exactly one change; a repeated boundary makes an empty copy, which passes
+                fired = (per_copy == 1) | (bounds[:, 1:] == bounds[:, :-1])
+            found |= fired.all(dim=2).any(dim=1)
+        return found
 
     def _few_distinct(self, answer: torch.LongTensor) -> torch.BoolTensor:
         """`answer` `(B, T)` -> `(B,)`: whether the last `window` tokens hold at most `most` distinct ones."""
@@ -101,4 +163,8 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         return scores
 
 
-__all__ = ["AnswerLoopStopLogitsProcessor"]
+__all__ = [
+    "LOOP_GUARD_KEYS",
+    "AnswerLoopStopLogitsProcessor",
+    "drop_repeated_sentence_start",
+]

@@ -21,7 +21,7 @@ from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig
-from .generation_llamo import AnswerLoopStopLogitsProcessor
+from .generation_llamo import LOOP_GUARD_KEYS, AnswerLoopStopLogitsProcessor
 
 
 @dataclass
@@ -603,27 +603,29 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         )
 
     def save_pretrained(self, *args, **kwargs):
-        """transformers' `save_pretrained`; a generation config that sets `answer_loop_repeats` is saved as the
-        model's own (`_from_model_config` off), because loading drops the keys transformers does not know from a
+        """transformers' `save_pretrained`; a generation config that sets LLaMo's keys (`LOOP_GUARD_KEYS`) is saved as
+        the model's own (`_from_model_config` off), because loading drops the keys transformers does not know from a
         generation config marked as derived from the model config."""
-        if getattr(self.generation_config, "answer_loop_repeats", None) is not None:
+        if any(getattr(self.generation_config, key, None) is not None for key in LOOP_GUARD_KEYS):
             self.generation_config._from_model_config = False
         return super().save_pretrained(*args, **kwargs)
 
     def generate(self, *args, logits_processor: LogitsProcessorList | None = None, **kwargs):
-        """`GenerationMixin.generate`, plus one LLaMo setting, a keyword or else an attribute of the generation config
-        (`None` or 0: off): `answer_loop_repeats`, the answer ends once it repeats one block that many times in a row
-        (`AnswerLoopStopLogitsProcessor`).
+        """`GenerationMixin.generate`, plus LLaMo's loop guard (`AnswerLoopStopLogitsProcessor`), set by keywords or
+        else attributes of the generation config: `answer_loop_repeats` (`None` or 0: off), the answer ends once it
+        repeats one block that many times in a row; `answer_sentence_end_token_ids`, the tokens that end a sentence,
+        for the rule that ends an answer once a sentence starts as an earlier one did.
         """
         config = kwargs.get("generation_config") or self.generation_config
+        repeats, sentence_ends = (
+            kwargs.pop(key, getattr(config, key, getattr(self.generation_config, key, None))) for key in LOOP_GUARD_KEYS
+        )
         processors = list(logits_processor or [])
-        name = "answer_loop_repeats"
-        repeats = kwargs.pop(name, getattr(config, name, getattr(self.generation_config, name, None)))
         if repeats:
             eos = config.eos_token_id if config.eos_token_id is not None else self.generation_config.eos_token_id
             if eos is None:
                 raise ValueError("answer_loop_repeats needs an eos_token_id to end the answer with")
-            processors.append(AnswerLoopStopLogitsProcessor(repeats, eos))
+            processors.append(AnswerLoopStopLogitsProcessor(repeats, eos, sentence_end_token_ids=sentence_ends))
         return super().generate(*args, logits_processor=LogitsProcessorList(processors), **kwargs)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

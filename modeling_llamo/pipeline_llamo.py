@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput
 
 from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint, add_neighbours, query_turn
 from .featurization_llamo import shorten_for_message
+from .generation_llamo import drop_repeated_sentence_start
 
 MOLECULE_TASK = "molecule-text-generation"
 
@@ -323,6 +324,10 @@ class LlamoMoleculePipeline(Pipeline):
         token_ids, num_inputs = model_outputs["new_tokens"].tolist(), model_outputs["num_inputs"]
         per_input = len(token_ids) // num_inputs
         decode_kwargs = {"skip_special_tokens": True, **(decode_kwargs or {})}
+        sentence_ends = getattr(self.model.generation_config, "answer_sentence_end_token_ids", None)
+        eos = self.model.generation_config.eos_token_id
+        if sentence_ends and eos is not None:
+            token_ids = [drop_repeated_sentence_start(ids, eos, sentence_ends) for ids in token_ids]
         texts = self.processor.tokenizer.batch_decode(token_ids, **decode_kwargs)
         rows = [{"generated_text": text.strip()} for text in texts]
         if return_tensors:

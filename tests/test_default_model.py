@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from llamo import LlamoForConditionalGeneration, LlamoProcessor
 from llamo.cli import main
@@ -339,21 +340,19 @@ def test_real_default_model_answers(tmp_path):
 
 
 def test_shipped_bundle_generation_defaults_are_the_documented_ones():
-    """README documents the default model's loop guard; the shipped manifest and the v2-v4 recipes carry it."""
+    """README documents the default model's loop guard; the shipped manifest and the recipes carry it (the sentence
+    rule from the tenth version on)."""
     from llamo.training.pipeline import load_pipeline
 
-    assert read_manifest(BUNDLE_DIR)["generation"] == {"answer_loop_repeats": 3}
+    shipped = {"answer_loop_repeats": 3, "answer_sentence_end_token_ids": [30]}
+    assert read_manifest(BUNDLE_DIR)["generation"] == shipped
+    assert AutoTokenizer.from_pretrained(BUNDLE_DIR).convert_ids_to_tokens([30]) == ["."]
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    assert "`answer_loop_repeats: 3`" in readme
-    for recipe in (
-        "llamo_smollm2_135m_v2",
-        "llamo_smollm2_135m_v3",
-        "llamo_smollm2_135m_v4",
-        "llamo_smollm2_135m_v9",
-        "llamo_smollm2_135m_v10",
-        "llamo_smollm2_135m_v11",
-    ):
+    assert "`answer_loop_repeats: 3`" in readme and "`answer_sentence_end_token_ids: [30]`" in readme
+    for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3", "llamo_smollm2_135m_v4", "llamo_smollm2_135m_v9"):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}
+    for recipe in ("llamo_smollm2_135m_v10", "llamo_smollm2_135m_v11"):
+        assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == shipped
     # descriptions with 3 beams, the other tasks greedy: in the bundle, its recipe and README
     shipped = json.loads((BUNDLE_DIR / "llamo_retrieval.json").read_text())
     assert shipped["task_generation"] == {"description": {"num_beams": 3}}

@@ -413,6 +413,20 @@ def test_pipeline_inputs_batches_and_errors(tiny_llamo):
     assert tokenizer.decode([eos]) in ended["generated_text"]
     assert tokenizer.decode([eos]) not in pipe(conversations[0], forced_eos_token_id=eos)[0]["generated_text"]
 
+    # an answer the loop guard ended on a repeated sentence start is shown without that start
+    period = tokenizer.convert_tokens_to_ids(".")
+    sentence = tokenizer("It is a conjugate base of a very long acid name here", add_special_tokens=False).input_ids
+    kept = [*sentence, period, *sentence[:5], *sentence[:4], period]
+    outputs = {"num_inputs": 1, "name_hints": [None], "neighbours": [None]}
+    model.generation_config.answer_sentence_end_token_ids = [period]
+    try:
+        ended = pipe.postprocess({**outputs, "new_tokens": torch.tensor([[*kept, *sentence[:10], eos, eos]])})
+        cut = pipe.postprocess({**outputs, "new_tokens": torch.tensor([[*kept, *sentence[:10]]])})
+    finally:
+        del model.generation_config.answer_sentence_end_token_ids
+    assert ended[0][0]["generated_text"] == tokenizer.decode(kept).strip()
+    assert cut[0][0]["generated_text"] == tokenizer.decode([*kept, *sentence[:10]]).strip()
+
     hinted = pipe.preprocess(MoleculeBatch([conversations[0]]), name_hint=lambda smiles: "2-acetyloxybenzoic acid")
     prompt = processor.tokenizer.decode(hinted["input_ids"][0])
     after_molecule = prompt.rsplit("<graph>", 1)[1]

@@ -618,6 +618,85 @@ def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
     assert not exact_only.looping(torch.tensor([counter])).item()
 
 
+def _blocks_repeat(tail: list[int], period: int, copies: int, most_changes: int, least_changes: int = 0) -> bool:
+    """Whether the last `copies` blocks of `period` tokens of `tail` each differ from the block before them in
+    `least_changes` to `most_changes` tokens: the block rules of the loop guard, spelled out one by one."""
+    if copies * period > len(tail):
+        return False
+    blocks = [tail[len(tail) - (c + 1) * period : len(tail) - c * period] for c in range(copies)]
+    changes = [sum(a != b for a, b in zip(blocks[c], blocks[c + 1], strict=True)) for c in range(copies - 1)]
+    return all(least_changes <= n <= most_changes for n in changes)
+
+
+def test_answer_loop_stop_block_rules_agree_with_their_definition():
+    """The batched block rules fire exactly where the rules of the docstring, checked block by block, do, over
+    random answers made of varied repeats (the other rules off)."""
+    import random
+
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
+
+    rng = random.Random(0)
+    off = {"frequent_block": (1, 10**6, 1), "few_tokens": (0, 10**6)}
+    fired = 0
+    for repeats, settings in ((3, {}), (2, {"min_tokens": 6}), (4, {"max_period": 10, "long_periods": (8, 20)})):
+        guard = AnswerLoopStopLogitsProcessor(repeats, eos_token_id=2, **off, **settings)
+        for _ in range(60):
+            rows = []
+            for _ in range(3):
+                vocab, text = rng.choice([3, 50]), []
+                while len(text) < 100:
+                    block = [rng.randrange(vocab) for _ in range(rng.randint(1, 40))]
+                    if rng.random() < 0.3:  # a count: one place changes from copy to copy (",21,22,23")
+                        block, place = block[: rng.randint(2, 6)], rng.randrange(2)
+                        for number in range(100, 100 + rng.randint(2, 16)):
+                            text += [*block[:place], number, *block[place + 1 :]]
+                    for _ in range(rng.randint(1, 5)):
+                        copy = list(block)
+                        if rng.random() < 0.5:
+                            copy[rng.randrange(len(copy))] = rng.randrange(vocab)
+                        text += copy
+                rows.append(text[: rng.randint(0, 100)])
+            length = min(len(row) for row in rows)
+            answer = torch.tensor([row[:length] for row in rows], dtype=torch.long).reshape(3, length)
+            expected = []
+            for row in answer.tolist():
+                exact = any(
+                    _blocks_repeat(row, p, max(repeats, -(-guard.min_tokens // p)), 0)
+                    for p in range(1, guard.max_period + 1)
+                )
+                near = any(_blocks_repeat(row, p, repeats, 1) for p in range(6, guard.max_period + 1))
+                count = any(_blocks_repeat(row, p, -(-30 // p), 1, 1) for p in range(2, 6))
+                long = any(
+                    _blocks_repeat(row, p, 2, 0) for p in range(guard.long_periods[0], guard.long_periods[1] + 1)
+                )
+                expected.append(exact or near or count or long)
+            assert guard.looping(answer).tolist() == expected
+            fired += sum(expected)
+    assert fired >= 30  # the answers do loop, often
+
+
+def test_answer_loop_stop_ends_a_sentence_that_starts_as_an_earlier_one():
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor, drop_repeated_sentence_start
+
+    period, eos, n = 30, 2, 10
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=eos, sentence_end_token_ids=[period])
+    base = list(range(100, 114))  # "It is a conjugate base of a 3-methyl-..."
+    acid = [*base[:6], *range(200, 208)]  # "It is a conjugate acid of a ...": the same first 6 tokens
+    text = [*base, period, *acid, period]
+    assert guard.looping(torch.tensor([[*text, *base[:n]]])).item()
+    assert not guard.looping(torch.tensor([[*text, *base[: n - 1]]])).item()  # not yet n tokens
+    salt = [*base[:6], *range(300, 308)]  # 6 tokens in common with both, then other words
+    assert not guard.looping(torch.tensor([[*text, *salt]])).item()
+    assert not guard.looping(torch.tensor([[*text, 7, *base[:n]]])).item()  # inside a sentence, not its start
+    assert not guard.looping(torch.tensor([[*text[:-1], *base[:n]]])).item()  # no sentence end before it
+    assert not AnswerLoopStopLogitsProcessor(3, eos_token_id=eos).looping(torch.tensor([[*text, *base[:n]]])).item()
+    # the pipeline drops the repeated start that made the guard end the answer, not an answer cut by the limit
+    ended = [*text, *base[:n], eos, eos]
+    assert drop_repeated_sentence_start(ended, [eos], [period]) == [*text, eos, eos]
+    assert drop_repeated_sentence_start(ended[:-2], eos, [period]) == ended[:-2]
+    assert drop_repeated_sentence_start([*text, eos], eos, [period]) == [*text, eos]
+
+
 def test_answer_loop_stop_finds_a_block_frequent_in_a_varied_list():
     from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
@@ -703,12 +782,17 @@ def test_generate_ends_a_looping_answer(model, single):
     assert detector.looping(stopped[None, :-1]).item()
 
 
-def test_answer_loop_repeats_set_on_a_model_survives_save_and_load(tmp_path):
+def test_loop_guard_settings_set_on_a_model_survive_save_and_load(tmp_path):
     model = tester.create_model()
     model.generation_config.answer_loop_repeats = 3
     model.save_pretrained(tmp_path)
     loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path)
     assert loaded.generation_config.answer_loop_repeats == 3
+    sentences = tester.create_model()
+    sentences.generation_config.answer_sentence_end_token_ids = [30]
+    sentences.save_pretrained(tmp_path / "sentences")
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path / "sentences")
+    assert loaded.generation_config.answer_sentence_end_token_ids == [30]
     fresh = tester.create_model()
     fresh.save_pretrained(tmp_path / "plain")
     assert LlamoForConditionalGeneration.from_pretrained(tmp_path / "plain").generation_config._from_model_config
@@ -728,3 +812,26 @@ def test_generate_reads_answer_loop_repeats_from_kwarg_and_config(model, single)
         assert model.generate(**single, **settings, answer_loop_repeats=0)[0, length:].tolist() == plain
     finally:
         del model.generation_config.answer_loop_repeats
+
+
+def test_generate_gives_the_guard_the_sentence_ends_from_kwarg_and_config(model, single, monkeypatch):
+    import llamo.modeling_llamo as modeling
+
+    built = []
+
+    class Recording(modeling.AnswerLoopStopLogitsProcessor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.sentence_ends.tolist())
+
+    monkeypatch.setattr(modeling, "AnswerLoopStopLogitsProcessor", Recording)
+    settings = {"do_sample": False, "max_new_tokens": 2, "eos_token_id": 2, "pad_token_id": PAD_TOKEN_ID}
+    model.generate(**single, **settings, answer_loop_repeats=3, answer_sentence_end_token_ids=[30, 31])
+    model.generation_config.answer_sentence_end_token_ids = [30]
+    try:
+        model.generate(**single, **settings, answer_loop_repeats=3)
+        model.generate(**single, **settings, answer_loop_repeats=3, answer_sentence_end_token_ids=None)
+        model.generate(**single, **settings, answer_loop_repeats=0)  # no guard at all
+    finally:
+        del model.generation_config.answer_sentence_end_token_ids
+    assert built == [[30, 31], [30], []]
