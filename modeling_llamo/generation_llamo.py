@@ -49,6 +49,8 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
       tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...");
     - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
       around the rules above: "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...");
+    - one block of `long_block[0]` tokens seen `long_block[1]` times in the answer (a long name said again and again,
+      "It is a member of X and a X-ol ... It derives from a X");
     - with `sentence_end_token_ids`, a sentence whose first `sentence_prefix_tokens` tokens are those of an earlier
       sentence (sentences end at one of those tokens): "It is a conjugate base of X. It is a conjugate acid of X. It
       is a conjugate base of X", whose copies are too long for the rules above.
@@ -68,6 +70,7 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         frequent_block: tuple[int, int, int] = (4, 6, 64),
         counter_tokens: int = 30,
         few_tokens: tuple[int, int] = (14, 96),
+        long_block: tuple[int, int] = (16, 4),
         sentence_end_token_ids: list[int] | None = None,
         sentence_prefix_tokens: int = SENTENCE_PREFIX_TOKENS,
     ):
@@ -76,6 +79,7 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         self.repeats, self.min_tokens, self.max_period = repeats, min_tokens, max_period
         self.near_min_period, self.long_periods = near_min_period, long_periods
         self.frequent_block, self.counter_tokens, self.few_tokens = frequent_block, counter_tokens, few_tokens
+        self.long_block = long_block
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
         self.sentence_ends = torch.tensor(sentence_end_token_ids or [], dtype=torch.long)
         self.sentence_prefix_tokens = sentence_prefix_tokens
@@ -110,7 +114,7 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
                 bounds = torch.minimum(torch.arange(int(copies.max())), copies[:, None] - 1) * periods[:, None]
                 checks.append((test, periods.to(device), bounds.to(device)))
         found = repeats_sentence_start(answer, self.sentence_ends, self.sentence_prefix_tokens)
-        found |= self._frequent(answer) | self._few_distinct(answer)
+        found |= self._frequent(answer) | self._few_distinct(answer) | self._long_block_again(answer)
         if not checks:
             return found
         top = max(int(periods.max()) for _, periods, _ in checks)
@@ -132,6 +136,14 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
                 fired = (per_copy == 1) | (bounds[:, 1:] == bounds[:, :-1])
             found |= fired.all(dim=2).any(dim=1)
         return found
+
+    def _long_block_again(self, answer: torch.LongTensor) -> torch.BoolTensor:
+        """`answer` `(B, T)` -> `(B,)`: whether its last `size` tokens are a block seen `count` times in the answer."""
+        size, count = self.long_block
+        if answer.shape[1] < size * count:
+            return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
+        blocks = answer.unfold(1, size, 1)  # (B, T - size + 1, size)
+        return (blocks == blocks[:, -1:]).all(dim=2).sum(dim=1) >= count
 
     def _few_distinct(self, answer: torch.LongTensor) -> torch.BoolTensor:
         """`answer` `(B, T)` -> `(B,)`: whether the last `window` tokens hold at most `most` distinct ones."""

@@ -618,6 +618,25 @@ def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
     assert not exact_only.looping(torch.tensor([counter])).item()
 
 
+def test_answer_loop_stop_ends_a_long_block_said_the_fourth_time():
+    from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
+
+    guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
+    size, count = guard.long_block
+    name = list(range(100, 100 + size))  # "3-hydroxy-3-hydroxy-2-oxo-...-butan-2-ol"
+    fillers = iter(range(300, 1000))
+    text = [1]
+    for _ in range(count):
+        text += [*(next(fillers) for _ in range(7)), *name]  # "It is a member of X", "and a X", ...
+    assert guard.looping(torch.tensor([text])).item()
+    assert not guard.looping(torch.tensor([text[:-1]])).item()  # the fourth copy unfinished
+    assert not guard.looping(torch.tensor([[*text, 5]])).item()  # fires as the copy ends, not at every later token
+    three = text[: len(text) - size]  # three copies: a name a description may well repeat
+    assert not guard.looping(torch.tensor([three])).item()
+    off = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, long_block=(size, 10**6))
+    assert not off.looping(torch.tensor([text])).item()
+
+
 def _blocks_repeat(tail: list[int], period: int, copies: int, most_changes: int, least_changes: int = 0) -> bool:
     """Whether the last `copies` blocks of `period` tokens of `tail` each differ from the block before them in
     `least_changes` to `most_changes` tokens: the block rules of the loop guard, spelled out one by one."""
@@ -636,7 +655,7 @@ def test_answer_loop_stop_block_rules_agree_with_their_definition():
     from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     rng = random.Random(0)
-    off = {"frequent_block": (1, 10**6, 1), "few_tokens": (0, 10**6)}
+    off = {"frequent_block": (1, 10**6, 1), "few_tokens": (0, 10**6), "long_block": (1, 10**6)}
     fired = 0
     for repeats, settings in ((3, {}), (2, {"min_tokens": 6}), (4, {"max_period": 10, "long_periods": (8, 20)})):
         guard = AnswerLoopStopLogitsProcessor(repeats, eos_token_id=2, **off, **settings)
