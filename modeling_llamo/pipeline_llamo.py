@@ -147,13 +147,13 @@ class LlamoMoleculePipeline(Pipeline):
         generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`, `include_graph` (False:
         molecules as SMILES text only, the "no graph" ablation), `skip_special_tokens`, `clean_up_tokenization_spaces`,
         `return_tensors` (True: also `generated_token_ids`, the new token ids as `generate` returned them, padded to the
-        batch's length), `index` (a molecule index: its nearest entries become in-context examples), `neighbours` (how
-        many, default `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g.
-        OPSIN: beam candidates are checked and the first that names the query molecule is answered) with
-        `propose_names` (a callable `smiles -> name or None`, e.g. a rule-based namer: its name is a last candidate,
-        answered only when verified, and the answer's `from_namer` says so), and `name_hint` (a callable `smiles -> name
-        or None`: the query molecule's name is given before the question, `NAME_HINT`, and the answer's `name_hint`
-        holds it)."""
+        batch's length, less the repeated sentence start that the loop guard ended an answer on, as in the text),
+        `index` (a molecule index: its nearest entries become in-context examples), `neighbours` (how many, default
+        `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam
+        candidates are checked and the first that names the query molecule is answered) with `propose_names` (a callable
+        `smiles -> name or None`, e.g. a rule-based namer: its name is a last candidate, answered only when verified,
+        and the answer's `from_namer` says so), and `name_hint` (a callable `smiles -> name or None`: the query
+        molecule's name is given before the question, `NAME_HINT`, and the answer's `name_hint` holds it)."""
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
         if size < 1:
