@@ -114,7 +114,8 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
                 bounds = torch.minimum(torch.arange(int(copies.max())), copies[:, None] - 1) * periods[:, None]
                 checks.append((test, periods.to(device), bounds.to(device)))
         found = repeats_sentence_start(answer, self.sentence_ends, self.sentence_prefix_tokens)
-        found |= self._frequent(answer) | self._few_distinct(answer) | self._long_block_again(answer)
+        found |= self._block_seen_again(answer, *self.frequent_block) | self._few_distinct(answer)
+        found |= self._block_seen_again(answer, *self.long_block, None)
         if not checks:
             return found
         top = max(int(periods.max()) for _, periods, _ in checks)
@@ -137,12 +138,15 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
             found |= fired.all(dim=2).any(dim=1)
         return found
 
-    def _long_block_again(self, answer: torch.LongTensor) -> torch.BoolTensor:
-        """`answer` `(B, T)` -> `(B,)`: whether its last `size` tokens are a block seen `count` times in the answer."""
-        size, count = self.long_block
-        if answer.shape[1] < size * count:
+    @staticmethod
+    def _block_seen_again(answer: torch.LongTensor, size: int, count: int, window: int | None) -> torch.BoolTensor:
+        """`answer` `(B, T)` -> `(B,)`: whether its last `size` tokens are a block seen `count` times within its last
+        `window` tokens (None: the whole answer). Checking the newest block is enough: another block's count cannot
+        grow, so the rule fires first exactly as the newest block reaches `count`."""
+        tail = answer if window is None else answer[:, -window:]
+        if tail.shape[1] < size * count:
             return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
-        blocks = answer.unfold(1, size, 1)  # (B, T - size + 1, size)
+        blocks = tail.unfold(1, size, 1)  # (B, K, size)
         return (blocks == blocks[:, -1:]).all(dim=2).sum(dim=1) >= count
 
     def _few_distinct(self, answer: torch.LongTensor) -> torch.BoolTensor:
@@ -152,16 +156,6 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
             return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
         tail = answer[:, -window:].sort(dim=1).values
         return (tail[:, 1:] != tail[:, :-1]).sum(dim=1) + 1 <= most
-
-    def _frequent(self, answer: torch.LongTensor) -> torch.BoolTensor:
-        """`answer` `(B, T)` -> `(B,)`: whether a block of `n` tokens occurs `count` times in the last `window`."""
-        size, count, window = self.frequent_block
-        tail = answer[:, -window:]
-        if tail.shape[1] < size * count:
-            return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
-        blocks = tail.unfold(1, size, 1)  # (B, K, size)
-        same = (blocks[:, :, None, :] == blocks[:, None, :, :]).all(dim=3)  # (B, K, K)
-        return (same.sum(dim=2) >= count).any(dim=1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """`input_ids` `(B, L)` prompt + answer so far, `scores` `(B, vocab)`; looping rows may only end."""

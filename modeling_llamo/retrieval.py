@@ -6,8 +6,8 @@ naming or property question with the K nearest entries of the packaged PubChem n
 `~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). An optional `"task_neighbours": {"property": 1}` sets K for one task
 (the question's, see `question_task`), `"task_generation": {"description": {"num_beams": 3}}` decoding settings for
 one task, and `"name_hint_tasks": ["description"]` the tasks whose questions are given the molecule's rule-based
-name (`name_hinter`). Models without the file answer without neighbours unless an
-index is given (the paper's format)."""
+name (`name_hinter`). Models without the file answer without neighbours unless an index is given (the paper's
+format)."""
 
 from __future__ import annotations
 

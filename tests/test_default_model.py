@@ -129,18 +129,25 @@ def test_assembled_default_equals_the_trained_model(default_env, tiny_run):
     assert default_model_dir() == folder  # assembled once, then reused
 
 
-def test_first_use_writes_no_second_copy_of_the_base_weights(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch, capsys):
-    """The base LLM is converted in memory (here the tiny LLM stands in for the package's GGUF file): the cache then
-    holds the assembled model only, and the base copy an earlier version kept is removed."""
+@pytest.fixture
+def first_use_cache(tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch) -> Path:
+    """An empty cache where the tiny bundle is the default model and the tiny LLM stands in for the package's GGUF
+    file (converted in memory, as the real one is)."""
     from llamo import builder
 
-    cache = tmp_path / "cache"
-    legacy = cache / "base" / "SmolLM2-135M-Instruct"
-    shutil.copytree(tiny_llm_dir, legacy)
     monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(tiny_bundle))
-    monkeypatch.setenv("LLAMO_CACHE", str(cache))
+    monkeypatch.setenv("LLAMO_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LLAMO_BASE_LLM", raising=False)
     monkeypatch.setattr(builder, "resolve_llm", lambda name: (str(tiny_llm_dir), None))
+    return tmp_path / "cache"
+
+
+def test_first_use_writes_no_second_copy_of_the_base_weights(first_use_cache, tiny_llm_dir, capsys):
+    """The base LLM is converted in memory: the cache then holds the assembled model only, and the base copy an
+    earlier version kept is removed."""
+    cache = first_use_cache
+    legacy = cache / "base" / "SmolLM2-135M-Instruct"
+    shutil.copytree(tiny_llm_dir, legacy)
     folder = default_model_dir()
     err = capsys.readouterr().err
     assert "first use: converting" in err and "(in memory)" in err and f"removed {legacy}" in err
@@ -153,17 +160,13 @@ def test_first_use_writes_no_second_copy_of_the_base_weights(tiny_bundle, tiny_l
     assert stored < 1.1 * one_copy  # one float32 copy of the model (tied embeddings stored once), no base beside it
 
 
-def test_first_use_removes_the_models_assembled_from_earlier_bundles(
-    tiny_bundle, tiny_llm_dir, tmp_path, monkeypatch, capsys
-):
+def test_first_use_removes_the_models_assembled_from_earlier_bundles(first_use_cache, tiny_bundle, capsys):
     """A new bundle (an upgrade) assembles its model once and removes the copies assembled from earlier bundles on
     the same base LLM; other bases' copies, unfinished copies and folders llamo did not assemble stay."""
-    from llamo import builder
     from llamo.default_model import ASSEMBLED_MARKER
 
-    cache = tmp_path / "cache"
     name = read_manifest(tiny_bundle)["name"]
-    models = cache / "models"
+    models = first_use_cache / "models"
     earlier, other_base, unfinished, foreign = (
         models / f"{name}-0123456789ab",
         models / f"{name}-0123456789ab-deadbeef",
@@ -175,10 +178,6 @@ def test_first_use_removes_the_models_assembled_from_earlier_bundles(
         (folder / "model.safetensors").write_bytes(b"0" * 1000)
         if folder != foreign:
             (folder / ASSEMBLED_MARKER).write_text(json.dumps({"name": name}))
-    monkeypatch.setenv("LLAMO_DEFAULT_BUNDLE", str(tiny_bundle))
-    monkeypatch.setenv("LLAMO_CACHE", str(cache))
-    monkeypatch.delenv("LLAMO_BASE_LLM", raising=False)
-    monkeypatch.setattr(builder, "resolve_llm", lambda name: (str(tiny_llm_dir), None))
     folder = default_model_dir()
     err = capsys.readouterr().err
     assert f"removed {earlier}" in err and "assembled from an earlier bundle" in err
