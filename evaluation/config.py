@@ -75,8 +75,7 @@ class EvaluationConfig:
         if self.trained_baseline and self.train_data is None and not self.index_retrieval:
             raise ValueError(f"The {self.baseline} baseline needs training rows: give train_data (--train-data).")
         for name in ("batch_size", "max_new_tokens", "num_beams", "max_rows", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
+            if (value := getattr(self, name)) is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
@@ -134,11 +133,7 @@ class EvaluationConfig:
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `model.generate` (name verification adds its own: see `GenerationPredictor`)."""
-        dropped = {
-            "strategy",
-            "seed",
-            "verify_names",
-            "name_hints",
-            *(() if self.min_new_tokens else ("min_new_tokens",)),
-        }
+        dropped = {"strategy", "seed", "verify_names", "name_hints"}
+        if not self.min_new_tokens:
+            dropped.add("min_new_tokens")
         return {name: value for name, value in (self.decoding() or {}).items() if name not in dropped}

@@ -79,10 +79,7 @@ class SkippedRow:
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        rows = json.loads(text)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path} holds JSON that is not a list of rows.")
-        return rows
+        return json.loads(text)  # a list, or a `JSONDecodeError`
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -160,9 +157,8 @@ def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, Pr
         metadata = record_metadata(row)
     except (ValueError, TypeError):
         metadata = None
-    target = None
-    if task == PROPERTY_TASK and isinstance(metadata, dict):
-        target = property_target(metadata, reference, prompt[-1]["content"])
+    is_property = task == PROPERTY_TASK and isinstance(metadata, dict)
+    target = property_target(metadata, reference, prompt[-1]["content"]) if is_property else None
     try:
         parse_smiles(smiles)
     except ValueError:
@@ -171,8 +167,7 @@ def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, Pr
         return None, "metadata is not a JSON object", None
     if task == PROPERTY_TASK and target is None:
         return None, "no numeric target (metadata value or number in the reference)", None
-    example = EvalExample(index, str(record_id), task, smiles, prompt, reference, metadata, target)
-    return example, None, None
+    return EvalExample(index, str(record_id), task, smiles, prompt, reference, metadata, target), None, None
 
 
 def select_examples(
@@ -215,8 +210,7 @@ def rows_fingerprint(rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None
         if not isinstance(row, dict) or (wanted is not None and row.get("task") not in wanted):
             continue
         fields = [row.get(name) for name in ("id", "task", "smiles", "messages", "metadata")]
-        digest.update(json.dumps(fields, sort_keys=True, default=str).encode("utf-8"))
-        digest.update(b"\n")
+        digest.update(json.dumps(fields, sort_keys=True, default=str).encode("utf-8") + b"\n")
     return digest.hexdigest()[:16]
 
 
@@ -244,8 +238,7 @@ def checked_index(path: str, examples: Sequence[EvalExample]):
 
     index = MoleculeIndex.load(path)
     known = index.inchikeys
-    leaked = sorted({example.smiles for example in examples if inchikey(example.smiles) in known})
-    if leaked:
+    if leaked := sorted({example.smiles for example in examples if inchikey(example.smiles) in known}):
         shown = ", ".join(smiles[:40] for smiles in leaked[:3])
         raise ValueError(
             f"The index {path} holds {len(leaked)} of the evaluated molecules (e.g. {shown}): an evaluation index "

@@ -11,6 +11,7 @@ InChIKey block: same skeleton, stereochemistry and charge ignored), all over eve
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import tempfile
@@ -30,13 +31,9 @@ _HETEROATOM_LOCANT = re.compile(r"(?<![A-Za-z0-9])([nosp])(?=[\d']*[,-])")
 
 def opsin_unavailable_reason() -> str | None:
     """Why OPSIN cannot run here (no py2opsin, no java), or None when it can."""
-    try:
-        import py2opsin  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("py2opsin") is None:
         return "OPSIN needs the py2opsin package: pip install py2opsin"
-    if shutil.which("java") is None:
-        return "OPSIN needs Java: no `java` executable on PATH"
-    return None
+    return "OPSIN needs Java: no `java` executable on PATH" if shutil.which("java") is None else None
 
 
 def rule_based_name(smiles: str) -> str | None:
@@ -96,8 +93,7 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
         "structure_match_opsin_inchikey": "structure_match",
         "structure_match_opsin_inchikey_connectivity": "structure_match",
     }
-    reason = opsin_unavailable_reason()
-    if reason is None:
+    if (reason := opsin_unavailable_reason()) is None:
         try:
             parsed = names_to_smiles(predictions)
         except RuntimeError as error:

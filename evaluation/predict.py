@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
@@ -37,8 +38,7 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
     least 1. (torch's default, every core, stalls a busy machine: threads wait for each other.)"""
     if requested is not None:
         return requested, "--threads"
-    from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if from_env.isdigit() and int(from_env) > 0:
+    if (from_env := os.environ.get("OMP_NUM_THREADS", "").strip()).isdigit() and int(from_env) > 0:
         return int(from_env), "OMP_NUM_THREADS"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -69,6 +69,7 @@ class _StepReporter:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+@dataclass(eq=False, repr=False)
 class GenerationPredictor:
     """Answers with the model through its `molecule-text-generation` pipeline (the prompt, generation and decoding of
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
@@ -77,30 +78,21 @@ class GenerationPredictor:
     the pipeline's choice among its verification candidates (`llamo.pipeline_llamo.verified_answer`), a
     `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
 
-    def __init__(
-        self,
-        model,
-        processor,
-        generation_kwargs: dict[str, Any],
-        include_graph: bool = True,
-        index=None,
-        neighbours: int = DEFAULT_NEIGHBOURS,
-        name_checker=None,
-        name_proposer=None,
-        name_hint=None,
-    ):
+    model: Any
+    processor: Any
+    generation_kwargs: dict[str, Any]
+    include_graph: bool = True
+    index: Any = None
+    neighbours: int = DEFAULT_NEIGHBOURS
+    name_checker: Any = None
+    name_proposer: Any = None
+    name_hint: Any = None
+    on_step: StepCallback | None = field(default=None, init=False)
+
+    def __post_init__(self):
         from llamo.pipeline_llamo import LlamoMoleculePipeline
 
-        self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
-        self.processor = processor
-        self.generation_kwargs = generation_kwargs
-        self.include_graph = include_graph
-        self.index = index
-        self.neighbours = neighbours
-        self.name_checker = name_checker
-        self.name_proposer = name_proposer
-        self.name_hint = name_hint
-        self.on_step: StepCallback | None = None
+        self.pipe = LlamoMoleculePipeline(model=self.model, processor=self.processor, device=self.model.device)
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
         """The example's prompt: a description question given the molecule's name by `name_hint` (if set and it names
@@ -189,22 +181,17 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
 
         torch.manual_seed(config.seed)
     name_checker = name_proposer = name_hint = None
-    if config.name_hints:
-        from llamo.retrieval import name_hinter, opsin_checker
+    if config.name_hints or config.verify_names:
+        from llamo.retrieval import name_hinter, opsin_checker, rule_namer
 
         from .naming import opsin_unavailable_reason
 
         if (checker := opsin_checker()) is None:
-            raise ValueError(f"name_hints needs OPSIN to check the names: {opsin_unavailable_reason()}")
-        if (name_hint := name_hinter(checker)) is None:
+            needs = "name_hints needs OPSIN to check the names" if config.name_hints else "verify_names needs OPSIN"
+            raise ValueError(f"{needs}: {opsin_unavailable_reason()}")
+        if config.name_hints and (name_hint := name_hinter(checker)) is None:
             raise ValueError("name_hints needs openclatura: pip install openclatura")
-    if config.verify_names:
-        from llamo.retrieval import opsin_checker, rule_namer
-
-        from .naming import opsin_unavailable_reason
-
-        if (name_checker := opsin_checker()) is None:
-            raise ValueError(f"verify_names needs OPSIN: {opsin_unavailable_reason()}")
+        name_checker = checker if config.verify_names else None
         if config.propose_names and (name_proposer := rule_namer()) is None:
             raise ValueError("propose_names needs openclatura: pip install openclatura")
     return GenerationPredictor(

@@ -90,20 +90,17 @@ class PredictionStore:
         self.config_path = self.output_dir / RUN_CONFIG_FILE
 
     def _owned_files(self) -> list[Path]:
-        if not self.output_dir.is_dir():
-            return []
         names = {PREDICTIONS_FILE, RUN_CONFIG_FILE, RESULTS_FILE}
         return [
             path
-            for path in self.output_dir.iterdir()
+            for path in self.output_dir.glob("*")  # nothing when the folder does not exist
             if path.name in names or (path.name.startswith("predictions.") and path.suffix == ".tsv")
         ]
 
     def start(self, run_config: dict[str, Any], overwrite: bool = False) -> dict[tuple[str, str], PredictionRecord]:
         """Claim the folder for `run_config` and return the predictions already made by this same run. A folder holding
         another run's files (or files of unknown origin) is a `FileExistsError` unless `overwrite` clears it."""
-        existing = self._owned_files()
-        if existing:
+        if existing := self._owned_files():
             if not self.config_path.is_file():
                 problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
             else:

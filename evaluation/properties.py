@@ -41,10 +41,8 @@ def parse_number(text: str | None) -> float | None:
 def property_key(name: str | None) -> str:
     """A canonical lower-case property name: `homo`, `lumo`, `gap`, or the given name lower-cased."""
     lowered = (name or "").lower()
-    for key in ("gap", "lumo", "homo"):
-        if key in lowered:
-            return key
-    return re.sub(r"[^a-z0-9]+", "_", lowered).strip("_") or "unknown"
+    known = next((key for key in ("gap", "lumo", "homo") if key in lowered), None)
+    return known or re.sub(r"[^a-z0-9]+", "_", lowered).strip("_") or "unknown"
 
 
 @dataclass(frozen=True)
@@ -90,20 +88,13 @@ def property_metrics(
     unit = next(iter(units.values())) if len(set(units.values())) == 1 else "mixed units"
     groups.append(("all", "", pooled, len(targets), sum(unanswered.values()), unit))
     for key, suffix, found, total, missing, group_unit in groups:
-        unit_name = re.sub(r"[^a-z0-9]+", "_", group_unit.lower())
-        name = f"mae{suffix}_{unit_name}"
+        name = f"mae{suffix}_{re.sub(r'[^a-z0-9]+', '_', group_unit.lower())}"
         if found:
             report.metrics.append(MetricValue(name, "mae", sum(found) / len(found), unit=group_unit))
         else:
             report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
         report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))
-        entry = {
-            "rows": total,
-            "valid": len(found),
-            "invalid": total - len(found),
-            "unanswered": missing,
-            "unit": group_unit,
-        }
+        entry = dict(rows=total, valid=len(found), invalid=total - len(found), unanswered=missing, unit=group_unit)
         if key == "all":
             counts.update(entry)
         else:

@@ -107,8 +107,7 @@ def score_task(
     predictions = [record.prediction or "" for _, record in done]
     metric_inputs = (resources.protocols, resources.wordnet, resources.wordnet_reason)
     if family == "naming":
-        smiles = [example.smiles for example, _ in done]
-        report, found = naming_metrics(smiles, references, predictions, *metric_inputs)
+        report, found = naming_metrics([example.smiles for example, _ in done], references, predictions, *metric_inputs)
         counts.update(found)
     else:
         report = compute_text_metrics(references, predictions, *metric_inputs)

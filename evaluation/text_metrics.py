@@ -102,8 +102,7 @@ def load_scibert_tokenizer(source: str | Path = SCIBERT_HUB_ID):
     when the vocabulary cannot be loaded (or yields a tokenizer that knows no words)."""
     from transformers import BertTokenizerFast
 
-    path = Path(source)
-    if path.is_file():
+    if (path := Path(source)).is_file():
         # transformers 5 reads the vocabulary from `vocab`; a `vocab_file=` keyword would be silently ignored
         tokenizer = BertTokenizerFast(vocab=str(path), do_lower_case=True)
     else:
@@ -161,20 +160,17 @@ def compute_text_metrics(
                 continue
             tokens = tokens or ([protocol.tokenize(t) for t in references], [protocol.tokenize(t) for t in predictions])
             if name == "meteor":
-                pairs = zip(*tokens, strict=True)
-                scores = [meteor_score([reference], prediction, wordnet=wordnet) for reference, prediction in pairs]
+                scores = [meteor_score([ref], pred, wordnet=wordnet) for ref, pred in zip(*tokens, strict=True)]
                 value = 100 * sum(scores) / len(scores)
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # NLTK warns when an n-gram order has no match; BLEU is then ~0
-                    grouped = [[reference] for reference in tokens[0]]
-                    value = 100.0 * corpus_bleu(grouped, tokens[1], weights=BLEU_WEIGHTS[name])
+                    value = 100.0 * corpus_bleu([[ref] for ref in tokens[0]], tokens[1], weights=BLEU_WEIGHTS[name])
             report.metrics.append(MetricValue(metric, kind, value, protocol=protocol.name))
-    rouge_wanted = [kind for kind in ("rouge1", "rouge2", "rougeL") if kind in include]
-    if rouge_wanted:
+    if rouge_wanted := [kind for kind in ("rouge1", "rouge2", "rougeL") if kind in include]:
         from rouge_score import rouge_scorer
 
-        scorer = rouge_scorer.RougeScorer(list(rouge_wanted), use_stemmer=False)
+        scorer = rouge_scorer.RougeScorer(rouge_wanted, use_stemmer=False)
         scores = [scorer.score(ref, pred) for ref, pred in zip(references, predictions, strict=True)]
         for kind in rouge_wanted:
             value = 100 * sum(score[kind].fmeasure for score in scores) / len(references)

@@ -67,8 +67,7 @@ def load_wordnet(nltk_data: str | Path | None = None):
     except LookupError as error:
         where = "for NLTK" if folder is None else f"in {Path(nltk_data) / 'corpora' / 'wordnet'}"
         raise WordNetUnavailable(f"WordNet is not installed {where}: {setup_hint}.") from error
-    key = str(getattr(root, "path", root))
-    if key not in _READERS:
+    if (key := str(getattr(root, "path", root))) not in _READERS:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "multilingual functions are not available": METEOR needs none

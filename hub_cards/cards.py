@@ -214,7 +214,6 @@ def build_dataset_card(
     summary = load_generation_summary(summary_path)
     data_file = Path(str(summary.get("output") or Path(summary_path).name.removesuffix(".summary.json"))).name
     teacher = str(summary["teacher"])
-    count = int(summary["generated"])
     limits = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
     card_data = DatasetCardData(
         language=["en"],
@@ -222,7 +221,7 @@ def build_dataset_card(
         pretty_name=pretty_name or f"LLaMo instruction conversations ({teacher} teacher)",
         task_categories=["text-generation"],
         tags=list(DATASET_TAGS),
-        size_categories=[next((label for limit, label in limits if count < limit), "n>1M")],
+        size_categories=[next((label for limit, label in limits if int(summary["generated"]) < limit), "n>1M")],
         annotations_creators=["machine-generated"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_file}]}],
     )

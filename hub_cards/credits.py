@@ -98,19 +98,14 @@ LLAMO_CITATION = """@inproceedings{park2024llamo,
 }"""
 
 
-def credits_from_names(names: Iterable[str]) -> list[str]:
-    """Credit keys suggested by dataset names or paths (e.g. `.../chebi20/test.txt` -> ChEBI-20 and ChEBI)."""
-    found: list[str] = []
-    for name in names:
-        found.extend(next((keys for keys, hints in _NAME_HINTS if any(hint in name.lower() for hint in hints)), ()))
-    return found
-
-
 def resolve_credits(source_types: Iterable[str] = (), names: Iterable[str] = (), keys: Iterable[str] = ()):
-    """The credits for training source types, dataset names and explicit keys, each once, in a stable order."""
+    """The credits for training source types, dataset names or paths (e.g. `.../chebi20/test.txt` -> ChEBI-20 and
+    ChEBI) and explicit keys, each once, in a stable order."""
     keys = list(keys)
     unknown = [key for key in keys if key not in DATA_CREDITS]
     if unknown:
         raise ValueError(f"Unknown data credit {unknown[0]!r}; known: {', '.join(sorted(DATA_CREDITS))}.")
-    wanted = {*(key for kind in source_types for key in SOURCE_TYPE_CREDITS.get(kind, ())), *credits_from_names(names)}
-    return [credit for key, credit in DATA_CREDITS.items() if key in wanted or key in keys]
+    wanted = {*keys, *(key for kind in source_types for key in SOURCE_TYPE_CREDITS.get(kind, ()))}
+    for name in names:
+        wanted.update(next((found for found, hints in _NAME_HINTS if any(hint in name.lower() for hint in hints)), ()))
+    return [credit for key, credit in DATA_CREDITS.items() if key in wanted]

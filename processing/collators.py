@@ -39,8 +39,7 @@ class LlamoDataCollator:
     _cache: dict[str, PreparedMolecule] = field(default_factory=dict, init=False, repr=False)
 
     def _prepare(self, smiles: str) -> PreparedMolecule:
-        molecule = self._cache.get(smiles)
-        if molecule is None:
+        if (molecule := self._cache.get(smiles)) is None:
             molecule = self.processor.featurizer.prepare(smiles)
             if len(self._cache) >= self.cache_size:
                 self._cache.pop(next(iter(self._cache)))
@@ -55,8 +54,7 @@ class LlamoDataCollator:
         molecules = [PreparedMolecule(MoleculeGraph.from_dict(row), row["prompt_smiles"])]  # featurized once
         molecules += [self._prepare(smiles) for smiles in record_metadata(row).get("molecules", [])]
         messages = to_chat_messages(row)
-        neighbours = json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")[:max_neighbours]
-        if neighbours:
+        if neighbours := json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")[:max_neighbours]:
             messages = add_neighbours(messages, neighbours)
             molecules = [self._prepare(neighbour["smiles"]) for neighbour in neighbours] + molecules
         rendered = self.processor.render_conversation(
@@ -89,11 +87,8 @@ class LlamoDataCollator:
             input_ids.append(ids)
             labels.append(torch.tensor(row_labels, dtype=torch.long))
             graphs.append(row_graphs)
-        self.processor.check_placeholders(
-            input_ids,
-            [len(row_graphs) for row_graphs in graphs],
-            names=[f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)],
-        )
+        names = [f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)]
+        self.processor.check_placeholders(input_ids, list(map(len, graphs)), names=names)
         batch = dict(
             tokenizer.pad({"input_ids": input_ids}, padding="longest", padding_side="right", return_tensors="pt")
         )

@@ -22,15 +22,6 @@ FEATURIZED_FEATURES = {
     "inchikey": datasets.Value("string"),
     "num_atoms": datasets.Value("int32"),
 }
-_EMPTY_ROW = {
-    "atom_features": [],
-    "edge_index": [[], []],
-    "edge_features": [],
-    "motif_features": [],
-    "prompt_smiles": "",
-    "inchikey": "",
-    "num_atoms": 0,
-}
 FEATURIZATION_VERSION = "1"
 MULTIPROCESS_MIN_ROWS = 512
 
@@ -60,7 +51,7 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
                     "featurization_error": "",
                 }
             except Exception as failure:  # one bad molecule is counted, never stops the job
-                row = {**_EMPTY_ROW, "featurization_error": _featurization_error(failure)}
+                row = {**dict.fromkeys(FEATURIZED_FEATURES), "featurization_error": _featurization_error(failure)}
             for name, column in out.items():
                 column.append(row[name])
     return out
@@ -94,8 +85,7 @@ def featurize_dataset(
         desc=f"Featurizing {name}",
         cache_file_name=cache_file_name,
     )
-    errors = Counter(mapped["featurization_error"])
-    errors.pop("", None)
+    errors = Counter(filter(None, mapped["featurization_error"]))
     kept = mapped.filter(lambda error: not error, input_columns="featurization_error", desc="Dropping bad molecules")
     report = DataReport(f"featurization of {name}", read=len(dataset), kept=len(kept), dropped=errors)
     return kept.remove_columns("featurization_error"), report

@@ -139,8 +139,7 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
 
 def description_facts(description: str) -> list[Fact]:
     """The first sentence as the definition, the others grouped by kind (in order of first appearance)."""
-    sentences = split_sentences(description or "")
-    if not sentences:
+    if not (sentences := split_sentences(description or "")):
         return []
     groups: dict[str, list[str]] = {"definition": [sentences[0]]}
     for sentence in sentences[1:]:
@@ -216,8 +215,7 @@ def structure_facts(mol: Chem.Mol) -> list[Fact]:
 def molecule_facts(mol: Chem.Mol, description: str, iupac: str | None = None) -> list[Fact]:
     """All facts of one molecule: description facts, the IUPAC name (if given), then the RDKit facts."""
     facts = description_facts(description)
-    if iupac and iupac.strip():
-        name = iupac.strip()
+    if name := (iupac or "").strip():
         facts.append(Fact("iupac_name", "iupac", name, f"Its IUPAC name is {name}.", [name]))
     with rdBase.BlockLogs():
         facts.extend(structure_facts(mol))

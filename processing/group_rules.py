@@ -75,8 +75,7 @@ RULES: tuple[tuple[str, str], ...] = (
 def compiled_rules() -> tuple[tuple[str, Chem.Mol], ...]:
     """`(name, query molecule)` per rule, compiled once (a SMARTS that does not parse is a `ValueError`)."""
     compiled = tuple((name, Chem.MolFromSmarts(smarts)) for name, smarts in RULES)
-    broken = [smarts for (_, smarts), (_, pattern) in zip(RULES, compiled, strict=True) if pattern is None]
-    if broken:
+    if broken := [smarts for (_, smarts), (_, pattern) in zip(RULES, compiled, strict=True) if pattern is None]:
         raise ValueError(f"The SMARTS of these rules do not parse: {broken}")
     return compiled
 

@@ -20,7 +20,7 @@ from rdkit import Chem, DataStructs, rdBase
 from rdkit.Chem import rdFingerprintGenerator
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
-from llamo.featurization_llamo import parse_smiles, prompt_smiles
+from llamo.featurization_llamo import check_size, parse_smiles, prompt_smiles
 
 from .loaders import property_from_text, stable_fraction
 from .mixture import is_held_out
@@ -70,8 +70,7 @@ class MoleculeIndex:
     conversation schema), written with `save`, read with `load` (a folder or a Hub dataset id)."""
 
     def __init__(self, table: datasets.Dataset):
-        missing = set(INDEX_FEATURES) - set(table.column_names)
-        if missing:
+        if missing := set(INDEX_FEATURES) - set(table.column_names):
             raise ValueError(f"Not a molecule index: columns {sorted(missing)} are missing.")
         self.table = table
         self.task = table[0]["task"] if len(table) else ""
@@ -119,8 +118,7 @@ class MoleculeIndex:
             key = answer_key(task, question, record_metadata(row))
             try:
                 mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
-                if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
-                    raise ValueError("oversized")
+                check_size(mol, max_atoms, row["smiles"])
                 inchikey = Chem.MolToInchiKey(mol) or ""
             except (ValueError, RuntimeError):
                 return "bad molecule"
@@ -171,8 +169,7 @@ class MoleculeIndex:
     @classmethod
     def load(cls, path: str | Path, split: str = "train") -> MoleculeIndex:
         """Load an index saved with `save` (a folder) or pushed to the Hub (a dataset id, its `split`)."""
-        local = Path(path).expanduser()
-        if local.exists():
+        if (local := Path(path).expanduser()).exists():
             if not (local / "dataset_info.json").is_file() and not (local / "state.json").is_file():
                 raise ValueError(f"{local} is not a saved molecule index (build one with `llamo index build`).")
             return cls(datasets.load_from_disk(str(local)))

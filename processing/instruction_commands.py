@@ -68,8 +68,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     for name in ("num_exemplars", "seed_exemplars", "retries", "max_requests", "limit"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
+        if (value := getattr(args, name)) is not None and value < 0:
             raise CommandError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
     if args.timeout <= 0 or args.backoff < 0 or args.max_backoff < 0:
         raise CommandError("--timeout must be positive, --backoff and --max-backoff not negative.")

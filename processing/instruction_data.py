@@ -84,12 +84,9 @@ class DataGenerationConfig:
     show_progress: bool = True
 
     def __post_init__(self):
-        for name in ("max_turns", "concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_exemplars", "seed_exemplars"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, least in (("max_turns", 1), ("concurrency", 1), ("num_exemplars", 0), ("seed_exemplars", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
 
 
 @dataclass
@@ -145,8 +142,7 @@ def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config:
         mol = parse_smiles(molecule.smiles)
         conversation = teacher.converse(mol, molecule.description, molecule.iupac, seed, config.max_turns)
         messages, usage = conversation.messages, {}
-        problem = conversation_problem(messages, config.max_turns)
-        if problem is not None:
+        if (problem := conversation_problem(messages, config.max_turns)) is not None:
             return Outcome(molecule, "filtered", reason=problem, detail="grounded conversation")
         metadata.update(teacher.metadata(), provenance=conversation.provenance)
     else:
@@ -240,8 +236,7 @@ def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, s
 
     def fill() -> None:
         while state.stopped is None and len(in_flight) < 2 * workers:
-            molecule = next(queue, None)
-            if molecule is None:
+            if (molecule := next(queue, None)) is None:
                 return
             in_flight[executor.submit(generate_one, teacher, molecule, exemplars, config)] = molecule
 
@@ -296,8 +291,7 @@ def _generate(
     try:
         if not isinstance(teacher, GroundedTeacher) and config.num_exemplars > 0:
             given = Path(config.exemplars_file) if config.exemplars_file else None
-            loaded = store.load_exemplars(given)
-            if loaded is None:
+            if (loaded := store.load_exemplars(given)) is None:
                 loaded, answered = _seed_exemplars(teacher, molecules.molecules, config, executor, state)
                 if answered:  # saved once complete, so that every later run uses the same exemplars
                     store.save_exemplars(loaded)
@@ -350,8 +344,7 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     from .teachers import build_teacher
 
     options = {key: value for key, value in settings.items() if value is not None}
-    missing = [key for key in ("input", "output") if options.get(key) in (None, "")]
-    if missing:
+    if missing := [key for key in ("input", "output") if options.get(key) in (None, "")]:
         raise ValueError(f"The conversations settings need {' and '.join(missing)}.")
     source, output, kind = options.pop("input"), options.pop("output"), options.pop("teacher", "grounded")
     reading = {key: options.pop(key) for key in _INPUT_SETTINGS if key in options}
@@ -360,8 +353,7 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
         **{"show_progress": False, **{k: options.pop(k) for k in list(options) if k in config_fields}}
     )
     teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}
-    unknown = sorted(set(options) - teacher_options)
-    if unknown:
+    if unknown := sorted(set(options) - teacher_options):
         raise ValueError(f"Unknown conversations settings {unknown}: see llamo generate-data --help.")
     teacher = build_teacher(kind, max_turns=config.max_turns, **options)
     return generate_conversations(

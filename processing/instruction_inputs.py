@@ -57,15 +57,13 @@ def _resolve_column(role: str, wanted: str | None, available: list[str], require
             raise ValueError(f"Input has no {role} column {wanted!r}; its columns are {available}.")
         return wanted
     lowered = {name.lower(): name for name in available}
-    for candidate in _COLUMN_CANDIDATES[role]:
-        if candidate in lowered:
-            return lowered[candidate]
-    if required:
+    found = next((lowered[candidate] for candidate in _COLUMN_CANDIDATES[role] if candidate in lowered), None)
+    if found is None and required:
         raise ValueError(
             f"Input has no {role} column (tried {_COLUMN_CANDIDATES[role]}; name it with --{role}-column); "
             f"its columns are {available}."
         )
-    return None
+    return found
 
 
 def detect_format(path: Path) -> str:
@@ -93,8 +91,7 @@ def _raw_rows(source, input_format: str) -> tuple[Iterable[dict[str, Any] | None
 
     if isinstance(source, datasets.Dataset):
         return _dataset_rows(source), f"datasets.Dataset({source.num_rows} rows)"
-    path = Path(source)
-    if not path.exists():
+    if not (path := Path(source)).exists():
         raise FileNotFoundError(f"Input not found: {path}")
     input_format = detect_format(path) if input_format == "auto" else input_format
     if input_format in ("tsv", "chebi20", "csv"):
@@ -162,8 +159,7 @@ def read_molecules(
         if limit is not None and len(result.molecules) >= limit:
             break
         result.rows += 1
-        found = molecule(row)
-        if isinstance(found, str):
+        if isinstance(found := molecule(row), str):
             result.skipped[found] += 1
         else:
             seen.add(found.id)

@@ -13,6 +13,7 @@ an output file is never continued with a different one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -82,11 +83,8 @@ class Exemplar:
 
 def seed_messages(smiles: str, description: str, iupac: str | None, max_turns: int) -> list[dict[str, str]]:
     """Chat messages of step 1: system prompt + one molecule + the seed instruction."""
-    user = f"{molecule_context(smiles, description, iupac)}\n\n{SEED_INSTRUCTION}"
-    return [
-        {"role": "system", "content": system_prompt(iupac is not None, max_turns)},
-        {"role": "user", "content": user},
-    ]
+    *system, molecule = generation_messages(smiles, description, iupac, [], max_turns)
+    return [*system, {"role": "user", "content": f"{molecule['content']}\n\n{SEED_INSTRUCTION}"}]
 
 
 def generation_messages(
@@ -109,6 +107,7 @@ _ROLES = {
     **dict.fromkeys(("user", "human", "question", "q"), "user"),
     **dict.fromkeys(("assistant", "ai", "gpt", "answer", "a"), "assistant"),
 }
+_TURN_KEYS = ("messages", "conversation", "turns", "dialogue")
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _LINE_TURN = re.compile(r"^\s*(?:\*\*)?(user|human|question|q|assistant|ai|answer|a)(?:\*\*)?\s*:\s*(.*)$", re.I)
 
@@ -129,11 +128,9 @@ def _json_candidates(text: str) -> list[Any]:
     decoder = json.JSONDecoder()
     for chunk in chunks:
         chunk = chunk.strip()
-        try:
+        with contextlib.suppress(ValueError):
             found.append(json.loads(chunk))
             continue
-        except ValueError:
-            pass
         for match in re.finditer(r"[{\[]", chunk):
             try:
                 value, _ = decoder.raw_decode(chunk, match.start())
@@ -146,13 +143,9 @@ def _json_candidates(text: str) -> list[Any]:
 
 
 def _turn_list(value: Any) -> list[Any] | None:
-    if isinstance(value, list):
-        return value
     if isinstance(value, dict):
-        for key in ("messages", "conversation", "turns", "dialogue"):
-            if isinstance(value.get(key), list):
-                return value[key]
-    return None
+        value = next((value[key] for key in _TURN_KEYS if isinstance(value.get(key), list)), None)
+    return value if isinstance(value, list) else None
 
 
 def _messages_from_json(turns: list[Any]) -> list[dict[str, str]]:
@@ -178,8 +171,7 @@ def _messages_from_json(turns: list[Any]) -> list[dict[str, str]]:
 def _messages_from_lines(text: str) -> list[dict[str, str]]:
     messages: list[dict[str, str]] = []
     for line in text.splitlines():
-        match = _LINE_TURN.match(line)
-        if match:
+        if match := _LINE_TURN.match(line):
             messages.append({"role": _ROLES[match.group(1).lower()], "content": match.group(2).strip()})
         elif messages:
             messages[-1]["content"] = f"{messages[-1]['content']}\n{line}".strip()
@@ -194,11 +186,9 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
     if not isinstance(text, str) or not text.strip():
         raise ConversationFormatError("unparsable", "empty output")
     for value in _json_candidates(text):
-        turns = _turn_list(value)
-        if turns is not None:
+        if (turns := _turn_list(value)) is not None:
             return _messages_from_json(turns)
-    messages = _messages_from_lines(text)
-    if messages:
+    if messages := _messages_from_lines(text):
         return messages
     raise ConversationFormatError("unparsable", "neither a JSON conversation nor User:/Assistant: lines")
 
@@ -221,6 +211,4 @@ def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str 
     normalised = {(message["role"], " ".join(message["content"].lower().split())) for message in messages}
     if len(normalised) < len(messages):
         return "duplicate_turn"
-    if len(messages) // 2 > max_turns:
-        return "too_many_turns"
-    return None
+    return "too_many_turns" if len(messages) // 2 > max_turns else None

@@ -77,8 +77,7 @@ def write_json_atomically(path: Path, obj: Any) -> None:
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, ensure_ascii=False, default=str)
-            handle.write("\n")
+            handle.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -164,8 +163,7 @@ class ConversationStore:
             raise ValueError(f"{path} is not an exemplars file ({{'exemplars': [...]}}): {error!r}") from None
 
     def save_exemplars(self, exemplars: list[Exemplar]) -> None:
-        data = {**self.identity, "exemplars": [asdict(exemplar) for exemplar in exemplars]}
-        write_json_atomically(self.exemplars_path, data)
+        write_json_atomically(self.exemplars_path, {**self.identity, "exemplars": [asdict(item) for item in exemplars]})
 
 
 def load_generated_conversations(path: str | Path | list[str | Path]):

@@ -48,6 +48,8 @@ PROPERTY_QUESTIONS = {
         "Predict the HOMO-LUMO gap (Hartree) of this molecule.",
     ),
 }
+_PROPERTY_WORDS = {"gap": ("gap",), "LUMO": ("lumo", "lowest unoccupied"), "HOMO": ("homo", "highest occupied")}
+"""How a question names each property, checked in this order (a gap question names both orbitals)."""
 QM9_COLUMNS = {"HOMO": "HOMO_au", "LUMO": "LUMO_au", "gap": "HOMO_LUMO_gap_au"}
 CHEMICALS_TABLE = ("chemicals", "Identifiers/chemical identifiers pubchem large.tsv")
 QM9PACK_FILES = ("qm9pack", ("data/qm9_part1.csv", "data/qm9_part2.csv", "data/qm9_part3.csv"))
@@ -90,23 +92,15 @@ def stable_choice(options: tuple[str, ...], key: str) -> str:
 def property_from_text(text: str) -> str | None:
     """The QM9 property (`HOMO`, `LUMO`, `gap`) a question asks about, None if none."""
     lowered = text.lower()
-    if "gap" in lowered:
-        return "gap"
-    if "lumo" in lowered or "lowest unoccupied" in lowered:
-        return "LUMO"
-    if "homo" in lowered or "highest occupied" in lowered:
-        return "HOMO"
-    return None
+    return next((name for name, words in _PROPERTY_WORDS.items() if any(word in lowered for word in words)), None)
 
 
 def _installed_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    if (spec := importlib.util.find_spec(package)) is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"The {package} package is not installed (pip install {package}), and no path was given."
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
+    if not (path := Path(next(iter(spec.submodule_search_locations))) / relative).is_file():
         raise FileNotFoundError(f"{path} is missing from the installed {package} package.")
     return path
 
@@ -116,8 +110,7 @@ def _is_hub_id(path: Any) -> bool:
 
 
 def _require(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
+    if not (path := Path(path).expanduser()).exists():
         raise FileNotFoundError(f"Data path not found: {path}")
     return path
 
@@ -138,8 +131,7 @@ def read_table(
         files = [_require(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
         loaded = pandas.concat([pandas.read_csv(f, **options) for f in files], ignore_index=True)
         origin, available = ", ".join(map(str, files)), list(loaded.columns)
-    missing = [column for column in columns or [] if column not in available]
-    if missing:
+    if missing := [column for column in columns or [] if column not in available]:
         raise ValueError(f"{origin} has no column(s) {missing}; its columns: {available}")
     keep = available if columns is None else [*columns, *(name for name in optional if name and name in available)]
     return loaded.select_columns(keep).to_pandas() if isinstance(loaded, datasets.Dataset) else loaded[keep]
@@ -166,8 +158,7 @@ def _collect(
         report.read += 1
         if limit is not None and len(records) >= limit:
             break
-        record = convert(item)
-        if isinstance(record, str):
+        if isinstance(record := convert(item), str):
             report.drop(record)
         else:
             records.append(record)
@@ -253,9 +244,8 @@ def load_pubchem324k(
     (PubChem324kV2, pickles that can execute code: read only with `allow_pickle=True`); a Hub id has columns
     `smiles` and `text`."""
     if _is_hub_id(path):
-        rows = (
-            (str(i), *row) for i, row in enumerate(read_table(path, split, ["smiles", "text"]).itertuples(index=False))
-        )
+        table = read_table(path, split, ["smiles", "text"])
+        rows = ((str(i), *row) for i, row in enumerate(table.itertuples(index=False)))
     else:
         root = _require(path)
         folder = root / split if (root / split).is_dir() else root
@@ -297,8 +287,7 @@ def load_mol_instructions(
 
     def convert(item: tuple[int, dict]) -> dict | str:
         index, entry = item
-        entry_split = (entry.get("metadata") or {}).get("split")
-        if entry_split is not None and entry_split != split:
+        if (entry_split := (entry.get("metadata") or {}).get("split")) is not None and entry_split != split:
             return f"split {entry_split}"
         if (smiles := _selfies_to_smiles(entry.get("input") or "")) is None:
             return "undecodable SELFIES"
@@ -372,8 +361,7 @@ def load_qm9_properties(
     `HOMO_LUMO_gap_au` (rename with `smiles_column` and `property_columns`, e.g. `{"HOMO": "homo"}`; the values must be
     in Hartree); default: the `qm9pack` package's parts. `limit` keeps that many molecules, a deterministic
     spread-out subset (QM9 is ordered by size)."""
-    unknown = [name for name in properties if name not in QM9_COLUMNS]
-    if unknown:
+    if unknown := [name for name in properties if name not in QM9_COLUMNS]:
         raise ValueError(f"Unknown QM9 properties {unknown}; choose from {list(QM9_COLUMNS)}")
     column_of = {**QM9_COLUMNS, **(property_columns or {})}
     files = path or [_installed_file(QM9PACK_FILES[0], name) for name in QM9PACK_FILES[1]]

@@ -9,6 +9,7 @@ The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_complet
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import itertools
@@ -133,10 +134,8 @@ def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent or unreadable."""
     if not value:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value.strip()).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -145,8 +144,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def chat_completions_url(base_url: str) -> str:
     """`<base_url>/chat/completions`, unless `base_url` already ends with it; refuses non-HTTP URLs."""
-    parsed = urllib.parse.urlparse(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if (parsed := urllib.parse.urlparse(base_url)).scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"Base URL must be an http(s) URL such as {DEFAULT_BASE_URL}, got {base_url!r}")
     base = base_url.rstrip("/")
     return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
@@ -375,8 +373,7 @@ class TransformersTeacher:
         stopped = any(token in eos_ids for token in new_tokens)
         finish = "length" if len(new_tokens) >= self.max_new_tokens and not stopped else "stop"
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        usage = {"prompt_tokens": prompt_length, "completion_tokens": len(new_tokens)}
-        return TeacherReply(text=text, finish_reason=finish, usage=usage)
+        return TeacherReply(text, finish, {"prompt_tokens": prompt_length, "completion_tokens": len(new_tokens)})
 
 
 TEACHERS = ("openai", "transformers", "grounded")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from llamo.cli_common import add_command
+
 STAGES = {
     "stage1": "graph-language alignment: train the GIN + projector on description pairs, LLM frozen",
     "stage2": "instruction tuning (TRL SFTTrainer + LoRA on the LLM, projector trained, GIN frozen)",
@@ -13,38 +15,19 @@ STAGES = {
 
 
 def register(subparsers) -> None:
-    train = subparsers.add_parser(
-        "train",
-        help="train a LLaMo (stage1, then stage2) from a YAML recipe",
-        description=(
-            "Run a training stage from a recipe: `llamo train stage1 --config recipe.yaml [--key value ...]`. "
-            "Every field can be set in the YAML or overridden on the command line: LLaMo's own (`llamo train "
-            "stage1 --help`) and every field of TRL's SFTConfig and ModelConfig (`llamo train stage1 --help-all`). "
-            "Restarting the same command resumes an interrupted run. For several processes/GPUs: "
-            "`accelerate launch -m llamo.training.stage2 --config recipe.yaml`."
-        ),
-    )
+    train = add_command(subparsers, "train", _run_train)
     train.add_argument("stage", choices=sorted(STAGES), help="; ".join(f"{k}: {v}" for k, v in STAGES.items()))
     train.add_argument("options", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and field overrides")
-    train.set_defaults(handler=_run_train)
 
-    prepare = subparsers.add_parser(
-        "prepare-data",
-        help="load and featurize a recipe's data sources into the cache (no training)",
-        description="Featurize every molecule of a recipe's sources once (cached in Arrow) and print what was kept "
-        "and dropped; training then reads the cache without running RDKit.",
-    )
+    prepare = add_command(subparsers, "prepare-data", _run_prepare)
     prepare.add_argument("stage", choices=["stage1", "stage2"])
     prepare.add_argument("options", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and field overrides")
-    prepare.set_defaults(handler=_run_prepare)
 
-    recipes = subparsers.add_parser(
-        "recipes", help="list the shipped training recipes and accelerate configs, with their paths"
-    )
-    recipes.set_defaults(handler=_run_recipes)
+    add_command(subparsers, "recipes", _run_recipes)
 
 
 def _run_recipes(args: argparse.Namespace) -> None:
+    """List the shipped training recipes and accelerate configs, with their paths."""
     from llamo.training.config import ACCELERATE_DIR, RECIPES_DIR
 
     print("Training recipes (`--config NAME` or the path):")
@@ -72,6 +55,12 @@ def _parse(stage: str, options: list[str]):
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    """Train a LLaMo (stage1, then stage2) from a YAML recipe.
+
+    Run a training stage from a recipe: `llamo train stage1 --config recipe.yaml [--key value ...]`. Every field can
+    be set in the YAML or overridden on the command line: LLaMo's own (`llamo train stage1 --help`) and every field of
+    TRL's SFTConfig and ModelConfig (`llamo train stage1 --help-all`). Restarting the same command resumes an
+    interrupted run. For several processes/GPUs: `accelerate launch -m llamo.training.stage2 --config recipe.yaml`."""
     from llamo.errors import CommandError
     from llamo.storage import is_disk_full
 
@@ -94,6 +83,10 @@ def _run_train(args: argparse.Namespace) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> None:
+    """Load and featurize a recipe's data sources into the cache (no training).
+
+    Featurize every molecule of a recipe's sources once (cached in Arrow) and print what was kept and dropped;
+    training then reads the cache without running RDKit."""
     from llamo.errors import CommandError
 
     arguments = _parse(args.stage, args.options)

@@ -56,18 +56,6 @@ def state_bytes(model, trainable_only: bool = False) -> int:
     return model.get_memory_footprint()
 
 
-def optimizer_bytes(optimizer: torch.optim.Optimizer | None) -> int:
-    """Bytes of an optimizer's state tensors (AdamW: two moments per trainable parameter)."""
-    if optimizer is None:
-        return 0
-    return sum(
-        value.numel() * value.element_size()
-        for state in optimizer.state.values()
-        for value in state.values()
-        if torch.is_tensor(value)
-    )
-
-
 class CheckpointSpaceMixin:
     """A Trainer mixin for a full disk while a checkpoint is written: the partial `checkpoint-N` folder is removed (so
     that it is never resumed from, nor fills the disk), the last complete checkpoint is kept, and a `DiskFullError`
@@ -99,8 +87,9 @@ class CheckpointSpaceMixin:
 
         if previous is not None:
             return folder_bytes(previous)
-        peft = hasattr(self.model, "peft_config")
-        return state_bytes(self.model, trainable_only=peft) + optimizer_bytes(self.optimizer)
+        states = self.optimizer.state.values() if self.optimizer is not None else ()
+        moments = sum(v.numel() * v.element_size() for state in states for v in state.values() if torch.is_tensor(v))
+        return state_bytes(self.model, trainable_only=hasattr(self.model, "peft_config")) + moments
 
 
 class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
@@ -140,9 +129,8 @@ def train(model, processor, training_args, dataset, checkpoint: Path | None, log
 def checkpoint_is_complete(folder: Path) -> bool:
     """A Trainer checkpoint is complete once its `trainer_state.json` (written last) exists and parses (and no
     transformers JIT-checkpoint marker says it is still being written)."""
-    state = folder / "trainer_state.json"
     try:
-        json.loads(state.read_text())
+        json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
     files = ("scheduler.pt", "rng_state.pth")
@@ -152,12 +140,8 @@ def checkpoint_is_complete(folder: Path) -> bool:
 def last_complete_checkpoint(output_dir: Path, set_aside_incomplete: bool = True) -> Path | None:
     """The newest complete `checkpoint-N` in `output_dir`; incomplete ones (a run killed while saving) are renamed
     `checkpoint-N.incomplete` so that neither we nor the Trainer's rotation mistake them for real ones."""
-    found = []
-    for folder in output_dir.glob("checkpoint-*"):
-        suffix = folder.name.removeprefix("checkpoint-")
-        if folder.is_dir() and suffix.isdigit():
-            found.append((int(suffix), folder))
-    for _, folder in sorted(found, reverse=True):
+    found = [f for f in output_dir.glob("checkpoint-*") if f.is_dir() and f.name.removeprefix("checkpoint-").isdigit()]
+    for folder in sorted(found, key=lambda folder: int(folder.name.removeprefix("checkpoint-")), reverse=True):
         if checkpoint_is_complete(folder):
             return folder
         target = folder.with_name(folder.name + ".incomplete")
@@ -199,11 +183,8 @@ def prepare_run_dir(
                 "--overwrite_output_dir to train there anyway)."
             )
         saved = upgrade_saved_settings(json.loads(saved_file.read_text()))
-        differing = sorted(
-            key
-            for key in (set(saved) & set(current)) - IGNORED_FOR_RESUME
-            if not same_setting(saved[key], current[key])
-        )
+        shared = (saved.keys() & current.keys()) - IGNORED_FOR_RESUME
+        differing = sorted(key for key in shared if not same_setting(saved[key], current[key]))
         if differing:
             raise FileExistsError(
                 f"{output_dir} holds a run with another configuration (differs in: {', '.join(differing)}): resume it "
@@ -275,25 +256,13 @@ def load_for_training(model_path: str | Path, dtype: str = "float32"):
 def lora_target_regex(model, names: list[str]) -> str:
     """A PEFT `target_modules` regex matching the given module names inside the language model only (never the GIN
     or the projector). `["all-linear"]` expands to every linear layer of the LM's decoder."""
-    prefix = "model.language_model."
+    named = dict(model.model.language_model.named_modules())
     if names == ["all-linear"]:
-        names = sorted(
-            {
-                name.rsplit(".", 1)[-1]
-                for name, module in model.model.language_model.named_modules()
-                if isinstance(module, torch.nn.Linear) and "." in name
-            }
-        )
-    found = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if name.startswith(prefix) and name.rsplit(".", 1)[-1] in names
-    }
-    missing = sorted(set(names) - found)
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in named.items() if isinstance(m, torch.nn.Linear) and "." in n})
+    missing = sorted(set(names) - {name.rsplit(".", 1)[-1] for name in named if name})
     if missing:
         raise ValueError(f"LoRA target module(s) {missing} do not exist in the language model")
-    alternatives = "|".join(sorted(names))
-    return rf"^model\.language_model\..*\.({alternatives})$"
+    return rf"^model\.language_model\..*\.({'|'.join(sorted(names))})$"
 
 
 def lora_config(model, model_args):

@@ -74,17 +74,13 @@ def prepare_source(
 ) -> tuple[datasets.Dataset, list[DataReport]]:
     """Load and featurize one source, or reuse its cached featurized copy (same source, files and options)."""
     folder = cache_dir / f"{source.type}-{_source_fingerprint(source, max_atoms)}"
-    report_file = folder / "llamo_reports.json"
-    if report_file.is_file():
-        reports = [DataReport.from_dict(saved) for saved in json.loads(report_file.read_text())]
-        return datasets.load_from_disk(str(folder)), reports
-
-    raw, load_report = load_source(source)
-    featurized, feature_report = featurize_dataset(
-        raw, max_atoms=max_atoms, num_proc=num_proc, name=source.type, multiprocess_min_rows=num_proc_min_rows
-    )
-    _save_atomically(featurized, folder, [load_report, feature_report])
-    return datasets.load_from_disk(str(folder)), [load_report, feature_report]
+    if not (folder / "llamo_reports.json").is_file():
+        raw, load_report = load_source(source)
+        featurized, feature_report = featurize_dataset(
+            raw, max_atoms=max_atoms, num_proc=num_proc, name=source.type, multiprocess_min_rows=num_proc_min_rows
+        )
+        _save_atomically(featurized, folder, [load_report, feature_report])
+    return _load_saved(folder)
 
 
 def _mixture_fingerprint(arguments: StageArguments) -> str:
@@ -102,6 +98,11 @@ def _mixture_fingerprint(arguments: StageArguments) -> str:
         else None,
     }
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_saved(folder: Path) -> tuple[datasets.Dataset, list[DataReport]]:
+    reports = json.loads((folder / "llamo_reports.json").read_text())
+    return datasets.load_from_disk(str(folder)), [DataReport.from_dict(saved) for saved in reports]
 
 
 def _save_atomically(dataset: datasets.Dataset, folder: Path, reports: list[DataReport]) -> None:
@@ -124,8 +125,7 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = cache_dir / f"mixture-{_mixture_fingerprint(arguments)}"
     if (cached / "llamo_reports.json").is_file():
-        reports = [DataReport.from_dict(saved) for saved in json.loads((cached / "llamo_reports.json").read_text())]
-        mixture = datasets.load_from_disk(str(cached))
+        mixture, reports = _load_saved(cached)
         log(f"[data] training rows: {len(mixture)} (cached mixture {cached.name})")
         return mixture, reports
     parts, reports = [], []
@@ -163,4 +163,4 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
         log(f"[data] {report.summary()}")
     log(f"[data] training rows: {len(mixture)} ({', '.join(f'{len(d)} x {w}' for d, w in parts)})")
     _save_atomically(mixture, cached, reports)
-    return datasets.load_from_disk(str(cached)), reports
+    return _load_saved(cached)

@@ -49,13 +49,11 @@ class PipelineConfig:
     start_from_bundle: str | None = None
 
     def bundle_path(self) -> Path | None:
-        if not self.start_from_bundle:
-            return None
         if self.start_from_bundle == "default":
             from llamo.default_model import BUNDLE_DIR
 
             return BUNDLE_DIR
-        return Path(self.start_from_bundle)
+        return Path(self.start_from_bundle) if self.start_from_bundle else None
 
 
 def _substitute(value, placeholders: dict[str, str]):
@@ -129,11 +127,10 @@ def run(config: PipelineConfig, log=print, callbacks=()) -> Path:
     for second in rounds:
         log(f"[pipeline] stage 2 -> {second.training.output_dir}")
         stage2.main(*second, log=log, callbacks=callbacks)
-    last = rounds[-1]
     if config.bundle:
         from llamo.default_model import export_bundle
 
-        stage2_dir = last.training.output_dir
+        stage2_dir = rounds[-1].training.output_dir
         stage1 = f"bundle: {config.start_from_bundle}" if config.start_from_bundle else str(start)
         metadata = {"recipe": config.bundle.get("recipe_name"), "stage1": stage1, "stage2": str(stage2_dir)}
         options = {

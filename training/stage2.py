@@ -66,14 +66,11 @@ def main(
                 2, trainer.model, trainer, result, wall_seconds, checkpoint, reports, base_model=base_model
             )
             if script_args.save_merged:
-                merged = trainer.model.merge_and_unload()
-                merged.save_pretrained(merged_dir)
+                trainer.model.merge_and_unload().save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
             write_summary(output_dir, summary)
-            log(
-                f"[stage2] done: adapter in {adapter_dir}"
-                + (f", merged model in {merged_dir}" if script_args.save_merged else "")
-            )
+            merged = f", merged model in {merged_dir}" if script_args.save_merged else ""
+            log(f"[stage2] done: adapter in {adapter_dir}{merged}")
     return output_dir
 
 

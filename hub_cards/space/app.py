@@ -35,16 +35,13 @@ def create_demo():
     space_demo = _space_module("demo")
     choice = os.environ.get("LLAMO_MODEL")
     try:
+        from huggingface_hub import snapshot_download
+
         from llamo.builder import load_llamo
         from llamo.default_model import resolve_model_dir
 
-        if choice and not Path(choice).is_dir():  # a Hub id, fetched once
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(choice))
-        else:
-            folder = resolve_model_dir(choice)
-
+        # a Hub model id (not a local folder) is downloaded once
+        folder = Path(snapshot_download(choice)) if choice and not Path(choice).is_dir() else resolve_model_dir(choice)
         model, processor = load_llamo(folder, os.environ.get("LLAMO_DEVICE", "auto"))
     except Exception as error:  # the page still draws molecules; the header says why chat is off
         print(f"[llamo demo] no model: {error}", file=sys.stderr)
