@@ -271,9 +271,6 @@ class LlamoPreTrainedModel(PreTrainedModel):
             init.normal_(module.level_queries, mean=0.0, std=1.0)
             if module.use_motifs:
                 init.normal_(module.motif_queries, mean=0.0, std=1.0)
-        elif isinstance(module, LlamoCategoricalEmbedding):
-            for embedding in module.embeddings:
-                init.xavier_uniform_(embedding.weight)
         elif isinstance(module, GINEConv):
             init.zeros_(module.eps)
         elif isinstance(module, nn.Linear) and getattr(module, "_llamo_graph_module", False):
@@ -282,7 +279,7 @@ class LlamoPreTrainedModel(PreTrainedModel):
                 bound = 1 / math.sqrt(module.in_features)
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Embedding) and getattr(module, "_llamo_graph_module", False):
-            return
+            init.xavier_uniform_(module.weight)  # each table itself: loading skips modules without own parameters
         else:
             super()._init_weights(module)
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, OPTConfig
 
 from llamo import (
@@ -420,6 +421,25 @@ def test_save_and_load_round_trip(inputs, tmp_path, tie):
     base = LlamoModel.from_pretrained(tmp_path).eval()  # the base model from the full model's folder
     with torch.no_grad():
         torch.testing.assert_close(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
+
+
+def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(tmp_path):
+    """Loading a checkpoint without the graph modules' weights initialises them as a new model does (transformers
+    skips modules without parameters of their own, such as the tables' container, when it fills missing weights)."""
+    model = tester.create_model()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = [name for name in weights if name.startswith(("model.graph_encoder.", "model.graph_projector."))]
+    save_file({k: v for k, v in weights.items() if k not in dropped}, tmp_path / "model.safetensors")
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path).state_dict()
+    fresh = model.state_dict()
+    for name in dropped:
+        value, reference = loaded[name].double(), fresh[name].double()
+        assert torch.isfinite(value).all(), name
+        if reference.numel() < 8 or reference.std() == 0:  # constants: BatchNorm statistics and scales, zero biases
+            torch.testing.assert_close(value, reference, msg=name)
+        else:
+            assert 0.5 < float(value.std() / reference.std()) < 2, name
 
 
 def test_config_round_trip(tmp_path):
