@@ -11,7 +11,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
@@ -69,7 +68,6 @@ class _StepReporter:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-@dataclass(eq=False, repr=False)
 class GenerationPredictor:
     """Answers with the model through its `molecule-text-generation` pipeline (the prompt, generation and decoding of
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
@@ -78,21 +76,30 @@ class GenerationPredictor:
     the pipeline's choice among its verification candidates (`llamo.pipeline_llamo.verified_answer`), a
     `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
 
-    model: Any
-    processor: Any
-    generation_kwargs: dict[str, Any]
-    include_graph: bool = True
-    index: Any = None
-    neighbours: int = DEFAULT_NEIGHBOURS
-    name_checker: Any = None
-    name_proposer: Any = None
-    name_hint: Any = None
-    on_step: StepCallback | None = field(default=None, init=False)
-
-    def __post_init__(self):
+    def __init__(
+        self,
+        model,
+        processor,
+        generation_kwargs: dict[str, Any],
+        include_graph: bool = True,
+        index=None,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        name_checker=None,
+        name_proposer=None,
+        name_hint=None,
+    ):
         from llamo.pipeline_llamo import LlamoMoleculePipeline
 
-        self.pipe = LlamoMoleculePipeline(model=self.model, processor=self.processor, device=self.model.device)
+        self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
+        self.processor = processor
+        self.generation_kwargs = generation_kwargs
+        self.include_graph = include_graph
+        self.index = index
+        self.neighbours = neighbours
+        self.name_checker = name_checker
+        self.name_proposer = name_proposer
+        self.name_hint = name_hint
+        self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
         """The example's prompt: a description question given the molecule's name by `name_hint` (if set and it names

@@ -66,11 +66,14 @@ def main(
                 2, trainer.model, trainer, result, wall_seconds, checkpoint, reports, base_model=base_model
             )
             if script_args.save_merged:
-                trainer.model.merge_and_unload().save_pretrained(merged_dir)
+                merged = trainer.model.merge_and_unload()
+                merged.save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
             write_summary(output_dir, summary)
-            merged = f", merged model in {merged_dir}" if script_args.save_merged else ""
-            log(f"[stage2] done: adapter in {adapter_dir}{merged}")
+            log(
+                f"[stage2] done: adapter in {adapter_dir}"
+                + (f", merged model in {merged_dir}" if script_args.save_merged else "")
+            )
     return output_dir
 
 
