@@ -611,9 +611,13 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate`, plus LLaMo's loop guard (`AnswerLoopStopLogitsProcessor`), set by keywords or
         else attributes of the generation config: `answer_loop_repeats` (`None` or 0: off), the answer ends once it
         repeats one block that many times in a row; `answer_sentence_end_token_ids`, the tokens that end a sentence,
-        for the rule that ends an answer once a sentence starts as an earlier one did.
+        for the rule that ends an answer once a sentence starts as an earlier one did. The `<graph>` placeholder is
+        always among the `suppress_tokens`: a generated one would be read as a molecule's slot at the next step.
         """
         config = kwargs.get("generation_config") or self.generation_config
+        suppressed = list(kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None)) or [])
+        if self.config.graph_token_id not in suppressed:
+            kwargs["suppress_tokens"] = [*suppressed, self.config.graph_token_id]
         repeats, sentence_ends = (
             kwargs.pop(key, getattr(config, key, getattr(self.generation_config, key, None))) for key in LOOP_GUARD_KEYS
         )

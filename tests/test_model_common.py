@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, OPTConfig
+from transformers import LlamaConfig, LogitsProcessor, LogitsProcessorList, OPTConfig
 
 from llamo import (
     GRAPH_INPUT_NAMES,
@@ -209,6 +209,33 @@ def test_without_cache_every_step_reads_the_molecule(model, inputs):
         )
     assert len(calls) == 3
     assert uncached.tolist() == greedy(model, **inputs)[:, :-3].tolist()
+
+
+class _PreferGraphToken(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        scores[:, GRAPH_TOKEN_ID] += 1e4
+        return scores
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_generation_never_emits_the_graph_placeholder(model, inputs, use_cache):
+    """A model whose generation config suppresses nothing (built from a config) still never generates `<graph>`: without
+    a cache, a generated placeholder would be read as a molecule's slot at the next step."""
+    assert not model.generation_config.suppress_tokens
+    prompt_length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        generated = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=3,
+            min_new_tokens=3,
+            use_cache=use_cache,
+            pad_token_id=PAD_TOKEN_ID,
+            logits_processor=LogitsProcessorList([_PreferGraphToken()]),
+            suppress_tokens=[3],
+        )
+    assert generated.shape[1] == prompt_length + 3
+    assert not torch.isin(generated[:, prompt_length:], torch.tensor([GRAPH_TOKEN_ID, 3])).any()
 
 
 # --- 3. return_dict=False -----------------------------------------------------------------------------------------
