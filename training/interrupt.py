@@ -2,13 +2,21 @@
 checkpoint and exits, so that rerunning the same command resumes without losing that step. A second signal stops at
 once (the default behaviour).
 
-transformers' own stop-and-save on SIGTERM (`TrainingArguments.enable_jit_checkpoint`) cannot keep these guarantees,
-so `check_arguments` refuses it rather than letting two handlers compete: it ignores Ctrl-C; it most often saves in
-`on_pre_optimizer_step`, after a step's backward pass and before its optimizer update, so a resumed run replays that
-step with another random state (other dropout masks) and does not end with the weights of an uninterrupted run; each
-process decides alone, so in a distributed run some start a save whose collective operations (the FLOPs count, FSDP /
-DeepSpeed state gathering) the others never join (`GracefulInterrupt` agrees across processes at every step end);
-and `trainer.train()` then returns as if the run had finished, so a caller would save the final model."""
+transformers has its own stop-and-save on SIGTERM (`TrainingArguments.enable_jit_checkpoint`,
+`transformers.trainer_jit_checkpoint`). It is not used, because it cannot keep these guarantees:
+
+- it handles SIGTERM only, not Ctrl-C (SIGINT);
+- it saves at whichever Trainer hook comes first once its 3-second timer has run out, which is most often
+  `on_pre_optimizer_step`: after a step's backward pass, before its optimizer update, with the random state already
+  advanced by that step's forward pass. The loop then still applies that update in memory, and a run resumed from
+  the checkpoint replays the step with another random state (other dropout masks), so it does not end with the
+  weights of an uninterrupted run;
+- each process decides alone: in a distributed run the processes that see the signal (or see it earlier) start a
+  save whose collective operations (the FLOPs count, FSDP / DeepSpeed state gathering) the others never join.
+  `GracefulInterrupt` agrees across processes at every step end;
+- after it stops, `trainer.train()` returns as if the run had finished, and a caller would save the final model.
+
+`check_arguments` refuses `enable_jit_checkpoint` for this reason rather than letting two handlers compete."""
 
 from __future__ import annotations
 
