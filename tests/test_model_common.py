@@ -450,6 +450,17 @@ def test_save_and_load_round_trip(inputs, tmp_path, tie):
         torch.testing.assert_close(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
 
 
+def test_new_graph_embedding_tables_are_xavier_uniform():
+    """The atom and bond tables start as OGB's encoders make them (`xavier_uniform_`), not as PyTorch's N(0, 1)."""
+    model = tester.create_model()
+    tables = [m for m in model.model.graph_encoder.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(tables) == 9 + 3 * tester.get_config().graph_config.num_layers
+    for table in tables:
+        rows, width = table.weight.shape
+        bound = (6 / (rows + width)) ** 0.5
+        assert table.weight.abs().max() <= bound and table.weight.std() > bound / 4
+
+
 def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(tmp_path):
     """Loading a checkpoint without the graph modules' weights initialises them as a new model does (transformers
     skips modules without parameters of their own, such as the tables' container, when it fills missing weights)."""
