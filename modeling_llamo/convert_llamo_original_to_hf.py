@@ -208,6 +208,7 @@ def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
 
 
 _ENCODER_RULES = (
+    (r".+\.num_batches_tracked", ""),  # BatchNorm step counters: `LlamoBatchNorm` keeps none
     (r"atom_encoder\.atom_embedding_list\.(\d+)\.weight", r"graph_encoder.atom_encoder.embeddings.\1.weight"),
     (r"gnns\.(\d+)\.eps", r"graph_encoder.layers.\1.conv.eps"),
     (r"gnns\.(\d+)\.mlp\.(\d+)\.(\w+)", r"graph_encoder.layers.\1.conv.nn.\2.\3"),

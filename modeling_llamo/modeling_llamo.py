@@ -64,6 +64,25 @@ class LlamoCategoricalEmbedding(nn.Module):
         return sum(embedding(features[:, column]) for column, embedding in enumerate(self.embeddings))
 
 
+class LlamoBatchNorm(nn.BatchNorm1d):
+    """`BatchNorm1d` without its int64 step counter, which only a cumulative average (`momentum=None`) reads: the
+    graph state is then all float. Counters in a loaded state dict (the original's, earlier llamo versions') are
+    dropped."""
+
+    def __init__(self, num_features: int, eps: float, momentum: float):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.num_batches_tracked = None
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        state_dict.pop(f"{prefix}num_batches_tracked", None)
+        metadata = {**local_metadata, "version": self._version}  # a state dict without metadata gets no counter back
+        super()._load_from_state_dict(state_dict, prefix, metadata, *args, **kwargs)
+
+
 class LlamoGINLayer(nn.Module):
     """One GIN layer with bond features: `h' = BN(MLP((1 + eps) * h + sum_j ReLU(h_j + bond_ij)))` (PyG `GINEConv`)."""
 
@@ -74,12 +93,12 @@ class LlamoGINLayer(nn.Module):
         self.bond_encoder = LlamoCategoricalEmbedding(config.bond_vocab_sizes, hidden)
         mlp = nn.Sequential(
             nn.Linear(hidden, inner),
-            nn.BatchNorm1d(inner, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum),
+            LlamoBatchNorm(inner, config.batch_norm_eps, config.batch_norm_momentum),
             nn.ReLU(),
             nn.Linear(inner, hidden),
         )
         self.conv = GINEConv(mlp, train_eps=True)
-        self.norm = nn.BatchNorm1d(hidden, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+        self.norm = LlamoBatchNorm(hidden, config.batch_norm_eps, config.batch_norm_momentum)
 
     def forward(self, hidden: torch.Tensor, edge_index: torch.LongTensor, bond_features: torch.LongTensor):
         """`(num_atoms, hidden)`, `(2, num_edges)`, `(num_edges, 3)` -> `(num_atoms, hidden)`."""
@@ -244,10 +263,9 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     # The graph stack is trained and computes in float32 under a bf16/fp16 LM: it is built in float32 whatever the
     # default dtype, `from_pretrained(dtype=...)` keeps its saved float32 tensors, and its tokens are cast to the LM's
-    # dtype at the scatter. Entries name modules (matched as whole dotted components of a weight name); transformers'
-    # loader searches them as regexes (`re.search`, `*` read as `.*`) and casts every match, so the lookahead leaves out
-    # the BatchNorm step counters (int64).
-    _keep_in_fp32_modules_strict = (r"graph_encoder(?!.+num_batches_tracked)", "graph_projector")
+    # dtype at the scatter. Its state is all float (`LlamoBatchNorm` keeps no step counter).
+    _keep_in_fp32_modules_strict = ("graph_encoder", "graph_projector")
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [r"\.num_batches_tracked$"]  # original, earlier llamo
 
     def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False):
         """transformers' `set_attn_implementation`, with the graph encoder's and projector's configs following the
@@ -280,6 +298,11 @@ class LlamoPreTrainedModel(PreTrainedModel):
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Embedding) and getattr(module, "_llamo_graph_module", False):
             init.xavier_uniform_(module.weight)  # each table itself: loading skips modules without own parameters
+        elif isinstance(module, LlamoBatchNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
         else:
             super()._init_weights(module)
 

@@ -356,15 +356,43 @@ def test_set_attn_implementation_switches_the_lm_without_warnings():
     assert model.config.graph_config._attn_implementation == "eager"  # left as it was by the refused request
 
 
-def test_keep_in_fp32_patterns_match_the_float_graph_tensors(model):
+def test_keep_in_fp32_patterns_match_the_graph_tensors(model):
     entries = model._keep_in_fp32_modules_strict
     loader = re.compile("|".join(entries))  # how transformers' loader reads them: anywhere in the name
     whole_module = [re.compile(rf"(?:^|\.){entry}(?:\.|$)") for entry in entries]  # as names of whole modules
     for name, tensor in model.state_dict().items():
         graph = name.startswith(("model.graph_encoder.", "model.graph_projector."))
-        assert bool(loader.search(name)) == (graph and tensor.is_floating_point()), name
-        if tensor.is_floating_point():
-            assert any(pattern.search(name) for pattern in whole_module) == graph, name
+        assert tensor.is_floating_point(), name  # no int64 BatchNorm counters (`LlamoBatchNorm`)
+        assert bool(loader.search(name)) == graph, name
+        assert any(pattern.search(name) for pattern in whole_module) == graph, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loading_casts_all_but_the_graph_stack(tmp_path, dtype):
+    """What transformers' `test_keep_in_fp32_modules` checks: reloaded in a half dtype, every tensor of the strict
+    fp32 modules is float32 and every other one has that dtype (no tensor keeps another dtype)."""
+    tester.create_model().save_pretrained(tmp_path)
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype)
+    for name, tensor in loaded.state_dict().items():
+        kept = any(re.search(rf"(?:^|\.){m}(?:\.|$)", name) for m in loaded._keep_in_fp32_modules_strict)
+        assert tensor.dtype == (torch.float32 if kept else dtype), name
+
+
+def test_batch_norm_step_counters_of_older_weights_are_dropped(tmp_path, inputs):
+    """Weights saved with BatchNorm step counters (the original's, earlier llamo versions') load without complaint:
+    through `load_state_dict` from a plain dict (strict) and through `from_pretrained`."""
+    model = tester.create_model()
+    weights = model.state_dict()
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm1d)]
+    old = {**weights, **{f"{name}.num_batches_tracked": torch.tensor(7) for name in norms}}
+    fresh = tester.create_model(seed=1)
+    assert fresh.load_state_dict(dict(old), strict=True)  # no missing or unexpected keys
+    save_file({k: v.contiguous() for k, v in old.items()}, tmp_path / "model.safetensors")
+    model.config.save_pretrained(tmp_path)
+    loaded, info = LlamoForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -382,7 +410,7 @@ def test_graph_stack_is_built_in_float32_under_another_dtype(single, dtype):
     for model in built:
         for name, tensor in model.state_dict().items():
             if name.startswith(("model.graph_encoder.", "model.graph_projector.")):
-                assert tensor.dtype in (torch.float32, torch.int64), name  # the BatchNorm step counters stay int64
+                assert tensor.dtype == torch.float32, name
             elif tensor.is_floating_point() and "rotary_emb" not in name:
                 assert tensor.dtype == dtype, name
         with torch.no_grad():
