@@ -54,6 +54,10 @@ class LlamoGraphEncoderConfig(PretrainedConfig):
                 f"LlamoGraphEncoderConfig needs num_layers >= 1 and hidden_size >= 1, got {self.num_layers} and "
                 f"{self.hidden_size}."
             )
+        if isinstance(self.batch_norm_momentum, bool) or not 0 < (self.batch_norm_momentum or 0) <= 1:
+            raise ValueError(  # `None` (a cumulative average) needs the step counter LLaMo's BatchNorms do not keep
+                f"LlamoGraphEncoderConfig needs 0 < batch_norm_momentum <= 1, got {self.batch_norm_momentum!r}."
+            )
         super().__post_init__(**kwargs)
 
     @property

@@ -50,6 +50,8 @@ def test_stored_num_graph_tokens_is_ignored():
         ({"projector_config": {"num_heads": 7}}, "divisible"),
         ({"graph_config": {"num_layers": 0}}, "num_layers"),
         ({"projector_config": {"queries_per_level": 0}}, "queries_per_level"),
+        ({"graph_config": {"batch_norm_momentum": None}}, "batch_norm_momentum"),
+        ({"graph_config": {"batch_norm_momentum": 0.0}}, "batch_norm_momentum"),
     ],
 )
 def test_malformed_configs_name_the_field(kwargs, message):
