@@ -206,20 +206,12 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
     molecule index and neighbours, name verification, and the name hint (the model's `name_hint_tasks`)."""
-    from .retrieval import (
-        generation_for,
-        load_index,
-        name_hinter,
-        opsin_checker,
-        question_task,
-        retrieval_settings,
-        rule_namer,
-    )
+    from . import retrieval
 
-    task, settings = question_task(question), retrieval_settings(model_dir)
-    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **generation_for(settings, task)}
+    task, settings = retrieval.question_task(question), retrieval.retrieval_settings(model_dir)
+    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
     try:
-        index, k = load_index(args.index, model_dir, question)
+        index, k = retrieval.load_index(args.index, model_dir, question)
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from error
     if index is not None:
@@ -228,16 +220,16 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k
     verify = getattr(args, "verify_names", "off")
     if verify == "on" or (verify == "auto" and task == "iupac"):
-        checker = opsin_checker()
+        checker = retrieval.opsin_checker()
         if checker is None and verify == "on":
             raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
         if checker is not None:
             options["verify_names"] = checker
-            if getattr(args, "namer", False) and (namer := rule_namer()) is not None:
+            if getattr(args, "namer", False) and (namer := retrieval.rule_namer()) is not None:
                 options["propose_names"] = namer
     hint = getattr(args, "name_hint", "off")
     if hint == "on" or (hint == "auto" and task in settings.get("name_hint_tasks", [])):
-        hinter = name_hinter(opsin_checker())
+        hinter = retrieval.name_hinter(retrieval.opsin_checker())
         if hinter is None and hint == "on":
             raise CommandError("--name-hint on needs the rule-based namer: `pip install openclatura`.")
         if hinter is not None:
@@ -305,17 +297,15 @@ def _run_chat(args: argparse.Namespace) -> None:
     pipe, folder = _pipeline(args, args.model)
     interactive = sys.stdin.isatty()
     print(
-        f"Chatting about {args.smiles}. Ask a question (empty line or /quit ends, /reset starts over).",
-        file=sys.stderr,
+        f"Chatting about {args.smiles}. Ask a question (empty line or /quit ends, /reset starts over).", file=sys.stderr
     )
     messages: list[dict] = []
     options: dict = {}
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        question = line.strip()
-        if not line or not question or question == "/quit":
+        question = sys.stdin.readline().strip()  # "" at an empty line and at the end of input
+        if not question or question == "/quit":
             break
         if question == "/reset":
             messages = []
@@ -333,8 +323,7 @@ def _run_chat(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llamo",
-        description="LLaMo: a molecular graph assistant (GIN + multi-level graph projector + causal LM).",
+        prog="llamo", description="LLaMo: a molecular graph assistant (GIN + multi-level graph projector + causal LM)."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init_parser(subparsers)

@@ -11,9 +11,10 @@ This file travels to the Hub as remote code: it imports only numpy, torch and RD
 
 from __future__ import annotations
 
+import contextlib
 import re
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
@@ -25,37 +26,19 @@ BOND_FEATURE_SIZES = (5, 6, 2)
 MOTIF_FEATURE_SIZE = 73
 
 
-def _rows(*members) -> dict:
-    """RDKit enum member -> its row in the ogb feature table: its position in `members`."""
-    return {member: row for row, member in enumerate(members)}
+def _rows(enum, names: str) -> dict:
+    """RDKit enum member -> its row in the ogb feature table: the position of its name in `names`."""
+    return {getattr(enum, name): row for row, name in enumerate(names.split())}
 
 
-_CHIRALITY = _rows(
-    Chem.ChiralType.CHI_UNSPECIFIED,
-    Chem.ChiralType.CHI_TETRAHEDRAL_CW,
-    Chem.ChiralType.CHI_TETRAHEDRAL_CCW,
-    Chem.ChiralType.CHI_OTHER,
-)
+_CHIRALITY = _rows(Chem.ChiralType, "CHI_UNSPECIFIED CHI_TETRAHEDRAL_CW CHI_TETRAHEDRAL_CCW CHI_OTHER")
 # ogb 1.3.5 has no row for the newer RDKit tags (allene, square planar, ...); they share CHI_OTHER's row.
 _CHIRALITY_OTHER = _CHIRALITY[Chem.ChiralType.CHI_OTHER]
-_HYBRIDIZATION = _rows(
-    Chem.HybridizationType.SP,
-    Chem.HybridizationType.SP2,
-    Chem.HybridizationType.SP3,
-    Chem.HybridizationType.SP3D,
-    Chem.HybridizationType.SP3D2,
-)
+_HYBRIDIZATION = _rows(Chem.HybridizationType, "SP SP2 SP3 SP3D SP3D2")
 _HYBRIDIZATION_MISC = len(_HYBRIDIZATION)  # the row after the listed ones
-_BOND_TYPE = _rows(Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
+_BOND_TYPE = _rows(Chem.BondType, "SINGLE DOUBLE TRIPLE AROMATIC")
 _BOND_TYPE_MISC = len(_BOND_TYPE)
-_BOND_STEREO = _rows(
-    Chem.BondStereo.STEREONONE,
-    Chem.BondStereo.STEREOZ,
-    Chem.BondStereo.STEREOE,
-    Chem.BondStereo.STEREOCIS,
-    Chem.BondStereo.STEREOTRANS,
-    Chem.BondStereo.STEREOANY,
-)
+_BOND_STEREO = _rows(Chem.BondStereo, "STEREONONE STEREOZ STEREOE STEREOCIS STEREOTRANS STEREOANY")
 # Atropisomer stereo (RDKit >= 2023) has no ogb row; it is stereo of an unlisted kind, like STEREOANY.
 _BOND_STEREO_OTHER = _BOND_STEREO[Chem.BondStereo.STEREOANY]
 
@@ -129,12 +112,7 @@ class MoleculeGraph:
 
     def to_dict(self) -> dict:
         """Plain lists, for `datasets.map` and JSON."""
-        return {
-            "atom_features": self.atom_features.tolist(),
-            "edge_index": self.edge_index.tolist(),
-            "edge_features": self.edge_features.tolist(),
-            "motif_features": self.motif_features.tolist(),
-        }
+        return {field.name: getattr(self, field.name).tolist() for field in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> MoleculeGraph:
@@ -153,9 +131,7 @@ class OversizedMoleculeError(ValueError):
 
     def __init__(self, message: str, size: int, limit: int, unit: str = "atoms") -> None:
         super().__init__(message)
-        self.size = size
-        self.limit = limit
-        self.unit = unit
+        self.size, self.limit, self.unit = size, limit, unit
 
     def __reduce__(self) -> tuple:
         # the default pickling passes only the message back to __init__ (process pools send errors pickled)
@@ -226,8 +202,7 @@ def _read_smiles_text(smiles: str) -> _SmilesText:
         if ring:
             labels += 1
             current += 1
-            if current > most:
-                most = current
+            most = max(most, current)
             continue
         current = 0
         if atom:
@@ -267,16 +242,18 @@ def position_text(index: int | None) -> str:
     return f" at index {index}" if index is not None else ""
 
 
+def _over_limit(what: str, size: int, limit: int, unit: str, shown: str, advice: str = "") -> OversizedMoleculeError:
+    """`what` (the molecule and its `size` in `unit`s), over the `limit`: `shown` (the input), then `advice`."""
+    return OversizedMoleculeError(f"{what}, over the limit of {limit}: {shown}{advice}", size, limit, unit)
+
+
 def oversized_error(
     where: str, num_atoms: int, max_atoms: int, shown: str, at_least: bool = False
 ) -> OversizedMoleculeError:
     """The error of a molecule over `max_atoms`; `at_least` when only part of its SMILES was counted."""
     count = f"at least {num_atoms}" if at_least else str(num_atoms)
-    return OversizedMoleculeError(
-        f"Molecule{where} has {count} atoms, over the limit of {max_atoms}: {shown} (raise `max_atoms` to accept it).",
-        num_atoms,
-        max_atoms,
-    )
+    advice = " (raise `max_atoms` to accept it)."
+    return _over_limit(f"Molecule{where} has {count} atoms", num_atoms, max_atoms, "atoms", shown, advice)
 
 
 def _check_type(smiles: object, where: str) -> None:
@@ -293,34 +270,19 @@ def _check_length(smiles: str, where: str, text: _SmilesText, max_atoms: int | N
     if max_atoms is not None and text.atoms > max_atoms:
         raise oversized_error(where, text.atoms, max_atoms, shorten_for_message(smiles), at_least=too_long)
     if too_long:
-        raise OversizedMoleculeError(
-            f"SMILES{where} has {len(smiles)} characters, over the limit of {MAX_SMILES_LENGTH}: "
-            f"{shorten_for_message(smiles)}",
-            len(smiles),
-            MAX_SMILES_LENGTH,
-            "characters",
-        )
+        what = f"SMILES{where} has {len(smiles)} characters"
+        raise _over_limit(what, len(smiles), MAX_SMILES_LENGTH, "characters", shorten_for_message(smiles))
 
 
 def _check_ring_bonds(smiles: str, where: str, text: _SmilesText) -> None:
     """Refuse SMILES of dense graphs, which RDKit's ring perception takes minutes to read."""
-    if text.most_ring_bonds_on_one_atom > MAX_RING_BONDS_PER_ATOM:
-        raise OversizedMoleculeError(
-            f"SMILES{where} gives one atom {text.most_ring_bonds_on_one_atom} ring bonds, over the limit of "
-            f"{MAX_RING_BONDS_PER_ATOM}: {shorten_for_message(smiles)}",
-            text.most_ring_bonds_on_one_atom,
-            MAX_RING_BONDS_PER_ATOM,
-            "ring bonds on one atom",
-        )
-    allowed = ring_allowance(text.atoms)
+    most, allowed = text.most_ring_bonds_on_one_atom, ring_allowance(text.atoms)
+    if most > MAX_RING_BONDS_PER_ATOM:
+        what = f"SMILES{where} gives one atom {most} ring bonds"
+        raise _over_limit(what, most, MAX_RING_BONDS_PER_ATOM, "ring bonds on one atom", shorten_for_message(smiles))
     if text.ring_bonds > allowed:
-        raise OversizedMoleculeError(
-            f"SMILES{where} writes {text.ring_bonds} ring bonds for {text.atoms} atoms, over the limit of {allowed}: "
-            f"{shorten_for_message(smiles)}",
-            text.ring_bonds,
-            allowed,
-            "ring bonds",
-        )
+        what = f"SMILES{where} writes {text.ring_bonds} ring bonds for {text.atoms} atoms"
+        raise _over_limit(what, text.ring_bonds, allowed, "ring bonds", shorten_for_message(smiles))
 
 
 def _check_characters(smiles: str, where: str) -> None:
@@ -339,13 +301,8 @@ def _check_rings(mol: Chem.Mol, where: str, smiles: str) -> None:
     """Refuse a parsed molecule with more rings than `ring_allowance` (merging rings takes quadratic time)."""
     rings, allowed = mol.GetRingInfo().NumRings(), ring_allowance(mol.GetNumAtoms())
     if rings > allowed:
-        shown = shorten_for_message(smiles)
-        raise OversizedMoleculeError(
-            f"Molecule{where} has {rings} rings for {mol.GetNumAtoms()} atoms, over the limit of {allowed}: {shown}",
-            rings,
-            allowed,
-            "rings",
-        )
+        what = f"Molecule{where} has {rings} rings for {mol.GetNumAtoms()} atoms"
+        raise _over_limit(what, rings, allowed, "rings", shorten_for_message(smiles))
 
 
 def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = None) -> Chem.Mol:
@@ -396,11 +353,9 @@ class _MoleculeScan:
 
     Attributes:
         atom_features, edge_index, edge_features: the OGB arrays (see `MoleculeGraph`).
-        atomic_nums: the atomic number of every atom.
-        atom_in_ring: whether each atom is in a ring.
-        bond_ends: `(begin, end)` atom indices of every bond, in bond order.
-        bond_kinds: the OGB bond type of every bond (0 single, 1 double, 2 triple, 3 aromatic, 4 other).
-        bond_in_ring: whether each bond is in a ring.
+        atomic_nums, atom_in_ring: per atom, its atomic number and whether it is in a ring.
+        bond_ends, bond_kinds, bond_in_ring: per bond, in bond order, its `(begin, end)` atom indices, its OGB bond type
+            (0 single, 1 double, 2 triple, 3 aromatic, 4 other) and whether it is in a ring.
         marked: the atoms the motif rules mark (see `functional_groups`)."""
 
     atom_features: np.ndarray
@@ -418,15 +373,12 @@ def _bond_kinds(bonds: list[Chem.Bond], text: _SmilesText | None) -> list[int]:
     """The OGB bond type of every bond. Reading the bond order as a number costs a third of reading the bond type
     (an enum), and tells the types apart wherever the SMILES text writes no dative bond (`->`, `<-`)."""
     if text is not None and not text.dative_bonds:
-        try:
+        with contextlib.suppress(RuntimeError):  # a bond type without an order, which no SMILES makes
             kinds = [_ORDER_KIND.get(order, -1) for order in map(_Bond.GetBondTypeAsDouble, bonds)]
-        except RuntimeError:  # a bond type without an order, which no SMILES makes
-            kinds = None
-        if kinds is not None:
             if -1 in kinds:
                 kinds = [
-                    kind if kind >= 0 else _BOND_TYPE.get(bonds[i].GetBondType(), _BOND_TYPE_MISC)
-                    for i, kind in enumerate(kinds)
+                    kind if kind >= 0 else _BOND_TYPE.get(bond.GetBondType(), _BOND_TYPE_MISC)
+                    for bond, kind in zip(bonds, kinds, strict=True)
                 ]
             return kinds
     return [_BOND_TYPE.get(bond_type, _BOND_TYPE_MISC) for bond_type in map(_Bond.GetBondType, bonds)]
@@ -473,19 +425,15 @@ def _scan_molecule(
     atomic_nums = list(map(_Atom.GetAtomicNum, atoms))
     num_hs = list(map(_Atom.GetTotalNumHs, atoms))
     degree = num_hs.copy()  # `GetTotalDegree()` is the degree in the graph plus `GetTotalNumHs()`
-    for atom_idx in begin:
-        degree[atom_idx] += 1
-    for atom_idx in end:
+    for atom_idx in begin + end:
         degree[atom_idx] += 1
     charges = list(map(_Atom.GetFormalCharge, atoms))
     aromatic = list(map(_Atom.GetIsAromatic, atoms))
     if rings is None:
         in_ring = list(map(_Atom.IsInRing, atoms))
     else:
-        in_ring = [False] * num_atoms
-        for ring in rings:
-            for atom_idx in ring:
-                in_ring[atom_idx] = True
+        ring_atoms = set().union(*rings)
+        in_ring = [atom_idx in ring_atoms for atom_idx in range(num_atoms)]
     if text is None:
         chirality = [_CHIRALITY.get(tag, _CHIRALITY_OTHER) for tag in map(_Atom.GetChiralTag, atoms)]
         radicals = list(map(_Atom.GetNumRadicalElectrons, atoms))
@@ -535,24 +483,16 @@ def _scan_molecule(
     partners: dict[int, int] = {}
     for first, second, kind in zip(begin, end, kinds, strict=True):
         if kind == 1 or kind == 2:
-            marked.add(first)
-            marked.add(second)
+            marked.update((first, second))
         elif candidates:
             if first in candidates and atomic_nums[second] in _ACETAL_NEIGHBOURS and not aromatic[second]:
                 partners[first] = partners.get(first, 0) + 1
             if second in candidates and atomic_nums[first] in _ACETAL_NEIGHBOURS and not aromatic[first]:
                 partners[second] = partners.get(second, 0) + 1
     marked.update(atom_idx for atom_idx, count in partners.items() if count >= 2)
+    bond_ends, bond_in_ring = list(zip(begin, end, strict=True)), list(map(_Bond.IsInRing, bonds))
     return _MoleculeScan(
-        atom_features,
-        edge_index,
-        edge_features,
-        atomic_nums,
-        in_ring,
-        list(zip(begin, end, strict=True)),
-        kinds,
-        list(map(_Bond.IsInRing, bonds)),
-        marked,
+        atom_features, edge_index, edge_features, atomic_nums, in_ring, bond_ends, kinds, bond_in_ring, marked
     )
 
 
@@ -575,12 +515,8 @@ def _merged_rings(rings: list[tuple[int, ...]]) -> list[set[int]]:
 
 def _group_atoms(scan: _MoleculeScan, rings: list[tuple[int, ...]]) -> list[set[int]]:
     marked = scan.marked
-    groups: list[set[int]] = []
-    membership: dict[int, list[int]] = {}
-    for atom_idx in sorted(marked):
-        groups.append({atom_idx})
-        membership[atom_idx] = [len(groups) - 1]
-
+    groups = [{atom_idx} for atom_idx in sorted(marked)]
+    membership = {atom_idx: [group_idx] for group_idx, atom_idx in enumerate(sorted(marked))}
     for (first, second), in_ring in zip(scan.bond_ends, scan.bond_in_ring, strict=False):
         if in_ring:
             continue
@@ -623,18 +559,10 @@ def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
         group_counts = counts[group_idx]
         for atom_idx in group:
             group_counts[element_class[atom_idx]] += 1
-            if atom_idx in atom_groups:
-                atom_groups[atom_idx].append(group_idx)
-            else:
-                atom_groups[atom_idx] = [group_idx]
+            atom_groups.setdefault(atom_idx, []).append(group_idx)
     for (first, second), kind, in_ring in zip(scan.bond_ends, scan.bond_kinds, scan.bond_in_ring, strict=True):
-        first_groups = atom_groups.get(first)
-        if first_groups is None:
-            continue
-        second_groups = atom_groups.get(second)
-        if second_groups is None:
-            continue
-        for group_idx in first_groups:
+        second_groups = atom_groups.get(second, ())
+        for group_idx in atom_groups.get(first, ()):
             if group_idx in second_groups:
                 if kind < _BOND_TYPE_MISC:
                     counts[group_idx][_BOND_CLASS_FIRST + kind] += 1
@@ -666,18 +594,11 @@ def featurize_molecule(
     identical to `Chem.GetSymmSSSR`) instead of recomputing it; only pass it for molecules sanitized by RDKit's
     default parser. `parsed_from` is the SMILES string `parse_smiles` read the molecule from: RDKit is then not asked
     for what that text rules out (chiral tags where no `@` is written, ...); the result is the same without it."""
-    if rings_from_sanitization:
-        rings = mol.GetRingInfo().AtomRings()
-    else:
-        rings = tuple(tuple(ring) for ring in Chem.GetSymmSSSR(mol))
+    rings = mol.GetRingInfo().AtomRings() if rings_from_sanitization else tuple(map(tuple, Chem.GetSymmSSSR(mol)))
     text = _read_smiles_text(parsed_from[:MAX_SMILES_LENGTH]) if isinstance(parsed_from, str) else None
     scan = _scan_molecule(mol, text, rings if rings_from_sanitization else None)
-    return MoleculeGraph(
-        atom_features=scan.atom_features,
-        edge_index=scan.edge_index,
-        edge_features=scan.edge_features,
-        motif_features=_motif_vectors(scan, _group_atoms(scan, rings)),
-    )
+    motifs = _motif_vectors(scan, _group_atoms(scan, rings))
+    return MoleculeGraph(scan.atom_features, scan.edge_index, scan.edge_features, motifs)
 
 
 def prompt_smiles(mol: Chem.Mol, max_length: int | None = 128) -> str:
@@ -734,53 +655,38 @@ def pad_molecule_graphs(
     max_edges = max(g.edge_index.shape[1] for g in graphs)
     max_motifs = max(1, max(g.motif_features.shape[0] for g in graphs))
 
-    atom_features = np.zeros((*leading, max_atoms, len(ATOM_FEATURE_SIZES)), dtype=np.int64)
-    atom_mask = np.zeros((*leading, max_atoms), dtype=bool)
-    bond_index = np.zeros((*leading, max_edges, 2), dtype=np.int64)
-    bond_features = np.zeros((*leading, max_edges, len(BOND_FEATURE_SIZES)), dtype=np.int64)
-    bond_mask = np.zeros((*leading, max_edges), dtype=bool)
-    motifs = np.zeros((*leading, max_motifs, MOTIF_FEATURE_SIZE), dtype=np.float32)
-    motif_mask = np.zeros((*leading, max_motifs), dtype=bool)
+    padded = {
+        "atom_features": np.zeros((*leading, max_atoms, len(ATOM_FEATURE_SIZES)), dtype=np.int64),
+        "atom_mask": np.zeros((*leading, max_atoms), dtype=bool),
+        "bond_index": np.zeros((*leading, max_edges, 2), dtype=np.int64),
+        "bond_features": np.zeros((*leading, max_edges, len(BOND_FEATURE_SIZES)), dtype=np.int64),
+        "bond_mask": np.zeros((*leading, max_edges), dtype=bool),
+        "motif_features": np.zeros((*leading, max_motifs, MOTIF_FEATURE_SIZE), dtype=np.float32),
+        "motif_mask": np.zeros((*leading, max_motifs), dtype=bool),
+    }
     for position, graph in zip(positions, graphs, strict=True):
         n, e, g = graph.atom_features.shape[0], graph.edge_index.shape[1], graph.motif_features.shape[0]
-        atom_features[(*position, slice(n))] = graph.atom_features
-        atom_mask[(*position, slice(n))] = True
-        bond_index[(*position, slice(e))] = graph.edge_index.T
-        bond_features[(*position, slice(e))] = graph.edge_features
-        bond_mask[(*position, slice(e))] = True
-        motifs[(*position, slice(g))] = graph.motif_features
-        motif_mask[(*position, slice(g))] = True
-    return {
-        "atom_features": torch.from_numpy(atom_features),
-        "atom_mask": torch.from_numpy(atom_mask),
-        "bond_index": torch.from_numpy(bond_index),
-        "bond_features": torch.from_numpy(bond_features),
-        "bond_mask": torch.from_numpy(bond_mask),
-        "motif_features": torch.from_numpy(motifs),
-        "motif_mask": torch.from_numpy(motif_mask),
-    }
+        padded["atom_features"][(*position, slice(n))] = graph.atom_features
+        padded["atom_mask"][(*position, slice(n))] = True
+        padded["bond_index"][(*position, slice(e))] = graph.edge_index.T
+        padded["bond_features"][(*position, slice(e))] = graph.edge_features
+        padded["bond_mask"][(*position, slice(e))] = True
+        padded["motif_features"][(*position, slice(g))] = graph.motif_features
+        padded["motif_mask"][(*position, slice(g))] = True
+    return {name: torch.from_numpy(array) for name, array in padded.items()}
 
 
 def _one_molecule(graph: MoleculeGraph, leading: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """`pad_molecule_graphs` for a single molecule with bonds and groups: nothing to pad, so every tensor is a copy of
     the molecule's own array (never a view of it), in the padded tensors' dtype, with the leading dimensions."""
-    num_atoms, num_edges, num_motifs = (
-        graph.atom_features.shape[0],
-        graph.edge_index.shape[1],
-        graph.motif_features.shape[0],
-    )
-    return {
-        "atom_features": torch.from_numpy(
-            graph.atom_features.astype(np.int64).reshape(*leading, num_atoms, len(ATOM_FEATURE_SIZES))
-        ),
-        "atom_mask": torch.from_numpy(np.ones((*leading, num_atoms), dtype=bool)),
-        "bond_index": torch.from_numpy(graph.edge_index.T.astype(np.int64, order="C").reshape(*leading, num_edges, 2)),
-        "bond_features": torch.from_numpy(
-            graph.edge_features.astype(np.int64).reshape(*leading, num_edges, len(BOND_FEATURE_SIZES))
-        ),
-        "bond_mask": torch.from_numpy(np.ones((*leading, num_edges), dtype=bool)),
-        "motif_features": torch.from_numpy(
-            graph.motif_features.astype(np.float32).reshape(*leading, num_motifs, MOTIF_FEATURE_SIZE)
-        ),
-        "motif_mask": torch.from_numpy(np.ones((*leading, num_motifs), dtype=bool)),
+    num_atoms, num_edges, num_motifs = graph.num_atoms, graph.edge_index.shape[1], graph.motif_features.shape[0]
+    arrays = {
+        "atom_features": graph.atom_features.astype(np.int64).reshape(*leading, num_atoms, len(ATOM_FEATURE_SIZES)),
+        "atom_mask": np.ones((*leading, num_atoms), dtype=bool),
+        "bond_index": graph.edge_index.T.astype(np.int64, order="C").reshape(*leading, num_edges, 2),
+        "bond_features": graph.edge_features.astype(np.int64).reshape(*leading, num_edges, len(BOND_FEATURE_SIZES)),
+        "bond_mask": np.ones((*leading, num_edges), dtype=bool),
+        "motif_features": graph.motif_features.astype(np.float32).reshape(*leading, num_motifs, MOTIF_FEATURE_SIZE),
+        "motif_mask": np.ones((*leading, num_motifs), dtype=bool),
     }
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}

@@ -169,8 +169,4 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         return scores
 
 
-__all__ = [
-    "LOOP_GUARD_KEYS",
-    "AnswerLoopStopLogitsProcessor",
-    "drop_repeated_sentence_start",
-]
+__all__ = ["LOOP_GUARD_KEYS", "AnswerLoopStopLogitsProcessor", "drop_repeated_sentence_start"]

@@ -198,14 +198,8 @@ class LlamoGraphProjector(nn.Module):
             tokens = tokens.view(num_levels, batch, self.queries_per_level, hidden).transpose(0, 1)
             return tokens.reshape(batch, num_levels * self.queries_per_level, hidden)
         tokens = [
-            attention(
-                self.level_queries[level].expand(batch, -1, -1),
-                levels[level],
-                levels[level],
-                key_padding_mask=padding,
-                need_weights=False,
-            )[0]
-            for level, attention in enumerate(self.level_attentions)
+            attention(queries.expand(batch, -1, -1), keys, keys, key_padding_mask=padding, need_weights=False)[0]
+            for attention, queries, keys in zip(self.level_attentions, self.level_queries, levels, strict=True)
         ]
         return torch.cat(tokens, dim=1)
 
@@ -529,10 +523,9 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = LlamoModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        embeddings = self.model.language_model.get_input_embeddings()
-        embedding_name = next(
-            name for name, module in self.model.language_model.named_modules() if module is embeddings
-        )
+        language_model = self.model.language_model
+        embeddings = language_model.get_input_embeddings()
+        embedding_name = next(name for name, module in language_model.named_modules() if module is embeddings)
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}.weight"}
         self._input_embedding_name = f"model.language_model.{embedding_name}"
         self.post_init()

@@ -181,11 +181,8 @@ class LlamoMoleculePipeline(Pipeline):
             per_input = list(smiles)
             if len(per_input) != len(inputs):
                 raise ValueError(f"Got {len(inputs)} inputs but {len(per_input)} SMILES: give one per input.")
-        conversations = [
-            self._conversation(item, molecule, index)
-            for index, (item, molecule) in enumerate(zip(inputs, per_input, strict=True))
-        ]
-        return conversations, False
+        pairs = enumerate(zip(inputs, per_input, strict=True))
+        return [self._conversation(item, molecule, index) for index, (item, molecule) in pairs], False
 
     @staticmethod
     def _conversation(item, smiles, index: int) -> list[dict[str, Any]]:
@@ -295,21 +292,11 @@ class LlamoMoleculePipeline(Pipeline):
         return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries], "name_hints": hints}
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
-        context, queries, hints = (
-            model_inputs.pop("neighbours"),
-            model_inputs.pop("queries"),
-            model_inputs.pop("name_hints"),
-        )
+        passed_on = {key: model_inputs.pop(key) for key in ("neighbours", "queries", "name_hints")}
         input_ids = model_inputs["input_ids"]
         output = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
         sequences = output.sequences if isinstance(output, ModelOutput) else output
-        return {
-            "new_tokens": sequences[:, input_ids.shape[1] :],
-            "num_inputs": input_ids.shape[0],
-            "neighbours": context,
-            "queries": queries,
-            "name_hints": hints,
-        }
+        return {"new_tokens": sequences[:, input_ids.shape[1] :], "num_inputs": input_ids.shape[0], **passed_on}
 
     def postprocess(
         self,
@@ -338,14 +325,12 @@ class LlamoMoleculePipeline(Pipeline):
             group = rows[index * per_input : (index + 1) * per_input]
             if verify_names is not None:
                 group = [verified_answer(group, model_outputs["queries"][index], verify_names, propose_names)]
-            if model_outputs["name_hints"][index]:
-                for answer in group:
-                    answer["name_hint"] = model_outputs["name_hints"][index]
-            context = model_outputs["neighbours"][index]
-            if context:
-                for answer in group:
-                    answer["neighbours"] = context
-                    answer["found_in_index"] = bool(context[0].get("exact"))
+            hint, context = model_outputs["name_hints"][index], model_outputs["neighbours"][index]
+            for answer in group:
+                if hint:
+                    answer["name_hint"] = hint
+                if context:
+                    answer.update(neighbours=context, found_in_index=bool(context[0].get("exact")))
             answers.append(group)
         return answers
 

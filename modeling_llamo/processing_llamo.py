@@ -520,8 +520,7 @@ class LlamoProcessor(ProcessorMixin):
         `input_ids`) when given, else after the last answer marker of the chat template (a row without one, new
         tokens only, is decoded whole)."""
         rows = torch.as_tensor(np.asarray(sequences) if not isinstance(sequences, torch.Tensor) else sequences)
-        if rows.dim() == 1:
-            rows = rows.unsqueeze(0)
+        rows = torch.atleast_2d(rows)
         if isinstance(prompt_length, torch.Tensor):
             prompt_length = prompt_length.shape[-1]
         if prompt_length is not None:
@@ -529,10 +528,9 @@ class LlamoProcessor(ProcessorMixin):
                 rows[:, prompt_length:].tolist(), skip_special_tokens=skip_special_tokens, **kwargs
             )
             return [text.strip() for text in answers]
-        try:
+        marker = None
+        with contextlib.suppress(ValueError):  # no chat template: rows are decoded whole
             marker = self.answer_marker()
-        except ValueError:
-            marker = None
         results = []
         for text in self.tokenizer.batch_decode(rows.tolist(), skip_special_tokens=False, **kwargs):
             if marker and marker in text:

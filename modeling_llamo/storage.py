@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import EXIT_DISK_FULL
@@ -74,10 +74,8 @@ def folder_bytes(path: str | Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
-            try:
+            with suppress(OSError):  # a file removed meanwhile, or unreadable
                 total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                continue
     return total
 
 
