@@ -61,9 +61,8 @@ _EXPORTS = {
     **dict.fromkeys(("PredictionRecord", "PredictionStore"), "predictions"),
     **dict.fromkeys(("parse_number", "property_metrics"), "properties"),
     "evaluate": "runner",
-    **dict.fromkeys(("LLAMO_PROTOCOL", "MOLT5_PROTOCOL", "MetricReport", "MetricValue"), "text_metrics"),
-    **dict.fromkeys(("TokenProtocol", "compute_text_metrics", "load_scibert_tokenizer"), "text_metrics"),
-    "molt5_protocol": "text_metrics",
+    **dict.fromkeys(("LLAMO_PROTOCOL", "MOLT5_PROTOCOL", "MetricReport", "molt5_protocol"), "text_metrics"),
+    **dict.fromkeys(("MetricValue", "TokenProtocol", "compute_text_metrics", "load_scibert_tokenizer"), "text_metrics"),
     **dict.fromkeys(("WordNetUnavailable", "load_wordnet", "setup_wordnet"), "wordnet"),
 }
 

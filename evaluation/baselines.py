@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from llamo import retrieval
 from llamo.processing.schema import TASKS
 
 from .data import PROPERTY_TASK, EvalExample, select_examples
@@ -44,9 +45,7 @@ class RetrievalBaseline:
         answers: list[str | Skip] = []
         for example in examples:
             index = self._indexes.get(example.task)
-            key = example.target.property if example.target is not None else None
-            question = example.prompt[-1]["content"]
-            found = index.neighbours(example.smiles, k=1, question=question, key=key) if index else []
+            found = example.neighbours(index, k=1) if index else []
             answers.append(found[0].answer if found else "")
         return answers
 
@@ -65,23 +64,20 @@ class MeanBaseline:
         self.train_rows = len(train)
 
     def __call__(self, examples: Sequence[EvalExample]) -> list[str | Skip]:
-        answers: list[str | Skip] = []
-        for example in examples:
-            if example.target is None:
-                answers.append(Skip("the mean baseline answers property questions only"))
-            else:
-                mean = self.means.get(example.target.property)
-                answers.append("" if mean is None else repr(mean))
-        return answers
+        answers = {name: repr(mean) for name, mean in self.means.items()}
+        return [
+            Skip("the mean baseline answers property questions only")
+            if example.target is None
+            else answers.get(example.target.property, "")
+            for example in examples
+        ]
 
 
 class NamerBaseline:
     """Answer every naming question with the rule-based namer's name (`llamo.retrieval.rule_namer`)."""
 
     def __init__(self):
-        from llamo.retrieval import rule_namer
-
-        if (namer := rule_namer()) is None:
+        if (namer := retrieval.rule_namer()) is None:
             raise ValueError("The namer baseline needs openclatura: pip install openclatura")
         self.namer = namer
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
 from llamo.cli_common import add_command, add_device_arguments
+from llamo.errors import CommandError
 
 from .config import BASELINES, EvaluationConfig
 from .text_metrics import SCIBERT_HUB_ID
+from .wordnet import DEBIAN_WORDNET, WordNetUnavailable, setup_wordnet
 
 
 def register(subparsers) -> None:
-    """Add the evaluation subcommands to the `llamo` parser."""
     parser = add_command(subparsers, "evaluate", _run_evaluate)
     parser.add_argument(
         "model", nargs="?", metavar="MODEL_DIR", help="LLaMo folder (optional for the retrieval and mean baselines)"
@@ -86,14 +88,13 @@ def register(subparsers) -> None:
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
-        "--scibert-vocab",
-        help=f"SciBERT's vocab.txt, a folder or a Hub id (MolT5 protocol; default: {SCIBERT_HUB_ID})",
+        "--scibert-vocab", help=f"SciBERT's vocab.txt, a folder or a Hub id (MolT5 protocol; default: {SCIBERT_HUB_ID})"
     )
     metrics.add_argument("--llm-tokenizer", help="tokenizer of the LLaMo protocol (default: the model's)")
     metrics.add_argument("--nltk-data", help="NLTK data folder holding WordNet (see `llamo setup-wordnet`)")
     parser = add_command(subparsers, "setup-wordnet", _run_setup_wordnet)
     parser.add_argument("--nltk-data", help="NLTK data folder (default: first $NLTK_DATA entry, else ~/nltk_data)")
-    parser.add_argument("--source", default="/usr/share/wordnet", help="where the Debian packages put WordNet")
+    parser.add_argument("--source", default=str(DEBIAN_WORDNET), help="where the Debian packages put WordNet")
     parser.add_argument("--overwrite", action="store_true", help="replace an unreadable WordNet folder")
     parser.add_argument("--no-download", action="store_true", help="do not try NLTK's download: copy the Debian files")
 
@@ -103,10 +104,8 @@ def format_summary(results: dict) -> str:
     lines = []
     for entry in results["results"]:
         counts = entry["counts"]
-        lines.append(
-            f"{entry['task']['name']}: {counts['predicted']} of {counts['rows']} rows predicted"
-            + (f", {counts['skipped']} skipped {counts['skipped_reasons']}" if counts["skipped"] else "")
-        )
+        skipped = f", {counts['skipped']} skipped {counts['skipped_reasons']}" if counts["skipped"] else ""
+        lines.append(f"{entry['task']['name']}: {counts['predicted']} of {counts['rows']} rows predicted{skipped}")
         for metric in entry["metrics"]:
             unit = "" if metric["unit"] == "percent" else f" {metric['unit']}"
             lines.append(f"  {metric['name']:<48} {metric['value']:.4f}{unit}")
@@ -125,10 +124,6 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     are kept with the predictions: a rerun with other settings (model, data, --max-rows, decoding, baseline) is
     refused unless --overwrite. While a batch generates, the progress bar shows its tokens so far and its rows
     finished. Writes OUTPUT_DIR/results.json."""
-    from pathlib import Path
-
-    from llamo.errors import CommandError
-
     from .predictions import RESULTS_FILE
     from .runner import evaluate
 
@@ -149,10 +144,6 @@ def _run_setup_wordnet(args: argparse.Namespace) -> None:
     Install WordNet 3.0 into an NLTK data folder: NLTK's download (nltk.download) when its data server answers
     within a few seconds, else a copy from the Debian packages wordnet-base and wordnet-sense-index (apt-get install -y
     wordnet-base wordnet-sense-index) with the lexnames file NLTK needs."""
-    from llamo.errors import CommandError
-
-    from .wordnet import WordNetUnavailable, setup_wordnet
-
     try:
         target = setup_wordnet(
             args.nltk_data, source=args.source, overwrite=args.overwrite, download=not args.no_download

@@ -103,15 +103,9 @@ class EvaluationConfig:
         if not self.generates:
             return None
         strategy = "sampling" if self.do_sample else ("beam search" if self.num_beams > 1 else "greedy")
-        settings: dict[str, Any] = {
-            "strategy": strategy,
-            "max_new_tokens": self.max_new_tokens,
-            "min_new_tokens": self.min_new_tokens,
-            "num_beams": self.num_beams,
-            "do_sample": self.do_sample,
-        }
-        if self.do_sample:
-            settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+        names = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample")
+        names += ("temperature", "top_p", "seed") if self.do_sample else ()
+        settings: dict[str, Any] = {"strategy": strategy, **{name: getattr(self, name) for name in names}}
         if self.answer_loop_repeats is not None:
             settings["answer_loop_repeats"] = self.answer_loop_repeats
         if self.verify_names:
@@ -123,12 +117,9 @@ class EvaluationConfig:
         if self.name_hints:
             from llamo.retrieval import NAME_HINT_MAX_CHARS
 
-            settings["name_hints"] = {
-                "tasks": ["description"],
-                "namer": "openclatura",
-                "checker": "opsin",
-                "max_chars": NAME_HINT_MAX_CHARS,
-            }
+            settings["name_hints"] = dict(
+                tasks=["description"], namer="openclatura", checker="opsin", max_chars=NAME_HINT_MAX_CHARS
+            )
         return settings
 
     def generation_kwargs(self) -> dict[str, Any]:

@@ -88,10 +88,10 @@ def _opsin(names: list[str], chunk_size: int) -> list[str | None]:
 
 def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) -> tuple[MetricReport, dict[str, int]]:
     """OPSIN parse rate and InChIKey match rates of predicted names against the target molecules."""
-    kinds = {
-        "parse_rate_opsin": "parse_rate",
-        "structure_match_opsin_inchikey": "structure_match",
-        "structure_match_opsin_inchikey_connectivity": "structure_match",
+    metrics = {  # name: (type, the count it is the rate of)
+        "parse_rate_opsin": ("parse_rate", "opsin_parsed"),
+        "structure_match_opsin_inchikey": ("structure_match", "structure_matches"),
+        "structure_match_opsin_inchikey_connectivity": ("structure_match", "connectivity_matches"),
     }
     if (reason := opsin_unavailable_reason()) is None:
         try:
@@ -99,7 +99,8 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
         except RuntimeError as error:
             reason = str(error)
     if reason is not None:
-        return MetricReport(unavailable=[UnavailableMetric(name, kind, reason) for name, kind in kinds.items()]), {}
+        unavailable = [UnavailableMetric(name, kind, reason) for name, (kind, _) in metrics.items()]
+        return MetricReport(unavailable=unavailable), {}
     keys = [(inchikey(smiles), inchikey(target)) for smiles, target in zip(parsed, target_smiles, strict=True)]
     counts = {
         "opsin_parsed": sum(p is not None for p, _ in keys),
@@ -107,11 +108,7 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
         "connectivity_matches": sum(p is not None and t is not None and p[:14] == t[:14] for p, t in keys),
         "targets_without_inchikey": sum(t is None for _, t in keys),
     }
-    rated = (counts["opsin_parsed"], counts["structure_matches"], counts["connectivity_matches"])
-    rates = [
-        MetricValue(name, kind, 100 * n / len(predictions))
-        for (name, kind), n in zip(kinds.items(), rated, strict=True)
-    ]
+    rates = [MetricValue(name, kind, 100 * counts[key] / len(predictions)) for name, (kind, key) in metrics.items()]
     return MetricReport(rates), counts
 
 

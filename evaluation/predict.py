@@ -11,9 +11,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint, add_neighbours
 
 from .data import EvalExample
 from .predictions import PredictionRecord, PredictionStore, Skip
@@ -44,16 +45,16 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
     return max(1, min(cores, round(cores - load))), f"{cores} cores, 1-minute load {load:.1f}"
 
 
+@dataclass
 class _StepReporter:
     """A stopping criterion that never stops: it reports each generation step (tokens so far, rows finished), so that
     a progress bar moves while a long batch generates. It is called once per new token, for every decoding strategy,
     beams included; the first call tells the prompt's length."""
 
-    def __init__(self, callback: StepCallback, rows: int, eos_token_ids: list[int]):
-        self.callback = callback
-        self.rows = rows
-        self.eos_token_ids = eos_token_ids
-        self.prompt_length: int | None = None
+    callback: StepCallback
+    rows: int
+    eos_token_ids: list[int]
+    prompt_length: int | None = None
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -104,17 +105,12 @@ class GenerationPredictor:
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
         """The example's prompt: a description question given the molecule's name by `name_hint` (if set and it names
         the molecule), with the nearest index entries before the question when an index is given."""
-        from llamo import add_name_hint, add_neighbours
-
         messages = example.chat_messages()
         if self.name_hint is not None and example.task == "description" and (name := self.name_hint(example.smiles)):
             messages = add_name_hint(messages, name)
         if self.index is None or not self.neighbours:
             return messages
-        key = example.target.property if example.target is not None else None
-        found = self.index.neighbours(
-            example.smiles, k=self.neighbours, question=example.prompt[-1]["content"], key=key
-        )
+        found = example.neighbours(self.index, self.neighbours)
         return add_neighbours(messages, [{"smiles": n.smiles, "answer": n.answer} for n in found])
 
     def _render(self, examples: Sequence[EvalExample]) -> dict[str, Any]:
@@ -266,9 +262,8 @@ def predict(
         with tqdm(total=total, initial=done, disable=not config.progress, unit="row", desc="evaluating") as bar:
             for number, batch in enumerate(batches_in_order(pending, config.batch_size), start=1):
                 if config.progress and hasattr(predictor, "on_step"):
-                    predictor.on_step = _step_postfix(
-                        bar, f"batch {number}/{batches}: token {{}}/{config.max_new_tokens}"
-                    )
+                    template = f"batch {number}/{batches}: token {{}}/{config.max_new_tokens}"
+                    predictor.on_step = _step_postfix(bar, template)
                 new = []
                 for e, answer in zip(batch, predictor(batch), strict=True):
                     outcome = {"skipped": answer.reason} if isinstance(answer, Skip) else {"prediction": answer}

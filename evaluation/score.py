@@ -143,10 +143,8 @@ def build_results(
     import llamo
 
     tasks = sorted({example.task for example in state.examples} | {row.task for row in state.skipped if row.task})
-    baseline = None
-    if config.baseline is not None:
-        baseline = {"name": config.baseline, "train_data": state.train.to_dict() if state.train else None}
-        baseline.update(state.baseline_info)
+    train = state.train.to_dict() if state.train else None
+    baseline = {"name": config.baseline, "train_data": train, **state.baseline_info} if config.baseline else None
     unassigned = [row for row in state.skipped if not row.task]
     return {
         "format": RESULTS_FORMAT,

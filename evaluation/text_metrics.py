@@ -122,10 +122,8 @@ def molt5_protocol(source: str | Path | None = SCIBERT_HUB_ID) -> TokenProtocol:
     try:
         return TokenProtocol(MOLT5_PROTOCOL, load_scibert_tokenizer(source))
     except Exception as error:  # offline Hub, missing file, bad vocabulary: all mean "unavailable", with the reason
-        reason = (
-            f"SciBERT's tokenizer could not be loaded from {source} ({first_line(error)}); pass "
-            "--scibert-vocab with a local vocab.txt"
-        )
+        hint = "pass --scibert-vocab with a local vocab.txt"
+        reason = f"SciBERT's tokenizer could not be loaded from {source} ({first_line(error)}); {hint}"
         return TokenProtocol(MOLT5_PROTOCOL, unavailable_reason=reason)
 
 

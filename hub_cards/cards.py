@@ -92,20 +92,14 @@ def model_rows(model, processor) -> list[tuple[str, str]]:
         for module in (model.model.graph_encoder, model.model.graph_projector, model)
     )
     layers = getattr(text, "num_hidden_layers", "?")
+    language_model = f"{text.model_type}, hidden size {text.hidden_size}, {layers} layers, vocabulary {text.vocab_size}"
+    encoder = f"GIN, {graph.num_layers} layers, hidden size {graph.hidden_size}, OGB atom and bond features"
+    queries = f"{projector.queries_per_level} queries per level x {graph.num_layers + 1} levels{motifs}"
+    tokens = f"{config.num_graph_tokens} graph tokens; {attention}; MLP depth {projector.mlp_depth}"
     return [
-        (
-            "Language model",
-            f"{text.model_type}, hidden size {text.hidden_size}, {layers} layers, vocabulary {text.vocab_size}",
-        ),
-        (
-            "Graph encoder",
-            f"GIN, {graph.num_layers} layers, hidden size {graph.hidden_size}, OGB atom and bond features",
-        ),
-        (
-            "Graph projector",
-            f"{projector.queries_per_level} queries per level x {graph.num_layers + 1} levels{motifs} -> "
-            f"{config.num_graph_tokens} graph tokens; {attention}; MLP depth {projector.mlp_depth}",
-        ),
+        ("Language model", language_model),
+        ("Graph encoder", encoder),
+        ("Graph projector", f"{queries} -> {tokens}"),
         ("Prompt", f"{prompt}; `{processor.graph_token}` marks where the graph tokens go"),
         ("SMILES in the prompt", f"{processor.prompt_smiles}, cut at {processor.max_smiles_length} characters"),
         ("Parameters", f"{total:.1f}M in all; graph encoder {graph_params:.2f}M, projector {projector_params:.2f}M"),
@@ -198,8 +192,7 @@ def build_model_card(model, processor, options: ModelCardOptions | None = None, 
 def load_generation_summary(path: str | Path) -> dict[str, Any]:
     """Read a `llamo generate-data` summary (`OUT.jsonl.summary.json`), checking the keys a dataset card needs."""
     summary = read_json(Path(path), CardError, "Summary file")
-    missing = [key for key in _SUMMARY_REQUIRED if key not in summary]
-    if missing:
+    if missing := [key for key in _SUMMARY_REQUIRED if key not in summary]:
         raise CardError(f"{path} is not a `llamo generate-data` summary: it lacks {missing}.")
     return summary
 

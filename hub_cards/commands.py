@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from llamo.cli_common import DTYPE_CHOICES, add_command, options_of
+from llamo.errors import CommandError
+
+from .credits import DATA_CREDITS  # data only: no Hub, no torch
 
 
 def _add_card_arguments(parser: argparse.ArgumentParser, default_license: str) -> None:
@@ -24,13 +27,8 @@ def _add_card_arguments(parser: argparse.ArgumentParser, default_license: str) -
     card.add_argument("--model-name", help="the card's title; the repository or folder name when not given")
     card.add_argument("--license", default=default_license, help="license id for the card's metadata")
     card.add_argument("--dataset", nargs="+", default=[], metavar="HUB_ID", help="Hub dataset ids for the metadata")
-    card.add_argument(
-        "--credit",
-        nargs="+",
-        default=[],
-        metavar="KEY",
-        help="extra data credits: chebi, chebi20, pubchem, pubchem324k, mol-instructions, qm9, chemicals, generated",
-    )
+    known = ", ".join(DATA_CREDITS)
+    card.add_argument("--credit", nargs="+", default=[], metavar="KEY", help=f"extra data credits: {known}")
     card.add_argument("--tag", nargs="+", default=[], metavar="TAG", help="extra tags for the card's metadata")
 
 
@@ -89,8 +87,6 @@ def _run_export(args: argparse.Namespace) -> None:
     molecule-text-generation pipeline, the remote-code files (and only those), processor, tokenizer, chat template,
     generation config, and a README.md model card. The training runs behind the model are found from its folder
     (llamo_run_config.json) unless --run-dir is given."""
-    from llamo.errors import CommandError
-
     from .export import export_model
 
     try:
@@ -107,14 +103,11 @@ def _run_push(args: argparse.Namespace) -> None:
 
     Create the repository if needed and upload FOLDER (made by `llamo export`) in one commit. The token comes from
     HF_TOKEN or your login (`hf auth login`) and is never printed."""
-    from llamo.errors import CommandError
-
     from .publish import PushError, plan_push, push_folder
 
     try:
-        plan = plan_push(
-            args.folder, args.repo_id, **options_of(args, "private", "revision", "create_branch", "commit_message")
-        )
+        options = options_of(args, "private", "revision", "create_branch", "commit_message")
+        plan = plan_push(args.folder, args.repo_id, **options)
         if args.dry_run:
             print(f"Dry run, nothing sent. Would upload {plan.describe()}")
             return
@@ -135,7 +128,6 @@ def _run_convert(args: argparse.Namespace) -> None:
     first, <graph> added, the original LLaMA-2 chat prompt, LoRA merged or kept as a PEFT adapter. Unknown or missing
     keys are errors."""
     from llamo.convert_llamo_original_to_hf import CheckpointError, convert_original_checkpoint
-    from llamo.errors import CommandError
 
     from .cards import CardError
 
@@ -157,8 +149,6 @@ def _run_dataset_card(args: argparse.Namespace) -> None:
 
     Write a README.md dataset card (teacher, model, prompt version, counts filtered by reason) from the generator's
     OUT.jsonl.summary.json."""
-    from llamo.errors import CommandError
-
     from .cards import build_dataset_card
 
     output = Path(args.output) if args.output else Path(args.summary).parent / "README.md"

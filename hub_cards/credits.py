@@ -102,8 +102,7 @@ def resolve_credits(source_types: Iterable[str] = (), names: Iterable[str] = (),
     """The credits for training source types, dataset names or paths (e.g. `.../chebi20/test.txt` -> ChEBI-20 and
     ChEBI) and explicit keys, each once, in a stable order."""
     keys = list(keys)
-    unknown = [key for key in keys if key not in DATA_CREDITS]
-    if unknown:
+    if unknown := [key for key in keys if key not in DATA_CREDITS]:
         raise ValueError(f"Unknown data credit {unknown[0]!r}; known: {', '.join(sorted(DATA_CREDITS))}.")
     wanted = {*keys, *(key for kind in source_types for key in SOURCE_TYPE_CREDITS.get(kind, ()))}
     for name in names:

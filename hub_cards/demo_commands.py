@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from llamo.cli_common import add_command, add_device_arguments, add_index_arguments, options_of
+from llamo.errors import CommandError
 
 from .space import DEFAULT_MAX_NEW_TOKENS, MAX_NEIGHBOURS, MAX_NEW_TOKENS_CAP  # constants only: no Gradio, no torch
 
 
 def register(subparsers) -> None:
-    """Add the `demo` subcommand to the `llamo` parser."""
     parser = add_command(subparsers, "demo", _run_demo)
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: reachable from others)")
@@ -37,8 +37,6 @@ def _run_demo(args: argparse.Namespace) -> None:
     model about the molecule. Where a molecule index applies to a question (--index, or the model's default index for
     naming / property questions), the answer gets the index's most similar molecules and their answers in context,
     and the page shows them. Works offline and on CPU. Needs `pip install 'llamo[demo]'`."""
-    from llamo.errors import CommandError
-
     try:
         import gradio  # noqa: F401
     except ModuleNotFoundError as error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import llamo
 from llamo.storage import format_bytes
 
 from .export import HIDDEN_PATTERNS, ExportResult, list_files
@@ -56,15 +57,12 @@ def plan_push(
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    import llamo
-
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"Folder not found: {folder}")
     if not folder.is_dir():
         raise PushError(f"{folder} is not a folder: push the folder written by `llamo export`.")
-    missing = [name for name in EXPORT_MARKERS if not (folder / name).is_file()]
-    if missing:
+    if missing := [name for name in EXPORT_MARKERS if not (folder / name).is_file()]:
         raise PushError(
             f"{folder} is not an export (no {' or '.join(missing)}): run `llamo export MODEL_DIR {folder}` first."
         )

@@ -43,10 +43,8 @@ class TrainingRun:
         """(label, value) pairs describing the run, for a card's table."""
         config = self.config
         rows = [("Trained parts", _trained_parts(self.stage, config))]
-        start = config.get("model_name_or_path") or (
-            f"`llamo init` around {config['init_llm']}" if config.get("init_llm") else None
-        )
-        if start:
+        init = f"`llamo init` around {config['init_llm']}" if config.get("init_llm") else None
+        if start := config.get("model_name_or_path") or init:
             rows.append(("Started from", str(start)))
         mode = config.get("mode") or "generalist"
         rows.append(("Mode", f"{mode} ({config['task']})" if config.get("task") else mode))
@@ -85,9 +83,8 @@ class TrainingRun:
         for report in summary.get("data") or []:
             dropped = sorted((report.get("dropped") or {}).items())
             reasons = ", ".join(f"{count} {reason}" for reason, count in dropped) or "none dropped"
-            rows.append(
-                (f"Data: {report.get('name')}", f"read {report.get('read')}, kept {report.get('kept')} ({reasons})")
-            )
+            counts = f"read {report.get('read')}, kept {report.get('kept')} ({reasons})"
+            rows.append((f"Data: {report.get('name')}", counts))
         return rows
 
 

@@ -93,8 +93,7 @@ class TaskEntry:
     @property
     def dataset_label(self) -> str:
         name = self.dataset.get("name") or self.dataset.get("source") or "unnamed dataset"
-        split = self.dataset.get("split")
-        return f"{name} ({split})" if split else str(name)
+        return f"{name} ({split})" if (split := self.dataset.get("split")) else str(name)
 
 
 @dataclass
@@ -127,8 +126,7 @@ class EvaluationResults:
 
 def _metric(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """A results metric with its card name (`display_name`) and its value as the card shows it (`formatted`)."""
-    missing = [key for key in ("name", "type", "value") if key not in raw]
-    if missing:
+    if missing := [key for key in ("name", "type", "value") if key not in raw]:
         raise ResultsFileError(f"{where}: a metric lacks {missing}: {raw}")
     value, unit = float(raw["value"]), raw.get("unit", "percent")
     formatted = f"{value:.2f}" if unit == "percent" else f"{value:.4g} {unit}"

@@ -89,9 +89,7 @@ class LlamoDataCollator:
             graphs.append(row_graphs)
         names = [f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)]
         self.processor.check_placeholders(input_ids, list(map(len, graphs)), names=names)
-        batch = dict(
-            tokenizer.pad({"input_ids": input_ids}, padding="longest", padding_side="right", return_tensors="pt")
-        )
+        batch = dict(tokenizer.pad({"input_ids": input_ids}, padding_side="right", return_tensors="pt"))  # longest row
         batch["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
         if any(graphs):
             batch.update(collate_sequence_molecules(graphs))

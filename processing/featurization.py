@@ -65,13 +65,10 @@ def featurize_dataset(
     cache_file_name: str | None = None,
     multiprocess_min_rows: int = MULTIPROCESS_MIN_ROWS,
 ) -> tuple[datasets.Dataset, DataReport]:
-    """Featurize every molecule once with `datasets.map`, adding `atom_features`, `edge_index`, `edge_features`,
-    `motif_features`, `prompt_smiles` (canonical, non-isomeric, uncut), `inchikey` and `num_atoms`. Unparsable, empty
-    and oversized molecules, and any molecule whose featurization raises, are dropped and counted in the returned
-    report (the latter as `featurization error: <exception type>`).
-
-    `num_proc` processes are used when the dataset has more than `multiprocess_min_rows` rows (below that, starting
-    the processes costs more than it saves)."""
+    """Featurize every molecule once with `datasets.map`, adding the `FEATURIZED_FEATURES` columns (`prompt_smiles`:
+    canonical, non-isomeric, uncut). Unparsable, empty and oversized molecules, and any whose featurization raises
+    (`featurization error: <exception type>`), are dropped and counted in the returned report. `num_proc` processes
+    are used above `multiprocess_min_rows` rows (below that, starting the processes costs more than it saves)."""
     features = datasets.Features(
         {**dataset.features, **FEATURIZED_FEATURES, "featurization_error": datasets.Value("string")}
     )

@@ -40,8 +40,7 @@ NEIGHBOUR_TASKS = ("description", "iupac", "property")
 
 @dataclass
 class Neighbour:
-    """A known molecule close to a query: its SMILES, answer, Tanimoto similarity, and whether it is the query
-    molecule itself (same InChIKey)."""
+    """A known molecule close to a query: SMILES, answer, Tanimoto similarity; `exact`: the query's own InChIKey."""
 
     smiles: str
     answer: str
@@ -58,8 +57,7 @@ def _fingerprint_generator():
 
 
 def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None) -> str:
-    """What groups comparable answers: the property asked about for property QA (from the metadata or the question
-    text), else the task."""
+    """What groups comparable answers: the property of property QA (from the metadata or question), else the task."""
     if task == "property":
         return str((metadata or {}).get("property") or property_from_text(question) or "property")
     return task
@@ -144,9 +142,8 @@ class MoleculeIndex:
         return cls(datasets.Dataset.from_dict(columns, features=INDEX_FEATURES)), counts
 
     def save(self, folder: str | Path) -> None:
-        """Write the index as a `datasets` folder (`save_to_disk`), never into a non-empty one. The folder appears only
-        complete: on a full disk the partial copy is removed and a `DiskFullError` names the folder and the space
-        needed."""
+        """Write the index as a `datasets` folder (`save_to_disk`), never into a non-empty one. It appears whole:
+        on a full disk the partial copy is removed and a `DiskFullError` names the folder and the space needed."""
         import shutil
 
         from llamo.storage import disk_full_guard
@@ -213,11 +210,8 @@ class MoleculeIndex:
         top = np.argpartition(-similarity, count - 1)[:count]
         top = top[np.argsort(-similarity[top], kind="stable")]
         results = []
-        for row in top.tolist():
-            if similarity[row] < 0:
-                continue
-            entry = self.table[row]
-            exact = row in same
+        for row in top[similarity[top] >= 0].tolist():
+            entry, exact = self.table[row], row in same
             score = 1.0 if exact else float(similarity[row])
             results.append(Neighbour(entry["smiles"], entry["answer"], score, entry["inchikey"], exact))
         return results

@@ -48,8 +48,7 @@ def register(subparsers) -> None:
 
 
 def guess_source_type(source: str) -> str:
-    """The loader for SOURCE: a packaged table's name, else by file suffix; other paths and Hub ids are read as
-    conversations."""
+    """The loader for SOURCE: a packaged table's name, else by file suffix, else `conversations` (Hub ids too)."""
     return source if source in PACKAGED_SOURCES else SUFFIX_SOURCES.get(Path(source).suffix.lower(), "conversations")
 
 
@@ -62,8 +61,7 @@ def build_index(
     holdout: float = 0.0,
     max_atoms: int = DEFAULT_MAX_ATOMS,
 ):
-    """Load a source with the training data loaders and index it (`MoleculeIndex.from_records`): the index, the
-    loader's report and the indexing counts."""
+    """A source loaded by the training data loaders and indexed: the index, the loader's report, the counts."""
     from llamo.training.config import DataSourceConfig
     from llamo.training.data import load_source
 
@@ -72,8 +70,7 @@ def build_index(
     kind = source_type or guess_source_type(source)
     path = None if source in PACKAGED_SOURCES else source
     options = {"task": "property"} if kind == "mol-instructions" and task == "property" else {}
-    config = DataSourceConfig(type=kind, path=path, split=split, limit=limit, **options)
-    dataset, report = load_source(config)
+    dataset, report = load_source(DataSourceConfig(type=kind, path=path, split=split, limit=limit, **options))
     index, counts = MoleculeIndex.from_records(dataset, task, max_atoms=max_atoms, holdout=holdout)
     return index, report, counts
 

@@ -82,9 +82,8 @@ def run_generate_data(args: argparse.Namespace) -> None:
     conversation schema) and resumes where a killed or stopped run left off. Sidecars: OUTPUT.status.jsonl (filtered /
     failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."""
     _check_numbers(args)
-    if not logging.getLogger().handlers:
-        level = logging.INFO if args.verbose else logging.WARNING
-        logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
+    level = logging.INFO if args.verbose else logging.WARNING  # basicConfig keeps a root logger's own handlers
+    logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
 
     from .instruction_data import DataGenerationConfig, generate_conversations
     from .instruction_inputs import ColumnNames, read_molecules

@@ -91,8 +91,7 @@ class DataGenerationConfig:
 
 @dataclass
 class Outcome:
-    """What happened to one molecule: `status` is `generated` (with `record`), `filtered` or `failed` (with
-    `reason` and `detail`)."""
+    """One molecule's `status`: `generated` (with `record`), `filtered` or `failed` (with `reason` and `detail`)."""
 
     molecule: Molecule
     status: str
@@ -260,6 +259,8 @@ def generate_conversations(
     Resumes: molecules already generated or filtered in `output` are skipped, failed ones are retried. Stops cleanly
     when the teacher's request budget is spent (`summary["stopped"] == "budget_exhausted"`). Raises
     `TeacherFatalError` (after writing the summary) when the teacher refuses every request, e.g. a wrong API key."""
+    from tqdm.auto import tqdm
+
     config = config or DataGenerationConfig()
     if not isinstance(molecules, MoleculeInput):
         molecules = MoleculeInput(molecules=list(molecules), source="molecules", rows=len(molecules))
@@ -272,52 +273,44 @@ def generate_conversations(
         )
 
     with disk_full_guard(store.path.parent, f"conversations to {store.path.name}", kept=kept):
-        return _generate(molecules, teacher, store, config)
-
-
-def _generate(
-    molecules: MoleculeInput, teacher, store: ConversationStore, config: DataGenerationConfig
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    store.open(_identity(teacher), allow_mixed=config.allow_mixed, overwrite=config.overwrite)
-    started = time.monotonic()
-    budget = getattr(teacher, "budget", None)
-    used_before = budget.used if budget is not None else 0
-    state = RunState()
-    workers = min(config.concurrency, teacher.max_concurrency or config.concurrency)
-    exemplars: list[Exemplar] = []
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamo-teacher")
-    try:
-        if not isinstance(teacher, GroundedTeacher) and config.num_exemplars > 0:
-            given = Path(config.exemplars_file) if config.exemplars_file else None
-            if (loaded := store.load_exemplars(given)) is None:
-                loaded, answered = _seed_exemplars(teacher, molecules.molecules, config, executor, state)
-                if answered:  # saved once complete, so that every later run uses the same exemplars
-                    store.save_exemplars(loaded)
-                elif state.stopped is None:
-                    logger.warning(
-                        "Some seed requests failed: this run uses %d exemplars, the next seeds again.", len(loaded)
-                    )
-                if not loaded and state.stopped is None:
-                    logger.warning("No seed exemplar is usable: conversations are generated zero-shot.")
-            exemplars = loaded
-        todo = [molecule for molecule in molecules.molecules if not store.is_final(molecule.id)]
-        done = len(molecules.molecules) - len(todo)
-        bar = {"unit": "mol", "desc": "generate-data", "file": sys.stderr, "disable": not config.show_progress}
-        with tqdm(total=len(molecules.molecules), initial=done, **bar) as progress:
-            if state.stopped is None:
-                _run_molecules(teacher, todo, exemplars, config, executor, workers, store, state, progress)
-    except KeyboardInterrupt:
-        state.stopped = "interrupted"
-        _stop(teacher)
-        raise
-    finally:
-        executor.shutdown(wait=state.stopped != "interrupted", cancel_futures=True)
-        store.close()
-        state.requests = (budget.used - used_before) if budget is not None else 0
-        summary = build_summary(store, molecules, config, state, len(exemplars), time.monotonic() - started, budget)
-        write_json_atomically(store.summary_path, summary)
+        store.open(_identity(teacher), allow_mixed=config.allow_mixed, overwrite=config.overwrite)
+        started = time.monotonic()
+        budget = getattr(teacher, "budget", None)
+        used_before = budget.used if budget is not None else 0
+        state = RunState()
+        workers = min(config.concurrency, teacher.max_concurrency or config.concurrency)
+        exemplars: list[Exemplar] = []
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamo-teacher")
+        try:
+            if not isinstance(teacher, GroundedTeacher) and config.num_exemplars > 0:
+                given = Path(config.exemplars_file) if config.exemplars_file else None
+                if (loaded := store.load_exemplars(given)) is None:
+                    loaded, answered = _seed_exemplars(teacher, molecules.molecules, config, executor, state)
+                    if answered:  # saved once complete, so that every later run uses the same exemplars
+                        store.save_exemplars(loaded)
+                    elif state.stopped is None:
+                        logger.warning(
+                            "Some seed requests failed: this run uses %d exemplars, the next seeds again.", len(loaded)
+                        )
+                    if not loaded and state.stopped is None:
+                        logger.warning("No seed exemplar is usable: conversations are generated zero-shot.")
+                exemplars = loaded
+            todo = [molecule for molecule in molecules.molecules if not store.is_final(molecule.id)]
+            done = len(molecules.molecules) - len(todo)
+            bar = {"unit": "mol", "desc": "generate-data", "file": sys.stderr, "disable": not config.show_progress}
+            with tqdm(total=len(molecules.molecules), initial=done, **bar) as progress:
+                if state.stopped is None:
+                    _run_molecules(teacher, todo, exemplars, config, executor, workers, store, state, progress)
+        except KeyboardInterrupt:
+            state.stopped = "interrupted"
+            _stop(teacher)
+            raise
+        finally:
+            executor.shutdown(wait=state.stopped != "interrupted", cancel_futures=True)
+            store.close()
+            state.requests = (budget.used - used_before) if budget is not None else 0
+            summary = build_summary(store, molecules, config, state, len(exemplars), time.monotonic() - started, budget)
+            write_json_atomically(store.summary_path, summary)
     if state.stopped == "budget_exhausted":
         logger.warning(
             "Request budget of %s spent: %d molecules left; rerun the same command with a larger budget to continue.",
@@ -348,14 +341,11 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"The conversations settings need {' and '.join(missing)}.")
     source, output, kind = options.pop("input"), options.pop("output"), options.pop("teacher", "grounded")
     reading = {key: options.pop(key) for key in _INPUT_SETTINGS if key in options}
-    config_fields = {item.name for item in fields(DataGenerationConfig)}
-    config = DataGenerationConfig(
-        **{"show_progress": False, **{k: options.pop(k) for k in list(options) if k in config_fields}}
-    )
+    chosen = {item.name: options.pop(item.name) for item in fields(DataGenerationConfig) if item.name in options}
+    config = DataGenerationConfig(**{"show_progress": False, **chosen})
     teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}
     if unknown := sorted(set(options) - teacher_options):
         raise ValueError(f"Unknown conversations settings {unknown}: see llamo generate-data --help.")
     teacher = build_teacher(kind, max_turns=config.max_turns, **options)
-    return generate_conversations(
-        read_molecules(source, reading.pop("format", "auto"), **reading), teacher, output, config
-    )
+    molecules = read_molecules(source, reading.pop("format", "auto"), **reading)
+    return generate_conversations(molecules, teacher, output, config)

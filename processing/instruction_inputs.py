@@ -70,11 +70,10 @@ def detect_format(path: Path) -> str:
     """`tsv` (.tsv, .txt: ChEBI-20), `csv`, `jsonl` (.jsonl, .json) or `dataset` (a folder from `save_to_disk`)."""
     if path.is_dir():
         return "dataset"
-    suffix = path.suffix.lower()
     formats = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-    if suffix not in formats:
+    if (found := formats.get(path.suffix.lower())) is None:
         raise ValueError(f"Cannot tell the format of {path} from its suffix; pass --format tsv|csv|jsonl|dataset.")
-    return formats[suffix]
+    return found
 
 
 def _dataset_rows(dataset) -> Iterator[dict[str, Any]]:

@@ -117,16 +117,13 @@ class ConversationFormatError(ValueError):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        self.reason, self.detail = reason, detail
 
 
 def _json_candidates(text: str) -> list[Any]:
     """JSON values found in `text`: the whole text, code-fenced blocks, then each `{`/`[` where a value starts."""
-    found = []
-    chunks = [text, *(match.group(1) for match in _FENCE.finditer(text))]
-    decoder = json.JSONDecoder()
-    for chunk in chunks:
+    found, decoder = [], json.JSONDecoder()
+    for chunk in [text, *(match.group(1) for match in _FENCE.finditer(text))]:
         chunk = chunk.strip()
         with contextlib.suppress(ValueError):
             found.append(json.loads(chunk))

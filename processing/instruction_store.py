@@ -59,10 +59,9 @@ class _AppendOnlyJsonl:
         self._fd: int | None = None
 
     def append(self, obj: dict[str, Any]) -> None:
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        view = memoryview((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         os.fsync(self._fd)
@@ -101,8 +100,7 @@ class ConversationStore:
         self.allow_mixed = False
         self.records: dict[str, dict[str, Any]] = {}
         self.statuses: dict[str, dict[str, Any]] = {}
-        self._output = _AppendOnlyJsonl(self.path)
-        self._status = _AppendOnlyJsonl(self.status_path)
+        self._output, self._status = _AppendOnlyJsonl(self.path), _AppendOnlyJsonl(self.status_path)
 
     def open(self, identity: dict[str, str], allow_mixed: bool = False, overwrite: bool = False) -> None:
         """Start over (`overwrite`) or load what is done, repairing half-written last lines; refuse files made by

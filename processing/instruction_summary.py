@@ -109,11 +109,9 @@ def build_summary(
 
 
 def read_summary(output: str | Path) -> dict[str, Any] | None:
-    """The summary an earlier run wrote beside `output` (`<output>.summary.json`), None when there is none yet or it
-    cannot be read (the next run writes it again)."""
-    path = ConversationStore(output).summary_path
+    """An earlier run's `<output>.summary.json`; None if there is none yet or it is unreadable (rewritten next run)."""
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(ConversationStore(output).summary_path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None

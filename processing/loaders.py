@@ -151,8 +151,7 @@ def read_jsonl_rows(path: str | Path) -> Iterator[dict[str, Any] | None]:
 def _collect(
     report: DataReport, items: Iterable[Any], limit: int | None, convert: Callable[[Any], dict | str]
 ) -> tuple[datasets.Dataset, DataReport]:
-    """The records `convert` makes of `items`, at most `limit`; an item it returns a string for is dropped and
-    counted under that reason."""
+    """The records `convert` makes of `items`, at most `limit`; a string it returns is a reason to drop, counted."""
     records = []
     for item in items:
         report.read += 1
@@ -167,17 +166,15 @@ def _collect(
 
 
 def _qa(task: str, source: str, instruction: str | None = None, empty: str = "empty SMILES or description"):
-    """A `convert` for `_collect`: a `(record_id, smiles, answer)` row -> a one-question record of `task`
-    (`description` or `iupac`) asking `instruction`, else one of the task's own chosen by the id; `empty` for a row
-    without a SMILES or an answer."""
+    """A `convert` for `_collect`: a `(record_id, smiles, answer)` row -> a one-question record of `task` (`description`
+    or `iupac`) asking `instruction`, else one of the task's own chosen by the id; `empty` for a row missing either."""
+    questions = DESCRIPTION_INSTRUCTIONS if task == "description" else IUPAC_INSTRUCTIONS
 
     def convert(row: tuple[str, str, str]) -> dict | str:
         record_id, smiles, answer = row
         if not (smiles or "").strip() or not (answer or "").strip():
             return empty
-        question = instruction or stable_choice(
-            DESCRIPTION_INSTRUCTIONS if task == "description" else IUPAC_INSTRUCTIONS, record_id
-        )
+        question = instruction or stable_choice(questions, record_id)
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
         return make_record(record_id, smiles.strip(), messages, task, source)
 
@@ -373,9 +370,8 @@ def load_qm9_properties(
     if "Index" not in table.columns:
         table["Index"] = range(len(table))
     if limit is not None and limit < len(table):
-        table = table.loc[
-            table["Index"].map(lambda index: stable_fraction(str(index), "qm9-subset")).nsmallest(limit).index
-        ]
+        fractions = table["Index"].map(lambda index: stable_fraction(str(index), "qm9-subset"))
+        table = table.loc[fractions.nsmallest(limit).index]
         report.drop("beyond limit", report.read - limit)
     records = []
     for row in table.to_dict("records"):
@@ -399,8 +395,7 @@ def load_qm9_properties(
 def load_conversations(
     path: str, limit: int | None = None, split: str = "train"
 ) -> tuple[datasets.Dataset, DataReport]:
-    """Conversation-schema rows (`id`, `smiles`, `messages`, ...) from a JSONL file or a Hub dataset id (its `split`);
-    malformed rows are skipped and counted."""
+    """Conversation-schema rows from a JSONL file or a Hub dataset id (its `split`); malformed ones are counted."""
     rows = datasets.load_dataset(path, split=split) if _is_hub_id(path) else read_jsonl_rows(_require(path))
 
     def convert(row: dict | None) -> dict | str:

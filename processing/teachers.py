@@ -99,9 +99,7 @@ class RequestBudget:
     def __init__(self, max_requests: int | None = None):
         if max_requests is not None and max_requests < 0:
             raise ValueError(f"max_requests must be >= 0, got {max_requests}")
-        self.max_requests = max_requests
-        self.used = 0
-        self._lock = threading.Lock()
+        self.max_requests, self.used, self._lock = max_requests, 0, threading.Lock()
 
     def take(self) -> None:
         """Count one request; `BudgetExhausted` (and nothing counted) once the budget is spent."""

@@ -19,41 +19,12 @@ from llamo.storage import disk_full_guard
 from .config import RUN_CONFIG, SUMMARY, StageArguments, same_setting, upgrade_saved_settings
 
 FINAL_SAVE_KEPT = "Training finished and its last checkpoint is kept: the rerun only saves the final model."
-IGNORED_FOR_RESUME = {
-    "overwrite_output_dir",
-    "resume_from_checkpoint",
-    "disable_tqdm",
-    "report_to",
-    "logging_steps",
-    "logging_first_step",
-    "logging_strategy",
-    "log_level",
-    "log_level_replica",
-    "run_name",
-    "project",
-    "dataloader_num_workers",
-    "dataset_num_proc",
-    "num_proc_min_rows",
-    "data_cache_dir",
-    "save_total_limit",
-    "local_rank",
-    "use_cpu",
-    "ddp_timeout",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_strategy",
-    "hub_private_repo",
-    "hub_revision",
-}
+_LAUNCH = ("overwrite_output_dir", "resume_from_checkpoint", "run_name", "project", "local_rank", "use_cpu")
+_REPORTING = ("disable_tqdm", "report_to", "logging_steps", "logging_first_step", "logging_strategy", "log_level")
+_HUB = ("push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_revision")
+_WORKERS = ("dataloader_num_workers", "dataset_num_proc", "num_proc_min_rows", "data_cache_dir", "save_total_limit")
+IGNORED_FOR_RESUME = {*_LAUNCH, "ddp_timeout", *_REPORTING, "log_level_replica", *_HUB, *_WORKERS}
 """Settings that may change between a run and its resumption (reporting, workers, caches, the launch)."""
-
-
-def state_bytes(model, trainable_only: bool = False) -> int:
-    """Bytes of a model's saved state (`get_memory_footprint`: parameters and buffers), or of its trainable
-    parameters."""
-    if trainable_only:
-        return sum(param.numel() * param.element_size() for param in model.parameters() if param.requires_grad)
-    return model.get_memory_footprint()
 
 
 class CheckpointSpaceMixin:
@@ -89,7 +60,9 @@ class CheckpointSpaceMixin:
             return folder_bytes(previous)
         states = self.optimizer.state.values() if self.optimizer is not None else ()
         moments = sum(v.numel() * v.element_size() for state in states for v in state.values() if torch.is_tensor(v))
-        return state_bytes(self.model, trainable_only=hasattr(self.model, "peft_config")) + moments
+        if not hasattr(self.model, "peft_config"):  # parameters and buffers
+            return self.model.get_memory_footprint() + moments
+        return sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad) + moments
 
 
 class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
@@ -98,9 +71,8 @@ class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
 
 
 def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None, callbacks=()):
-    """Run `LlamoSFTTrainer` (LLaMo's collator, and further `callbacks`; resumes from `checkpoint` unless
-    `resume_from_checkpoint` is given; SIGTERM / Ctrl-C save a checkpoint and exit). Returns the trainer, `train()`'s
-    output and the wall seconds."""
+    """Run `LlamoSFTTrainer` (LLaMo's collator, further `callbacks`; from `checkpoint` unless `resume_from_checkpoint`
+    is given; SIGTERM / Ctrl-C save a checkpoint and exit): the trainer, `train()`'s output and the wall seconds."""
     import time
 
     from llamo.processing.collators import LlamoDataCollator
@@ -184,8 +156,7 @@ def prepare_run_dir(
             )
         saved = upgrade_saved_settings(json.loads(saved_file.read_text()))
         shared = (saved.keys() & current.keys()) - IGNORED_FOR_RESUME
-        differing = sorted(key for key in shared if not same_setting(saved[key], current[key]))
-        if differing:
+        if differing := sorted(key for key in shared if not same_setting(saved[key], current[key])):
             raise FileExistsError(
                 f"{output_dir} holds a run with another configuration (differs in: {', '.join(differing)}): resume it "
                 "with the same recipe, choose another output_dir, or pass --overwrite_output_dir."
@@ -207,10 +178,8 @@ def write_summary(output_dir: Path, summary: dict) -> None:
 
 
 def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpoint, reports, **details) -> dict:
-    """What `write_summary` keeps of a finished stage: `stage`, then `details`, then the metrics and steps of `train`'s
-    `result`, the parameters of `model` that train (as they are now: take the summary before merging an adapter),
-    the wall seconds, the checkpoint resumed from (a `Path` or None), the data reports and the Trainer's log history
-    (loss, learning rate and grad norm every `logging_steps`)."""
+    """What `write_summary` keeps of a finished stage. `model`'s trainable parameters are counted as they are now: take
+    the summary before merging an adapter. `log_history`: loss, learning rate and grad norm every `logging_steps`."""
     return {
         "stage": stage,
         **details,
@@ -235,9 +204,8 @@ def start_run(arguments: StageArguments, log):
 
 
 def final_save_guard(output_dir: Path, writing: str, module: torch.nn.Module):
-    """`disk_full_guard` around a stage's final save: a full disk names `output_dir`, the size of `module`'s weights
-    and the last checkpoint kept (`FINAL_SAVE_KEPT`)."""
-    return disk_full_guard(output_dir, writing, lambda: state_bytes(module), FINAL_SAVE_KEPT)
+    """`disk_full_guard` for a stage's final save: names `output_dir`, `module`'s size and the last checkpoint kept."""
+    return disk_full_guard(output_dir, writing, lambda: module.get_memory_footprint(), FINAL_SAVE_KEPT)
 
 
 def load_for_training(model_path: str | Path, dtype: str = "float32"):
@@ -259,8 +227,7 @@ def lora_target_regex(model, names: list[str]) -> str:
     named = dict(model.model.language_model.named_modules())
     if names == ["all-linear"]:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in named.items() if isinstance(m, torch.nn.Linear) and "." in n})
-    missing = sorted(set(names) - {name.rsplit(".", 1)[-1] for name in named if name})
-    if missing:
+    if missing := sorted(set(names) - {name.rsplit(".", 1)[-1] for name in named if name}):
         raise ValueError(f"LoRA target module(s) {missing} do not exist in the language model")
     return rf"^model\.language_model\..*\.({'|'.join(sorted(names))})$"
 

@@ -25,6 +25,11 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 
 
+def _arg(default: Any, help_text: str) -> Any:
+    """A dataclass field (an argument) with its default and the help text that `TrlParser` and `stage_help` show."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass
 class DataSourceConfig:
     """One data source of a training mixture.
@@ -68,26 +73,18 @@ class LlamoScriptArguments:
     sources: list[DataSourceConfig] = field(
         default_factory=list, metadata={"help": "data sources (set in the YAML recipe: a list of DataSourceConfig)"}
     )
-    mode: str = field(default="generalist", metadata={"help": "generalist (all tasks mixed) or specialist (one task)"})
-    task: str | None = field(default=None, metadata={"help": "the task of a specialist run"})
-    data_cache_dir: str | None = field(default=None, metadata={"help": "featurized-data cache (default: ~/.cache)"})
-    max_atoms: int = field(default=512, metadata={"help": "larger molecules are dropped (and counted)"})
-    num_proc_min_rows: int = field(
-        default=512, metadata={"help": "featurize a source with dataset_num_proc processes only above this many rows"}
+    mode: str = _arg("generalist", "generalist (all tasks mixed) or specialist (one task)")
+    task: str | None = _arg(None, "the task of a specialist run")
+    data_cache_dir: str | None = _arg(None, "featurized-data cache (default: ~/.cache)")
+    max_atoms: int = _arg(512, "larger molecules are dropped (and counted)")
+    num_proc_min_rows: int = _arg(512, "featurize a source with dataset_num_proc processes only above this many rows")
+    neighbours: int = _arg(
+        0,
+        "in-context neighbours per row: the most similar other training molecules of the same task, with "
+        "their answers, before the question (0: none, the paper's format)",
     )
-    neighbours: int = field(
-        default=0,
-        metadata={
-            "help": "in-context neighbours per row: the most similar other training molecules of the same task, with "
-            "their answers, before the question (0: none, the paper's format)"
-        },
-    )
-    neighbour_share: float = field(
-        default=0.5, metadata={"help": "share of rows that get neighbours (the others train answering without)"}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "start over in an output_dir that holds another or a finished run"}
-    )
+    neighbour_share: float = _arg(0.5, "share of rows that get neighbours (the others train answering without)")
+    overwrite_output_dir: bool = _arg(False, "start over in an output_dir that holds another or a finished run")
 
     def __post_init__(self):
         self.sources = [s if isinstance(s, DataSourceConfig) else DataSourceConfig(**s) for s in self.sources]
@@ -105,7 +102,7 @@ class Stage1Arguments(LlamoScriptArguments):
     projector are trained on description pairs. `model_name_or_path` is a folder made by `llamo init`, or leave it
     empty and give `init_llm` to build one around that LM first."""
 
-    init_llm: str | None = field(default=None, metadata={"help": "build the starting LLaMo around this LM"})
+    init_llm: str | None = _arg(None, "build the starting LLaMo around this LM")
     init_options: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "build_llamo options: graph_config, projector_config, chat_template"}
     )
@@ -118,13 +115,11 @@ class Stage2Arguments(LlamoScriptArguments):
     BatchNorm in eval mode. `model_name_or_path` is a stage-1 output folder. Saves the LoRA adapter + projector
     (`adapter/`) and a merged full model (`merged/`)."""
 
-    save_merged: bool = field(default=True, metadata={"help": "also save the merged full model (`merged/`)"})
-    adapter_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "continue training this stage-2 adapter (LoRA + projector, a stage-2 `adapter/` folder made on the "
-            "same model_name_or_path) instead of starting a new one; the LoRA settings are then the adapter's own"
-        },
+    save_merged: bool = _arg(True, "also save the merged full model (`merged/`)")
+    adapter_path: str | None = _arg(
+        None,
+        "continue training this stage-2 adapter (LoRA + projector, a stage-2 `adapter/` folder made on the "
+        "same model_name_or_path) instead of starting a new one; the LoRA settings are then the adapter's own",
     )
 
 
@@ -203,8 +198,7 @@ class StageArguments(NamedTuple):
 
 def reject_legacy_keys(keys) -> None:
     """A clear error for recipe keys (or `--flags`) that earlier versions had, naming what replaced each."""
-    old = [key for key in keys if key in LEGACY_KEYS]
-    if old:
+    if old := [key for key in keys if key in LEGACY_KEYS]:
         raise ValueError(
             "; ".join(f"`{key}` is no longer a recipe key: use `{LEGACY_KEYS[key]}`" for key in old)
             + " (SFTConfig / ModelConfig fields, see `llamo train stage2 --help-all`)"
@@ -253,8 +247,7 @@ def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArg
 
 
 def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
-    """A stage's arguments from one flat mapping, as a recipe (or a pipeline recipe's `stage1:` / `stage2:`) holds
-    them."""
+    """A stage's arguments from one flat mapping: a recipe's, or a pipeline recipe's `stage1:` / `stage2:`."""
     reject_legacy_keys(settings)
     return check_arguments(stage, StageArguments(*_parser(stage).parse_dict({**_defaults(stage), **settings})))
 
@@ -325,8 +318,7 @@ def same_setting(saved: Any, current: Any) -> bool:
 
 
 def stage_help(stage: str) -> str:
-    """`llamo train STAGE --help`, without importing TRL or torch: LLaMo's own arguments, the paper's defaults, and
-    where to find the others."""
+    """`llamo train STAGE --help` without importing TRL or torch: LLaMo's arguments, the paper's defaults, the rest."""
     cls = STAGE_ARGUMENTS[stage]
     parser = argparse.ArgumentParser(
         prog=f"llamo train {stage}",

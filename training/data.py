@@ -58,8 +58,7 @@ def _source_fingerprint(source: DataSourceConfig, max_atoms: int) -> str:
         "max_atoms": max_atoms,
         "featurization": FEATURIZATION_VERSION,
     }
-    if source.path and Path(source.path).exists():
-        path = Path(source.path)
+    if source.path and (path := Path(source.path)).exists():
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
         description["files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()][:1000]
     return hashlib.sha1(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]

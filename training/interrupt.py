@@ -74,9 +74,8 @@ class GracefulInterrupt(TrainerCallback):
         neither the final model nor the run summary is written and the same command resumes from the checkpoint."""
         if self.stopped_at is None or state.global_step >= state.max_steps:
             return
-        number = self.signal_number or signal.SIGTERM
         self.log(
             f"[train] stopped at step {state.global_step} with checkpoint-{state.global_step} saved; rerun the same "
             "command to resume"
         )
-        raise SystemExit(128 + number)
+        raise SystemExit(128 + (self.signal_number or signal.SIGTERM))

@@ -71,8 +71,7 @@ def _substitute(value, placeholders: dict[str, str]):
 def load_pipeline(path: str, overrides: dict[str, str]) -> PipelineConfig:
     raw = yaml.safe_load(recipe_file(path).read_text(encoding="utf-8"))
     placeholders = {**raw.get("placeholders", {}), **overrides}
-    missing = sorted(name for name, value in placeholders.items() if value in (None, ""))
-    if missing:
+    if missing := sorted(name for name, value in placeholders.items() if value in (None, "")):
         raise ValueError(f"The recipe needs {', '.join('--' + name for name in missing)}")
     raw = _substitute({k: v for k, v in raw.items() if k != "placeholders"}, placeholders)
     return PipelineConfig(placeholders=placeholders, **raw)
@@ -146,8 +145,7 @@ def _generate_conversations(settings: dict[str, Any], log) -> None:
     from llamo.processing.instruction_summary import format_summary, read_summary
     from llamo.processing.teachers import TeacherError
 
-    summary = read_summary(settings["output"])
-    if summary is not None and summary.get("complete") is True:
+    if (read_summary(settings["output"]) or {}).get("complete") is True:
         log(f"[pipeline] conversations already in {settings['output']}")
         return
     log(f"[pipeline] conversations -> {settings['output']}")

@@ -33,9 +33,8 @@ def _starting_model(script_args: Stage1Arguments, model_args: ModelConfig, outpu
 
             log(f"[stage1] building the starting LLaMo around {script_args.init_llm}")
             model, processor = build_llamo(script_args.init_llm, **script_args.init_options)
-            save_llamo(
-                model, processor, folder, overwrite=True, metadata={"llm": script_args.init_llm, "stage": "init"}
-            )
+            metadata = {"llm": script_args.init_llm, "stage": "init"}
+            save_llamo(model, processor, folder, overwrite=True, metadata=metadata)
     return folder
 
 

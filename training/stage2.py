@@ -61,13 +61,10 @@ def main(
         trainer.save_model(str(adapter_dir))
         if state.is_main_process:
             processor.save_pretrained(adapter_dir)
-            base_model = str(model_args.model_name_or_path)
-            summary = run_summary(
-                2, trainer.model, trainer, result, wall_seconds, checkpoint, reports, base_model=base_model
-            )
+            details = {"base_model": str(model_args.model_name_or_path)}
+            summary = run_summary(2, trainer.model, trainer, result, wall_seconds, checkpoint, reports, **details)
             if script_args.save_merged:
-                merged = trainer.model.merge_and_unload()
-                merged.save_pretrained(merged_dir)
+                trainer.model.merge_and_unload().save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
             write_summary(output_dir, summary)
             log(

@@ -54,10 +54,8 @@ def _retrieval(folder: Path):
     bad setting turns neighbours off (the reason goes to the log) rather than the page."""
     space_neighbours = _space_module("neighbours")
     try:
-        neighbours = os.environ.get("LLAMO_NEIGHBOURS")
-        retrieval = space_neighbours.Retrieval(
-            os.environ.get("LLAMO_INDEX") or None, folder, int(neighbours) if neighbours else None
-        )
+        index, neighbours = os.environ.get("LLAMO_INDEX") or None, os.environ.get("LLAMO_NEIGHBOURS")
+        retrieval = space_neighbours.Retrieval(index, folder, int(neighbours) if neighbours else None)
         retrieval.preload()
     except (OSError, ValueError) as error:
         print(f"[llamo demo] no in-context neighbours: {error}", file=sys.stderr)

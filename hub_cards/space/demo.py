@@ -57,10 +57,8 @@ def render_molecule(smiles: str, model=None, processor=None, shade_by_attention:
     if model is not None and not uses_motifs(model):
         summary += " This model has no motif tokens, so there is no motif attention."
     elif attention is not None:
-        queries = attention.per_query.shape[0]
-        summary += (
-            f" Motif attention: the share each group gets, averaged over {queries} motif queries and their heads."
-        )
+        queries = f"{attention.per_query.shape[0]} motif queries"
+        summary += f" Motif attention: the share each group gets, averaged over {queries} and their heads."
     drawing = drawing_html(view, weights if shade_by_attention else None)
     return MoleculePanels(drawing, groups_table_html(view.groups, weights), message_html(summary, "info"), view.smiles)
 
@@ -180,9 +178,8 @@ class Demo:
         try:
             context = self.retrieval.find(mol, question, max_atoms)
         except Exception as error:  # the answer goes on without neighbours
-            return messages, given + message_html(
-                f"The molecule index could not be used ({error}); this answer has no neighbours."
-            )
+            failed = f"The molecule index could not be used ({error}); this answer has no neighbours."
+            return messages, given + message_html(failed)
         return with_neighbours(messages, context), given + neighbours_html(context, max_atoms)
 
     def stop(self, session: str = "local") -> None:

@@ -20,14 +20,13 @@ def _names_of(mol: Chem.Mol, group: frozenset[int], candidates) -> tuple[str, ..
     a ring system is a group of three or more atoms, all in rings)."""
     ring_system = len(group) >= 3 and all(mol.GetAtomWithIdx(atom).IsInRing() for atom in group)
     used: list[frozenset[int]] = []
-    names: list[str] = []
+    names: dict[str, None] = {}  # in order, each once
     for _, name, atoms in sorted(candidates, key=lambda match: (match[0], sorted(match[2]))):
         names_it = atoms <= group if ring_system else 2 * len(atoms & group) > len(atoms)
         if not names_it or any(atoms <= earlier for earlier in used):
             continue
         used.append(atoms)
-        if name not in names:
-            names.append(name)
+        names.setdefault(name)
     return tuple(names)
 
 

@@ -96,10 +96,8 @@ def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
     """A group's heavy-atom formula (carbon first, then alphabetical, charge appended), the bonds inside it and
     whether it is a ring system."""
     symbols = Counter(mol.GetAtomWithIdx(atom).GetSymbol() for atom in atoms)
-    formula = "".join(
-        f"{symbol}{count if count > 1 else ''}"
-        for symbol, count in sorted(symbols.items(), key=lambda item: (item[0] != "C", item[0]))
-    )
+    order = sorted(symbols, key=lambda symbol: (symbol != "C", symbol))
+    formula = "".join(f"{symbol}{symbols[symbol] if symbols[symbol] > 1 else ''}" for symbol in order)
     charge = sum(mol.GetAtomWithIdx(atom).GetFormalCharge() for atom in atoms)
     parts = [formula + (f" (charge {charge:+d})" if charge else "")]
     bonds = _inner_bonds(mol, atoms)
@@ -141,11 +139,10 @@ def load_molecule(smiles: str, max_atoms: int | None = DEFAULT_MAX_ATOMS) -> Mol
     except ValueError as error:
         return MoleculeView(smiles, error=str(error))
     atom_sets = functional_groups(mol)
+    found = zip(atom_sets, group_palette(len(atom_sets)), group_names(mol, atom_sets), strict=True)
     groups = [
         MotifGroup(index, tuple(sorted(atoms)), describe_group(mol, atoms), color, names)
-        for index, (atoms, color, names) in enumerate(
-            zip(atom_sets, group_palette(len(atom_sets)), group_names(mol, atom_sets), strict=True)
-        )
+        for index, (atoms, color, names) in enumerate(found)
     ]
     return MoleculeView(smiles, mol, groups)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from rdkit import Chem
 
-from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
+from llamo import retrieval
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_neighbours
 
 from . import MAX_NEIGHBOURS
 from .molecule_view import draw_molecule_svg, read_molecule
@@ -59,23 +60,18 @@ class Retrieval:
         self.neighbours = neighbours
         self.enabled = index != NO_INDEX and neighbours != 0
         self.given = index not in (None, "auto", NO_INDEX)  # every question uses it, rather than the model's defaults
-        self._loaded: dict[str, tuple[Any, int | None]] = {}
+        self._loaded: dict[str, Any] = {"given": index} if hasattr(index, "neighbours") else {}  # index per key
         self._lock = threading.Lock()
 
     def _key(self, question: str) -> str:
-        from llamo.retrieval import question_task
-
-        return "given" if self.given else question_task(question)
+        return "given" if self.given else retrieval.question_task(question)
 
     def needs_loading(self, question: str) -> bool:
         """Whether answering `question` first loads (or, for a default index, builds) an index."""
-        if not self.enabled or self._key(question) in self._loaded:
+        key = self._key(question)
+        if not self.enabled or key in self._loaded:
             return False
-        if self.given:
-            return not hasattr(self.choice, "neighbours")
-        from llamo.retrieval import retrieval_settings
-
-        return self._key(question) in retrieval_settings(self.model_dir).get("default_indexes", {})
+        return self.given or key in retrieval.retrieval_settings(self.model_dir).get("default_indexes", {})
 
     def preload(self) -> None:
         """Load a given index now, so that a bad folder or Hub id fails at start-up (`FileNotFoundError`,
@@ -87,18 +83,12 @@ class Retrieval:
         """`(index, k)` for `question`, or `(None, 0)` where no index applies; each index is loaded once."""
         if not self.enabled:
             return None, 0
-        from llamo import retrieval
-
         key = self._key(question)
+        choice = str(self.choice) if self.given else None  # a folder or Hub id; None: the model's default index
         with self._lock:
-            if key not in self._loaded and hasattr(self.choice, "neighbours"):  # a loaded index
-                self._loaded[key] = self.choice, None
-            elif key not in self._loaded:
-                self._loaded[key] = retrieval.load_index(
-                    str(self.choice) if self.given else None, self.model_dir, question
-                )
-        index = self._loaded[key][0]
-        if index is None:
+            if key not in self._loaded:
+                self._loaded[key] = retrieval.load_index(choice, self.model_dir, question)[0]
+        if (index := self._loaded[key]) is None:
             return None, 0
         settings = retrieval.retrieval_settings(self.model_dir)
         model_k = retrieval.neighbours_for(settings, retrieval.question_task(question))
@@ -108,8 +98,6 @@ class Retrieval:
     def name_hint(self, smiles: str, question: str) -> str | None:
         """The rule-based name to give with `question` (`llamo.retrieval.name_hinter`: checked by OPSIN where Java is
         present), or None where the model does not ask for one or no name fits."""
-        from llamo import retrieval
-
         tasks = retrieval.retrieval_settings(self.model_dir).get("name_hint_tasks", [])
         if not self.name_hints or retrieval.question_task(question) not in tasks:
             return None
@@ -151,8 +139,6 @@ def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
     pipeline's format); answers over `PROMPT_ANSWER_CHARS` are cut. Unchanged without neighbours."""
     if not context.neighbours:
         return messages
-    from llamo import add_neighbours
-
     entries = [{"smiles": n.smiles, "answer": cut(n.answer, PROMPT_ANSWER_CHARS)} for n in context.neighbours]
     return add_neighbours(messages, entries)
 
