@@ -12,8 +12,9 @@ in one token), `+long` (blocks of 24-48 tokens twice), `exact+counter+long` (the
 `+frequent` (a block of 4 tokens 6 times within the last 64), `+count` (30 tokens of 2-5-token blocks, each copy
 changing in one token: ",21,22,23,..."), `+few` (at most 14 distinct tokens among the last 96), `+sentence` (a
 sentence whose first 10 tokens are an earlier sentence's, with the bundle's `answer_sentence_end_token_ids`),
-`+long-block` (a block of 16 tokens the fourth time in the answer), `tenth` (the guard shipped with the tenth version:
-all but `+sentence` and `+long-block`), `tenth+sentence`, `all` (the shipped guard).
+`+long-block` (a block of 16 tokens the fourth time in the answer), `+fragment` (a block of 6 tokens the eighth time
+in the answer), `tenth` (the guard shipped with the tenth version: all but `+sentence`, `+long-block` and `+fragment`),
+`tenth+sentence`, `no-fragment` (all but `+fragment`), `all` (the shipped guard).
 
     python3 benchmarks/bench_loop_guard.py --chebi20 ../shared/data/chebi20/validation.txt \
         --predictions RUN/description/model/predictions.jsonl:256 RUN/iupac/model/predictions.jsonl:96
@@ -34,8 +35,8 @@ from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 from llamo.processing.loaders import load_chemicals_iupac
 
 REPO = Path(__file__).resolve().parents[1]
-OFF = {"frequent_block": (1, 10**6, 1), "counter_tokens": 10**6, "few_tokens": (0, 10**6), "long_block": (1, 10**6)}
-TENTH_OFF = {"long_block": (1, 10**6)}
+OFF = {"frequent_block": (1, 10**6, 1), "counter_tokens": 10**6, "few_tokens": (0, 10**6), "long_blocks": ()}
+TENTH_OFF = {"long_blocks": ()}
 RULES = {
     "exact": {"near_min_period": 10**6, "long_periods": (10**6, 0), **OFF},
     "+counter": {"long_periods": (10**6, 0), **OFF},
@@ -45,9 +46,11 @@ RULES = {
     "+count": {**OFF, "long_periods": (10**6, 0), "counter_tokens": 30},
     "+few": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "few_tokens": (14, 96)},
     "+sentence": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "sentence_end_token_ids": "bundle"},
-    "+long-block": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "long_block": (16, 4)},
+    "+long-block": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "long_blocks": ((16, 4),)},
+    "+fragment": {**OFF, "near_min_period": 10**6, "long_periods": (10**6, 0), "long_blocks": ((6, 8),)},
     "tenth": TENTH_OFF,
     "tenth+sentence": {**TENTH_OFF, "sentence_end_token_ids": "bundle"},
+    "no-fragment": {"sentence_end_token_ids": "bundle", "long_blocks": ((16, 4),)},
     "all": {"sentence_end_token_ids": "bundle"},
 }
 

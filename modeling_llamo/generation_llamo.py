@@ -49,8 +49,9 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
       tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...");
     - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
       around the rules above: "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...");
-    - one block of `long_block[0]` tokens seen `long_block[1]` times in the answer (a long name said again and again,
-      "It is a member of X and a X-ol ... It derives from a X");
+    - per `(size, count)` of `long_blocks`, one block of `size` tokens seen `count` times in the answer: a long name
+      said again and again ("It is a member of X and a X-ol ... It derives from a X"), or a short fragment that a
+      made-up name keeps coming back to, however its copies vary in between ("3-hydroxy-3-hydroxy-2-oxo-...");
     - with `sentence_end_token_ids`, a sentence whose first `sentence_prefix_tokens` tokens are those of an earlier
       sentence (sentences end at one of those tokens): "It is a conjugate base of X. It is a conjugate acid of X. It
       is a conjugate base of X", whose copies are too long for the rules above.
@@ -70,7 +71,7 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         frequent_block: tuple[int, int, int] = (4, 6, 64),
         counter_tokens: int = 30,
         few_tokens: tuple[int, int] = (14, 96),
-        long_block: tuple[int, int] = (16, 4),
+        long_blocks: tuple[tuple[int, int], ...] = ((16, 4), (6, 8)),
         sentence_end_token_ids: list[int] | None = None,
         sentence_prefix_tokens: int = SENTENCE_PREFIX_TOKENS,
     ):
@@ -79,7 +80,7 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         self.repeats, self.min_tokens, self.max_period = repeats, min_tokens, max_period
         self.near_min_period, self.long_periods = near_min_period, long_periods
         self.frequent_block, self.counter_tokens, self.few_tokens = frequent_block, counter_tokens, few_tokens
-        self.long_block = long_block
+        self.long_blocks = long_blocks
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
         self.sentence_ends = torch.tensor(sentence_end_token_ids or [], dtype=torch.long)
         self.sentence_prefix_tokens = sentence_prefix_tokens
@@ -115,7 +116,8 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
                 checks.append((test, periods.to(device), bounds.to(device)))
         found = repeats_sentence_start(answer, self.sentence_ends, self.sentence_prefix_tokens)
         found |= self._block_seen_again(answer, *self.frequent_block) | self._few_distinct(answer)
-        found |= self._block_seen_again(answer, *self.long_block, None)
+        for size, count in self.long_blocks:
+            found |= self._block_seen_again(answer, size, count, None)
         if not checks:
             return found
         top = max(int(periods.max()) for _, periods, _ in checks)

@@ -704,22 +704,26 @@ def test_answer_loop_stop_finds_counters_and_long_blocks_repeated_twice():
     assert not exact_only.looping(torch.tensor([counter])).item()
 
 
-def test_answer_loop_stop_ends_a_long_block_said_the_fourth_time():
+@pytest.mark.parametrize("rule", [0, 1])
+def test_answer_loop_stop_ends_a_block_said_too_often(rule):
+    """(16, 4): a long name said the fourth time; (6, 8): a made-up name's fragment the eighth time, copies apart."""
     from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     guard = AnswerLoopStopLogitsProcessor(3, eos_token_id=2)
-    size, count = guard.long_block
-    name = list(range(100, 100 + size))  # "3-hydroxy-3-hydroxy-2-oxo-...-butan-2-ol"
+    assert guard.long_blocks == ((16, 4), (6, 8))
+    size, count = guard.long_blocks[rule]
+    name = list(range(100, 100 + size))  # "3-hydroxy-3-hydroxy-2-oxo-...-butan-2-ol", or its "3-hydroxy-2-oxo"
     fillers = iter(range(300, 1000))
     text = [1]
     for _ in range(count):
         text += [*(next(fillers) for _ in range(7)), *name]  # "It is a member of X", "and a X", ...
     assert guard.looping(torch.tensor([text])).item()
-    assert not guard.looping(torch.tensor([text[:-1]])).item()  # the fourth copy unfinished
+    assert not guard.looping(torch.tensor([text[:-1]])).item()  # the last copy unfinished
     assert not guard.looping(torch.tensor([[*text, 5]])).item()  # fires as the copy ends, not at every later token
-    three = text[: len(text) - size]  # three copies: a name a description may well repeat
-    assert not guard.looping(torch.tensor([three])).item()
-    off = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, long_block=(size, 10**6))
+    fewer = text[: len(text) - size]  # one copy fewer: a name a description may well repeat
+    assert not guard.looping(torch.tensor([fewer])).item()
+    others = tuple(block for i, block in enumerate(guard.long_blocks) if i != rule)
+    off = AnswerLoopStopLogitsProcessor(3, eos_token_id=2, long_blocks=others)
     assert not off.looping(torch.tensor([text])).item()
 
 
@@ -741,7 +745,7 @@ def test_answer_loop_stop_block_rules_agree_with_their_definition():
     from llamo.generation_llamo import AnswerLoopStopLogitsProcessor
 
     rng = random.Random(0)
-    off = {"frequent_block": (1, 10**6, 1), "few_tokens": (0, 10**6), "long_block": (1, 10**6)}
+    off = {"frequent_block": (1, 10**6, 1), "few_tokens": (0, 10**6), "long_blocks": ()}
     fired = 0
     for repeats, settings in ((3, {}), (2, {"min_tokens": 6}), (4, {"max_period": 10, "long_periods": (8, 20)})):
         guard = AnswerLoopStopLogitsProcessor(repeats, eos_token_id=2, **off, **settings)
