@@ -8,7 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
-from llamo.cli_common import add_command, add_device_arguments
+from llamo.cli_common import add_command, add_device_arguments, options_of
 from llamo.errors import CommandError
 
 from .config import BASELINES, EvaluationConfig
@@ -145,9 +145,7 @@ def _run_setup_wordnet(args: argparse.Namespace) -> None:
     within a few seconds, else a copy from the Debian packages wordnet-base and wordnet-sense-index (apt-get install -y
     wordnet-base wordnet-sense-index) with the lexnames file NLTK needs."""
     try:
-        target = setup_wordnet(
-            args.nltk_data, source=args.source, overwrite=args.overwrite, download=not args.no_download
-        )
+        target = setup_wordnet(args.nltk_data, download=not args.no_download, **options_of(args, "source", "overwrite"))
     except WordNetUnavailable as error:
         raise CommandError(str(error)) from error
     hint = "" if args.nltk_data is None else f" (pass --nltk-data {args.nltk_data} to llamo evaluate)"

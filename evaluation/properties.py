@@ -29,9 +29,7 @@ DEFAULT_UNIT = "Hartree"
 def parse_number(text: str | None) -> float | None:
     """The number `text` essentially is: its only standalone number, if finite (a Unicode minus sign is read as
     '-'); None when it holds no such number or more than one."""
-    if not text:
-        return None
-    found = _NUMBER.findall(text.translate(_MINUS_SIGNS))
+    found = _NUMBER.findall(text.translate(_MINUS_SIGNS)) if text else []
     if len(found) != 1:
         return None
     value = float(found[0])

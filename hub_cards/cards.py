@@ -76,11 +76,10 @@ def model_rows(model, processor) -> list[tuple[str, str]]:
         motifs = f" + {projector.num_motif_queries} motif queries (placed {projector.motif_tokens_position})"
     else:
         motifs = " (no motif tokens)"
-    attention = (
-        "one attention module shared by all levels (as in the released weights)"
-        if projector.share_level_attention
-        else "one attention module per level (as in the paper)"
-    )
+    if projector.share_level_attention:
+        attention = "one attention module shared by all levels (as in the released weights)"
+    else:
+        attention = "one attention module per level (as in the paper)"
     if processor.chat_template is None:
         prompt = "the tokenizer's own chat template"
     elif processor.chat_template == CHAT_TEMPLATES["llama2"]:

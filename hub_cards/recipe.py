@@ -70,8 +70,7 @@ class TrainingRun:
         if summary is None:
             return [*rows, ("Status", "not finished (no training_summary.json)")]
         rows.append(("Optimiser steps", str(summary.get("global_step"))))
-        loss = (summary.get("metrics") or {}).get("train_loss")
-        if loss is not None:
+        if (loss := (summary.get("metrics") or {}).get("train_loss")) is not None:
             rows.append(("Mean training loss", f"{loss:.4f}"))
         if summary.get("trainable_parameters") is not None:
             rows.append(("Trainable parameters", f"{summary['trainable_parameters'] / 1e6:.2f}M"))
@@ -126,10 +125,8 @@ def read_run(folder: str | Path) -> TrainingRun:
     folder = Path(folder)
     if not (folder / RUN_CONFIG).is_file():
         raise RunFolderError(f"{folder} is not a llamo training run: it has no {RUN_CONFIG}.")
-    config, summary = (
-        read_json(folder / name, RunFolderError, name) if (folder / name).is_file() else None
-        for name in (RUN_CONFIG, SUMMARY)
-    )
+    config = read_json(folder / RUN_CONFIG, RunFolderError, RUN_CONFIG)
+    summary = read_json(folder / SUMMARY, RunFolderError, SUMMARY) if (folder / SUMMARY).is_file() else None
     return TrainingRun(folder, upgrade_saved_settings(config), summary)
 
 

@@ -113,8 +113,7 @@ class EvaluationResults:
 
     @property
     def decoding_label(self) -> str:
-        settings = self.decoding
-        if not settings:
+        if not (settings := self.decoding):
             return "no generation (a non-generating baseline)"
         label = f"{settings.get('strategy', 'greedy')}, at most {settings.get('max_new_tokens')} new tokens"
         if settings.get("num_beams", 1) > 1:

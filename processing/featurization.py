@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 import datasets
+from rdkit import Chem, rdBase
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.feature_extraction_llamo import prepare_molecule
@@ -36,8 +37,6 @@ def _featurization_error(failure: Exception) -> str:
 
 
 def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str, list]:
-    from rdkit import Chem, rdBase
-
     out: dict[str, list] = {name: [] for name in [*FEATURIZED_FEATURES, "featurization_error"]}
     with rdBase.BlockLogs():
         for smiles in batch["smiles"]:

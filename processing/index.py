@@ -8,6 +8,7 @@ are ranked by Tanimoto similarity with RDKit's bulk similarity."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,9 +19,11 @@ import datasets
 import numpy as np
 from rdkit import Chem, DataStructs, rdBase
 from rdkit.Chem import rdFingerprintGenerator
+from tqdm.auto import tqdm
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.featurization_llamo import check_size, parse_smiles, prompt_smiles
+from llamo.storage import disk_full_guard
 
 from .loaders import property_from_text, stable_fraction
 from .mixture import is_held_out
@@ -105,8 +108,6 @@ class MoleculeIndex:
         molecule`, `held out`."""
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
-        from tqdm.auto import tqdm
-
         generator, seen = _fingerprint_generator(), set()
 
         def entry(row: dict[str, Any]) -> tuple | str:
@@ -144,10 +145,6 @@ class MoleculeIndex:
     def save(self, folder: str | Path) -> None:
         """Write the index as a `datasets` folder (`save_to_disk`), never into a non-empty one. It appears whole:
         on a full disk the partial copy is removed and a `DiskFullError` names the folder and the space needed."""
-        import shutil
-
-        from llamo.storage import disk_full_guard
-
         folder = Path(folder)
         if folder.exists() and any(folder.iterdir()):
             raise FileExistsError(f"{folder} exists and is not empty: choose a new folder for the index.")

@@ -36,7 +36,7 @@ import random
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from .instruction_prompts import (
 from .instruction_store import ConversationStore, write_json_atomically
 from .instruction_summary import RunState, build_summary
 from .schema import make_record
-from .teachers import BudgetExhausted, GenerationStopped, TeacherError, TeacherFatalError, TeacherReply
+from .teachers import BudgetExhausted, GenerationStopped, TeacherError, TeacherFatalError, TeacherReply, build_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,6 @@ def molecule_seed(seed: int, molecule_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{molecule_id}".encode()).digest()[:4], "big")
 
 
-def pick_exemplars(exemplars: list[Exemplar], molecule_id: str, count: int, seed: int) -> list[Exemplar]:
-    """`count` exemplars (none about the molecule itself), drawn with `seed`."""
-    candidates = [exemplar for exemplar in exemplars if exemplar.id != molecule_id]
-    return random.Random(seed).sample(candidates, min(count, len(candidates)))
-
-
 def judge_reply(reply: TeacherReply, max_turns: int) -> tuple[list[dict[str, str]] | None, str | None, str | None]:
     """Step 3 on a teacher reply: (messages, None, None) to keep, or (None, reason, detail) to drop. The reasons:
     `truncated_output` (a `finish_reason` other than the end of the answer, e.g. `length`), the parser's
@@ -145,7 +139,8 @@ def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config:
             return Outcome(molecule, "filtered", reason=problem, detail="grounded conversation")
         metadata.update(teacher.metadata(), provenance=conversation.provenance)
     else:
-        chosen = pick_exemplars(exemplars, molecule.id, config.num_exemplars, seed)
+        candidates = [exemplar for exemplar in exemplars if exemplar.id != molecule.id]  # none about the molecule
+        chosen = random.Random(seed).sample(candidates, min(config.num_exemplars, len(candidates)))
         prompt = generation_messages(molecule.smiles, molecule.description, molecule.iupac, chosen, config.max_turns)
         try:
             reply = teacher.complete(prompt, seed=seed)
@@ -322,9 +317,6 @@ def generate_conversations(
     return summary
 
 
-_INPUT_SETTINGS = ("format", "id_prefix", "limit")
-
-
 def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """One `generate_conversations` run described by a dict, as a training recipe's `conversations` step gives it.
 
@@ -332,15 +324,11 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     `teachers.build_teacher` (`model`, `max_requests`, `temperature`, ...); the input's `format`, `id_prefix` and
     `limit` (see `read_molecules`); any `DataGenerationConfig` field (`max_turns`, `seed`, ...; no progress bar unless
     `show_progress`). An unknown key raises `ValueError`. Returns the summary."""
-    from dataclasses import fields
-
-    from .teachers import build_teacher
-
     options = {key: value for key, value in settings.items() if value is not None}
     if missing := [key for key in ("input", "output") if options.get(key) in (None, "")]:
         raise ValueError(f"The conversations settings need {' and '.join(missing)}.")
     source, output, kind = options.pop("input"), options.pop("output"), options.pop("teacher", "grounded")
-    reading = {key: options.pop(key) for key in _INPUT_SETTINGS if key in options}
+    reading = {key: options.pop(key) for key in ("format", "id_prefix", "limit") if key in options}
     chosen = {item.name: options.pop(item.name) for item in fields(DataGenerationConfig) if item.name in options}
     config = DataGenerationConfig(**{"show_progress": False, **chosen})
     teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}

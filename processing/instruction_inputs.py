@@ -51,14 +51,14 @@ class MoleculeInput:
     limit: int | None = None
 
 
-def _resolve_column(role: str, wanted: str | None, available: list[str], required: bool) -> str | None:
+def _resolve_column(role: str, wanted: str | None, available: list[str]) -> str | None:
     if wanted is not None:
         if wanted not in available:
             raise ValueError(f"Input has no {role} column {wanted!r}; its columns are {available}.")
         return wanted
     lowered = {name.lower(): name for name in available}
     found = next((lowered[candidate] for candidate in _COLUMN_CANDIDATES[role] if candidate in lowered), None)
-    if found is None and required:
+    if found is None and role in ("smiles", "description"):  # the required roles
         raise ValueError(
             f"Input has no {role} column (tried {_COLUMN_CANDIDATES[role]}; name it with --{role}-column); "
             f"its columns are {available}."
@@ -133,8 +133,7 @@ def read_molecules(
         if row is None:
             return "unreadable_row"
         if not resolved:
-            required = ("smiles", "description")
-            resolved.update({role: _resolve_column(role, wanted[role], list(row), role in required) for role in wanted})
+            resolved.update({role: _resolve_column(role, wanted[role], list(row)) for role in wanted})
         text = {role: str(row.get(column) or "").strip() for role, column in resolved.items()}
         if not text["smiles"]:
             return "missing_smiles"

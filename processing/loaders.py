@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pandas
 
 from .schema import make_record, record_metadata, records_dataset
 
@@ -121,8 +122,6 @@ def read_table(
     """A Hub dataset's `split` or local CSV file(s) as a pandas table: its `columns` (a `ValueError` names the missing
     ones) and those of `optional` that exist, or every column. Local files are read with `pandas.read_csv(**read_csv)`,
     by default every value as text and the extra fields of a row ignored (as `csv.DictReader` does)."""
-    import pandas
-
     if _is_hub_id(path):
         loaded = datasets.load_dataset(path, split=split)
         origin, available = f"{path} ({split})", loaded.column_names

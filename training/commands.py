@@ -6,6 +6,7 @@ import argparse
 import importlib
 
 from llamo.cli_common import add_command
+from llamo.errors import CommandError
 
 STAGES = {
     "stage1": "graph-language alignment: train the GIN + projector on description pairs, LLM frozen",
@@ -41,7 +42,6 @@ def _run_recipes(args: argparse.Namespace) -> None:
 def _parse(stage: str, options: list[str]):
     """The stage's arguments; `--help` answers from LLaMo's own arguments without importing TRL or torch,
     `--help-all` is TRL's parser's help (every SFTConfig and ModelConfig flag)."""
-    from llamo.errors import CommandError
     from llamo.training.config import parse_stage_arguments, stage_help
 
     if {"-h", "--help"} & set(options):
@@ -61,7 +61,6 @@ def _run_train(args: argparse.Namespace) -> None:
     be set in the YAML or overridden on the command line: LLaMo's own (`llamo train stage1 --help`) and every field of
     TRL's SFTConfig and ModelConfig (`llamo train stage1 --help-all`). Restarting the same command resumes an
     interrupted run. For several processes/GPUs: `accelerate launch -m llamo.training.stage2 --config recipe.yaml`."""
-    from llamo.errors import CommandError
     from llamo.storage import is_disk_full
 
     if args.stage == "pipeline":
@@ -87,8 +86,6 @@ def _run_prepare(args: argparse.Namespace) -> None:
 
     Featurize every molecule of a recipe's sources once (cached in Arrow) and print what was kept and dropped;
     training then reads the cache without running RDKit."""
-    from llamo.errors import CommandError
-
     arguments = _parse(args.stage, args.options)
     from llamo.training.data import build_training_dataset
 

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from transformers.utils import get_current_accelerator
 from trl import SFTTrainer, get_peft_config
 
+from llamo.processing.collators import LlamoDataCollator
 from llamo.processing.instruction_store import write_json_atomically
-from llamo.storage import disk_full_guard
+from llamo.storage import DiskFullError, disk_full_guard, folder_bytes, is_disk_full
 
 from .config import RUN_CONFIG, SUMMARY, StageArguments, same_setting, upgrade_saved_settings
+from .interrupt import GracefulInterrupt
 
 FINAL_SAVE_KEPT = "Training finished and its last checkpoint is kept: the rerun only saves the final model."
 _LAUNCH = ("overwrite_output_dir", "resume_from_checkpoint", "run_name", "project", "local_rank", "use_cpu")
@@ -33,8 +37,6 @@ class CheckpointSpaceMixin:
     says which folder is full and how much a checkpoint needs (`checkpoint_bytes`)."""
 
     def _save_checkpoint(self, model, trial) -> None:
-        from llamo.storage import DiskFullError, is_disk_full
-
         try:
             super()._save_checkpoint(model, trial)
         except Exception as error:
@@ -54,8 +56,6 @@ class CheckpointSpaceMixin:
     def checkpoint_bytes(self, previous: Path | None = None) -> int:
         """What one checkpoint of this run takes: `previous`'s size, else the model's saved state (the trainable
         part only for a PEFT model, whose checkpoints hold the adapter) plus the optimizer's state."""
-        from llamo.storage import folder_bytes
-
         if previous is not None:
             return folder_bytes(previous)
         states = self.optimizer.state.values() if self.optimizer is not None else ()
@@ -73,12 +73,6 @@ class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
 def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None, callbacks=()):
     """Run `LlamoSFTTrainer` (LLaMo's collator, further `callbacks`; from `checkpoint` unless `resume_from_checkpoint`
     is given; SIGTERM / Ctrl-C save a checkpoint and exit): the trainer, `train()`'s output and the wall seconds."""
-    import time
-
-    from llamo.processing.collators import LlamoDataCollator
-
-    from .interrupt import GracefulInterrupt
-
     trainer = LlamoSFTTrainer(
         model=model,
         args=training_args,
@@ -122,12 +116,6 @@ def last_complete_checkpoint(output_dir: Path, set_aside_incomplete: bool = True
     return None
 
 
-def run_settings(arguments: StageArguments) -> dict:
-    """A stage's settings as one flat JSON mapping (what `llamo_run_config.json` holds; tokens are masked)."""
-    script, training, model = arguments
-    return json.loads(json.dumps({**asdict(script), **training.to_dict(), **asdict(model)}, default=str))
-
-
 def prepare_run_dir(
     arguments: StageArguments, log=print, is_main_process: bool = True
 ) -> tuple[Path, Path | None, bool]:
@@ -138,10 +126,11 @@ def prepare_run_dir(
     anything else (another run's folder, unrelated files) is refused unless `overwrite_output_dir`, which starts
     over. Only the main process changes the folder: the others (run after it, e.g. under `main_process_first`) only
     read it."""
-    output_dir = Path(arguments.training.output_dir)
-    overwrite = arguments.script.overwrite_output_dir
-    saved_file = output_dir / RUN_CONFIG
-    current = run_settings(arguments)
+    script, training, model = arguments
+    output_dir = Path(training.output_dir)
+    overwrite = script.overwrite_output_dir
+    saved_file = output_dir / RUN_CONFIG  # the stage's settings as one flat JSON mapping (tokens are masked)
+    current = json.loads(json.dumps({**asdict(script), **training.to_dict(), **asdict(model)}, default=str))
     if not is_main_process:
         finished = (output_dir / SUMMARY).is_file()
         return output_dir, None if finished else last_complete_checkpoint(output_dir, False), finished
@@ -252,6 +241,4 @@ def lora_config(model, model_args):
 def no_accelerator() -> bool:
     """True on a CPU-only machine (no CUDA, XPU, MPS, ... device for `torch.accelerator`): then several processes
     (e.g. `accelerate launch --multi_gpu --num_processes 2`, which uses torchrun) train with the gloo backend."""
-    from transformers.utils import get_current_accelerator
-
     return get_current_accelerator() is None

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from llamo.chat_template_llamo import add_name_hint
+
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
 from .chat import StopRegistry, conversation_messages, generation_settings, stream_answer
 from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
@@ -171,8 +173,6 @@ class Demo:
             return messages, ""  # the generation reports why the molecule cannot be read
         given = ""
         if name := self.retrieval.name_hint(smiles, question):
-            from llamo import add_name_hint
-
             messages = add_name_hint(messages, name)
             given = message_html(f"Given with the question: its IUPAC name, {name}.", kind="info")
         try:
@@ -259,11 +259,9 @@ def build_demo(
 
         chat_inputs = [question, chatbot, current, limit, sample, temperature]
         chat_outputs = [chatbot, question, chat_status, neighbours]
-        send.click(on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
-        question.submit(on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
+        gr.on([send.click, question.submit], on_respond, chat_inputs, chat_outputs, concurrency_id="generate")
         molecule_outputs = [drawing, groups, status, current, chatbot, chat_status, neighbours]
-        show.click(on_show, [smiles, shade], molecule_outputs)
-        smiles.submit(on_show, [smiles, shade], molecule_outputs)
+        gr.on([show.click, smiles.submit], on_show, [smiles, shade], molecule_outputs)
         examples.load_input_event.then(on_show, [smiles, shade], molecule_outputs)
         shade.change(demo.reshade, [current, shade], [drawing, groups])
         stop.click(on_stop, None, None, concurrency_limit=None)
