@@ -177,10 +177,10 @@ class LlamoMoleculePipeline(Pipeline):
             raise ValueError("Got an empty list of inputs.")
         if smiles is None or isinstance(smiles, str):
             per_input: list[Any] = [smiles] * len(inputs)
-        else:
-            per_input = list(smiles)
-            if len(per_input) != len(inputs):
-                raise ValueError(f"Got {len(inputs)} inputs but {len(per_input)} SMILES: give one per input.")
+        elif not isinstance(smiles, (list, tuple)):
+            raise TypeError(f"smiles must be a SMILES string or a list of one per input, got {type(smiles).__name__}.")
+        elif len(per_input := list(smiles)) != len(inputs):
+            raise ValueError(f"Got {len(inputs)} inputs but {len(per_input)} SMILES: give one per input.")
         pairs = enumerate(zip(inputs, per_input, strict=True))
         return [self._conversation(item, molecule, index) for index, (item, molecule) in pairs], False
 
@@ -289,6 +289,9 @@ class LlamoMoleculePipeline(Pipeline):
             max_atoms=max_atoms,
             include_graph=include_graph,
         )
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        if empty := [row for row in range(len(ids)) if not ids.shape[1] or (mask is not None and not mask[row].any())]:
+            raise ValueError(f"Input {empty[0]} renders to an empty prompt: give it a user turn.")
         return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries], "name_hints": hints}
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:

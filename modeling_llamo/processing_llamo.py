@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,12 @@ class LlamoProcessor(ProcessorMixin):
             found = sum(1 for token in ids if token == self.graph_token_id)
             if found != molecules * self.num_graph_tokens:
                 name = names[index] if names is not None else f"Sequence {index}"
+                if found > molecules * self.num_graph_tokens:
+                    raise ValueError(
+                        f"{name} holds {found} graph placeholders, but its {molecules} molecules make "
+                        f"{molecules * self.num_graph_tokens}: its text writes {self.graph_token} itself; give "
+                        "molecules as molecule blocks only."
+                    )
                 raise ValueError(
                     f"{name} keeps {found} of its {molecules * self.num_graph_tokens} graph placeholders after "
                     "tokenization (truncated?): raise `max_length` or shorten the text."
@@ -299,6 +305,14 @@ class LlamoProcessor(ProcessorMixin):
         self, texts: list[str], molecule_counts: list[int], graph_inputs: dict, return_tensors: str | None, **kwargs
     ) -> BatchFeature:
         """Expand, tokenize and check the placeholders of `texts`, then join the graph inputs."""
+        for index, text in enumerate(texts):
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise ValueError(
+                        f"Text at index {index} is not valid Unicode: {error.reason} at character {error.start}."
+                    ) from None
         if len(texts) == 1 and return_tensors == "pt":
             single = self._encode_single(texts[0], molecule_counts[0], graph_inputs, **kwargs)
             if single is not None:
@@ -390,14 +404,26 @@ class LlamoProcessor(ProcessorMixin):
         """Turn content blocks into plain strings and featurize the molecules, in order; `prepared` gives the
         conversation's molecules already featurized (in block order), and then RDKit is not called at all."""
         messages, molecules = [], []
-        for message in conversation:
+        for position, message in enumerate(conversation):
+            if not isinstance(message, Mapping):
+                raise TypeError(
+                    f"Conversation {index}, message {position} is a {type(message).__name__}; a message is a dict "
+                    "with a 'role' and a 'content'."
+                )
             content = message.get("content")
             if content is None or isinstance(content, str):
                 messages.append({**message, "content": content or ""})
                 continue
+            if not isinstance(content, (list, tuple)):
+                raise TypeError(
+                    f"Conversation {index}, message {position}: content of type {type(content).__name__}; give a "
+                    "string or a list of content blocks."
+                )
             parts = []
             for block in content:
                 kind = block.get("type") if isinstance(block, dict) else None
+                if kind == "text" and not isinstance(block.get("text", ""), str):
+                    kind = None  # reported below as an unsupported block
                 if kind == "molecule":
                     given = block.get("smiles")
                     if prepared is not None:

@@ -445,6 +445,10 @@ def test_pipeline_inputs_batches_and_errors(tiny_llamo):
         pipe(["a", "b"], smiles=["C", "CC", "CCC"])
     with pytest.raises(ValueError, match="not_a_smiles"):
         pipe({"smiles": "not_a_smiles", "text": "Describe."})
+    with pytest.raises(TypeError, match="smiles must be a SMILES string or a list of one per input, got bool"):
+        pipe(["a", "b"], smiles=True)
+    with pytest.raises(ValueError, match="Input 1 renders to an empty prompt"):
+        pipe([conversations[0], [{"role": "system", "content": []}]], batch_size=2)
 
 
 # --- a fresh process without llamo: Auto classes, pipeline, the card's snippets ---------------------------------

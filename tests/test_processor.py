@@ -151,6 +151,26 @@ def test_placeholder_mismatches(processor):
         processor.apply_chat_template([{"role": "user", "content": [{"type": "image", "url": "x.png"}]}])
     with pytest.raises(ValueError, match="truncated"):
         processor(text="<graph> hello", smiles="C", truncation=True, max_length=8)
+    typed = molecule_messages("C", "Describe <graph> this.")
+    tokens = processor.num_graph_tokens
+    expected = rf"holds {2 * tokens} graph placeholders, but its 1 molecules make {tokens}: its text writes <graph>"
+    with pytest.raises(ValueError, match=expected):
+        processor.apply_chat_template(typed, tokenize=True)
+
+
+@pytest.mark.parametrize(
+    "conversation, message",
+    [
+        ([None], "Conversation 0, message 0 is a NoneType"),
+        ([{"role": "user", "content": "x"}, ["y"]], "Conversation 0, message 1 is a list"),
+        ([{"role": "user", "content": 3}], "Conversation 0, message 0: content of type int"),
+        ([{"role": "user", "content": [{"type": "text", "text": ["x"]}]}], "unsupported content block"),
+        (molecule_messages("C", "Describe \ud800 this."), "Text at index 0 is not valid Unicode: surrogates not"),
+    ],
+)
+def test_malformed_conversations_name_the_culprit(processor, conversation, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        processor.apply_chat_template(conversation, tokenize=True)
 
 
 def test_tokenizer_without_graph_token():
