@@ -7,12 +7,16 @@ SMILES (up to 10 MB), mutated golden molecules, huge rings, deep branches, many 
 chaos, dense graphs (cliques), names and CXSMILES tails, molecules near the 512-atom limit, explicit hydrogens and
 non-string values.
 Each input goes to `featurize_smiles(value, max_atoms=512, index=i)` and, when a processor can be built from a
-tiny tokenizer, to `processor(text=["<graph> Describe this molecule."], smiles=[value])`.
+tiny tokenizer, to `processor(text=["<graph> Describe this molecule."], smiles=[value])` and to
+`processor.apply_chat_template(conversation, tokenize=True)`, the input placed in one of the conversation shapes of
+`CHAT_SHAPES` in turn: as a molecule block's SMILES, a text block's text, a message's content, a whole message, a
+content block, a molecule beside a text that writes `<graph>` itself, a system message.
 
 Every call runs in a worker process; a call still running after `--timeout` seconds is a hang (the worker is
-killed and restarted). Outcomes: ok; a ValueError naming the input (its message holds "index" or the cut input and
-is under 400 characters); any other ValueError; other exception types; hangs. Targets: no hangs, nothing but
-ValueErrors naming the input.
+killed and restarted). Outcomes: ok; a ValueError naming the input (its message holds "index", "Conversation",
+"Sequence" or the cut input and is under 400 characters; for the chat target a TypeError for a malformed structure
+counts too); any other ValueError; other exception types; hangs. Targets: no hangs, nothing but errors naming the
+input.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "golden" / "featurization_golden.jsonl"
 MESSAGE_LIMIT = 400
 PROMPT = "<graph> Describe this molecule."
-TARGETS = ("featurize_smiles", "processor")
+TARGETS = ("featurize_smiles", "processor", "chat")
 
 # --- inputs -------------------------------------------------------------------------------------------------------
 
@@ -195,6 +199,22 @@ GENERATORS = {
 }
 
 
+def _user(*content: Any) -> list[dict]:
+    return [{"role": "user", "content": list(content)}]
+
+
+CHAT_SHAPES = (
+    lambda value: _user({"type": "molecule", "smiles": value}, {"type": "text", "text": "Describe this molecule."}),
+    lambda value: _user({"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": value}),
+    lambda value: [{"role": "user", "content": value}],
+    lambda value: [{"role": "user", "content": "Hello."}, value],
+    lambda value: _user(value),
+    lambda value: _user({"type": "molecule", "smiles": value}, {"type": "text", "text": "<graph> and"}),
+    lambda value: [{"role": "system", "content": value}],
+)
+"""Conversations around a fuzzed value, for the chat target (shape `index % len(CHAT_SHAPES)`)."""
+
+
 def read_golden(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line)["smiles"] for line in handle]
@@ -229,7 +249,8 @@ def _build_processor() -> tuple[Any, str]:
 def _names_input(message: str, value: Any) -> bool:
     from llamo.featurization_llamo import shorten_for_message
 
-    return len(message) < MESSAGE_LIMIT and ("index" in message or shorten_for_message(value) in message)
+    named = any(word in message for word in ("index", "Conversation", "Sequence", shorten_for_message(value)))
+    return len(message) < MESSAGE_LIMIT and named
 
 
 def _call(target: str, index: int, value: Any, processor: Any) -> dict:
@@ -241,16 +262,18 @@ def _call(target: str, index: int, value: Any, processor: Any) -> dict:
     try:
         if target == "processor":
             processor(text=[PROMPT], smiles=[value])
+        elif target == "chat":
+            processor.apply_chat_template(CHAT_SHAPES[index % len(CHAT_SHAPES)](value), tokenize=True)
         else:
             featurize_smiles(value, max_atoms=MAX_ATOMS, index=index)
         result = {"outcome": "ok"}
-    except ValueError as error:
-        message = str(error)
-        outcome = "value_error_naming_input" if _names_input(message, value) else "other_value_error"
-        result = {"outcome": outcome, "type": type(error).__name__, "message": message[:300], "length": len(message)}
     except Exception as error:
-        result = {"outcome": "other_exception", "type": type(error).__name__, "message": str(error)[:300]}
-        result["length"] = len(str(error))
+        message = str(error)
+        if isinstance(error, ValueError) or (target == "chat" and isinstance(error, TypeError)):
+            outcome = "value_error_naming_input" if _names_input(message, value) else "other_value_error"
+        else:
+            outcome = "other_exception"
+        result = {"outcome": outcome, "type": type(error).__name__, "message": message[:300], "length": len(message)}
     result["seconds"] = time.perf_counter() - start
     return result
 

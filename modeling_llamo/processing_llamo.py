@@ -405,10 +405,11 @@ class LlamoProcessor(ProcessorMixin):
         conversation's molecules already featurized (in block order), and then RDKit is not called at all."""
         messages, molecules = [], []
         for position, message in enumerate(conversation):
-            if not isinstance(message, Mapping):
+            if not isinstance(message, Mapping) or "role" not in message:
+                what = f"a {type(message).__name__}" if not isinstance(message, Mapping) else "a dict without 'role'"
                 raise TypeError(
-                    f"Conversation {index}, message {position} is a {type(message).__name__}; a message is a dict "
-                    "with a 'role' and a 'content'."
+                    f"Conversation {index}, message {position} is {what}; a message is a dict with a 'role' and a "
+                    "'content'."
                 )
             content = message.get("content")
             if content is None or isinstance(content, str):

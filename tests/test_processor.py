@@ -163,6 +163,7 @@ def test_placeholder_mismatches(processor):
     [
         ([None], "Conversation 0, message 0 is a NoneType"),
         ([{"role": "user", "content": "x"}, ["y"]], "Conversation 0, message 1 is a list"),
+        ([{"content": "x"}], "Conversation 0, message 0 is a dict without 'role'"),
         ([{"role": "user", "content": 3}], "Conversation 0, message 0: content of type int"),
         ([{"role": "user", "content": [{"type": "text", "text": ["x"]}]}], "unsupported content block"),
         (molecule_messages("C", "Describe \ud800 this."), "Text at index 0 is not valid Unicode: surrogates not"),
