@@ -183,7 +183,7 @@ def select_examples(
     present = {row.get("task") for row in rows if isinstance(row, dict)}
     wanted = set(tasks) if tasks else None
     if wanted is not None and wanted - present:
-        shown = ", ".join(sorted(str(task) for task in present))
+        shown = ", ".join(sorted(str(task)[:40] for task in present)[:12])
         raise ValueError(f"Task(s) {', '.join(sorted(wanted - present))} not in the data; tasks present: {shown}.")
     examples, skipped, seen = [], [], set()
     chosen = [

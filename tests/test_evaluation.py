@@ -397,6 +397,8 @@ def test_data_sources_agree_and_bad_rows_are_counted(tmp_path):
     assert examples[2].chat_messages()[2] == {"role": "user", "content": "Its IUPAC name?"}
     with pytest.raises(ValueError, match="tasks present: conversation, iupac, property"):
         select_examples(loaded, tasks=["description"])
+    with pytest.raises(ValueError, match=r"tasks present: conversation, iupac, property, x{40}\.$"):
+        select_examples([*loaded, {"task": "x" * 5000}], tasks=["description"])
     with pytest.raises(FileNotFoundError):
         load_rows(tmp_path / "missing.jsonl")
     (tmp_path / "broken.jsonl").write_text('{"id": 1}\n{oops\n', encoding="utf-8")
