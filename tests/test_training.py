@@ -428,6 +428,18 @@ def test_paper_defaults():
     assert not first.model.use_peft
 
 
+def test_recipe_values_are_read_as_trl_reads_a_config_file():
+    source = [{"type": "chebi20", "path": "x.tsv"}]
+    recipe = yaml.safe_load("learning_rate: 1e-4\nmax_steps: '12'\nneighbour_share: '0.25'")
+    assert recipe["learning_rate"] == "1e-4"  # YAML 1.1 reads an exponent without a dot as a string
+    script, training, _ = stage_arguments("stage2", {"output_dir": "b", "sources": source, **recipe})
+    assert (training.learning_rate, training.max_steps, script.neighbour_share) == (1e-4, 12, 0.25)
+    with pytest.raises(ValueError, match="^Recipe key max_steps: invalid int value: 'ten'$"):
+        stage_arguments("stage2", {"output_dir": "b", "sources": source, "max_steps": "ten"})
+    with pytest.raises(ValueError, match="^Unknown recipe keys: leaning_rate, bogus$"):
+        stage_arguments("stage2", {"output_dir": "b", "sources": source, "leaning_rate": 1e-4, "bogus": 1})
+
+
 def _log_history(output_dir: Path) -> list[dict]:
     states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"))
     if states:

@@ -247,9 +247,19 @@ def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArg
 
 
 def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
-    """A stage's arguments from one flat mapping: a recipe's, or a pipeline recipe's `stage1:` / `stage2:`."""
+    """A stage's arguments from one flat mapping: a recipe's, or a pipeline recipe's `stage1:` / `stage2:`. Read as
+    `TrlParser` reads a `--config` file: string values are converted by each field's type (YAML reads `1e-4` as a
+    string), and unknown keys are refused."""
     reject_legacy_keys(settings)
-    return check_arguments(stage, StageArguments(*_parser(stage).parse_dict({**_defaults(stage), **settings})))
+    parser = _parser(stage)
+    if unknown := parser.set_defaults_with_config(**{**_defaults(stage), **settings}):
+        raise ValueError(f"Unknown recipe keys: {', '.join(key[2:] for key in unknown[::2])}")
+    parser.exit_on_error = False
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=[])
+    except argparse.ArgumentError as error:
+        raise ValueError(f"Recipe key {error.argument_name.split('/')[0].lstrip('-')}: {error.message}") from None
+    return check_arguments(stage, StageArguments(*parsed))
 
 
 def check_arguments(stage: str, arguments: StageArguments) -> StageArguments:
