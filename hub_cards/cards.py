@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+
 from .credits import LLAMO_CITATION, resolve_credits
 from .recipe import find_runs, read_run
 from .results import load_results, model_index_results, read_json
@@ -126,8 +128,6 @@ def _render(card_class, card_data, template: str, **context):
 def build_model_card(model, processor, options: ModelCardOptions | None = None, model_dir: str | Path | None = None):
     """The model card (`huggingface_hub.ModelCard`) of a LLaMo model and its processor (weights may be on the meta
     device: only shapes are read); `model_dir`, the folder the model came from, leads to its runs and build files."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     import llamo
 
     options = options or ModelCardOptions()
@@ -201,8 +201,6 @@ def build_dataset_card(
 ):
     """The dataset card (`huggingface_hub.DatasetCard`) of instruction data made by `llamo generate-data`, from its
     `OUT.jsonl.summary.json`: teacher, model, prompt version, and what was kept, filtered (by reason) and failed."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     summary = load_generation_summary(summary_path)
     data_file = Path(str(summary.get("output") or Path(summary_path).name.removesuffix(".summary.json"))).name
     teacher = str(summary["teacher"])

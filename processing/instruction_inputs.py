@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+from rdkit import Chem, rdBase
+
 from .loaders import read_jsonl_rows, read_table
 
 _COLUMN_CANDIDATES = {
@@ -86,8 +89,6 @@ def _dataset_rows(dataset) -> Iterator[dict[str, Any]]:
 
 
 def _raw_rows(source, input_format: str) -> tuple[Iterable[dict[str, Any] | None], str]:
-    import datasets
-
     if isinstance(source, datasets.Dataset):
         return _dataset_rows(source), f"datasets.Dataset({source.num_rows} rows)"
     if not (path := Path(source)).exists():
@@ -119,8 +120,6 @@ def read_molecules(
 
     Rows with no or unparsable SMILES (RDKit), no description, a repeated id, or unreadable JSON are skipped and
     counted in `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules."""
-    from rdkit import Chem, rdBase
-
     from llamo.featurization_llamo import parse_smiles
 
     wanted = asdict(columns or ColumnNames())

@@ -93,9 +93,8 @@ def generation_messages(
     """Chat messages of step 2: system prompt, each exemplar as a (context, conversation) pair, then the molecule."""
     messages = [{"role": "system", "content": system_prompt(iupac is not None, max_turns)}]
     for exemplar in exemplars:
-        context = molecule_context(exemplar.smiles, exemplar.description, exemplar.iupac)
         messages += [
-            {"role": "user", "content": context},
+            {"role": "user", "content": molecule_context(exemplar.smiles, exemplar.description, exemplar.iupac)},
             {"role": "assistant", "content": format_conversation(exemplar.messages)},
         ]
     return [*messages, {"role": "user", "content": molecule_context(smiles, description, iupac)}]
@@ -129,13 +128,11 @@ def _json_candidates(text: str) -> list[Any]:
             found.append(json.loads(chunk))
             continue
         for match in re.finditer(r"[{\[]", chunk):
-            try:
+            with contextlib.suppress(ValueError):
                 value, _ = decoder.raw_decode(chunk, match.start())
-            except ValueError:
-                continue
-            if isinstance(value, (dict, list)) and value:
-                found.append(value)
-                break
+                if isinstance(value, (dict, list)) and value:
+                    found.append(value)
+                    break
     return found
 
 

@@ -134,10 +134,9 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     with contextlib.suppress(ValueError):
         return max(0.0, float(value))
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         return max(0.0, email.utils.parsedate_to_datetime(value.strip()).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return None
 
 
 def chat_completions_url(base_url: str) -> str:

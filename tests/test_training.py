@@ -434,9 +434,9 @@ def test_recipe_values_are_read_as_trl_reads_a_config_file():
     assert recipe["learning_rate"] == "1e-4"  # YAML 1.1 reads an exponent without a dot as a string
     script, training, _ = stage_arguments("stage2", {"output_dir": "b", "sources": source, **recipe})
     assert (training.learning_rate, training.max_steps, script.neighbour_share) == (1e-4, 12, 0.25)
-    with pytest.raises(ValueError, match="^Recipe key max_steps: invalid int value: 'ten'$"):
+    with pytest.raises(ValueError, match=r"^Recipe key max_steps: invalid int value: 'ten'$"):
         stage_arguments("stage2", {"output_dir": "b", "sources": source, "max_steps": "ten"})
-    with pytest.raises(ValueError, match="^Unknown recipe keys: leaning_rate, bogus$"):
+    with pytest.raises(ValueError, match=r"^Unknown recipe keys: leaning_rate, bogus$"):
         stage_arguments("stage2", {"output_dir": "b", "sources": source, "leaning_rate": 1e-4, "bogus": 1})
 
 

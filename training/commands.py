@@ -74,9 +74,8 @@ def _run_train(args: argparse.Namespace) -> None:
             raise CommandError(str(error)) from error
         return
     arguments = _parse(args.stage, args.options)
-    stage = importlib.import_module(f"llamo.training.{args.stage}")
     try:
-        stage.main(*arguments)
+        importlib.import_module(f"llamo.training.{args.stage}").main(*arguments)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as error:
         raise CommandError(str(error)) from error
 

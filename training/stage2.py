@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from peft import PeftModel
 from trl import ModelConfig, SFTConfig
 
 from llamo.storage import exit_on_disk_full
@@ -24,8 +25,6 @@ from .data import build_training_dataset
 
 def continued_adapter(model, adapter_path: str, log=print):
     """The stage-1 model wrapped in an earlier stage-2 adapter (LoRA + projector), its weights trainable."""
-    from peft import PeftModel
-
     adapter = Path(adapter_path)
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"No stage-2 adapter to continue in {adapter} (adapter_config.json missing)")
