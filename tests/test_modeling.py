@@ -357,8 +357,8 @@ def test_gradient_checkpointing_matches_plain_backward():
     plain = tiny_model().train()
     checkpointed = tiny_model().train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert checkpointed.is_gradient_checkpointing
+    checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert checkpointed.is_activation_checkpointing
     inputs = {"input_ids": prompt_ids(plain, 2), **graph_batch("aspirin", "caffeine")}
     inputs["labels"] = inputs["input_ids"].clone()
     plain(**inputs).loss.backward()
