@@ -428,6 +428,29 @@ def test_paper_defaults():
     assert not first.model.use_peft
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: [1,\n", r"line 2, column 1: not valid YAML"),
+        ("- a\n- b\n", r"must hold a YAML mapping of settings, not a list"),
+        ("stage2: {}\n", r"a pipeline recipe needs work_dir, stage1$"),
+        ("work_dir: w\nstage1:\nstage2: {}\n", r"stage1 must be a mapping of settings"),
+        ("work_dir: w\nstage1: {}\nstage2: {}\nstgae2b: {}\n", r"unknown pipeline keys stgae2b \(known: work_dir,"),
+    ],
+)
+def test_malformed_recipes_are_refused_naming_the_problem(tmp_path, text, message):
+    from llamo.training.config import parse_stage_arguments
+    from llamo.training.pipeline import load_pipeline
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_pipeline(str(recipe), {})
+    if "pipeline" not in message and "stage1" not in message:
+        with pytest.raises(ValueError, match=message):
+            parse_stage_arguments("stage2", ["--config", str(recipe)])
+
+
 def test_recipe_values_are_read_as_trl_reads_a_config_file():
     source = [{"type": "chebi20", "path": "x.tsv"}]
     recipe = yaml.safe_load("learning_rate: 1e-4\nmax_steps: '12'\nneighbour_share: '0.25'")

@@ -216,6 +216,22 @@ def recipe_file(name: str) -> Path:
     return candidate
 
 
+def read_recipe(name: str) -> dict[str, Any]:
+    """The YAML mapping of a recipe (`recipe_file(name)`); a `ValueError` names the file and where it is not one."""
+    import yaml
+
+    path = recipe_file(name)
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', None) or 'unreadable'})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path} must hold a YAML mapping of settings, not a {type(recipe).__name__}")
+    return recipe
+
+
 def _parser(stage: str):
     from trl import ModelConfig, SFTConfig, TrlParser
 
@@ -231,15 +247,12 @@ def _defaults(stage: str) -> dict[str, Any]:
 def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArguments:
     """A stage's arguments from a command line (default: this process's): `--config RECIPE` (a file or a shipped
     recipe's name), then flags that override it; both take every `SFTConfig` and `ModelConfig` field."""
-    import yaml
-
     argv = list(sys.argv[1:] if argv is None else argv)
     keys = [item[2:].split("=", 1)[0] for item in argv if item.startswith("--")]
     if "--config" in argv[:-1]:  # the first, as TrlParser reads it
         at = argv.index("--config") + 1
         argv[at] = str(recipe_file(argv[at]))
-        recipe = yaml.safe_load(Path(argv[at]).read_text(encoding="utf-8"))
-        keys += list(recipe) if isinstance(recipe, dict) else []
+        keys += list(read_recipe(argv[at]))
     reject_legacy_keys(keys)
     parser = _parser(stage)
     parser.set_defaults_with_config(**_defaults(stage))

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import StageArguments, recipe_file, stage_arguments
+from .config import StageArguments, read_recipe, recipe_file, stage_arguments
 
 
 @dataclass
@@ -69,7 +67,15 @@ def _substitute(value, placeholders: dict[str, str]):
 
 
 def load_pipeline(path: str, overrides: dict[str, str]) -> PipelineConfig:
-    raw = yaml.safe_load(recipe_file(path).read_text(encoding="utf-8"))
+    raw, where = read_recipe(path), recipe_file(path)
+    known = [item.name for item in fields(PipelineConfig)]
+    if unknown := sorted(set(raw) - set(known)):
+        raise ValueError(f"{where}: unknown pipeline keys {', '.join(unknown)} (known: {', '.join(known)})")
+    if missing := [name for name in ("work_dir", "stage1", "stage2") if name not in raw]:
+        raise ValueError(f"{where}: a pipeline recipe needs {', '.join(missing)}")
+    mappings = ("stage1", "stage2", "placeholders", "conversations", "stage2b", "bundle")
+    if wrong := [name for name in mappings if name in raw and not isinstance(raw[name], dict)]:
+        raise ValueError(f"{where}: {', '.join(wrong)} must be a mapping of settings (write {{}} for none)")
     placeholders = {**raw.get("placeholders", {}), **overrides}
     if missing := sorted(name for name, value in placeholders.items() if value in (None, "")):
         raise ValueError(f"The recipe needs {', '.join('--' + name for name in missing)}")
