@@ -198,7 +198,10 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     except (ValueError, DefaultModelUnavailable) as error:
         raise CommandError(str(error)) from error
     with quiet_loading():
-        model, processor = load_llamo(folder, args.device, args.dtype)
+        try:
+            model, processor = load_llamo(folder, args.device, args.dtype)
+        except OSError as error:  # a folder without weights: transformers names the files it looked for
+            raise CommandError(str(error)) from error
     torch.manual_seed(args.seed)
     return LlamoMoleculePipeline(model=model, processor=processor, device=model.device), folder
 

@@ -234,6 +234,8 @@ def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path:
         return default_model_dir()
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"Model folder not found: {model_dir}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} holds no model (no config.json): give a folder a LLaMo was saved in")
     return Path(model_dir)
 
 

@@ -82,7 +82,7 @@ def run_build(args: argparse.Namespace) -> int:
     an IUPAC CSV, or the packaged tables 'chemicals' (PubChem IUPAC names) and 'qm9' (HOMO / LUMO / gap). The index is
     written as a datasets folder (push it to the Hub with datasets' push_to_hub)."""
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()):
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CommandError(f"{output} exists and is not empty: choose a new folder for the index.")
     if not 0 <= args.holdout < 1:
         raise CommandError(f"--holdout must be in [0, 1), got {args.holdout}.")
@@ -103,5 +103,9 @@ def run_show(args: argparse.Namespace) -> int:
     """Show the size, task and answer keys of an index."""
     from .index import MoleculeIndex
 
-    print(json.dumps(MoleculeIndex.load(args.index).describe(), indent=2))
+    try:
+        index = MoleculeIndex.load(args.index)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    print(json.dumps(index.describe(), indent=2))
     return 0

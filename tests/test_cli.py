@@ -280,6 +280,12 @@ def test_generate_bad_input_is_a_message_not_a_traceback(initialised, capsys, ar
 def test_generate_missing_model_folder(tmp_path, capsys, monkeypatch):
     assert main(["generate", str(tmp_path / "nope"), "--smiles", "C", "Describe."]) == 2
     assert "Model folder not found" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path), "--smiles", "C", "Describe."]) == 2
+    assert "holds no model (no config.json)" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    assert main(["generate", str(tmp_path), "--smiles", "C", "Describe."]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llamo generate: error: ") and "Traceback" not in err
     monkeypatch.setenv("LLAMO_BASE_LLM", str(tmp_path / "no-base-llm"))
     assert main(["generate", "--smiles", "C", "Describe."]) == 2
     err = capsys.readouterr().err

@@ -136,6 +136,17 @@ def test_cli_builds_a_description_index_from_chebi20(tmp_path):
     assert again.returncode != 0 and "not empty" in again.stderr
 
 
+def test_cli_refuses_what_is_not_an_index_and_a_file_as_output(tmp_path, capsys):
+    from llamo.cli import main
+
+    assert main(["index", "show", str(tmp_path)]) == 2
+    assert "is not a saved molecule index" in capsys.readouterr().err
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine\n", encoding="utf-8")
+    assert main(["index", "build", str(CHEBI_VALIDATION), "-o", str(taken), "--task", "description"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err and taken.read_text(encoding="utf-8") == "mine\n"
+
+
 def test_neighbour_prompt_format_is_the_documented_one(tiny_llamo):
     processor = tiny_llamo[1]
     conversation = add_neighbours(
