@@ -152,24 +152,31 @@ def _run_init(args: argparse.Namespace) -> None:
     if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
         raise CommandError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
     load_kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    if Path(args.llm).is_dir() and not args.gguf_file and not (Path(args.llm) / "config.json").is_file():
+        raise CommandError(f"{args.llm} holds no causal LM (no config.json): give a model folder or a Hub id.")
     print(f"Loading {args.llm} ...", file=sys.stderr)
-    model, processor = build_llamo(
-        args.llm,
-        graph_config={"hidden_size": args.gin_hidden, "num_layers": args.gin_layers},
-        projector_config={
-            "queries_per_level": args.queries_per_level,
-            "num_motif_queries": args.motif_queries,
-            "num_heads": args.heads,
-            "mlp_depth": args.mlp_depth,
-            "share_level_attention": args.share_level_attention,
-            "motif_tokens_position": args.motif_position,
-            "use_motifs": not args.no_motifs,
-        },
-        chat_template=args.chat_template,
-        dtype=args.dtype,
-        processor_kwargs={"max_atoms": args.max_atoms or None, "prompt_smiles": args.prompt_smiles},
-        **load_kwargs,
-    )
+    try:
+        model, processor = build_llamo(
+            args.llm,
+            graph_config={"hidden_size": args.gin_hidden, "num_layers": args.gin_layers},
+            projector_config={
+                "queries_per_level": args.queries_per_level,
+                "num_motif_queries": args.motif_queries,
+                "num_heads": args.heads,
+                "mlp_depth": args.mlp_depth,
+                "share_level_attention": args.share_level_attention,
+                "motif_tokens_position": args.motif_position,
+                "use_motifs": not args.no_motifs,
+            },
+            chat_template=args.chat_template,
+            dtype=args.dtype,
+            processor_kwargs={"max_atoms": args.max_atoms or None, "prompt_smiles": args.prompt_smiles},
+            **load_kwargs,
+        )
+    except (OSError, ValueError) as error:  # transformers' loading errors (a missing model, an unreadable tokenizer)
+        raise CommandError(
+            f"could not build a LLaMo around {args.llm}: {' '.join(str(error).split())[:400]}"
+        ) from error
     save_llamo(model, processor, output_dir, overwrite=args.overwrite, metadata={"llm": args.llm, "stage": "init"})
     graph_params = sum(
         p.numel() for m in (model.model.graph_encoder, model.model.graph_projector) for p in m.parameters()

@@ -184,6 +184,18 @@ def test_init_refuses_to_overwrite(initialised, tiny_llm_dir, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_init_names_an_llm_it_cannot_load(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["init", str(tmp_path / "a"), "--llm", str(empty)]) == 2
+    assert "holds no causal LM (no config.json)" in capsys.readouterr().err
+    (empty / "config.json").write_text("{}", encoding="utf-8")  # a config, but no tokenizer or weights
+    assert main(["init", str(tmp_path / "b"), "--llm", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"could not build a LLaMo around {empty}: " in err and len(err) < 600
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_generate_streams_an_answer_end_to_end(initialised):
     assert LLAMO, "the llamo console script is not installed"
     result = subprocess.run(
