@@ -269,7 +269,7 @@ def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
         raise ValueError(f"Unknown recipe keys: {', '.join(key[2:] for key in unknown[::2])}")
     parser.exit_on_error = False
     try:
-        parsed = parser.parse_args_into_dataclasses(args=[])
+        parsed = parser.parse_args_into_dataclasses(args=[], look_for_args_file=False)
     except argparse.ArgumentError as error:
         raise ValueError(f"Recipe key {error.argument_name.split('/')[0].lstrip('-')}: {error.message}") from None
     return check_arguments(stage, StageArguments(*parsed))
