@@ -70,6 +70,13 @@ def register(subparsers) -> None:
     )
     context.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="entries per question from --index")
     context.add_argument(
+        "--near-twin",
+        type=float,
+        metavar="SIMILARITY",
+        help="give the nearest entry alone when its Tanimoto similarity is at least this (the default model's "
+        "descriptions: 0.85, `task_near_twin` in its llamo_retrieval.json)",
+    )
+    context.add_argument(
         "--verify-names",
         action="store_true",
         help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule, else the "

@@ -63,6 +63,7 @@ class EvaluationConfig:
     threads: int | None = None
     index: str | None = None
     neighbours: int = DEFAULT_NEIGHBOURS
+    near_twin: float | None = None
     verify_names: bool = False
     propose_names: bool = False
     name_hints: bool = False

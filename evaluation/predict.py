@@ -85,6 +85,7 @@ class GenerationPredictor:
         include_graph: bool = True,
         index=None,
         neighbours: int = DEFAULT_NEIGHBOURS,
+        near_twin: float | None = None,
         name_checker=None,
         name_proposer=None,
         name_hint=None,
@@ -97,6 +98,7 @@ class GenerationPredictor:
         self.include_graph = include_graph
         self.index = index
         self.neighbours = neighbours
+        self.near_twin = near_twin
         self.name_checker = name_checker
         self.name_proposer = name_proposer
         self.name_hint = name_hint
@@ -110,7 +112,9 @@ class GenerationPredictor:
             messages = add_name_hint(messages, name)
         if self.index is None or not self.neighbours:
             return messages
-        found = example.neighbours(self.index, self.neighbours)
+        from llamo.pipeline_llamo import near_twin_only
+
+        found = near_twin_only(example.neighbours(self.index, self.neighbours), self.near_twin)
         return add_neighbours(messages, [{"smiles": n.smiles, "answer": n.answer} for n in found])
 
     def _render(self, examples: Sequence[EvalExample]) -> dict[str, Any]:
@@ -204,6 +208,7 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         include_graph=config.baseline != "no-graph",
         index=state.index,
         neighbours=config.neighbours,
+        near_twin=config.near_twin,
         name_checker=name_checker,
         name_proposer=name_proposer,
         name_hint=name_hint,

@@ -36,6 +36,7 @@ def run_config(config: EvaluationConfig, state: RunState) -> dict[str, Any]:
         "index": state.index_fingerprint,
         "index_path": config.index,
         "neighbours": config.neighbours if config.index and config.generates else None,
+        **({"near_twin": config.near_twin} if config.near_twin is not None and config.index else {}),
     }
 
 

@@ -228,6 +228,8 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
         options["index"] = index
         if args.neighbours is not None or k is not None:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k
+        if (near_twin := retrieval.near_twin_for(settings, task)) is not None:
+            options["near_twin"] = near_twin
     verify = getattr(args, "verify_names", "off")
     if verify == "on" or (verify == "auto" and task == "iupac"):
         checker = retrieval.opsin_checker()

@@ -80,6 +80,14 @@ def _is_conversation(value: Any) -> bool:
     return bool(messages) and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in messages)
 
 
+def near_twin_only(found: Sequence[Any], near_twin: float | None) -> list[Any]:
+    """The index entries `found` (most similar first), only the first when its `similarity` is at least `near_twin`: a
+    near twin of the query is given alone, without a less similar entry to copy from."""
+    if near_twin is not None and found and found[0].similarity >= near_twin:
+        return list(found[:1])
+    return list(found)
+
+
 def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The `generate` settings of name verification: beam search returning every beam, at least `VERIFY_CANDIDATES`."""
     beams = max(VERIFY_CANDIDATES, generate_kwargs.get("num_beams", 1))
@@ -149,7 +157,8 @@ class LlamoMoleculePipeline(Pipeline):
         `return_tensors` (True: also `generated_token_ids`, the new token ids as `generate` returned them, padded to the
         batch's length, less the repeated sentence start that the loop guard ended an answer on, as in the text),
         `index` (a molecule index: its nearest entries become in-context examples), `neighbours` (how many, default
-        `DEFAULT_NEIGHBOURS`) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam
+        `DEFAULT_NEIGHBOURS`), `near_twin` (a Tanimoto similarity: a nearest entry at least this similar is given
+        alone) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam
         candidates are checked and the first that names the query molecule is answered) with `propose_names` (a callable
         `smiles -> name or None`, e.g. a rule-based namer: its name is a last candidate, answered only when verified,
         and the answer's `from_namer` says so), and `name_hint` (a callable `smiles -> name or None`: the query
@@ -218,6 +227,7 @@ class LlamoMoleculePipeline(Pipeline):
         return_tensors: bool | None = None,
         index: Any = None,
         neighbours: int | None = None,
+        near_twin: float | None = None,
         verify_names: Any = None,
         propose_names: Any = None,
         name_hint: Any = None,
@@ -235,6 +245,7 @@ class LlamoMoleculePipeline(Pipeline):
         preprocess_params = _given(
             index=index,
             neighbours=neighbours,
+            near_twin=near_twin,
             chat_template=chat_template,
             system_prompt=system_prompt,
             include_graph=include_graph,
@@ -265,6 +276,7 @@ class LlamoMoleculePipeline(Pipeline):
         neighbours: int = DEFAULT_NEIGHBOURS,
         include_graph: bool = True,
         name_hint: Any = None,
+        near_twin: float | None = None,
     ) -> dict[str, Any]:
         conversations = list(batch.conversations)
         queries = [query_molecule(conversation) for conversation in conversations]
@@ -274,7 +286,7 @@ class LlamoMoleculePipeline(Pipeline):
         if index is not None and neighbours:
             for row, (smiles, question) in enumerate(queries):
                 if smiles is not None:
-                    found = index.neighbours(smiles, k=neighbours, question=question or None)
+                    found = near_twin_only(index.neighbours(smiles, k=neighbours, question=question or None), near_twin)
                     context[row] = [n.to_dict() if hasattr(n, "to_dict") else dict(n) for n in found]
                     conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:

@@ -58,6 +58,11 @@ def neighbours_for(settings: dict[str, Any], task: str) -> int | None:
     return settings.get("task_neighbours", {}).get(task, settings.get("neighbours"))
 
 
+def near_twin_for(settings: dict[str, Any], task: str) -> float | None:
+    """The similarity from which a task's nearest entry is given alone (`near_twin_only`): `task_near_twin[task]`."""
+    return settings.get("task_near_twin", {}).get(task)
+
+
 def generation_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
     """Decoding settings for a task's answers (`generate` keywords): the settings' `task_generation[task]`, or none."""
     return dict(settings.get("task_generation", {}).get(task, {}))

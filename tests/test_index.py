@@ -201,6 +201,37 @@ def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(ti
     assert len(both) == 2
 
 
+def test_a_near_twin_is_given_alone_in_the_pipeline_the_cli_and_evaluation(tiny_llamo, index, tmp_path):
+    from llamo.evaluation.data import select_examples
+    from llamo.evaluation.predict import GenerationPredictor
+    from llamo.pipeline_llamo import MoleculeBatch
+    from llamo.retrieval import near_twin_for
+
+    model, processor = tiny_llamo
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=2)
+    question = {"smiles": "CCCCCO", "text": "What is its IUPAC name?"}  # nearest: butan-1-ol
+    found = index.neighbours("CCCCCO", k=2)
+    similarity = found[0].similarity
+    assert found[1].similarity < similarity < 1
+    twin = pipe(question, index=index, neighbours=2, near_twin=similarity)[0]["neighbours"]
+    assert [n["answer"] for n in twin] == ["butan-1-ol"]
+    assert len(pipe(question, index=index, neighbours=2, near_twin=similarity + 0.01)[0]["neighbours"]) == 2
+    prompt = processor.tokenizer.decode(
+        pipe.preprocess(MoleculeBatch([molecule_messages("CCCCCO", "Name it.")]), index=index, near_twin=0.0)[
+            "input_ids"
+        ][0]
+    )
+    assert "1. " in prompt and "2. " not in prompt
+    assert near_twin_for({"task_near_twin": {"description": 0.85}}, "description") == 0.85
+    assert near_twin_for({"task_near_twin": {"description": 0.85}}, "iupac") is None
+    row = name_records({"CCCCCO": "pentan-1-ol"})[0]
+    examples, _ = select_examples([row])
+    predictor = GenerationPredictor(model, processor, {}, index=index, neighbours=2, near_twin=similarity)
+    content = predictor._messages(examples[0])[0]["content"]
+    assert [block["text"] for block in content if block["type"] == "text"][1:3] == ["1.", "butan-1-ol\n"]
+    assert "2." not in [block.get("text") for block in content]
+
+
 def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_llamo):
     from llamo.pipeline_llamo import inchikey, verified_answer
 
