@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,13 @@ def _substitute(value, placeholders: dict[str, str]):
 
 def load_pipeline(path: str, overrides: dict[str, str]) -> PipelineConfig:
     raw, where = read_recipe(path), recipe_file(path)
-    known = [item.name for item in fields(PipelineConfig)]
+    known = {item.name: item for item in fields(PipelineConfig)}
     if unknown := sorted(set(raw) - set(known)):
         raise ValueError(f"{where}: unknown pipeline keys {', '.join(unknown)} (known: {', '.join(known)})")
-    if missing := [name for name in ("work_dir", "stage1", "stage2") if name not in raw]:
+    required = [name for name, item in known.items() if item.default is item.default_factory is MISSING]
+    if missing := [name for name in required if name not in raw]:
         raise ValueError(f"{where}: a pipeline recipe needs {', '.join(missing)}")
-    mappings = ("stage1", "stage2", "placeholders", "conversations", "stage2b", "bundle")
+    mappings = [name for name, item in known.items() if str(item.type).startswith("dict")]
     if wrong := [name for name in mappings if name in raw and not isinstance(raw[name], dict)]:
         raise ValueError(f"{where}: {', '.join(wrong)} must be a mapping of settings (write {{}} for none)")
     placeholders = {**raw.get("placeholders", {}), **overrides}
