@@ -112,9 +112,8 @@ class EvaluationConfig:
         if self.verify_names:
             from llamo.pipeline_llamo import VERIFY_CANDIDATES
 
-            settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES}
-            if self.propose_names:
-                settings["verify_names"]["proposer"] = "openclatura"
+            proposer = {"proposer": "openclatura"} if self.propose_names else {}
+            settings["verify_names"] = {"checker": "opsin", "candidates": VERIFY_CANDIDATES, **proposer}
         if self.name_hints:
             from llamo.retrieval import NAME_HINT_MAX_CHARS
 

@@ -88,8 +88,7 @@ class TokenProtocol:
 
     def tokenize(self, text: str) -> list[str]:
         """The protocol's tokens of `text`: the first `max_length` tokens, padding and sequence markers removed."""
-        tokens = self.tokenizer.tokenize(text)[: self.max_length]
-        return [token for token in tokens if token not in self._dropped]
+        return [token for token in self.tokenizer.tokenize(text)[: self.max_length] if token not in self._dropped]
 
 
 def first_line(error: BaseException) -> str:
