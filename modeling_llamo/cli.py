@@ -329,7 +329,14 @@ def _run_chat(args: argparse.Namespace) -> None:
         messages.append({"role": "user", "content": question if messages else first})
         if interactive:
             print("llamo> ", end="", file=sys.stderr, flush=True)
-        answer = _answer(pipe, messages, args, True, options)
+        try:
+            answer = _answer(pipe, messages, args, True, options)
+        except CommandError as error:
+            if len(messages) == 1:
+                raise  # the molecule or the first question cannot be answered
+            messages.pop()  # e.g. the conversation outgrew the model's context: the chat goes on without this turn
+            print(f"llamo chat: error: {error} (question dropped; /reset starts over)", file=sys.stderr)
+            continue
         messages.append({"role": "assistant", "content": answer})
 
 

@@ -88,6 +88,22 @@ def near_twin_only(found: Sequence[Any], near_twin: float | None) -> list[Any]:
     return list(found)
 
 
+def check_prompt_lengths(model, inputs: Mapping[str, Any]) -> None:
+    """Refuse a batch (the processor's `input_ids` `(B, L)` and `attention_mask`) holding an empty prompt, or one
+    longer than the language model's context (`max_position_embeddings`): generating from it would take time and
+    memory without bound, on positions the model never saw."""
+    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+    if 0 in lengths:
+        raise ValueError(f"Input {lengths.index(0)} renders to an empty prompt: give it a user turn.")
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if limit and max(lengths) > limit:
+        row = lengths.index(max(lengths))
+        raise ValueError(
+            f"Input {row} is {lengths[row]} tokens long, over the model's context of {limit} tokens: shorten it."
+        )
+
+
 def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The `generate` settings of name verification: beam search returning every beam, at least `VERIFY_CANDIDATES`."""
     beams = max(VERIFY_CANDIDATES, generate_kwargs.get("num_beams", 1))
@@ -301,9 +317,7 @@ class LlamoMoleculePipeline(Pipeline):
             max_atoms=max_atoms,
             include_graph=include_graph,
         )
-        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-        if empty := [row for row in range(len(ids)) if not ids.shape[1] or (mask is not None and not mask[row].any())]:
-            raise ValueError(f"Input {empty[0]} renders to an empty prompt: give it a user turn.")
+        check_prompt_lengths(self.model, inputs)
         return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries], "name_hints": hints}
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:

@@ -414,6 +414,14 @@ def test_generate_gives_descriptions_the_verified_rule_based_name(initialised, t
     monkeypatch.setattr("sys.stdin", io.StringIO("Describe this molecule.\nAnd its charge?\n/quit\n"))
     assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().err.count(hint) == 2  # every turn's prompt holds the first turn's name
+    # a turn that takes the conversation past the model's context (2048 positions) is dropped; the chat goes on
+    too_long = "Why? " * 2000
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"Describe this molecule.\n{too_long}\nAnd its charge?\n/quit\n"))
+    assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 0
+    shown = capsys.readouterr().err
+    assert "over the model's context of 2048 tokens: shorten it. (question dropped" in shown and shown.count(hint) == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{too_long}\n"))
+    assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 2  # nothing to go on with
     verified.clear()  # OPSIN does not read the name back as the molecule: it is not given
     assert main([*argv, "Describe this molecule."]) == 0
     assert "given with the question" not in capsys.readouterr().err

@@ -415,6 +415,9 @@ def test_generation_failure_is_raised_not_hung(tiny_llamo):
     messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
     with pytest.raises(ValueError):
         list(stream_answer(model, processor, messages, {"max_new_tokens": 4, "num_return_sequences": 2}))
+    too_long = conversation_messages(SMILES["aspirin"], [], "Describe this molecule. " * 1000)
+    with pytest.raises(ValueError, match="over the model's context of 2048 tokens"):
+        next(stream_answer(model, processor, too_long, {"max_new_tokens": 4}))
 
 
 def test_demo_conversation_flow(tiny_llamo):

@@ -449,6 +449,10 @@ def test_pipeline_inputs_batches_and_errors(tiny_llamo):
         pipe(["a", "b"], smiles=True)
     with pytest.raises(ValueError, match="Input 1 renders to an empty prompt"):
         pipe([conversations[0], [{"role": "system", "content": []}]], batch_size=2)
+    # a prompt past the LM's context (the tiny Llama's 2048 positions) is refused before generation, naming its input
+    long_text = "Describe this molecule. " * 1000
+    with pytest.raises(ValueError, match=r"Input 1 is \d+ tokens long, over the model's context of 2048 tokens"):
+        pipe([conversations[0], molecule_messages(SMILES["aspirin"], long_text)], batch_size=2)
 
 
 # --- a fresh process without llamo: Auto classes, pipeline, the card's snippets ---------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from llamo.pipeline_llamo import check_prompt_lengths
 from llamo.processing.schema import to_chat_messages
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
@@ -115,9 +116,11 @@ def stream_answer(
 
     Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
     raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
-    processor's `max_atoms`) raise a `ValueError` at once. `stats` receives `new_tokens` once the answer ends. Beam
-    search cannot stream, so the answer is decoded with one beam even for a model whose generation config has more."""
+    processor's `max_atoms`, a prompt over the model's context) raise a `ValueError` at once. `stats` receives
+    `new_tokens` once the answer ends. Beam search cannot stream, so the answer is decoded with one beam even for a
+    model whose generation config has more."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    check_prompt_lengths(model, inputs)
     inputs = inputs.to(model.device)
     closed = threading.Event()
     streamer = TextIteratorStreamer(
