@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -219,15 +219,24 @@ class MoleculeIndex:
 
 
 def attach_neighbours(
-    dataset: datasets.Dataset, k: int, share: float = 0.5, salt: str = "neighbours", progress: bool = True
+    dataset: datasets.Dataset,
+    k: int,
+    share: float = 0.5,
+    salt: str = "neighbours",
+    progress: bool = True,
+    near_twin: Mapping[str, float] | None = None,
 ) -> datasets.Dataset:
     """Give a share of the training rows `k` in-context neighbours: the most similar other molecules of the same task
     (and property) among the dataset's own rows (so, from a hold-out's training part, never a test molecule), never
     the row's own. A row is chosen by a fixed rule on its id (`stable_fraction(id, salt) < share`); the others keep an
-    empty list, so that one model learns to answer with and without neighbours. Adds the collator's `neighbours`
-    column."""
+    empty list, so that one model learns to answer with and without neighbours. `near_twin` (task -> similarity):
+    a nearest neighbour at least that similar is given alone (`llamo.pipeline_llamo.near_twin_only`, as at
+    inference). Adds the collator's `neighbours` column."""
+    from llamo.pipeline_llamo import near_twin_only
+
     if k < 0 or not 0 <= share <= 1:
         raise ValueError(f"neighbours must be >= 0 and the share in [0, 1], got {k} and {share}.")
+    near_twin = dict(near_twin or {})
     indexes = {}
     for task in NEIGHBOUR_TASKS:
         rows = dataset.filter(lambda value, task=task: value == task, input_columns="task", desc=f"Rows of {task}")
@@ -244,6 +253,7 @@ def attach_neighbours(
                 column.append("[]")
                 continue
             found = index.neighbours(smiles, k=k, question=messages[0]["content"], exclude=[inchikey])
+            found = near_twin_only(found, near_twin.get(task))
             column.append(json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in found]))
         return {"neighbours": column}
 

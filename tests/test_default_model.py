@@ -384,7 +384,7 @@ def test_shipped_bundle_generation_defaults_are_the_documented_ones():
     assert "`answer_loop_repeats: 3`" in readme and "`answer_sentence_end_token_ids: [30]`" in readme
     for recipe in ("llamo_smollm2_135m_v2", "llamo_smollm2_135m_v3", "llamo_smollm2_135m_v4", "llamo_smollm2_135m_v9"):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == {"answer_loop_repeats": 3}
-    for recipe in ("llamo_smollm2_135m_v10", "llamo_smollm2_135m_v11"):
+    for recipe in ("llamo_smollm2_135m_v10", "llamo_smollm2_135m_v11", "llamo_smollm2_135m_v12"):
         assert load_pipeline(recipe, {"chebi20": "x.tsv"}).bundle["generation"] == shipped
     # descriptions with 3 beams, the other tasks greedy: in the bundle, its recipe and README
     shipped = json.loads((BUNDLE_DIR / "llamo_retrieval.json").read_text())

@@ -26,7 +26,7 @@ from llamo.processing.schema import make_record
 from llamo.training import common as training_common
 from llamo.training import stage1, stage2
 from llamo.training.common import checkpoint_is_complete, last_complete_checkpoint, lora_target_regex, prepare_run_dir
-from llamo.training.config import ACCELERATE_DIR, RECIPES_DIR, stage_arguments
+from llamo.training.config import ACCELERATE_DIR, RECIPES_DIR, parse_stage_arguments, stage_arguments
 from llamo.training.data import build_training_dataset
 from llamo.training.interrupt import GracefulInterrupt
 
@@ -439,7 +439,6 @@ def test_paper_defaults():
     ],
 )
 def test_malformed_recipes_are_refused_naming_the_problem(tmp_path, text, message):
-    from llamo.training.config import parse_stage_arguments
     from llamo.training.pipeline import load_pipeline
 
     recipe = tmp_path / "recipe.yaml"
@@ -451,7 +450,7 @@ def test_malformed_recipes_are_refused_naming_the_problem(tmp_path, text, messag
             parse_stage_arguments("stage2", ["--config", str(recipe)])
 
 
-def test_recipe_values_are_read_as_trl_reads_a_config_file():
+def test_recipe_values_are_read_as_trl_reads_a_config_file(tmp_path):
     source = [{"type": "chebi20", "path": "x.tsv"}]
     recipe = yaml.safe_load("learning_rate: 1e-4\nmax_steps: '12'\nneighbour_share: '0.25'")
     assert recipe["learning_rate"] == "1e-4"  # YAML 1.1 reads an exponent without a dot as a string
@@ -461,6 +460,20 @@ def test_recipe_values_are_read_as_trl_reads_a_config_file():
         stage_arguments("stage2", {"output_dir": "b", "sources": source, "max_steps": "ten"})
     with pytest.raises(ValueError, match=r"^Unknown recipe keys: leaning_rate, bogus$"):
         stage_arguments("stage2", {"output_dir": "b", "sources": source, "leaning_rate": 1e-4, "bogus": 1})
+    # a dict option from the recipe as a mapping, from the command line as JSON (as TrainingArguments reads its dicts)
+    twins = {"neighbour_near_twin": {"description": 0.85}}
+    assert stage_arguments("stage2", {"output_dir": "b", "sources": source, **twins}).script.neighbour_near_twin == {
+        "description": 0.85
+    }
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({"output_dir": "b", "sources": source}))
+    flag = ["--config", str(recipe_file), "--neighbour_near_twin"]
+    assert parse_stage_arguments("stage2", [*flag, '{"description": 0.85}']).script.neighbour_near_twin == {
+        "description": 0.85
+    }
+    assert parse_stage_arguments("stage2", flag[:2]).script.neighbour_near_twin == {}
+    with pytest.raises(ValueError, match=r"neighbour_near_twin must map tasks to similarities in \[0, 1\], got 0.85"):
+        parse_stage_arguments("stage2", [*flag, "0.85"])
 
 
 def _log_history(output_dir: Path) -> list[dict]:

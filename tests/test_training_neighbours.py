@@ -78,6 +78,28 @@ def test_every_row_gets_other_molecules_as_neighbours(config):
         assert all(descriptions.get(n["smiles"]) == n["answer"] for n in neighbours)
 
 
+def test_a_near_twin_is_given_alone_as_at_inference(config):
+    import dataclasses
+
+    from llamo.processing.index import MoleculeIndex
+
+    plain, _ = build_training_dataset(config, log=lambda *a: None)
+    index = MoleculeIndex.from_records(list(plain), "description", max_atoms=None, progress=False)[0]
+    nearest = {row["id"]: index.neighbours(row["smiles"], k=1, exclude=[row["inchikey"]])[0] for row in plain}
+    threshold = sorted(n.similarity for n in nearest.values())[len(nearest) // 2]
+    script = dataclasses.replace(config.script, neighbour_near_twin={"description": threshold})
+    ruled, _ = build_training_dataset(StageArguments(script, config.training, config.model), log=lambda *a: None)
+    alone = 0
+    for before, after in zip(plain, ruled, strict=True):
+        was, now = json.loads(before["neighbours"]), json.loads(after["neighbours"])
+        twin = nearest[before["id"]].similarity >= threshold
+        assert now == (was[:1] if twin else was) and was[0]["smiles"] == nearest[before["id"]].smiles
+        alone += twin
+    assert 0 < alone < len(plain)
+    with pytest.raises(ValueError, match="neighbour_near_twin must map tasks to similarities"):
+        dataclasses.replace(config.script, neighbour_near_twin={"description": 1.5})
+
+
 def test_only_the_rows_own_answer_is_a_target(config, tiny_llamo):
     from transformers import AutoProcessor
 

@@ -11,6 +11,8 @@ every model setting is TRL's `ModelConfig` (`model_name_or_path`, `dtype`, LoRA)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import sys
 from dataclasses import MISSING, dataclass, field, fields
@@ -84,6 +86,13 @@ class LlamoScriptArguments:
         "their answers, before the question (0: none, the paper's format)",
     )
     neighbour_share: float = _arg(0.5, "share of rows that get neighbours (the others train answering without)")
+    neighbour_near_twin: dict[str, float] | str | None = field(
+        default=None,
+        metadata={
+            "help": "per task, the Tanimoto similarity from which a row's nearest neighbour is given alone, as the "
+            "pipeline's near_twin option does at inference (e.g. {description: 0.85}; default: none)"
+        },
+    )
     overwrite_output_dir: bool = _arg(False, "start over in an output_dir that holds another or a finished run")
 
     def __post_init__(self):
@@ -94,6 +103,14 @@ class LlamoScriptArguments:
             raise ValueError("A specialist run needs `task` (description, iupac, property or conversation)")
         if not self.sources:
             raise ValueError("No data sources: list them under `sources:` in the recipe")
+        if isinstance(self.neighbour_near_twin, str):  # JSON from the command line, as TrainingArguments reads dicts
+            with contextlib.suppress(json.JSONDecodeError):
+                self.neighbour_near_twin = json.loads(self.neighbour_near_twin)
+        twins = self.neighbour_near_twin = self.neighbour_near_twin or {}
+        if not isinstance(twins, dict) or not all(
+            isinstance(value, (int, float)) and 0 <= value <= 1 for value in twins.values()
+        ):
+            raise ValueError(f"neighbour_near_twin must map tasks to similarities in [0, 1], got {str(twins)[:80]}")
 
 
 @dataclass

@@ -84,13 +84,16 @@ def prepare_source(
 
 def _mixture_fingerprint(arguments: StageArguments) -> str:
     """What decides a stage's training mixture: every source (as `prepare_source` keys it) with its weight and hold-out
-    side, the mode, the neighbours, the seed and the length column."""
+    side, the mode, the neighbours (count, share, near-twin rule), the seed and the length column."""
     config, training = arguments.script, arguments.training
+    neighbours = [config.neighbours, config.neighbour_share]
+    if config.neighbour_near_twin:  # only when set, so that the caches of earlier recipes keep their keys
+        neighbours.append(config.neighbour_near_twin)
     description = {
         "version": MIXTURE_VERSION,
         "sources": [[_source_fingerprint(s, config.max_atoms), s.weight, s.holdout, s.part] for s in config.sources],
         "mode": [config.mode, config.task],
-        "neighbours": [config.neighbours, config.neighbour_share],
+        "neighbours": neighbours,
         "seed": training.seed,
         "length": training.length_column_name
         if training.train_sampling_strategy in ("group_by_length", "batch_rebalance")
@@ -141,7 +144,9 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
             from llamo.processing.index import attach_neighbours
 
             # each source's whole training side is its neighbours' index, before weights subsample it
-            dataset = attach_neighbours(dataset, config.neighbours, config.neighbour_share)
+            dataset = attach_neighbours(
+                dataset, config.neighbours, config.neighbour_share, near_twin=config.neighbour_near_twin
+            )
         if len(dataset):
             parts.append((dataset, source.weight))
     if not parts:
