@@ -90,7 +90,8 @@ class LlamoScriptArguments:
         default=None,
         metadata={
             "help": "per task, the Tanimoto similarity from which a row's nearest neighbour is given alone, as the "
-            "pipeline's near_twin option does at inference (e.g. {description: 0.85}; default: none)"
+            "pipeline's near_twin option does at inference: {description: 0.85} in a recipe, "
+            "'{\"description\": 0.85}' as a flag"
         },
     )
     overwrite_output_dir: bool = _arg(False, "start over in an output_dir that holds another or a finished run")
