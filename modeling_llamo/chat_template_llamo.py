@@ -100,9 +100,7 @@ def answer_marker(render: Render) -> str | None:
 def join_parts(parts: Sequence[str]) -> str:
     """Content-block texts joined by a space, or nothing after a part that ends a line."""
     text = ""
-    for part in parts:
-        if not part:
-            continue
+    for part in filter(None, parts):
         text += part if not text or text.endswith("\n") else " " + part
     return text
 

@@ -151,7 +151,6 @@ def _run_init(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
         raise CommandError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
-    load_kwargs = {"gguf_file": args.gguf_file} if args.gguf_file else {}
     if Path(args.llm).is_dir() and not args.gguf_file and not (Path(args.llm) / "config.json").is_file():
         raise CommandError(f"{args.llm} holds no causal LM (no config.json): give a model folder or a Hub id.")
     print(f"Loading {args.llm} ...", file=sys.stderr)
@@ -171,7 +170,7 @@ def _run_init(args: argparse.Namespace) -> None:
             chat_template=args.chat_template,
             dtype=args.dtype,
             processor_kwargs={"max_atoms": args.max_atoms or None, "prompt_smiles": args.prompt_smiles},
-            **load_kwargs,
+            gguf_file=args.gguf_file,
         )
     except (OSError, ValueError) as error:  # transformers' loading errors (a missing model, an unreadable tokenizer)
         raise CommandError(

@@ -272,17 +272,12 @@ def export_bundle(
     if not 0 < base_vocab_size <= vocab:
         raise ValueError(f"base_vocab_size {base_vocab_size} does not fit the model's vocabulary of {vocab}")
     store = getattr(torch, dtype)
-    tensors = {
-        name: tensor.to(store).contiguous()
-        for name, tensor in stage1.state_dict().items()
-        if name.startswith("model.graph_encoder.")
-    }
-    tensors["new_input_embeddings"] = stage1.get_input_embeddings().weight[base_vocab_size:].to(store).contiguous()
+    tensors = {name: value for name, value in stage1.state_dict().items() if name.startswith("model.graph_encoder.")}
+    tensors["new_input_embeddings"] = stage1.get_input_embeddings().weight[base_vocab_size:]
     if not stage1.config.tie_word_embeddings:
-        rows = stage1.get_output_embeddings().weight[base_vocab_size:]
-        tensors["new_output_embeddings"] = rows.to(store).contiguous()
+        tensors["new_output_embeddings"] = stage1.get_output_embeddings().weight[base_vocab_size:]
     output.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, output / BUNDLE_WEIGHTS)
+    save_file({name: value.to(store).contiguous() for name, value in tensors.items()}, output / BUNDLE_WEIGHTS)
     adapter_weights = load_file(adapter / "adapter_model.safetensors")
     save_file({k: v.to(store).contiguous() for k, v in adapter_weights.items()}, output / "adapter_model.safetensors")
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())

@@ -332,8 +332,7 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
     return mol
 
 
-_OFFSETS = np.array([offset for offset, _ in _MOTIF_LAYOUT], dtype=np.int64)
-_SLOTS = np.array([slots for _, slots in _MOTIF_LAYOUT], dtype=np.int64)
+_OFFSETS, _SLOTS = np.array(_MOTIF_LAYOUT, dtype=np.int64).T
 _COUNTED = _SLOTS > 1  # properties one-hot encoded by count; the others are presence flags
 
 # `GetBondTypeAsDouble()` -> OGB bond type, for the bond types a SMILES without dative bonds can hold: 1.0 is only

@@ -37,11 +37,7 @@ class LlamoModelOutputWithPast(BaseModelOutputWithPast):
 
 @dataclass
 class LlamoCausalLMOutputWithPast(CausalLMOutputWithPast):
-    r"""
-    graph_embeds (`torch.FloatTensor` of shape `(num_molecules, num_graph_tokens, hidden_size)`, *optional*):
-        The projected graph tokens that were scattered into the input embeddings (prefill only), one row per molecule
-        in placeholder order.
-    """
+    """`CausalLMOutputWithPast` plus `graph_embeds`, as in [`LlamoModelOutputWithPast`]."""
 
     graph_embeds: torch.FloatTensor | None = None
 

@@ -24,7 +24,7 @@ task when none is given and imports this class from the folder's (or repository'
 task with `PIPELINE_REGISTRY`: `pipeline("molecule-text-generation", model=model, processor=processor)`.
 
 This file travels with exported models as remote code; of this project it imports only its sibling remote-code
-file `chat_template_llamo.py`, never the `llamo` package."""
+files (`chat_template_llamo.py`, `featurization_llamo.py`, `generation_llamo.py`), never the `llamo` package."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def verified_answer(candidates: list[dict[str, Any]], query: str | None, checker
 
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
     """The one-turn conversation asking `text` about the molecule `smiles` (or several molecules, in order)."""
-    molecules = [smiles] if isinstance(smiles, str) else list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
+    molecules = list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
     for molecule in molecules:
         if not isinstance(molecule, str) or not molecule.strip():
             shown = shorten_for_message(molecule, limit=80)

@@ -389,8 +389,7 @@ class LlamoProcessor(ProcessorMixin):
             shown = given
         else:
             shown = molecule.smiles or (given if isinstance(given, str) else "")
-        if self.max_smiles_length is not None:
-            shown = shown[: self.max_smiles_length]
+        shown = shown[: self.max_smiles_length]  # None: uncut
         return shown + self.graph_token if include_graph else shown
 
     def _flatten(

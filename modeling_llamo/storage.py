@@ -139,5 +139,4 @@ def disk_full_message(error: BaseException) -> str:
     """A one-paragraph message for a full-disk error that no writer guarded (no folder known for certain)."""
     if isinstance(error, DiskFullError):
         return str(error)
-    folder = _folder_of(error, Path.cwd())
-    return str(DiskFullError(folder, "its output"))
+    return str(DiskFullError(_folder_of(error, Path.cwd()), "its output"))
