@@ -420,6 +420,18 @@ def test_generation_failure_is_raised_not_hung(tiny_llamo):
         next(stream_answer(model, processor, too_long, {"max_new_tokens": 4}))
 
 
+def test_a_failed_generation_leaves_the_conversation_as_it_was(tiny_llamo):
+    model, processor = tiny_llamo
+    demo = Demo(model, processor)
+    history = list(demo.respond("Describe this molecule.", [], SMILES["aspirin"], max_new_tokens=3))[-1][0]
+    assert [turn["role"] for turn in history] == ["user", "assistant"]
+    too_long = "Describe this molecule. " * 1000  # past the tiny Llama's 2048 positions
+    steps = list(demo.respond(too_long, history, SMILES["aspirin"], max_new_tokens=3))
+    after, box, status, _ = steps[-1]
+    assert after == history and box == too_long.strip() and "context of 2048 tokens: shorten it" in status
+    assert len(list(demo.respond("And its charge?", after, SMILES["aspirin"], max_new_tokens=3))[-1][0]) == 4
+
+
 def test_demo_conversation_flow(tiny_llamo):
     model, processor = tiny_llamo
     demo = Demo(model, processor)

@@ -113,7 +113,8 @@ class Demo:
     ) -> Iterator[tuple[list[dict], str, str, str]]:
         """Answer `question` about the current molecule, yielding `(chat history, question box, chat status,
         neighbours panel)` as the answer streams. Problems (no molecule, no model, a failed generation) go to the
-        status, not exceptions. Where an index applies to the question, its neighbours of the molecule go into the
+        status, not exceptions; a generation that fails before any text leaves the conversation as it was and the
+        question in its box. Where an index applies to the question, its neighbours of the molecule go into the
         prompt and the panel shows them; otherwise the panel is empty. If the conversation is reset meanwhile
         (`new_conversation`), generation stops and the last update is the empty conversation."""
         conversation = self.conversation(session)
@@ -134,7 +135,7 @@ class Demo:
         loading = self.retrieval is not None and self.retrieval.needs_loading(question)
         yield history, "", message_html(LOADING_INDEX if loading else GENERATING, kind="info"), ""
         stop = self.stops.start(session)
-        answer, status, panel, stats = "", "", "", {}
+        answer, status, panel, stats, failed = "", "", "", {}, False
         try:
             messages, panel = self.in_context(messages, smiles, question)
             for answer in stream_answer(self.model, self.processor, messages, settings, stop, stats):
@@ -150,11 +151,14 @@ class Demo:
                     f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info"
                 )
         except Exception as error:
-            status = message_html(f"Generation failed: {error}")
+            status, failed = message_html(f"Generation failed: {error}"), True
         finally:
             self.stops.finish(session, stop)
         if self.conversation(session) != conversation:
             yield [], "", "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
+            return
+        if failed and not answer.strip():  # e.g. a prompt over the model's context: the question goes back to its box
+            yield history[:-2], question, status, panel
             return
         if not answer.strip():
             history = [*history[:-1], {"role": "assistant", "content": "(no answer)"}]
