@@ -160,14 +160,6 @@ def build_model_card(model, processor, options: ModelCardOptions | None = None, 
         eval_results=eval_results or None,
         widget=[{"example_title": name, "text": text, "smiles": smiles} for name, smiles, text in EXAMPLES],
     )
-    credits = resolve_credits(
-        source_types=[str(source["type"]) for source in sources if source.get("type")],
-        names=[
-            *(str(task.dataset.get(key) or "") for task in tasks for key in ("name", "source")),
-            *(str(source["path"]) for source in sources if source.get("path")),
-        ],
-        keys=options.credits,
-    )
     return _render(
         ModelCard,
         card_data,
@@ -182,7 +174,14 @@ def build_model_card(model, processor, options: ModelCardOptions | None = None, 
         runs=runs,
         evaluations=[result for result in results if not result.is_baseline],
         baselines=[result for result in results if result.is_baseline],
-        credits=credits,
+        credits=resolve_credits(
+            source_types=[str(source["type"]) for source in sources if source.get("type")],
+            names=[
+                *(str(task.dataset.get(key) or "") for task in tasks for key in ("name", "source")),
+                *(str(source["path"]) for source in sources if source.get("path")),
+            ],
+            keys=options.credits,
+        ),
         conversion=options.conversion,
         citation=LLAMO_CITATION,
     )

@@ -1,5 +1,4 @@
-"""The old import path of `llamo.convert_llamo_original_to_hf` (the conversion of the original release): the same
-module."""
+"""The old import path of `llamo.convert_llamo_original_to_hf` (converts the original release): the same module."""
 
 import sys
 

@@ -104,8 +104,7 @@ def push_folder(plan: UploadPlan, api=None, token: str | None = None):
             ignore_patterns=HIDDEN_PATTERNS,
         )
     except Exception as error:
-        failure = _push_failure(error, plan, token)
-        if failure is None:
+        if (failure := _push_failure(error, plan, token)) is None:
             raise
     # raised outside the `except` block, so that the original (whose text may hold the token) is not its __context__
     raise failure

@@ -173,9 +173,8 @@ def _run_init(args: argparse.Namespace) -> None:
             gguf_file=args.gguf_file,
         )
     except (OSError, ValueError) as error:  # transformers' loading errors (a missing model, an unreadable tokenizer)
-        raise CommandError(
-            f"could not build a LLaMo around {args.llm}: {' '.join(str(error).split())[:400]}"
-        ) from error
+        detail = " ".join(str(error).split())[:400]
+        raise CommandError(f"could not build a LLaMo around {args.llm}: {detail}") from error
     save_llamo(model, processor, output_dir, overwrite=args.overwrite, metadata={"llm": args.llm, "stage": "init"})
     graph_params = sum(
         p.numel() for m in (model.model.graph_encoder, model.model.graph_projector) for p in m.parameters()
@@ -294,10 +293,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
     pipe, folder = _pipeline(args, model_dir)
     options = _context(args, folder, prompt)
-    messages = [
-        {"role": "user", "content": [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]}
-    ]
-    _answer(pipe, messages, args, not args.no_stream, options)
+    content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]
+    _answer(pipe, [{"role": "user", "content": content}], args, not args.no_stream, options)
 
 
 def _run_chat(args: argparse.Namespace) -> None:

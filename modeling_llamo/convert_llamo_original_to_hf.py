@@ -70,8 +70,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 def _names(keys, limit: int = 20) -> str:
     keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+    return ", ".join(keys[:limit]) + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) -> dict[str, Any]:
@@ -98,8 +97,7 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        refused = _refused_globals(path, error)
-        if refused is None:
+        if (refused := _refused_globals(path, error)) is None:
             raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
         if not unsafe_unpickle:
             raise UnsafeCheckpointError(_refusal_message(path, error, refused)) from None
@@ -201,8 +199,7 @@ def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
     else:
         top = _names(map(str, loaded)) if isinstance(loaded, Mapping) else type(loaded).__name__
         raise CheckpointError(f"{path} has no `state_dict` with mllm.* weights (found: {top}).")
-    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
+    if not_tensors := [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]:
         raise CheckpointError(f"{path}: these state_dict entries are not tensors: {_names(not_tensors)}")
     return state_dict
 
@@ -290,8 +287,7 @@ def convert_original_graph_state_dict(
         )
     else:
         levels = ((r"cross_attention\.(\d+)\.(.+)", r"graph_projector.level_attentions.\1.\2"),)
-    converted: dict[str, torch.Tensor] = {}
-    unknown = []
+    converted, unknown = {}, []
     for key, value in state_dict.items():
         if key.startswith(ENCODER_PREFIX):
             name = _rename(key[len(ENCODER_PREFIX) :], _ENCODER_RULES)
@@ -506,8 +502,7 @@ def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id
             f"The projector outputs {found['output_hidden_size']} features but {llm} has hidden size "
             f"{text_config.hidden_size}: give the base LLM the checkpoint was trained with."
         )
-    text = text_config.to_dict()
-    text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    text = {**text_config.to_dict(), "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
     return LlamoConfig(
         graph_config=found["graph_config"],
         projector_config=found["projector_config"],
@@ -590,19 +585,16 @@ def convert_original_checkpoint(
 
     llm_weights = language_model_weights(parts, len(tokenizer), merge=not keep_adapter, lora_alpha=lora_alpha)
     target = parts.language_model[EMBEDDING_KEY].dtype if dtype == "auto" else getattr(torch, dtype)
-    weights = {
-        key: value.to(target) if value.is_floating_point() else value
-        for key, value in {**graph_weights, **llm_weights}.items()
-    }
+    weights = {k: v.to(target) if v.is_floating_point() else v for k, v in {**graph_weights, **llm_weights}.items()}
     with torch.device("meta"):
         model = LlamoForConditionalGeneration(config)
     what = "The converted checkpoint does not fit the model built from it"
     _load_checked(model, weights, set(model.state_dict()), what, assign=True)
     model.eval()
-    has_own = (llm / "generation_config.json").is_file()
-    generation = (
-        GenerationConfig.from_pretrained(llm) if has_own else GenerationConfig.from_model_config(config.text_config)
-    )
+    if (llm / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(llm)
+    else:
+        generation = GenerationConfig.from_model_config(config.text_config)
     model.generation_config = llamo_generation_config(generation, tokenizer, graph_token_id)
     processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
 

@@ -61,9 +61,8 @@ def _run_train(args: argparse.Namespace) -> None:
     be set in the YAML or overridden on the command line: LLaMo's own (`llamo train stage1 --help`) and every field of
     TRL's SFTConfig and ModelConfig (`llamo train stage1 --help-all`). Restarting the same command resumes an
     interrupted run. For several processes/GPUs: `accelerate launch -m llamo.training.stage2 --config recipe.yaml`."""
-    from llamo.storage import is_disk_full
-
     if args.stage == "pipeline":
+        from llamo.storage import is_disk_full
         from llamo.training.pipeline import main as run_pipeline
 
         try:

@@ -108,9 +108,7 @@ class LlamoScriptArguments:
             with contextlib.suppress(json.JSONDecodeError):
                 self.neighbour_near_twin = json.loads(self.neighbour_near_twin)
         twins = self.neighbour_near_twin = self.neighbour_near_twin or {}
-        if not isinstance(twins, dict) or not all(
-            isinstance(value, (int, float)) and 0 <= value <= 1 for value in twins.values()
-        ):
+        if not isinstance(twins, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in twins.values()):
             raise ValueError(f"neighbour_near_twin must map tasks to similarities in [0, 1], got {str(twins)[:80]}")
 
 

@@ -21,6 +21,7 @@ from .config import DataSourceConfig, StageArguments
 CACHE_ENV = "LLAMO_DATA_CACHE"
 MIXTURE_VERSION = "1"
 """Part of a cached mixture's key: raise it when mixing or the neighbour search (`attach_neighbours`) changes."""
+_BY_LENGTH = ("group_by_length", "batch_rebalance")  # the train_sampling_strategy values that read a length column
 
 
 def default_cache_dir() -> Path:
@@ -95,9 +96,7 @@ def _mixture_fingerprint(arguments: StageArguments) -> str:
         "mode": [config.mode, config.task],
         "neighbours": neighbours,
         "seed": training.seed,
-        "length": training.length_column_name
-        if training.train_sampling_strategy in ("group_by_length", "batch_rebalance")
-        else None,
+        "length": training.length_column_name if training.train_sampling_strategy in _BY_LENGTH else None,
     }
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -156,8 +155,7 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
         )
     mixture = mix_datasets(parts, seed=training.seed)
     length = training.length_column_name
-    by_length = training.train_sampling_strategy in ("group_by_length", "batch_rebalance")
-    if by_length and length not in mixture.column_names:
+    if training.train_sampling_strategy in _BY_LENGTH and length not in mixture.column_names:
         mixture = mixture.map(
             lambda messages, atoms: {length: sum(len(m["content"]) for m in messages) // 4 + atoms},
             input_columns=["messages", "num_atoms"],

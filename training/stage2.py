@@ -66,10 +66,8 @@ def main(
                 trainer.model.merge_and_unload().save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
             write_summary(output_dir, summary)
-            log(
-                f"[stage2] done: adapter in {adapter_dir}"
-                + (f", merged model in {merged_dir}" if script_args.save_merged else "")
-            )
+            merged = f", merged model in {merged_dir}" if script_args.save_merged else ""
+            log(f"[stage2] done: adapter in {adapter_dir}{merged}")
     return output_dir
 
 

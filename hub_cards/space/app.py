@@ -2,7 +2,6 @@
 model id; default: the bundled model), `LLAMO_DEVICE`, `LLAMO_INDEX` and `LLAMO_NEIGHBOURS` (see README.md) and
 Gradio's own variables. If no model loads, the page still draws molecules and says why chat is off."""
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -24,8 +23,7 @@ def _space_module(name: str):
         spec = importlib.util.spec_from_file_location(
             "llamo_space", HERE / "__init__.py", submodule_search_locations=[str(HERE)]
         )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["llamo_space"] = package
+        package = sys.modules["llamo_space"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(package)
     return importlib.import_module(f"llamo_space.{name}")
 

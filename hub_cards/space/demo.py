@@ -143,10 +143,9 @@ class Demo:
                     break
                 history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
                 yield history, "", message_html(GENERATING, kind="info"), panel
-            limit = settings["max_new_tokens"]
             if stop.is_set():
                 status = message_html("Stopped.", kind="info")
-            elif stats.get("new_tokens", 0) >= limit:
+            elif stats.get("new_tokens", 0) >= (limit := settings["max_new_tokens"]):
                 status = message_html(
                     f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info"
                 )
@@ -172,8 +171,7 @@ class Demo:
         if self.retrieval is None:
             return messages, ""
         max_atoms = self.processor.max_atoms
-        mol = readable_molecule(smiles, max_atoms)
-        if mol is None:
+        if (mol := readable_molecule(smiles, max_atoms)) is None:
             return messages, ""  # the generation reports why the molecule cannot be read
         given = ""
         if name := self.retrieval.name_hint(smiles, question):
@@ -297,7 +295,6 @@ def launch_demo(
     folder = resolve_model_dir(model_dir)
     retrieval = Retrieval(index, folder, neighbours)
     retrieval.preload()
-
     model, processor = load_llamo(folder, device, dtype)
     blocks = build_demo(model, processor, model_name=str(folder), max_new_tokens=max_new_tokens, retrieval=retrieval)
     blocks.launch(

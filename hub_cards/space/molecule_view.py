@@ -203,8 +203,7 @@ def drawing_html(view: MoleculeView, weights: Sequence[float] | None = None) -> 
 
 
 def groups_table_html(groups: Sequence[MotifGroup], weights: Sequence[float] | None = None) -> str:
-    """An HTML table of the groups: colour, index, atoms, chemical names, description and, if given, the motif
-    attention weight."""
+    """An HTML table of the groups: colour, index, atoms, chemical names, description and, if given, motif attention."""
     if not groups:
         return (
             '<p class="llamo-no-groups">No functional groups: LLaMo\'s rule set finds none in this molecule, so the '

@@ -147,10 +147,9 @@ def _neighbour_card(rank: int, neighbour: Any, max_atoms: int | None) -> str:
     mol = readable_molecule(neighbour.smiles, max_atoms)
     drawing = draw_molecule_svg(mol, size=NEIGHBOUR_DRAWING_SIZE, atom_indices=False) if mol is not None else ""
     same = " &middot; <b>the query molecule itself</b>" if neighbour.exact else ""
-    smiles = html.escape(cut(neighbour.smiles, SHOWN_SMILES_CHARS))
     return (
         f'<div class="llamo-neighbour" style="flex:0 1 {NEIGHBOUR_DRAWING_SIZE[0] + 20}px;font-size:0.85em">'
-        f"{drawing}<div><b>{rank}.</b> <code>{smiles}</code></div>"
+        f"{drawing}<div><b>{rank}.</b> <code>{html.escape(cut(neighbour.smiles, SHOWN_SMILES_CHARS))}</code></div>"
         f'<div class="llamo-similarity">Tanimoto similarity {neighbour.similarity:.2f}{same}</div>'
         f'<div class="llamo-answer">{html.escape(cut(neighbour.answer, SHOWN_ANSWER_CHARS))}</div></div>'
     )
