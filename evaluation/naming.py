@@ -36,16 +36,43 @@ def opsin_unavailable_reason() -> str | None:
     return "OPSIN needs Java: no `java` executable on PATH" if shutil.which("java") is None else None
 
 
-def rule_based_name(smiles: str) -> str | None:
+def rule_based_name(smiles: str, iupac_nesting: bool = True) -> str | None:
     """The IUPAC name of `smiles` from `openclatura`'s rule-based namer, or None where it names nothing (it raises, or
-    answers an empty name). Time grows with the molecule (a few seconds for ~60 heavy atoms): callers bound its size."""
+    answers an empty name); with `iupac_nesting`, its nested parentheses as IUPAC nests them (`nest_enclosing_marks`).
+    Time grows with the molecule (a few seconds for ~60 heavy atoms): callers bound its size."""
     import openclatura
 
     try:
         name = openclatura.name_smiles(smiles)
     except Exception:  # any failure of the namer means "no name", never a failed answer
         return None
-    return (name.strip() or None) if isinstance(name, str) else None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    return nest_enclosing_marks(name.strip()) if iupac_nesting else name.strip()
+
+
+def nest_enclosing_marks(name: str) -> str:
+    """`name` with its parentheses nested in IUPAC's order (2013 recommendations, P-16.5.4), {[({[( )]})]}: a group
+    holding no other keeps `( )`, one holding `( )` becomes `[ ]`, then `{ }`, then `( )` again, so
+    "2-((2-hydroxyethyl)(methyl)amino)ethan-1-ol" becomes "2-[(2-hydroxyethyl)(methyl)amino]ethan-1-ol". Square
+    brackets and braces already in the name (fusion, von Baeyer and spiro descriptors, ring assemblies) are kept as they
+    are, with what they hold; a name with unbalanced marks is returned unchanged."""
+    chars = list(name)
+    groups: list[list[int]] = []  # per open parenthesis: its position, the deepest level inside it
+    kept = 0  # how deep inside square brackets or braces
+    for at, char in enumerate(name):
+        if char in "[{" or char in "]}":
+            kept += 1 if char in "[{" else -1
+        elif char == "(" and not kept:
+            groups.append([at, 0])
+        elif char == ")" and not kept:
+            if not groups:
+                return name
+            start, inner = groups.pop()
+            chars[start], chars[at] = ("()", "[]", "{}")[inner % 3]
+            if groups:
+                groups[-1][1] = max(groups[-1][1], inner + 1)
+    return name if groups or kept else "".join(chars)
 
 
 def opsin_spellings(name: str) -> tuple[str, str]:

@@ -132,16 +132,17 @@ def opsin_checker() -> Callable[[Sequence[str]], list[str | None]] | None:
     return check
 
 
-def rule_namer() -> Callable[[str], str | None] | None:
+def rule_namer(iupac_nesting: bool = True) -> Callable[[str], str | None] | None:
     """A `smiles -> IUPAC name or None` rule-based namer (`openclatura`), or `None` where it is not installed. Its names
-    are a further candidate of name verification: answered only when OPSIN reads them back as the molecule."""
+    are a further candidate of name verification: answered only when OPSIN reads them back as the molecule. With
+    `iupac_nesting`, nested parentheses become IUPAC's `[( )]`, `{[( )]}`... (`nest_enclosing_marks`)."""
     try:
         import openclatura  # noqa: F401
     except ImportError:
         return None
     from llamo.evaluation.naming import rule_based_name
 
-    return rule_based_name
+    return functools.partial(rule_based_name, iupac_nesting=iupac_nesting)
 
 
 NAME_HINT_MAX_CHARS = 80
@@ -160,7 +161,7 @@ def name_hinter(
     molecule of at most `NAME_HINT_MAX_ATOMS` atoms when it has at most `max_chars` characters, and with a `checker`
     (`opsin_checker`) only when OPSIN reads it back as the molecule (no hint where OPSIN fails). `None` where the namer
     is not installed."""
-    namer = rule_namer()
+    namer = rule_namer(iupac_nesting=False)  # the spelling the default model's description figures were measured with
     if namer is None:
         return None
     from llamo.featurization_llamo import count_smiles_atoms

@@ -394,7 +394,7 @@ def test_generate_gives_descriptions_the_verified_rule_based_name(initialised, t
     (folder / retrieval.RETRIEVAL_FILE).write_text(json.dumps({"name_hint_tasks": ["description"]}))
     MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].save(tmp_path / "names")
     verified = {"propan-2-ol"}
-    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
+    monkeypatch.setattr(retrieval, "rule_namer", lambda **_: lambda smiles: "propan-2-ol")
     monkeypatch.setattr(
         retrieval,
         "opsin_checker",
@@ -425,7 +425,7 @@ def test_generate_gives_descriptions_the_verified_rule_based_name(initialised, t
     verified.clear()  # OPSIN does not read the name back as the molecule: it is not given
     assert main([*argv, "Describe this molecule."]) == 0
     assert "given with the question" not in capsys.readouterr().err
-    monkeypatch.setattr(retrieval, "rule_namer", lambda: None)
+    monkeypatch.setattr(retrieval, "rule_namer", lambda **_: None)
     assert main([*argv, "Describe this molecule.", "--name-hint", "on"]) == 2
     assert "pip install openclatura" in capsys.readouterr().err
 
@@ -438,7 +438,7 @@ def test_generate_answers_a_verified_rule_based_name_when_no_beam_verifies(initi
         return [inchikey("CC(C)O") if name == "propan-2-ol" else None for name in names]
 
     monkeypatch.setattr(retrieval, "opsin_checker", lambda: checker)
-    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
+    monkeypatch.setattr(retrieval, "rule_namer", lambda **_: lambda smiles: "propan-2-ol")
     argv = ["generate", str(initialised), "--smiles", "CC(C)O", "What is the IUPAC name of this molecule?"]
     argv += ["--max-new-tokens", "2", "--index", "none"]
     assert main(argv) == 0

@@ -623,7 +623,7 @@ def test_descriptions_without_neighbours_get_the_rule_based_name(tiny_llamo, nam
     from llamo import retrieval as llamo_retrieval
     from llamo.pipeline_llamo import inchikey
 
-    monkeypatch.setattr(llamo_retrieval, "rule_namer", lambda: lambda smiles: "butan-1-ol")
+    monkeypatch.setattr(llamo_retrieval, "rule_namer", lambda **_: lambda smiles: "butan-1-ol")
     monkeypatch.setattr(llamo_retrieval, "opsin_checker", lambda: lambda names: [inchikey("CCCCO")] * len(names))
     (tmp_path / llamo_retrieval.RETRIEVAL_FILE).write_text(json.dumps({"name_hint_tasks": ["description"]}))
     model, processor = tiny_llamo

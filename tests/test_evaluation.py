@@ -22,6 +22,7 @@ from llamo.evaluation.naming import (
     inchikey,
     names_to_smiles,
     naming_metrics,
+    nest_enclosing_marks,
     opsin_spellings,
     opsin_unavailable_reason,
 )
@@ -276,6 +277,38 @@ def test_opsin_round_trip_on_known_names():
         "2-(n,n'-diethyl) s-methyl p-cresol",
         "2-(N,N'-diethyl) S-methyl P-cresol",
     )
+
+
+def test_names_nest_their_enclosing_marks_as_iupac_does():
+    assert nest_enclosing_marks("2-((2-hydroxyethyl)(methyl)amino)ethan-1-ol") == (
+        "2-[(2-hydroxyethyl)(methyl)amino]ethan-1-ol"
+    )
+    deep = "1-((1-((1-((1-methoxypropan-2-yl)oxy)propan-2-yl)oxy)propan-2-yl)oxy)butan-2-ol"
+    assert (
+        nest_enclosing_marks(deep) == "1-{[1-({1-[(1-methoxypropan-2-yl)oxy]propan-2-yl}oxy)propan-2-yl]oxy}butan-2-ol"
+    )
+    assert nest_enclosing_marks("(1S,2S)-1,2-bis((4R)-2,2-dimethyl-1,3-dioxolan-4-yl)ethane-1,2-diol") == (
+        "(1S,2S)-1,2-bis[(4R)-2,2-dimethyl-1,3-dioxolan-4-yl]ethane-1,2-diol"
+    )
+    # fusion, von Baeyer and ring-assembly brackets are kept, and do not count as a level
+    steroid = "1-((2R)-6-methylheptan-2-yl)-1H-cyclopenta[a]phenanthren-7-yl heptanoate"
+    assert nest_enclosing_marks(steroid) == "1-[(2R)-6-methylheptan-2-yl]-1H-cyclopenta[a]phenanthren-7-yl heptanoate"
+    for kept in ("1-([1,1'-biphenyl]-4-yl)ethan-1-one", "bicyclo[2.2.1]heptan-2-ol", "sulfur(3+)", "ethanol"):
+        assert nest_enclosing_marks(kept) == kept
+    for unbalanced in ("2-((methyl)amino", "2-(methyl))amino", "a]b((c)d)"):
+        assert nest_enclosing_marks(unbalanced) == unbalanced
+
+
+@needs_java
+def test_the_namer_answers_iupac_nesting_and_hints_keep_its_own_spelling():
+    pytest.importorskip("openclatura")
+    from llamo.retrieval import name_hinter, opsin_checker, rule_namer
+
+    smiles = "OCCN(C)CCO"
+    own, nested = rule_namer(iupac_nesting=False)(smiles), rule_namer()(smiles)
+    assert "((" in own and nested == nest_enclosing_marks(own) != own
+    assert opsin_checker()([own, nested]) == [inchikey(smiles)] * 2  # the same molecule, read back by OPSIN
+    assert name_hinter(opsin_checker())(smiles) == own
 
 
 @needs_java
@@ -905,17 +938,17 @@ def test_name_hints_reach_description_prompts_only(tmp_path, tiny_llamo, monkeyp
     with pytest.raises(ValueError, match="name_hints needs OPSIN"):
         make_predictor(config, None, model, processor)
     monkeypatch.setattr(retrieval, "opsin_checker", lambda: lambda names: [None] * len(names))
-    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "propan-2-ol")
+    monkeypatch.setattr(retrieval, "rule_namer", lambda **_: lambda smiles: "propan-2-ol")
     unverified = make_predictor(config, SimpleNamespace(index=None), model, processor)
     assert unverified._messages(examples[1]) == examples[1].chat_messages()  # OPSIN did not read the name back
     monkeypatch.setattr(retrieval, "opsin_checker", lambda: lambda names: [inchikey("CC(C)O")] * len(names))
     verified = make_predictor(config, SimpleNamespace(index=None), model, processor)
     assert verified._messages(examples[1]) != examples[1].chat_messages()
-    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: "x" * 81)  # longer than NAME_HINT_MAX_CHARS
+    monkeypatch.setattr(retrieval, "rule_namer", lambda **_: lambda smiles: "x" * 81)  # longer than NAME_HINT_MAX_CHARS
     too_long = make_predictor(config, SimpleNamespace(index=None), model, processor)
     assert too_long._messages(examples[1]) == examples[1].chat_messages()
     named: list[str] = []
-    monkeypatch.setattr(retrieval, "rule_namer", lambda: lambda smiles: named.append(smiles) or "alkane")
+    monkeypatch.setattr(retrieval, "rule_namer", lambda **_: lambda smiles: named.append(smiles) or "alkane")
     hint = retrieval.name_hinter()
     assert hint("C" * 101) is None and named == []  # too large to be named at all
     assert hint("C" * 100) == "alkane" and named == ["C" * 100]
