@@ -61,7 +61,7 @@ def nest_enclosing_marks(name: str) -> str:
     groups: list[list[int]] = []  # per open parenthesis: its position, the deepest level inside it
     kept = 0  # how deep inside square brackets or braces
     for at, char in enumerate(name):
-        if char in "[{" or char in "]}":
+        if char in "[]{}":
             kept += 1 if char in "[{" else -1
         elif char == "(" and not kept:
             groups.append([at, 0])

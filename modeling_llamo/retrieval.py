@@ -161,7 +161,7 @@ def name_hinter(
     molecule of at most `NAME_HINT_MAX_ATOMS` atoms when it has at most `max_chars` characters, and with a `checker`
     (`opsin_checker`) only when OPSIN reads it back as the molecule (no hint where OPSIN fails). `None` where the namer
     is not installed."""
-    namer = rule_namer(iupac_nesting=False)  # the spelling the default model's description figures were measured with
+    namer = rule_namer(iupac_nesting=False)  # nested hints scored lower (README, *IUPAC's nesting...*)
     if namer is None:
         return None
     from llamo.featurization_llamo import count_smiles_atoms
