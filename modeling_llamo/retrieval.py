@@ -26,7 +26,7 @@ DEFAULT_INDEX_SOURCES = {"iupac": "chemicals", "property": "qm9"}
 DEFAULT_INDEX_LIMITS = {"property": 30_000}
 """QM9 molecules in the default property index (a spread-out subset of 130,831: three answers each, built in about a
 minute rather than ten)."""
-DEFAULT_INDEX_VERSION = "1"
+DEFAULT_INDEX_VERSION = "2"  # 2: entries keep their stereochemistry (isomeric SMILES)
 ANSWER_TOKENS = {"description": 256, "iupac": 144, "property": 16}
 """Default answer length by the question's task: long enough for ChEBI-20 descriptions (99.6% of the training ones
 are shorter), PubChem names (99.5%; 1.9% need 95 tokens or more) and a number, so that an answer that runs on stops

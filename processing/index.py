@@ -1,9 +1,10 @@
 """A molecule index: known molecules with their answers for one task, searched by fingerprint similarity.
 
 An index is a `datasets.Dataset` (saved with `save_to_disk`, pushed to the Hub as a dataset, loaded from a folder or
-a Hub id) holding per entry its canonical SMILES, InChIKey, the question and answer of its conversation, a `key` that
-groups comparable answers (the property name for property QA, else the task), and a Morgan fingerprint. Neighbours
-are ranked by Tanimoto similarity with RDKit's bulk similarity."""
+a Hub id) holding per entry its canonical isomeric SMILES (so a neighbour's graph keeps its chirality; prompts show
+SMILES without it), InChIKey, the question and answer of its conversation, a `key` that groups comparable answers (the
+property name for property QA, else the task), and a Morgan fingerprint. Neighbours are ranked by Tanimoto similarity
+with RDKit's bulk similarity."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from tqdm.auto import tqdm
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
-from llamo.featurization_llamo import check_size, parse_smiles, prompt_smiles
+from llamo.featurization_llamo import check_size, parse_smiles
 from llamo.storage import disk_full_guard
 
 from .loaders import property_from_text, stable_fraction
@@ -127,7 +128,7 @@ class MoleculeIndex:
                 return "duplicate"
             seen.add((inchikey, key))
             fingerprint = generator.GetFingerprint(mol).ToBinary()
-            return prompt_smiles(mol, None), inchikey, task, key, question, answer, fingerprint
+            return Chem.MolToSmiles(mol), inchikey, task, key, question, answer, fingerprint
 
         counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out"), 0)
         entries = []

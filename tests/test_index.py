@@ -64,6 +64,17 @@ def test_a_training_example_never_gets_itself(index):
     assert len(found) == len(NAMES) - 1
 
 
+def test_stereoisomers_stay_two_different_neighbours():
+    from llamo import featurize_smiles
+
+    names = {"C[C@H](N)C(=O)O": "(2s)-2-aminopropanoic acid", "C[C@@H](N)C(=O)O": "(2r)-2-aminopropanoic acid"}
+    built, _ = MoleculeIndex.from_records(name_records(names), "iupac", progress=False)
+    found = {n.answer: n.smiles for n in built.neighbours("C[C@H](N)C(=O)OC", k=2)}
+    assert found == {"(2s)-2-aminopropanoic acid": "C[C@H](N)C(=O)O", "(2r)-2-aminopropanoic acid": "C[C@@H](N)C(=O)O"}
+    graphs = [featurize_smiles(smiles) for smiles in found.values()]  # what a prompt's neighbour graphs are built from
+    assert not (graphs[0].atom_features == graphs[1].atom_features).all()  # the chirality tag tells them apart
+
+
 def test_property_index_picks_the_asked_property():
     records = []
     for i, smiles in enumerate(["CCO", "CCCO", "CCN"]):
