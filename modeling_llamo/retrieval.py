@@ -75,7 +75,8 @@ def index_cache_dir() -> Path:
 
 def default_index(task: str, progress: bool = True, limit: int | None = None):
     """The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
-    built on first use into the cache (with a progress bar) and loaded from there afterwards. Raises `ValueError` for
+    built on first use into the cache (with a progress bar; its copies from earlier index versions are then removed)
+    and loaded from there afterwards. Raises `ValueError` for
     a task without one, `ModuleNotFoundError` (naming it) when the package holding the table is not installed."""
     from llamo.processing.index import MoleculeIndex
     from llamo.processing.index_commands import build_index
@@ -94,6 +95,10 @@ def default_index(task: str, progress: bool = True, limit: int | None = None):
     index.save(folder)
     if progress:
         print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
+    for stale in folder.parent.glob(f"{task}-{source}-v*"):  # this index as earlier versions of llamo built it
+        if stale.name.split("-")[2] != f"v{DEFAULT_INDEX_VERSION}":
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"Removed {stale}: the {task} index of an earlier llamo version", flush=True)
     return MoleculeIndex.load(folder)
 
 

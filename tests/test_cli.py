@@ -369,9 +369,15 @@ def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_u
     monkeypatch.setenv(retrieval.INDEX_CACHE_ENV, str(tmp_path / "indexes"))
     first_use = retrieval.default_index
     monkeypatch.setattr(retrieval, "default_index", lambda task: first_use(task, limit=150))
+    for name in ("iupac-chemicals-v1-first150", "property-qm9-v1", "my-own-index"):  # an older version's caches
+        (tmp_path / "indexes" / name).mkdir(parents=True)
+        (tmp_path / "indexes" / name / "state.json").write_text("{}")
     argv = ["generate", str(folder), "--smiles", "CCO", "--max-new-tokens", "2", "--no-stream", "--verify-names", "off"]
     assert main([*argv, "What is the IUPAC name of this molecule?"]) == 0
-    assert "Built the iupac index once" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Built the iupac index once" in out and "Removed" in out and "iupac-chemicals-v1-first150" in out
+    kept = sorted(path.name for path in (tmp_path / "indexes").iterdir())
+    assert kept == [f"iupac-chemicals-v{retrieval.DEFAULT_INDEX_VERSION}-first150", "my-own-index", "property-qm9-v1"]
     assert main([*argv, "What is the IUPAC name of this molecule?"]) == 0
     second = capsys.readouterr()
     assert "Built" not in second.out and "(in context: " in second.err
