@@ -66,8 +66,10 @@ def main(
                 trainer.model.merge_and_unload().save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
             write_summary(output_dir, summary)
-            merged = f", merged model in {merged_dir}" if script_args.save_merged else ""
-            log(f"[stage2] done: adapter in {adapter_dir}{merged}")
+            log(
+                f"[stage2] done: adapter in {adapter_dir}"
+                + (f", merged model in {merged_dir}" if script_args.save_merged else "")
+            )
     return output_dir
 
 
