@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint, add_neighbours
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint
 
 from .data import EvalExample
 from .predictions import PredictionRecord, PredictionStore, Skip
@@ -72,10 +72,11 @@ class _StepReporter:
 class GenerationPredictor:
     """Answers with the model through its `molecule-text-generation` pipeline (the prompt, generation and decoding of
     `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
-    and the graph tensors dropped). With an `index`, each prompt gets its `neighbours` nearest entries (the property
-    asked about picks the index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are answered by
-    the pipeline's choice among its verification candidates (`llamo.pipeline_llamo.verified_answer`), a
-    `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
+    and the graph tensors dropped). With an `index`, the pipeline gives each prompt its `neighbours` nearest entries,
+    as `llamo generate` does (the property a question names picks a property index's answers); with a `name_checker`
+    (`names -> InChIKeys`), naming rows are answered by the pipeline's choice among its verification candidates
+    (`llamo.pipeline_llamo.verified_answer`), a `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when
+    set, is called at every generation step."""
 
     def __init__(
         self,
@@ -105,24 +106,23 @@ class GenerationPredictor:
         self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
-        """The example's prompt: a description question given the molecule's name by `name_hint` (if set and it names
-        the molecule), with the nearest index entries before the question when an index is given."""
+        """The example's conversation, a description question given the molecule's name by `name_hint` (if set and it
+        names the molecule); the pipeline adds the neighbours."""
         messages = example.chat_messages()
         if self.name_hint is not None and example.task == "description" and (name := self.name_hint(example.smiles)):
             messages = add_name_hint(messages, name)
-        if self.index is None or not self.neighbours:
-            return messages
-        from llamo.pipeline_llamo import near_twin_only
+        return messages
 
-        found = near_twin_only(example.neighbours(self.index, self.neighbours), self.near_twin)
-        return add_neighbours(messages, [{"smiles": n.smiles, "answer": n.answer} for n in found])
+    def _context(self) -> dict[str, Any]:
+        """The pipeline's neighbour options."""
+        return {"index": self.index, "neighbours": self.neighbours, "near_twin": self.near_twin}
 
     def _render(self, examples: Sequence[EvalExample]) -> dict[str, Any]:
         """The model inputs of a batch, as the pipeline prepares them."""
         from llamo.pipeline_llamo import MoleculeBatch
 
         batch = MoleculeBatch([self._messages(example) for example in examples])
-        return self.pipe.preprocess(batch, include_graph=self.include_graph)
+        return self.pipe.preprocess(batch, include_graph=self.include_graph, **self._context())
 
     def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
         from llamo.pipeline_llamo import verification_settings, verified_answer
@@ -137,7 +137,9 @@ class GenerationPredictor:
             eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
             settings["stopping_criteria"] = StoppingCriteriaList([_StepReporter(self.on_step, len(examples), eos_ids)])
         conversations = [self._messages(example) for example in examples]
-        groups = self.pipe(conversations, batch_size=len(examples), include_graph=self.include_graph, **settings)
+        groups = self.pipe(
+            conversations, batch_size=len(examples), include_graph=self.include_graph, **self._context(), **settings
+        )
         answers = []
         for example, group in zip(examples, groups, strict=True):
             if self.name_checker is not None and example.task == "iupac":

@@ -50,7 +50,7 @@ PROPERTY_QUESTIONS = {
     ),
 }
 _PROPERTY_WORDS = {"gap": ("gap",), "LUMO": ("lumo", "lowest unoccupied"), "HOMO": ("homo", "highest occupied")}
-"""How a question names each property, checked in this order (a gap question names both orbitals)."""
+"""How a question names each property; one that names both orbitals asks for the gap."""
 QM9_COLUMNS = {"HOMO": "HOMO_au", "LUMO": "LUMO_au", "gap": "HOMO_LUMO_gap_au"}
 CHEMICALS_TABLE = ("chemicals", "Identifiers/chemical identifiers pubchem large.tsv")
 QM9PACK_FILES = ("qm9pack", ("data/qm9_part1.csv", "data/qm9_part2.csv", "data/qm9_part3.csv"))
@@ -91,9 +91,11 @@ def stable_choice(options: tuple[str, ...], key: str) -> str:
 
 
 def property_from_text(text: str) -> str | None:
-    """The QM9 property (`HOMO`, `LUMO`, `gap`) a question asks about, None if none."""
+    """The QM9 property (`HOMO`, `LUMO`, `gap`) a question asks about, None if none: the gap when it says "gap" or
+    names both orbitals ("the energy difference between the HOMO and LUMO")."""
     lowered = text.lower()
-    return next((name for name, words in _PROPERTY_WORDS.items() if any(word in lowered for word in words)), None)
+    named = [name for name, words in _PROPERTY_WORDS.items() if any(word in lowered for word in words)]
+    return "gap" if "gap" in named or {"HOMO", "LUMO"} <= set(named) else next(iter(named), None)
 
 
 def _installed_file(package: str, relative: str) -> Path:

@@ -12,7 +12,7 @@ from llamo import add_neighbours
 from llamo.pipeline_llamo import DEFAULT_NEIGHBOURS
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
-from llamo.processing.loaders import stable_fraction
+from llamo.processing.loaders import PROPERTY_QUESTIONS, property_from_text, stable_fraction
 from llamo.processing.schema import make_record
 
 from .conftest import CHEBI_VALIDATION, SMILES, molecule_messages, subprocess_env
@@ -88,6 +88,10 @@ def test_property_index_picks_the_asked_property():
     assert homo[0].answer == "-0.2500" and all(float(n.answer) < 0 for n in homo)
     lumo = index.neighbours("CCO", k=3, question="What is the LUMO energy?")
     assert all(float(n.answer) > 0 for n in lumo)
+    for template in PROPERTY_QUESTIONS["gap"]:  # the one without "gap" names both orbitals (it got LUMO neighbours)
+        assert property_from_text(template) == "gap"
+    assert property_from_text("Give the highest occupied and lowest unoccupied orbital energies' difference.") == "gap"
+    assert property_from_text("Its energy?") is None
 
 
 def test_holdout_leaves_out_exactly_the_test_molecules():
@@ -238,9 +242,8 @@ def test_a_near_twin_is_given_alone_in_the_pipeline_the_cli_and_evaluation(tiny_
     row = name_records({"CCCCCO": "pentan-1-ol"})[0]
     examples, _ = select_examples([row])
     predictor = GenerationPredictor(model, processor, {}, index=index, neighbours=2, near_twin=similarity)
-    content = predictor._messages(examples[0])[0]["content"]
-    assert [block["text"] for block in content if block["type"] == "text"][1:3] == ["1.", "butan-1-ol\n"]
-    assert "2." not in [block.get("text") for block in content]
+    prompt = processor.tokenizer.decode(predictor._render(examples)["input_ids"][0])  # the pipeline's lookup
+    assert "<graph> butan-1-ol\n" in prompt and "2. " not in prompt
 
 
 def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_llamo):

@@ -19,7 +19,7 @@ from llamo.processing.mixture import holdout_split, mix_datasets
 from .config import DataSourceConfig, StageArguments
 
 CACHE_ENV = "LLAMO_DATA_CACHE"
-MIXTURE_VERSION = "2"  # 2: neighbours keep their stereochemistry (isomeric SMILES)
+MIXTURE_VERSION = "3"  # 2: neighbours keep their stereochemistry; 3: questions naming both orbitals ask for the gap
 """Part of a cached mixture's key: raise it when mixing or the neighbour search (`attach_neighbours`) changes."""
 _BY_LENGTH = ("group_by_length", "batch_rebalance")  # the train_sampling_strategy values that read a length column
 
