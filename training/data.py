@@ -87,14 +87,11 @@ def _mixture_fingerprint(arguments: StageArguments) -> str:
     """What decides a stage's training mixture: every source (as `prepare_source` keys it) with its weight and hold-out
     side, the mode, the neighbours (count, share, near-twin rule), the seed and the length column."""
     config, training = arguments.script, arguments.training
-    neighbours = [config.neighbours, config.neighbour_share]
-    if config.neighbour_near_twin:  # only when set, so that the caches of earlier recipes keep their keys
-        neighbours.append(config.neighbour_near_twin)
     description = {
         "version": MIXTURE_VERSION,
         "sources": [[_source_fingerprint(s, config.max_atoms), s.weight, s.holdout, s.part] for s in config.sources],
         "mode": [config.mode, config.task],
-        "neighbours": neighbours,
+        "neighbours": [config.neighbours, config.neighbour_share, config.neighbour_near_twin],
         "seed": training.seed,
         "length": training.length_column_name if training.train_sampling_strategy in _BY_LENGTH else None,
     }
