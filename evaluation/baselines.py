@@ -23,8 +23,7 @@ from .predictions import Skip
 
 
 class RetrievalBaseline:
-    """Copy the answer of the most similar known molecule (see the module docstring): from a `MoleculeIndex`, or
-    from indexes built on the training rows, one per task."""
+    """Copy the answer of the most similar molecule in `index`, or in its task's `train_rows` (module docstring)."""
 
     def __init__(self, train_rows: Sequence[dict[str, Any]] | None = None, index=None):
         from llamo.processing.index import MoleculeIndex

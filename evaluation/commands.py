@@ -116,8 +116,7 @@ def format_summary(results: dict) -> str:
         for metric in entry["metrics"]:
             unit = "" if metric["unit"] == "percent" else f" {metric['unit']}"
             lines.append(f"  {metric['name']:<48} {metric['value']:.4f}{unit}")
-        for metric in entry["unavailable_metrics"]:
-            lines.append(f"  {metric['name']:<48} unavailable: {metric['reason']}")
+        lines += [f"  {metric['name']:<48} unavailable: {metric['reason']}" for metric in entry["unavailable_metrics"]]
     return "\n".join(lines)
 
 

@@ -96,15 +96,10 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and Path(source).suffix == ""
-
-
 def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any]], DatasetInfo]:
     """Read evaluation rows from a `datasets.Dataset` (or `DatasetDict`), a list of row dicts, a JSONL / JSON / Parquet
     file, a `save_to_disk` folder, or a Hub dataset id (`split` defaults to `test` where there are splits). Raises
-    `FileNotFoundError` for a missing path that is no Hub id, `ValueError` for an unreadable file (naming the line) or
-    a missing split."""
+    `FileNotFoundError` for a missing path that is no Hub id, `ValueError` for an unreadable file or a missing split."""
     import datasets
 
     if isinstance(source, list):
@@ -117,7 +112,7 @@ def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any
         name, kind = path.stem, "file"
     elif path.is_dir():
         loaded, name, kind = datasets.load_from_disk(str(path)), path.name, "disk"
-    elif _looks_like_hub_id(str(source)):
+    elif str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")) and not path.suffix:  # a Hub id
         split = split or "test"
         try:
             loaded = list(datasets.load_dataset(str(source), split=split))
@@ -207,8 +202,7 @@ def select_examples(
 
 
 def rows_fingerprint(rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None = None) -> str:
-    """A content hash of the rows of `tasks` (ids, tasks, SMILES, conversations, metadata): whether two runs evaluate
-    the same data, wherever it was read from."""
+    """A content hash of the rows of `tasks`: whether two runs evaluate the same data, wherever it was read from."""
     wanted = set(tasks) if tasks else None
     digest = hashlib.sha256()
     for row in rows:
@@ -220,8 +214,7 @@ def rows_fingerprint(rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None
 
 
 def model_fingerprint(folder: str | Path) -> str | None:
-    """A cheap identity of a saved model: its config files' contents and its weight files' names, sizes and
-    modification times (retraining into the same folder changes it)."""
+    """A saved model's cheap identity: its configs and its weights' names, sizes and mtimes (retraining changes it)."""
     folder = Path(folder)
     if not folder.is_dir():
         return None

@@ -140,8 +140,7 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
 
 
 def normalize_name(name: str) -> str:
-    """A chemical name for exact match: case folded (PubChem writes names lower-case, "1h-naphthalene"), runs of
-    whitespace made one space, surrounding whitespace removed."""
+    """A name for exact match (see the module docstring): runs of whitespace made one space, stripped, case folded."""
     return _WHITESPACE.sub(" ", name).strip().casefold()
 
 
@@ -153,8 +152,7 @@ def naming_metrics(
     wordnet: Any = None,
     wordnet_reason: str | None = None,
 ) -> tuple[MetricReport, dict[str, int]]:
-    """BLEU-4 and METEOR per protocol, exact match of the normalized names (`normalize_name`: case and whitespace
-    ignored) and the structure metrics, 0-100."""
+    """BLEU-4 and METEOR per protocol, exact match of the `normalize_name` forms and the structure metrics, 0-100."""
     report = compute_text_metrics(
         references, predictions, protocols, wordnet, wordnet_reason, include=("bleu4", "meteor")
     )

@@ -34,8 +34,7 @@ Predictor = Callable[[Sequence[EvalExample]], list["str | Skip"]]
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """CPU threads for generation, and why: `requested` (`--threads`); else `OMP_NUM_THREADS` when set; else the cores
-    this process may use that are not busy: `len(os.sched_getaffinity(0))` minus the 1-minute load average, at
-    least 1. (torch's default, every core, stalls a busy machine: threads wait for each other.)"""
+    this process may use minus the 1-minute load average, at least 1 (torch's default, all cores, stalls busy hosts)."""
     if requested is not None:
         return requested, "--threads"
     if (from_env := os.environ.get("OMP_NUM_THREADS", "").strip()).isdigit() and int(from_env) > 0:
@@ -70,13 +69,12 @@ class _StepReporter:
 
 
 class GenerationPredictor:
-    """Answers with the model through its `molecule-text-generation` pipeline (the prompt, generation and decoding of
-    `llamo generate`), a batch at a time; `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>`
-    and the graph tensors dropped). With an `index`, the pipeline gives each prompt its `neighbours` nearest entries,
-    as `llamo generate` does (the property a question names picks a property index's answers); with a `name_checker`
-    (`names -> InChIKeys`), naming rows are answered by the pipeline's choice among its verification candidates
-    (`llamo.pipeline_llamo.verified_answer`), a `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when
-    set, is called at every generation step."""
+    """Answers with the model through its `molecule-text-generation` pipeline (as `llamo generate`), a batch at a time;
+    `include_graph=False` is the no-graph ablation (SMILES text kept, `<graph>` and the graph tensors dropped). With an
+    `index`, the pipeline gives each prompt its `neighbours` nearest entries, as `llamo generate` does (the property a
+    question names picks a property index's answers); with a `name_checker` (`names -> InChIKeys`), naming rows are
+    answered by the pipeline's choice among its verification candidates (`llamo.pipeline_llamo.verified_answer`), a
+    `name_proposer`'s name (`smiles -> name`) among them. `on_step`, when set, is called at every generation step."""
 
     def __init__(
         self,
@@ -96,33 +94,24 @@ class GenerationPredictor:
         self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
         self.processor = processor
         self.generation_kwargs = generation_kwargs
-        self.include_graph = include_graph
-        self.index = index
-        self.neighbours = neighbours
-        self.near_twin = near_twin
+        self.pipe_options = dict(include_graph=include_graph, index=index, neighbours=neighbours, near_twin=near_twin)
         self.name_checker = name_checker
         self.name_proposer = name_proposer
         self.name_hint = name_hint
         self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:
-        """The example's conversation, a description question given the molecule's name by `name_hint` (if set and it
-        names the molecule); the pipeline adds the neighbours."""
+        """The example's conversation; a description question gets the molecule's `name_hint` name, if there is one."""
         messages = example.chat_messages()
         if self.name_hint is not None and example.task == "description" and (name := self.name_hint(example.smiles)):
             messages = add_name_hint(messages, name)
         return messages
 
-    def _context(self) -> dict[str, Any]:
-        """The pipeline's neighbour options."""
-        return {"index": self.index, "neighbours": self.neighbours, "near_twin": self.near_twin}
-
     def _render(self, examples: Sequence[EvalExample]) -> dict[str, Any]:
         """The model inputs of a batch, as the pipeline prepares them."""
         from llamo.pipeline_llamo import MoleculeBatch
 
-        batch = MoleculeBatch([self._messages(example) for example in examples])
-        return self.pipe.preprocess(batch, include_graph=self.include_graph, **self._context())
+        return self.pipe.preprocess(MoleculeBatch(list(map(self._messages, examples))), **self.pipe_options)
 
     def _generate(self, examples: Sequence[EvalExample]) -> list[str]:
         from llamo.pipeline_llamo import verification_settings, verified_answer
@@ -137,9 +126,7 @@ class GenerationPredictor:
             eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
             settings["stopping_criteria"] = StoppingCriteriaList([_StepReporter(self.on_step, len(examples), eos_ids)])
         conversations = [self._messages(example) for example in examples]
-        groups = self.pipe(
-            conversations, batch_size=len(examples), include_graph=self.include_graph, **self._context(), **settings
-        )
+        groups = self.pipe(conversations, batch_size=len(examples), **self.pipe_options, **settings)
         answers = []
         for example, group in zip(examples, groups, strict=True):
             if self.name_checker is not None and example.task == "iupac":
@@ -172,10 +159,8 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
     if config.baseline == "namer":
         return NamerBaseline()
     if config.trained_baseline:
-        if config.baseline == "retrieval" and state.index is not None:
-            baseline = RetrievalBaseline(index=state.index)
-        else:
-            baseline = (RetrievalBaseline if config.baseline == "retrieval" else MeanBaseline)(state.train_rows or [])
+        rows = state.train_rows
+        baseline = MeanBaseline(rows or []) if config.baseline == "mean" else RetrievalBaseline(rows, index=state.index)
         state.baseline_info["train_rows_used"] = baseline.train_rows
         return baseline
     if model is None:

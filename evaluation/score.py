@@ -144,7 +144,6 @@ def build_results(
 
     tasks = sorted({example.task for example in state.examples} | {row.task for row in state.skipped if row.task})
     train = state.train.to_dict() if state.train else None
-    baseline = {"name": config.baseline, "train_data": train, **state.baseline_info} if config.baseline else None
     unassigned = [row for row in state.skipped if not row.task]
     return {
         "format": RESULTS_FORMAT,
@@ -156,7 +155,7 @@ def build_results(
             "fingerprint": state.model_fingerprint,
             "evaluated": f"baseline:{config.baseline}" if config.baseline else "model",
         },
-        "baseline": baseline,
+        "baseline": {"name": config.baseline, "train_data": train, **state.baseline_info} if config.baseline else None,
         "dataset": state.data.to_dict(),
         "decoding": config.decoding(),
         "scale": "BLEU, METEOR, ROUGE, exact match, structure match, parse rate and valid ratio are 0-100; MAE is in "

@@ -31,8 +31,7 @@ BLEU_WEIGHTS = {"bleu2": (0.5, 0.5), "bleu4": (0.25, 0.25, 0.25, 0.25)}
 
 @dataclass
 class MetricValue:
-    """One reported number. `name` carries the protocol (e.g. `bleu4_molt5_scibert`); `type` is the metric family
-    (`bleu`, `meteor`, `rouge`, `exact_match`, `structure_match`, `parse_rate`, `mae`, `valid_ratio`)."""
+    """One reported number; `name` carries the protocol (e.g. `bleu4_molt5_scibert`), `type` is its family."""
 
     name: str
     type: str

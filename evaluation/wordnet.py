@@ -123,12 +123,11 @@ def setup_wordnet(
     download: bool = True,
     timeout: float = DOWNLOAD_TIMEOUT,
 ) -> Path:
-    """Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` and return that folder: NLTK's download first
-    (`download`, giving up after `timeout` seconds without an answer), else a copy of the Debian WordNet files in
-    `source` with the `lexnames` file they lack. Does nothing when a readable WordNet is already there. Raises
-    `FileNotFoundError` when nothing was downloaded and `source` lacks database files, `FileExistsError` when the
-    target holds something unreadable and `overwrite` is False."""
-    # by default the first `NLTK_DATA` folder, else `~/nltk_data` (both on NLTK's default search path)
+    """Install WordNet 3.0 for NLTK into `nltk_data/corpora/wordnet` (default: the first `NLTK_DATA` folder, else
+    `~/nltk_data`) and return that folder: NLTK's download first (`download`, giving up after `timeout` seconds without
+    an answer), else a copy of the Debian WordNet files in `source` with the `lexnames` file they lack. Does nothing
+    when a readable WordNet is already there. Raises `FileNotFoundError` when nothing was downloaded and `source` lacks
+    database files, `FileExistsError` when the target holds something unreadable and `overwrite` is False."""
     nltk_data = Path(nltk_data or os.environ.get("NLTK_DATA", "").split(os.pathsep)[0] or "~/nltk_data").expanduser()
     source, target = Path(source), nltk_data / "corpora" / "wordnet"
     if target.exists() and any(target.iterdir()):

@@ -1,5 +1,4 @@
-"""`llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card` (standard-library imports only at
-the top, so that `llamo --help` stays fast)."""
+"""`llamo export`, `push`, `convert-original` and `dataset-card` (only standard-library imports at the top)."""
 
 from __future__ import annotations
 

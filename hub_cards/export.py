@@ -97,8 +97,7 @@ def check_model_folder(model_dir: Path) -> None:
 
 
 def check_export_folder(folder: Path) -> None:
-    """Check a written export: required files, safetensors weights and no pickles, exactly the remote-code files, the
-    config's `auto_map` and custom pipeline."""
+    """Check a written export: required files, safetensors (no pickles), exactly the remote code, auto_map, pipeline."""
     names = {relative for relative, _ in list_files(folder)}
     missing = [name for name in REQUIRED_FILES if name not in names]
     if not any(name.endswith(".safetensors") and "/" not in name for name in names):

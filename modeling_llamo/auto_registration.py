@@ -60,7 +60,7 @@ def register_when_ready(strict: bool = False) -> bool:
         if _state["registered"] or _state["depth"] or AUTO_PACKAGE not in sys.modules:
             return _state["registered"]
         _state["registered"] = True  # set first: registering imports watched modules, which call back here
-    _remove_finder()
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _RegistrationFinder)]
     try:
         register_auto_classes()  # outside the lock: it imports, and other threads' imports take the lock
     except Exception as error:
@@ -78,10 +78,6 @@ def install() -> None:
     with _lock:
         if not _state["registered"] and not any(isinstance(f, _RegistrationFinder) for f in sys.meta_path):
             sys.meta_path.insert(0, _RegistrationFinder())
-
-
-def _remove_finder() -> None:
-    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _RegistrationFinder)]
 
 
 class _RegistrationFinder(importlib.abc.MetaPathFinder):

@@ -118,8 +118,7 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
     if not neighbours:
         return list(conversation)
     messages = [dict(message) for message in conversation]
-    query = query_turn(messages)
-    if query is None:
+    if (query := query_turn(messages)) is None:
         raise ValueError("add_neighbours needs a user turn with a molecule block (the query molecule).")
     blocks: list[dict[str, Any]] = [{"type": "text", "text": NEIGHBOURS_INTRO + "\n"}]
     for rank, neighbour in enumerate(neighbours, start=1):
@@ -148,8 +147,7 @@ def add_name_hint(conversation: list[dict[str, Any]], name: str) -> list[dict[st
     name before its question: its first text block after the molecule starts with `NAME_HINT` ("CCO<graph> Its IUPAC
     name is ethanol. Describe this molecule.")."""
     messages = [dict(message) for message in conversation]
-    query = query_turn(messages)
-    if query is None:
+    if (query := query_turn(messages)) is None:
         raise ValueError("add_name_hint needs a user turn with a molecule block (the query molecule).")
     hint = NAME_HINT.format(name=" ".join(name.split()))
     content = [dict(block) if isinstance(block, Mapping) else block for block in query["content"]]

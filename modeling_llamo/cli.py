@@ -7,10 +7,12 @@ import importlib
 import sys
 from pathlib import Path
 
+from . import retrieval
 from .chat_template_llamo import DEFAULT_MAX_ATOMS
 from .cli_common import add_command, add_device_arguments, add_index_arguments
 from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .retrieval import ANSWER_TOKENS
+from .storage import disk_full_message, is_disk_full
 
 FEATURE_COMMANDS = (
     "llamo.training.commands",
@@ -20,11 +22,17 @@ FEATURE_COMMANDS = (
     "llamo.hub_cards.commands",
     "llamo.hub_cards.demo_commands",
 )
-"""Modules that add subcommands: each has `register(subparsers)` and imports only the standard library at the top,
-so that `llamo --help` stays fast. A handler receives the parsed `argparse.Namespace`; it raises `CommandError` for
-errors the user can fix (imported from `llamo.errors`, never from this module, which imports the command modules).
-Every module listed here must exist (tests/test_cli.py imports each one); at run time a missing one is skipped so
-that a partial install keeps `llamo init` / `generate` working."""
+"""Modules that add subcommands with `register(subparsers)` (DEVELOPERS.md says what they may import). Every one listed
+must exist (tests/test_cli.py imports each); at run time a missing one is skipped, so that a partial install keeps
+`llamo init` / `generate` working."""
+
+SWITCHES = {
+    "--verify-names": "check candidate IUPAC names with OPSIN and answer the first that names the molecule, else the "
+    "first it reads ('auto': for naming questions when Java and py2opsin are present)",
+    "--name-hint": "give the model the molecule's rule-based IUPAC name (openclatura; checked by OPSIN when Java is "
+    "present) before the question ('auto': for the tasks the model's llamo_retrieval.json lists)",
+}
+"""The `auto` / `on` / `off` options (`auto` by default) and their help."""
 
 
 def _add_init_parser(subparsers) -> None:
@@ -69,7 +77,8 @@ def _add_init_parser(subparsers) -> None:
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `generate` and `chat`; each has a help text, so that its default is shown."""
+    """`--smiles` and the options shared by `generate` and `chat`; each has a help text, so that its default shows."""
+    parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
     parser.add_argument(
         "--max-new-tokens",
         type=int,
@@ -97,47 +106,30 @@ def _add_generate_parser(subparsers) -> None:
         help="MODEL_DIR: a model folder (default: the bundled LLaMo-SmolLM2-135M); PROMPT: the instruction, quoted",
     )
     parser.add_argument("--model", metavar="MODEL_DIR", help="model folder (instead of the first positional argument)")
-    parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
     _add_decoding_arguments(parser)
     parser.add_argument(
         "--num-beams", type=int, help="beam search with this many beams (default: the model's generation config)"
     )
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
-    _add_switch(
-        parser,
-        "--verify-names",
-        "check candidate IUPAC names with OPSIN and answer the first that names the molecule, else the first it reads "
-        "('auto': for naming questions when Java and py2opsin are present)",
-    )
+    _add_switch(parser, "--verify-names")
     parser.add_argument(
         "--no-namer",
         dest="namer",
         action="store_false",
         help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
     )
-    _add_name_hint_argument(parser)
+    _add_switch(parser, "--name-hint")
 
 
-def _add_switch(parser: argparse.ArgumentParser, flag: str, description: str) -> None:
-    """An `auto` / `on` / `off` option, `auto` by default."""
-    parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=description)
-
-
-def _add_name_hint_argument(parser: argparse.ArgumentParser) -> None:
-    _add_switch(
-        parser,
-        "--name-hint",
-        "give the model the molecule's rule-based IUPAC name (openclatura; checked by OPSIN when Java is present) "
-        "before the question ('auto': for the tasks the model's llamo_retrieval.json lists)",
-    )
+def _add_switch(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
 
 
 def _add_chat_parser(subparsers) -> None:
     parser = add_command(subparsers, "chat", _run_chat)
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
-    parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
     _add_decoding_arguments(parser)
-    _add_name_hint_argument(parser)
+    _add_switch(parser, "--name-hint")
 
 
 def _run_init(args: argparse.Namespace) -> None:
@@ -214,8 +206,6 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
     molecule index and neighbours, name verification, and the name hint (the model's `name_hint_tasks`)."""
-    from . import retrieval
-
     task, settings = retrieval.question_task(question), retrieval.retrieval_settings(model_dir)
     options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
     try:
@@ -292,9 +282,8 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
     model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
     pipe, folder = _pipeline(args, model_dir)
-    options = _context(args, folder, prompt)
     content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]
-    _answer(pipe, [{"role": "user", "content": content}], args, not args.no_stream, options)
+    _answer(pipe, [{"role": "user", "content": content}], args, not args.no_stream, _context(args, folder, prompt))
 
 
 def _run_chat(args: argparse.Namespace) -> None:
@@ -363,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) != "generate" or any(extra.startswith("-") for extra in extras):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.arguments = [*args.arguments, *extras]
-    from .storage import disk_full_message, is_disk_full
-
     try:
         args.handler(args)
     except (CommandError, FileNotFoundError, FileExistsError, PermissionError) as error:

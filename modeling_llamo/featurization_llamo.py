@@ -42,22 +42,13 @@ _BOND_STEREO = _rows(Chem.BondStereo, "STEREONONE STEREOZ STEREOE STEREOCIS STER
 # Atropisomer stereo (RDKit >= 2023) has no ogb row; it is stereo of an unlisted kind, like STEREOANY.
 _BOND_STEREO_OTHER = _BOND_STEREO[Chem.BondStereo.STEREOANY]
 
-# Motif vector layout: counted property -> (offset, one-hot slots); counts past the last slot clip to it, and a
-# single slot is a presence flag. Properties 0-6 count atoms by element class, 7-10 bonds by type, 11 ring bonds.
-_MOTIF_LAYOUT = (
-    (0, 11),  # carbon
-    (11, 6),  # oxygen
-    (17, 6),  # nitrogen
-    (23, 6),  # phosphorus
-    (29, 6),  # sulfur
-    (35, 1),  # any halogen
-    (36, 1),  # any other element
-    (37, 11),  # single bonds
-    (48, 8),  # double bonds
-    (56, 8),  # triple bonds
-    (64, 8),  # aromatic bonds
-    (72, 1),  # ring
-)
+# Motif vector layout: the one-hot slots of each counted property, one property after the other; counts past the last
+# slot clip to it, and a single slot is a presence flag. Properties 0-6 count atoms by element class (carbon, oxygen,
+# nitrogen, phosphorus, sulfur, any halogen, any other element), 7-10 single, double, triple and aromatic bonds, 11
+# ring bonds.
+_SLOTS = np.array((11, 6, 6, 6, 6, 1, 1, 11, 8, 8, 8, 1), dtype=np.int64)
+_OFFSETS = _SLOTS.cumsum() - _SLOTS  # where each property's slots start
+_COUNTED = _SLOTS > 1  # properties one-hot encoded by count; the others are presence flags
 _ELEMENT_CLASS = {6: 0, 8: 1, 7: 2, 15: 3, 16: 4, 9: 5, 17: 5, 35: 5, 53: 5}
 _ELEMENT_CLASS_OTHER = 6
 _BOND_CLASS_FIRST = 7  # properties 7-10 count single, double, triple and aromatic bonds, in OGB's bond-type order
@@ -116,10 +107,9 @@ class MoleculeGraph:
 
     @classmethod
     def from_dict(cls, data: dict) -> MoleculeGraph:
-        edge_index = np.asarray(data["edge_index"], dtype=np.int64).reshape(2, -1)
         return cls(
             atom_features=np.asarray(data["atom_features"], dtype=np.int64).reshape(-1, len(ATOM_FEATURE_SIZES)),
-            edge_index=edge_index,
+            edge_index=np.asarray(data["edge_index"], dtype=np.int64).reshape(2, -1),
             edge_features=np.asarray(data["edge_features"], dtype=np.int64).reshape(-1, len(BOND_FEATURE_SIZES)),
             motif_features=np.asarray(data["motif_features"], dtype=np.uint8).reshape(-1, MOTIF_FEATURE_SIZE),
         )
@@ -148,18 +138,13 @@ def shorten_for_message(value: object, limit: int = MESSAGE_CHARS) -> str:
             return text
         unit = "characters" if isinstance(value, str) else "bytes"
         return f"{text[:limit]}... ({len(value)} {unit})"
-    text = _bounded_repr(value, limit)
-    return text if len(text) <= limit + 2 else f"{text[:limit]}..."
-
-
-def _bounded_repr(value: object, limit: int) -> str:
-    """`reprlib`'s repr (containers and strings inside them cut), or a placeholder if `__repr__` fails."""
-    short = reprlib.Repr()
+    short = reprlib.Repr()  # containers and the strings inside them cut
     short.maxstring = short.maxother = limit
     try:
-        return short.repr(value)
+        text = short.repr(value)
     except Exception:  # a broken __repr__ must not hide the error being reported
-        return f"<{type(value).__name__} object>"
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit + 2 else f"{text[:limit]}..."
 
 
 @dataclass(frozen=True)
@@ -256,55 +241,6 @@ def oversized_error(
     return _over_limit(f"Molecule{where} has {count} atoms", num_atoms, max_atoms, "atoms", shown, advice)
 
 
-def _check_type(smiles: object, where: str) -> None:
-    if not isinstance(smiles, str):
-        raise ValueError(f"SMILES{where} must be a string, got {type(smiles).__name__}: {shorten_for_message(smiles)}")
-    if not smiles or smiles.isspace():
-        raise ValueError(f"Empty SMILES{where}: a molecule needs at least one atom.")
-
-
-def _check_length(smiles: str, where: str, text: _SmilesText, max_atoms: int | None) -> None:
-    """Refuse more atoms than `max_atoms` (counted on the first `MAX_SMILES_LENGTH` characters only, so any length
-    costs the same), then more characters than `MAX_SMILES_LENGTH`."""
-    too_long = len(smiles) > MAX_SMILES_LENGTH
-    if max_atoms is not None and text.atoms > max_atoms:
-        raise oversized_error(where, text.atoms, max_atoms, shorten_for_message(smiles), at_least=too_long)
-    if too_long:
-        what = f"SMILES{where} has {len(smiles)} characters"
-        raise _over_limit(what, len(smiles), MAX_SMILES_LENGTH, "characters", shorten_for_message(smiles))
-
-
-def _check_ring_bonds(smiles: str, where: str, text: _SmilesText) -> None:
-    """Refuse SMILES of dense graphs, which RDKit's ring perception takes minutes to read."""
-    most, allowed = text.most_ring_bonds_on_one_atom, ring_allowance(text.atoms)
-    if most > MAX_RING_BONDS_PER_ATOM:
-        what = f"SMILES{where} gives one atom {most} ring bonds"
-        raise _over_limit(what, most, MAX_RING_BONDS_PER_ATOM, "ring bonds on one atom", shorten_for_message(smiles))
-    if text.ring_bonds > allowed:
-        what = f"SMILES{where} writes {text.ring_bonds} ring bonds for {text.atoms} atoms"
-        raise _over_limit(what, text.ring_bonds, allowed, "ring bonds", shorten_for_message(smiles))
-
-
-def _check_characters(smiles: str, where: str) -> None:
-    """Refuse NUL characters (RDKit would silently stop reading there) and text that cannot be encoded."""
-    if "\x00" in smiles:
-        raise ValueError(f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it contains a NUL character).")
-    try:
-        smiles.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it is not valid Unicode text)."
-        ) from None
-
-
-def _check_rings(mol: Chem.Mol, where: str, smiles: str) -> None:
-    """Refuse a parsed molecule with more rings than `ring_allowance` (merging rings takes quadratic time)."""
-    rings, allowed = mol.GetRingInfo().NumRings(), ring_allowance(mol.GetNumAtoms())
-    if rings > allowed:
-        what = f"Molecule{where} has {rings} rings for {mol.GetNumAtoms()} atoms"
-        raise _over_limit(what, rings, allowed, "rings", shorten_for_message(smiles))
-
-
 def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = None) -> Chem.Mol:
     """Parse a SMILES string with RDKit's default sanitization, raising a `ValueError` that names the input.
 
@@ -315,11 +251,33 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
     faster than linearly. A parsed molecule with more rings than `RING_ALLOWANCE` allows is refused too. The exact
     atom count of the parsed molecule is left to `check_size`."""
     where = position_text(index)
-    _check_type(smiles, where)
+    if not isinstance(smiles, str):
+        raise ValueError(f"SMILES{where} must be a string, got {type(smiles).__name__}: {shorten_for_message(smiles)}")
+    if not smiles or smiles.isspace():
+        raise ValueError(f"Empty SMILES{where}: a molecule needs at least one atom.")
+    # atoms are counted on the first `MAX_SMILES_LENGTH` characters only, so any length costs the same
     text = _read_smiles_text(smiles[:MAX_SMILES_LENGTH])
-    _check_length(smiles, where, text, max_atoms)
-    _check_ring_bonds(smiles, where, text)
-    _check_characters(smiles, where)
+    too_long = len(smiles) > MAX_SMILES_LENGTH
+    if max_atoms is not None and text.atoms > max_atoms:
+        raise oversized_error(where, text.atoms, max_atoms, shorten_for_message(smiles), at_least=too_long)
+    if too_long:
+        what = f"SMILES{where} has {len(smiles)} characters"
+        raise _over_limit(what, len(smiles), MAX_SMILES_LENGTH, "characters", shorten_for_message(smiles))
+    most, allowed = text.most_ring_bonds_on_one_atom, ring_allowance(text.atoms)
+    if most > MAX_RING_BONDS_PER_ATOM:
+        what = f"SMILES{where} gives one atom {most} ring bonds"
+        raise _over_limit(what, most, MAX_RING_BONDS_PER_ATOM, "ring bonds on one atom", shorten_for_message(smiles))
+    if text.ring_bonds > allowed:
+        what = f"SMILES{where} writes {text.ring_bonds} ring bonds for {text.atoms} atoms"
+        raise _over_limit(what, text.ring_bonds, allowed, "ring bonds", shorten_for_message(smiles))
+    if "\x00" in smiles:  # RDKit would silently stop reading there
+        raise ValueError(f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it contains a NUL character).")
+    try:
+        smiles.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it is not valid Unicode text)."
+        ) from None
     with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(smiles)
     if mol is None:
@@ -328,12 +286,12 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
         )
     if mol.GetNumAtoms() == 0:
         raise ValueError(f"SMILES{where} has no atoms: {shorten_for_message(smiles)}")
-    _check_rings(mol, where, smiles)
+    rings, allowed = mol.GetRingInfo().NumRings(), ring_allowance(mol.GetNumAtoms())
+    if rings > allowed:  # merging rings takes quadratic time
+        what = f"Molecule{where} has {rings} rings for {mol.GetNumAtoms()} atoms"
+        raise _over_limit(what, rings, allowed, "rings", shorten_for_message(smiles))
     return mol
 
-
-_OFFSETS, _SLOTS = np.array(_MOTIF_LAYOUT, dtype=np.int64).T
-_COUNTED = _SLOTS > 1  # properties one-hot encoded by count; the others are presence flags
 
 # `GetBondTypeAsDouble()` -> OGB bond type, for the bond types a SMILES without dative bonds can hold: 1.0 is only
 # SINGLE there and 1.5 only AROMATIC (ONEANDAHALF bonds come from other formats); other orders ask for the bond type.
@@ -551,7 +509,7 @@ def functional_groups(mol: Chem.Mol) -> list[set[int]]:
 
 
 def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
-    counts = [[0] * len(_MOTIF_LAYOUT) for _ in groups]
+    counts = [[0] * len(_SLOTS) for _ in groups]
     atom_groups: dict[int, list[int]] = {}
     element_class = [_ELEMENT_CLASS.get(z, _ELEMENT_CLASS_OTHER) for z in scan.atomic_nums]
     for group_idx, group in enumerate(groups):
@@ -570,7 +528,7 @@ def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
 
     # every counted property sets the slot of its count (the last slot for any larger count), every flag property its
     # one slot when the count is above zero
-    table = np.array(counts, dtype=np.int64).reshape(len(groups), len(_MOTIF_LAYOUT))
+    table = np.array(counts, dtype=np.int64).reshape(len(groups), len(_SLOTS))
     columns = _OFFSETS + np.minimum(table, _SLOTS - 1)
     rows, properties = np.nonzero(_COUNTED | (table > 0))
     vectors = np.zeros((len(groups), MOTIF_FEATURE_SIZE), dtype=np.uint8)
@@ -580,8 +538,7 @@ def _motif_vectors(scan: _MoleculeScan, groups: list[set[int]]) -> np.ndarray:
 
 def motif_features(mol: Chem.Mol) -> np.ndarray:
     """The `(num_groups, 73)` uint8 count vectors of a molecule's functional groups."""
-    scan = _scan_molecule(mol)
-    return _motif_vectors(scan, _group_atoms(scan, [tuple(ring) for ring in Chem.GetSymmSSSR(mol)]))
+    return featurize_molecule(mol).motif_features
 
 
 def featurize_molecule(

@@ -211,8 +211,7 @@ class LlamoMoleculePipeline(Pipeline):
 
     @staticmethod
     def _conversation(item, smiles, index: int) -> list[dict[str, Any]]:
-        """One input (a conversation, a `{"smiles", "text"}` dict, or an instruction with `smiles`) as a
-        conversation."""
+        """One input (a conversation, a `{"smiles", "text"}` dict, or an instruction and `smiles`) as a conversation."""
         if _is_conversation(item):
             if smiles is not None:
                 raise ValueError(f"Input {index} is a conversation: put its molecule in a molecule content block.")

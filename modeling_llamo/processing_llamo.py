@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rdkit import Chem
 from transformers import BatchFeature, ProcessorMixin
 
 from .chat_template_llamo import (
@@ -32,7 +31,7 @@ from .feature_extraction_llamo import (
     PreparedMolecule,
     collate_sequence_molecules,
 )
-from .featurization_llamo import MoleculeGraph, shorten_for_message
+from .featurization_llamo import shorten_for_message
 
 PROMPT_SMILES_MODES = ("canonical", "input", "none")
 
@@ -81,9 +80,7 @@ def _graph_token_splits(tokenizer, graph_token_id: int) -> bool:
 def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]]:
     """`smiles` as one list of molecules per text: a single molecule, a flat list (one per text, or all of a single
     text's molecules), or a list of lists."""
-    if isinstance(smiles, (str, Chem.Mol, MoleculeGraph, dict)):
-        smiles = [smiles]
-    smiles = list(smiles)
+    smiles = [smiles] if isinstance(smiles, MoleculeInput) else list(smiles)
     if any(isinstance(item, (list, tuple)) for item in smiles):
         per_text = [list(item) if isinstance(item, (list, tuple)) else [item] for item in smiles]
     elif num_texts == 1:
@@ -277,7 +274,7 @@ class LlamoProcessor(ProcessorMixin):
         if text is None:
             if smiles is None:
                 raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
-            molecules = [smiles] if isinstance(smiles, (str, Chem.Mol, MoleculeGraph, dict)) else list(smiles)
+            molecules = [smiles] if isinstance(smiles, MoleculeInput) else list(smiles)
             text = [self.graph_token] * len(molecules)
         texts = [text] if isinstance(text, str) else list(text)
         per_text = [[] for _ in texts] if smiles is None else _molecules_per_text(smiles, len(texts))
@@ -319,7 +316,11 @@ class LlamoProcessor(ProcessorMixin):
                 return single
         encoding = self._tokenize([self.expand_placeholders(text)[0] for text in texts], **kwargs)
         self.check_placeholders(encoding["input_ids"], molecule_counts)
-        return self._batch(encoding, graph_inputs, return_tensors)
+        batch = BatchFeature({**encoding, **graph_inputs}, tensor_type=return_tensors)  # it checks return_tensors
+        if return_tensors is None:
+            for name in graph_inputs:
+                batch[name] = batch[name].tolist()
+        return batch
 
     def _encode_single(
         self,
@@ -370,14 +371,6 @@ class LlamoProcessor(ProcessorMixin):
         if len(texts) == 1 and self.tokenizer.pad_token is None:
             padding = False  # nothing to pad; a batch without a pad token is refused by the tokenizer, with advice
         return self.tokenizer(texts, padding=padding, padding_side=padding_side or self.padding_side, **kwargs)
-
-    @staticmethod
-    def _batch(encoding, graph_inputs: dict[str, torch.Tensor], return_tensors: str | None) -> BatchFeature:
-        batch = BatchFeature({**encoding, **graph_inputs}, tensor_type=return_tensors)  # it checks return_tensors
-        if return_tensors is None:
-            for name in graph_inputs:
-                batch[name] = batch[name].tolist()
-        return batch
 
     # --- chat templates -------------------------------------------------------------------------------------------
 
@@ -569,9 +562,8 @@ class LlamoProcessor(ProcessorMixin):
 
     def decode(self, sequence, prompt_length: int | torch.Tensor | None = None, **kwargs) -> str:
         """Decode one generated sequence into its answer text (see `batch_decode`)."""
-        return self.batch_decode(
-            [sequence] if not hasattr(sequence, "dim") else sequence.view(1, -1), prompt_length=prompt_length, **kwargs
-        )[0]
+        rows = sequence.view(1, -1) if hasattr(sequence, "dim") else [sequence]
+        return self.batch_decode(rows, prompt_length=prompt_length, **kwargs)[0]
 
 
 __all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor", "RenderedConversation"]

@@ -73,11 +73,11 @@ def index_cache_dir() -> Path:
     return Path(os.environ.get(INDEX_CACHE_ENV) or Path.home() / ".cache" / "llamo" / "indexes")
 
 
-def default_index(task: str, progress: bool = True, limit: int | None = None):
+def default_index(task: str, limit: int | None = None):
     """The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
     built on first use into the cache (with a progress bar; its copies from earlier index versions are then removed)
-    and loaded from there afterwards. Raises `ValueError` for
-    a task without one, `ModuleNotFoundError` (naming it) when the package holding the table is not installed."""
+    and loaded from there afterwards. Raises `ValueError` for a task without one, `ModuleNotFoundError` (naming it)
+    when the package holding the table is not installed."""
     from llamo.processing.index import MoleculeIndex
     from llamo.processing.index_commands import build_index
 
@@ -85,16 +85,14 @@ def default_index(task: str, progress: bool = True, limit: int | None = None):
     limit = limit or DEFAULT_INDEX_LIMITS.get(task)
     if source is None:
         raise ValueError(f"No packaged index for {task!r}: pass --index with one built by `llamo index build`.")
-    name = f"{task}-{source}-v{DEFAULT_INDEX_VERSION}" + (f"-first{limit}" if limit else "")
-    folder = index_cache_dir() / name
+    folder = index_cache_dir() / (f"{task}-{source}-v{DEFAULT_INDEX_VERSION}" + (f"-first{limit}" if limit else ""))
     if (folder / "state.json").is_file():
         return MoleculeIndex.load(folder)
     index, _, counts = build_index(source, task, limit=limit)
     shutil.rmtree(folder, ignore_errors=True)  # an unfinished copy (no state.json); `save` writes it whole
     folder.parent.mkdir(parents=True, exist_ok=True)
     index.save(folder)
-    if progress:
-        print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
+    print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
     for stale in folder.parent.glob(f"{task}-{source}-v*"):  # this index as earlier versions of llamo built it
         if stale.name.split("-")[2] != f"v{DEFAULT_INDEX_VERSION}":
             shutil.rmtree(stale, ignore_errors=True)
@@ -111,11 +109,9 @@ def load_index(choice: str | None, model_dir: str | Path | None, question: str):
     settings = retrieval_settings(model_dir)
     task = question_task(question)
     k = neighbours_for(settings, task)
-    if choice == "none":
-        return None, None
-    if choice not in (None, "auto"):
+    if choice not in (None, "auto", "none"):
         return MoleculeIndex.load(choice), k
-    if task not in settings.get("default_indexes", {}):
+    if choice == "none" or task not in settings.get("default_indexes", {}):
         return None, None
     try:
         return default_index(task), k

@@ -52,12 +52,11 @@ def _errors_in_chain(error: BaseException) -> Iterator[BaseException]:
 def is_disk_full(error: BaseException) -> bool:
     """Whether `error`, or an error it was raised from or during, is a write that found the disk full: by errno
     (ENOSPC, EDQUOT) or by one of `DISK_FULL_WORDINGS`."""
-    for found in _errors_in_chain(error):
-        if isinstance(found, OSError) and found.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(wording in str(found) for wording in DISK_FULL_WORDINGS):
-            return True
-    return False
+    return any(
+        (isinstance(found, OSError) and found.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(wording in str(found) for wording in DISK_FULL_WORDINGS)
+        for found in _errors_in_chain(error)
+    )
 
 
 def free_bytes(path: str | Path) -> int | None:
@@ -91,11 +90,8 @@ def format_bytes(count: int) -> str:
 
 def _folder_of(error: BaseException, default: Path) -> Path:
     """The folder of the file that failed, when the error names it; else `default`."""
-    for found in _errors_in_chain(error):
-        name = getattr(found, "filename", None)
-        if isinstance(name, (str, os.PathLike)):
-            return Path(name).parent
-    return default
+    names = (getattr(found, "filename", None) for found in _errors_in_chain(error))
+    return next((Path(name).parent for name in names if isinstance(name, (str, os.PathLike))), default)
 
 
 @contextmanager

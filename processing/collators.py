@@ -69,14 +69,12 @@ class LlamoDataCollator:
             raise ValueError("LlamoDataCollator needs a fast tokenizer (it maps assistant turns to tokens by offsets).")
         input_ids, labels, graphs = [], [], []
         for index, row in enumerate(rows):
-            neighbours = len(json.loads(row.get(NEIGHBOURS_COLUMN) or "[]"))
-            while True:
+            # a row too long for its neighbours drops them, last (least similar) first
+            for neighbours in range(len(json.loads(row.get(NEIGHBOURS_COLUMN) or "[]")), -1, -1):
                 text, spans, row_graphs = self.render(row, index, max_neighbours=neighbours)
                 encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                # a row too long for its neighbours drops them, last (least similar) first
-                if not neighbours or self.max_length is None or len(encoding["input_ids"]) <= self.max_length:
+                if self.max_length is None or len(encoding["input_ids"]) <= self.max_length:
                     break
-                neighbours -= 1
             # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
             # (and every checkpoint's tokenizer.json would carry it).
             ids, offsets = encoding["input_ids"][: self.max_length], encoding["offset_mapping"][: self.max_length]

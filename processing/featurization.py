@@ -1,5 +1,4 @@
-"""Featurization of a conversation-schema dataset: every molecule's graph computed once, with `datasets.map`, and the
-molecules that cannot be featurized dropped and counted."""
+"""Featurization of a conversation-schema dataset (`featurize_dataset`)."""
 
 from __future__ import annotations
 
@@ -61,7 +60,6 @@ def featurize_dataset(
     max_atoms: int | None = DEFAULT_MAX_ATOMS,
     num_proc: int | None = None,
     name: str = "dataset",
-    cache_file_name: str | None = None,
     multiprocess_min_rows: int = MULTIPROCESS_MIN_ROWS,
 ) -> tuple[datasets.Dataset, DataReport]:
     """Featurize every molecule once with `datasets.map`, adding the `FEATURIZED_FEATURES` columns (`prompt_smiles`:
@@ -79,7 +77,6 @@ def featurize_dataset(
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > multiprocess_min_rows else None,
         features=features,
         desc=f"Featurizing {name}",
-        cache_file_name=cache_file_name,
     )
     errors = Counter(filter(None, mapped["featurization_error"]))
     kept = mapped.filter(lambda error: not error, input_columns="featurization_error", desc="Dropping bad molecules")

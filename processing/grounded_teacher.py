@@ -264,11 +264,10 @@ class GroundedTeacher:
         rng.shuffle(tail)
         messages, provenance = [], []
         for fact in head + tail:
-            messages += [{"role": "user", "content": rng.choice(QUESTIONS[fact.key])}]
-            messages += [{"role": "assistant", "content": fact.answer}]
-            provenance.append(
-                {"message": len(messages) - 1, **{k: v for k, v in asdict(fact).items() if k != "answer"}}
-            )
+            question = rng.choice(QUESTIONS[fact.key])
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": fact.answer}]
+            stated = {k: v for k, v in asdict(fact).items() if k != "answer"}
+            provenance.append({"message": len(messages) - 1, **stated})
         return GroundedConversation(messages, provenance)
 
     def metadata(self) -> dict[str, Any]:

@@ -68,8 +68,7 @@ def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None)
 
 
 class MoleculeIndex:
-    """Molecules with their answers for one task, for nearest-neighbour search: built `from_records` (rows of the
-    conversation schema), written with `save`, read with `load` (a folder or a Hub dataset id)."""
+    """Molecules with their answers for one task, for nearest-neighbour search (`from_records`, `save`, `load`)."""
 
     def __init__(self, table: datasets.Dataset):
         if missing := set(INDEX_FEATURES) - set(table.column_names):
@@ -109,9 +108,9 @@ class MoleculeIndex:
         molecule`, `held out`."""
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
-        generator, seen = _fingerprint_generator(), set()
+        generator, seen, entries = _fingerprint_generator(), set(), []
 
-        def entry(row: dict[str, Any]) -> tuple | str:
+        def entry(row: dict[str, Any]) -> str:
             if (row.get("task") or task) != task:
                 return "other task"
             question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
@@ -128,18 +127,14 @@ class MoleculeIndex:
                 return "duplicate"
             seen.add((inchikey, key))
             fingerprint = generator.GetFingerprint(mol).ToBinary()
-            return Chem.MolToSmiles(mol), inchikey, task, key, question, answer, fingerprint
+            entries.append((Chem.MolToSmiles(mol), inchikey, task, key, question, answer, fingerprint))
+            return "indexed"
 
         counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out"), 0)
-        entries = []
         with rdBase.BlockLogs():
             for row in tqdm(records, desc=f"Indexing {task}", unit=" rows", disable=not progress):
                 counts["read"] += 1
-                if isinstance(found := entry(row), str):
-                    counts[found] += 1
-                else:
-                    counts["indexed"] += 1
-                    entries.append(found)
+                counts[entry(row)] += 1
         columns = {name: [values[i] for values in entries] for i, name in enumerate(INDEX_FEATURES)}
         return cls(datasets.Dataset.from_dict(columns, features=INDEX_FEATURES)), counts
 
@@ -223,39 +218,31 @@ def attach_neighbours(
     dataset: datasets.Dataset,
     k: int,
     share: float = 0.5,
-    salt: str = "neighbours",
-    progress: bool = True,
     near_twin: Mapping[str, float] | None = None,
 ) -> datasets.Dataset:
     """Give a share of the training rows `k` in-context neighbours: the most similar other molecules of the same task
     (and property) among the dataset's own rows (so, from a hold-out's training part, never a test molecule), never
-    the row's own. A row is chosen by a fixed rule on its id (`stable_fraction(id, salt) < share`); the others keep an
-    empty list, so that one model learns to answer with and without neighbours. `near_twin` (task -> similarity):
-    a nearest neighbour at least that similar is given alone (`llamo.pipeline_llamo.near_twin_only`, as at
+    the row's own. A row is chosen by a fixed rule on its id (`stable_fraction(id, "neighbours") < share`); the others
+    keep an empty list, so that one model learns to answer with and without neighbours. `near_twin` (task ->
+    similarity): a nearest neighbour at least that similar is given alone (`llamo.pipeline_llamo.near_twin_only`, as at
     inference). Adds the collator's `neighbours` column."""
     from llamo.pipeline_llamo import near_twin_only
 
     if k < 0 or not 0 <= share <= 1:
         raise ValueError(f"neighbours must be >= 0 and the share in [0, 1], got {k} and {share}.")
-    near_twin = dict(near_twin or {})
     indexes = {}
     for task in NEIGHBOUR_TASKS:
         rows = dataset.filter(lambda value, task=task: value == task, input_columns="task", desc=f"Rows of {task}")
         if len(rows):
-            indexes[task] = MoleculeIndex.from_records(rows, task, max_atoms=None, progress=progress)[0]
+            indexes[task] = MoleculeIndex.from_records(rows, task, max_atoms=None)[0]
 
-    def neighbours_of(batch: dict[str, list]) -> dict[str, list]:
-        column = []
-        for row_id, smiles, task, messages, inchikey in zip(
-            batch["id"], batch["smiles"], batch["task"], batch["messages"], batch["inchikey"], strict=True
-        ):
-            index = indexes.get(task)
-            if k == 0 or index is None or stable_fraction(row_id, salt) >= share:
-                column.append("[]")
-                continue
-            found = index.neighbours(smiles, k=k, question=messages[0]["content"], exclude=[inchikey])
-            found = near_twin_only(found, near_twin.get(task))
-            column.append(json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in found]))
-        return {"neighbours": column}
+    def neighbours_of(row_id: str, smiles: str, task: str, messages: list, inchikey: str) -> dict[str, str]:
+        index = indexes.get(task)
+        if k == 0 or index is None or stable_fraction(row_id, "neighbours") >= share:
+            return {"neighbours": "[]"}
+        found = index.neighbours(smiles, k=k, question=messages[0]["content"], exclude=[inchikey])
+        found = near_twin_only(found, (near_twin or {}).get(task))
+        return {"neighbours": json.dumps([{"smiles": n.smiles, "answer": n.answer} for n in found])}
 
-    return dataset.map(neighbours_of, batched=True, batch_size=64, desc=f"Finding {k} neighbours per row")
+    columns = ["id", "smiles", "task", "messages", "inchikey"]
+    return dataset.map(neighbours_of, input_columns=columns, desc=f"Finding {k} neighbours per row")

@@ -47,11 +47,6 @@ def register(subparsers) -> None:
     show.add_argument("index", metavar="INDEX", help="index folder or Hub dataset id")
 
 
-def guess_source_type(source: str) -> str:
-    """The loader for SOURCE: a packaged table's name, else by file suffix, else `conversations` (Hub ids too)."""
-    return source if source in PACKAGED_SOURCES else SUFFIX_SOURCES.get(Path(source).suffix.lower(), "conversations")
-
-
 def build_index(
     source: str,
     task: str,
@@ -67,8 +62,9 @@ def build_index(
 
     from .index import MoleculeIndex
 
-    kind = source_type or guess_source_type(source)
     path = None if source in PACKAGED_SOURCES else source
+    # unless given, the loader is a packaged table's name, else by file suffix, else `conversations` (Hub ids too)
+    kind = source_type or (source if path is None else SUFFIX_SOURCES.get(Path(source).suffix.lower(), "conversations"))
     options = {"task": "property"} if kind == "mol-instructions" and task == "property" else {}
     dataset, report = load_source(DataSourceConfig(type=kind, path=path, split=split, limit=limit, **options))
     index, counts = MoleculeIndex.from_records(dataset, task, max_atoms=max_atoms, holdout=holdout)

@@ -63,7 +63,13 @@ CONFIG_OPTIONS = ("max_turns", "num_exemplars", "seed_exemplars", "concurrency",
 """The options passed on to `DataGenerationConfig` under their own names."""
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def run_generate_data(args: argparse.Namespace) -> None:
+    """Generate multi-turn instruction conversations about molecules (GPT-4 pipeline, any teacher).
+
+    Write one multi-turn conversation per molecule of INPUT with a teacher: an OpenAI-compatible endpoint, a local
+    transformers chat model, or the offline grounded teacher (verified facts only). Appends to OUTPUT (JSONL,
+    conversation schema) and resumes where a killed or stopped run left off. Sidecars: OUTPUT.status.jsonl (filtered /
+    failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."""
     for name in ("max_turns", "concurrency", "max_tokens"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
@@ -72,16 +78,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise CommandError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
     if args.timeout <= 0 or args.backoff < 0 or args.max_backoff < 0:
         raise CommandError("--timeout must be positive, --backoff and --max-backoff not negative.")
-
-
-def run_generate_data(args: argparse.Namespace) -> None:
-    """Generate multi-turn instruction conversations about molecules (GPT-4 pipeline, any teacher).
-
-    Write one multi-turn conversation per molecule of INPUT with a teacher: an OpenAI-compatible endpoint, a local
-    transformers chat model, or the offline grounded teacher (verified facts only). Appends to OUTPUT (JSONL,
-    conversation schema) and resumes where a killed or stopped run left off. Sidecars: OUTPUT.status.jsonl (filtered /
-    failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."""
-    _check_numbers(args)
     level = logging.INFO if args.verbose else logging.WARNING  # basicConfig keeps a root logger's own handlers
     logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
 

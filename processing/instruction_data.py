@@ -4,11 +4,7 @@ Three steps, as in the paper:
 
 1. seed a few exemplar conversations from a short instruction (`SEED_INSTRUCTION`), on molecules drawn from the input;
 2. generate one conversation per molecule, with exemplars sampled into the teacher's context;
-3. filter: drop truncated outputs, unparsable ones, broken turn structure, a question without an answer, empty or
-   duplicate turns, and conversations with more than `max_turns` question-answer pairs.
-
-Teachers: an OpenAI-compatible endpoint, a local transformers chat model (`teachers.py`), or the offline grounded
-teacher (`grounded_teacher.py`, no steps 1-2: it writes conversations from verified facts).
+3. filter (`judge_reply`): drop truncated, unparsable or malformed conversations and those over `max_turns` pairs.
 
 Files, for `--output OUT.jsonl`:
 
@@ -31,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import logging
 import random
 import sys
@@ -225,20 +222,17 @@ def _record(store: ConversationStore, outcome: Outcome, state: RunState) -> None
 
 def _run_molecules(teacher, todo, exemplars, config, executor, workers, store, state, progress) -> None:
     """Step 2 + 3 over `todo`, at most 2 x workers submitted at a time, writing each outcome as it arrives."""
-    queue = iter(todo)
-    in_flight: dict[Future, Molecule] = {}
+    queue, in_flight = iter(todo), set()
 
     def fill() -> None:
-        while state.stopped is None and len(in_flight) < 2 * workers:
-            if (molecule := next(queue, None)) is None:
-                return
-            in_flight[executor.submit(generate_one, teacher, molecule, exemplars, config)] = molecule
+        for molecule in itertools.islice(queue, 2 * workers - len(in_flight) if state.stopped is None else 0):
+            in_flight.add(executor.submit(generate_one, teacher, molecule, exemplars, config))
 
     fill()
     while in_flight:
         done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        in_flight.difference_update(done)
         for future in done:
-            in_flight.pop(future)
             if (outcome := _result(future, teacher, state)) is not None:
                 _record(store, outcome, state)
                 progress.update(1)
@@ -291,9 +285,8 @@ def generate_conversations(
                         logger.warning("No seed exemplar is usable: conversations are generated zero-shot.")
                 exemplars = loaded
             todo = [molecule for molecule in molecules.molecules if not store.is_final(molecule.id)]
-            done = len(molecules.molecules) - len(todo)
             bar = {"unit": "mol", "desc": "generate-data", "file": sys.stderr, "disable": not config.show_progress}
-            with tqdm(total=len(molecules.molecules), initial=done, **bar) as progress:
+            with tqdm(total=len(molecules.molecules), initial=len(molecules.molecules) - len(todo), **bar) as progress:
                 if state.stopped is None:
                     _run_molecules(teacher, todo, exemplars, config, executor, workers, store, state, progress)
         except KeyboardInterrupt:

@@ -1,5 +1,4 @@
-"""The molecules that instruction conversations are written about: read from a ChEBI-20 TSV, a CSV, a JSONL, a saved
-datasets folder or a `datasets.Dataset`, with the rows that cannot be used counted by reason."""
+"""The molecules that instruction conversations are written about, as `read_molecules` reads them."""
 
 from __future__ import annotations
 

@@ -45,12 +45,11 @@ SEED_INSTRUCTION = (
 
 def system_prompt(with_iupac: bool, max_turns: int) -> str:
     """The teacher's system prompt; `with_iupac` selects the variant that also shows the IUPAC name."""
-    seen = "its SMILES string, a few sentences describing it, and its IUPAC name" if with_iupac else None
-    return _SYSTEM_PROMPT.format(
-        what_you_see=seen or "its SMILES string and a few sentences describing it",
-        iupac_topic=", and its IUPAC name" if with_iupac else "",
-        max_turns=max_turns,
-    )
+    if with_iupac:
+        seen, topic = "its SMILES string, a few sentences describing it, and its IUPAC name", ", and its IUPAC name"
+    else:
+        seen, topic = "its SMILES string and a few sentences describing it", ""
+    return _SYSTEM_PROMPT.format(what_you_see=seen, iupac_topic=topic, max_turns=max_turns)
 
 
 def molecule_context(smiles: str, description: str, iupac: str | None = None) -> str:
@@ -136,12 +135,6 @@ def _json_candidates(text: str) -> list[Any]:
     return found
 
 
-def _turn_list(value: Any) -> list[Any] | None:
-    if isinstance(value, dict):
-        value = next((value[key] for key in _TURN_KEYS if isinstance(value.get(key), list)), None)
-    return value if isinstance(value, list) else None
-
-
 def _messages_from_json(turns: list[Any]) -> list[dict[str, str]]:
     messages = []
     for index, turn in enumerate(turns):
@@ -180,8 +173,10 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
     if not isinstance(text, str) or not text.strip():
         raise ConversationFormatError("unparsable", "empty output")
     for value in _json_candidates(text):
-        if (turns := _turn_list(value)) is not None:
-            return _messages_from_json(turns)
+        if isinstance(value, dict):  # the turns under one of `_TURN_KEYS`
+            value = next((value[key] for key in _TURN_KEYS if isinstance(value.get(key), list)), None)
+        if isinstance(value, list):
+            return _messages_from_json(value)
     if messages := _messages_from_lines(text):
         return messages
     raise ConversationFormatError("unparsable", "neither a JSON conversation nor User:/Assistant: lines")

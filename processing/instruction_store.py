@@ -1,5 +1,4 @@
-"""The files of an instruction-data run (see `llamo.processing.instruction_data`, which describes them): the
-append-only output JSONL and its sidecars, which molecules are done, and loading the generated records as a dataset."""
+"""The files of an instruction-data run (described in `llamo.processing.instruction_data`), written and read back."""
 
 from __future__ import annotations
 

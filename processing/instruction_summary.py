@@ -1,5 +1,4 @@
-"""The summary of an instruction-data run, `<output>.summary.json`: its keys (`SUMMARY_KEYS`), how it is built from
-the output's files and one run's counts, read back, and shown to a person."""
+"""The summary of an instruction-data run, `<output>.summary.json` (its keys: `SUMMARY_KEYS`)."""
 
 from __future__ import annotations
 

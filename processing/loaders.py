@@ -1,7 +1,5 @@
-"""Loaders that turn each data source (a local path or a Hub dataset id) into the conversation schema
-(`processing/schema.py`): descriptions (`load_chebi20`, `load_pubchem324k`, `load_mol_instructions`), IUPAC names
-(`load_iupac_pairs`, `load_chemicals_iupac`), QM9 properties (`load_qm9_properties`) and conversations
-(`load_conversations`). Every loader skips and counts the rows it cannot use in a `DataReport`, never crashes on one."""
+"""Loaders (`load_*`) that turn each data source (a local path or a Hub dataset id) into the conversation schema
+(`processing/schema.py`). Each skips and counts the rows it cannot use in a `DataReport`, never crashes on one."""
 
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ from .loaders import stable_fraction
 
 
 def is_held_out(key: str, fraction: float) -> bool:
-    """The fixed hold-out rule: `stable_fraction(key, "holdout") < fraction`, with the key a molecule's InChIKey (so
-    one molecule never lands in both parts, whatever its task)."""
+    """The fixed hold-out rule, on a molecule's InChIKey: one molecule never lands in both parts, whatever its task."""
     return stable_fraction(key or "", "holdout") < fraction
 
 

@@ -1,11 +1,7 @@
 """Teachers that write instruction conversations: any OpenAI-compatible chat-completions endpoint, or a local
 transformers chat model (the offline grounded teacher lives in `grounded_teacher.py`). A teacher turns chat messages
 into a `TeacherReply`; `TeacherError` fails one molecule, `TeacherFatalError` (bad key, wrong URL) stops the job,
-`BudgetExhausted` stops it cleanly when the request budget is spent.
-
-The OpenAI-compatible teacher asks `huggingface_hub.InferenceClient.chat_completion` through its own client
-(`_TeacherClient`) and adds retries with backoff and `Retry-After`, a request budget and typed errors; its API key
-(from an environment variable) is kept in a `Secret` and removed from every error text."""
+`BudgetExhausted` stops it cleanly when the request budget is spent. API keys are kept in a `Secret`, never shown."""
 
 from __future__ import annotations
 
@@ -260,7 +256,6 @@ class OpenAICompatibleTeacher:
             if self.stop_event.is_set():
                 raise GenerationStopped("stopped")
             self.budget.take()
-            retry_after = None
             try:
                 return self._reply(
                     self._client.chat_completion(
@@ -283,7 +278,7 @@ class OpenAICompatibleTeacher:
             except HfHubHTTPError as error:
                 problem, retry_after = self._status_error(error.response)
             except httpx2.TransportError as error:  # timeouts, refused or dropped connections
-                problem = self._api_key.redact(f"{type(error).__name__}: {error}")
+                problem, retry_after = self._api_key.redact(f"{type(error).__name__}: {error}"), None
             except ValueError as error:  # a body that is not JSON
                 raise TeacherError("invalid_response", f"not a chat completion ({error!r})") from None
             if attempt == self.retry.max_retries:

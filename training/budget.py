@@ -41,18 +41,15 @@ class TimeBudgetCallback(TrainerCallback):
             left = int((self.seconds - (now - self.started)) / self.step_seconds)
             self.fitted_steps = max(state.global_step + 1, min(state.max_steps, state.global_step + left))
             state.max_steps = self.fitted_steps
-            if lr_scheduler is not None:
-                set_total_steps(lr_scheduler, self.fitted_steps)
+            set_total_steps(lr_scheduler, self.fitted_steps)
         return control
 
 
 def set_total_steps(scheduler, total: int) -> bool:
     """Give a `LambdaLR` built by transformers' schedule functions (whose step functions are partials with a
     `num_training_steps` keyword) a new total; returns whether one was changed. Accelerate's wrapper is unwrapped."""
-    scheduler = getattr(scheduler, "scheduler", scheduler)
-    changed = False
-    for index, function in enumerate(getattr(scheduler, "lr_lambdas", [])):
-        if isinstance(function, partial) and "num_training_steps" in function.keywords:
-            scheduler.lr_lambdas[index] = partial(function, num_training_steps=total)  # partial flattens partials
-            changed = True
-    return changed
+    lambdas = getattr(getattr(scheduler, "scheduler", scheduler), "lr_lambdas", [])
+    found = [i for i, f in enumerate(lambdas) if isinstance(f, partial) and "num_training_steps" in f.keywords]
+    for index in found:
+        lambdas[index] = partial(lambdas[index], num_training_steps=total)  # partial flattens partials
+    return bool(found)

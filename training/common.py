@@ -1,6 +1,5 @@
 """What both training stages share: the trainer (TRL's `SFTTrainer`, with a full disk while checkpointing said
-plainly: `CheckpointSpaceMixin`), safe run folders, resumable checkpoints, loading a model and LoRA kept inside the
-language model."""
+plainly), safe run folders, resumable checkpoints, loading a model and LoRA kept inside the language model."""
 
 from __future__ import annotations
 
@@ -31,10 +30,11 @@ IGNORED_FOR_RESUME = {*_LAUNCH, "ddp_timeout", *_REPORTING, "log_level_replica",
 """Settings that may change between a run and its resumption (reporting, workers, caches, the launch)."""
 
 
-class CheckpointSpaceMixin:
-    """A Trainer mixin for a full disk while a checkpoint is written: the partial `checkpoint-N` folder is removed (so
-    that it is never resumed from, nor fills the disk), the last complete checkpoint is kept, and a `DiskFullError`
-    says which folder is full and how much a checkpoint needs (`checkpoint_bytes`)."""
+class LlamoSFTTrainer(SFTTrainer):
+    """TRL's `SFTTrainer` for both stages (its fused LM head scores only the answer positions, never the prompt's
+    full-vocabulary logits). A full disk while a checkpoint is written removes the partial `checkpoint-N` folder (so
+    that it is never resumed from, nor fills the disk), keeps the last complete checkpoint and raises a `DiskFullError`
+    saying which folder is full and how much a checkpoint needs (`checkpoint_bytes`)."""
 
     def _save_checkpoint(self, model, trial) -> None:
         try:
@@ -63,11 +63,6 @@ class CheckpointSpaceMixin:
         if not hasattr(self.model, "peft_config"):  # parameters and buffers
             return self.model.get_memory_footprint() + moments
         return sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad) + moments
-
-
-class LlamoSFTTrainer(CheckpointSpaceMixin, SFTTrainer):
-    """TRL's `SFTTrainer` for both stages (its fused LM head scores only the answer positions, never the prompt's
-    full-vocabulary logits), with `CheckpointSpaceMixin`."""
 
 
 def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None, callbacks=()):

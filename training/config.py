@@ -143,8 +143,7 @@ STAGE_ARGUMENTS = {"stage1": Stage1Arguments, "stage2": Stage2Arguments}
 
 
 def _paper_schedule(peak: float, minimum: float, epochs: float) -> dict[str, Any]:
-    """The paper's optimiser and schedule as `SFTConfig` values: AdamW with weight decay 0.05, 1,000 warm-up steps
-    from peak / 100, cosine decay to `minimum` (transformers' `cosine_warmup_with_min_lr`, see `PAPER_SCHEDULE`)."""
+    """The paper's AdamW and warm-up + cosine schedule, from `peak` to `minimum`, as `SFTConfig` values."""
     return {
         "learning_rate": peak,
         "lr_scheduler_type": "cosine_warmup_with_min_lr",
@@ -249,15 +248,14 @@ def read_recipe(name: str) -> dict[str, Any]:
 
 
 def _parser(stage: str):
+    """The stage's `TrlParser`, with the paper's defaults (`STAGE_DEFAULTS`); on the CPU without an accelerator."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((STAGE_ARGUMENTS[stage], SFTConfig, ModelConfig), prog=f"llamo train {stage}")
-
-
-def _defaults(stage: str) -> dict[str, Any]:
     from .common import no_accelerator
 
-    return {**STAGE_DEFAULTS[stage], "use_cpu": no_accelerator()}
+    parser = TrlParser((STAGE_ARGUMENTS[stage], SFTConfig, ModelConfig), prog=f"llamo train {stage}")
+    parser.set_defaults_with_config(**STAGE_DEFAULTS[stage], use_cpu=no_accelerator())
+    return parser
 
 
 def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArguments:
@@ -270,9 +268,7 @@ def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArg
         argv[at] = str(recipe_file(argv[at]))
         keys += list(read_recipe(argv[at]))
     reject_legacy_keys(keys)
-    parser = _parser(stage)
-    parser.set_defaults_with_config(**_defaults(stage))
-    return check_arguments(stage, StageArguments(*parser.parse_args_and_config(args=argv)))
+    return check_arguments(stage, StageArguments(*_parser(stage).parse_args_and_config(args=argv)))
 
 
 def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
@@ -281,7 +277,7 @@ def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
     string), and unknown keys are refused."""
     reject_legacy_keys(settings)
     parser = _parser(stage)
-    if unknown := parser.set_defaults_with_config(**{**_defaults(stage), **settings}):
+    if unknown := parser.set_defaults_with_config(**settings):
         raise ValueError(f"Unknown recipe keys: {', '.join(key[2:] for key in unknown[::2])}")
     parser.exit_on_error = False
     try:

@@ -84,8 +84,7 @@ def prepare_source(
 
 
 def _mixture_fingerprint(arguments: StageArguments) -> str:
-    """What decides a stage's training mixture: every source (as `prepare_source` keys it) with its weight and hold-out
-    side, the mode, the neighbours (count, share, near-twin rule), the seed and the length column."""
+    """The cache key of a stage's training mixture: everything that decides its rows."""
     config, training = arguments.script, arguments.training
     description = {
         "version": MIXTURE_VERSION,

@@ -6,11 +6,9 @@ transformers has its own stop-and-save on SIGTERM (`TrainingArguments.enable_jit
 `transformers.trainer_jit_checkpoint`). It is not used, because it cannot keep these guarantees:
 
 - it handles SIGTERM only, not Ctrl-C (SIGINT);
-- it saves at whichever Trainer hook comes first once its 3-second timer has run out, which is most often
-  `on_pre_optimizer_step`: after a step's backward pass, before its optimizer update, with the random state already
-  advanced by that step's forward pass. The loop then still applies that update in memory, and a run resumed from
-  the checkpoint replays the step with another random state (other dropout masks), so it does not end with the
-  weights of an uninterrupted run;
+- it saves at the first Trainer hook after its 3-second timer, most often `on_pre_optimizer_step` (after a step's
+  backward pass, before its update): a run resumed from that checkpoint replays the step with another random state
+  (other dropout masks), so it does not end with the weights of an uninterrupted run;
 - each process decides alone: in a distributed run the processes that see the signal (or see it earlier) start a
   save whose collective operations (the FLOPs count, FSDP / DeepSpeed state gathering) the others never join.
   `GracefulInterrupt` agrees across processes at every step end;

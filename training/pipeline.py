@@ -3,8 +3,7 @@
     llamo train pipeline --config llamo_smollm2_135m --chebi20 PATH/TO/ChEBI-20.tsv
 
 Each step is skipped when its output is complete, and the training stages resume from their checkpoints, so
-rerunning the same command after an interruption continues where it stopped.
-"""
+rerunning the same command after an interruption continues where it stopped."""
 
 from __future__ import annotations
 

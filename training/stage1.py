@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig
 
+from llamo.builder import build_llamo, save_llamo
 from llamo.storage import exit_on_disk_full
 
 from .common import final_save_guard, load_for_training, run_summary, start_run, train, write_summary
@@ -29,8 +30,6 @@ def _starting_model(script_args: Stage1Arguments, model_args: ModelConfig, outpu
     folder = output_dir / "init"
     with state.main_process_first():
         if state.is_main_process and not (folder / "config.json").is_file():
-            from llamo.builder import build_llamo, save_llamo
-
             log(f"[stage1] building the starting LLaMo around {script_args.init_llm}")
             model, processor = build_llamo(script_args.init_llm, **script_args.init_options)
             metadata = {"llm": script_args.init_llm, "stage": "init"}

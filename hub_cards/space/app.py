@@ -1,6 +1,5 @@
-"""Hugging Face Space entry point of the LLaMo demo (`python app.py`), configured by `LLAMO_MODEL` (a folder or Hub
-model id; default: the bundled model), `LLAMO_DEVICE`, `LLAMO_INDEX` and `LLAMO_NEIGHBOURS` (see README.md) and
-Gradio's own variables. If no model loads, the page still draws molecules and says why chat is off."""
+"""Hugging Face Space entry point of the LLaMo demo (`python app.py`), configured by `LLAMO_MODEL`, `LLAMO_DEVICE`,
+`LLAMO_INDEX` and `LLAMO_NEIGHBOURS` (see README.md) and Gradio's own variables. Without a model, chat is off."""
 
 import importlib.util
 import os

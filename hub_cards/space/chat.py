@@ -83,9 +83,8 @@ class StopRegistry:
 
     def stop(self, session: str) -> None:
         with self._lock:
-            event = self._events.get(session)
-        if event is not None:
-            event.set()
+            if (event := self._events.get(session)) is not None:
+                event.set()
 
     def finish(self, session: str, event: threading.Event) -> None:
         """Forget the session's flag once its answer is done (unless a newer answer replaced it)."""
@@ -94,13 +93,11 @@ class StopRegistry:
                 del self._events[session]
 
 
-def generation_settings(
-    max_new_tokens: int, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9
-) -> dict:
-    """`generate` keyword arguments, with `max_new_tokens` clamped to 1..MAX_NEW_TOKENS_CAP."""
+def generation_settings(max_new_tokens: int, do_sample: bool = False, temperature: float = 0.7) -> dict:
+    """`generate` keyword arguments, with `max_new_tokens` clamped to 1..MAX_NEW_TOKENS_CAP (sampling: top-p 0.9)."""
     settings = {"max_new_tokens": max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_CAP)), "do_sample": bool(do_sample)}
     if do_sample:
-        settings.update(temperature=float(temperature), top_p=float(top_p))
+        settings.update(temperature=float(temperature), top_p=0.9)
     return settings
 
 
@@ -117,8 +114,7 @@ def stream_answer(
     Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
     raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
     processor's `max_atoms`, a prompt over the model's context) raise a `ValueError` at once. `stats` receives
-    `new_tokens` once the answer ends. Beam search cannot stream, so the answer is decoded with one beam even for a
-    model whose generation config has more."""
+    `new_tokens` once the answer ends."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     check_prompt_lengths(model, inputs)
     inputs = inputs.to(model.device)
@@ -129,7 +125,7 @@ def stream_answer(
     watch = StopOnEvent(closed, *([stop] if stop is not None else []))
     settings = {
         **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)),
-        "num_beams": 1,  # a streamed answer is greedy or sampled, whatever the model's generation config says
+        "num_beams": 1,  # beam search cannot stream: greedy or sampled, whatever the model's generation config says
         "stopping_criteria": StoppingCriteriaList([watch]),
     }
     failure: list[Exception] = []

@@ -91,15 +91,13 @@ class Demo:
         """A new molecule: its panels, and a fresh conversation (any answer in progress is dropped): `(drawing,
         groups, status, current SMILES, chat history, chat status, neighbours panel)`."""
         self.new_conversation(session)
-        panels = render_molecule(smiles, self.model, self.processor, shade)
-        return panels.drawing, panels.groups, panels.status, panels.smiles, [], "", ""
+        return (*render_molecule(smiles, self.model, self.processor, shade), [], "", "")
 
     def reshade(self, smiles: str | None, shade: bool) -> tuple[str, str]:
         """Redraw the current molecule with or without attention shading (the conversation is kept)."""
         if not smiles:
             return "", ""
-        panels = render_molecule(smiles, self.model, self.processor, shade)
-        return panels.drawing, panels.groups
+        return render_molecule(smiles, self.model, self.processor, shade)[:2]  # the drawing and the groups
 
     def respond(
         self,
@@ -114,9 +112,8 @@ class Demo:
         """Answer `question` about the current molecule, yielding `(chat history, question box, chat status,
         neighbours panel)` as the answer streams. Problems (no molecule, no model, a failed generation) go to the
         status, not exceptions; a generation that fails before any text leaves the conversation as it was and the
-        question in its box. Where an index applies to the question, its neighbours of the molecule go into the
-        prompt and the panel shows them; otherwise the panel is empty. If the conversation is reset meanwhile
-        (`new_conversation`), generation stops and the last update is the empty conversation."""
+        question in its box. Neighbours: see `in_context`. If the conversation is reset meanwhile (`new_conversation`),
+        generation stops and the last update is the empty conversation."""
         conversation = self.conversation(session)
         history = list(history or [])
         question = (question or "").strip()
@@ -155,24 +152,21 @@ class Demo:
             self.stops.finish(session, stop)
         if self.conversation(session) != conversation:
             yield [], "", "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
-            return
-        if failed and not answer.strip():  # e.g. a prompt over the model's context: the question goes back to its box
+        elif failed and not answer.strip():  # e.g. a prompt over the model's context: the question goes back to its box
             yield history[:-2], question, status, panel
-            return
-        if not answer.strip():
-            history = [*history[:-1], {"role": "assistant", "content": "(no answer)"}]
-        yield history, "", status, panel
+        elif not answer.strip():
+            yield [*history[:-1], {"role": "assistant", "content": "(no answer)"}], "", status, panel
+        else:
+            yield history, "", status, panel
 
     def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str]:
         """`messages` with the neighbours of `smiles` for `question` in the first user turn and the molecule's
         rule-based name before the question where the model asks for it (`Retrieval.name_hint`), and the neighbours
         panel; unchanged, and no panel, where neither applies. The query is read within the processor's limits first;
         an index that fails leaves the messages without neighbours and says so in the panel."""
-        if self.retrieval is None:
-            return messages, ""
         max_atoms = self.processor.max_atoms
-        if (mol := readable_molecule(smiles, max_atoms)) is None:
-            return messages, ""  # the generation reports why the molecule cannot be read
+        if self.retrieval is None or (mol := readable_molecule(smiles, max_atoms)) is None:
+            return messages, ""  # no index; or an unreadable molecule, which the generation reports
         given = ""
         if name := self.retrieval.name_hint(smiles, question):
             messages = add_name_hint(messages, name)
@@ -203,8 +197,7 @@ def build_demo(
     model=None, processor=None, unavailable=None, model_name=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, retrieval=None
 ):
     """The Gradio page (a `gr.Blocks`, not launched). Without a model, molecules are drawn and listed, and the chat
-    says why it is unavailable (`unavailable`). With `retrieval`, answers get in-context neighbours where an index
-    applies, shown under the chat."""
+    says why it is unavailable (`unavailable`); `retrieval` gives answers their in-context neighbours (`Retrieval`)."""
     import gradio as gr
 
     demo = Demo(model, processor, unavailable, model_name, retrieval)
@@ -284,10 +277,9 @@ def launch_demo(
     index: str | None = None,
     neighbours: int | None = None,
 ):
-    """Load the model (`model_dir`, or the bundled default) and serve the page; returns the `gr.Blocks`. `index` (a
-    folder or Hub dataset id, `"none"`, or `None`: the model's default indexes) and `neighbours` say which in-context
-    neighbours answers get, as for `llamo generate`. The loading errors of the model folder (missing, or an unavailable
-    default model) and of a given index (`FileNotFoundError`, `ValueError`) are raised before the server starts."""
+    """Load the model (`model_dir`, or the bundled default) and serve the page; returns the `gr.Blocks`. `index` and
+    `neighbours`: the answers' in-context neighbours (see `Retrieval`). The loading errors of the model folder (missing,
+    or an unavailable default model) and of a given index (`FileNotFoundError`, `ValueError`) come before serving."""
     from llamo.builder import load_llamo
     from llamo.default_model import resolve_model_dir
 

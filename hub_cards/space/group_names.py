@@ -31,8 +31,7 @@ def _names_of(mol: Chem.Mol, group: frozenset[int], candidates) -> tuple[str, ..
 
 
 def group_names(mol: Chem.Mol, groups: Sequence[Iterable[int]]) -> list[tuple[str, ...]]:
-    """Chemical names of each group of `mol` (atom index sets, e.g. from
-    `llamo.featurization_llamo.functional_groups`): one tuple per group, empty where no rule knows it."""
+    """Chemical names of each group (atom index set) of `mol`: one tuple per group, empty where no rule knows it."""
     by_atom: dict[int, list[tuple[int, str, frozenset[int]]]] = {}
     for match in rule_matches(mol):
         for atom in match[2]:

@@ -93,8 +93,7 @@ def _inner_bonds(mol: Chem.Mol, atoms: Sequence[int]) -> list[Chem.Bond]:
 
 
 def describe_group(mol: Chem.Mol, atoms: Sequence[int]) -> str:
-    """A group's heavy-atom formula (carbon first, then alphabetical, charge appended), the bonds inside it and
-    whether it is a ring system."""
+    """A group's heavy-atom formula (carbon first, charge appended), its inner bonds and whether it is a ring system."""
     symbols = Counter(mol.GetAtomWithIdx(atom).GetSymbol() for atom in atoms)
     order = sorted(symbols, key=lambda symbol: (symbol != "C", symbol))
     formula = "".join(f"{symbol}{symbols[symbol] if symbols[symbol] > 1 else ''}" for symbol in order)
@@ -121,9 +120,8 @@ def read_molecule(smiles: str, max_atoms: int | None) -> Chem.Mol:
 
 
 def load_molecule(smiles: str, max_atoms: int | None = DEFAULT_MAX_ATOMS) -> MoleculeView:
-    """Parse `smiles` and find its groups (in the order of the processor's motif rows, each with a colour and its
-    chemical names); a bad or oversized molecule gives a view whose `error` says why, never repeating more than the
-    head of the input."""
+    """Parse `smiles` and find its groups (in the processor's motif-row order, each with a colour and chemical names);
+    a bad or oversized molecule gives a view whose `error` says why, quoting at most the head of the input."""
     smiles = smiles.strip() if isinstance(smiles, str) else ""
     if len(smiles) > MAX_SMILES_CHARS:
         return MoleculeView(
@@ -131,13 +129,11 @@ def load_molecule(smiles: str, max_atoms: int | None = DEFAULT_MAX_ATOMS) -> Mol
         )
     try:
         mol = read_molecule(smiles, max_atoms)
-    except OversizedMoleculeError as error:
-        if error.unit != "atoms":  # RDKit's input bounds (length, ring bonds, rings): the parser's short message
+    except ValueError as error:  # unparsable, or over RDKit's input bounds or the atom limit
+        if not isinstance(error, OversizedMoleculeError) or error.unit != "atoms":  # the parser's short message
             return MoleculeView(smiles, error=str(error))
         limit = f"the model accepts at most {error.limit} (its processor's max_atoms)"
         return MoleculeView(smiles, error=f"This molecule has {error.size} atoms; {limit}.")
-    except ValueError as error:
-        return MoleculeView(smiles, error=str(error))
     atom_sets = functional_groups(mol)
     found = zip(atom_sets, group_palette(len(atom_sets)), group_names(mol, atom_sets), strict=True)
     groups = [
