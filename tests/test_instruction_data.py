@@ -946,7 +946,7 @@ def test_missing_input_and_bad_numbers_are_clear_errors(tmp_path, capsys):
 def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete_output(tmp_path, monkeypatch):
     from llamo.processing import instruction_data
     from llamo.processing.instruction_summary import read_summary
-    from llamo.training.pipeline import _generate_conversations
+    from llamo.training.pipeline import prepare_conversations
 
     rows = CHEBI_VALIDATION.read_text(encoding="utf-8").splitlines()
     subset = tmp_path / "chebi.txt"
@@ -954,14 +954,14 @@ def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete
     output = tmp_path / "conversations.jsonl"
     settings = {"input": str(subset), "output": str(output), "teacher": "grounded", "id_prefix": "chebi20:"}
     logged = []
-    _generate_conversations({**settings, "limit": None, "max_turns": 5}, logged.append)
+    prepare_conversations({**settings, "limit": None, "max_turns": 5}, logged.append)
     summary = read_summary(output)
     assert summary["complete"] is True and summary["generated"] == 3 and summary["settings"]["max_turns"] == 5
     assert load_generated_conversations(output)["id"][0].startswith("chebi20:")
     assert any("3 generated" in line for line in logged)
 
     monkeypatch.setattr(instruction_data, "generate_conversations", lambda *args: pytest.fail("generated again"))
-    _generate_conversations(settings, logged.append)
+    prepare_conversations(settings, logged.append)
     assert logged[-1] == f"[pipeline] conversations already in {output}"
     with pytest.raises(ValueError, match="max_turn"):
         instruction_data.generate_from_settings({**settings, "max_turn": 5})  # a typo is refused, not ignored

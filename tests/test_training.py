@@ -5,6 +5,7 @@ import errno
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -1221,3 +1222,51 @@ def test_pipeline_runs_every_round_and_bundles_the_last(tmp_path, monkeypatch):
         ("stage2", later),
         ("bundle", (first, later, config.bundle["output"])),
     ]
+
+
+def test_gpu_round_carries_what_the_machine_lacks(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import prepare_gpu_round as prepare
+
+    here = {name: metadata.version(name) for name in ("transformers", "huggingface-hub", "trl", "torch", "rdkit")}
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("transformers==5.17.0\nhuggingface-hub==1.33.0\ntorch==2.11.0\nTRL==" + here["trl"] + "\n")
+    roots = ["transformers>=5.24", "trl", "rdkit"]  # as llamo requires them
+    wanted = prepare.missing_wheels(roots, prepare.device_packages(freeze))
+    # transformers is too old there and needs a newer huggingface_hub; TRL fits (any case of its name); torch never
+    # travels (the machine's CUDA build); RDKit is missing and so are its own requirements
+    assert wanted["transformers"] == here["transformers"] and wanted["huggingface-hub"] == here["huggingface-hub"]
+    assert "trl" not in wanted and "torch" not in wanted
+    assert wanted["rdkit"] == here["rdkit"] and "numpy" in wanted
+    everything = "\n".join(f"{name}=={metadata.version(name)}" for name in (*wanted, "numpy", "trl", "torch"))
+    freeze.write_text(everything)
+    assert prepare.missing_wheels(roots, prepare.device_packages(freeze)) == {}
+
+
+def test_gpu_round_pieces_join_to_the_files_with_their_times(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import prepare_gpu_round as prepare
+
+    monkeypatch.chdir(tmp_path)
+    data = prepare.ROUND / "data"
+    data.mkdir(parents=True)
+    (data / "chebi20.txt").write_bytes(bytes(range(256)) * 40)
+    os.utime(data / "chebi20.txt", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    payload = prepare.ROUND / "payload.tar"
+    prepare.archive([data / "chebi20.txt"], payload)
+    pieces = -(-payload.stat().st_size // 4096)
+    assert pieces > 1 and prepare.cut(payload, 4096) == pieces
+    payload.unlink()
+    shutil.rmtree(data)
+    script = str(BENCHMARKS / "gpu_round_device.sh")
+    done = subprocess.run(["bash", script, "unpack", f"{pieces:02d}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (data / "chebi20.txt").read_bytes() == bytes(range(256)) * 40
+    assert (data / "chebi20.txt").stat().st_mtime_ns == 1_700_000_000_123_456_789  # the mixture key reads it
+    (prepare.ROUND / "call02" / "part").write_bytes(b"damaged")
+    done = subprocess.run(["bash", script, "piece", "02"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "FAILED" in done.stdout + done.stderr

@@ -97,6 +97,13 @@ def _mixture_fingerprint(arguments: StageArguments) -> str:
     return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def mixture_cache(arguments: StageArguments) -> Path:
+    """Where a stage's training mixture is cached (complete when it holds `llamo_reports.json`)."""
+    config = arguments.script
+    cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
+    return cache_dir / f"mixture-{_mixture_fingerprint(arguments)}"
+
+
 def _load_saved(folder: Path) -> tuple[datasets.Dataset, list[DataReport]]:
     reports = json.loads((folder / "llamo_reports.json").read_text())
     return datasets.load_from_disk(str(folder)), [DataReport.from_dict(saved) for saved in reports]
@@ -118,9 +125,9 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
     all of that), so a resumed run, or a run on another machine given the cache folder, skips the neighbour search.
     Prints what was kept and dropped."""
     config, training = arguments.script, arguments.training
-    cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
+    cached = mixture_cache(arguments)
+    cache_dir = cached.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / f"mixture-{_mixture_fingerprint(arguments)}"
     if (cached / "llamo_reports.json").is_file():
         mixture, reports = _load_saved(cached)
         log(f"[data] training rows: {len(mixture)} (cached mixture {cached.name})")

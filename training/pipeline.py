@@ -117,7 +117,7 @@ def run(config: PipelineConfig, log=print, callbacks=()) -> Path:
     work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if config.conversations:
-        _generate_conversations(config.conversations, log)
+        prepare_conversations(config.conversations, log)
     first, _ = stage_configs(config)
     start = stage1_dir(config)
     if first is not None:
@@ -146,7 +146,8 @@ def run(config: PipelineConfig, log=print, callbacks=()) -> Path:
     return work
 
 
-def _generate_conversations(settings: dict[str, Any], log) -> None:
+def prepare_conversations(settings: dict[str, Any], log=print) -> None:
+    """The recipe's conversations step: `llamo generate-data` with `settings`, skipped when its output is complete."""
     from llamo.processing.instruction_data import generate_from_settings
     from llamo.processing.instruction_summary import format_summary, read_summary
     from llamo.processing.teachers import TeacherError
