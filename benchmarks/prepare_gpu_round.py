@@ -139,9 +139,10 @@ def tree_bytes() -> int:
 
 
 def archive(paths: list[Path], payload: Path) -> None:
-    """GNU tar in POSIX format: it keeps modification times to the nanosecond (Python's `tarfile` rounds them through
-    a float, which would change the mixture's cache key)."""
-    subprocess.run(["tar", "--format=posix", "-cf", str(payload), *map(str, paths)], check=True)
+    """GNU tar in POSIX format, xz-compressed (the featurized mixture shrinks about 15-fold): it keeps modification
+    times to the nanosecond (Python's `tarfile` rounds them through a float, which would change the mixture's key)."""
+    command = ["tar", "--format=posix", "--use-compress-program", "xz -T0 -6", "-cf", str(payload)]
+    subprocess.run([*command, *map(str, paths)], check=True)
 
 
 def pack(gguf: Path) -> Path:

@@ -1246,6 +1246,7 @@ def test_gpu_round_carries_what_the_machine_lacks(tmp_path, monkeypatch):
 
 
 def test_gpu_round_pieces_join_to_the_files_with_their_times(tmp_path, monkeypatch):
+    import random
     import shutil
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -1254,7 +1255,8 @@ def test_gpu_round_pieces_join_to_the_files_with_their_times(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     data = prepare.ROUND / "data"
     data.mkdir(parents=True)
-    (data / "chebi20.txt").write_bytes(bytes(range(256)) * 40)
+    content = random.Random(0).randbytes(20_000)  # incompressible: the payload is xz-compressed
+    (data / "chebi20.txt").write_bytes(content)
     os.utime(data / "chebi20.txt", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
     payload = prepare.ROUND / "payload.tar"
     prepare.archive([data / "chebi20.txt"], payload)
@@ -1265,7 +1267,7 @@ def test_gpu_round_pieces_join_to_the_files_with_their_times(tmp_path, monkeypat
     script = str(BENCHMARKS / "gpu_round_device.sh")
     done = subprocess.run(["bash", script, "unpack", f"{pieces:02d}"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert (data / "chebi20.txt").read_bytes() == bytes(range(256)) * 40
+    assert (data / "chebi20.txt").read_bytes() == content
     assert (data / "chebi20.txt").stat().st_mtime_ns == 1_700_000_000_123_456_789  # the mixture key reads it
     (prepare.ROUND / "call02" / "part").write_bytes(b"damaged")
     done = subprocess.run(["bash", script, "piece", "02"], capture_output=True, text=True, timeout=60)
