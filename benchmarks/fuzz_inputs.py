@@ -247,7 +247,7 @@ def _build_processor() -> tuple[Any, str]:
 
 
 def _names_input(message: str, value: Any) -> bool:
-    from llamo.featurization_llamo import shorten_for_message
+    from llamo.smiles_llamo import shorten_for_message
 
     named = any(word in message for word in ("index", "Conversation", "Sequence", shorten_for_message(value)))
     return len(message) < MESSAGE_LIMIT and named

@@ -26,6 +26,7 @@ REMOTE_CODE_FILES = (
     "modeling_llamo.py",
     "pipeline_llamo.py",
     "processing_llamo.py",
+    "smiles_llamo.py",
 )
 """The Python files an exported folder carries, and no others."""
 REQUIRED_FILES = (

@@ -24,10 +24,11 @@ _EXPORTS = {
         "configuration_llamo": ("GRAPH_INPUT_NAMES", "LlamoConfig", "LlamoGraphEncoderConfig", "LlamoProjectorConfig"),
         "default_model": ("default_model_path",),
         "feature_extraction_llamo": ("LlamoMoleculeFeaturizer", "collate_sequence_molecules", "prepare_molecule"),
-        "featurization_llamo": ("MoleculeGraph", "collate_molecule_graphs", "featurize_smiles", "parse_smiles"),
+        "featurization_llamo": ("MoleculeGraph", "collate_molecule_graphs", "featurize_smiles"),
         "modeling_llamo": ("LlamoForConditionalGeneration", "LlamoModel", "LlamoPreTrainedModel"),
         "pipeline_llamo": ("MOLECULE_TASK", "LlamoMoleculePipeline"),
         "processing_llamo": ("LlamoProcessor",),
+        "smiles_llamo": ("parse_smiles",),
     }.items()
     for name in names
 }
@@ -39,10 +40,11 @@ if TYPE_CHECKING:
     from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
     from .default_model import default_model_path
     from .feature_extraction_llamo import LlamoMoleculeFeaturizer, collate_sequence_molecules, prepare_molecule
-    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles, parse_smiles
+    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles
     from .modeling_llamo import LlamoForConditionalGeneration, LlamoModel, LlamoPreTrainedModel
     from .pipeline_llamo import MOLECULE_TASK, LlamoMoleculePipeline
     from .processing_llamo import LlamoProcessor
+    from .smiles_llamo import parse_smiles
 
 
 def __getattr__(name: str) -> Any:

@@ -186,8 +186,8 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     from . import LlamoMoleculePipeline
     from .builder import load_llamo
     from .default_model import DefaultModelUnavailable, resolve_model_dir
-    from .featurization_llamo import parse_smiles
     from .quiet import quiet_loading
+    from .smiles_llamo import parse_smiles
 
     try:
         parse_smiles(args.smiles)

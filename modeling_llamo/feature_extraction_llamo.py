@@ -15,16 +15,8 @@ from dataclasses import dataclass
 import torch
 from rdkit import Chem
 
-from .featurization_llamo import (
-    MoleculeGraph,
-    check_size,
-    featurize_molecule,
-    oversized_error,
-    pad_molecule_graphs,
-    parse_smiles,
-    position_text,
-    prompt_smiles,
-)
+from .featurization_llamo import MoleculeGraph, featurize_molecule, pad_molecule_graphs, prompt_smiles
+from .smiles_llamo import check_size, oversized_error, parse_smiles, position_text
 
 MoleculeInput = str | Chem.Mol | MoleculeGraph | dict
 """A molecule as callers give it: a SMILES string, an RDKit molecule, or an already featurized `MoleculeGraph` (or

@@ -24,7 +24,7 @@ task when none is given and imports this class from the folder's (or repository'
 task with `PIPELINE_REGISTRY`: `pipeline("molecule-text-generation", model=model, processor=processor)`.
 
 This file travels with exported models as remote code; of this project it imports only its sibling remote-code
-files (`chat_template_llamo.py`, `featurization_llamo.py`, `generation_llamo.py`), never the `llamo` package."""
+files (`chat_template_llamo.py`, `generation_llamo.py`, `smiles_llamo.py`), never the `llamo` package."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
 from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint, add_neighbours, query_turn
-from .featurization_llamo import shorten_for_message
 from .generation_llamo import drop_repeated_sentence_start
+from .smiles_llamo import shorten_for_message
 
 MOLECULE_TASK = "molecule-text-generation"
 

@@ -31,7 +31,7 @@ from .feature_extraction_llamo import (
     PreparedMolecule,
     collate_sequence_molecules,
 )
-from .featurization_llamo import shorten_for_message
+from .smiles_llamo import shorten_for_message
 
 PROMPT_SMILES_MODES = ("canonical", "input", "none")
 

@@ -165,8 +165,8 @@ def name_hinter(
     namer = rule_namer(iupac_nesting=False)  # nested hints scored lower (README, *IUPAC's nesting...*)
     if namer is None:
         return None
-    from llamo.featurization_llamo import count_smiles_atoms
     from llamo.pipeline_llamo import inchikey
+    from llamo.smiles_llamo import count_smiles_atoms
 
     @functools.lru_cache(maxsize=256)  # a chat asks about one molecule every turn: name and check it once
     def hint(smiles: str) -> str | None:

@@ -9,7 +9,7 @@ from rdkit import Chem, rdBase
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.feature_extraction_llamo import prepare_molecule
-from llamo.featurization_llamo import OversizedMoleculeError
+from llamo.smiles_llamo import OversizedMoleculeError
 
 from .loaders import DataReport
 

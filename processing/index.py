@@ -23,7 +23,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from tqdm.auto import tqdm
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
-from llamo.featurization_llamo import check_size, parse_smiles
+from llamo.smiles_llamo import check_size, parse_smiles
 from llamo.storage import disk_full_guard
 
 from .loaders import property_from_text, stable_fraction

@@ -127,7 +127,7 @@ def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config:
     seed = molecule_seed(config.seed, molecule.id)
     metadata: dict[str, Any] = {**_identity(teacher), "seed": seed}
     if isinstance(teacher, GroundedTeacher):
-        from llamo.featurization_llamo import parse_smiles
+        from llamo.smiles_llamo import parse_smiles
 
         mol = parse_smiles(molecule.smiles)
         conversation = teacher.converse(mol, molecule.description, molecule.iupac, seed, config.max_turns)

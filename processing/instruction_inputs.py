@@ -119,7 +119,7 @@ def read_molecules(
 
     Rows with no or unparsable SMILES (RDKit), no description, a repeated id, or unreadable JSON are skipped and
     counted in `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules."""
-    from llamo.featurization_llamo import parse_smiles
+    from llamo.smiles_llamo import parse_smiles
 
     wanted = asdict(columns or ColumnNames())
     rows, described = _raw_rows(source, input_format)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from rdkit import Chem
 
-from llamo import featurization_llamo
+from llamo import featurization_llamo, smiles_llamo
 from llamo.featurization_llamo import (
     ATOM_FEATURE_SIZES,
     BOND_FEATURE_SIZES,
@@ -254,7 +254,7 @@ def test_scan_shortcuts_give_the_plain_getters_features():
 
 
 def test_smiles_text_hints():
-    read = featurization_llamo._read_smiles_text
+    read = smiles_llamo.read_smiles_text
     text = read("C[C@H](N)[NH3+]")
     assert (text.atoms, text.bracket_atoms, text.chiral_atoms, text.hydrogens, text.plain) == (
         4,

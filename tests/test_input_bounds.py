@@ -9,19 +9,19 @@ from collections import Counter
 import pytest
 from rdkit import Chem, rdBase
 
-from llamo.featurization_llamo import (
+from llamo.featurization_llamo import featurize_smiles
+from llamo.hub_cards.space.demo import render_molecule
+from llamo.processing.featurization import featurize_dataset
+from llamo.processing.schema import CONVERSATION_FEATURES, make_record
+from llamo.smiles_llamo import (
     MAX_RING_BONDS_PER_ATOM,
     MAX_SMILES_LENGTH,
     OversizedMoleculeError,
     check_size,
     count_smiles_atoms,
-    featurize_smiles,
     parse_smiles,
     shorten_for_message,
 )
-from llamo.hub_cards.space.demo import render_molecule
-from llamo.processing.featurization import featurize_dataset
-from llamo.processing.schema import CONVERSATION_FEATURES, make_record
 
 from .conftest import CHEBI_VALIDATION, golden_rows
 

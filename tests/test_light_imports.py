@@ -121,7 +121,7 @@ def test_model_names_are_imported_on_first_use():
 
     assert llamo.LlamoForConditionalGeneration.__module__ == "llamo.modeling_llamo"
     assert "LlamoProcessor" in dir(llamo) and llamo.auto_registration.is_registered()
-    assert llamo.featurization_llamo.parse_smiles is llamo.parse_smiles  # submodules, as `import llamo` gave them
+    assert llamo.smiles_llamo.parse_smiles is llamo.parse_smiles  # submodules, as `import llamo` gave them
     with pytest.raises(AttributeError, match="no_such_name"):
         llamo.no_such_name  # noqa: B018
 

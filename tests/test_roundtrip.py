@@ -90,6 +90,7 @@ def test_folder_loads_without_llamo_and_generates_the_same(tiny_llamo, tiny_llam
 def test_saved_folder_holds_the_remote_code_files(tiny_llamo_dir):
     names = {path.name for path in tiny_llamo_dir.iterdir()}
     assert {"configuration_llamo.py", "modeling_llamo.py", "processing_llamo.py", "featurization_llamo.py"} <= names
+    assert "smiles_llamo.py" in names
     assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= names
     assert not {"cli.py", "builder.py", "original_checkpoint.py", "__init__.py"} & names
     config = json.loads((tiny_llamo_dir / "config.json").read_text())
@@ -105,6 +106,7 @@ def test_saved_folder_holds_the_remote_code_files(tiny_llamo_dir):
         "modeling_llamo.py",
         "processing_llamo.py",
         "featurization_llamo.py",
+        "smiles_llamo.py",
     ):
         for node in ast.walk(ast.parse((tiny_llamo_dir / name).read_text())):
             if isinstance(node, ast.ImportFrom):

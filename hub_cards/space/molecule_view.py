@@ -13,7 +13,8 @@ from rdkit import Chem
 from rdkit.Chem.Draw import rdMolDraw2D
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
-from llamo.featurization_llamo import OversizedMoleculeError, check_size, functional_groups, parse_smiles
+from llamo.featurization_llamo import functional_groups
+from llamo.smiles_llamo import OversizedMoleculeError, check_size, parse_smiles
 
 from .group_names import group_names
 
