@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_round_device.sh unpack NN                  join and unpack pieces 01..NN
 #   bash benchmarks/gpu_round_device.sh check RECIPE NN            rehearsal on any machine: unpack, find the cached
 #                                                                  mixture (no install, no training)
+# TRAIN_ARGS: more arguments for train_default_model_gpu.py (a CPU rehearsal of `train`: --allow-cpu --probe 1 --skip 0,
+# with a stub nvidia-smi on PATH).
 set -euo pipefail
 round=runs/gpu_round
 
@@ -62,10 +64,10 @@ train)
     mkdir -p "$OUT/round"
     LLAMO_DATA_CACHE="$round/data/cache" python3 benchmarks/train_default_model_gpu.py --recipe "$recipe" \
         --chebi20 "$round/data/chebi20.txt" --work-dir "$round/data/work" --minutes "$minutes" --output "$OUT/round" \
-        2>&1 | tee "$OUT/round/log.txt" | grep -v "it/s\]$" | tail -n 60
+        ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/round/log.txt" | grep -v "it/s\]$" | tail -n 60
     ;;
 *)
-    sed -n 2,8p "$0"
+    sed -n 2,10p "$0"
     exit 2
     ;;
 esac
