@@ -122,6 +122,14 @@ def test_every_trainer_and_model_flag_parses(pairs, tmp_path):
     assert script.sources[0].path == str(pairs)
 
 
+def test_a_cuda_build_of_torch_without_a_gpu_trains_a_bf16_recipe_on_the_cpu(monkeypatch, pairs):
+    # pip's default torch on Linux is a CUDA build: `torch.accelerator` then names cuda even where no GPU is present
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args, **kwargs: torch.device("cuda"))
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    arguments = stage_arguments("stage2", {"sources": sources(pairs), "output_dir": "unused", "bf16": True})
+    assert arguments.training.use_cpu and arguments.training.bf16
+
+
 def test_stage_help_is_llamos_own_arguments_and_help_all_is_trls(capsys):
     from llamo.cli import main
 

@@ -234,6 +234,7 @@ def lora_config(model, model_args):
 
 
 def no_accelerator() -> bool:
-    """True on a CPU-only machine (no CUDA, XPU, MPS, ... device for `torch.accelerator`): then several processes
-    (e.g. `accelerate launch --multi_gpu --num_processes 2`, which uses torchrun) train with the gloo backend."""
-    return get_current_accelerator() is None
+    """True on a machine without a usable CUDA, XPU, MPS, ... device (a CUDA build of torch on a machine without a GPU
+    included): then training runs on the CPU (`use_cpu`, so a bf16 recipe trains there), and several processes (e.g.
+    `accelerate launch --multi_gpu --num_processes 2`, which uses torchrun) use the gloo backend."""
+    return get_current_accelerator() is None or not torch.accelerator.is_available()
