@@ -2,6 +2,7 @@
 its own answer is a target."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,19 @@ def test_a_time_budget_fits_max_steps_and_the_schedule(config, tmp_path):
     assert budget.fitted_steps == 3 and budget.step_seconds > 0  # no time left after the probe: one more step
     assert summary["global_step"] == 3
     assert [entry["step"] for entry in summary["log_history"] if "loss" in entry] == [1, 2, 3]  # logging_steps 1
+
+
+def test_a_time_budget_without_skipped_steps_times_from_the_start():
+    from transformers import TrainerState
+
+    from llamo.training.budget import TimeBudgetCallback
+
+    budget, state = TimeBudgetCallback(seconds=1e-3, probe=1, skip=0), TrainerState(global_step=0, max_steps=6)
+    budget.on_train_begin(None, state, None)
+    time.sleep(0.01)  # the first step, longer than the whole budget
+    state.global_step = 1
+    budget.on_step_end(None, state, None)
+    assert budget.fitted_steps == state.max_steps == 2 and budget.step_seconds >= 0.01  # no time left: one more step
 
 
 def test_set_total_steps_gives_a_schedule_a_new_total():

@@ -30,6 +30,8 @@ class TimeBudgetCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_step = time.monotonic(), state.global_step
+        if self.skip == 0:  # no step to skip: the probe starts now
+            self.probe_started = self.started
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         done = state.global_step - self.first_step
