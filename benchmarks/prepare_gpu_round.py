@@ -24,7 +24,9 @@ that needs no GPU happens here, under `runs/gpu_round/` (ignored by git):
 from __future__ import annotations
 
 import argparse
+import filecmp
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -112,12 +114,11 @@ def download(wanted: dict[str, str], folder: Path) -> None:
 
 
 def build_data(recipe: str, chebi20: Path) -> None:
-    """Conversations and every stage-2 round's mixture, cached in `ROUND/data` (the paths the machine uses)."""
-    import os
-
+    """Conversations and every stage-2 round's mixture, cached in `ROUND/data` (the paths the machine uses); a
+    ChEBI-20 file other than the one copied before replaces it (and so gets its own mixture key)."""
     data = ROUND / "data"
     data.mkdir(parents=True, exist_ok=True)
-    if not (data / "chebi20.txt").is_file():
+    if not (data / "chebi20.txt").is_file() or not filecmp.cmp(chebi20, data / "chebi20.txt", shallow=False):
         shutil.copy2(chebi20, data / "chebi20.txt")
     os.environ["LLAMO_DATA_CACHE"] = str(data / "cache")
     from llamo.training.data import build_training_dataset
