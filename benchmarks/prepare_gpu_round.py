@@ -27,7 +27,6 @@ import argparse
 import filecmp
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 ROUND = Path("runs/gpu_round")
 CARRY_LIMIT = 64 * 2**20
@@ -65,19 +65,15 @@ DEVICE_ANY_VERSION = {
 NEVER_CARRIED = {"torch", "triton"}  # the machine's own CUDA build; a CPU wheel from here would replace it
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def device_packages(freeze: Path | None) -> dict[str, str | None]:
     """Package -> version on the machine (`None`: present, version unknown)."""
     if freeze is None:
-        return {**dict.fromkeys(map(canonical, DEVICE_ANY_VERSION)), **DEVICE_HAS}
+        return {**dict.fromkeys(map(canonicalize_name, DEVICE_ANY_VERSION)), **DEVICE_HAS}
     found = {}
     for line in freeze.read_text().splitlines():
         if "==" in line:
             name, version = line.split("==", 1)
-            found[canonical(name)] = version.strip()
+            found[canonicalize_name(name)] = version.strip()
     return found
 
 
@@ -87,7 +83,7 @@ def missing_wheels(roots: list[str], device: dict[str, str | None]) -> dict[str,
     wanted, todo, seen = {}, [Requirement(root) for root in roots], set()
     while todo:
         requirement = todo.pop()
-        name = canonical(requirement.name)
+        name = canonicalize_name(requirement.name)
         environment = {**default_environment(), **DEVICE_PYTHON, "extra": ""}
         if (requirement.marker and not requirement.marker.evaluate(environment)) or name in seen | NEVER_CARRIED:
             continue
@@ -162,16 +158,16 @@ def cut(payload: Path, piece_bytes: int) -> int:
     """`ROUND/callNN/part` pieces with `part.sha256`; `payload.sha256` with the last. Returns the number of pieces."""
     for old in ROUND.glob("call*"):
         shutil.rmtree(old)
-    count = 0
+    count, whole = 0, hashlib.sha256()
     with payload.open("rb") as source:
         while chunk := source.read(piece_bytes):
             count += 1
+            whole.update(chunk)
             folder = ROUND / f"call{count:02d}"
             folder.mkdir()
             (folder / "part").write_bytes(chunk)
             (folder / "part.sha256").write_text(f"{hashlib.sha256(chunk).hexdigest()}  {folder}/part\n")
-    whole = hashlib.sha256(payload.read_bytes()).hexdigest()
-    (ROUND / f"call{count:02d}" / "payload.sha256").write_text(f"{whole}  {ROUND}/payload.tar\n")
+    (ROUND / f"call{count:02d}" / "payload.sha256").write_text(f"{whole.hexdigest()}  {ROUND}/payload.tar\n")
     return count
 
 
