@@ -5,7 +5,9 @@ code shares with the command line and the data preparation (`DEFAULT_MAX_ATOMS`,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 LLAMA2_SYSTEM_PROMPT = "The following is a conversation between a curious human and AI assistant."
@@ -50,18 +52,49 @@ Render = Callable[[list[dict[str, Any]], bool], str]
 """`render(messages, add_generation_prompt) -> text`: a chat template applied to plain-string messages."""
 
 
-def resolve_chat_template(*candidates: str | dict | None) -> str:
-    """The first template given (a built-in name, a Jinja string, or a tokenizer's dict of named templates)."""
-    for candidate in candidates:
-        template = CHAT_TEMPLATES.get(candidate, candidate) if isinstance(candidate, str) else candidate
-        if isinstance(template, dict):
-            template = template.get("default") or next(iter(template.values()), None)
-        if template:
-            return template
+def resolve_chat_template(chat_template: str | None, *owners: str | dict | None) -> str:
+    """The template to render: `chat_template` (the name of one of the `owners`' named templates, a built-in name, or a
+    Jinja string), else the first owner's template (processor, then tokenizer; of a dict of named templates, its
+    `"default"`)."""
+    if chat_template is not None:
+        for owner in owners:
+            if isinstance(owner, dict) and chat_template in owner:
+                return owner[chat_template]
+        return CHAT_TEMPLATES.get(chat_template, chat_template)
+    for owner in filter(None, owners):
+        if not isinstance(owner, dict):
+            return CHAT_TEMPLATES.get(owner, owner)
+        if "default" not in owner:
+            raise ValueError(
+                f"The chat templates are named {sorted(owner)[:8]}, none of them 'default': pass `chat_template` with "
+                "one of these names."
+            )
+        return owner["default"]
     raise ValueError(
         "No chat template: the processor and its tokenizer have none. Pass `chat_template` (a Jinja string or one of "
         f"{sorted(CHAT_TEMPLATES)})."
     )
+
+
+_CONTENT = r"""(?:\[\s*['"]content['"]\s*\]|\.content\b)"""
+_READS_BLOCKS = re.compile(rf"{_CONTENT}\s*\[\s*-?\d|\bin\s+[\w.]+{_CONTENT}")
+
+
+@lru_cache(maxsize=64)
+def reads_content_blocks(template: str) -> bool:
+    """Whether a chat template indexes or loops over a message's content (`message['content'][0]['text']`, `for block
+    in message['content']`: transformers' multimodal convention) instead of printing it as one string."""
+    return _READS_BLOCKS.search(template) is not None
+
+
+def as_content_blocks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with every string content as one text block, for templates that read content blocks."""
+    return [
+        {**message, "content": [{"type": "text", "text": message["content"]}]}
+        if isinstance(message.get("content"), str)
+        else message
+        for message in messages
+    ]
 
 
 def assistant_spans(
@@ -95,6 +128,12 @@ def answer_marker(render: Render) -> str | None:
     start, end = rendered.find(_USER_SENTINEL), rendered.find(_ANSWER_SENTINEL)
     marker = rendered[start + len(_USER_SENTINEL) : end].strip() if 0 <= start < end else ""
     return marker or None
+
+
+def span_token_mask(offsets: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """1 for every token (character `offsets` `(start, end)` from a fast tokenizer) that overlaps one of the character
+    `spans`, else 0; empty tokens (padding, special tokens added by the tokenizer) are 0."""
+    return [int(end > start and any(start < b and end > a for a, b in spans)) for start, end in offsets]
 
 
 def join_parts(parts: Sequence[str]) -> str:

@@ -1,3 +1,4 @@
+# Copyright 2026 The llamo contributors. Licensed under the Apache License, Version 2.0.
 """Configuration of LLaMo: a GIN graph encoder, a multi-level graph projector with motif tokens, and a causal LM."""
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ class LlamoMoleculeFeaturizer:
     (`None`: no limit) are refused with a `ValueError`, the bound checked on the SMILES text before RDKit parses it."""
 
     def __init__(self, max_atoms: int | None = 512):
-        if max_atoms is not None and max_atoms < 1:
-            raise ValueError(f"max_atoms must be at least 1 or None, got {max_atoms}.")
+        if max_atoms is not None and (not isinstance(max_atoms, int) or isinstance(max_atoms, bool) or max_atoms < 1):
+            raise ValueError(f"max_atoms must be an int of at least 1, or None, got {max_atoms!r}.")
         self.max_atoms = max_atoms
 
     def _limit(self, max_atoms: int | str | None) -> int | None:

@@ -1,3 +1,4 @@
+# Copyright 2026 The llamo contributors. Licensed under the Apache License, Version 2.0.
 """PyTorch LLaMo: a GIN molecular graph encoder, a multi-level graph projector with motif tokens, and a causal LM.
 
 Layout follows transformers' LLaVA: `LlamoModel` holds `graph_encoder`, `graph_projector` and `language_model`;
@@ -17,11 +18,13 @@ from transformers.cache_utils import Cache
 from transformers.generation import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig
 from .generation_llamo import LOOP_GUARD_KEYS, AnswerLoopStopLogitsProcessor
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -250,7 +253,9 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # generation compiles the decoding step, which reads no graph inputs (they are consumed at prefill), and a forward
+    # with `graph_embeds` is one graph too; only raw graph inputs break it (the GIN's data-dependent shapes)
+    _can_compile_fullgraph = True
     # The graph stack is trained and computes in float32 under a bf16/fp16 LM: it is built in float32 whatever the
     # default dtype, `from_pretrained(dtype=...)` keeps its saved float32 tensors, and its tokens are cast to the LM's
     # dtype at the scatter. Its state is all float (`LlamoBatchNorm` keeps no step counter).
@@ -470,9 +475,9 @@ class LlamoModel(LlamoPreTrainedModel):
             and (cache is None or cache.get_seq_length() == 0)
             and bool((input_ids == self.config.graph_token_id).any())
         ):
-            raise ValueError(
-                "input_ids hold <graph> placeholders but no graph inputs were given: pass the processor's "
-                f"{', '.join(GRAPH_INPUT_NAMES)} (or `graph_embeds`), or build a prompt without a molecule."
+            logger.warning_once(
+                "input_ids hold <graph> placeholders but no graph inputs were given, so they are read as the <graph> "
+                f"token's text embedding: pass the processor's {', '.join(GRAPH_INPUT_NAMES)} (or `graph_embeds`)."
             )
 
         outputs = self.language_model(
@@ -507,7 +512,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
     ...     {"type": "text", "text": "Describe this molecule."}]}]
     >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     >>> output = model.generate(**inputs, max_new_tokens=64)
-    >>> processor.batch_decode(output)[0]
+    >>> processor.batch_decode(output, prompt_length=inputs["input_ids"])[0]
     ```
     """
 

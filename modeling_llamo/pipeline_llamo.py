@@ -286,7 +286,7 @@ class LlamoMoleculePipeline(Pipeline):
         batch: MoleculeBatch,
         chat_template: str | None = None,
         system_prompt: str | None = None,
-        max_atoms: Any = "default",
+        max_atoms: Any = _UNSET,
         index: Any = None,
         neighbours: int = DEFAULT_NEIGHBOURS,
         include_graph: bool = True,
@@ -313,7 +313,7 @@ class LlamoMoleculePipeline(Pipeline):
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
-            max_atoms=max_atoms,
+            processor_kwargs={} if max_atoms is _UNSET else {"max_atoms": max_atoms},
             include_graph=include_graph,
         )
         check_prompt_lengths(self.model, inputs)

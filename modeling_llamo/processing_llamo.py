@@ -1,28 +1,35 @@
+# Copyright 2026 The llamo contributors. Licensed under the Apache License, Version 2.0.
 """Processor for LLaMo: molecules -> batch-first graph tensors (its `featurizer`), text -> tokens in which every
 `<graph>` placeholder is expanded into the model's graph-token positions."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, TextKwargs, Unpack
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from .chat_template_llamo import (
     CHAT_TEMPLATES,
     LLAMA2_CHAT_TEMPLATE,
     answer_marker,
+    as_content_blocks,
     assistant_spans,
     join_parts,
+    reads_content_blocks,
     resolve_chat_template,
+    span_token_mask,
 )
 from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
 from .feature_extraction_llamo import (
@@ -34,6 +41,17 @@ from .feature_extraction_llamo import (
 from .smiles_llamo import shorten_for_message
 
 PROMPT_SMILES_MODES = ("canonical", "input", "none")
+
+
+class LlamoProcessorKwargs(ProcessingKwargs, total=False):
+    """`LlamoProcessor`'s call options: transformers' `text_kwargs` (padding, truncation, `max_length`, `return_tensors`
+    ...) and `max_atoms`, the size limit for this call's molecules (`None`: any size; defaults to the processor's)."""
+
+    max_atoms: int | None
+
+
+_CALL_KEYS = frozenset(LlamoProcessorKwargs.__annotations__) | frozenset(TextKwargs.__annotations__)
+"""`apply_chat_template` keywords that are call options (as transformers takes them), not template variables."""
 
 
 @dataclass
@@ -111,34 +129,41 @@ class LlamoProcessor(ProcessorMixin):
         prompt_smiles (`str`, defaults to `"canonical"`): how a molecule content block shows its SMILES to the LLM:
             `"canonical"` (canonical, non-isomeric, as the original), `"input"` (as given) or `"none"` (graph only).
         max_smiles_length (`int`, *optional*, defaults to 128): SMILES text in prompts is cut to this many characters.
-        padding_side (`str`, defaults to `"left"`): how batches are padded (left, for generation)."""
+
+    The tokenizer is set to pad on the left, for generation (`padding_side="right"` here, or per call, pads right);
+    call options are transformers' (`LlamoProcessorKwargs`)."""
+
+    valid_processor_kwargs = LlamoProcessorKwargs
+    text_kwargs: ClassVar[dict[str, Any]] = {"padding": True, "return_tensors": "pt"}
 
     def __init__(
         self,
         tokenizer=None,
-        chat_template: str | None = None,
+        chat_template: str | dict[str, str] | None = None,
         graph_token: str = "<graph>",
         num_graph_tokens: int = 28,
         max_atoms: int | None = 512,
         prompt_smiles: str = "canonical",
         max_smiles_length: int | None = 128,
-        padding_side: str = "left",
         **kwargs,
     ):
         if prompt_smiles not in PROMPT_SMILES_MODES:
             raise ValueError(f"prompt_smiles must be one of {PROMPT_SMILES_MODES}, got {prompt_smiles!r}.")
         if num_graph_tokens < 1:
             raise ValueError(f"num_graph_tokens must be at least 1, got {num_graph_tokens}.")
+        padding_side = kwargs.pop("padding_side", "left")  # also read from processor configs saved with it
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
-        self.featurizer = LlamoMoleculeFeaturizer(max_atoms)
+        tokenizer.padding_side = padding_side
+        LlamoMoleculeFeaturizer(max_atoms)  # checks the limit
+        self.max_atoms = max_atoms
         self.graph_token = graph_token
         self.num_graph_tokens = num_graph_tokens
         self.prompt_smiles = prompt_smiles
         self.max_smiles_length = max_smiles_length
-        self.padding_side = padding_side
-        super().__init__(tokenizer, chat_template=CHAT_TEMPLATES.get(chat_template, chat_template), **kwargs)
-        tokenizer.padding_side = padding_side
+        if isinstance(chat_template, str):
+            chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
+        super().__init__(tokenizer, chat_template=chat_template, **kwargs)
         graph_ids = tokenizer.encode(graph_token, add_special_tokens=False)
         if len(graph_ids) != 1 or graph_ids[0] == tokenizer.unk_token_id:
             raise ValueError(
@@ -149,23 +174,17 @@ class LlamoProcessor(ProcessorMixin):
         self.graph_token_id = graph_ids[0]
 
     @property
-    def max_atoms(self) -> int | None:
-        """The featurizer's size limit (atoms per molecule), saved with the processor."""
-        return self.featurizer.max_atoms
+    def featurizer(self) -> LlamoMoleculeFeaturizer:
+        """The molecule featurizer, with the processor's `max_atoms`."""
+        return LlamoMoleculeFeaturizer(self.max_atoms)
 
-    @max_atoms.setter
-    def max_atoms(self, value: int | None) -> None:
-        self.featurizer = LlamoMoleculeFeaturizer(value)
+    def _call_featurizer(self, options: Mapping[str, Any]) -> LlamoMoleculeFeaturizer:
+        """The featurizer with this call's `max_atoms` (checked), else the processor's."""
+        return LlamoMoleculeFeaturizer(options.get("max_atoms", self.max_atoms))
 
     @property
     def model_input_names(self) -> list[str]:
         return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        output.pop("featurizer", None)
-        output["max_atoms"] = self.max_atoms
-        return output
 
     def check_model_config(self, config) -> None:
         """Check that this processor builds inputs the model of `config` can read (its `num_graph_tokens` and
@@ -204,6 +223,7 @@ class LlamoProcessor(ProcessorMixin):
         """Save tokenizer, chat template and processor options. The tokenizer's own config gets no `auto_map`, so
         `AutoTokenizer.from_pretrained(folder)` loads it without asking for remote code."""
         result = super().save_pretrained(save_directory, **kwargs)
+        self.__dict__.pop("auto_map", None)  # written to the files; left on the instance it would differ from a reload
         tokenizer_config = Path(save_directory) / "tokenizer_config.json"
         if tokenizer_config.is_file():
             data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
@@ -253,19 +273,13 @@ class LlamoProcessor(ProcessorMixin):
         self,
         text: str | list[str] | None = None,
         smiles: MoleculeInput | Sequence[MoleculeInput] | Sequence[Sequence[MoleculeInput]] | None = None,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
-        truncation: bool | str = False,
-        max_length: int | None = None,
-        padding_side: str | None = None,
-        add_special_tokens: bool = True,
-        max_atoms: int | str | None = "default",
-        **kwargs,
+        **kwargs: Unpack[LlamoProcessorKwargs],
     ) -> BatchFeature:
         """Tokenize `text` (one string per sequence, with one `<graph>` per molecule, where it goes) and featurize the
         matching `smiles`: per text, a list of its molecules in placeholder order (SMILES strings, RDKit molecules, or
         precomputed `MoleculeGraph`s). A flat list gives one molecule per text (or all molecules of a single text).
-        A text without `<graph>` takes an empty list.
+        A text without `<graph>` takes an empty list. `kwargs`: `LlamoProcessorKwargs` (padded to the longest text,
+        PyTorch tensors, unless told otherwise).
 
         Returns a `BatchFeature` with `input_ids`, `attention_mask` and, when any text holds a molecule, the graph
         tensors `atom_features` `(B, M, N, 9)`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`,
@@ -285,23 +299,19 @@ class LlamoProcessor(ProcessorMixin):
                     f"Text at index {index} holds {count} {self.graph_token} placeholders but {len(molecules)} "
                     f"molecules were given for it: put one {self.graph_token} per molecule, in order."
                 )
-        return self._encode(
-            texts,
-            [len(molecules) for molecules in per_text],
-            self.featurizer(per_text, max_atoms),
-            return_tensors,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            padding_side=padding_side,
-            add_special_tokens=add_special_tokens,
-            **kwargs,
-        )
+        options = self._merge_kwargs(LlamoProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        graph_inputs = self._call_featurizer(options)(per_text)
+        return self._encode(texts, [len(molecules) for molecules in per_text], graph_inputs, options["text_kwargs"])
 
     def _encode(
-        self, texts: list[str], molecule_counts: list[int], graph_inputs: dict, return_tensors: str | None, **kwargs
+        self, texts: list[str], molecule_counts: list[int], graph_inputs: dict, text_kwargs: dict[str, Any]
     ) -> BatchFeature:
-        """Expand, tokenize and check the placeholders of `texts`, then join the graph inputs."""
+        """Expand, tokenize (with the merged `text_kwargs`) and check the placeholders of `texts`, then join the graph
+        inputs (and `mm_token_type_ids`, 1 at graph positions, when `return_mm_token_type_ids` is set)."""
+        kwargs = dict(text_kwargs)
+        return_tensors = kwargs.pop("return_tensors", None)
+        kwargs.pop("return_text_replacement_offsets", None)
+        token_types = kwargs.pop("return_mm_token_type_ids", False)
         for index, text in enumerate(texts):
             if not text.isascii():
                 try:
@@ -310,16 +320,21 @@ class LlamoProcessor(ProcessorMixin):
                     raise ValueError(
                         f"Text at index {index} is not valid Unicode: {error.reason} at character {error.start}."
                     ) from None
+        batch = None
         if len(texts) == 1 and return_tensors == "pt":
-            single = self._encode_single(texts[0], molecule_counts[0], graph_inputs, **kwargs)
-            if single is not None:
-                return single
-        encoding = self._tokenize([self.expand_placeholders(text)[0] for text in texts], **kwargs)
-        self.check_placeholders(encoding["input_ids"], molecule_counts)
-        batch = BatchFeature({**encoding, **graph_inputs}, tensor_type=return_tensors)  # it checks return_tensors
-        if return_tensors is None:
-            for name in graph_inputs:
-                batch[name] = batch[name].tolist()
+            batch = self._encode_single(texts[0], molecule_counts[0], graph_inputs, **kwargs)
+        if batch is None:
+            encoding = self._tokenize([self.expand_placeholders(text)[0] for text in texts], **kwargs)
+            self.check_placeholders(encoding["input_ids"], molecule_counts)
+            batch = BatchFeature({**encoding, **graph_inputs}, tensor_type=return_tensors)  # it checks return_tensors
+            if return_tensors is None:
+                for name in graph_inputs:
+                    batch[name] = batch[name].tolist()
+        if token_types:
+            ids = batch["input_ids"]
+            rows = ids.tolist() if hasattr(ids, "tolist") else ids
+            types = [[int(token == self.graph_token_id) for token in row] for row in rows]
+            batch["mm_token_type_ids"] = BatchFeature({"ids": types}, tensor_type=return_tensors)["ids"]
         return batch
 
     def _encode_single(
@@ -367,10 +382,10 @@ class LlamoProcessor(ProcessorMixin):
         data.update(graph_inputs)
         return BatchFeature(data)
 
-    def _tokenize(self, texts: list[str], padding: bool | str = True, padding_side: str | None = None, **kwargs):
+    def _tokenize(self, texts: list[str], padding: bool | str = True, **kwargs):
         if len(texts) == 1 and self.tokenizer.pad_token is None:
             padding = False  # nothing to pad; a batch without a pad token is refused by the tokenizer, with advice
-        return self.tokenizer(texts, padding=padding, padding_side=padding_side or self.padding_side, **kwargs)
+        return self.tokenizer(texts, padding=padding, **kwargs)
 
     # --- chat templates -------------------------------------------------------------------------------------------
 
@@ -391,18 +406,23 @@ class LlamoProcessor(ProcessorMixin):
         index: int,
         include_graph: bool = True,
         prepared: Sequence[PreparedMolecule] | None = None,
-        max_atoms: int | str | None = "default",
+        featurizer: LlamoMoleculeFeaturizer | None = None,
     ) -> tuple[list[dict], list[PreparedMolecule]]:
         """Turn content blocks into plain strings and featurize the molecules, in order; `prepared` gives the
         conversation's molecules already featurized (in block order), and then RDKit is not called at all."""
         messages, molecules = [], []
-        for position, message in enumerate(conversation):
+        for position, message in enumerate(getattr(conversation, "messages", conversation)):
+            if dataclasses.is_dataclass(message) and not isinstance(message, type):
+                message = dataclasses.asdict(message)
+            elif callable(getattr(message, "model_dump", None)):  # a pydantic message
+                message = message.model_dump()
             if not isinstance(message, Mapping) or "role" not in message:
                 what = f"a {type(message).__name__}" if not isinstance(message, Mapping) else "a dict without 'role'"
                 raise TypeError(
                     f"Conversation {index}, message {position} is {what}; a message is a dict with a 'role' and a "
                     "'content'."
                 )
+            message = {key: value for key, value in message.items() if value is not None}
             content = message.get("content")
             if content is None or isinstance(content, str):
                 messages.append({**message, "content": content or ""})
@@ -427,7 +447,7 @@ class LlamoProcessor(ProcessorMixin):
                             )
                         molecule = prepared[len(molecules)]
                     else:
-                        molecule = self.featurizer.prepare(given, index=index, max_atoms=max_atoms)
+                        molecule = (featurizer or self.featurizer).prepare(given, index=index)
                     molecules.append(molecule)
                     parts.append(self.molecule_text(molecule, given, include_graph))
                 elif kind == "text":
@@ -444,14 +464,17 @@ class LlamoProcessor(ProcessorMixin):
             )
         return messages, molecules
 
+    def _template(self, chat_template: str | None) -> str:
+        return resolve_chat_template(chat_template, self.chat_template, getattr(self.tokenizer, "chat_template", None))
+
     def _renderer(self, chat_template: str | None, **template_kwargs):
-        template = resolve_chat_template(
-            chat_template, self.chat_template, getattr(self.tokenizer, "chat_template", None)
-        )
+        template = self._template(chat_template)
+
+        blocks = reads_content_blocks(template)
 
         def render(messages: list[dict], add_generation_prompt: bool, **extra) -> str:
             return self.tokenizer.apply_chat_template(
-                messages,
+                as_content_blocks(messages) if blocks else messages,
                 chat_template=template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
@@ -461,22 +484,36 @@ class LlamoProcessor(ProcessorMixin):
 
         return render
 
+    def _generation_spans(
+        self, messages: list[dict], chat_template: str | None, add_generation_prompt: bool, **template_kwargs
+    ) -> list[tuple[int, int]] | None:
+        """The character spans of the template's `{% generation %}` blocks in the rendered conversation, or `None` for
+        a template without one."""
+        template = self._template(chat_template)
+        if not re.search(r"\{%-?\s*generation\s*-?%\}", template):
+            return None
+        _, indices = render_jinja_template(
+            [as_content_blocks(messages) if reads_content_blocks(template) else messages],
+            chat_template=template,
+            return_assistant_tokens_mask=True,
+            add_generation_prompt=add_generation_prompt,
+            **{**self.tokenizer.special_tokens_map, **template_kwargs},
+        )
+        return [tuple(span) for span in indices[0]]
+
     def apply_chat_template(
         self,
         conversation: list[dict] | list[list[dict]],
         chat_template: str | None = None,
         add_generation_prompt: bool = False,
         continue_final_message: bool = False,
+        return_assistant_tokens_mask: bool = False,
         tokenize: bool = False,
         return_dict: bool = False,
-        return_tensors: str | None = "pt",
-        padding: bool | str = True,
-        truncation: bool | str = False,
-        max_length: int | None = None,
-        padding_side: str | None = None,
-        max_atoms: int | str | None = "default",
+        return_tensors: str | None = "auto",
+        processor_kwargs: dict[str, Any] | None = None,
         include_graph: bool = True,
-        **template_kwargs,
+        **kwargs,
     ):
         """Render conversations whose messages may hold any number of molecule content blocks
         `{"type": "molecule", "smiles": ...}` (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its
@@ -484,31 +521,57 @@ class LlamoProcessor(ProcessorMixin):
         graph tensors returned. `include_graph=False` renders molecules as SMILES text only, without `<graph>` and
         graph tensors (the "no graph" ablation: the same model, graph tokens removed).
 
+        `chat_template`: a Jinja string, a built-in name (`"llama2"`) or the name of one of the processor's (or
+        tokenizer's) templates. `processor_kwargs` (and, as transformers accepts them, the call options among
+        `kwargs`: `padding`, `max_length`, `max_atoms` ...) go to the processor's call; the other `kwargs` to the
+        template. `return_tensors="auto"` is the processor's default (PyTorch). `return_assistant_tokens_mask` (with
+        `tokenize` and `return_dict`) adds `assistant_masks`: 1 on the tokens of the template's `{% generation %}`
+        blocks, or for a template without them, of the assistant turns (answer and end of turn).
+
         Returns the prompt string(s); with `tokenize=True` the `input_ids`, or the `BatchFeature` with `return_dict`."""
-        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        if return_assistant_tokens_mask and not (tokenize and return_dict):
+            raise ValueError("return_assistant_tokens_mask=True needs tokenize=True and return_dict=True.")
+        if return_assistant_tokens_mask and continue_final_message:
+            raise ValueError("continue_final_message=True cannot be combined with return_assistant_tokens_mask=True.")
+        call_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _CALL_KEYS}
+        processor_kwargs = {**call_kwargs, **(processor_kwargs or {})}
+        batched = bool(conversation) and (
+            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+        )
         conversations = conversation if batched else [conversation]
-        render = self._renderer(chat_template, **template_kwargs)
-        prompts, molecules = [], []
+        render = self._renderer(chat_template, **kwargs)
+        featurizer = self._call_featurizer(processor_kwargs)
+        prompts, molecules, spans = [], [], []
         for index, item in enumerate(conversations):
-            messages, found = self._flatten(list(item), index, include_graph, max_atoms=max_atoms)
+            messages, found = self._flatten(item, index, include_graph, featurizer=featurizer)
             molecules.append(found if include_graph else [])
             prompts.append(render(messages, add_generation_prompt, continue_final_message=continue_final_message))
+            if return_assistant_tokens_mask:
+                turns = self._generation_spans(messages, chat_template, add_generation_prompt, **kwargs)
+                if turns is None:
+                    turns = assistant_spans(messages, render, index)[1]
+                spans.append(self.expand_placeholders(prompts[-1], turns)[1])
         if not tokenize:
             return prompts if batched else prompts[0]
         graph_inputs = (
             collate_sequence_molecules([[m.graph for m in row] for row in molecules]) if any(molecules) else {}
         )
-        outputs = self._encode(
-            prompts,
-            [len(row) for row in molecules],
-            graph_inputs,
-            return_tensors,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            padding_side=padding_side,
-            add_special_tokens=False,
+        processor_kwargs.setdefault("add_special_tokens", False)  # the template writes them
+        if return_tensors != "auto":
+            processor_kwargs["return_tensors"] = return_tensors
+        if return_assistant_tokens_mask:
+            processor_kwargs["return_offsets_mapping"] = True
+        options = self._merge_kwargs(
+            LlamoProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **processor_kwargs
         )
+        outputs = self._encode(prompts, [len(row) for row in molecules], graph_inputs, options["text_kwargs"])
+        if return_assistant_tokens_mask:
+            offsets = outputs.pop("offset_mapping")
+            offsets = offsets.tolist() if hasattr(offsets, "tolist") else offsets
+            masks = [span_token_mask(row, row_spans) for row, row_spans in zip(offsets, spans, strict=True)]
+            outputs["assistant_masks"] = BatchFeature(
+                {"masks": masks}, tensor_type=options["text_kwargs"].get("return_tensors")
+            )["masks"]
         return outputs if return_dict else outputs["input_ids"]
 
     def render_conversation(
@@ -532,21 +595,30 @@ class LlamoProcessor(ProcessorMixin):
 
     # --- decoding -------------------------------------------------------------------------------------------------
 
-    def batch_decode(
-        self, sequences, prompt_length: int | torch.Tensor | None = None, skip_special_tokens: bool = True, **kwargs
-    ) -> list[str]:
-        """Decode generated sequences into the answer text only: after `prompt_length` (an int, or the prompt's
-        `input_ids`) when given, else after the last answer marker of the chat template (a row without one, new
-        tokens only, is decoded whole)."""
-        rows = torch.as_tensor(np.asarray(sequences) if not isinstance(sequences, torch.Tensor) else sequences)
-        rows = torch.atleast_2d(rows)
+    def batch_decode(self, sequences, *args, prompt_length: int | torch.Tensor | None = None, **kwargs) -> list[str]:
+        """The tokenizer's `batch_decode`. With `prompt_length` (an int, or the prompt's `input_ids`), the answers: each
+        row after that many tokens, special tokens skipped (unless `skip_special_tokens=False`), whitespace stripped."""
+        if prompt_length is None:
+            return self.tokenizer.batch_decode(sequences, *args, **kwargs)
         if isinstance(prompt_length, torch.Tensor):
             prompt_length = prompt_length.shape[-1]
-        if prompt_length is not None:
-            answers = self.tokenizer.batch_decode(
-                rows[:, prompt_length:].tolist(), skip_special_tokens=skip_special_tokens, **kwargs
-            )
-            return [text.strip() for text in answers]
+        kwargs.setdefault("skip_special_tokens", True)
+        rows = [row[prompt_length:] for row in sequences]
+        return [text.strip() for text in self.tokenizer.batch_decode(rows, *args, **kwargs)]
+
+    def decode(self, sequence, *args, prompt_length: int | torch.Tensor | None = None, **kwargs) -> str:
+        """The tokenizer's `decode`; with `prompt_length`, the answer (see `batch_decode`)."""
+        if prompt_length is None:
+            return self.tokenizer.decode(sequence, *args, **kwargs)
+        return self.batch_decode([sequence], *args, prompt_length=prompt_length, **kwargs)[0]
+
+    def post_process_image_text_to_text(
+        self, generated_outputs, skip_special_tokens: bool = True, **kwargs
+    ) -> list[str]:
+        """The answers in generated sequences `(B, L)` (or one `(L,)`) that still hold their prompts: each row's text
+        after the chat template's last answer marker (a row without one, new tokens only, is decoded whole). The hook
+        transformers' pipelines call to turn a multimodal model's output into text."""
+        rows = torch.atleast_2d(torch.as_tensor(np.asarray(generated_outputs)))
         marker = None
         with contextlib.suppress(ValueError):  # no chat template: rows are decoded whole
             marker = self.answer_marker()
@@ -560,10 +632,5 @@ class LlamoProcessor(ProcessorMixin):
             results.append(text.strip())
         return results
 
-    def decode(self, sequence, prompt_length: int | torch.Tensor | None = None, **kwargs) -> str:
-        """Decode one generated sequence into its answer text (see `batch_decode`)."""
-        rows = sequence.view(1, -1) if hasattr(sequence, "dim") else [sequence]
-        return self.batch_decode(rows, prompt_length=prompt_length, **kwargs)[0]
 
-
-__all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor", "RenderedConversation"]
+__all__ = ["CHAT_TEMPLATES", "LLAMA2_CHAT_TEMPLATE", "LlamoProcessor", "LlamoProcessorKwargs", "RenderedConversation"]

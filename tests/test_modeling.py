@@ -227,8 +227,25 @@ def test_placeholder_count_mismatch_is_a_clear_error():
         model(input_ids=input_ids, **batch)
     with pytest.raises(ValueError, match=r"\[1\] per sequence"):
         model(input_ids=prompt_ids(model, 2), **graph_batch("aspirin"))
-    with pytest.raises(ValueError, match="no graph inputs"):
-        model(input_ids=prompt_ids(model, 2))
+
+
+def test_placeholders_without_graph_inputs_are_text_with_a_warning():
+    """As LLaVA reads its image token without pixel values (transformers' common tests call models so)."""
+    import logging
+
+    from transformers.testing_utils import CaptureLogger
+
+    from llamo import modeling_llamo
+
+    model = tiny_model()
+    input_ids = prompt_ids(model, 2)
+    logging.Logger.warning_once.cache_clear()
+    with CaptureLogger(modeling_llamo.logger) as captured, torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+    assert "<graph> placeholders but no graph inputs were given" in captured.out
+    with torch.no_grad():
+        text_only = model.lm_head(model.model.language_model(input_ids=input_ids).last_hidden_state)
+    torch.testing.assert_close(logits, text_only)
 
 
 def test_mixed_sizes_batch_equals_each_molecule_alone(tiny_llamo):

@@ -179,7 +179,7 @@ def test_tokenizer_without_graph_token():
         LlamoProcessor(make_tokenizer())
 
 
-def test_batch_decode_returns_the_answer_only(processor):
+def test_decoding_is_the_tokenizers_and_answers_come_from_the_prompt_length_or_the_marker(processor):
     tokenizer = processor.tokenizer
     inputs = processor.apply_chat_template(
         [molecule_messages(SMILES["aspirin"]), molecule_messages("C")],
@@ -191,14 +191,15 @@ def test_batch_decode_returns_the_answer_only(processor):
     answer_ids = torch.tensor(answer["input_ids"])
     answer_ids[answer_ids == tokenizer.pad_token_id] = tokenizer.eos_token_id
     generated = torch.cat([inputs["input_ids"], answer_ids], dim=1)
-    assert processor.batch_decode(generated) == ["It is an acid.", "A gas."]  # recognised as the last prompt
+    # transformers' contract: the processor decodes as its tokenizer does
+    assert processor.batch_decode(generated) == tokenizer.batch_decode(generated)
+    assert processor.decode(generated[1], skip_special_tokens=True) == tokenizer.decode(generated[1], True)
     assert processor.batch_decode(generated, prompt_length=inputs["input_ids"]) == ["It is an acid.", "A gas."]
     assert processor.decode(generated[0], prompt_length=inputs["input_ids"].shape[1]) == "It is an acid."
-    # repeated rows (beam search / num_return_sequences) still match the prompt
-    assert processor.batch_decode(generated.repeat_interleave(2, dim=0))[1] == "It is an acid."
-    # an unrelated prompt falls back to the chat template's answer marker
-    processor.apply_chat_template(molecule_messages("O"), add_generation_prompt=True, tokenize=True)
-    assert processor.batch_decode(generated) == ["It is an acid.", "A gas."]
+    # without the prompt length: cut at the chat template's answer marker (repeated rows too, as beams give)
+    assert processor.post_process_image_text_to_text(generated) == ["It is an acid.", "A gas."]
+    assert processor.post_process_image_text_to_text(generated.repeat_interleave(2, dim=0))[1] == "It is an acid."
+    assert processor.post_process_image_text_to_text(generated[1]) == ["A gas."]
 
 
 def test_save_and_reload_keeps_options(processor, tmp_path):
@@ -320,7 +321,7 @@ def test_qwen2_style_template_with_a_default_system_prompt():
     answer = tokenizer("It is an acid.", add_special_tokens=False)["input_ids"]
     qwen.apply_chat_template(molecule_messages("O"), add_generation_prompt=True, tokenize=True)  # another prompt
     generated = torch.cat([inputs["input_ids"][:1], torch.tensor([answer])], dim=1)
-    assert qwen.batch_decode(generated) == ["It is an acid."]
+    assert qwen.post_process_image_text_to_text(generated) == ["It is an acid."]
 
 
 # --- processor and model agree ----------------------------------------------------------------------------------

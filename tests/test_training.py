@@ -521,7 +521,9 @@ def test_stage2_overfits_from_the_graph_alone(overfit_run):
         [{"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "x"}]}]
     ).split("<<SYS>>")[-1].replace("<graph>", "")
     with torch.no_grad():
-        answers = processor.batch_decode(merged.generate(**inputs, max_new_tokens=16, do_sample=False))
+        answers = processor.post_process_image_text_to_text(
+            merged.generate(**inputs, max_new_tokens=16, do_sample=False)
+        )
         graph = merged.get_graph_features(**{key: inputs[key] for key in GRAPH_KEYS})
         blind = merged.generate(
             input_ids=inputs["input_ids"],
@@ -669,7 +671,9 @@ def test_second_round_continues_the_stage2_adapter(overfit_run, init_dir, workdi
     processor = LlamoProcessor.from_pretrained(output / "merged")
     inputs = molecule_inputs(processor, [smiles for smiles, _ in PAIRS])
     with torch.no_grad():
-        answers = processor.batch_decode(merged.generate(**inputs, max_new_tokens=16, do_sample=False))
+        answers = processor.post_process_image_text_to_text(
+            merged.generate(**inputs, max_new_tokens=16, do_sample=False)
+        )
     assert sum(a == d for a, (_, d) in zip(answers, PAIRS, strict=True)) >= len(PAIRS) - 1
 
 
