@@ -533,6 +533,11 @@ class LlamoProcessor(ProcessorMixin):
             raise ValueError("return_assistant_tokens_mask=True needs tokenize=True and return_dict=True.")
         if return_assistant_tokens_mask and continue_final_message:
             raise ValueError("continue_final_message=True cannot be combined with return_assistant_tokens_mask=True.")
+        if not isinstance(conversation, (list, tuple)) and not hasattr(conversation, "messages"):
+            raise TypeError(
+                "A conversation is a list of messages (dicts with a 'role' and a 'content'), and a batch a list of "
+                f"conversations; got a {type(conversation).__name__}."
+            )
         call_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in _CALL_KEYS}
         processor_kwargs = {**call_kwargs, **(processor_kwargs or {})}
         batched = bool(conversation) and (

@@ -162,6 +162,9 @@ def test_placeholder_mismatches(processor):
     "conversation, message",
     [
         ([None], "Conversation 0, message 0 is a NoneType"),
+        ({"role": "user", "content": "x"}, "A conversation is a list of messages .*; got a dict"),
+        (None, "A conversation is a list of messages .*; got a NoneType"),
+        (5, "got a int"),
         ([{"role": "user", "content": "x"}, ["y"]], "Conversation 0, message 1 is a list"),
         ([{"content": "x"}], "Conversation 0, message 0 is a dict without 'role'"),
         ([{"role": "user", "content": 3}], "Conversation 0, message 0: content of type int"),
