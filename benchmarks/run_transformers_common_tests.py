@@ -4,7 +4,7 @@
 
 `--tests` is the `tests/` folder of a transformers source checkout at the installed version (its test mixins are not
 in the wheel; a release's source archive lacks `tests/generation/`). The tester, `transformers_tester_llamo.py`, is
-copied into that folder as `models/llamo_common/test_modeling_llamo.py`, run with pytest from the checkout, and
+copied into that folder as `models/llamo_common/test_llamo.py`, run with pytest from the checkout, and
 removed again; a `models/llamo_common` folder that is already there is refused rather than replaced. Further
 arguments go to pytest (for example `-k generate -x`)."""
 
@@ -17,7 +17,12 @@ import sys
 from pathlib import Path
 
 TESTER = Path(__file__).with_name("transformers_tester_llamo.py")
-NEEDED = ("test_modeling_common.py", "test_configuration_common.py", "generation/test_utils.py")
+NEEDED = (
+    "test_modeling_common.py",
+    "test_configuration_common.py",
+    "test_processing_common.py",
+    "generation/test_utils.py",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True)
     try:
         (folder / "__init__.py").write_text("", encoding="utf-8")
-        shutil.copyfile(TESTER, folder / "test_modeling_llamo.py")
+        shutil.copyfile(TESTER, folder / "test_llamo.py")
         command = [sys.executable, "-m", "pytest", str(folder), "-q", "-p", "no:cacheprovider", "-rfE", *pytest_args]
         return subprocess.run(command, cwd=tests.parent, check=False).returncode
     finally:

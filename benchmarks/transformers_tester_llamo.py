@@ -1,4 +1,5 @@
-"""LLaMo's tester for transformers' own common tests (`ModelTesterMixin`, `GenerationTesterMixin`, `ConfigTester`).
+"""LLaMo's testers for transformers' own common tests (`ModelTesterMixin`, `GenerationTesterMixin`, `ConfigTester`,
+`ProcessorTesterMixin`).
 
 Not run from here: `benchmarks/run_transformers_common_tests.py` copies this file into a transformers source checkout's
 `tests/models/` and runs it there (transformers' test mixins are not in its wheel). The model classes are named in
@@ -8,14 +9,24 @@ classes train with labels, which base model the RoPE tests build)."""
 import unittest
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, MODEL_MAPPING_NAMES
 from transformers.testing_utils import require_torch, torch_device
 
-from llamo import LlamoConfig, LlamoForConditionalGeneration, LlamoModel, collate_sequence_molecules, featurize_smiles
+from llamo import (
+    LlamoConfig,
+    LlamoForConditionalGeneration,
+    LlamoModel,
+    LlamoProcessor,
+    collate_sequence_molecules,
+    featurize_smiles,
+)
 
 from ...generation.test_utils import GenerationTesterMixin
 from ...test_configuration_common import ConfigTester
 from ...test_modeling_common import ModelTesterMixin
+from ...test_processing_common import ProcessorTesterMixin
 
 MODEL_MAPPING_NAMES.setdefault("llamo", "LlamoModel")
 MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.setdefault("llamo", "LlamoForConditionalGeneration")
@@ -77,3 +88,31 @@ class LlamoModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase)
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE over a few molecule sentences, with `<graph>` and a pad token, as `llamo init` prepares one."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    sentences = [*MOLECULES, "Describe this molecule.", "The molecule is an aromatic ester.", "What is its name?"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(sentences * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_tokens(["<graph>"], special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return tokenizer
+
+
+class LlamoProcessorTest(ProcessorTesterMixin, unittest.TestCase):
+    processor_class = LlamoProcessor
+
+    @classmethod
+    def _setup_tokenizer(cls) -> PreTrainedTokenizerFast:
+        return tiny_tokenizer()
+
+    @staticmethod
+    def prepare_processor_dict() -> dict:
+        return {"chat_template": "llama2", "num_graph_tokens": 4}
