@@ -84,29 +84,19 @@ class LlamoMoleculeFeaturizer:
             raise ValueError(f"max_atoms must be an int of at least 1, or None, got {max_atoms!r}.")
         self.max_atoms = max_atoms
 
-    def _limit(self, max_atoms: int | str | None) -> int | None:
-        return self.max_atoms if max_atoms == "default" else max_atoms
-
-    def prepare(
-        self, molecule: MoleculeInput, index: int | None = None, max_atoms: int | str | None = "default"
-    ) -> PreparedMolecule:
+    def prepare(self, molecule: MoleculeInput, index: int | None = None) -> PreparedMolecule:
         """One molecule featurized, with its canonical prompt SMILES (see `prepare_molecule`)."""
-        return prepare_molecule(molecule, self._limit(max_atoms), index)
+        return prepare_molecule(molecule, self.max_atoms, index)
 
-    def featurize(
-        self, molecules: Sequence[MoleculeInput], max_atoms: int | str | None = "default"
-    ) -> list[MoleculeGraph]:
+    def featurize(self, molecules: Sequence[MoleculeInput]) -> list[MoleculeGraph]:
         """Featurize a flat list of molecules, raising a `ValueError` that names the bad one's index."""
-        limit = self._limit(max_atoms)
-        return [prepare_molecule(m, limit, index, canonical=False).graph for index, m in enumerate(molecules)]
+        return [prepare_molecule(m, self.max_atoms, index, canonical=False).graph for index, m in enumerate(molecules)]
 
-    def __call__(
-        self, molecules: Sequence[Sequence[MoleculeInput]], max_atoms: int | str | None = "default"
-    ) -> dict[str, torch.Tensor]:
+    def __call__(self, molecules: Sequence[Sequence[MoleculeInput]]) -> dict[str, torch.Tensor]:
         """Featurize and collate the molecules of each sequence (a list per sequence, in placeholder order): the tensors
         of `collate_sequence_molecules`, or `{}` when no sequence holds a molecule."""
         rows = [list(row) for row in molecules]
-        graphs = iter(self.featurize([molecule for row in rows for molecule in row], max_atoms))
+        graphs = iter(self.featurize([molecule for row in rows for molecule in row]))
         rows = [[next(graphs) for _ in row] for row in rows]
         return collate_sequence_molecules(rows) if any(rows) else {}
 

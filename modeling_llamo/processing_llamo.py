@@ -178,10 +178,6 @@ class LlamoProcessor(ProcessorMixin):
         """The molecule featurizer, with the processor's `max_atoms`."""
         return LlamoMoleculeFeaturizer(self.max_atoms)
 
-    def _call_featurizer(self, options: Mapping[str, Any]) -> LlamoMoleculeFeaturizer:
-        """The featurizer with this call's `max_atoms` (checked), else the processor's."""
-        return LlamoMoleculeFeaturizer(options.get("max_atoms", self.max_atoms))
-
     @property
     def model_input_names(self) -> list[str]:
         return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
@@ -232,9 +228,9 @@ class LlamoProcessor(ProcessorMixin):
                 tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return result
 
-    def featurize(self, molecules: Sequence[MoleculeInput], max_atoms: int | str | None = "default") -> list:
+    def featurize(self, molecules: Sequence[MoleculeInput]) -> list:
         """Featurize molecules (see `LlamoMoleculeFeaturizer.featurize`)."""
-        return self.featurizer.featurize(molecules, max_atoms)
+        return self.featurizer.featurize(molecules)
 
     # --- text: placeholder expansion and tokenization, shared with the training collator -------------------------
 
@@ -300,7 +296,7 @@ class LlamoProcessor(ProcessorMixin):
                     f"molecules were given for it: put one {self.graph_token} per molecule, in order."
                 )
         options = self._merge_kwargs(LlamoProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
-        graph_inputs = self._call_featurizer(options)(per_text)
+        graph_inputs = LlamoMoleculeFeaturizer(options.get("max_atoms", self.max_atoms))(per_text)
         return self._encode(texts, [len(molecules) for molecules in per_text], graph_inputs, options["text_kwargs"])
 
     def _encode(
@@ -545,7 +541,7 @@ class LlamoProcessor(ProcessorMixin):
         )
         conversations = conversation if batched else [conversation]
         render = self._renderer(chat_template, **kwargs)
-        featurizer = self._call_featurizer(processor_kwargs)
+        featurizer = LlamoMoleculeFeaturizer(processor_kwargs.get("max_atoms", self.max_atoms))
         prompts, molecules, spans = [], [], []
         for index, item in enumerate(conversations):
             messages, found = self._flatten(item, index, include_graph, featurizer=featurizer)
