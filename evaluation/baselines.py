@@ -44,7 +44,9 @@ class RetrievalBaseline:
         answers: list[str | Skip] = []
         for example in examples:
             index = self._indexes.get(example.task)
-            found = example.neighbours(index, k=1) if index else []
+            key = example.target.property if example.target is not None else None  # a property picks its answers
+            question = example.prompt[-1]["content"]
+            found = index.neighbours(example.smiles, k=1, question=question, key=key) if index else []
             answers.append(found[0].answer if found else "")
         return answers
 

@@ -60,11 +60,6 @@ class EvalExample:
         """The prompt for `LlamoProcessor.apply_chat_template`, the molecule as a content block."""
         return to_chat_messages({"smiles": self.smiles, "messages": list(self.prompt)})
 
-    def neighbours(self, index, k: int) -> list[Any]:
-        """The `k` entries of `index` (a `MoleculeIndex`) nearest to the molecule, for its question (and property)."""
-        key = self.target.property if self.target is not None else None
-        return index.neighbours(self.smiles, k=k, question=self.prompt[-1]["content"], key=key)
-
     def approximate_length(self) -> int:
         return len(self.smiles) + sum(len(message["content"]) for message in self.prompt)
 

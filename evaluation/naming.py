@@ -85,25 +85,25 @@ def opsin_spellings(name: str) -> tuple[str, str]:
     return first, _HETEROATOM_LOCANT.sub(lambda found: found.group(1).upper(), first)
 
 
-def names_to_smiles(names: Sequence[str], chunk_size: int = OPSIN_CHUNK) -> list[str | None]:
-    """Parse chemical names with OPSIN, in batches (one Java start per `chunk_size` names), each as spelled by
+def names_to_smiles(names: Sequence[str]) -> list[str | None]:
+    """Parse chemical names with OPSIN, in batches (one Java start per `OPSIN_CHUNK` names), each as spelled by
     `opsin_spellings`: its second spelling is tried where the first does not parse; `None` where neither does.
     `RuntimeError` when OPSIN itself fails (not a single unparsable name)."""
     spellings = [opsin_spellings(name) for name in names]
-    results = _opsin([first for first, _ in spellings], chunk_size)
+    results = _opsin([first for first, _ in spellings])
     retry = [at for at, (first, second) in enumerate(spellings) if results[at] is None and second != first]
-    for at, smiles in zip(retry, _opsin([spellings[at][1] for at in retry], chunk_size), strict=True):
+    for at, smiles in zip(retry, _opsin([spellings[at][1] for at in retry]), strict=True):
         results[at] = smiles
     return results
 
 
-def _opsin(names: list[str], chunk_size: int) -> list[str | None]:
+def _opsin(names: list[str]) -> list[str | None]:
     from py2opsin import py2opsin
 
     results: list[str | None] = []
     with tempfile.TemporaryDirectory(prefix="llamo-opsin-") as folder:
-        for start in range(0, len(names), chunk_size):
-            chunk = names[start : start + chunk_size]
+        for start in range(0, len(names), OPSIN_CHUNK):
+            chunk = names[start : start + OPSIN_CHUNK]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # py2opsin warns about every unparsable name
                 output = py2opsin(chunk, output_format="SMILES", tmp_fpath=str(Path(folder) / "names.txt"))
@@ -139,11 +139,6 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
     return MetricReport(rates), counts
 
 
-def normalize_name(name: str) -> str:
-    """A name for exact match (see the module docstring): runs of whitespace made one space, stripped, case folded."""
-    return _WHITESPACE.sub(" ", name).strip().casefold()
-
-
 def naming_metrics(
     target_smiles: Sequence[str],
     references: Sequence[str],
@@ -152,11 +147,14 @@ def naming_metrics(
     wordnet: Any = None,
     wordnet_reason: str | None = None,
 ) -> tuple[MetricReport, dict[str, int]]:
-    """BLEU-4 and METEOR per protocol, exact match of the `normalize_name` forms and the structure metrics, 0-100."""
+    """BLEU-4 and METEOR per protocol, exact match (whitespace and case normalized) and the structure metrics, 0-100."""
     report = compute_text_metrics(
         references, predictions, protocols, wordnet, wordnet_reason, include=("bleu4", "meteor")
     )
-    exact = sum(normalize_name(p) == normalize_name(r) for p, r in zip(predictions, references, strict=True))
+    normalized = [[" ".join(name.split()).casefold() for name in names] for names in (predictions, references)]
+    exact = sum(p == r for p, r in zip(*normalized, strict=True))
     report.metrics.append(MetricValue("exact_match_normalized", "exact_match", 100 * exact / len(references)))
     structure, counts = structure_metrics(target_smiles, predictions)
-    return report.extend(structure), {"exact_matches": exact, **counts}
+    report.metrics += structure.metrics
+    report.unavailable += structure.unavailable
+    return report, {"exact_matches": exact, **counts}

@@ -89,18 +89,15 @@ class PredictionStore:
         self.predictions_path = self.output_dir / PREDICTIONS_FILE
         self.config_path = self.output_dir / RUN_CONFIG_FILE
 
-    def _owned_files(self) -> list[Path]:
-        names = {PREDICTIONS_FILE, RUN_CONFIG_FILE, RESULTS_FILE}
-        return [
-            path
-            for path in self.output_dir.glob("*")  # nothing when the folder does not exist
-            if path.name in names or (path.name.startswith("predictions.") and path.suffix == ".tsv")
-        ]
-
     def start(self, run_config: dict[str, Any], overwrite: bool = False) -> dict[tuple[str, str], PredictionRecord]:
         """Claim the folder for `run_config` and return the predictions already made by this same run. A folder holding
         another run's files (or files of unknown origin) is a `FileExistsError` unless `overwrite` clears it."""
-        if existing := self._owned_files():
+        names = {PREDICTIONS_FILE, RUN_CONFIG_FILE, RESULTS_FILE}
+        if existing := [
+            path
+            for path in self.output_dir.glob("*")  # nothing when the folder does not exist
+            if path.name in names or (path.name.startswith("predictions.") and path.suffix == ".tsv")
+        ]:
             if not self.config_path.is_file():
                 problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
             else:

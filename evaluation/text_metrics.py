@@ -59,11 +59,6 @@ class MetricReport:
     metrics: list[MetricValue] = field(default_factory=list)
     unavailable: list[UnavailableMetric] = field(default_factory=list)
 
-    def extend(self, other: MetricReport) -> MetricReport:
-        self.metrics.extend(other.metrics)
-        self.unavailable.extend(other.unavailable)
-        return self
-
     def values(self) -> dict[str, float]:
         """`{name: value}` of the computed metrics."""
         return {metric.name: metric.value for metric in self.metrics}
@@ -76,7 +71,6 @@ class TokenProtocol:
 
     name: str
     tokenizer: Any = None
-    max_length: int = MAX_TOKENS
     unavailable_reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -86,8 +80,8 @@ class TokenProtocol:
         self._dropped = {str(getattr(self.tokenizer, name, None)) for name in names} - {"None"}
 
     def tokenize(self, text: str) -> list[str]:
-        """The protocol's tokens of `text`: the first `max_length` tokens, padding and sequence markers removed."""
-        return [token for token in self.tokenizer.tokenize(text)[: self.max_length] if token not in self._dropped]
+        """The protocol's tokens of `text`: the first `MAX_TOKENS` tokens, padding and sequence markers removed."""
+        return [token for token in self.tokenizer.tokenize(text)[:MAX_TOKENS] if token not in self._dropped]
 
 
 def first_line(error: BaseException) -> str:

@@ -104,7 +104,6 @@ class EvaluationResults:
     evaluated: str
     baseline: dict[str, Any] | None
     decoding: dict[str, Any] | None
-    created_at: str | None
     tasks: list[TaskEntry]
 
     @property
@@ -166,7 +165,7 @@ def load_results(path: str | Path) -> EvaluationResults:
     if not tasks:
         raise ResultsFileError(f"{path} holds no task results.")
     evaluated = (data.get("model") or {}).get("evaluated") or "model"
-    return EvaluationResults(path, evaluated, data.get("baseline"), data.get("decoding"), data.get("created_at"), tasks)
+    return EvaluationResults(path, evaluated, data.get("baseline"), data.get("decoding"), tasks)
 
 
 def model_index_results(results: list[EvaluationResults]):

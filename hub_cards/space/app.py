@@ -43,12 +43,8 @@ def create_demo():
     except Exception as error:  # the page still draws molecules; the header says why chat is off
         print(f"[llamo demo] no model: {error}", file=sys.stderr)
         return space_demo.build_demo(unavailable=f"the model could not be loaded ({error}).")
-    return space_demo.build_demo(model, processor, model_name=choice or folder.name, retrieval=_retrieval(folder))
-
-
-def _retrieval(folder: Path):
-    """The answers' in-context neighbours: `LLAMO_INDEX` / `LLAMO_NEIGHBOURS`, else the model's default indexes. A
-    bad setting turns neighbours off (the reason goes to the log) rather than the page."""
+    # the answers' in-context neighbours: `LLAMO_INDEX` / `LLAMO_NEIGHBOURS`, else the model's default indexes; a bad
+    # setting turns neighbours off (the reason goes to the log) rather than the page
     space_neighbours = _space_module("neighbours")
     try:
         index, neighbours = os.environ.get("LLAMO_INDEX") or None, os.environ.get("LLAMO_NEIGHBOURS")
@@ -56,8 +52,8 @@ def _retrieval(folder: Path):
         retrieval.preload()
     except (OSError, ValueError) as error:
         print(f"[llamo demo] no in-context neighbours: {error}", file=sys.stderr)
-        return space_neighbours.Retrieval(space_neighbours.NO_INDEX)
-    return retrieval
+        retrieval = space_neighbours.Retrieval(space_neighbours.NO_INDEX)
+    return space_demo.build_demo(model, processor, model_name=choice or folder.name, retrieval=retrieval)
 
 
 demo = create_demo()

@@ -186,13 +186,6 @@ def _session(request) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
-def _header(demo: Demo) -> str:
-    lines = [f"# {TITLE}", INTRO, f"Model: `{demo.model_name}`" if demo.model_name else ""]
-    reason = demo.unavailable or "No model is loaded."
-    lines.append("" if demo.can_chat else f"**Chat is unavailable:** {reason} Drawing and motif groups still work.")
-    return "\n\n".join(line for line in lines if line)
-
-
 def build_demo(
     model=None, processor=None, unavailable=None, model_name=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, retrieval=None
 ):
@@ -201,8 +194,11 @@ def build_demo(
     import gradio as gr
 
     demo = Demo(model, processor, unavailable, model_name, retrieval)
+    header = [f"# {TITLE}", INTRO, f"Model: `{demo.model_name}`" if demo.model_name else ""]
+    reason = demo.unavailable or "No model is loaded."
+    header.append("" if demo.can_chat else f"**Chat is unavailable:** {reason} Drawing and motif groups still work.")
     with gr.Blocks(title="LLaMo demo", analytics_enabled=False) as blocks:
-        gr.Markdown(_header(demo), elem_id="intro")
+        gr.Markdown("\n\n".join(line for line in header if line), elem_id="intro")
         current = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):

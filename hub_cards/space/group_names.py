@@ -15,28 +15,24 @@ from rdkit import Chem
 from llamo.processing.group_rules import rule_matches
 
 
-def _names_of(mol: Chem.Mol, group: frozenset[int], candidates) -> tuple[str, ...]:
-    """The names of one group from the `(rule position, name, atoms)` matches touching it (see the module docstring;
-    a ring system is a group of three or more atoms, all in rings)."""
-    ring_system = len(group) >= 3 and all(mol.GetAtomWithIdx(atom).IsInRing() for atom in group)
-    used: list[frozenset[int]] = []
-    names: dict[str, None] = {}  # in order, each once
-    for _, name, atoms in sorted(candidates, key=lambda match: (match[0], sorted(match[2]))):
-        names_it = atoms <= group if ring_system else 2 * len(atoms & group) > len(atoms)
-        if not names_it or any(atoms <= earlier for earlier in used):
-            continue
-        used.append(atoms)
-        names.setdefault(name)
-    return tuple(names)
-
-
 def group_names(mol: Chem.Mol, groups: Sequence[Iterable[int]]) -> list[tuple[str, ...]]:
-    """Chemical names of each group (atom index set) of `mol`: one tuple per group, empty where no rule knows it."""
-    by_atom: dict[int, list[tuple[int, str, frozenset[int]]]] = {}
+    """Chemical names of each group (atom index set) of `mol`: one tuple per group, empty where no rule knows it (see
+    the module docstring; a ring system is a group of three or more atoms, all in rings)."""
+    by_atom: dict[int, list[tuple[int, str, frozenset[int]]]] = {}  # (rule position, name, atoms) matches per atom
     for match in rule_matches(mol):
         for atom in match[2]:
             by_atom.setdefault(atom, []).append(match)
-    return [
-        _names_of(mol, members, {match for atom in members for match in by_atom.get(atom, ())})
-        for members in map(frozenset, groups)
-    ]
+    found = []
+    for group in map(frozenset, groups):
+        candidates = {match for atom in group for match in by_atom.get(atom, ())}
+        ring_system = len(group) >= 3 and all(mol.GetAtomWithIdx(atom).IsInRing() for atom in group)
+        used: list[frozenset[int]] = []
+        names: dict[str, None] = {}  # in order, each once
+        for _, name, atoms in sorted(candidates, key=lambda match: (match[0], sorted(match[2]))):
+            names_it = atoms <= group if ring_system else 2 * len(atoms & group) > len(atoms)
+            if not names_it or any(atoms <= earlier for earlier in used):
+                continue
+            used.append(atoms)
+            names.setdefault(name)
+        found.append(tuple(names))
+    return found

@@ -142,18 +142,6 @@ def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
     return add_neighbours(messages, entries)
 
 
-def _neighbour_card(rank: int, neighbour: Any, max_atoms: int | None) -> str:
-    mol = readable_molecule(neighbour.smiles, max_atoms)
-    drawing = draw_molecule_svg(mol, size=NEIGHBOUR_DRAWING_SIZE, atom_indices=False) if mol is not None else ""
-    same = " &middot; <b>the query molecule itself</b>" if neighbour.exact else ""
-    return (
-        f'<div class="llamo-neighbour" style="flex:0 1 {NEIGHBOUR_DRAWING_SIZE[0] + 20}px;font-size:0.85em">'
-        f"{drawing}<div><b>{rank}.</b> <code>{html.escape(cut(neighbour.smiles, SHOWN_SMILES_CHARS))}</code></div>"
-        f'<div class="llamo-similarity">Tanimoto similarity {neighbour.similarity:.2f}{same}</div>'
-        f'<div class="llamo-answer">{html.escape(cut(neighbour.answer, SHOWN_ANSWER_CHARS))}</div></div>'
-    )
-
-
 def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
     """The page's neighbours panel: a heading, a note when the query molecule is in the index (its entry comes
     first), one card per neighbour (a drawing, SMILES, similarity and answer). Empty without neighbours."""
@@ -171,7 +159,17 @@ def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
             '<p class="llamo-exact"><b>The query molecule itself is in the index</b> (neighbour 1): the model sees '
             "its known answer.</p>"
         )
-    cards = "".join(_neighbour_card(rank, n, max_atoms) for rank, n in enumerate(context.neighbours, start=1))
+    cards = ""
+    for rank, neighbour in enumerate(context.neighbours, start=1):
+        mol = readable_molecule(neighbour.smiles, max_atoms)
+        drawing = draw_molecule_svg(mol, size=NEIGHBOUR_DRAWING_SIZE, atom_indices=False) if mol is not None else ""
+        same = " &middot; <b>the query molecule itself</b>" if neighbour.exact else ""
+        cards += (
+            f'<div class="llamo-neighbour" style="flex:0 1 {NEIGHBOUR_DRAWING_SIZE[0] + 20}px;font-size:0.85em">'
+            f"{drawing}<div><b>{rank}.</b> <code>{html.escape(cut(neighbour.smiles, SHOWN_SMILES_CHARS))}</code></div>"
+            f'<div class="llamo-similarity">Tanimoto similarity {neighbour.similarity:.2f}{same}</div>'
+            f'<div class="llamo-answer">{html.escape(cut(neighbour.answer, SHOWN_ANSWER_CHARS))}</div></div>'
+        )
     return (
         f'<div class="llamo-neighbours">{heading}{exact}'
         f'<div style="display:flex;flex-wrap:wrap;gap:8px">{cards}</div></div>'
