@@ -125,13 +125,6 @@ def _add_switch(parser: argparse.ArgumentParser, flag: str) -> None:
     parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
 
 
-def _add_chat_parser(subparsers) -> None:
-    parser = add_command(subparsers, "chat", _run_chat)
-    parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
-    _add_decoding_arguments(parser)
-    _add_switch(parser, "--name-hint")
-
-
 def _run_init(args: argparse.Namespace) -> None:
     """Build an untrained LLaMo around a causal LM (the starting point of stage 1).
 
@@ -332,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init_parser(subparsers)
     _add_generate_parser(subparsers)
-    _add_chat_parser(subparsers)
+    chat = add_command(subparsers, "chat", _run_chat)
+    chat.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
+    _add_decoding_arguments(chat)
+    _add_switch(chat, "--name-hint")
     for module_name in FEATURE_COMMANDS:
         try:
             module = importlib.import_module(module_name)

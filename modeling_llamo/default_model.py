@@ -176,17 +176,6 @@ def _save_folder(model, bundle: Path, output: Path, extra_files: dict[str, str])
     return output
 
 
-@quiet_loading()
-def assemble(bundle: Path, base, output: Path) -> Path:
-    """Build the full model folder from the loaded base LLM and the bundle: graph modules and added-token rows loaded,
-    LoRA merged, processor copied. Only the assembled model is written."""
-    from peft import PeftModel
-
-    model, manifest = bundle_model(bundle, base)
-    merged = PeftModel.from_pretrained(model, bundle).merge_and_unload()
-    return _save_folder(merged, bundle, output, {ASSEMBLED_MARKER: json.dumps(manifest, indent=2)})
-
-
 def unpack_bundle(bundle: Path, output: Path) -> Path:
     """Write the bundle's model before its adapter (graph encoder, added rows, base LLM) as a folder: the starting
     point of a stage-2 round that continues the bundle's adapter (`adapter_path` = the bundle)."""
@@ -208,7 +197,13 @@ def default_model_dir() -> Path:
         return output
     base_model = load_base_llm()
     _say(f"first use: assembling {name} into {output} (once, about 540 MB)")
-    remove_earlier_copies(assemble(bundle, base_model, output), name)
+    with quiet_loading():  # graph modules and added-token rows loaded, LoRA merged: only the assembled model is written
+        from peft import PeftModel
+
+        model, manifest = bundle_model(bundle, base_model)
+        merged = PeftModel.from_pretrained(model, bundle).merge_and_unload()
+        _save_folder(merged, bundle, output, {ASSEMBLED_MARKER: json.dumps(manifest, indent=2)})
+    remove_earlier_copies(output, name)
     return output
 
 

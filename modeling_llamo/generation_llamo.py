@@ -84,24 +84,20 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         self.eos_token_id = torch.tensor(eos_token_id).flatten()
         self.sentence_ends = torch.tensor(sentence_end_token_ids or [], dtype=torch.long)
         self.sentence_prefix_tokens = sentence_prefix_tokens
-        self.rules = self._block_rules()
         self.prompt_length: int | None = None
-
-    def _block_rules(self) -> list[tuple[str, torch.LongTensor, torch.LongTensor]]:
-        """The block rules: per rule, its test of the changes from one copy to the next, its periods `(P,)` and the
-        copies it needs of each `(P,)`."""
-        top = max(self.max_period, self.long_periods[1])
-        rules = []
+        # the block rules: per rule, its test of the changes from one copy to the next, its periods `(P,)` and the
+        # copies it needs of each `(P,)`
+        self.rules: list[tuple[str, torch.LongTensor, torch.LongTensor]] = []
+        top = max(max_period, long_periods[1])
         for test, periods, copies in (
-            ("same", range(1, self.max_period + 1), lambda p: max(self.repeats, -(-self.min_tokens // p))),
-            ("at most one change", range(self.near_min_period, self.max_period + 1), lambda p: self.repeats),
-            ("one change", range(2, self.near_min_period), lambda p: -(-self.counter_tokens // p)),
-            ("same", range(self.long_periods[0], self.long_periods[1] + 1), lambda p: 2),
+            ("same", range(1, max_period + 1), lambda p: max(repeats, -(-min_tokens // p))),
+            ("at most one change", range(near_min_period, max_period + 1), lambda p: repeats),
+            ("one change", range(2, near_min_period), lambda p: -(-counter_tokens // p)),
+            ("same", range(long_periods[0], long_periods[1] + 1), lambda p: 2),
         ):
             periods = [p for p in periods if p <= top]
             if periods:
-                rules.append((test, torch.tensor(periods), torch.tensor([copies(p) for p in periods])))
-        return rules
+                self.rules.append((test, torch.tensor(periods), torch.tensor([copies(p) for p in periods])))
 
     def looping(self, answer: torch.LongTensor) -> torch.BoolTensor:
         """`answer` `(B, T)` -> `(B,)`: whether each row ends in one of the loops above."""
@@ -115,7 +111,11 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
                 bounds = torch.minimum(torch.arange(int(copies.max())), copies[:, None] - 1) * periods[:, None]
                 checks.append((test, periods.to(device), bounds.to(device)))
         found = repeats_sentence_start(answer, self.sentence_ends, self.sentence_prefix_tokens)
-        found |= self._block_seen_again(answer, *self.frequent_block) | self._few_distinct(answer)
+        found |= self._block_seen_again(answer, *self.frequent_block)
+        most, window = self.few_tokens
+        if length >= window:  # at most `most` distinct tokens among the last `window`
+            tail = answer[:, -window:].sort(dim=1).values
+            found |= (tail[:, 1:] != tail[:, :-1]).sum(dim=1) + 1 <= most
         for size, count in self.long_blocks:
             found |= self._block_seen_again(answer, size, count, None)
         if not checks:
@@ -150,14 +150,6 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
             return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
         blocks = tail.unfold(1, size, 1)  # (B, K, size)
         return (blocks == blocks[:, -1:]).all(dim=2).sum(dim=1) >= count
-
-    def _few_distinct(self, answer: torch.LongTensor) -> torch.BoolTensor:
-        """`answer` `(B, T)` -> `(B,)`: whether the last `window` tokens hold at most `most` distinct ones."""
-        most, window = self.few_tokens
-        if answer.shape[1] < window:
-            return torch.zeros(answer.shape[0], dtype=torch.bool, device=answer.device)
-        tail = answer[:, -window:].sort(dim=1).values
-        return (tail[:, 1:] != tail[:, :-1]).sum(dim=1) + 1 <= most
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """`input_ids` `(B, L)` prompt + answer so far, `scores` `(B, vocab)`; looping rows may only end."""

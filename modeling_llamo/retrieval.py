@@ -68,16 +68,11 @@ def generation_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
     return dict(settings.get("task_generation", {}).get(task, {}))
 
 
-def index_cache_dir() -> Path:
-    """`$LLAMO_INDEX_CACHE`, else `~/.cache/llamo/indexes`."""
-    return Path(os.environ.get(INDEX_CACHE_ENV) or Path.home() / ".cache" / "llamo" / "indexes")
-
-
 def default_index(task: str, limit: int | None = None):
     """The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
-    built on first use into the cache (with a progress bar; its copies from earlier index versions are then removed)
-    and loaded from there afterwards. Raises `ValueError` for a task without one, `ModuleNotFoundError` (naming it)
-    when the package holding the table is not installed."""
+    built on first use into the cache (`$LLAMO_INDEX_CACHE`, else `~/.cache/llamo/indexes`; with a progress bar; its
+    copies from earlier index versions are then removed) and loaded from there afterwards. Raises `ValueError` for a
+    task without one, `ModuleNotFoundError` (naming it) when the package holding the table is not installed."""
     from llamo.processing.index import MoleculeIndex
     from llamo.processing.index_commands import build_index
 
@@ -85,7 +80,8 @@ def default_index(task: str, limit: int | None = None):
     limit = limit or DEFAULT_INDEX_LIMITS.get(task)
     if source is None:
         raise ValueError(f"No packaged index for {task!r}: pass --index with one built by `llamo index build`.")
-    folder = index_cache_dir() / (f"{task}-{source}-v{DEFAULT_INDEX_VERSION}" + (f"-first{limit}" if limit else ""))
+    cache = Path(os.environ.get(INDEX_CACHE_ENV) or Path.home() / ".cache" / "llamo" / "indexes")
+    folder = cache / (f"{task}-{source}-v{DEFAULT_INDEX_VERSION}" + (f"-first{limit}" if limit else ""))
     if (folder / "state.json").is_file():
         return MoleculeIndex.load(folder)
     index, _, counts = build_index(source, task, limit=limit)
@@ -156,12 +152,12 @@ alkane), and their names are longer than `NAME_HINT_MAX_CHARS` but for simple ch
 
 
 def name_hinter(
-    checker: Callable[[Sequence[str]], list[str | None]] | None = None, max_chars: int = NAME_HINT_MAX_CHARS
+    checker: Callable[[Sequence[str]], list[str | None]] | None = None,
 ) -> Callable[[str], str | None] | None:
     """A `smiles -> name or None` for the pipeline's `name_hint`: the rule-based namer's name (`rule_namer`) of a
-    molecule of at most `NAME_HINT_MAX_ATOMS` atoms when it has at most `max_chars` characters, and with a `checker`
-    (`opsin_checker`) only when OPSIN reads it back as the molecule (no hint where OPSIN fails). `None` where the namer
-    is not installed."""
+    molecule of at most `NAME_HINT_MAX_ATOMS` atoms when it has at most `NAME_HINT_MAX_CHARS` characters, and with a
+    `checker` (`opsin_checker`) only when OPSIN reads it back as the molecule (no hint where OPSIN fails). `None` where
+    the namer is not installed."""
     namer = rule_namer(iupac_nesting=False)  # nested hints scored lower (README, *IUPAC's nesting...*)
     if namer is None:
         return None
@@ -173,7 +169,7 @@ def name_hinter(
         if count_smiles_atoms(smiles) > NAME_HINT_MAX_ATOMS:
             return None
         name = namer(smiles)
-        if not name or len(name) > max_chars:
+        if not name or len(name) > NAME_HINT_MAX_CHARS:
             return None
         try:
             readable = checker is None or checker([name])[0] == inchikey(smiles)

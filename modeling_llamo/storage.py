@@ -28,7 +28,10 @@ class DiskFullError(OSError):
     def __init__(self, folder: str | Path, writing: str, needed: int | None = None, kept: str | None = None):
         self.folder = Path(folder)
         self.needed = needed
-        free = free_bytes(self.folder)
+        existing = next((folder for folder in (self.folder, *self.folder.parents) if folder.exists()), self.folder)
+        free = None  # on the disk holding the folder (or its nearest existing parent), when known
+        with suppress(OSError):
+            free = shutil.disk_usage(existing).free
         space = [f"{format_bytes(free)} free there"] if free is not None else []
         space += [f"{writing} needs about {format_bytes(needed)}"] if needed else []
         details = f" ({'; '.join(space)})" if space else ""
@@ -57,15 +60,6 @@ def is_disk_full(error: BaseException) -> bool:
         or any(wording in str(found) for wording in DISK_FULL_WORDINGS)
         for found in _errors_in_chain(error)
     )
-
-
-def free_bytes(path: str | Path) -> int | None:
-    """Free bytes on the disk holding `path` (or its nearest existing parent); None if unknown."""
-    existing = next((folder for folder in (Path(path), *Path(path).parents) if folder.exists()), None)
-    try:
-        return shutil.disk_usage(existing).free if existing is not None else None
-    except OSError:
-        return None
 
 
 def folder_bytes(path: str | Path) -> int:
