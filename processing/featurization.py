@@ -12,6 +12,7 @@ from llamo.feature_extraction_llamo import prepare_molecule
 from llamo.smiles_llamo import OversizedMoleculeError
 
 from .loaders import DataReport
+from .schema import record_metadata
 
 FEATURIZED_FEATURES = {
     "atom_features": datasets.List(datasets.List(datasets.Value("int16"))),
@@ -22,12 +23,21 @@ FEATURIZED_FEATURES = {
     "inchikey": datasets.Value("string"),
     "num_atoms": datasets.Value("int32"),
 }
-FEATURIZATION_VERSION = "1"
+FEATURIZATION_VERSION = "2"  # 2: rows with bad further molecules, or with the graph token in their text, are dropped
+GRAPH_TOKEN = "<graph>"
+"""The molecule placeholder of LLaMo's processors: a text that writes it would make the collator count one molecule
+too many, so such rows are dropped."""
 MULTIPROCESS_MIN_ROWS = 512
+
+
+class _RowProblem(Exception):
+    """A row dropped for something other than its own molecule (the message is the report reason)."""
 
 
 def _featurization_error(failure: Exception) -> str:
     """The report reason of a molecule that could not be featurized."""
+    if isinstance(failure, _RowProblem):
+        return str(failure)
     if not isinstance(failure, ValueError):
         return f"featurization error: {type(failure).__name__}"
     if isinstance(failure, OversizedMoleculeError):
@@ -35,11 +45,30 @@ def _featurization_error(failure: Exception) -> str:
     return "empty SMILES" if str(failure).startswith("Empty") else "unparsable SMILES"
 
 
+def _row_problem(batch: dict[str, list], index: int, max_atoms: int | None) -> str:
+    """Why a row cannot be collated beyond its own molecule: the graph token in its text, or a further molecule
+    (metadata `molecules`, featurized by the collator) that is unusable; "" if none."""
+    messages = batch["messages"][index] if "messages" in batch else []
+    if any(GRAPH_TOKEN in (message.get("content") or "") for message in messages):
+        return f"text holds the graph token {GRAPH_TOKEN}"
+    if "metadata" not in batch:
+        return ""
+    try:
+        further = record_metadata({"metadata": batch["metadata"][index]}).get("molecules", [])
+        for smiles in further:
+            prepare_molecule(smiles, max_atoms, canonical=False)
+    except Exception as failure:
+        return f"further molecule: {_featurization_error(failure)}"
+    return ""
+
+
 def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str, list]:
     out: dict[str, list] = {name: [] for name in [*FEATURIZED_FEATURES, "featurization_error"]}
     with rdBase.BlockLogs():
-        for smiles in batch["smiles"]:
+        for index, smiles in enumerate(batch["smiles"]):
             try:
+                if problem := _row_problem(batch, index, max_atoms):
+                    raise _RowProblem(problem)
                 prepared = prepare_molecule(smiles, max_atoms)
                 row = {
                     **prepared.graph.to_dict(),
@@ -64,8 +93,13 @@ def featurize_dataset(
 ) -> tuple[datasets.Dataset, DataReport]:
     """Featurize every molecule once with `datasets.map`, adding the `FEATURIZED_FEATURES` columns (`prompt_smiles`:
     canonical, non-isomeric, uncut). Unparsable, empty and oversized molecules, and any whose featurization raises
-    (`featurization error: <exception type>`), are dropped and counted in the returned report. `num_proc` processes
+    (`featurization error: <exception type>`), are dropped and counted in the returned report, and so are rows whose
+    further molecules (metadata `molecules`) are, or whose text writes the graph token. `num_proc` processes
     are used above `multiprocess_min_rows` rows (below that, starting the processes costs more than it saves)."""
+    if not len(dataset):  # `map` adds no columns to an empty dataset
+        empty = {name: [] for name in [*dataset.column_names, *FEATURIZED_FEATURES]}
+        features = datasets.Features({**dataset.features, **FEATURIZED_FEATURES})
+        return datasets.Dataset.from_dict(empty, features=features), DataReport(f"featurization of {name}")
     features = datasets.Features(
         {**dataset.features, **FEATURIZED_FEATURES, "featurization_error": datasets.Value("string")}
     )

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ class DataReport:
     dropped: Counter = field(default_factory=Counter)
 
     def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] += count
+        if count:
+            self.dropped[reason] += count
 
     def summary(self) -> str:
         reasons = ", ".join(f"{count} {reason}" for reason, count in self.dropped.most_common()) or "none"
@@ -121,28 +123,43 @@ def read_table(
 ):
     """A Hub dataset's `split` or local CSV file(s) as a pandas table: its `columns` (a `ValueError` names the missing
     ones) and those of `optional` that exist, or every column. Local files are read with `pandas.read_csv(**read_csv)`,
-    by default every value as text and the extra fields of a row ignored (as `csv.DictReader` does)."""
+    by default every value as text and the extra fields of a row ignored (as `csv.DictReader` does); bytes that are not
+    UTF-8 become U+FFFD (the loaders drop and count such rows). A file pandas cannot read at all is a `ValueError`
+    naming it."""
     if _is_hub_id(path):
         loaded = datasets.load_dataset(path, split=split)
         origin, available = f"{path} ({split})", loaded.column_names
     else:
-        options = {"dtype": str, "keep_default_na": False, "usecols": lambda name: True, **read_csv}
+        options = {"dtype": str, "keep_default_na": False, "usecols": lambda name: True, "index_col": False}
+        options.update(encoding_errors="replace", **read_csv)
         files = [_require(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
-        loaded = pandas.concat([pandas.read_csv(f, **options) for f in files], ignore_index=True)
+        loaded = pandas.concat([_read_csv(f, options) for f in files], ignore_index=True)
         origin, available = ", ".join(map(str, files)), list(loaded.columns)
     if missing := [column for column in columns or [] if column not in available]:
-        raise ValueError(f"{origin} has no column(s) {missing}; its columns: {available}")
+        shown = [str(name)[:30] for name in available[:8]] + [f"... {len(available)} in all"] * bool(available[8:])
+        raise ValueError(f"{origin} has no column(s) {missing}; its columns: {shown}")
     keep = available if columns is None else [*columns, *(name for name in optional if name and name in available)]
     return loaded.select_columns(keep).to_pandas() if isinstance(loaded, datasets.Dataset) else loaded[keep]
 
 
+def _read_csv(file: Path, options: dict[str, Any]) -> pandas.DataFrame:
+    try:
+        return pandas.read_csv(file, **options)
+    except (pandas.errors.ParserError, pandas.errors.EmptyDataError, UnicodeError) as error:
+        raise ValueError(f"{file}: not a readable table ({type(error).__name__}: {str(error)[:200]})") from error
+
+
 def read_jsonl_rows(path: str | Path) -> Iterator[dict[str, Any] | None]:
-    """The objects of a JSONL file, None for each non-blank line that is not a JSON object."""
-    with open(path, encoding="utf-8") as handle:
-        for line in filter(str.strip, handle):
+    """The objects of a JSONL file (a UTF-8 byte order mark is skipped), None for each non-blank line that is not a
+    JSON object: not UTF-8, not JSON, or nested too deep to parse."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle):
             try:
+                line = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+                if not line.strip():
+                    continue
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 row = None
             yield row if isinstance(row, dict) else None
 
@@ -150,13 +167,18 @@ def read_jsonl_rows(path: str | Path) -> Iterator[dict[str, Any] | None]:
 def _collect(
     report: DataReport, items: Iterable[Any], limit: int | None, convert: Callable[[Any], dict | str]
 ) -> tuple[datasets.Dataset, DataReport]:
-    """The records `convert` makes of `items`, at most `limit`; a string it returns is a reason to drop, counted."""
+    """The records `convert` makes of `items`, at most `limit`; a string it returns is a reason to drop, counted, and so
+    is an exception it raises (`malformed row (<exception type>)`): one bad row never stops the job."""
     records = []
     for item in items:
         report.read += 1
         if limit is not None and len(records) >= limit:
             break
-        if isinstance(record := convert(item), str):
+        try:
+            record = convert(item)
+        except Exception as error:  # a row of unexpected types or structure
+            record = f"malformed row ({type(error).__name__})"
+        if isinstance(record, str):
             report.drop(record)
         else:
             records.append(record)
@@ -173,6 +195,8 @@ def _qa(task: str, source: str, instruction: str | None = None, empty: str = "em
         record_id, smiles, answer = row
         if not (smiles or "").strip() or not (answer or "").strip():
             return empty
+        if "\ufffd" in smiles + answer:  # bytes that were not UTF-8 (see `read_table`)
+            return "invalid UTF-8"
         question = instruction or stable_choice(questions, record_id)
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
         return make_record(record_id, smiles.strip(), messages, task, source)
@@ -196,12 +220,17 @@ def load_chebi20(
 
 
 def _read_pubchem_text_layout(root: Path) -> Iterator[tuple[str, str, str]]:
-    text_files, smiles_files = sorted((root / "text").iterdir()), sorted((root / "smiles").iterdir())
+    text_files = sorted(path for path in (root / "text").iterdir() if path.is_file())
+    smiles_files = sorted(path for path in (root / "smiles").iterdir() if path.is_file())
     if len(text_files) != len(smiles_files):
         raise ValueError(f"{root}: {len(text_files)} text files but {len(smiles_files)} SMILES files")
     for text_file, smiles_file in zip(text_files, smiles_files, strict=True):
-        text = " ".join(line.strip() for line in text_file.read_text(encoding="utf-8").splitlines())
-        yield text_file.stem.split("_")[-1], smiles_file.read_text(encoding="utf-8").strip(), text
+        if text_file.stem.split("_")[-1] != smiles_file.stem.split("_")[-1]:
+            raise ValueError(f"{root}: {text_file.name} has no SMILES file of its id (paired with {smiles_file.name})")
+    for text_file, smiles_file in zip(text_files, smiles_files, strict=True):
+        # bytes that are not UTF-8 become U+FFFD, and `_qa` drops the row
+        text = " ".join(line.strip() for line in text_file.read_text("utf-8", "replace").splitlines())
+        yield text_file.stem.split("_")[-1], smiles_file.read_text("utf-8", "replace").strip(), text
 
 
 def _read_pubchem_pickle(path: Path) -> Iterator[tuple[str, str, str]]:
@@ -278,8 +307,13 @@ def load_mol_instructions(
         raise ValueError(f"Mol-Instructions task must be 'description' or 'property', got {task!r}")
     if _is_hub_id(path):
         entries = datasets.load_dataset(path, split=split)
-    elif not isinstance(entries := json.loads(_require(path).read_text(encoding="utf-8")), list):
-        raise ValueError(f"{path}: expected a JSON list of instruction entries")
+    else:
+        try:
+            entries = json.loads(_require(path).read_text(encoding="utf-8-sig"))
+        except (ValueError, RecursionError) as error:  # not UTF-8, not JSON
+            raise ValueError(f"{path}: not a readable JSON file ({type(error).__name__}: {str(error)[:200]})") from None
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: expected a JSON list of instruction entries")
 
     def convert(item: tuple[int, dict]) -> dict | str:
         index, entry = item
@@ -382,7 +416,15 @@ def load_qm9_properties(
             if row[name] is None or row[name] != row[name]:  # missing, or NaN
                 report.drop(f"missing {name}")
                 continue
-            record_id, value = f"qm9:{row['Index']}:{name}", float(row[name])
+            try:
+                value = float(row[name])
+            except (TypeError, ValueError):
+                report.drop(f"non-numeric {name}")
+                continue
+            if not math.isfinite(value):
+                report.drop(f"non-finite {name}")
+                continue
+            record_id = f"qm9:{row['Index']}:{name}"
             question = stable_choice(PROPERTY_QUESTIONS[name], record_id)
             messages = [{"role": "user", "content": question}, {"role": "assistant", "content": f"{value:.4f}"}]
             metadata = {"property": name, "value": value, "unit": "Hartree"}
@@ -398,10 +440,14 @@ def load_conversations(
     rows = datasets.load_dataset(path, split=split) if _is_hub_id(path) else read_jsonl_rows(_require(path))
 
     def convert(row: dict | None) -> dict | str:
+        if row is None:
+            return "line is not a JSON object (or not UTF-8)"
         try:
             task, source = row.get("task") or "conversation", row.get("source") or "conversations"
-            return make_record(row["id"], row["smiles"], row["messages"], task, source, record_metadata(row))
+            record = make_record(row["id"], row["smiles"], row["messages"], task, source, record_metadata(row))
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             return f"malformed row ({type(error).__name__})"
+        # a trailing user turn is never a target, and neighbour search reads the last turn as the answer
+        return record if record["messages"][-1]["role"] == "assistant" else "no assistant turn at the end"
 
     return _collect(DataReport(f"conversations ({path})"), rows, limit, convert)

@@ -25,6 +25,9 @@ from typing import Any
 import datasets
 
 TASKS = ("description", "iupac", "property", "conversation")
+MAX_TURNS = 256
+"""The most turns a record may hold: locating the assistant turns of a conversation (for the loss mask) renders each
+of its prefixes, so its cost grows with the square of the turns (1,024 turns take seconds per row)."""
 
 CONVERSATION_FEATURES = datasets.Features(
     {
@@ -46,7 +49,12 @@ def make_record(
     source: str,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One row of the conversation schema; checks the turn structure (user first, roles alternate, no empty turn)."""
+    """One row of the conversation schema; checks the turn structure (user first, roles alternate, no empty turn, at
+    most `MAX_TURNS`), that further molecules (metadata `molecules`) are SMILES strings, and that every text is
+    valid Unicode (a lone surrogate, e.g. from a JSON `\\ud800` escape, cannot be stored). A `ValueError` names the
+    record and the culprit."""
+    if len(messages) > MAX_TURNS:
+        raise ValueError(f"Record {record_id}: {len(messages)} turns, over the limit of {MAX_TURNS}.")
     if not messages or messages[0].get("role") != "user":
         raise ValueError(f"Record {record_id}: a conversation starts with a user turn.")
     for index, message in enumerate(messages):
@@ -60,7 +68,10 @@ def make_record(
         if not molecules or not all(isinstance(item, str) for item in molecules):
             raise ValueError(f"Record {record_id}: `smiles` must be a SMILES string or a non-empty list of them.")
         smiles, metadata = molecules[0], {**(metadata or {}), "molecules": molecules[1:]} if molecules[1:] else metadata
-    return {
+    further = (metadata or {}).get("molecules", [])
+    if not isinstance(further, list) or not all(isinstance(item, str) for item in further):
+        raise ValueError(f"Record {record_id}: metadata `molecules` must be a list of SMILES strings.")
+    record = {
         "id": record_id,
         "smiles": smiles,
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
@@ -68,6 +79,12 @@ def make_record(
         "source": source,
         "metadata": json.dumps(metadata or {}, sort_keys=True),
     }
+    for name in ("id", "smiles", "task", "source", "messages"):
+        try:
+            json.dumps(record[name], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"Record {record_id!a:.80}: its {name} holds a lone surrogate ({error.reason}).") from None
+    return record
 
 
 def records_dataset(records: Iterable[dict[str, Any]]) -> datasets.Dataset:
@@ -81,7 +98,11 @@ def records_dataset(records: Iterable[dict[str, Any]]) -> datasets.Dataset:
 def record_metadata(record: dict[str, Any]) -> dict[str, Any]:
     """The decoded `metadata` of a row."""
     raw = record.get("metadata") or "{}"
-    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    metadata = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    if not isinstance(metadata, dict | None):
+        what = type(metadata).__name__
+        raise ValueError(f"Record {record.get('id')!a:.80}: metadata is a JSON {what}, not an object.")
+    return metadata or {}
 
 
 def record_molecules(record: dict[str, Any]) -> list[str]:

@@ -112,7 +112,8 @@ def _load_saved(folder: Path) -> tuple[datasets.Dataset, list[DataReport]]:
 def _save_atomically(dataset: datasets.Dataset, folder: Path, reports: list[DataReport]) -> None:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    dataset.save_to_disk(str(partial))
+    # `datasets` writes no shard for an empty dataset, and then cannot load the folder back
+    dataset.save_to_disk(str(partial), num_shards=None if len(dataset) else 1)
     (partial / "llamo_reports.json").write_text(json.dumps([report.to_dict() for report in reports]))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
@@ -151,6 +152,8 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
             )
         if len(dataset):
             parts.append((dataset, source.weight))
+    for report in reports:  # before any error below: what each source kept and dropped, and why
+        log(f"[data] {report.summary()}")
     if not parts:
         raise ValueError(
             "No training rows left: every source is empty after featurization, hold-out and task filtering"
@@ -164,8 +167,6 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
             input_columns=["messages", "num_atoms"],
             desc="Estimating lengths",
         )
-    for report in reports:
-        log(f"[data] {report.summary()}")
     log(f"[data] training rows: {len(mixture)} ({', '.join(f'{len(d)} x {w}' for d, w in parts)})")
     _save_atomically(mixture, cached, reports)
     return _load_saved(cached)
