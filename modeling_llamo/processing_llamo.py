@@ -228,10 +228,6 @@ class LlamoProcessor(ProcessorMixin):
                 tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return result
 
-    def featurize(self, molecules: Sequence[MoleculeInput]) -> list:
-        """Featurize molecules (see `LlamoMoleculeFeaturizer.featurize`)."""
-        return self.featurizer.featurize(molecules)
-
     # --- text: placeholder expansion and tokenization, shared with the training collator -------------------------
 
     def expand_placeholders(

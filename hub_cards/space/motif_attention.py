@@ -32,7 +32,7 @@ def motif_attention(model, processor, molecule: str | Chem.Mol) -> MotifAttentio
     so the GIN encoder need not run. A `ValueError` for a molecule unparsable or over the processor's `max_atoms`."""
     if not uses_motifs(model):
         return None
-    graph = processor.featurize([molecule])[0]
+    graph = processor.featurizer.featurize([molecule])[0]
     if graph.motif_features.shape[0] == 0:
         return None
     inputs = collate_molecule_graphs([graph])
