@@ -105,16 +105,12 @@ def record_metadata(record: dict[str, Any]) -> dict[str, Any]:
     return metadata or {}
 
 
-def record_molecules(record: dict[str, Any]) -> list[str]:
-    """Every molecule of a row, in order: its `smiles`, then any further molecules of its first user turn (listed in
-    the metadata under `molecules`, e.g. the second molecule of "compare these two")."""
-    return [record["smiles"], *record_metadata(record).get("molecules", [])]
-
-
 def to_chat_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The row's conversation for `LlamoProcessor.apply_chat_template`: the first user turn gets one molecule content
-    block per molecule of the row (`{"type": "molecule", "smiles": ...}`, see `record_molecules`) before its text."""
-    blocks = [{"type": "molecule", "smiles": smiles} for smiles in record_molecules(record)]
+    block (`{"type": "molecule", "smiles": ...}`) per molecule of the row, in order (its `smiles`, then any further
+    molecules listed in the metadata under `molecules`, e.g. the second of "compare these two") before its text."""
+    molecules = [record["smiles"], *record_metadata(record).get("molecules", [])]
+    blocks = [{"type": "molecule", "smiles": smiles} for smiles in molecules]
     messages: list[dict[str, Any]] = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
     if messages:
         messages[0]["content"] = [*blocks, {"type": "text", "text": messages[0]["content"]}]

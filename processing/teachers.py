@@ -17,7 +17,6 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx2
 from huggingface_hub import ChatCompletionOutput, InferenceClient
@@ -173,7 +172,7 @@ class OpenAICompatibleTeacher:
     """A chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server, ...) at `base_url` (the API root, e.g.
     `http://localhost:11434/v1`). `api_key_env` names the environment variable holding the key (unset or empty: no
     Authorization header); `timeout` is per socket operation; `retry` applies to 429/5xx, timeouts and connection
-    errors; `budget` caps requests, retries included; `extra_body` is merged into each request (`{"top_p": 0.9}`)."""
+    errors; `budget` caps requests, retries included."""
 
     name = "openai"
     prompt_version = PROMPT_VERSION
@@ -189,7 +188,6 @@ class OpenAICompatibleTeacher:
         budget: RequestBudget | None = None,
         temperature: float = 0.7,
         max_tokens: int = 1024,
-        extra_body: dict[str, Any] | None = None,
     ):
         if not model:
             raise ValueError("An OpenAI-compatible teacher needs a model name.")
@@ -206,7 +204,7 @@ class OpenAICompatibleTeacher:
                 "No API key: $%s is not set; requests are sent without an Authorization header.", api_key_env
             )
         self.timeout, self.retry, self.budget = timeout, retry or RetryPolicy(), budget or RequestBudget()
-        self.temperature, self.max_tokens, self.extra_body = temperature, max_tokens, dict(extra_body or {})
+        self.temperature, self.max_tokens = temperature, max_tokens
         self.stop_event = threading.Event()
         host = urllib.parse.urlparse(self.url).hostname or ""
         # a proxy from the environment must not swallow requests to a local server
@@ -264,7 +262,6 @@ class OpenAICompatibleTeacher:
                         temperature=self.temperature,
                         max_tokens=self.max_tokens,
                         seed=seed,
-                        extra_body=self.extra_body or None,
                     )
                 )
             except httpx2.HTTPStatusError as redirect:
@@ -304,7 +301,6 @@ class TransformersTeacher:
         model: str,
         max_new_tokens: int = 1024,
         temperature: float = 0.7,
-        top_p: float = 0.95,
         device: str = "auto",
         dtype: str = "auto",
         budget: RequestBudget | None = None,
@@ -318,7 +314,7 @@ class TransformersTeacher:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.language_model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(device).eval()
-        self.device, self.max_new_tokens, self.temperature, self.top_p = device, max_new_tokens, temperature, top_p
+        self.device, self.max_new_tokens, self.temperature = device, max_new_tokens, temperature
         self.budget, self._lock = budget or RequestBudget(), threading.Lock()
 
     def __repr__(self) -> str:
@@ -353,7 +349,7 @@ class TransformersTeacher:
                         max_new_tokens=self.max_new_tokens,
                         do_sample=sample,
                         temperature=self.temperature if sample else None,
-                        top_p=self.top_p if sample else None,
+                        top_p=0.95 if sample else None,
                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                     )
             except (RuntimeError, ValueError) as error:  # out of memory, prompt longer than the model's context, ...

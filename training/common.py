@@ -15,7 +15,6 @@ from transformers.utils import get_current_accelerator
 from trl import SFTTrainer, get_peft_config
 
 from llamo.processing.collators import LlamoDataCollator
-from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import DiskFullError, disk_full_guard, folder_bytes, is_disk_full
 
 from .config import RUN_CONFIG, SUMMARY, StageArguments, same_setting, upgrade_saved_settings
@@ -156,14 +155,9 @@ def prepare_run_dir(
     return output_dir, None, False
 
 
-def write_summary(output_dir: Path, summary: dict) -> None:
-    """Write the run summary, the mark of a finished run, whole or not at all (a full disk leaves no half file)."""
-    write_json_atomically(output_dir / SUMMARY, summary)
-
-
 def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpoint, reports, **details) -> dict:
-    """What `write_summary` keeps of a finished stage. `model`'s trainable parameters are counted as they are now: take
-    the summary before merging an adapter. `log_history`: loss, learning rate and grad norm every `logging_steps`."""
+    """A finished stage's `SUMMARY`. `model`'s trainable parameters are counted as they are now: take the summary
+    before merging an adapter. `log_history`: loss, learning rate and grad norm every `logging_steps`."""
     return {
         "stage": stage,
         **details,

@@ -83,8 +83,9 @@ def prepare_source(
     return _load_saved(folder)
 
 
-def _mixture_fingerprint(arguments: StageArguments) -> str:
-    """The cache key of a stage's training mixture: everything that decides its rows."""
+def mixture_cache(arguments: StageArguments) -> Path:
+    """Where a stage's training mixture is cached (complete when it holds `llamo_reports.json`), keyed by everything
+    that decides its rows."""
     config, training = arguments.script, arguments.training
     description = {
         "version": MIXTURE_VERSION,
@@ -94,14 +95,9 @@ def _mixture_fingerprint(arguments: StageArguments) -> str:
         "seed": training.seed,
         "length": training.length_column_name if training.train_sampling_strategy in _BY_LENGTH else None,
     }
-    return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def mixture_cache(arguments: StageArguments) -> Path:
-    """Where a stage's training mixture is cached (complete when it holds `llamo_reports.json`)."""
-    config = arguments.script
+    fingerprint = hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
-    return cache_dir / f"mixture-{_mixture_fingerprint(arguments)}"
+    return cache_dir / f"mixture-{fingerprint}"
 
 
 def _load_saved(folder: Path) -> tuple[datasets.Dataset, list[DataReport]]:

@@ -13,36 +13,12 @@ from pathlib import Path
 from trl import ModelConfig, SFTConfig
 
 from llamo.builder import build_llamo, save_llamo
+from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import exit_on_disk_full
 
-from .common import final_save_guard, load_for_training, run_summary, start_run, train, write_summary
-from .config import Stage1Arguments, StageArguments, parse_stage_arguments
+from .common import final_save_guard, load_for_training, run_summary, start_run, train
+from .config import SUMMARY, Stage1Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
-
-
-def _starting_model(script_args: Stage1Arguments, model_args: ModelConfig, output_dir: Path, state, log) -> Path:
-    if model_args.model_name_or_path:
-        return Path(model_args.model_name_or_path)
-    if not script_args.init_llm:
-        raise ValueError(
-            "Stage 1 needs `model_name_or_path` (a `llamo init` folder) or `init_llm` (an LM to build one around)"
-        )
-    folder = output_dir / "init"
-    with state.main_process_first():
-        if state.is_main_process and not (folder / "config.json").is_file():
-            log(f"[stage1] building the starting LLaMo around {script_args.init_llm}")
-            model, processor = build_llamo(script_args.init_llm, **script_args.init_options)
-            metadata = {"llm": script_args.init_llm, "stage": "init"}
-            save_llamo(model, processor, folder, overwrite=True, metadata=metadata)
-    return folder
-
-
-def freeze_language_model(model) -> None:
-    """Stage 1: nothing of the LLM trains, embeddings and LM head included (unlike the original code)."""
-    model.model.language_model.requires_grad_(False)
-    model.lm_head.requires_grad_(False)
-    model.freeze_graph_encoder(False)
-    model.model.graph_projector.requires_grad_(True)
 
 
 def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
@@ -51,9 +27,24 @@ def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: Mod
     state, log, output_dir, checkpoint, finished = start_run(arguments, log)
     if finished:
         return output_dir
-    start = _starting_model(script_args, model_args, output_dir, state, log)
+    start = Path(model_args.model_name_or_path or output_dir / "init")
+    if not model_args.model_name_or_path:
+        if not script_args.init_llm:
+            raise ValueError(
+                "Stage 1 needs `model_name_or_path` (a `llamo init` folder) or `init_llm` (an LM to build one around)"
+            )
+        with state.main_process_first():
+            if state.is_main_process and not (start / "config.json").is_file():
+                log(f"[stage1] building the starting LLaMo around {script_args.init_llm}")
+                model, processor = build_llamo(script_args.init_llm, **script_args.init_options)
+                metadata = {"llm": script_args.init_llm, "stage": "init"}
+                save_llamo(model, processor, start, overwrite=True, metadata=metadata)
     model, processor = load_for_training(start, model_args.dtype)
-    freeze_language_model(model)
+    # nothing of the LLM trains, embeddings and LM head included (unlike the original code)
+    model.model.language_model.requires_grad_(False)
+    model.lm_head.requires_grad_(False)
+    model.freeze_graph_encoder(False)
+    model.model.graph_projector.requires_grad_(True)
     with state.main_process_first():
         dataset, reports = build_training_dataset(arguments, log)
 
@@ -62,7 +53,8 @@ def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: Mod
         trainer.save_model(str(output_dir))
         if state.is_main_process:
             processor.save_pretrained(output_dir)
-            write_summary(output_dir, run_summary(1, model, trainer, result, wall_seconds, checkpoint, reports))
+            summary = run_summary(1, model, trainer, result, wall_seconds, checkpoint, reports)
+            write_json_atomically(output_dir / SUMMARY, summary)
             log(f"[stage1] done: model saved to {output_dir}")
     return output_dir
 

@@ -16,20 +16,12 @@ from pathlib import Path
 from peft import PeftModel
 from trl import ModelConfig, SFTConfig
 
+from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import exit_on_disk_full
 
-from .common import final_save_guard, load_for_training, lora_config, run_summary, start_run, train, write_summary
-from .config import Stage2Arguments, StageArguments, parse_stage_arguments
+from .common import final_save_guard, load_for_training, lora_config, run_summary, start_run, train
+from .config import SUMMARY, Stage2Arguments, StageArguments, parse_stage_arguments
 from .data import build_training_dataset
-
-
-def continued_adapter(model, adapter_path: str, log=print):
-    """The stage-1 model wrapped in an earlier stage-2 adapter (LoRA + projector), its weights trainable."""
-    adapter = Path(adapter_path)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"No stage-2 adapter to continue in {adapter} (adapter_config.json missing)")
-    log(f"[stage2] continuing the adapter in {adapter}")
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
 def main(
@@ -45,8 +37,12 @@ def main(
         return output_dir
     model, processor = load_for_training(model_args.model_name_or_path, model_args.dtype)
     model.freeze_graph_encoder()
-    if script_args.adapter_path:
-        model, peft_config = continued_adapter(model, script_args.adapter_path, log), None
+    if script_args.adapter_path:  # continue an earlier stage-2 adapter (LoRA + projector), its weights trainable
+        adapter = Path(script_args.adapter_path)
+        if not (adapter / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"No stage-2 adapter to continue in {adapter} (adapter_config.json missing)")
+        log(f"[stage2] continuing the adapter in {adapter}")
+        model, peft_config = PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
     else:
         peft_config = lora_config(model, model_args)
     with state.main_process_first():
@@ -65,7 +61,7 @@ def main(
             if script_args.save_merged:
                 trainer.model.merge_and_unload().save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
-            write_summary(output_dir, summary)
+            write_json_atomically(output_dir / SUMMARY, summary)
             log(
                 f"[stage2] done: adapter in {adapter_dir}"
                 + (f", merged model in {merged_dir}" if script_args.save_merged else "")
