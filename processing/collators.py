@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from llamo.chat_template_llamo import add_neighbours
+from llamo.chat_template_llamo import add_neighbours, span_token_mask
 from llamo.feature_extraction_llamo import PreparedMolecule, collate_sequence_molecules
 from llamo.featurization_llamo import MoleculeGraph
 
@@ -78,10 +78,8 @@ class LlamoDataCollator:
             # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
             # (and every checkpoint's tokenizer.json would carry it).
             ids, offsets = encoding["input_ids"][: self.max_length], encoding["offset_mapping"][: self.max_length]
-            row_labels = [
-                token if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
-                for token, (start, end) in zip(ids, offsets, strict=True)
-            ]
+            mask = span_token_mask(offsets, spans)
+            row_labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask, strict=True)]
             input_ids.append(ids)
             labels.append(torch.tensor(row_labels, dtype=torch.long))
             graphs.append(row_graphs)
