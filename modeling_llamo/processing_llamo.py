@@ -408,13 +408,14 @@ class LlamoProcessor(ProcessorMixin):
                 message = dataclasses.asdict(message)
             elif callable(getattr(message, "model_dump", None)):  # a pydantic message
                 message = message.model_dump()
+            if isinstance(message, Mapping):  # keys set to None count as absent, as transformers has them
+                message = {key: value for key, value in message.items() if value is not None}
             if not isinstance(message, Mapping) or "role" not in message:
                 what = f"a {type(message).__name__}" if not isinstance(message, Mapping) else "a dict without 'role'"
                 raise TypeError(
                     f"Conversation {index}, message {position} is {what}; a message is a dict with a 'role' and a "
                     "'content'."
                 )
-            message = {key: value for key, value in message.items() if value is not None}
             content = message.get("content")
             if content is None or isinstance(content, str):
                 messages.append({**message, "content": content or ""})
@@ -457,11 +458,14 @@ class LlamoProcessor(ProcessorMixin):
         return messages, molecules
 
     def _template(self, chat_template: str | None) -> str:
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TypeError(
+                f"chat_template is a Jinja string or a template name, not a {type(chat_template).__name__}."
+            )
         return resolve_chat_template(chat_template, self.chat_template, getattr(self.tokenizer, "chat_template", None))
 
     def _renderer(self, chat_template: str | None, **template_kwargs):
         template = self._template(chat_template)
-
         blocks = reads_content_blocks(template)
 
         def render(messages: list[dict], add_generation_prompt: bool, **extra) -> str:
@@ -542,7 +546,15 @@ class LlamoProcessor(ProcessorMixin):
         for index, item in enumerate(conversations):
             messages, found = self._flatten(item, index, include_graph, featurizer=featurizer)
             molecules.append(found if include_graph else [])
-            prompts.append(render(messages, add_generation_prompt, continue_final_message=continue_final_message))
+            try:
+                prompts.append(render(messages, add_generation_prompt, continue_final_message=continue_final_message))
+            except ValueError as error:  # transformers' message quotes the whole rendered conversation
+                if not str(error).startswith("continue_final_message is set"):
+                    raise
+                raise ValueError(
+                    f"Conversation {index}: continue_final_message=True, but the chat template does not render the "
+                    "final message as given, so the prompt cannot end with it."
+                ) from None
             if return_assistant_tokens_mask:
                 turns = self._generation_spans(messages, chat_template, add_generation_prompt, **kwargs)
                 if turns is None:

@@ -165,6 +165,7 @@ def test_placeholder_mismatches(processor):
         ({"role": "user", "content": "x"}, "A conversation is a list of messages .*; got a dict"),
         (None, "A conversation is a list of messages .*; got a NoneType"),
         (5, "got a int"),
+        ([{"role": None, "content": "x"}], "Conversation 0, message 0 is a dict without 'role'"),
         ([{"role": "user", "content": "x"}, ["y"]], "Conversation 0, message 1 is a list"),
         ([{"content": "x"}], "Conversation 0, message 0 is a dict without 'role'"),
         ([{"role": "user", "content": 3}], "Conversation 0, message 0: content of type int"),

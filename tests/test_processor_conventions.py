@@ -154,3 +154,13 @@ def test_templates_that_read_content_blocks_get_blocks(processor):
     kept = batch["input_ids"][0][batch["assistant_masks"][0].bool()]
     assert processor.tokenizer.decode(kept) == "An ester.<|im_end|>\nYes.<|im_end|>\n"
     assert processor.answer_marker(BLOCKS_TEMPLATE) == "<|im_end|>\n<|im_start|>assistant"
+
+
+def test_template_errors_are_short_and_name_the_culprit(processor):
+    messages = [*molecule_messages("CCO"), {"role": "assistant", "content": "An alcohol, " + "very " * 5000}]
+    with pytest.raises(TypeError, match="chat_template is a Jinja string or a template name, not a int"):
+        processor.apply_chat_template(messages, chat_template=5)
+    drops_answers = "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    with pytest.raises(ValueError, match="Conversation 0: continue_final_message=True") as error:
+        processor.apply_chat_template(messages, chat_template=drops_answers, continue_final_message=True)
+    assert len(str(error.value)) < 200
