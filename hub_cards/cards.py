@@ -108,17 +108,6 @@ def model_rows(model, processor) -> list[tuple[str, str]]:
     ]
 
 
-def resolve_base_model(explicit: str | None, model_dir: Path | None, runs, text_name: str | None) -> str | None:
-    """The base LM's Hub id: given, else from `llamo_build.json`, the runs' `init_llm`, or the text config's name."""
-    if explicit:
-        return explicit
-    build = model_dir / "llamo_build.json" if model_dir is not None else None
-    candidates = [read_json(build, CardError, "Build file").get("llm")] if build and build.is_file() else []
-    candidates += [*(run.config.get("init_llm") for run in runs), text_name]
-    hub_ids = (PACKAGED_BASE_MODELS.get(str(candidate), str(candidate)) for candidate in candidates if candidate)
-    return next((hub_id for hub_id in hub_ids if looks_like_hub_id(hub_id)), None)
-
-
 def _render(card_class, card_data, template: str, **context):
     rendered = card_class.from_template(card_data, template_path=str(TEMPLATES / template), **context)
     # the template favours readability over whitespace control: drop the blank-line runs it leaves
@@ -139,8 +128,14 @@ def build_model_card(model, processor, options: ModelCardOptions | None = None, 
     results = [load_results(path) for path in options.results]
     tasks = [task for result in results for task in result.tasks]
     sources = [source for run in runs for source in run.sources]
-    text_name = getattr(model.config.text_config, "_name_or_path", None)
-    base_model = resolve_base_model(options.base_model, model_dir, runs, text_name)
+    base_model = options.base_model  # else from `llamo_build.json`, the runs' `init_llm`, or the text config's name
+    if not base_model:
+        build = model_dir / "llamo_build.json" if model_dir is not None else None
+        candidates = [read_json(build, CardError, "Build file").get("llm")] if build and build.is_file() else []
+        text_name = getattr(model.config.text_config, "_name_or_path", None)
+        candidates += [*(run.config.get("init_llm") for run in runs), text_name]
+        hub_ids = (PACKAGED_BASE_MODELS.get(str(candidate), str(candidate)) for candidate in candidates if candidate)
+        base_model = next((hub_id for hub_id in hub_ids if looks_like_hub_id(hub_id)), None)
     hub_datasets = [
         *options.datasets,
         *(str(source["path"]) for source in sources if looks_like_hub_id(source.get("path"))),

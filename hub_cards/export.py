@@ -70,31 +70,12 @@ class ExportResult:
 
 
 def check_destination(output_dir: Path, overwrite: bool, source: Path | None = None) -> None:
-    """Refuse a destination that is a file, the source itself, or a non-empty folder without `overwrite`."""
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder.")
     if source is not None and output_dir.resolve() == source.resolve():
         raise ExportError(f"Cannot export {source} into itself: choose another output folder.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
-
-
-def check_model_folder(model_dir: Path) -> None:
-    """A LLaMo model folder: `config.json` of model type `llamo` and the processor's files."""
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"Model folder not found: {model_dir}")
-    if not (model_dir / "config.json").is_file():
-        if (model_dir / "adapter_config.json").is_file():
-            raise ExportError(
-                f"{model_dir} holds a PEFT adapter, not a full model: export the merged model (stage 2 writes it to "
-                "OUTPUT_DIR/merged)."
-            )
-        raise ExportError(f"{model_dir} has no config.json: not a saved model folder.")
-    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
-    if model_type != "llamo":
-        raise ExportError(f"{model_dir} holds a {model_type!r} model, not a LLaMo (model_type 'llamo').")
-    if not (model_dir / "processor_config.json").is_file():
-        raise ExportError(f"{model_dir} has no processor_config.json: save the LlamoProcessor with the model.")
 
 
 def check_export_folder(folder: Path) -> None:
@@ -166,7 +147,20 @@ def export_model(
     from llamo.cli_common import DTYPE_CHOICES
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
-    check_model_folder(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"Model folder not found: {model_dir}")
+    if not (model_dir / "config.json").is_file():
+        if (model_dir / "adapter_config.json").is_file():
+            raise ExportError(
+                f"{model_dir} holds a PEFT adapter, not a full model: export the merged model (stage 2 writes it to "
+                "OUTPUT_DIR/merged)."
+            )
+        raise ExportError(f"{model_dir} has no config.json: not a saved model folder.")
+    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type != "llamo":
+        raise ExportError(f"{model_dir} holds a {model_type!r} model, not a LLaMo (model_type 'llamo').")
+    if not (model_dir / "processor_config.json").is_file():
+        raise ExportError(f"{model_dir} has no processor_config.json: save the LlamoProcessor with the model.")
     check_destination(output_dir, overwrite, source=model_dir)
     if dtype not in DTYPE_CHOICES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}.")

@@ -49,7 +49,16 @@ class TrainingRun:
         mode = config.get("mode") or "generalist"
         rows.append(("Mode", f"{mode} ({config['task']})" if config.get("task") else mode))
         rows.append(("Data", "; ".join(_source_label(source) for source in self.sources) or "n/a"))
-        rows.append(("Optimiser and schedule", _schedule(config)))
+        peak, warmup = config.get("learning_rate"), config.get("warmup_steps")
+        kwargs = config["lr_scheduler_kwargs"] if isinstance(config.get("lr_scheduler_kwargs"), dict) else {}
+        schedule = f"AdamW, weight decay {config.get('weight_decay')}; "
+        if config.get("lr_scheduler_type") != "cosine_warmup_with_min_lr" or "min_lr" not in kwargs:
+            schedule += f"{config.get('lr_scheduler_type')} schedule to {peak} ({warmup} warm-up steps, {kwargs})"
+        else:  # the paper's
+            rate = kwargs.get("warmup_lr_rate")
+            start = f"{peak * rate:g}" if isinstance(peak, float) and rate is not None else "0"
+            schedule += f"linear warm-up from {start} over {warmup} steps to {peak}, cosine decay to {kwargs['min_lr']}"
+        rows.append(("Optimiser and schedule", schedule))
         length = f"{config.get('num_train_epochs')} epoch(s)"
         if (config.get("max_steps") or -1) > 0:
             length += f", capped at {config['max_steps']} steps"
@@ -85,18 +94,6 @@ class TrainingRun:
             counts = f"read {report.get('read')}, kept {report.get('kept')} ({reasons})"
             rows.append((f"Data: {report.get('name')}", counts))
         return rows
-
-
-def _schedule(config: dict[str, Any]) -> str:
-    """The optimiser and the learning-rate schedule in words (the paper's, or the transformers scheduler named)."""
-    peak, warmup, kwargs = config.get("learning_rate"), config.get("warmup_steps"), config.get("lr_scheduler_kwargs")
-    text = f"AdamW, weight decay {config.get('weight_decay')}; "
-    kwargs = kwargs if isinstance(kwargs, dict) else {}
-    if config.get("lr_scheduler_type") != "cosine_warmup_with_min_lr" or "min_lr" not in kwargs:
-        return text + f"{config.get('lr_scheduler_type')} schedule to {peak} ({warmup} warm-up steps, {kwargs})"
-    rate = kwargs.get("warmup_lr_rate")
-    start = f"{peak * rate:g}" if isinstance(peak, float) and rate is not None else "0"
-    return text + f"linear warm-up from {start} over {warmup} steps to {peak}, cosine decay to {kwargs['min_lr']}"
 
 
 def _trained_parts(stage: int, config: dict[str, Any]) -> str:

@@ -128,13 +128,8 @@ def split_sentences(text: str) -> list[str]:
     return [sentence.strip() for sentence in _SENTENCE_END.split(text.strip()) if sentence.strip()]
 
 
-def sentence_kind(sentence: str) -> str:
-    """What a description sentence states: conjugate, role, isomer, derivation, origin, class, or other."""
-    return next((kind for kind, pattern in _SENTENCE_KINDS if pattern.search(sentence)), "other")
-
-
-def _count(number: int, singular: str, plural: str | None = None) -> str:
-    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+def _count(number: int, singular: str) -> str:
+    return f"{number} {singular}{'' if number == 1 else 's'}"
 
 
 def description_facts(description: str) -> list[Fact]:
@@ -143,7 +138,8 @@ def description_facts(description: str) -> list[Fact]:
         return []
     groups: dict[str, list[str]] = {"definition": [sentences[0]]}
     for sentence in sentences[1:]:
-        groups.setdefault(sentence_kind(sentence), []).append(sentence)
+        kind = next((name for name, pattern in _SENTENCE_KINDS if pattern.search(sentence)), "other")
+        groups.setdefault(kind, []).append(sentence)
     return [
         Fact(f"description:{kind}", "description", group, " ".join(group), list(group))
         for kind, group in groups.items()

@@ -157,15 +157,15 @@ class MoleculeIndex:
         partial.rename(folder)
 
     @classmethod
-    def load(cls, path: str | Path, split: str = "train") -> MoleculeIndex:
-        """Load an index saved with `save` (a folder) or pushed to the Hub (a dataset id, its `split`)."""
+    def load(cls, path: str | Path) -> MoleculeIndex:
+        """Load an index saved with `save` (a folder) or pushed to the Hub (a dataset id, its train split)."""
         if (local := Path(path).expanduser()).exists():
             if not (local / "dataset_info.json").is_file() and not (local / "state.json").is_file():
                 raise ValueError(f"{local} is not a saved molecule index (build one with `llamo index build`).")
             return cls(datasets.load_from_disk(str(local)))
         if str(path).count("/") != 1:
             raise FileNotFoundError(f"Index not found: {path} is neither a folder nor a Hub dataset id.")
-        return cls(datasets.load_dataset(str(path), split=split))
+        return cls(datasets.load_dataset(str(path), split="train"))
 
     def excluding(self, inchikeys: Iterable[str]) -> MoleculeIndex:
         """A copy without the molecules of `inchikeys` (e.g. an evaluation's test molecules)."""

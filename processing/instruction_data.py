@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llamo.smiles_llamo import parse_smiles
 from llamo.storage import disk_full_guard
 
 from .grounded_teacher import GroundedTeacher
@@ -127,8 +128,6 @@ def generate_one(teacher, molecule: Molecule, exemplars: list[Exemplar], config:
     seed = molecule_seed(config.seed, molecule.id)
     metadata: dict[str, Any] = {**_identity(teacher), "seed": seed}
     if isinstance(teacher, GroundedTeacher):
-        from llamo.smiles_llamo import parse_smiles
-
         mol = parse_smiles(molecule.smiles)
         conversation = teacher.converse(mol, molecule.description, molecule.iupac, seed, config.max_turns)
         messages, usage = conversation.messages, {}

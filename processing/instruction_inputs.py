@@ -68,16 +68,6 @@ def _resolve_column(role: str, wanted: str | None, available: list[str]) -> str 
     return found
 
 
-def detect_format(path: Path) -> str:
-    """`tsv` (.tsv, .txt: ChEBI-20), `csv`, `jsonl` (.jsonl, .json) or `dataset` (a folder from `save_to_disk`)."""
-    if path.is_dir():
-        return "dataset"
-    formats = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-    if (found := formats.get(path.suffix.lower())) is None:
-        raise ValueError(f"Cannot tell the format of {path} from its suffix; pass --format tsv|csv|jsonl|dataset.")
-    return found
-
-
 def _dataset_rows(dataset) -> Iterator[dict[str, Any]]:
     """Rows of a `datasets.Dataset`; in the conversation schema, the description is the last assistant message."""
     for row in dataset:
@@ -92,7 +82,11 @@ def _raw_rows(source, input_format: str) -> tuple[Iterable[dict[str, Any] | None
         return _dataset_rows(source), f"datasets.Dataset({source.num_rows} rows)"
     if not (path := Path(source)).exists():
         raise FileNotFoundError(f"Input not found: {path}")
-    input_format = detect_format(path) if input_format == "auto" else input_format
+    if input_format == "auto":  # a folder is one saved with `save_to_disk`; .txt files are ChEBI-20 TSVs
+        formats = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+        input_format = "dataset" if path.is_dir() else formats.get(path.suffix.lower(), "")
+        if not input_format:
+            raise ValueError(f"Cannot tell the format of {path} from its suffix; pass --format tsv|csv|jsonl|dataset.")
     if input_format in ("tsv", "chebi20", "csv"):
         tabs = input_format != "csv"
         table = read_table(path, sep="\t" if tabs else ",", quoting=csv.QUOTE_NONE if tabs else csv.QUOTE_MINIMAL)

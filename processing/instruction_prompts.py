@@ -43,26 +43,11 @@ SEED_INSTRUCTION = (
 """Step 1 of the pipeline: the short instruction that seeds the exemplar conversations."""
 
 
-def system_prompt(with_iupac: bool, max_turns: int) -> str:
-    """The teacher's system prompt; `with_iupac` selects the variant that also shows the IUPAC name."""
-    if with_iupac:
-        seen, topic = "its SMILES string, a few sentences describing it, and its IUPAC name", ", and its IUPAC name"
-    else:
-        seen, topic = "its SMILES string and a few sentences describing it", ""
-    return _SYSTEM_PROMPT.format(what_you_see=seen, iupac_topic=topic, max_turns=max_turns)
-
-
 def molecule_context(smiles: str, description: str, iupac: str | None = None) -> str:
     """What the teacher sees of one molecule (one `SMILES:` line, then the IUPAC name and description)."""
     return "\n".join(
         ["Molecule", f"SMILES: {smiles}", *([f"IUPAC name: {iupac}"] if iupac else []), f"Description: {description}"]
     )
-
-
-def format_conversation(messages: list[dict[str, str]]) -> str:
-    """A conversation written in the teacher's output format (used for the in-context exemplars)."""
-    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return json.dumps({"messages": turns}, ensure_ascii=False)
 
 
 @dataclass
@@ -90,11 +75,17 @@ def generation_messages(
     smiles: str, description: str, iupac: str | None, exemplars: list[Exemplar], max_turns: int
 ) -> list[dict[str, str]]:
     """Chat messages of step 2: system prompt, each exemplar as a (context, conversation) pair, then the molecule."""
-    messages = [{"role": "system", "content": system_prompt(iupac is not None, max_turns)}]
+    if iupac is not None:
+        seen, topic = "its SMILES string, a few sentences describing it, and its IUPAC name", ", and its IUPAC name"
+    else:
+        seen, topic = "its SMILES string and a few sentences describing it", ""
+    system = _SYSTEM_PROMPT.format(what_you_see=seen, iupac_topic=topic, max_turns=max_turns)
+    messages = [{"role": "system", "content": system}]
     for exemplar in exemplars:
+        turns = [{"role": m["role"], "content": m["content"]} for m in exemplar.messages]
         messages += [
             {"role": "user", "content": molecule_context(exemplar.smiles, exemplar.description, exemplar.iupac)},
-            {"role": "assistant", "content": format_conversation(exemplar.messages)},
+            {"role": "assistant", "content": json.dumps({"messages": turns}, ensure_ascii=False)},
         ]
     return [*messages, {"role": "user", "content": molecule_context(smiles, description, iupac)}]
 
@@ -155,16 +146,6 @@ def _messages_from_json(turns: list[Any]) -> list[dict[str, str]]:
     return messages
 
 
-def _messages_from_lines(text: str) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
-    for line in text.splitlines():
-        if match := _LINE_TURN.match(line):
-            messages.append({"role": _ROLES[match.group(1).lower()], "content": match.group(2).strip()})
-        elif messages:
-            messages[-1]["content"] = f"{messages[-1]['content']}\n{line}".strip()
-    return messages
-
-
 def parse_conversation(text: str) -> list[dict[str, str]]:
     """The `[{"role", "content"}, ...]` messages written by the teacher, in order and unfiltered.
 
@@ -177,7 +158,13 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
             value = next((value[key] for key in _TURN_KEYS if isinstance(value.get(key), list)), None)
         if isinstance(value, list):
             return _messages_from_json(value)
-    if messages := _messages_from_lines(text):
+    messages: list[dict[str, str]] = []  # plain "User: ... / Assistant: ..." lines
+    for line in text.splitlines():
+        if match := _LINE_TURN.match(line):
+            messages.append({"role": _ROLES[match.group(1).lower()], "content": match.group(2).strip()})
+        elif messages:
+            messages[-1]["content"] = f"{messages[-1]['content']}\n{line}".strip()
+    if messages:
         return messages
     raise ConversationFormatError("unparsable", "neither a JSON conversation nor User:/Assistant: lines")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import functools
 import itertools
 import logging
 import os
@@ -23,6 +22,7 @@ from huggingface_hub import ChatCompletionOutput, InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import hf_raise_for_status
 
+from .grounded_teacher import GroundedTeacher
 from .instruction_prompts import PROMPT_VERSION
 
 logger = logging.getLogger(__name__)
@@ -221,8 +221,8 @@ class OpenAICompatibleTeacher:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key.reveal()}"} if self._api_key else {}
 
-    def _error_text(self, text: str, limit: int = 300) -> str:
-        return self._api_key.redact(text[:limit]).strip()
+    def _error_text(self, text: str) -> str:
+        return self._api_key.redact(text[:300]).strip()
 
     def _reply(self, output: ChatCompletionOutput) -> TeacherReply:
         try:
@@ -235,18 +235,6 @@ class OpenAICompatibleTeacher:
             raise TeacherError("invalid_response", detail) from None
         usage = {k: v for k, v in (output.usage or {}).items() if isinstance(v, int)}
         return TeacherReply(text=text if isinstance(text, str) else "", finish_reason=choice.finish_reason, usage=usage)
-
-    def _status_error(self, response: httpx2.Response) -> tuple[str, float | None]:
-        """What an HTTP error answer means: raises for one that retrying cannot help, else (detail, Retry-After)."""
-        status = response.status_code
-        detail = f"HTTP {status} from {self.url}: {self._error_text(response.text)}"
-        if status in FATAL_STATUS:
-            self.stop_event.set()  # every other request would be refused too
-            hint = f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
-            raise TeacherFatalError(f"http_{status}", detail + hint)
-        if status not in RETRYABLE_STATUS and status < 500:
-            raise TeacherError(f"http_{status}", detail)
-        return detail, parse_retry_after(response.headers.get("Retry-After"))
 
     def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
         """One chat completion of `messages`, retried per `self.retry`; `seed` is sent for reproducible sampling."""
@@ -272,8 +260,16 @@ class OpenAICompatibleTeacher:
                     "followed, so that the API key is never sent elsewhere: give the final URL as the base URL"
                 )
                 raise TeacherFatalError("redirect", detail) from None
-            except HfHubHTTPError as error:
-                problem, retry_after = self._status_error(error.response)
+            except HfHubHTTPError as error:  # an error answer: raises at once where retrying cannot help
+                status = error.response.status_code
+                problem = f"HTTP {status} from {self.url}: {self._error_text(error.response.text)}"
+                if status in FATAL_STATUS:
+                    self.stop_event.set()  # every other request would be refused too
+                    hint = f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
+                    raise TeacherFatalError(f"http_{status}", problem + hint) from None
+                if status not in RETRYABLE_STATUS and status < 500:
+                    raise TeacherError(f"http_{status}", problem) from None
+                retry_after = parse_retry_after(error.response.headers.get("Retry-After"))
             except httpx2.TransportError as error:  # timeouts, refused or dropped connections
                 problem, retry_after = self._api_key.redact(f"{type(error).__name__}: {error}"), None
             except ValueError as error:  # a body that is not JSON
@@ -321,16 +317,14 @@ class TransformersTeacher:
         return f"{type(self).__name__}(model={self.model!r}, device={self.device!r})"
 
     def _encode(self, messages: list[dict[str, str]]):
-        encode = functools.partial(
-            self.tokenizer.apply_chat_template, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
+        options = {"add_generation_prompt": True, "return_dict": True, "return_tensors": "pt"}
         try:
-            return encode(messages)
+            return self.tokenizer.apply_chat_template(messages, **options)
         except Exception:  # jinja raises for a system role the template does not know
             if messages[0]["role"] != "system" or len(messages) < 2:
                 raise
             first = {"role": messages[1]["role"], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
-            return encode([first, *messages[2:]])
+            return self.tokenizer.apply_chat_template([first, *messages[2:]], **options)
 
     def complete(self, messages: list[dict[str, str]], seed: int | None = None) -> TeacherReply:
         """Generate the assistant's reply to `messages`; `finish_reason` is `"length"` when cut at max_new_tokens."""
@@ -388,8 +382,6 @@ def build_teacher(
     `conversations` step build it. `model` is required by `openai` (a model name) and `transformers` (a folder or Hub
     id); the grounded teacher writes at most `min(7, max_turns)` turns. A `ValueError` for what the user can fix."""
     if kind == "grounded":
-        from .grounded_teacher import GroundedTeacher
-
         return GroundedTeacher(max_turns=min(7, max_turns), min_turns=min(4, max_turns))
     if kind not in TEACHERS:
         raise ValueError(f"Unknown teacher {kind!r}: choose one of {', '.join(TEACHERS)}.")
