@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,8 @@ from llamo.feature_extraction_llamo import PreparedMolecule, collate_sequence_mo
 from llamo.featurization_llamo import MoleculeGraph
 
 from .schema import record_metadata, to_chat_messages
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 NEIGHBOURS_COLUMN = "neighbours"
@@ -30,12 +33,15 @@ class LlamoDataCollator:
     A row may hold further molecules (metadata `molecules`) and in-context neighbours (a `neighbours` column); those
     are featurized here once each and kept in memory (`cache_size` molecules). The `processor` needs a fast tokenizer
     (offsets map turns to tokens); `chat_template` overrides its template. Rows over `max_length` tokens drop
-    neighbours (least similar first), then are cut on the right (a cut through graph placeholders is an error)."""
+    neighbours (least similar first), then are cut on the right; a row whose molecules' placeholders do not fit in
+    `max_length` is left out of its batch with a warning and counted (`dropped`), and a batch of only such rows is an
+    error naming them."""
 
     processor: Any
     max_length: int | None = 512
     chat_template: str | None = None
     cache_size: int = 100_000
+    dropped: int = field(default=0, init=False)
     _cache: dict[str, PreparedMolecule] = field(default_factory=dict, init=False, repr=False)
 
     def _prepare(self, smiles: str) -> PreparedMolecule:
@@ -84,6 +90,18 @@ class LlamoDataCollator:
             labels.append(torch.tensor(row_labels, dtype=torch.long))
             graphs.append(row_graphs)
         names = [f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)]
+        fits = [
+            ids.count(self.processor.graph_token_id) >= len(row_graphs) * self.processor.num_graph_tokens
+            for ids, row_graphs in zip(input_ids, graphs, strict=True)
+        ]
+        if any(fits) and not all(fits):
+            for name in (name for name, kept in zip(names, fits, strict=True) if not kept):
+                logger.warning("%s left out of its batch: its molecules' graph placeholders do not fit.", name)
+            self.dropped += fits.count(False)
+            input_ids, labels, graphs, names = (
+                [item for item, kept in zip(column, fits, strict=True) if kept]
+                for column in (input_ids, labels, graphs, names)
+            )
         self.processor.check_placeholders(input_ids, list(map(len, graphs)), names=names)
         batch = dict(tokenizer.pad({"input_ids": input_ids}, padding_side="right", return_tensors="pt"))  # longest row
         batch["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)

@@ -167,3 +167,20 @@ def test_pubchem_text_files_not_utf8_are_counted_and_unpaired_files_are_named(tm
     (root / "text" / "text_2.txt").rename(root / "text" / "text_3.txt")
     with pytest.raises(ValueError, match=r"text_3\.txt has no SMILES file of its id"):
         load_pubchem324k(str(tmp_path))
+
+
+def test_a_row_whose_molecules_do_not_fit_is_left_out_of_its_batch(tmp_path, tiny_llamo, caplog):
+    processor = tiny_llamo[1]
+    many = ["C" * (i + 1) for i in range(8)]  # 8 molecules: 8 runs of placeholders, more than max_length holds
+    rows = [row("fits"), row("too-many", smiles=many)]
+    loaded, _ = load_conversations(write_jsonl(tmp_path / "c.jsonl", rows))
+    featurized, _ = featurize_dataset(loaded, max_atoms=512)
+    max_length = 4 * processor.num_graph_tokens
+    collator = LlamoDataCollator(processor, max_length=max_length)
+    with caplog.at_level("WARNING"):
+        batch = collator(list(featurized))
+    assert batch["input_ids"].shape[0] == 1 and collator.dropped == 1
+    assert "Row too-many (max_length=64) left out of its batch" in caplog.text
+    assert batch["atom_mask"].shape[1] == 1  # the kept row's one molecule
+    with pytest.raises(ValueError, match=r"Row too-many .* keeps .* graph placeholders"):
+        collator([featurized[1]])
