@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .chat_template_llamo import GRAPH_TOKEN
 from .cli_common import DTYPE_CHOICES
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ RELEASE_LORA_ALPHA = 32.0
 RELEASE_LORA_DROPOUT = 0.05
 RELEASE_NUM_HEADS = 4
 PAD_TOKEN = "<pad>"
-GRAPH_TOKEN = "<graph>"
 EMBEDDING_KEY = "model.language_model.embed_tokens.weight"
 
 _LEVEL_ATTENTION = re.compile(r"cross_attention\.(\d+)\.(.+)")
@@ -107,16 +107,7 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
             raise CheckpointError(f"{path} could not be unpickled: {_reason(full_error)}") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        state_dict = dict(loaded["state_dict"])
-    elif isinstance(loaded, Mapping) and any(str(key).startswith("mllm.") for key in loaded):
-        state_dict = dict(loaded)
-    else:
-        top = _names(map(str, loaded)) if isinstance(loaded, Mapping) else type(loaded).__name__
-        raise CheckpointError(f"{path} has no `state_dict` with mllm.* weights (found: {top}).")
-    if not_tensors := [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]:
-        raise CheckpointError(f"{path}: these state_dict entries are not tensors: {_names(not_tensors)}")
-    return state_dict
+    return _state_dict_of(loaded, path)
 
 
 def _refused_globals(path: Path, error: pickle.UnpicklingError) -> list[str] | None:
@@ -196,6 +187,21 @@ def _reason(error: Exception) -> str:
     text = str(error).strip()
     found = re.search(r"(?:WeightsUnpickler error:|\n\n)\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
     return found.group(1) if found else (text.splitlines() or [type(error).__name__])[0]
+
+
+def _state_dict_of(loaded: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        state_dict = dict(loaded["state_dict"])
+    elif isinstance(loaded, Mapping) and any(str(key).startswith("mllm.") for key in loaded):
+        state_dict = dict(loaded)
+    else:
+        top = _names(map(str, loaded)) if isinstance(loaded, Mapping) else type(loaded).__name__
+        raise CheckpointError(f"{path} has no `state_dict` with mllm.* weights (found: {top}).")
+    if not_tensors := [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]:
+        raise CheckpointError(f"{path}: these state_dict entries are not tensors: {_names(not_tensors)}")
+    return state_dict
 
 
 _ENCODER_RULES = (
@@ -380,6 +386,13 @@ class OriginalParts:
     lora: dict[str, dict[str, Any]]
     ignored: list[str]
 
+    @property
+    def lora_rank(self) -> int | None:
+        ranks = {pair["A"].shape[0] for pair in self.lora.values()}
+        if len(ranks) > 1:
+            raise CheckpointError(f"The LoRA layers have different ranks {sorted(ranks)}; one rank is supported.")
+        return ranks.pop() if ranks else None
+
 
 def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
     """Sort an original state dict into its graph part, its LM weights (PEFT wrapper names removed) and its LoRA pairs.
@@ -441,6 +454,63 @@ class ConversionResult:
     facts: list[tuple[str, str]]
 
 
+def convert_graph_part(
+    parts: OriginalParts, num_heads: int = RELEASE_NUM_HEADS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The graph configs read from the checkpoint (`original_graph_configs`) and the graph weights under our
+    `LlamoForConditionalGeneration` names."""
+    try:
+        found = original_graph_configs(parts.graph, num_heads=num_heads)
+        share = found["projector_config"]["share_level_attention"]
+        converted = convert_original_graph_state_dict(parts.graph, share_level_attention=share)
+    except KeyError as error:
+        short = str(error.args[0])
+        prefix = ENCODER_PREFIX if short.startswith(("atom_encoder", "gnns", "batch_norms")) else PROJECTOR_PREFIX
+        raise CheckpointError(f"Missing key in the graph part of the checkpoint: {prefix}{short}") from None
+    except ValueError as error:
+        raise CheckpointError(f"Graph part of the checkpoint: {error}") from None
+    return found, {f"model.{key}": value for key, value in converted.items()}
+
+
+def describe_level_attention(graph: Mapping[str, Any], share: bool) -> str:
+    """How the checkpoint's per-level attention copies were converted, for the card, the log and the command."""
+    count, differing = level_attention_differences(graph)
+    if share:
+        return (
+            f"the {count} identical `cross_attention` copies became one shared module (share_level_attention=True, "
+            "as in the released weights)"
+        )
+    levels = ", ".join(str(level) for level in differing)
+    return (
+        f"the checkpoint's {count} `cross_attention` copies DIFFER (copies {levels} differ from copy 0 by up to "
+        f"{max(differing.values(), default=0.0):.3g}), so they were kept as {count} separate per-level modules "
+        "(share_level_attention=False, as in the paper), not merged into the release's one shared module"
+    )
+
+
+def converted_config(found: dict[str, Any], llm: Path, tokenizer, graph_token_id: int):
+    """The `LlamoConfig`: graph configs from the checkpoint, the LM's from `llm` with the grown vocabulary."""
+    from transformers import AutoConfig
+
+    from .configuration_llamo import LlamoConfig
+
+    text_config = AutoConfig.from_pretrained(llm)
+    if getattr(text_config, "is_encoder_decoder", False):
+        raise CheckpointError(f"{llm} holds an encoder-decoder model; LLaMo's LLM is decoder-only.")
+    if text_config.hidden_size != found["output_hidden_size"]:
+        raise CheckpointError(
+            f"The projector outputs {found['output_hidden_size']} features but {llm} has hidden size "
+            f"{text_config.hidden_size}: give the base LLM the checkpoint was trained with."
+        )
+    text = {**text_config.to_dict(), "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    return LlamoConfig(
+        graph_config=found["graph_config"],
+        projector_config=found["projector_config"],
+        text_config=text,
+        graph_token_id=graph_token_id,
+    )
+
+
 def language_model_weights(parts: OriginalParts, vocab_size: int, merge: bool, lora_alpha: float) -> dict[str, Any]:
     """The LM weights under our names, embeddings and LM head grown to `vocab_size` rows, and with `merge` each LoRA
     layer's `W + (alpha / r) * B @ A`, computed in float32 and stored in W's dtype (rounded once, where PEFT's
@@ -489,13 +559,12 @@ def convert_original_checkpoint(
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     from llamo.hub_cards.cards import ModelCardOptions, build_model_card
     from llamo.hub_cards.export import check_destination, write_export
 
     from .builder import llamo_generation_config
-    from .configuration_llamo import LlamoConfig
     from .modeling_llamo import LlamoForConditionalGeneration
     from .processing_llamo import LlamoProcessor
 
@@ -507,35 +576,12 @@ def convert_original_checkpoint(
         raise CheckpointError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}.")
 
     parts = split_original_state_dict(load_checkpoint_state_dict(checkpoint, unsafe_unpickle))
-    try:  # the graph configs read from the checkpoint, and the graph weights under our names
-        found = original_graph_configs(parts.graph, num_heads=num_heads)
-        share = found["projector_config"]["share_level_attention"]
-        graph_weights = {f"model.{k}": v for k, v in convert_original_graph_state_dict(parts.graph, share).items()}
-    except KeyError as error:
-        short = str(error.args[0])
-        prefix = ENCODER_PREFIX if short.startswith(("atom_encoder", "gnns", "batch_norms")) else PROJECTOR_PREFIX
-        raise CheckpointError(f"Missing key in the graph part of the checkpoint: {prefix}{short}") from None
-    except ValueError as error:
-        raise CheckpointError(f"Graph part of the checkpoint: {error}") from None
+    found, graph_weights = convert_graph_part(parts, num_heads)
     if EMBEDDING_KEY not in parts.language_model:
         raise CheckpointError(f"Missing key: {LLM_PREFIX}model.embed_tokens.weight (the token embeddings).")
     tokenizer = AutoTokenizer.from_pretrained(llm)
     graph_token_id = align_tokenizer(tokenizer, parts.language_model[EMBEDDING_KEY].shape[0], str(llm))
-    text_config = AutoConfig.from_pretrained(llm)  # the LM's config, with the grown vocabulary
-    if getattr(text_config, "is_encoder_decoder", False):
-        raise CheckpointError(f"{llm} holds an encoder-decoder model; LLaMo's LLM is decoder-only.")
-    if text_config.hidden_size != found["output_hidden_size"]:
-        raise CheckpointError(
-            f"The projector outputs {found['output_hidden_size']} features but {llm} has hidden size "
-            f"{text_config.hidden_size}: give the base LLM the checkpoint was trained with."
-        )
-    text = {**text_config.to_dict(), "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
-    config = LlamoConfig(
-        graph_config=found["graph_config"],
-        projector_config=found["projector_config"],
-        text_config=text,
-        graph_token_id=graph_token_id,
-    )
+    config = converted_config(found, llm, tokenizer, graph_token_id)
 
     llm_weights = language_model_weights(parts, len(tokenizer), merge=not keep_adapter, lora_alpha=lora_alpha)
     target = parts.language_model[EMBEDDING_KEY].dtype if dtype == "auto" else getattr(torch, dtype)
@@ -552,24 +598,11 @@ def convert_original_checkpoint(
     model.generation_config = llamo_generation_config(generation, tokenizer, graph_token_id)
     processor = LlamoProcessor(tokenizer, chat_template="llama2", num_graph_tokens=config.num_graph_tokens)
 
-    count, differing = level_attention_differences(parts.graph)  # for the card, the log and the command
-    if share:
-        level_attention = (
-            f"the {count} identical `cross_attention` copies became one shared module (share_level_attention=True, "
-            "as in the released weights)"
-        )
-    else:
-        level_attention = (
-            f"the checkpoint's {count} `cross_attention` copies DIFFER (copies {', '.join(map(str, differing))} "
-            f"differ from copy 0 by up to {max(differing.values(), default=0.0):.3g}), so they were kept as {count} "
-            "separate per-level modules (share_level_attention=False, as in the paper), not merged into the release's "
-            "one shared module"
-        )
+    share = found["projector_config"]["share_level_attention"]
+    level_attention = describe_level_attention(parts.graph, share)
+    if not share:
         logger.warning("Converting %s: %s.", checkpoint.name, level_attention)
-    ranks = {pair["A"].shape[0] for pair in parts.lora.values()}
-    if len(ranks) > 1:
-        raise CheckpointError(f"The LoRA layers have different ranks {sorted(ranks)}; one rank is supported.")
-    rank = ranks.pop() if ranks else None
+    rank = parts.lora_rank
     lora_settings = f"r {rank}, alpha {lora_alpha:g}, dropout {lora_dropout:g}" if rank else None
     facts = _conversion_facts(checkpoint, llm, parts, level_attention, graph_token_id, keep_adapter, lora_settings)
     options = replace(card_options or ModelCardOptions(license="llama2"), conversion=facts)
