@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
+from .chat_template_llamo import GRAPH_TOKEN
 from .configuration_llamo import LlamoConfig
 from .modeling_llamo import LlamoForConditionalGeneration, LlamoGraphEncoder, LlamoGraphProjector
 from .processing_llamo import CHAT_TEMPLATES, LlamoProcessor
@@ -84,7 +85,7 @@ def build_llamo(
     graph_config: dict | None = None,
     projector_config: dict | None = None,
     chat_template: str | None = "auto",
-    graph_token: str = "<graph>",
+    graph_token: str = GRAPH_TOKEN,
     dtype: str | torch.dtype | None = "float32",
     processor_kwargs: dict | None = None,
     **load_kwargs,

@@ -1,7 +1,8 @@
 """Chat templates of LLaMo, where assistant turns are in a rendered conversation, and in-context neighbours.
 
 This file travels to the Hub as remote code: it imports only the standard library, so the defaults that the remote
-code shares with the command line and the data preparation (`DEFAULT_MAX_ATOMS`, `DEFAULT_NEIGHBOURS`) live here."""
+code shares with the command line and the data preparation (`GRAPH_TOKEN`, `DEFAULT_MAX_ATOMS`, `DEFAULT_NEIGHBOURS`)
+live here."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ LLAMA2_CHAT_TEMPLATE = (
 CHAT_TEMPLATES = {"llama2": LLAMA2_CHAT_TEMPLATE}
 """Built-in chat templates, selectable by name wherever a chat template is accepted."""
 
+GRAPH_TOKEN = "<graph>"
+"""The placeholder that marks where a molecule goes in a prompt (the processor's default `graph_token`)."""
 DEFAULT_MAX_ATOMS = 512
 """Larger molecules are refused by the processor, and left out of training data and molecule indexes."""
 DEFAULT_NEIGHBOURS = 2

@@ -22,6 +22,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from .chat_template_llamo import (
     CHAT_TEMPLATES,
+    GRAPH_TOKEN,
     LLAMA2_CHAT_TEMPLATE,
     answer_marker,
     as_content_blocks,
@@ -140,7 +141,7 @@ class LlamoProcessor(ProcessorMixin):
         self,
         tokenizer=None,
         chat_template: str | dict[str, str] | None = None,
-        graph_token: str = "<graph>",
+        graph_token: str = GRAPH_TOKEN,
         num_graph_tokens: int = 28,
         max_atoms: int | None = 512,
         prompt_smiles: str = "canonical",

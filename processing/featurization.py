@@ -7,7 +7,7 @@ from collections import Counter
 import datasets
 from rdkit import Chem, rdBase
 
-from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
+from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS, GRAPH_TOKEN
 from llamo.feature_extraction_llamo import prepare_molecule
 from llamo.smiles_llamo import OversizedMoleculeError
 
@@ -24,9 +24,6 @@ FEATURIZED_FEATURES = {
     "num_atoms": datasets.Value("int32"),
 }
 FEATURIZATION_VERSION = "2"  # 2: rows with bad further molecules, or with the graph token in their text, are dropped
-GRAPH_TOKEN = "<graph>"
-"""The molecule placeholder of LLaMo's processors: a text that writes it would make the collator count one molecule
-too many, so such rows are dropped."""
 MULTIPROCESS_MIN_ROWS = 512
 
 
