@@ -69,6 +69,8 @@ class EvalConfig:
     batch_size: int = 16
     num_beams: int = 1
     max_rows: int | None = None
+    first_row: int = 1
+    tasks: list[str] | None = None
     neighbours: int = 0
     verify_names: bool = True
     answer_loop_repeats: int | None = None
@@ -115,6 +117,14 @@ def build_splits(config: EvalConfig, work: Path) -> dict[str, dict[str, Path]]:
             for part in ("test", "train")
         }
     return splits
+
+
+def rows_from(path: Path, first_row: int) -> Path:
+    """A copy of the JSONL file `path` from its row `first_row` (1-based) on."""
+    part = path.with_name(f"{path.stem}.from-row-{first_row}.jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    part.write_text("".join(lines[first_row - 1 :]), encoding="utf-8")
+    return part
 
 
 def evaluation_index(task: str, files: dict[str, Path], work: Path) -> Path:
@@ -170,7 +180,12 @@ def main(config: EvalConfig) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     for task, files in splits.items():
+        if config.tasks and task not in config.tasks:
+            continue
         index = str(evaluation_index(task, files, work)) if config.neighbours else None
+        test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
+        if config.first_row > 1:  # the test split from that row on (the runs' folders and the summary say so)
+            files = {**files, "test": rows_from(files["test"], config.first_row)}
         runs = {"model": index, "no-graph": index, "retrieval": index}
         if index:
             runs["model, no index"] = None
@@ -189,6 +204,8 @@ def main(config: EvalConfig) -> dict:
             baseline = None if name.startswith("model") else name
             model_free = baseline in ("retrieval", "mean", "namer")
             output_dir = work / task / name.replace(", ", "-").replace(" ", "-")
+            if config.first_row > 1:
+                output_dir = output_dir.with_name(f"{output_dir.name}-from-row-{config.first_row}")
             settings = EvaluationConfig(
                 output_dir=str(output_dir),
                 model=None if model_free else model,
@@ -212,8 +229,7 @@ def main(config: EvalConfig) -> dict:
             if not model_free:
                 namer = rule_namer() if name == "model, verified names + namer" else None
                 rows[name]["loop_rate"] = loop_rate(output_dir, tokenizer, ANSWER_TOKENS[task], namer)
-        test_rows = len(files["test"].read_text(encoding="utf-8").splitlines())
-        summary["tasks"][task] = {"test_rows": test_rows, "results": rows}
+        summary["tasks"][task] = {"test_rows": test_rows, "first_row": config.first_row, "results": rows}
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     (work / "summary.md").write_text(markdown(summary))
     print(markdown(summary))
@@ -254,6 +270,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1: greedy, as in LLaMo's evaluation")
     parser.add_argument("--max-rows", type=int)
+    parser.add_argument("--first-row", type=int, default=1, help="start at this row of each test split (1-based)")
+    parser.add_argument("--tasks", nargs="+", choices=list(HEADLINE), help="evaluate only these tasks")
     parser.add_argument("--neighbours", type=int, default=0, help="answer with this many index neighbours (0: none)")
     parser.add_argument(
         "--no-verify-names", dest="verify_names", action="store_false", help="skip the OPSIN-reranked naming run"

@@ -32,7 +32,8 @@ class RetrievalBaseline:
             self._indexes = {index.task: index}
         else:
             rows = list(train_rows or [])
-            tasks = sorted({row.get("task") for row in rows if row.get("task") in TASKS})
+            rows = [rows[example.index] for example in select_examples(rows)[0]]  # malformed rows left out
+            tasks = sorted({row["task"] for row in rows if row["task"] in TASKS})
             self._indexes = {
                 task: MoleculeIndex.from_records(rows, task, max_atoms=None, progress=False)[0] for task in tasks
             }
@@ -55,7 +56,9 @@ class MeanBaseline:
     """Answer every property question with the mean training value of that property."""
 
     def __init__(self, train_rows: Sequence[dict[str, Any]]):
-        train, _ = select_examples(train_rows, tasks=[PROPERTY_TASK])
+        train, _ = select_examples(
+            [row for row in train_rows if isinstance(row, dict) and row.get("task") == PROPERTY_TASK]
+        )
         values: dict[str, list[float]] = defaultdict(list)
         for example in train:
             values[example.target.property].append(example.target.value)

@@ -112,7 +112,7 @@ def format_summary(results: dict) -> str:
     for entry in results["results"]:
         counts = entry["counts"]
         skipped = f", {counts['skipped']} skipped {counts['skipped_reasons']}" if counts["skipped"] else ""
-        lines.append(f"{entry['task']['name']}: {counts['predicted']} of {counts['rows']} rows predicted{skipped}")
+        lines.append(f"{entry['task']['name'][:80]}: {counts['predicted']} of {counts['rows']} rows predicted{skipped}")
         for metric in entry["metrics"]:
             unit = "" if metric["unit"] == "percent" else f" {metric['unit']}"
             lines.append(f"  {metric['name']:<48} {metric['value']:.4f}{unit}")
@@ -138,7 +138,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     try:
         config = EvaluationConfig(**given)
         results = evaluate(config)
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, FileExistsError, IsADirectoryError, NotADirectoryError) as error:
         raise CommandError(str(error)) from error
     print(format_summary(results))
     print(f"Results: {Path(config.output_dir) / RESULTS_FILE} (0-100 scale except MAE)", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,17 +78,25 @@ class SkippedRow:
 
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return json.loads(text)  # a list, or a `JSONDecodeError`
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (Windows editors) is no text
+    try:
+        text = data.decode("utf-8")
+        if text.lstrip().startswith("["):
+            return json.loads(text)  # a list
+        lines = text.split("\n")  # not `splitlines`: U+2028 (a line break to it) may stand inside a JSON string
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"line {line} is not UTF-8 text") from None
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        raise ValueError(f"not a JSON list ({getattr(error, 'msg', error)})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"line {number}: not valid JSON ({getattr(error, 'msg', error)})") from None
     return rows
 
 
@@ -103,7 +112,10 @@ def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any
     if path is None:
         loaded, kind = source, "in-memory"
     elif path.is_file():
-        loaded = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else _read_json_rows(path)
+        try:
+            loaded = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else _read_json_rows(path)
+        except ValueError as error:  # not UTF-8, not JSON (lines), not Parquet
+            raise ValueError(f"{path}: {str(error)[:300]}.") from None
         name, kind = path.stem, "file"
     elif path.is_dir():
         loaded, name, kind = datasets.load_from_disk(str(path)), path.name, "disk"
@@ -129,16 +141,22 @@ def load_rows(source: Any, split: str | None = None) -> tuple[list[dict[str, Any
     return rows, DatasetInfo(name, origin, kind, split, len(rows))
 
 
+def _task_of(row: Any) -> str | None:
+    """The row's task: a non-empty printable string (None for any other value, lone surrogates included)."""
+    task = row.get("task") if isinstance(row, dict) else None
+    return task if isinstance(task, str) and task.isprintable() and task else None
+
+
 def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, PropertyTarget | None]:
     """The row as an example, or the reason it cannot be evaluated (with its property target, if it has one)."""
     from llamo import parse_smiles
 
     if not isinstance(row, dict):
         return None, "not a record", None
-    record_id, task, smiles, messages = row.get("id"), row.get("task"), row.get("smiles"), row.get("messages")
+    record_id, task, smiles, messages = row.get("id"), _task_of(row), row.get("smiles"), row.get("messages")
     if record_id is None or str(record_id) == "":
         return None, "missing id", None
-    if not isinstance(task, str) or not task:
+    if task is None:
         return None, "missing task", None
     try:
         make_record(str(record_id), str(smiles), list(messages or []), task, "")
@@ -150,7 +168,7 @@ def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, Pr
     reference = messages[-1]["content"]
     try:
         metadata = record_metadata(row)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         metadata = None
     is_property = task == PROPERTY_TASK and isinstance(metadata, dict)
     target = property_target(metadata, reference, prompt[-1]["content"]) if is_property else None
@@ -170,20 +188,16 @@ def select_examples(
 ) -> tuple[list[EvalExample], list[SkippedRow]]:
     """The rows of the wanted `tasks` (all when None), the first `max_rows` of them, as examples; the others that cannot
     be evaluated as `SkippedRow`s. A requested task absent from the data is a `ValueError`."""
-    present = {row.get("task") for row in rows if isinstance(row, dict)}
+    present = {_task_of(row) for row in rows} - {None}
     wanted = set(tasks) if tasks else None
     if wanted is not None and wanted - present:
         shown = ", ".join(sorted(str(task)[:40] for task in present)[:12])
         raise ValueError(f"Task(s) {', '.join(sorted(wanted - present))} not in the data; tasks present: {shown}.")
     examples, skipped, seen = [], [], set()
-    chosen = [
-        (i, row)
-        for i, row in enumerate(rows)
-        if wanted is None or (isinstance(row, dict) and row.get("task") in wanted)
-    ]
+    chosen = [(i, row) for i, row in enumerate(rows) if wanted is None or _task_of(row) in wanted]
     for index, row in chosen[:max_rows]:
         example, reason, target = _check_row(row, index)
-        row_id, task = (row.get("id"), row.get("task")) if isinstance(row, dict) else (None, None)
+        row_id, task = row.get("id") if isinstance(row, dict) else None, _task_of(row)
         key = (task, str(row_id))
         if example is not None or target is not None:
             if key in seen:
@@ -201,7 +215,7 @@ def rows_fingerprint(rows: Sequence[dict[str, Any]], tasks: Iterable[str] | None
     wanted = set(tasks) if tasks else None
     digest = hashlib.sha256()
     for row in rows:
-        if not isinstance(row, dict) or (wanted is not None and row.get("task") not in wanted):
+        if not isinstance(row, dict) or (wanted is not None and _task_of(row) not in wanted):
             continue
         fields = [row.get(name) for name in ("id", "task", "smiles", "messages", "metadata")]
         digest.update(json.dumps(fields, sort_keys=True, default=str).encode("utf-8") + b"\n")
@@ -264,6 +278,9 @@ def prepare(config: EvaluationConfig, dataset=None, train_dataset=None, model=No
     """Read the run's rows (and training rows, index) and fingerprint what defines its predictions."""
     rows, info = load_rows(dataset if dataset is not None else config.data, config.split)
     examples, skipped = select_examples(rows, config.tasks, config.max_rows)
+    if not examples and not any(row.task for row in skipped):
+        reasons = dict(Counter(row.reason for row in skipped))
+        raise ValueError(f"{info.source} holds no row of a task to evaluate ({len(rows)} rows, skipped: {reasons}).")
     state = RunState(info, rows_fingerprint(rows, config.tasks), examples, skipped)
     if config.generates:
         state.model_fingerprint = model_fingerprint(config.model) if model is None else "in-memory"

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
@@ -59,7 +59,7 @@ class PredictionRecord:
 
 def tsv_name(task: str) -> str:
     """The TSV file of a task (task names are sanitized for the file system)."""
-    return f"predictions.{re.sub(r'[^A-Za-z0-9_.-]+', '_', task)}.tsv"
+    return f"predictions.{re.sub(r'[^A-Za-z0-9_.-]+', '_', task)[:100]}.tsv"
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -98,10 +98,15 @@ class PredictionStore:
             for path in self.output_dir.glob("*")  # nothing when the folder does not exist
             if path.name in names or (path.name.startswith("predictions.") and path.suffix == ".tsv")
         ]:
-            if not self.config_path.is_file():
-                problem = f"holds {', '.join(sorted(p.name for p in existing))} without {RUN_CONFIG_FILE}"
+            try:
+                saved = json.loads(self.config_path.read_text(encoding="utf-8")) if self.config_path.is_file() else None
+            except ValueError:  # not UTF-8, not JSON (e.g. cut by a crash)
+                saved = "unreadable"
+            if not isinstance(saved, dict):
+                without = "with an unreadable" if saved else "without"
+                problem = f"holds {', '.join(sorted(p.name for p in existing))} {without} {RUN_CONFIG_FILE}"
             else:
-                differences = describe_differences(json.loads(self.config_path.read_text(encoding="utf-8")), run_config)
+                differences = describe_differences(saved, run_config)
                 problem = differences and f"holds predictions of a run with other settings: {differences}"
             if problem and not overwrite:
                 raise FileExistsError(
@@ -121,14 +126,17 @@ class PredictionStore:
         from llamo.processing.instruction_store import read_jsonl
 
         records: dict[tuple[str, str], PredictionRecord] = {}
+        types = get_type_hints(PredictionRecord)
         for number, row in enumerate(read_jsonl(self.predictions_path, repair=True), start=1):
             try:
                 record = PredictionRecord(**row)
+                if wrong := [name for name, value in vars(record).items() if not isinstance(value, types[name])]:
+                    raise TypeError(f"{', '.join(wrong)} of the wrong type")
             except TypeError as error:
                 raise ValueError(
-                    f"{self.predictions_path}, record {number}, is not a prediction record ({error}); remove that "
-                    "line to predict the row again."
-                ) from error
+                    f"{self.predictions_path}, record {number}, is not a prediction record ({str(error)[:200]}); "
+                    "remove that line to predict the row again."
+                ) from None
             records.setdefault(record.key, record)
         return records
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,11 +57,12 @@ def property_target(metadata: dict[str, Any], reference: str, question: str = ""
     """The row's target: `metadata` `{"property", "value", "unit"}` first; else the number in the reference answer,
     and the property named in the question. None when no value can be found."""
     value = metadata.get("value")
-    value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else parse_number(reference)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= sys.float_info.max:
+        value = parse_number(reference)  # no usable value: not a number, NaN, infinite, or beyond a float's range
     if value is None:
         return None
-    name = metadata.get("property") or question
-    return PropertyTarget(property_key(name), value, str(metadata.get("unit") or DEFAULT_UNIT))
+    name = str(metadata.get("property") or question)
+    return PropertyTarget(property_key(name), float(value), str(metadata.get("unit") or DEFAULT_UNIT))
 
 
 def property_metrics(
@@ -88,7 +90,8 @@ def property_metrics(
     for key, suffix, found, total, missing, group_unit in groups:
         name = f"mae{suffix}_{re.sub(r'[^a-z0-9]+', '_', group_unit.lower())}"
         if found:
-            report.metrics.append(MetricValue(name, "mae", sum(found) / len(found), unit=group_unit))
+            mae = sum(error / len(found) for error in found)  # no overflow to inf for huge (finite) answers
+            report.metrics.append(MetricValue(name, "mae", mae, unit=group_unit))
         else:
             report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
         report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))

@@ -68,6 +68,12 @@ def evaluate(
 
     with disk_full_guard(config.output_dir, "the predictions and results", kept=kept):
         records = store.start(run_config(config, state), overwrite=config.overwrite)
+        saved = [(e, records[e.key]) for e in state.examples if e.key in records]
+        if stale := [e.id for e, r in saved if (r.smiles, r.reference) != (e.smiles, e.reference)]:
+            raise ValueError(
+                f"{store.predictions_path} holds {len(stale)} predictions of rows whose SMILES or reference is not the "
+                f"data's (lines of another run?), e.g. id {stale[0][:80]!r}: remove them to predict these rows again."
+            )
         processor = predict.predict(config, state, store, records, model, processor, callback)
         ordered = sorted((records[example.key] for example in state.examples), key=lambda record: record.index)
         files = {"predictions": store.predictions_path.name, "tsv": store.write_tsvs(ordered)}

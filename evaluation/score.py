@@ -119,7 +119,7 @@ def _task_entry(task: str, state: RunState, records: dict, resources: MetricReso
     data_skips = [row for row in state.skipped if row.task == task]
     predictor_skips = [records[e.key].skipped for e in examples if records[e.key].skipped is not None]
     report, family_counts = score_task(task, examples, records, resources, data_skips)
-    reasons = Counter([row.reason for row in data_skips] + [reason.split(":")[0] for reason in predictor_skips])
+    reasons = Counter(reason.split(":")[0] for reason in [row.reason for row in data_skips] + predictor_skips)
     predicted = len(examples) - len(predictor_skips)
     return {
         "task": {"name": task, "title": TASK_TITLES.get(task, task), "type": "text-generation"},

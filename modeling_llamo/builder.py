@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import math
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .chat_template_llamo import GRAPH_TOKEN
 from .configuration_llamo import LlamoConfig
 from .modeling_llamo import LlamoForConditionalGeneration, LlamoGraphEncoder, LlamoGraphProjector
 from .processing_llamo import CHAT_TEMPLATES, LlamoProcessor
+from .smiles_llamo import shorten_for_message
 
 PACKAGED_LLMS = {
     # name -> (importable package holding the weights, GGUF file inside it, how to install it)
@@ -167,12 +173,76 @@ def save_llamo(
     return output_dir
 
 
+def stored_values(model_dir: Path) -> int | None:
+    """How many numbers the folder's safetensors weights hold (their headers only are read), or None without them; a
+    `ValueError` names a weights file that is cut short or not safetensors."""
+    index = model_dir / SAFE_WEIGHTS_INDEX_NAME
+    try:
+        names = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {SAFE_WEIGHTS_NAME}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{index} is not a weights index ({type(error).__name__}: {error})") from error
+    total = None
+    for path in (model_dir / name for name in sorted(names) if (model_dir / name).is_file()):
+        try:
+            with safe_open(path, "pt") as weights:
+                shapes = [weights.get_slice(key).get_shape() for key in weights.keys()]  # noqa: SIM118 (not a dict)
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a complete safetensors file ({error}); save the model again.") from error
+        total = (total or 0) + sum(map(math.prod, shapes))
+    return total
+
+
 def load_llamo(
     model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """The model (in eval mode) and processor of a saved LLaMo folder (`save_llamo`, training, `llamo export`), on
-    `device` (`auto`: a GPU if any) in `dtype` (`auto`: as saved)."""
+    `device` (`auto`: a GPU if any) in `dtype` (`auto`: as saved). A `ValueError` names the file of a folder whose files
+    are broken or do not fit each other; config.json is checked against the weights before the model is built, which
+    a wrong size (a lost `text_config` reads as a 7B Llama) would otherwise make at full size and fill at random."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
-    return model.to(device).eval(), LlamoProcessor.from_pretrained(model_dir)
+    folder = Path(model_dir)
+    try:
+        config = LlamoConfig.from_pretrained(folder)
+        if not isinstance(config.graph_token_id, int):
+            raise ValueError("it sets no graph_token_id")
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            needed = sum(p.numel() for p in LlamoForConditionalGeneration(config).parameters())
+    except (TypeError, ValueError, AttributeError, RuntimeError, StrictDataclassError) as error:
+        raise ValueError(f"{folder / CONFIG_NAME} does not describe a LLaMo: {error}") from error
+    stored = stored_values(folder)
+    if stored is not None and needed > stored and getattr(config, "quantization_config", None) is None:
+        raise ValueError(
+            f"{folder / CONFIG_NAME} describes {needed:,} weights, the folder's weights hold {stored:,}: "
+            "the config does not fit the weights."
+        )
+    try:  # transformers would drop a broken generation_config.json without a word, or fail at `generate`
+        generation = GenerationConfig.from_pretrained(folder) if (folder / GENERATION_CONFIG_NAME).is_file() else None
+        for key, least in {"num_beams": 1, "num_return_sequences": 1, "eos_token_id": 0}.items():
+            value = getattr(generation, key, None)
+            values = value if isinstance(value, list) else [value]  # an end-of-sequence id may be a list of them
+            if value is not None and not all(type(v) is int and v >= least for v in values):
+                raise ValueError(f"{key} must be an integer of at least {least}, got {shorten_for_message(value, 40)}")
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{folder / GENERATION_CONFIG_NAME} is broken: {error}") from error
+    report = logging.getLogger("transformers.modeling_utils")  # its multi-line load report: one line says it below
+    was_disabled, report.disabled = report.disabled, True
+    try:
+        model, info = LlamoForConditionalGeneration.from_pretrained(
+            folder, config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    finally:
+        report.disabled = was_disabled
+    unfit = sorted({*info["missing_keys"], *info["unexpected_keys"], *(key for key, *_ in info["mismatched_keys"])})
+    if unfit:
+        raise ValueError(
+            f"The weights in {folder} do not fit its {CONFIG_NAME}: {len(unfit)} tensors missing, unexpected or of "
+            f"another shape ({', '.join(unfit[:3])}{', ...' if len(unfit) > 3 else ''})."
+        )
+    try:
+        processor = LlamoProcessor.from_pretrained(folder)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"The processor files in {folder} (processor_config.json, tokenizer files) are broken: {error}"
+        ) from error
+    return model.to(device).eval(), processor

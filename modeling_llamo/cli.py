@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
+import textwrap
 from pathlib import Path
 
 from . import retrieval
 from .chat_template_llamo import DEFAULT_MAX_ATOMS
-from .cli_common import add_command, add_device_arguments, add_index_arguments
+from .cli_common import add_command, add_device_arguments, add_index_arguments, number_in
 from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .retrieval import ANSWER_TOKENS
 from .storage import disk_full_message, is_disk_full
@@ -33,6 +35,16 @@ SWITCHES = {
     "present) before the question ('auto': for the tasks the model's llamo_retrieval.json lists)",
 }
 """The `auto` / `on` / `off` options (`auto` by default) and their help."""
+
+RETRIEVAL_TYPES = {
+    "neighbours": (int, object, "an integer"),
+    "default_indexes": (dict, str, "an object of task -> index name"),
+    "task_neighbours": (dict, int, "an object of task -> integer"),
+    "task_near_twin": (dict, (int, float), "an object of task -> similarity"),
+    "task_generation": (dict, dict, "an object of task -> object of generation settings"),
+    "name_hint_tasks": (list, str, "a list of task names"),
+}
+"""What `_context` reads of a model's llamo_retrieval.json (`llamo.retrieval`): key -> (type, type of its entries)."""
 
 
 def _add_init_parser(subparsers) -> None:
@@ -78,19 +90,22 @@ def _add_init_parser(subparsers) -> None:
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """`--smiles` and the options shared by `generate` and `chat`; each has a help text, so that its default shows."""
-    parser.add_argument("--smiles", required=True, help="the molecule, as SMILES")
+    parser.add_argument("--smiles", required=True, action="append", help="the molecule, as SMILES (once)")
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=number_in(int, 0, math.inf, "an integer of at least 1"),
         metavar="N",
         help=f"most tokens in an answer (default: by the question: {ANSWER_TOKENS['description']} for descriptions and "
         f"other questions, {ANSWER_TOKENS['iupac']} for IUPAC names, {ANSWER_TOKENS['property']} for HOMO/LUMO/gap "
         "values)",
     )
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (with --do-sample)")
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (with --do-sample)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of sampling")
+    temperature = number_in(float, 0, sys.float_info.max, "a finite number above 0")
+    parser.add_argument("--temperature", type=temperature, default=0.7, help="sampling temperature (with --do-sample)")
+    top_p = number_in(float, 0, 1, "a number above 0, at most 1")
+    parser.add_argument("--top-p", type=top_p, default=0.9, help="nucleus sampling mass (with --do-sample)")
+    seed = number_in(int, -(2**63) - 1, 2**64 - 1, "an integer from -2**63 to 2**64 - 1")  # torch.manual_seed's
+    parser.add_argument("--seed", type=seed, default=0, help="random seed of sampling")
     add_device_arguments(parser)
     add_index_arguments(parser, "neighbours per question (default: the model's)")
 
@@ -108,7 +123,9 @@ def _add_generate_parser(subparsers) -> None:
     parser.add_argument("--model", metavar="MODEL_DIR", help="model folder (instead of the first positional argument)")
     _add_decoding_arguments(parser)
     parser.add_argument(
-        "--num-beams", type=int, help="beam search with this many beams (default: the model's generation config)"
+        "--num-beams",
+        type=number_in(int, 0, 64, "an integer from 1 to 64"),
+        help="beam search with this many beams (default: the model's generation config)",
     )
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
     _add_switch(parser, "--verify-names")
@@ -182,24 +199,51 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     from .quiet import quiet_loading
     from .smiles_llamo import parse_smiles
 
+    if len(args.smiles) > 1:
+        raise CommandError(f"--smiles was given {len(args.smiles)} times: ask about one molecule.")
+    args.smiles = args.smiles[0]
     try:
         parse_smiles(args.smiles)
         folder = resolve_model_dir(model_dir)
     except (ValueError, DefaultModelUnavailable) as error:
         raise CommandError(str(error)) from error
+    try:
+        if args.device != "auto":
+            torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as error:  # a device torch does not know, or a GPU this machine lacks
+        raise CommandError(f"--device {args.device[:40]!r}: {textwrap.shorten(str(error), 200)}") from error
     with quiet_loading():
         try:
             model, processor = load_llamo(folder, args.device, args.dtype)
-        except OSError as error:  # a folder without weights: transformers names the files it looked for
-            raise CommandError(str(error)) from error
+            pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
+        except (OSError, ValueError) as error:  # no weights, or files that are broken or do not fit each other
+            raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
     torch.manual_seed(args.seed)
-    return LlamoMoleculePipeline(model=model, processor=processor, device=model.device), folder
+    return pipe, folder
+
+
+def _retrieval_settings(model_dir: Path) -> dict:
+    """`retrieval.retrieval_settings`, checked to hold the types `_context` reads (`RETRIEVAL_TYPES`)."""
+    path = model_dir / retrieval.RETRIEVAL_FILE
+    try:
+        settings = retrieval.retrieval_settings(model_dir)
+    except (OSError, ValueError) as error:  # unreadable, not JSON
+        message = textwrap.shorten(str(error), 300)
+        raise CommandError(message if str(path) in message else f"{path}: {message}") from error
+    if not isinstance(settings, dict):
+        raise CommandError(f"{path} must hold a JSON object, not a {type(settings).__name__}.")
+    for key, (kind, entry, said) in RETRIEVAL_TYPES.items():
+        value = settings.get(key)
+        entries = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if value is not None and not (isinstance(value, kind) and all(isinstance(v, entry) for v in entries)):
+            raise CommandError(f"{path}: {key!r} must be {said}.")
+    return settings
 
 
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
     molecule index and neighbours, name verification, and the name hint (the model's `name_hint_tasks`)."""
-    task, settings = retrieval.question_task(question), retrieval.retrieval_settings(model_dir)
+    task, settings = retrieval.question_task(question), _retrieval_settings(model_dir)
     options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
     try:
         index, k = retrieval.load_index(args.index, model_dir, question)
@@ -232,6 +276,7 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
 
 def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     import torch
+    from jinja2 import TemplateError
     from transformers import TextStreamer
 
     beams = getattr(args, "num_beams", None) or options.get("num_beams") or pipe.model.generation_config.num_beams or 1
@@ -250,6 +295,8 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
             answer = pipe(messages, **options)[0]
     except ValueError as error:
         raise CommandError(str(error)) from error
+    except TemplateError as error:  # a broken chat_template.jinja, or one reading what the tokenizer files lack
+        raise CommandError(f"the model's chat template fails: {textwrap.shorten(str(error), 200)}") from error
     if not stream:
         print(answer["generated_text"])
     if "verified" in answer:
@@ -274,6 +321,8 @@ def _run_generate(args: argparse.Namespace) -> None:
     if len(args.arguments) > 2:
         raise CommandError("generate takes [MODEL_DIR] PROMPT: quote the prompt.")
     model_dir, prompt = args.arguments if len(args.arguments) == 2 else (args.model, args.arguments[0])
+    if not prompt.strip():
+        raise CommandError("PROMPT is empty: give the instruction, quoted.")
     pipe, folder = _pipeline(args, model_dir)
     content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]
     _answer(pipe, [{"role": "user", "content": content}], args, not args.no_stream, _context(args, folder, prompt))

@@ -20,6 +20,20 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def number_in(convert: Callable[[str], Any], low: float, high: float, what: str) -> Callable[[str], Any]:
+    """An argparse `type`: `convert(text)` (`int` or `float`) with `low < value <= high` (NaN refused), else an error
+    saying that the option takes `what`."""
+
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected {what}")
+        return value
+
+    parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'" names the type by it
+    return parse
+
+
 def add_command(subparsers, name: str, handler: Callable[[argparse.Namespace], Any], **kwargs: Any):
     """Add and return the subcommand `name`'s parser (`kwargs` go to `add_parser`); `handler` is called with the parsed
     `argparse.Namespace`. The handler's docstring says what the command does: its first paragraph (lower-cased,

@@ -152,6 +152,10 @@ class LlamoConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         kwargs.pop("num_graph_tokens", None)  # derived; tolerated in old config files, never stored
+        if self.graph_token_id is not None and (not isinstance(self.graph_token_id, int) or self.graph_token_id < 0):
+            raise ValueError(
+                f"graph_token_id must be a token id (an integer of at least 0), got {self.graph_token_id!r}."
+            )
         auto_map = {
             "AutoConfig": "configuration_llamo.LlamoConfig",
             "AutoModel": "modeling_llamo.LlamoModel",

@@ -633,7 +633,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         """
         config = kwargs.get("generation_config") or self.generation_config
         suppressed = list(kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None)) or [])
-        if self.config.graph_token_id not in suppressed:
+        if self.config.graph_token_id is not None and self.config.graph_token_id not in suppressed:
             kwargs["suppress_tokens"] = [*suppressed, self.config.graph_token_id]
         repeats, sentence_ends = (
             kwargs.pop(key, getattr(config, key, getattr(self.generation_config, key, None))) for key in LOOP_GUARD_KEYS

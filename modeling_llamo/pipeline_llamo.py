@@ -28,6 +28,7 @@ files (`chat_template_llamo.py`, `generation_llamo.py`, `smiles_llamo.py`), neve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -269,6 +270,12 @@ class LlamoMoleculePipeline(Pipeline):
         if max_atoms is not _UNSET:  # None is a value here: no size limit
             preprocess_params["max_atoms"] = max_atoms
         forward_params = {**(generate_kwargs or {}), **generation_parameters}
+        context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or math.inf
+        for name, most in (("max_new_tokens", context), ("num_beams", math.inf)):
+            value = forward_params.get(name)  # None: the generation config's
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+                said = f"from 1 to the model's context of {most} tokens" if most < math.inf else "of at least 1"
+                raise ValueError(f"{name} must be an integer {said}, got {shorten_for_message(value, 40)}.")
         if verify_names is not None:
             forward_params.update(verification_settings(forward_params))
         postprocess_params = _given(

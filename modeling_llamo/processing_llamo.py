@@ -150,8 +150,10 @@ class LlamoProcessor(ProcessorMixin):
     ):
         if prompt_smiles not in PROMPT_SMILES_MODES:
             raise ValueError(f"prompt_smiles must be one of {PROMPT_SMILES_MODES}, got {prompt_smiles!r}.")
-        if num_graph_tokens < 1:
-            raise ValueError(f"num_graph_tokens must be at least 1, got {num_graph_tokens}.")
+        limits = {"num_graph_tokens": (num_graph_tokens, 1), "max_smiles_length": (max_smiles_length or 0, 0)}
+        for name, (value, least) in limits.items():
+            if type(value) is not int or value < least:
+                raise ValueError(f"{name} must be an integer of at least {least}, got {str(value)[:40]!r}.")
         padding_side = kwargs.pop("padding_side", "left")  # also read from processor configs saved with it
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")

@@ -50,7 +50,13 @@ def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
     if model_dir is None:
         return {}
     path = Path(model_dir) / RETRIEVAL_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as error:  # not UTF-8, not JSON
+        raise ValueError(f"{path} is not readable JSON ({type(error).__name__}: {error!s:.200})") from error
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} must hold a JSON object, not a {type(settings).__name__}.")
+    return settings
 
 
 def neighbours_for(settings: dict[str, Any], task: str) -> int | None:

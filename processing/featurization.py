@@ -93,20 +93,17 @@ def featurize_dataset(
     (`featurization error: <exception type>`), are dropped and counted in the returned report, and so are rows whose
     further molecules (metadata `molecules`) are, or whose text writes the graph token. `num_proc` processes
     are used above `multiprocess_min_rows` rows (below that, starting the processes costs more than it saves)."""
+    features = datasets.Features({**dataset.features, **FEATURIZED_FEATURES})
     if not len(dataset):  # `map` adds no columns to an empty dataset
-        empty = {name: [] for name in [*dataset.column_names, *FEATURIZED_FEATURES]}
-        features = datasets.Features({**dataset.features, **FEATURIZED_FEATURES})
+        empty = {name: [] for name in features}
         return datasets.Dataset.from_dict(empty, features=features), DataReport(f"featurization of {name}")
-    features = datasets.Features(
-        {**dataset.features, **FEATURIZED_FEATURES, "featurization_error": datasets.Value("string")}
-    )
     mapped = dataset.map(
         _featurize_batch,
         batched=True,
         batch_size=256,
         fn_kwargs={"max_atoms": max_atoms},
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > multiprocess_min_rows else None,
-        features=features,
+        features=datasets.Features({**features, "featurization_error": datasets.Value("string")}),
         desc=f"Featurizing {name}",
     )
     errors = Counter(filter(None, mapped["featurization_error"]))

@@ -9,6 +9,7 @@ with RDKit's bulk similarity."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,11 +72,14 @@ class MoleculeIndex:
     """Molecules with their answers for one task, for nearest-neighbour search (`from_records`, `save`, `load`)."""
 
     def __init__(self, table: datasets.Dataset):
-        if missing := set(INDEX_FEATURES) - set(table.column_names):
-            raise ValueError(f"Not a molecule index: columns {sorted(missing)} are missing.")
+        columns = INDEX_FEATURES.items()
+        if wrong := [name for name, kind in columns if table.features.get(name) != kind or table.data[name].null_count]:
+            raise ValueError(f"Not a molecule index: columns {wrong} are missing, of another type or hold nulls.")
         self.table = table
         self.task = table[0]["task"] if len(table) else ""
         self._fingerprints = [DataStructs.ExplicitBitVect(raw) for raw in table["fingerprint"]]
+        if any(fingerprint.GetNumBits() != FINGERPRINT_SIZE for fingerprint in self._fingerprints):
+            raise ValueError(f"Not a molecule index: its fingerprints are not all {FINGERPRINT_SIZE} bits long.")
         self._rows_by_inchikey: dict[str, list[int]] = defaultdict(list)
         for row, inchikey in enumerate(table["inchikey"]):
             self._rows_by_inchikey[inchikey].append(row)
@@ -118,16 +122,17 @@ class MoleculeIndex:
             try:
                 mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
                 check_size(mol, max_atoms, row["smiles"])
-                inchikey = Chem.MolToInchiKey(mol) or ""
+                inchikey, smiles = Chem.MolToInchiKey(mol) or "", Chem.MolToSmiles(mol)
             except (ValueError, RuntimeError):
                 return "bad molecule"
             if holdout and is_held_out(inchikey, holdout):
                 return "held out"
-            if (inchikey, key) in seen:
+            molecule = (inchikey or smiles, key)  # without an InChIKey (`*` atoms) the SMILES tells molecules apart
+            if molecule in seen:
                 return "duplicate"
-            seen.add((inchikey, key))
+            seen.add(molecule)
             fingerprint = generator.GetFingerprint(mol).ToBinary()
-            entries.append((Chem.MolToSmiles(mol), inchikey, task, key, question, answer, fingerprint))
+            entries.append((smiles, inchikey, task, key, question, answer, fingerprint))
             return "indexed"
 
         counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out"), 0)
@@ -141,14 +146,14 @@ class MoleculeIndex:
     def save(self, folder: str | Path) -> None:
         """Write the index as a `datasets` folder (`save_to_disk`), never into a non-empty one. It appears whole:
         on a full disk the partial copy is removed and a `DiskFullError` names the folder and the space needed."""
-        folder = Path(folder)
+        folder = Path(folder).resolve()  # `.` has no name to add `.partial` to
         if folder.exists() and any(folder.iterdir()):
             raise FileExistsError(f"{folder} exists and is not empty: choose a new folder for the index.")
-        partial = folder.with_name(folder.name + ".partial")
+        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")  # this process's own, never the user's
         shutil.rmtree(partial, ignore_errors=True)
         try:
             with disk_full_guard(folder.parent, "a molecule index", needed=self.table.data.nbytes, kept="nothing"):
-                self.table.save_to_disk(str(partial))
+                self.table.save_to_disk(str(partial), num_shards=None if len(self) else 1)  # 0 shards do not load
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -162,10 +167,19 @@ class MoleculeIndex:
         if (local := Path(path).expanduser()).exists():
             if not (local / "dataset_info.json").is_file() and not (local / "state.json").is_file():
                 raise ValueError(f"{local} is not a saved molecule index (build one with `llamo index build`).")
-            return cls(datasets.load_from_disk(str(local)))
-        if str(path).count("/") != 1:
+        elif str(path).count("/") != 1:
             raise FileNotFoundError(f"Index not found: {path} is neither a folder nor a Hub dataset id.")
-        return cls(datasets.load_dataset(str(path), split="train"))
+        try:
+            table = (
+                datasets.load_from_disk(str(local))
+                if local.exists()
+                else datasets.load_dataset(str(path), split="train")
+            )
+            return cls(table)
+        except Exception as error:  # truncated or foreign files, broken JSON, bad fingerprints, an unreachable Hub
+            raise ValueError(
+                f"Could not load the molecule index {path}: {type(error).__name__}: {error!s:.300}"
+            ) from error
 
     def excluding(self, inchikeys: Iterable[str]) -> MoleculeIndex:
         """A copy without the molecules of `inchikeys` (e.g. an evaluation's test molecules)."""
@@ -195,7 +209,7 @@ class MoleculeIndex:
             wanted = self._key_masks.get((key if key is not None else answer_key(self.task, question)).lower())
             if wanted is not None:
                 similarity[~wanted] = -1.0
-        same = self._rows_by_inchikey.get(inchikey, [])
+        same = self._rows_by_inchikey.get(inchikey, []) if inchikey else []
         similarity[same] = np.where(similarity[same] >= 0, 2.0, similarity[same])
         for excluded in exclude:
             similarity[self._rows_by_inchikey.get(excluded, [])] = -1.0

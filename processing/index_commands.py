@@ -86,11 +86,18 @@ def run_build(args: argparse.Namespace) -> int:
         index, report, counts = build_index(
             args.source, args.task, args.type, args.split, args.limit, args.holdout, args.max_atoms
         )
-    except (FileNotFoundError, ValueError) as error:
-        raise CommandError(str(error)) from error
+    except (OSError, ValueError) as error:  # an unreadable source: not a table, a folder, an unreachable Hub
+        from llamo.storage import is_disk_full
+
+        if is_disk_full(error):
+            raise
+        raise CommandError(str(error) if args.source in str(error) else f"{args.source}: {error}") from error
     if not len(index):
         raise CommandError(f"No {args.task} rows could be indexed from {args.source} (counts: {counts}).")
-    index.save(output)
+    try:
+        index.save(output)
+    except NotADirectoryError as error:
+        raise CommandError(f"cannot write the index to {output}: {error.strerror}.") from error
     print(f"Indexed {counts['indexed']} molecules for {args.task} into {output} ({report.summary()}; {counts}).")
     return 0
 

@@ -32,8 +32,8 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except ValueError as error:
-            record = error
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+            record = ValueError(str(error)[:200])
         if isinstance(record, dict):
             records.append(record)
             if number > len(lines) and repair:  # complete but for its newline

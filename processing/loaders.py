@@ -365,17 +365,17 @@ def load_chemicals_iupac(path: str | None = None, limit: int | None = None) -> t
     file = _require(path or _installed_file(*CHEMICALS_TABLE))
     table = read_table(file, header=None, sep="\t", quoting=csv.QUOTE_NONE, usecols=[0, 4, 6, 7])
     table.columns = ["cid", "smiles", "inchikey", "name"]
-    report = DataReport(f"chemicals iupac ({file.name})", read=len(table))
+    report = DataReport(f"chemicals iupac ({file.name})")
     usable = table[(table["smiles"].str.strip() != "") & (table["name"].str.strip() != "")]
     report.drop("missing SMILES or IUPAC name", len(table) - len(usable))
     if limit is not None and limit < len(usable):
         report.drop("beyond limit", len(usable) - limit)
         keys = usable["inchikey"].where(usable["inchikey"] != "", usable["cid"])
         usable = usable.loc[keys.map(lambda key: stable_fraction(key, "subset")).nsmallest(limit).index]
-    convert = _qa("iupac", "chemicals")
-    records = [convert((f"pubchem:{row.cid}", row.smiles, row.name)) for row in usable.itertuples()]
-    report.kept = len(records)
-    return records_dataset(records), report
+    rows = ((f"pubchem:{row.cid}", row.smiles, row.name) for row in usable.itertuples())
+    dataset, report = _collect(report, rows, None, _qa("iupac", "chemicals"))
+    report.read = len(table)
+    return dataset, report
 
 
 def load_qm9_properties(

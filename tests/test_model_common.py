@@ -238,6 +238,15 @@ def test_generation_never_emits_the_graph_placeholder(model, inputs, use_cache):
     assert not torch.isin(generated[:, prompt_length:], torch.tensor([GRAPH_TOKEN_ID, 3])).any()
 
 
+def test_a_model_without_a_graph_token_generates_text():
+    text_only = tester.create_model()
+    text_only.config.graph_token_id = None
+    prompt = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        generated = text_only.generate(input_ids=prompt, do_sample=False, max_new_tokens=2, pad_token_id=PAD_TOKEN_ID)
+    assert generated.shape == (1, 5)
+
+
 # --- 3. return_dict=False -----------------------------------------------------------------------------------------
 
 

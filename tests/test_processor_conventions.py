@@ -52,6 +52,9 @@ def test_call_options_are_typed_kwargs_with_the_processors_defaults(processor):
     types = processor(text=texts, smiles=["CCO", "C"], return_mm_token_type_ids=True)["mm_token_type_ids"]
     assert torch.equal(types, (batch["input_ids"] == processor.graph_token_id).long())
     assert types.sum(-1).tolist() == [4, 4]
+    for name, bad in (("num_graph_tokens", 0), ("num_graph_tokens", "4"), ("max_smiles_length", -1)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer of at least"):
+            LlamoProcessor(processor.tokenizer, **{name: bad})
 
 
 def test_apply_chat_template_honours_processor_kwargs(processor):

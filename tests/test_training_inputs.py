@@ -11,6 +11,7 @@ from llamo.processing.featurization import featurize_dataset
 from llamo.processing.index import attach_neighbours
 from llamo.processing.loaders import (
     load_chebi20,
+    load_chemicals_iupac,
     load_conversations,
     load_iupac_pairs,
     load_mol_instructions,
@@ -144,6 +145,10 @@ def test_tables_count_rows_that_are_not_utf8_and_name_files_they_cannot_read(tmp
     with pytest.raises(ValueError, match="has no column") as error:
         load_chebi20(str(binary))
     assert len(str(error.value)) < 400 + len(str(binary))
+    chemicals = tmp_path / "chemicals.tsv"
+    chemicals.write_bytes(b"1\tcas\tf\t1.0\tCCO\ti\tKEY1\tethanol\n2\tcas\tf\t1.0\tCCC\ti\tKEY2\tpro\xffpane\n")
+    dataset, report = load_chemicals_iupac(str(chemicals))
+    assert dataset["smiles"] == ["CCO"] and report.dropped["invalid UTF-8"] == 1 and report.read == 2
 
 
 def test_qm9_values_that_are_no_finite_number_are_counted(tmp_path):
