@@ -11,7 +11,7 @@ For each task it evaluates the model, the same model without graph tokens (`no-g
 `summary.json` and `summary.md` in the work folder. Interrupted runs resume.
 
 With `--neighbours K` the model answers with the K nearest entries of a molecule index that holds no test molecule:
-descriptions from the ChEBI-20 training side, names from the whole `chemicals` table and properties from 30,000 QM9
+descriptions from the ChEBI-20 training side, names from the whole `chemicals` table and properties from all of QM9
 molecules, the test molecules removed from both. Then `model` has the neighbours, `model, no index` does not,
 `no-graph` has them without graph tokens, and `retrieval` copies the nearest entry of the same index. Every run also
 reports its loop rate: the share of answers that reach the token limit. Where OPSIN runs (Java), names are also
@@ -34,7 +34,7 @@ from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
 from llamo.processing.mixture import holdout_split
 from llamo.processing.schema import CONVERSATION_FEATURES
-from llamo.retrieval import ANSWER_TOKENS, DEFAULT_INDEX_LIMITS, DEFAULT_INDEX_SOURCES, rule_namer
+from llamo.retrieval import ANSWER_TOKENS, DEFAULT_INDEX_SOURCES, rule_namer
 from llamo.training.data import default_cache_dir, prepare_source
 from llamo.training.pipeline import load_pipeline, stage2_rounds, stage_configs
 
@@ -135,7 +135,7 @@ def evaluation_index(task: str, files: dict[str, Path], work: Path) -> Path:
     test_rows = [json.loads(line) for line in files["test"].read_text(encoding="utf-8").splitlines()]
     probe, _ = MoleculeIndex.from_records(test_rows, task, max_atoms=None, progress=False)
     if task in DEFAULT_INDEX_SOURCES:
-        index, _, _ = build_index(DEFAULT_INDEX_SOURCES[task], task, limit=DEFAULT_INDEX_LIMITS.get(task))
+        index, _, _ = build_index(DEFAULT_INDEX_SOURCES[task], task)
     else:
         train_rows = [json.loads(line) for line in files["train"].read_text(encoding="utf-8").splitlines()]
         index, _ = MoleculeIndex.from_records(train_rows, task, max_atoms=None)

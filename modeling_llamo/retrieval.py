@@ -23,9 +23,6 @@ from typing import Any
 RETRIEVAL_FILE = "llamo_retrieval.json"
 INDEX_CACHE_ENV = "LLAMO_INDEX_CACHE"
 DEFAULT_INDEX_SOURCES = {"iupac": "chemicals", "property": "qm9"}
-DEFAULT_INDEX_LIMITS = {"property": 30_000}
-"""QM9 molecules in the default property index (a spread-out subset of 130,831: three answers each, built in about a
-minute rather than ten)."""
 DEFAULT_INDEX_VERSION = "2"  # 2: entries keep their stereochemistry (isomeric SMILES)
 ANSWER_TOKENS = {"description": 256, "iupac": 144, "property": 16}
 """Default answer length by the question's task: long enough for ChEBI-20 descriptions (99.6% of the training ones
@@ -75,15 +72,15 @@ def generation_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 def default_index(task: str, limit: int | None = None):
-    """The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: QM9 from `qm9pack`),
-    built on first use into the cache (`$LLAMO_INDEX_CACHE`, else `~/.cache/llamo/indexes`; with a progress bar; its
-    copies from earlier index versions are then removed) and loaded from there afterwards. Raises `ValueError` for a
-    task without one, `ModuleNotFoundError` (naming it) when the package holding the table is not installed."""
+    """The packaged index of a task (`iupac`: the `chemicals` PubChem name table; `property`: all of QM9 from
+    `qm9pack`; `limit`: a spread-out subset), built on first use into the cache (`$LLAMO_INDEX_CACHE`, else
+    `~/.cache/llamo/indexes`; with a progress bar; its copies from earlier index versions, and from earlier llamo
+    versions' subsets, are then removed) and loaded from there afterwards. Raises `ValueError` for a task without one,
+    `ModuleNotFoundError` (naming it) when the package holding the table is not installed."""
     from llamo.processing.index import MoleculeIndex
     from llamo.processing.index_commands import build_index
 
     source = DEFAULT_INDEX_SOURCES.get(task)
-    limit = limit or DEFAULT_INDEX_LIMITS.get(task)
     if source is None:
         raise ValueError(f"No packaged index for {task!r}: pass --index with one built by `llamo index build`.")
     cache = Path(os.environ.get(INDEX_CACHE_ENV) or Path.home() / ".cache" / "llamo" / "indexes")
@@ -95,8 +92,8 @@ def default_index(task: str, limit: int | None = None):
     folder.parent.mkdir(parents=True, exist_ok=True)
     index.save(folder)
     print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
-    for stale in folder.parent.glob(f"{task}-{source}-v*"):  # this index as earlier versions of llamo built it
-        if stale.name.split("-")[2] != f"v{DEFAULT_INDEX_VERSION}":
+    for stale in folder.parent.glob(f"{task}-{source}-v*"):  # as earlier versions of llamo built it, or of a subset
+        if stale != folder and (stale.name.split("-")[2] != f"v{DEFAULT_INDEX_VERSION}" or not limit):
             shutil.rmtree(stale, ignore_errors=True)
             print(f"Removed {stale}: the {task} index of an earlier llamo version", flush=True)
     return MoleculeIndex.load(folder)

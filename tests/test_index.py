@@ -455,3 +455,28 @@ def test_a_model_sets_its_neighbours_per_task(tmp_path, monkeypatch):
     demo = Retrieval(index=given, model_dir=tmp_path)
     assert demo.index_for(homo) == (given, 1) and demo.index_for(name) == (given, 2)
     assert Retrieval(index=given, model_dir=tmp_path, neighbours=3).index_for(homo) == (given, 3)  # the user's K wins
+
+
+def test_the_default_property_index_is_all_of_qm9_and_replaces_earlier_subsets(tmp_path, monkeypatch):
+    from llamo import retrieval
+    from llamo.processing import index_commands
+
+    built = []
+
+    def fake_build(source, task, limit=None):
+        built.append((source, task, limit))
+        index, report = MoleculeIndex.from_records(name_records(), "iupac", progress=False)
+        return index, report, {"indexed": len(index)}
+
+    monkeypatch.setattr(index_commands, "build_index", fake_build)
+    monkeypatch.setenv("LLAMO_INDEX_CACHE", str(tmp_path))
+    for old in ("property-qm9-v2-first30000", "property-qm9-v1-first30000", "iupac-chemicals-v2"):
+        (tmp_path / old).mkdir()
+    retrieval.default_index("property", limit=50)  # a subset: the other copies of this version stay
+    assert built == [("qm9", "property", 50)]
+    assert {p.name for p in tmp_path.iterdir()} == {"property-qm9-v2-first30000", "property-qm9-v2-first50"} | {
+        "iupac-chemicals-v2"
+    }
+    retrieval.default_index("property")
+    assert built[-1] == ("qm9", "property", None)
+    assert {p.name for p in tmp_path.iterdir()} == {"property-qm9-v2", "iupac-chemicals-v2"}
