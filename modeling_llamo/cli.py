@@ -36,16 +36,6 @@ SWITCHES = {
 }
 """The `auto` / `on` / `off` options (`auto` by default) and their help."""
 
-RETRIEVAL_TYPES = {
-    "neighbours": (int, object, "an integer"),
-    "default_indexes": (dict, str, "an object of task -> index name"),
-    "task_neighbours": (dict, int, "an object of task -> integer"),
-    "task_near_twin": (dict, (int, float), "an object of task -> similarity"),
-    "task_generation": (dict, dict, "an object of task -> object of generation settings"),
-    "name_hint_tasks": (list, str, "a list of task names"),
-}
-"""What `_context` reads of a model's llamo_retrieval.json (`llamo.retrieval`): key -> (type, type of its entries)."""
-
 
 def _add_init_parser(subparsers) -> None:
     parser = add_command(subparsers, "init", _run_init)
@@ -222,33 +212,16 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     return pipe, folder
 
 
-def _retrieval_settings(model_dir: Path) -> dict:
-    """`retrieval.retrieval_settings`, checked to hold the types `_context` reads (`RETRIEVAL_TYPES`)."""
-    path = model_dir / retrieval.RETRIEVAL_FILE
-    try:
-        settings = retrieval.retrieval_settings(model_dir)
-    except (OSError, ValueError) as error:  # unreadable, not JSON
-        message = textwrap.shorten(str(error), 300)
-        raise CommandError(message if str(path) in message else f"{path}: {message}") from error
-    if not isinstance(settings, dict):
-        raise CommandError(f"{path} must hold a JSON object, not a {type(settings).__name__}.")
-    for key, (kind, entry, said) in RETRIEVAL_TYPES.items():
-        value = settings.get(key)
-        entries = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        if value is not None and not (isinstance(value, kind) and all(isinstance(v, entry) for v in entries)):
-            raise CommandError(f"{path}: {key!r} must be {said}.")
-    return settings
-
-
 def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
     molecule index and neighbours, name verification, and the name hint (the model's `name_hint_tasks`)."""
-    task, settings = retrieval.question_task(question), _retrieval_settings(model_dir)
-    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
+    task = retrieval.question_task(question)
     try:
+        settings = retrieval.retrieval_settings(model_dir)
         index, k = retrieval.load_index(args.index, model_dir, question)
     except (FileNotFoundError, ValueError) as error:
-        raise CommandError(str(error)) from error
+        raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
+    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
     if index is not None:
         options["index"] = index
         if args.neighbours is not None or k is not None:

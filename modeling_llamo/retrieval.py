@@ -23,6 +23,15 @@ from typing import Any
 RETRIEVAL_FILE = "llamo_retrieval.json"
 INDEX_CACHE_ENV = "LLAMO_INDEX_CACHE"
 DEFAULT_INDEX_SOURCES = {"iupac": "chemicals", "property": "qm9"}
+SETTINGS_TYPES = {
+    "neighbours": (int, object, "an integer"),
+    "default_indexes": (dict, str, "an object of task -> index name"),
+    "task_neighbours": (dict, int, "an object of task -> integer"),
+    "task_near_twin": (dict, (int, float), "an object of task -> similarity"),
+    "task_generation": (dict, dict, "an object of task -> object of generation settings"),
+    "name_hint_tasks": (list, str, "a list of task names"),
+}
+"""The keys of `llamo_retrieval.json`: key -> (its type, the type of its entries, how an error says it)."""
 DEFAULT_INDEX_VERSION = "2"  # 2: entries keep their stereochemistry (isomeric SMILES)
 ANSWER_TOKENS = {"description": 256, "iupac": 144, "property": 16}
 """Default answer length by the question's task: long enough for ChEBI-20 descriptions (99.6% of the training ones
@@ -43,7 +52,8 @@ def question_task(question: str) -> str:
 
 
 def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
-    """The folder's `llamo_retrieval.json`, or `{}` (a model trained without neighbours)."""
+    """The folder's `llamo_retrieval.json`, or `{}` (a model trained without neighbours); a `ValueError` names the file
+    when it is not JSON or a key holds another type than `SETTINGS_TYPES` says."""
     if model_dir is None:
         return {}
     path = Path(model_dir) / RETRIEVAL_FILE
@@ -53,6 +63,11 @@ def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
         raise ValueError(f"{path} is not readable JSON ({type(error).__name__}: {error!s:.200})") from error
     if not isinstance(settings, dict):
         raise ValueError(f"{path} must hold a JSON object, not a {type(settings).__name__}.")
+    for key, (kind, entry, said) in SETTINGS_TYPES.items():
+        value = settings.get(key)
+        entries = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if value is not None and not (isinstance(value, kind) and all(isinstance(v, entry) for v in entries)):
+            raise ValueError(f"{path}: {key!r} must be {said}.")
     return settings
 
 
