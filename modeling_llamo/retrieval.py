@@ -106,7 +106,7 @@ def default_index(task: str, limit: int | None = None):
     shutil.rmtree(folder, ignore_errors=True)  # an unfinished copy (no state.json); `save` writes it whole
     folder.parent.mkdir(parents=True, exist_ok=True)
     index.save(folder)
-    print(f"Built the {task} index once: {counts['indexed']} molecules, in {folder}", flush=True)
+    print(f"Built the {task} index once: {counts['indexed']} entries, in {folder}", flush=True)
     for stale in folder.parent.glob(f"{task}-{source}-v*"):  # as earlier versions of llamo built it, or of a subset
         if stale != folder and (stale.name.split("-")[2] != f"v{DEFAULT_INDEX_VERSION}" or not limit):
             shutil.rmtree(stale, ignore_errors=True)
