@@ -51,6 +51,7 @@ def _add_init_parser(subparsers) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the new weights (the graph part, <graph>)")
     graph = parser.add_argument_group("graph encoder")
     graph.add_argument("--gin-layers", type=int, default=5, help="GIN message-passing layers")
     graph.add_argument("--gin-hidden", type=int, default=300, help="GIN width")
@@ -138,6 +139,8 @@ def _run_init(args: argparse.Namespace) -> None:
     Wrap a causal LM (local folder or Hub id) into an untrained LLaMo: the LM's weights and tokenizer with a
     <graph> token added, a fresh GIN encoder and multi-level projector, a chat template. Saves model and processor to
     OUT_DIR."""
+    from transformers import set_seed
+
     from .builder import build_llamo, save_llamo
 
     output_dir = Path(args.output_dir)
@@ -146,6 +149,7 @@ def _run_init(args: argparse.Namespace) -> None:
     if Path(args.llm).is_dir() and not args.gguf_file and not (Path(args.llm) / "config.json").is_file():
         raise CommandError(f"{args.llm} holds no causal LM (no config.json): give a model folder or a Hub id.")
     print(f"Loading {args.llm} ...", file=sys.stderr)
+    set_seed(args.seed)
     try:
         model, processor = build_llamo(
             args.llm,

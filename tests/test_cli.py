@@ -158,6 +158,19 @@ def initialised(tiny_llm_dir, tmp_path_factory):
     return output
 
 
+def test_init_is_reproducible_by_its_seed(tiny_llm_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    argv = ["init", "--llm", str(tiny_llm_dir), "--gin-layers", "1", "--gin-hidden", "8", "--heads", "2"]
+    runs = {name: tmp_path / name for name in ("a", "b", "c")}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert main([argv[0], str(runs[name]), *argv[1:], "--mlp-depth", "2", "--seed", seed]) == 0
+    weights = {name: load_file(folder / "model.safetensors") for name, folder in runs.items()}
+    graph = [key for key in weights["a"] if key.startswith("model.graph_")]
+    assert graph and all(weights["a"][key].equal(weights["b"][key]) for key in weights["a"])
+    assert not all(weights["a"][key].equal(weights["c"][key]) for key in graph)
+
+
 def test_init_writes_a_loadable_llamo(initialised, tiny_llm_dir):
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 
