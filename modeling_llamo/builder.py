@@ -223,7 +223,7 @@ def load_llamo(
             values = value if isinstance(value, list) else [value]  # an end-of-sequence id may be a list of them
             if value is not None and not all(type(v) is int and v >= least for v in values):
                 raise ValueError(f"{key} must be an integer of at least {least}, got {shorten_for_message(value, 40)}")
-    except (TypeError, ValueError, AttributeError) as error:
+    except (OSError, TypeError, ValueError, AttributeError) as error:  # OSError: not JSON
         raise ValueError(f"{folder / GENERATION_CONFIG_NAME} is broken: {error}") from error
     report = logging.getLogger("transformers.modeling_utils")  # its multi-line load report: one line says it below
     was_disabled, report.disabled = report.disabled, True

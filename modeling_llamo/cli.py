@@ -51,7 +51,8 @@ def _add_init_parser(subparsers) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the new weights (the graph part, <graph>)")
+    seed = number_in(int, -1, 2**32 - 1, "an integer from 0 to 2**32 - 1")  # numpy's range, which set_seed seeds too
+    parser.add_argument("--seed", type=seed, default=0, help="random seed of the new weights (the graph part, <graph>)")
     graph = parser.add_argument_group("graph encoder")
     graph.add_argument("--gin-layers", type=int, default=5, help="GIN message-passing layers")
     graph.add_argument("--gin-hidden", type=int, default=300, help="GIN width")

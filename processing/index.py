@@ -77,14 +77,15 @@ class MoleculeIndex:
             raise ValueError(f"Not a molecule index: columns {wrong} are missing, of another type or hold nulls.")
         self.table = table
         self.task = table[0]["task"] if len(table) else ""
-        self._fingerprints = [DataStructs.ExplicitBitVect(raw) for raw in table["fingerprint"]]
+        columns = table.select_columns(["fingerprint", "inchikey", "key"]).to_dict()  # by Arrow, not row by row
+        self._fingerprints = [DataStructs.ExplicitBitVect(raw) for raw in columns["fingerprint"]]
         if any(fingerprint.GetNumBits() != FINGERPRINT_SIZE for fingerprint in self._fingerprints):
             raise ValueError(f"Not a molecule index: its fingerprints are not all {FINGERPRINT_SIZE} bits long.")
         self._rows_by_inchikey: dict[str, list[int]] = defaultdict(list)
-        for row, inchikey in enumerate(table["inchikey"]):
+        for row, inchikey in enumerate(columns["inchikey"]):
             self._rows_by_inchikey[inchikey].append(row)
-        self._key_counts = dict(sorted(Counter(map(str, table["key"])).items()))
-        lowered = np.asarray([key.lower() for key in map(str, table["key"])], dtype=object)
+        self._key_counts = dict(sorted(Counter(columns["key"]).items()))
+        lowered = np.asarray([key.lower() for key in columns["key"]], dtype=object)
         distinct = set(lowered.tolist())
         self._key_masks = {key: lowered == key for key in distinct} if len(distinct) > 1 else {}
         self._generator = _fingerprint_generator()

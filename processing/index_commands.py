@@ -98,7 +98,7 @@ def run_build(args: argparse.Namespace) -> int:
         index.save(output)
     except NotADirectoryError as error:
         raise CommandError(f"cannot write the index to {output}: {error.strerror}.") from error
-    print(f"Indexed {counts['indexed']} molecules for {args.task} into {output} ({report.summary()}; {counts}).")
+    print(f"Indexed {counts['indexed']} entries for {args.task} into {output} ({report.summary()}; {counts}).")
     return 0
 
 

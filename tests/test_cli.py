@@ -169,6 +169,8 @@ def test_init_is_reproducible_by_its_seed(tiny_llm_dir, tmp_path):
     graph = [key for key in weights["a"] if key.startswith("model.graph_")]
     assert graph and all(weights["a"][key].equal(weights["b"][key]) for key in weights["a"])
     assert not all(weights["a"][key].equal(weights["c"][key]) for key in graph)
+    with pytest.raises(SystemExit):  # numpy, which `set_seed` seeds too, takes 0 to 2**32 - 1
+        main([argv[0], str(tmp_path / "d"), *argv[1:], "--seed", str(2**32)])
 
 
 def test_init_writes_a_loadable_llamo(initialised, tiny_llm_dir):

@@ -104,6 +104,11 @@ def test_retrieval_and_mean_baselines_leave_malformed_training_rows_out():
         MeanBaseline([*bad, TRAIN[0]])
 
 
+def test_retrieval_keeps_training_rows_that_share_their_molecules_id():
+    rows = [homo("m1", "CCO", -0.26), homo("m1", "CCO", 0.05, "LUMO"), homo("m1", "CCO", 0.31, "gap")]
+    assert RetrievalBaseline(rows).train_rows == 3  # one id per molecule, one row per property
+
+
 def corrupt_first_line(output_dir: Path, **changes) -> None:
     path = output_dir / PREDICTIONS_FILE
     first, *rest = path.read_text(encoding="utf-8").splitlines(keepends=True)

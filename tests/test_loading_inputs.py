@@ -100,8 +100,12 @@ def test_cut_short_weights_name_the_file(folder, capsys, cut):
     ],
 )
 def test_a_broken_generation_config_is_named(folder, capsys, text, message):
+    from llamo.builder import load_llamo
+
     (folder / "generation_config.json").write_text(text)
     assert message in generate_error(folder, capsys)
+    with pytest.raises(ValueError, match=r"generation_config\.json is broken"):  # also for `llamo evaluate`, `export`
+        load_llamo(folder)
 
 
 @pytest.mark.parametrize(
