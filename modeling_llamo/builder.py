@@ -181,6 +181,8 @@ def stored_values(model_dir: Path) -> int | None:
         names = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {SAFE_WEIGHTS_NAME}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{index} is not a weights index ({type(error).__name__}: {error})") from error
+    if index.is_file() and (missing := sorted(name for name in names if not (model_dir / name).is_file())):
+        raise ValueError(f"{index} lists weight files that are missing: {', '.join(missing[:3])}")
     total = None
     for path in (model_dir / name for name in sorted(names) if (model_dir / name).is_file()):
         try:

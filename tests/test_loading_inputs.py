@@ -89,6 +89,20 @@ def test_cut_short_weights_name_the_file(folder, capsys, cut):
     assert "model.safetensors is not a complete safetensors file" in generate_error(folder, capsys)
 
 
+def test_a_missing_weight_shard_is_named(folder, tmp_path):
+    from llamo import LlamoForConditionalGeneration
+    from llamo.builder import load_llamo
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(folder, sharded)
+    (sharded / "model.safetensors").unlink()
+    LlamoForConditionalGeneration.from_pretrained(folder).save_pretrained(sharded, max_shard_size="50KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    shards[1].unlink()
+    with pytest.raises(ValueError, match=f"lists weight files that are missing: {shards[1].name}"):
+        load_llamo(sharded, "cpu")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
