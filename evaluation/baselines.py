@@ -18,7 +18,7 @@ from typing import Any
 from llamo import retrieval
 from llamo.processing.schema import TASKS
 
-from .data import PROPERTY_TASK, EvalExample, _check_row, select_examples
+from .data import PROPERTY_TASK, EvalExample, check_row, select_examples
 from .predictions import Skip
 
 
@@ -32,7 +32,7 @@ class RetrievalBaseline:
             self._indexes = {index.task: index}
         else:
             rows = list(train_rows or [])
-            rows = [row for index, row in enumerate(rows) if _check_row(row, index)[1] is None]  # no malformed rows
+            rows = [row for index, row in enumerate(rows) if check_row(row, index)[1] is None]  # no malformed rows
             tasks = sorted({row["task"] for row in rows if row["task"] in TASKS})
             self._indexes = {
                 task: MoleculeIndex.from_records(rows, task, max_atoms=None, progress=False)[0] for task in tasks

@@ -147,7 +147,7 @@ def _task_of(row: Any) -> str | None:
     return task if isinstance(task, str) and task.isprintable() and task else None
 
 
-def _check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, PropertyTarget | None]:
+def check_row(row: Any, index: int) -> tuple[EvalExample | None, str | None, PropertyTarget | None]:
     """The row as an example, or the reason it cannot be evaluated (with its property target, if it has one)."""
     from llamo import parse_smiles
 
@@ -196,7 +196,7 @@ def select_examples(
     examples, skipped, seen = [], [], set()
     chosen = [(i, row) for i, row in enumerate(rows) if wanted is None or _task_of(row) in wanted]
     for index, row in chosen[:max_rows]:
-        example, reason, target = _check_row(row, index)
+        example, reason, target = check_row(row, index)
         row_id, task = row.get("id") if isinstance(row, dict) else None, _task_of(row)
         key = (task, str(row_id))
         if example is not None or target is not None:

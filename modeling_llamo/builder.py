@@ -209,7 +209,7 @@ def load_llamo(
         if not isinstance(config.graph_token_id, int):
             raise ValueError("it sets no graph_token_id")
         with torch.device("meta"):  # shapes only: nothing is allocated
-            needed = sum(p.numel() for p in LlamoForConditionalGeneration(config).parameters())
+            needed = LlamoForConditionalGeneration(config).num_parameters()
     except (TypeError, ValueError, AttributeError, RuntimeError, StrictDataclassError) as error:
         raise ValueError(f"{folder / CONFIG_NAME} does not describe a LLaMo: {error}") from error
     stored = stored_values(folder)
