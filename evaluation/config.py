@@ -17,25 +17,17 @@ MODEL_FREE_BASELINES = (*TRAINED_BASELINES, "namer")
 @dataclass
 class EvaluationConfig:
     """Everything one evaluation run needs, checked when made. `output_dir` gets the predictions, TSVs and
-    `results.json` (an interrupted run resumes from it). `model` is a LLaMo folder (needed unless `baseline` is
-    `retrieval`, `mean` or `namer`; then it only provides the LLM tokenizer of the `llamo_llm_tokens` protocol). `data`:
-    a JSONL/JSON/Parquet file, a `save_to_disk` folder or a Hub dataset id (or pass a `datasets.Dataset` to
-    `evaluate`), `split` its split (default `test`); `tasks` makes a specialist run (None: every task present).
-    Decoding is greedy with at most 512 new tokens by default, as in LLaMo's evaluation. `train_data`/`train_split`:
-    the training rows of the `retrieval` and `mean` baselines (`llamo.evaluation.baselines`). `scibert_vocab`: SciBERT's
-    `vocab.txt`, a folder or a Hub id (MolT5 protocol); `llm_tokenizer`: that of the LLaMo protocol (default: the
-    model's); `nltk_data`: the NLTK folder holding WordNet. `max_rows` evaluates only the first rows, in the data's
-    order (another `max_rows` is another run: its output folder is not reused). `device`/`dtype`: `auto` is a GPU if
-    any and the saved dtype; `threads`: None lets `choose_threads` pick them. `index` (`llamo index build`) gives the
-    model its `neighbours` most similar entries as in-context examples, and is what the `retrieval` baseline copies
-    from; it must hold none of the evaluated molecules (checked by InChIKey, the run is refused otherwise).
-    `answer_loop_repeats` ends an answer once it repeats one block this many times in a row (0: off; None: the
-    model's generation config decides; the default model ships 3). `verify_names` answers naming rows by OPSIN
-    reranking of beam candidates (Java and py2opsin; the run's structure match is then its verified rate), and
-    `propose_names` adds the rule-based namer's name (`openclatura`) as a last candidate, answered when OPSIN reads it
-    back as the molecule and no beam does. `name_hints` gives every description question the molecule's rule-based
-    IUPAC name (`llamo.retrieval.name_hinter`: openclatura's, only when OPSIN reads it back as the molecule; Java and
-    py2opsin). `overwrite` discards another run's predictions found in `output_dir`."""
+    `results.json` (an interrupted run resumes from it). `model`: a LLaMo folder (for the `retrieval`, `mean` and
+    `namer` baselines only the LLM tokenizer of the `llamo_llm_tokens` protocol). `data`: a JSONL/JSON/Parquet file, a
+    `save_to_disk` folder or a Hub dataset id, `split` its split (default `test`); `tasks` makes a specialist run.
+    `train_data`/`train_split`: the rows of the trained baselines. `scibert_vocab`: SciBERT's `vocab.txt`, a folder or
+    a Hub id (MolT5 protocol); `llm_tokenizer`: the LLaMo protocol's (default: the model's); `nltk_data`: the NLTK
+    folder holding WordNet. `max_rows` evaluates only the first rows (another value is another run). `index`: the
+    model's in-context examples and what the `retrieval` baseline copies from; it must hold none of the evaluated
+    molecules. `answer_loop_repeats` ends an answer that repeats one block this many times in a row (0: off; None: the
+    model's generation config). `verify_names` answers naming rows by OPSIN reranking of beam candidates, and
+    `propose_names` adds the rule-based namer's name as a last candidate. `name_hints` gives every description question
+    the molecule's OPSIN-checked rule-based IUPAC name (`llamo.retrieval.name_hinter`)."""
 
     output_dir: str
     model: str | None = None

@@ -2,15 +2,12 @@
 
 An output folder holds:
 
-- `run_config.json`: what defines the predictions: the settings as given (model path, data path and split,
-  `max_rows`, tasks, decoding, baseline and its training data) and fingerprints of the model and data they point at.
-  A folder is only reused by the same run; another run is refused, naming each differing setting with its saved and
-  new values, unless `overwrite` clears it.
-- `predictions.jsonl`: one line per row and the source of truth: `index`, `id`, `task`, `smiles`, `reference`,
-  `prediction`, and `skipped` (the reason) for rows the predictor could not take. A half-written last line (the run
-  was killed while writing) is detected, cut, and that row predicted again.
-- `predictions.<task>.tsv`: MolT5's layout (`SMILES<TAB>ground truth<TAB>output`, tabs and newlines inside texts
-  replaced by spaces), rebuilt from the JSONL on resume and at the end, in dataset order.
+- `run_config.json`: the settings that define the predictions, and fingerprints of the model and data. Only the same
+  run reuses the folder; another is refused, naming each differing setting, unless `overwrite` clears it.
+- `predictions.jsonl`: the source of truth, one `PredictionRecord` per row; a half-written last line is cut and that
+  row predicted again.
+- `predictions.<task>.tsv`: MolT5's layout (`SMILES<TAB>ground truth<TAB>output`, tabs and newlines replaced by
+  spaces), rebuilt from the JSONL on resume and at the end.
 - `results.json`: the metrics (see `llamo.evaluation`)."""
 
 from __future__ import annotations

@@ -1,20 +1,16 @@
 """Convert the original LLaMo release (mlvlab/LLaMo's Lightning checkpoint) into a Hugging Face folder of this package:
 `python -m llamo.convert_llamo_original_to_hf CKPT OUT_DIR --llm BASE_LLM_FOLDER [--keep-adapter]` runs `llamo
-convert-original` (which also takes the model card's options), like transformers' `convert_*_to_hf.py`.
+convert-original`, like transformers' `convert_*_to_hf.py`.
 
-The checkpoint holds, under `mllm.`: the GIN (`graph_model.molecule_node_model.*`), the projector (`abstractor.*`, whose
-six `cross_attention.i` copies are identical when one module is shared by all levels), `ln_graph_model.*` (unused at
-run time: skipped) and LLaMA-2 wrapped by PEFT 0.9 LoRA on q_proj and v_proj (`language_model.base_model.model.*`,
-LoRA layers as `X.base_layer`, `X.lora_A.default`, `X.lora_B.default`) with LLaMA-2's 32000 tokens plus `<pad>`. The
-base LLM folder gives the LLM's configuration, tokenizer and generation settings; its weights are not read.
+The checkpoint holds, under `mllm.`: the GIN (`graph_model.molecule_node_model.*`), the projector (`abstractor.*`, six
+`cross_attention.i` copies, identical when one module is shared by all levels), `ln_graph_model.*` (unused: skipped)
+and LLaMA-2 (32000 tokens plus `<pad>`) wrapped by PEFT 0.9 LoRA on q_proj and v_proj. The base LLM folder gives the
+LLM's configuration, tokenizer and generation settings; its weights are not read.
 
-The result: motif tokens first, one shared level attention (six per-level modules, `share_level_attention=False`, and
-a warning when the copies differ), `<graph>` added to the vocabulary, the original LLaMA-2 chat prompt (chat template
-`llama2`), and LoRA merged into the weights or kept as a PEFT adapter in `OUT_DIR/adapter`. Released LoRA settings:
-r 8 (read from the weights), alpha 32 and dropout 0.05; the alpha cannot be read from the checkpoint (the released
-code ignores its own LoRA flags, so the saved hyper-parameters may not be the ones used).
-
-Only the standard library is imported at the top (`llamo convert-original --help` uses `add_conversion_arguments`)."""
+The result: motif tokens first, one shared level attention (or six per-level modules, with a warning, when the copies
+differ), `<graph>` added to the vocabulary, chat template `llama2`, and LoRA merged or kept as a PEFT adapter in
+`OUT_DIR/adapter`. Released LoRA settings: r 8 (read from the weights), alpha 32 and dropout 0.05 (the alpha is not in
+the checkpoint). Only the standard library is imported at the top (`--help` uses `add_conversion_arguments`)."""
 
 from __future__ import annotations
 
@@ -121,7 +117,7 @@ def _refused_globals(path: Path, error: pickle.UnpicklingError) -> list[str] | N
 
 
 class _StandIn:
-    """What `_GlobalNames` gives for every global: it takes any arguments and state, and does nothing."""
+    """What `_GlobalNames` gives for every global: takes any arguments and state, does nothing."""
 
     def __init__(self, *args, **kwargs): ...
 
@@ -547,15 +543,12 @@ def convert_original_checkpoint(
     overwrite: bool = False,
     card_options: ModelCardOptions | None = None,
 ) -> ConversionResult:
-    """Convert an original LLaMo checkpoint (Lightning `.ckpt`, or a state dict / safetensors file in its key layout)
-    and its base LLM folder (LLaMA-2-7B-chat in Hugging Face format: config, tokenizer, generation config) into the
-    export folder `output_dir` (new or empty unless `overwrite`); see the module docstring.
+    """Convert an original LLaMo checkpoint (see `load_checkpoint_state_dict`) and its base LLM folder (LLaMA-2-7B-chat
+    in Hugging Face format) into the export folder `output_dir` (new or empty unless `overwrite`).
 
-    `keep_adapter` keeps LoRA as a PEFT adapter in `output_dir/adapter` (the main weights are then the base weights)
-    instead of merging it; `lora_alpha` and `lora_dropout` are the LoRA settings of the training; `unsafe_unpickle`
-    allows a full unpickle, which runs code stored in the checkpoint; `dtype` `auto` keeps the dtype of the
-    checkpoint's LM weights; `num_heads` is not recorded in the weights; `card_options` say what the model card says
-    (the license defaults to LLaMA-2's)."""
+    `keep_adapter` keeps LoRA as a PEFT adapter in `output_dir/adapter` instead of merging it; `unsafe_unpickle` allows
+    a full unpickle, which runs code stored in the checkpoint; `dtype` `auto` keeps the checkpoint's LM dtype;
+    `card_options` say what the model card says (the license defaults to LLaMA-2's)."""
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file

@@ -9,22 +9,14 @@
     pipe([{"smiles": "CCO", "text": "Name it."}, {"smiles": "C", "text": "Name it."}], batch_size=2)
     # -> [[{"generated_text": "..."}], [{"generated_text": "..."}]]
 
-Accepted inputs: a dict `{"smiles": ..., "text": ...}` (`smiles` may be a list: several molecules, in order); an
-instruction string, with `smiles=` given to the call; a conversation, whose first user turn holds a molecule content
-block (`{"type": "molecule", "smiles": ...}`, as `LlamoProcessor.apply_chat_template` reads them); or a list of any of
-these (a batch; for instruction strings, `smiles=` is one SMILES for all of them or one per instruction).
+Accepted inputs: a dict `{"smiles": ..., "text": ...}` (`smiles` may be a list of molecules); an instruction string
+with `smiles=`; a conversation whose first user turn holds a molecule content block; or a list of these (a batch).
+One input returns a list of `{"generated_text": answer}` (one per returned sequence), a batch one such list per input;
+`generated_text` is the answer only, never the prompt.
 
-One input returns a list with one `{"generated_text": answer}` per returned sequence (`num_return_sequences`); a batch
-returns one such list per input. `generated_text` is the answer only, never the prompt. Generation parameters may be
-given to `pipeline(...)` or to the call; the other call options are those of `LlamoMoleculePipeline.__call__`.
-
-`llamo export` writes this one task into `config.json` (`custom_pipelines`): transformers takes a config's only custom
-task when none is given and imports this class from the folder's (or repository's) `pipeline_llamo.py`, so
-`pipeline(model=folder, trust_remote_code=True)` needs no task name. A process that imports `llamo` also registers the
-task with `PIPELINE_REGISTRY`: `pipeline("molecule-text-generation", model=model, processor=processor)`.
-
-This file travels with exported models as remote code; of this project it imports only its sibling remote-code
-files (`chat_template_llamo.py`, `generation_llamo.py`, `smiles_llamo.py`), never the `llamo` package."""
+`llamo export` writes this task into `config.json` (`custom_pipelines`), so `pipeline(model=folder,
+trust_remote_code=True)` needs no task name; importing `llamo` registers it with `PIPELINE_REGISTRY`. This file travels
+with exported models as remote code: it imports only its sibling remote-code files, never the `llamo` package."""
 
 from __future__ import annotations
 
@@ -167,19 +159,14 @@ class LlamoMoleculePipeline(Pipeline):
         super().__init__(model=model, processor=processor, tokenizer=tokenizer or processor.tokenizer, **kwargs)
 
     def __call__(self, inputs, smiles: str | Sequence[str] | None = None, batch_size: int | None = None, **kwargs):
-        """Answer one input or a batch of inputs (the forms of the module docstring; `smiles`: the molecule(s) of
-        instruction strings), `batch_size` inputs per `generate` call (default: the pipeline's, else 1). `kwargs` are
+        """Answer one input or a batch (see the module docstring), `batch_size` inputs per `generate` call. `kwargs`:
         generation parameters and the options `chat_template`, `system_prompt`, `max_atoms`, `include_graph` (False:
-        molecules as SMILES text only, the "no graph" ablation), `skip_special_tokens`, `clean_up_tokenization_spaces`,
-        `return_tensors` (True: also `generated_token_ids`, the new token ids as `generate` returned them, padded to the
-        batch's length, less the repeated sentence start that the loop guard ended an answer on, as in the text),
-        `index` (a molecule index: its nearest entries become in-context examples), `neighbours` (how many, default
-        `DEFAULT_NEIGHBOURS`), `near_twin` (a Tanimoto similarity: a nearest entry at least this similar is given
-        alone) and `verify_names` (a callable `names -> [InChIKey or None, ...]`, e.g. OPSIN: beam
-        candidates are checked and the first that names the query molecule is answered) with `propose_names` (a callable
-        `smiles -> name or None`, e.g. a rule-based namer: its name is a last candidate, answered only when verified,
-        and the answer's `from_namer` says so), and `name_hint` (a callable `smiles -> name or None`: the query
-        molecule's name is given before the question, `NAME_HINT`, and the answer's `name_hint` holds it)."""
+        the "no graph" ablation), `skip_special_tokens`, `clean_up_tokenization_spaces`, `return_tensors` (True: also
+        `generated_token_ids`, the new token ids as in the text), `index` (a molecule index: its nearest entries become
+        in-context examples), `neighbours` (how many), `near_twin` (a similarity from which the nearest entry is given
+        alone), `verify_names` (`names -> [InChIKey or None, ...]`, e.g. OPSIN: the first beam candidate naming the
+        query molecule is answered) with `propose_names` (`smiles -> name or None`: a last candidate, answered only when
+        verified), and `name_hint` (`smiles -> name or None`: given before the question, returned as `name_hint`)."""
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
         if size < 1:

@@ -115,10 +115,9 @@ def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]
 
 
 class LlamoProcessor(ProcessorMixin):
-    r"""Wraps an LLM tokenizer and a molecule featurizer. Turns molecules into batch-first graph tensors (OGB atom/bond
-    features and functional-group vectors, see `GRAPH_INPUT_NAMES`, padded to `(batch, max_molecules, ...)`) and
-    expands each `<graph>` placeholder in the text into `num_graph_tokens` placeholder ids, which the model fills with
-    that molecule's graph tokens. A sequence may hold any number of molecules, zero included.
+    r"""Wraps an LLM tokenizer and a molecule featurizer: molecules become batch-first graph tensors
+    (`GRAPH_INPUT_NAMES`, padded to `(batch, max_molecules, ...)`) and each `<graph>` in the text becomes
+    `num_graph_tokens` placeholder ids, filled by the model with that molecule's graph tokens (any number per text).
 
     Args:
         tokenizer: the LLM's tokenizer, holding `graph_token` as a token.
@@ -206,8 +205,7 @@ class LlamoProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> LlamoProcessor:
-        """`ProcessorMixin.from_pretrained`, then `check_model_config` against the folder's LLaMo model config if it
-        holds one (a local folder saved with the model), so a mismatched pair fails here rather than in the forward."""
+        """`ProcessorMixin.from_pretrained`, then `check_model_config` against the folder's LLaMo config, if any."""
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         config = None
@@ -270,11 +268,9 @@ class LlamoProcessor(ProcessorMixin):
         smiles: MoleculeInput | Sequence[MoleculeInput] | Sequence[Sequence[MoleculeInput]] | None = None,
         **kwargs: Unpack[LlamoProcessorKwargs],
     ) -> BatchFeature:
-        """Tokenize `text` (one string per sequence, with one `<graph>` per molecule, where it goes) and featurize the
-        matching `smiles`: per text, a list of its molecules in placeholder order (SMILES strings, RDKit molecules, or
-        precomputed `MoleculeGraph`s). A flat list gives one molecule per text (or all molecules of a single text).
-        A text without `<graph>` takes an empty list. `kwargs`: `LlamoProcessorKwargs` (padded to the longest text,
-        PyTorch tensors, unless told otherwise).
+        """Tokenize `text` (one string per sequence, one `<graph>` per molecule) and featurize the matching `smiles`:
+        per text, its molecules in placeholder order (SMILES, RDKit molecules or `MoleculeGraph`s); a flat list gives
+        one molecule per text (or all molecules of a single text). `kwargs`: `LlamoProcessorKwargs`.
 
         Returns a `BatchFeature` with `input_ids`, `attention_mask` and, when any text holds a molecule, the graph
         tensors `atom_features` `(B, M, N, 9)`, `atom_mask`, `bond_index`, `bond_features`, `bond_mask`,
@@ -344,11 +340,9 @@ class LlamoProcessor(ProcessorMixin):
         add_special_tokens: bool = True,
         **kwargs,
     ) -> BatchFeature | None:
-        """One text encoded by the fast tokenizer's backend directly, in a fraction of the time: the same `input_ids`
-        and `attention_mask` as `_tokenize` when there is nothing to truncate or pad (see `_direct_backend`). Where the
-        backend splits text at the graph token (`_graph_token_splits`), the text is encoded with one placeholder per
-        molecule, each then repeated `num_graph_tokens` times. `None` (use the general path) in every other case, and
-        where the general path would report (a missing placeholder) or warn (more tokens than `model_max_length`)."""
+        """One text encoded by the fast tokenizer's backend directly (much faster), giving what `_tokenize` gives when
+        there is nothing to truncate or pad; where the backend splits at the graph token, one placeholder per molecule
+        is encoded, then repeated. `None` (use the general path) otherwise, and where that path would report or warn."""
         if kwargs or truncation not in (False, None, "do_not_truncate") or max_length is not None:
             return None
         if padding not in (True, False, None, "longest", "do_not_pad"):
@@ -514,11 +508,9 @@ class LlamoProcessor(ProcessorMixin):
         include_graph: bool = True,
         **kwargs,
     ):
-        """Render conversations whose messages may hold any number of molecule content blocks
-        `{"type": "molecule", "smiles": ...}` (and `{"type": "text", "text": ...}` blocks). Each molecule becomes its
-        SMILES text plus `<graph>`; with `tokenize=True` the molecules are featurized from the same parse and the
-        graph tensors returned. `include_graph=False` renders molecules as SMILES text only, without `<graph>` and
-        graph tensors (the "no graph" ablation: the same model, graph tokens removed).
+        """Render conversations whose messages may hold molecule content blocks `{"type": "molecule", "smiles": ...}`
+        (and text blocks): each molecule becomes its SMILES text plus `<graph>`, and with `tokenize=True` its graph
+        tensors. `include_graph=False` renders SMILES text only (the "no graph" ablation).
 
         `chat_template`: a Jinja string, a built-in name (`"llama2"`) or the name of one of the processor's (or
         tokenizer's) templates. `processor_kwargs` (and, as transformers accepts them, the call options among

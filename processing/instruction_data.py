@@ -8,18 +8,15 @@ Three steps, as in the paper:
 
 Files, for `--output OUT.jsonl`:
 
-- `OUT.jsonl`: one record per generated molecule, in the conversation schema (`processing/schema.py`), keyed by the
-  molecule id (the source id, else the InChIKey). Append-only; each record is written with one write + fsync, so a
-  killed job leaves at most a half-written last line, which the next run removes and redoes.
-- `OUT.jsonl.status.jsonl`: one line per molecule that was filtered (with the reason and the teacher's raw output)
-  or failed (teacher error after retries). Filtered molecules are final: a rerun does not ask again. Failed ones
-  are retried by the next run.
-- `OUT.jsonl.exemplars.json`: the exemplars of step 1, saved once so that a resumed job uses the same ones.
+- `OUT.jsonl`: one conversation-schema record per generated molecule, keyed by the molecule id; append-only, one
+  write + fsync per record, so a killed job leaves at most a half-written last line, which the next run redoes.
+- `OUT.jsonl.status.jsonl`: one line per molecule filtered (final, with the reason and the raw output) or failed
+  (retried by the next run).
+- `OUT.jsonl.exemplars.json`: the exemplars of step 1, reused by a resumed job.
 - `OUT.jsonl.summary.json`: counts, teacher, model, prompt version (keys in `SUMMARY_KEYS`).
 
-A rerun of the same command continues where the last one stopped. An output made by another teacher, model or prompt
-version is refused (unless `allow_mixed`); `overwrite` starts over. A full disk stops the run with a
-`llamo.storage.DiskFullError` naming the folder; the records already written stay, and the rerun continues.
+A rerun continues where the last one stopped; an output made by another teacher, model or prompt version is refused
+(unless `allow_mixed`); `overwrite` starts over. A full disk stops the run with a `DiskFullError` naming the folder.
 
 This module runs the job; its parts (`instruction_inputs`, `_store`, `_summary`, `_prompts`) live beside it."""
 

@@ -1,15 +1,10 @@
 """Prompts, teacher output format and parser for LLaMo's instruction-data generation.
 
-The teacher (an LLM) sees one molecule at a time, as its SMILES, its description sentences and, when known, its IUPAC
-name, and writes a multi-turn conversation about it. It answers with one JSON object:
+The teacher sees one molecule (SMILES, description sentences, IUPAC name when known) and answers with one JSON object
+`{"messages": [{"role": "user", "content": "..."}, ...]}`, which `parse_conversation` reads (also inside a code fence
+or prose), falling back to plain "User: ... / Assistant: ..." lines.
 
-    {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...]}
-
-`parse_conversation` reads that object (also inside a code fence or surrounded by prose), and falls back to plain
-"User: ... / Assistant: ..." lines, which weaker local models tend to write instead.
-
-Every change to the wording below must bump `PROMPT_VERSION`: the version is recorded in every generated record, and
-an output file is never continued with a different one."""
+Every change to the wording below must bump `PROMPT_VERSION`, which every generated record carries."""
 
 from __future__ import annotations
 

@@ -1,20 +1,14 @@
 """The one dataset schema of llamo: a conversation about one molecule (or several).
 
-Every loader (descriptions, IUPAC names, property QA, generated multi-turn conversations) produces rows of this
-schema, so that training, evaluation and instruction-data generation read the same thing:
+Every loader produces rows of this schema, so that training, evaluation and instruction-data generation read the same:
 
 - `id`: a stable record id, unique within its source (e.g. `chebi20:5280343`, `qm9:gdb_17:homo`).
-- `smiles`: the molecule as given by the source. A conversation about several molecules keeps the first here and the
-  others, in order, in its metadata under `molecules` (`make_record` accepts a list and splits it so); all of them
-  are attached to the first user turn.
-- `messages`: the conversation as `[{"role": "user" | "assistant", "content": str}, ...]`, text only. The molecule is
-  not written into the text: it belongs to the first user turn and is attached as a molecule content block when the
-  conversation is rendered (see `to_chat_messages`), so that every chat template and SMILES display mode works.
-- `task`: one of `TASKS` (`description`, `iupac`, `property`, `conversation`) or another name a user chooses.
-- `source`: where the row comes from (`chebi20`, `pubchem324k`, `mol-instructions`, `chemicals`, `qm9`,
-  `generated:<teacher>`, ...).
-- `metadata`: a JSON string with anything task-specific (for property QA: `{"property": "HOMO", "value": -0.25,
-  "unit": "Hartree"}`; for generated data: teacher, model, prompt version)."""
+- `smiles`: the molecule as given; further molecules go, in order, in the metadata under `molecules`.
+- `messages`: `[{"role": "user" | "assistant", "content": str}, ...]`, text only: the molecules are attached to the
+  first user turn as content blocks when rendered (`to_chat_messages`), so every chat template and SMILES mode works.
+- `task`: one of `TASKS` or another name a user chooses; `source`: where the row comes from (`chebi20`, `qm9`, ...).
+- `metadata`: a JSON string with anything task-specific (property QA: `{"property": "HOMO", "value": -0.25,
+  "unit": "Hartree"}`; generated data: teacher, model, prompt version)."""
 
 from __future__ import annotations
 

@@ -2,19 +2,11 @@
 checkpoint and exits, so that rerunning the same command resumes without losing that step. A second signal stops at
 once (the default behaviour).
 
-transformers has its own stop-and-save on SIGTERM (`TrainingArguments.enable_jit_checkpoint`,
-`transformers.trainer_jit_checkpoint`). It is not used, because it cannot keep these guarantees:
-
-- it handles SIGTERM only, not Ctrl-C (SIGINT);
-- it saves at the first Trainer hook after its 3-second timer, most often `on_pre_optimizer_step` (after a step's
-  backward pass, before its update): a run resumed from that checkpoint replays the step with another random state
-  (other dropout masks), so it does not end with the weights of an uninterrupted run;
-- each process decides alone: in a distributed run the processes that see the signal (or see it earlier) start a
-  save whose collective operations (the FLOPs count, FSDP / DeepSpeed state gathering) the others never join.
-  `GracefulInterrupt` agrees across processes at every step end;
-- after it stops, `trainer.train()` returns as if the run had finished, and a caller would save the final model.
-
-`check_arguments` refuses `enable_jit_checkpoint` for this reason rather than letting two handlers compete."""
+transformers' own stop-and-save (`TrainingArguments.enable_jit_checkpoint`) is refused by `check_arguments`: it
+handles SIGTERM only; it mostly saves between a step's backward pass and its update, so a resumed run replays the
+step with another random state; each process decides alone, so in a distributed run the others never join the save's
+collective operations (`GracefulInterrupt` agrees across processes at every step end); and `trainer.train()` then
+returns as if the run had finished."""
 
 from __future__ import annotations
 

@@ -24,17 +24,13 @@ class PipelineConfig:
         work_dir: where every step writes (conversations, stage1, stage2, bundle).
         placeholders: values substituted for `{name}` in every string of the recipe (e.g. `{chebi20}`).
         conversations: `llamo generate-data` settings (`input`, `teacher`, `limit`, ...) or empty to skip.
-        stage1, stage2: each stage's settings, keys as in a stage recipe (`Stage1Arguments` / `Stage2Arguments`,
-            `SFTConfig` and `ModelConfig` fields); `output_dir` and `model_name_or_path` are filled in from
-            `work_dir`.
-        stage2b: an optional second stage-2 round that continues stage 2's adapter on another mixture (its
-            `output_dir`, `model_name_or_path` and `adapter_path` are filled in); the bundle is then taken from it.
-        bundle: `{"output": ..., "base_vocab_size": ..., "dtype": ..., "retrieval": {...}, "generation": {...}}` to
-            export a default-model bundle, or empty (`retrieval`: see `llamo.retrieval`, for a model trained with
-            neighbours; `generation`: generation-config defaults such as `answer_loop_repeats`).
-        start_from_bundle: skip stage 1 and continue a default-model bundle instead (a bundle folder, or `default`
-            for the packaged one): its model before the adapter becomes the stage-1 folder, and stage 2 continues
-            its adapter (LoRA + projector)."""
+        stage1, stage2: each stage's recipe keys; `output_dir` and `model_name_or_path` are filled in from `work_dir`.
+        stage2b: an optional second stage-2 round continuing stage 2's adapter on another mixture (the bundle is then
+            taken from it).
+        bundle: `{"output", "base_vocab_size", "dtype", "retrieval", "generation"}` to export a default-model bundle,
+            or empty.
+        start_from_bundle: skip stage 1 and continue a bundle folder (or `default`, the packaged one): its model
+            before the adapter becomes the stage-1 folder, and stage 2 continues its adapter."""
 
     work_dir: str
     stage1: dict[str, Any]
