@@ -1,12 +1,9 @@
 """Baselines computed by the same harness, their answers scored by the same metric code as the model's.
 
-- `retrieval`: nearest neighbour by Tanimoto similarity of Morgan fingerprints (radius 2, 2048 bits, see
-  `llamo.processing.index.MoleculeIndex`) among the training rows of the same task (and, for property QA, the same
-  property), or among the entries of a given index; the neighbour's answer is copied (ties go to the earlier row). A
-  row with no known molecule of its kind gets an empty answer.
-- `mean`: property QA only: the mean training target of the asked property, for every molecule.
-- `namer`: IUPAC naming only: the name of `openclatura`'s rule-based namer (no model, no training rows; an empty
-  answer where it names nothing).
+- `retrieval`: copies the answer of the nearest training row of the same task (and property) or index entry, by
+  Tanimoto similarity of Morgan fingerprints (ties: the earlier row); empty when none is known.
+- `mean`: property QA only: the mean training target of the asked property.
+- `namer`: IUPAC naming only: `openclatura`'s rule-based name (empty where it names nothing).
 - `no-graph` (in `llamo.evaluation.predict`): the same model with the graph tokens removed from the prompt."""
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """IUPAC naming metrics: BLEU-4 and METEOR (see `text_metrics`), exact match, and structure-level correctness.
 
-Exact match compares names with case and whitespace normalized (`exact_match_normalized`): reference names from
-PubChem are lower-case ("2-acetyloxybenzoic acid", "...-1h-naphthalene"), so a correctly cased prediction still matches.
-
-Structure-level correctness goes beyond the paper: each predicted name is parsed back to a structure with OPSIN
-(`py2opsin`, which runs Java) and its InChIKey compared with the target molecule's (both computed by RDKit). A name can
-be right while differing in wording from the reference, and a near-identical string can name another molecule; this
-metric sees both. Reported: the OPSIN parse rate, the full-InChIKey match rate and the connectivity match rate (first
-InChIKey block: same skeleton, stereochemistry and charge ignored), all over every predicted row, 0-100."""
+Exact match ignores case and whitespace (`exact_match_normalized`): PubChem's reference names are lower-case.
+Structure-level correctness (beyond the paper): each predicted name is parsed back with OPSIN (`py2opsin`, Java) and
+its InChIKey compared with the target's, so a differently worded right name counts and a near-identical wrong one does
+not. Reported over every predicted row, 0-100: the OPSIN parse rate, the full-InChIKey match rate and the connectivity
+match rate (first InChIKey block: stereochemistry and charge ignored)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """Property QA metrics (QM9 HOMO, LUMO, HOMO-LUMO gap, in Hartree): MAE beside the valid-answer ratio.
 
-An answer is valid when it is essentially a number: it holds exactly one number standing on its own, with words
-around it allowed ("-0.2345", "The HOMO is -0.2345 Hartree."), while digits inside a word or formula ("C6H6",
-"2-methylpropane") are not numbers, and two numbers are ambiguous. Every codebase of the field drops the other answers
-from the MAE; here they are dropped from the MAE too, but counted, and the valid ratio is always reported beside it
-(per property and overall). Its denominator is every property question of the data with a target, so a row the model
-could not be asked (its SMILES unparsable, or refused by the processor) counts as an invalid answer. Reported:
-`mae_<property>_<unit>` and the pooled `mae_<unit>` (all properties), each beside `valid_ratio_<property>` /
-`valid_ratio`."""
+An answer is valid when it holds exactly one number standing on its own ("The HOMO is -0.2345 Hartree."; digits in a
+word or formula such as "C6H6" are no number). Invalid answers are left out of the MAE but counted: the valid ratio,
+over every property question with a target (a row the model could not be asked is invalid), is reported beside it.
+Reported: `mae_<property>_<unit>` and the pooled `mae_<unit>`, beside `valid_ratio_<property>` / `valid_ratio`."""
 
 from __future__ import annotations
 

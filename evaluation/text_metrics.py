@@ -1,15 +1,10 @@
 """Caption-style text metrics (BLEU-2/4, METEOR, ROUGE-1/2/L) under named tokenization protocols.
 
-A protocol fixes how texts become tokens before BLEU and METEOR:
-
-- `molt5_scibert`: the field's standard (MolT5, MolCA, InstructMol, Mol-Instructions, BioT5): SciBERT's uncased
-  WordPiece tokenizer, the first 512 tokens, [PAD]/[CLS]/[SEP] removed.
-- `llamo_llm_tokens`: LLaMo's own evaluator: the same with the LLM's tokenizer (the model's), its pad/BOS/EOS removed.
-
-BLEU is NLTK's corpus BLEU without smoothing, weights (.5, .5) and (.25,) * 4; METEOR is the mean of NLTK's
-`meteor_score` per row (it needs WordNet, see `llamo.evaluation.wordnet`); ROUGE-1/2/L are the mean F-measures of
-`rouge_score` on the raw strings (their first `ROUGE_MAX_CHARS`) without stemming, so they do not depend on the
-protocol and are reported once, as `*_molt5_raw_text`. Every value is on a 0-100 scale."""
+A protocol fixes how texts become tokens before BLEU and METEOR: `molt5_scibert`, the field's standard (SciBERT's
+uncased WordPiece tokens, the first 512, [PAD]/[CLS]/[SEP] removed), or `llamo_llm_tokens`, LLaMo's evaluator (the
+same with the model's tokenizer, its pad/BOS/EOS removed). BLEU is NLTK's corpus BLEU without smoothing; METEOR the
+mean of NLTK's `meteor_score` (WordNet: `llamo.evaluation.wordnet`); ROUGE-1/2/L the mean `rouge_score` F-measures on
+the raw strings without stemming, reported once as `*_molt5_raw_text`. Every value is on a 0-100 scale."""
 
 from __future__ import annotations
 

@@ -5,9 +5,7 @@
     export_model("runs/stage2/merged", "export/llamo", ModelCardOptions(repo_id="me/llamo", results=["results.json"]))
     push_folder(plan_push("export/llamo", "me/llamo"))
 
-or `llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card` on the command line. The exported
-`config.json` declares the `molecule-text-generation` pipeline, so `pipeline(model=folder_or_repo,
-trust_remote_code=True)` finds it without a task name."""
+or `llamo export`, `llamo push`, `llamo convert-original` and `llamo dataset-card` on the command line."""
 
 from llamo import lazy_exports
 

@@ -1,11 +1,9 @@
 """Registration of LLaMo with transformers' Auto API and pipeline registry, deferred until transformers is used.
 
-`import llamo` must stay light (`llamo --help` imports no torch), yet `import llamo` followed by
-`AutoModelForCausalLM.from_pretrained(folder)` must find the LLaMo classes without `trust_remote_code`. Registering
-needs the model classes, hence torch, so it cannot happen during `import llamo` unless transformers' Auto API is
-already loaded. Otherwise `install()` puts a finder on `sys.meta_path` that watches the imports of transformers and
-llamo modules: as soon as no such import is in progress and `transformers.models.auto` is loaded, the classes are
-registered and the finder removes itself. Nothing here imports more than the standard library until then."""
+`import llamo` stays light (no torch), yet `AutoModelForCausalLM.from_pretrained(folder)` must then find the LLaMo
+classes without `trust_remote_code`. Unless transformers' Auto API is already loaded, `install()` puts a finder on
+`sys.meta_path`: once no transformers or llamo import is in progress and `transformers.models.auto` is loaded, it
+registers the classes and removes itself. Until then nothing here imports more than the standard library."""
 
 from __future__ import annotations
 

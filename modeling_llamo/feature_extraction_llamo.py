@@ -1,11 +1,8 @@
 """The molecule side of LLaMo's processor: SMILES in, batch-first graph tensors out.
 
-`LlamoMoleculeFeaturizer` is the one featurization entry point: the processor, the training datasets cache, molecule
-indexes and evaluation all call it (or `prepare_molecule`, its per-molecule step). A sequence may hold any number of
-molecules; a batch is padded to `(batch, max_molecules, ...)` so that every tensor stays batch-first, and generation
-can repeat rows (beam search, `num_return_sequences`) without knowing about molecules.
-
-This file travels to the Hub as remote code: it imports only numpy, torch, RDKit and its sibling files."""
+`LlamoMoleculeFeaturizer` (or `prepare_molecule`, its per-molecule step) is the one featurization entry point. A batch
+is padded to `(batch, max_molecules, ...)`, so generation can repeat rows without knowing about molecules. This file
+travels to the Hub as remote code: it imports only numpy, torch, RDKit and its sibling files."""
 
 from __future__ import annotations
 

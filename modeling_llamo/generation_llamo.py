@@ -49,15 +49,12 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
       tokens, the copies apart (a list whose items vary: "2,4-dihydroxy-2-oxo-2,4-dihydroxy-2-oxidanylidene-...");
     - at most `few_tokens[0]` distinct tokens among the last `few_tokens[1]` (a loop that beam search has steered
       around the rules above: "3-hydroxy-2-oxo-3-hydroxy-3-hydroxy-2-oxo-2-hydroxy-(2-oxo-...");
-    - per `(size, count)` of `long_blocks`, one block of `size` tokens seen `count` times in the answer: a long name
-      said again and again ("It is a member of X and a X-ol ... It derives from a X"), or a short fragment that a
-      made-up name keeps coming back to, however its copies vary in between ("3-hydroxy-3-hydroxy-2-oxo-...");
+    - per `(size, count)` of `long_blocks`, one block of `size` tokens seen `count` times in the answer (a long name
+      said again and again, or a fragment a made-up name keeps coming back to);
     - with `sentence_end_token_ids`, a sentence whose first `sentence_prefix_tokens` tokens are those of an earlier
-      sentence (sentences end at one of those tokens): "It is a conjugate base of X. It is a conjugate acid of X. It
-      is a conjugate base of X", whose copies are too long for the rules above.
+      sentence ("It is a conjugate base of X. It is a conjugate acid of X. It is a conjugate base of X").
 
-    A banned n-gram only moves a looping small model on to other degenerate text; ending the answer keeps what it said
-    before the loop. Text that repeats a phrase with more changes in between is never stopped.
+    Ending the answer keeps what it said before the loop (a banned n-gram would only move on to other degenerate text).
     """
 
     def __init__(

@@ -170,12 +170,9 @@ def oversized_error(
 def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = None) -> Chem.Mol:
     """Parse a SMILES string with RDKit's default sanitization, raising a `ValueError` that names the input.
 
-    Cheap checks run before RDKit sees the string and take milliseconds whatever its length: they refuse what is
-    not a SMILES (non-strings, blank text, NUL characters, lone surrogates) and, raising `OversizedMoleculeError`,
-    SMILES that write more atoms than `max_atoms` (`count_smiles_atoms`), have more than `MAX_SMILES_LENGTH`
-    characters or describe a dense graph (`MAX_RING_BONDS_PER_ATOM`, `RING_ALLOWANCE`), on which RDKit's time grows
-    faster than linearly. A parsed molecule with more rings than `RING_ALLOWANCE` allows is refused too. The exact
-    atom count of the parsed molecule is left to `check_size`."""
+    Cheap checks before RDKit refuse what is not a SMILES (non-strings, blank text, NUL, lone surrogates) and, with
+    `OversizedMoleculeError`, SMILES over `max_atoms` atoms (`count_smiles_atoms`), `MAX_SMILES_LENGTH` characters or
+    the ring limits (`MAX_RING_BONDS_PER_ATOM`, `RING_ALLOWANCE`). The exact atom count is left to `check_size`."""
     where = position_text(index)
     if not isinstance(smiles, str):
         raise ValueError(f"SMILES{where} must be a string, got {type(smiles).__name__}: {shorten_for_message(smiles)}")

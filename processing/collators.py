@@ -25,17 +25,12 @@ first (see `llamo.processing.index.attach_neighbours`)."""
 
 @dataclass
 class LlamoDataCollator:
-    """Batches featurized conversation rows for training: renders each conversation with the processor's chat template
-    (its molecule from the row's precomputed graph and canonical SMILES, so RDKit does not run for it), expands every
-    `<graph>` with the processor's own routine, and builds `labels` that keep exactly the assistant turns (answer +
-    end-of-turn text); the prompt, SMILES texts and graph positions are `-100`. Padding (right) is the tokenizer's.
-
-    A row may hold further molecules (metadata `molecules`) and in-context neighbours (a `neighbours` column); those
-    are featurized here once each and kept in memory (`cache_size` molecules). The `processor` needs a fast tokenizer
-    (offsets map turns to tokens); `chat_template` overrides its template. Rows over `max_length` tokens drop
-    neighbours (least similar first), then are cut on the right; a row whose molecules' placeholders do not fit in
-    `max_length` is left out of its batch with a warning and counted (`dropped`), and a batch of only such rows is an
-    error naming them."""
+    """Batches featurized conversation rows for training: renders each with the processor's chat template (its molecule
+    from the row's precomputed graph), expands `<graph>`, and builds `labels` that keep exactly the assistant turns
+    (answer + end-of-turn text), everything else `-100`; pads on the right. Further molecules and neighbours are
+    featurized once each (`cache_size` kept). Needs a fast tokenizer. Rows over `max_length` drop neighbours (least
+    similar first), then are cut; a row whose placeholders do not fit is left out with a warning and counted
+    (`dropped`), and a batch of only such rows is an error naming them."""
 
     processor: Any
     max_length: int | None = 512

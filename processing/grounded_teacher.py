@@ -1,11 +1,8 @@
 """The offline grounded teacher: conversations written only from verified facts of the molecule.
 
-No language model is involved. A molecule's facts are its description sentences (grouped by what they state: class,
-role, conjugate acid/base, ...), its IUPAC name when given, and what RDKit computes from the structure (formula,
-weight, formal charge, rings, functional groups counted by `group_rules`, ...). Each question-answer pair states
-exactly one fact, and the record's metadata keeps, per assistant turn, the fact it came from (`provenance`): the
-fact's key, source (`description`, `iupac` or `rdkit`), value, and the `evidence` strings found verbatim in the
-answer. Records are labelled `teacher: "grounded"`."""
+No language model: the facts are the description sentences, the IUPAC name when given, and what RDKit computes
+(formula, weight, charge, rings, `group_rules` counts, ...). Each question-answer pair states one fact; the metadata's
+`provenance` keeps, per assistant turn, its key, source (`description`, `iupac`, `rdkit`), value and `evidence`."""
 
 from __future__ import annotations
 

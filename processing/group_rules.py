@@ -2,10 +2,8 @@
 grounded teacher's "functional groups" facts (`group_counts`) and the demo's names of LLaMo's motif groups
 (`llamo.hub_cards.space.group_names`).
 
-Each rule's SMARTS matches only the *core* atoms of its group (the atoms a chemist would circle); the surroundings
-that decide the name are written as recursive SMARTS (`$(...)`), so a ketone matches its C=O only and a phenol its O
-only. Rules run in table order, specific before general, and a match inside (or equal to) an earlier match that was
-kept is skipped: an ester is not also a carbonyl, nor a phenol a hydroxyl, nor a lactone an ester."""
+Each rule's SMARTS matches only the *core* atoms of its group, its surroundings written as recursive SMARTS (`$(...)`).
+Rules run in table order, specific first; a match inside an earlier kept one is skipped (an ester is no carbonyl)."""
 
 from __future__ import annotations
 
