@@ -48,13 +48,10 @@ def looks_like_hub_id(value: str | None) -> bool:
 
 @dataclass
 class ModelCardOptions:
-    """What a model card says beyond what the model itself tells: its title (`model_name`; default the repository
-    name, else the model folder's), the Hub `repo_id` the usage snippet loads from, the Hub id of the `base_model` LM
-    (default: found from the build/run files), the metadata's `license` (the weights follow the base LM's), Hub
-    `datasets` ids (Hub-hosted training and evaluation data are added), extra data-credit keys (`credits`, see
-    `DATA_CREDITS`) and `tags`, `llamo evaluate` `results` files (the model's go into the `model-index`, baselines into
-    the text), training `run_dirs` (`None`: found from the model folder), and how the weights were converted from the
-    original release (`conversion`, filled by `convert-original`)."""
+    """What a model card says beyond the model itself: title (`model_name`, default the repository or folder name), the
+    `repo_id` of the usage snippet, the `base_model` Hub id (default: from the build/run files), `license`, Hub
+    `datasets`, extra `credits` keys (`DATA_CREDITS`) and `tags`, `llamo evaluate` `results` files (the model's go
+    into the `model-index`), training `run_dirs` (`None`: found from the model folder) and `conversion` facts."""
 
     model_name: str | None = None
     repo_id: str | None = None

@@ -1,7 +1,6 @@
-"""Export a LLaMo model into one self-contained folder, ready for the Hub: safetensors weights, `config.json` with
-`auto_map` and the `molecule-text-generation` custom pipeline, exactly the remote-code files, the processor and
-tokenizer files, the chat template, `generation_config.json` and the model card (`README.md`). The folder is written
-beside its destination and moved into place only once complete: a failed export leaves the destination untouched."""
+"""Export a LLaMo model into one self-contained, Hub-ready folder: safetensors weights, `config.json` (`auto_map`, the
+custom pipeline), exactly the remote-code files, processor and tokenizer files, generation config and model card. It
+is written beside its destination and moved into place once complete: a failed export leaves the destination alone."""
 
 from __future__ import annotations
 
@@ -139,10 +138,9 @@ def export_model(
     overwrite: bool = False,
     dtype: str = "auto",
 ) -> ExportResult:
-    """Export a saved LLaMo folder (from `llamo init`, training, or `convert-original`) to `output_dir` (new or empty
-    unless `overwrite`), with the card `card_options` describe. The model is loaded (`dtype`: `auto` keeps the saved
-    one) and saved again, so the export holds safetensors weights, the remote code of the installed `llamo`, and none
-    of a training folder's other files (optimizer states, logs, checkpoints)."""
+    """Export a saved LLaMo folder to `output_dir` (new or empty unless `overwrite`), with the card `card_options`
+    describe. The model is loaded (`dtype` `auto`: as saved) and saved again, so none of a training folder's other
+    files (optimizer states, logs, checkpoints) come along."""
     from llamo.builder import load_llamo
     from llamo.cli_common import DTYPE_CHOICES
 

@@ -79,10 +79,9 @@ def plan_push(
 
 
 def push_folder(plan: UploadPlan, api=None, token: str | None = None):
-    """Create the repository if needed (and the branch, with `create_branch`), then upload the folder in one commit
-    with `api` (default: an `HfApi` with `token`, default `get_token()`); returns the upload's `CommitInfo`. A
-    `PushError` without a token, when the Hub refused or could not be reached, or for any failure whose text holds the
-    token (re-raised with the token replaced by `<token>`, without the original exception attached)."""
+    """Create the repository (and branch) if needed, then upload the folder in one commit with `api` (default: an
+    `HfApi` with `token`, default `get_token()`); returns the `CommitInfo`. A `PushError` without a token, when the Hub
+    refused or could not be reached, or for any failure (its text with the token replaced by `<token>`)."""
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()

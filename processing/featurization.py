@@ -88,11 +88,9 @@ def featurize_dataset(
     name: str = "dataset",
     multiprocess_min_rows: int = MULTIPROCESS_MIN_ROWS,
 ) -> tuple[datasets.Dataset, DataReport]:
-    """Featurize every molecule once with `datasets.map`, adding the `FEATURIZED_FEATURES` columns (`prompt_smiles`:
-    canonical, non-isomeric, uncut). Unparsable, empty and oversized molecules, and any whose featurization raises
-    (`featurization error: <exception type>`), are dropped and counted in the returned report, and so are rows whose
-    further molecules (metadata `molecules`) are, or whose text writes the graph token. `num_proc` processes
-    are used above `multiprocess_min_rows` rows (below that, starting the processes costs more than it saves)."""
+    """Featurize every molecule once with `datasets.map`, adding the `FEATURIZED_FEATURES` columns. Rows with an
+    unparsable, empty or oversized molecule (further ones included), one whose featurization raises, or a text that
+    writes the graph token are dropped and counted in the report. `num_proc` is used above `multiprocess_min_rows`."""
     features = datasets.Features({**dataset.features, **FEATURIZED_FEATURES})
     if not len(dataset):  # `map` adds no columns to an empty dataset
         empty = {name: [] for name in features}

@@ -239,9 +239,7 @@ def generate_conversations(
     molecules: MoleculeInput | list[Molecule], teacher, output: str | Path, config: DataGenerationConfig | None = None
 ) -> dict[str, Any]:
     """Run the pipeline over `molecules` with `teacher`, appending to `output`; returns the summary (also written to
-    `<output>.summary.json`).
-
-    Resumes: molecules already generated or filtered in `output` are skipped, failed ones are retried. Stops cleanly
+    `<output>.summary.json`). Molecules already generated or filtered are skipped, failed ones retried. Stops cleanly
     when the teacher's request budget is spent (`summary["stopped"] == "budget_exhausted"`). Raises
     `TeacherFatalError` (after writing the summary) when the teacher refuses every request, e.g. a wrong API key."""
     from tqdm.auto import tqdm
@@ -309,10 +307,8 @@ def generate_conversations(
 def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """One `generate_conversations` run described by a dict, as a training recipe's `conversations` step gives it.
 
-    Keys: `input` and `output` (required); `teacher` (default `grounded`) and the options of
-    `teachers.build_teacher` (`model`, `max_requests`, `temperature`, ...); the input's `format`, `id_prefix` and
-    `limit` (see `read_molecules`); any `DataGenerationConfig` field (`max_turns`, `seed`, ...; no progress bar unless
-    `show_progress`). An unknown key raises `ValueError`. Returns the summary."""
+    Keys: `input`, `output` (required), `teacher` (default `grounded`) and `build_teacher`'s options, `read_molecules`'s
+    `format`, `id_prefix` and `limit`, and `DataGenerationConfig` fields. An unknown key is a `ValueError`."""
     options = {key: value for key, value in settings.items() if value is not None}
     if missing := [key for key in ("input", "output") if options.get(key) in (None, "")]:
         raise ValueError(f"The conversations settings need {' and '.join(missing)}.")

@@ -121,11 +121,9 @@ def _require(path: str | Path) -> Path:
 def read_table(
     path: str | Path | list, split: str = "train", columns: list[str] | None = None, optional=(), **read_csv
 ):
-    """A Hub dataset's `split` or local CSV file(s) as a pandas table: its `columns` (a `ValueError` names the missing
-    ones) and those of `optional` that exist, or every column. Local files are read with `pandas.read_csv(**read_csv)`,
-    by default every value as text and the extra fields of a row ignored (as `csv.DictReader` does); bytes that are not
-    UTF-8 become U+FFFD (the loaders drop and count such rows). A file pandas cannot read at all is a `ValueError`
-    naming it."""
+    """A Hub dataset's `split` or local CSV file(s) as a pandas table: its `columns` (a `ValueError` names missing ones)
+    and the existing `optional` ones, or every column. Local files: `pandas.read_csv(**read_csv)`, by default all text,
+    extra fields ignored, non-UTF-8 bytes as U+FFFD; an unreadable file is a `ValueError` naming it."""
     if _is_hub_id(path):
         loaded = datasets.load_dataset(path, split=split)
         origin, available = f"{path} ({split})", loaded.column_names

@@ -143,11 +143,9 @@ def chat_completions_url(base_url: str) -> str:
 
 
 class _TeacherClient(InferenceClient):
-    """`InferenceClient` whose requests go through `http` (the teacher's own client) with `authorization()`'s headers.
-
-    `InferenceClient` sends through huggingface_hub's shared session, which follows redirects, refuses every request
-    under `HF_HUB_OFFLINE` and, without an `api_key`, sends the user's Hugging Face token: none of that suits a
-    third-party server. Overriding its one transport method keeps `chat_completion`'s request and reply handling."""
+    """`InferenceClient` whose requests go through `http` (the teacher's own client) with `authorization()`'s headers:
+    huggingface_hub's shared session follows redirects, refuses requests under `HF_HUB_OFFLINE` and may send the
+    user's Hugging Face token, none of which suits a third-party server."""
 
     def __init__(self, base_url: str, http: httpx2.Client, authorization: Callable[[], dict[str, str]]):
         # any api_key, so that no Hugging Face token is looked up; the Authorization header is replaced below

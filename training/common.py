@@ -115,11 +115,9 @@ def prepare_run_dir(
 ) -> tuple[Path, Path | None, bool]:
     """Check the run folder before training. Returns `(output_dir, checkpoint_to_resume_or_None, finished)`.
 
-    A new or empty folder starts a run; a folder of the same run (same saved settings, `IGNORED_FOR_RESUME` aside,
-    and only those that both versions know) resumes from its last complete checkpoint, or reports it finished;
-    anything else (another run's folder, unrelated files) is refused unless `overwrite_output_dir`, which starts
-    over. Only the main process changes the folder: the others (run after it, e.g. under `main_process_first`) only
-    read it."""
+    A new or empty folder starts a run; one of the same run (same saved settings but `IGNORED_FOR_RESUME`) resumes
+    from its last complete checkpoint or reports it finished; anything else is refused unless `overwrite_output_dir`.
+    Only the main process changes the folder: the others only read it."""
     script, training, model = arguments
     output_dir = Path(training.output_dir)
     overwrite = script.overwrite_output_dir
@@ -187,10 +185,8 @@ def final_save_guard(output_dir: Path, writing: str, module: torch.nn.Module):
 
 
 def load_for_training(model_path: str | Path, dtype: str = "float32"):
-    """Load a LLaMo folder for training: the language model in `dtype` (ModelConfig's; bfloat16 halves a frozen 7B
-    LLM's memory), the graph encoder and projector in float32 (they are trained; autocast computes in bf16 under
-    `bf16=True`), with their saved float32 values, not values rounded through `dtype` (the model's
-    `_keep_in_fp32_modules_strict`)."""
+    """Load a LLaMo folder for training: the language model in `dtype` (ModelConfig's), the trained graph encoder and
+    projector in float32 with their saved values (the model's `_keep_in_fp32_modules_strict`)."""
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 
     path = Path(model_path)

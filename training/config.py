@@ -3,10 +3,8 @@ SFTConfig, ModelConfig))`, from a YAML recipe plus command-line overrides.
 
     llamo train stage1 --config recipes/smollm2_135m_cpu_stage1.yaml --output_dir runs/stage1
 
-LLaMo's own arguments (data sources, neighbours, stage options) are the dataclasses here; every trainer setting is
-TRL's `SFTConfig` (transformers' `TrainingArguments`: schedule, precision, deepspeed, fsdp, push_to_hub, ...) and
-every model setting is TRL's `ModelConfig` (`model_name_or_path`, `dtype`, LoRA). This module imports no torch:
-`llamo train STAGE --help` lists these arguments without loading TRL (`--help-all` loads it and lists every flag)."""
+LLaMo's own arguments are the dataclasses here; trainer settings are TRL's `SFTConfig` and model settings its
+`ModelConfig`. This module imports no torch: `llamo train STAGE --help` does not load TRL (`--help-all` does)."""
 
 from __future__ import annotations
 

@@ -116,11 +116,9 @@ def _save_atomically(dataset: datasets.Dataset, folder: Path, reports: list[Data
 
 
 def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datasets.Dataset, list[DataReport]]:
-    """The training set of a stage: each source loaded and featurized (cached; `dataset_num_proc` processes), held-out
-    part selected, filtered to the task in specialist mode, given its in-context neighbours, mixed by weight (with the
-    trainer's `seed`), with a length column when the trainer samples by length. The mixture is cached too (keyed by
-    all of that), so a resumed run, or a run on another machine given the cache folder, skips the neighbour search.
-    Prints what was kept and dropped."""
+    """The training set of a stage: each source loaded, featurized (cached), its hold-out part selected, filtered to the
+    task in specialist mode, given its neighbours, mixed by weight (the trainer's `seed`), with a length column when
+    sampling by length. The mixture is cached too (a resumed run skips the neighbour search). Logs what was dropped."""
     config, training = arguments.script, arguments.training
     cached = mixture_cache(arguments)
     cache_dir = cached.parent

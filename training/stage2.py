@@ -4,9 +4,8 @@ encoder frozen (BatchNorm in eval mode), loss on assistant turns only.
     llamo train stage2 --config recipe.yaml [--model_name_or_path runs/stage1 --output_dir runs/stage2]
     accelerate launch -m llamo.training.stage2 --config recipe.yaml
 
-Results: `OUTPUT_DIR/adapter` (the LoRA adapter + trained projector, for `PeftModel.from_pretrained` onto the stage-1
-model) and `OUTPUT_DIR/merged` (a full model folder for `AutoModelForCausalLM` / `AutoProcessor`). SIGTERM or Ctrl-C
-saves a checkpoint at the end of the current step and exits; the same command resumes from it."""
+Results: `OUTPUT_DIR/adapter` (LoRA + projector, onto the stage-1 model) and `OUTPUT_DIR/merged` (a full model).
+SIGTERM or Ctrl-C saves a checkpoint at the end of the current step and exits; the same command resumes from it."""
 
 from __future__ import annotations
 

@@ -110,10 +110,8 @@ class Demo:
         session: str = "local",
     ) -> Iterator[tuple[list[dict], str, str, str]]:
         """Answer `question` about the current molecule, yielding `(chat history, question box, chat status,
-        neighbours panel)` as the answer streams. Problems (no molecule, no model, a failed generation) go to the
-        status, not exceptions; a generation that fails before any text leaves the conversation as it was and the
-        question in its box. Neighbours: see `in_context`. If the conversation is reset meanwhile (`new_conversation`),
-        generation stops and the last update is the empty conversation."""
+        neighbours panel)` as the answer streams. Problems go to the status, not exceptions; a generation that fails
+        before any text leaves the question in its box. A reset meanwhile (`new_conversation`) stops generation."""
         conversation = self.conversation(session)
         history = list(history or [])
         question = (question or "").strip()
@@ -160,10 +158,8 @@ class Demo:
             yield history, "", status, panel
 
     def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str]:
-        """`messages` with the neighbours of `smiles` for `question` in the first user turn and the molecule's
-        rule-based name before the question where the model asks for it (`Retrieval.name_hint`), and the neighbours
-        panel; unchanged, and no panel, where neither applies. The query is read within the processor's limits first;
-        an index that fails leaves the messages without neighbours and says so in the panel."""
+        """`messages` with the neighbours of `smiles` for `question` and, where the model asks for it, the molecule's
+        rule-based name (`Retrieval.name_hint`), and the neighbours panel (an index that fails says so there)."""
         max_atoms = self.processor.max_atoms
         if self.retrieval is None or (mol := readable_molecule(smiles, max_atoms)) is None:
             return messages, ""  # no index; or an unreadable molecule, which the generation reports

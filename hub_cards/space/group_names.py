@@ -1,10 +1,9 @@
 """Chemical names for LLaMo's motif groups (ester, carboxylic acid, amide, benzene ring, ...), from the SMARTS rules of
 `llamo.processing.group_rules` (core atoms only, specific before general). No model and no browser needed.
 
-A rule names a motif group when more than half of a match's atoms lie in the group: a whole match inside it, or two
-of an amide's three atoms where LLaMo's rules split a ring carbonyl from its ring nitrogen (caffeine). A ring system
-(a group of ring atoms only) takes only names whose match lies wholly inside it: what hangs off a ring is a group of
-its own. A match inside (or equal to) a match that already named the group is skipped."""
+A rule names a motif group when more than half of a match's atoms lie in it (two of an amide's three atoms, where
+LLaMo's rules split a ring carbonyl from its ring nitrogen); a ring system takes only matches wholly inside it. A match
+inside one that already named the group is skipped."""
 
 from __future__ import annotations
 

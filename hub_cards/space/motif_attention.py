@@ -26,10 +26,9 @@ def uses_motifs(model) -> bool:
 
 
 def motif_attention(model, processor, molecule: str | Chem.Mol) -> MotifAttention | None:
-    """The motif attention of `model` for one molecule (SMILES or RDKit molecule), or `None` where there is none to
-    show: a molecule without functional groups (methane) or a model without motif tokens. The groups are the rows of
-    the processor's `motif_features` (`functional_groups` order); the motif attention reads only these group vectors,
-    so the GIN encoder need not run. A `ValueError` for a molecule unparsable or over the processor's `max_atoms`."""
+    """The motif attention of `model` for one molecule (SMILES or RDKit molecule) over the rows of the processor's
+    `motif_features`, or `None` for a molecule without groups or a model without motif tokens (the GIN need not run).
+    A `ValueError` for a molecule unparsable or over the processor's `max_atoms`."""
     if not uses_motifs(model):
         return None
     graph = processor.featurizer.featurize([molecule])[0]

@@ -38,12 +38,10 @@ class InContext:
 
 
 class Retrieval:
-    """Which molecule index the demo's answers use, like `llamo generate --index`: a given index for every question, or
-    the model folder's default index for the question's task, or none. `index`: a folder or Hub dataset id, a loaded
-    `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the defaults named in `model_dir`'s `llamo_retrieval.json`);
-    `neighbours` per answer: capped at `MAX_NEIGHBOURS`, 0 turns them off, default the model's, else the pipeline's. The
-    questions of the tasks the model's file lists in `name_hint_tasks` are given the molecule's rule-based name, as
-    `llamo generate --name-hint auto` does (`name_hints=False` turns this off)."""
+    """Which molecule index the demo's answers use, as `llamo generate --index` and `--name-hint auto` do. `index`: a
+    folder or Hub dataset id, a loaded `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the defaults of
+    `model_dir`'s `llamo_retrieval.json`); `neighbours` per answer (capped at `MAX_NEIGHBOURS`, 0: off);
+    `name_hints=False` gives no rule-based names."""
 
     def __init__(
         self,
