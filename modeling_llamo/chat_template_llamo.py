@@ -1,8 +1,6 @@
 """Chat templates of LLaMo, where assistant turns are in a rendered conversation, and in-context neighbours.
 
-This file travels to the Hub as remote code: it imports only the standard library, so the defaults that the remote
-code shares with the command line and the data preparation (`GRAPH_TOKEN`, `DEFAULT_MAX_ATOMS`, `DEFAULT_NEIGHBOURS`)
-live here."""
+This remote-code file imports only the standard library, so the defaults shared with the command line live here."""
 
 from __future__ import annotations
 
@@ -104,9 +102,8 @@ def assistant_spans(
     messages: list[dict[str, Any]], render: Render, index: int = 0
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the `(start, end)` character span of every assistant turn: the text the template
-    adds between the prompt before that turn (with the generation prompt) and the conversation through the turn, so
-    it covers the answer and the end-of-turn text. A `ValueError` where the template renders a prefix differently
-    from the start of the whole conversation (LLaMA-2, ChatML and most templates render prefixes consistently)."""
+    adds between the prompt before that turn and the conversation through the turn (answer and end-of-turn text). A
+    `ValueError` where the template renders a prefix differently from the start of the whole conversation."""
     text = render(messages, False)
     spans = []
     for position, message in enumerate(messages):

@@ -1,14 +1,8 @@
 """Molecule featurization for LLaMo: SMILES -> OGB graph features + functional-group (motif) vectors.
 
-One RDKit parse per molecule yields everything the model needs:
-
-* the 9 atom features and 3 bond features of `ogb.utils.smiles2graph` (ogb 1.3.5 tables), every bond in both
-  directions, in RDKit's bond order;
-* the functional groups of LLaMo's motif tokens (the ReLMole rule set, reproduced with its exact grouping
-  behaviour) as 73-dim count vectors.
-
-Reading and bounding the SMILES text before and while RDKit parses it lives in `smiles_llamo.py`.
-
+One RDKit parse per molecule yields the 9 atom and 3 bond features of `ogb.utils.smiles2graph` (ogb 1.3.5 tables,
+every bond in both directions, in RDKit's bond order) and the functional groups of LLaMo's motif tokens (the ReLMole
+rule set, with its exact grouping behaviour) as 73-dim count vectors. Reading the SMILES text is `smiles_llamo.py`'s.
 This file travels to the Hub as remote code: it imports only numpy, torch, RDKit and its sibling files."""
 
 from __future__ import annotations
@@ -161,14 +155,11 @@ def _scan_molecule(
     """Read the atom and bond properties the features need, one property at a time: `map` over RDKit's getters
     costs about half of a Python loop over atoms, and most of the time here is spent in those getters.
 
-    `text`: what the SMILES the molecule was parsed from says. RDKit's SMILES parser gives chiral tags only to atoms
-    written with `@`, radicals only to atoms without implicit hydrogens (in a SMILES, the bracket atoms), and bond
-    stereo only where `/` or `\\` is written, so the other atoms and bonds are not asked. It is used only when the
-    text is plain (no CXSMILES extension), writes no bracket hydrogen (which RDKit may remove, shifting atom
-    indices) and writes as many atoms as the molecule has, so that the atoms of the text are the molecule's atoms in
-    order. `rings`: the ring perception RDKit's parser stored (`GetRingInfo().AtomRings()`), which then gives ring
-    membership (`Atom.IsInRing` reads the same ring information); it also lets hybridization be found by substructure
-    search, which needs a sanitized molecule."""
+    `text`: what the parsed SMILES says. RDKit's parser gives chiral tags only to atoms written with `@`, radicals only
+    to bracket atoms, and bond stereo only where `/` or `\\` is written, so the others are not asked; used only when
+    the text's atoms are the molecule's atoms in order (plain text, no bracket hydrogen, the same atom count).
+    `rings`: the ring perception RDKit's parser stored, which then gives ring membership and lets hybridization be
+    found by substructure search."""
     num_atoms, num_bonds = mol.GetNumAtoms(), mol.GetNumBonds()
     if text is not None and (not text.plain or text.hydrogens or text.atoms != num_atoms):
         text = None
@@ -298,11 +289,9 @@ def functional_groups(mol: Chem.Mol) -> list[set[int]]:
     Rings are RDKit's symmetrised SSSR, merged where they share more than two atoms. Atoms matching the SMARTS
     `[!#6]`, `*=,#*` or `[CX4]([O,N,S])[O,N,S]` are marked (tested directly, not by substructure search); marked atoms
     joined by non-ring bonds are merged, an unmarked neighbour of a marked atom joins its group, other non-ring bonds
-    become two-atom groups, and single ring atoms are dropped. Group membership is tracked exactly as the original
-    code tracks it: a merged atom takes over the membership *list* of its partner, so an atom that joined a group
-    earlier can keep pointing at a group a later merge emptied. For molecules parsed from ordinary SMILES this never
-    changes the result (bonds are created in writing order); it can for molecules built in another atom order, and
-    there we still agree with the original."""
+    become two-atom groups, and single ring atoms are dropped. Membership is tracked exactly as the original code does
+    (a merged atom takes over its partner's membership *list*), so molecules built in another atom order than their
+    SMILES's still get the original's groups."""
     return _group_atoms(_scan_molecule(mol), [tuple(ring) for ring in Chem.GetSymmSSSR(mol)])
 
 
@@ -344,10 +333,8 @@ def featurize_molecule(
 ) -> MoleculeGraph:
     """Featurize an RDKit molecule: OGB atom and bond features plus motif vectors, in one scan.
 
-    `rings_from_sanitization=True` reuses the ring perception RDKit stored while sanitizing (the symmetrised SSSR,
-    identical to `Chem.GetSymmSSSR`) instead of recomputing it; only pass it for molecules sanitized by RDKit's
-    default parser. `parsed_from` is the SMILES string `parse_smiles` read the molecule from: RDKit is then not asked
-    for what that text rules out (chiral tags where no `@` is written, ...); the result is the same without it."""
+    `rings_from_sanitization=True` reuses the ring perception stored by RDKit's default parser (the symmetrised SSSR);
+    `parsed_from`, the SMILES `parse_smiles` read, spares asking RDKit what that text rules out (same result)."""
     rings = mol.GetRingInfo().AtomRings() if rings_from_sanitization else tuple(map(tuple, Chem.GetSymmSSSR(mol)))
     text = read_smiles_text(parsed_from[:MAX_SMILES_LENGTH]) if isinstance(parsed_from, str) else None
     scan = _scan_molecule(mol, text, rings if rings_from_sanitization else None)

@@ -1,10 +1,8 @@
 """A full disk, said plainly: recognise it, name the folder and the space needed, keep what was written.
 
-A write that runs out of space fails differently by writer: Python raises `OSError(errno.ENOSPC)`, torch's zip
-writer `RuntimeError`s worded "basic_ios::clear: iostream error" or "unexpected pos N vs M", its legacy writer
-"write(): fd N failed with No space left on device", safetensors "No space left on device (os error 28)". Writers
-wrap their work in `disk_full_guard`, which turns any of these into a `DiskFullError` naming the folder; the command
-line prints its message alone (no traceback) and exits with `EXIT_DISK_FULL`."""
+Writers word a full disk differently (`OSError(errno.ENOSPC)`, torch's "basic_ios::clear" or "unexpected pos N vs M",
+safetensors' "os error 28"): `disk_full_guard` turns any of them into a `DiskFullError` naming the folder, which the
+command line prints alone, exiting with `EXIT_DISK_FULL`."""
 
 from __future__ import annotations
 
