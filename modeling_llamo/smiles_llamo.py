@@ -75,8 +75,7 @@ def shorten_for_message(value: object, limit: int = MESSAGE_CHARS) -> str:
 
 @dataclass(frozen=True)
 class SmilesText:
-    """What the text of a SMILES says about its size, read without parsing it, and which atoms can carry the
-    properties only bracket atoms get from RDKit's SMILES parser.
+    """What the text of a SMILES says about its size and its bracket atoms, read without parsing it.
 
     Attributes:
         atoms: atoms written (see `count_smiles_atoms`).

@@ -142,10 +142,9 @@ def _messages_from_json(turns: list[Any]) -> list[dict[str, str]]:
 
 
 def parse_conversation(text: str) -> list[dict[str, str]]:
-    """The `[{"role", "content"}, ...]` messages written by the teacher, in order and unfiltered.
-
-    Raises `ConversationFormatError` when no conversation can be read (`unparsable`) or its turns are not
-    role/content objects (`broken_turns`). Whether the turns alternate or are complete, `conversation_problem` says."""
+    """The `[{"role", "content"}, ...]` messages written by the teacher, in order and unfiltered. Raises
+    `ConversationFormatError` when no conversation can be read (`unparsable`) or its turns are not role/content
+    objects (`broken_turns`)."""
     if not isinstance(text, str) or not text.strip():
         raise ConversationFormatError("unparsable", "empty output")
     for value in _json_candidates(text):
@@ -165,11 +164,10 @@ def parse_conversation(text: str) -> list[dict[str, str]]:
 
 
 def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str | None:
-    """Step 3's checks on parsed messages: the first failing reason, or None for a conversation to keep.
-
-    Reasons: `empty_conversation`, `broken_turns` (not user first, or roles not alternating), `unanswered_question`
-    (ends with a user turn), `empty_turn`, `duplicate_turn` (the same question or answer twice, ignoring case and
-    spacing), `too_many_turns` (more than `max_turns` question-answer pairs)."""
+    """Step 3's checks on parsed messages: the first failing reason, or None for a conversation to keep. Reasons:
+    `empty_conversation`, `broken_turns` (not user first, or roles not alternating), `unanswered_question` (ends with a
+    user turn), `empty_turn`, `duplicate_turn` (the same question or answer twice, ignoring case and spacing),
+    `too_many_turns` (more than `max_turns` question-answer pairs)."""
     if not messages:
         return "empty_conversation"
     for index, message in enumerate(messages[:-1] if messages[-1]["role"] == "user" else messages):

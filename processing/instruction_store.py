@@ -18,10 +18,8 @@ IDENTITY_KEYS = ("teacher", "model", "prompt_version")
 
 
 def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file written by this module.
-
-    A half-written last line (no newline, not valid JSON: the job was killed while writing it) is ignored, and with
-    `repair` cut from the file. Any other invalid line raises `ValueError` naming it: we never drop user data."""
+    """The JSON objects of a JSONL file written by this module. A half-written last line (a killed job) is ignored, and
+    with `repair` cut from the file; any other invalid line raises `ValueError` naming it."""
     if not path.exists():
         return []
     data = path.read_bytes()

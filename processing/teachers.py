@@ -281,10 +281,9 @@ class OpenAICompatibleTeacher:
 
 
 class TransformersTeacher:
-    """A local chat model (`AutoModelForCausalLM` + the tokenizer's chat template), from a folder or Hub id.
-
-    Generation runs one request at a time (`max_concurrency = 1`); `seed` seeds torch before each request so a rerun
-    reproduces it. A template without a system role gets the system prompt prepended to the first user turn."""
+    """A local chat model (`AutoModelForCausalLM` + the tokenizer's chat template), from a folder or Hub id, one request
+    at a time; `seed` seeds torch before each request. A template without a system role gets the system prompt in the
+    first user turn."""
 
     name = "transformers"
     prompt_version = PROMPT_VERSION

@@ -30,10 +30,8 @@ IGNORED_FOR_RESUME = {*_LAUNCH, "ddp_timeout", *_REPORTING, "log_level_replica",
 
 
 class LlamoSFTTrainer(SFTTrainer):
-    """TRL's `SFTTrainer` for both stages (its fused LM head scores only the answer positions, never the prompt's
-    full-vocabulary logits). A full disk while a checkpoint is written removes the partial `checkpoint-N` folder (so
-    that it is never resumed from, nor fills the disk), keeps the last complete checkpoint and raises a `DiskFullError`
-    saying which folder is full and how much a checkpoint needs (`checkpoint_bytes`)."""
+    """TRL's `SFTTrainer` for both stages. A full disk while a checkpoint is written removes the partial `checkpoint-N`
+    folder, keeps the last complete checkpoint and raises a `DiskFullError` saying how much a checkpoint needs."""
 
     def _save_checkpoint(self, model, trial) -> None:
         try:
