@@ -32,7 +32,8 @@ SETTINGS_TYPES = {
     "name_hint_tasks": (list, str, "a list of task names"),
 }
 """The keys of `llamo_retrieval.json`: key -> (its type, the type of its entries, how an error says it)."""
-DEFAULT_INDEX_VERSION = "2"  # 2: entries keep their stereochemistry (isomeric SMILES)
+DEFAULT_INDEX_VERSIONS = {"iupac": "2", "property": "3"}
+"""Version of each packaged index; 2: entries keep their stereochemistry, 3: radius-1 count fingerprints."""
 ANSWER_TOKENS = {"description": 256, "iupac": 144, "property": 16}
 """Default answer length by the question's task: long enough for ChEBI-20 descriptions (99.6% of the training ones
 are shorter), PubChem names (99.5%; 1.9% need 95 tokens or more) and a number, so that an answer that runs on stops
@@ -99,7 +100,8 @@ def default_index(task: str, limit: int | None = None):
     if source is None:
         raise ValueError(f"No packaged index for {task!r}: pass --index with one built by `llamo index build`.")
     cache = Path(os.environ.get(INDEX_CACHE_ENV) or Path.home() / ".cache" / "llamo" / "indexes")
-    folder = cache / (f"{task}-{source}-v{DEFAULT_INDEX_VERSION}" + (f"-first{limit}" if limit else ""))
+    version = f"v{DEFAULT_INDEX_VERSIONS[task]}"
+    folder = cache / (f"{task}-{source}-{version}" + (f"-first{limit}" if limit else ""))
     if (folder / "state.json").is_file():
         return MoleculeIndex.load(folder)
     index, _, counts = build_index(source, task, limit=limit)
@@ -108,7 +110,7 @@ def default_index(task: str, limit: int | None = None):
     index.save(folder)
     print(f"Built the {task} index once: {counts['indexed']} entries, in {folder}", flush=True)
     for stale in folder.parent.glob(f"{task}-{source}-v*"):  # as earlier versions of llamo built it, or of a subset
-        if stale != folder and (stale.name.split("-")[2] != f"v{DEFAULT_INDEX_VERSION}" or not limit):
+        if stale != folder and (stale.name.split("-")[2] != version or not limit):
             shutil.rmtree(stale, ignore_errors=True)
             print(f"Removed {stale}: the {task} index of an earlier llamo version", flush=True)
     return MoleculeIndex.load(folder)

@@ -3,8 +3,9 @@
 An index is a `datasets.Dataset` (saved with `save_to_disk`, pushed to the Hub as a dataset, loaded from a folder or
 a Hub id) holding per entry its canonical isomeric SMILES (so a neighbour's graph keeps its chirality; prompts show
 SMILES without it), InChIKey, the question and answer of its conversation, a `key` that groups comparable answers (the
-property name for property QA, else the task), and a Morgan fingerprint. Neighbours are ranked by Tanimoto similarity
-with RDKit's bulk similarity."""
+property name for property QA, else the task), and a Morgan fingerprint: radius 2 bits, and for property QA radius 1
+counts, which find neighbours of closer HOMO / LUMO / gap among QM9's small molecules (chosen on validation molecules:
+`benchmarks/eval_property_index_size.py`). Neighbours are ranked by Tanimoto similarity with RDKit's bulk similarity."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,8 @@ INDEX_FEATURES = datasets.Features(
         "fingerprint": datasets.Value("binary"),
     }
 )
-FINGERPRINT_RADIUS = 2
 FINGERPRINT_SIZE = 2048
+COUNT_FINGERPRINT_TASKS = ("property",)
 NEIGHBOUR_TASKS = ("description", "iupac", "property")
 """Tasks whose rows get in-context neighbours in training (one answer per molecule; conversations get none)."""
 
@@ -57,8 +58,11 @@ class Neighbour:
         return asdict(self)
 
 
-def _fingerprint_generator():
-    return rdFingerprintGenerator.GetMorganGenerator(radius=FINGERPRINT_RADIUS, fpSize=FINGERPRINT_SIZE)
+def _fingerprinter(task: str) -> Callable[[Chem.Mol], Any]:
+    """The fingerprint of a task's entries and queries (see the module's docstring)."""
+    counts = task in COUNT_FINGERPRINT_TASKS
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=1 if counts else 2, fpSize=FINGERPRINT_SIZE)
+    return generator.GetCountFingerprint if counts else generator.GetFingerprint
 
 
 def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None) -> str:
@@ -78,9 +82,16 @@ class MoleculeIndex:
         self.table = table
         self.task = table[0]["task"] if len(table) else ""
         columns = table.select_columns(["fingerprint", "inchikey", "key"]).to_dict()  # by Arrow, not row by row
-        self._fingerprints = [DataStructs.ExplicitBitVect(raw) for raw in columns["fingerprint"]]
-        if any(fingerprint.GetNumBits() != FINGERPRINT_SIZE for fingerprint in self._fingerprints):
-            raise ValueError(f"Not a molecule index: its fingerprints are not all {FINGERPRINT_SIZE} bits long.")
+        counts = self.task in COUNT_FINGERPRINT_TASKS
+        kind = f"radius-{1 if counts else 2} Morgan {'count' if counts else 'bit'} vectors of {FINGERPRINT_SIZE}"
+        try:
+            decode = DataStructs.UIntSparseIntVect if counts else DataStructs.ExplicitBitVect
+            self._fingerprints = [decode(raw) for raw in columns["fingerprint"]]
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"Its fingerprints are not {kind} (an older llamo's index? build it again).") from error
+        length = "GetLength" if counts else "GetNumBits"
+        if any(getattr(fingerprint, length)() != FINGERPRINT_SIZE for fingerprint in self._fingerprints):
+            raise ValueError(f"Its fingerprints are not {kind}.")
         self._rows_by_inchikey: dict[str, list[int]] = defaultdict(list)
         for row, inchikey in enumerate(columns["inchikey"]):
             self._rows_by_inchikey[inchikey].append(row)
@@ -88,7 +99,7 @@ class MoleculeIndex:
         lowered = np.asarray([key.lower() for key in columns["key"]], dtype=object)
         distinct = set(lowered.tolist())
         self._key_masks = {key: lowered == key for key in distinct} if len(distinct) > 1 else {}
-        self._generator = _fingerprint_generator()
+        self._fingerprint = _fingerprinter(self.task)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -113,7 +124,7 @@ class MoleculeIndex:
         molecule`, `held out`."""
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
-        generator, seen, entries = _fingerprint_generator(), set(), []
+        fingerprinter, seen, entries = _fingerprinter(task), set(), []
 
         def entry(row: dict[str, Any]) -> str:
             if (row.get("task") or task) != task:
@@ -132,7 +143,7 @@ class MoleculeIndex:
             if molecule in seen:
                 return "duplicate"
             seen.add(molecule)
-            fingerprint = generator.GetFingerprint(mol).ToBinary()
+            fingerprint = fingerprinter(mol).ToBinary()
             entries.append((smiles, inchikey, task, key, question, answer, fingerprint))
             return "indexed"
 
@@ -189,7 +200,7 @@ class MoleculeIndex:
 
     def query_fingerprint(self, smiles: str | Chem.Mol):
         mol = smiles if isinstance(smiles, Chem.Mol) else parse_smiles(smiles)
-        return self._generator.GetFingerprint(mol), Chem.MolToInchiKey(mol) or ""
+        return self._fingerprint(mol), Chem.MolToInchiKey(mol) or ""
 
     def neighbours(
         self,

@@ -392,7 +392,8 @@ def test_a_model_trained_with_neighbours_uses_its_default_index_built_on_first_u
     out = capsys.readouterr().out
     assert "Built the iupac index once" in out and "Removed" in out and "iupac-chemicals-v1-first150" in out
     kept = sorted(path.name for path in (tmp_path / "indexes").iterdir())
-    assert kept == [f"iupac-chemicals-v{retrieval.DEFAULT_INDEX_VERSION}-first150", "my-own-index", "property-qm9-v1"]
+    version = retrieval.DEFAULT_INDEX_VERSIONS["iupac"]
+    assert kept == [f"iupac-chemicals-v{version}-first150", "my-own-index", "property-qm9-v1"]
     assert main([*argv, "What is the IUPAC name of this molecule?"]) == 0
     second = capsys.readouterr()
     assert "Built" not in second.out and "(in context: " in second.err

@@ -94,6 +94,33 @@ def test_property_index_picks_the_asked_property():
     assert property_from_text("Its energy?") is None
 
 
+def homo_records(smiles_list, task="property"):
+    question = "What is the HOMO energy of this molecule, in Hartree?"
+    return [
+        make_record(
+            f"q:{i}:HOMO",
+            smiles,
+            [{"role": "user", "content": question}, {"role": "assistant", "content": "-0.25"}],
+            task,
+            "qm9",
+            {"property": "HOMO"},
+        )
+        for i, smiles in enumerate(smiles_list)
+    ]
+
+
+def test_property_neighbours_count_substructures_other_tasks_use_bits(tmp_path):
+    alcohols = ["CCCCO", "CCCCCCCCCCO"]  # pentanol's nearest: butanol by counts; as bits decanol holds all its parts
+    by_counts = MoleculeIndex.from_records(homo_records(alcohols), "property", progress=False)[0]
+    assert [n.smiles for n in by_counts.neighbours("CCCCCO", k=2)] == alcohols
+    by_bits = MoleculeIndex.from_records(homo_records(alcohols, "iupac"), "iupac", progress=False)[0]
+    assert [n.smiles for n in by_bits.neighbours("CCCCCO", k=2)] == alcohols[::-1]
+    # a property index of bit fingerprints (as llamo built it before) is refused with a short error
+    by_bits.table.map(lambda row: {"task": "property"}).save_to_disk(str(tmp_path / "old"))
+    with pytest.raises(ValueError, match=r"not radius-1 Morgan count vectors of 2048 \(an older llamo's index"):
+        MoleculeIndex.load(tmp_path / "old")
+
+
 def test_holdout_leaves_out_exactly_the_test_molecules():
     index, counts = MoleculeIndex.from_records(name_records(), "iupac", holdout=0.5, progress=False)
     held = {key for key in MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].inchikeys}
@@ -470,13 +497,13 @@ def test_the_default_property_index_is_all_of_qm9_and_replaces_earlier_subsets(t
 
     monkeypatch.setattr(index_commands, "build_index", fake_build)
     monkeypatch.setenv("LLAMO_INDEX_CACHE", str(tmp_path))
-    for old in ("property-qm9-v2-first30000", "property-qm9-v1-first30000", "iupac-chemicals-v2"):
+    for old in ("property-qm9-v3-first30000", "property-qm9-v2-first30000", "property-qm9-v2", "iupac-chemicals-v2"):
         (tmp_path / old).mkdir()
     retrieval.default_index("property", limit=50)  # a subset: the other copies of this version stay
     assert built == [("qm9", "property", 50)]
-    assert {p.name for p in tmp_path.iterdir()} == {"property-qm9-v2-first30000", "property-qm9-v2-first50"} | {
+    assert {p.name for p in tmp_path.iterdir()} == {"property-qm9-v3-first30000", "property-qm9-v3-first50"} | {
         "iupac-chemicals-v2"
     }
     retrieval.default_index("property")
     assert built[-1] == ("qm9", "property", None)
-    assert {p.name for p in tmp_path.iterdir()} == {"property-qm9-v2", "iupac-chemicals-v2"}
+    assert {p.name for p in tmp_path.iterdir()} == {"property-qm9-v3", "iupac-chemicals-v2"}
