@@ -6,7 +6,9 @@ from the 30,000 QM9 molecules the model trained on (the index before) and from a
 The validation molecules are 120 QM9 molecules (360 HOMO / LUMO / gap questions) that are neither in that training
 subset (nor share an InChIKey with one of its molecules) nor on the test side of the fixed InChIKey hold-out, so no
 model saw them and no test figure chose the index. Both indexes leave out the validation molecules and every held-out
-molecule. Writes `summary.json` in the work folder; interrupted runs resume."""
+molecule. Writes `summary.json` in the work folder; interrupted runs resume. The indexes rank neighbours as the
+current code does (radius-1 Morgan counts for properties since the session of 2026-12-05, ninth; radius-2 bits before:
+`eval_property_fingerprints.py` compares them)."""
 
 from __future__ import annotations
 
