@@ -140,6 +140,7 @@ def _run_init(args: argparse.Namespace) -> None:
     Wrap a causal LM (local folder or Hub id) into an untrained LLaMo: the LM's weights and tokenizer with a
     <graph> token added, a fresh GIN encoder and multi-level projector, a chat template. Saves model and processor to
     OUT_DIR."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import set_seed
 
     from .builder import build_llamo, save_llamo
@@ -169,7 +170,7 @@ def _run_init(args: argparse.Namespace) -> None:
             processor_kwargs={"max_atoms": args.max_atoms or None, "prompt_smiles": args.prompt_smiles},
             gguf_file=args.gguf_file,
         )
-    except (OSError, ValueError) as error:  # transformers' loading errors (a missing model, an unreadable tokenizer)
+    except (OSError, ValueError, StrictDataclassError) as error:  # a missing model, an unreadable tokenizer, options
         detail = " ".join(str(error).split())[:400]
         raise CommandError(f"could not build a LLaMo around {args.llm}: {detail}") from error
     save_llamo(model, processor, output_dir, overwrite=args.overwrite, metadata={"llm": args.llm, "stage": "init"})

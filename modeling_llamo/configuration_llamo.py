@@ -1,12 +1,12 @@
 # Copyright 2026 The llamo contributors. Licensed under the Apache License, Version 2.0.
 """Configuration of LLaMo: a GIN graph encoder, a multi-level graph projector with motif tokens, and a causal LM."""
 
-from __future__ import annotations
-
 from typing import ClassVar, Literal
 
+from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils.type_validators import interval
 
 GRAPH_INPUT_NAMES = (
     "atom_features",
@@ -20,6 +20,7 @@ GRAPH_INPUT_NAMES = (
 """The batch-first graph tensors the processor produces and the model consumes (at prefill only)."""
 
 
+@strict(accept_kwargs=True)
 class LlamoGraphEncoderConfig(PretrainedConfig):
     r"""
     The GIN graph encoder: an atom encoder (sum of one embedding per OGB atom feature) followed by `num_layers`
@@ -38,27 +39,19 @@ class LlamoGraphEncoderConfig(PretrainedConfig):
     model_type = "llamo_graph_encoder"
     base_config_key = "graph_config"
 
-    hidden_size: int = 300
-    num_layers: int = 5
-    mlp_ratio: int = 2
-    dropout: float = 0.0
+    hidden_size: int = interval(min=1)(default=300)
+    num_layers: int = interval(min=1)(default=5)
+    mlp_ratio: int = interval(min=1)(default=2)
+    dropout: float | int = interval(min=0, max=1)(default=0.0)
     atom_vocab_sizes: list[int] | tuple[int, ...] = (119, 4, 12, 12, 10, 6, 6, 2, 2)
     bond_vocab_sizes: list[int] | tuple[int, ...] = (5, 6, 2)
-    batch_norm_eps: float = 1e-5
-    batch_norm_momentum: float = 0.1
+    batch_norm_eps: float = interval(min=0, exclude_min=True)(default=1e-5)
+    # not `None` (a cumulative average): that needs the step counter LLaMo's BatchNorms do not keep
+    batch_norm_momentum: float | int = interval(min=0, max=1, exclude_min=True)(default=0.1)
 
     def __post_init__(self, **kwargs):
         self.atom_vocab_sizes = list(self.atom_vocab_sizes)
         self.bond_vocab_sizes = list(self.bond_vocab_sizes)
-        if self.num_layers < 1 or self.hidden_size < 1:
-            raise ValueError(
-                f"LlamoGraphEncoderConfig needs num_layers >= 1 and hidden_size >= 1, got {self.num_layers} and "
-                f"{self.hidden_size}."
-            )
-        if isinstance(self.batch_norm_momentum, bool) or not 0 < (self.batch_norm_momentum or 0) <= 1:
-            raise ValueError(  # `None` (a cumulative average) needs the step counter LLaMo's BatchNorms do not keep
-                f"LlamoGraphEncoderConfig needs 0 < batch_norm_momentum <= 1, got {self.batch_norm_momentum!r}."
-            )
         super().__post_init__(**kwargs)
 
     @property
@@ -67,6 +60,7 @@ class LlamoGraphEncoderConfig(PretrainedConfig):
         return self.num_layers + 1
 
 
+@strict(accept_kwargs=True)
 class LlamoProjectorConfig(PretrainedConfig):
     r"""
     The multi-level graph projector (MGProj): learnable queries cross-attend over every level's node representations,
@@ -89,29 +83,23 @@ class LlamoProjectorConfig(PretrainedConfig):
     model_type = "llamo_projector"
     base_config_key = "projector_config"
 
-    queries_per_level: int = 4
-    num_motif_queries: int = 4
-    num_heads: int = 4
-    mlp_depth: int = 6
+    queries_per_level: int = interval(min=1)(default=4)
+    num_motif_queries: int = interval(min=0)(default=4)
+    num_heads: int = interval(min=1)(default=4)
+    mlp_depth: int = interval(min=1)(default=6)
     share_level_attention: bool = False
     motif_tokens_position: Literal["first", "last"] = "first"
     use_motifs: bool = True
     motif_feature_size: int = 73
     layer_norm_eps: float = 1e-5
 
-    def __post_init__(self, **kwargs):
-        if self.motif_tokens_position not in ("first", "last"):
-            raise ValueError(f"motif_tokens_position must be 'first' or 'last', got {self.motif_tokens_position!r}.")
-        if self.queries_per_level < 1 or self.mlp_depth < 1 or self.num_heads < 1:
-            raise ValueError(
-                "LlamoProjectorConfig needs queries_per_level, mlp_depth and num_heads >= 1, got "
-                f"{self.queries_per_level}, {self.mlp_depth} and {self.num_heads}."
-            )
+    def validate_architecture(self):
+        """Part of `@strict`'s validation, after the per-field checks."""
         if self.use_motifs and self.num_motif_queries < 1:
             raise ValueError("use_motifs=True needs num_motif_queries >= 1.")
-        super().__post_init__(**kwargs)
 
 
+@strict(accept_kwargs=True)
 class LlamoConfig(PretrainedConfig):
     r"""
     Configuration of [`LlamoForConditionalGeneration`]: graph encoder, graph projector and any decoder-only LM that
@@ -152,7 +140,7 @@ class LlamoConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         kwargs.pop("num_graph_tokens", None)  # derived; tolerated in old config files, never stored
-        if self.graph_token_id is not None and (not isinstance(self.graph_token_id, int) or self.graph_token_id < 0):
+        if self.graph_token_id is not None and self.graph_token_id < 0:
             raise ValueError(
                 f"graph_token_id must be a token id (an integer of at least 0), got {self.graph_token_id!r}."
             )
@@ -165,7 +153,10 @@ class LlamoConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
-        if self.projector_config.num_heads and self.graph_config.hidden_size % self.projector_config.num_heads:
+
+    def validate_architecture(self):
+        """Part of `@strict`'s validation, after the per-field checks."""
+        if self.graph_config.hidden_size % self.projector_config.num_heads:
             raise ValueError(
                 f"graph_config.hidden_size ({self.graph_config.hidden_size}) must be divisible by "
                 f"projector_config.num_heads ({self.projector_config.num_heads})."

@@ -173,6 +173,14 @@ def test_init_is_reproducible_by_its_seed(tiny_llm_dir, tmp_path):
         main([argv[0], str(tmp_path / "d"), *argv[1:], "--seed", str(2**32)])
 
 
+def test_init_names_graph_settings_that_do_not_fit_together(tiny_llm_dir, tmp_path, capsys):
+    argv = ["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--gin-hidden", "8", "--heads", "3"]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("llamo init: error: ") and "divisible by projector_config.num_heads (3)" in last, last
+    assert not (tmp_path / "a").exists()
+
+
 def test_init_writes_a_loadable_llamo(initialised, tiny_llm_dir):
     from llamo import LlamoForConditionalGeneration, LlamoProcessor
 

@@ -1,4 +1,5 @@
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, OPTConfig, Qwen2Config
 
 from llamo import LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
@@ -52,11 +53,22 @@ def test_stored_num_graph_tokens_is_ignored():
         ({"projector_config": {"queries_per_level": 0}}, "queries_per_level"),
         ({"graph_config": {"batch_norm_momentum": None}}, "batch_norm_momentum"),
         ({"graph_config": {"batch_norm_momentum": 0.0}}, "batch_norm_momentum"),
+        ({"graph_config": {"hidden_size": "300"}}, "hidden_size"),
+        ({"graph_config": {"atom_vocab_sizes": ["119"]}}, "atom_vocab_sizes"),
+        ({"projector_config": {"use_motifs": "yes"}}, "use_motifs"),
+        ({"projector_config": {"num_motif_queries": 0}}, "num_motif_queries"),
+        ({"graph_token_id": -1}, "graph_token_id"),
+        ({"graph_token_id": True}, "graph_token_id"),
     ],
 )
 def test_malformed_configs_name_the_field(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, StrictDataclassError), match=message):  # transformers' configs raise the latter
         LlamoConfig(**kwargs)
+
+
+def test_integer_values_of_float_fields_are_accepted():
+    config = LlamoConfig(graph_config={"dropout": 0, "batch_norm_momentum": 1})
+    assert config.graph_config.dropout == 0 and config.graph_config.batch_norm_momentum == 1
 
 
 def test_tied_embeddings_follow_the_text_config():

@@ -41,11 +41,11 @@ def generate_error(folder, capsys, *argv: str) -> str:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c["graph_config"].update(hidden_size="16"), "config.json does not describe a LLaMo"),
+        (lambda c: c["graph_config"].update(hidden_size="16"), "Validation error for field 'hidden_size'"),
         (lambda c: c["graph_config"].update(atom_vocab_sizes=[-1, 4, 12, 12, 10, 6, 6, 2, 2]), "negative dimension"),
         (lambda c: c.update(text_config="llama"), "config.json does not describe a LLaMo"),
         (lambda c: c.update(graph_token_id=None), "sets no graph_token_id"),
-        (lambda c: c.update(graph_token_id="400"), "graph_token_id must be a token id"),
+        (lambda c: c.update(graph_token_id="400"), "Validation error for field 'graph_token_id'"),
         (lambda c: c.update(dtype="float99"), "config.json does not describe a LLaMo"),
         (lambda c: c["text_config"].update(num_hidden_layers=40), "the config does not fit the weights"),
         (lambda c: c.update(projector_config=None), "the config does not fit the weights"),
