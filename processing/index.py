@@ -169,9 +169,12 @@ class MoleculeIndex:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        if folder.exists():
-            folder.rmdir()
-        partial.rename(folder)
+        if not folder.exists():
+            partial.rename(folder)
+            return
+        for path in sorted(partial.iterdir(), key=lambda path: path.name == "state.json"):  # an empty folder, perhaps
+            path.rename(folder / path.name)  # the working directory, is filled, not replaced; state.json comes last
+        partial.rmdir()
 
     @classmethod
     def load(cls, path: str | Path) -> MoleculeIndex:

@@ -1,5 +1,7 @@
 """Hostile inputs to molecule indexes: damaged saved folders, odd sources and outputs of `llamo index build`."""
 
+import os
+
 import datasets
 import pytest
 from rdkit import Chem
@@ -96,8 +98,11 @@ def test_saving_leaves_a_users_partial_folder_alone_and_accepts_the_current_fold
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "idx.partial"]
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
+    here = os.stat(".").st_ino
     index.save(".")
     assert len(MoleculeIndex.load(tmp_path / "here")) == len(NAMES)
+    assert os.stat(".").st_ino == here == os.stat(tmp_path / "here").st_ino  # filled, not replaced under the shell
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "idx", "idx.partial"]
 
 
 def test_build_refuses_a_folder_as_source_and_an_output_under_a_file(tmp_path, capsys):

@@ -188,6 +188,21 @@ def test_hostile_generate_arguments(tiny_llamo_dir, capsys, argv, message):
     assert message in err and err.count("\n") == 1 and len(err) < 600, err
 
 
+def test_the_default_answer_length_fits_a_short_context(folder, capsys, monkeypatch):
+    from llamo import LlamoForConditionalGeneration
+
+    edit_json(folder / "config.json", lambda c: c["text_config"].update(max_position_embeddings=100))
+    asked = []
+
+    def generate(self, input_ids=None, **kwargs):
+        asked.append(kwargs["max_new_tokens"])
+        return input_ids
+
+    monkeypatch.setattr(LlamoForConditionalGeneration, "generate", generate)
+    assert main(["generate", str(folder), "--smiles", "CCO", "Describe it.", "--device", "cpu", "--no-stream"]) == 0
+    assert asked == [100]  # a description's default, 256 tokens, cut to the context
+
+
 def test_an_answer_longer_than_the_context_is_refused_before_generating(tiny_llamo_dir, capsys, monkeypatch):
     """A huge `max_new_tokens` would run `generate` for hours; the pipeline refuses it for chat too."""
     from llamo import LlamoForConditionalGeneration
