@@ -151,8 +151,7 @@ class LlamoConfig(PretrainedConfig):
         }
         kwargs["auto_map"] = {**auto_map, **(kwargs.get("auto_map") or {})}
         super().__post_init__(**kwargs)
-        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
-            self.tie_word_embeddings = True
+        self.tie_word_embeddings = self.tie_word_embeddings or getattr(self.text_config, "tie_word_embeddings", False)
 
     def validate_architecture(self):
         """Part of `@strict`'s validation, after the per-field checks."""

@@ -25,12 +25,9 @@ of its prefixes, so its cost grows with the square of the turns (1,024 turns tak
 
 CONVERSATION_FEATURES = datasets.Features(
     {
-        "id": datasets.Value("string"),
-        "smiles": datasets.Value("string"),
+        **{name: datasets.Value("string") for name in ("id", "smiles")},
         "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-        "task": datasets.Value("string"),
-        "source": datasets.Value("string"),
-        "metadata": datasets.Value("string"),
+        **{name: datasets.Value("string") for name in ("task", "source", "metadata")},
     }
 )
 
