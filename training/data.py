@@ -19,8 +19,10 @@ from llamo.processing.mixture import holdout_split, mix_datasets
 from .config import DataSourceConfig, StageArguments
 
 CACHE_ENV = "LLAMO_DATA_CACHE"
-MIXTURE_VERSION = "3"  # 2: neighbours keep their stereochemistry; 3: questions naming both orbitals ask for the gap
-"""Part of a cached mixture's key: raise it when mixing or the neighbour search (`attach_neighbours`) changes."""
+MIXTURE_VERSION = "4"
+"""Part of a cached mixture's key: raise it when mixing or the neighbour search (`attach_neighbours`) changes. 2:
+neighbours keep their stereochemistry; 3: questions naming both orbitals ask for the gap; 4: property neighbours by
+radius-1 count fingerprints."""
 _BY_LENGTH = ("group_by_length", "batch_rebalance")  # the train_sampling_strategy values that read a length column
 
 
