@@ -151,7 +151,7 @@ class LlamoConfig(PretrainedConfig):
         }
         kwargs["auto_map"] = {**auto_map, **(kwargs.get("auto_map") or {})}
         super().__post_init__(**kwargs)
-        self.tie_word_embeddings = self.tie_word_embeddings or getattr(self.text_config, "tie_word_embeddings", False)
+        self.tie_word_embeddings = self.tie_word_embeddings or bool(getattr(self.text_config, "tie_word_embeddings", 0))
 
     def validate_architecture(self):
         """Part of `@strict`'s validation, after the per-field checks."""
