@@ -25,7 +25,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from tqdm.auto import tqdm
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
-from llamo.smiles_llamo import check_size, parse_smiles
+from llamo.smiles_llamo import check_size, parse_smiles, shorten_for_message
 from llamo.storage import disk_full_guard
 
 from .loaders import property_from_text, stable_fraction
@@ -234,6 +234,12 @@ class MoleculeIndex:
         results = []
         for row in top[similarity[top] >= 0].tolist():
             entry, exact = self.table[row], row in same
+            with rdBase.BlockLogs():
+                if Chem.MolFromSmiles(entry["smiles"]) is None:  # only a table made by hand holds one
+                    raise ValueError(
+                        f"Entry {row} of the molecule index, SMILES {shorten_for_message(entry['smiles'], 60)}, is not "
+                        "a molecule RDKit reads: build the index again with `llamo index build`."
+                    )
             score = 1.0 if exact else float(similarity[row])
             results.append(Neighbour(entry["smiles"], entry["answer"], score, entry["inchikey"], exact))
         return results

@@ -69,6 +69,17 @@ def test_a_damaged_index_folder_is_a_short_error_naming_it(tmp_path, capsys, dam
     assert str(folder) in error and len(error) < 600
 
 
+def test_an_unreadable_entry_is_named_not_blamed_on_the_question(tiny_llamo_dir, tmp_path, capsys):
+    table = index_of(NAMES)[0].table.to_dict()
+    table["smiles"][1] = "C1CC(("  # an index table made by hand
+    datasets.Dataset.from_dict(table, features=INDEX_FEATURES).save_to_disk(str(tmp_path / "idx"))
+    argv = ["generate", str(tiny_llamo_dir), "--smiles", "CCCCO", "What is the IUPAC name of this molecule?"]
+    options = ["--index", str(tmp_path / "idx"), "--neighbours", "3", "--max-new-tokens", "2", "--device", "cpu"]
+    assert main([*argv, *options, "--no-stream", "--verify-names", "off", "--name-hint", "off"]) == 2
+    error = capsys.readouterr().err
+    assert "Entry 1 of the molecule index, SMILES 'C1CC((', is not a molecule RDKit reads" in error, error
+
+
 def test_an_unreachable_hub_index_is_a_short_error(monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'someone/index' on the Hub (OfflineModeIsEnabled)")
