@@ -258,13 +258,14 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     from jinja2 import TemplateError
     from transformers import TextStreamer
 
+    from .pipeline_llamo import model_context
+
     beams = getattr(args, "num_beams", None) or options.get("num_beams") or pipe.model.generation_config.num_beams or 1
     stream = stream and beams == 1 and "verify_names" not in options  # transformers streams greedy or sampled text
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    context = getattr(pipe.model.config.get_text_config(), "max_position_embeddings", None) or math.inf
     options = {
         **options,
-        "max_new_tokens": args.max_new_tokens or min(options["max_new_tokens"], context),
+        "max_new_tokens": args.max_new_tokens or min(options["max_new_tokens"], model_context(pipe.model)),
         "do_sample": args.do_sample,
         **({"num_beams": args.num_beams} if getattr(args, "num_beams", None) else {}),
         "streamer": streamer,

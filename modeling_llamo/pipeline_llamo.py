@@ -81,6 +81,11 @@ def near_twin_only(found: Sequence[Any], near_twin: float | None) -> list[Any]:
     return list(found)
 
 
+def model_context(model) -> float:
+    """The language model's context in tokens (`max_position_embeddings`), `inf` where its config sets none."""
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None) or math.inf
+
+
 def check_prompt_lengths(model, inputs: Mapping[str, Any]) -> None:
     """Refuse a batch (the processor's `input_ids` `(B, L)` and `attention_mask`) holding an empty prompt, or one
     longer than the language model's context (`max_position_embeddings`): generating from it would take time and
@@ -89,8 +94,8 @@ def check_prompt_lengths(model, inputs: Mapping[str, Any]) -> None:
     lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
     if 0 in lengths:
         raise ValueError(f"Input {lengths.index(0)} renders to an empty prompt: give it a user turn.")
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
-    if limit and max(lengths) > limit:
+    limit = model_context(model)
+    if max(lengths) > limit:
         row = lengths.index(max(lengths))
         raise ValueError(
             f"Input {row} is {lengths[row]} tokens long, over the model's context of {limit} tokens: shorten it."
@@ -257,7 +262,7 @@ class LlamoMoleculePipeline(Pipeline):
         if max_atoms is not _UNSET:  # None is a value here: no size limit
             preprocess_params["max_atoms"] = max_atoms
         forward_params = {**(generate_kwargs or {}), **generation_parameters}
-        context = getattr(self.model.config.get_text_config(), "max_position_embeddings", None) or math.inf
+        context = model_context(self.model)
         for name, most in (("max_new_tokens", context), ("num_beams", math.inf)):
             value = forward_params.get(name)  # None: the generation config's
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
