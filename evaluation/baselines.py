@@ -28,8 +28,7 @@ class RetrievalBaseline:
         if index is not None:
             self._indexes = {index.task: index}
         else:
-            rows = list(train_rows or [])
-            rows = [row for index, row in enumerate(rows) if check_row(row, index)[1] is None]  # no malformed rows
+            rows = [row for i, row in enumerate(train_rows or []) if check_row(row, i)[1] is None]  # no malformed rows
             tasks = sorted({row["task"] for row in rows if row["task"] in TASKS})
             self._indexes = {
                 task: MoleculeIndex.from_records(rows, task, max_atoms=None, progress=False)[0] for task in tasks

@@ -110,9 +110,23 @@ def _opsin(names: list[str]) -> list[str | None]:
     return results
 
 
-def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) -> tuple[MetricReport, dict[str, int]]:
-    """OPSIN parse rate and InChIKey match rates of predicted names against the target molecules."""
-    metrics = {  # name: (type, the count it is the rate of)
+def naming_metrics(
+    target_smiles: Sequence[str],
+    references: Sequence[str],
+    predictions: Sequence[str],
+    protocols: Sequence[TokenProtocol],
+    wordnet: Any = None,
+    wordnet_reason: str | None = None,
+) -> tuple[MetricReport, dict[str, int]]:
+    """BLEU-4 and METEOR per protocol, exact match (whitespace and case normalized) and the structure metrics (OPSIN
+    parse rate and InChIKey match rates of predicted names against the target molecules), 0-100."""
+    report = compute_text_metrics(
+        references, predictions, protocols, wordnet, wordnet_reason, include=("bleu4", "meteor")
+    )
+    normalized = [[" ".join(name.split()).casefold() for name in names] for names in (predictions, references)]
+    exact = sum(p == r for p, r in zip(*normalized, strict=True))
+    report.metrics.append(MetricValue("exact_match_normalized", "exact_match", 100 * exact / len(references)))
+    structure = {  # name: (type, the count it is the rate of)
         "parse_rate_opsin": ("parse_rate", "opsin_parsed"),
         "structure_match_opsin_inchikey": ("structure_match", "structure_matches"),
         "structure_match_opsin_inchikey_connectivity": ("structure_match", "connectivity_matches"),
@@ -123,35 +137,17 @@ def structure_metrics(target_smiles: Sequence[str], predictions: Sequence[str]) 
         except RuntimeError as error:
             reason = str(error)
     if reason is not None:
-        unavailable = [UnavailableMetric(name, kind, reason) for name, (kind, _) in metrics.items()]
-        return MetricReport(unavailable=unavailable), {}
+        report.unavailable += [UnavailableMetric(name, kind, reason) for name, (kind, _) in structure.items()]
+        return report, {"exact_matches": exact}
     keys = [(inchikey(smiles), inchikey(target)) for smiles, target in zip(parsed, target_smiles, strict=True)]
     counts = {
+        "exact_matches": exact,
         "opsin_parsed": sum(p is not None for p, _ in keys),
         "structure_matches": sum(p is not None and p == t for p, t in keys),
         "connectivity_matches": sum(p is not None and t is not None and p[:14] == t[:14] for p, t in keys),
         "targets_without_inchikey": sum(t is None for _, t in keys),
     }
-    rates = [MetricValue(name, kind, 100 * counts[key] / len(predictions)) for name, (kind, key) in metrics.items()]
-    return MetricReport(rates), counts
-
-
-def naming_metrics(
-    target_smiles: Sequence[str],
-    references: Sequence[str],
-    predictions: Sequence[str],
-    protocols: Sequence[TokenProtocol],
-    wordnet: Any = None,
-    wordnet_reason: str | None = None,
-) -> tuple[MetricReport, dict[str, int]]:
-    """BLEU-4 and METEOR per protocol, exact match (whitespace and case normalized) and the structure metrics, 0-100."""
-    report = compute_text_metrics(
-        references, predictions, protocols, wordnet, wordnet_reason, include=("bleu4", "meteor")
-    )
-    normalized = [[" ".join(name.split()).casefold() for name in names] for names in (predictions, references)]
-    exact = sum(p == r for p, r in zip(*normalized, strict=True))
-    report.metrics.append(MetricValue("exact_match_normalized", "exact_match", 100 * exact / len(references)))
-    structure, counts = structure_metrics(target_smiles, predictions)
-    report.metrics += structure.metrics
-    report.unavailable += structure.unavailable
-    return report, {"exact_matches": exact, **counts}
+    report.metrics += [
+        MetricValue(name, kind, 100 * counts[key] / len(predictions)) for name, (kind, key) in structure.items()
+    ]
+    return report, counts

@@ -33,13 +33,6 @@ def parse_number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def property_key(name: str | None) -> str:
-    """A canonical lower-case property name: `homo`, `lumo`, `gap`, or the given name lower-cased."""
-    lowered = (name or "").lower()
-    known = next((key for key in ("gap", "lumo", "homo") if key in lowered), None)
-    return known or re.sub(r"[^a-z0-9]+", "_", lowered).strip("_") or "unknown"
-
-
 @dataclass(frozen=True)
 class PropertyTarget:
     """What a property row asks for: the property, its true value and unit."""
@@ -57,8 +50,10 @@ def property_target(metadata: dict[str, Any], reference: str, question: str = ""
         value = parse_number(reference)  # no usable value: not a number, NaN, infinite, or beyond a float's range
     if value is None:
         return None
-    name = str(metadata.get("property") or question)
-    return PropertyTarget(property_key(name), float(value), str(metadata.get("unit") or DEFAULT_UNIT))
+    name = str(metadata.get("property") or question).lower()  # as a key: `homo`, `lumo`, `gap`, else the name's words
+    known = next((key for key in ("gap", "lumo", "homo") if key in name), None)
+    key = known or re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "unknown"
+    return PropertyTarget(key, float(value), str(metadata.get("unit") or DEFAULT_UNIT))
 
 
 def property_metrics(
@@ -92,8 +87,6 @@ def property_metrics(
             report.unavailable.append(UnavailableMetric(name, "mae", f"no valid answer among {total} rows"))
         report.metrics.append(MetricValue(f"valid_ratio{suffix}", "valid_ratio", 100 * len(found) / total))
         entry = dict(rows=total, valid=len(found), invalid=total - len(found), unanswered=missing, unit=group_unit)
-        if key == "all":
-            counts.update(entry)
-        else:
-            counts["per_property"][key] = entry
+        counts["per_property"][key] = entry
+    counts.update(counts["per_property"].pop("all"))  # the pooled counts stand at the top level
     return report, counts

@@ -320,7 +320,6 @@ def _run_chat(args: argparse.Namespace) -> None:
         f"Chatting about {args.smiles}. Ask a question (empty line or /quit ends, /reset starts over).", file=sys.stderr
     )
     messages: list[dict] = []
-    options: dict = {}
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)

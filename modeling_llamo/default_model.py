@@ -139,11 +139,10 @@ def bundle_model(bundle: Path, base):
     model = llamo_around(config, base)
     model.resize_token_embeddings(config.text_config.vocab_size, mean_resizing=False)
     extra = load_file(bundle / BUNDLE_WEIGHTS)
-    first_new = manifest["base_vocab_size"]
     with torch.no_grad():
-        model.get_input_embeddings().weight[first_new:] = extra.pop("new_input_embeddings").float()
+        model.get_input_embeddings().weight[base_rows:] = extra.pop("new_input_embeddings").float()
         if "new_output_embeddings" in extra:
-            model.get_output_embeddings().weight[first_new:] = extra.pop("new_output_embeddings").float()
+            model.get_output_embeddings().weight[base_rows:] = extra.pop("new_output_embeddings").float()
     graph_state = {k.removeprefix("model."): v.float() for k, v in extra.items()}
     missing, unexpected = model.model.load_state_dict(graph_state, strict=False)
     missing = [k for k in missing if k.startswith("graph_encoder.")]
@@ -245,8 +244,7 @@ def export_bundle(
     answer and default indexes, for a model trained with neighbours) is written as `llamo_retrieval.json`."""
     from .modeling_llamo import LlamoForConditionalGeneration
 
-    stage1_dir, stage2_dir, output = Path(stage1_dir), Path(stage2_dir), Path(output)
-    adapter = stage2_dir / "adapter"
+    adapter, output = Path(stage2_dir) / "adapter", Path(output)
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"No stage-2 adapter in {adapter}")
     stage1 = LlamoForConditionalGeneration.from_pretrained(stage1_dir, dtype=torch.float32)

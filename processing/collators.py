@@ -79,10 +79,9 @@ class LlamoDataCollator:
             # Cut here rather than with `truncation=True`, which would leave the setting on the shared fast tokenizer
             # (and every checkpoint's tokenizer.json would carry it).
             ids, offsets = encoding["input_ids"][: self.max_length], encoding["offset_mapping"][: self.max_length]
-            mask = span_token_mask(offsets, spans)
-            row_labels = [token if keep else IGNORE_INDEX for token, keep in zip(ids, mask, strict=True)]
+            keep = torch.tensor(span_token_mask(offsets, spans), dtype=torch.bool)
             input_ids.append(ids)
-            labels.append(torch.tensor(row_labels, dtype=torch.long))
+            labels.append(torch.tensor(ids, dtype=torch.long).masked_fill(~keep, IGNORE_INDEX))
             graphs.append(row_graphs)
         names = [f"Row {row.get('id', index)} (max_length={self.max_length})" for index, row in enumerate(rows)]
         fits = [

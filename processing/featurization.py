@@ -48,11 +48,9 @@ def _row_problem(batch: dict[str, list], index: int, max_atoms: int | None) -> s
     messages = batch["messages"][index] if "messages" in batch else []
     if any(GRAPH_TOKEN in (message.get("content") or "") for message in messages):
         return f"text holds the graph token {GRAPH_TOKEN}"
-    if "metadata" not in batch:
-        return ""
+    metadata = batch["metadata"][index] if "metadata" in batch else None
     try:
-        further = record_metadata({"metadata": batch["metadata"][index]}).get("molecules", [])
-        for smiles in further:
+        for smiles in record_metadata({"metadata": metadata}).get("molecules", []):
             prepare_molecule(smiles, max_atoms, canonical=False)
     except Exception as failure:
         return f"further molecule: {_featurization_error(failure)}"

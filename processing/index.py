@@ -143,8 +143,7 @@ class MoleculeIndex:
             if molecule in seen:
                 return "duplicate"
             seen.add(molecule)
-            fingerprint = fingerprinter(mol).ToBinary()
-            entries.append((smiles, inchikey, task, key, question, answer, fingerprint))
+            entries.append((smiles, inchikey, task, key, question, answer, fingerprinter(mol).ToBinary()))
             return "indexed"
 
         counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out"), 0)
@@ -185,12 +184,9 @@ class MoleculeIndex:
         elif str(path).count("/") != 1:
             raise FileNotFoundError(f"Index not found: {path} is neither a folder nor a Hub dataset id.")
         try:
-            table = (
-                datasets.load_from_disk(str(local))
-                if local.exists()
-                else datasets.load_dataset(str(path), split="train")
-            )
-            return cls(table)
+            if local.exists():
+                return cls(datasets.load_from_disk(str(local)))
+            return cls(datasets.load_dataset(str(path), split="train"))
         except Exception as error:  # truncated or foreign files, broken JSON, bad fingerprints, an unreachable Hub
             raise ValueError(
                 f"Could not load the molecule index {path}: {type(error).__name__}: {error!s:.300}"

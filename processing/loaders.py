@@ -218,8 +218,7 @@ def load_chebi20(
 
 
 def _read_pubchem_text_layout(root: Path) -> Iterator[tuple[str, str, str]]:
-    text_files = sorted(path for path in (root / "text").iterdir() if path.is_file())
-    smiles_files = sorted(path for path in (root / "smiles").iterdir() if path.is_file())
+    text_files, smiles_files = (sorted(filter(Path.is_file, (root / kind).iterdir())) for kind in ("text", "smiles"))
     if len(text_files) != len(smiles_files):
         raise ValueError(f"{root}: {len(text_files)} text files but {len(smiles_files)} SMILES files")
     for text_file, smiles_file in zip(text_files, smiles_files, strict=True):
@@ -440,11 +439,8 @@ def load_conversations(
     def convert(row: dict | None) -> dict | str:
         if row is None:
             return "line is not a JSON object (or not UTF-8)"
-        try:
-            task, source = row.get("task") or "conversation", row.get("source") or "conversations"
-            record = make_record(row["id"], row["smiles"], row["messages"], task, source, record_metadata(row))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            return f"malformed row ({type(error).__name__})"
+        task, source = row.get("task") or "conversation", row.get("source") or "conversations"
+        record = make_record(row["id"], row["smiles"], row["messages"], task, source, record_metadata(row))
         # a trailing user turn is never a target, and neighbour search reads the last turn as the answer
         return record if record["messages"][-1]["role"] == "assistant" else "no assistant turn at the end"
 

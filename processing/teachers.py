@@ -241,15 +241,10 @@ class OpenAICompatibleTeacher:
                 raise GenerationStopped("stopped")
             self.budget.take()
             try:
-                return self._reply(
-                    self._client.chat_completion(
-                        messages,
-                        model=self.model,
-                        temperature=self.temperature,
-                        max_tokens=self.max_tokens,
-                        seed=seed,
-                    )
+                output = self._client.chat_completion(
+                    messages, model=self.model, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed
                 )
+                return self._reply(output)
             except httpx2.HTTPStatusError as redirect:
                 self.stop_event.set()
                 location = self._api_key.redact(str(redirect.response.headers.get("Location")))

@@ -61,21 +61,16 @@ def _run_train(args: argparse.Namespace) -> None:
     be set in the YAML or overridden on the command line: LLaMo's own (`llamo train stage1 --help`) and every field of
     TRL's SFTConfig and ModelConfig (`llamo train stage1 --help-all`). Restarting the same command resumes an
     interrupted run. For several processes/GPUs: `accelerate launch -m llamo.training.stage2 --config recipe.yaml`."""
-    if args.stage == "pipeline":
-        from llamo.storage import is_disk_full
-        from llamo.training.pipeline import main as run_pipeline
+    from llamo.storage import is_disk_full
 
-        try:
-            run_pipeline(args.options)
-        except (FileNotFoundError, FileExistsError, PermissionError, ValueError, RuntimeError) as error:
-            if is_disk_full(error):  # torch words a full disk as a RuntimeError: `llamo.cli` reports it
-                raise
-            raise CommandError(str(error)) from error
-        return
-    arguments = _parse(args.stage, args.options)
+    pipeline = args.stage == "pipeline"
+    arguments = [args.options] if pipeline else _parse(args.stage, args.options)
+    errors = (FileNotFoundError, FileExistsError, PermissionError, ValueError, *((RuntimeError,) if pipeline else ()))
     try:
         importlib.import_module(f"llamo.training.{args.stage}").main(*arguments)
-    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as error:
+    except errors as error:
+        if pipeline and is_disk_full(error):  # torch words a full disk as a RuntimeError: `llamo.cli` reports it
+            raise
         raise CommandError(str(error)) from error
 
 

@@ -18,6 +18,7 @@ from llamo.processing.collators import LlamoDataCollator
 from llamo.storage import DiskFullError, disk_full_guard, folder_bytes, is_disk_full
 
 from .config import RUN_CONFIG, SUMMARY, StageArguments, same_setting, upgrade_saved_settings
+from .data import build_training_dataset
 from .interrupt import GracefulInterrupt
 
 FINAL_SAVE_KEPT = "Training finished and its last checkpoint is kept: the rerun only saves the final model."
@@ -62,9 +63,16 @@ class LlamoSFTTrainer(SFTTrainer):
         return sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad) + moments
 
 
-def train(model, processor, training_args, dataset, checkpoint: Path | None, log, peft_config=None, callbacks=()):
-    """Run `LlamoSFTTrainer` (LLaMo's collator, further `callbacks`; from `checkpoint` unless `resume_from_checkpoint`
-    is given; SIGTERM / Ctrl-C save a checkpoint and exit): the trainer, `train()`'s output and the wall seconds."""
+def train(
+    arguments: StageArguments, state, model, processor, checkpoint: Path | None, log, peft_config=None, callbacks=()
+):
+    """Build the training set (the main process first), then run `LlamoSFTTrainer` (LLaMo's collator, further
+    `callbacks`; from `checkpoint` unless `resume_from_checkpoint` is given; SIGTERM / Ctrl-C save a checkpoint and
+    exit). Returns the trainer and the run's part of the stage's `SUMMARY` (trainable parameters counted before an
+    adapter is merged; `log_history`: loss, learning rate and grad norm every `logging_steps`)."""
+    with state.main_process_first():
+        dataset, reports = build_training_dataset(arguments, log)
+    training_args = arguments.training
     trainer = LlamoSFTTrainer(
         model=model,
         args=training_args,
@@ -81,7 +89,15 @@ def train(model, processor, training_args, dataset, checkpoint: Path | None, log
     with interrupt:
         result = trainer.train(resume_from_checkpoint=resume)
     interrupt.exit_if_interrupted(trainer.state)
-    return trainer, result, time.time() - started
+    return trainer, {
+        "metrics": result.metrics,
+        "global_step": trainer.state.global_step,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "wall_seconds": time.time() - started,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "data": [report.to_dict() for report in reports],
+        "log_history": trainer.state.log_history,
+    }
 
 
 def checkpoint_is_complete(folder: Path) -> bool:
@@ -118,16 +134,15 @@ def prepare_run_dir(
     Only the main process changes the folder: the others only read it."""
     script, training, model = arguments
     output_dir = Path(training.output_dir)
-    overwrite = script.overwrite_output_dir
     saved_file = output_dir / RUN_CONFIG  # the stage's settings as one flat JSON mapping (tokens are masked)
     current = json.loads(json.dumps({**asdict(script), **training.to_dict(), **asdict(model)}, default=str))
     if not is_main_process:
         finished = (output_dir / SUMMARY).is_file()
         return output_dir, None if finished else last_complete_checkpoint(output_dir, False), finished
-    if overwrite and saved_file.is_file():
+    if script.overwrite_output_dir and saved_file.is_file():
         log(f"[run] --overwrite_output_dir: starting {output_dir} over")
         shutil.rmtree(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+    if output_dir.exists() and any(output_dir.iterdir()) and not script.overwrite_output_dir:
         if not saved_file.is_file():
             raise FileExistsError(
                 f"{output_dir} is not empty and holds no llamo run: choose another output_dir (or pass "
@@ -149,22 +164,6 @@ def prepare_run_dir(
     output_dir.mkdir(parents=True, exist_ok=True)
     saved_file.write_text(json.dumps(current, indent=2))
     return output_dir, None, False
-
-
-def run_summary(stage: int, model, trainer, result, wall_seconds: float, checkpoint, reports, **details) -> dict:
-    """A finished stage's `SUMMARY`. `model`'s trainable parameters are counted as they are now: take the summary
-    before merging an adapter. `log_history`: loss, learning rate and grad norm every `logging_steps`."""
-    return {
-        "stage": stage,
-        **details,
-        "metrics": result.metrics,
-        "global_step": trainer.state.global_step,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "wall_seconds": wall_seconds,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "data": [report.to_dict() for report in reports],
-        "log_history": trainer.state.log_history,
-    }
 
 
 def start_run(arguments: StageArguments, log):

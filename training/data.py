@@ -98,8 +98,7 @@ def mixture_cache(arguments: StageArguments) -> Path:
         "length": training.length_column_name if training.train_sampling_strategy in _BY_LENGTH else None,
     }
     fingerprint = hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-    cache_dir = Path(config.data_cache_dir) if config.data_cache_dir else default_cache_dir()
-    return cache_dir / f"mixture-{fingerprint}"
+    return Path(config.data_cache_dir or default_cache_dir()) / f"mixture-{fingerprint}"
 
 
 def _load_saved(folder: Path) -> tuple[datasets.Dataset, list[DataReport]]:
@@ -123,8 +122,7 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
     sampling by length. The mixture is cached too (a resumed run skips the neighbour search). Logs what was dropped."""
     config, training = arguments.script, arguments.training
     cached = mixture_cache(arguments)
-    cache_dir = cached.parent
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     if (cached / "llamo_reports.json").is_file():
         mixture, reports = _load_saved(cached)
         log(f"[data] training rows: {len(mixture)} (cached mixture {cached.name})")
@@ -132,7 +130,7 @@ def build_training_dataset(arguments: StageArguments, log=print) -> tuple[datase
     parts, reports = [], []
     for source in config.sources:
         dataset, source_reports = prepare_source(
-            source, cache_dir, config.max_atoms, training.dataset_num_proc or 1, config.num_proc_min_rows
+            source, cached.parent, config.max_atoms, training.dataset_num_proc or 1, config.num_proc_min_rows
         )
         reports.extend(source_reports)
         if source.holdout:

@@ -16,9 +16,8 @@ from llamo.builder import build_llamo, save_llamo
 from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import exit_on_disk_full
 
-from .common import final_save_guard, load_for_training, run_summary, start_run, train
+from .common import final_save_guard, load_for_training, start_run, train
 from .config import SUMMARY, Stage1Arguments, StageArguments, parse_stage_arguments
-from .data import build_training_dataset
 
 
 def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: ModelConfig, log=print) -> Path:
@@ -45,16 +44,12 @@ def main(script_args: Stage1Arguments, training_args: SFTConfig, model_args: Mod
     model.lm_head.requires_grad_(False)
     model.freeze_graph_encoder(False)
     model.model.graph_projector.requires_grad_(True)
-    with state.main_process_first():
-        dataset, reports = build_training_dataset(arguments, log)
-
-    trainer, result, wall_seconds = train(model, processor, training_args, dataset, checkpoint, log)
+    trainer, run = train(arguments, state, model, processor, checkpoint, log)
     with final_save_guard(output_dir, "the final model", model):
         trainer.save_model(str(output_dir))
         if state.is_main_process:
             processor.save_pretrained(output_dir)
-            summary = run_summary(1, model, trainer, result, wall_seconds, checkpoint, reports)
-            write_json_atomically(output_dir / SUMMARY, summary)
+            write_json_atomically(output_dir / SUMMARY, {"stage": 1, **run})
             log(f"[stage1] done: model saved to {output_dir}")
     return output_dir
 

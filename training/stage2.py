@@ -18,9 +18,8 @@ from trl import ModelConfig, SFTConfig
 from llamo.processing.instruction_store import write_json_atomically
 from llamo.storage import exit_on_disk_full
 
-from .common import final_save_guard, load_for_training, lora_config, run_summary, start_run, train
+from .common import final_save_guard, load_for_training, lora_config, start_run, train
 from .config import SUMMARY, Stage2Arguments, StageArguments, parse_stage_arguments
-from .data import build_training_dataset
 
 
 def main(
@@ -44,22 +43,18 @@ def main(
         model, peft_config = PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
     else:
         peft_config = lora_config(model, model_args)
-    with state.main_process_first():
-        dataset, reports = build_training_dataset(arguments, log)
-
-    trainer, result, wall_seconds = train(
-        model, processor, training_args, dataset, checkpoint, log, peft_config=peft_config, callbacks=callbacks
+    trainer, run = train(
+        arguments, state, model, processor, checkpoint, log, peft_config=peft_config, callbacks=callbacks
     )
     with final_save_guard(output_dir, "the final adapter and merged model", trainer.model):
         adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
         trainer.save_model(str(adapter_dir))
         if state.is_main_process:
             processor.save_pretrained(adapter_dir)
-            details = {"base_model": str(model_args.model_name_or_path)}
-            summary = run_summary(2, trainer.model, trainer, result, wall_seconds, checkpoint, reports, **details)
             if script_args.save_merged:
                 trainer.model.merge_and_unload().save_pretrained(merged_dir)
                 processor.save_pretrained(merged_dir)
+            summary = {"stage": 2, "base_model": str(model_args.model_name_or_path), **run}
             write_json_atomically(output_dir / SUMMARY, summary)
             log(
                 f"[stage2] done: adapter in {adapter_dir}"

@@ -95,9 +95,7 @@ class Demo:
 
     def reshade(self, smiles: str | None, shade: bool) -> tuple[str, str]:
         """Redraw the current molecule with or without attention shading (the conversation is kept)."""
-        if not smiles:
-            return "", ""
-        return render_molecule(smiles, self.model, self.processor, shade)[:2]  # the drawing and the groups
+        return render_molecule(smiles, self.model, self.processor, shade)[:2] if smiles else ("", "")  # drawing, groups
 
     def respond(
         self,

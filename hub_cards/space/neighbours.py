@@ -134,8 +134,6 @@ def cut(text: str, limit: int) -> str:
 def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
     """`messages` with the neighbours put before the first user turn's question (`llamo.add_neighbours`, the
     pipeline's format); answers over `PROMPT_ANSWER_CHARS` are cut. Unchanged without neighbours."""
-    if not context.neighbours:
-        return messages
     entries = [{"smiles": n.smiles, "answer": cut(n.answer, PROMPT_ANSWER_CHARS)} for n in context.neighbours]
     return add_neighbours(messages, entries)
 
