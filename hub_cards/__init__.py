@@ -1,4 +1,4 @@
-"""Model cards, export, Hub publishing and conversion of the original LLaMo release.
+"""Model cards, export and Hub publishing (the original release is converted by `llamo.convert_llamo_original_to_hf`).
 
     from llamo.hub_cards import ModelCardOptions, export_model, plan_push, push_folder
 
@@ -12,8 +12,6 @@ from llamo import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("CardError", "ModelCardOptions", "build_dataset_card", "build_model_card"), "cards"),
     "load_generation_summary": "cards",
-    **dict.fromkeys(("CheckpointError", "UnsafeCheckpointError", "convert_original_checkpoint"), "convert"),
-    **dict.fromkeys(("load_checkpoint_state_dict", "split_original_state_dict"), "convert"),
     **dict.fromkeys(("DATA_CREDITS", "LLAMO_CITATION"), "credits"),
     **dict.fromkeys(("REMOTE_CODE_FILES", "ExportError", "ExportResult", "export_model", "write_export"), "export"),
     **dict.fromkeys(("PushError", "UploadPlan", "plan_push", "push_folder"), "publish"),

@@ -1091,11 +1091,7 @@ def test_unsafe_unpickle_loads_a_refused_pickle_fully(tmp_path):
     assert UNPICKLED_CALLS == ["ran"] and torch.equal(state_dict["x"], torch.ones(2))
 
 
-def test_conversion_script_main_and_the_old_import_paths(original_release, tmp_path, capsys):
-    import llamo.hub_cards
-    import llamo.hub_cards.convert
-    import llamo.original_checkpoint
-
+def test_conversion_script_main(original_release, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [str(original_release["checkpoint"]), str(out), "--llm", str(original_release["llm"]), "--keep-adapter"]
     assert convert_llamo_original_to_hf.main(argv) == 0
@@ -1103,11 +1099,6 @@ def test_conversion_script_main_and_the_old_import_paths(original_release, tmp_p
     assert "LoRA: kept as a PEFT adapter" in capsys.readouterr().err
     assert convert_llamo_original_to_hf.main([str(tmp_path / "none.ckpt"), str(tmp_path / "o"), "--llm", "x"]) == 2
     assert "not found" in capsys.readouterr().err
-
-    assert llamo.hub_cards.convert.convert_original_checkpoint is convert_original_checkpoint
-    assert llamo.hub_cards.convert_original_checkpoint is convert_original_checkpoint
-    graph = convert_llamo_original_to_hf.convert_original_graph_state_dict
-    assert llamo.original_checkpoint.convert_original_graph_state_dict is graph
 
 
 def test_wall_time_of_a_resumed_run_says_it_is_partial(tmp_path):

@@ -92,7 +92,7 @@ def test_saved_folder_holds_the_remote_code_files(tiny_llamo_dir):
     assert {"configuration_llamo.py", "modeling_llamo.py", "processing_llamo.py", "featurization_llamo.py"} <= names
     assert "smiles_llamo.py" in names
     assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= names
-    assert not {"cli.py", "builder.py", "original_checkpoint.py", "__init__.py"} & names
+    assert not {"cli.py", "builder.py", "convert_llamo_original_to_hf.py", "__init__.py"} & names
     config = json.loads((tiny_llamo_dir / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_llamo.LlamoConfig",
