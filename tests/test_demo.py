@@ -651,6 +651,19 @@ def test_neighbours_are_capped_and_must_fit_the_processor(name_index):
     assert sorted(n.smiles for n in small.neighbours) == ["CC(=O)O", "CCCO", "CCO"]
 
 
+def test_a_near_twin_is_given_alone_as_in_llamo_generate(name_index, tmp_path):
+    from llamo import retrieval as llamo_retrieval
+
+    mol = Chem.MolFromSmiles("CCCCO")
+    nearest = Retrieval(name_index, neighbours=2).find(mol, NAME_QUESTION, max_atoms=None).neighbours
+    assert len(nearest) == 2
+    for threshold, count in ((nearest[0].similarity, 1), (nearest[0].similarity + 0.01, 2)):
+        settings = {"task_near_twin": {"iupac": threshold}}
+        (tmp_path / llamo_retrieval.RETRIEVAL_FILE).write_text(json.dumps(settings), encoding="utf-8")
+        found = Retrieval(name_index, tmp_path, neighbours=2).find(mol, NAME_QUESTION, max_atoms=None).neighbours
+        assert [n.smiles for n in found] == [n.smiles for n in nearest[:count]]
+
+
 def test_a_failing_index_leaves_the_answer_without_neighbours(tiny_llamo):
     class BrokenIndex:
         def neighbours(self, *args, **kwargs):

@@ -15,6 +15,7 @@ from rdkit import Chem
 
 from llamo import retrieval
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_neighbours
+from llamo.pipeline_llamo import near_twin_only
 
 from . import MAX_NEIGHBOURS
 from .molecule_view import draw_molecule_svg, read_molecule
@@ -104,12 +105,16 @@ class Retrieval:
         return self._hinter(smiles)
 
     def find(self, mol: Chem.Mol, question: str, max_atoms: int | None) -> InContext:
-        """The neighbours of the query molecule `mol` for `question` (none where no index applies). Neighbours the
-        processor could not read (over `max_atoms`, unparsable) are left out, as the prompt must hold them."""
+        """The neighbours of the query molecule `mol` for `question` (none where no index applies; the nearest alone
+        where the model's `task_near_twin` says so, as in `llamo generate`). Neighbours the processor could not read
+        (over `max_atoms`, unparsable) are left out, as the prompt must hold them."""
         index, k = self.index_for(question)
         if index is None or k == 0:
             return InContext([], "")
-        found = index.neighbours(mol, k=k, question=question or None)
+        near_twin = retrieval.near_twin_for(
+            retrieval.retrieval_settings(self.model_dir), retrieval.question_task(question)
+        )
+        found = near_twin_only(index.neighbours(mol, k=k, question=question or None), near_twin)
         if not self.given:
             source = f"the model's default {self._key(question)} index"
         else:
