@@ -58,10 +58,8 @@ def resolve_chat_template(chat_template: str | None, *owners: str | dict | None)
     Jinja string), else the first owner's template (processor, then tokenizer; of a dict of named templates, its
     `"default"`)."""
     if chat_template is not None:
-        for owner in owners:
-            if isinstance(owner, dict) and chat_template in owner:
-                return owner[chat_template]
-        return CHAT_TEMPLATES.get(chat_template, chat_template)
+        named = (owner[chat_template] for owner in owners if isinstance(owner, dict) and chat_template in owner)
+        return next(named, CHAT_TEMPLATES.get(chat_template, chat_template))
     for owner in filter(None, owners):
         if not isinstance(owner, dict):
             return CHAT_TEMPLATES.get(owner, owner)
@@ -190,13 +188,11 @@ def add_name_hint(conversation: list[dict[str, Any]], name: str) -> list[dict[st
         raise ValueError("add_name_hint needs a user turn with a molecule block (the query molecule).")
     hint = NAME_HINT.format(name=" ".join(name.split()))
     content = [dict(block) if isinstance(block, Mapping) else block for block in query["content"]]
-    last_molecule = max(
-        i for i, block in enumerate(content) if isinstance(block, Mapping) and block.get("type") == "molecule"
-    )
-    for block in content[last_molecule + 1 :]:
-        if isinstance(block, Mapping) and block.get("type") == "text":
-            block["text"] = f"{hint} {block['text'].lstrip()}"
-            break
+    kinds = [block.get("type") if isinstance(block, Mapping) else None for block in content]
+    last_molecule = len(kinds) - 1 - kinds[::-1].index("molecule")
+    if "text" in kinds[last_molecule:]:
+        block = content[kinds.index("text", last_molecule)]
+        block["text"] = f"{hint} {block['text'].lstrip()}"
     else:
         content.append({"type": "text", "text": hint})
     query["content"] = content

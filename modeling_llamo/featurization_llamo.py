@@ -344,8 +344,7 @@ def featurize_molecule(
 
 def prompt_smiles(mol: Chem.Mol, max_length: int | None = 128) -> str:
     """The SMILES LLaMo's prompts show the LLM: canonical, non-isomeric, cut at `max_length` characters."""
-    text = Chem.MolToSmiles(mol, isomericSmiles=False)
-    return text if max_length is None else text[:max_length]
+    return Chem.MolToSmiles(mol, isomericSmiles=False)[:max_length]
 
 
 def featurize_smiles(smiles: str | Chem.Mol, max_atoms: int | None = None, index: int | None = None) -> MoleculeGraph:

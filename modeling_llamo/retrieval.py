@@ -45,11 +45,7 @@ _PROPERTY = re.compile(r"\b(homo|lumo|gap|orbital|hartree)\b", re.IGNORECASE)
 
 def question_task(question: str) -> str:
     """The task a free-form question asks for: `iupac`, `property` (HOMO / LUMO / gap) or `description`."""
-    if _PROPERTY.search(question):
-        return "property"
-    if _NAMING.search(question):
-        return "iupac"
-    return "description"
+    return "property" if _PROPERTY.search(question) else "iupac" if _NAMING.search(question) else "description"
 
 
 def retrieval_settings(model_dir: str | Path | None) -> dict[str, Any]:
@@ -142,11 +138,7 @@ def opsin_checker() -> Callable[[Sequence[str]], list[str | None]] | None:
 
     if opsin_unavailable_reason() is not None:
         return None
-
-    def check(names: Sequence[str]) -> list[str | None]:
-        return [inchikey(smiles) for smiles in names_to_smiles(list(names))]
-
-    return check
+    return lambda names: [inchikey(smiles) for smiles in names_to_smiles(list(names))]
 
 
 def rule_namer(iupac_nesting: bool = True) -> Callable[[str], str | None] | None:
@@ -186,9 +178,7 @@ def name_hinter(
 
     @functools.lru_cache(maxsize=256)  # a chat asks about one molecule every turn: name and check it once
     def hint(smiles: str) -> str | None:
-        if count_smiles_atoms(smiles) > NAME_HINT_MAX_ATOMS:
-            return None
-        name = namer(smiles)
+        name = namer(smiles) if count_smiles_atoms(smiles) <= NAME_HINT_MAX_ATOMS else None
         if not name or len(name) > NAME_HINT_MAX_CHARS:
             return None
         try:

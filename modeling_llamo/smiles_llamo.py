@@ -152,18 +152,17 @@ def position_text(index: int | None) -> str:
     return f" at index {index}" if index is not None else ""
 
 
-def _over_limit(what: str, size: int, limit: int, unit: str, shown: str, advice: str = "") -> OversizedMoleculeError:
-    """`what` (the molecule and its `size` in `unit`s), over the `limit`: `shown` (the input), then `advice`."""
-    return OversizedMoleculeError(f"{what}, over the limit of {limit}: {shown}{advice}", size, limit, unit)
+def _over_limit(what: str, size: int, limit: int, unit: str, shown: str) -> OversizedMoleculeError:
+    """`what` (the molecule and its `size` in `unit`s), over the `limit`: `shown` (the input, and any advice)."""
+    return OversizedMoleculeError(f"{what}, over the limit of {limit}: {shown}", size, limit, unit)
 
 
 def oversized_error(
     where: str, num_atoms: int, max_atoms: int, shown: str, at_least: bool = False
 ) -> OversizedMoleculeError:
     """The error of a molecule over `max_atoms`; `at_least` when only part of its SMILES was counted."""
-    count = f"at least {num_atoms}" if at_least else str(num_atoms)
-    advice = " (raise `max_atoms` to accept it)."
-    return _over_limit(f"Molecule{where} has {count} atoms", num_atoms, max_atoms, "atoms", shown, advice)
+    what = f"Molecule{where} has {'at least ' if at_least else ''}{num_atoms} atoms"
+    return _over_limit(what, num_atoms, max_atoms, "atoms", f"{shown} (raise `max_atoms` to accept it).")
 
 
 def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = None) -> Chem.Mol:
@@ -192,20 +191,17 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
     if text.ring_bonds > allowed:
         what = f"SMILES{where} writes {text.ring_bonds} ring bonds for {text.atoms} atoms"
         raise _over_limit(what, text.ring_bonds, allowed, "ring bonds", shorten_for_message(smiles))
-    if "\x00" in smiles:  # RDKit would silently stop reading there
-        raise ValueError(f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it contains a NUL character).")
+    problem = "it contains a NUL character" if "\x00" in smiles else None  # RDKit would silently stop reading there
     try:
         smiles.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(
-            f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (it is not valid Unicode text)."
-        ) from None
-    with rdBase.BlockLogs():
-        mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise ValueError(
-            f"Unparsable SMILES{where}: {shorten_for_message(smiles)} (RDKit could not read or sanitize it)."
-        )
+        problem = problem or "it is not valid Unicode text"
+    if problem is None:
+        with rdBase.BlockLogs():
+            mol = Chem.MolFromSmiles(smiles)
+        problem = "RDKit could not read or sanitize it" if mol is None else None
+    if problem is not None:
+        raise ValueError(f"Unparsable SMILES{where}: {shorten_for_message(smiles)} ({problem}).")
     if mol.GetNumAtoms() == 0:
         raise ValueError(f"SMILES{where} has no atoms: {shorten_for_message(smiles)}")
     rings, allowed = mol.GetRingInfo().NumRings(), ring_allowance(mol.GetNumAtoms())
@@ -219,13 +215,10 @@ def check_size(mol: Chem.Mol, max_atoms: int | None, smiles: str | Chem.Mol, ind
     """Raise an `OversizedMoleculeError` naming the molecule when it has more than `max_atoms` atoms."""
     if max_atoms is None or mol.GetNumAtoms() <= max_atoms:
         return
-    shown = shorten_for_message(smiles) if isinstance(smiles, str) else _molecule_head(mol)
+    if isinstance(smiles, str):
+        shown = shorten_for_message(smiles)
+    else:  # a SMILES of the molecule's first atoms: writing a whole huge molecule would take minutes
+        atoms = min(mol.GetNumAtoms(), MESSAGE_CHARS)
+        shown = shorten_for_message(Chem.MolFragmentToSmiles(mol, atomsToUse=list(range(atoms)), canonical=False))
+        shown += f" (its first {atoms} atoms)" if atoms < mol.GetNumAtoms() else ""
     raise oversized_error(position_text(index), mol.GetNumAtoms(), max_atoms, shown)
-
-
-def _molecule_head(mol: Chem.Mol) -> str:
-    """A SMILES of the molecule's first atoms, for messages: writing a whole huge molecule would take minutes."""
-    atoms = min(mol.GetNumAtoms(), MESSAGE_CHARS)
-    text = Chem.MolFragmentToSmiles(mol, atomsToUse=list(range(atoms)), canonical=False)
-    shown = shorten_for_message(text)
-    return shown if atoms == mol.GetNumAtoms() else f"{shown} (its first {atoms} atoms)"

@@ -27,10 +27,9 @@ class DiskFullError(OSError):
         self.folder = Path(folder)
         self.needed = needed
         existing = next((folder for folder in (self.folder, *self.folder.parents) if folder.exists()), self.folder)
-        free = None  # on the disk holding the folder (or its nearest existing parent), when known
+        space = []  # the free space on the disk holding the folder (or its nearest existing parent), when known
         with suppress(OSError):
-            free = shutil.disk_usage(existing).free
-        space = [f"{format_bytes(free)} free there"] if free is not None else []
+            space.append(f"{format_bytes(shutil.disk_usage(existing).free)} free there")
         space += [f"{writing} needs about {format_bytes(needed)}"] if needed else []
         details = f" ({'; '.join(space)})" if space else ""
         message = f"no space left on the disk of {self.folder} while writing {writing}{details}. {kept or ''}"
@@ -97,10 +96,8 @@ def disk_full_guard(
     it was `writing`, how much it `needed` and what was `kept` (callables are evaluated only on failure)."""
     try:
         yield
-    except DiskFullError:
-        raise
     except Exception as error:
-        if not is_disk_full(error):
+        if isinstance(error, DiskFullError) or not is_disk_full(error):  # a DiskFullError already names its folder
             raise
         raise DiskFullError(
             _folder_of(error, Path(folder)),
