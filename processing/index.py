@@ -25,6 +25,7 @@ from rdkit.Chem import rdFingerprintGenerator
 from tqdm.auto import tqdm
 
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
+from llamo.retrieval import NEIGHBOUR_TASKS
 from llamo.smiles_llamo import check_size, parse_smiles, shorten_for_message
 from llamo.storage import disk_full_guard
 
@@ -40,7 +41,6 @@ INDEX_FEATURES = datasets.Features(
 )
 FINGERPRINT_SIZE = 2048
 COUNT_FINGERPRINT_TASKS = ("property",)
-NEIGHBOUR_TASKS = ("description", "iupac", "property")
 """Tasks whose rows get in-context neighbours in training (one answer per molecule; conversations get none)."""
 
 

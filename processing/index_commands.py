@@ -9,8 +9,8 @@ from pathlib import Path
 from llamo.chat_template_llamo import DEFAULT_MAX_ATOMS
 from llamo.cli_common import add_command
 from llamo.errors import CommandError
+from llamo.retrieval import NEIGHBOUR_TASKS
 
-INDEX_TASKS = ("description", "iupac", "property")
 PACKAGED_SOURCES = ("chemicals", "qm9")
 SUFFIX_SOURCES = {".txt": "chebi20", ".tsv": "chebi20", ".csv": "iupac"}
 
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     build = add_command(commands, "build", run_build)
     build.add_argument("source", metavar="SOURCE", help="a path, a Hub dataset id, or 'chemicals' / 'qm9'")
     build.add_argument("--output", "-o", required=True, help="folder to write (new or empty)")
-    build.add_argument("--task", required=True, choices=INDEX_TASKS, help="which answers the index holds")
+    build.add_argument("--task", required=True, choices=NEIGHBOUR_TASKS, help="which answers the index holds")
     build.add_argument(
         "--type",
         help="the source's loader (chebi20, pubchem324k, mol-instructions, iupac, chemicals, qm9, conversations); "

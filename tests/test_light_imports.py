@@ -146,7 +146,7 @@ def imported_anywhere(tree: ast.Module) -> set[str]:
     return names
 
 
-LIGHT_MODULES = ("llamo.errors", "llamo.cli_common", "llamo.chat_template_llamo")
+LIGHT_MODULES = ("llamo.errors", "llamo.cli_common", "llamo.chat_template_llamo", "llamo.retrieval")
 """llamo modules that import only the standard library: command modules may import them at the top."""
 
 
