@@ -375,6 +375,49 @@ def test_a_model_that_decodes_with_beams_still_streams(tiny_llamo):
     assert pieces[-1].strip() == processor.batch_decode(greedy, prompt_length=inputs["input_ids"].shape[1])[0]
 
 
+def test_beam_search_answers_come_whole_as_generate_gives_them(tiny_llamo):
+    model, processor = tiny_llamo
+    messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
+    settings = {"max_new_tokens": 8, "do_sample": False, "num_beams": 3}
+    stats = {}
+    pieces = list(stream_answer(model, processor, messages, settings, stats=stats))
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    with torch.inference_mode():
+        beams = model.generate(**inputs, **settings)
+    length = inputs["input_ids"].shape[1]
+    assert pieces == [processor.batch_decode(beams, prompt_length=length)[0]]
+    assert stats == {"new_tokens": beams.shape[1] - length}
+    stop = threading.Event()
+    stop.set()  # Stop works for beam search too: generation ends at its next token
+    long = {"max_new_tokens": 300, "min_new_tokens": 300, "num_beams": 3}
+    list(stream_answer(model, processor, messages, long, stop, stats=stats))
+    assert stats["new_tokens"] <= 2
+
+
+def test_the_demo_decodes_each_question_as_the_model_says(tiny_llamo, tmp_path, monkeypatch):
+    from llamo import retrieval as llamo_retrieval
+    from llamo.hub_cards.space import demo as space_demo
+
+    (tmp_path / llamo_retrieval.RETRIEVAL_FILE).write_text(
+        json.dumps({"task_generation": {"description": {"num_beams": 3}}}), encoding="utf-8"
+    )
+    model, processor = tiny_llamo
+    used: list[dict] = []
+    real_stream = space_demo.stream_answer
+
+    def recording_stream(model, processor, messages, settings, *args, **kwargs):
+        used.append(settings)
+        return real_stream(model, processor, messages, settings, *args, **kwargs)
+
+    monkeypatch.setattr(space_demo, "stream_answer", recording_stream)
+    demo = Demo(model, processor, retrieval=Retrieval(neighbours.NO_INDEX, tmp_path))
+    steps = list(demo.respond("Describe this molecule.", [], "CCCCO", max_new_tokens=4))
+    assert "beam search" in steps[0][2] and steps[-1][0][-1]["content"]
+    list(demo.respond(NAME_QUESTION, [], "CCCCO", max_new_tokens=4))
+    list(demo.respond("Describe this molecule.", [], "CCCCO", max_new_tokens=4, do_sample=True))
+    assert [settings.get("num_beams", 1) for settings in used] == [3, 1, 1]
+
+
 def test_stop_ends_the_answer_at_the_next_token(tiny_llamo):
     model, processor = tiny_llamo
     messages = conversation_messages(SMILES["caffeine"], [], "Describe this molecule.")

@@ -114,7 +114,8 @@ def stream_answer(
     Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
     raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
     processor's `max_atoms`, a prompt over the model's context) raise a `ValueError` at once. `stats` receives
-    `new_tokens` once the answer ends."""
+    `new_tokens` once the answer ends. Answers are greedy or sampled, whatever the model's generation config says,
+    unless `settings` ask for `num_beams`: beam search cannot stream, so its answer comes whole, once."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     check_prompt_lengths(model, inputs)
     inputs = inputs.to(model.device)
@@ -123,17 +124,21 @@ def stream_answer(
         processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
     )
     watch = StopOnEvent(closed, *([stop] if stop is not None else []))
-    settings = {
-        **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)),
-        "num_beams": 1,  # beam search cannot stream: greedy or sampled, whatever the model's generation config says
-        "stopping_criteria": StoppingCriteriaList([watch]),
-    }
+    settings = {"num_beams": 1, **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS))}
+    settings["stopping_criteria"] = StoppingCriteriaList([watch])
     failure: list[Exception] = []
+    beam_length: list[int] = []  # the best beam's length: beam search may stop exploring later than it ends
 
     def generate() -> None:
         try:
             with torch.inference_mode():
-                model.generate(**inputs, streamer=streamer, **settings)
+                if settings["num_beams"] == 1:
+                    model.generate(**inputs, streamer=streamer, **settings)
+                    return
+                output = model.generate(**inputs, **settings)
+                beam_length.append(output.shape[1])
+                prompt_length = inputs["input_ids"].shape[1]
+                streamer.on_finalized_text(processor.batch_decode(output, prompt_length=prompt_length)[0], True)
         except Exception as error:  # raised to the reader below
             failure.append(error)
             streamer.end()
@@ -149,6 +154,6 @@ def stream_answer(
         closed.set()
         worker.join()
         if stats is not None:
-            stats["new_tokens"] = max(0, watch.length - inputs["input_ids"].shape[1])
+            stats["new_tokens"] = max(0, (beam_length or [watch.length])[0] - inputs["input_ids"].shape[1])
     if failure:
         raise failure[0]

@@ -30,6 +30,7 @@ INTRO = (
     "known molecules and their answers go into the prompt, and are shown under the chat."
 )
 GENERATING = "Generating... (Stop ends the answer)"
+GENERATING_BEAMS = "Generating with beam search, the model's decoding for this question: the answer comes whole..."
 LOADING_INDEX = "Loading the molecule index (a default index is built once, on first use: this can take minutes)..."
 
 
@@ -123,10 +124,13 @@ class Demo:
             yield history, question, message_html("Enter a valid molecule first (SMILES box, then Show molecule)."), ""
             return
         settings = generation_settings(max_new_tokens, do_sample, temperature)
+        if self.retrieval is not None and not do_sample:  # the model's decoding for the task, beam search included
+            settings = {**self.retrieval.decoding(question), **settings}
         messages = conversation_messages(smiles, history, question)
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         loading = self.retrieval is not None and self.retrieval.needs_loading(question)
-        yield history, "", message_html(LOADING_INDEX if loading else GENERATING, kind="info"), ""
+        working = GENERATING_BEAMS if settings.get("num_beams", 1) > 1 else GENERATING
+        yield history, "", message_html(LOADING_INDEX if loading else working, kind="info"), ""
         stop = self.stops.start(session)
         answer, status, panel, stats, failed = "", "", "", {}, False
         try:
@@ -135,7 +139,7 @@ class Demo:
                 if self.conversation(session) != conversation:
                     break
                 history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
-                yield history, "", message_html(GENERATING, kind="info"), panel
+                yield history, "", message_html(working, kind="info"), panel
             if stop.is_set():
                 status = message_html("Stopped.", kind="info")
             elif stats.get("new_tokens", 0) >= (limit := settings["max_new_tokens"]):

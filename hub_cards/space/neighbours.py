@@ -93,6 +93,12 @@ class Retrieval:
         wanted = self.neighbours if self.neighbours is not None else model_k
         return index, max(0, min(wanted if wanted is not None else DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS))
 
+    def decoding(self, question: str) -> dict[str, Any]:
+        """The model's decoding settings for `question`'s task (`task_generation` of its `llamo_retrieval.json`, as
+        `llamo generate` uses them), e.g. `{"num_beams": 3}` for the default model's descriptions."""
+        settings = retrieval.retrieval_settings(self.model_dir)
+        return retrieval.generation_for(settings, retrieval.question_task(question))
+
     def name_hint(self, smiles: str, question: str) -> str | None:
         """The rule-based name to give with `question` (`llamo.retrieval.name_hinter`: checked by OPSIN where Java is
         present), or None where the model does not ask for one or no name fits."""
