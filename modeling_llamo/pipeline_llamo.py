@@ -126,6 +126,18 @@ def verified_answer(candidates: list[dict[str, Any]], query: str | None, checker
     return answer if proposer is None else {**answer, "from_namer": False}
 
 
+def answer_token_ids(generation_config, token_ids: list[int]) -> list[int]:
+    """An answer's new token ids without the repeated sentence start the loop guard ended it on, where the model's
+    generation config sets that rule (`answer_sentence_end_token_ids`; `drop_repeated_sentence_start`)."""
+    sentence_ends, eos = (
+        getattr(generation_config, "answer_sentence_end_token_ids", None),
+        generation_config.eos_token_id,
+    )
+    return (
+        drop_repeated_sentence_start(token_ids, eos, sentence_ends) if sentence_ends and eos is not None else token_ids
+    )
+
+
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
     """The one-turn conversation asking `text` about the molecule `smiles` (or several molecules, in order)."""
     molecules = list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
@@ -338,10 +350,7 @@ class LlamoMoleculePipeline(Pipeline):
         token_ids, num_inputs = model_outputs["new_tokens"].tolist(), model_outputs["num_inputs"]
         per_input = len(token_ids) // num_inputs
         decode_kwargs = {"skip_special_tokens": True, **(decode_kwargs or {})}
-        sentence_ends = getattr(self.model.generation_config, "answer_sentence_end_token_ids", None)
-        eos = self.model.generation_config.eos_token_id
-        if sentence_ends and eos is not None:
-            token_ids = [drop_repeated_sentence_start(ids, eos, sentence_ends) for ids in token_ids]
+        token_ids = [answer_token_ids(self.model.generation_config, ids) for ids in token_ids]
         texts = self.processor.tokenizer.batch_decode(token_ids, **decode_kwargs)
         rows = [{"generated_text": text.strip()} for text in texts]
         if return_tensors:

@@ -394,6 +394,21 @@ def test_beam_search_answers_come_whole_as_generate_gives_them(tiny_llamo):
     assert stats["new_tokens"] <= 2
 
 
+def test_a_streamed_answer_the_loop_guard_ended_comes_again_without_its_repeated_start(tiny_llamo, monkeypatch):
+    model, processor = tiny_llamo
+    kept: list[list[int]] = []
+
+    def dropping(config, ids):  # stands for the rule firing: the pipeline's own test covers the rule itself
+        assert config is model.generation_config
+        kept.append(ids[:-2])
+        return kept[-1]
+
+    monkeypatch.setattr(chat, "answer_token_ids", dropping)
+    messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
+    pieces = list(stream_answer(model, processor, messages, {"max_new_tokens": 6, "min_new_tokens": 6}))
+    assert len(pieces) >= 2 and pieces[-1] == processor.decode(kept[0], skip_special_tokens=True) != pieces[-2]
+
+
 def test_the_demo_decodes_each_question_as_the_model_says(tiny_llamo, tmp_path, monkeypatch):
     from llamo import retrieval as llamo_retrieval
     from llamo.hub_cards.space import demo as space_demo

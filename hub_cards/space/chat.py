@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from llamo.pipeline_llamo import check_prompt_lengths
+from llamo.pipeline_llamo import answer_token_ids, check_prompt_lengths
 from llamo.processing.schema import to_chat_messages
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
@@ -115,7 +115,9 @@ def stream_answer(
     raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
     processor's `max_atoms`, a prompt over the model's context) raise a `ValueError` at once. `stats` receives
     `new_tokens` once the answer ends. Answers are greedy or sampled, whatever the model's generation config says,
-    unless `settings` ask for `num_beams`: beam search cannot stream, so its answer comes whole, once."""
+    unless `settings` ask for `num_beams`: beam search cannot stream, so its answer comes whole, once. As in the
+    pipeline, an answer the loop guard ended loses the repeated sentence start it ended on (`answer_token_ids`): a
+    streamed one is then given again, whole, last."""
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     check_prompt_lengths(model, inputs)
     inputs = inputs.to(model.device)
@@ -127,18 +129,21 @@ def stream_answer(
     settings = {"num_beams": 1, **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS))}
     settings["stopping_criteria"] = StoppingCriteriaList([watch])
     failure: list[Exception] = []
-    beam_length: list[int] = []  # the best beam's length: beam search may stop exploring later than it ends
+    length: list[int] = []  # the best beam's length: beam search may stop exploring later than it ends
+    final: list[str] = []  # the whole answer, without the repeated sentence start the loop guard ended it on
 
     def generate() -> None:
         try:
             with torch.inference_mode():
-                if settings["num_beams"] == 1:
-                    model.generate(**inputs, streamer=streamer, **settings)
-                    return
-                output = model.generate(**inputs, **settings)
-                beam_length.append(output.shape[1])
-                prompt_length = inputs["input_ids"].shape[1]
-                streamer.on_finalized_text(processor.batch_decode(output, prompt_length=prompt_length)[0], True)
+                beams = settings["num_beams"] > 1
+                output = model.generate(**inputs, **settings, **({} if beams else {"streamer": streamer}))
+            new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
+            kept = answer_token_ids(model.generation_config, new_tokens)
+            if beams or kept != new_tokens:
+                final.append(processor.decode(kept, skip_special_tokens=True))
+            if beams:
+                length.append(output.shape[1])
+                streamer.on_finalized_text(final[0], stream_end=True)
         except Exception as error:  # raised to the reader below
             failure.append(error)
             streamer.end()
@@ -154,6 +159,8 @@ def stream_answer(
         closed.set()
         worker.join()
         if stats is not None:
-            stats["new_tokens"] = max(0, (beam_length or [watch.length])[0] - inputs["input_ids"].shape[1])
+            stats["new_tokens"] = max(0, (length or [watch.length])[0] - inputs["input_ids"].shape[1])
     if failure:
         raise failure[0]
+    if final and final[0] != answer:  # the streamed answer, without the sentence start the loop guard ended it on
+        yield final[0]
