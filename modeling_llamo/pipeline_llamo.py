@@ -28,7 +28,7 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
-from .chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint, add_neighbours, query_turn
+from .chat_template_llamo import DEFAULT_NEIGHBOURS, NEIGHBOURS_QUERY, add_name_hint, add_neighbours, query_turn
 from .generation_llamo import drop_repeated_sentence_start
 from .smiles_llamo import shorten_for_message
 
@@ -48,11 +48,14 @@ class MoleculeBatch:
 
 
 def query_molecule(conversation: list[dict[str, Any]]) -> tuple[str | None, str]:
-    """The first molecule of a conversation's first molecule-bearing user turn, and that turn's text (the question)."""
+    """The first molecule of a conversation's first molecule-bearing user turn, and that turn's text (the question);
+    in a turn that already holds neighbours (`add_neighbours`), the molecule and text after `NEIGHBOURS_QUERY`."""
     turn = query_turn(conversation)
     if turn is None:
         return None, ""
     blocks = [block for block in turn["content"] if isinstance(block, Mapping)]
+    marker = [position for position, block in enumerate(blocks) if block.get("text") == NEIGHBOURS_QUERY]
+    blocks = blocks[marker[0] + 1 :] if marker else blocks
     smiles = next(block.get("smiles") for block in blocks if block.get("type") == "molecule")
     return smiles, " ".join(block.get("text", "") for block in blocks if block.get("type") == "text").strip()
 

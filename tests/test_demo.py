@@ -31,7 +31,7 @@ import pytest
 import torch
 from rdkit import Chem
 
-from llamo import add_neighbours
+from llamo import add_neighbours, pipeline_llamo
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, NEIGHBOURS_INTRO, NEIGHBOURS_QUERY
 from llamo.featurization_llamo import functional_groups
 from llamo.hub_cards.space import chat, group_names, molecule_view, motif_attention, neighbours
@@ -403,10 +403,11 @@ def test_a_streamed_answer_the_loop_guard_ended_comes_again_without_its_repeated
         kept.append(ids[:-2])
         return kept[-1]
 
-    monkeypatch.setattr(chat, "answer_token_ids", dropping)
+    monkeypatch.setattr(pipeline_llamo, "answer_token_ids", dropping)
     messages = conversation_messages(SMILES["aspirin"], [], "Describe this molecule.")
     pieces = list(stream_answer(model, processor, messages, {"max_new_tokens": 6, "min_new_tokens": 6}))
-    assert len(pieces) >= 2 and pieces[-1] == processor.decode(kept[0], skip_special_tokens=True) != pieces[-2]
+    shortened = processor.decode(kept[0], skip_special_tokens=True).strip()
+    assert len(pieces) >= 2 and pieces[-1] == shortened != pieces[-2]
 
 
 def test_the_demo_decodes_each_question_as_the_model_says(tiny_llamo, tmp_path, monkeypatch):
@@ -699,6 +700,27 @@ def test_descriptions_without_neighbours_get_the_rule_based_name(tiny_llamo, nam
     assert shown[-1]["content"][-1]["text"] == "Its IUPAC name is butan-1-ol. Describe this molecule."
     assert _cards(panel) == 1 and "its IUPAC name, butan-1-ol" in panel  # the neighbours and the name
     assert "butan-1-ol" in list(demo.respond(describe, [], "CCCCO", max_new_tokens=2))[-1][3]
+
+
+def test_names_are_verified_as_llamo_generate_verifies_them(tiny_llamo, tmp_path, monkeypatch):
+    from llamo import retrieval as llamo_retrieval
+    from llamo.pipeline_llamo import inchikey
+
+    def checker(names):
+        return [inchikey("CCCCO") if name == "butan-1-ol" else None for name in names]
+
+    monkeypatch.setattr(llamo_retrieval, "rule_namer", lambda **_: lambda smiles: "butan-1-ol")
+    monkeypatch.setattr(llamo_retrieval, "opsin_checker", lambda: checker)
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(neighbours.NO_INDEX, tmp_path))
+    steps = list(demo.respond(NAME_QUESTION, [], "CCCCO", max_new_tokens=4))
+    assert "beam search" in steps[0][2]
+    assert steps[-1][0][-1]["content"] == "butan-1-ol" and "Verified" in steps[-1][2] and "namer" in steps[-1][2]
+    unverified = list(demo.respond(NAME_QUESTION, [], "CCCO", max_new_tokens=4))[-1]
+    assert unverified[0][-1]["content"] != "butan-1-ol" and "Not verified" in unverified[2]
+    assert demo.retrieval.verification("Describe this molecule.") == {}
+    off = Demo(model, processor, retrieval=Retrieval(neighbours.NO_INDEX, tmp_path, name_hints=False))
+    assert "erified" not in list(off.respond(NAME_QUESTION, [], "CCCCO", max_new_tokens=4))[-1][2]
 
 
 def test_neighbours_are_capped_and_must_fit_the_processor(name_index):

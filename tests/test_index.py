@@ -302,7 +302,7 @@ def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_lla
 
 
 def test_a_proposed_name_is_answered_only_when_verified(tiny_llamo):
-    from llamo.pipeline_llamo import inchikey, verified_answer
+    from llamo.pipeline_llamo import inchikey, query_molecule, verified_answer
 
     known = {"ethanol": inchikey("CCO"), "methanol": inchikey("CO"), "propan-1-ol": inchikey("CCCO")}
     calls = []
@@ -333,6 +333,12 @@ def test_a_proposed_name_is_answered_only_when_verified(tiny_llamo):
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)
     answer = pipe({"smiles": "CCO", "text": "Name it."}, verify_names=checker, propose_names=lambda smiles: "ethanol")
     assert answer[0]["generated_text"] == "ethanol" and answer[0]["from_namer"] is True
+    # a conversation that already holds neighbours is verified against its query molecule, not its first neighbour
+    names = {"CCO": "ethanol", "CCCO": "propan-1-ol"}
+    with_neighbours = add_neighbours(molecule_messages("CCCO", "Name it."), [{"smiles": "CCO", "answer": "ethanol"}])
+    answer = pipe(with_neighbours, verify_names=checker, propose_names=names.get)
+    assert answer[0]["generated_text"] == "propan-1-ol" and answer[0]["verified"] is True
+    assert query_molecule(with_neighbours) == ("CCCO", "Name it.")
     with pytest.raises(TypeError, match="propose_names"):
         pipe({"smiles": "CCO", "text": "Name it."}, propose_names=lambda smiles: "ethanol")
 

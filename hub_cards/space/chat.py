@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from llamo.pipeline_llamo import answer_token_ids, check_prompt_lengths
+from llamo.pipeline_llamo import LlamoMoleculePipeline
 from llamo.processing.schema import to_chat_messages
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
@@ -108,42 +108,42 @@ def stream_answer(
     settings: dict | None = None,
     stop: threading.Event | None = None,
     stats: dict | None = None,
+    **pipeline_options,
 ) -> Iterator[str]:
-    """Generate the answer to `messages` in a background thread and yield the answer so far after each new piece.
+    """Answer `messages` through the molecule pipeline in a background thread, yielding the answer so far after each
+    new piece.
 
-    Setting `stop` ends generation at the next token; so does closing the iterator. A failure inside `generate` is
-    raised here, after the text produced before it; messages that cannot be rendered (bad SMILES, molecule over the
-    processor's `max_atoms`, a prompt over the model's context) raise a `ValueError` at once. `stats` receives
-    `new_tokens` once the answer ends. Answers are greedy or sampled, whatever the model's generation config says,
-    unless `settings` ask for `num_beams`: beam search cannot stream, so its answer comes whole, once. As in the
-    pipeline, an answer the loop guard ended loses the repeated sentence start it ended on (`answer_token_ids`): a
-    streamed one is then given again, whole, last."""
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-    check_prompt_lengths(model, inputs)
-    inputs = inputs.to(model.device)
+    Setting `stop` ends generation at the next token; so does closing the iterator. A failure (messages that cannot be
+    rendered: bad SMILES, a molecule over the processor's `max_atoms`, a prompt over the model's context; or inside
+    `generate`) is raised here, after the text produced before it. Answers are greedy or sampled, whatever the model's
+    generation config says, unless `settings` ask for `num_beams` or `pipeline_options` verify names (`verify_names`,
+    `propose_names`): beam search cannot stream, so that answer comes whole, once. The pipeline's answer, cleaned as it
+    cleans answers (`answer_token_ids`), comes last when it differs from the streamed text. `stats` receives
+    `new_tokens` once the answer ends, and `verified` and `from_namer` where names were verified."""
+    pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
     closed = threading.Event()
     streamer = TextIteratorStreamer(
         processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
     )
-    watch = StopOnEvent(closed, *([stop] if stop is not None else []))
-    settings = {"num_beams": 1, **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS))}
-    settings["stopping_criteria"] = StoppingCriteriaList([watch])
+    watch = StoppingCriteriaList([StopOnEvent(closed, *([stop] if stop is not None else []))])
+    settings = {"num_beams": 1, **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)), **pipeline_options}
+    streams = settings["num_beams"] == 1 and "verify_names" not in settings
     failure: list[Exception] = []
-    length: list[int] = []  # the best beam's length: beam search may stop exploring later than it ends
-    final: list[str] = []  # the whole answer, without the repeated sentence start the loop guard ended it on
+    result: list[dict] = []
 
     def generate() -> None:
         try:
             with torch.inference_mode():
-                beams = settings["num_beams"] > 1
-                output = model.generate(**inputs, **settings, **({} if beams else {"streamer": streamer}))
-            new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
-            kept = answer_token_ids(model.generation_config, new_tokens)
-            if beams or kept != new_tokens:
-                final.append(processor.decode(kept, skip_special_tokens=True))
-            if beams:
-                length.append(output.shape[1])
-                streamer.on_finalized_text(final[0], stream_end=True)
+                found = pipe(
+                    messages,
+                    stopping_criteria=watch,
+                    streamer=streamer if streams else None,
+                    return_tensors=True,
+                    **settings,
+                )
+            result.append(found[0])
+            if not streams:
+                streamer.on_finalized_text(result[0]["generated_text"], stream_end=True)
         except Exception as error:  # raised to the reader below
             failure.append(error)
             streamer.end()
@@ -152,15 +152,17 @@ def stream_answer(
     worker.start()
     answer = ""
     try:
-        for piece in streamer:
+        for piece in filter(None, streamer):  # the streamer ends a failed generation with an empty piece
             answer += piece
             yield answer
     finally:
         closed.set()
         worker.join()
         if stats is not None:
-            stats["new_tokens"] = max(0, (length or [watch.length])[0] - inputs["input_ids"].shape[1])
+            found = result[0] if result else {}
+            stats["new_tokens"] = len(found.get("generated_token_ids", []))
+            stats.update({key: found[key] for key in ("verified", "from_namer") if key in found})
     if failure:
         raise failure[0]
-    if final and final[0] != answer:  # the streamed answer, without the sentence start the loop guard ended it on
-        yield final[0]
+    if result and result[0]["generated_text"] != answer.strip():
+        yield result[0]["generated_text"]

@@ -124,12 +124,12 @@ class Demo:
             yield history, question, message_html("Enter a valid molecule first (SMILES box, then Show molecule)."), ""
             return
         settings = generation_settings(max_new_tokens, do_sample, temperature)
-        if self.retrieval is not None and not do_sample:  # the model's decoding for the task, beam search included
-            settings = {**self.retrieval.decoding(question), **settings}
+        if self.retrieval is not None and not do_sample:  # as `llamo generate`: the task's decoding, verified names
+            settings = {**self.retrieval.decoding(question), **settings, **self.retrieval.verification(question)}
         messages = conversation_messages(smiles, history, question)
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         loading = self.retrieval is not None and self.retrieval.needs_loading(question)
-        working = GENERATING_BEAMS if settings.get("num_beams", 1) > 1 else GENERATING
+        working = GENERATING_BEAMS if settings.get("num_beams", 1) > 1 or "verify_names" in settings else GENERATING
         yield history, "", message_html(LOADING_INDEX if loading else working, kind="info"), ""
         stop = self.stops.start(session)
         answer, status, panel, stats, failed = "", "", "", {}, False
@@ -142,6 +142,8 @@ class Demo:
                 yield history, "", message_html(working, kind="info"), panel
             if stop.is_set():
                 status = message_html("Stopped.", kind="info")
+            elif "verified" in stats:
+                status = message_html(verification_note(stats), kind="info")
             elif stats.get("new_tokens", 0) >= (limit := settings["max_new_tokens"]):
                 status = message_html(
                     f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info"
@@ -178,6 +180,18 @@ class Demo:
 
     def stop(self, session: str = "local") -> None:
         self.stops.stop(session)
+
+
+def verification_note(stats: dict) -> str:
+    """What the status line says of a name that OPSIN checked (as `llamo generate` says it)."""
+    if not stats["verified"]:
+        return "Not verified: OPSIN does not read any candidate name as this molecule."
+    source = (
+        "the rule-based namer's name (openclatura), as no model candidate verified"
+        if stats.get("from_namer")
+        else "the model's name"
+    )
+    return f"Verified: OPSIN reads this name as the molecule ({source})."
 
 
 def _session(request) -> str:

@@ -42,7 +42,7 @@ class Retrieval:
     """Which molecule index the demo's answers use, as `llamo generate --index` and `--name-hint auto` do. `index`: a
     folder or Hub dataset id, a loaded `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the defaults of
     `model_dir`'s `llamo_retrieval.json`); `neighbours` per answer (capped at `MAX_NEIGHBOURS`, 0: off);
-    `name_hints=False` gives no rule-based names."""
+    `name_hints=False` gives no rule-based names, as hints or verified answers."""
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class Retrieval:
         self.choice = index
         self.name_hints = name_hints
         self._hinter: Any = None
+        self._verifier: tuple[Any, Any] | None = None
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.neighbours = neighbours
         self.enabled = index != NO_INDEX and neighbours != 0
@@ -98,6 +99,18 @@ class Retrieval:
         `llamo generate` uses them), e.g. `{"num_beams": 3}` for the default model's descriptions."""
         settings = retrieval.retrieval_settings(self.model_dir)
         return retrieval.generation_for(settings, retrieval.question_task(question))
+
+    def verification(self, question: str) -> dict[str, Any]:
+        """For a naming question, the pipeline's name verification as `llamo generate` does it by default: OPSIN
+        checks the beam candidates (`verify_names`), the rule-based namer's name last (`propose_names`, when
+        installed). Nothing for other questions, with `name_hints=False`, or where OPSIN cannot run."""
+        if not self.name_hints or retrieval.question_task(question) != "iupac":
+            return {}
+        with self._lock:
+            if self._verifier is None:
+                self._verifier = (retrieval.opsin_checker(), retrieval.rule_namer())
+        checker, namer = self._verifier
+        return {} if checker is None else {"verify_names": checker, **({"propose_names": namer} if namer else {})}
 
     def name_hint(self, smiles: str, question: str) -> str | None:
         """The rule-based name to give with `question` (`llamo.retrieval.name_hinter`: checked by OPSIN where Java is
