@@ -120,18 +120,19 @@ def _add_generate_parser(subparsers) -> None:
         help="beam search with this many beams (default: the model's generation config)",
     )
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
-    _add_switch(parser, "--verify-names")
+    _add_naming_arguments(parser)
+
+
+def _add_naming_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--verify-names`, `--no-namer` and `--name-hint`, of `generate` and `chat`."""
+    for flag in SWITCHES:
+        parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
     parser.add_argument(
         "--no-namer",
         dest="namer",
         action="store_false",
         help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
     )
-    _add_switch(parser, "--name-hint")
-
-
-def _add_switch(parser: argparse.ArgumentParser, flag: str) -> None:
-    parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
 
 
 def _run_init(args: argparse.Namespace) -> None:
@@ -218,38 +219,52 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     return pipe, folder
 
 
-def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
-    """Pipeline options for the question: its task's answer length and decoding (the model's `task_generation`), the
-    molecule index and neighbours, name verification, and the name hint (the model's `name_hint_tasks`)."""
-    task = retrieval.question_task(question)
+def _settings(model_dir: Path) -> dict:
     try:
-        settings = retrieval.retrieval_settings(model_dir)
+        return retrieval.retrieval_settings(model_dir)
+    except ValueError as error:
+        raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
+
+
+def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
+    """Pipeline options from the question that opens a conversation: the molecule index and neighbours, and the name
+    hint (the model's `name_hint_tasks`). A chat keeps them for its follow-ups, whose prompts repeat that first turn."""
+    task, settings = retrieval.question_task(question), _settings(model_dir)
+    try:
         index, k = retrieval.load_index(args.index, model_dir, question)
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
-    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
+    options: dict = {}
     if index is not None:
         options["index"] = index
         if args.neighbours is not None or k is not None:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k
         if (near_twin := retrieval.near_twin_for(settings, task)) is not None:
             options["near_twin"] = near_twin
-    verify = getattr(args, "verify_names", "off")
-    if verify == "on" or (verify == "auto" and task == "iupac"):
-        checker = retrieval.opsin_checker()
-        if checker is None and verify == "on":
-            raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
-        if checker is not None:
-            options["verify_names"] = checker
-            if getattr(args, "namer", False) and (namer := retrieval.rule_namer()) is not None:
-                options["propose_names"] = namer
-    hint = getattr(args, "name_hint", "off")
+    hint = args.name_hint
     if hint == "on" or (hint == "auto" and task in settings.get("name_hint_tasks", [])):
         hinter = retrieval.name_hinter(retrieval.opsin_checker())
         if hinter is None and hint == "on":
             raise CommandError("--name-hint on needs the rule-based namer: `pip install openclatura`.")
         if hinter is not None:
             options["name_hint"] = hinter
+    return options
+
+
+def _decoding(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
+    """Pipeline options for each question: its task's answer length and decoding (the model's `task_generation`), and
+    name verification for a naming question."""
+    task, settings = retrieval.question_task(question), _settings(model_dir)
+    options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
+    verify = args.verify_names
+    if verify == "on" or (verify == "auto" and task == "iupac"):
+        checker = retrieval.opsin_checker()
+        if checker is None and verify == "on":
+            raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
+        if checker is not None:
+            options["verify_names"] = checker
+            if args.namer and (namer := retrieval.rule_namer()) is not None:
+                options["propose_names"] = namer
     return options
 
 
@@ -306,7 +321,8 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise CommandError("PROMPT is empty: give the instruction, quoted.")
     pipe, folder = _pipeline(args, model_dir)
     content = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": prompt}]
-    _answer(pipe, [{"role": "user", "content": content}], args, not args.no_stream, _context(args, folder, prompt))
+    options = {**_context(args, folder, prompt), **_decoding(args, folder, prompt)}
+    _answer(pipe, [{"role": "user", "content": content}], args, not args.no_stream, options)
 
 
 def _run_chat(args: argparse.Namespace) -> None:
@@ -331,7 +347,8 @@ def _run_chat(args: argparse.Namespace) -> None:
             print("(new conversation)", file=sys.stderr)
             continue
         if not messages:
-            options = _context(args, folder, question)
+            context = _context(args, folder, question)
+        options = {**context, **_decoding(args, folder, question)}  # each question its own decoding
         first = [{"type": "molecule", "smiles": args.smiles}, {"type": "text", "text": question}]
         messages.append({"role": "user", "content": question if messages else first})
         if interactive:
@@ -357,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = add_command(subparsers, "chat", _run_chat)
     chat.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     _add_decoding_arguments(chat)
-    _add_switch(chat, "--name-hint")
+    _add_naming_arguments(chat)
     for module_name in FEATURE_COMMANDS:
         try:
             module = importlib.import_module(module_name)

@@ -477,3 +477,13 @@ def test_generate_answers_a_verified_rule_based_name_when_no_beam_verifies(initi
     assert main([*argv, "--no-namer"]) == 0
     shown = capsys.readouterr()
     assert shown.out.strip() != "propan-2-ol" and "not verified by OPSIN" in shown.err
+    # in a chat each question is decoded for its own task: only naming questions are verified, first or follow-up
+    chat = ["chat", str(initialised), "--smiles", "CC(C)O", "--max-new-tokens", "2", "--index", "none"]
+    for questions, names in (
+        (["What is its IUPAC name?", "Describe this molecule."], 1),
+        (["Describe it.", "Name it."], 1),
+    ):
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join([*questions, "/quit"]) + "\n"))
+        assert main(chat) == 0
+        shown = capsys.readouterr()
+        assert shown.out.count("propan-2-ol") == names and shown.err.count("(verified") == names, questions
