@@ -835,6 +835,7 @@ def test_space_app_serves_neighbours_from_llamo_index(gradio, tiny_llamo_dir, na
     monkeypatch.setenv("LLAMO_INDEX", str(tmp_path / "missing"))  # a bad setting: no neighbours, the page still works
     namespace = runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
     assert isinstance(namespace["demo"], gradio.Blocks) and not created[1].enabled
+    assert created[1].model_dir == tiny_llamo_dir  # the model's own decoding settings still apply
 
 
 def test_space_folder_has_its_files():

@@ -52,7 +52,7 @@ def create_demo():
         retrieval.preload()
     except (OSError, ValueError) as error:
         print(f"[llamo demo] no in-context neighbours: {error}", file=sys.stderr)
-        retrieval = space_neighbours.Retrieval(space_neighbours.NO_INDEX)
+        retrieval = space_neighbours.Retrieval(space_neighbours.NO_INDEX, folder)  # the model's decoding stays
     return space_demo.build_demo(model, processor, model_name=choice or folder.name, retrieval=retrieval)
 
 
