@@ -258,13 +258,9 @@ def _decoding(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
     verify = args.verify_names
     if verify == "on" or (verify == "auto" and task == "iupac"):
-        checker = retrieval.opsin_checker()
-        if checker is None and verify == "on":
+        options |= retrieval.verification_options(args.namer)
+        if "verify_names" not in options and verify == "on":
             raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")
-        if checker is not None:
-            options["verify_names"] = checker
-            if args.namer and (namer := retrieval.rule_namer()) is not None:
-                options["propose_names"] = namer
     return options
 
 

@@ -156,6 +156,15 @@ def rule_namer(iupac_nesting: bool = True) -> Callable[[str], str | None] | None
     return functools.partial(rule_based_name, iupac_nesting=iupac_nesting)
 
 
+def verification_options(namer: bool = True) -> dict[str, Any]:
+    """The pipeline's name verification as `llamo generate` runs it: OPSIN's `verify_names` checker and, with `namer`,
+    the rule-based namer's name as a last candidate (`propose_names`, when installed); `{}` where OPSIN cannot run."""
+    if (checker := opsin_checker()) is None:
+        return {}
+    proposer = rule_namer() if namer else None
+    return {"verify_names": checker, **({"propose_names": proposer} if proposer is not None else {})}
+
+
 NAME_HINT_MAX_CHARS = 80
 """Longer rule-based names are not given as hints: on held-out ChEBI-20 rows (the decoding-choice rows 33-64) the
 default model's descriptions gained from names up to about 80 characters and not from longer ones, whose answers ran

@@ -54,7 +54,7 @@ class Retrieval:
         self.choice = index
         self.name_hints = name_hints
         self._hinter: Any = None
-        self._verifier: tuple[Any, Any] | None = None
+        self._verifier: dict[str, Any] | None = None
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.neighbours = neighbours
         self.enabled = index != NO_INDEX and neighbours != 0
@@ -108,9 +108,8 @@ class Retrieval:
             return {}
         with self._lock:
             if self._verifier is None:
-                self._verifier = (retrieval.opsin_checker(), retrieval.rule_namer())
-        checker, namer = self._verifier
-        return {} if checker is None else {"verify_names": checker, **({"propose_names": namer} if namer else {})}
+                self._verifier = retrieval.verification_options()
+        return self._verifier
 
     def name_hint(self, smiles: str, question: str) -> str | None:
         """The rule-based name to give with `question` (`llamo.retrieval.name_hinter`: checked by OPSIN where Java is
