@@ -127,10 +127,12 @@ def _add_naming_arguments(parser: argparse.ArgumentParser) -> None:
     """`--verify-names`, `--no-namer` and `--name-hint`, of `generate` and `chat`."""
     for flag in SWITCHES:
         parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
+    parser.set_defaults(namer=True)  # first: the flag's own default is hidden, or the help would say "default: True"
     parser.add_argument(
         "--no-namer",
         dest="namer",
         action="store_false",
+        default=argparse.SUPPRESS,
         help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
     )
 

@@ -35,7 +35,9 @@ def test_generate_help_shows_the_usage_one_types_and_every_default(capsys):
     assert "--max-new-tokens N most tokens in an answer (default: by the question: 256 for descriptions" in text
     for default in ("(default: 0.7)", "(default: 0.9)", "(default: auto)", "(default: the model's generation config)"):
         assert default in text, default
-    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: True)" not in text
+    assert build_parser().parse_args(["chat", "--smiles", "C"]).namer is True
+    assert build_parser().parse_args(["chat", "--smiles", "C", "--no-namer"]).namer is False
     with pytest.raises(SystemExit):
         build_parser().parse_args(["init", "--help"])
     assert "GIN width (default: 300)" in " ".join(capsys.readouterr().out.split())
