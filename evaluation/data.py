@@ -78,14 +78,13 @@ class SkippedRow:
 
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark (Windows editors) is no text
     try:
-        text = data.decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is no text
         if text.lstrip().startswith("["):
             return json.loads(text)  # a list
         lines = text.split("\n")  # not `splitlines`: U+2028 (a line break to it) may stand inside a JSON string
     except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
+        line = error.object[: error.start].count(b"\n") + 1
         raise ValueError(f"line {line} is not UTF-8 text") from None
     except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise ValueError(f"not a JSON list ({getattr(error, 'msg', error)})") from None

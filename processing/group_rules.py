@@ -7,6 +7,7 @@ Rules run in table order, specific first; a match inside an earlier kept one is 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -89,10 +90,8 @@ def group_counts(mol: Chem.Mol) -> dict[str, int]:
     """{name: number of matches} of the groups in `mol`, in table order; a match inside an earlier kept one is skipped
     (see the module docstring). Reads up to RDKit's default of 1,000 matches per rule: every one a molecule of a few
     hundred atoms has."""
-    kept: list[frozenset[int]] = []
-    counts: dict[str, int] = {}
+    kept: list[tuple[str, frozenset[int]]] = []
     for _, name, atoms in rule_matches(mol, max_matches=1000):
-        if not any(atoms <= earlier for earlier in kept):
-            kept.append(atoms)
-            counts[name] = counts.get(name, 0) + 1
-    return counts
+        if not any(atoms <= earlier for _, earlier in kept):
+            kept.append((name, atoms))
+    return dict(Counter(name for name, _ in kept))

@@ -271,8 +271,7 @@ class OpenAICompatibleTeacher:
                 raise TeacherError("retries_exhausted", f"{attempt + 1} attempts, last: {problem}")
             delay = self.retry.delay(attempt, retry_after, self._rng)
             logger.info("%s; retry %d/%d in %.2f s", problem, attempt + 1, self.retry.max_retries, delay)
-            if self.stop_event.wait(delay):
-                raise GenerationStopped("stopped")
+            self.stop_event.wait(delay)  # set while waiting: the next attempt stops
 
 
 class TransformersTeacher:

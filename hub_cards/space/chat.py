@@ -56,14 +56,12 @@ def conversation_messages(
 
 
 class StopOnEvent(StoppingCriteria):
-    """Ends generation once any of `events` is set; `length` is the sequence length it last saw."""
+    """Ends generation once any of `events` is set."""
 
     def __init__(self, *events: threading.Event):
         self.events = events
-        self.length = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.length = input_ids.shape[1]
         stopped = any(event.is_set() for event in self.events)
         return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
