@@ -85,8 +85,10 @@ def near_twin_only(found: Sequence[Any], near_twin: float | None) -> list[Any]:
 
 
 def model_context(model) -> float:
-    """The language model's context in tokens (`max_position_embeddings`), `inf` where its config sets none."""
-    return getattr(model.config.get_text_config(), "max_position_embeddings", None) or math.inf
+    """The language model's context in tokens (`max_position_embeddings`), `inf` where its config sets none (0 is a
+    context of 0 tokens, so every prompt is refused, not a context without limit)."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return math.inf if limit is None else limit
 
 
 def check_prompt_lengths(model, inputs: Mapping[str, Any]) -> None:
