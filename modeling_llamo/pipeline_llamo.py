@@ -134,13 +134,11 @@ def verified_answer(candidates: list[dict[str, Any]], query: str | None, checker
 def answer_token_ids(generation_config, token_ids: list[int]) -> list[int]:
     """An answer's new token ids without the repeated sentence start the loop guard ended it on, where the model's
     generation config sets that rule (`answer_sentence_end_token_ids`; `drop_repeated_sentence_start`)."""
-    sentence_ends, eos = (
-        getattr(generation_config, "answer_sentence_end_token_ids", None),
-        generation_config.eos_token_id,
-    )
-    return (
-        drop_repeated_sentence_start(token_ids, eos, sentence_ends) if sentence_ends and eos is not None else token_ids
-    )
+    sentence_ends = getattr(generation_config, "answer_sentence_end_token_ids", None)
+    eos = generation_config.eos_token_id
+    if not sentence_ends or eos is None:
+        return token_ids
+    return drop_repeated_sentence_start(token_ids, eos, sentence_ends)
 
 
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:

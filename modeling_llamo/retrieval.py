@@ -35,7 +35,8 @@ SETTINGS_TYPES = {
 DEFAULT_INDEX_VERSIONS = {"iupac": "2", "property": "3"}
 """Version of each packaged index; 2: entries keep their stereochemistry, 3: radius-1 count fingerprints."""
 NEIGHBOUR_TASKS = ("description", "iupac", "property")
-"""The tasks whose answers an index holds and a question can be given as neighbours (`question_task`'s)."""
+"""The tasks whose answers an index holds and whose rows get in-context neighbours, in training and at answer time
+(one answer per molecule; conversations get none)."""
 ANSWER_TOKENS = {"description": 256, "iupac": 144, "property": 16}
 """Default answer length by the question's task: long enough for ChEBI-20 descriptions (99.6% of the training ones
 are shorter), PubChem names (99.5%; 1.9% need 95 tokens or more) and a number, so that an answer that runs on stops

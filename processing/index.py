@@ -41,7 +41,7 @@ INDEX_FEATURES = datasets.Features(
 )
 FINGERPRINT_SIZE = 2048
 COUNT_FINGERPRINT_TASKS = ("property",)
-"""Tasks whose rows get in-context neighbours in training (one answer per molecule; conversations get none)."""
+"""Tasks whose indexes hold radius-1 Morgan count vectors; the others' hold radius-2 bit vectors."""
 
 
 @dataclass
