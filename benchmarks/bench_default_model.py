@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import conversation
 from transformers import TextStreamer
 
 MOLECULES = {
@@ -66,12 +67,7 @@ def in_process(cache: Path, new_tokens: int, repeats: int) -> list[dict]:
     for name, smiles in MOLECULES.items():
         first, speed = [], []
         for _ in range(repeats):
-            messages = [
-                {
-                    "role": "user",
-                    "content": [{"type": "molecule", "smiles": smiles}, {"type": "text", "text": QUESTION}],
-                }
-            ]
+            messages = conversation(smiles, QUESTION)
             clock = FirstTokenClock(processor.tokenizer)
             start = time.perf_counter()
             inputs = processor.apply_chat_template(

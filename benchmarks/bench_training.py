@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from common import CHEBI20, SMOLLM2_135M, parse_config, report, versions
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from llamo.builder import build_llamo, resolve_llm, save_llamo
@@ -33,29 +34,19 @@ from llamo.processing.collators import LlamoDataCollator
 from llamo.training import stage1, stage2
 from llamo.training.config import stage_arguments
 
-SMOLLM2_135M = {
-    "vocab_size": 49152,
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-}
-
 
 @dataclass
 class BenchConfig:
-    data: str = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chebi20" / "validation.txt")
+    data: str = CHEBI20
     steps: int = 20
     batch_size: int = 8
     max_length: int = 384
     rows: int = 400
-    workdir: str | None = None
-    output: str | None = None
-    only: str | None = None
+    workdir: str | None = field(
+        default=None, metadata={"help": "reuse this folder (model and feature cache) between runs"}
+    )
+    output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
+    only: Literal["stage1", "stage2"] | None = field(default=None, metadata={"help": argparse.SUPPRESS})
 
 
 class TimedCollator(LlamoDataCollator):
@@ -186,29 +177,9 @@ def main(config: BenchConfig) -> dict:
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         result[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    result.update(
-        {
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "config": asdict(config),
-        }
-    )
-    print(json.dumps(result, indent=2))
-    if config.output:
-        Path(config.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    result.update({"threads": torch.get_num_threads(), **versions()})
+    return report(result, config)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = BenchConfig()
-    parser.add_argument("--data", default=defaults.data)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--max-length", type=int, default=defaults.max_length)
-    parser.add_argument("--rows", type=int, default=defaults.rows)
-    parser.add_argument("--workdir", help="reuse this folder (model and feature cache) between runs")
-    parser.add_argument("--output", help="also write the result as JSON here")
-    parser.add_argument("--only", choices=["stage1", "stage2"], help=argparse.SUPPRESS)
-    main(BenchConfig(**vars(parser.parse_args())))
+    main(parse_config(BenchConfig, __doc__))

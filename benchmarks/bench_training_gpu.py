@@ -22,16 +22,12 @@ comparison with figures quoted that way. The graph encoder and projector (under 
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
+from common import parse_config, report, versions
 from peft import get_peft_model
 from transformers import LlamaConfig, get_scheduler
 
@@ -62,14 +58,16 @@ NO_CUDA = (
 class GpuBenchConfig:
     batch_size: int = 8
     seq_len: int = 512
-    steps: int = 20
-    warmup_steps: int = 3
-    peak_tflops: float = 989.0
+    steps: int = field(default=20, metadata={"help": "timed optimizer steps"})
+    warmup_steps: int = field(default=3, metadata={"help": "untimed steps first"})
+    peak_tflops: float = field(default=989.0, metadata={"help": "the GPU's bf16 dense peak"})
     lora_r: int = 8
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    gradient_checkpointing: bool = True
-    bf16: bool = True
-    output: str | None = None
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "recompute activations in the backward pass (off: keep them)"}
+    )
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
+    output: str | None = field(default=None, metadata={"help": "also write the result as JSON here"})
 
 
 def build_model(shape: dict, device: torch.device) -> LlamoForConditionalGeneration:
@@ -220,33 +218,10 @@ def main(config: GpuBenchConfig) -> dict:
         "model": "LLaMo at the LLaMA-2-7B shape, random weights, LM bf16, LoRA q/v + projector",
         "gpu": torch.cuda.get_device_name(device),
         **measure(config, device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "config": asdict(config),
+        **versions(),
     }
-    print(json.dumps(result, indent=2))
-    if config.output:
-        Path(config.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
-
-
-def parse(argv: list[str]) -> GpuBenchConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = GpuBenchConfig()
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="timed optimizer steps")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="untimed steps first")
-    parser.add_argument("--peak-tflops", type=float, default=defaults.peak_tflops, help="the GPU's bf16 dense peak")
-    parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
-    parser.add_argument("--lora-target-modules", nargs="+", default=defaults.lora_target_modules)
-    parser.add_argument(
-        "--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false", help="keep activations"
-    )
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="no bf16 autocast")
-    parser.add_argument("--output", help="also write the result as JSON here")
-    return GpuBenchConfig(**vars(parser.parse_args(argv)))
+    return report(result, config)
 
 
 if __name__ == "__main__":
-    main(parse(sys.argv[1:]))
+    main(parse_config(GpuBenchConfig, __doc__))

@@ -22,10 +22,11 @@ candidate, answered when verified) and the `namer` alone.
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from common import parse_config
 
 from llamo.evaluation import EvaluationConfig, evaluate, setup_wordnet
 from llamo.evaluation.naming import opsin_unavailable_reason
@@ -61,20 +62,26 @@ HEADLINE = {
 
 @dataclass
 class EvalConfig:
-    chebi20: str
+    chebi20: str = field(metadata={"help": "the ChEBI-20 TSV the recipe was trained with"})
     recipe: str = "llamo_smollm2_135m"
-    model: str | None = None
+    model: str | None = field(default=None, metadata={"help": "model folder (default: the bundled default model)"})
     work_dir: str = "runs/llamo-smollm2-135m/eval"
     scibert_vocab: str = SCIBERT_HUB_ID
     batch_size: int = 16
-    num_beams: int = 1
+    num_beams: int = field(default=1, metadata={"help": "1: greedy, as in LLaMo's evaluation"})
     max_rows: int | None = None
-    first_row: int = 1
-    tasks: list[str] | None = None
-    neighbours: int = 0
-    verify_names: bool = True
-    answer_loop_repeats: int | None = None
-    runs: list[str] | None = None
+    first_row: int = field(default=1, metadata={"help": "start at this row of each test split (1-based)"})
+    tasks: list[str] | None = field(
+        default=None, metadata={"choices": list(HEADLINE), "help": "evaluate only these tasks"}
+    )
+    neighbours: int = field(default=0, metadata={"help": "answer with this many index neighbours (0: none)"})
+    verify_names: bool = field(default=True, metadata={"help": "the OPSIN-reranked naming run (off: skipped)"})
+    answer_loop_repeats: int | None = field(
+        default=None, metadata={"help": "end answers that repeat a block this often (0: off; default: the model's)"}
+    )
+    runs: list[str] | None = field(
+        default=None, metadata={"help": "evaluate only these runs (e.g. model 'model, no index')"}
+    )
 
 
 def write_jsonl(dataset, path: Path) -> Path:
@@ -260,26 +267,4 @@ def markdown(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = EvalConfig(chebi20="")
-    parser.add_argument("--chebi20", required=True, help="the ChEBI-20 TSV the recipe was trained with")
-    parser.add_argument("--recipe", default=defaults.recipe)
-    parser.add_argument("--model", help="model folder (default: the bundled default model)")
-    parser.add_argument("--work-dir", default=defaults.work_dir)
-    parser.add_argument("--scibert-vocab", default=defaults.scibert_vocab)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="1: greedy, as in LLaMo's evaluation")
-    parser.add_argument("--max-rows", type=int)
-    parser.add_argument("--first-row", type=int, default=1, help="start at this row of each test split (1-based)")
-    parser.add_argument("--tasks", nargs="+", choices=list(HEADLINE), help="evaluate only these tasks")
-    parser.add_argument("--neighbours", type=int, default=0, help="answer with this many index neighbours (0: none)")
-    parser.add_argument(
-        "--no-verify-names", dest="verify_names", action="store_false", help="skip the OPSIN-reranked naming run"
-    )
-    parser.add_argument(
-        "--answer-loop-repeats",
-        type=int,
-        help="end answers that repeat a block this often (0: off; default: the model's)",
-    )
-    parser.add_argument("--runs", nargs="+", help="evaluate only these runs (e.g. model 'model, no index')")
-    main(EvalConfig(**vars(parser.parse_args())))
+    main(parse_config(EvalConfig, __doc__))
