@@ -77,6 +77,12 @@ def register(subparsers) -> None:
         "descriptions: 0.85, `task_near_twin` in its llamo_retrieval.json)",
     )
     context.add_argument(
+        "--rank-neighbour-answers",
+        action="store_true",
+        help="the model scores its answer and the neighbours' own answers (mean log-probability per token) and gives "
+        "the highest (the default model's descriptions: `neighbour_answer_tasks` in its llamo_retrieval.json)",
+    )
+    context.add_argument(
         "--verify-names",
         action="store_true",
         help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule, else the "

@@ -56,6 +56,7 @@ class EvaluationConfig:
     index: str | None = None
     neighbours: int = DEFAULT_NEIGHBOURS
     near_twin: float | None = None
+    rank_neighbour_answers: bool = False
     verify_names: bool = False
     propose_names: bool = False
     name_hints: bool = False

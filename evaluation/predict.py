@@ -85,6 +85,7 @@ class GenerationPredictor:
         index=None,
         neighbours: int = DEFAULT_NEIGHBOURS,
         near_twin: float | None = None,
+        rank_neighbour_answers: bool = False,
         name_checker=None,
         name_proposer=None,
         name_hint=None,
@@ -95,6 +96,7 @@ class GenerationPredictor:
         self.processor = processor
         self.generation_kwargs = generation_kwargs
         self.pipe_options = dict(include_graph=include_graph, index=index, neighbours=neighbours, near_twin=near_twin)
+        self.ranking = {"rank_neighbour_answers": True} if rank_neighbour_answers and index is not None else {}
         self.name_checker = name_checker
         self.name_proposer = name_proposer
         self.name_hint = name_hint
@@ -126,7 +128,8 @@ class GenerationPredictor:
             eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
             settings["stopping_criteria"] = StoppingCriteriaList([_StepReporter(self.on_step, len(examples), eos_ids)])
         conversations = [self._messages(example) for example in examples]
-        groups = self.pipe(conversations, batch_size=len(examples), **self.pipe_options, **settings)
+        ranking = self.ranking if self.name_checker is None else {}
+        groups = self.pipe(conversations, batch_size=len(examples), **self.pipe_options, **ranking, **settings)
         answers = []
         for example, group in zip(examples, groups, strict=True):
             if self.name_checker is not None and example.task == "iupac":
@@ -196,6 +199,7 @@ def make_predictor(config: EvaluationConfig, state: RunState, model, processor) 
         index=state.index,
         neighbours=config.neighbours,
         near_twin=config.near_twin,
+        rank_neighbour_answers=config.rank_neighbour_answers,
         name_checker=name_checker,
         name_proposer=name_proposer,
         name_hint=name_hint,

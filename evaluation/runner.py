@@ -37,6 +37,7 @@ def run_config(config: EvaluationConfig, state: RunState) -> dict[str, Any]:
         "index_path": config.index,
         "neighbours": config.neighbours if config.index and config.generates else None,
         **({"near_twin": config.near_twin} if config.near_twin is not None and config.index else {}),
+        **({"rank_neighbour_answers": True} if config.rank_neighbour_answers and config.index else {}),
     }
 
 

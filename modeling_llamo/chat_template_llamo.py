@@ -162,10 +162,15 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
         blocks += [
             {"type": "text", "text": f"{rank}."},
             {"type": "molecule", "smiles": neighbour["smiles"]},
-            {"type": "text", "text": " ".join(str(neighbour["answer"]).split()) + "\n"},
+            {"type": "text", "text": as_prompt_text(neighbour["answer"]) + "\n"},
         ]
     query["content"] = [*blocks, {"type": "text", "text": NEIGHBOURS_QUERY}, *query["content"]]
     return messages
+
+
+def as_prompt_text(answer: Any) -> str:
+    """A neighbour's answer as `add_neighbours` writes it into the prompt: on one line, runs of white space single."""
+    return " ".join(str(answer).split())
 
 
 def query_turn(messages: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -33,6 +33,9 @@ SWITCHES = {
     "first it reads ('auto': for naming questions when Java and py2opsin are present)",
     "--name-hint": "give the model the molecule's rule-based IUPAC name (openclatura; checked by OPSIN when Java is "
     "present) before the question ('auto': for the tasks the model's llamo_retrieval.json lists)",
+    "--neighbour-answers": "let the model score its answer against the in-context neighbours' own answers and give the "
+    "likeliest, saying so when it is a neighbour's ('auto': for the tasks the model's llamo_retrieval.json lists; not "
+    "with name verification)",
 }
 """The `auto` / `on` / `off` options (`auto` by default) and their help."""
 
@@ -243,6 +246,12 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k
         if (near_twin := retrieval.near_twin_for(settings, task)) is not None:
             options["near_twin"] = near_twin
+    ranked = args.neighbour_answers
+    if ranked == "on" or (ranked == "auto" and task in settings.get("neighbour_answer_tasks", [])):
+        if index is None and ranked == "on":
+            raise CommandError("--neighbour-answers on needs a molecule index: give --index.")
+        if index is not None:
+            options["rank_neighbour_answers"] = True
     hint = args.name_hint
     if hint == "on" or (hint == "auto" and task in settings.get("name_hint_tasks", [])):
         hinter = retrieval.name_hinter(retrieval.opsin_checker())
@@ -274,7 +283,10 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
     from .pipeline_llamo import model_context
 
     beams = getattr(args, "num_beams", None) or options.get("num_beams") or pipe.model.generation_config.num_beams or 1
-    stream = stream and beams == 1 and "verify_names" not in options  # transformers streams greedy or sampled text
+    if "verify_names" in options:  # a name is verified among beam candidates: that answer is given, not a neighbour's
+        options = {key: value for key, value in options.items() if key != "rank_neighbour_answers"}
+    whole = "verify_names" in options or "rank_neighbour_answers" in options  # the answer is chosen once finished
+    stream = stream and beams == 1 and not whole  # transformers streams greedy or sampled text
     streamer = TextStreamer(pipe.processor.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     options = {
         **options,
@@ -304,6 +316,14 @@ def _answer(pipe, messages, args, stream: bool, options: dict) -> str:
         known = " (the molecule itself is in the index)" if answer["found_in_index"] else ""
         shown = ", ".join(f"{n['smiles'][:40]} ({n['similarity']:.2f})" for n in answer["neighbours"])
         print(f"(in context: {shown}{known})", file=sys.stderr)
+    if answer.get("from_neighbour") is not None:
+        position, scores = answer["from_neighbour"], answer["answer_scores"]
+        chosen = answer["neighbours"][position]
+        print(
+            f"(this is the known answer of {chosen['smiles'][:40]} ({chosen['similarity']:.2f}), not the model's own: "
+            f"the model scores it {scores[position + 1]:.3f} per token, its own answer {scores[0]:.3f})",
+            file=sys.stderr,
+        )
     return answer["generated_text"]
 
 

@@ -1,5 +1,8 @@
 """LLaMo's loop guard, `AnswerLoopStopLogitsProcessor`: `LlamoForConditionalGeneration.generate` adds it when the
-generation config sets `answer_loop_repeats` (and gives it `answer_sentence_end_token_ids` when set)."""
+generation config sets `answer_loop_repeats` (and gives it `answer_sentence_end_token_ids` when set); and
+`answer_log_likelihoods`, the score by which the pipeline compares its answer with the in-context neighbours' own."""
+
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers.generation import LogitsProcessor
@@ -33,6 +36,25 @@ def drop_repeated_sentence_start(
     if end is None or not repeats_sentence_start(torch.tensor([answer[:end]]), torch.tensor(sentence_ends), n).item():
         return answer
     return answer[: end - n] + answer[end:]
+
+
+@torch.no_grad()
+def answer_log_likelihoods(
+    model, prompt: Mapping[str, torch.Tensor], answers: Sequence[Sequence[int]], pad_token_id: int
+) -> list[float]:
+    """The mean log-probability per token of each answer after one prompt: beam search's score of a finished beam at
+    `length_penalty=1`. `prompt`: the processor's inputs for that prompt repeated once per answer (`input_ids` `(N, L)`
+    without padding, its graph inputs); `answers`: N lists of token ids, each ending with its end-of-sequence token."""
+    ids, mask = prompt["input_ids"], prompt["attention_mask"]
+    longest = max(map(len, answers))
+    tail = torch.full((len(answers), longest), pad_token_id, dtype=ids.dtype, device=ids.device)
+    for row, answer in enumerate(answers):
+        tail[row, : len(answer)] = torch.tensor(answer, dtype=ids.dtype)
+    tail_mask = (torch.arange(longest, device=ids.device) < torch.tensor([len(a) for a in answers])[:, None]).long()
+    inputs = {**prompt, "input_ids": torch.cat([ids, tail], 1), "attention_mask": torch.cat([mask, tail_mask], 1)}
+    logits = model(**inputs, use_cache=False, logits_to_keep=longest + 1).logits[:, :-1].float()  # (N, T, vocab)
+    chosen = logits.log_softmax(-1).gather(-1, tail[..., None]).squeeze(-1) * tail_mask
+    return (chosen.sum(1) / tail_mask.sum(1)).tolist()
 
 
 class AnswerLoopStopLogitsProcessor(LogitsProcessor):
@@ -160,4 +182,9 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         return scores
 
 
-__all__ = ["LOOP_GUARD_KEYS", "AnswerLoopStopLogitsProcessor", "drop_repeated_sentence_start"]
+__all__ = [
+    "LOOP_GUARD_KEYS",
+    "AnswerLoopStopLogitsProcessor",
+    "answer_log_likelihoods",
+    "drop_repeated_sentence_start",
+]

@@ -28,8 +28,15 @@ from typing import Any
 from transformers import GenerationConfig, Pipeline
 from transformers.utils import ModelOutput
 
-from .chat_template_llamo import DEFAULT_NEIGHBOURS, NEIGHBOURS_QUERY, add_name_hint, add_neighbours, query_turn
-from .generation_llamo import drop_repeated_sentence_start
+from .chat_template_llamo import (
+    DEFAULT_NEIGHBOURS,
+    NEIGHBOURS_QUERY,
+    add_name_hint,
+    add_neighbours,
+    as_prompt_text,
+    query_turn,
+)
+from .generation_llamo import answer_log_likelihoods, drop_repeated_sentence_start
 from .smiles_llamo import shorten_for_message
 
 MOLECULE_TASK = "molecule-text-generation"
@@ -141,6 +148,34 @@ def answer_token_ids(generation_config, token_ids: list[int]) -> list[int]:
     return drop_repeated_sentence_start(token_ids, eos, sentence_ends)
 
 
+def rank_answers(
+    model, processor, conversation: list[dict[str, Any]], answer: list[int], neighbours, render_options: dict[str, Any]
+) -> tuple[int | None, list[float]] | None:
+    """Which answer to give to `conversation`, a first question with `neighbours` (the index entries `add_neighbours`
+    put in it, as dicts): None for the model's own `answer` (its generated token ids), else the position of the
+    neighbour whose own answer to give; and the scores, the model's answer first. Every candidate, the model's answer
+    and each neighbour's answer (as the prompt shows it), is scored by the model as the continuation of the prompt:
+    its mean log-probability per token, end token included (`answer_log_likelihoods`); the highest is given. A model
+    that has lost its way (an answer of low probability) can so fall back on a known molecule's text that it finds
+    likelier for this one. None (nothing to rank) without neighbours, for a follow-up question (the neighbours'
+    answers answer the first one) or without an end-of-sequence token. `render_options`: the pipeline's
+    `apply_chat_template` keywords for the prompt."""
+    config = model.generation_config
+    eos = [config.eos_token_id] if isinstance(config.eos_token_id, int) else list(config.eos_token_id or [])
+    if not neighbours or not eos or any(message.get("role") == "assistant" for message in conversation):
+        return None
+    own = answer_token_ids(config, answer)
+    own = own[: next((i for i, token in enumerate(own) if token in eos), len(own))]
+    texts = [as_prompt_text(neighbour["answer"]) for neighbour in neighbours]
+    known = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    prompt = processor.apply_chat_template([conversation] * (1 + len(neighbours)), **render_options)
+    prompt = {key: value.to(model.device) for key, value in prompt.items()}
+    pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
+    scores = answer_log_likelihoods(model, prompt, [ids + eos[:1] for ids in [own, *known]], pad)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return (None if best == 0 else best - 1), scores
+
+
 def molecule_conversation(smiles: str | Sequence[str], text: str, index: int = 0) -> list[dict[str, Any]]:
     """The one-turn conversation asking `text` about the molecule `smiles` (or several molecules, in order)."""
     molecules = list(smiles) if isinstance(smiles, (list, tuple)) else [smiles]
@@ -186,7 +221,8 @@ class LlamoMoleculePipeline(Pipeline):
         in-context examples), `neighbours` (how many), `near_twin` (a similarity from which the nearest entry is given
         alone), `verify_names` (`names -> [InChIKey or None, ...]`, e.g. OPSIN: the first beam candidate naming the
         query molecule is answered) with `propose_names` (`smiles -> name or None`: a last candidate, answered only when
-        verified), and `name_hint` (`smiles -> name or None`: given before the question, returned as `name_hint`)."""
+        verified), `name_hint` (`smiles -> name or None`: given before the question, returned as `name_hint`), and
+        `rank_neighbour_answers` (True: the neighbours' own answers compete with the model's, see `rank_answers`)."""
         conversations, single = self._conversations(inputs, smiles)
         size = batch_size or self._batch_size or 1
         if size < 1:
@@ -254,6 +290,7 @@ class LlamoMoleculePipeline(Pipeline):
         verify_names: Any = None,
         propose_names: Any = None,
         name_hint: Any = None,
+        rank_neighbour_answers: bool | None = None,
         generate_kwargs: dict[str, Any] | None = None,
         **generation_parameters,
     ):
@@ -273,6 +310,7 @@ class LlamoMoleculePipeline(Pipeline):
             system_prompt=system_prompt,
             include_graph=include_graph,
             name_hint=name_hint,
+            rank_neighbour_answers=rank_neighbour_answers,
         )
         if max_atoms is not _UNSET:  # None is a value here: no size limit
             preprocess_params["max_atoms"] = max_atoms
@@ -283,6 +321,8 @@ class LlamoMoleculePipeline(Pipeline):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
                 said = f"from 1 to the model's context of {most} tokens" if most < math.inf else "of at least 1"
                 raise ValueError(f"{name} must be an integer {said}, got {shorten_for_message(value, 40)}.")
+        if rank_neighbour_answers and (verify_names is not None or forward_params.get("num_return_sequences", 1) > 1):
+            raise ValueError("rank_neighbour_answers gives one answer per input: not with verify_names or several.")
         if verify_names is not None:
             forward_params.update(verification_settings(forward_params))
         postprocess_params = _given(
@@ -306,6 +346,7 @@ class LlamoMoleculePipeline(Pipeline):
         include_graph: bool = True,
         name_hint: Any = None,
         near_twin: float | None = None,
+        rank_neighbour_answers: bool = False,
     ) -> dict[str, Any]:
         conversations = list(batch.conversations)
         queries = [query_molecule(conversation) for conversation in conversations]
@@ -321,8 +362,7 @@ class LlamoMoleculePipeline(Pipeline):
         if system_prompt is not None:
             system = {"role": "system", "content": system_prompt}
             conversations = [c if c[0].get("role") == "system" else [system, *c] for c in conversations]
-        inputs = self.processor.apply_chat_template(
-            conversations,
+        options = dict(
             chat_template=chat_template,
             add_generation_prompt=True,
             tokenize=True,
@@ -330,15 +370,29 @@ class LlamoMoleculePipeline(Pipeline):
             processor_kwargs={} if max_atoms is _UNSET else {"max_atoms": max_atoms},
             include_graph=include_graph,
         )
+        inputs = self.processor.apply_chat_template(conversations, **options)
         check_prompt_lengths(self.model, inputs)
-        return {**inputs, "neighbours": context, "queries": [smiles for smiles, _ in queries], "name_hints": hints}
+        ranked = rank_neighbour_answers and any(context)
+        return {
+            **inputs,
+            "neighbours": context,
+            "queries": [smiles for smiles, _ in queries],
+            "name_hints": hints,
+            "ranking": (conversations, options) if ranked else None,
+        }
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
         passed_on = {key: model_inputs.pop(key) for key in ("neighbours", "queries", "name_hints")}
+        ranking = model_inputs.pop("ranking")
         input_ids = model_inputs["input_ids"]
         output = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
         sequences = output.sequences if isinstance(output, ModelOutput) else output
-        return {"new_tokens": sequences[:, input_ids.shape[1] :], "num_inputs": input_ids.shape[0], **passed_on}
+        new_tokens = sequences[:, input_ids.shape[1] :]
+        if ranking is not None:
+            conversations, options = ranking
+            rows = zip(conversations, new_tokens.tolist(), passed_on["neighbours"], strict=True)
+            passed_on["ranked"] = [rank_answers(self.model, self.processor, *row, options) for row in rows]
+        return {"new_tokens": new_tokens, "num_inputs": input_ids.shape[0], **passed_on}
 
     def postprocess(
         self,
@@ -365,11 +419,18 @@ class LlamoMoleculePipeline(Pipeline):
             if verify_names is not None:
                 group = [verified_answer(group, model_outputs["queries"][index], verify_names, propose_names)]
             hint, context = model_outputs["name_hints"][index], model_outputs["neighbours"][index]
+            ranked = (model_outputs.get("ranked") or [None] * num_inputs)[index]
             for answer in group:
                 if hint:
                     answer["name_hint"] = hint
                 if context:
                     answer.update(neighbours=context, found_in_index=bool(context[0].get("exact")))
+                if ranked is not None:
+                    position, scores = ranked
+                    answer.update(from_neighbour=position, answer_scores=[round(score, 4) for score in scores])
+                    if position is not None:
+                        answer["generated_text"] = as_prompt_text(context[position]["answer"])
+                        answer.pop("generated_token_ids", None)
             answers.append(group)
         return answers
 

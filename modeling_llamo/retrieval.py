@@ -5,9 +5,10 @@ A model folder may hold `llamo_retrieval.json`, written when a model was trained
 naming or property question with the K nearest entries of the packaged PubChem name table or QM9, built once into
 `~/.cache/llamo/indexes` (`$LLAMO_INDEX_CACHE`). An optional `"task_neighbours": {"property": 1}` sets K for one task
 (the question's, see `question_task`), `"task_generation": {"description": {"num_beams": 3}}` decoding settings for
-one task, and `"name_hint_tasks": ["description"]` the tasks whose questions are given the molecule's rule-based
-name (`name_hinter`). Models without the file answer without neighbours unless an index is given (the paper's
-format)."""
+one task, `"name_hint_tasks": ["description"]` the tasks whose questions are given the molecule's rule-based name
+(`name_hinter`), and `"neighbour_answer_tasks": ["description"]` the tasks whose answers compete with the neighbours'
+own (the pipeline's `rank_neighbour_answers`). Models without the file answer without neighbours unless an index is
+given (the paper's format)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ SETTINGS_TYPES = {
     "task_near_twin": (dict, (int, float), "an object of task -> similarity"),
     "task_generation": (dict, dict, "an object of task -> object of generation settings"),
     "name_hint_tasks": (list, str, "a list of task names"),
+    "neighbour_answer_tasks": (list, str, "a list of task names"),
 }
 """The keys of `llamo_retrieval.json`: key -> (its type, the type of its entries, how an error says it)."""
 DEFAULT_INDEX_VERSIONS = {"iupac": "2", "property": "3"}

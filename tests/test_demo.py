@@ -637,7 +637,9 @@ def test_prompt_holds_the_neighbours_in_the_pipelines_format(tiny_llamo, name_in
 def test_long_answers_are_cut_on_the_page_not_in_the_prompt(tiny_llamo, name_index):
     model, processor = tiny_llamo
     demo = Demo(model, processor, retrieval=Retrieval(name_index, neighbours=1))
-    messages, panel = demo.in_context(conversation_messages("OC(=O)c1ccccc1", [], NAME_QUESTION), "OC(=O)c1ccccc1", "")
+    messages, panel, _ = demo.in_context(
+        conversation_messages("OC(=O)c1ccccc1", [], NAME_QUESTION), "OC(=O)c1ccccc1", ""
+    )
     shown = re.search(r'<div class="llamo-answer">(.*?)</div>', panel).group(1)
     assert len(shown) <= neighbours.SHOWN_ANSWER_CHARS and shown.endswith("\u2026")
     assert " ".join(LONG_ANSWER.split()) in chat.content_text(messages[0]["content"])
@@ -648,7 +650,7 @@ def test_no_index_no_panel_and_an_unchanged_prompt(tiny_llamo, name_index, tmp_p
     messages = conversation_messages(SMILES["aspirin"], [], NAME_QUESTION)
     for retrieval in (None, Retrieval("none"), Retrieval(name_index, neighbours=0), Retrieval(None, tmp_path)):
         demo = Demo(model, processor, retrieval=retrieval)
-        assert demo.in_context(messages, SMILES["aspirin"], NAME_QUESTION) == (messages, "")
+        assert demo.in_context(messages, SMILES["aspirin"], NAME_QUESTION) == (messages, "", [])
         assert list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=2))[-1][3] == ""
 
 
@@ -688,15 +690,16 @@ def test_descriptions_without_neighbours_get_the_rule_based_name(tiny_llamo, nam
     model, processor = tiny_llamo
     describe = "Describe this molecule."
     messages = conversation_messages("CCCCO", [], describe)
-    hinted, panel = Demo(model, processor, retrieval=Retrieval(None, tmp_path)).in_context(messages, "CCCCO", describe)
+    demo = Demo(model, processor, retrieval=Retrieval(None, tmp_path))
+    hinted, panel, _ = demo.in_context(messages, "CCCCO", describe)
     assert hinted[-1]["content"][-1]["text"] == "Its IUPAC name is butan-1-ol. Describe this molecule."
     assert "Given with the question: its IUPAC name, butan-1-ol." in panel
     demo = Demo(model, processor, retrieval=Retrieval(None, tmp_path))
     assert demo.in_context(conversation_messages("CCCCO", [], NAME_QUESTION), "CCCCO", NAME_QUESTION)[1] == ""
     off = Demo(model, processor, retrieval=Retrieval(None, tmp_path, name_hints=False))
-    assert off.in_context(messages, "CCCCO", describe) == (messages, "")
+    assert off.in_context(messages, "CCCCO", describe) == (messages, "", [])
     with_index = Demo(model, processor, retrieval=Retrieval(name_index, tmp_path, neighbours=1))
-    shown, panel = with_index.in_context(messages, "CCCCO", describe)
+    shown, panel, _ = with_index.in_context(messages, "CCCCO", describe)
     assert shown[-1]["content"][-1]["text"] == "Its IUPAC name is butan-1-ol. Describe this molecule."
     assert _cards(panel) == 1 and "its IUPAC name, butan-1-ol" in panel  # the neighbours and the name
     assert "butan-1-ol" in list(demo.respond(describe, [], "CCCCO", max_new_tokens=2))[-1][3]
@@ -1123,3 +1126,28 @@ def test_demo_in_headless_chromium(tiny_llamo_dir, tmp_path):
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         for name in ("demo.png", "demo-error.png"):
             shutil.copyfile(tmp_path / name, Path(artifacts) / name)
+
+
+def test_the_neighbours_own_answers_compete_where_the_model_says(tiny_llamo, name_index, tmp_path, monkeypatch):
+    import llamo.pipeline_llamo as pipeline_module
+    from llamo import retrieval as llamo_retrieval
+
+    model, processor = tiny_llamo
+    scores = [-3.0, -1.0]
+    monkeypatch.setattr(pipeline_module, "answer_log_likelihoods", lambda model, prompt, answers, pad: scores)
+    demo = Demo(model, processor, retrieval=Retrieval(name_index, tmp_path, neighbours=1))
+    describe = "Describe this molecule."
+    steps = list(demo.respond(describe, [], "CCCCCO", max_new_tokens=3))
+    assert "known answer" not in steps[-1][2]  # the model's settings list no task: its own answer
+    (tmp_path / llamo_retrieval.RETRIEVAL_FILE).write_text(json.dumps({"neighbour_answer_tasks": ["description"]}))
+    assert "known answer" not in list(demo.respond(NAME_QUESTION, [], "CCCCCO", max_new_tokens=3))[-1][2]
+    steps = list(demo.respond(describe, [], "CCCCCO", max_new_tokens=3))
+    nearest = name_index.neighbours("CCCCCO", k=1)[0]
+    assert steps[-1][0][-1] == {"role": "assistant", "content": nearest.answer}
+    assert f"the known answer of neighbour 1 (similarity {nearest.similarity:.2f})" in steps[-1][2]
+    assert "the model scores it -1.000 per token, its own answer -3.000." in steps[-1][2]
+    follow_up = list(demo.respond("And its formula?", steps[-1][0], "CCCCCO", max_new_tokens=3))
+    assert "known answer" not in follow_up[-1][2]  # the neighbours' answers answer the first question only
+    scores[0] = 0.0
+    own = list(demo.respond(describe, [], "CCCCCO", max_new_tokens=3))
+    assert "known answer" not in own[-1][2] and own[-1][0][-1]["content"] != nearest.answer

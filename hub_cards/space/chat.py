@@ -9,7 +9,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from llamo.pipeline_llamo import LlamoMoleculePipeline
+from llamo.chat_template_llamo import as_prompt_text
+from llamo.pipeline_llamo import LlamoMoleculePipeline, rank_answers
 from llamo.processing.schema import to_chat_messages
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
@@ -18,6 +19,8 @@ MAX_EXCHANGES = 8
 """Only the last question/answer pairs are sent back to the model; older ones fall out of the prompt."""
 STREAM_TIMEOUT_S = 300.0
 """A generation thread silent for this long ends the answer rather than holding the page."""
+RENDER_OPTIONS = {"add_generation_prompt": True, "tokenize": True, "return_dict": True}
+"""How the pipeline renders a prompt (its defaults), for scoring answers after it."""
 
 
 def content_text(content) -> str:
@@ -106,6 +109,7 @@ def stream_answer(
     settings: dict | None = None,
     stop: threading.Event | None = None,
     stats: dict | None = None,
+    rivals: list[dict] | None = None,
     **pipeline_options,
 ) -> Iterator[str]:
     """Answer `messages` through the molecule pipeline in a background thread, yielding the answer so far after each
@@ -116,8 +120,11 @@ def stream_answer(
     `generate`) is raised here, after the text produced before it. Answers are greedy or sampled, whatever the model's
     generation config says, unless `settings` ask for `num_beams` or `pipeline_options` verify names (`verify_names`,
     `propose_names`): beam search cannot stream, so that answer comes whole, once. The pipeline's answer, cleaned as it
-    cleans answers (`answer_token_ids`), comes last when it differs from the streamed text. `stats` receives
-    `new_tokens` once the answer ends, and `verified` and `from_namer` where names were verified."""
+    cleans answers (`answer_token_ids`), comes last when it differs from the streamed text. With `rivals` (the
+    neighbours in `messages`, as dicts with `smiles`, `answer` and `similarity`), a finished answer that is neither
+    sampled nor a verified name competes with their own answers (`llamo.pipeline_llamo.rank_answers`, as the
+    pipeline's `rank_neighbour_answers`): where one scores higher it comes last, and `stats` gets `from_neighbour`.
+    `stats` receives `new_tokens` once the answer ends, and `verified` and `from_namer` where names were verified."""
     pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
     closed = threading.Event()
     streamer = TextIteratorStreamer(
@@ -162,5 +169,15 @@ def stream_answer(
             stats.update({key: found[key] for key in ("verified", "from_namer") if key in found})
     if failure:
         raise failure[0]
+    stopped = stop is not None and stop.is_set()
+    if result and rivals and not settings.get("do_sample") and "verify_names" not in settings and not stopped:
+        ids = result[0].get("generated_token_ids", [])
+        ranked = rank_answers(model, processor, messages, ids, rivals, RENDER_OPTIONS)
+        if ranked is not None and ranked[0] is not None:
+            position, scores = ranked
+            result[0]["generated_text"] = as_prompt_text(rivals[position]["answer"])
+            if stats is not None:
+                known = {"position": position, "score": scores[position + 1], "own_score": scores[0]}
+                stats["from_neighbour"] = {**rivals[position], **known}
     if result and result[0]["generated_text"] != answer.strip():
         yield result[0]["generated_text"]

@@ -12,7 +12,7 @@ from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
 from .chat import StopRegistry, conversation_messages, generation_settings, stream_answer
 from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
 from .motif_attention import motif_attention, uses_motifs
-from .neighbours import Retrieval, neighbours_html, readable_molecule, with_neighbours
+from .neighbours import Retrieval, neighbours_html, prompt_entries, readable_molecule, with_neighbours
 
 TITLE = "LLaMo: ask a language model about a molecular graph"
 CSS = """
@@ -134,8 +134,8 @@ class Demo:
         stop = self.stops.start(session)
         answer, status, panel, stats, failed = "", "", "", {}, False
         try:
-            messages, panel = self.in_context(messages, smiles, question)
-            for answer in stream_answer(self.model, self.processor, messages, settings, stop, stats):
+            messages, panel, rivals = self.in_context(messages, smiles, question)
+            for answer in stream_answer(self.model, self.processor, messages, settings, stop, stats, rivals):
                 if self.conversation(session) != conversation:
                     break
                 history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
@@ -144,6 +144,13 @@ class Demo:
                 status = message_html("Stopped.", kind="info")
             elif "verified" in stats:
                 status = message_html(verification_note(stats), kind="info")
+            elif known := stats.get("from_neighbour"):
+                status = message_html(
+                    f"This is the known answer of neighbour {known['position'] + 1} (similarity "
+                    f"{known['similarity']:.2f}), not the model's own: the model scores it {known['score']:.3f} per "
+                    f"token, its own answer {known['own_score']:.3f}.",
+                    kind="info",
+                )
             elif stats.get("new_tokens", 0) >= (limit := settings["max_new_tokens"]):
                 status = message_html(
                     f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info"
@@ -161,12 +168,13 @@ class Demo:
         else:
             yield history, "", status, panel
 
-    def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str]:
+    def in_context(self, messages: list[dict], smiles: str, question: str) -> tuple[list[dict], str, list[dict]]:
         """`messages` with the neighbours of `smiles` for `question` and, where the model asks for it, the molecule's
-        rule-based name (`Retrieval.name_hint`), and the neighbours panel (an index that fails says so there)."""
+        rule-based name (`Retrieval.name_hint`); the neighbours panel (an index that fails says so there); and the
+        neighbours whose own answers compete with the model's (`Retrieval.ranks_answers`; else none)."""
         max_atoms = self.processor.max_atoms
         if self.retrieval is None or (mol := readable_molecule(smiles, max_atoms)) is None:
-            return messages, ""  # no index; or an unreadable molecule, which the generation reports
+            return messages, "", []  # no index; or an unreadable molecule, which the generation reports
         given = ""
         if name := self.retrieval.name_hint(smiles, question):
             messages = add_name_hint(messages, name)
@@ -175,8 +183,9 @@ class Demo:
             context = self.retrieval.find(mol, question, max_atoms)
         except Exception as error:  # the answer goes on without neighbours
             failed = f"The molecule index could not be used ({error}); this answer has no neighbours."
-            return messages, given + message_html(failed)
-        return with_neighbours(messages, context), given + neighbours_html(context, max_atoms)
+            return messages, given + message_html(failed), []
+        rivals = prompt_entries(context) if self.retrieval.ranks_answers(question) else []
+        return with_neighbours(messages, context), given + neighbours_html(context, max_atoms), rivals
 
     def stop(self, session: str = "local") -> None:
         self.stops.stop(session)

@@ -100,6 +100,12 @@ class Retrieval:
         settings = retrieval.retrieval_settings(self.model_dir)
         return retrieval.generation_for(settings, retrieval.question_task(question))
 
+    def ranks_answers(self, question: str) -> bool:
+        """Whether the answer to `question` competes with its neighbours' own answers (the model's
+        `neighbour_answer_tasks`, as `llamo generate --neighbour-answers auto` does)."""
+        tasks = retrieval.retrieval_settings(self.model_dir).get("neighbour_answer_tasks", [])
+        return retrieval.question_task(question) in tasks
+
     def verification(self, question: str) -> dict[str, Any]:
         """For a naming question, the pipeline's name verification as `llamo generate` does it by default: OPSIN
         checks the beam candidates (`verify_names`), the rule-based namer's name last (`propose_names`, when
@@ -154,11 +160,18 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "\u2026"
 
 
+def prompt_entries(context: InContext) -> list[dict[str, Any]]:
+    """The neighbours as the prompt gives them (`smiles`, `answer` cut at `PROMPT_ANSWER_CHARS`, and `similarity`)."""
+    return [
+        {"smiles": n.smiles, "answer": cut(n.answer, PROMPT_ANSWER_CHARS), "similarity": n.similarity}
+        for n in context.neighbours
+    ]
+
+
 def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
     """`messages` with the neighbours put before the first user turn's question (`llamo.add_neighbours`, the
     pipeline's format); answers over `PROMPT_ANSWER_CHARS` are cut. Unchanged without neighbours."""
-    entries = [{"smiles": n.smiles, "answer": cut(n.answer, PROMPT_ANSWER_CHARS)} for n in context.neighbours]
-    return add_neighbours(messages, entries)
+    return add_neighbours(messages, prompt_entries(context))
 
 
 def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
