@@ -393,5 +393,7 @@ def test_shipped_bundle_generation_defaults_are_the_documented_ones():
     assert recipe.bundle["retrieval"]["task_generation"] == shipped["task_generation"]
     assert shipped["name_hint_tasks"] == recipe.bundle["retrieval"]["name_hint_tasks"] == ["description"]
     assert shipped["task_near_twin"] == recipe.bundle["retrieval"]["task_near_twin"] == {"description": 0.85}
+    assert shipped["neighbour_answer_tasks"] == recipe.bundle["retrieval"]["neighbour_answer_tasks"] == ["description"]
+    assert '`"neighbour_answer_tasks": ["description"]`' in readme
     assert '`"task_near_twin": {"description": 0.85}`' in readme
     assert '`"task_generation": {"description": {"num_beams": 3}}`' in readme
