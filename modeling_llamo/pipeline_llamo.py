@@ -388,7 +388,7 @@ class LlamoMoleculePipeline(Pipeline):
         output = self.model.generate(**model_inputs, **self._prepare_generate_kwargs(generate_kwargs))
         sequences = output.sequences if isinstance(output, ModelOutput) else output
         new_tokens = sequences[:, input_ids.shape[1] :]
-        if ranking is not None:
+        if ranking is not None and new_tokens.shape[0] == input_ids.shape[0]:  # several sequences each: not ranked
             conversations, options = ranking
             rows = zip(conversations, new_tokens.tolist(), passed_on["neighbours"], strict=True)
             passed_on["ranked"] = [rank_answers(self.model, self.processor, *row, options) for row in rows]

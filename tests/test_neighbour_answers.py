@@ -77,6 +77,14 @@ def test_the_pipeline_gives_the_answer_the_model_scores_highest(tiny_llamo, name
     follow_up.append({"role": "user", "content": "And its formula?"})
     assert "from_neighbour" not in pipe(follow_up, index=names_index, neighbours=2, rank_neighbour_answers=True)[0]
     assert len(seen) == 2
+    config = model.generation_config
+    before = config.num_return_sequences, config.num_beams
+    config.num_return_sequences, config.num_beams = 2, 2  # a model's own setting: several answers, none ranked
+    try:
+        several = pipe(question, index=names_index, neighbours=2, rank_neighbour_answers=True)
+    finally:
+        config.num_return_sequences, config.num_beams = before
+    assert len(several) == 2 and not any("from_neighbour" in answer for answer in several)
     for refused in ({"verify_names": lambda names: [None] * len(names)}, {"num_return_sequences": 2, "num_beams": 2}):
         with pytest.raises(ValueError, match="rank_neighbour_answers gives one answer per input"):
             pipe(question, index=names_index, rank_neighbour_answers=True, **refused)
