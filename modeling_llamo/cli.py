@@ -247,7 +247,7 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
         if (near_twin := retrieval.near_twin_for(settings, task)) is not None:
             options["near_twin"] = near_twin
     ranked = args.neighbour_answers
-    if ranked == "on" or (ranked == "auto" and task in settings.get("neighbour_answer_tasks", [])):
+    if ranked == "on" or (ranked == "auto" and retrieval.ranks_neighbour_answers(settings, task)):
         if index is None and ranked == "on":
             raise CommandError("--neighbour-answers on needs a molecule index: give --index.")
         if index is not None:

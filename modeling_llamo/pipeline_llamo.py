@@ -168,8 +168,8 @@ def rank_answers(
     own = own[: next((i for i, token in enumerate(own) if token in eos), len(own))]
     texts = [as_prompt_text(neighbour["answer"]) for neighbour in neighbours]
     known = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    prompt = processor.apply_chat_template([conversation] * (1 + len(neighbours)), **render_options)
-    prompt = {key: value.to(model.device) for key, value in prompt.items()}
+    prompt = processor.apply_chat_template([conversation], **render_options)  # every tensor is batch-first
+    prompt = {key: value.to(model.device).repeat_interleave(1 + len(neighbours), 0) for key, value in prompt.items()}
     pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
     scores = answer_log_likelihoods(model, prompt, [ids + eos[:1] for ids in [own, *known]], pad)
     best = max(range(len(scores)), key=scores.__getitem__)

@@ -83,6 +83,11 @@ def near_twin_for(settings: dict[str, Any], task: str) -> float | None:
     return settings.get("task_near_twin", {}).get(task)
 
 
+def ranks_neighbour_answers(settings: dict[str, Any], task: str) -> bool:
+    """Whether a task's answers compete with the neighbours' own (`rank_answers`): `neighbour_answer_tasks`."""
+    return task in settings.get("neighbour_answer_tasks", [])
+
+
 def generation_for(settings: dict[str, Any], task: str) -> dict[str, Any]:
     """Decoding settings for a task's answers (`generate` keywords): the settings' `task_generation[task]`, or none."""
     return dict(settings.get("task_generation", {}).get(task, {}))

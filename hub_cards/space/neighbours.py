@@ -103,8 +103,8 @@ class Retrieval:
     def ranks_answers(self, question: str) -> bool:
         """Whether the answer to `question` competes with its neighbours' own answers (the model's
         `neighbour_answer_tasks`, as `llamo generate --neighbour-answers auto` does)."""
-        tasks = retrieval.retrieval_settings(self.model_dir).get("neighbour_answer_tasks", [])
-        return retrieval.question_task(question) in tasks
+        settings = retrieval.retrieval_settings(self.model_dir)
+        return retrieval.ranks_neighbour_answers(settings, retrieval.question_task(question))
 
     def verification(self, question: str) -> dict[str, Any]:
         """For a naming question, the pipeline's name verification as `llamo generate` does it by default: OPSIN
