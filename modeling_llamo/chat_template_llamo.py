@@ -43,6 +43,9 @@ DEFAULT_NEIGHBOURS = 2
 
 NEIGHBOURS_INTRO = "Known molecules similar to the query, with their answers:"
 NEIGHBOURS_QUERY = "Query molecule:"
+NEIGHBOUR_ANSWER_MAX_CHARS = 2000
+"""A neighbour's answer longer than this is cut in the prompt (at a space, ending " ..."), so that one long entry of a
+user's index cannot fill the model's context (ChEBI-20's longest description: 980 characters)."""
 NAME_HINT = "Its IUPAC name is {name}."
 """How `add_name_hint` gives the query molecule's name (e.g. a rule-based namer's) before the question."""
 
@@ -168,9 +171,11 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
     return messages
 
 
-def as_prompt_text(answer: Any) -> str:
-    """A neighbour's answer as `add_neighbours` writes it into the prompt: on one line, runs of white space single."""
-    return " ".join(str(answer).split())
+def as_prompt_text(answer: Any, limit: int | None = NEIGHBOUR_ANSWER_MAX_CHARS) -> str:
+    """A neighbour's answer as `add_neighbours` writes it into the prompt: on one line, runs of white space single,
+    cut to `limit` characters (None: whole)."""
+    text = " ".join(str(answer).split())
+    return text if limit is None or len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def query_turn(messages: list[dict[str, Any]]) -> dict[str, Any] | None:

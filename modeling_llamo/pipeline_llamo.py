@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from .chat_template_llamo import (
     DEFAULT_NEIGHBOURS,
+    NEIGHBOUR_ANSWER_MAX_CHARS,
     NEIGHBOURS_QUERY,
     add_name_hint,
     add_neighbours,
@@ -98,10 +99,11 @@ def model_context(model) -> float:
     return math.inf if limit is None else limit
 
 
-def check_prompt_lengths(model, inputs: Mapping[str, Any]) -> None:
+def check_prompt_lengths(model, inputs: Mapping[str, Any], neighbours: Sequence[int] = ()) -> None:
     """Refuse a batch (the processor's `input_ids` `(B, L)` and `attention_mask`) holding an empty prompt, or one
     longer than the language model's context (`max_position_embeddings`): generating from it would take time and
-    memory without bound, on positions the model never saw."""
+    memory without bound, on positions the model never saw. `neighbours`: how many index entries each prompt holds
+    (named in the refusal)."""
     ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
     if 0 in lengths:
@@ -109,8 +111,10 @@ def check_prompt_lengths(model, inputs: Mapping[str, Any]) -> None:
     limit = model_context(model)
     if max(lengths) > limit:
         row = lengths.index(max(lengths))
+        given = neighbours[row] if row < len(neighbours) else 0
+        fewer = f" with the {given} index neighbours before the question: ask for fewer," if given else ""
         raise ValueError(
-            f"Input {row} is {lengths[row]} tokens long, over the model's context of {limit} tokens: shorten it."
+            f"Input {row} is {lengths[row]} tokens long, over the model's context of {limit} tokens{fewer}: shorten it."
         )
 
 
@@ -150,29 +154,36 @@ def answer_token_ids(generation_config, token_ids: list[int]) -> list[int]:
 
 def rank_answers(
     model, processor, conversation: list[dict[str, Any]], answer: list[int], neighbours, render_options: dict[str, Any]
-) -> tuple[int | None, list[float]] | None:
+) -> tuple[int | None, list[float | None]] | None:
     """Which answer to give to `conversation`, a first question with `neighbours` (the index entries `add_neighbours`
     put in it, as dicts): None for the model's own `answer` (its generated token ids), else the position of the
     neighbour whose own answer to give; and the scores, the model's answer first. Every candidate, the model's answer
     and each neighbour's answer (as the prompt shows it), is scored by the model as the continuation of the prompt:
     its mean log-probability per token, end token included (`answer_log_likelihoods`); the highest is given. A model
     that has lost its way (an answer of low probability) can so fall back on a known molecule's text that it finds
-    likelier for this one. None (nothing to rank) without neighbours, for a follow-up question (the neighbours'
-    answers answer the first one) or without an end-of-sequence token. `render_options`: the pipeline's
-    `apply_chat_template` keywords for the prompt."""
+    likelier for this one. A neighbour's answer that the prompt shows cut (`NEIGHBOUR_ANSWER_MAX_CHARS`), or that
+    would not fit in the model's context after the prompt, is no candidate (score None). None (nothing to rank)
+    without neighbours, for a follow-up question (the neighbours' answers answer the first one) or without an
+    end-of-sequence token. `render_options`: the pipeline's `apply_chat_template` keywords for the prompt."""
     config = model.generation_config
     eos = [config.eos_token_id] if isinstance(config.eos_token_id, int) else list(config.eos_token_id or [])
     if not neighbours or not eos or any(message.get("role") == "assistant" for message in conversation):
         return None
     own = answer_token_ids(config, answer)
     own = own[: next((i for i, token in enumerate(own) if token in eos), len(own))]
-    texts = [as_prompt_text(neighbour["answer"]) for neighbour in neighbours]
-    known = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    texts = [as_prompt_text(neighbour["answer"], limit=None) for neighbour in neighbours]
+    whole = [len(text) <= NEIGHBOUR_ANSWER_MAX_CHARS for text in texts]
+    shown = [text if fits else "" for text, fits in zip(texts, whole, strict=True)]
+    known = processor.tokenizer(shown, add_special_tokens=False)["input_ids"]
     prompt = processor.apply_chat_template([conversation], **render_options)  # every tensor is batch-first
-    prompt = {key: value.to(model.device).repeat_interleave(1 + len(neighbours), 0) for key, value in prompt.items()}
+    room = model_context(model) - prompt["input_ids"].shape[1]
+    fits = [True, *(w and len(ids) < room for w, ids in zip(whole, known, strict=True))]
+    candidates = [ids + eos[:1] for ids, fit in zip([own, *known], fits, strict=True) if fit]
+    prompt = {key: value.to(model.device).repeat_interleave(len(candidates), 0) for key, value in prompt.items()}
     pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
-    scores = answer_log_likelihoods(model, prompt, [ids + eos[:1] for ids in [own, *known]], pad)
-    best = max(range(len(scores)), key=scores.__getitem__)
+    scored = iter(answer_log_likelihoods(model, prompt, candidates, pad))
+    scores = [next(scored) if fit else None for fit in fits]
+    best = max((position for position, score in enumerate(scores) if score is not None), key=scores.__getitem__)
     return (None if best == 0 else best - 1), scores
 
 
@@ -371,7 +382,7 @@ class LlamoMoleculePipeline(Pipeline):
             include_graph=include_graph,
         )
         inputs = self.processor.apply_chat_template(conversations, **options)
-        check_prompt_lengths(self.model, inputs)
+        check_prompt_lengths(self.model, inputs, [len(found) for found in context])
         ranked = rank_neighbour_answers and any(context)
         return {
             **inputs,
@@ -427,7 +438,8 @@ class LlamoMoleculePipeline(Pipeline):
                     answer.update(neighbours=context, found_in_index=bool(context[0].get("exact")))
                 if ranked is not None:
                     position, scores = ranked
-                    answer.update(from_neighbour=position, answer_scores=[round(score, 4) for score in scores])
+                    rounded = [None if score is None else round(score, 4) for score in scores]
+                    answer.update(from_neighbour=position, answer_scores=rounded)
                     if position is not None:
                         answer["generated_text"] = as_prompt_text(context[position]["answer"])
                         answer.pop("generated_token_ids", None)

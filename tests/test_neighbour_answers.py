@@ -90,6 +90,29 @@ def test_the_pipeline_gives_the_answer_the_model_scores_highest(tiny_llamo, name
             pipe(question, index=names_index, rank_neighbour_answers=True, **refused)
 
 
+def test_a_long_neighbour_answer_is_cut_in_the_prompt_and_is_no_candidate(tiny_llamo, monkeypatch):
+    import llamo.pipeline_llamo as pipeline_module
+    from llamo.chat_template_llamo import NEIGHBOUR_ANSWER_MAX_CHARS
+    from llamo.processing.index import MoleculeIndex
+
+    model, processor = tiny_llamo
+    long = "ethanol, " * 600  # 5,400 characters: about 3,000 tokens, over the tiny model's context of 2,048
+    shown = add_neighbours(molecule_messages("CCCO"), [{"smiles": "CCO", "answer": long}])[0]["content"][3]["text"]
+    assert shown.endswith(" ...\n") and len(shown) <= NEIGHBOUR_ANSWER_MAX_CHARS + 5 and long.startswith(shown[:-5])
+    index = MoleculeIndex.from_records(name_records({"CCO": long, "CCCCO": "butan-1-ol"}), "iupac", progress=False)[0]
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=2)
+    scored = []
+    real = pipeline_module.answer_log_likelihoods
+    monkeypatch.setattr(pipeline_module, "answer_log_likelihoods", lambda *a: scored.append(a[2]) or real(*a))
+    answer = pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=2, rank_neighbour_answers=True)[0]
+    cut = [entry["answer"] for entry in answer["neighbours"]].index(long)
+    assert answer["answer_scores"][1 + cut] is None and len(scored[0]) == 2  # the model's answer and butan-1-ol
+    assert answer["generated_text"] != long.strip()
+    two_long = MoleculeIndex.from_records(name_records({"CCO": long, "CCCCO": long}), "iupac", progress=False)[0]
+    with pytest.raises(ValueError, match="context of 2048 tokens with the 2 index neighbours before the question"):
+        pipe({"smiles": "CCCO", "text": "Name it."}, index=two_long, neighbours=2)
+
+
 def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_index, tmp_path, capsys, monkeypatch):
     import llamo.pipeline_llamo as pipeline_module
     from llamo import retrieval
