@@ -307,6 +307,12 @@ class LlamoMoleculePipeline(Pipeline):
     ):
         if neighbours is not None and neighbours < 0:
             raise ValueError(f"neighbours must be at least 0, got {neighbours}.")
+        per_molecule, context = max(1, getattr(self.model.config, "num_graph_tokens", 1)), model_context(self.model)
+        if neighbours is not None and neighbours * per_molecule > context:
+            raise ValueError(
+                f"neighbours={neighbours} cannot fit: each neighbour takes at least {per_molecule} graph tokens and "
+                f"the model's context holds {context} tokens (at most {int(context) // per_molecule} neighbours)."
+            )
         if verify_names is not None and not callable(verify_names):
             raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
         if propose_names is not None and (verify_names is None or not callable(propose_names)):

@@ -90,7 +90,7 @@ def test_the_pipeline_gives_the_answer_the_model_scores_highest(tiny_llamo, name
             pipe(question, index=names_index, rank_neighbour_answers=True, **refused)
 
 
-def test_a_long_neighbour_answer_is_cut_in_the_prompt_and_is_no_candidate(tiny_llamo, monkeypatch):
+def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_llamo, monkeypatch):
     import llamo.pipeline_llamo as pipeline_module
     from llamo.chat_template_llamo import NEIGHBOUR_ANSWER_MAX_CHARS
     from llamo.processing.index import MoleculeIndex
@@ -111,6 +111,10 @@ def test_a_long_neighbour_answer_is_cut_in_the_prompt_and_is_no_candidate(tiny_l
     two_long = MoleculeIndex.from_records(name_records({"CCO": long, "CCCCO": long}), "iupac", progress=False)[0]
     with pytest.raises(ValueError, match="context of 2048 tokens with the 2 index neighbours before the question"):
         pipe({"smiles": "CCCO", "text": "Name it."}, index=two_long, neighbours=2)
+    most = 2048 // model.config.num_graph_tokens  # refused before any neighbour is looked up or featurized
+    with pytest.raises(ValueError, match=rf"neighbours={most + 1} cannot fit: .* \(at most {most} neighbours\)"):
+        pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=most + 1)
+    assert pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=most)[0]["neighbours"]
 
 
 def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_index, tmp_path, capsys, monkeypatch):
