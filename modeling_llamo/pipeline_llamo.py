@@ -21,6 +21,7 @@ with exported models as remote code: it imports only its sibling remote-code fil
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -305,8 +306,10 @@ class LlamoMoleculePipeline(Pipeline):
         generate_kwargs: dict[str, Any] | None = None,
         **generation_parameters,
     ):
-        if neighbours is not None and neighbours < 0:
-            raise ValueError(f"neighbours must be at least 0, got {neighbours}.")
+        if neighbours is not None:
+            if isinstance(neighbours, bool) or not isinstance(neighbours, numbers.Integral) or neighbours < 0:
+                raise ValueError(f"neighbours must be a whole number >= 0, got {shorten_for_message(neighbours)}.")
+            neighbours = int(neighbours)
         per_molecule, context = max(1, getattr(self.model.config, "num_graph_tokens", 1)), model_context(self.model)
         if neighbours is not None and neighbours * per_molecule > context:
             raise ValueError(

@@ -115,6 +115,9 @@ def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_ll
     with pytest.raises(ValueError, match=rf"neighbours={most + 1} cannot fit: .* \(at most {most} neighbours\)"):
         pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=most + 1)
     assert pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=most)[0]["neighbours"]
+    for wrong in (-1, 2.5, "2", True):
+        with pytest.raises(ValueError, match="neighbours must be a whole number >= 0, got"):
+            pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=wrong)
 
 
 def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_index, tmp_path, capsys, monkeypatch):

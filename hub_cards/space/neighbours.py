@@ -22,8 +22,6 @@ from .molecule_view import draw_molecule_svg, read_molecule
 
 SHOWN_ANSWER_CHARS = 300
 """A neighbour's answer is cut to this many characters on the page."""
-PROMPT_ANSWER_CHARS = 2000
-"""A neighbour's answer is cut to this many characters in the prompt (index answers are usually far shorter)."""
 SHOWN_SMILES_CHARS = 80
 NEIGHBOUR_DRAWING_SIZE = (200, 150)
 NO_INDEX = "none"
@@ -161,16 +159,14 @@ def cut(text: str, limit: int) -> str:
 
 
 def prompt_entries(context: InContext) -> list[dict[str, Any]]:
-    """The neighbours as the prompt gives them (`smiles`, `answer` cut at `PROMPT_ANSWER_CHARS`, and `similarity`)."""
-    return [
-        {"smiles": n.smiles, "answer": cut(n.answer, PROMPT_ANSWER_CHARS), "similarity": n.similarity}
-        for n in context.neighbours
-    ]
+    """The neighbours as the prompt takes them (`smiles`, `answer`, `similarity`; `llamo.add_neighbours` cuts an answer
+    over `NEIGHBOUR_ANSWER_MAX_CHARS`)."""
+    return [{"smiles": n.smiles, "answer": n.answer, "similarity": n.similarity} for n in context.neighbours]
 
 
 def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
     """`messages` with the neighbours put before the first user turn's question (`llamo.add_neighbours`, the
-    pipeline's format); answers over `PROMPT_ANSWER_CHARS` are cut. Unchanged without neighbours."""
+    pipeline's format). Unchanged without neighbours."""
     return add_neighbours(messages, prompt_entries(context))
 
 
