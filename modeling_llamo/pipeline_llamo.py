@@ -162,8 +162,8 @@ def rank_answers(
     and each neighbour's answer (as the prompt shows it), is scored by the model as the continuation of the prompt:
     its mean log-probability per token, end token included (`answer_log_likelihoods`); the highest is given. A model
     that has lost its way (an answer of low probability) can so fall back on a known molecule's text that it finds
-    likelier for this one. A neighbour's answer that the prompt shows cut (`NEIGHBOUR_ANSWER_MAX_CHARS`), or that
-    would not fit in the model's context after the prompt, is no candidate (score None). None (nothing to rank)
+    likelier for this one. A neighbour's answer that is empty, that the prompt shows cut (`NEIGHBOUR_ANSWER_MAX_CHARS`),
+    or that would not fit in the model's context after the prompt, is no candidate (score None). None (nothing to rank)
     without neighbours, for a follow-up question (the neighbours' answers answer the first one) or without an
     end-of-sequence token. `render_options`: the pipeline's `apply_chat_template` keywords for the prompt."""
     config = model.generation_config
@@ -173,7 +173,7 @@ def rank_answers(
     own = answer_token_ids(config, answer)
     own = own[: next((i for i, token in enumerate(own) if token in eos), len(own))]
     texts = [as_prompt_text(neighbour["answer"], limit=None) for neighbour in neighbours]
-    whole = [len(text) <= NEIGHBOUR_ANSWER_MAX_CHARS for text in texts]
+    whole = [0 < len(text) <= NEIGHBOUR_ANSWER_MAX_CHARS for text in texts]
     shown = [text if fits else "" for text, fits in zip(texts, whole, strict=True)]
     known = processor.tokenizer(shown, add_special_tokens=False)["input_ids"]
     prompt = processor.apply_chat_template([conversation], **render_options)  # every tensor is batch-first

@@ -108,6 +108,11 @@ def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_ll
     cut = [entry["answer"] for entry in answer["neighbours"]].index(long)
     assert answer["answer_scores"][1 + cut] is None and len(scored[0]) == 2  # the model's answer and butan-1-ol
     assert answer["generated_text"] != long.strip()
+    entries = [{"smiles": "CCO", "answer": " \n "}, {"smiles": "CCCCO", "answer": "butan-1-ol"}]  # a hand-made index
+    render = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
+    conversation = add_neighbours(molecule_messages("CCCO", "Name it."), entries)
+    ranked = pipeline_module.rank_answers(model, processor, conversation, [11, 12], entries, render)
+    assert ranked[1][1] is None and len(scored[-1]) == 2  # an empty answer is never given
     two_long = MoleculeIndex.from_records(name_records({"CCO": long, "CCCCO": long}), "iupac", progress=False)[0]
     with pytest.raises(ValueError, match="context of 2048 tokens with the 2 index neighbours before the question"):
         pipe({"smiles": "CCCO", "text": "Name it."}, index=two_long, neighbours=2)
