@@ -310,6 +310,10 @@ class LlamoMoleculePipeline(Pipeline):
             if isinstance(neighbours, bool) or not isinstance(neighbours, numbers.Integral) or neighbours < 0:
                 raise ValueError(f"neighbours must be a whole number >= 0, got {shorten_for_message(neighbours)}.")
             neighbours = int(neighbours)
+        if near_twin is not None and (
+            isinstance(near_twin, bool) or not isinstance(near_twin, numbers.Real) or not 0 <= near_twin <= 1
+        ):
+            raise ValueError(f"near_twin must be a similarity from 0 to 1, got {shorten_for_message(near_twin)}.")
         per_molecule, context = max(1, getattr(self.model.config, "num_graph_tokens", 1)), model_context(self.model)
         if neighbours is not None and neighbours * per_molecule > context:
             raise ValueError(

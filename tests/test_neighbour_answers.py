@@ -123,6 +123,9 @@ def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_ll
     for wrong in (-1, 2.5, "2", True):
         with pytest.raises(ValueError, match="neighbours must be a whole number >= 0, got"):
             pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=wrong)
+    for wrong in ("0.85", 1.5, -0.1, float("nan"), True):
+        with pytest.raises(ValueError, match="near_twin must be a similarity from 0 to 1, got"):
+            pipe({"smiles": "CCCO", "text": "Name it."}, index=index, near_twin=wrong)
 
 
 def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_index, tmp_path, capsys, monkeypatch):
