@@ -113,10 +113,9 @@ def check_prompt_lengths(model, inputs: Mapping[str, Any], neighbours: Sequence[
     if max(lengths) > limit:
         row = lengths.index(max(lengths))
         given = neighbours[row] if row < len(neighbours) else 0
-        fewer = f" with the {given} index neighbours before the question: ask for fewer," if given else ""
-        raise ValueError(
-            f"Input {row} is {lengths[row]} tokens long, over the model's context of {limit} tokens{fewer}: shorten it."
-        )
+        advice = f", with {given} index neighbours before the question: ask for fewer" if given else ": shorten it"
+        size = f"Input {row} is {lengths[row]} tokens long"
+        raise ValueError(f"{size}, over the model's context of {limit} tokens{advice}.")
 
 
 def verification_settings(generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,6 +323,11 @@ class LlamoMoleculePipeline(Pipeline):
             raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
         if propose_names is not None and (verify_names is None or not callable(propose_names)):
             raise TypeError("propose_names must be a callable `smiles -> name`, given with verify_names.")
+        if index is not None and not callable(getattr(index, "neighbours", None)):
+            raise TypeError(
+                "index must be a molecule index with a `neighbours(smiles, k, question)` method (e.g. "
+                f"`llamo.processing.index.MoleculeIndex.load(folder)`), got {type(index).__name__}."
+            )
         if name_hint is not None and not callable(name_hint):
             raise TypeError("name_hint must be a callable `smiles -> name or None` (e.g. a rule-based namer).")
         preprocess_params = _given(
@@ -375,6 +379,8 @@ class LlamoMoleculePipeline(Pipeline):
         conversations = list(batch.conversations)
         queries = [query_molecule(conversation) for conversation in conversations]
         hints = [name_hint(smiles) if name_hint is not None and smiles is not None else None for smiles, _ in queries]
+        if wrong := next((hint for hint in hints if hint is not None and not isinstance(hint, str)), None):
+            raise TypeError(f"name_hint must return a name (str) or None, got {type(wrong).__name__}.")
         conversations = [add_name_hint(c, name) if name else c for c, name in zip(conversations, hints, strict=True)]
         context: list[list[dict[str, Any]]] = [[] for _ in conversations]
         if index is not None and neighbours:

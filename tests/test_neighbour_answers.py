@@ -114,7 +114,7 @@ def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_ll
     ranked = pipeline_module.rank_answers(model, processor, conversation, [11, 12], entries, render)
     assert ranked[1][1] is None and len(scored[-1]) == 2  # an empty answer is never given
     two_long = MoleculeIndex.from_records(name_records({"CCO": long, "CCCCO": long}), "iupac", progress=False)[0]
-    with pytest.raises(ValueError, match="context of 2048 tokens with the 2 index neighbours before the question"):
+    with pytest.raises(ValueError, match="2048 tokens, with 2 index neighbours before the question: ask for fewer"):
         pipe({"smiles": "CCCO", "text": "Name it."}, index=two_long, neighbours=2)
     most = 2048 // model.config.num_graph_tokens  # refused before any neighbour is looked up or featurized
     with pytest.raises(ValueError, match=rf"neighbours={most + 1} cannot fit: .* \(at most {most} neighbours\)"):
@@ -123,6 +123,10 @@ def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_ll
     for wrong in (-1, 2.5, "2", True):
         with pytest.raises(ValueError, match="neighbours must be a whole number >= 0, got"):
             pipe({"smiles": "CCCO", "text": "Name it."}, index=index, neighbours=wrong)
+    with pytest.raises(TypeError, match=r"index must be a molecule index .* got str"):
+        pipe({"smiles": "CCCO", "text": "Name it."}, index="path/to/an/index")
+    with pytest.raises(TypeError, match="name_hint must return a name"):
+        pipe({"smiles": "CCCO", "text": "Name it."}, name_hint=lambda smiles: 5)
     for wrong in ("0.85", 1.5, -0.1, float("nan"), True):
         with pytest.raises(ValueError, match="near_twin must be a similarity from 0 to 1, got"):
             pipe({"smiles": "CCCO", "text": "Name it."}, index=index, near_twin=wrong)
