@@ -303,7 +303,12 @@ class LlamoProcessor(ProcessorMixin):
         return_tensors = kwargs.pop("return_tensors", None)
         kwargs.pop("return_text_replacement_offsets", None)
         token_types = kwargs.pop("return_mm_token_type_ids", False)
-        for index, text in enumerate(texts):
+        for index, (text, molecules) in enumerate(zip(texts, molecule_counts, strict=True)):
+            if (written := text.count(self.graph_token)) < molecules:
+                raise ValueError(
+                    f"Text at index {index} holds {written} {self.graph_token} for its {molecules} molecules: the chat "
+                    "template left molecule blocks out; use one that renders every block (the processor's own does)."
+                )
             if not text.isascii():
                 try:
                     text.encode("utf-8")

@@ -495,3 +495,11 @@ def test_sequence_collation_pads_each_molecule_in_its_slot():
         for index, (row, slot) in enumerate(slots):
             assert torch.equal(value[row, slot], flat[name][index]), name
         assert not value[1].any() and not value[2, 1].any()
+
+
+def test_a_chat_template_that_drops_molecule_blocks_is_named(processor):
+    roles_only = "{% for message in messages %}{{ message['role'] }}: ...\n{% endfor %}"
+    options = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert processor.apply_chat_template(molecule_messages("CCO"), **options)["input_ids"].shape[0] == 1
+    with pytest.raises(ValueError, match=r"holds 0 <graph> for its 1 molecules: the chat template left molecule"):
+        processor.apply_chat_template(molecule_messages("CCO"), chat_template=roles_only, **options)
