@@ -71,6 +71,10 @@ class EvaluationConfig:
         for name in ("batch_size", "max_new_tokens", "num_beams", "max_rows", "threads"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
+        if self.neighbours < 0:
+            raise ValueError(f"neighbours must be at least 0, got {self.neighbours}.")
+        if self.near_twin is not None and not 0 <= self.near_twin <= 1:
+            raise ValueError(f"near_twin must be a similarity from 0 to 1, got {self.near_twin}.")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
         if self.propose_names and not self.verify_names:

@@ -156,3 +156,12 @@ def test_rouge_reads_a_bounded_prefix_of_each_text(monkeypatch):
         ["an acid with a base " + "x " * 9999], ["an acid with a base " + "y"], []
     )
     assert report.values() == {"rouge1_molt5_raw_text": 100, "rouge2_molt5_raw_text": 100, "rougeL_molt5_raw_text": 100}
+
+
+def test_neighbour_settings_out_of_range_are_refused_before_anything_loads(tmp_path):
+    common = dict(model=str(tmp_path / "unread"), data=str(tmp_path / "unread.jsonl"), output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="neighbours must be at least 0, got -1"):
+        EvaluationConfig(neighbours=-1, **common)
+    with pytest.raises(ValueError, match=r"near_twin must be a similarity from 0 to 1, got 1\.5"):
+        EvaluationConfig(near_twin=1.5, **common)
+    assert EvaluationConfig(neighbours=0, near_twin=1.0, **common).near_twin == 1.0
