@@ -82,6 +82,9 @@ def run_build(args: argparse.Namespace) -> int:
         raise CommandError(f"{output} exists and is not empty: choose a new folder for the index.")
     if not 0 <= args.holdout < 1:
         raise CommandError(f"--holdout must be in [0, 1), got {args.holdout}.")
+    for option, value in (("--limit", args.limit), ("--max-atoms", args.max_atoms)):
+        if value is not None and value < 1:
+            raise CommandError(f"{option} must be at least 1, got {value}.")
     try:
         index, report, counts = build_index(
             args.source, args.task, args.type, args.split, args.limit, args.holdout, args.max_atoms

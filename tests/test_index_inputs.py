@@ -140,3 +140,16 @@ def test_a_broken_retrieval_file_is_named(tmp_path, text, problem):
     (tmp_path / RETRIEVAL_FILE).write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match=f"{tmp_path / RETRIEVAL_FILE} {problem}"):
         retrieval_settings(tmp_path)
+
+
+def test_build_refuses_out_of_range_counts_and_holdout_before_reading(tmp_path, capsys):
+    source = tmp_path / "never-read.tsv"  # refused before the source is opened
+    base = ["index", "build", str(source), "-o", str(tmp_path / "idx"), "--task", "description"]
+    for option, value, shown in (
+        ("--limit", "-1", "--limit must be at least 1, got -1"),
+        ("--max-atoms", "0", "--max-atoms must be at least 1, got 0"),
+        ("--holdout", "1.5", "--holdout must be in [0, 1), got 1.5"),
+    ):
+        assert main([*base, option, value]) == 2
+        assert shown in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()
