@@ -237,12 +237,18 @@ def model_fingerprint(folder: str | Path) -> str | None:
 
 
 def checked_index(path: str, examples: Sequence[EvalExample]):
-    """The evaluation's molecule index and its fingerprint; refused when it holds an evaluated molecule."""
+    """The evaluation's molecule index and its fingerprint; refused when it holds an evaluated molecule, or answers of
+    a task that no evaluated row asks for."""
     from llamo.processing.index import MoleculeIndex
 
     from .naming import inchikey
 
     index = MoleculeIndex.load(path)
+    if index.task and index.task not in (tasks := sorted({example.task for example in examples})):
+        raise ValueError(
+            f"The index {path} holds {index.task} answers, but the evaluated rows ask for {', '.join(tasks)}: give an "
+            "index of their task (`llamo index build ... --task TASK`)."
+        )
     known = index.inchikeys
     if leaked := sorted({example.smiles for example in examples if inchikey(example.smiles) in known}):
         shown = ", ".join(smiles[:40] for smiles in leaked[:3])

@@ -241,6 +241,8 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
         raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
     options: dict = {}
     if index is not None:
+        if getattr(index, "task", task) not in ("", task):
+            print(f"(note: the index holds {index.task} answers; this question reads as {task})", file=sys.stderr)
         options["index"] = index
         if args.neighbours is not None or k is not None:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k

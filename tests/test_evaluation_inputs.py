@@ -13,8 +13,10 @@ from llamo.evaluation.baselines import MeanBaseline, RetrievalBaseline
 from llamo.evaluation.data import load_rows, select_examples
 from llamo.evaluation.predictions import PREDICTIONS_FILE, RUN_CONFIG_FILE, tsv_name
 from llamo.evaluation.properties import PropertyTarget, parse_number, property_metrics
+from llamo.processing.index import MoleculeIndex
 
 from .test_evaluation import SCIBERT_VOCAB, homo, qa_row, write_jsonl
+from .test_index import name_records
 
 GOOD = [qa_row("e:1", "CCCO", "description", "A primary alcohol."), homo("e:2", "CCCO", -0.24)]
 TRAIN = [qa_row("t:1", "CCO", "description", "An alcohol."), homo("t:2", "CCO", -0.26)]
@@ -165,3 +167,12 @@ def test_neighbour_settings_out_of_range_are_refused_before_anything_loads(tmp_p
     with pytest.raises(ValueError, match=r"near_twin must be a similarity from 0 to 1, got 1\.5"):
         EvaluationConfig(near_twin=1.5, **common)
     assert EvaluationConfig(neighbours=0, near_twin=1.0, **common).near_twin == 1.0
+
+
+def test_an_index_of_another_task_is_refused_naming_both(tmp_path, capsys):
+    MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].save(tmp_path / "names")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps(qa_row("d:1", "CCCO", "description", "It is propanol.")) + "\n")
+    argv = ["evaluate", "--data", str(rows), "--output-dir", str(tmp_path / "out"), "--baseline", "retrieval"]
+    assert main([*argv, "--index", str(tmp_path / "names"), "--no-progress"]) == 2
+    assert "holds iupac answers, but the evaluated rows ask for description" in capsys.readouterr().err

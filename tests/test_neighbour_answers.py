@@ -155,7 +155,9 @@ def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_i
     out, err = capsys.readouterr()
     assert "known answer" not in err
     assert main([*argv[:-1], "Describe this molecule."]) == 0  # descriptions are not listed: the model's own answer
-    assert "known answer" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "known answer" not in err
+    assert "(note: the index holds iupac answers; this question reads as description)" in err
     assert main([*argv[:-1], "Describe this molecule.", "--neighbour-answers", "on"]) == 0
     assert "known answer" in capsys.readouterr().err
     monkeypatch.setattr(retrieval, "opsin_checker", lambda: lambda names: [None] * len(names))  # no Java needed
