@@ -5,6 +5,7 @@ generation config sets `answer_loop_repeats` (and gives it `answer_sentence_end_
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers.generation import LogitsProcessor
 
 LOOP_GUARD_KEYS = ("answer_loop_repeats", "answer_sentence_end_token_ids")
@@ -43,16 +44,18 @@ def answer_log_likelihoods(
     model, prompt: Mapping[str, torch.Tensor], answers: Sequence[Sequence[int]], pad_token_id: int
 ) -> list[float]:
     """The mean log-probability per token of each answer after one prompt: beam search's score of a finished beam at
-    `length_penalty=1`. `prompt`: the processor's inputs for that prompt repeated once per answer (`input_ids` `(N, L)`
-    without padding, its graph inputs); `answers`: N lists of token ids, each ending with its end-of-sequence token."""
-    ids, mask = prompt["input_ids"], prompt["attention_mask"]
-    longest = max(map(len, answers))
-    tail = torch.full((len(answers), longest), pad_token_id, dtype=ids.dtype, device=ids.device)
-    for row, answer in enumerate(answers):
-        tail[row, : len(answer)] = torch.tensor(answer, dtype=ids.dtype)
-    tail_mask = (torch.arange(longest, device=ids.device) < torch.tensor([len(a) for a in answers])[:, None]).long()
-    inputs = {**prompt, "input_ids": torch.cat([ids, tail], 1), "attention_mask": torch.cat([mask, tail_mask], 1)}
-    logits = model(**inputs, use_cache=False, logits_to_keep=longest + 1).logits[:, :-1].float()  # (N, T, vocab)
+    `length_penalty=1`. `prompt`: the processor's inputs for that prompt (batch of 1, no padding, its graph inputs),
+    read once: its cache is repeated for the answers; `answers`: lists of token ids, each ending with its
+    end-of-sequence token."""
+    first = model(**prompt, use_cache=True, logits_to_keep=1)  # the last prompt position predicts each first token
+    cache = first.cache
+    cache.batch_repeat_interleave(len(answers))
+    tail = pad_sequence([torch.tensor(a) for a in answers], batch_first=True, padding_value=pad_token_id)
+    tail = tail.to(prompt["input_ids"].device)
+    tail_mask = pad_sequence([torch.ones(len(a), dtype=torch.long) for a in answers], batch_first=True).to(tail.device)
+    mask = torch.cat([prompt["attention_mask"].expand(len(answers), -1), tail_mask], 1)
+    rest = model(input_ids=tail, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=tail.shape[1]).logits
+    logits = torch.cat([first.logits.expand(len(answers), -1, -1), rest[:, :-1]], 1).float()  # (N, T, vocab)
     chosen = logits.log_softmax(-1).gather(-1, tail[..., None]).squeeze(-1) * tail_mask
     return (chosen.sum(1) / tail_mask.sum(1)).tolist()
 

@@ -179,7 +179,7 @@ def rank_answers(
     room = model_context(model) - prompt["input_ids"].shape[1]
     fits = [True, *(w and len(ids) < room for w, ids in zip(whole, known, strict=True))]
     candidates = [ids + eos[:1] for ids, fit in zip([own, *known], fits, strict=True) if fit]
-    prompt = {key: value.to(model.device).repeat_interleave(len(candidates), 0) for key, value in prompt.items()}
+    prompt = {key: value.to(model.device) for key, value in prompt.items()}
     pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
     scored = iter(answer_log_likelihoods(model, prompt, candidates, pad))
     scores = [next(scored) if fit else None for fit in fits]

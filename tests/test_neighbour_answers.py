@@ -28,7 +28,7 @@ def test_an_answer_scores_its_mean_log_probability_after_the_prompt(tiny_llamo):
     render = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
     eos = processor.tokenizer.eos_token_id
     answers = [[11, 12, 13, 14, eos], [15, eos], [eos]]  # unequal lengths: the shorter ones are padded
-    scores = answer_log_likelihoods(model, processor.apply_chat_template([conversation] * 3, **render), answers, 0)
+    scores = answer_log_likelihoods(model, processor.apply_chat_template([conversation], **render), answers, 0)
     one = processor.apply_chat_template([conversation], **render)
     length = one["input_ids"].shape[1]
     for answer, score in zip(answers, scores, strict=True):
@@ -61,7 +61,7 @@ def test_the_pipeline_gives_the_answer_the_model_scores_highest(tiny_llamo, name
     assert ranked["answer_scores"] == scores
     batch, answers, real_scores = seen[0]
     eos = processor.tokenizer.eos_token_id
-    assert batch == 3 and answers[0] == [*own["generated_token_ids"], eos][: len(answers[0])]
+    assert batch == 1 and len(answers) == 3 and answers[0] == [*own["generated_token_ids"], eos][: len(answers[0])]
     assert answers[0][-1] == eos and answers[0].count(eos) == 1
     tokenize = processor.tokenizer
     assert answers[1:] == [
