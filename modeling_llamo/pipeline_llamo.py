@@ -172,12 +172,11 @@ def rank_answers(
     own = answer_token_ids(config, answer)
     own = own[: next((i for i, token in enumerate(own) if token in eos), len(own))]
     texts = [as_prompt_text(neighbour["answer"], limit=None) for neighbour in neighbours]
-    whole = [0 < len(text) <= NEIGHBOUR_ANSWER_MAX_CHARS for text in texts]
-    shown = [text if fits else "" for text, fits in zip(texts, whole, strict=True)]
-    known = processor.tokenizer(shown, add_special_tokens=False)["input_ids"]
+    texts = [text if 0 < len(text) <= NEIGHBOUR_ANSWER_MAX_CHARS else "" for text in texts]  # "": shown cut, or empty
+    known = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
     prompt = processor.apply_chat_template([conversation], **render_options)  # every tensor is batch-first
     room = model_context(model) - prompt["input_ids"].shape[1]
-    fits = [True, *(w and len(ids) < room for w, ids in zip(whole, known, strict=True))]
+    fits = [True, *(bool(text) and len(ids) < room for text, ids in zip(texts, known, strict=True))]
     candidates = [ids + eos[:1] for ids, fit in zip([own, *known], fits, strict=True) if fit]
     prompt = {key: value.to(model.device) for key, value in prompt.items()}
     pad = config.pad_token_id if config.pad_token_id is not None else eos[0]
