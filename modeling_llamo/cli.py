@@ -248,6 +248,8 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
             options["neighbours"] = args.neighbours if args.neighbours is not None else k
         if (near_twin := retrieval.near_twin_for(settings, task)) is not None:
             options["near_twin"] = near_twin
+    elif args.neighbours:
+        raise CommandError(f"--neighbours needs a molecule index: give --index (there is no default one for {task}).")
     ranked = args.neighbour_answers
     if ranked == "on" or (ranked == "auto" and retrieval.ranks_neighbour_answers(settings, task)):
         if index is None and ranked == "on":

@@ -4,6 +4,7 @@ like every command module's top; errors and exit codes are in `llamo.errors`).""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,8 @@ def add_index_arguments(parser, neighbours_help: str) -> None:
         "go into the prompt. Default: the model's own default index for naming / property questions, if it was "
         "trained with neighbours; 'none' turns neighbours off",
     )
-    parser.add_argument("--neighbours", type=int, metavar="K", help=neighbours_help)
+    at_least_0 = number_in(int, -1, math.inf, "an integer of at least 0")
+    parser.add_argument("--neighbours", type=at_least_0, metavar="K", help=neighbours_help)
 
 
 def options_of(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .chat_template_llamo import (
     as_prompt_text,
     query_turn,
 )
+from .feature_extraction_llamo import LlamoMoleculeFeaturizer
 from .generation_llamo import answer_log_likelihoods, drop_repeated_sentence_start
 from .smiles_llamo import shorten_for_message
 
@@ -377,6 +378,11 @@ class LlamoMoleculePipeline(Pipeline):
     ) -> dict[str, Any]:
         conversations = list(batch.conversations)
         queries = [query_molecule(conversation) for conversation in conversations]
+        if name_hint is not None or (index is not None and neighbours):  # a bad query is refused before they read it
+            featurizer = LlamoMoleculeFeaturizer(self.processor.max_atoms if max_atoms is _UNSET else max_atoms)
+            for row, (smiles, _) in enumerate(queries):
+                if smiles is not None:
+                    featurizer.prepare(smiles, row)
         hints = [name_hint(smiles) if name_hint is not None and smiles is not None else None for smiles, _ in queries]
         if wrong := next((hint for hint in hints if hint is not None and not isinstance(hint, str)), None):
             raise TypeError(f"name_hint must return a name (str) or None, got {type(wrong).__name__}.")

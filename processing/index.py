@@ -121,16 +121,24 @@ class MoleculeIndex:
         first row wins; the answer is the last assistant turn, the question the user turn before it). Molecules over
         `max_atoms` are skipped, and with `holdout` those the training hold-out rule (`is_held_out`) puts in the test
         part of that fraction. Returns the index and counts: `read`, `indexed`, `other task`, `duplicate`, `bad
-        molecule`, `held out`."""
+        molecule`, `held out`, `bad row` (not a conversation ending in a question and a non-empty text answer)."""
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
         fingerprinter, seen, entries = _fingerprinter(task), set(), []
 
-        def entry(row: dict[str, Any]) -> str:
+        def entry(row: Any) -> str:
+            if not isinstance(row, Mapping):
+                return "bad row"
             if (row.get("task") or task) != task:
                 return "other task"
-            question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
-            key = answer_key(task, question, record_metadata(row))
+            try:
+                question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
+                metadata = record_metadata(row)
+            except (KeyError, IndexError, TypeError, ValueError):
+                return "bad row"
+            if not (isinstance(question, str) and isinstance(answer, str) and answer.strip()):
+                return "bad row"
+            key = answer_key(task, question, metadata)
             try:
                 mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
                 check_size(mol, max_atoms, row["smiles"])
@@ -146,7 +154,7 @@ class MoleculeIndex:
             entries.append((smiles, inchikey, task, key, question, answer, fingerprinter(mol).ToBinary()))
             return "indexed"
 
-        counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out"), 0)
+        counts = dict.fromkeys(("read", "indexed", "other task", "duplicate", "bad molecule", "held out", "bad row"), 0)
         with rdBase.BlockLogs():
             for row in tqdm(records, desc=f"Indexing {task}", unit=" rows", disable=not progress):
                 counts["read"] += 1
@@ -199,7 +207,8 @@ class MoleculeIndex:
 
     def query_fingerprint(self, smiles: str | Chem.Mol):
         mol = smiles if isinstance(smiles, Chem.Mol) else parse_smiles(smiles)
-        return self._fingerprint(mol), Chem.MolToInchiKey(mol) or ""
+        with rdBase.BlockLogs():
+            return self._fingerprint(mol), Chem.MolToInchiKey(mol) or ""
 
     def neighbours(
         self,

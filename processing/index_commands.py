@@ -96,7 +96,7 @@ def run_build(args: argparse.Namespace) -> int:
             raise
         raise CommandError(str(error) if args.source in str(error) else f"{args.source}: {error}") from error
     if not len(index):
-        raise CommandError(f"No {args.task} rows could be indexed from {args.source} (counts: {counts}).")
+        raise CommandError(f"No {args.task} rows could be indexed from {args.source} ({report.summary()}; {counts}).")
     try:
         index.save(output)
     except NotADirectoryError as error:

@@ -174,6 +174,8 @@ def _collect(
             break
         try:
             record = convert(item)
+        except KeyError as error:  # the loaders read fixed keys, so the name is short
+            record = f"malformed row (no {error})"
         except Exception as error:  # a row of unexpected types or structure
             record = f"malformed row ({type(error).__name__})"
         if isinstance(record, str):

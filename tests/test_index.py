@@ -149,6 +149,23 @@ def test_bad_and_oversized_molecules_are_counted_not_fatal():
     assert len(index) == 1 and counts["bad molecule"] == 2
 
 
+def test_rows_that_are_not_a_question_and_a_text_answer_are_counted_not_fatal():
+    good = name_records({"CCO": "ethanol"})[0]
+    question = good["messages"][0]
+    malformed = [
+        "CCO",
+        None,
+        {"smiles": "CCN", "task": "iupac"},
+        {**good, "messages": "ethanamine"},
+        {**good, "messages": [{"role": "assistant", "content": "ethanamine"}]},
+        *({**good, "messages": [question, {"role": "assistant", "content": answer}]} for answer in (None, 5, [], " ")),
+        {**good, "metadata": "[1, 2]"},
+    ]
+    index, counts = MoleculeIndex.from_records([*malformed, good], "iupac", progress=False)
+    assert [entry["answer"] for entry in index.table] == ["ethanol"]
+    assert counts["bad row"] == len(malformed) and counts["read"] == len(malformed) + 1
+
+
 def test_first_use_index_of_a_slice_of_the_chemicals_table():
     pytest.importorskip("chemicals")
     index, _, counts = build_index("chemicals", "iupac", limit=200)
@@ -187,6 +204,10 @@ def test_cli_refuses_what_is_not_an_index_and_a_file_as_output(tmp_path, capsys)
     taken.write_text("mine\n", encoding="utf-8")
     assert main(["index", "build", str(CHEBI_VALIDATION), "-o", str(taken), "--task", "description"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err and taken.read_text(encoding="utf-8") == "mine\n"
+    rows = tmp_path / "rows.jsonl"  # conversation rows without their `id`: the loader's reasons reach the user
+    rows.write_text(json.dumps({"smiles": "CCO", "messages": [{"role": "user", "content": "Name it."}]}) + "\n{\n")
+    assert main(["index", "build", str(rows), "-o", str(tmp_path / "new"), "--task", "iupac"]) == 2
+    assert "dropped 2 (1 malformed row (no 'id'), 1 line is not a JSON object" in capsys.readouterr().err
 
 
 def test_neighbour_prompt_format_is_the_documented_one(tiny_llamo):
@@ -241,6 +262,27 @@ def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(ti
     assert unknown[0]["found_in_index"] is False and len(unknown[0]["neighbours"]) == 3
     both = pipe([{"smiles": ["CCO", "CCN"], "text": "Compare."}, {"smiles": "C", "text": "Name it."}], batch_size=2)
     assert len(both) == 2
+
+
+def test_an_oversized_query_is_refused_before_the_index_or_the_name_hint_reads_it(tiny_llamo):
+    model, processor = tiny_llamo
+    pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=2)
+    read = []
+
+    class Index:
+        def neighbours(self, smiles, k, question=None):
+            read.append(("index", smiles))
+            return []
+
+    def hint(smiles):
+        read.append(("hint", smiles))
+
+    chain = "C" * 600  # its fingerprint and InChIKey took 0.7 s before the check; 100,000 atoms take minutes
+    with pytest.raises(ValueError, match="Molecule at index 0 has 600 atoms, over the limit of 512"):
+        pipe({"smiles": chain, "text": "Describe this molecule."}, index=Index(), name_hint=hint)
+    assert read == []
+    pipe({"smiles": chain, "text": "Describe this molecule."}, index=Index(), name_hint=hint, max_atoms=None)
+    assert read == [("hint", chain), ("index", chain)]
 
 
 def test_a_near_twin_is_given_alone_in_the_pipeline_the_cli_and_evaluation(tiny_llamo, index, tmp_path):

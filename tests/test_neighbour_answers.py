@@ -165,6 +165,13 @@ def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_i
     assert "known answer" not in capsys.readouterr().err  # a verified name is chosen among the beams instead
     assert main([*argv[:7], "--verify-names", "off", "--neighbour-answers", "on", "Name it."]) == 2
     assert "--neighbour-answers on needs a molecule index" in capsys.readouterr().err
+    assert main([*argv[:7], "--neighbours", "2", "Describe this molecule."]) == 2  # no default index for descriptions
+    assert "--neighbours needs a molecule index: give --index (there is no default one for description)" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main([*argv[:-2], "-1", "Name it."])
+    assert "argument --neighbours: '-1': expected an integer of at least 0" in capsys.readouterr().err
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps(name_records({"CCCCCO": "pentan-1-ol"})[0]) + "\n")
