@@ -343,7 +343,6 @@ class LlamoMoleculePipeline(Pipeline):
         if max_atoms is not _UNSET:  # None is a value here: no size limit
             preprocess_params["max_atoms"] = max_atoms
         forward_params = {**(generate_kwargs or {}), **generation_parameters}
-        context = model_context(self.model)
         for name, most in (("max_new_tokens", context), ("num_beams", math.inf)):
             value = forward_params.get(name)  # None: the generation config's
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
