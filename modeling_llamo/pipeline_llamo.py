@@ -40,7 +40,7 @@ from .chat_template_llamo import (
 )
 from .feature_extraction_llamo import LlamoMoleculeFeaturizer
 from .generation_llamo import answer_log_likelihoods, drop_repeated_sentence_start
-from .smiles_llamo import shorten_for_message
+from .smiles_llamo import OversizedMoleculeError, shorten_for_message
 
 MOLECULE_TASK = "molecule-text-generation"
 
@@ -92,6 +92,16 @@ def near_twin_only(found: Sequence[Any], near_twin: float | None) -> list[Any]:
     if near_twin is not None and found and found[0].similarity >= near_twin:
         return list(found[:1])
     return list(found)
+
+
+def fits(featurizer: LlamoMoleculeFeaturizer, neighbour: Any) -> bool:
+    """Whether the processor takes an index entry's molecule: an index built with a larger `max_atoms` than the model's
+    may hold larger ones, which are left out of the prompt rather than refusing the question."""
+    try:
+        featurizer.prepare(neighbour["smiles"] if isinstance(neighbour, Mapping) else neighbour.smiles)
+    except OversizedMoleculeError:
+        return False
+    return True
 
 
 def model_context(model) -> float:
@@ -390,7 +400,8 @@ class LlamoMoleculePipeline(Pipeline):
         if index is not None and neighbours:
             for row, (smiles, question) in enumerate(queries):
                 if smiles is not None:
-                    found = near_twin_only(index.neighbours(smiles, k=neighbours, question=question or None), near_twin)
+                    found = index.neighbours(smiles, k=neighbours, question=question or None)
+                    found = near_twin_only([n for n in found if fits(featurizer, n)], near_twin)
                     context[row] = [n.to_dict() if hasattr(n, "to_dict") else dict(n) for n in found]
                     conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:

@@ -264,7 +264,7 @@ def test_pipeline_answers_with_neighbours_and_says_when_the_molecule_is_known(ti
     assert len(both) == 2
 
 
-def test_an_oversized_query_is_refused_before_the_index_or_the_name_hint_reads_it(tiny_llamo):
+def test_an_oversized_query_is_refused_before_lookup_and_oversized_entries_are_left_out(tiny_llamo):
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=2)
     read = []
@@ -283,6 +283,13 @@ def test_an_oversized_query_is_refused_before_the_index_or_the_name_hint_reads_i
     assert read == []
     pipe({"smiles": chain, "text": "Describe this molecule."}, index=Index(), name_hint=hint, max_atoms=None)
     assert read == [("hint", chain), ("index", chain)]
+    # an index built for larger molecules than the model's: its entries over the limit are left out of the prompt
+    records = name_records({chain: "hexacontahectane", "CCO": "ethanol"})
+    larger = MoleculeIndex.from_records(records, "iupac", max_atoms=None, progress=False)[0]
+    answer = pipe({"smiles": "CCCCCCCC", "text": "Name it."}, index=larger, neighbours=2)[0]
+    assert [entry["smiles"] for entry in answer["neighbours"]] == ["CCO"]
+    answer = pipe({"smiles": "CCCCCCCC", "text": "Name it."}, index=larger, neighbours=2, max_atoms=None)[0]
+    assert [entry["smiles"] for entry in answer["neighbours"]] == [chain, "CCO"]
 
 
 def test_a_near_twin_is_given_alone_in_the_pipeline_the_cli_and_evaluation(tiny_llamo, index, tmp_path):
