@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,29 @@ SMILES = {
     "salt": "[Na+].[Cl-]",
     "glucose": "OCC1OC(O)C(O)C(O)C1O",
 }
+
+
+WITHOUT_LLAMO = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+    class BlockLlamo(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "llamo" or name.startswith("llamo."):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, BlockLlamo())
+    try:
+        import llamo  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("llamo is importable: the test would prove nothing")
+    """
+)
+"""The start of a child process's script that must work without llamo: importing it fails there (remote code only)."""
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

@@ -41,7 +41,7 @@ from llamo.hub_cards.recipe import find_runs
 from llamo.hub_cards.results import ResultsFileError, load_results, model_index_results
 from llamo.processing_llamo import LLAMA2_CHAT_TEMPLATE
 
-from .conftest import GOLDEN, SMILES, make_tokenizer, molecule_messages, subprocess_env
+from .conftest import GOLDEN, SMILES, WITHOUT_LLAMO, make_tokenizer, molecule_messages, subprocess_env
 
 REPO_ID = "llamo-tests/tiny-llamo"
 SECRET = "hf_secretTOKEN0123456789abcdefghij"
@@ -457,23 +457,9 @@ def test_pipeline_inputs_batches_and_errors(tiny_llamo):
 
 # --- a fresh process without llamo: Auto classes, pipeline, the card's snippets ---------------------------------
 
-CHILD = textwrap.dedent(
+CHILD = WITHOUT_LLAMO + textwrap.dedent(
     """
-    import contextlib, importlib.abc, io, json, re, sys
-
-    class BlockLlamo(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "llamo" or name.startswith("llamo."):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockLlamo())
-    try:
-        import llamo  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("llamo is importable: the test would prove nothing")
+    import contextlib, io, json, re, sys
 
     import torch
     from huggingface_hub import ModelCard

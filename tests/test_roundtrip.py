@@ -8,25 +8,11 @@ import textwrap
 
 import torch
 
-from .conftest import SMILES, molecule_messages, subprocess_env
+from .conftest import SMILES, WITHOUT_LLAMO, molecule_messages, subprocess_env
 
-CHILD = textwrap.dedent(
+CHILD = WITHOUT_LLAMO + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockLlamo(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "llamo" or name.startswith("llamo."):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockLlamo())
-    try:
-        import llamo  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("llamo is importable: the test would prove nothing")
+    import json, sys
 
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor

@@ -31,7 +31,7 @@ from llamo.training.config import ACCELERATE_DIR, RECIPES_DIR, parse_stage_argum
 from llamo.training.data import build_training_dataset
 from llamo.training.interrupt import GracefulInterrupt
 
-from .conftest import free_port, subprocess_env
+from .conftest import WITHOUT_LLAMO, free_port, subprocess_env
 
 PAIRS = [
     ("CC(=O)Oc1ccccc1C(=O)O", "an aromatic ester acid"),
@@ -579,23 +579,9 @@ def test_merged_model_equals_adapter_on_the_base(overfit_run, init_dir):
         )
 
 
-AUTO_CLASSES_WITHOUT_LLAMO = textwrap.dedent(
+AUTO_CLASSES_WITHOUT_LLAMO = WITHOUT_LLAMO + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockLlamo(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "llamo" or name.startswith("llamo."):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockLlamo())
-    try:
-        import llamo  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("llamo is importable: the test would prove nothing")
+    import json, sys
 
     import torch
     from transformers import AutoModelForCausalLM, AutoProcessor
