@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from llamo.cli_common import DTYPE_CHOICES, add_command, options_of
@@ -126,9 +127,9 @@ def _run_convert(args: argparse.Namespace) -> None:
     LLM folder (LLaMA-2-7B-chat, Hugging Face format) into this project's format: shared level attention, motif tokens
     first, <graph> added, the original LLaMA-2 chat prompt, LoRA merged or kept as a PEFT adapter. Unknown or missing
     keys are errors."""
-    from llamo.convert_llamo_original_to_hf import CheckpointError, convert_original_checkpoint
+    from huggingface_hub.errors import StrictDataclassError
 
-    from .cards import CardError
+    from llamo.convert_llamo_original_to_hf import convert_original_checkpoint
 
     print(f"Converting {args.checkpoint} with the base LLM {args.llm} ...", file=sys.stderr)
     try:
@@ -136,8 +137,8 @@ def _run_convert(args: argparse.Namespace) -> None:
         result = convert_original_checkpoint(
             args.checkpoint, args.llm, args.output_dir, **options_of(args, *options), card_options=_card_options(args)
         )
-    except (CheckpointError, CardError) as error:
-        raise CommandError(str(error)) from error
+    except (ValueError, StrictDataclassError) as error:  # the checkpoint's, settings', card's and export's errors
+        raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
     for label, value in result.facts:
         print(f"  {label}: {value}", file=sys.stderr)
     _print_files(result.export)
@@ -148,11 +149,19 @@ def _run_dataset_card(args: argparse.Namespace) -> None:
 
     Write a README.md dataset card (teacher, model, prompt version, counts filtered by reason) from the generator's
     OUT.jsonl.summary.json."""
+    from llamo.storage import refuse_output_over
+
     from .cards import build_dataset_card
 
     output = Path(args.output) if args.output else Path(args.summary).parent / "README.md"
+    if output.is_dir():
+        raise CommandError(f"{output} is a folder: give the card's file name with -o.")
     if output.exists() and not args.overwrite:
         raise CommandError(f"{output} exists; pass --overwrite to replace it or -o to write elsewhere.")
+    try:
+        refuse_output_over(output, summary=args.summary)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     try:
         card = build_dataset_card(args.summary, args.pretty_name, args.license, list(args.credit))
     except ValueError as error:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamo.storage import format_bytes
+from llamo.storage import format_bytes, refuse_output_over
 
 from .cards import PIPELINE_TASK, ModelCardOptions, build_model_card
 
@@ -68,11 +68,15 @@ class ExportResult:
         return "\n".join(f"  {format_bytes(size):>10}  {path}" for path, size in self.files)
 
 
-def check_destination(output_dir: Path, overwrite: bool, source: Path | None = None) -> None:
+def check_destination(output_dir: Path, overwrite: bool, **inputs: Path | None) -> None:
+    """Refuse an output that is a file, that is or holds one of the `inputs` (`refuse_output_over`), or that is not
+    empty without `overwrite`."""
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder.")
-    if source is not None and output_dir.resolve() == source.resolve():
-        raise ExportError(f"Cannot export {source} into itself: choose another output folder.")
+    try:
+        refuse_output_over(output_dir, **inputs)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
 
@@ -159,7 +163,7 @@ def export_model(
         raise ExportError(f"{model_dir} holds a {model_type!r} model, not a LLaMo (model_type 'llamo').")
     if not (model_dir / "processor_config.json").is_file():
         raise ExportError(f"{model_dir} has no processor_config.json: save the LlamoProcessor with the model.")
-    check_destination(output_dir, overwrite, source=model_dir)
+    check_destination(output_dir, overwrite, model_folder=model_dir)
     if dtype not in DTYPE_CHOICES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}.")
     model, processor = load_llamo(model_dir, "cpu", dtype)

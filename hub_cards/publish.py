@@ -66,6 +66,11 @@ def plan_push(
         raise PushError(
             f"{folder} is not an export (no {' or '.join(missing)}): run `llamo export MODEL_DIR {folder}` first."
         )
+    if links := sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_symlink()):
+        raise PushError(
+            f"{folder} holds symbolic links ({', '.join(links[:5])}): push sends plain files only, never what a link "
+            "points to. Export the model again, or replace the links by the files."
+        )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:

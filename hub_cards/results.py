@@ -42,6 +42,10 @@ def read_json(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a JSON file.") from None
+    except UnicodeDecodeError:
+        raise error(f"{path} is not UTF-8 text: not a JSON file.") from None
     except json.JSONDecodeError as failure:
         raise error(f"{path} is not valid JSON: {failure}") from None
     if not isinstance(data, dict):

@@ -14,7 +14,7 @@ from .chat_template_llamo import DEFAULT_MAX_ATOMS
 from .cli_common import add_command, add_device_arguments, add_index_arguments, number_in
 from .errors import EXIT_DISK_FULL, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .retrieval import ANSWER_TOKENS
-from .storage import disk_full_message, is_disk_full
+from .storage import disk_full_message, is_disk_full, refuse_output_over
 
 FEATURE_COMMANDS = (
     "llamo.training.commands",
@@ -152,8 +152,14 @@ def _run_init(args: argparse.Namespace) -> None:
     from .builder import build_llamo, save_llamo
 
     output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CommandError(f"{output_dir} exists and is not a folder: choose a new folder for OUT_DIR.")
     if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
         raise CommandError(f"{output_dir} exists and is not empty; choose a new folder or pass --overwrite.")
+    try:
+        refuse_output_over(output_dir, base_LM=args.llm, chat_template=args.chat_template)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     if Path(args.llm).is_dir() and not args.gguf_file and not (Path(args.llm) / "config.json").is_file():
         raise CommandError(f"{args.llm} holds no causal LM (no config.json): give a model folder or a Hub id.")
     print(f"Loading {args.llm} ...", file=sys.stderr)
@@ -176,7 +182,8 @@ def _run_init(args: argparse.Namespace) -> None:
             processor_kwargs={"max_atoms": args.max_atoms or None, "prompt_smiles": args.prompt_smiles},
             gguf_file=args.gguf_file,
         )
-    except (OSError, ValueError, StrictDataclassError) as error:  # a missing model, an unreadable tokenizer, options
+    except (OSError, ValueError, StrictDataclassError, RuntimeError, MemoryError) as error:  # a missing model, an
+        # unreadable tokenizer, options that do not fit together, graph modules too large for this machine's memory
         detail = " ".join(str(error).split())[:400]
         raise CommandError(f"could not build a LLaMo around {args.llm}: {detail}") from error
     save_llamo(model, processor, output_dir, overwrite=args.overwrite, metadata={"llm": args.llm, "stage": "init"})
@@ -204,6 +211,9 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     if len(args.smiles) > 1:
         raise CommandError(f"--smiles was given {len(args.smiles)} times: ask about one molecule.")
     args.smiles = args.smiles[0]
+    if len(args.smiles.split()) > 1:  # RDKit would read the rest as the molecule's name, silently
+        shown = textwrap.shorten(args.smiles, 80, placeholder=" ...")
+        raise CommandError(f"--smiles {shown!r} holds white space: give one SMILES (several molecules joined by '.').")
     try:
         parse_smiles(args.smiles)
         folder = resolve_model_dir(model_dir)

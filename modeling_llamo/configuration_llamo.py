@@ -160,6 +160,12 @@ class LlamoConfig(PretrainedConfig):
                 f"graph_config.hidden_size ({self.graph_config.hidden_size}) must be divisible by "
                 f"projector_config.num_heads ({self.projector_config.num_heads})."
             )
+        context = getattr(self.text_config, "max_position_embeddings", None)
+        if context is not None and self.num_graph_tokens > context:
+            raise ValueError(
+                f"{self.num_graph_tokens} graph tokens per molecule do not fit in the language model's context of "
+                f"{context} tokens: use fewer queries per level or motif queries."
+            )
 
     @property
     def num_graph_tokens(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import pickle
 import re
 import sys
@@ -562,11 +563,17 @@ def convert_original_checkpoint(
     from .processing_llamo import LlamoProcessor
 
     checkpoint, llm, output_dir = Path(checkpoint), Path(llm), Path(output_dir)
-    check_destination(output_dir, overwrite)
+    check_destination(output_dir, overwrite, checkpoint=checkpoint, base_LLM_folder=llm)
     if not (llm / "config.json").is_file():
         raise FileNotFoundError(f"Base LLM folder not found or without config.json: {llm}")
     if dtype not in DTYPE_CHOICES:
         raise CheckpointError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}.")
+    if not (0 < lora_alpha < math.inf and 0 <= lora_dropout < 1):  # NaN fails both
+        raise CheckpointError(
+            f"LoRA needs a finite alpha > 0 and a dropout in [0, 1), got {lora_alpha} and {lora_dropout}."
+        )
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise CheckpointError(f"num_heads must be a whole number of at least 1, got {num_heads!r}.")
 
     parts = split_original_state_dict(load_checkpoint_state_dict(checkpoint, unsafe_unpickle))
     found, graph_weights = convert_graph_part(parts, num_heads)

@@ -41,6 +41,22 @@ class DiskFullError(OSError):
         return str(self.strerror)
 
 
+def refuse_output_over(output: str | Path, **inputs: str | Path | None) -> None:
+    """Raise a `ValueError` when `output` is, or is a folder holding, one of the existing `inputs` (named by their
+    keywords, `_` read as a space): replacing the output would delete that input."""
+    target = Path(output).resolve()
+    for name, given in inputs.items():
+        if given is None or not Path(given).exists():
+            continue
+        path = Path(given).resolve()
+        if path == target or target in path.parents:
+            relation = "is" if path == target else "holds"
+            raise ValueError(
+                f"The output {output} {relation} the {name.replace('_', ' ')} {given}: writing it would delete that; "
+                "choose another output."
+            )
+
+
 def _errors_in_chain(error: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:

@@ -181,6 +181,12 @@ def test_init_names_graph_settings_that_do_not_fit_together(tiny_llm_dir, tmp_pa
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("llamo init: error: ") and "divisible by projector_config.num_heads (3)" in last, last
     assert not (tmp_path / "a").exists()
+    argv = ["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--queries-per-level", "5000"]
+    assert main(argv) == 2  # the projector's queries are refused before they are made, not after
+    assert "graph tokens per molecule do not fit in the language model's context of 2048 tokens" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "a").exists()
 
 
 def test_init_writes_a_loadable_llamo(initialised, tiny_llm_dir):
@@ -203,10 +209,16 @@ def test_init_writes_a_loadable_llamo(initialised, tiny_llm_dir):
     assert (model.model.language_model.layers[0].self_attn.q_proj.weight == kept).all()
 
 
-def test_init_refuses_to_overwrite(initialised, tiny_llm_dir, capsys):
+def test_init_refuses_to_overwrite(initialised, tiny_llm_dir, tmp_path, capsys):
     code = main(["init", str(initialised), "--llm", str(tiny_llm_dir)])
     assert code == 2
     assert "not empty" in capsys.readouterr().err
+    files = sorted(path.name for path in tiny_llm_dir.iterdir())
+    assert main(["init", str(tiny_llm_dir), "--llm", str(tiny_llm_dir), "--overwrite"]) == 2  # its own base LM
+    assert "is the base LM" in capsys.readouterr().err and sorted(p.name for p in tiny_llm_dir.iterdir()) == files
+    (tmp_path / "a_file").write_text("mine")
+    assert main(["init", str(tmp_path / "a_file"), "--llm", str(tiny_llm_dir), "--overwrite"]) == 2
+    assert "is not a folder" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_init_names_an_llm_it_cannot_load(tmp_path, capsys):
@@ -306,6 +318,8 @@ def test_generate_decodes_each_task_as_the_models_retrieval_settings_say(initial
     [
         (["--smiles", "C1CC", "Describe."], "Unparsable SMILES"),
         (["--smiles", "", "Describe."], "Empty SMILES"),
+        (["--smiles", "CCO CCCCCC", "Describe."], "--smiles 'CCO CCCCCC' holds white space"),  # RDKit: 'CCO' named
+        (["--smiles", "CCO\nCC", "Describe."], "holds white space: give one SMILES"),
     ],
 )
 def test_generate_bad_input_is_a_message_not_a_traceback(initialised, capsys, argv, message):

@@ -328,6 +328,9 @@ def test_dataset_card_from_a_generation_summary(tmp_path):
     assert main(["dataset-card", str(path)]) == 0
     assert (tmp_path / "README.md").read_text().startswith("---\n")
     assert main(["dataset-card", str(path)]) == 2  # an existing card is not replaced silently
+    assert main(["dataset-card", str(path), "-o", str(path), "--overwrite"]) == 2  # nor the summary it reads
+    assert json.loads(path.read_text())["teacher"] and main(["dataset-card", str(tmp_path)]) == 2  # a folder
+    assert main(["dataset-card", str(path), "-o", str(tmp_path), "--overwrite"]) == 2
     path.write_text(json.dumps({"teacher": "openai"}))
     with pytest.raises(ValueError, match=r"lacks \['model', 'prompt_version'"):
         build_dataset_card(path)
@@ -380,8 +383,13 @@ def test_export_refuses_to_overwrite_and_bad_sources(tiny_llamo_dir, tmp_path):
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(ExportError, match="PEFT adapter, not a full model"):
         export_model(adapter, tmp_path / "elsewhere")
-    with pytest.raises(ExportError, match="into itself"):
+    with pytest.raises(ExportError, match="is the model folder"):
         export_model(tiny_llamo_dir, tiny_llamo_dir, overwrite=True)
+    holder = tmp_path / "holder"  # --overwrite replaces the output folder: never one that holds the model to export
+    shutil.copytree(tiny_llamo_dir, holder / "model")
+    (holder / "thesis.txt").write_text("mine")
+    assert main(["export", str(holder / "model"), str(holder), "--overwrite"]) == 2
+    assert sorted(path.name for path in holder.iterdir()) == ["model", "thesis.txt"]
 
 
 # --- the custom pipeline in this process -------------------------------------------------------------------------
@@ -687,6 +695,12 @@ def test_push_errors_name_the_problem_not_the_token(exported, tmp_path, monkeypa
     assert "not an export (no README.md): run `llamo export" in capsys.readouterr().err
     with pytest.raises(PushError, match="Invalid repository id"):
         plan_push(exported, "bad repo id!")
+    linked = tmp_path / "linked"  # a link in the folder would upload the file it points to, from anywhere
+    shutil.copytree(exported, linked)
+    (tmp_path / "secret.txt").write_text("not for the Hub")
+    (linked / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    assert main(["push", str(linked), REPO_ID, "--dry-run"]) == 2
+    assert "holds symbolic links (notes.txt): push sends plain files only" in capsys.readouterr().err
 
     plan = plan_push(exported, REPO_ID)
     offline = RecordingApi(fail_with=ConnectionError(f"connection refused (Authorization: Bearer {SECRET})"))
@@ -917,12 +931,24 @@ def test_converted_model_computes_what_the_original_computes(original_release, c
     torch.testing.assert_close(logits[..., :vocab][real], expected[real], atol=1e-4, rtol=1e-4)
 
 
-def test_kept_adapter_computes_what_the_merged_model_computes(original_release, converted, tmp_path):
+def test_kept_adapter_computes_what_the_merged_model_computes(original_release, converted, tmp_path, capsys):
     from peft import PeftModel
 
     merged, processor, _ = converted
     out = tmp_path / "with-adapter"
     argv = ["convert-original", str(original_release["checkpoint"]), str(out), "--llm", str(original_release["llm"])]
+    refused = {
+        ("--lora-alpha", "nan"): "finite alpha > 0",
+        ("--lora-alpha", "inf"): "finite alpha > 0",
+        ("--lora-dropout", "2"): "a dropout in [0, 1)",
+        ("--num-heads", "0"): "num_heads must be a whole number of at least 1",
+        ("--num-heads", "7"): "must be divisible by projector_config.num_heads (7)",
+        ("--credit", "bogus"): "Unknown data credit 'bogus'",
+        ("--card-results", "nosuch.json"): "Results file not found: nosuch.json",
+    }
+    for option, message in refused.items():  # each refused in one line, before anything is written
+        assert main([*argv, *option]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
     assert main([*argv, "--keep-adapter"]) == 0
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert (adapter_config["r"], adapter_config["lora_alpha"], adapter_config["peft_type"]) == (8, 32.0, "LORA")
@@ -1010,6 +1036,9 @@ def test_pickles_needing_a_full_unpickle_are_refused_without_the_flag(original_r
     llm = str(original_release["llm"])
     assert main(["convert-original", str(path), str(tmp_path / "out"), "--llm", llm]) == 2
     assert "--unsafe-unpickle" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    for output in (tmp_path, original_release["llm"]):  # --overwrite never replaces a folder holding an input
+        assert main(["convert-original", str(path), str(output), "--llm", llm, "--overwrite"]) == 2
+        assert "writing it would delete that" in capsys.readouterr().err and path.is_file()
     assert len(load_checkpoint_state_dict(path, unsafe_unpickle=True)) == len(original_release["state_dict"])
 
     garbage = tmp_path / "garbage.ckpt"
