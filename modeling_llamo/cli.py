@@ -282,7 +282,9 @@ def _decoding(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     task, settings = retrieval.question_task(question), _settings(model_dir)
     options: dict = {"max_new_tokens": ANSWER_TOKENS[task], **retrieval.generation_for(settings, task)}
     verify = args.verify_names
-    if verify == "on" or (verify == "auto" and task == "iupac"):
+    if verify == "on" and task != "iupac":  # a verified name would answer a question that asks for no name
+        print(f"(note: names are verified for naming questions only; this question reads as {task})", file=sys.stderr)
+    elif verify == "on" or (verify == "auto" and task == "iupac"):
         options |= retrieval.verification_options(args.namer)
         if "verify_names" not in options and verify == "on":
             raise CommandError("--verify-names on needs OPSIN: install Java and `pip install py2opsin`.")

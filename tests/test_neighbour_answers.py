@@ -162,7 +162,12 @@ def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_i
     assert "known answer" in capsys.readouterr().err
     monkeypatch.setattr(retrieval, "opsin_checker", lambda: lambda names: [None] * len(names))  # no Java needed
     assert main([*argv[:-3], "--verify-names", "on", "--neighbour-answers", "on", "Name it."]) == 0
-    assert "known answer" not in capsys.readouterr().err  # a verified name is chosen among the beams instead
+    verified = capsys.readouterr().err
+    assert main([*argv[:-3], "--verify-names", "on", "What is its HOMO energy?"]) == 0  # no name for a property
+    err = capsys.readouterr().err
+    assert "(note: names are verified for naming questions only; this question reads as property)" in err
+    assert "verified" in verified and "(verified" not in err and "OPSIN" not in err
+    assert "known answer" not in verified  # a verified name is chosen among the beams instead
     assert main([*argv[:7], "--verify-names", "off", "--neighbour-answers", "on", "Name it."]) == 2
     assert "--neighbour-answers on needs a molecule index" in capsys.readouterr().err
     assert main([*argv[:7], "--neighbours", "2", "Describe this molecule."]) == 2  # no default index for descriptions
