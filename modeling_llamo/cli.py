@@ -230,6 +230,10 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
             pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
         except (OSError, ValueError) as error:  # no weights, or files that are broken or do not fit each other
             raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
+    try:
+        processor.featurizer.prepare(args.smiles)  # e.g. over the model's max_atoms: no question could be answered
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     torch.manual_seed(args.seed)
     return pipe, folder
 
@@ -389,10 +393,8 @@ def _run_chat(args: argparse.Namespace) -> None:
             print("llamo> ", end="", file=sys.stderr, flush=True)
         try:
             answer = _answer(pipe, messages, args, True, options)
-        except CommandError as error:
-            if len(messages) == 1:
-                raise  # the molecule or the first question cannot be answered
-            messages.pop()  # e.g. the conversation outgrew the model's context: the chat goes on without this turn
+        except CommandError as error:  # e.g. a question or a conversation over the model's context
+            messages.pop()  # the chat goes on without this turn
             print(f"llamo chat: error: {error} (question dropped; /reset starts over)", file=sys.stderr)
             continue
         messages.append({"role": "assistant", "content": answer})

@@ -466,8 +466,13 @@ def test_generate_gives_descriptions_the_verified_rule_based_name(initialised, t
     assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 0
     shown = capsys.readouterr().err
     assert "over the model's context of 2048 tokens: shorten it. (question dropped" in shown and shown.count(hint) == 2
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"{too_long}\n"))
-    assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 2  # nothing to go on with
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{too_long}\nDescribe this molecule.\n"))  # the first as well
+    assert main(["chat", str(folder), "--smiles", "CC(C)O", "--max-new-tokens", "2"]) == 0
+    shown = capsys.readouterr().err
+    assert shown.count("(question dropped") == 1 and shown.count(hint) == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO("Describe this molecule.\n"))  # no question could be answered
+    assert main(["chat", str(folder), "--smiles", "C" * 600, "--max-new-tokens", "2"]) == 2
+    assert "has 600 atoms, over the limit of 512" in capsys.readouterr().err
     verified.clear()  # OPSIN does not read the name back as the molecule: it is not given
     assert main([*argv, "Describe this molecule."]) == 0
     assert "given with the question" not in capsys.readouterr().err
