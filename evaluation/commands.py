@@ -8,10 +8,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
-from llamo.cli_common import add_command, add_device_arguments, options_of
+from llamo.cli_common import add_command, add_device_arguments, number_in, options_of
 from llamo.errors import CommandError
 
-from .config import BASELINES, EvaluationConfig
+from .config import BASELINES, MAX_THREADS, EvaluationConfig
 from .text_metrics import SCIBERT_HUB_ID
 from .wordnet import DEBIAN_WORDNET, WordNetUnavailable, setup_wordnet
 
@@ -38,8 +38,12 @@ def register(subparsers) -> None:
     decoding.add_argument("--min-new-tokens", type=int, help="fewest tokens in an answer")
     decoding.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     decoding.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search")
-    decoding.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
-    decoding.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --do-sample)")
+    temperature = number_in(float, 0, sys.float_info.max, "a finite number above 0")
+    decoding.add_argument(
+        "--temperature", type=temperature, default=1.0, help="sampling temperature (with --do-sample)"
+    )
+    top_p = number_in(float, 0, 1, "a number above 0, at most 1")
+    decoding.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling mass (with --do-sample)")
     decoding.add_argument(
         "--answer-loop-repeats",
         type=int,
@@ -49,7 +53,7 @@ def register(subparsers) -> None:
     add_device_arguments(decoding)
     decoding.add_argument(
         "--threads",
-        type=int,
+        type=number_in(int, 0, MAX_THREADS, f"an integer from 1 to {MAX_THREADS}"),
         metavar="N",
         help="CPU threads of generation (default: $OMP_NUM_THREADS if set, else the cores not busy: the cores this "
         "process may use minus the 1-minute load average, at least 1)",
@@ -68,7 +72,9 @@ def register(subparsers) -> None:
         help="molecule index (`llamo index build`, without the test molecules): the model gets the nearest entries as "
         "in-context examples, and --baseline retrieval copies from it",
     )
-    context.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="entries per question from --index")
+    context.add_argument(
+        "--neighbours", type=int, help=f"entries per question from --index (default: {DEFAULT_NEIGHBOURS})"
+    )
     context.add_argument(
         "--near-twin",
         type=float,
@@ -139,6 +145,16 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from .predictions import RESULTS_FILE
     from .runner import evaluate
 
+    neighbour_options = [
+        ("--neighbours", args.neighbours is not None),
+        ("--near-twin", args.near_twin is not None),
+        ("--rank-neighbour-answers", args.rank_neighbour_answers),
+    ]
+    for flag, given in neighbour_options:
+        if given and not args.index:  # checked before anything loads
+            raise CommandError(f"{flag} needs a molecule index: give --index.")
+    if args.neighbours is None:
+        args.neighbours = DEFAULT_NEIGHBOURS
     given = {field.name: getattr(args, field.name) for field in fields(EvaluationConfig) if hasattr(args, field.name)}
     given.update(scibert_vocab=args.scibert_vocab or SCIBERT_HUB_ID, progress=not args.no_progress)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,8 @@ from .text_metrics import SCIBERT_HUB_ID
 BASELINES = ("retrieval", "mean", "no-graph", "namer")
 TRAINED_BASELINES = ("retrieval", "mean")
 MODEL_FREE_BASELINES = (*TRAINED_BASELINES, "namer")
+MAX_THREADS = 256
+"""The most CPU threads of generation (thousands crash torch's thread pool)."""
 
 
 @dataclass
@@ -68,9 +71,15 @@ class EvaluationConfig:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}.")
         if self.trained_baseline and self.train_data is None and not self.index_retrieval:
             raise ValueError(f"The {self.baseline} baseline needs training rows: give train_data (--train-data).")
-        for name in ("batch_size", "max_new_tokens", "num_beams", "max_rows", "threads"):
+        for name in ("batch_size", "max_new_tokens", "num_beams", "max_rows"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be from 1 to {MAX_THREADS}, got {self.threads}.")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number above 0, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:  # NaN too
+            raise ValueError(f"top_p must be above 0 and at most 1, got {self.top_p}.")
         if self.neighbours < 0:
             raise ValueError(f"neighbours must be at least 0, got {self.neighbours}.")
         if self.near_twin is not None and not 0 <= self.near_twin <= 1:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from pathlib import Path
 
 from llamo.cli_common import add_command, add_device_arguments, options_of
 from llamo.errors import CommandError
@@ -70,21 +72,36 @@ def run_generate_data(args: argparse.Namespace) -> None:
     transformers chat model, or the offline grounded teacher (verified facts only). Appends to OUTPUT (JSONL,
     conversation schema) and resumes where a killed or stopped run left off. Sidecars: OUTPUT.status.jsonl (filtered /
     failed molecules), OUTPUT.exemplars.json, OUTPUT.summary.json."""
+    from llamo.storage import refuse_output_over
+
+    from .teachers import MAX_WAIT_SECONDS, TeacherFatalError, build_teacher
+
     for name in ("max_turns", "concurrency", "max_tokens"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     for name in ("num_exemplars", "seed_exemplars", "retries", "max_requests", "limit"):
         if (value := getattr(args, name)) is not None and value < 0:
             raise CommandError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
-    if args.timeout <= 0 or args.backoff < 0 or args.max_backoff < 0:
-        raise CommandError("--timeout must be positive, --backoff and --max-backoff not negative.")
+    if not 0 < args.timeout <= MAX_WAIT_SECONDS:  # NaN too
+        raise CommandError(f"--timeout must be above 0 and at most {MAX_WAIT_SECONDS:g} seconds, got {args.timeout}.")
+    for name in ("backoff", "max_backoff"):
+        if not 0 <= (value := getattr(args, name)) <= MAX_WAIT_SECONDS:
+            flag = f"--{name.replace('_', '-')}"
+            raise CommandError(f"{flag} must be from 0 to {MAX_WAIT_SECONDS:g} seconds, got {value}.")
+    if not 0 <= args.temperature < math.inf:
+        raise CommandError(f"--temperature must be a finite number of at least 0, got {args.temperature}.")
+    if Path(args.output).is_dir():
+        raise CommandError(f"--output {args.output} is a folder: give the JSONL file to write.")
+    try:
+        refuse_output_over(args.output, input=args.input)  # --overwrite would start by deleting it
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     level = logging.INFO if args.verbose else logging.WARNING  # basicConfig keeps a root logger's own handlers
     logging.basicConfig(level=level, format="llamo generate-data: %(levelname)s: %(message)s", stream=sys.stderr)
 
     from .instruction_data import DataGenerationConfig, generate_conversations
     from .instruction_inputs import ColumnNames, read_molecules
     from .instruction_summary import format_summary
-    from .teachers import TeacherFatalError, build_teacher
 
     columns = ColumnNames(
         **{role: getattr(args, f"{role}_column") for role in ("smiles", "description", "iupac", "id")}
@@ -103,6 +120,8 @@ def run_generate_data(args: argparse.Namespace) -> None:
         summary = generate_conversations(molecules, teacher, args.output, config)
     except TeacherFatalError as error:
         raise CommandError(f"the teacher refused the request: {error.detail}") from None
+    except IsADirectoryError as error:  # INPUT read as a file, or a sidecar of OUTPUT
+        raise CommandError(f"{error.filename} is a folder, not a file.") from None
     except ValueError as error:
         raise CommandError(str(error)) from None
     print(format_summary(summary), file=sys.stderr)

@@ -9,6 +9,7 @@ import contextlib
 import email.utils
 import itertools
 import logging
+import math
 import os
 import random
 import threading
@@ -31,6 +32,8 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_WAIT_SECONDS = 86_400.0
+"""The longest request timeout and retry delay accepted, a day (socket and thread waits overflow near 9.2e9 s)."""
 
 
 class TeacherError(Exception):
@@ -115,8 +118,13 @@ class RetryPolicy:
     jitter: float = 0.25
     max_retry_after: float = 300.0
 
+    def __post_init__(self) -> None:
+        for name in ("initial_backoff", "max_backoff"):
+            if not 0 <= (value := getattr(self, name)) <= MAX_WAIT_SECONDS:  # NaN too
+                raise ValueError(f"{name} must be from 0 to {MAX_WAIT_SECONDS:g} seconds, got {value}")
+
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        backoff = min(self.max_backoff, self.initial_backoff * 2**attempt)
+        backoff = min(self.max_backoff, self.initial_backoff * 2 ** min(attempt, 1000))  # 2**1024 is past a float
         backoff *= 1 + self.jitter * (2 * rng.random() - 1)
         if retry_after is not None:
             backoff = max(backoff, min(retry_after, self.max_retry_after))
@@ -140,6 +148,12 @@ def chat_completions_url(base_url: str) -> str:
         raise ValueError(f"Base URL must be an http(s) URL such as {DEFAULT_BASE_URL}, got {base_url!r}")
     base = base_url.rstrip("/")
     return base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+
+
+def _check_temperature(temperature: float) -> None:
+    """A `ValueError` unless `temperature` is a finite number >= 0 (a request with NaN is not even valid JSON)."""
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
 
 
 class _TeacherClient(InferenceClient):
@@ -189,8 +203,9 @@ class OpenAICompatibleTeacher:
     ):
         if not model:
             raise ValueError("An OpenAI-compatible teacher needs a model name.")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if not 0 < timeout <= MAX_WAIT_SECONDS:  # NaN too
+            raise ValueError(f"timeout must be > 0 and at most {MAX_WAIT_SECONDS:g} seconds, got {timeout}")
+        _check_temperature(temperature)
         self.model, self.base_url, self.url = model, base_url, chat_completions_url(base_url)
         self.api_key_env = api_key_env
         self._api_key = Secret(os.environ.get(api_key_env, "").strip() if api_key_env else "")
@@ -292,6 +307,7 @@ class TransformersTeacher:
         dtype: str = "auto",
         budget: RequestBudget | None = None,
     ):
+        _check_temperature(temperature)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

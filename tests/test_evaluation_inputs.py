@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
 from llamo.cli import main
-from llamo.evaluation import EvaluationConfig, evaluate
+from llamo.evaluation import EvaluationConfig, evaluate, runner
 from llamo.evaluation.baselines import MeanBaseline, RetrievalBaseline
 from llamo.evaluation.data import load_rows, select_examples
 from llamo.evaluation.predictions import PREDICTIONS_FILE, RUN_CONFIG_FILE, tsv_name
@@ -167,6 +168,48 @@ def test_neighbour_settings_out_of_range_are_refused_before_anything_loads(tmp_p
     with pytest.raises(ValueError, match=r"near_twin must be a similarity from 0 to 1, got 1\.5"):
         EvaluationConfig(near_twin=1.5, **common)
     assert EvaluationConfig(neighbours=0, near_twin=1.0, **common).near_twin == 1.0
+
+
+def test_threads_temperature_and_top_p_out_of_range_are_refused_by_the_parser(tmp_path, capsys):
+    argv = ["evaluate", str(tmp_path / "unread"), "--data", str(tmp_path / "unread.jsonl"), "--do-sample"]
+    refused = [
+        ("--threads", "5000", "an integer from 1 to 256"),  # 5000 crashed generation (SIGSEGV)
+        ("--threads", "0", "an integer from 1 to 256"),
+        ("--temperature", "inf", "a finite number above 0"),
+        ("--temperature", "nan", "a finite number above 0"),
+        ("--top-p", "5", "a number above 0, at most 1"),
+        ("--top-p", "nan", "a number above 0, at most 1"),
+        ("--top-p", "0", "a number above 0, at most 1"),
+    ]
+    for option, value, expected in refused:
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--output-dir", str(tmp_path / "out"), option, value])
+        assert exit_.value.code == 2
+        assert f"argument {option}: '{value}': expected {expected}" in capsys.readouterr().err
+    common = dict(model=str(tmp_path / "unread"), data=str(tmp_path / "unread.jsonl"), output_dir=str(tmp_path))
+    for changes, message in [
+        ({"threads": 257}, "threads must be from 1 to 256, got 257"),
+        ({"temperature": float("inf")}, "temperature must be a finite number above 0, got inf"),
+        ({"top_p": float("nan")}, r"top_p must be above 0 and at most 1, got nan"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EvaluationConfig(**changes, **common)
+    assert not (tmp_path / "out").exists()
+
+
+def test_neighbour_options_without_an_index_are_refused_before_anything_loads(tmp_path, capsys, monkeypatch):
+    argv = ["evaluate", str(tmp_path / "unread"), "--data", str(tmp_path / "unread.jsonl")]
+    argv += ["--output-dir", str(tmp_path / "out")]
+    given = [["--neighbours", "5"], ["--neighbours", str(DEFAULT_NEIGHBOURS)], ["--near-twin", "0.5"]]
+    for extra in [*given, ["--rank-neighbour-answers"]]:
+        assert main([*argv, *extra]) == 2
+        assert f"{extra[0]} needs a molecule index: give --index" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    configs: list[EvaluationConfig] = []
+    monkeypatch.setattr(runner, "evaluate", lambda config: configs.append(config) or {"results": []})
+    for extra in (["--index", "I"], ["--index", "I", "--neighbours", "5"]):
+        assert main([*argv, "--no-progress", *extra]) == 0
+    assert [config.neighbours for config in configs] == [DEFAULT_NEIGHBOURS, 5]  # the default applies
 
 
 def test_an_index_of_another_task_is_refused_naming_both(tmp_path, capsys):

@@ -42,6 +42,7 @@ from llamo.processing.teachers import (
     RetryPolicy,
     Secret,
     TeacherFatalError,
+    build_teacher,
     chat_completions_url,
     parse_retry_after,
 )
@@ -941,6 +942,57 @@ def test_missing_input_and_bad_numbers_are_clear_errors(tmp_path, capsys):
     assert main(["generate-data", str(source), "-o", "o.jsonl", "--teacher", "openai"]) == 2
     assert "needs --model" in capsys.readouterr().err
     assert not os.path.exists("o.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--backoff", "nan"),
+        ("--backoff", "inf"),
+        ("--max-backoff", "inf"),
+        ("--timeout", "nan"),
+        ("--timeout", "inf"),
+        ("--timeout", "1e10"),  # finite, yet past what a socket timeout can hold
+        ("--timeout", "0"),
+        ("--temperature", "nan"),
+        ("--temperature", "inf"),
+        ("--temperature", "-1"),
+    ],
+)
+def test_teacher_numbers_that_are_not_finite_or_in_range_are_refused_before_any_request(
+    server, tmp_path, capsys, option, value
+):
+    source, output = write_jsonl(tmp_path / "m.jsonl", MOLECULES[:1]), tmp_path / "o.jsonl"
+    assert main(cli_args(server, source, output, "--num-exemplars", "0", option, value)) == 2
+    assert f"{option} must " in (err := capsys.readouterr().err) and f"got {float(value)}." in err
+    assert not server.log and not output.exists()
+
+
+def test_teachers_refuse_numbers_that_are_not_finite_or_in_range():
+    for changes in ({"initial_backoff": float("nan")}, {"max_backoff": float("inf")}, {"initial_backoff": -1.0}):
+        with pytest.raises(ValueError, match=f"{next(iter(changes))} must be from 0 to 86400 seconds"):
+            RetryPolicy(**changes)
+    for changes in ({"timeout": float("nan")}, {"timeout": float("inf")}, {"temperature": float("nan")}):
+        with pytest.raises(ValueError, match=f"{next(iter(changes))} must be"):
+            OpenAICompatibleTeacher("m", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV, **changes)
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0, got -1"):
+        build_teacher("transformers", "never-loaded", temperature=-1.0)
+    policy = RetryPolicy(initial_backoff=0.0, max_backoff=0.0, jitter=0.0)
+    assert policy.delay(5000, None, __import__("random").Random(0)) == 0.0  # 2**5000 once overflowed a float
+
+
+def test_an_output_that_is_a_folder_is_refused_naming_it(tmp_path, capsys):
+    source, folder = write_jsonl(tmp_path / "m.jsonl", MOLECULES[:1]), tmp_path / "out"
+    folder.mkdir()
+    argv = ["generate-data", str(source), "--teacher", "grounded", "--no-progress", "-o"]
+    assert main([*argv, str(folder)]) == 2
+    assert f"--output {folder} is a folder" in capsys.readouterr().err
+    (tmp_path / "o.jsonl.status.jsonl").mkdir()  # a sidecar
+    assert main([*argv, str(tmp_path / "o.jsonl")]) == 2
+    assert f"{tmp_path / 'o.jsonl.status.jsonl'} is a folder" in capsys.readouterr().err
+    before = source.read_text()  # --overwrite starts the output over: never when the output is the input
+    assert main([*argv, str(source), "--overwrite"]) == 2
+    assert "is the input" in capsys.readouterr().err and source.read_text() == before
 
 
 def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete_output(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import selfies
+import yaml
 
 from llamo.processing.collators import LlamoDataCollator
 from llamo.processing.featurization import featurize_dataset
@@ -19,7 +20,7 @@ from llamo.processing.loaders import (
     load_qm9_properties,
 )
 from llamo.processing.schema import MAX_TURNS
-from llamo.training.config import DataSourceConfig
+from llamo.training.config import DataSourceConfig, stage_arguments
 from llamo.training.data import prepare_source
 
 
@@ -189,3 +190,107 @@ def test_a_row_whose_molecules_do_not_fit_is_left_out_of_its_batch(tmp_path, tin
     assert batch["atom_mask"].shape[1] == 1  # the kept row's one molecule
     with pytest.raises(ValueError, match=r"Row too-many .* keeps .* graph placeholders"):
         collator([featurized[1]])
+
+
+# --- training settings: refused by `llamo train` before any model or data loads ------------------------------------
+
+
+def write_recipe(tmp_path, **settings) -> str:
+    """A stage-1 recipe whose data and model do not exist: only a refusal of the settings ends the command cleanly."""
+    recipe = {"output_dir": str(tmp_path / "run"), "sources": [{"type": "chebi20", "path": str(tmp_path / "x.tsv")}]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, **settings}))
+    return str(tmp_path / "recipe.yaml")
+
+
+def refusal(capsys, argv: list[str]) -> str:
+    """What `llamo train` says when it refuses `argv` (usage exit status 2) before anything is written."""
+    from llamo.cli import main
+
+    assert main(["train", *argv]) == 2
+    return capsys.readouterr().err.strip().removeprefix("llamo train: error: invalid stage1 configuration: ")
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("learning_rate", "inf", "learning_rate must be a finite number >= 0, got inf"),
+        ("learning_rate", "-1e-4", "learning_rate must be a finite number >= 0, got -0.0001"),
+        ("weight_decay", "nan", "weight_decay must be a finite number >= 0, got nan"),
+        ("weight_decay", "inf", "weight_decay must be a finite number >= 0, got inf"),
+        ("weight_decay", "-0.05", "weight_decay must be a finite number >= 0, got -0.05"),
+        ("max_grad_norm", "nan", "max_grad_norm must be a number >= 0 (0: no clipping) or inf (no clipping, the norm"),
+        ("max_grad_norm", "-1", "max_grad_norm must be a number >= 0 (0: no clipping) or inf (no clipping, the norm"),
+        ("num_train_epochs", "nan", "num_train_epochs must be a finite number >= 0, got nan"),
+        ("num_train_epochs", "inf", "num_train_epochs must be a finite number >= 0, got inf"),
+        ("num_train_epochs", "-1", "num_train_epochs must be a finite number >= 0, got -1.0"),
+        ("neighbour_share", "2", "neighbour_share must be a number in [0, 1], got 2.0"),
+        ("neighbour_share", "nan", "neighbour_share must be a number in [0, 1], got nan"),
+        ("neighbours", "-1", "neighbours must be an integer >= 0, got -1"),
+        ("gradient_accumulation_steps", "0", "gradient_accumulation_steps must be an integer >= 1, got 0"),
+        ("adam_beta1", "nan", "adam_beta1 must be a finite number, got nan"),  # NaN in any float setting
+        ("lora_dropout", "inf", "lora_dropout must be a finite number, got inf"),
+    ],
+)
+def test_training_numbers_that_cannot_train_are_refused_naming_the_option(tmp_path, capsys, flag, value, message):
+    assert refusal(capsys, ["stage1", "--config", write_recipe(tmp_path), f"--{flag}={value}"]).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_edge_values_that_train_are_kept(tmp_path):
+    from llamo.training import stage1
+
+    for flags in (
+        ["--max_grad_norm", "0", "--neighbour_share", "0", "--weight_decay", "0", "--gradient_accumulation_steps", "1"],
+        ["--max_grad_norm", "inf", "--neighbour_share", "1", "--num_train_epochs", "0.5", "--learning_rate", "0"],
+    ):
+        script, training, _ = stage1.parse(["--config", write_recipe(tmp_path), *flags])
+        values = dict(zip(flags[::2], flags[1::2], strict=True))
+        assert training.max_grad_norm == float(values["--max_grad_norm"])
+        assert script.neighbour_share == float(values["--neighbour_share"])
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_dir_that_is_a_file_is_refused_naming_it(tmp_path, capsys, inside):
+    file = tmp_path / "notes.txt"
+    file.write_text("not a run folder")
+    output_dir = file / "run" if inside else file
+    message = refusal(capsys, ["stage1", "--config", write_recipe(tmp_path, output_dir=str(output_dir))])
+    if inside:
+        assert message == f"output_dir {output_dir} lies inside {file}, which is not a folder: choose another one"
+    else:
+        assert message == f"output_dir {file} exists and is not a folder: choose another one"
+    assert file.read_text() == "not a run folder"
+
+
+@pytest.mark.parametrize(
+    "sources, message",
+    [
+        (5, "sources must be a list of data sources, got int"),
+        ({"type": "chebi20", "path": "x.tsv"}, "sources must be a list of data sources, got dict"),
+        ([5], "sources[0] must be a mapping (type, path, ...), got int"),
+        ([{"type": "qm9"}, {"type": "qm9", "weight": float("nan")}], "sources[1]: weight must be a finite number >= 0"),
+        ([{"type": "qm9", "weight": -1}], "sources[0]: weight must be a finite number >= 0, got -1"),
+        ([{"type": "qm9", "weight": float("inf")}], "sources[0]: weight must be a finite number >= 0, got inf"),
+        ([{"type": "qm9", "weight": "half"}], "sources[0]: weight must be a finite number >= 0, got 'half'"),
+        ([{"type": "qm9", "holdout": 1}], "sources[0]: holdout must be a number in [0, 1), got 1"),
+        ([{"type": "qm9", "wieght": 2}], "sources[0]: DataSourceConfig.__init__() got an unexpected keyword"),
+        ([{"type": "qm8"}], "sources[0]: Unknown data source type 'qm8'"),
+    ],
+)
+def test_malformed_recipe_sources_are_refused_naming_the_key(tmp_path, capsys, sources, message):
+    assert refusal(capsys, ["stage1", "--config", write_recipe(tmp_path, sources=sources)]).startswith(message)
+
+
+def test_a_recipe_source_weight_of_nan_is_refused_as_yaml_writes_it(tmp_path, capsys):
+    recipe = tmp_path / "nan.yaml"
+    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nsources:\n  - {{type: qm9, weight: .nan}}\n")
+    assert (
+        refusal(capsys, ["stage1", "--config", str(recipe)])
+        == "sources[0]: weight must be a finite number >= 0, got nan"
+    )
+
+
+def test_source_numbers_written_as_yaml_strings_are_read_as_numbers(tmp_path):
+    sources = [{"type": "qm9", "weight": "5e-1", "holdout": "1e-1"}, {"type": "qm9", "weight": 0}]
+    script = stage_arguments("stage1", {"output_dir": str(tmp_path / "run"), "sources": sources}).script
+    assert [(source.weight, source.holdout) for source in script.sources] == [(0.5, 0.1), (0, 0.0)]

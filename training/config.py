@@ -64,6 +64,31 @@ class DataSourceConfig:
             raise ValueError(f"Data source {self.type!r} needs a `path` (local file or folder, or Hub dataset id)")
         if self.part not in ("train", "test"):
             raise ValueError(f"Data source `part` must be 'train' or 'test', got {self.part!r}")
+        self.weight = _source_number("weight", self.weight, 0, math.inf, "a finite number >= 0")
+        self.holdout = _source_number("holdout", self.holdout, 0, 1, "a number in [0, 1)")
+
+
+def _source_number(name: str, value: Any, low: float, high: float, expected: str) -> float:
+    """A data source's number, refused unless `low <= value < high` (NaN never is); a numeric string is read as a
+    number, as `TrlParser` reads the recipe's own keys (YAML reads `5e-1` as a string)."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _data_source(index: int, source: Any) -> DataSourceConfig:
+    """Entry `index` of a recipe's `sources` as a `DataSourceConfig`; an error names the entry."""
+    if isinstance(source, DataSourceConfig):
+        return source
+    if not isinstance(source, dict):
+        raise ValueError(f"sources[{index}] must be a mapping (type, path, ...), got {type(source).__name__}")
+    try:
+        return DataSourceConfig(**source)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sources[{index}]: {error}") from None
 
 
 @dataclass
@@ -95,7 +120,11 @@ class LlamoScriptArguments:
     overwrite_output_dir: bool = _arg(False, "start over in an output_dir that holds another or a finished run")
 
     def __post_init__(self):
-        self.sources = [s if isinstance(s, DataSourceConfig) else DataSourceConfig(**s) for s in self.sources]
+        if self.sources is None:  # `sources:` left empty
+            self.sources = []
+        if not isinstance(self.sources, list):
+            raise ValueError(f"sources must be a list of data sources, got {type(self.sources).__name__}")
+        self.sources = [_data_source(index, source) for index, source in enumerate(self.sources)]
         if self.mode not in ("generalist", "specialist"):
             raise ValueError(f"mode must be 'generalist' or 'specialist', got {self.mode!r}")
         if self.mode == "specialist" and not self.task:
@@ -285,10 +314,49 @@ def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
     return check_arguments(stage, StageArguments(*parsed))
 
 
+NUMBER_LIMITS: dict[str, tuple[float, float, str]] = {
+    "learning_rate": (0, math.inf, "a finite number >= 0"),
+    "weight_decay": (0, math.inf, "a finite number >= 0"),
+    "num_train_epochs": (0, math.inf, "a finite number >= 0"),
+    "max_grad_norm": (0, math.inf, "a number >= 0 (0: no clipping) or inf (no clipping, the norm logged)"),
+    "gradient_accumulation_steps": (1, math.inf, "an integer >= 1"),
+    "neighbours": (0, math.inf, "an integer >= 0"),
+    "neighbour_share": (0, 1, "a number in [0, 1]"),
+}
+"""`(lowest, highest, wording)` of numeric settings with a range; every other number only has to be finite."""
+INFINITY_ALLOWED = {"max_grad_norm"}
+
+
+def check_numbers(arguments: StageArguments) -> None:
+    """Refuse NaN in any numeric setting, inf except where `INFINITY_ALLOWED`, and values outside `NUMBER_LIMITS`."""
+    for part in arguments:
+        for item in fields(part):
+            value = getattr(part, item.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            low, high, expected = NUMBER_LIMITS.get(item.name, (-math.inf, math.inf, "a finite number"))
+            finite = math.isfinite(value) or (value == math.inf and item.name in INFINITY_ALLOWED)
+            if not finite or not low <= value <= high:
+                raise ValueError(f"{item.name} must be {expected}, got {value}")
+
+
+def check_output_dir(output_dir: str | None) -> None:
+    """Refuse an `output_dir` that is, or lies inside, an existing file."""
+    path = Path(output_dir or ".")
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == path:
+        raise ValueError(f"output_dir {output_dir} exists and is not a folder: choose another one")
+    raise ValueError(f"output_dir {output_dir} lies inside {existing}, which is not a folder: choose another one")
+
+
 def check_arguments(stage: str, arguments: StageArguments) -> StageArguments:
     """Refuse settings that LLaMo's data or stages cannot train with, saying why. The paper's `lr_scheduler_kwargs`
     belong to its scheduler: with another `lr_scheduler_type` and the kwargs left at the paper's, they are dropped."""
     training, model = arguments.training, arguments.model
+    check_numbers(arguments)
+    check_output_dir(training.output_dir)
     paper = STAGE_DEFAULTS[stage]
     if training.lr_scheduler_type != paper["lr_scheduler_type"] and same_setting(
         training.lr_scheduler_kwargs, paper["lr_scheduler_kwargs"]
