@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
@@ -88,6 +89,10 @@ class EvaluationConfig:
             raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens], got {self.min_new_tokens}.")
         if self.propose_names and not self.verify_names:
             raise ValueError("propose_names needs verify_names: the namer's names are answered only when verified.")
+        for name in ("scibert_vocab", "llm_tokenizer"):  # a mistyped path would fail only after generation
+            value = getattr(self, name)
+            if value and not Path(value).exists() and (value.count("/") != 1 or value[0] in "./~"):
+                raise ValueError(f"{name} {value[:80]!r} is neither a file or folder here nor a Hub id (OWNER/NAME).")
         if self.tasks is not None:
             self.tasks = sorted(set(self.tasks))
 

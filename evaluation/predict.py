@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_name_hint
 
+from .config import MAX_THREADS
 from .data import EvalExample
 from .predictions import PredictionRecord, PredictionStore, Skip
 
@@ -34,11 +35,12 @@ Predictor = Callable[[Sequence[EvalExample]], list["str | Skip"]]
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """CPU threads for generation, and why: `requested` (`--threads`); else `OMP_NUM_THREADS` when set; else the cores
-    this process may use minus the 1-minute load average, at least 1 (torch's default, all cores, stalls busy hosts)."""
+    this process may use minus the 1-minute load average, at least 1 (torch's default, all cores, stalls busy hosts);
+    never over `MAX_THREADS`."""
     if requested is not None:
         return requested, "--threads"
     if (from_env := os.environ.get("OMP_NUM_THREADS", "").strip()).isdigit() and int(from_env) > 0:
-        return int(from_env), "OMP_NUM_THREADS"
+        return min(int(from_env), MAX_THREADS), "OMP_NUM_THREADS"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, round(cores - load))), f"{cores} cores, 1-minute load {load:.1f}"

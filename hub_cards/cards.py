@@ -64,6 +64,18 @@ class ModelCardOptions:
     tags: list[str] = field(default_factory=list)
     conversion: list[tuple[str, str]] | None = None
 
+    def __post_init__(self) -> None:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            if self.repo_id is not None:  # the card's usage snippet loads it
+                validate_repo_id(self.repo_id)
+        except HFValidationError:
+            raise CardError(f"repo_id {self.repo_id[:80]!r} is not a Hub repository id (NAMESPACE/NAME).") from None
+        if not self.license.strip():
+            raise CardError("license must not be empty (e.g. apache-2.0, or 'other').")
+
 
 def model_rows(model, processor) -> list[tuple[str, str]]:
     """The card's "Model details" table, read from the model's config and parameter shapes and its processor."""

@@ -61,19 +61,22 @@ def _add_init_parser(subparsers) -> None:
     graph.add_argument("--gin-hidden", type=int, default=300, help="GIN width")
     projector = parser.add_argument_group("graph projector")
     projector.add_argument("--queries-per-level", type=int, default=4, help="graph tokens per GIN level")
-    projector.add_argument("--motif-queries", type=int, default=4, help="graph tokens for the motif groups")
+    projector.add_argument("--motif-queries", type=int, help="graph tokens for the motif groups (default: 4)")
     projector.add_argument("--heads", type=int, default=4, help="cross-attention heads")
     projector.add_argument("--mlp-depth", type=int, default=6, help="layers of the MLP into the LM width")
     projector.add_argument(
         "--share-level-attention", action="store_true", help="one attention for all levels (the released weights)"
     )
     projector.add_argument(
-        "--motif-position", choices=["first", "last"], default="first", help="where the motif tokens go"
+        "--motif-position", choices=["first", "last"], help="where the motif tokens go (default: first)"
     )
     projector.add_argument("--no-motifs", action="store_true", help="no motif tokens (the paper's ablation)")
     processor = parser.add_argument_group("processor")
     processor.add_argument(
-        "--max-atoms", type=int, default=DEFAULT_MAX_ATOMS, help="refuse larger molecules (0: no limit)"
+        "--max-atoms",
+        type=number_in(int, -1, math.inf, "an integer of at least 0 (0: no limit)"),
+        default=DEFAULT_MAX_ATOMS,
+        help="refuse larger molecules (0: no limit)",
     )
     processor.add_argument(
         "--prompt-smiles",
@@ -151,6 +154,10 @@ def _run_init(args: argparse.Namespace) -> None:
 
     from .builder import build_llamo, save_llamo
 
+    if args.no_motifs and (
+        given := [f"--motif-{name}" for name in ("queries", "position") if getattr(args, f"motif_{name}") is not None]
+    ):
+        raise CommandError(f"--no-motifs makes no motif tokens: {' and '.join(given)} would have no effect.")
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise CommandError(f"{output_dir} exists and is not a folder: choose a new folder for OUT_DIR.")
@@ -170,11 +177,11 @@ def _run_init(args: argparse.Namespace) -> None:
             graph_config={"hidden_size": args.gin_hidden, "num_layers": args.gin_layers},
             projector_config={
                 "queries_per_level": args.queries_per_level,
-                "num_motif_queries": args.motif_queries,
+                "num_motif_queries": 4 if args.motif_queries is None else args.motif_queries,
                 "num_heads": args.heads,
                 "mlp_depth": args.mlp_depth,
                 "share_level_attention": args.share_level_attention,
-                "motif_tokens_position": args.motif_position,
+                "motif_tokens_position": args.motif_position or "first",
                 "use_motifs": not args.no_motifs,
             },
             chat_template=args.chat_template,
@@ -205,6 +212,7 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     from . import LlamoMoleculePipeline
     from .builder import load_llamo
     from .default_model import DefaultModelUnavailable, resolve_model_dir
+    from .pipeline_llamo import model_context
     from .quiet import quiet_loading
     from .smiles_llamo import parse_smiles
 
@@ -234,6 +242,12 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
         processor.featurizer.prepare(args.smiles)  # e.g. over the model's max_atoms: no question could be answered
     except ValueError as error:
         raise CommandError(str(error)) from error
+    context = model_context(model)
+    if args.max_new_tokens is not None and args.max_new_tokens > context:  # nor any with this option
+        raise CommandError(
+            f"max_new_tokens must be an integer from 1 to the model's context of {context} tokens, got "
+            f"{args.max_new_tokens}."
+        )
     torch.manual_seed(args.seed)
     return pipe, folder
 

@@ -78,7 +78,9 @@ def run_build(args: argparse.Namespace) -> int:
     an IUPAC CSV, or the packaged tables 'chemicals' (PubChem IUPAC names) and 'qm9' (HOMO / LUMO / gap). The index is
     written as a datasets folder (push it to the Hub with datasets' push_to_hub)."""
     output = Path(args.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if output.exists() and not output.is_dir():
+        raise CommandError(f"{output} exists and is not a folder: choose a new folder for the index.")
+    if output.exists() and any(output.iterdir()):
         raise CommandError(f"{output} exists and is not empty: choose a new folder for the index.")
     if not 0 <= args.holdout < 1:
         raise CommandError(f"--holdout must be in [0, 1), got {args.holdout}.")

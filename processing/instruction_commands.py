@@ -90,6 +90,8 @@ def run_generate_data(args: argparse.Namespace) -> None:
             raise CommandError(f"{flag} must be from 0 to {MAX_WAIT_SECONDS:g} seconds, got {value}.")
     if not 0 <= args.temperature < math.inf:
         raise CommandError(f"--temperature must be a finite number of at least 0, got {args.temperature}.")
+    if not args.output.strip():
+        raise CommandError("--output is empty: give the JSONL file to write.")
     if Path(args.output).is_dir():
         raise CommandError(f"--output {args.output} is a folder: give the JSONL file to write.")
     try:

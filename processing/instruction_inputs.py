@@ -110,7 +110,8 @@ def read_molecules(
 ) -> MoleculeInput:
     """Read molecules with contexts from a ChEBI-20 style TSV, a CSV, a JSONL, a saved dataset folder, or a
     `datasets.Dataset` (a conversation-schema one gives its last assistant message as the description). Rows with no
-    or unparsable SMILES, no description, a repeated id or unreadable JSON are counted in `skipped`; a missing column
+    or unparsable SMILES, no description, text that is not UTF-8, a repeated id or unreadable JSON are counted in
+    `skipped`; a missing column
     raises `ValueError` naming it. `limit` stops after that many molecules."""
     from llamo.smiles_llamo import parse_smiles
 
@@ -128,6 +129,8 @@ def read_molecules(
         text = {role: str(row.get(column) or "").strip() for role, column in resolved.items()}
         if not text["smiles"]:
             return "missing_smiles"
+        if any("\ufffd" in value for value in text.values()):  # bytes that were not UTF-8 (`read_table`)
+            return "invalid_utf8"
         try:
             mol = parse_smiles(text["smiles"])
         except ValueError:

@@ -186,6 +186,12 @@ def test_init_names_graph_settings_that_do_not_fit_together(tiny_llm_dir, tmp_pa
     assert "graph tokens per molecule do not fit in the language model's context of 2048 tokens" in (
         capsys.readouterr().err
     )
+    argv = ["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--no-motifs", "--motif-queries", "8"]
+    assert main(argv) == 2
+    assert "--no-motifs makes no motif tokens: --motif-queries would have no effect" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused by the parser, before the LM loads
+        main(["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--max-atoms", "-1"])
+    assert "argument --max-atoms: '-1': expected an integer of at least 0 (0: no limit)" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 

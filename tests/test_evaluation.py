@@ -634,6 +634,9 @@ def test_threads_follow_the_option_then_omp_num_threads_then_the_free_cores(tmp_
     assert choose_threads()[0] == 1  # never fewer than one
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert choose_threads() == (3, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5000")  # thousands of threads crash torch's thread pool
+    assert choose_threads() == (256, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert choose_threads(2) == (2, "--threads")
 
     before = torch.get_num_threads()

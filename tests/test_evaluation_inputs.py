@@ -168,6 +168,11 @@ def test_neighbour_settings_out_of_range_are_refused_before_anything_loads(tmp_p
     with pytest.raises(ValueError, match=r"near_twin must be a similarity from 0 to 1, got 1\.5"):
         EvaluationConfig(near_twin=1.5, **common)
     assert EvaluationConfig(neighbours=0, near_twin=1.0, **common).near_twin == 1.0
+    for name in ("scibert_vocab", "llm_tokenizer"):  # a mistyped path failed only after the whole generation
+        for mistyped in ("nosuch", "data/scibert/vocab.txt"):
+            with pytest.raises(ValueError, match=f"{name} '{mistyped}' is neither a file or folder here nor a Hub"):
+                EvaluationConfig(**{name: mistyped}, **common)
+        assert getattr(EvaluationConfig(**{name: "owner/name"}, **common), name) == "owner/name"
 
 
 def test_threads_temperature_and_top_p_out_of_range_are_refused_by_the_parser(tmp_path, capsys):

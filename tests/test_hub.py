@@ -366,7 +366,7 @@ def test_export_folder_layout(exported):
             assert not any(alias.name.startswith("llamo") for alias in node.names)
 
 
-def test_export_refuses_to_overwrite_and_bad_sources(tiny_llamo_dir, tmp_path):
+def test_export_refuses_to_overwrite_and_bad_sources(tiny_llamo_dir, tmp_path, capsys):
     target = tmp_path / "out"
     target.mkdir()
     (target / "mine.txt").write_text("keep me")
@@ -390,6 +390,12 @@ def test_export_refuses_to_overwrite_and_bad_sources(tiny_llamo_dir, tmp_path):
     (holder / "thesis.txt").write_text("mine")
     assert main(["export", str(holder / "model"), str(holder), "--overwrite"]) == 2
     assert sorted(path.name for path in holder.iterdir()) == ["model", "thesis.txt"]
+    for option, message in (
+        (["--repo-id", "bad repo id!!"], "is not a Hub repository id"),
+        (["--license", " "], "license"),
+    ):
+        assert main(["export", str(tiny_llamo_dir), str(tmp_path / "new"), *option]) == 2  # the card's snippet and
+        assert message in capsys.readouterr().err and not (tmp_path / "new").exists()  # metadata would be broken
 
 
 # --- the custom pipeline in this process -------------------------------------------------------------------------

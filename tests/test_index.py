@@ -203,7 +203,7 @@ def test_cli_refuses_what_is_not_an_index_and_a_file_as_output(tmp_path, capsys)
     taken = tmp_path / "taken.txt"
     taken.write_text("mine\n", encoding="utf-8")
     assert main(["index", "build", str(CHEBI_VALIDATION), "-o", str(taken), "--task", "description"]) == 2
-    assert "exists and is not empty" in capsys.readouterr().err and taken.read_text(encoding="utf-8") == "mine\n"
+    assert "exists and is not a folder" in capsys.readouterr().err and taken.read_text(encoding="utf-8") == "mine\n"
     rows = tmp_path / "rows.jsonl"  # conversation rows without their `id`: the loader's reasons reach the user
     rows.write_text(json.dumps({"smiles": "CCO", "messages": [{"role": "user", "content": "Name it."}]}) + "\n{\n")
     assert main(["index", "build", str(rows), "-o", str(tmp_path / "new"), "--task", "iupac"]) == 2

@@ -339,6 +339,8 @@ def test_read_chebi_tsv_skips_and_counts_bad_rows(tmp_path):
     bad = ["1\tC1CC\tA broken ring.", "2\t\tNo SMILES.", "3\tCCO\t", first]  # unparsable, empty, no text, repeat
     path = tmp_path / "chebi.txt"
     path.write_text("\n".join([header, *lines[1:], *bad]) + "\n", encoding="utf-8")
+    with open(path, "ab") as handle:  # Latin-1, not UTF-8: skipped, never stored with U+FFFD in its place
+        handle.write("4\tCCN\tThe molecule is caf\xe9.\n".encode("latin-1"))
     loaded = read_molecules(path, id_prefix="chebi20:")
     assert [m.id for m in loaded.molecules] == [f"chebi20:{line.split(chr(9))[0]}" for line in lines[1:]]
     assert loaded.molecules[0].smiles == first.split("\t")[1]
@@ -348,8 +350,9 @@ def test_read_chebi_tsv_skips_and_counts_bad_rows(tmp_path):
         "missing_smiles": 1,
         "missing_description": 1,
         "duplicate_id": 1,
+        "invalid_utf8": 1,
     }
-    assert loaded.rows == 9
+    assert loaded.rows == 10
     assert len(read_molecules(path, limit=2).molecules) == 2
 
 

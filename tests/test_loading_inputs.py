@@ -203,7 +203,7 @@ def test_the_default_answer_length_fits_a_short_context(folder, capsys, monkeypa
     assert asked == [100]  # a description's default, 256 tokens, cut to the context
     edit_json(folder / "config.json", lambda c: c["text_config"].update(max_position_embeddings=0))
     assert main(["generate", str(folder), "--smiles", "CCO", "Describe it.", "--device", "cpu", "--no-stream"]) == 2
-    assert "the model's context of 0 tokens" in capsys.readouterr().err and asked == [100]  # 0 is no "no limit"
+    assert "context of 0 tokens" in capsys.readouterr().err and asked == [100]  # 0 is no "no limit"
 
 
 def test_an_answer_longer_than_the_context_is_refused_before_generating(tiny_llamo_dir, capsys, monkeypatch):

@@ -229,6 +229,7 @@ def refusal(capsys, argv: list[str]) -> str:
         ("gradient_accumulation_steps", "0", "gradient_accumulation_steps must be an integer >= 1, got 0"),
         ("adam_beta1", "nan", "adam_beta1 must be a finite number, got nan"),  # NaN in any float setting
         ("lora_dropout", "inf", "lora_dropout must be a finite number, got inf"),
+        ("logging_steps", "inf", "cannot convert float infinity to integer"),  # transformers' own check, no traceback
     ],
 )
 def test_training_numbers_that_cannot_train_are_refused_naming_the_option(tmp_path, capsys, flag, value, message):

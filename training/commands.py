@@ -50,7 +50,7 @@ def _parse(stage: str, options: list[str]):
     options = ["--help" if option == "--help-all" else option for option in options]
     try:
         return parse_stage_arguments(stage, options)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OverflowError, FileNotFoundError) as error:  # OverflowError: e.g. logging_steps inf
         raise CommandError(f"invalid {stage} configuration: {error}") from error
 
 
