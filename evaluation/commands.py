@@ -164,6 +164,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from error
     print(format_summary(results))
     print(f"Results: {Path(config.output_dir) / RESULTS_FILE} (0-100 scale except MAE)", file=sys.stderr)
+    if results["results"] and not any(entry["counts"]["predicted"] for entry in results["results"]):
+        raise CommandError("no row could be answered (see the reasons above): the results hold no metric.")
 
 
 def _run_setup_wordnet(args: argparse.Namespace) -> None:

@@ -77,6 +77,9 @@ def plan_push(
         raise PushError(f"Invalid repository id {repo_id!r}: {error}") from None
     if "/" not in repo_id:
         raise PushError(f"Give the repository as NAMESPACE/NAME (your user or organisation name), got {repo_id!r}.")
+    for option, value in (("--revision", revision), ("--commit-message", commit_message)):
+        if value is not None and not value.strip():
+            raise PushError(f"{option} is empty: leave it out for the default.")
     if create_branch and not revision:
         raise PushError("--create-branch needs --revision BRANCH: the branch to create.")
     message = commit_message or f"Upload LLaMo model (llamo {llamo.__version__})"

@@ -54,6 +54,8 @@ def resolve_chat_template(choice: str | None, tokenizer) -> str | None:
         return None
     if choice in CHAT_TEMPLATES:
         return CHAT_TEMPLATES[choice]
+    if not choice.strip():
+        raise ValueError("The chat template is empty: give 'auto', 'tokenizer', 'llama2', a .jinja file or a template.")
     if "{{" in choice or "{%" in choice or "\n" in choice:
         return choice
     path = Path(choice)

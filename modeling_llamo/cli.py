@@ -158,6 +158,8 @@ def _run_init(args: argparse.Namespace) -> None:
         given := [f"--motif-{name}" for name in ("queries", "position") if getattr(args, f"motif_{name}") is not None]
     ):
         raise CommandError(f"--no-motifs makes no motif tokens: {' and '.join(given)} would have no effect.")
+    if not args.chat_template.strip():
+        raise CommandError("--chat-template is empty: give 'auto', 'tokenizer', 'llama2' or a .jinja file.")
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise CommandError(f"{output_dir} exists and is not a folder: choose a new folder for OUT_DIR.")

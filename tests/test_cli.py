@@ -186,6 +186,8 @@ def test_init_names_graph_settings_that_do_not_fit_together(tiny_llm_dir, tmp_pa
     assert "graph tokens per molecule do not fit in the language model's context of 2048 tokens" in (
         capsys.readouterr().err
     )
+    assert main(["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--chat-template", ""]) == 2
+    assert "--chat-template is empty" in capsys.readouterr().err
     argv = ["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--no-motifs", "--motif-queries", "8"]
     assert main(argv) == 2
     assert "--no-motifs makes no motif tokens: --motif-queries would have no effect" in capsys.readouterr().err

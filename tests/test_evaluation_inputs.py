@@ -91,6 +91,11 @@ def test_skip_reasons_are_counted_without_each_rows_details(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "description: 1 of 4 rows predicted, 3 skipped {'malformed conversation': 3}" in out
     assert max(map(len, out.splitlines())) < 200 and len(tsv_name("t" * 5000)) < 120
+    data = write_jsonl(tmp_path / "broken.jsonl", broken)  # nothing to answer: the summary, then a failing status
+    argv = ["evaluate", "--data", str(data), "--output-dir", str(tmp_path / "none"), *common, "--no-progress"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "0 of 3 rows predicted" in captured.out and "no row could be answered" in captured.err
 
 
 def test_retrieval_and_mean_baselines_leave_malformed_training_rows_out():

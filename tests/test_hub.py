@@ -707,6 +707,9 @@ def test_push_errors_name_the_problem_not_the_token(exported, tmp_path, monkeypa
     (linked / "notes.txt").symlink_to(tmp_path / "secret.txt")
     assert main(["push", str(linked), REPO_ID, "--dry-run"]) == 2
     assert "holds symbolic links (notes.txt): push sends plain files only" in capsys.readouterr().err
+    for option in ("--revision", "--commit-message"):  # an empty one was replaced by the default without a word
+        assert main(["push", str(exported), REPO_ID, "--dry-run", option, " "]) == 2
+        assert f"{option} is empty: leave it out for the default" in capsys.readouterr().err
 
     plan = plan_push(exported, REPO_ID)
     offline = RecordingApi(fail_with=ConnectionError(f"connection refused (Authorization: Bearer {SECRET})"))

@@ -282,6 +282,15 @@ def test_malformed_recipe_sources_are_refused_naming_the_key(tmp_path, capsys, s
     assert refusal(capsys, ["stage1", "--config", write_recipe(tmp_path, sources=sources)]).startswith(message)
 
 
+def test_settings_that_would_be_ignored_are_refused(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    argv = ["stage1", "--config", recipe, "--init_llm", "some/lm", "--model_name_or_path", str(tmp_path)]
+    assert refusal(capsys, argv).startswith("give model_name_or_path (a `llamo init` folder) or init_llm")
+    assert refusal(capsys, ["stage1", "--config", recipe, "--task", "iupac"]).startswith(
+        "task (iupac) is for a specialist run: set mode: specialist, or drop task"
+    )
+
+
 def test_a_recipe_source_weight_of_nan_is_refused_as_yaml_writes_it(tmp_path, capsys):
     recipe = tmp_path / "nan.yaml"
     recipe.write_text(f"output_dir: {tmp_path / 'run'}\nsources:\n  - {{type: qm9, weight: .nan}}\n")

@@ -129,6 +129,8 @@ class LlamoScriptArguments:
             raise ValueError(f"mode must be 'generalist' or 'specialist', got {self.mode!r}")
         if self.mode == "specialist" and not self.task:
             raise ValueError("A specialist run needs `task` (description, iupac, property or conversation)")
+        if self.mode == "generalist" and self.task:
+            raise ValueError(f"task ({self.task!s:.40}) is for a specialist run: set mode: specialist, or drop task")
         if not self.sources:
             raise ValueError("No data sources: list them under `sources:` in the recipe")
         if isinstance(self.neighbour_near_twin, str):  # JSON from the command line, as TrainingArguments reads dicts
@@ -355,6 +357,8 @@ def check_arguments(stage: str, arguments: StageArguments) -> StageArguments:
     """Refuse settings that LLaMo's data or stages cannot train with, saying why. The paper's `lr_scheduler_kwargs`
     belong to its scheduler: with another `lr_scheduler_type` and the kwargs left at the paper's, they are dropped."""
     training, model = arguments.training, arguments.model
+    if getattr(arguments.script, "init_llm", None) and model.model_name_or_path:
+        raise ValueError("give model_name_or_path (a `llamo init` folder) or init_llm (an LM to build it), not both")
     check_numbers(arguments)
     check_output_dir(training.output_dir)
     paper = STAGE_DEFAULTS[stage]
