@@ -169,6 +169,8 @@ def _run_init(args: argparse.Namespace) -> None:
         refuse_output_over(output_dir, base_LM=args.llm, chat_template=args.chat_template)
     except ValueError as error:
         raise CommandError(str(error)) from error
+    if Path(args.llm).is_dir() and args.gguf_file and not (Path(args.llm) / args.gguf_file).is_file():
+        raise CommandError(f"--gguf-file {args.gguf_file[:80]!r} is not a file in {args.llm}.")
     if Path(args.llm).is_dir() and not args.gguf_file and not (Path(args.llm) / "config.json").is_file():
         raise CommandError(f"{args.llm} holds no causal LM (no config.json): give a model folder or a Hub id.")
     print(f"Loading {args.llm} ...", file=sys.stderr)

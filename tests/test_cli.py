@@ -188,6 +188,8 @@ def test_init_names_graph_settings_that_do_not_fit_together(tiny_llm_dir, tmp_pa
     )
     assert main(["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--chat-template", ""]) == 2
     assert "--chat-template is empty" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--gguf-file", "nosuch.gguf"]) == 2
+    assert f"--gguf-file 'nosuch.gguf' is not a file in {tiny_llm_dir}" in capsys.readouterr().err  # not a Hub URL
     argv = ["init", str(tmp_path / "a"), "--llm", str(tiny_llm_dir), "--no-motifs", "--motif-queries", "8"]
     assert main(argv) == 2
     assert "--no-motifs makes no motif tokens: --motif-queries would have no effect" in capsys.readouterr().err
