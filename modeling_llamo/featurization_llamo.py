@@ -373,8 +373,9 @@ def pad_molecule_graphs(
 ) -> dict[str, torch.Tensor]:
     """Pad molecules into tensors of shape `(*leading, ...)`, molecule `i` at index `positions[i]` (see
     `collate_molecule_graphs` for the names and trailing shapes); padding and unused positions are zero and False."""
-    if len(graphs) == 1 and graphs[0].motif_features.shape[0] > 0 and graphs[0].edge_index.shape[1] > 0:
-        return _one_molecule(graphs[0], (1,) * len(leading))
+    one_slot = all(size == 1 for size in leading)  # one molecule in a batch of one: nothing to pad
+    if one_slot and len(graphs) == 1 and graphs[0].motif_features.shape[0] > 0 and graphs[0].edge_index.shape[1] > 0:
+        return _one_molecule(graphs[0], leading)
     max_atoms = max(g.atom_features.shape[0] for g in graphs)
     max_edges = max(g.edge_index.shape[1] for g in graphs)
     max_motifs = max(1, max(g.motif_features.shape[0] for g in graphs))

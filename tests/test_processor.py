@@ -503,3 +503,18 @@ def test_a_chat_template_that_drops_molecule_blocks_is_named(processor):
     assert processor.apply_chat_template(molecule_messages("CCO"), **options)["input_ids"].shape[0] == 1
     with pytest.raises(ValueError, match=r"holds 0 <graph> for its 1 molecules: the chat template left molecule"):
         processor.apply_chat_template(molecule_messages("CCO"), chat_template=roles_only, **options)
+
+
+def test_a_batch_holding_one_molecule_in_all_is_padded_to_the_whole_batch(tiny_llamo):
+    from llamo.configuration_llamo import GRAPH_INPUT_NAMES
+
+    model, processor = tiny_llamo
+    graph = processor.graph_token
+    batch = processor(text=["hello", f"{graph} Describe it."], smiles=[[], ["CCO"]])  # CCO: bonds and a group
+    assert batch["atom_features"].shape[:2] == (2, 1) and batch["atom_mask"].any(-1).tolist() == [[False], [True]]
+    alone = processor(text=[f"{graph} Describe it."], smiles=[["CCO"]])
+    for name in GRAPH_INPUT_NAMES:
+        assert torch.equal(batch[name][1:], alone[name]) and not batch[name][0].any(), name
+    with torch.no_grad():
+        logits = model(**batch).logits[1, -1]
+        torch.testing.assert_close(logits, model(**alone).logits[0, -1], atol=1e-5, rtol=1e-5)
