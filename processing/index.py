@@ -65,6 +65,11 @@ def _fingerprinter(task: str) -> Callable[[Chem.Mol], Any]:
     return generator.GetCountFingerprint if counts else generator.GetFingerprint
 
 
+def _keys(inchikeys: Iterable[str] | str | None) -> set[str]:
+    """InChIKeys given as an iterable, one string or None (a string is one key, never its characters)."""
+    return {inchikeys} if isinstance(inchikeys, str) else set(inchikeys or ())
+
+
 def answer_key(task: str, question: str, metadata: dict[str, Any] | None = None) -> str:
     """What groups comparable answers: the property of property QA (from the metadata or question), else the task."""
     if task == "property":
@@ -200,9 +205,10 @@ class MoleculeIndex:
                 f"Could not load the molecule index {path}: {type(error).__name__}: {error!s:.300}"
             ) from error
 
-    def excluding(self, inchikeys: Iterable[str]) -> MoleculeIndex:
-        """A copy without the molecules of `inchikeys` (e.g. an evaluation's test molecules)."""
-        drop = {row for key in set(inchikeys) for row in self._rows_by_inchikey.get(key, [])}
+    def excluding(self, inchikeys: Iterable[str] | str) -> MoleculeIndex:
+        """A copy without the molecules of `inchikeys` (e.g. an evaluation's test molecules; one InChIKey may be given
+        as a string)."""
+        drop = {row for key in _keys(inchikeys) for row in self._rows_by_inchikey.get(key, [])}
         return MoleculeIndex(self.table.select([row for row in range(len(self)) if row not in drop]))
 
     def query_fingerprint(self, smiles: str | Chem.Mol):
@@ -215,7 +221,7 @@ class MoleculeIndex:
         smiles: str | Chem.Mol,
         k: int = 4,
         question: str | None = None,
-        exclude: Sequence[str] = (),
+        exclude: Sequence[str] | str = (),
         key: str | None = None,
     ) -> list[Neighbour]:
         """The `k` entries most similar to a molecule, most similar first; an entry of the same molecule (InChIKey)
@@ -231,7 +237,7 @@ class MoleculeIndex:
                 similarity[~wanted] = -1.0
         same = self._rows_by_inchikey.get(inchikey, []) if inchikey else []
         similarity[same] = np.where(similarity[same] >= 0, 2.0, similarity[same])
-        for excluded in exclude:
+        for excluded in _keys(exclude):
             similarity[self._rows_by_inchikey.get(excluded, [])] = -1.0
         count = min(k, len(similarity))
         top = np.argpartition(-similarity, count - 1)[:count]
