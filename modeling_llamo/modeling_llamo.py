@@ -459,7 +459,14 @@ class LlamoModel(LlamoPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         molecules_per_row = None
-        if graph_embeds is None and atom_features is not None:
+        if graph_embeds is not None and atom_features is not None:
+            raise ValueError("Pass the graph inputs (atom_features, ...) or `graph_embeds` made from them, not both.")
+        if graph_embeds is not None and (graph_embeds.ndim != 3 or graph_embeds.shape[-1] != inputs_embeds.shape[-1]):
+            raise ValueError(
+                f"graph_embeds must be (num_molecules, num_graph_tokens, {inputs_embeds.shape[-1]}): the language "
+                f"model's width, got {tuple(graph_embeds.shape)}."
+            )
+        if atom_features is not None:
             molecules_per_row = _molecules_per_row(atom_mask)
             graph_embeds = self.get_graph_features(
                 atom_features, atom_mask, bond_index, bond_features, bond_mask, motif_features, motif_mask

@@ -423,6 +423,11 @@ def test_precomputed_graph_embeds_equal_graph_inputs():
         torch.testing.assert_close(
             model(input_ids=input_ids, graph_embeds=graph).logits, model(input_ids=input_ids, **batch).logits
         )
+        with pytest.raises(ValueError, match="not both"):  # the graph inputs would be ignored
+            model(input_ids=input_ids, graph_embeds=graph, **batch)
+        for wrong in (graph[..., :8], torch.cat([graph, graph], -1), graph[0]):  # a wider one was cut silently
+            with pytest.raises(ValueError, match=r"graph_embeds must be \(num_molecules, num_graph_tokens, "):
+                model(input_ids=input_ids, graph_embeds=wrong)
 
 
 def test_frozen_encoder_keeps_batchnorm_statistics_in_train_mode():
