@@ -56,13 +56,26 @@ Render = Callable[[list[dict[str, Any]], bool], str]
 """`render(messages, add_generation_prompt) -> text`: a chat template applied to plain-string messages."""
 
 
+def builtin_or_jinja(chat_template: str, names: set[str] = frozenset(CHAT_TEMPLATES)) -> str:
+    """A built-in template by its name, or `chat_template` itself when it is Jinja; a `ValueError` for any other
+    string, which can only be a name misspelled (it would render as that text, without the conversation)."""
+    if chat_template in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[chat_template]
+    if "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    raise ValueError(f"Unknown chat template {chat_template[:40]!r}: a name of {sorted(names)}, or a Jinja template.")
+
+
 def resolve_chat_template(chat_template: str | None, *owners: str | dict | None) -> str:
     """The template to render: `chat_template` (the name of one of the `owners`' named templates, a built-in name, or a
     Jinja string), else the first owner's template (processor, then tokenizer; of a dict of named templates, its
     `"default"`)."""
     if chat_template is not None:
         named = (owner[chat_template] for owner in owners if isinstance(owner, dict) and chat_template in owner)
-        return next(named, CHAT_TEMPLATES.get(chat_template, chat_template))
+        if (found := next(named, None)) is not None:
+            return found
+        names = {name for owner in owners if isinstance(owner, dict) for name in owner} | set(CHAT_TEMPLATES)
+        return builtin_or_jinja(chat_template, names)
     for owner in filter(None, owners):
         if not isinstance(owner, dict):
             return CHAT_TEMPLATES.get(owner, owner)

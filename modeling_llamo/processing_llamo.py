@@ -27,6 +27,7 @@ from .chat_template_llamo import (
     answer_marker,
     as_content_blocks,
     assistant_spans,
+    builtin_or_jinja,
     join_parts,
     reads_content_blocks,
     resolve_chat_template,
@@ -164,7 +165,7 @@ class LlamoProcessor(ProcessorMixin):
         self.prompt_smiles = prompt_smiles
         self.max_smiles_length = max_smiles_length
         if isinstance(chat_template, str):
-            chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
+            chat_template = builtin_or_jinja(chat_template)
         super().__init__(tokenizer, chat_template=chat_template, **kwargs)
         graph_ids = tokenizer.encode(graph_token, add_special_tokens=False)
         if len(graph_ids) != 1 or graph_ids[0] == tokenizer.unk_token_id:

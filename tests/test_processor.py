@@ -518,3 +518,13 @@ def test_a_batch_holding_one_molecule_in_all_is_padded_to_the_whole_batch(tiny_l
     with torch.no_grad():
         logits = model(**batch).logits[1, -1]
         torch.testing.assert_close(logits, model(**alone).logits[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_misspelled_chat_template_name_is_refused_not_rendered_as_text(tiny_llamo):
+    _, processor = tiny_llamo
+    messages = [molecule_messages(SMILES["aspirin"])]
+    with pytest.raises(ValueError, match=r"Unknown chat template 'llama-2': a name of \['llama2'\], or a Jinja"):
+        processor.apply_chat_template(messages, chat_template="llama-2", add_generation_prompt=True)
+    with pytest.raises(ValueError, match="Unknown chat template 'chatml'"):
+        LlamoProcessor(processor.tokenizer, chat_template="chatml")
+    assert "[INST]" in processor.apply_chat_template(messages, chat_template="llama2", add_generation_prompt=True)[0]
