@@ -97,7 +97,8 @@ class GenerationPredictor:
         self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
         self.processor = processor
         self.generation_kwargs = generation_kwargs
-        self.pipe_options = dict(include_graph=include_graph, index=index, neighbours=neighbours, near_twin=near_twin)
+        context = dict(index=index, neighbours=neighbours, near_twin=near_twin) if index is not None else {}
+        self.pipe_options = dict(include_graph=include_graph, **context)
         self.ranking = {"rank_neighbour_answers": True} if rank_neighbour_answers and index is not None else {}
         self.name_checker = name_checker
         self.name_proposer = name_proposer

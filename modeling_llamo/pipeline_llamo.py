@@ -87,21 +87,34 @@ def _is_conversation(value: Any) -> bool:
 
 
 def near_twin_only(found: Sequence[Any], near_twin: float | None) -> list[Any]:
-    """The index entries `found` (most similar first), only the first when its `similarity` is at least `near_twin`: a
-    near twin of the query is given alone, without a less similar entry to copy from."""
-    if near_twin is not None and found and found[0].similarity >= near_twin:
+    """The index entries `found` (most similar first; `Neighbour`s or their dicts), only the first when its
+    `similarity` is at least `near_twin`: a near twin of the query is given alone, without a less similar entry to copy
+    from."""
+    first = found[0] if found else None
+    similarity = first.get("similarity") if isinstance(first, Mapping) else getattr(first, "similarity", None)
+    if near_twin is not None and similarity is not None and similarity >= near_twin:
         return list(found[:1])
     return list(found)
 
 
-def fits(featurizer: LlamoMoleculeFeaturizer, neighbour: Any) -> bool:
-    """Whether the processor takes an index entry's molecule: an index built with a larger `max_atoms` than the model's
-    may hold larger ones, which are left out of the prompt rather than refusing the question."""
-    try:
-        featurizer.prepare(neighbour["smiles"] if isinstance(neighbour, Mapping) else neighbour.smiles)
-    except OversizedMoleculeError:
-        return False
-    return True
+def neighbour_entries(found: Any, k: int, featurizer: LlamoMoleculeFeaturizer) -> list[dict[str, Any]]:
+    """What an index's `neighbours(smiles, k, question)` returned, as the prompt's entries: at most `k` dicts with a
+    `smiles` and an `answer` string (a `TypeError` names anything else). Entries whose molecule the processor refuses
+    for its size are left out (an index built with a larger `max_atoms` than the model's), rather than the question."""
+    entries = []
+    for neighbour in list(found or [])[:k]:
+        entry = neighbour.to_dict() if hasattr(neighbour, "to_dict") else neighbour
+        if not isinstance(entry, Mapping) or not all(isinstance(entry.get(key), str) for key in ("smiles", "answer")):
+            raise TypeError(
+                "index.neighbours must return entries with a 'smiles' and an 'answer' string (as MoleculeIndex's "
+                f"Neighbour), got {shorten_for_message(neighbour, 80)}."
+            )
+        try:
+            featurizer.prepare(entry["smiles"])
+        except OversizedMoleculeError:
+            continue
+        entries.append(dict(entry))
+    return entries
 
 
 def model_context(model) -> float:
@@ -333,6 +346,9 @@ class LlamoMoleculePipeline(Pipeline):
             raise TypeError("verify_names must be a callable `names -> InChIKeys` (e.g. an OPSIN checker).")
         if propose_names is not None and (verify_names is None or not callable(propose_names)):
             raise TypeError("propose_names must be a callable `smiles -> name`, given with verify_names.")
+        needing = _given(neighbours=neighbours or None, near_twin=near_twin)  # (ranking just finds nothing to rank)
+        if index is None and needing:  # ignored without one
+            raise ValueError(f"{' and '.join(needing)} need an index (index=..., e.g. MoleculeIndex.load(folder)).")
         if index is not None and not callable(getattr(index, "neighbours", None)):
             raise TypeError(
                 "index must be a molecule index with a `neighbours(smiles, k, question)` method (e.g. "
@@ -401,8 +417,7 @@ class LlamoMoleculePipeline(Pipeline):
             for row, (smiles, question) in enumerate(queries):
                 if smiles is not None:
                     found = index.neighbours(smiles, k=neighbours, question=question or None)
-                    found = near_twin_only([n for n in found if fits(featurizer, n)], near_twin)
-                    context[row] = [n.to_dict() if hasattr(n, "to_dict") else dict(n) for n in found]
+                    context[row] = near_twin_only(neighbour_entries(found, neighbours, featurizer), near_twin)
                     conversations[row] = add_neighbours(conversations[row], context[row])
         if system_prompt is not None:
             system = {"role": "system", "content": system_prompt}

@@ -130,6 +130,24 @@ def test_neighbours_are_bounded_a_long_answer_is_cut_and_is_no_candidate(tiny_ll
     for wrong in ("0.85", 1.5, -0.1, float("nan"), True):
         with pytest.raises(ValueError, match="near_twin must be a similarity from 0 to 1, got"):
             pipe({"smiles": "CCCO", "text": "Name it."}, index=index, near_twin=wrong)
+    for without_index in ({"neighbours": 2}, {"near_twin": 0.9}):  # they were ignored without a word
+        with pytest.raises(ValueError, match=f"{next(iter(without_index))} need an index"):
+            pipe({"smiles": "CCCO", "text": "Name it."}, **without_index)
+
+    class Custom:  # a user's own index: what it returns is checked, and never more than asked for
+        def __init__(self, found):
+            self.found = found
+
+        def neighbours(self, smiles, k, question=None):
+            return self.found
+
+    many = [{"smiles": "C" * (i + 1), "answer": f"alkane {i}", "similarity": 0.5} for i in range(50)]
+    answer = pipe({"smiles": "CCCO", "text": "Name it."}, index=Custom(many), neighbours=2, near_twin=0.4)[0]
+    assert [entry["answer"] for entry in answer["neighbours"]] == ["alkane 0"]  # dicts get the near-twin rule too
+    assert "neighbours" not in pipe({"smiles": "CCCO", "text": "Name it."}, index=Custom(None), neighbours=2)[0]
+    for malformed in ([{"smiles": "CC"}], [{"answer": "x"}], ["CC"], [{"smiles": "CC", "answer": None}]):
+        with pytest.raises(TypeError, match=r"index\.neighbours must return entries with a 'smiles' and an 'answer'"):
+            pipe({"smiles": "CCCO", "text": "Name it."}, index=Custom(malformed), neighbours=2)
 
 
 def test_generate_and_evaluate_rank_where_the_model_says(tiny_llamo_dir, names_index, tmp_path, capsys, monkeypatch):
