@@ -611,7 +611,10 @@ class LlamoProcessor(ProcessorMixin):
         if prompt_length is None:
             return self.tokenizer.batch_decode(sequences, *args, **kwargs)
         if isinstance(prompt_length, torch.Tensor):
-            prompt_length = prompt_length.shape[-1]
+            prompt_length = prompt_length.shape[-1] if prompt_length.ndim else int(prompt_length)
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 0:
+            shown = shorten_for_message(prompt_length, 40)
+            raise ValueError(f"prompt_length must be a token count >= 0 or the prompt's input_ids, got {shown}.")
         kwargs.setdefault("skip_special_tokens", True)
         rows = [row[prompt_length:] for row in sequences]
         return [text.strip() for text in self.tokenizer.batch_decode(rows, *args, **kwargs)]
@@ -620,6 +623,10 @@ class LlamoProcessor(ProcessorMixin):
         """The tokenizer's `decode`; with `prompt_length`, the answer (see `batch_decode`)."""
         if prompt_length is None:
             return self.tokenizer.decode(sequence, *args, **kwargs)
+        if isinstance(sequence, torch.Tensor) and sequence.ndim == 2:  # `generate`'s output of one prompt
+            if sequence.shape[0] != 1:
+                raise ValueError(f"decode takes one sequence, got {tuple(sequence.shape)}: use batch_decode.")
+            sequence = sequence[0]
         return self.batch_decode([sequence], *args, prompt_length=prompt_length, **kwargs)[0]
 
     def post_process_image_text_to_text(

@@ -200,6 +200,13 @@ def test_decoding_is_the_tokenizers_and_answers_come_from_the_prompt_length_or_t
     assert processor.decode(generated[1], skip_special_tokens=True) == tokenizer.decode(generated[1], True)
     assert processor.batch_decode(generated, prompt_length=inputs["input_ids"]) == ["It is an acid.", "A gas."]
     assert processor.decode(generated[0], prompt_length=inputs["input_ids"].shape[1]) == "It is an acid."
+    length = torch.tensor(inputs["input_ids"].shape[1])  # a 0-dim tensor, and one prompt's (1, L) output
+    assert processor.decode(generated[:1], prompt_length=length) == "It is an acid."
+    with pytest.raises(ValueError, match=r"decode takes one sequence, got \(2, "):  # it decoded nothing before
+        processor.decode(generated, prompt_length=inputs["input_ids"])
+    for wrong in (-1, 2.0, [1], True):
+        with pytest.raises(ValueError, match="prompt_length must be a token count >= 0 or the prompt's input_ids"):
+            processor.batch_decode(generated, prompt_length=wrong)
     # without the prompt length: cut at the chat template's answer marker (repeated rows too, as beams give)
     assert processor.post_process_image_text_to_text(generated) == ["It is an acid.", "A gas."]
     assert processor.post_process_image_text_to_text(generated.repeat_interleave(2, dim=0))[1] == "It is an acid."
