@@ -43,7 +43,11 @@ class RetrievalBaseline:
             index = self._indexes.get(example.task)
             key = example.target.property if example.target is not None else None  # a property picks its answers
             question = example.prompt[-1]["content"]
-            found = index.neighbours(example.smiles, k=1, question=question, key=key) if index else []
+            try:
+                found = index.neighbours(example.smiles, k=1, question=question, key=key) if index else []
+            except ValueError as error:  # e.g. a property the index holds no answer of
+                answers.append(Skip(f"retrieval: {error}"))
+                continue
             answers.append(found[0].answer if found else "")
         return answers
 

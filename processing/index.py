@@ -10,6 +10,7 @@ counts, which find neighbours of closer HOMO / LUMO / gap among QM9's small mole
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -227,6 +228,12 @@ class MoleculeIndex:
         """The `k` entries most similar to a molecule, most similar first; an entry of the same molecule (InChIKey)
         comes first and is marked `exact`. In an index of several answer keys (property QA), `key` (e.g. `LUMO`) or
         else the `question` picks the key; `exclude`: InChIKeys never returned (in training, the row's own)."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"k must be a whole number of neighbours, got {shorten_for_message(k, 40)}.")
+        if not all(isinstance(text, str | None) for text in (question, key)):
+            raise TypeError("question and key must be strings (or None).")
+        if key is not None and key.lower() not in {known.lower() for known in self._key_counts}:
+            raise ValueError(f"The index holds no answers of key {key[:40]!r}; its keys: {sorted(self._key_counts)}.")
         if k < 1 or not len(self):
             return []
         fingerprint, inchikey = self.query_fingerprint(smiles)

@@ -59,6 +59,11 @@ def test_an_exact_duplicate_comes_first_and_is_marked(index):
 
 def test_a_training_example_never_gets_itself(index):
     own = index.query_fingerprint("CCO")[1]
+    for wrong in (2.5, "2", None):
+        with pytest.raises(TypeError, match="k must be a whole number of neighbours"):
+            index.neighbours("CCO", k=wrong)
+    with pytest.raises(ValueError, match=r"holds no answers of key 'dipole'; its keys: \['iupac'\]"):
+        index.neighbours("CCO", key="dipole")  # all answers came back, of any key, before
     for exclude in ([own], own):  # one InChIKey as a string is that key, not its characters
         found = index.neighbours("CCO", k=len(NAMES), exclude=exclude)
         assert "ethanol" not in [n.answer for n in found]
