@@ -50,6 +50,9 @@ def prepare_molecule(
         return PreparedMolecule(graph, None)
     parsed_here = not isinstance(molecule, Chem.Mol)
     mol = parse_smiles(molecule, index=index, max_atoms=max_atoms) if parsed_here else molecule
+    if not parsed_here and (mol.GetNumAtoms() == 0 or mol.NeedsUpdatePropertyCache()):
+        what = "has no atoms" if mol.GetNumAtoms() == 0 else "is not sanitized (Chem.SanitizeMol it first)"
+        raise ValueError(f"The RDKit molecule{position_text(index)} {what}.")
     check_size(mol, max_atoms, molecule, index)
     graph = featurize_molecule(mol, rings_from_sanitization=parsed_here, parsed_from=molecule if parsed_here else None)
     return PreparedMolecule(graph, prompt_smiles(mol, None) if canonical else None, mol)

@@ -156,7 +156,13 @@ def verified_answer(candidates: list[dict[str, Any]], query: str | None, checker
     proposer's name (e.g. a rule-based namer's) is answered only when verified."""
     names = [candidate["generated_text"] for candidate in candidates]
     proposed = [name for name in [proposer(query)] if name] if proposer is not None and query else []
-    keys, target = list(checker([*names, *proposed])), inchikey(query)
+    if not all(isinstance(name, str) for name in proposed):
+        raise TypeError(f"propose_names must return a name (str) or None, got {type(proposed[0]).__name__}.")
+    asked = [*names, *proposed]
+    keys, target = checker(asked), inchikey(query)
+    if not isinstance(keys, Sequence) or len(keys) != len(asked) or not all(isinstance(k, str | None) for k in keys):
+        raise TypeError(f"verify_names must return one InChIKey (or None) per name, {len(asked)}; got {keys!r:.80}")
+    keys = list(keys)
     readable = [position for position, key in enumerate(keys[: len(names)]) if key is not None]
     verified = target is not None and target in keys
     position = keys.index(target) if verified else (readable or [0])[0]

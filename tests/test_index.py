@@ -350,6 +350,11 @@ def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_lla
     assert verified_answer(cut, None, checker)["generated_text"] == "methanol"
     unreadable = [{"generated_text": "1,2,3,"}, {"generated_text": "oxo-oxo-"}]
     assert verified_answer(unreadable, "CCN", checker)["generated_text"] == "1,2,3,"
+    for wrong in (lambda names: None, lambda names: [None], lambda names: {"a": 1}, lambda names: [5] * len(names)):
+        with pytest.raises(TypeError, match=r"verify_names must return one InChIKey \(or None\) per name, 2"):
+            verified_answer(unreadable, "CCN", wrong)  # an IndexError, a TypeError, or read silently, before
+    with pytest.raises(TypeError, match="propose_names must return a name"):
+        verified_answer(unreadable, "CCN", checker, proposer=lambda smiles: 5)
 
     model, processor = tiny_llamo
     pipe = pipeline("molecule-text-generation", model=model, processor=processor, device="cpu", max_new_tokens=3)

@@ -535,3 +535,13 @@ def test_a_misspelled_chat_template_name_is_refused_not_rendered_as_text(tiny_ll
     with pytest.raises(ValueError, match="Unknown chat template 'chatml'"):
         LlamoProcessor(processor.tokenizer, chat_template="chatml")
     assert "[INST]" in processor.apply_chat_template(messages, chat_template="llama2", add_generation_prompt=True)[0]
+
+
+def test_rdkit_molecules_without_atoms_or_not_sanitized_are_refused(processor):
+    prompt = f"{processor.graph_token} Describe it."
+    with pytest.raises(ValueError, match="The RDKit molecule at index 0 has no atoms"):  # accepted with 0 atoms before
+        processor(text=prompt, smiles=Chem.Mol())
+    for mol in (Chem.MolFromSmiles("c1ccccc1", sanitize=False), Chem.MolFromSmarts("[#6][#8]")):
+        with pytest.raises(ValueError, match=r"is not sanitized \(Chem.SanitizeMol it first\)"):  # RDKit's dump before
+            processor(text=prompt, smiles=mol)
+    assert processor(text=prompt, smiles=Chem.MolFromSmiles("c1ccccc1"))["atom_mask"].sum() == 6
