@@ -282,7 +282,11 @@ class LlamoProcessor(ProcessorMixin):
                 raise ValueError("LlamoProcessor needs `text` (with a <graph> placeholder per molecule).")
             molecules = [smiles] if isinstance(smiles, MoleculeInput) else list(smiles)
             text = [self.graph_token] * len(molecules)
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str) else list(text) if isinstance(text, Sequence) else None
+        if not texts or not all(isinstance(sample, str) for sample in texts):
+            raise TypeError(f"text must be a string or a non-empty list of strings, got {shorten_for_message(text)}.")
+        if isinstance(smiles, bytes | bytearray) or not isinstance(smiles, MoleculeInput | Sequence | None):
+            raise TypeError(f"smiles must be SMILES strings or molecules (or lists), got {type(smiles).__name__}.")
         per_text = [[] for _ in texts] if smiles is None else _molecules_per_text(smiles, len(texts))
         for index, (sample, molecules) in enumerate(zip(texts, per_text, strict=True)):
             count = sample.count(self.graph_token)

@@ -545,3 +545,13 @@ def test_rdkit_molecules_without_atoms_or_not_sanitized_are_refused(processor):
         with pytest.raises(ValueError, match=r"is not sanitized \(Chem.SanitizeMol it first\)"):  # RDKit's dump before
             processor(text=prompt, smiles=mol)
     assert processor(text=prompt, smiles=Chem.MolFromSmiles("c1ccccc1"))["atom_mask"].sum() == 6
+
+
+def test_text_and_smiles_of_the_wrong_type_are_named(processor):
+    prompt = f"{processor.graph_token} Describe it."
+    for text in (5, [5], []):  # 'int' object is not iterable, 'int' has no attribute 'count', an IndexError
+        with pytest.raises(TypeError, match="text must be a string or a non-empty list of strings, got"):
+            processor(text=text)
+    for smiles, kind in ((5, "int"), (b"CCO", "bytes")):  # bytes were read as three molecules
+        with pytest.raises(TypeError, match=f"smiles must be SMILES strings or molecules \\(or lists\\), got {kind}"):
+            processor(text=prompt, smiles=smiles)
