@@ -160,9 +160,10 @@ def join_parts(parts: Sequence[str]) -> str:
 
 def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """A copy of `conversation` with known molecules and their answers (`neighbours`: dicts with `smiles` and
-    `answer`, most similar first) before the question, as in-context examples. The first user turn that holds a
-    molecule block (the query) becomes: `NEIGHBOURS_INTRO`, one line per neighbour (its molecule block, then its
-    answer), then `NEIGHBOURS_QUERY` and the turn's own blocks. With the default SMILES display, two neighbours read:
+    `answer`, or an index's `Neighbour`s, most similar first) before the question, as in-context examples. The first
+    user turn that holds a molecule block (the query) becomes: `NEIGHBOURS_INTRO`, one line per neighbour (its molecule
+    block, then its answer), then `NEIGHBOURS_QUERY` and the turn's own blocks. With the default SMILES display, two
+    neighbours read:
 
         Known molecules similar to the query, with their answers:
         1. CCO<graph> The molecule is ethanol ...
@@ -175,10 +176,11 @@ def add_neighbours(conversation: list[dict[str, Any]], neighbours: Sequence[Mapp
         raise ValueError("add_neighbours needs a user turn with a molecule block (the query molecule).")
     blocks: list[dict[str, Any]] = [{"type": "text", "text": NEIGHBOURS_INTRO + "\n"}]
     for rank, neighbour in enumerate(neighbours, start=1):
+        entry = neighbour.to_dict() if hasattr(neighbour, "to_dict") else neighbour  # an index's `Neighbour` too
         blocks += [
             {"type": "text", "text": f"{rank}."},
-            {"type": "molecule", "smiles": neighbour["smiles"]},
-            {"type": "text", "text": as_prompt_text(neighbour["answer"]) + "\n"},
+            {"type": "molecule", "smiles": entry["smiles"]},
+            {"type": "text", "text": as_prompt_text(entry["answer"]) + "\n"},
         ]
     query["content"] = [*blocks, {"type": "text", "text": NEIGHBOURS_QUERY}, *query["content"]]
     return messages

@@ -130,6 +130,10 @@ class MoleculeIndex:
         molecule`, `held out`, `bad row` (not a conversation ending in a question and a non-empty text answer)."""
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
+        if max_atoms is not None and (isinstance(max_atoms, bool) or not isinstance(max_atoms, int) or max_atoms < 1):
+            raise ValueError(f"max_atoms must be a whole number of at least 1 (or None), got {max_atoms!r:.40}.")
+        if not 0 <= holdout < 1:  # NaN too
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout!r:.40}.")
         fingerprinter, seen, entries = _fingerprinter(task), set(), []
 
         def entry(row: Any) -> str:
@@ -146,7 +150,7 @@ class MoleculeIndex:
                 return "bad row"
             key = answer_key(task, question, metadata)
             try:
-                mol = parse_smiles(row["smiles"], max_atoms=max_atoms)
+                mol = parse_smiles(row.get("smiles"), max_atoms=max_atoms)
                 check_size(mol, max_atoms, row["smiles"])
                 inchikey, smiles = Chem.MolToInchiKey(mol) or "", Chem.MolToSmiles(mol)
             except (ValueError, RuntimeError):

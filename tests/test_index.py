@@ -150,6 +150,15 @@ def test_save_load_and_refusals(index, tmp_path):
     assert len(smaller) == len(index) - 2
 
 
+def test_from_records_refuses_limits_that_would_index_nothing_or_everything():
+    for options in ({"max_atoms": 0}, {"max_atoms": -5}, {"holdout": 2.0}, {"holdout": -1}, {"holdout": float("nan")}):
+        with pytest.raises(ValueError, match="must be"):  # every row was a "bad molecule", or held out, before
+            MoleculeIndex.from_records(name_records(), "iupac", progress=False, **options)
+    rows = [{k: v for k, v in name_records()[0].items() if k != "smiles"}, *name_records()]
+    _, counts = MoleculeIndex.from_records(rows, "iupac", progress=False)  # no smiles key: a KeyError before
+    assert counts["bad molecule"] == 1 and counts["indexed"] == len(NAMES)
+
+
 def test_bad_and_oversized_molecules_are_counted_not_fatal():
     records = name_records({"CCO": "ethanol", "C1CC": "broken ring", "C" * 600: "a long chain"})
     index, counts = MoleculeIndex.from_records(records, "iupac", progress=False)
@@ -232,6 +241,10 @@ def test_neighbour_prompt_format_is_the_documented_one(tiny_llamo):
     )
     inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert inputs["atom_mask"].sum(-1).tolist() == [[3, 4, 3]]  # neighbours first, the query last
+    found = MoleculeIndex.from_records(name_records(), "iupac", progress=False)[0].neighbours("CCN", k=2)
+    as_dicts = [{"smiles": n.smiles, "answer": n.answer} for n in found]  # what the index returns is taken as it is
+    question = molecule_messages("CCN", "What is its IUPAC name?")
+    assert add_neighbours(question, found) == add_neighbours(question, as_dicts)
 
 
 def test_name_hint_prompt_format_is_the_documented_one(tiny_llamo):
