@@ -282,6 +282,14 @@ def test_malformed_recipe_sources_are_refused_naming_the_key(tmp_path, capsys, s
     assert refusal(capsys, ["stage1", "--config", write_recipe(tmp_path, sources=sources)]).startswith(message)
 
 
+def test_a_value_of_the_wrong_type_is_named_in_one_line(tmp_path, capsys):
+    from llamo.cli import main
+
+    assert main(["train", "stage1", "--config", write_recipe(tmp_path, learning_rate="fast")]) == 2
+    err = capsys.readouterr().err  # TRL's whole usage (about 160 lines) came first before
+    assert err.strip() == "llamo train: error: invalid stage1 configuration: learning_rate: invalid float value: 'fast'"
+
+
 def test_settings_that_would_be_ignored_are_refused(tmp_path, capsys):
     recipe = write_recipe(tmp_path)
     argv = ["stage1", "--config", recipe, "--init_llm", "some/lm", "--model_name_or_path", str(tmp_path)]

@@ -297,7 +297,13 @@ def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArg
         argv[at] = str(recipe_file(argv[at]))
         keys += list(read_recipe(argv[at]))
     reject_legacy_keys(keys)
-    return check_arguments(stage, StageArguments(*_parser(stage).parse_args_and_config(args=argv)))
+    parser = _parser(stage)
+    parser.exit_on_error = False  # a wrong value is named in one line, without the whole usage
+    try:
+        parsed = parser.parse_args_and_config(args=argv)
+    except argparse.ArgumentError as error:
+        raise ValueError(f"{error.argument_name.split('/')[0].lstrip('-')}: {error.message}") from None
+    return check_arguments(stage, StageArguments(*parsed))
 
 
 def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
