@@ -161,7 +161,7 @@ def verified_answer(candidates: list[dict[str, Any]], query: str | None, checker
     asked = [*names, *proposed]
     keys, target = checker(asked), inchikey(query)
     if not isinstance(keys, Sequence) or len(keys) != len(asked) or not all(isinstance(k, str | None) for k in keys):
-        raise TypeError(f"verify_names must return one InChIKey (or None) per name, {len(asked)}; got {keys!r:.80}")
+        raise TypeError(f"verify_names must return one InChIKey (or None) per name, for {len(asked)}; got {keys!r:.80}")
     keys = list(keys)
     readable = [position for position, key in enumerate(keys[: len(names)]) if key is not None]
     verified = target is not None and target in keys

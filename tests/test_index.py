@@ -364,7 +364,7 @@ def test_name_verification_prefers_a_verified_then_a_readable_candidate(tiny_lla
     unreadable = [{"generated_text": "1,2,3,"}, {"generated_text": "oxo-oxo-"}]
     assert verified_answer(unreadable, "CCN", checker)["generated_text"] == "1,2,3,"
     for wrong in (lambda names: None, lambda names: [None], lambda names: {"a": 1}, lambda names: [5] * len(names)):
-        with pytest.raises(TypeError, match=r"verify_names must return one InChIKey \(or None\) per name, 2"):
+        with pytest.raises(TypeError, match=r"verify_names must return one InChIKey \(or None\) per name, for 2"):
             verified_answer(unreadable, "CCN", wrong)  # an IndexError, a TypeError, or read silently, before
     with pytest.raises(TypeError, match="propose_names must return a name"):
         verified_answer(unreadable, "CCN", checker, proposer=lambda smiles: 5)
