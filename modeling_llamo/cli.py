@@ -61,14 +61,14 @@ def _add_init_parser(subparsers) -> None:
     graph.add_argument("--gin-hidden", type=int, default=300, help="GIN width")
     projector = parser.add_argument_group("graph projector")
     projector.add_argument("--queries-per-level", type=int, default=4, help="graph tokens per GIN level")
-    projector.add_argument("--motif-queries", type=int, help="graph tokens for the motif groups (default: 4)")
+    projector.add_argument("--motif-queries", type=int, help="graph tokens for the motif groups (default 4)")
     projector.add_argument("--heads", type=int, default=4, help="cross-attention heads")
     projector.add_argument("--mlp-depth", type=int, default=6, help="layers of the MLP into the LM width")
     projector.add_argument(
         "--share-level-attention", action="store_true", help="one attention for all levels (the released weights)"
     )
     projector.add_argument(
-        "--motif-position", choices=["first", "last"], help="where the motif tokens go (default: first)"
+        "--motif-position", choices=["first", "last"], help="where the motif tokens go (default first)"
     )
     projector.add_argument("--no-motifs", action="store_true", help="no motif tokens (the paper's ablation)")
     processor = parser.add_argument_group("processor")
@@ -154,9 +154,9 @@ def _run_init(args: argparse.Namespace) -> None:
 
     from .builder import build_llamo, save_llamo
 
-    if args.no_motifs and (
-        given := [f"--motif-{name}" for name in ("queries", "position") if getattr(args, f"motif_{name}") is not None]
-    ):
+    motif_flags = {"--motif-queries": "num_motif_queries", "--motif-position": "motif_tokens_position"}
+    motif_options = {key: getattr(args, flag[2:].replace("-", "_")) for flag, key in motif_flags.items()}
+    if args.no_motifs and (given := [flag for flag, key in motif_flags.items() if motif_options[key] is not None]):
         raise CommandError(f"--no-motifs makes no motif tokens: {' and '.join(given)} would have no effect.")
     if not args.chat_template.strip():
         raise CommandError("--chat-template is empty: give 'auto', 'tokenizer', 'llama2' or a .jinja file.")
@@ -181,12 +181,11 @@ def _run_init(args: argparse.Namespace) -> None:
             graph_config={"hidden_size": args.gin_hidden, "num_layers": args.gin_layers},
             projector_config={
                 "queries_per_level": args.queries_per_level,
-                "num_motif_queries": 4 if args.motif_queries is None else args.motif_queries,
                 "num_heads": args.heads,
                 "mlp_depth": args.mlp_depth,
                 "share_level_attention": args.share_level_attention,
-                "motif_tokens_position": args.motif_position or "first",
                 "use_motifs": not args.no_motifs,
+                **{key: value for key, value in motif_options.items() if value is not None},  # else the config's
             },
             chat_template=args.chat_template,
             dtype=args.dtype,

@@ -49,7 +49,7 @@ def refuse_output_over(output: str | Path, **inputs: str | Path | None) -> None:
         if given is None or not Path(given).exists():
             continue
         path = Path(given).resolve()
-        if path == target or target in path.parents:
+        if path.is_relative_to(target):
             relation = "is" if path == target else "holds"
             raise ValueError(
                 f"The output {output} {relation} the {name.replace('_', ' ')} {given}: writing it would delete that; "
