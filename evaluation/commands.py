@@ -38,10 +38,8 @@ def register(subparsers) -> None:
     decoding.add_argument("--min-new-tokens", type=int, help="fewest tokens in an answer")
     decoding.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
     decoding.add_argument("--do-sample", action="store_true", help="sample instead of greedy / beam search")
-    temperature = number_in(float, 0, sys.float_info.max, "a finite number above 0")
-    decoding.add_argument(
-        "--temperature", type=temperature, default=1.0, help="sampling temperature (with --do-sample)"
-    )
+    above_0 = number_in(float, 0, sys.float_info.max, "a finite number above 0")
+    decoding.add_argument("--temperature", type=above_0, default=1.0, help="sampling temperature (with --do-sample)")
     top_p = number_in(float, 0, 1, "a number above 0, at most 1")
     decoding.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling mass (with --do-sample)")
     decoding.add_argument(
@@ -82,28 +80,19 @@ def register(subparsers) -> None:
         help="give the nearest entry alone when its Tanimoto similarity is at least this (the default model's "
         "descriptions: 0.85, `task_near_twin` in its llamo_retrieval.json)",
     )
-    context.add_argument(
-        "--rank-neighbour-answers",
-        action="store_true",
-        help="the model scores its answer and the neighbours' own answers (mean log-probability per token) and gives "
-        "the highest (the default model's descriptions: `neighbour_answer_tasks` in its llamo_retrieval.json)",
-    )
-    context.add_argument(
-        "--verify-names",
-        action="store_true",
-        help="answer naming rows with the first of 4 beam candidates that OPSIN reads back as the molecule, else the "
-        "first it reads at all (Java)",
-    )
-    context.add_argument(
-        "--propose-names",
-        action="store_true",
-        help="with --verify-names, openclatura's rule-based name is a last candidate, answered when OPSIN verifies it",
-    )
-    context.add_argument(
-        "--name-hints",
-        action="store_true",
-        help="give each description question the molecule's rule-based IUPAC name (openclatura) if OPSIN verifies it",
-    )
+    switches = {
+        "--rank-neighbour-answers": "the model scores its answer and the neighbours' own answers (mean log-probability "
+        "per token) and gives the highest (the default model's descriptions: `neighbour_answer_tasks` in its "
+        "llamo_retrieval.json)",
+        "--verify-names": "answer naming rows with the first of 4 beam candidates that OPSIN reads back as the "
+        "molecule, else the first it reads at all (Java)",
+        "--propose-names": "with --verify-names, openclatura's rule-based name is a last candidate, answered when "
+        "OPSIN verifies it",
+        "--name-hints": "give each description question the molecule's rule-based IUPAC name (openclatura) if OPSIN "
+        "verifies it",
+    }
+    for flag, text in switches.items():
+        context.add_argument(flag, action="store_true", help=text)
     baseline.add_argument("--train-split", default="train", help="split of --train-data with several")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
@@ -145,17 +134,12 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from .predictions import RESULTS_FILE
     from .runner import evaluate
 
-    neighbour_options = [
-        ("--neighbours", args.neighbours is not None),
-        ("--near-twin", args.near_twin is not None),
-        ("--rank-neighbour-answers", args.rank_neighbour_answers),
-    ]
-    for flag, given in neighbour_options:
-        if given and not args.index:  # checked before anything loads
-            raise CommandError(f"{flag} needs a molecule index: give --index.")
-    if args.neighbours is None:
-        args.neighbours = DEFAULT_NEIGHBOURS
-    given = {field.name: getattr(args, field.name) for field in fields(EvaluationConfig) if hasattr(args, field.name)}
+    if not args.index:  # checked before anything loads
+        for name in ("neighbours", "near_twin", "rank_neighbour_answers"):
+            if (value := getattr(args, name)) is not None and value is not False:
+                raise CommandError(f"--{name.replace('_', '-')} needs a molecule index: give --index.")
+    names = [field.name for field in fields(EvaluationConfig)]  # an option left unset keeps the config's default
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     given.update(scibert_vocab=args.scibert_vocab or SCIBERT_HUB_ID, progress=not args.no_progress)
     try:
         config = EvaluationConfig(**given)

@@ -95,14 +95,11 @@ class GenerationPredictor:
         from llamo.pipeline_llamo import LlamoMoleculePipeline
 
         self.pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
-        self.processor = processor
-        self.generation_kwargs = generation_kwargs
+        self.processor, self.generation_kwargs = processor, generation_kwargs
         context = dict(index=index, neighbours=neighbours, near_twin=near_twin) if index is not None else {}
         self.pipe_options = dict(include_graph=include_graph, **context)
         self.ranking = {"rank_neighbour_answers": True} if rank_neighbour_answers and index is not None else {}
-        self.name_checker = name_checker
-        self.name_proposer = name_proposer
-        self.name_hint = name_hint
+        self.name_checker, self.name_proposer, self.name_hint = name_checker, name_proposer, name_hint
         self.on_step: StepCallback | None = None
 
     def _messages(self, example: EvalExample) -> list[dict[str, Any]]:

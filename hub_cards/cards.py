@@ -91,12 +91,10 @@ def model_rows(model, processor) -> list[tuple[str, str]]:
         attention = "one attention module shared by all levels (as in the released weights)"
     else:
         attention = "one attention module per level (as in the paper)"
-    if processor.chat_template is None:
-        prompt = "the tokenizer's own chat template"
-    elif processor.chat_template == CHAT_TEMPLATES["llama2"]:
-        prompt = "the original LLaMo prompt (LLaMA-2 chat format, built-in template `llama2`)"
-    else:
-        prompt = "a custom chat template (`chat_template.jinja`)"
+    prompt = {
+        None: "the tokenizer's own chat template",
+        CHAT_TEMPLATES["llama2"]: "the original LLaMo prompt (LLaMA-2 chat format, built-in template `llama2`)",
+    }.get(processor.chat_template, "a custom chat template (`chat_template.jinja`)")
     graph_params, projector_params, total = (
         sum(p.numel() for p in module.parameters()) / 1e6
         for module in (model.model.graph_encoder, model.model.graph_projector, model)
@@ -118,7 +116,7 @@ def model_rows(model, processor) -> list[tuple[str, str]]:
 
 
 def _render(card_class, card_data, template: str, **context):
-    rendered = card_class.from_template(card_data, template_path=str(TEMPLATES / template), **context)
+    rendered = card_class.from_template(card_data, str(TEMPLATES / template), citation=LLAMO_CITATION, **context)
     # the template favours readability over whitespace control: drop the blank-line runs it leaves
     return card_class(re.sub(r"\n{3,}", "\n\n", str(rendered)).strip() + "\n")
 
@@ -187,7 +185,6 @@ def build_model_card(model, processor, options: ModelCardOptions | None = None, 
             keys=options.credits,
         ),
         conversion=options.conversion,
-        citation=LLAMO_CITATION,
     )
 
 
@@ -228,5 +225,4 @@ def build_dataset_card(
         teacher_label=_TEACHERS.get(teacher, teacher),
         summary=summary,
         credits=resolve_credits(names=[str(summary.get("input") or "")], keys=credits or ()),
-        citation=LLAMO_CITATION,
     )

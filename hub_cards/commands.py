@@ -160,11 +160,8 @@ def _run_dataset_card(args: argparse.Namespace) -> None:
         raise CommandError(f"{output} exists; pass --overwrite to replace it or -o to write elsewhere.")
     try:
         refuse_output_over(output, summary=args.summary)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
-    try:
         card = build_dataset_card(args.summary, args.pretty_name, args.license, list(args.credit))
-    except ValueError as error:
+    except ValueError as error:  # an output over the summary; the summary's and credits' errors
         raise CommandError(str(error)) from error
     output.parent.mkdir(parents=True, exist_ok=True)
     card.save(output)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llamo.cli_common import add_command, add_device_arguments, add_index_arguments, options_of
+from llamo.cli_common import add_command, add_device_arguments, add_index_arguments, number_in, options_of
 from llamo.errors import CommandError
 
 from .space import DEFAULT_MAX_NEW_TOKENS, MAX_NEIGHBOURS, MAX_NEW_TOKENS_CAP  # constants only: no Gradio, no torch
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     parser = add_command(subparsers, "demo", _run_demo)
     parser.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: reachable from others)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--port", type=number_in(int, 0, 65535, "1 to 65535"), default=7860, help="port to listen on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     parser.add_argument(
         "--max-new-tokens",
@@ -45,8 +45,6 @@ def _run_demo(args: argparse.Namespace) -> None:
 
     from .space.demo import launch_demo
 
-    if not 0 < args.port < 65536:
-        raise CommandError(f"--port must be between 1 and 65535, got {args.port}.")
     if args.neighbours is not None and not 0 <= args.neighbours <= MAX_NEIGHBOURS:
         raise CommandError(f"--neighbours must be between 0 and {MAX_NEIGHBOURS}, got {args.neighbours}.")
     print(f"Starting the LLaMo demo on http://{args.host}:{args.port} ...", file=sys.stderr)

@@ -48,9 +48,8 @@ def list_files(folder: Path) -> list[tuple[str, int]]:
     from huggingface_hub.utils import filter_repo_objects
 
     paths = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-    return [
-        (path, (folder / path).stat().st_size) for path in filter_repo_objects(paths, ignore_patterns=HIDDEN_PATTERNS)
-    ]
+    kept = filter_repo_objects(paths, ignore_patterns=HIDDEN_PATTERNS)
+    return [(path, (folder / path).stat().st_size) for path in kept]
 
 
 @dataclass
@@ -122,13 +121,11 @@ def write_export(
         if extra is not None:
             extra(staging)
         check_export_folder(staging)
+        retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
         if output_dir.exists():  # the old folder goes only once the new one is in place
-            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
             os.replace(output_dir, retired / output_dir.name)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, output_dir)
+        os.replace(staging, output_dir)
+        shutil.rmtree(retired, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -111,38 +111,36 @@ def push_folder(plan: UploadPlan, api=None, token: str | None = None):
             ignore_patterns=HIDDEN_PATTERNS,
         )
     except Exception as error:
-        if (failure := _push_failure(error, plan, token)) is None:
+        if (message := _push_failure(error, plan, token)) is None:
             raise
     # raised outside the `except` block, so that the original (whose text may hold the token) is not its __context__
-    raise failure
+    raise PushError(message)
 
 
-def _push_failure(error: Exception, plan: UploadPlan, token: str) -> PushError | None:
-    """The `PushError` to raise instead of `error`, or None to let `error` (a bug, not a push problem) through."""
+def _push_failure(error: Exception, plan: UploadPlan, token: str) -> str | None:
+    """The message of the `PushError` raised instead of `error`, or None to let `error` (a bug) through."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     text, kind, repo = str(error).strip().replace(token, "<token>"), type(error), plan.repo_id
     detail = text.splitlines()[0] if text else kind.__name__
     if isinstance(error, RevisionNotFoundError):
-        return PushError(
-            f"Branch {plan.revision!r} does not exist in {repo}: pass --create-branch to create it. ({detail})"
-        )
+        return f"Branch {plan.revision!r} does not exist in {repo}: pass --create-branch to create it. ({detail})"
     if isinstance(error, RepositoryNotFoundError):
-        return PushError(
+        return (
             f"Repository {repo} was not found or your token cannot see it: check the name and that the token "
             f"{_LOGIN} may write to that namespace. ({detail})"
         )
     if isinstance(error, HfHubHTTPError):
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status in (401, 403):
-            return PushError(
+            return (
                 f"The Hub refused the push to {repo} (HTTP {status}): check that your token {_LOGIN} is valid and has "
                 f"write access to that namespace. ({detail})"
             )
-        return PushError(f"The Hub answered HTTP {status} while pushing to {repo}: {detail}")
+        return f"The Hub answered HTTP {status} while pushing to {repo}: {detail}"
     if isinstance(error, OSError) or kind.__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-        return PushError(
+        return (
             f"Could not reach the Hugging Face Hub while pushing to {repo} ({kind.__name__}: {detail}): check your "
             "network connection, proxy settings and HF_ENDPOINT, then run the command again."
         )
-    return PushError(f"Pushing to {repo} failed ({kind.__name__}: {text})") if token in str(error) else None
+    return f"Pushing to {repo} failed ({kind.__name__}: {text})" if token in str(error) else None

@@ -35,6 +35,7 @@ _EXPORTS = {
 # modules whose classes go into the Auto API: using one of their names registers at once (errors are raised)
 _REGISTERED_MODULES = frozenset({"configuration_llamo", "modeling_llamo", "pipeline_llamo", "processing_llamo"})
 
+# ruff: noqa: F401 -- the imports below are for type checkers and IDEs, re-exported through `__all__`
 if TYPE_CHECKING:
     from .chat_template_llamo import add_name_hint, add_neighbours
     from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig, LlamoGraphEncoderConfig, LlamoProjectorConfig
@@ -83,27 +84,6 @@ def lazy_exports(
     return getattr_, dir_, sorted(exports)
 
 
-__all__ = [
-    "GRAPH_INPUT_NAMES",
-    "MOLECULE_TASK",
-    "LlamoConfig",
-    "LlamoForConditionalGeneration",
-    "LlamoGraphEncoderConfig",
-    "LlamoModel",
-    "LlamoMoleculeFeaturizer",
-    "LlamoMoleculePipeline",
-    "LlamoPreTrainedModel",
-    "LlamoProcessor",
-    "LlamoProjectorConfig",
-    "MoleculeGraph",
-    "add_name_hint",
-    "add_neighbours",
-    "collate_molecule_graphs",
-    "collate_sequence_molecules",
-    "default_model_path",
-    "featurize_smiles",
-    "parse_smiles",
-    "prepare_molecule",
-]
+__all__ = sorted(_EXPORTS)
 
 auto_registration.install()

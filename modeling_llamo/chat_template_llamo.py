@@ -136,9 +136,8 @@ def assistant_spans(
 
 def answer_marker(render: Render) -> str | None:
     """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`), or `None`."""
-    rendered = render(
-        [{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ANSWER_SENTINEL}], False
-    )
+    turns = [{"role": "user", "content": _USER_SENTINEL}, {"role": "assistant", "content": _ANSWER_SENTINEL}]
+    rendered = render(turns, False)
     start, end = rendered.find(_USER_SENTINEL), rendered.find(_ANSWER_SENTINEL)
     marker = rendered[start + len(_USER_SENTINEL) : end].strip() if 0 <= start < end else ""
     return marker or None

@@ -72,22 +72,19 @@ def _add_init_parser(subparsers) -> None:
     )
     projector.add_argument("--no-motifs", action="store_true", help="no motif tokens (the paper's ablation)")
     processor = parser.add_argument_group("processor")
+    atoms = number_in(int, -1, math.inf, "an integer of at least 0 (0: no limit)")
     processor.add_argument(
-        "--max-atoms",
-        type=number_in(int, -1, math.inf, "an integer of at least 0 (0: no limit)"),
-        default=DEFAULT_MAX_ATOMS,
-        help="refuse larger molecules (0: no limit)",
+        "--max-atoms", type=atoms, default=DEFAULT_MAX_ATOMS, help="refuse larger molecules (0: no limit)"
     )
+    modes = ["canonical", "input", "none"]
     processor.add_argument(
-        "--prompt-smiles",
-        choices=["canonical", "input", "none"],
-        default="canonical",
-        help="the SMILES text written before <graph> in prompts",
+        "--prompt-smiles", choices=modes, default="canonical", help="the SMILES text written before <graph> in prompts"
     )
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--smiles` and the options shared by `generate` and `chat`; each has a help text, so that its default shows."""
+    """`--smiles` and the options shared by `generate` and `chat` (decoding, device, index and the `SWITCHES`); each has
+    a help text, so that its default shows."""
     parser.add_argument("--smiles", required=True, action="append", help="the molecule, as SMILES (once)")
     parser.add_argument(
         "--max-new-tokens",
@@ -106,6 +103,16 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=seed, default=0, help="random seed of sampling")
     add_device_arguments(parser)
     add_index_arguments(parser, "neighbours per question (default: the model's)")
+    for flag in SWITCHES:
+        parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
+    parser.set_defaults(namer=True)  # first: the flag's own default is hidden, or the help would say "default: True"
+    parser.add_argument(
+        "--no-namer",
+        dest="namer",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
+    )
 
 
 def _add_generate_parser(subparsers) -> None:
@@ -126,21 +133,6 @@ def _add_generate_parser(subparsers) -> None:
         help="beam search with this many beams (default: the model's generation config)",
     )
     parser.add_argument("--no-stream", action="store_true", help="print the answer once finished")
-    _add_naming_arguments(parser)
-
-
-def _add_naming_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--verify-names`, `--no-namer` and `--name-hint`, of `generate` and `chat`."""
-    for flag in SWITCHES:
-        parser.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=SWITCHES[flag])
-    parser.set_defaults(namer=True)  # first: the flag's own default is hidden, or the help would say "default: True"
-    parser.add_argument(
-        "--no-namer",
-        dest="namer",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="while verifying, do not add the rule-based namer's name (openclatura, when installed) as a candidate",
-    )
 
 
 def _run_init(args: argparse.Namespace) -> None:
@@ -197,9 +189,8 @@ def _run_init(args: argparse.Namespace) -> None:
         detail = " ".join(str(error).split())[:400]
         raise CommandError(f"could not build a LLaMo around {args.llm}: {detail}") from error
     save_llamo(model, processor, output_dir, overwrite=args.overwrite, metadata={"llm": args.llm, "stage": "init"})
-    graph_params = sum(
-        p.numel() for m in (model.model.graph_encoder, model.model.graph_projector) for p in m.parameters()
-    )
+    graph = (model.model.graph_encoder, model.model.graph_projector)
+    graph_params = sum(parameter.numel() for module in graph for parameter in module.parameters())
     print(
         f"Saved an untrained LLaMo to {output_dir}: {model.config.num_graph_tokens} graph tokens per molecule, "
         f"{graph_params / 1e6:.2f}M graph parameters, LM {type(model.model.language_model).__name__}.",
@@ -215,7 +206,6 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
     from . import LlamoMoleculePipeline
     from .builder import load_llamo
     from .default_model import DefaultModelUnavailable, resolve_model_dir
-    from .pipeline_llamo import model_context
     from .quiet import quiet_loading
     from .smiles_llamo import parse_smiles
 
@@ -241,16 +231,11 @@ def _pipeline(args: argparse.Namespace, model_dir: str | None):
             pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
         except (OSError, ValueError) as error:  # no weights, or files that are broken or do not fit each other
             raise CommandError(textwrap.shorten(str(error), 400, placeholder=" ...")) from error
-    try:
-        processor.featurizer.prepare(args.smiles)  # e.g. over the model's max_atoms: no question could be answered
+    try:  # no question could be answered about a molecule over the model's max_atoms, nor with a bad max_new_tokens
+        processor.featurizer.prepare(args.smiles)
+        pipe._sanitize_parameters(max_new_tokens=args.max_new_tokens)
     except ValueError as error:
         raise CommandError(str(error)) from error
-    context = model_context(model)
-    if args.max_new_tokens is not None and args.max_new_tokens > context:  # nor any with this option
-        raise CommandError(
-            f"max_new_tokens must be an integer from 1 to the model's context of {context} tokens, got "
-            f"{args.max_new_tokens}."
-        )
     torch.manual_seed(args.seed)
     return pipe, folder
 
@@ -274,11 +259,9 @@ def _context(args: argparse.Namespace, model_dir: Path, question: str) -> dict:
     if index is not None:
         if getattr(index, "task", task) not in ("", task):
             print(f"(note: the index holds {index.task} answers; this question reads as {task})", file=sys.stderr)
-        options["index"] = index
-        if args.neighbours is not None or k is not None:
-            options["neighbours"] = args.neighbours if args.neighbours is not None else k
-        if (near_twin := retrieval.near_twin_for(settings, task)) is not None:
-            options["near_twin"] = near_twin
+        neighbours = k if args.neighbours is None else args.neighbours
+        found = {"index": index, "neighbours": neighbours, "near_twin": retrieval.near_twin_for(settings, task)}
+        options = {name: value for name, value in found.items() if value is not None}
     elif args.neighbours:
         raise CommandError(f"--neighbours needs a molecule index: give --index (there is no default one for {task}).")
     ranked = args.neighbour_answers
@@ -427,7 +410,6 @@ def build_parser() -> argparse.ArgumentParser:
     chat = add_command(subparsers, "chat", _run_chat)
     chat.add_argument("model", nargs="?", metavar="MODEL_DIR", help="model folder (default: the bundled model)")
     _add_decoding_arguments(chat)
-    _add_naming_arguments(chat)
     for module_name in FEATURE_COMMANDS:
         try:
             module = importlib.import_module(module_name)

@@ -94,7 +94,7 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        if (refused := _refused_globals(path, error)) is None:
+        if (refused := _refused_globals(path)) is None:
             raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
         if not unsafe_unpickle:
             raise UnsafeCheckpointError(_refusal_message(path, error, refused)) from None
@@ -105,16 +105,6 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
     return _state_dict_of(loaded, path)
-
-
-def _refused_globals(path: Path, error: pickle.UnpicklingError) -> list[str] | None:
-    """The globals of `path` that `torch.load(weights_only=True)` refuses; None when it holds no readable pickle."""
-    import torch
-
-    with contextlib.suppress(Exception):  # torch >= 2.5, for torch.save's zip format
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    named = [name if "." in name else f"builtins.{name}" for name in re.findall(r"GLOBAL ([\w.]+)", str(error))]
-    return named or _pickled_globals(path)
 
 
 class _StandIn:
@@ -141,9 +131,9 @@ class _GlobalNames(pickle.Unpickler):
         return None
 
 
-def _pickled_globals(path: Path, max_pickles: int = 5) -> list[str] | None:
-    """For a pickle torch's weights-only unpickler cannot parse (e.g. protocol 4): the globals it names that torch
-    does not allow; None when it is no readable pickle."""
+def _refused_globals(path: Path, max_pickles: int = 5) -> list[str] | None:
+    """The globals the pickle of `path` names that `torch.load(weights_only=True)` refuses, in any torch format and
+    pickle protocol (torch's own listing reads only protocol 2 zip files); None when it is no readable pickle."""
     import torch
 
     names: list[str] = []
@@ -251,8 +241,7 @@ def level_attention_differences(graph: Mapping[str, Any]) -> tuple[int, dict[int
         if level and (params.keys() != first.keys() or any(v.shape != first[k].shape for k, v in params.items())):
             differing[level] = float("inf")
         elif level and not all(torch.equal(value, first[name]) for name, value in params.items()):
-            gaps = ((value.float() - first[name].float()).abs().max() for name, value in params.items())
-            differing[level] = max(float(gap) for gap in gaps)
+            differing[level] = max(float((v.float() - first[k].float()).abs().max()) for k, v in params.items())
     return len(copies), differing
 
 
@@ -381,7 +370,6 @@ class OriginalParts:
     graph: dict[str, Any]
     language_model: dict[str, Any]
     lora: dict[str, dict[str, Any]]
-    ignored: list[str]
 
     @property
     def lora_rank(self) -> int | None:
@@ -396,7 +384,7 @@ def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
     A CheckpointError names the keys outside the known layout (another adapter name than PEFT's `default` included)
     and the LoRA layers without their A, B or base weight."""
     graph, language_model, lora = {}, {}, {}
-    wrapped, unexpected, ignored = set(), [], []
+    wrapped, unexpected = set(), []
     for key, value in state_dict.items():
         rest = key.removeprefix(LLM_PREFIX)
         name = re.sub(r"^model\.", "model.language_model.", rest)
@@ -410,7 +398,7 @@ def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
             wrapped.add(base_match["module"])
             language_model[f"{base_match['module']}.{base_match['param']}"] = value
         elif _NON_PERSISTENT.fullmatch(rest):
-            ignored.append(key)  # recomputed from the config at load time
+            continue  # recomputed from the config at load time
         elif any(marker in rest for marker in _PEFT_ONLY):
             unexpected.append(key)
         else:
@@ -424,7 +412,7 @@ def split_original_state_dict(state_dict: Mapping[str, Any]) -> OriginalParts:
         raise CheckpointError(f"LoRA layers without their lora_A, lora_B or base_layer weights: {_names(broken)}")
     if not language_model:
         raise CheckpointError(f"The checkpoint has no language model weights (no {LLM_PREFIX}* keys).")
-    return OriginalParts(graph, language_model, lora, ignored)
+    return OriginalParts(graph, language_model, lora)
 
 
 def align_tokenizer(tokenizer, checkpoint_vocab: int, llm: str) -> int:

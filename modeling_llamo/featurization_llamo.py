@@ -373,9 +373,6 @@ def pad_molecule_graphs(
 ) -> dict[str, torch.Tensor]:
     """Pad molecules into tensors of shape `(*leading, ...)`, molecule `i` at index `positions[i]` (see
     `collate_molecule_graphs` for the names and trailing shapes); padding and unused positions are zero and False."""
-    one_slot = all(size == 1 for size in leading)  # one molecule in a batch of one: nothing to pad
-    if one_slot and len(graphs) == 1 and graphs[0].motif_features.shape[0] > 0 and graphs[0].edge_index.shape[1] > 0:
-        return _one_molecule(graphs[0], leading)
     max_atoms = max(g.atom_features.shape[0] for g in graphs)
     max_edges = max(g.edge_index.shape[1] for g in graphs)
     max_motifs = max(1, max(g.motif_features.shape[0] for g in graphs))
@@ -399,19 +396,3 @@ def pad_molecule_graphs(
         padded["motif_features"][(*position, slice(g))] = graph.motif_features
         padded["motif_mask"][(*position, slice(g))] = True
     return {name: torch.from_numpy(array) for name, array in padded.items()}
-
-
-def _one_molecule(graph: MoleculeGraph, leading: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """`pad_molecule_graphs` for a single molecule with bonds and groups: nothing to pad, so every tensor is a copy of
-    the molecule's own array (never a view of it), in the padded tensors' dtype, with the leading dimensions."""
-    num_atoms, num_edges, num_motifs = graph.num_atoms, graph.edge_index.shape[1], graph.motif_features.shape[0]
-    arrays = {
-        "atom_features": graph.atom_features.astype(np.int64).reshape(*leading, num_atoms, len(ATOM_FEATURE_SIZES)),
-        "atom_mask": np.ones((*leading, num_atoms), dtype=bool),
-        "bond_index": graph.edge_index.T.astype(np.int64, order="C").reshape(*leading, num_edges, 2),
-        "bond_features": graph.edge_features.astype(np.int64).reshape(*leading, num_edges, len(BOND_FEATURE_SIZES)),
-        "bond_mask": np.ones((*leading, num_edges), dtype=bool),
-        "motif_features": graph.motif_features.astype(np.float32).reshape(*leading, num_motifs, MOTIF_FEATURE_SIZE),
-        "motif_mask": np.ones((*leading, num_motifs), dtype=bool),
-    }
-    return {name: torch.from_numpy(array) for name, array in arrays.items()}

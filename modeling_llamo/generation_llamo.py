@@ -185,9 +185,4 @@ class AnswerLoopStopLogitsProcessor(LogitsProcessor):
         return scores
 
 
-__all__ = [
-    "LOOP_GUARD_KEYS",
-    "AnswerLoopStopLogitsProcessor",
-    "answer_log_likelihoods",
-    "drop_repeated_sentence_start",
-]
+__all__ = ["LOOP_GUARD_KEYS", "AnswerLoopStopLogitsProcessor", "answer_log_likelihoods", "drop_repeated_sentence_start"]

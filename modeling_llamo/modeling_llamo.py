@@ -7,6 +7,7 @@ placeholder positions in one batched scatter; graph inputs are consumed at prefi
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -141,10 +142,9 @@ class LlamoGraphEncoder(nn.Module):
         """
         hidden = self.atom_encoder(atom_features)
         levels = [hidden]
-        last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, edge_index, bond_features)
-            if index < last:
+            if index < len(self.layers) - 1:
                 hidden = nn.functional.relu(hidden)
             hidden = self.dropout(hidden)
             levels.append(hidden)
@@ -164,17 +164,16 @@ class LlamoGraphProjector(nn.Module):
         self.motif_tokens_first = projector.motif_tokens_position == "first"
         self.share_level_attention = projector.share_level_attention
 
+        attention = partial(nn.MultiheadAttention, hidden, projector.num_heads, batch_first=True)
         self.level_queries = nn.Parameter(torch.empty(self.num_levels, projector.queries_per_level, hidden))
         if self.share_level_attention:
-            self.level_attention = nn.MultiheadAttention(hidden, projector.num_heads, batch_first=True)
+            self.level_attention = attention()
         else:
-            self.level_attentions = nn.ModuleList(
-                nn.MultiheadAttention(hidden, projector.num_heads, batch_first=True) for _ in range(self.num_levels)
-            )
+            self.level_attentions = nn.ModuleList(attention() for _ in range(self.num_levels))
         if self.use_motifs:
             self.motif_embedding = nn.Linear(projector.motif_feature_size, hidden, bias=False)
             self.motif_queries = nn.Parameter(torch.empty(projector.num_motif_queries, hidden))
-            self.motif_attention = nn.MultiheadAttention(hidden, projector.num_heads, batch_first=True)
+            self.motif_attention = attention()
         self.layer_norm = nn.LayerNorm(hidden, eps=projector.layer_norm_eps)
         text_hidden = config.text_config.hidden_size
         layers: list[nn.Module] = [nn.Linear(hidden, text_hidden)]
@@ -185,20 +184,11 @@ class LlamoGraphProjector(nn.Module):
 
     def level_tokens(self, levels: torch.Tensor, atom_mask: torch.BoolTensor) -> torch.Tensor:
         """`(num_levels, B, N, H)` dense node levels, `(B, N)` mask -> `(B, num_levels * queries_per_level, H)`."""
-        num_levels, batch, num_atoms, hidden = levels.shape
-        padding = ~atom_mask
-        if self.share_level_attention:
-            queries = self.level_queries.unsqueeze(1).expand(num_levels, batch, -1, hidden)
-            queries = queries.reshape(num_levels * batch, self.queries_per_level, hidden)
-            keys = levels.reshape(num_levels * batch, num_atoms, hidden)
-            tokens, _ = self.level_attention(
-                queries, keys, keys, key_padding_mask=padding.repeat(num_levels, 1), need_weights=False
-            )
-            tokens = tokens.view(num_levels, batch, self.queries_per_level, hidden).transpose(0, 1)
-            return tokens.reshape(batch, num_levels * self.queries_per_level, hidden)
+        batch, padding = levels.shape[1], ~atom_mask
+        attentions = [self.level_attention] * self.num_levels if self.share_level_attention else self.level_attentions
         tokens = [
             attention(queries.expand(batch, -1, -1), keys, keys, key_padding_mask=padding, need_weights=False)[0]
-            for attention, queries, keys in zip(self.level_attentions, self.level_queries, levels, strict=True)
+            for attention, queries, keys in zip(attentions, self.level_queries, levels, strict=True)
         ]
         return torch.cat(tokens, dim=1)
 
@@ -244,7 +234,6 @@ class LlamoGraphProjector(nn.Module):
 
 
 class LlamoPreTrainedModel(PreTrainedModel):
-    config_class = LlamoConfig
     config: LlamoConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -682,8 +671,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         # Feeding only a suffix means the rest is cached; this avoids reading a static cache's length on the device.
         suffix_only = next_sequence_length is not None and next_sequence_length < input_ids.shape[1]
         if graph_names and (suffix_only or (cache is not None and cache.get_seq_length() > 0)):
-            for name in graph_names:
-                del model_inputs[name]
+            model_inputs = {key: value for key, value in model_inputs.items() if key not in graph_names}
         return model_inputs
 
 

@@ -248,9 +248,8 @@ class LlamoMoleculePipeline(Pipeline):
                 "LlamoMoleculePipeline needs the model's LlamoProcessor: pass `processor=` (pipeline() loads it "
                 "from the model folder or repository)."
             )
-        check, config = getattr(processor, "check_model_config", None), getattr(model, "config", None)
-        if check is not None and config is not None:
-            check(config)  # a processor built for another model: fail now, naming both token counts
+        if (check := getattr(processor, "check_model_config", None)) is not None:  # no config: nothing to check
+            check(getattr(model, "config", None))  # a processor built for another model: fail now, naming both counts
         super().__init__(model=model, processor=processor, tokenizer=tokenizer or processor.tokenizer, **kwargs)
 
     def __call__(self, inputs, smiles: str | Sequence[str] | None = None, batch_size: int | None = None, **kwargs):
@@ -307,8 +306,7 @@ class LlamoMoleculePipeline(Pipeline):
         if isinstance(item, Mapping):
             if smiles is not None:
                 raise ValueError(f"Input {index} is a dict: give its SMILES under 'smiles', not as smiles=...")
-            unknown = sorted(set(item) - {"smiles", "text"})
-            if unknown:
+            if unknown := sorted(set(item) - {"smiles", "text"}):
                 raise ValueError(f"Input {index} has unknown keys {unknown}; expected 'smiles' and 'text'.")
             return molecule_conversation(item.get("smiles"), item.get("text"), index)
         raise TypeError(
@@ -385,13 +383,12 @@ class LlamoMoleculePipeline(Pipeline):
         if verify_names is not None:
             forward_params.update(verification_settings(forward_params))
         postprocess_params = _given(
-            verify_names=verify_names, propose_names=propose_names, return_tensors=return_tensors
+            verify_names=verify_names,
+            propose_names=propose_names,
+            return_tensors=return_tensors,
+            skip_special_tokens=skip_special_tokens,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
         )
-        decoding = _given(
-            skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
-        )
-        if decoding:
-            postprocess_params["decode_kwargs"] = decoding
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(
@@ -428,14 +425,9 @@ class LlamoMoleculePipeline(Pipeline):
         if system_prompt is not None:
             system = {"role": "system", "content": system_prompt}
             conversations = [c if c[0].get("role") == "system" else [system, *c] for c in conversations]
-        options = dict(
-            chat_template=chat_template,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            processor_kwargs={} if max_atoms is _UNSET else {"max_atoms": max_atoms},
-            include_graph=include_graph,
-        )
+        atoms = {} if max_atoms is _UNSET else {"max_atoms": max_atoms}
+        options = dict(chat_template=chat_template, include_graph=include_graph, processor_kwargs=atoms)
+        options.update(add_generation_prompt=True, tokenize=True, return_dict=True)
         inputs = self.processor.apply_chat_template(conversations, **options)
         check_prompt_lengths(self.model, inputs, [len(found) for found in context])
         ranked = rank_neighbour_answers and any(context)
@@ -463,18 +455,17 @@ class LlamoMoleculePipeline(Pipeline):
     def postprocess(
         self,
         model_outputs: dict[str, Any],
-        decode_kwargs: dict[str, Any] | None = None,
         return_tensors: bool = False,
         verify_names: Any = None,
         propose_names: Any = None,
+        **decode_kwargs,
     ) -> list[list[dict[str, Any]]]:
         """One list of answers per input; `decode_kwargs` go to the tokenizer's `batch_decode` (special tokens are
         skipped unless it says otherwise)."""
         token_ids, num_inputs = model_outputs["new_tokens"].tolist(), model_outputs["num_inputs"]
         per_input = len(token_ids) // num_inputs
-        decode_kwargs = {"skip_special_tokens": True, **(decode_kwargs or {})}
         token_ids = [answer_token_ids(self.model.generation_config, ids) for ids in token_ids]
-        texts = self.processor.tokenizer.batch_decode(token_ids, **decode_kwargs)
+        texts = self.processor.tokenizer.batch_decode(token_ids, **{"skip_special_tokens": True, **decode_kwargs})
         rows = [{"generated_text": text.strip()} for text in texts]
         if return_tensors:
             for row, ids in zip(rows, token_ids, strict=True):

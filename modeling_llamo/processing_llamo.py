@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import re
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,13 +67,14 @@ class RenderedConversation:
     assistant_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
-_GRAPH_TOKEN_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _direct_backend(tokenizer) -> Any:
     """The `tokenizers.Tokenizer` behind a fast tokenizer when calling it directly gives what the tokenizer's
-    `__call__` gives for one text without truncation or padding, else `None`: no special-token splitting, and no
-    truncation or fixed-length padding left set on the backend (the `__call__` would clear them)."""
+    `__call__` gives for one text without truncation or padding, else `None`: no special-token splitting, no inputs
+    beyond `input_ids` and `attention_mask`, and no truncation or fixed-length padding left set on the backend (the
+    `__call__` would clear them)."""
+    names = list(getattr(tokenizer, "model_input_names", ()))
+    if names not in (["input_ids", "attention_mask"], ["input_ids"]):
+        return None
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "split_special_tokens", False):
         return None
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -87,26 +88,19 @@ def _direct_backend(tokenizer) -> Any:
 
 def _graph_token_splits(tokenizer, graph_token_id: int) -> bool:
     """Whether the tokenizer's backend splits text at every occurrence of the graph token (a special added token, not
-    `single_word`), read once per tokenizer and vocabulary size."""
-    key = len(tokenizer)
-    cached = _GRAPH_TOKEN_SPLITS.get(tokenizer)
-    if cached is None or cached[0] != key:
-        token = tokenizer.backend_tokenizer.get_added_tokens_decoder().get(graph_token_id)
-        cached = (key, token is not None and bool(token.special) and not token.single_word)
-        _GRAPH_TOKEN_SPLITS[tokenizer] = cached
-    return cached[1]
+    `single_word`)."""
+    token = tokenizer.backend_tokenizer.get_added_tokens_decoder().get(graph_token_id)
+    return token is not None and bool(token.special) and not token.single_word
 
 
 def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]]:
     """`smiles` as one list of molecules per text: a single molecule, a flat list (one per text, or all of a single
     text's molecules), or a list of lists."""
     smiles = [smiles] if isinstance(smiles, MoleculeInput) else list(smiles)
-    if any(isinstance(item, (list, tuple)) for item in smiles):
-        per_text = [list(item) if isinstance(item, (list, tuple)) else [item] for item in smiles]
-    elif num_texts == 1:
+    if num_texts == 1 and not any(isinstance(item, (list, tuple)) for item in smiles):
         per_text = [smiles]
     else:
-        per_text = [[item] for item in smiles]
+        per_text = [list(item) if isinstance(item, (list, tuple)) else [item] for item in smiles]
     if len(per_text) != num_texts:
         raise ValueError(
             f"Got {num_texts} texts and molecules for {len(per_text)}: give one list of molecules per text (or one "
@@ -213,8 +207,7 @@ class LlamoProcessor(ProcessorMixin):
         with contextlib.suppress(Exception):  # no readable LLaMo config: the model's loader reports a broken one
             if json.loads((folder / "config.json").read_text(encoding="utf-8"))["model_type"] == LlamoConfig.model_type:
                 config = LlamoConfig.from_pretrained(folder)
-        if config is not None:
-            processor.check_model_config(config)
+        processor.check_model_config(config)  # None: nothing to check
         return processor
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -249,18 +242,17 @@ class LlamoProcessor(ProcessorMixin):
         """Raise a `ValueError` for a row whose graph placeholder count is not `num_graph_tokens` per molecule (a
         truncated prompt)."""
         for index, (ids, molecules) in enumerate(zip(input_ids, expected, strict=True)):
-            found = sum(1 for token in ids if token == self.graph_token_id)
-            if found != molecules * self.num_graph_tokens:
-                name = names[index] if names is not None else f"Sequence {index}"
-                if found > molecules * self.num_graph_tokens:
-                    raise ValueError(
-                        f"{name} holds {found} graph placeholders, but its {molecules} molecules make "
-                        f"{molecules * self.num_graph_tokens}: its text writes {self.graph_token} itself; give "
-                        "molecules as molecule blocks only."
-                    )
+            found, made = sum(1 for token in ids if token == self.graph_token_id), molecules * self.num_graph_tokens
+            name = names[index] if names is not None else f"Sequence {index}"
+            if found > made:
                 raise ValueError(
-                    f"{name} keeps {found} of its {molecules * self.num_graph_tokens} graph placeholders after "
-                    "tokenization (truncated?): raise `max_length` or shorten the text."
+                    f"{name} holds {found} graph placeholders, but its {molecules} molecules make {made}: its text "
+                    f"writes {self.graph_token} itself; give molecules as molecule blocks only."
+                )
+            if found < made:
+                raise ValueError(
+                    f"{name} keeps {found} of its {made} graph placeholders after tokenization (truncated?): raise "
+                    "`max_length` or shorten the text."
                 )
 
     def __call__(
@@ -325,7 +317,9 @@ class LlamoProcessor(ProcessorMixin):
         if len(texts) == 1 and return_tensors == "pt":
             batch = self._encode_single(texts[0], molecule_counts[0], graph_inputs, **kwargs)
         if batch is None:
-            encoding = self._tokenize([self.expand_placeholders(text)[0] for text in texts], **kwargs)
+            if len(texts) == 1 and self.tokenizer.pad_token is None:
+                kwargs["padding"] = False  # nothing to pad; a batch without a pad token is refused by the tokenizer
+            encoding = self.tokenizer([self.expand_placeholders(text)[0] for text in texts], **kwargs)
             self.check_placeholders(encoding["input_ids"], molecule_counts)
             batch = BatchFeature({**encoding, **graph_inputs}, tensor_type=return_tensors)  # it checks return_tensors
             if return_tensors is None:
@@ -350,41 +344,30 @@ class LlamoProcessor(ProcessorMixin):
         add_special_tokens: bool = True,
         **kwargs,
     ) -> BatchFeature | None:
-        """One text encoded by the fast tokenizer's backend directly (much faster), giving what `_tokenize` gives when
-        there is nothing to truncate or pad; where the backend splits at the graph token, one placeholder per molecule
-        is encoded, then repeated. `None` (use the general path) otherwise, and where that path would report or warn."""
-        if kwargs or truncation not in (False, None, "do_not_truncate") or max_length is not None:
+        """One text encoded by the fast tokenizer's backend directly (much faster), giving what the tokenizer's
+        `__call__` gives when there is nothing to truncate or pad; where the backend splits at the graph token, one
+        placeholder per molecule is encoded, then repeated. `None` (use the general path) otherwise, and where that path
+        would report or warn."""
+        padded = padding not in (True, False, None, "longest", "do_not_pad")  # to a fixed length
+        if kwargs or padded or max_length is not None or truncation not in (False, None, "do_not_truncate"):
             return None
-        if padding not in (True, False, None, "longest", "do_not_pad"):
+        if (backend := _direct_backend(self.tokenizer)) is None:
             return None
-        tokenizer = self.tokenizer
-        names = list(getattr(tokenizer, "model_input_names", ()))
-        if names not in (["input_ids", "attention_mask"], ["input_ids"]):
-            return None
-        if (backend := _direct_backend(tokenizer)) is None:
-            return None
-        split = _graph_token_splits(tokenizer, self.graph_token_id)
+        split = _graph_token_splits(self.tokenizer, self.graph_token_id)
         encoding = backend.encode(
             text if split else self.expand_placeholders(text)[0], add_special_tokens=add_special_tokens
         )
         ids = np.array([encoding.ids], dtype=np.int64)
         if split:  # each placeholder id repeated num_graph_tokens times
             ids = np.repeat(ids, np.where(ids[0] == self.graph_token_id, self.num_graph_tokens, 1), axis=1)
-        if (ids == self.graph_token_id).sum() != molecules * self.num_graph_tokens:
-            return None
-        limit = getattr(tokenizer, "model_max_length", None)
-        if limit is not None and ids.shape[1] > limit:
+        limit = getattr(self.tokenizer, "model_max_length", None) or math.inf
+        if (ids == self.graph_token_id).sum() != molecules * self.num_graph_tokens or ids.shape[1] > limit:
             return None
         data = {"input_ids": torch.from_numpy(ids)}
-        if "attention_mask" in names:
+        if "attention_mask" in self.tokenizer.model_input_names:
             data["attention_mask"] = torch.ones_like(data["input_ids"])
         data.update(graph_inputs)
         return BatchFeature(data)
-
-    def _tokenize(self, texts: list[str], padding: bool | str = True, **kwargs):
-        if len(texts) == 1 and self.tokenizer.pad_token is None:
-            padding = False  # nothing to pad; a batch without a pad token is refused by the tokenizer, with advice
-        return self.tokenizer(texts, padding=padding, **kwargs)
 
     # --- chat templates -------------------------------------------------------------------------------------------
 
@@ -464,15 +447,15 @@ class LlamoProcessor(ProcessorMixin):
             )
         return messages, molecules
 
-    def _template(self, chat_template: str | None) -> str:
+    def _renderer(self, chat_template: str | None, **template_kwargs):
+        """The resolved chat template, and `render(messages, add_generation_prompt, **extra) -> text` applying it."""
         if chat_template is not None and not isinstance(chat_template, str):
             raise TypeError(
                 f"chat_template is a Jinja string or a template name, not a {type(chat_template).__name__}."
             )
-        return resolve_chat_template(chat_template, self.chat_template, getattr(self.tokenizer, "chat_template", None))
-
-    def _renderer(self, chat_template: str | None, **template_kwargs):
-        template = self._template(chat_template)
+        template = resolve_chat_template(
+            chat_template, self.chat_template, getattr(self.tokenizer, "chat_template", None)
+        )
         blocks = reads_content_blocks(template)
 
         def render(messages: list[dict], add_generation_prompt: bool, **extra) -> str:
@@ -485,14 +468,13 @@ class LlamoProcessor(ProcessorMixin):
                 **extra,
             )
 
-        return render
+        return template, render
 
     def _generation_spans(
-        self, messages: list[dict], chat_template: str | None, add_generation_prompt: bool, **template_kwargs
+        self, messages: list[dict], template: str, add_generation_prompt: bool, **template_kwargs
     ) -> list[tuple[int, int]] | None:
         """The character spans of the template's `{% generation %}` blocks in the rendered conversation, or `None` for
         a template without one."""
-        template = self._template(chat_template)
         if not re.search(r"\{%-?\s*generation\s*-?%\}", template):
             return None
         _, indices = render_jinja_template(
@@ -545,7 +527,7 @@ class LlamoProcessor(ProcessorMixin):
             isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
         )
         conversations = conversation if batched else [conversation]
-        render = self._renderer(chat_template, **kwargs)
+        template, render = self._renderer(chat_template, **kwargs)
         featurizer = LlamoMoleculeFeaturizer(processor_kwargs.get("max_atoms", self.max_atoms))
         prompts, molecules, spans = [], [], []
         for index, item in enumerate(conversations):
@@ -561,7 +543,7 @@ class LlamoProcessor(ProcessorMixin):
                     "final message as given, so the prompt cannot end with it."
                 ) from None
             if return_assistant_tokens_mask:
-                turns = self._generation_spans(messages, chat_template, add_generation_prompt, **kwargs)
+                turns = self._generation_spans(messages, template, add_generation_prompt, **kwargs)
                 if turns is None:
                     turns = assistant_spans(messages, render, index)[1]
                 spans.append(self.expand_placeholders(prompts[-1], turns)[1])
@@ -598,14 +580,14 @@ class LlamoProcessor(ProcessorMixin):
     ) -> RenderedConversation:
         """Render a whole conversation (for training) and locate its assistant turns (`assistant_spans`).
         `molecules`: its molecules already featurized, in block order (the training collator's cache)."""
-        render = self._renderer(chat_template, **template_kwargs)
+        render = self._renderer(chat_template, **template_kwargs)[1]
         messages, found = self._flatten(list(conversation), index, prepared=molecules)
         text, spans = assistant_spans(messages, render, index)
         return RenderedConversation(text, found, spans)
 
     def answer_marker(self, chat_template: str | None = None) -> str | None:
         """The text a chat template puts between a user turn and the assistant's answer (e.g. `[/INST]`)."""
-        return answer_marker(self._renderer(chat_template))
+        return answer_marker(self._renderer(chat_template)[1])
 
     # --- decoding -------------------------------------------------------------------------------------------------
 

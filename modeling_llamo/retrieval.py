@@ -128,8 +128,7 @@ def load_index(choice: str | None, model_dir: str | Path | None, question: str):
     table's package is installed)."""
     from llamo.processing.index import MoleculeIndex
 
-    settings = retrieval_settings(model_dir)
-    task = question_task(question)
+    settings, task = retrieval_settings(model_dir), question_task(question)
     k = neighbours_for(settings, task)
     if choice not in (None, "auto", "none"):
         return MoleculeIndex.load(choice), k

@@ -26,9 +26,6 @@ MESSAGE_CHARS = 80
 MAX_RING_BONDS_PER_ATOM = 12
 """An atom may carry at most this many ring-bond labels (ChEBI-20's SMILES carry at most 2). Dense graphs need many:
 RDKit's ring perception and the ring merging of the motif rules take about a minute for a 50-atom clique."""
-RING_ALLOWANCE = (2, 16)
-"""A molecule may write at most `2 * atoms + 16` ring bonds and have as many rings: no real molecule comes close
-(ChEBI-20's densest, cubane, has 5 ring bonds for 8 atoms), while the merging of rings takes quadratic time."""
 
 # One match per token of a SMILES that matters for its size: bracket atoms, then the organic subset (two-letter
 # symbols before one-letter ones), and ring-bond labels. Bracket hydrogens without isotope get their own groups:
@@ -142,9 +139,9 @@ def count_smiles_atoms(smiles: str) -> int:
 
 
 def ring_allowance(num_atoms: int) -> int:
-    """The most ring bonds (and rings) a molecule of `num_atoms` atoms may have: see `RING_ALLOWANCE`."""
-    per_atom, extra = RING_ALLOWANCE
-    return per_atom * num_atoms + extra
+    """A molecule may write at most `2 * atoms + 16` ring bonds and have as many rings: no real molecule comes close
+    (ChEBI-20's densest, cubane, has 5 ring bonds for 8 atoms), while the merging of rings takes quadratic time."""
+    return 2 * num_atoms + 16
 
 
 def position_text(index: int | None) -> str:
@@ -170,7 +167,7 @@ def parse_smiles(smiles: str, index: int | None = None, max_atoms: int | None = 
 
     Cheap checks before RDKit refuse what is not a SMILES (non-strings, blank text, NUL, lone surrogates) and, with
     `OversizedMoleculeError`, SMILES over `max_atoms` atoms (`count_smiles_atoms`), `MAX_SMILES_LENGTH` characters or
-    the ring limits (`MAX_RING_BONDS_PER_ATOM`, `RING_ALLOWANCE`). The exact atom count is left to `check_size`."""
+    the ring limits (`MAX_RING_BONDS_PER_ATOM`, `ring_allowance`). The exact atom count is left to `check_size`."""
     where = position_text(index)
     if not isinstance(smiles, str):
         raise ValueError(f"SMILES{where} must be a string, got {type(smiles).__name__}: {shorten_for_message(smiles)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 import torch
@@ -89,13 +90,10 @@ class LlamoDataCollator:
             for ids, row_graphs in zip(input_ids, graphs, strict=True)
         ]
         if any(fits) and not all(fits):
-            for name in (name for name, kept in zip(names, fits, strict=True) if not kept):
+            for name in compress(names, [not kept for kept in fits]):
                 logger.warning("%s left out of its batch: its molecules' graph placeholders do not fit.", name)
             self.dropped += fits.count(False)
-            input_ids, labels, graphs, names = (
-                [item for item, kept in zip(column, fits, strict=True) if kept]
-                for column in (input_ids, labels, graphs, names)
-            )
+            input_ids, labels, graphs, names = ([*compress(part, fits)] for part in (input_ids, labels, graphs, names))
         self.processor.check_placeholders(input_ids, list(map(len, graphs)), names=names)
         batch = dict(tokenizer.pad({"input_ids": input_ids}, padding_side="right", return_tensors="pt"))  # longest row
         batch["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)

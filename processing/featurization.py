@@ -27,19 +27,13 @@ FEATURIZATION_VERSION = "2"  # 2: rows with bad further molecules, or with the g
 MULTIPROCESS_MIN_ROWS = 512
 
 
-class _RowProblem(Exception):
-    """A row dropped for something other than its own molecule (the message is the report reason)."""
-
-
 def _featurization_error(failure: Exception) -> str:
     """The report reason of a molecule that could not be featurized."""
-    if isinstance(failure, _RowProblem):
-        return str(failure)
-    if not isinstance(failure, ValueError):
-        return f"featurization error: {type(failure).__name__}"
     if isinstance(failure, OversizedMoleculeError):
         return "oversized molecule"
-    return "empty SMILES" if str(failure).startswith("Empty") else "unparsable SMILES"
+    if isinstance(failure, ValueError):
+        return "empty SMILES" if str(failure).startswith("Empty") else "unparsable SMILES"
+    return f"featurization error: {type(failure).__name__}"
 
 
 def _row_problem(batch: dict[str, list], index: int, max_atoms: int | None) -> str:
@@ -61,21 +55,17 @@ def _featurize_batch(batch: dict[str, list], max_atoms: int | None) -> dict[str,
     out: dict[str, list] = {name: [] for name in [*FEATURIZED_FEATURES, "featurization_error"]}
     with rdBase.BlockLogs():
         for index, smiles in enumerate(batch["smiles"]):
+            row = dict.fromkeys(FEATURIZED_FEATURES)
             try:
-                if problem := _row_problem(batch, index, max_atoms):
-                    raise _RowProblem(problem)
-                prepared = prepare_molecule(smiles, max_atoms)
-                row = {
-                    **prepared.graph.to_dict(),
-                    "prompt_smiles": prepared.smiles,
-                    "inchikey": Chem.MolToInchiKey(prepared.mol) or "",
-                    "num_atoms": prepared.graph.num_atoms,
-                    "featurization_error": "",
-                }
+                if not (error := _row_problem(batch, index, max_atoms)):
+                    prepared = prepare_molecule(smiles, max_atoms)
+                    inchikey = Chem.MolToInchiKey(prepared.mol) or ""
+                    row = {**prepared.graph.to_dict(), "prompt_smiles": prepared.smiles, "inchikey": inchikey}
+                    row["num_atoms"] = prepared.graph.num_atoms
             except Exception as failure:  # one bad molecule is counted, never stops the job
-                row = {**dict.fromkeys(FEATURIZED_FEATURES), "featurization_error": _featurization_error(failure)}
+                error = _featurization_error(failure)
             for name, column in out.items():
-                column.append(row[name])
+                column.append(error if name == "featurization_error" else row[name])
     return out
 
 

@@ -105,9 +105,7 @@ def run_generate_data(args: argparse.Namespace) -> None:
     from .instruction_inputs import ColumnNames, read_molecules
     from .instruction_summary import format_summary
 
-    columns = ColumnNames(
-        **{role: getattr(args, f"{role}_column") for role in ("smiles", "description", "iupac", "id")}
-    )
+    columns = ColumnNames(**{role: getattr(args, f"{role}_column") for role in vars(ColumnNames())})
     try:
         molecules = read_molecules(args.input, args.format, columns, id_prefix=args.id_prefix, limit=args.limit)
         teacher = build_teacher(args.teacher, args.model, **options_of(args, *TEACHER_OPTIONS, *CONNECTION_OPTIONS))

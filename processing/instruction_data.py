@@ -166,35 +166,42 @@ def _result(future: Future, teacher, state: RunState) -> Any:
     return None
 
 
-def _seed_exemplars(teacher, molecules: list[Molecule], config, executor, state: RunState) -> tuple[list, bool]:
-    """Step 1: one seed conversation for each of `config.seed_exemplars` molecules drawn with `config.seed`; the
-    ones that pass the filter become exemplars. Returns (exemplars, whether every seed request got an answer)."""
+def _exemplars(teacher, molecules: list[Molecule], config, executor, store, state: RunState) -> list[Exemplar]:
+    """Step 1: the exemplars saved by an earlier run (or `config.exemplars_file`), else the seed conversations on
+    `config.seed_exemplars` molecules drawn with `config.seed` that pass the filter, saved once all were answered."""
+    if isinstance(teacher, GroundedTeacher) or config.num_exemplars == 0:
+        return []
+    if (loaded := store.load_exemplars(config.exemplars_file and Path(config.exemplars_file))) is not None:
+        return loaded
     chosen = random.Random(config.seed).sample(molecules, min(config.seed_exemplars, len(molecules)))
 
-    def seed_one(molecule: Molecule) -> tuple[Exemplar | None, dict[str, int]]:
+    def seed_one(molecule: Molecule) -> tuple[Exemplar | None, dict[str, int]] | None:
+        """(the exemplar, None if filtered; token usage), or None when the request failed."""
         prompt = seed_messages(molecule.smiles, molecule.description, molecule.iupac, config.max_turns)
-        reply = teacher.complete(prompt, seed=molecule_seed(config.seed, f"exemplar:{molecule.id}"))
+        try:
+            reply = teacher.complete(prompt, seed=molecule_seed(config.seed, f"exemplar:{molecule.id}"))
+        except TeacherFatalError:
+            raise
+        except TeacherError as error:
+            logger.warning("Seed exemplar request failed: %s", error)
+            return None
         messages, reason, _ = judge_reply(reply, config.max_turns)
         if messages is None:
             logger.warning("Seed exemplar for %s dropped: %s", molecule.id, reason)
             return None, reply.usage
         return Exemplar(molecule.id, molecule.smiles, molecule.description, molecule.iupac, messages), reply.usage
 
-    exemplars, answered = [], True
-    for future in [executor.submit(seed_one, molecule) for molecule in chosen]:
-        try:
-            result = _result(future, teacher, state)
-        except TeacherError as error:
-            logger.warning("Seed exemplar request failed: %s", error)
-            result = None
-        if result is None:
-            answered = False
-            continue
-        exemplar, usage = result
+    results = [_result(future, teacher, state) for future in [executor.submit(seed_one, m) for m in chosen]]
+    for _, usage in filter(None, results):
         state.tokens.update(usage)
-        if exemplar is not None:
-            exemplars.append(exemplar)
-    return exemplars, answered
+    exemplars = [exemplar for exemplar, _ in filter(None, results) if exemplar is not None]
+    if all(results):
+        store.save_exemplars(exemplars)
+    elif state.stopped is None:
+        logger.warning("Some seed requests failed: this run uses %d exemplars, the next seeds again.", len(exemplars))
+    if not exemplars and state.stopped is None:
+        logger.warning("No seed exemplar is usable: conversations are generated zero-shot.")
+    return exemplars
 
 
 def _stop(teacher) -> None:
@@ -265,19 +272,7 @@ def generate_conversations(
         exemplars: list[Exemplar] = []
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamo-teacher")
         try:
-            if not isinstance(teacher, GroundedTeacher) and config.num_exemplars > 0:
-                given = Path(config.exemplars_file) if config.exemplars_file else None
-                if (loaded := store.load_exemplars(given)) is None:
-                    loaded, answered = _seed_exemplars(teacher, molecules.molecules, config, executor, state)
-                    if answered:  # saved once complete, so that every later run uses the same exemplars
-                        store.save_exemplars(loaded)
-                    elif state.stopped is None:
-                        logger.warning(
-                            "Some seed requests failed: this run uses %d exemplars, the next seeds again.", len(loaded)
-                        )
-                    if not loaded and state.stopped is None:
-                        logger.warning("No seed exemplar is usable: conversations are generated zero-shot.")
-                exemplars = loaded
+            exemplars = _exemplars(teacher, molecules.molecules, config, executor, store, state)
             todo = [molecule for molecule in molecules.molecules if not store.is_final(molecule.id)]
             bar = {"unit": "mol", "desc": "generate-data", "file": sys.stderr, "disable": not config.show_progress}
             with tqdm(total=len(molecules.molecules), initial=len(molecules.molecules) - len(todo), **bar) as progress:
@@ -316,8 +311,7 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     reading = {key: options.pop(key) for key in ("format", "id_prefix", "limit") if key in options}
     chosen = {item.name: options.pop(item.name) for item in fields(DataGenerationConfig) if item.name in options}
     config = DataGenerationConfig(**{"show_progress": False, **chosen})
-    teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}
-    if unknown := sorted(set(options) - teacher_options):
+    if unknown := sorted(set(options) - set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}):
         raise ValueError(f"Unknown conversations settings {unknown}: see llamo generate-data --help.")
     teacher = build_teacher(kind, max_turns=config.max_turns, **options)
     molecules = read_molecules(source, reading.pop("format", "auto"), **reading)

@@ -111,8 +111,7 @@ def read_molecules(
     """Read molecules with contexts from a ChEBI-20 style TSV, a CSV, a JSONL, a saved dataset folder, or a
     `datasets.Dataset` (a conversation-schema one gives its last assistant message as the description). Rows with no
     or unparsable SMILES, no description, text that is not UTF-8, a repeated id or unreadable JSON are counted in
-    `skipped`; a missing column
-    raises `ValueError` naming it. `limit` stops after that many molecules."""
+    `skipped`; a missing column raises `ValueError` naming it. `limit` stops after that many molecules."""
     from llamo.smiles_llamo import parse_smiles
 
     wanted = asdict(columns or ColumnNames())

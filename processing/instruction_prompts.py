@@ -177,7 +177,6 @@ def conversation_problem(messages: list[dict[str, str]], max_turns: int) -> str 
         return "unanswered_question" if len(messages) % 2 == 1 else "broken_turns"
     if any(not message["content"].strip() for message in messages):
         return "empty_turn"
-    normalised = {(message["role"], " ".join(message["content"].lower().split())) for message in messages}
-    if len(normalised) < len(messages):
+    if len({(message["role"], " ".join(message["content"].lower().split())) for message in messages}) < len(messages):
         return "duplicate_turn"
     return "too_many_turns" if len(messages) // 2 > max_turns else None

@@ -81,10 +81,6 @@ def write_json_atomically(path: Path, obj: Any) -> None:
         temporary.unlink(missing_ok=True)  # left only when the write failed (e.g. a full disk)
 
 
-def _identity_text(identity: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={identity.get(key)!r}" for key in IDENTITY_KEYS)
-
-
 class ConversationStore:
     """The output JSONL and its sidecars; knows which molecules are done (generated or filtered) or failed."""
 
@@ -120,10 +116,10 @@ class ConversationStore:
     def _check_identity(self, found: dict[str, Any]) -> None:
         if self.allow_mixed or all(found.get(key) == value for key, value in self.identity.items()):
             return
+        made, now = (", ".join(f"{key}={of.get(key)!r}" for key in IDENTITY_KEYS) for of in (found, self.identity))
         raise ValueError(
-            f"{self.path} already holds data made with {_identity_text(found)}, but this run uses "
-            f"{_identity_text(self.identity)}. Choose another output, pass --overwrite to start over, or "
-            "--allow-mixed to add to it anyway."
+            f"{self.path} already holds data made with {made}, but this run uses {now}. Choose another output, pass "
+            "--overwrite to start over, or --allow-mixed to add to it anyway."
         )
 
     def is_final(self, molecule_id: str) -> bool:

@@ -100,9 +100,7 @@ def property_from_text(text: str) -> str | None:
 
 def _installed_file(package: str, relative: str) -> Path:
     if (spec := importlib.util.find_spec(package)) is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"The {package} package is not installed (pip install {package}), and no path was given."
-        )
+        raise FileNotFoundError(f"No path was given and {package} is not installed (pip install {package}).")
     if not (path := Path(next(iter(spec.submodule_search_locations))) / relative).is_file():
         raise FileNotFoundError(f"{path} is missing from the installed {package} package.")
     return path

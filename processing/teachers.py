@@ -213,9 +213,7 @@ class OpenAICompatibleTeacher:
             # an HTTP client would quote the whole header, key included, in its error
             raise ValueError(f"${api_key_env} holds spaces or characters that cannot be sent in an HTTP header.")
         if not self._api_key:
-            logger.warning(
-                "No API key: $%s is not set; requests are sent without an Authorization header.", api_key_env
-            )
+            logger.warning("No API key in $%s: requests are sent without an Authorization header.", api_key_env)
         self.timeout, self.retry, self.budget = timeout, retry or RetryPolicy(), budget or RequestBudget()
         self.temperature, self.max_tokens = temperature, max_tokens
         self.stop_event = threading.Event()

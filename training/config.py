@@ -276,15 +276,28 @@ def read_recipe(name: str) -> dict[str, Any]:
     return recipe
 
 
-def _parser(stage: str):
-    """The stage's `TrlParser`, with the paper's defaults (`STAGE_DEFAULTS`); on the CPU without an accelerator."""
+def _parse(stage: str, settings: dict[str, Any], argv: list[str] | None = None) -> StageArguments:
+    """The stage's `TrlParser` (the paper's defaults, `STAGE_DEFAULTS`, on the CPU without an accelerator) applied to
+    the recipe `settings` or the command line `argv`; a wrong value is named in one line, without the whole usage."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
     from .common import no_accelerator
 
-    parser = TrlParser((STAGE_ARGUMENTS[stage], SFTConfig, ModelConfig), prog=f"llamo train {stage}")
+    parser = TrlParser(
+        (STAGE_ARGUMENTS[stage], SFTConfig, ModelConfig), prog=f"llamo train {stage}", exit_on_error=False
+    )
     parser.set_defaults_with_config(**STAGE_DEFAULTS[stage], use_cpu=no_accelerator())
-    return parser
+    if unknown := parser.set_defaults_with_config(**settings):
+        raise ValueError(f"Unknown recipe keys: {', '.join(key[2:] for key in unknown[::2])}")
+    try:
+        if argv is None:
+            parsed = parser.parse_args_into_dataclasses(args=[], look_for_args_file=False)
+        else:
+            parsed = parser.parse_args_and_config(args=argv)
+    except argparse.ArgumentError as error:
+        culprit = "Recipe key " if argv is None else ""
+        raise ValueError(f"{culprit}{error.argument_name.split('/')[0].lstrip('-')}: {error.message}") from None
+    return check_arguments(stage, StageArguments(*parsed))
 
 
 def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArguments:
@@ -297,13 +310,7 @@ def parse_stage_arguments(stage: str, argv: list[str] | None = None) -> StageArg
         argv[at] = str(recipe_file(argv[at]))
         keys += list(read_recipe(argv[at]))
     reject_legacy_keys(keys)
-    parser = _parser(stage)
-    parser.exit_on_error = False  # a wrong value is named in one line, without the whole usage
-    try:
-        parsed = parser.parse_args_and_config(args=argv)
-    except argparse.ArgumentError as error:
-        raise ValueError(f"{error.argument_name.split('/')[0].lstrip('-')}: {error.message}") from None
-    return check_arguments(stage, StageArguments(*parsed))
+    return _parse(stage, {}, argv)
 
 
 def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
@@ -311,15 +318,7 @@ def stage_arguments(stage: str, settings: dict[str, Any]) -> StageArguments:
     `TrlParser` reads a `--config` file: string values are converted by each field's type (YAML reads `1e-4` as a
     string), and unknown keys are refused."""
     reject_legacy_keys(settings)
-    parser = _parser(stage)
-    if unknown := parser.set_defaults_with_config(**settings):
-        raise ValueError(f"Unknown recipe keys: {', '.join(key[2:] for key in unknown[::2])}")
-    parser.exit_on_error = False
-    try:
-        parsed = parser.parse_args_into_dataclasses(args=[], look_for_args_file=False)
-    except argparse.ArgumentError as error:
-        raise ValueError(f"Recipe key {error.argument_name.split('/')[0].lstrip('-')}: {error.message}") from None
-    return check_arguments(stage, StageArguments(*parsed))
+    return _parse(stage, settings)
 
 
 NUMBER_LIMITS: dict[str, tuple[float, float, str]] = {
@@ -352,11 +351,9 @@ def check_output_dir(output_dir: str | None) -> None:
     """Refuse an `output_dir` that is, or lies inside, an existing file."""
     path = Path(output_dir or ".")
     existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
-    if existing is None or existing.is_dir():
-        return
-    if existing == path:
-        raise ValueError(f"output_dir {output_dir} exists and is not a folder: choose another one")
-    raise ValueError(f"output_dir {output_dir} lies inside {existing}, which is not a folder: choose another one")
+    if existing is not None and not existing.is_dir():
+        where = "exists and" if existing == path else f"lies inside {existing}, which"
+        raise ValueError(f"output_dir {output_dir} {where} is not a folder: choose another one")
 
 
 def check_arguments(stage: str, arguments: StageArguments) -> StageArguments:

@@ -43,9 +43,7 @@ def main(
         model, peft_config = PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
     else:
         peft_config = lora_config(model, model_args)
-    trainer, run = train(
-        arguments, state, model, processor, checkpoint, log, peft_config=peft_config, callbacks=callbacks
-    )
+    trainer, run = train(arguments, state, model, processor, checkpoint, log, peft_config, callbacks)
     with final_save_guard(output_dir, "the final adapter and merged model", trainer.model):
         adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
         trainer.save_model(str(adapter_dir))
@@ -56,10 +54,8 @@ def main(
                 processor.save_pretrained(merged_dir)
             summary = {"stage": 2, "base_model": str(model_args.model_name_or_path), **run}
             write_json_atomically(output_dir / SUMMARY, summary)
-            log(
-                f"[stage2] done: adapter in {adapter_dir}"
-                + (f", merged model in {merged_dir}" if script_args.save_merged else "")
-            )
+            merged = f", merged model in {merged_dir}" if script_args.save_merged else ""
+            log(f"[stage2] done: adapter in {adapter_dir}{merged}")
     return output_dir
 
 

@@ -69,31 +69,6 @@ class StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
 
-class StopRegistry:
-    """One stop flag per browser session, so a Stop click ends that session's answer only."""
-
-    def __init__(self):
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str) -> threading.Event:
-        """A fresh flag for the session's next answer."""
-        with self._lock:
-            event = self._events[session] = threading.Event()
-        return event
-
-    def stop(self, session: str) -> None:
-        with self._lock:
-            if (event := self._events.get(session)) is not None:
-                event.set()
-
-    def finish(self, session: str, event: threading.Event) -> None:
-        """Forget the session's flag once its answer is done (unless a newer answer replaced it)."""
-        with self._lock:
-            if self._events.get(session) is event:
-                del self._events[session]
-
-
 def generation_settings(max_new_tokens: int, do_sample: bool = False, temperature: float = 0.7) -> dict:
     """`generate` keyword arguments, with `max_new_tokens` clamped to 1..MAX_NEW_TOKENS_CAP (sampling: top-p 0.9)."""
     settings = {"max_new_tokens": max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_CAP)), "do_sample": bool(do_sample)}
@@ -110,43 +85,35 @@ def stream_answer(
     stop: threading.Event | None = None,
     stats: dict | None = None,
     rivals: list[dict] | None = None,
-    **pipeline_options,
 ) -> Iterator[str]:
     """Answer `messages` through the molecule pipeline in a background thread, yielding the answer so far after each
-    new piece.
+    new piece; `stats` receives `new_tokens` once it ends, and `verified` and `from_namer` where names were verified.
 
-    Setting `stop` ends generation at the next token; so does closing the iterator. A failure (messages that cannot be
+    Setting `stop`, or closing the iterator, ends generation at the next token. A failure (messages that cannot be
     rendered: bad SMILES, a molecule over the processor's `max_atoms`, a prompt over the model's context; or inside
     `generate`) is raised here, after the text produced before it. Answers are greedy or sampled, whatever the model's
-    generation config says, unless `settings` ask for `num_beams` or `pipeline_options` verify names (`verify_names`,
-    `propose_names`): beam search cannot stream, so that answer comes whole, once. The pipeline's answer, cleaned as it
-    cleans answers (`answer_token_ids`), comes last when it differs from the streamed text. With `rivals` (the
-    neighbours in `messages`, as dicts with `smiles`, `answer` and `similarity`), a finished answer that is neither
-    sampled nor a verified name competes with their own answers (`llamo.pipeline_llamo.rank_answers`, as the
-    pipeline's `rank_neighbour_answers`): where one scores higher it comes last, and `stats` gets `from_neighbour`.
-    `stats` receives `new_tokens` once the answer ends, and `verified` and `from_namer` where names were verified."""
+    generation config says, unless `settings` ask for `num_beams` or verify names (`verify_names`): beam search cannot
+    stream, so that answer comes whole, once. The pipeline's cleaned answer comes last when it differs from the
+    streamed text. With `rivals` (the neighbours in `messages`, as dicts), a finished answer neither sampled, stopped
+    nor a verified name competes with their own answers (`llamo.pipeline_llamo.rank_answers`): where one scores
+    higher it comes last, and `stats` gets `from_neighbour`."""
     pipe = LlamoMoleculePipeline(model=model, processor=processor, device=model.device)
-    closed = threading.Event()
+    stop, closed = stop or threading.Event(), threading.Event()
+    stats = {} if stats is None else stats
     streamer = TextIteratorStreamer(
         processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
     )
-    watch = StoppingCriteriaList([StopOnEvent(closed, *([stop] if stop is not None else []))])
-    settings = {"num_beams": 1, **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS)), **pipeline_options}
+    settings = {"num_beams": 1, **(settings or generation_settings(DEFAULT_MAX_NEW_TOKENS))}
     streams = settings["num_beams"] == 1 and "verify_names" not in settings
+    watch = StoppingCriteriaList([StopOnEvent(closed, stop)])
+    options = {"stopping_criteria": watch, "streamer": streamer if streams else None, "return_tensors": True}
     failure: list[Exception] = []
     result: list[dict] = []
 
     def generate() -> None:
         try:
             with torch.inference_mode():
-                found = pipe(
-                    messages,
-                    stopping_criteria=watch,
-                    streamer=streamer if streams else None,
-                    return_tensors=True,
-                    **settings,
-                )
-            result.append(found[0])
+                result.append(pipe(messages, **options, **settings)[0])
             if not streams:
                 streamer.on_finalized_text(result[0]["generated_text"], stream_end=True)
         except Exception as error:  # raised to the reader below
@@ -163,21 +130,17 @@ def stream_answer(
     finally:
         closed.set()
         worker.join()
-        if stats is not None:
-            found = result[0] if result else {}
-            stats["new_tokens"] = len(found.get("generated_token_ids", []))
-            stats.update({key: found[key] for key in ("verified", "from_namer") if key in found})
+        found = result[0] if result else {}
+        stats["new_tokens"] = len(found.get("generated_token_ids", []))
+        stats.update({key: found[key] for key in ("verified", "from_namer") if key in found})
     if failure:
         raise failure[0]
-    stopped = stop is not None and stop.is_set()
-    if result and rivals and not settings.get("do_sample") and "verify_names" not in settings and not stopped:
-        ids = result[0].get("generated_token_ids", [])
-        ranked = rank_answers(model, processor, messages, ids, rivals, RENDER_OPTIONS)
+    if found and rivals and not settings.get("do_sample") and "verify_names" not in settings and not stop.is_set():
+        ranked = rank_answers(model, processor, messages, found.get("generated_token_ids", []), rivals, RENDER_OPTIONS)
         if ranked is not None and ranked[0] is not None:
             position, scores = ranked
-            result[0]["generated_text"] = as_prompt_text(rivals[position]["answer"])
-            if stats is not None:
-                known = {"position": position, "score": scores[position + 1], "own_score": scores[0]}
-                stats["from_neighbour"] = {**rivals[position], **known}
-    if result and result[0]["generated_text"] != answer.strip():
-        yield result[0]["generated_text"]
+            found["generated_text"] = as_prompt_text(rivals[position]["answer"])
+            known = {"position": position, "score": scores[position + 1], "own_score": scores[0]}
+            stats["from_neighbour"] = {**rivals[position], **known}
+    if found and found["generated_text"] != answer.strip():
+        yield found["generated_text"]

@@ -3,16 +3,17 @@ their inputs; `build_demo` lays out components and wires events to them. (No `fr
 Gradio spots the `gr.Request` parameter of an event handler by its evaluated annotation.)"""
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from llamo.chat_template_llamo import add_name_hint
+from llamo.chat_template_llamo import add_name_hint, add_neighbours
 
 from . import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
-from .chat import StopRegistry, conversation_messages, generation_settings, stream_answer
+from .chat import conversation_messages, generation_settings, stream_answer
 from .molecule_view import EXAMPLES, drawing_html, groups_table_html, load_molecule, message_html
 from .motif_attention import motif_attention, uses_motifs
-from .neighbours import Retrieval, neighbours_html, prompt_entries, readable_molecule, with_neighbours
+from .neighbours import Retrieval, neighbours_html, readable_molecule
 
 TITLE = "LLaMo: ask a language model about a molecular graph"
 CSS = """
@@ -67,7 +68,8 @@ def render_molecule(smiles: str, model=None, processor=None, shade_by_attention:
 
 
 class Demo:
-    """The demo's state shared by all sessions: the model (or why there is none) and the per-session stop flags."""
+    """The demo's state shared by all sessions: the model (or why there is none) and the per-session stop flags (one
+    per browser session, so that a Stop click ends that session's answer only)."""
 
     def __init__(self, model=None, processor=None, unavailable=None, model_name=None, retrieval=None):
         self.model = model
@@ -75,18 +77,14 @@ class Demo:
         self.unavailable = unavailable if model is None else None
         self.model_name = model_name
         self.retrieval = retrieval
-        self.stops = StopRegistry()
-        self._conversations: dict[str, int] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._conversations: dict[str, int] = {}  # per session: its conversation's number, new with each reset
         self.can_chat = model is not None and processor is not None
-
-    def conversation(self, session: str) -> int:
-        """The number of the session's current conversation (it changes with each new molecule or reset)."""
-        return self._conversations.get(session, 0)
 
     def new_conversation(self, session: str = "local") -> None:
         """Start over: the answer in progress stops and sends no more updates."""
-        self._conversations[session] = self.conversation(session) + 1
-        self.stops.stop(session)
+        self._conversations[session] = self._conversations.get(session, 0) + 1
+        self.stop(session)
 
     def show(self, smiles: str, shade: bool, session: str = "local") -> tuple:
         """A new molecule: its panels, and a fresh conversation (any answer in progress is dropped): `(drawing,
@@ -111,7 +109,7 @@ class Demo:
         """Answer `question` about the current molecule, yielding `(chat history, question box, chat status,
         neighbours panel)` as the answer streams. Problems go to the status, not exceptions; a generation that fails
         before any text leaves the question in its box. A reset meanwhile (`new_conversation`) stops generation."""
-        conversation = self.conversation(session)
+        conversation = self._conversations.get(session, 0)
         history = list(history or [])
         question = (question or "").strip()
         if not question:
@@ -131,35 +129,38 @@ class Demo:
         loading = self.retrieval is not None and self.retrieval.needs_loading(question)
         working = GENERATING_BEAMS if settings.get("num_beams", 1) > 1 or "verify_names" in settings else GENERATING
         yield history, "", message_html(LOADING_INDEX if loading else working, kind="info"), ""
-        stop = self.stops.start(session)
-        answer, status, panel, stats, failed = "", "", "", {}, False
+        stop = self._stops[session] = threading.Event()
+        answer, note, panel, stats, failed = "", "", "", {}, False
         try:
             messages, panel, rivals = self.in_context(messages, smiles, question)
             for answer in stream_answer(self.model, self.processor, messages, settings, stop, stats, rivals):
-                if self.conversation(session) != conversation:
+                if self._conversations.get(session, 0) != conversation:
                     break
                 history = [*history[:-1], {"role": "assistant", "content": answer.strip()}]
                 yield history, "", message_html(working, kind="info"), panel
             if stop.is_set():
-                status = message_html("Stopped.", kind="info")
+                note = "Stopped."
+            elif "verified" in stats and not stats["verified"]:  # a name OPSIN checked, as `llamo generate` says it
+                note = "Not verified: OPSIN does not read any candidate name as this molecule."
             elif "verified" in stats:
-                status = message_html(verification_note(stats), kind="info")
+                namer = "the rule-based namer's name (openclatura), as no model candidate verified"
+                source = namer if stats.get("from_namer") else "the model's name"
+                note = f"Verified: OPSIN reads this name as the molecule ({source})."
             elif known := stats.get("from_neighbour"):
-                status = message_html(
+                note = (
                     f"This is the known answer of neighbour {known['position'] + 1} (similarity "
                     f"{known['similarity']:.2f}), not the model's own: the model scores it {known['score']:.3f} per "
-                    f"token, its own answer {known['own_score']:.3f}.",
-                    kind="info",
+                    f"token, its own answer {known['own_score']:.3f}."
                 )
             elif stats.get("new_tokens", 0) >= (limit := settings["max_new_tokens"]):
-                status = message_html(
-                    f"The answer reached the limit of {limit} new tokens (see Generation settings).", "info"
-                )
+                note = f"The answer reached the limit of {limit} new tokens (see Generation settings)."
+            status = message_html(note, kind="info") if note else ""
         except Exception as error:
             status, failed = message_html(f"Generation failed: {error}"), True
         finally:
-            self.stops.finish(session, stop)
-        if self.conversation(session) != conversation:
+            if self._stops.get(session) is stop:  # forget the flag, unless a newer answer replaced it
+                self._stops.pop(session, None)
+        if self._conversations.get(session, 0) != conversation:
             yield [], "", "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
         elif failed and not answer.strip():  # e.g. a prompt over the model's context: the question goes back to its box
             yield history[:-2], question, status, panel
@@ -184,23 +185,12 @@ class Demo:
         except Exception as error:  # the answer goes on without neighbours
             failed = f"The molecule index could not be used ({error}); this answer has no neighbours."
             return messages, given + message_html(failed), []
-        rivals = prompt_entries(context) if self.retrieval.ranks_answers(question) else []
-        return with_neighbours(messages, context), given + neighbours_html(context, max_atoms), rivals
+        rivals = [n.to_dict() for n in context.neighbours] if self.retrieval.ranks_answers(question) else []
+        return add_neighbours(messages, context.neighbours), given + neighbours_html(context, max_atoms), rivals
 
     def stop(self, session: str = "local") -> None:
-        self.stops.stop(session)
-
-
-def verification_note(stats: dict) -> str:
-    """What the status line says of a name that OPSIN checked (as `llamo generate` says it)."""
-    if not stats["verified"]:
-        return "Not verified: OPSIN does not read any candidate name as this molecule."
-    source = (
-        "the rule-based namer's name (openclatura), as no model candidate verified"
-        if stats.get("from_namer")
-        else "the model's name"
-    )
-    return f"Verified: OPSIN reads this name as the molecule ({source})."
+        if (event := self._stops.get(session)) is not None:
+            event.set()
 
 
 def _session(request) -> str:

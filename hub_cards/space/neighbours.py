@@ -1,6 +1,5 @@
 """In-context neighbours in the demo: which molecule index a question uses, its nearest entries to the query molecule,
-the conversation with them in the prompt (the pipeline's format), and the page's panel that shows them. An index is
-loaded only when a question needs it."""
+and the page's panel that shows them. An index is loaded only when a question needs it."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from typing import Any
 from rdkit import Chem
 
 from llamo import retrieval
-from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS, add_neighbours
+from llamo.chat_template_llamo import DEFAULT_NEIGHBOURS
 from llamo.pipeline_llamo import near_twin_only
 
 from . import MAX_NEIGHBOURS
@@ -36,29 +35,31 @@ class InContext:
     source: str
 
 
+@dataclass(eq=False)
 class Retrieval:
     """Which molecule index the demo's answers use, as `llamo generate --index` and `--name-hint auto` do. `index`: a
     folder or Hub dataset id, a loaded `MoleculeIndex`, `"none"` (off), or `None`/`"auto"` (the defaults of
     `model_dir`'s `llamo_retrieval.json`); `neighbours` per answer (capped at `MAX_NEIGHBOURS`, 0: off);
     `name_hints=False` gives no rule-based names, as hints or verified answers."""
 
-    def __init__(
-        self,
-        index: Any = None,
-        model_dir: str | os.PathLike | None = None,
-        neighbours: int | None = None,
-        name_hints: bool = True,
-    ):
-        self.choice = index
-        self.name_hints = name_hints
+    index: Any = None
+    model_dir: str | os.PathLike | None = None
+    neighbours: int | None = None
+    name_hints: bool = True
+
+    def __post_init__(self):
+        self.model_dir = Path(self.model_dir) if self.model_dir is not None else None
+        self.enabled = self.index != NO_INDEX and self.neighbours != 0
+        self.given = self.index not in (None, "auto", NO_INDEX)  # every question uses it, not the model's defaults
+        self._loaded: dict[str, Any] = {"given": self.index} if hasattr(self.index, "neighbours") else {}  # per key
         self._hinter: Any = None
         self._verifier: dict[str, Any] | None = None
-        self.model_dir = Path(model_dir) if model_dir is not None else None
-        self.neighbours = neighbours
-        self.enabled = index != NO_INDEX and neighbours != 0
-        self.given = index not in (None, "auto", NO_INDEX)  # every question uses it, rather than the model's defaults
-        self._loaded: dict[str, Any] = {"given": index} if hasattr(index, "neighbours") else {}  # index per key
         self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The model's `llamo_retrieval.json` (`{}` without one)."""
+        return retrieval.retrieval_settings(self.model_dir)
 
     def _key(self, question: str) -> str:
         return "given" if self.given else retrieval.question_task(question)
@@ -68,7 +69,7 @@ class Retrieval:
         key = self._key(question)
         if not self.enabled or key in self._loaded:
             return False
-        return self.given or key in retrieval.retrieval_settings(self.model_dir).get("default_indexes", {})
+        return self.given or key in self.settings.get("default_indexes", {})
 
     def preload(self) -> None:
         """Load a given index now, so that a bad folder or Hub id fails at start-up (`FileNotFoundError`,
@@ -81,28 +82,25 @@ class Retrieval:
         if not self.enabled:
             return None, 0
         key = self._key(question)
-        choice = str(self.choice) if self.given else None  # a folder or Hub id; None: the model's default index
+        choice = str(self.index) if self.given else None  # a folder or Hub id; None: the model's default index
         with self._lock:
             if key not in self._loaded:
                 self._loaded[key] = retrieval.load_index(choice, self.model_dir, question)[0]
         if (index := self._loaded[key]) is None:
             return None, 0
-        settings = retrieval.retrieval_settings(self.model_dir)
-        model_k = retrieval.neighbours_for(settings, retrieval.question_task(question))
+        model_k = retrieval.neighbours_for(self.settings, retrieval.question_task(question))
         wanted = self.neighbours if self.neighbours is not None else model_k
         return index, max(0, min(wanted if wanted is not None else DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS))
 
     def decoding(self, question: str) -> dict[str, Any]:
         """The model's decoding settings for `question`'s task (`task_generation` of its `llamo_retrieval.json`, as
         `llamo generate` uses them), e.g. `{"num_beams": 3}` for the default model's descriptions."""
-        settings = retrieval.retrieval_settings(self.model_dir)
-        return retrieval.generation_for(settings, retrieval.question_task(question))
+        return retrieval.generation_for(self.settings, retrieval.question_task(question))
 
     def ranks_answers(self, question: str) -> bool:
         """Whether the answer to `question` competes with its neighbours' own answers (the model's
         `neighbour_answer_tasks`, as `llamo generate --neighbour-answers auto` does)."""
-        settings = retrieval.retrieval_settings(self.model_dir)
-        return retrieval.ranks_neighbour_answers(settings, retrieval.question_task(question))
+        return retrieval.ranks_neighbour_answers(self.settings, retrieval.question_task(question))
 
     def verification(self, question: str) -> dict[str, Any]:
         """For a naming question, the pipeline's name verification as `llamo generate` does it by default: OPSIN
@@ -118,8 +116,7 @@ class Retrieval:
     def name_hint(self, smiles: str, question: str) -> str | None:
         """The rule-based name to give with `question` (`llamo.retrieval.name_hinter`: checked by OPSIN where Java is
         present), or None where the model does not ask for one or no name fits."""
-        tasks = retrieval.retrieval_settings(self.model_dir).get("name_hint_tasks", [])
-        if not self.name_hints or retrieval.question_task(question) not in tasks:
+        if not self.name_hints or retrieval.question_task(question) not in self.settings.get("name_hint_tasks", []):
             return None
         with self._lock:
             if self._hinter is None:
@@ -133,14 +130,12 @@ class Retrieval:
         index, k = self.index_for(question)
         if index is None or k == 0:
             return InContext([], "")
-        near_twin = retrieval.near_twin_for(
-            retrieval.retrieval_settings(self.model_dir), retrieval.question_task(question)
-        )
+        near_twin = retrieval.near_twin_for(self.settings, retrieval.question_task(question))
         found = near_twin_only(index.neighbours(mol, k=k, question=question or None), near_twin)
         if not self.given:
             source = f"the model's default {self._key(question)} index"
         else:
-            source = "the given index" if hasattr(self.choice, "neighbours") else f"the index {self.choice}"
+            source = "the given index" if hasattr(self.index, "neighbours") else f"the index {self.index}"
         return InContext([n for n in found if readable_molecule(n.smiles, max_atoms) is not None], source)
 
 
@@ -158,18 +153,6 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "\u2026"
 
 
-def prompt_entries(context: InContext) -> list[dict[str, Any]]:
-    """The neighbours as the prompt takes them (`smiles`, `answer`, `similarity`; `llamo.add_neighbours` cuts an answer
-    over `NEIGHBOUR_ANSWER_MAX_CHARS`)."""
-    return [{"smiles": n.smiles, "answer": n.answer, "similarity": n.similarity} for n in context.neighbours]
-
-
-def with_neighbours(messages: list[dict], context: InContext) -> list[dict]:
-    """`messages` with the neighbours put before the first user turn's question (`llamo.add_neighbours`, the
-    pipeline's format). Unchanged without neighbours."""
-    return add_neighbours(messages, prompt_entries(context))
-
-
 def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
     """The page's neighbours panel: a heading, a note when the query molecule is in the index (its entry comes
     first), one card per neighbour (a drawing, SMILES, similarity and answer). Empty without neighbours."""
@@ -181,9 +164,8 @@ def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
         f"{html.escape(context.source)}, most similar first (Tanimoto similarity of Morgan fingerprints), with their "
         "answers, precede the question in the prompt.</p>"
     )
-    exact = ""
-    if getattr(context.neighbours[0], "exact", False):
-        exact = (
+    if context.neighbours[0].exact:
+        heading += (
             '<p class="llamo-exact"><b>The query molecule itself is in the index</b> (neighbour 1): the model sees '
             "its known answer.</p>"
         )
@@ -199,6 +181,5 @@ def neighbours_html(context: InContext, max_atoms: int | None = None) -> str:
             f'<div class="llamo-answer">{html.escape(cut(neighbour.answer, SHOWN_ANSWER_CHARS))}</div></div>'
         )
     return (
-        f'<div class="llamo-neighbours">{heading}{exact}'
-        f'<div style="display:flex;flex-wrap:wrap;gap:8px">{cards}</div></div>'
+        f'<div class="llamo-neighbours">{heading}<div style="display:flex;flex-wrap:wrap;gap:8px">{cards}</div></div>'
     )
