@@ -754,6 +754,15 @@ def test_specialist_mode_keeps_one_task_of_a_mixture(workdir, toy_pairs, tmp_pat
         stage_arguments("stage2", {**settings, "mode": "specialist"})
     with pytest.raises(ValueError, match="specialist task 'property'"):
         build_training_dataset(stage_arguments("stage2", {**settings, "mode": "specialist", "task": "property"}))
+    # without a conversations source, the sources' tasks are known before anything is read or featurized
+    fixed = {**settings, "mode": "specialist", "task": "description", "sources": settings["sources"][1:]}
+    with pytest.raises(ValueError, match=r"No source holds description rows \(they hold iupac\)"):
+        stage_arguments("stage2", fixed)
+    fixed["sources"] = [*fixed["sources"], {"type": "mol-instructions", "path": "unused", "task": "property"}]
+    with pytest.raises(ValueError, match=r"\(they hold iupac, property\)"):
+        stage_arguments("stage2", fixed)
+    fixed["task"] = "iupac"
+    assert stage_arguments("stage2", fixed).script.task == "iupac"
 
 
 # --- resume and several processes -------------------------------------------------------------------------------

@@ -21,6 +21,14 @@ RUN_CONFIG = "llamo_run_config.json"
 SUMMARY = "training_summary.json"
 
 SOURCE_TYPES = ("chebi20", "pubchem324k", "mol-instructions", "iupac", "chemicals", "qm9", "conversations")
+SOURCE_TASKS = {
+    "chebi20": "description",
+    "pubchem324k": "description",
+    "iupac": "iupac",
+    "chemicals": "iupac",
+    "qm9": "property",
+}
+"""The task of every row of a fixed-task source type (`mol-instructions`: its `task`; `conversations`: any)."""
 RECIPES_DIR = Path(__file__).parent / "recipes"
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 
@@ -133,6 +141,15 @@ class LlamoScriptArguments:
             raise ValueError(f"task ({self.task!s:.40}) is for a specialist run: set mode: specialist, or drop task")
         if not self.sources:
             raise ValueError("No data sources: list them under `sources:` in the recipe")
+        held = {
+            (source.task or "description") if source.type == "mol-instructions" else SOURCE_TASKS.get(source.type)
+            for source in self.sources
+        }
+        if self.mode == "specialist" and None not in held and self.task not in held:  # found before featurizing them
+            raise ValueError(
+                f"No source holds {self.task!s:.40} rows (they hold {', '.join(sorted(held))}): choose one of these "
+                "tasks, or add a `conversations` source with that task"
+            )
         if isinstance(self.neighbour_near_twin, str):  # JSON from the command line, as TrainingArguments reads dicts
             with contextlib.suppress(json.JSONDecodeError):
                 self.neighbour_near_twin = json.loads(self.neighbour_near_twin)
