@@ -383,12 +383,13 @@ class LlamoMoleculePipeline(Pipeline):
         if verify_names is not None:
             forward_params.update(verification_settings(forward_params))
         postprocess_params = _given(
-            verify_names=verify_names,
-            propose_names=propose_names,
-            return_tensors=return_tensors,
-            skip_special_tokens=skip_special_tokens,
-            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            verify_names=verify_names, propose_names=propose_names, return_tensors=return_tensors
         )
+        decoding = {
+            "skip_special_tokens": skip_special_tokens,
+            "clean_up_tokenization_spaces": clean_up_tokenization_spaces,
+        }
+        postprocess_params.update(_given(**decoding))  # the tokenizer's decode options
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(

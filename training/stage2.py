@@ -54,8 +54,10 @@ def main(
                 processor.save_pretrained(merged_dir)
             summary = {"stage": 2, "base_model": str(model_args.model_name_or_path), **run}
             write_json_atomically(output_dir / SUMMARY, summary)
-            merged = f", merged model in {merged_dir}" if script_args.save_merged else ""
-            log(f"[stage2] done: adapter in {adapter_dir}{merged}")
+            log(
+                f"[stage2] done: adapter in {adapter_dir}"
+                + (f", merged model in {merged_dir}" if script_args.save_merged else "")
+            )
     return output_dir
 
 
