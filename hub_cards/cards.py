@@ -91,10 +91,12 @@ def model_rows(model, processor) -> list[tuple[str, str]]:
         attention = "one attention module shared by all levels (as in the released weights)"
     else:
         attention = "one attention module per level (as in the paper)"
-    prompt = {
-        None: "the tokenizer's own chat template",
-        CHAT_TEMPLATES["llama2"]: "the original LLaMo prompt (LLaMA-2 chat format, built-in template `llama2`)",
-    }.get(processor.chat_template, "a custom chat template (`chat_template.jinja`)")
+    if processor.chat_template is None:
+        prompt = "the tokenizer's own chat template"
+    elif processor.chat_template == CHAT_TEMPLATES["llama2"]:
+        prompt = "the original LLaMo prompt (LLaMA-2 chat format, built-in template `llama2`)"
+    else:
+        prompt = "a custom chat template (`chat_template.jinja`)"
     graph_params, projector_params, total = (
         sum(p.numel() for p in module.parameters()) / 1e6
         for module in (model.model.graph_encoder, model.model.graph_projector, model)

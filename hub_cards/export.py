@@ -121,11 +121,13 @@ def write_export(
         if extra is not None:
             extra(staging)
         check_export_folder(staging)
-        retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
         if output_dir.exists():  # the old folder goes only once the new one is in place
+            retired = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
             os.replace(output_dir, retired / output_dir.name)
-        os.replace(staging, output_dir)
-        shutil.rmtree(retired, ignore_errors=True)
+            os.replace(staging, output_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -94,7 +94,7 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        if (refused := _refused_globals(path)) is None:
+        if (refused := _refused_globals(path, error)) is None:
             raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
         if not unsafe_unpickle:
             raise UnsafeCheckpointError(_refusal_message(path, error, refused)) from None
@@ -105,6 +105,16 @@ def load_checkpoint_state_dict(path: str | Path, unsafe_unpickle: bool = False) 
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{damaged} ({_reason(error)}).") from None
     return _state_dict_of(loaded, path)
+
+
+def _refused_globals(path: Path, error: pickle.UnpicklingError) -> list[str] | None:
+    """The globals of `path` that `torch.load(weights_only=True)` refuses; None when it holds no readable pickle."""
+    import torch
+
+    with contextlib.suppress(Exception):  # torch >= 2.5, for torch.save's zip format
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    named = [name if "." in name else f"builtins.{name}" for name in re.findall(r"GLOBAL ([\w.]+)", str(error))]
+    return named or _pickled_globals(path)
 
 
 class _StandIn:
@@ -131,9 +141,9 @@ class _GlobalNames(pickle.Unpickler):
         return None
 
 
-def _refused_globals(path: Path, max_pickles: int = 5) -> list[str] | None:
-    """The globals the pickle of `path` names that `torch.load(weights_only=True)` refuses, in any torch format and
-    pickle protocol (torch's own listing reads only protocol 2 zip files); None when it is no readable pickle."""
+def _pickled_globals(path: Path, max_pickles: int = 5) -> list[str] | None:
+    """For a pickle torch's weights-only unpickler cannot parse (e.g. protocol 4): the globals it names that torch
+    does not allow; None when it is no readable pickle."""
     import torch
 
     names: list[str] = []

@@ -385,11 +385,11 @@ class LlamoMoleculePipeline(Pipeline):
         postprocess_params = _given(
             verify_names=verify_names, propose_names=propose_names, return_tensors=return_tensors
         )
-        decoding = {
-            "skip_special_tokens": skip_special_tokens,
-            "clean_up_tokenization_spaces": clean_up_tokenization_spaces,
-        }
-        postprocess_params.update(_given(**decoding))  # the tokenizer's decode options
+        decoding = _given(
+            skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=clean_up_tokenization_spaces
+        )
+        if decoding:
+            postprocess_params["decode_kwargs"] = decoding
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(
@@ -456,17 +456,18 @@ class LlamoMoleculePipeline(Pipeline):
     def postprocess(
         self,
         model_outputs: dict[str, Any],
+        decode_kwargs: dict[str, Any] | None = None,
         return_tensors: bool = False,
         verify_names: Any = None,
         propose_names: Any = None,
-        **decode_kwargs,
     ) -> list[list[dict[str, Any]]]:
         """One list of answers per input; `decode_kwargs` go to the tokenizer's `batch_decode` (special tokens are
         skipped unless it says otherwise)."""
         token_ids, num_inputs = model_outputs["new_tokens"].tolist(), model_outputs["num_inputs"]
         per_input = len(token_ids) // num_inputs
+        decode_kwargs = {"skip_special_tokens": True, **(decode_kwargs or {})}
         token_ids = [answer_token_ids(self.model.generation_config, ids) for ids in token_ids]
-        texts = self.processor.tokenizer.batch_decode(token_ids, **{"skip_special_tokens": True, **decode_kwargs})
+        texts = self.processor.tokenizer.batch_decode(token_ids, **decode_kwargs)
         rows = [{"generated_text": text.strip()} for text in texts]
         if return_tensors:
             for row, ids in zip(rows, token_ids, strict=True):

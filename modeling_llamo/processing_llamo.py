@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,9 @@ class RenderedConversation:
     assistant_spans: list[tuple[int, int]] = field(default_factory=list)
 
 
+_GRAPH_TOKEN_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _direct_backend(tokenizer) -> Any:
     """The `tokenizers.Tokenizer` behind a fast tokenizer when calling it directly gives what the tokenizer's
     `__call__` gives for one text without truncation or padding, else `None`: no special-token splitting, no inputs
@@ -88,9 +92,14 @@ def _direct_backend(tokenizer) -> Any:
 
 def _graph_token_splits(tokenizer, graph_token_id: int) -> bool:
     """Whether the tokenizer's backend splits text at every occurrence of the graph token (a special added token, not
-    `single_word`)."""
-    token = tokenizer.backend_tokenizer.get_added_tokens_decoder().get(graph_token_id)
-    return token is not None and bool(token.special) and not token.single_word
+    `single_word`), read once per tokenizer and vocabulary size."""
+    key = len(tokenizer)
+    cached = _GRAPH_TOKEN_SPLITS.get(tokenizer)
+    if cached is None or cached[0] != key:
+        token = tokenizer.backend_tokenizer.get_added_tokens_decoder().get(graph_token_id)
+        cached = (key, token is not None and bool(token.special) and not token.single_word)
+        _GRAPH_TOKEN_SPLITS[tokenizer] = cached
+    return cached[1]
 
 
 def _molecules_per_text(smiles: Any, num_texts: int) -> list[list[MoleculeInput]]:
@@ -243,17 +252,18 @@ class LlamoProcessor(ProcessorMixin):
         truncated prompt)."""
         for index, (ids, molecules) in enumerate(zip(input_ids, expected, strict=True)):
             found, made = sum(1 for token in ids if token == self.graph_token_id), molecules * self.num_graph_tokens
+            if found == made:
+                continue
             name = names[index] if names is not None else f"Sequence {index}"
             if found > made:
                 raise ValueError(
                     f"{name} holds {found} graph placeholders, but its {molecules} molecules make {made}: its text "
                     f"writes {self.graph_token} itself; give molecules as molecule blocks only."
                 )
-            if found < made:
-                raise ValueError(
-                    f"{name} keeps {found} of its {made} graph placeholders after tokenization (truncated?): raise "
-                    "`max_length` or shorten the text."
-                )
+            raise ValueError(
+                f"{name} keeps {found} of its {made} graph placeholders after tokenization (truncated?): raise "
+                "`max_length` or shorten the text."
+            )
 
     def __call__(
         self,

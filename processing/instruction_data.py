@@ -191,9 +191,11 @@ def _exemplars(teacher, molecules: list[Molecule], config, executor, store, stat
             return None, reply.usage
         return Exemplar(molecule.id, molecule.smiles, molecule.description, molecule.iupac, messages), reply.usage
 
-    results = [_result(future, teacher, state) for future in [executor.submit(seed_one, m) for m in chosen]]
-    for _, usage in filter(None, results):
-        state.tokens.update(usage)
+    results = []
+    for future in [executor.submit(seed_one, molecule) for molecule in chosen]:
+        results.append(result := _result(future, teacher, state))
+        if result is not None:  # counted as each answer comes, so that an interrupted run still reports them
+            state.tokens.update(result[1])
     exemplars = [exemplar for exemplar, _ in filter(None, results) if exemplar is not None]
     if all(results):
         store.save_exemplars(exemplars)
@@ -311,7 +313,8 @@ def generate_from_settings(settings: dict[str, Any]) -> dict[str, Any]:
     reading = {key: options.pop(key) for key in ("format", "id_prefix", "limit") if key in options}
     chosen = {item.name: options.pop(item.name) for item in fields(DataGenerationConfig) if item.name in options}
     config = DataGenerationConfig(**{"show_progress": False, **chosen})
-    if unknown := sorted(set(options) - set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}):
+    teacher_options = set(inspect.signature(build_teacher).parameters) - {"kind", "max_turns"}
+    if unknown := sorted(set(options) - teacher_options):
         raise ValueError(f"Unknown conversations settings {unknown}: see llamo generate-data --help.")
     teacher = build_teacher(kind, max_turns=config.max_turns, **options)
     molecules = read_molecules(source, reading.pop("format", "auto"), **reading)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import traceback
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from llamo.convert_llamo_original_to_hf import (
     convert_original_checkpoint,
     load_checkpoint_state_dict,
 )
-from llamo.hub_cards.cards import EXAMPLES, ModelCardOptions, build_dataset_card
+from llamo.hub_cards.cards import EXAMPLES, ModelCardOptions, build_dataset_card, model_rows
 from llamo.hub_cards.export import REMOTE_CODE_FILES, ExportError, export_model
 from llamo.hub_cards.publish import PushError, plan_push, push_folder
 from llamo.hub_cards.recipe import find_runs
@@ -230,6 +231,28 @@ def test_model_card_text(exported):
     assert "**The inference widget on this page cannot run this model.**" in text
     assert "it sends only\nthe instruction, never the molecule" in text
     assert "does not run this repository's custom `molecule-text-generation`" in text
+
+
+def test_model_card_names_the_prompt_format_of_every_kind_of_chat_template(tiny_llamo):
+    model, processor = tiny_llamo
+    saved = processor.chat_template
+    formats = {
+        None: "the tokenizer's own chat template",
+        LLAMA2_CHAT_TEMPLATE: "the original LLaMo prompt",
+        "{{ messages[0]['content'] }}": "a custom chat template",
+        # named templates, as transformers' processors may hold them
+        ("dict",): "a custom chat template",
+    }
+    try:
+        for template, expected in formats.items():
+            processor.chat_template = (
+                {"default": LLAMA2_CHAT_TEMPLATE, "plain": "{{ messages[0]['content'] }}"}
+                if template == ("dict",)
+                else template
+            )
+            assert any(expected in value for _, value in model_rows(model, processor)), template
+    finally:
+        processor.chat_template = saved
 
 
 def test_model_card_lists_the_hub_datasets(tiny_llamo_dir, tmp_path):
@@ -1049,6 +1072,12 @@ def test_pickles_needing_a_full_unpickle_are_refused_without_the_flag(original_r
         assert main(["convert-original", str(path), str(output), "--llm", llm, "--overwrite"]) == 2
         assert "writing it would delete that" in capsys.readouterr().err and path.is_file()
     assert len(load_checkpoint_state_dict(path, unsafe_unpickle=True)) == len(original_release["state_dict"])
+    for legacy in (False, True):  # a module's own state_dict() is an OrderedDict, whose rebuild a stand-in cannot do
+        ordered = tmp_path / f"ordered-{legacy}.ckpt"
+        checkpoint = {"state_dict": OrderedDict(original_release["state_dict"]), "hyper_parameters": hyper_parameters}
+        torch.save(checkpoint, ordered, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UnsafeCheckpointError, match=r"unpickling it calls argparse\.Namespace, which"):
+            load_checkpoint_state_dict(ordered)
 
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")

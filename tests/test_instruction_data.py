@@ -1020,6 +1020,8 @@ def test_the_training_pipeline_generates_by_a_function_call_and_skips_a_complete
     assert logged[-1] == f"[pipeline] conversations already in {output}"
     with pytest.raises(ValueError, match="max_turn"):
         instruction_data.generate_from_settings({**settings, "max_turn": 5})  # a typo is refused, not ignored
+    with pytest.raises(ValueError, match=r"Unknown conversations settings \['kind'\]"):
+        instruction_data.generate_from_settings({**settings, "kind": "openai"})  # the key is `teacher`
     with pytest.raises(ValueError, match="needs --model"):
         instruction_data.generate_from_settings({**settings, "teacher": "openai"})
     (tmp_path / "conversations.jsonl.summary.json").write_text("{not json")

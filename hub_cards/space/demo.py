@@ -78,6 +78,7 @@ class Demo:
         self.model_name = model_name
         self.retrieval = retrieval
         self._stops: dict[str, threading.Event] = {}
+        self._stops_lock = threading.Lock()
         self._conversations: dict[str, int] = {}  # per session: its conversation's number, new with each reset
         self.can_chat = model is not None and processor is not None
 
@@ -129,7 +130,8 @@ class Demo:
         loading = self.retrieval is not None and self.retrieval.needs_loading(question)
         working = GENERATING_BEAMS if settings.get("num_beams", 1) > 1 or "verify_names" in settings else GENERATING
         yield history, "", message_html(LOADING_INDEX if loading else working, kind="info"), ""
-        stop = self._stops[session] = threading.Event()
+        with self._stops_lock:
+            stop = self._stops[session] = threading.Event()
         answer, note, panel, stats, failed = "", "", "", {}, False
         try:
             messages, panel, rivals = self.in_context(messages, smiles, question)
@@ -158,8 +160,9 @@ class Demo:
         except Exception as error:
             status, failed = message_html(f"Generation failed: {error}"), True
         finally:
-            if self._stops.get(session) is stop:  # forget the flag, unless a newer answer replaced it
-                self._stops.pop(session, None)
+            with self._stops_lock:
+                if self._stops.get(session) is stop:  # forget the flag, unless a newer answer replaced it
+                    del self._stops[session]
         if self._conversations.get(session, 0) != conversation:
             yield [], "", "", ""  # the reset's state, last: an update sent before the reset cannot outlive it
         elif failed and not answer.strip():  # e.g. a prompt over the model's context: the question goes back to its box
