@@ -28,7 +28,6 @@ from .chat_template_llamo import (
     answer_marker,
     as_content_blocks,
     assistant_spans,
-    builtin_or_jinja,
     join_parts,
     reads_content_blocks,
     resolve_chat_template,
@@ -167,8 +166,8 @@ class LlamoProcessor(ProcessorMixin):
         self.num_graph_tokens = num_graph_tokens
         self.prompt_smiles = prompt_smiles
         self.max_smiles_length = max_smiles_length
-        if isinstance(chat_template, str):
-            chat_template = builtin_or_jinja(chat_template)
+        if isinstance(chat_template, str):  # any other string is a template, as transformers reads saved ones
+            chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
         super().__init__(tokenizer, chat_template=chat_template, **kwargs)
         graph_ids = tokenizer.encode(graph_token, add_special_tokens=False)
         if len(graph_ids) != 1 or graph_ids[0] == tokenizer.unk_token_id:
