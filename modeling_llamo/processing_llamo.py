@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import re
 import weakref
 from collections.abc import Mapping, Sequence
@@ -369,8 +368,10 @@ class LlamoProcessor(ProcessorMixin):
         ids = np.array([encoding.ids], dtype=np.int64)
         if split:  # each placeholder id repeated num_graph_tokens times
             ids = np.repeat(ids, np.where(ids[0] == self.graph_token_id, self.num_graph_tokens, 1), axis=1)
-        limit = getattr(self.tokenizer, "model_max_length", None) or math.inf
-        if (ids == self.graph_token_id).sum() != molecules * self.num_graph_tokens or ids.shape[1] > limit:
+        if (ids == self.graph_token_id).sum() != molecules * self.num_graph_tokens:
+            return None
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if limit is not None and ids.shape[1] > limit:  # the tokenizer's own call warns (0 is a limit too)
             return None
         data = {"input_ids": torch.from_numpy(ids)}
         if "attention_mask" in self.tokenizer.model_input_names:

@@ -167,3 +167,27 @@ def test_template_errors_are_short_and_name_the_culprit(processor):
     with pytest.raises(ValueError, match="Conversation 0: continue_final_message=True") as error:
         processor.apply_chat_template(messages, chat_template=drops_answers, continue_final_message=True)
     assert len(str(error.value)) < 200
+
+
+def test_a_prompt_over_the_tokenizers_length_limit_gets_its_warning_from_the_fast_path_too(processor):
+    from transformers import logging
+    from transformers.testing_utils import CaptureLogger
+
+    conversation = [
+        {"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "Hi"}]}
+    ]
+    options = {"add_generation_prompt": True, "tokenize": True, "return_dict": True}
+    expected = processor.apply_chat_template(conversation, **options)["input_ids"]
+    saved = processor.tokenizer.model_max_length
+    try:
+        processor.tokenizer.model_max_length = 5
+        processor.tokenizer.deprecation_warnings.clear()  # the tokenizer warns once
+        with CaptureLogger(logging.get_logger("transformers.tokenization_utils_base")) as captured:
+            ids = processor.apply_chat_template(conversation, **options)["input_ids"]
+        assert ids.tolist() == expected.tolist() and "longer than the specified maximum" in captured.out
+        processor.tokenizer.model_max_length = 0  # transformers' "no limit": the same ids, no warning
+        with CaptureLogger(logging.get_logger("transformers.tokenization_utils_base")) as captured:
+            ids = processor.apply_chat_template(conversation, **options)["input_ids"]
+        assert ids.tolist() == expected.tolist() and not captured.out
+    finally:
+        processor.tokenizer.model_max_length = saved
