@@ -169,7 +169,7 @@ def _result(future: Future, teacher, state: RunState) -> Any:
 def _exemplars(teacher, molecules: list[Molecule], config, executor, store, state: RunState) -> list[Exemplar]:
     """Step 1: the exemplars saved by an earlier run (or `config.exemplars_file`), else the seed conversations on
     `config.seed_exemplars` molecules drawn with `config.seed` that pass the filter, saved once all were answered."""
-    if isinstance(teacher, GroundedTeacher) or config.num_exemplars == 0:
+    if isinstance(teacher, GroundedTeacher) or config.num_exemplars <= 0:
         return []
     if (loaded := store.load_exemplars(config.exemplars_file and Path(config.exemplars_file))) is not None:
         return loaded

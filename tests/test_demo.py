@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import importlib.util
 import itertools
 import json
@@ -757,6 +758,21 @@ def test_a_failing_index_leaves_the_answer_without_neighbours(tiny_llamo):
     history, _, status, panel = list(demo.respond(NAME_QUESTION, [], SMILES["aspirin"], max_new_tokens=2))[-1]
     assert history[-1]["content"] and "failed" not in status
     assert "llamo-error" in panel and "disk gone" in panel and "no neighbours" in panel
+
+
+def test_an_index_of_plain_records_serves_the_prompt(tiny_llamo):
+    Found = collections.namedtuple("Found", "smiles answer similarity exact")
+
+    class RecordIndex:  # any object with `neighbours()`, as `Retrieval` takes it
+        def neighbours(self, smiles, k, question=None):
+            return [Found("CCO", "ethanol", 0.5, False), Found("CCCO", "propan-1-ol", 0.4, False)][:k]
+
+    model, processor = tiny_llamo
+    demo = Demo(model, processor, retrieval=Retrieval(RecordIndex(), neighbours=2))
+    asked = conversation_messages("CCCCO", [], NAME_QUESTION)
+    messages, panel, _ = demo.in_context(asked, "CCCCO", NAME_QUESTION)
+    context = [{"smiles": "CCO", "answer": "ethanol"}, {"smiles": "CCCO", "answer": "propan-1-ol"}]
+    assert messages == add_neighbours(asked, context) and _cards(panel) == 2
 
 
 def test_a_new_molecule_clears_the_neighbours_panel(tiny_llamo, name_index):

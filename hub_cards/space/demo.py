@@ -188,8 +188,10 @@ class Demo:
         except Exception as error:  # the answer goes on without neighbours
             failed = f"The molecule index could not be used ({error}); this answer has no neighbours."
             return messages, given + message_html(failed), []
-        rivals = [n.to_dict() for n in context.neighbours] if self.retrieval.ranks_answers(question) else []
-        return add_neighbours(messages, context.neighbours), given + neighbours_html(context, max_atoms), rivals
+        # by attribute: an index given as any object with `neighbours()` may return plain records
+        entries = [{"smiles": n.smiles, "answer": n.answer, "similarity": n.similarity} for n in context.neighbours]
+        rivals = entries if self.retrieval.ranks_answers(question) else []
+        return add_neighbours(messages, entries), given + neighbours_html(context, max_atoms), rivals
 
     def stop(self, session: str = "local") -> None:
         if (event := self._stops.get(session)) is not None:
